@@ -1,0 +1,17 @@
+//! Types and pure logic shared by the XDP program (`shield-ebpf`) and the daemon
+//! (`shield-user`): map names and sizes, map keys and values, reason codes, the token-bucket
+//! arithmetic and address masking.
+//!
+//! Everything here compiles for `bpfel-unknown-none` (no_std, no allocation, no panics on the
+//! paths the XDP program uses) and is unit-tested on the host.
+#![cfg_attr(target_arch = "bpf", no_std)]
+
+pub mod addr;
+pub mod bucket;
+pub mod judge;
+pub mod maps;
+pub mod reason;
+
+pub use bucket::Gcra;
+pub use maps::*;
+pub use reason::Reason;

@@ -1,0 +1,224 @@
+//! Map names, sizes, keys and values. Layouts are `#[repr(C)]` with explicit padding and a
+//! size assertion each: they are shared with the kernel and live on in pinned maps.
+
+use crate::bucket::Gcra;
+
+// ---- Map names (at most 15 bytes: BPF_OBJ_NAME_LEN - 1). Also the pin file names. ----
+pub const MAP_CONFIG: &str = "SHIELD_CONFIG";
+pub const MAP_PORTS: &str = "SHIELD_PORTS";
+pub const MAP_RULES: &str = "SHIELD_RULES";
+pub const MAP_SOURCES: &str = "SHIELD_SOURCES";
+pub const MAP_COUNTERS: &str = "SHIELD_COUNTERS";
+pub const MAP_ALLOW_V4: &str = "SHIELD_ALLOW4";
+pub const MAP_ALLOW_V6: &str = "SHIELD_ALLOW6";
+pub const MAP_DENY_V4: &str = "SHIELD_DENY4";
+pub const MAP_DENY_V6: &str = "SHIELD_DENY6";
+
+/// Every map the program defines, for pinning and for `shield stats`.
+pub const ALL_MAPS: [&str; 9] = [
+    MAP_CONFIG,
+    MAP_PORTS,
+    MAP_RULES,
+    MAP_SOURCES,
+    MAP_COUNTERS,
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_DENY_V4,
+    MAP_DENY_V6,
+];
+
+/// The XDP program's function name.
+pub const PROGRAM_NAME: &str = "shield";
+
+// ---- Sizes ----
+
+/// Rules are numbered 1..=MAX_RULES; slot 0 stands for "no rule" (unmatched traffic,
+/// malformed frames, fragments without ports).
+pub const MAX_RULES: u32 = 255;
+pub const RULE_SLOTS: u32 = MAX_RULES + 1;
+/// Counters: one `Counter` per rule slot × reason slot.
+pub const COUNTER_SLOTS: u32 = RULE_SLOTS * crate::reason::REASON_SLOTS;
+/// Default per-source LRU capacity (`defaults.max_sources`).
+pub const DEFAULT_MAX_SOURCES: u32 = 262_144;
+/// Capacity of each allow/deny trie (the SPEC asks for up to 1,000,000 prefixes).
+pub const MAX_LIST_PREFIXES: u32 = 1 << 20;
+
+/// Port table: index `proto_slot * 65536 + port`, value = rule id (0 = none). ICMP and
+/// ICMPv6 have one slot after the two port ranges.
+pub const PROTO_SLOT_TCP: u32 = 0;
+pub const PROTO_SLOT_UDP: u32 = 1;
+pub const PORT_INDEX_ICMP: u32 = 2 * 65536;
+pub const PORT_TABLE_LEN: u32 = PORT_INDEX_ICMP + 1;
+
+#[inline(always)]
+pub const fn port_index(proto_slot: u32, port: u16) -> u32 {
+    proto_slot * 65536 + port as u32
+}
+
+#[inline(always)]
+pub const fn counter_index(rule: u32, reason: crate::reason::Reason) -> u32 {
+    rule * crate::reason::REASON_SLOTS + reason as u32
+}
+
+// ---- Global configuration (SHIELD_CONFIG[0]) ----
+
+/// `GlobalConfig::flags`: global monitor mode (nothing is dropped).
+pub const CFG_MONITOR: u32 = 1 << 0;
+/// `GlobalConfig::flags`: the list is non-empty (lookups are skipped otherwise).
+pub const CFG_ALLOW_V4: u32 = 1 << 1;
+pub const CFG_ALLOW_V6: u32 = 1 << 2;
+pub const CFG_DENY_V4: u32 = 1 << 3;
+pub const CFG_DENY_V6: u32 = 1 << 4;
+/// `GlobalConfig::flags`: a policy has been loaded. Until then everything passes untracked.
+pub const CFG_LOADED: u32 = 1 << 31;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalConfig {
+    pub flags: u32,
+    /// Bumped by the daemon on every policy load.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 8);
+
+// ---- Rules (SHIELD_RULES[rule id]) ----
+
+/// `RuleConfig::flags`: this rule only counts `would_drop`.
+pub const RULE_MONITOR: u32 = 1 << 0;
+/// `RuleConfig::flags`: slot holds a rule.
+pub const RULE_PRESENT: u32 = 1 << 1;
+
+/// Bucket indexes in `RuleConfig::buckets` and `SourceState::tat`.
+pub const B_CONN: usize = 0;
+pub const B_CONN_SUSTAINED: usize = 1;
+pub const B_PKT: usize = 2;
+pub const B_PKT_SUSTAINED: usize = 3;
+pub const BUCKETS: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleConfig {
+    /// `connections` rate, `connections` sustained, `packets` rate, `packets` sustained.
+    pub buckets: [Gcra; BUCKETS],
+    pub flags: u32,
+    /// Identity scope: bits of the source address that make the source key.
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub _pad: [u8; 2],
+    /// The rule's name, UTF-8, NUL-padded: lets `shield stats` name rules from the pinned
+    /// maps alone. The data path never reads it.
+    pub name: [u8; RULE_NAME_LEN],
+}
+const _: () = assert!(core::mem::size_of::<RuleConfig>() == 104);
+
+/// Longest rule name, in bytes.
+pub const RULE_NAME_LEN: usize = 32;
+
+impl Default for RuleConfig {
+    fn default() -> Self {
+        RuleConfig {
+            buckets: [Gcra::DISABLED; BUCKETS],
+            flags: 0,
+            v4_prefix: 32,
+            v6_prefix: 64,
+            _pad: [0; 2],
+            name: [0; RULE_NAME_LEN],
+        }
+    }
+}
+
+impl RuleConfig {
+    #[inline(always)]
+    pub const fn has_conn_limit(&self) -> bool {
+        self.buckets[B_CONN].interval_ns != 0 || self.buckets[B_CONN_SUSTAINED].interval_ns != 0
+    }
+    #[inline(always)]
+    pub const fn has_pkt_limit(&self) -> bool {
+        self.buckets[B_PKT].interval_ns != 0 || self.buckets[B_PKT_SUSTAINED].interval_ns != 0
+    }
+}
+
+// ---- Per-source state (SHIELD_SOURCES, LRU) ----
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// Rule id the state belongs to.
+    pub rule: u16,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// Prefix length the address was masked to.
+    pub prefix_len: u8,
+    /// Source address, network byte order, masked; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    /// Theoretical arrival time per bucket (see `bucket`), `bpf_ktime_get_coarse_ns` clock.
+    pub tat: [u64; BUCKETS],
+    /// Packets this source had refused (any limit) since the entry was created.
+    pub limited: u64,
+    /// Clock of the last refused packet (0 = never).
+    pub last_limited_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SourceState>() == 48);
+
+// ---- Counters (SHIELD_COUNTERS, per CPU) ----
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+// ---- LPM trie keys: aya's `Key<[u8; N]>` (u32 prefix length + network-order bytes) ----
+
+/// Value stored in the allow/deny tries (the key is what matters).
+pub type ListValue = u8;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all these are #[repr(C)] with only integer fields and explicit padding, so
+    // every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for GlobalConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RuleConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SourceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SourceState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in ALL_MAPS {
+            assert!(
+                name.len() <= 15,
+                "{name} is longer than BPF_OBJ_NAME_LEN - 1"
+            );
+        }
+    }
+
+    #[test]
+    fn port_table_indexes_do_not_collide() {
+        assert_eq!(
+            port_index(PROTO_SLOT_TCP, 65535) + 1,
+            port_index(PROTO_SLOT_UDP, 0)
+        );
+        assert_eq!(port_index(PROTO_SLOT_UDP, 65535) + 1, PORT_INDEX_ICMP);
+        assert!(PORT_INDEX_ICMP < PORT_TABLE_LEN);
+        assert!(counter_index(MAX_RULES, crate::Reason::Malformed) < COUNTER_SLOTS);
+    }
+}

@@ -1,0 +1,83 @@
+//! Why a packet got its verdict. The numeric values index the counters map and are part of
+//! the pinned-map layout: never renumber, only append.
+
+/// Reason codes, one counter slot each per rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Reason {
+    /// Judged and passed (or not tracked by any rule).
+    Pass = 0,
+    /// Source is on the allow list: never limited.
+    Allow = 1,
+    /// Source is on the deny list: dropped.
+    Deny = 2,
+    /// Source is banned (escalation / manual ban).
+    Ban = 3,
+    /// Over the rule's `connections` limit: dropped.
+    ConnLimit = 4,
+    /// Over the rule's `packets` limit: dropped.
+    PktLimit = 5,
+    /// Would have been dropped, passed because of `monitor` mode.
+    WouldDrop = 6,
+    /// Truncated or malformed frame: passed (fail open) and counted.
+    Malformed = 7,
+}
+
+/// Counter slots reserved per rule. Larger than the number of reasons so that reasons can be
+/// appended without changing the counters map layout.
+pub const REASON_SLOTS: u32 = 16;
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::Pass,
+        Reason::Allow,
+        Reason::Deny,
+        Reason::Ban,
+        Reason::ConnLimit,
+        Reason::PktLimit,
+        Reason::WouldDrop,
+        Reason::Malformed,
+    ];
+
+    /// The name used in `shield stats`, its JSON output and the docs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Pass => "pass",
+            Reason::Allow => "allow",
+            Reason::Deny => "deny",
+            Reason::Ban => "ban",
+            Reason::ConnLimit => "conn_limit",
+            Reason::PktLimit => "pkt_limit",
+            Reason::WouldDrop => "would_drop",
+            Reason::Malformed => "malformed",
+        }
+    }
+
+    /// Whether packets counted under this reason were dropped by the data path.
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::Deny | Reason::Ban | Reason::ConnLimit | Reason::PktLimit
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_values_fit_slots_and_are_dense() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "Reason::ALL must be in numeric order");
+            assert!((*r as u32) < REASON_SLOTS);
+        }
+        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            Reason::ALL.len(),
+            "reason names must be unique"
+        );
+    }
+}

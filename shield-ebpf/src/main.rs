@@ -1,0 +1,404 @@
+//! shield's XDP program: parse, find the rule for the destination endpoint, apply the
+//! allow/deny lists, then the per-source token buckets of the rule.
+//!
+//! Fail-open choice: a frame that cannot be parsed (truncated, bad header lengths) passes
+//! and is counted as `malformed` under rule 0. Dropping it would let a parser gap take the
+//! host offline; passing it leaves the kernel's own stack to reject it.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+use shield_common::{
+    CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS,
+    Counter, DEFAULT_MAX_SOURCES, GlobalConfig, ListValue, MAX_LIST_PREFIXES, PORT_INDEX_ICMP,
+    PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason,
+    RuleConfig, SourceKey, SourceState,
+    addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
+    counter_index,
+    judge::{judge, needs_state},
+    port_index,
+};
+
+#[map]
+static SHIELD_CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
+#[map]
+static SHIELD_PORTS: Array<u32> = Array::with_max_entries(PORT_TABLE_LEN, 0);
+#[map]
+static SHIELD_RULES: Array<RuleConfig> = Array::with_max_entries(RULE_SLOTS, 0);
+/// Resized at load time from `defaults.max_sources`.
+#[map]
+static SHIELD_SOURCES: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+#[map]
+static SHIELD_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+#[map]
+static SHIELD_ALLOW4: LpmTrie<[u8; 4], ListValue> = LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+#[map]
+static SHIELD_ALLOW6: LpmTrie<[u8; 16], ListValue> =
+    LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+#[map]
+static SHIELD_DENY4: LpmTrie<[u8; 4], ListValue> = LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+#[map]
+static SHIELD_DENY6: LpmTrie<[u8; 16], ListValue> = LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// IPv6 extension headers followed before giving up on finding the transport header.
+const MAX_EXT_HEADERS: usize = 8;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Transport classes the rule table knows.
+const L4_NONE: u8 = 0;
+const L4_TCP: u8 = 1;
+const L4_UDP: u8 = 2;
+const L4_ICMP: u8 = 3;
+
+struct Packet {
+    family: u8,
+    /// Network-order source address, IPv4 in the first 4 bytes.
+    src: [u8; 16],
+    /// `L4_*`; `L4_NONE` for non-first fragments and transports without rules.
+    l4: u8,
+    dport: u16,
+    /// TCP SYN without ACK: a new connection attempt.
+    conn_attempt: bool,
+}
+
+/// What the parser made of a frame.
+enum Parsed {
+    /// Not IP (ARP, LLDP, …): passes untracked.
+    NotIp,
+    Ip(Packet),
+}
+
+#[xdp]
+pub fn shield(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match try_shield(&ctx, len) {
+        Ok(action) => action,
+        Err(()) => {
+            count(0, Reason::Malformed, len);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
+    let Some(cfg) = SHIELD_CONFIG.get(0) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let flags = cfg.flags;
+    if flags & CFG_LOADED == 0 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let pkt = match parse(ctx)? {
+        Parsed::NotIp => {
+            count(0, Reason::Pass, len);
+            return Ok(xdp_action::XDP_PASS);
+        }
+        Parsed::Ip(p) => p,
+    };
+    let global_monitor = flags & CFG_MONITOR != 0;
+
+    // O(1) rule lookup: one array slot per protocol and port.
+    let index = match pkt.l4 {
+        L4_TCP => port_index(PROTO_SLOT_TCP, pkt.dport),
+        L4_UDP => port_index(PROTO_SLOT_UDP, pkt.dport),
+        L4_ICMP => PORT_INDEX_ICMP,
+        _ => PORT_TABLE_LEN,
+    };
+    let rule_id = match SHIELD_PORTS.get(index) {
+        Some(id) if *id < RULE_SLOTS => *id,
+        _ => 0,
+    };
+
+    // Lists, allow first. Lookups are skipped while a list is empty (they cost 37-665 ns).
+    let (allow_flag, deny_flag) = if pkt.family == FAMILY_V4 {
+        (CFG_ALLOW_V4, CFG_DENY_V4)
+    } else {
+        (CFG_ALLOW_V6, CFG_DENY_V6)
+    };
+    if flags & allow_flag != 0 && listed(&pkt, true) {
+        count(rule_id, Reason::Allow, len);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if flags & deny_flag != 0 && listed(&pkt, false) {
+        return Ok(verdict(rule_id, Reason::Deny, global_monitor, len));
+    }
+
+    if rule_id == 0 {
+        count(0, Reason::Pass, len);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let Some(rule) = SHIELD_RULES.get(rule_id) else {
+        count(0, Reason::Pass, len);
+        return Ok(xdp_action::XDP_PASS);
+    };
+    if rule.flags & RULE_PRESENT == 0 || !needs_state(rule, pkt.conn_attempt) {
+        count(rule_id, Reason::Pass, len);
+        return Ok(xdp_action::XDP_PASS);
+    }
+
+    let prefix = if pkt.family == FAMILY_V4 {
+        rule.v4_prefix
+    } else {
+        rule.v6_prefix
+    };
+    let key = SourceKey {
+        rule: rule_id as u16,
+        family: pkt.family,
+        prefix_len: prefix,
+        addr: mask_prefix(pkt.src, prefix),
+    };
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let reason = match SHIELD_SOURCES.get_ptr_mut(&key) {
+        // Known source: update in place, no insert. Concurrent CPUs may race on the same
+        // entry; the loss is bounded by one token per racing CPU.
+        // SAFETY: the pointer comes from a successful map lookup and stays valid for the
+        // rest of this program run (RCU).
+        Some(state) => judge(rule, unsafe { &mut *state }, now, pkt.conn_attempt),
+        None => {
+            let mut state = SourceState {
+                tat: [0; 4],
+                limited: 0,
+                last_limited_ns: 0,
+            };
+            let reason = judge(rule, &mut state, now, pkt.conn_attempt);
+            // A failed insert (memory pressure) only loses this source's history.
+            let _ = SHIELD_SOURCES.insert(&key, &state, 0);
+            reason
+        }
+    };
+    // The rule's flag holds its effective mode (its own `mode`, else the global one), so
+    // that a rule can be enforced while the rest of the policy is still monitored.
+    Ok(verdict(
+        rule_id,
+        reason,
+        rule.flags & RULE_MONITOR != 0,
+        len,
+    ))
+}
+
+/// Counts and returns the action for `reason`, turning drops into `would_drop` passes in
+/// monitor mode.
+#[inline(always)]
+fn verdict(rule_id: u32, reason: Reason, monitor: bool, len: u64) -> u32 {
+    if !reason.is_drop() {
+        count(rule_id, reason, len);
+        xdp_action::XDP_PASS
+    } else if monitor {
+        count(rule_id, Reason::WouldDrop, len);
+        xdp_action::XDP_PASS
+    } else {
+        count(rule_id, reason, len);
+        xdp_action::XDP_DROP
+    }
+}
+
+#[inline(always)]
+fn listed(pkt: &Packet, allow: bool) -> bool {
+    if pkt.family == FAMILY_V4 {
+        let s = pkt.src;
+        let key = Key::new(32, [s[0], s[1], s[2], s[3]]);
+        let trie = if allow { &SHIELD_ALLOW4 } else { &SHIELD_DENY4 };
+        trie.get(&key).is_some()
+    } else {
+        let key = Key::new(128, pkt.src);
+        let trie = if allow { &SHIELD_ALLOW6 } else { &SHIELD_DENY6 };
+        trie.get(&key).is_some()
+    }
+}
+
+#[inline(always)]
+fn count(rule_id: u32, reason: Reason, len: u64) {
+    if let Some(c) = SHIELD_COUNTERS.get_ptr_mut(counter_index(rule_id, reason)) {
+        // SAFETY: per-CPU slot from a successful lookup; no other CPU writes it and the
+        // program is not preempted on this CPU while it runs.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
+}
+
+/// The only way the program reads the packet: a bounds-checked pointer to a `T` at `off`.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + off) as *const T)
+}
+
+/// Reads `N` bytes at `off` (unaligned, bounds-checked).
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
+    let p = ptr_at::<[u8; N]>(ctx, off)?;
+    // SAFETY: `ptr_at` checked that N bytes are inside the packet; [u8; N] has alignment 1.
+    Ok(unsafe { core::ptr::read_unaligned(p) })
+}
+
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+    let eth: [u8; ETH_HLEN] = bytes(ctx, 0)?;
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut off = ETH_HLEN;
+    // Up to two VLAN tags (802.1Q, 802.1ad QinQ).
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let tag: [u8; 4] = bytes(ctx, off)?;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        off += 4;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            let tag: [u8; 4] = bytes(ctx, off)?;
+            ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+            off += 4;
+        }
+    }
+    match ethertype {
+        ETH_P_IPV4 => parse_v4(ctx, off).map(Parsed::Ip),
+        ETH_P_IPV6 => parse_v6(ctx, off).map(Parsed::Ip),
+        _ => Ok(Parsed::NotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
+    let ip: [u8; 20] = bytes(ctx, off)?;
+    if ip[0] >> 4 != 4 {
+        return Err(());
+    }
+    // IHL is 4 bits: at most 60 bytes, at least 20.
+    let hlen = ((ip[0] & 0x0f) as usize) * 4;
+    if hlen < 20 {
+        return Err(());
+    }
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if total_len < hlen {
+        return Err(());
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let src = [
+        ip[12], ip[13], ip[14], ip[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    // Options must be present in full.
+    let _: [u8; 1] = bytes(ctx, off + hlen - 1)?;
+    let mut pkt = Packet {
+        family: FAMILY_V4,
+        src,
+        l4: L4_NONE,
+        dport: 0,
+        conn_attempt: false,
+    };
+    // Non-first fragments carry no transport header: judged on the source only.
+    if frag & 0x1fff != 0 {
+        return Ok(pkt);
+    }
+    parse_l4(ctx, off + hlen, ip[9], &mut pkt)?;
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
+    let ip: [u8; 40] = bytes(ctx, off)?;
+    if ip[0] >> 4 != 6 {
+        return Err(());
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    let mut pkt = Packet {
+        family: FAMILY_V6,
+        src,
+        l4: L4_NONE,
+        dport: 0,
+        conn_attempt: false,
+    };
+    let mut next = ip[6];
+    let mut l4off = off + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let h: [u8; 2] = bytes(ctx, l4off)?;
+                next = h[0];
+                l4off += (h[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let h: [u8; 2] = bytes(ctx, l4off)?;
+                next = h[0];
+                l4off += (h[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let h: [u8; 4] = bytes(ctx, l4off)?;
+                next = h[0];
+                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                    // Non-first fragment: source only.
+                    return Ok(pkt);
+                }
+                l4off += 8;
+            }
+            _ => break,
+        }
+    }
+    // A chain longer than MAX_EXT_HEADERS ends on an extension header: parse_l4 then finds
+    // no transport it knows and the packet is judged on its source only.
+    parse_l4(ctx, l4off, next, &mut pkt)?;
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, off: usize, proto: u8, pkt: &mut Packet) -> Result<(), ()> {
+    match proto {
+        IPPROTO_TCP => {
+            let tcp: [u8; 20] = bytes(ctx, off)?;
+            if tcp[12] >> 4 < 5 {
+                return Err(());
+            }
+            pkt.l4 = L4_TCP;
+            pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            pkt.conn_attempt = tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        }
+        IPPROTO_UDP => {
+            let udp: [u8; 8] = bytes(ctx, off)?;
+            pkt.l4 = L4_UDP;
+            pkt.dport = u16::from_be_bytes([udp[2], udp[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let _: [u8; 4] = bytes(ctx, off)?;
+            pkt.l4 = L4_ICMP;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,7 @@
+//! shield's user side: policy compiler, loader, daemon, stats and the namespace lab.
+//! Directions: cli (main.rs) → daemon → loader → policy → shield-common.
+
+pub mod policy;
+
+/// The XDP program, built by build.rs (aya-build) and embedded at compile time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield"));

@@ -1,0 +1,140 @@
+//! `Policy` → map images: exactly what the daemon writes into the kernel maps.
+
+use std::net::IpAddr;
+
+use shield_common::{
+    B_CONN, B_CONN_SUSTAINED, B_PKT, B_PKT_SUSTAINED, BUCKETS, CFG_ALLOW_V4, CFG_ALLOW_V6,
+    CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, Gcra, GlobalConfig, PORT_INDEX_ICMP,
+    PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_MONITOR, RULE_NAME_LEN, RULE_PRESENT,
+    RULE_SLOTS, RuleConfig, bucket::NS_PER_SEC, port_index,
+};
+
+use super::{Cidr, Limit, Mode, Policy, Protocol};
+
+/// The map contents for one policy. Rule ids are the rules' positions in the file plus one
+/// (0 is "no rule").
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub global: GlobalConfig,
+    /// `SHIELD_PORTS`, all `PORT_TABLE_LEN` slots.
+    pub ports: Vec<u32>,
+    /// `SHIELD_RULES`, all `RULE_SLOTS` slots.
+    pub rules: Vec<RuleConfig>,
+    pub allow_v4: Vec<([u8; 4], u8)>,
+    pub allow_v6: Vec<([u8; 16], u8)>,
+    pub deny_v4: Vec<([u8; 4], u8)>,
+    pub deny_v6: Vec<([u8; 16], u8)>,
+    pub max_sources: u32,
+}
+
+/// The bucket pair for a limit: `(rate, sustained)`. `None` if the numbers overflow.
+pub(super) fn buckets(l: &Limit) -> Option<(Gcra, Gcra)> {
+    let rate = Gcra::new(l.rate.count, l.rate.period_secs * NS_PER_SEC, l.burst)?;
+    let sustained = match l.sustained {
+        Some(s) => Gcra::new(s.count, s.period_secs * NS_PER_SEC, s.count)?,
+        None => Gcra::DISABLED,
+    };
+    Some((rate, sustained))
+}
+
+pub fn compile(policy: &Policy) -> CompiledPolicy {
+    let mut global = GlobalConfig {
+        flags: CFG_LOADED,
+        generation: 0,
+    };
+    if policy.mode == Mode::Monitor {
+        global.flags |= CFG_MONITOR;
+    }
+    let mut ports = vec![0u32; PORT_TABLE_LEN as usize];
+    let mut rules = vec![RuleConfig::default(); RULE_SLOTS as usize];
+
+    // Catch-all rules first, so that port rules (more specific) overwrite their slots.
+    let mut order: Vec<usize> = (0..policy.rules.len()).collect();
+    order.sort_by_key(|i| !policy.rules[*i].ports.is_empty());
+    for i in order {
+        let rule = &policy.rules[i];
+        let id = (i + 1) as u32;
+        let mut buckets_out = [Gcra::DISABLED; BUCKETS];
+        if let Some((r, s)) = rule.connections.as_ref().and_then(buckets) {
+            buckets_out[B_CONN] = r;
+            buckets_out[B_CONN_SUSTAINED] = s;
+        }
+        if let Some((r, s)) = rule.packets.as_ref().and_then(buckets) {
+            buckets_out[B_PKT] = r;
+            buckets_out[B_PKT_SUSTAINED] = s;
+        }
+        let mut name = [0u8; RULE_NAME_LEN];
+        let n = rule.name.len().min(RULE_NAME_LEN);
+        name[..n].copy_from_slice(&rule.name.as_bytes()[..n]);
+        let mut flags = RULE_PRESENT;
+        if rule.mode == Mode::Monitor {
+            flags |= RULE_MONITOR;
+        }
+        rules[id as usize] = RuleConfig {
+            buckets: buckets_out,
+            flags,
+            v4_prefix: rule.ipv4_prefix,
+            v6_prefix: rule.ipv6_prefix,
+            _pad: [0; 2],
+            name,
+        };
+        match rule.protocol {
+            Protocol::Icmp => ports[PORT_INDEX_ICMP as usize] = id,
+            Protocol::Tcp | Protocol::Udp => {
+                let slot = if rule.protocol == Protocol::Tcp {
+                    PROTO_SLOT_TCP
+                } else {
+                    PROTO_SLOT_UDP
+                };
+                if rule.ports.is_empty() {
+                    for port in 0..=u16::MAX {
+                        ports[port_index(slot, port) as usize] = id;
+                    }
+                } else {
+                    for range in &rule.ports {
+                        for port in range.first..=range.last {
+                            ports[port_index(slot, port) as usize] = id;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let (allow_v4, allow_v6) = split(&policy.allow);
+    let (deny_v4, deny_v6) = split(&policy.deny);
+    for (non_empty, flag) in [
+        (!allow_v4.is_empty(), CFG_ALLOW_V4),
+        (!allow_v6.is_empty(), CFG_ALLOW_V6),
+        (!deny_v4.is_empty(), CFG_DENY_V4),
+        (!deny_v6.is_empty(), CFG_DENY_V6),
+    ] {
+        if non_empty {
+            global.flags |= flag;
+        }
+    }
+    CompiledPolicy {
+        global,
+        ports,
+        rules,
+        allow_v4,
+        allow_v6,
+        deny_v4,
+        deny_v6,
+        max_sources: policy.max_sources,
+    }
+}
+
+type Split = (Vec<([u8; 4], u8)>, Vec<([u8; 16], u8)>);
+
+fn split(list: &[Cidr]) -> Split {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for c in list {
+        match c.addr {
+            IpAddr::V4(a) => v4.push((a.octets(), c.len)),
+            IpAddr::V6(a) => v6.push((a.octets(), c.len)),
+        }
+    }
+    (v4, v6)
+}

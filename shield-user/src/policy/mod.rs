@@ -1,0 +1,163 @@
+//! Policy files: parsing (TOML, every error with file:line:column), validation, and the
+//! validated `Policy` that `compile` turns into map images. Pure: no kernel access.
+
+mod compile;
+mod parse;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, net::IpAddr, path::Path};
+
+pub use compile::{CompiledPolicy, compile};
+pub use parse::parse_str;
+pub use table::matrix_table;
+
+/// What happens to traffic over a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Drop it.
+    Enforce,
+    /// Pass it and count `would_drop`.
+    Monitor,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        })
+    }
+}
+
+/// `count` tokens per `period_secs` seconds, as written in the file (`"5/s"`, `"600/min"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub period_secs: u64,
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.period_secs {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// A `connections` or `packets` limit: a token bucket (`rate`, `burst`) and an optional
+/// second, longer bucket (`sustained`: N tokens per period, capacity N).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub rate: Rate,
+    pub burst: u64,
+    pub sustained: Option<Rate>,
+}
+
+/// A destination port range, inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Empty: every port of the protocol not claimed by another rule (and always for ICMP).
+    pub ports: Vec<PortRange>,
+    pub mode: Mode,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub connections: Option<Limit>,
+    pub packets: Option<Limit>,
+}
+
+/// A CIDR prefix with host bits clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub max_sources: u32,
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub rules: Vec<Rule>,
+}
+
+/// A policy error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct PolicyError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Errors from loading a policy file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+}
+
+/// Reads, parses and validates a policy file.
+pub fn load(path: &Path) -> Result<Policy, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(parse_str(&path.display().to_string(), &text)?)
+}

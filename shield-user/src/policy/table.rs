@@ -1,0 +1,104 @@
+//! The effective policy matrix as a text table (`shield check`).
+
+use std::fmt::Write as _;
+
+use super::{Limit, Policy, Protocol};
+
+fn limit_text(l: &Option<Limit>) -> String {
+    match l {
+        None => "-".to_string(),
+        Some(l) => {
+            let mut s = format!("{} burst {}", l.rate, l.burst);
+            if let Some(sus) = l.sustained {
+                let _ = write!(s, ", max {sus}");
+            }
+            s
+        }
+    }
+}
+
+/// Renders the policy as the table `shield check` prints: one row per rule, with every
+/// default resolved, then the lists and what unmatched traffic does.
+pub fn matrix_table(policy: &Policy) -> String {
+    let header = [
+        "RULE",
+        "PROTO",
+        "PORTS",
+        "MODE",
+        "SCOPE v4/v6",
+        "CONNECTIONS (per source)",
+        "PACKETS (per source)",
+    ];
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for r in &policy.rules {
+        let ports = if r.protocol == Protocol::Icmp {
+            "-".to_string()
+        } else if r.ports.is_empty() {
+            "all other".to_string()
+        } else {
+            r.ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        rows.push([
+            r.name.clone(),
+            r.protocol.to_string(),
+            ports,
+            r.mode.to_string(),
+            format!("/{} /{}", r.ipv4_prefix, r.ipv6_prefix),
+            limit_text(&r.connections),
+            limit_text(&r.packets),
+        ]);
+    }
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "defaults: mode {}, scope /{} (IPv4) /{} (IPv6), max_sources {}",
+        policy.mode, policy.ipv4_prefix, policy.ipv6_prefix, policy.max_sources
+    );
+    let line = |out: &mut String, cells: &[&str]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
+        }
+        let _ = writeln!(out, "{}", l.trim_end());
+    };
+    line(&mut out, &header);
+    for row in &rows {
+        line(
+            &mut out,
+            &row.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no rules: traffic is only checked against the lists)");
+    }
+    let list = |name: &str, l: &[super::Cidr]| {
+        let v4 = l.iter().filter(|c| c.addr.is_ipv4()).count();
+        let shown: Vec<String> = l.iter().take(5).map(ToString::to_string).collect();
+        let more = if l.len() > 5 {
+            format!(" … and {} more", l.len() - 5)
+        } else {
+            String::new()
+        };
+        format!(
+            "{name}: {} prefixes ({v4} IPv4, {} IPv6){}{}{more}\n",
+            l.len(),
+            l.len() - v4,
+            if l.is_empty() { "" } else { ": " },
+            shown.join(", ")
+        )
+    };
+    out.push_str(&list("allow (never limited)", &policy.allow));
+    out.push_str(&list("deny (always dropped)", &policy.deny));
+    out.push_str("unmatched traffic: passes untracked (counted under `(none)`)\n");
+    out
+}

@@ -1,0 +1,481 @@
+//! Policy parsing and validation: the shipped example, every class of bad input (with the
+//! file:line:column the user sees), and what the compiled map images contain.
+
+use super::*;
+use shield_common::{
+    B_CONN, B_CONN_SUSTAINED, B_PKT, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_DENY_V4, CFG_DENY_V6,
+    CFG_LOADED, CFG_MONITOR, PORT_INDEX_ICMP, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_MONITOR,
+    RULE_PRESENT, bucket::NS_PER_SEC, port_index,
+};
+
+fn ok(text: &str) -> Policy {
+    parse_str("t.toml", text).unwrap_or_else(|e| panic!("policy should be valid, got: {e}"))
+}
+
+#[test]
+fn example_policy_is_valid_and_complete() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policy/example.toml");
+    let p = load(std::path::Path::new(path)).expect("policy/example.toml must stay valid");
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(
+        (p.ipv4_prefix, p.ipv6_prefix, p.max_sources),
+        (32, 64, 262_144)
+    );
+    assert_eq!(p.allow.len(), 1);
+    assert_eq!(p.deny.len(), 2);
+    let api = &p.rules[0];
+    assert_eq!(api.name, "api");
+    assert_eq!(
+        api.ports,
+        vec![
+            PortRange {
+                first: 8080,
+                last: 8080
+            },
+            PortRange {
+                first: 9000,
+                last: 9099
+            }
+        ]
+    );
+    let c = api.connections.unwrap();
+    assert_eq!(
+        c.rate,
+        Rate {
+            count: 5,
+            period_secs: 1
+        }
+    );
+    assert_eq!(c.burst, 10);
+    assert_eq!(
+        c.sustained,
+        Some(Rate {
+            count: 100,
+            period_secs: 60
+        })
+    );
+    assert_eq!(p.rules[1].mode, Mode::Monitor);
+    assert_eq!(p.rules[2].ipv4_prefix, 24);
+    assert_eq!(
+        p.rules[2].ipv6_prefix, 64,
+        "rule inherits the default v6 scope"
+    );
+    assert_eq!(p.rules[3].protocol, Protocol::Icmp);
+    let table = matrix_table(&p);
+    for needle in [
+        "api",
+        "8080,9000-9099",
+        "5/s burst 10, max 100/min",
+        "monitor",
+        "/24 /64",
+    ] {
+        assert!(
+            table.contains(needle),
+            "matrix table lacks {needle:?}:\n{table}"
+        );
+    }
+}
+
+#[test]
+fn the_issue_schema_parses_verbatim() {
+    let p = ok(r#"
+[defaults]
+mode = "enforce"          # or "monitor"
+ipv4_prefix = 32
+ipv6_prefix = 64
+max_sources = 262144      # per-source LRU capacity
+
+[lists]
+allow = ["10.0.0.0/8"]
+deny  = ["203.0.113.0/24", "2001:db8:dead::/48"]
+
+[[rule]]
+name = "api"
+protocol = "tcp"                      # tcp | udp | icmp
+ports = [8080, "9000-9099"]
+mode = "monitor"                      # optional per-rule override
+ipv4_prefix = 24                      # optional per-rule override (same for ipv6_prefix)
+connections = { rate = "5/s", burst = 10, sustained = "100/min" }   # sustained optional
+packets = { rate = "1000/s", burst = 2000 }                         # optional
+"#);
+    let r = &p.rules[0];
+    assert_eq!(r.mode, Mode::Monitor);
+    assert_eq!(r.ipv4_prefix, 24);
+    assert_eq!(r.packets.unwrap().burst, 2000);
+}
+
+#[test]
+fn empty_policy_is_valid_with_defaults() {
+    let p = ok("");
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!((p.ipv4_prefix, p.ipv6_prefix), (32, 64));
+    assert!(p.rules.is_empty());
+}
+
+#[test]
+fn burst_defaults_to_one_second_of_rate() {
+    let p = ok("[[rule]]\nname='a'\nprotocol='udp'\npackets={rate='600/min'}\n");
+    assert_eq!(p.rules[0].packets.unwrap().burst, 10);
+    let p = ok("[[rule]]\nname='a'\nprotocol='udp'\npackets={rate='5/h'}\n");
+    assert_eq!(p.rules[0].packets.unwrap().burst, 1);
+}
+
+/// (case, policy text, line, column, part of the message)
+const BAD: &[(&str, &str, usize, usize, &str)] = &[
+    (
+        "toml syntax",
+        "[defaults\nmode='enforce'",
+        1,
+        10,
+        "expected",
+    ),
+    (
+        "unknown top-level key",
+        "colour = 1\n",
+        1,
+        1,
+        "unknown field `colour`",
+    ),
+    (
+        "unknown defaults key",
+        "[defaults]\nmod = 'enforce'\n",
+        2,
+        1,
+        "unknown field `mod`",
+    ),
+    (
+        "unknown rule key",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nport=[80]\n",
+        4,
+        1,
+        "unknown field `port`",
+    ),
+    (
+        "unknown limit key",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='1/s', brust=3}\n",
+        4,
+        26,
+        "unknown field `brust`",
+    ),
+    (
+        "bad mode",
+        "[defaults]\nmode = 'block'\n",
+        2,
+        8,
+        "mode must be \"enforce\" or \"monitor\"",
+    ),
+    (
+        "zero prefix",
+        "[defaults]\nipv4_prefix = 0\n",
+        2,
+        15,
+        "between 1 and 32",
+    ),
+    (
+        "v6 prefix too long",
+        "[defaults]\nipv6_prefix = 129\n",
+        2,
+        15,
+        "between 1 and 128",
+    ),
+    (
+        "tiny max_sources",
+        "[defaults]\nmax_sources = 1\n",
+        2,
+        15,
+        "max_sources must be between",
+    ),
+    (
+        "bad cidr",
+        "[lists]\nallow = ['10.0.0.0/33']\n",
+        2,
+        10,
+        "prefix length must be 0 to 32",
+    ),
+    (
+        "not an address",
+        "[lists]\ndeny = ['example.com']\n",
+        2,
+        9,
+        "not an IP address",
+    ),
+    (
+        "host bits",
+        "[lists]\ndeny = ['10.1.2.3/8']\n",
+        2,
+        9,
+        "did you mean 10.0.0.0/8",
+    ),
+    (
+        "missing name",
+        "[[rule]]\nprotocol='tcp'\n",
+        1,
+        1,
+        "missing field `name`",
+    ),
+    (
+        "bad name",
+        "[[rule]]\nname='a b'\nprotocol='tcp'\n",
+        2,
+        6,
+        "rule name must be",
+    ),
+    (
+        "duplicate name",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=[1]\n[[rule]]\nname='a'\nprotocol='udp'\n",
+        6,
+        6,
+        "used twice",
+    ),
+    (
+        "bad protocol",
+        "[[rule]]\nname='a'\nprotocol='sctp'\n",
+        3,
+        10,
+        "protocol must be",
+    ),
+    (
+        "port zero",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=[0]\n",
+        4,
+        8,
+        "expected a port (1-65535)",
+    ),
+    (
+        "port too big",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=[70000]\n",
+        4,
+        8,
+        "got 70000",
+    ),
+    (
+        "backwards range",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=['90-80']\n",
+        4,
+        8,
+        "backwards",
+    ),
+    (
+        "garbage range",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=['http']\n",
+        4,
+        8,
+        "got \"http\"",
+    ),
+    (
+        "float port",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=[80.5]\n",
+        4,
+        8,
+        "got float",
+    ),
+    (
+        "empty ports",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=[]\n",
+        4,
+        7,
+        "`ports` is empty",
+    ),
+    (
+        "ports on icmp",
+        "[[rule]]\nname='a'\nprotocol='icmp'\nports=[1]\n",
+        4,
+        7,
+        "icmp rules take no `ports`",
+    ),
+    (
+        "overlap in rule",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=[80,'70-90']\n",
+        4,
+        11,
+        "overlap 80",
+    ),
+    (
+        "overlap across rules",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=['8000-8099']\n[[rule]]\nname='b'\nprotocol='tcp'\nports=[8080]\n",
+        8,
+        7,
+        "already claimed by rule `a`",
+    ),
+    (
+        "two catch-alls",
+        "[[rule]]\nname='a'\nprotocol='udp'\n[[rule]]\nname='b'\nprotocol='udp'\n",
+        5,
+        6,
+        "all udp traffic",
+    ),
+    (
+        "connections on udp",
+        "[[rule]]\nname='a'\nprotocol='udp'\nconnections={rate='1/s'}\n",
+        4,
+        13,
+        "only valid on tcp rules",
+    ),
+    (
+        "rate without unit",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='5'}\n",
+        4,
+        19,
+        "missing `/`",
+    ),
+    (
+        "rate bad unit",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='5/day'}\n",
+        4,
+        19,
+        "unit must be s, min or h",
+    ),
+    (
+        "zero rate",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='0/s'}\n",
+        4,
+        19,
+        "rate of 0",
+    ),
+    (
+        "negative rate",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='-3/s'}\n",
+        4,
+        19,
+        "whole number",
+    ),
+    (
+        "absurd rate",
+        "[[rule]]\nname='a'\nprotocol='udp'\npackets={rate='999999999999/s'}\n",
+        4,
+        15,
+        "not meaningful",
+    ),
+    (
+        "zero burst",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='1/s', burst=0}\n",
+        4,
+        32,
+        "burst must be between 1",
+    ),
+    (
+        "absurd burst",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='1/s', burst=9999999999}\n",
+        4,
+        32,
+        "burst must be between 1",
+    ),
+    (
+        "sustained above rate",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='1/s', sustained='100/s'}\n",
+        4,
+        36,
+        "above the rate",
+    ),
+    (
+        "string for integer",
+        "[defaults]\nipv4_prefix = '24'\n",
+        2,
+        15,
+        "invalid type",
+    ),
+];
+
+#[test]
+fn every_class_of_bad_input_is_located_and_explained() {
+    let mut failures = Vec::new();
+    for (case, text, line, column, needle) in BAD {
+        match parse_str("bad.toml", text) {
+            Ok(_) => failures.push(format!("{case}: accepted, should be rejected")),
+            Err(e) => {
+                let shown = e.to_string();
+                if !shown.starts_with("bad.toml:") || !shown.contains(needle) {
+                    failures.push(format!("{case}: message {shown:?} lacks {needle:?}"));
+                }
+                if (e.line, e.column) != (*line, *column) {
+                    failures.push(format!(
+                        "{case}: located at {}:{}, expected {line}:{column} ({shown})",
+                        e.line, e.column
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let e = load(std::path::Path::new("/nonexistent/shield.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cannot read policy file /nonexistent/shield.toml")
+    );
+}
+
+#[test]
+fn compiled_image_matches_the_policy() {
+    let p = ok(r#"
+[defaults]
+mode = "monitor"
+[lists]
+allow = ["10.0.0.0/8", "2001:db8::/32"]
+deny = ["192.0.2.0/24"]
+[[rule]]
+name = "web"
+protocol = "tcp"
+ports = [80, "8000-8002"]
+mode = "enforce"
+connections = { rate = "5/s", burst = 10, sustained = "100/min" }
+[[rule]]
+name = "other-tcp"
+protocol = "tcp"
+packets = { rate = "1000/s", burst = 2000 }
+[[rule]]
+name = "ping"
+protocol = "icmp"
+packets = { rate = "1/s" }
+"#);
+    let c = compile(&p);
+    assert_eq!(
+        c.global.flags,
+        CFG_LOADED | CFG_MONITOR | CFG_ALLOW_V4 | CFG_ALLOW_V6 | CFG_DENY_V4
+    );
+    assert_eq!(
+        c.global.flags & CFG_DENY_V6,
+        0,
+        "empty list must be skipped"
+    );
+    // Most specific wins: listed ports go to `web`, every other TCP port to `other-tcp`.
+    assert_eq!(c.ports[port_index(PROTO_SLOT_TCP, 80) as usize], 1);
+    assert_eq!(c.ports[port_index(PROTO_SLOT_TCP, 8001) as usize], 1);
+    assert_eq!(c.ports[port_index(PROTO_SLOT_TCP, 8003) as usize], 2);
+    assert_eq!(c.ports[port_index(PROTO_SLOT_TCP, 0) as usize], 2);
+    assert_eq!(
+        c.ports[port_index(PROTO_SLOT_UDP, 80) as usize],
+        0,
+        "no UDP rule"
+    );
+    assert_eq!(c.ports[PORT_INDEX_ICMP as usize], 3);
+    let web = &c.rules[1];
+    assert_eq!(
+        web.flags, RULE_PRESENT,
+        "an explicit `enforce` overrides global monitor"
+    );
+    assert_eq!(web.buckets[B_CONN].interval_ns, NS_PER_SEC / 5);
+    assert_eq!(web.buckets[B_CONN].burst(), 10);
+    assert_eq!(web.buckets[B_CONN_SUSTAINED].interval_ns, 600_000_000);
+    assert_eq!(web.buckets[B_CONN_SUSTAINED].burst(), 100);
+    assert!(!web.has_pkt_limit());
+    assert_eq!(&web.name[..4], b"web\0");
+    assert_eq!(
+        c.rules[2].flags,
+        RULE_PRESENT | RULE_MONITOR,
+        "rules inherit the global mode"
+    );
+    assert_eq!(c.rules[2].buckets[B_PKT].interval_ns, 1_000_000);
+    assert_eq!(c.rules[0].flags, 0, "slot 0 is never a rule");
+    assert_eq!(
+        c.allow_v6,
+        vec![(
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            32
+        )]
+    );
+    assert_eq!(c.deny_v4, vec![([192, 0, 2, 0], 24)]);
+}
