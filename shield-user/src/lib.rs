@@ -1,7 +1,12 @@
 //! shield's user side: policy compiler, loader, daemon, stats and the namespace lab.
-//! Directions: cli (main.rs) → daemon → loader → policy → shield-common.
+//! Directions: cli (main.rs) → daemon/lab → loader → policy → shield-common.
 
+pub mod daemon;
+pub mod lab;
+pub mod loader;
+pub mod netlab;
 pub mod policy;
+pub mod stats;
 
 /// The XDP program, built by build.rs (aya-build) and embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield"));

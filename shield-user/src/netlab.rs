@@ -1,0 +1,512 @@
+//! Throwaway network labs for `shield lab` and the integration tests: network namespaces
+//! joined by a veth pair, a private bpffs, the real daemon, a TCP server and real TCP
+//! clients. Every resource is a guard that removes itself on drop, so failed runs and
+//! parallel tests leave nothing behind. Nothing here touches the host's own interfaces.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// The lab's addresses: documentation ranges, outside the example policy's lists.
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const LEGIT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const ATTACKER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 1, 0, 0, 0, 1);
+pub const LEGIT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 1, 0, 0, 0, 2);
+/// The rotating IPv6 attacker uses `ROTATING_V6_COUNT` addresses inside this /64.
+pub const ROTATING_V6_PREFIX: [u16; 4] = [0x2001, 0xdb8, 1, 2];
+pub const ROTATING_V6_COUNT: u16 = 16;
+/// Interface names inside the namespaces (each namespace has its own name space).
+pub const SERVER_IF: &str = "shield0";
+pub const CLIENT_IF: &str = "peer0";
+
+pub fn rotating_v6(i: u16) -> Ipv6Addr {
+    let p = ROTATING_V6_PREFIX;
+    Ipv6Addr::new(p[0], p[1], p[2], p[3], 0xa, 0xb, 0xc, 0x100 + i)
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call (fits the 15-byte interface limit too).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command, failing with its stderr.
+pub fn sh(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} (is it installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Fails with what is missing unless this process can build labs.
+pub fn require_privileges() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "needs root (network namespaces, bpffs mounts and XDP attach need CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF); run as root, e.g. `sudo -E cargo xtask test`"
+        );
+    }
+    Command::new("ip")
+        .arg("-V")
+        .output()
+        .context("needs the `ip` command (Debian package iproute2)")?;
+    Ok(())
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Result<Netns> {
+        let name = unique(prefix);
+        sh("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> ARGS…`
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// A command that runs inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread that has joined this namespace: sockets it opens live there.
+    pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        let file = File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter(&file)?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
+        })
+    }
+
+    /// Like `run_in`, on a detached thread (for servers).
+    pub fn spawn_in<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<JoinHandle<Result<R>>> {
+        let file = File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))?;
+        Ok(std::thread::spawn(move || {
+            enter(&file)?;
+            Ok(f())
+        }))
+    }
+}
+
+fn enter(ns: &File) -> Result<()> {
+    // SAFETY: a valid namespace fd; CLONE_NEWNET only affects the calling thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).context("setns(CLONE_NEWNET)");
+    }
+    Ok(())
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A private bpffs mount, unmounted and removed on drop (tests never pin under the host's
+/// /sys/fs/bpf).
+pub struct TempBpffs {
+    pub path: PathBuf,
+}
+
+impl TempBpffs {
+    pub fn new() -> Result<TempBpffs> {
+        let path = std::env::temp_dir().join(unique("shield-bpffs-"));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        let guard = TempBpffs { path };
+        crate::loader::ensure_bpffs(&guard.path)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TempBpffs {
+    fn drop(&mut self) {
+        if let Ok(c) = CString::new(self.path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Server and client namespaces joined by one veth pair: `SERVER_IF` (where shield
+/// attaches) ↔ `CLIENT_IF`, with the legit, attacker and rotating IPv6 addresses on the
+/// client side.
+pub struct Topology {
+    // Field order = drop order: namespaces go last.
+    pub server: Netns,
+    pub client: Netns,
+}
+
+impl Topology {
+    pub fn new() -> Result<Topology> {
+        let server = Netns::new("shs")?;
+        let client = Netns::new("shc")?;
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                SERVER_IF,
+                "netns",
+                &server.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                CLIENT_IF,
+                "netns",
+                &client.name,
+            ],
+        )?;
+        let s = |a: String| -> Result<()> { server.ip(&a.split(' ').collect::<Vec<_>>()) };
+        let c = |a: String| -> Result<()> { client.ip(&a.split(' ').collect::<Vec<_>>()) };
+        s(format!("addr add {SERVER_V4}/24 dev {SERVER_IF}"))?;
+        s(format!("-6 addr add {SERVER_V6}/64 dev {SERVER_IF} nodad"))?;
+        s(format!("link set {SERVER_IF} up"))?;
+        let p = ROTATING_V6_PREFIX;
+        s(format!(
+            "-6 route add {:x}:{:x}:{:x}:{:x}::/64 dev {SERVER_IF}",
+            p[0], p[1], p[2], p[3]
+        ))?;
+        c(format!("addr add {LEGIT_V4}/24 dev {CLIENT_IF}"))?;
+        c(format!("addr add {ATTACKER_V4}/24 dev {CLIENT_IF}"))?;
+        c(format!("-6 addr add {LEGIT_V6}/64 dev {CLIENT_IF} nodad"))?;
+        for i in 0..ROTATING_V6_COUNT {
+            c(format!(
+                "-6 addr add {}/64 dev {CLIENT_IF} nodad",
+                rotating_v6(i)
+            ))?;
+        }
+        c(format!("link set {CLIENT_IF} up"))?;
+        let topo = Topology { server, client };
+        topo.wait_reachable()?;
+        Ok(topo)
+    }
+
+    /// Waits until the veth link is up on both sides (carrier takes a moment).
+    fn wait_reachable(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = Command::new("ip")
+                .args(["-n", &self.client.name, "-o", "link", "show", CLIENT_IF])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("LOWER_UP"))
+                .unwrap_or(false);
+            if up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("veth pair did not come up within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A TCP server accepting and closing connections on every address of its namespace
+/// (IPv4 and IPv6), stopped on drop.
+pub struct TcpServer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<Result<()>>>>,
+    pub accepted: Arc<AtomicU32>,
+}
+
+impl TcpServer {
+    pub fn start(ns: &Netns, port: u16) -> Result<TcpServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let handle = ns.spawn_in(move || -> Result<()> {
+            let listener = (|| -> io::Result<Socket> {
+                let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+                s.set_only_v6(false)?;
+                s.set_reuse_address(true)?;
+                s.bind(&SockAddr::from(SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    port,
+                )))?;
+                s.listen(4096)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })();
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return Err(e.into());
+                }
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        accepted2.fetch_add(1, Ordering::Relaxed);
+                        drop(conn);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })?;
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("lab server cannot listen on port {port}: {e}"),
+            Err(_) => bail!("lab server did not start"),
+        }
+        Ok(TcpServer {
+            stop,
+            handle: Some(handle),
+            accepted,
+        })
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Outcome of a series of connection attempts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Connects {
+    pub ok: u32,
+    pub failed: u32,
+}
+
+/// Opens `count` real TCP connections to `dst`, cycling through `sources`, one every `interval`, each
+/// given `timeout` to complete (shorter than the kernel's 1 s SYN retransmit, so a dropped
+/// SYN is one failed attempt, not a retry). Runs on the calling thread, which must be in
+/// the client namespace (see `Netns::run_in`).
+pub fn connect_many(
+    sources: &[IpAddr],
+    dst: SocketAddr,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+) -> Connects {
+    let mut result = Connects::default();
+    if sources.is_empty() {
+        return result;
+    }
+    let mut pending: Vec<(Socket, Instant)> = Vec::new();
+    let start = Instant::now();
+    let mut sent = 0u32;
+    while sent < count || !pending.is_empty() {
+        let now = Instant::now();
+        while sent < count && now >= start + interval * sent {
+            let src = sources[sent as usize % sources.len().max(1)];
+            match open_nonblocking(src, dst) {
+                Ok(s) => pending.push((s, now + timeout)),
+                Err(_) => result.failed += 1,
+            }
+            sent += 1;
+        }
+        pending.retain(|(s, deadline)| match poll_connected(s) {
+            Some(true) => {
+                result.ok += 1;
+                let _ = s.set_linger(Some(Duration::ZERO));
+                false
+            }
+            Some(false) => {
+                result.failed += 1;
+                false
+            }
+            None if Instant::now() >= *deadline => {
+                result.failed += 1;
+                false
+            }
+            None => true,
+        });
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    result
+}
+
+fn open_nonblocking(src: IpAddr, dst: SocketAddr) -> io::Result<Socket> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    match s.connect(&SockAddr::from(dst)) {
+        Ok(()) => Ok(s),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+        Err(e) => Err(e),
+    }
+}
+
+/// `Some(true)` connected, `Some(false)` refused/failed, `None` still in progress.
+fn poll_connected(s: &Socket) -> Option<bool> {
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n <= 0 {
+        return None;
+    }
+    match s.take_error() {
+        Ok(None) => Some(true),
+        _ => Some(false),
+    }
+}
+
+/// The real `shield run` as a child process inside a namespace; SIGTERM on drop (then
+/// SIGKILL if it does not exit within 5 s).
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `bin run --iface SERVER_IF --policy POLICY --bpffs BPFFS` in `ns` and waits
+    /// until its maps are pinned and a policy is loaded.
+    pub fn start(
+        bin: &Path,
+        ns: &Netns,
+        policy: &Path,
+        bpffs: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("shield-daemon-")));
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = ns
+            .command(bin)
+            .arg("run")
+            .args(["--iface", SERVER_IF, "--bpffs"])
+            .arg(bpffs)
+            .arg("--policy")
+            .arg(policy)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut d = Daemon {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("shield run exited early ({status}):\n{}", d.log_text());
+            }
+            let ready = crate::stats::read_iface(bpffs, SERVER_IF)
+                .map(|s| s.policy_generation > 0)
+                .unwrap_or(false);
+            if ready && d.log_text().contains("running") {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                bail!("shield run did not become ready in 30 s:\n{}", d.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: returns the exit status and the log.
+    pub fn stop(&mut self) -> Result<(std::process::ExitStatus, String)> {
+        let Some(mut child) = self.child.take() else {
+            bail!("daemon already stopped");
+        };
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, self.log_text()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!(
+                    "shield run ignored SIGTERM for 5 s ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

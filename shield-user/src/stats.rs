@@ -1,0 +1,247 @@
+//! `shield stats`: reads the pinned maps (with or without a running daemon) and reports
+//! per-rule × reason counters, tracked sources and the top limited sources.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use serde::Serialize;
+use shield_common::{
+    CFG_LOADED, CFG_MONITOR, Counter, GlobalConfig, MAP_CONFIG, MAP_COUNTERS, MAP_RULES,
+    MAP_SOURCES, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig, SourceKey,
+    SourceState, addr::FAMILY_V4, counter_index,
+};
+
+use crate::loader::{LoaderError, open_pinned};
+
+/// Name shown for rule slot 0: traffic no rule matched (and malformed frames).
+pub const UNMATCHED: &str = "(none)";
+/// How many sources `top_sources` lists.
+pub const TOP_SOURCES: usize = 10;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleStats {
+    pub id: u32,
+    pub name: String,
+    /// `monitor` or `enforce` (effective mode of the rule).
+    pub mode: &'static str,
+    /// Every reason, in `Reason` order, zeros included (stable keys).
+    pub counters: BTreeMap<&'static str, Count>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopSource {
+    pub rule: String,
+    /// Source key: address masked to the rule's scope, with the prefix length.
+    pub source: String,
+    /// Packets refused by the rule's limits since the source was first tracked.
+    pub limited: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IfaceStats {
+    pub iface: String,
+    /// 0 when no policy has been loaded yet.
+    pub policy_generation: u32,
+    /// Global mode: `enforce` or `monitor`.
+    pub mode: &'static str,
+    pub max_sources: u32,
+    pub tracked_sources: u64,
+    pub rules: Vec<RuleStats>,
+    pub top_sources: Vec<TopSource>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub interfaces: Vec<IfaceStats>,
+}
+
+fn name_of(cfg: &RuleConfig) -> String {
+    let end = cfg
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(cfg.name.len());
+    String::from_utf8_lossy(&cfg.name[..end]).into_owned()
+}
+
+fn source_text(key: &SourceKey) -> String {
+    let ip = if key.family == FAMILY_V4 {
+        let a = key.addr;
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(key.addr))
+    };
+    format!("{ip}/{}", key.prefix_len)
+}
+
+/// Interfaces with pins under `<bpffs>/shield/`.
+pub fn pinned_ifaces(bpffs: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(bpffs.join("shield"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(MAP_COUNTERS).exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads one interface's pinned maps.
+pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> {
+    let dir: PathBuf = crate::loader::pin_dir(bpffs, iface);
+    let err = |map: &'static str| move |source| LoaderError::Map { map, source };
+
+    let config: Array<MapData, GlobalConfig> =
+        Array::try_from(open_pinned(&dir, MAP_CONFIG)?).map_err(err(MAP_CONFIG))?;
+    let global = config.get(&0, 0).map_err(err(MAP_CONFIG))?;
+    let rules_map: Array<MapData, RuleConfig> =
+        Array::try_from(open_pinned(&dir, MAP_RULES)?).map_err(err(MAP_RULES))?;
+    let counters: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(open_pinned(&dir, MAP_COUNTERS)?).map_err(err(MAP_COUNTERS))?;
+    let sources_map = open_pinned(&dir, MAP_SOURCES)?;
+    let max_sources = match &sources_map {
+        aya::maps::Map::LruHashMap(m) => m.info().map(|i| i.max_entries()).unwrap_or(0),
+        _ => 0,
+    };
+    let sources: HashMap<MapData, SourceKey, SourceState> =
+        HashMap::try_from(sources_map).map_err(err(MAP_SOURCES))?;
+
+    let mut rule_cfgs: Vec<(u32, RuleConfig)> = Vec::new();
+    let mut rules = Vec::new();
+    for id in 0..RULE_SLOTS {
+        let cfg = rules_map.get(&id, 0).map_err(err(MAP_RULES))?;
+        if id != 0 && cfg.flags & RULE_PRESENT == 0 {
+            continue;
+        }
+        let mut counts = BTreeMap::new();
+        for reason in Reason::ALL {
+            let per_cpu = counters
+                .get(&counter_index(id, reason), 0)
+                .map_err(err(MAP_COUNTERS))?;
+            let mut sum = Count::default();
+            for c in per_cpu.iter() {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+            }
+            counts.insert(reason.name(), sum);
+        }
+        let (name, mode) = if id == 0 {
+            (UNMATCHED.to_string(), "-")
+        } else if cfg.flags & RULE_MONITOR != 0 {
+            (name_of(&cfg), "monitor")
+        } else {
+            (name_of(&cfg), "enforce")
+        };
+        rules.push(RuleStats {
+            id,
+            name,
+            mode,
+            counters: counts,
+        });
+        rule_cfgs.push((id, cfg));
+    }
+
+    let mut tracked = 0u64;
+    let mut limited: Vec<(SourceKey, u64)> = Vec::new();
+    for entry in sources.iter() {
+        // An entry evicted between listing and lookup is simply skipped.
+        let Ok((key, state)) = entry else { continue };
+        tracked += 1;
+        if state.limited > 0 {
+            limited.push((key, state.limited));
+        }
+    }
+    limited.sort_by(|a, b| b.1.cmp(&a.1));
+    let rule_name = |id: u16| {
+        rule_cfgs
+            .iter()
+            .find(|(i, _)| *i == u32::from(id))
+            .map_or_else(|| format!("#{id}"), |(_, c)| name_of(c))
+    };
+    let top_sources = limited
+        .into_iter()
+        .take(TOP_SOURCES)
+        .map(|(k, n)| TopSource {
+            rule: rule_name(k.rule),
+            source: source_text(&k),
+            limited: n,
+        })
+        .collect();
+
+    Ok(IfaceStats {
+        iface: iface.to_string(),
+        policy_generation: if global.flags & CFG_LOADED != 0 {
+            global.generation
+        } else {
+            0
+        },
+        mode: if global.flags & CFG_MONITOR != 0 {
+            "monitor"
+        } else {
+            "enforce"
+        },
+        max_sources,
+        tracked_sources: tracked,
+        rules,
+        top_sources,
+    })
+}
+
+/// Human table: one row per rule, a column per reason that has traffic anywhere.
+pub fn render_table(stats: &Stats) -> String {
+    let mut out = String::new();
+    for s in &stats.interfaces {
+        let _ = writeln!(
+            out,
+            "{}: policy generation {}, mode {}, tracked sources {} of {}",
+            s.iface, s.policy_generation, s.mode, s.tracked_sources, s.max_sources
+        );
+        let reasons: Vec<&'static str> = Reason::ALL
+            .iter()
+            .map(|r| r.name())
+            .filter(|n| s.rules.iter().any(|r| r.counters[n].packets > 0))
+            .collect();
+        if reasons.is_empty() {
+            let _ = writeln!(out, "  no packets counted yet");
+        } else {
+            let mut header = format!("  {:<20}", "RULE");
+            for r in &reasons {
+                let _ = write!(header, " {r:>12}");
+            }
+            let _ = writeln!(out, "{header}  (packets)");
+            for rule in &s.rules {
+                if reasons.iter().all(|r| rule.counters[r].packets == 0) {
+                    continue;
+                }
+                let mut line = format!("  {:<20}", rule.name);
+                for r in &reasons {
+                    let _ = write!(line, " {:>12}", rule.counters[r].packets);
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        if !s.top_sources.is_empty() {
+            let _ = writeln!(out, "  top limited sources:");
+            for t in &s.top_sources {
+                let _ = writeln!(
+                    out,
+                    "    {:<42} {:<20} {:>10} limited",
+                    t.source, t.rule, t.limited
+                );
+            }
+        }
+    }
+    out
+}
