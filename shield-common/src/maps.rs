@@ -29,6 +29,8 @@ pub const ALL_MAPS: [&str; 9] = [
 
 /// The XDP program's function name.
 pub const PROGRAM_NAME: &str = "shield";
+/// A trivial `XDP_PASS` program in the same object: the baseline for cost measurements.
+pub const BASELINE_PROGRAM_NAME: &str = "shield_baseline";
 
 // ---- Sizes ----
 

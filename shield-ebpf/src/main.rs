@@ -102,6 +102,13 @@ pub fn shield(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The cheapest possible XDP program: the baseline every cost figure is a ratio to (loaded
+/// only by tests and benchmarks, never attached by the daemon).
+#[xdp]
+pub fn shield_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let Some(cfg) = SHIELD_CONFIG.get(0) else {

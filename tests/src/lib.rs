@@ -1,1 +1,322 @@
+//! Helpers for the privileged integration tests: crafted frames, a `BPF_PROG_TEST_RUN`
+//! harness around the real XDP object, and the path of the `shield` binary.
 
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use shield_common::{PROGRAM_NAME, Reason};
+use shield_user::{
+    loader,
+    netlab::{self, TempBpffs},
+    policy,
+    stats::{self, Count},
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The `shield` binary under test: `$SHIELD_BIN`, else target/debug/shield. `cargo xtask
+/// test` builds it first.
+pub fn shield_bin() -> PathBuf {
+    let path = std::env::var_os("SHIELD_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/shield"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "the shield binary is missing at {}: build it with `cargo build -p shield-user` (cargo xtask test does) or set SHIELD_BIN",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test with what is missing (never skips silently).
+pub fn require_root() {
+    if let Err(e) = netlab::require_privileges() {
+        panic!("this privileged test cannot run: {e:#}");
+    }
+}
+
+/// Transport part of a crafted packet.
+#[derive(Clone, Debug)]
+pub enum L4 {
+    /// TCP with these flags.
+    Tcp {
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        dport: u16,
+    },
+    /// ICMP echo (ICMPv6 for IPv6 sources).
+    Echo,
+    /// Any other IP protocol number, with a payload.
+    Other {
+        proto: u8,
+        payload: Vec<u8>,
+    },
+}
+
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+
+impl L4 {
+    pub fn syn(dport: u16) -> L4 {
+        L4::Tcp { dport, flags: SYN }
+    }
+    pub fn ack(dport: u16) -> L4 {
+        L4::Tcp { dport, flags: ACK }
+    }
+}
+
+/// A crafted Ethernet frame.
+#[derive(Clone, Debug)]
+pub struct Pkt {
+    pub src: IpAddr,
+    pub l4: L4,
+    /// VLAN tags, outermost first (0x8100 for the first, 0x88a8 would be QinQ outer).
+    pub vlans: Vec<u16>,
+    /// IPv4 options length in 32-bit words (0..=10).
+    pub ipv4_option_words: u8,
+    /// IPv6 extension headers before the transport: 0 (hop-by-hop), 43, 60, 44, 51.
+    pub ipv6_ext: Vec<u8>,
+    /// Fragment offset in 8-byte units (IPv4 header or IPv6 fragment header); non-zero =
+    /// non-first fragment, sent without a transport header.
+    pub frag_offset: u16,
+    /// Replaces the IP ethertype (e.g. 0x0806 ARP) to make a non-IP frame.
+    pub ethertype: Option<u16>,
+}
+
+impl Pkt {
+    pub fn new(src: &str, l4: L4) -> Pkt {
+        Pkt {
+            src: src.parse().expect("test source address"),
+            l4,
+            vlans: Vec::new(),
+            ipv4_option_words: 0,
+            ipv6_ext: Vec::new(),
+            frag_offset: 0,
+            ethertype: None,
+        }
+    }
+
+    pub fn ethertype(mut self, ethertype: u16) -> Pkt {
+        self.ethertype = Some(ethertype);
+        self
+    }
+
+    pub fn vlans(mut self, tags: &[u16]) -> Pkt {
+        self.vlans = tags.to_vec();
+        self
+    }
+    pub fn options(mut self, words: u8) -> Pkt {
+        self.ipv4_option_words = words;
+        self
+    }
+    pub fn ext(mut self, chain: &[u8]) -> Pkt {
+        self.ipv6_ext = chain.to_vec();
+        self
+    }
+    pub fn fragment(mut self, offset: u16) -> Pkt {
+        self.frag_offset = offset;
+        self
+    }
+
+    fn l4_bytes(&self, v6: bool) -> (u8, Vec<u8>) {
+        match &self.l4 {
+            L4::Tcp { dport, flags } => {
+                let mut t = vec![0u8; 20];
+                t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+                t[2..4].copy_from_slice(&dport.to_be_bytes());
+                t[12] = 5 << 4;
+                t[13] = *flags;
+                t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                (6, t)
+            }
+            L4::Udp { dport } => {
+                let mut u = vec![0u8; 12];
+                u[0..2].copy_from_slice(&40000u16.to_be_bytes());
+                u[2..4].copy_from_slice(&dport.to_be_bytes());
+                u[4..6].copy_from_slice(&12u16.to_be_bytes());
+                (17, u)
+            }
+            L4::Echo => {
+                let ty = if v6 { 128 } else { 8 };
+                (if v6 { 58 } else { 1 }, vec![ty, 0, 0, 0, 0, 1, 0, 1])
+            }
+            L4::Other { proto, payload } => (*proto, payload.clone()),
+        }
+    }
+
+    /// The frame bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+        let v6 = self.src.is_ipv6();
+        for (i, tag) in self.vlans.iter().enumerate() {
+            let tpid: u16 = if i == 0 && self.vlans.len() == 2 {
+                0x88a8
+            } else {
+                0x8100
+            };
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&tag.to_be_bytes());
+        }
+        let ip_type = if v6 { 0x86ddu16 } else { 0x0800 };
+        f.extend_from_slice(&self.ethertype.unwrap_or(ip_type).to_be_bytes());
+        let (proto, l4) = self.l4_bytes(v6);
+        let l4 = if self.frag_offset != 0 {
+            vec![0xab; 16] // middle of someone's payload, no transport header
+        } else {
+            l4
+        };
+        match self.src {
+            IpAddr::V4(src) => {
+                let words = 5 + self.ipv4_option_words as usize;
+                let mut ip = vec![0u8; words * 4];
+                ip[0] = 0x40 | words as u8;
+                let total = (ip.len() + l4.len()) as u16;
+                ip[2..4].copy_from_slice(&total.to_be_bytes());
+                ip[6..8].copy_from_slice(&(self.frag_offset & 0x1fff).to_be_bytes());
+                ip[8] = 64;
+                ip[9] = proto;
+                ip[12..16].copy_from_slice(&src.octets());
+                ip[16..20].copy_from_slice(&[198, 51, 100, 1]);
+                // Options: NOPs, then end-of-list.
+                for b in ip.iter_mut().skip(20) {
+                    *b = 1;
+                }
+                if let Some(last) = ip.last_mut().filter(|_| words > 5) {
+                    *last = 0;
+                }
+                f.extend_from_slice(&ip);
+            }
+            IpAddr::V6(src) => {
+                let mut chain = self.ipv6_ext.clone();
+                if self.frag_offset != 0 && !chain.contains(&44) {
+                    chain.push(44);
+                }
+                let mut ext = Vec::new();
+                for (i, h) in chain.iter().enumerate() {
+                    let next = chain.get(i + 1).copied().unwrap_or(proto);
+                    match *h {
+                        44 => {
+                            let mut e = vec![next, 0, 0, 0, 0, 0, 0, 7];
+                            e[2..4].copy_from_slice(&(self.frag_offset << 3).to_be_bytes());
+                            ext.extend_from_slice(&e);
+                        }
+                        51 => ext.extend_from_slice(&[
+                            next, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0,
+                        ]),
+                        _ => ext.extend_from_slice(&[
+                            next, 1, 1, 4, 0, 0, 0, 0, 1, 6, 0, 0, 0, 0, 0, 0,
+                        ]),
+                    }
+                }
+                let mut ip = vec![0u8; 40];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+                ip[6] = chain.first().copied().unwrap_or(proto);
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&src.octets());
+                ip[24..40].copy_from_slice(&netlab::SERVER_V6.octets());
+                f.extend_from_slice(&ip);
+                f.extend_from_slice(&ext);
+            }
+        }
+        f.extend_from_slice(&l4);
+        f
+    }
+}
+
+/// The real XDP object loaded (not attached) with a policy, in a private bpffs.
+pub struct Harness {
+    pub ebpf: Ebpf,
+    pub bpffs: TempBpffs,
+}
+
+/// Interface name used for the harness' pin directory.
+pub const HARNESS_IFACE: &str = "prog-test";
+
+impl Harness {
+    pub fn new(policy_toml: &str) -> Harness {
+        require_root();
+        let p = policy::parse_str("test.toml", policy_toml)
+            .unwrap_or_else(|e| panic!("test policy is invalid: {e}"));
+        let c = policy::compile(&p);
+        let bpffs = TempBpffs::new().expect("mounting a private bpffs");
+        let dir = loader::pin_dir(&bpffs.path, HARNESS_IFACE);
+        let mut ebpf = loader::load(&dir, c.max_sources).expect("loading the XDP object");
+        loader::sync(&mut ebpf, &c, 1).expect("filling maps");
+        Harness { ebpf, bpffs }
+    }
+
+    fn program(&self, name: &str) -> &Xdp {
+        self.ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("object lacks program {name}"))
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    /// Runs the shield program once on `frame`; returns the XDP action.
+    pub fn run(&self, frame: &[u8]) -> u32 {
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = self
+            .program(PROGRAM_NAME)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        r.return_value
+    }
+
+    /// Runs `program` `repeat` times on `frame`: (action, kernel-measured ns per run).
+    pub fn run_repeat(&mut self, program: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
+        if program != PROGRAM_NAME {
+            let p: &mut Xdp = self
+                .ebpf
+                .program_mut(program)
+                .expect("program")
+                .try_into()
+                .expect("xdp");
+            // Loading twice is an error; ignore "already loaded".
+            let _ = p.load();
+        }
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = self
+            .program(program)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        // The kernel reports the mean duration per repetition.
+        (r.return_value, r.duration.as_nanos() as f64)
+    }
+
+    /// Packets and bytes counted for `rule` (name, or "(none)") × `reason`.
+    pub fn count(&self, rule: &str, reason: Reason) -> Count {
+        let s = stats::read_iface(&self.bpffs.path, HARNESS_IFACE).expect("reading counters");
+        let r = s
+            .rules
+            .iter()
+            .find(|r| r.name == rule)
+            .unwrap_or_else(|| panic!("no rule {rule} in stats"));
+        r.counters[reason.name()]
+    }
+
+    pub fn stats(&self) -> stats::IfaceStats {
+        stats::read_iface(&self.bpffs.path, HARNESS_IFACE).expect("reading counters")
+    }
+}

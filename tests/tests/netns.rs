@@ -1,0 +1,326 @@
+//! Namespace scenarios: the real `shield run` protecting a server namespace behind a veth
+//! pair, real TCP clients in a client namespace (distinct source addresses), and the
+//! user-facing `shield stats --json` output. Needs root; every namespace, mount and
+//! process is a guard removed on every exit path.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+use shield_tests::{require_root, shield_bin};
+use shield_user::netlab::{
+    ATTACKER_V4, Connects, Daemon, LEGIT_V4, LEGIT_V6, ROTATING_V6_COUNT, SERVER_IF, SERVER_V4,
+    SERVER_V6, TcpServer, TempBpffs, Topology, connect_many, rotating_v6,
+};
+
+const PORT: u16 = 8080;
+const RATE: f64 = 5.0;
+const BURST: f64 = 10.0;
+
+const POLICY: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "5/s", burst = 10 }
+"#;
+
+struct Lab {
+    // Drop order: daemon (detach) → server → namespaces → bpffs.
+    daemon: Daemon,
+    _server: TcpServer,
+    topo: Topology,
+    bpffs: TempBpffs,
+    policy: TempFile,
+}
+
+/// A policy file removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn lab(policy: &str) -> Lab {
+    require_root();
+    let path = std::env::temp_dir().join(format!(
+        "{}.toml",
+        shield_user::netlab::unique("shield-policy-")
+    ));
+    std::fs::write(&path, policy).expect("writing test policy");
+    let file = TempFile(path);
+    let bpffs = TempBpffs::new().expect("private bpffs");
+    let topo = Topology::new().expect("building namespaces");
+    let server = TcpServer::start(&topo.server, PORT).expect("starting server");
+    let daemon = Daemon::start(&shield_bin(), &topo.server, &file.0, &bpffs.path, &[])
+        .expect("starting shield run");
+    Lab {
+        daemon,
+        _server: server,
+        topo,
+        bpffs,
+        policy: file,
+    }
+}
+
+fn stats_json(bpffs: &Path) -> Value {
+    let out = Command::new(shield_bin())
+        .args(["stats", "--json", "--iface", SERVER_IF, "--bpffs"])
+        .arg(bpffs)
+        .output()
+        .expect("running shield stats");
+    assert!(
+        out.status.success(),
+        "shield stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("shield stats --json must print JSON")
+}
+
+fn counter(stats: &Value, rule: &str, reason: &str) -> u64 {
+    let rules = stats["interfaces"][0]["rules"]
+        .as_array()
+        .expect("rules array");
+    let r = rules
+        .iter()
+        .find(|r| r["name"] == rule)
+        .unwrap_or_else(|| panic!("rule {rule} missing from stats: {stats}"));
+    r["counters"][reason]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("counter {rule}/{reason} missing"))
+}
+
+/// Runs an attacker (many sources allowed) and a legit client side by side for `secs`.
+fn attack(
+    lab: &Lab,
+    attacker: Vec<IpAddr>,
+    legit: IpAddr,
+    dst: IpAddr,
+    secs: u32,
+) -> (Connects, Connects, f64) {
+    let dst = SocketAddr::new(dst, PORT);
+    let timeout = Duration::from_millis(400);
+    let (a, l) = lab
+        .topo
+        .client
+        .run_in(move || {
+            std::thread::scope(|s| {
+                let a = s.spawn(|| {
+                    connect_many(
+                        &attacker,
+                        dst,
+                        100 * secs,
+                        Duration::from_millis(10),
+                        timeout,
+                    )
+                });
+                let l = s.spawn(|| {
+                    connect_many(&[legit], dst, 2 * secs, Duration::from_millis(500), timeout)
+                });
+                (a.join().expect("attacker"), l.join().expect("legit"))
+            })
+        })
+        .expect("running clients in the client namespace");
+    // Attempts are spread over `secs` seconds (the last one sent just before the end).
+    (a, l, f64::from(secs))
+}
+
+fn assert_limited(what: &str, admitted: u32, secs: f64) {
+    let expected = BURST + RATE * secs;
+    // Allowance: the attack window is `secs` plus up to one connect timeout, and the
+    // coarse clock can grant one extra token at the edges.
+    let (lo, hi) = (expected * 0.85, expected + RATE * 0.5 + 2.0);
+    assert!(
+        (lo..=hi).contains(&f64::from(admitted)),
+        "{what}: admitted {admitted} connections in {secs} s at 100/s offered; expected about burst {BURST} + {RATE}/s × {secs} s = {expected} (accepted range {lo:.0}..={hi:.0})"
+    );
+}
+
+#[test]
+fn ipv4_attacker_is_limited_legit_client_loses_nothing() {
+    let lab = lab(POLICY);
+    let (a, l, secs) = attack(
+        &lab,
+        vec![IpAddr::V4(ATTACKER_V4)],
+        IpAddr::V4(LEGIT_V4),
+        IpAddr::V4(SERVER_V4),
+        4,
+    );
+    assert_eq!(l.failed, 0, "legit client lost connections: {l:?}");
+    assert_eq!(l.ok, 8);
+    assert_limited("IPv4 attacker", a.ok, secs);
+
+    let stats = stats_json(&lab.bpffs.path);
+    let dropped = counter(&stats, "api", "conn_limit");
+    assert_eq!(
+        dropped,
+        u64::from(a.failed),
+        "each failed attacker attempt is one SYN dropped as conn_limit under rule api"
+    );
+    let top = &stats["interfaces"][0]["top_sources"];
+    assert_eq!(
+        top[0]["source"],
+        format!("{ATTACKER_V4}/32"),
+        "top source: {top}"
+    );
+    assert_eq!(top[0]["rule"], "api");
+    assert_eq!(top[0]["limited"].as_u64(), Some(dropped));
+    assert!(
+        top.as_array()
+            .is_some_and(|t| t.iter().all(|s| s["source"] != format!("{LEGIT_V4}/32"))),
+        "legit client must never be limited: {top}"
+    );
+    assert_eq!(counter(&stats, "api", "pkt_limit"), 0);
+    assert!(stats["interfaces"][0]["tracked_sources"].as_u64() >= Some(2));
+}
+
+#[test]
+fn ipv6_attacker_rotating_inside_a_slash64_is_one_source() {
+    let lab = lab(POLICY);
+    let rotating: Vec<IpAddr> = (0..ROTATING_V6_COUNT)
+        .map(|i| IpAddr::V6(rotating_v6(i)))
+        .collect();
+    let (a, l, secs) = attack(
+        &lab,
+        rotating,
+        IpAddr::V6(LEGIT_V6),
+        IpAddr::V6(SERVER_V6),
+        3,
+    );
+    assert_eq!(l.failed, 0, "legit IPv6 client lost connections: {l:?}");
+    assert_limited(
+        &format!("attacker rotating over {ROTATING_V6_COUNT} addresses of one /64"),
+        a.ok,
+        secs,
+    );
+    let stats = stats_json(&lab.bpffs.path);
+    assert_eq!(counter(&stats, "api", "conn_limit"), u64::from(a.failed));
+    let top = &stats["interfaces"][0]["top_sources"];
+    assert_eq!(top[0]["source"], "2001:db8:1:2::/64", "top source: {top}");
+    assert_eq!(
+        top.as_array().map(Vec::len),
+        Some(1),
+        "one source key for the whole /64"
+    );
+}
+
+#[test]
+fn daemon_detaches_on_sigterm_and_stats_survive() {
+    let mut lab = lab(POLICY);
+    let (a, _, _) = attack(
+        &lab,
+        vec![IpAddr::V4(ATTACKER_V4)],
+        IpAddr::V4(LEGIT_V4),
+        IpAddr::V4(SERVER_V4),
+        1,
+    );
+    assert!(a.failed > 0, "the attacker must have been limited first");
+    let (status, log) = lab.daemon.stop().expect("stopping the daemon");
+    assert!(
+        status.success(),
+        "shield run must exit 0 on SIGTERM: {status}\n{log}"
+    );
+    assert!(log.contains("detached from shield0"), "log: {log}");
+    let xdp = Command::new("ip")
+        .args(["-n", &lab.topo.server.name, "link", "show", SERVER_IF])
+        .output()
+        .expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&xdp.stdout).contains("xdp"),
+        "XDP program still attached after SIGTERM"
+    );
+    // Without protection the former attacker gets everything through.
+    let (after, _, _) = attack(
+        &lab,
+        vec![IpAddr::V4(ATTACKER_V4)],
+        IpAddr::V4(LEGIT_V4),
+        IpAddr::V4(SERVER_V4),
+        1,
+    );
+    assert_eq!(after.failed, 0, "traffic after detach: {after:?}");
+    // Pinned counters are still readable without the daemon.
+    let stats = stats_json(&lab.bpffs.path);
+    assert_eq!(counter(&stats, "api", "conn_limit"), u64::from(a.failed));
+}
+
+#[test]
+fn run_reports_clear_errors() {
+    require_root();
+    let bin = shield_bin();
+    let bpffs = TempBpffs::new().expect("private bpffs");
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/example.toml");
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .arg("run")
+            .arg("--bpffs")
+            .arg(&bpffs.path)
+            .args(args)
+            .output()
+            .expect("running shield");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let policy_s = policy.to_str().expect("utf-8 path");
+    let (code, err) = run(&["--iface", "nosuchif0", "--policy", policy_s]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("interface `nosuchif0` does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let (code, err) = run(&["--iface", "lo", "--policy", "/nonexistent.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot read policy file /nonexistent.toml"),
+        "{err}"
+    );
+
+    let bad = std::env::temp_dir().join(shield_user::netlab::unique("bad-policy-"));
+    std::fs::write(&bad, "[[rule]]\nname='x'\nprotocol='tcpp'\n").expect("write");
+    let (code, err) = run(&["--iface", "lo", "--policy", bad.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(":3:10: protocol must be"), "{err}");
+
+    // Not root: a clear message, not an errno.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["run", "--iface", "lo", "--policy", policy_s])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("must run as root"), "{err}");
+}
+
+#[test]
+fn second_program_on_the_same_interface_is_refused_clearly() {
+    let lab = lab(POLICY);
+    let other = TempBpffs::new().expect("second bpffs");
+    let out = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args(["run", "--iface", SERVER_IF, "--bpffs"])
+        .arg(&other.path)
+        .arg("--policy")
+        .arg(&lab.policy.0)
+        .output()
+        .expect("second shield run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another XDP program is already attached to `shield0`"),
+        "{err}"
+    );
+}
