@@ -73,20 +73,16 @@ impl Gcra {
 
     /// The burst (capacity in tokens) this bucket was built with.
     pub fn burst(&self) -> u64 {
-        if self.interval_ns == 0 {
-            0
-        } else {
-            self.tolerance_ns / self.interval_ns + 1
-        }
+        self.tolerance_ns
+            .checked_div(self.interval_ns)
+            .map_or(0, |n| n + 1)
     }
 
     /// Tokens per second, in thousandths (for display), rounded.
     pub fn rate_milli_per_sec(&self) -> u64 {
-        if self.interval_ns == 0 {
-            0
-        } else {
-            (NS_PER_SEC as u128 * 1000 / self.interval_ns as u128) as u64
-        }
+        (u128::from(NS_PER_SEC) * 1000)
+            .checked_div(u128::from(self.interval_ns))
+            .map_or(0, |r| r as u64)
     }
 }
 

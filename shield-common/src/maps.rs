@@ -52,6 +52,12 @@ pub const PROTO_SLOT_UDP: u32 = 1;
 pub const PORT_INDEX_ICMP: u32 = 2 * 65536;
 pub const PORT_TABLE_LEN: u32 = PORT_INDEX_ICMP + 1;
 
+// The three port-table regions do not overlap, and every counter index fits.
+const _: () = assert!(port_index(PROTO_SLOT_TCP, 65535) + 1 == port_index(PROTO_SLOT_UDP, 0));
+const _: () = assert!(port_index(PROTO_SLOT_UDP, 65535) + 1 == PORT_INDEX_ICMP);
+const _: () = assert!(PORT_INDEX_ICMP < PORT_TABLE_LEN);
+const _: () = assert!(counter_index(MAX_RULES, crate::reason::Reason::Malformed) < COUNTER_SLOTS);
+
 #[inline(always)]
 pub const fn port_index(proto_slot: u32, port: u16) -> u32 {
     proto_slot * 65536 + port as u32
@@ -211,16 +217,5 @@ mod tests {
                 "{name} is longer than BPF_OBJ_NAME_LEN - 1"
             );
         }
-    }
-
-    #[test]
-    fn port_table_indexes_do_not_collide() {
-        assert_eq!(
-            port_index(PROTO_SLOT_TCP, 65535) + 1,
-            port_index(PROTO_SLOT_UDP, 0)
-        );
-        assert_eq!(port_index(PROTO_SLOT_UDP, 65535) + 1, PORT_INDEX_ICMP);
-        assert!(PORT_INDEX_ICMP < PORT_TABLE_LEN);
-        assert!(counter_index(MAX_RULES, crate::Reason::Malformed) < COUNTER_SLOTS);
     }
 }

@@ -179,7 +179,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     };
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let reason = match SHIELD_SOURCES.get_ptr_mut(&key) {
+    let reason = match SHIELD_SOURCES.get_ptr_mut(key) {
         // Known source: update in place, no insert. Concurrent CPUs may race on the same
         // entry; the loss is bounded by one token per racing CPU.
         // SAFETY: the pointer comes from a successful map lookup and stays valid for the
@@ -193,7 +193,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
             };
             let reason = judge(rule, &mut state, now, pkt.conn_attempt);
             // A failed insert (memory pressure) only loses this source's history.
-            let _ = SHIELD_SOURCES.insert(&key, &state, 0);
+            let _ = SHIELD_SOURCES.insert(key, state, 0);
             reason
         }
     };

@@ -109,7 +109,7 @@ pub fn run(policy_path: &Path, seconds: Option<u64>, port: u16) -> Result<()> {
     {
         play_second(&topo, port, &mut totals)?;
         tick += 1;
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             let s = stats::read_iface(&bpffs.path, SERVER_IF)?;
             println!(
                 "--- t={}s\n{}",

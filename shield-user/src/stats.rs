@@ -163,7 +163,7 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
             limited.push((key, state.limited));
         }
     }
-    limited.sort_by(|a, b| b.1.cmp(&a.1));
+    limited.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let rule_name = |id: u16| {
         rule_cfgs
             .iter()

@@ -324,3 +324,46 @@ fn second_program_on_the_same_interface_is_refused_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn lab_protects_its_server_and_cleans_up() {
+    require_root();
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/example.toml");
+    let out = Command::new(shield_bin())
+        .args(["lab", "--seconds", "4", "--policy"])
+        .arg(&policy)
+        .output()
+        .expect("running shield lab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "shield lab failed:\n{stdout}\n{stderr}"
+    );
+    let row = |name: &str| -> (u64, u64) {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` row in the lab summary:\n{stdout}"));
+        let n: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (n[n.len() - 2], n[n.len() - 1])
+    };
+    for legit in ["legit IPv4 client", "legit IPv6 client"] {
+        let (ok, failed) = row(legit);
+        assert!(
+            ok >= 6 && failed == 0,
+            "{legit}: {ok} ok, {failed} failed\n{stdout}"
+        );
+    }
+    for attacker in ["IPv4 attacker", "rotating IPv6 attacker"] {
+        let (ok, failed) = row(attacker);
+        assert!(
+            failed > ok,
+            "{attacker} should mostly fail: {ok} ok, {failed} failed\n{stdout}"
+        );
+    }
+    assert!(stderr.contains("namespaces and bpffs removed"), "{stderr}");
+}

@@ -333,8 +333,7 @@ packets = { rate = "1/s", burst = 3 }
 fn check_case(case: &Case) -> Vec<String> {
     let h = Harness::new(case.policy);
     let mut errors = Vec::new();
-    let mut step = 0;
-    for (pkt, times, expected) in &case.packets {
+    for (step, (pkt, times, expected)) in case.packets.iter().enumerate() {
         assert_eq!(
             *times as usize,
             expected.len(),
@@ -351,7 +350,6 @@ fn check_case(case: &Case) -> Vec<String> {
                 ));
             }
         }
-        step += 1;
     }
     let stats = h.stats();
     for rule in &stats.rules {

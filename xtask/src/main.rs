@@ -1,1 +1,294 @@
-fn main() {}
+//! `cargo xtask …`: toolchain bootstrap and the project's entry points. Cargo does the
+//! building (shield-user/build.rs compiles the XDP object); this only orchestrates.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "shield's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install whatever is missing to build and test shield (idempotent): Debian packages,
+    /// the nightly rust-src component, bpf-linker.
+    Bootstrap,
+    /// Bootstrap, then build the `shield` binary (with the embedded XDP program).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// The main job. With no arguments: the daemon protecting a throwaway network-namespace
+    /// lab with policy/example.toml (never a real interface). With `-- ARGS`: `shield run ARGS`.
+    Run {
+        /// Lab only: stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Arguments for `shield run` (e.g. `-- --iface eth0 --policy /etc/shield.toml`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap, build, and run every test: unit, BPF_PROG_TEST_RUN verdicts, network
+    /// namespace scenarios (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings on every crate (host crates, then the
+    /// eBPF crate for bpfel-unknown-none).
+    Lint,
+}
+
+/// Debian packages: llvm-22-dev (+ the libraries bpf-linker links with) to build
+/// bpf-linker; iproute2 and util-linux (setpriv) for the namespace tests.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "util-linux",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"]).is_some_and(|u| u.trim() == "0")
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn bootstrap() -> Result<()> {
+    // 1. Debian packages.
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        step("Debian packages present");
+    } else {
+        if !is_root() {
+            bail!(
+                "missing Debian packages {missing:?}; install them as root: apt-get install {}",
+                missing.join(" ")
+            );
+        }
+        step(&format!(
+            "installing Debian packages: {}",
+            missing.join(" ")
+        ));
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    // 2. Nightly with rust-src (the eBPF crate builds core with -Z build-std).
+    let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly toolchain (minimal profile)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        step("nightly rust-src present");
+    } else {
+        step("adding rust-src to nightly");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    // 3. bpf-linker, built against Debian's LLVM 22.
+    let linker = cargo_bin_dir().join("bpf-linker");
+    let have_linker = output("bpf-linker", &["--version"]).is_some()
+        || output(&linker.to_string_lossy(), &["--version"]).is_some();
+    if have_linker {
+        step("bpf-linker present");
+    } else {
+        step("building bpf-linker against LLVM 22 (a few minutes, once)");
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    Ok(())
+}
+
+/// `cargo` with the cargo bin dir on PATH (bpf-linker lives there) and in the workspace.
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.insert(0, cargo_bin_dir());
+    if let Ok(joined) = std::env::join_paths(dirs) {
+        c.env("PATH", joined);
+    }
+    c.current_dir(root());
+    c
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    step("building shield (and its XDP program)");
+    let mut c = cargo();
+    c.args(["build", "--package", "shield-user", "--bins"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("shield"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Bootstrap => bootstrap(),
+        Task::Build { release } => {
+            bootstrap()?;
+            let bin = build(release)?;
+            step(&format!("built {}", bin.display()));
+            Ok(())
+        }
+        Task::Run { seconds, args } => {
+            bootstrap()?;
+            let bin = build(false)?;
+            if !is_root() {
+                bail!(
+                    "shield needs root to load XDP programs and build namespaces; run as root (sudo -E cargo xtask run)"
+                );
+            }
+            let mut c = Command::new(&bin);
+            c.current_dir(root());
+            if args.is_empty() {
+                step(
+                    "no interface given: running the daemon on a throwaway namespace lab (Ctrl-C stops and cleans up)",
+                );
+                c.args(["lab", "--policy", "policy/example.toml"]);
+                if let Some(s) = seconds {
+                    c.args(["--seconds", &s.to_string()]);
+                }
+            } else {
+                c.arg("run").args(&args);
+            }
+            run(&mut c)
+        }
+        Task::Test { args } => {
+            bootstrap()?;
+            let bin = build(false)?;
+            step("running every test (unit, BPF_PROG_TEST_RUN, network namespaces)");
+            run(cargo()
+                .args(["test", "--workspace", "--exclude", "shield-ebpf"])
+                .args(&args)
+                .env("SHIELD_BIN", &bin))
+        }
+        Task::Lint => {
+            bootstrap()?;
+            step("cargo fmt --check");
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            step("clippy: host crates");
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "shield-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            step("clippy: eBPF crate (bpfel-unknown-none)");
+            // `rustup run`: $CARGO is the stable cargo itself, which takes no `+nightly`.
+            run(Command::new("rustup").current_dir(root()).args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "shield-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
+    }
+}
