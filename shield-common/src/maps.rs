@@ -13,9 +13,14 @@ pub const MAP_ALLOW_V4: &str = "SHIELD_ALLOW4";
 pub const MAP_ALLOW_V6: &str = "SHIELD_ALLOW6";
 pub const MAP_DENY_V4: &str = "SHIELD_DENY4";
 pub const MAP_DENY_V6: &str = "SHIELD_DENY6";
+pub const MAP_HOST_BANS_V4: &str = "SHIELD_HBAN4";
+pub const MAP_HOST_BANS_V6: &str = "SHIELD_HBAN6";
+pub const MAP_RULE_BANS: &str = "SHIELD_RBANS";
+pub const MAP_EVENTS: &str = "SHIELD_EVENTS";
+pub const MAP_EVENTS_LOST: &str = "SHIELD_EVLOST";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_RULES,
@@ -25,6 +30,11 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_ALLOW_V6,
     MAP_DENY_V4,
     MAP_DENY_V6,
+    MAP_HOST_BANS_V4,
+    MAP_HOST_BANS_V6,
+    MAP_RULE_BANS,
+    MAP_EVENTS,
+    MAP_EVENTS_LOST,
 ];
 
 /// The XDP program's function name.
@@ -44,6 +54,11 @@ pub const COUNTER_SLOTS: u32 = RULE_SLOTS * crate::reason::REASON_SLOTS;
 pub const DEFAULT_MAX_SOURCES: u32 = 262_144;
 /// Capacity of each allow/deny trie (the SPEC asks for up to 1,000,000 prefixes).
 pub const MAX_LIST_PREFIXES: u32 = 1 << 20;
+/// Capacity of each ban map (host bans per family, rule bans). Bans live outside the
+/// per-source LRU so that a flood of new sources never evicts them.
+pub const MAX_BANS: u32 = 65_536;
+/// Ring buffer for events (ban start, first limited packet per source per second).
+pub const EVENTS_BYTES: u32 = 1 << 20;
 
 /// Port table: index `proto_slot * 65536 + port`, value = rule id (0 = none). ICMP and
 /// ICMPv6 have one slot after the two port ranges.
@@ -77,6 +92,9 @@ pub const CFG_ALLOW_V4: u32 = 1 << 1;
 pub const CFG_ALLOW_V6: u32 = 1 << 2;
 pub const CFG_DENY_V4: u32 = 1 << 3;
 pub const CFG_DENY_V6: u32 = 1 << 4;
+/// `GlobalConfig::flags`: bans may exist (the policy escalates, or manual bans are active):
+/// the ban maps are consulted. Without it they cost nothing.
+pub const CFG_BANS: u32 = 1 << 5;
 /// `GlobalConfig::flags`: a policy has been loaded. Until then everything passes untracked.
 pub const CFG_LOADED: u32 = 1 << 31;
 
@@ -86,8 +104,11 @@ pub struct GlobalConfig {
     pub flags: u32,
     /// Bumped by the daemon on every policy load.
     pub generation: u32,
+    /// Added to the kernel clock. Always 0 in production; tests advance it to play minutes
+    /// of strikes and bans in milliseconds.
+    pub clock_offset_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 16);
 
 // ---- Rules (SHIELD_RULES[rule id]) ----
 
@@ -95,6 +116,8 @@ const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 8);
 pub const RULE_MONITOR: u32 = 1 << 0;
 /// `RuleConfig::flags`: slot holds a rule.
 pub const RULE_PRESENT: u32 = 1 << 1;
+/// `RuleConfig::flags`: escalation bans cover the whole host, not only the rule's ports.
+pub const RULE_BAN_HOST: u32 = 1 << 2;
 
 /// Bucket indexes in `RuleConfig::buckets` and `SourceState::tat`.
 pub const B_CONN: usize = 0;
@@ -113,11 +136,31 @@ pub struct RuleConfig {
     pub v4_prefix: u8,
     pub v6_prefix: u8,
     pub _pad: [u8; 2],
+    /// Repeat offenders: `strikes == 0` means no escalation.
+    pub escalation: Escalation,
     /// The rule's name, UTF-8, NUL-padded: lets `shield stats` name rules from the pinned
     /// maps alone. The data path never reads it.
     pub name: [u8; RULE_NAME_LEN],
 }
-const _: () = assert!(core::mem::size_of::<RuleConfig>() == 104);
+const _: () = assert!(core::mem::size_of::<RuleConfig>() == 144);
+
+/// Escalation of one rule (see `escalate`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Escalation {
+    /// Strikes within `window_ns` that trigger a ban (0 = escalation off).
+    pub strikes: u16,
+    /// Multiplier of each further ban's duration.
+    pub backoff: u16,
+    pub _pad: [u8; 4],
+    pub window_ns: u64,
+    /// First ban's duration.
+    pub ban_ns: u64,
+    pub max_ban_ns: u64,
+    /// A ban more than this long after the previous one starts the ladder again.
+    pub forget_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Escalation>() == 40);
 
 /// Longest rule name, in bytes.
 pub const RULE_NAME_LEN: usize = 32;
@@ -130,6 +173,15 @@ impl Default for RuleConfig {
             v4_prefix: 32,
             v6_prefix: 64,
             _pad: [0; 2],
+            escalation: Escalation {
+                strikes: 0,
+                backoff: 1,
+                _pad: [0; 4],
+                window_ns: 0,
+                ban_ns: 0,
+                max_ban_ns: 0,
+                forget_ns: 0,
+            },
             name: [0; RULE_NAME_LEN],
         }
     }
@@ -169,10 +221,86 @@ pub struct SourceState {
     pub tat: [u64; BUCKETS],
     /// Packets this source had refused (any limit) since the entry was created.
     pub limited: u64,
-    /// Clock of the last refused packet (0 = never).
-    pub last_limited_ns: u64,
+    /// Start of the current strike window (clock ns).
+    pub window_start_ns: u64,
+    /// Start of this source's last ban under this rule (0 = never).
+    pub last_ban_ns: u64,
+    /// Clock of the last refusal that was reported (and struck): at most one event and one
+    /// strike per second per source and rule.
+    pub last_report_ns: u64,
+    /// Strikes in the current window.
+    pub strikes: u16,
+    /// Bans so far on the backoff ladder (reset after `forget`).
+    pub ban_level: u16,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<SourceState>() == 48);
+const _: () = assert!(core::mem::size_of::<SourceState>() == 72);
+
+impl SourceState {
+    /// A source never seen: full buckets, no strikes (a `const`: see `Outcome::NONE`).
+    pub const NEW: SourceState = SourceState {
+        tat: [0; BUCKETS],
+        limited: 0,
+        window_start_ns: 0,
+        last_ban_ns: 0,
+        last_report_ns: 0,
+        strikes: 0,
+        ban_level: 0,
+        _pad: [0; 4],
+    };
+}
+
+// ---- Bans (SHIELD_HBAN4/6: LPM, host scope; SHIELD_RBANS: hash by SourceKey, rule scope) ----
+
+/// `BanValue::flags`: set by an operator (`shield ban`), not by escalation.
+pub const BAN_MANUAL: u8 = 1 << 0;
+/// `BanValue::flags`: issued in monitor mode: packets are counted `would_ban` and pass.
+pub const BAN_MONITOR: u8 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanValue {
+    /// Clock (`bpf_ktime_get_coarse_ns` + offset) at which the ban ends.
+    pub expires_ns: u64,
+    pub duration_ns: u64,
+    /// Rule that issued it (0: manual host ban).
+    pub rule: u16,
+    pub flags: u8,
+    /// Position on the backoff ladder (0 = first ban).
+    pub level: u8,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<BanValue>() == 24);
+
+// ---- Events (SHIELD_EVENTS ring buffer) ----
+
+/// First refused packet of a source in a clock second.
+pub const EV_LIMITED: u32 = 1;
+/// A ban started.
+pub const EV_BAN: u32 = 2;
+/// A ban would have started (monitor mode).
+pub const EV_WOULD_BAN: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u32,
+    /// `Reason` code of the refusal that caused the event.
+    pub reason: u32,
+    pub key: SourceKey,
+    pub strikes: u16,
+    pub level: u16,
+    /// Clock of the event (same clock as ban expiries).
+    pub ts_ns: u64,
+    /// Ban duration (ban events).
+    pub duration_ns: u64,
+    /// Packets this source had refused so far.
+    pub limited: u64,
+    /// 1 when the ban covers the whole host.
+    pub host_scope: u32,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 64);
 
 // ---- Counters (SHIELD_COUNTERS, per CPU) ----
 
@@ -203,6 +331,10 @@ mod pod {
     unsafe impl aya::Pod for SourceState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BanValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Event {}
 }
 
 #[cfg(test)]

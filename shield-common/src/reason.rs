@@ -21,6 +21,8 @@ pub enum Reason {
     WouldDrop = 6,
     /// Truncated or malformed frame: passed (fail open) and counted.
     Malformed = 7,
+    /// Would have been dropped by a ban, passed because the ban was issued in `monitor` mode.
+    WouldBan = 8,
 }
 
 /// Counter slots reserved per rule. Larger than the number of reasons so that reasons can be
@@ -28,7 +30,7 @@ pub enum Reason {
 pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Pass,
         Reason::Allow,
         Reason::Deny,
@@ -37,6 +39,7 @@ impl Reason {
         Reason::PktLimit,
         Reason::WouldDrop,
         Reason::Malformed,
+        Reason::WouldBan,
     ];
 
     /// The name used in `shield stats`, its JSON output and the docs.
@@ -50,10 +53,16 @@ impl Reason {
             Reason::PktLimit => "pkt_limit",
             Reason::WouldDrop => "would_drop",
             Reason::Malformed => "malformed",
+            Reason::WouldBan => "would_ban",
         }
     }
 
     /// Whether packets counted under this reason were dropped by the data path.
+    /// The reason for a numeric code (events carry codes).
+    pub fn from_code(code: u32) -> Option<Reason> {
+        Reason::ALL.get(code as usize).copied()
+    }
+
     pub const fn is_drop(self) -> bool {
         matches!(
             self,

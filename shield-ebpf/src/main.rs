@@ -11,17 +11,18 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use shield_common::{
-    CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS,
-    Counter, DEFAULT_MAX_SOURCES, GlobalConfig, ListValue, MAX_LIST_PREFIXES, PORT_INDEX_ICMP,
-    PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason,
-    RuleConfig, SourceKey, SourceState,
+    BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4, CFG_DENY_V6,
+    CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Counter, DEFAULT_MAX_SOURCES, EV_BAN, EV_LIMITED,
+    EV_WOULD_BAN, EVENTS_BYTES, Event, GlobalConfig, ListValue, MAX_BANS, MAX_LIST_PREFIXES,
+    PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_BAN_HOST, RULE_MONITOR,
+    RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig, SourceKey, SourceState,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     counter_index,
-    judge::{judge, needs_state},
+    judge::{Outcome, escalate, judge, needs_state},
     port_index,
 };
 
@@ -46,6 +47,20 @@ static SHIELD_ALLOW6: LpmTrie<[u8; 16], ListValue> =
 static SHIELD_DENY4: LpmTrie<[u8; 4], ListValue> = LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
 #[map]
 static SHIELD_DENY6: LpmTrie<[u8; 16], ListValue> = LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+
+/// Host-scope bans (any prefix length): one LPM lookup per packet while bans may exist.
+#[map]
+static SHIELD_HBAN4: LpmTrie<[u8; 4], BanValue> = LpmTrie::with_max_entries(MAX_BANS, 0);
+#[map]
+static SHIELD_HBAN6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX_BANS, 0);
+/// Rule-scope bans, keyed like the per-source state.
+#[map]
+static SHIELD_RBANS: HashMap<SourceKey, BanValue> = HashMap::with_max_entries(MAX_BANS, 0);
+#[map]
+static SHIELD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+/// Events that did not fit in the ring buffer (the daemon was slow).
+#[map]
+static SHIELD_EVLOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -126,6 +141,9 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         Parsed::Ip(p) => p,
     };
     let global_monitor = flags & CFG_MONITOR != 0;
+    let bans = flags & CFG_BANS != 0;
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(cfg.clock_offset_ns);
 
     // O(1) rule lookup: one array slot per protocol and port.
     let index = match pkt.l4 {
@@ -152,6 +170,12 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     if flags & deny_flag != 0 && listed(&pkt, false) {
         return Ok(verdict(rule_id, Reason::Deny, global_monitor, len));
     }
+    // Host-scope bans cover every port, matched or not.
+    if bans && let Some(ban) = host_ban(&pkt) {
+        if let Some(action) = banned(rule_id, ban, now, len) {
+            return Ok(action);
+        }
+    }
 
     if rule_id == 0 {
         count(0, Reason::Pass, len);
@@ -161,11 +185,10 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         count(0, Reason::Pass, len);
         return Ok(xdp_action::XDP_PASS);
     };
-    if rule.flags & RULE_PRESENT == 0 || !needs_state(rule, pkt.conn_attempt) {
+    if rule.flags & RULE_PRESENT == 0 {
         count(rule_id, Reason::Pass, len);
         return Ok(xdp_action::XDP_PASS);
     }
-
     let prefix = if pkt.family == FAMILY_V4 {
         rule.v4_prefix
     } else {
@@ -177,21 +200,27 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         prefix_len: prefix,
         addr: mask_prefix(pkt.src, prefix),
     };
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if bans && let Some(ban) = SHIELD_RBANS.get_ptr(key) {
+        // SAFETY: pointer from a successful lookup, valid during this run (RCU).
+        if let Some(action) = banned(rule_id, unsafe { &*ban }, now, len) {
+            return Ok(action);
+        }
+    }
+    if !needs_state(rule, pkt.conn_attempt) {
+        count(rule_id, Reason::Pass, len);
+        return Ok(xdp_action::XDP_PASS);
+    }
+
+    let monitor = rule.flags & RULE_MONITOR != 0;
     let reason = match SHIELD_SOURCES.get_ptr_mut(key) {
         // Known source: update in place, no insert. Concurrent CPUs may race on the same
         // entry; the loss is bounded by one token per racing CPU.
         // SAFETY: the pointer comes from a successful map lookup and stays valid for the
         // rest of this program run (RCU).
-        Some(state) => judge(rule, unsafe { &mut *state }, now, pkt.conn_attempt),
+        Some(state) => decide(rule, &key, unsafe { &mut *state }, now, &pkt, monitor),
         None => {
-            let mut state = SourceState {
-                tat: [0; 4],
-                limited: 0,
-                last_limited_ns: 0,
-            };
-            let reason = judge(rule, &mut state, now, pkt.conn_attempt);
+            let mut state = SourceState::NEW;
+            let reason = decide(rule, &key, &mut state, now, &pkt, monitor);
             // A failed insert (memory pressure) only loses this source's history.
             let _ = SHIELD_SOURCES.insert(key, state, 0);
             reason
@@ -199,12 +228,134 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     };
     // The rule's flag holds its effective mode (its own `mode`, else the global one), so
     // that a rule can be enforced while the rest of the policy is still monitored.
-    Ok(verdict(
-        rule_id,
-        reason,
-        rule.flags & RULE_MONITOR != 0,
-        len,
-    ))
+    Ok(verdict(rule_id, reason, monitor, len))
+}
+
+/// Judges a packet against the source's buckets; on a refusal, counts strikes, issues the
+/// ban the escalation calls for and reports the event.
+#[inline(always)]
+fn decide(
+    rule: &RuleConfig,
+    key: &SourceKey,
+    state: &mut SourceState,
+    now: u64,
+    pkt: &Packet,
+    monitor: bool,
+) -> Reason {
+    let reason = judge(rule, state, now, pkt.conn_attempt);
+    if !reason.is_drop() {
+        return reason;
+    }
+    let out = escalate(&rule.escalation, state, now);
+    let shown = if monitor { Reason::WouldDrop } else { reason };
+    if out.first_in_second {
+        emit(EV_LIMITED, shown, key, &out, now, state.limited, 0);
+    }
+    if out.ban_ns != 0 {
+        let host = rule.flags & RULE_BAN_HOST != 0;
+        let ban = BanValue {
+            expires_ns: now.saturating_add(out.ban_ns),
+            duration_ns: out.ban_ns,
+            rule: key.rule,
+            flags: if monitor { BAN_MONITOR } else { 0 },
+            level: out.level.min(255) as u8,
+            _pad: [0; 4],
+        };
+        let _ = if host {
+            insert_host_ban(key, &ban)
+        } else {
+            SHIELD_RBANS.insert(*key, ban, 0)
+        };
+        let kind = if monitor { EV_WOULD_BAN } else { EV_BAN };
+        emit(kind, shown, key, &out, now, state.limited, host as u32);
+    }
+    reason
+}
+
+#[inline(always)]
+fn insert_host_ban(key: &SourceKey, ban: &BanValue) -> Result<(), i32> {
+    let a = key.addr;
+    if key.family == FAMILY_V4 {
+        SHIELD_HBAN4.insert(
+            Key {
+                prefix_len: key.prefix_len as u32,
+                data: [a[0], a[1], a[2], a[3]],
+            },
+            ban,
+            0,
+        )
+    } else {
+        SHIELD_HBAN6.insert(
+            Key {
+                prefix_len: key.prefix_len as u32,
+                data: a,
+            },
+            ban,
+            0,
+        )
+    }
+}
+
+#[inline(always)]
+fn host_ban(pkt: &Packet) -> Option<&'static BanValue> {
+    if pkt.family == FAMILY_V4 {
+        let s = pkt.src;
+        SHIELD_HBAN4.get(Key {
+            prefix_len: 32,
+            data: [s[0], s[1], s[2], s[3]],
+        })
+    } else {
+        SHIELD_HBAN6.get(Key {
+            prefix_len: 128,
+            data: pkt.src,
+        })
+    }
+}
+
+/// The action for a packet hitting `ban`, or `None` if the ban has expired (the daemon
+/// removes expired bans and logs their end).
+#[inline(always)]
+fn banned(rule_id: u32, ban: &BanValue, now: u64, len: u64) -> Option<u32> {
+    if now >= ban.expires_ns {
+        return None;
+    }
+    if ban.flags & BAN_MONITOR != 0 {
+        count(rule_id, Reason::WouldBan, len);
+        Some(xdp_action::XDP_PASS)
+    } else {
+        count(rule_id, Reason::Ban, len);
+        Some(xdp_action::XDP_DROP)
+    }
+}
+
+#[inline(always)]
+fn emit(
+    kind: u32,
+    reason: Reason,
+    key: &SourceKey,
+    out: &Outcome,
+    now: u64,
+    limited: u64,
+    host: u32,
+) {
+    let event = Event {
+        kind,
+        reason: reason as u32,
+        key: *key,
+        strikes: out.strikes,
+        level: out.level,
+        ts_ns: now,
+        duration_ns: out.ban_ns,
+        limited,
+        host_scope: host,
+        _pad: [0; 4],
+    };
+    if SHIELD_EVENTS.output::<Event>(&event, 0).is_err()
+        && let Some(lost) = SHIELD_EVLOST.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot from a successful lookup.
+        unsafe { *lost += 1 };
+    }
 }
 
 /// Counts and returns the action for `reason`, turning drops into `would_drop` passes in
@@ -227,11 +378,17 @@ fn verdict(rule_id: u32, reason: Reason, monitor: bool, len: u64) -> u32 {
 fn listed(pkt: &Packet, allow: bool) -> bool {
     if pkt.family == FAMILY_V4 {
         let s = pkt.src;
-        let key = Key::new(32, [s[0], s[1], s[2], s[3]]);
+        let key = Key {
+            prefix_len: 32,
+            data: [s[0], s[1], s[2], s[3]],
+        };
         let trie = if allow { &SHIELD_ALLOW4 } else { &SHIELD_DENY4 };
         trie.get(&key).is_some()
     } else {
-        let key = Key::new(128, pkt.src);
+        let key = Key {
+            prefix_len: 128,
+            data: pkt.src,
+        };
         let trie = if allow { &SHIELD_ALLOW6 } else { &SHIELD_DENY6 };
         trie.get(&key).is_some()
     }

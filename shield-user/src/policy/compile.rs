@@ -4,12 +4,12 @@ use std::net::IpAddr;
 
 use shield_common::{
     B_CONN, B_CONN_SUSTAINED, B_PKT, B_PKT_SUSTAINED, BUCKETS, CFG_ALLOW_V4, CFG_ALLOW_V6,
-    CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, Gcra, GlobalConfig, PORT_INDEX_ICMP,
-    PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_MONITOR, RULE_NAME_LEN, RULE_PRESENT,
-    RULE_SLOTS, RuleConfig, bucket::NS_PER_SEC, port_index,
+    CFG_BANS, CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, Escalation, Gcra, GlobalConfig,
+    PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_BAN_HOST, RULE_MONITOR,
+    RULE_NAME_LEN, RULE_PRESENT, RULE_SLOTS, RuleConfig, bucket::NS_PER_SEC, port_index,
 };
 
-use super::{Cidr, Limit, Mode, Policy, Protocol};
+use super::{BanScope, Cidr, Limit, Mode, Policy, Protocol};
 
 /// The map contents for one policy. Rule ids are the rules' positions in the file plus one
 /// (0 is "no rule").
@@ -41,6 +41,7 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
     let mut global = GlobalConfig {
         flags: CFG_LOADED,
         generation: 0,
+        clock_offset_ns: 0,
     };
     if policy.mode == Mode::Monitor {
         global.flags |= CFG_MONITOR;
@@ -70,12 +71,30 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
         if rule.mode == Mode::Monitor {
             flags |= RULE_MONITOR;
         }
+        let mut escalation = RuleConfig::default().escalation;
+        if let Some(e) = &rule.escalation {
+            let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+            escalation = Escalation {
+                strikes: e.strikes,
+                backoff: e.backoff,
+                _pad: [0; 4],
+                window_ns: ns(e.window),
+                ban_ns: ns(e.ban),
+                max_ban_ns: ns(e.max_ban),
+                forget_ns: ns(e.forget),
+            };
+            global.flags |= CFG_BANS;
+            if e.scope == BanScope::Host {
+                flags |= RULE_BAN_HOST;
+            }
+        }
         rules[id as usize] = RuleConfig {
             buckets: buckets_out,
             flags,
             v4_prefix: rule.ipv4_prefix,
             v6_prefix: rule.ipv6_prefix,
             _pad: [0; 2],
+            escalation,
             name,
         };
         match rule.protocol {

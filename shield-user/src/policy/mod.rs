@@ -7,10 +7,10 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, net::IpAddr, path::Path};
+use std::{fmt, net::IpAddr, path::Path, time::Duration};
 
 pub use compile::{CompiledPolicy, compile};
-pub use parse::parse_str;
+pub use parse::{format_duration, parse_cidr, parse_duration, parse_str};
 pub use table::matrix_table;
 
 /// What happens to traffic over a limit.
@@ -93,6 +93,38 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// What a ban from a rule's escalation covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanScope {
+    /// The rule's ports only.
+    Rule,
+    /// Everything from that source.
+    Host,
+}
+
+impl fmt::Display for BanScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BanScope::Rule => "rule",
+            BanScope::Host => "host",
+        })
+    }
+}
+
+/// Escalating bans for repeat offenders: `strikes` strikes (at most one per second in which
+/// the source was limited) within `window` ban it for `ban`; each further ban within
+/// `forget` of the previous one multiplies the duration by `backoff`, up to `max_ban`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    pub strikes: u16,
+    pub window: Duration,
+    pub ban: Duration,
+    pub backoff: u16,
+    pub max_ban: Duration,
+    pub forget: Duration,
+    pub scope: BanScope,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
@@ -104,6 +136,7 @@ pub struct Rule {
     pub ipv6_prefix: u8,
     pub connections: Option<Limit>,
     pub packets: Option<Limit>,
+    pub escalation: Option<Escalation>,
 }
 
 /// A CIDR prefix with host bits clear.

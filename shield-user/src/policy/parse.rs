@@ -5,8 +5,11 @@ use std::{collections::HashSet, net::IpAddr, ops::Range};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Cidr, Limit, Mode, Policy, PolicyError, PortRange, Protocol, Rate, Rule};
+use super::{
+    BanScope, Cidr, Escalation, Limit, Mode, Policy, PolicyError, PortRange, Protocol, Rate, Rule,
+};
 use shield_common::{DEFAULT_MAX_SOURCES, MAX_LIST_PREFIXES, MAX_RULES, RULE_NAME_LEN};
+use std::time::Duration;
 
 /// Bounds that make a value "absurd" rather than merely large.
 pub const MAX_RATE_PER_SEC: u64 = 100_000_000;
@@ -52,6 +55,19 @@ struct RawRule {
     ipv6_prefix: Option<Spanned<i64>>,
     connections: Option<Spanned<RawLimit>>,
     packets: Option<Spanned<RawLimit>>,
+    escalation: Option<Spanned<RawEscalation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEscalation {
+    strikes: Spanned<i64>,
+    window: Spanned<String>,
+    ban: Spanned<String>,
+    backoff: Option<Spanned<i64>>,
+    max_ban: Option<Spanned<String>>,
+    forget: Option<Spanned<String>>,
+    scope: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +321,16 @@ fn parse_rule(
         Some(l) => Some(limit(cx, l.get_ref())?),
         None => None,
     };
+    let escalation = match &r.escalation {
+        Some(e) if connections.is_none() && packets.is_none() => {
+            return Err(cx.err(
+                e.span(),
+                "`escalation` needs a `connections` or `packets` limit to count strikes against",
+            ));
+        }
+        Some(e) => Some(escalation(cx, e.get_ref())?),
+        None => None,
+    };
     Ok(Rule {
         name,
         protocol,
@@ -314,6 +340,152 @@ fn parse_rule(
         ipv6_prefix,
         connections,
         packets,
+        escalation,
+    })
+}
+
+/// Parses `500ms`, `10s`, `5m` (or `5min`), `1h`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| "missing unit (ms, s, m, h or d)".to_string())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| "expected a whole number before the unit".to_string())?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("unknown unit `{unit}` (ms, s, m, h or d)")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| "too long".to_string())
+}
+
+/// The shortest exact text for a duration (`90s` → `90s`, `3600s` → `1h`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn duration(
+    cx: &Ctx,
+    s: &Spanned<String>,
+    what: &str,
+    min: Duration,
+) -> Result<Duration, PolicyError> {
+    let max = Duration::from_nanos(shield_common::judge::MAX_BAN_NS);
+    let d = parse_duration(s.get_ref()).map_err(|why| {
+        cx.err(
+            s.span(),
+            format!("{what}: {why}: expected a duration like \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\", got \"{}\"", s.get_ref()),
+        )
+    })?;
+    if d < min || d > max {
+        return Err(cx.err(
+            s.span(),
+            format!(
+                "{what} must be between {} and {}, got {}",
+                format_duration(min),
+                format_duration(max),
+                format_duration(d)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn escalation(cx: &Ctx, e: &RawEscalation) -> Result<Escalation, PolicyError> {
+    let strikes = *e.strikes.get_ref();
+    if !(1..=1000).contains(&strikes) {
+        return Err(cx.err(
+            e.strikes.span(),
+            format!("strikes must be between 1 and 1000, got {strikes}"),
+        ));
+    }
+    let second = Duration::from_secs(1);
+    let window = duration(cx, &e.window, "window", second)?;
+    // At most one strike per second: the window must be able to hold them all.
+    let needed = Duration::from_secs(strikes as u64 - 1);
+    if window < needed {
+        return Err(cx.err(
+            e.window.span(),
+            format!(
+                "a window of {} can never hold {strikes} strikes (at most one per second); use at least {}",
+                format_duration(window),
+                format_duration(needed)
+            ),
+        ));
+    }
+    let ban = duration(cx, &e.ban, "ban", second)?;
+    let backoff = match &e.backoff {
+        Some(b) => {
+            let v = *b.get_ref();
+            let max = i64::from(shield_common::judge::MAX_BACKOFF);
+            if !(1..=max).contains(&v) {
+                return Err(cx.err(
+                    b.span(),
+                    format!("backoff must be a whole number between 1 and {max}, got {v}"),
+                ));
+            }
+            v as u16
+        }
+        None => 2,
+    };
+    let max_ban = match &e.max_ban {
+        Some(m) => {
+            let d = duration(cx, m, "max_ban", second)?;
+            if d < ban {
+                return Err(cx.err(
+                    m.span(),
+                    format!(
+                        "max_ban {} is shorter than ban {}",
+                        format_duration(d),
+                        format_duration(ban)
+                    ),
+                ));
+            }
+            d
+        }
+        None => ban.max(Duration::from_secs(3600)),
+    };
+    let forget = match &e.forget {
+        Some(f) => duration(cx, f, "forget", second)?,
+        None => Duration::from_secs(24 * 3600),
+    };
+    let scope = match e.scope.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "rule")) => BanScope::Rule,
+        Some((_, "host")) => BanScope::Host,
+        Some((s, other)) => {
+            return Err(cx.err(
+                s.span(),
+                format!("scope must be \"rule\" (the rule's ports) or \"host\" (everything from the source), got \"{other}\""),
+            ));
+        }
+    };
+    Ok(Escalation {
+        strikes: strikes as u16,
+        window,
+        ban,
+        backoff,
+        max_ban,
+        forget,
+        scope,
     })
 }
 

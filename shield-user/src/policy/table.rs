@@ -17,6 +17,23 @@ fn limit_text(l: &Option<Limit>) -> String {
     }
 }
 
+fn escalation_text(e: Option<&super::Escalation>) -> String {
+    use super::format_duration as d;
+    match e {
+        None => "-".to_string(),
+        Some(e) => format!(
+            "{} strikes/{} -> ban {} x{} max {}, {} scope, forget {}",
+            e.strikes,
+            d(e.window),
+            d(e.ban),
+            e.backoff,
+            d(e.max_ban),
+            e.scope,
+            d(e.forget)
+        ),
+    }
+}
+
 /// Renders the policy as the table `shield check` prints: one row per rule, with every
 /// default resolved, then the lists and what unmatched traffic does.
 pub fn matrix_table(policy: &Policy) -> String {
@@ -28,8 +45,9 @@ pub fn matrix_table(policy: &Policy) -> String {
         "SCOPE v4/v6",
         "CONNECTIONS (per source)",
         "PACKETS (per source)",
+        "ESCALATION",
     ];
-    let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut rows: Vec<[String; 8]> = Vec::new();
     for r in &policy.rules {
         let ports = if r.protocol == Protocol::Icmp {
             "-".to_string()
@@ -50,6 +68,7 @@ pub fn matrix_table(policy: &Policy) -> String {
             format!("/{} /{}", r.ipv4_prefix, r.ipv6_prefix),
             limit_text(&r.connections),
             limit_text(&r.packets),
+            escalation_text(r.escalation.as_ref()),
         ]);
     }
     let mut widths = header.map(str::len);

@@ -54,6 +54,21 @@ fn example_policy_is_valid_and_complete() {
             period_secs: 60
         })
     );
+    let e = api.escalation.expect("api escalates");
+    assert_eq!(
+        (
+            e.strikes, e.window, e.ban, e.backoff, e.max_ban, e.scope, e.forget
+        ),
+        (
+            3,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(30),
+            2,
+            std::time::Duration::from_secs(3600),
+            BanScope::Rule,
+            std::time::Duration::from_secs(86400)
+        )
+    );
     assert_eq!(p.rules[1].mode, Mode::Monitor);
     assert_eq!(p.rules[2].ipv4_prefix, 24);
     assert_eq!(
@@ -478,4 +493,65 @@ packets = { rate = "1/s" }
         )]
     );
     assert_eq!(c.deny_v4, vec![([192, 0, 2, 0], 24)]);
+}
+
+#[test]
+fn escalation_defaults_and_compiled_form() {
+    let p = ok(
+        "[[rule]]\nname='a'\nprotocol='udp'\npackets={rate='1/s'}\nescalation={strikes=2, window='1s', ban='10s', scope='host'}\n",
+    );
+    let e = p.rules[0].escalation.unwrap();
+    assert_eq!(e.backoff, 2);
+    assert_eq!(
+        e.max_ban,
+        std::time::Duration::from_secs(3600),
+        "max_ban defaults to 1h"
+    );
+    assert_eq!(
+        e.forget,
+        std::time::Duration::from_secs(86400),
+        "forget defaults to 24h"
+    );
+    let c = compile(&p);
+    assert_ne!(
+        c.global.flags & shield_common::CFG_BANS,
+        0,
+        "escalation turns ban lookups on"
+    );
+    let r = &c.rules[1];
+    assert_ne!(r.flags & shield_common::RULE_BAN_HOST, 0);
+    assert_eq!(r.escalation.strikes, 2);
+    assert_eq!(r.escalation.ban_ns, 10 * NS_PER_SEC);
+    assert_eq!(r.escalation.window_ns, NS_PER_SEC);
+    let plain = compile(&ok(
+        "[[rule]]\nname='a'\nprotocol='udp'\npackets={rate='1/s'}\n",
+    ));
+    assert_eq!(
+        plain.global.flags & shield_common::CFG_BANS,
+        0,
+        "no escalation: no ban lookups"
+    );
+}
+
+#[test]
+fn durations_parse_and_print() {
+    for (text, secs) in [
+        ("500ms", 0.5),
+        ("10s", 10.0),
+        ("5m", 300.0),
+        ("5min", 300.0),
+        ("1h", 3600.0),
+        ("2d", 172800.0),
+    ] {
+        assert_eq!(parse_duration(text).unwrap().as_secs_f64(), secs, "{text}");
+    }
+    for bad in ["", "10", "s", "1.5s", "-1s", "10 w"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
+    }
+    assert_eq!(format_duration(std::time::Duration::from_secs(3600)), "1h");
+    assert_eq!(format_duration(std::time::Duration::from_secs(90)), "90s");
+    assert_eq!(
+        format_duration(std::time::Duration::from_millis(1500)),
+        "1500ms"
+    );
 }
