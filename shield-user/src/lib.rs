@@ -1,6 +1,9 @@
 //! shield's user side: policy compiler, loader, daemon, stats and the namespace lab.
 //! Directions: cli (main.rs) → daemon/lab → loader → policy → shield-common.
 
+pub mod audit;
+pub mod bans;
+pub mod control;
 pub mod daemon;
 pub mod lab;
 pub mod loader;

@@ -5,6 +5,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use shield_user::{
+    bans::{BanEntry, BanMaps},
+    control::{self, Request},
     daemon, lab,
     loader::{self, AttachMode},
     policy, stats,
@@ -41,6 +43,48 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: AttachMode,
         /// bpffs mount point to pin maps under (mounted if it is not bpffs yet).
+        #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Audit log: JSON lines of bans, ban ends, manual bans/unbans and the first limited
+        /// packet of each source per second; `-` for stdout. Reopened on SIGUSR1.
+        #[arg(long, value_name = "PATH")]
+        audit_log: Option<String>,
+        /// Control socket for `shield ban`, `unban` and `bans` (created 0600, root only).
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Ban a source (address or prefix) for a while, from the whole host or one rule's ports.
+    ///
+    /// Talks to the running daemon; takes effect at once on every protected interface.
+    Ban {
+        /// Address or prefix, e.g. 192.0.2.7 or 2001:db8:1:2::/64.
+        source: String,
+        /// How long: 30s, 10m, 2h, 1d (at most 365d).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Only this rule's ports (the prefix must be the rule's scope, e.g. /32 or /64).
+        #[arg(long, value_name = "NAME")]
+        rule: Option<String>,
+        /// Why: shown by `shield bans` and written to the audit log.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Lift every ban on exactly this address or prefix (manual or automatic).
+    Unban {
+        source: String,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// List active bans: source, scope, remaining time, origin, ladder level.
+    ///
+    /// Asks the daemon; if none answers, reads the pinned maps and says so.
+    Bans {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
         #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
@@ -104,13 +148,109 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             policy,
             xdp_mode,
             bpffs,
+            audit_log,
+            socket,
         } => {
             daemon::run(&daemon::RunOptions {
                 ifaces,
                 policy,
                 xdp_mode,
                 bpffs,
+                audit_log,
+                socket,
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ban {
+            source,
+            duration,
+            rule,
+            reason,
+            socket,
+        } => {
+            let reply = ask(
+                &socket,
+                &Request::Ban {
+                    source,
+                    duration,
+                    rule,
+                    reason,
+                },
+            )?;
+            let bans: Vec<serde_json::Value> =
+                reply["bans"].as_array().cloned().unwrap_or_default();
+            for b in bans {
+                println!(
+                    "banned {} from {} on {} for {}s",
+                    b["source"].as_str().unwrap_or("?"),
+                    scope_text(&b),
+                    b["iface"].as_str().unwrap_or("?"),
+                    b["duration_secs"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unban { source, socket } => {
+            let reply = ask(
+                &socket,
+                &Request::Unban {
+                    source: source.clone(),
+                },
+            )?;
+            let removed = reply["removed"].as_array().cloned().unwrap_or_default();
+            if removed.is_empty() {
+                println!("no ban on {source}");
+            }
+            for b in removed {
+                println!(
+                    "unbanned {} from {} on {}",
+                    b["source"].as_str().unwrap_or("?"),
+                    scope_text(&b),
+                    b["iface"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bans {
+            json,
+            socket,
+            bpffs,
+        } => {
+            let bans: Vec<BanEntry> = match control::request(&socket, &Request::Bans) {
+                Ok(reply) => {
+                    let reply = ok_or_error(reply)?;
+                    serde_json::from_value::<Vec<BanJson>>(reply["bans"].clone())
+                        .context("reading the daemon's reply")?
+                        .into_iter()
+                        .map(BanJson::into_entry)
+                        .collect()
+                }
+                Err(_) => {
+                    eprintln!(
+                        "shield: the daemon is not running (no answer on {}); reading the pinned maps under {}",
+                        socket.display(),
+                        bpffs.join("shield").display()
+                    );
+                    let mut all = Vec::new();
+                    for iface in stats::pinned_ifaces(&bpffs) {
+                        let maps = BanMaps::open(&loader::pin_dir(&bpffs, &iface))
+                            .with_context(|| format!("reading the ban maps of {iface}"))?;
+                        for mut b in maps.active() {
+                            b.iface = iface.clone();
+                            all.push(b);
+                        }
+                    }
+                    all
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "bans": bans }))?
+                );
+            } else {
+                print!("{}", bans_table(&bans));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file } => match policy::load(&file) {
@@ -159,4 +299,112 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Sends a request to the daemon; an `ok: false` reply becomes an error.
+fn ask(socket: &std::path::Path, req: &Request) -> Result<serde_json::Value> {
+    let reply = control::request(socket, req).with_context(|| {
+        format!(
+            "cannot reach the shield daemon on {} (is `shield run` running? is this root?)",
+            socket.display()
+        )
+    })?;
+    ok_or_error(reply)
+}
+
+fn ok_or_error(reply: serde_json::Value) -> Result<serde_json::Value> {
+    if reply["ok"] == true {
+        Ok(reply)
+    } else {
+        anyhow::bail!(
+            "{}",
+            reply["error"]
+                .as_str()
+                .unwrap_or("the daemon refused the request")
+        )
+    }
+}
+
+fn scope_text(b: &serde_json::Value) -> String {
+    match b["scope"].as_str() {
+        Some("rule") => format!("rule {}", b["rule"].as_str().unwrap_or("?")),
+        _ => "the whole host".to_string(),
+    }
+}
+
+/// A ban as the daemon sends it (BanEntry minus its map key).
+#[derive(serde::Deserialize)]
+struct BanJson {
+    #[serde(default)]
+    iface: String,
+    source: String,
+    scope: String,
+    rule: String,
+    origin: String,
+    monitor: bool,
+    duration_secs: f64,
+    remaining_secs: f64,
+    level: u8,
+    comment: Option<String>,
+}
+
+impl BanJson {
+    fn into_entry(self) -> BanEntry {
+        let st = |s: &str, a: &'static str, b: &'static str| if s == a { a } else { b };
+        BanEntry {
+            iface: self.iface,
+            source: self.source,
+            scope: st(&self.scope, "rule", "host"),
+            rule: self.rule,
+            origin: st(&self.origin, "manual", "automatic"),
+            monitor: self.monitor,
+            duration_secs: self.duration_secs,
+            remaining_secs: self.remaining_secs,
+            level: self.level,
+            comment: self.comment,
+            key: Default::default(),
+        }
+    }
+}
+
+fn bans_table(bans: &[BanEntry]) -> String {
+    use std::fmt::Write as _;
+    if bans.is_empty() {
+        return "no active bans\n".to_string();
+    }
+    let mut out = format!(
+        "{:<10} {:<42} {:<16} {:>10} {:>10} {:<9} {:>5}  {}\n",
+        "IFACE", "SOURCE", "SCOPE", "REMAINING", "DURATION", "ORIGIN", "LEVEL", "REASON"
+    );
+    for b in bans {
+        let scope = if b.scope == "rule" {
+            format!("rule {}", b.rule)
+        } else {
+            "host".to_string()
+        };
+        let origin = if b.monitor {
+            format!("{} (monitor)", b.origin)
+        } else {
+            b.origin.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<42} {:<16} {:>9.0}s {:>9.0}s {:<9} {:>5}  {}",
+            b.iface,
+            b.source,
+            scope,
+            b.remaining_secs,
+            b.duration_secs,
+            origin,
+            b.level,
+            b.comment
+                .as_deref()
+                .unwrap_or(if b.origin == "automatic" && !b.rule.is_empty() {
+                    "over limit"
+                } else {
+                    ""
+                })
+        );
+    }
+    out
 }

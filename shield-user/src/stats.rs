@@ -11,8 +11,8 @@ use std::{
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use serde::Serialize;
 use shield_common::{
-    CFG_LOADED, CFG_MONITOR, Counter, GlobalConfig, MAP_CONFIG, MAP_COUNTERS, MAP_RULES,
-    MAP_SOURCES, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig, SourceKey,
+    CFG_LOADED, CFG_MONITOR, Counter, GlobalConfig, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS_LOST,
+    MAP_RULES, MAP_SOURCES, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig, SourceKey,
     SourceState, addr::FAMILY_V4, counter_index,
 };
 
@@ -57,6 +57,10 @@ pub struct IfaceStats {
     pub mode: &'static str,
     pub max_sources: u32,
     pub tracked_sources: u64,
+    /// Bans in force (host and rule scope, manual and automatic).
+    pub active_bans: u64,
+    /// Events the data path could not queue because the daemon was not reading fast enough.
+    pub events_lost: u64,
     pub rules: Vec<RuleStats>,
     pub top_sources: Vec<TopSource>,
 }
@@ -66,7 +70,8 @@ pub struct Stats {
     pub interfaces: Vec<IfaceStats>,
 }
 
-fn name_of(cfg: &RuleConfig) -> String {
+/// A rule's name as stored in its map slot.
+pub fn rule_name(cfg: &RuleConfig) -> String {
     let end = cfg
         .name
         .iter()
@@ -140,9 +145,9 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         let (name, mode) = if id == 0 {
             (UNMATCHED.to_string(), "-")
         } else if cfg.flags & RULE_MONITOR != 0 {
-            (name_of(&cfg), "monitor")
+            (rule_name(&cfg), "monitor")
         } else {
-            (name_of(&cfg), "enforce")
+            (rule_name(&cfg), "enforce")
         };
         rules.push(RuleStats {
             id,
@@ -168,7 +173,7 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         rule_cfgs
             .iter()
             .find(|(i, _)| *i == u32::from(id))
-            .map_or_else(|| format!("#{id}"), |(_, c)| name_of(c))
+            .map_or_else(|| format!("#{id}"), |(_, c)| rule_name(c))
     };
     let top_sources = limited
         .into_iter()
@@ -180,8 +185,20 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         })
         .collect();
 
+    let active_bans = crate::bans::BanMaps::open(&dir)
+        .map(|b| b.active().len() as u64)
+        .unwrap_or(0);
+    let lost: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(open_pinned(&dir, MAP_EVENTS_LOST)?).map_err(err(MAP_EVENTS_LOST))?;
+    let events_lost = lost
+        .get(&0, 0)
+        .map(|v| v.iter().sum())
+        .map_err(err(MAP_EVENTS_LOST))?;
+
     Ok(IfaceStats {
         iface: iface.to_string(),
+        active_bans,
+        events_lost,
         policy_generation: if global.flags & CFG_LOADED != 0 {
             global.generation
         } else {
@@ -205,8 +222,14 @@ pub fn render_table(stats: &Stats) -> String {
     for s in &stats.interfaces {
         let _ = writeln!(
             out,
-            "{}: policy generation {}, mode {}, tracked sources {} of {}",
-            s.iface, s.policy_generation, s.mode, s.tracked_sources, s.max_sources
+            "{}: policy generation {}, mode {}, tracked sources {} of {}, active bans {}, events lost {}",
+            s.iface,
+            s.policy_generation,
+            s.mode,
+            s.tracked_sources,
+            s.max_sources,
+            s.active_bans,
+            s.events_lost
         );
         let reasons: Vec<&'static str> = Reason::ALL
             .iter()

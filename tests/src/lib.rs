@@ -316,6 +316,40 @@ impl Harness {
         r.counters[reason.name()]
     }
 
+    /// Moves the data path's clock forward (the config map's test offset).
+    pub fn advance(&mut self, by: std::time::Duration) {
+        let mut cfg: aya::maps::Array<_, shield_common::GlobalConfig> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(shield_common::MAP_CONFIG)
+                .expect("config map"),
+        )
+        .expect("config array");
+        let mut c = cfg.get(&0, 0).expect("config");
+        c.clock_offset_ns += by.as_nanos() as u64;
+        cfg.set(0, c, 0).expect("writing config");
+    }
+
+    /// Events queued by the data path since the last call.
+    pub fn events(&mut self) -> Vec<shield_common::Event> {
+        let map = self
+            .ebpf
+            .map_mut(shield_common::MAP_EVENTS)
+            .expect("events map");
+        let mut ring = aya::maps::RingBuf::try_from(map).expect("ring buffer");
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            // SAFETY: each record is one Event written by the program.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+        out
+    }
+
+    pub fn bans(&self) -> Vec<shield_user::bans::BanEntry> {
+        shield_user::bans::BanMaps::open(&loader::pin_dir(&self.bpffs.path, HARNESS_IFACE))
+            .expect("ban maps")
+            .active()
+    }
+
     pub fn stats(&self) -> stats::IfaceStats {
         stats::read_iface(&self.bpffs.path, HARNESS_IFACE).expect("reading counters")
     }

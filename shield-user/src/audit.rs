@@ -1,0 +1,83 @@
+//! The audit log: one JSON object per line, flushed after each, reopened on SIGUSR1 (so
+//! logrotate can move the file away).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    path::PathBuf,
+    time::SystemTime,
+};
+
+/// Where audit lines go.
+pub enum AuditLog {
+    /// No `--audit-log`: lines are dropped.
+    Off,
+    /// `--audit-log -`.
+    Stdout,
+    File {
+        path: PathBuf,
+        file: File,
+    },
+}
+
+impl AuditLog {
+    /// `None` → off, `-` → stdout, else a file opened for appending (created 0600).
+    pub fn open(target: Option<&str>) -> io::Result<AuditLog> {
+        match target {
+            None => Ok(AuditLog::Off),
+            Some("-") => Ok(AuditLog::Stdout),
+            Some(path) => {
+                let path = PathBuf::from(path);
+                let file = open_append(&path)?;
+                Ok(AuditLog::File { path, file })
+            }
+        }
+    }
+
+    /// Writes one line and flushes it. Errors are reported once per call, never fatal:
+    /// a full disk must not stop the shield.
+    pub fn write(&mut self, mut line: serde_json::Value) {
+        if let Some(obj) = line.as_object_mut()
+            && !obj.contains_key("ts")
+        {
+            obj.insert("ts".into(), rfc3339(SystemTime::now()).into());
+        }
+        let text = format!("{line}\n");
+        let result = match self {
+            AuditLog::Off => Ok(()),
+            AuditLog::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(text.as_bytes()).and_then(|()| out.flush())
+            }
+            AuditLog::File { file, .. } => {
+                file.write_all(text.as_bytes()).and_then(|()| file.flush())
+            }
+        };
+        if let Err(e) = result {
+            eprintln!("shield: warning: cannot write the audit log: {e}");
+        }
+    }
+
+    /// Reopens the file at its path (after logrotate moved it).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        if let AuditLog::File { path, file } = self {
+            *file = open_append(path)?;
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("audit log {}: {e}", path.display())))
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

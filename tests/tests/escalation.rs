@@ -1,0 +1,269 @@
+//! Escalation in the data path (BPF_PROG_TEST_RUN on the real object): strikes per second,
+//! ban after `strikes`, expiry, the backoff ladder up to `max_ban`, host vs rule scope,
+//! monitor mode, events, manual bans. Time is advanced through the config map's test
+//! clock offset, so a minute of offences takes milliseconds.
+
+use std::time::Duration;
+
+use shield_common::{EV_BAN, EV_LIMITED, EV_WOULD_BAN, Reason};
+use shield_tests::{Harness, L4, Pkt, XDP_DROP, XDP_PASS};
+use shield_user::policy::parse_cidr;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn policy(scope: &str, mode: &str) -> String {
+    format!(
+        r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+mode = "{mode}"
+connections = {{ rate = "1/s", burst = 1 }}
+escalation = {{ strikes = 3, window = "1m", ban = "30s", backoff = 2, max_ban = "100s", scope = "{scope}", forget = "10m" }}
+"#
+    )
+}
+
+/// One second of offence: two SYNs (the first takes the second's token, the second is
+/// refused and strikes), then the clock moves one second. Returns both verdicts.
+fn offend(h: &mut Harness, frame: &[u8]) -> [u32; 2] {
+    let v = [h.run(frame), h.run(frame)];
+    h.advance(SEC);
+    v
+}
+
+#[test]
+fn strikes_count_once_per_second_and_ban_after_three() {
+    let mut h = Harness::new(&policy("rule", "enforce"));
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    // Many refusals within one second: one event, one strike.
+    assert_eq!(h.run(&syn), XDP_PASS);
+    for _ in 0..50 {
+        assert_eq!(h.run(&syn), XDP_DROP);
+    }
+    let ev = h.events();
+    assert_eq!(ev.len(), 1, "one event per source per second, got {ev:?}");
+    assert_eq!((ev[0].kind, ev[0].strikes), (EV_LIMITED, 1));
+    assert_eq!(ev[0].reason, Reason::ConnLimit as u32);
+    assert!(h.bans().is_empty(), "one strike does not ban");
+
+    h.advance(SEC);
+    assert_eq!(offend(&mut h, &syn), [XDP_PASS, XDP_DROP]); // strike 2
+    assert!(h.bans().is_empty(), "two strikes do not ban");
+    // Strike 3: the refused packet bans the source.
+    assert_eq!(h.run(&syn), XDP_PASS);
+    assert_eq!(h.run(&syn), XDP_DROP);
+    let bans = h.bans();
+    assert_eq!(bans.len(), 1, "banned after 3 strikes: {bans:?}");
+    assert_eq!(
+        (
+            bans[0].source.as_str(),
+            bans[0].scope,
+            bans[0].rule.as_str(),
+            bans[0].origin
+        ),
+        ("192.0.2.1/32", "rule", "api", "automatic")
+    );
+    assert_eq!(bans[0].duration_secs, 30.0);
+    let ev = h.events();
+    let ban_ev: Vec<_> = ev.iter().filter(|e| e.kind == EV_BAN).collect();
+    assert_eq!(ban_ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (ban_ev[0].strikes, ban_ev[0].level, ban_ev[0].duration_ns),
+        (3, 0, 30_000_000_000)
+    );
+
+    // Banned: every packet to the rule's ports is dropped, established traffic included,
+    // with no further bucket or LRU work.
+    let ack = Pkt::new("192.0.2.1", L4::ack(8080)).bytes();
+    h.advance(5 * SEC);
+    assert_eq!(h.run(&syn), XDP_DROP);
+    assert_eq!(h.run(&ack), XDP_DROP);
+    assert_eq!(h.count("api", Reason::Ban).packets, 2);
+    // Rule scope: the source's other traffic is untouched.
+    assert_eq!(h.run(&Pkt::new("192.0.2.1", L4::syn(22)).bytes()), XDP_PASS);
+    // Another source is not affected.
+    assert_eq!(
+        h.run(&Pkt::new("192.0.2.2", L4::syn(8080)).bytes()),
+        XDP_PASS
+    );
+
+    // Expiry: 30 s after the ban started, traffic flows again.
+    h.advance(25 * SEC);
+    assert_eq!(h.run(&ack), XDP_PASS, "ban must expire after 30 s");
+}
+
+#[test]
+fn backoff_ladder_doubles_up_to_max_ban_and_forget_resets_it() {
+    let mut h = Harness::new(&policy("rule", "enforce"));
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    let mut durations = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..3 {
+            offend(&mut h, &syn);
+        }
+        let ev: Vec<_> = h
+            .events()
+            .into_iter()
+            .filter(|e| e.kind == EV_BAN)
+            .collect();
+        assert_eq!(ev.len(), 1);
+        durations.push(ev[0].duration_ns / 1_000_000_000);
+        // Sit the ban out.
+        h.advance(Duration::from_secs(ev[0].duration_ns / 1_000_000_000));
+    }
+    assert_eq!(
+        durations,
+        vec![30, 60, 100, 100],
+        "30 s × 2 each time, capped at max_ban"
+    );
+    // After `forget` (10 min) without a ban, the ladder starts over.
+    h.advance(Duration::from_secs(601));
+    for _ in 0..3 {
+        offend(&mut h, &syn);
+    }
+    let ev: Vec<_> = h
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EV_BAN)
+        .collect();
+    assert_eq!(ev[0].duration_ns, 30_000_000_000);
+}
+
+#[test]
+fn strikes_outside_the_window_do_not_ban() {
+    let mut h = Harness::new(&policy("rule", "enforce"));
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..10 {
+        offend(&mut h, &syn);
+        // Two strikes per minute never reach three within the 1 min window.
+        h.advance(Duration::from_secs(35));
+    }
+    assert!(h.bans().is_empty());
+}
+
+#[test]
+fn host_scope_ban_covers_every_port_and_the_whole_slash64() {
+    let mut h = Harness::new(&policy("host", "enforce"));
+    let syn = Pkt::new("2001:db8:1:2::a", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        offend(&mut h, &syn);
+    }
+    let bans = h.bans();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(
+        (bans[0].source.as_str(), bans[0].scope),
+        ("2001:db8:1:2::/64", "host")
+    );
+    // Any port, any protocol, any address of the /64.
+    for pkt in [
+        Pkt::new("2001:db8:1:2::b", L4::syn(8080)),
+        Pkt::new("2001:db8:1:2::c", L4::syn(22)),
+        Pkt::new("2001:db8:1:2:ffff::1", L4::Udp { dport: 53 }),
+        Pkt::new("2001:db8:1:2::d", L4::Echo),
+    ] {
+        assert_eq!(h.run(&pkt.bytes()), XDP_DROP, "{pkt:?} must be banned");
+    }
+    assert_eq!(
+        h.count("(none)", Reason::Ban).packets,
+        3,
+        "unmatched ports count under (none)"
+    );
+    assert_eq!(
+        h.run(&Pkt::new("2001:db8:1:3::1", L4::syn(22)).bytes()),
+        XDP_PASS
+    );
+}
+
+#[test]
+fn monitor_mode_counts_would_ban_and_drops_nothing() {
+    let mut h = Harness::new(&policy("host", "monitor"));
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &syn), [XDP_PASS, XDP_PASS]);
+    }
+    let ev = h.events();
+    assert!(ev.iter().any(|e| e.kind == EV_WOULD_BAN), "{ev:?}");
+    assert!(!ev.iter().any(|e| e.kind == EV_BAN));
+    let bans = h.bans();
+    assert!(bans.len() == 1 && bans[0].monitor, "{bans:?}");
+    for _ in 0..5 {
+        assert_eq!(h.run(&Pkt::new("192.0.2.1", L4::syn(22)).bytes()), XDP_PASS);
+    }
+    assert_eq!(h.count("(none)", Reason::WouldBan).packets, 5);
+    assert_eq!(h.count("api", Reason::WouldDrop).packets, 3);
+    assert_eq!(h.count("api", Reason::Ban).packets, 0);
+}
+
+#[test]
+fn manual_bans_host_and_rule_then_unban() {
+    // No escalation in this policy: ban lookups are off until a manual ban turns them on.
+    let mut h = Harness::new(
+        "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [8080]\nconnections = { rate = \"1/s\", burst = 1 }\n",
+    );
+    let dir = shield_user::loader::pin_dir(&h.bpffs.path, shield_tests::HARNESS_IFACE);
+    let mut maps = shield_user::bans::BanMaps::open(&dir).expect("ban maps");
+    maps.ban(
+        parse_cidr("198.51.100.0/24").unwrap(),
+        Duration::from_secs(60),
+        None,
+    )
+    .expect("manual host ban");
+    maps.ban(
+        parse_cidr("192.0.2.9").unwrap(),
+        Duration::from_secs(60),
+        Some("api"),
+    )
+    .expect("manual rule ban");
+    let err = maps
+        .ban(
+            parse_cidr("192.0.2.0/24").unwrap(),
+            Duration::from_secs(60),
+            Some("api"),
+        )
+        .expect_err("rule ban with a prefix other than the rule's scope");
+    assert!(
+        err.to_string().contains("tracks IPv4 sources as /32"),
+        "{err}"
+    );
+    let err = maps
+        .ban(
+            parse_cidr("192.0.2.9").unwrap(),
+            Duration::from_secs(60),
+            Some("nope"),
+        )
+        .expect_err("unknown rule");
+    assert!(err.to_string().contains("no rule named `nope`"), "{err}");
+
+    assert_eq!(
+        h.run(&Pkt::new("198.51.100.77", L4::Echo).bytes()),
+        XDP_DROP
+    );
+    assert_eq!(
+        h.run(&Pkt::new("192.0.2.9", L4::syn(8080)).bytes()),
+        XDP_DROP
+    );
+    assert_eq!(h.run(&Pkt::new("192.0.2.9", L4::syn(22)).bytes()), XDP_PASS);
+    let listed = h.bans();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|b| b.origin == "manual"));
+
+    let removed = maps
+        .unban(parse_cidr("198.51.100.0/24").unwrap())
+        .expect("unban");
+    assert_eq!(removed.len(), 1);
+    assert_eq!(
+        h.run(&Pkt::new("198.51.100.77", L4::Echo).bytes()),
+        XDP_PASS
+    );
+    // Expired bans stop applying before the sweep removes them.
+    h.advance(Duration::from_secs(61));
+    assert_eq!(
+        h.run(&Pkt::new("192.0.2.9", L4::syn(8080)).bytes()),
+        XDP_PASS
+    );
+    let swept = maps.sweep().expect("sweep");
+    assert_eq!(swept.len(), 1);
+    assert!(h.bans().is_empty());
+}
