@@ -223,11 +223,15 @@ fn wait_readable(instances: &[Instance], timeout: Duration) {
     };
 }
 
-/// Wall-clock time of a data-path timestamp.
+/// Wall-clock time of a data-path timestamp (past or future, e.g. a ban's expiry).
 fn wall_of(ts_ns: u64, mono_now: u64) -> SystemTime {
     let now = SystemTime::now();
-    now.checked_sub(Duration::from_nanos(mono_now.saturating_sub(ts_ns)))
-        .unwrap_or(now)
+    if ts_ns >= mono_now {
+        now + Duration::from_nanos(ts_ns - mono_now)
+    } else {
+        now.checked_sub(Duration::from_nanos(mono_now - ts_ns))
+            .unwrap_or(now)
+    }
 }
 
 fn drain_events(inst: &mut Instance, shared: &Shared) {

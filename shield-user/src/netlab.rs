@@ -424,6 +424,8 @@ fn poll_connected(s: &Socket) -> Option<bool> {
 pub struct Daemon {
     child: Option<Child>,
     pub log: PathBuf,
+    /// This daemon's own control socket (unique, so labs can run side by side).
+    pub socket: PathBuf,
 }
 
 impl Daemon {
@@ -436,13 +438,17 @@ impl Daemon {
         bpffs: &Path,
         extra: &[&str],
     ) -> Result<Daemon> {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("shield-daemon-")));
+        let name = unique("shield-daemon-");
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let socket = std::env::temp_dir().join(format!("{name}.sock"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = ns
             .command(bin)
             .arg("run")
             .args(["--iface", SERVER_IF, "--bpffs"])
             .arg(bpffs)
+            .arg("--socket")
+            .arg(&socket)
             .arg("--policy")
             .arg(policy)
             .args(extra)
@@ -454,6 +460,7 @@ impl Daemon {
         let mut d = Daemon {
             child: Some(child),
             log,
+            socket,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -508,5 +515,6 @@ impl Drop for Daemon {
             let _ = self.stop();
         }
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
