@@ -291,7 +291,7 @@ mod tests {
         };
         let mut st = SourceState::default();
         let mut t = 100 * S;
-        let mut ban_at = |st: &mut SourceState, start: &mut u64| {
+        let ban_at = |st: &mut SourceState, start: &mut u64| {
             let mut last = 0;
             for _ in 0..3 {
                 last = escalate(&e, st, *start).ban_ns;

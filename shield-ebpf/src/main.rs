@@ -171,10 +171,11 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         return Ok(verdict(rule_id, Reason::Deny, global_monitor, len));
     }
     // Host-scope bans cover every port, matched or not.
-    if bans && let Some(ban) = host_ban(&pkt) {
-        if let Some(action) = banned(rule_id, ban, now, len) {
-            return Ok(action);
-        }
+    if bans
+        && let Some(ban) = host_ban(&pkt)
+        && let Some(action) = banned(rule_id, ban, now, len)
+    {
+        return Ok(action);
     }
 
     if rule_id == 0 {
@@ -200,11 +201,12 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         prefix_len: prefix,
         addr: mask_prefix(pkt.src, prefix),
     };
-    if bans && let Some(ban) = SHIELD_RBANS.get_ptr(key) {
-        // SAFETY: pointer from a successful lookup, valid during this run (RCU).
-        if let Some(action) = banned(rule_id, unsafe { &*ban }, now, len) {
-            return Ok(action);
-        }
+    // SAFETY: pointer from a successful lookup, valid during this run (RCU).
+    if bans
+        && let Some(ban) = SHIELD_RBANS.get_ptr(key)
+        && let Some(action) = banned(rule_id, unsafe { &*ban }, now, len)
+    {
+        return Ok(action);
     }
     if !needs_state(rule, pkt.conn_attempt) {
         count(rule_id, Reason::Pass, len);

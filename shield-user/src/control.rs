@@ -44,8 +44,8 @@ pub enum Request {
     Unban {
         source: String,
     },
-    Bans,
-    Ping,
+    Bans {},
+    Ping {},
 }
 
 /// Handles one request; returns the reply object (without `ok`, added here) or an error.
@@ -208,7 +208,7 @@ mod tests {
                 reason: None
             })
         );
-        assert_eq!(parse_request(br#"{"cmd":"bans"}"#), Ok(Request::Bans));
+        assert_eq!(parse_request(br#"{"cmd":"bans"}"#), Ok(Request::Bans {}));
         for bad in [
             &b"garbage"[..],
             br#"{"cmd":"reboot"}"#,

@@ -352,8 +352,8 @@ fn sweep(inst: &mut Instance, shared: &Shared) {
 
 fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
     match req {
-        Request::Ping => Ok(json!({"pong": true})),
-        Request::Bans => {
+        Request::Ping {} => Ok(json!({"pong": true})),
+        Request::Bans {} => {
             let mut all = Vec::new();
             let comments = lock(&shared.comments);
             for (iface, dir) in &shared.ifaces {

@@ -216,7 +216,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             socket,
             bpffs,
         } => {
-            let bans: Vec<BanEntry> = match control::request(&socket, &Request::Bans) {
+            let bans: Vec<BanEntry> = match control::request(&socket, &Request::Bans {}) {
                 Ok(reply) => {
                     let reply = ok_or_error(reply)?;
                     serde_json::from_value::<Vec<BanJson>>(reply["bans"].clone())
