@@ -18,6 +18,20 @@ use shield_user::{
 /// driver, before the kernel spends anything on them. The policy (a TOML file) sets limits
 /// per endpoint (protocol + destination ports) and per source scope (IPv4 /32, IPv6 /64 by
 /// default), plus allow and deny lists.
+///
+/// Escalation: a rule's `escalation = { strikes, window, ban, backoff, max_ban, scope,
+/// forget }` bans a source that was limited in `strikes` different seconds within `window`,
+/// for `ban`, then `backoff` times longer on each new offence within `forget`, up to
+/// `max_ban`; `scope` "rule" (its ports) or "host" (everything). See policy/example.toml.
+///
+/// Audit log (`run --audit-log`): JSON lines with ts, event (limited, ban, would_ban,
+/// ban_end, unban), iface, source, rule, and per event scope, reason, origin, strikes,
+/// level, ban_secs, expires, comment.
+///
+/// Control socket (`--socket`, root only): line-delimited JSON requests
+/// {"cmd":"ban","source":"192.0.2.7","duration":"10m","rule":"api","reason":"…"},
+/// {"cmd":"unban","source":"…"}, {"cmd":"bans"}, {"cmd":"ping"}; replies {"ok":true,…}
+/// or {"ok":false,"error":"…"}. The README documents every field.
 #[derive(Parser)]
 #[command(name = "shield", version, propagate_version = true)]
 struct Cli {

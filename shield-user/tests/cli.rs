@@ -63,8 +63,16 @@ fn check_on_a_missing_file_says_so() {
 fn help_explains_every_command() {
     let (code, out, _) = shield(&["--help"]);
     assert_eq!(code, 0);
-    for cmd in ["run", "check", "stats", "lab"] {
+    for cmd in ["run", "check", "stats", "ban", "unban", "bans", "lab"] {
         assert!(out.contains(cmd), "--help lacks {cmd}: {out}");
+    }
+    for topic in [
+        "Escalation",
+        "Audit log",
+        "Control socket",
+        "{\"cmd\":\"ban\"",
+    ] {
+        assert!(out.contains(topic), "--help lacks {topic}: {out}");
     }
     let (code, out, _) = shield(&["run", "--help"]);
     assert_eq!(code, 0);
