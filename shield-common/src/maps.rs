@@ -4,6 +4,7 @@
 use crate::bucket::Gcra;
 
 // ---- Map names (at most 15 bytes: BPF_OBJ_NAME_LEN - 1). Also the pin file names. ----
+pub const MAP_CONTROL: &str = "SHIELD_CONTROL";
 pub const MAP_CONFIG: &str = "SHIELD_CONFIG";
 pub const MAP_PORTS: &str = "SHIELD_PORTS";
 pub const MAP_RULES: &str = "SHIELD_RULES";
@@ -17,10 +18,11 @@ pub const MAP_HOST_BANS_V4: &str = "SHIELD_HBAN4";
 pub const MAP_HOST_BANS_V6: &str = "SHIELD_HBAN6";
 pub const MAP_RULE_BANS: &str = "SHIELD_RBANS";
 pub const MAP_EVENTS: &str = "SHIELD_EVENTS";
-pub const MAP_EVENTS_LOST: &str = "SHIELD_EVLOST";
+pub const MAP_DIAG: &str = "SHIELD_DIAG";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
+    MAP_CONTROL,
     MAP_CONFIG,
     MAP_PORTS,
     MAP_RULES,
@@ -34,8 +36,11 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_HOST_BANS_V6,
     MAP_RULE_BANS,
     MAP_EVENTS,
-    MAP_EVENTS_LOST,
+    MAP_DIAG,
 ];
+
+/// Pin file name of the XDP link (kept while the daemon is down: protection stays).
+pub const LINK_PIN: &str = "link";
 
 /// The XDP program's function name.
 pub const PROGRAM_NAME: &str = "shield";
@@ -60,8 +65,13 @@ pub const MAX_BANS: u32 = 65_536;
 /// Ring buffer for events (ban start, first limited packet per source per second).
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
-/// Port table: index `proto_slot * 65536 + port`, value = rule id (0 = none). ICMP and
-/// ICMPv6 have one slot after the two port ranges.
+/// Policy halves: the port table, the rules and the per-half config exist twice; the
+/// daemon fills the inactive half, then flips `Control::active` (one aligned u32 write), so
+/// a packet is judged wholly by the old policy or wholly by the new one.
+pub const HALVES: u32 = 2;
+
+/// Port table: index `half * PORT_TABLE_LEN + proto_slot * 65536 + port`, value = rule id
+/// (0 = none). ICMP and ICMPv6 have one slot after the two port ranges.
 pub const PROTO_SLOT_TCP: u32 = 0;
 pub const PROTO_SLOT_UDP: u32 = 1;
 pub const PORT_INDEX_ICMP: u32 = 2 * 65536;
@@ -83,7 +93,31 @@ pub const fn counter_index(rule: u32, reason: crate::reason::Reason) -> u32 {
     rule * crate::reason::REASON_SLOTS + reason as u32
 }
 
-// ---- Global configuration (SHIELD_CONFIG[0]) ----
+// ---- Diagnostics (SHIELD_DIAG, per CPU) ----
+
+/// Events that did not fit in the ring buffer.
+pub const DIAG_EVENTS_LOST: u32 = 0;
+/// Per-source state inserts the LRU refused (memory pressure).
+pub const DIAG_SOURCE_INSERT_FAILED: u32 = 1;
+/// Automatic bans the ban maps refused (full).
+pub const DIAG_BAN_INSERT_FAILED: u32 = 2;
+pub const DIAG_SLOTS: u32 = 8;
+
+// ---- Control (SHIELD_CONTROL[0]) ----
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// The policy half in force (0 or 1).
+    pub active: u32,
+    pub _pad: u32,
+    /// Added to the kernel clock. Always 0 in production; tests advance it to play minutes
+    /// of strikes and bans in milliseconds.
+    pub clock_offset_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Control>() == 16);
+
+// ---- Per-half configuration (SHIELD_CONFIG[half]) ----
 
 /// `GlobalConfig::flags`: global monitor mode (nothing is dropped).
 pub const CFG_MONITOR: u32 = 1 << 0;
@@ -104,9 +138,9 @@ pub struct GlobalConfig {
     pub flags: u32,
     /// Bumped by the daemon on every policy load.
     pub generation: u32,
-    /// Added to the kernel clock. Always 0 in production; tests advance it to play minutes
-    /// of strikes and bans in milliseconds.
-    pub clock_offset_ns: u64,
+    /// Which half of the allow/deny tries this policy uses (the first key byte).
+    pub list_half: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 16);
 
@@ -312,7 +346,12 @@ pub struct Counter {
 }
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
-// ---- LPM trie keys: aya's `Key<[u8; N]>` (u32 prefix length + network-order bytes) ----
+// ---- LPM trie keys: aya's `Key<[u8; N]>` (u32 prefix length + bytes). Allow/deny keys
+// start with the list half (one byte, prefix length + 8), then the network-order address.
+// Host-ban keys are the address alone. ----
+
+pub const LIST_KEY_V4: usize = 5;
+pub const LIST_KEY_V6: usize = 17;
 
 /// Value stored in the allow/deny tries (the key is what matters).
 pub type ListValue = u8;
@@ -331,6 +370,8 @@ mod pod {
     unsafe impl aya::Pod for SourceState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Control {}
     // SAFETY: as above.
     unsafe impl aya::Pod for BanValue {}
     // SAFETY: as above.

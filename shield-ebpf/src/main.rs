@@ -16,10 +16,12 @@ use aya_ebpf::{
 };
 use shield_common::{
     BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4, CFG_DENY_V6,
-    CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Counter, DEFAULT_MAX_SOURCES, EV_BAN, EV_LIMITED,
-    EV_WOULD_BAN, EVENTS_BYTES, Event, GlobalConfig, ListValue, MAX_BANS, MAX_LIST_PREFIXES,
-    PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_BAN_HOST, RULE_MONITOR,
-    RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig, SourceKey, SourceState,
+    CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Control, Counter, DEFAULT_MAX_SOURCES,
+    DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS, DIAG_SOURCE_INSERT_FAILED, EV_BAN,
+    EV_LIMITED, EV_WOULD_BAN, EVENTS_BYTES, Event, GlobalConfig, HALVES, LIST_KEY_V4, LIST_KEY_V6,
+    ListValue, MAX_BANS, MAX_LIST_PREFIXES, PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP,
+    PROTO_SLOT_UDP, RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig,
+    SourceKey, SourceState,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     counter_index,
     judge::{Outcome, escalate, judge, needs_state},
@@ -27,26 +29,32 @@ use shield_common::{
 };
 
 #[map]
-static SHIELD_CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
+static SHIELD_CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 #[map]
-static SHIELD_PORTS: Array<u32> = Array::with_max_entries(PORT_TABLE_LEN, 0);
+static SHIELD_CONFIG: Array<GlobalConfig> = Array::with_max_entries(HALVES, 0);
 #[map]
-static SHIELD_RULES: Array<RuleConfig> = Array::with_max_entries(RULE_SLOTS, 0);
+static SHIELD_PORTS: Array<u32> = Array::with_max_entries(HALVES * PORT_TABLE_LEN, 0);
+#[map]
+static SHIELD_RULES: Array<RuleConfig> = Array::with_max_entries(HALVES * RULE_SLOTS, 0);
 /// Resized at load time from `defaults.max_sources`.
 #[map]
 static SHIELD_SOURCES: LruHashMap<SourceKey, SourceState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
 #[map]
 static SHIELD_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+/// Allow/deny lists, both halves (key: half byte + address): room for a full list in each.
 #[map]
-static SHIELD_ALLOW4: LpmTrie<[u8; 4], ListValue> = LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+static SHIELD_ALLOW4: LpmTrie<[u8; LIST_KEY_V4], ListValue> =
+    LpmTrie::with_max_entries(HALVES * MAX_LIST_PREFIXES, 0);
 #[map]
-static SHIELD_ALLOW6: LpmTrie<[u8; 16], ListValue> =
-    LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+static SHIELD_ALLOW6: LpmTrie<[u8; LIST_KEY_V6], ListValue> =
+    LpmTrie::with_max_entries(HALVES * MAX_LIST_PREFIXES, 0);
 #[map]
-static SHIELD_DENY4: LpmTrie<[u8; 4], ListValue> = LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+static SHIELD_DENY4: LpmTrie<[u8; LIST_KEY_V4], ListValue> =
+    LpmTrie::with_max_entries(HALVES * MAX_LIST_PREFIXES, 0);
 #[map]
-static SHIELD_DENY6: LpmTrie<[u8; 16], ListValue> = LpmTrie::with_max_entries(MAX_LIST_PREFIXES, 0);
+static SHIELD_DENY6: LpmTrie<[u8; LIST_KEY_V6], ListValue> =
+    LpmTrie::with_max_entries(HALVES * MAX_LIST_PREFIXES, 0);
 
 /// Host-scope bans (any prefix length): one LPM lookup per packet while bans may exist.
 #[map]
@@ -58,9 +66,9 @@ static SHIELD_HBAN6: LpmTrie<[u8; 16], BanValue> = LpmTrie::with_max_entries(MAX
 static SHIELD_RBANS: HashMap<SourceKey, BanValue> = HashMap::with_max_entries(MAX_BANS, 0);
 #[map]
 static SHIELD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
-/// Events that did not fit in the ring buffer (the daemon was slow).
+/// Diagnostics: events lost, failed inserts (`DIAG_*`).
 #[map]
-static SHIELD_EVLOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static SHIELD_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -126,10 +134,16 @@ pub fn shield_baseline(_ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
-    let Some(cfg) = SHIELD_CONFIG.get(0) else {
+    let Some(ctl) = SHIELD_CONTROL.get(0) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    // Read once: every table below comes from this half.
+    let half = ctl.active & 1;
+    let Some(cfg) = SHIELD_CONFIG.get(half) else {
         return Ok(xdp_action::XDP_PASS);
     };
     let flags = cfg.flags;
+    let list_half = (cfg.list_half & 1) as u8;
     if flags & CFG_LOADED == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
@@ -143,7 +157,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let global_monitor = flags & CFG_MONITOR != 0;
     let bans = flags & CFG_BANS != 0;
     // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(cfg.clock_offset_ns);
+    let now = unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(ctl.clock_offset_ns);
 
     // O(1) rule lookup: one array slot per protocol and port.
     let index = match pkt.l4 {
@@ -152,7 +166,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         L4_ICMP => PORT_INDEX_ICMP,
         _ => PORT_TABLE_LEN,
     };
-    let rule_id = match SHIELD_PORTS.get(index) {
+    let rule_id = match SHIELD_PORTS.get(half * PORT_TABLE_LEN + index) {
         Some(id) if *id < RULE_SLOTS => *id,
         _ => 0,
     };
@@ -163,11 +177,11 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     } else {
         (CFG_ALLOW_V6, CFG_DENY_V6)
     };
-    if flags & allow_flag != 0 && listed(&pkt, true) {
+    if flags & allow_flag != 0 && listed(&pkt, list_half, true) {
         count(rule_id, Reason::Allow, len);
         return Ok(xdp_action::XDP_PASS);
     }
-    if flags & deny_flag != 0 && listed(&pkt, false) {
+    if flags & deny_flag != 0 && listed(&pkt, list_half, false) {
         return Ok(verdict(rule_id, Reason::Deny, global_monitor, len));
     }
     // Host-scope bans cover every port, matched or not.
@@ -182,7 +196,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         count(0, Reason::Pass, len);
         return Ok(xdp_action::XDP_PASS);
     }
-    let Some(rule) = SHIELD_RULES.get(rule_id) else {
+    let Some(rule) = SHIELD_RULES.get(half * RULE_SLOTS + rule_id) else {
         count(0, Reason::Pass, len);
         return Ok(xdp_action::XDP_PASS);
     };
@@ -224,7 +238,9 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
             let mut state = SourceState::NEW;
             let reason = decide(rule, &key, &mut state, now, &pkt, monitor);
             // A failed insert (memory pressure) only loses this source's history.
-            let _ = SHIELD_SOURCES.insert(key, state, 0);
+            if SHIELD_SOURCES.insert(key, state, 0).is_err() {
+                diag(DIAG_SOURCE_INSERT_FAILED);
+            }
             reason
         }
     };
@@ -263,11 +279,14 @@ fn decide(
             level: out.level.min(255) as u8,
             _pad: [0; 4],
         };
-        let _ = if host {
+        let inserted = if host {
             insert_host_ban(key, &ban)
         } else {
             SHIELD_RBANS.insert(*key, ban, 0)
         };
+        if inserted.is_err() {
+            diag(DIAG_BAN_INSERT_FAILED);
+        }
         let kind = if monitor { EV_WOULD_BAN } else { EV_BAN };
         emit(kind, shown, key, &out, now, state.limited, host as u32);
     }
@@ -352,11 +371,16 @@ fn emit(
         host_scope: host,
         _pad: [0; 4],
     };
-    if SHIELD_EVENTS.output::<Event>(&event, 0).is_err()
-        && let Some(lost) = SHIELD_EVLOST.get_ptr_mut(0)
-    {
+    if SHIELD_EVENTS.output::<Event>(&event, 0).is_err() {
+        diag(DIAG_EVENTS_LOST);
+    }
+}
+
+#[inline(always)]
+fn diag(slot: u32) {
+    if let Some(c) = SHIELD_DIAG.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot from a successful lookup.
-        unsafe { *lost += 1 };
+        unsafe { *c += 1 };
     }
 }
 
@@ -377,19 +401,22 @@ fn verdict(rule_id: u32, reason: Reason, monitor: bool, len: u64) -> u32 {
 }
 
 #[inline(always)]
-fn listed(pkt: &Packet, allow: bool) -> bool {
+fn listed(pkt: &Packet, half: u8, allow: bool) -> bool {
+    let a = pkt.src;
     if pkt.family == FAMILY_V4 {
-        let s = pkt.src;
         let key = Key {
-            prefix_len: 32,
-            data: [s[0], s[1], s[2], s[3]],
+            prefix_len: 40,
+            data: [half, a[0], a[1], a[2], a[3]],
         };
         let trie = if allow { &SHIELD_ALLOW4 } else { &SHIELD_DENY4 };
         trie.get(&key).is_some()
     } else {
         let key = Key {
-            prefix_len: 128,
-            data: pkt.src,
+            prefix_len: 136,
+            data: [
+                half, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
+                a[12], a[13], a[14], a[15],
+            ],
         };
         let trie = if allow { &SHIELD_ALLOW6 } else { &SHIELD_DENY6 };
         trie.get(&key).is_some()

@@ -7,11 +7,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use serde::Serialize;
 use shield_common::{
-    BAN_MANUAL, BAN_MONITOR, BanValue, CFG_BANS, GlobalConfig, MAP_CONFIG, MAP_HOST_BANS_V4,
-    MAP_HOST_BANS_V6, MAP_RULE_BANS, MAP_RULES, RULE_PRESENT, RULE_SLOTS, RuleConfig, SourceKey,
+    BAN_MANUAL, BAN_MONITOR, BanValue, CFG_BANS, MAP_HOST_BANS_V4, MAP_HOST_BANS_V6, MAP_RULE_BANS,
+    RuleConfig, SourceKey,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
 };
 
@@ -100,8 +100,7 @@ pub struct BanMaps {
     host4: LpmTrie<MapData, [u8; 4], BanValue>,
     host6: LpmTrie<MapData, [u8; 16], BanValue>,
     rules_bans: HashMap<MapData, SourceKey, BanValue>,
-    rules: Array<MapData, RuleConfig>,
-    config: Array<MapData, GlobalConfig>,
+    tables: crate::loader::PolicyMaps,
 }
 
 impl BanMaps {
@@ -110,14 +109,13 @@ impl BanMaps {
             host4: LpmTrie::try_from(open_pinned(pin_dir, MAP_HOST_BANS_V4)?)?,
             host6: LpmTrie::try_from(open_pinned(pin_dir, MAP_HOST_BANS_V6)?)?,
             rules_bans: HashMap::try_from(open_pinned(pin_dir, MAP_RULE_BANS)?)?,
-            rules: Array::try_from(open_pinned(pin_dir, MAP_RULES)?)?,
-            config: Array::try_from(open_pinned(pin_dir, MAP_CONFIG)?)?,
+            tables: crate::loader::PolicyMaps::open(pin_dir)?,
         })
     }
 
     /// The data path's clock now (including the test offset).
     pub fn now(&self) -> u64 {
-        let offset = self.config.get(&0, 0).map_or(0, |c| c.clock_offset_ns);
+        let offset = self.tables.control().map_or(0, |c| c.clock_offset_ns);
         mono_coarse_ns().wrapping_add(offset)
     }
 
@@ -126,23 +124,21 @@ impl BanMaps {
         if id == 0 {
             return String::new();
         }
-        self.rules
-            .get(&u32::from(id), 0)
-            .map(|r| crate::stats::rule_name(&r))
-            .unwrap_or_else(|_| format!("#{id}"))
+        self.tables
+            .current_rules()
+            .ok()
+            .and_then(|rules| rules.into_iter().find(|(i, _)| *i == u32::from(id)))
+            .map_or_else(|| format!("#{id}"), |(_, r)| crate::stats::rule_name(&r))
     }
 
     /// Finds a rule by name: (id, its config).
     fn rule(&self, name: &str) -> Result<(u16, RuleConfig), BanError> {
-        for id in 1..RULE_SLOTS {
-            if let Ok(r) = self.rules.get(&id, 0)
-                && r.flags & RULE_PRESENT != 0
-                && crate::stats::rule_name(&r) == name
-            {
-                return Ok((id as u16, r));
-            }
-        }
-        Err(BanError::NoSuchRule(name.to_string()))
+        self.tables
+            .current_rules()?
+            .into_iter()
+            .find(|(_, r)| crate::stats::rule_name(r) == name)
+            .map(|(id, r)| (id as u16, r))
+            .ok_or_else(|| BanError::NoSuchRule(name.to_string()))
     }
 
     fn entry(&self, key: BanKey, v: &BanValue, now: u64) -> BanEntry {
@@ -316,17 +312,26 @@ impl BanMaps {
 
     /// Turns the data path's ban lookups on or off.
     pub fn set_bans_flag(&mut self, on: bool) -> Result<(), BanError> {
-        let mut cfg = self.config.get(&0, 0)?;
-        let want = if on {
-            cfg.flags | CFG_BANS
-        } else {
-            cfg.flags & !CFG_BANS
-        };
-        if want != cfg.flags {
-            cfg.flags = want;
-            self.config.set(0, cfg, 0)?;
+        Ok(self.tables.set_flag(CFG_BANS, on)?)
+    }
+
+    /// Removes rule-scope bans of rules no longer in the policy (after a reload).
+    pub fn drop_orphans(&mut self) -> Result<usize, BanError> {
+        let live: Vec<u32> = self
+            .tables
+            .current_rules()?
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        let orphans: Vec<BanEntry> = self
+            .list()
+            .into_iter()
+            .filter(|b| matches!(b.key, BanKey::Rule(k) if !live.contains(&u32::from(k.rule))))
+            .collect();
+        for b in &orphans {
+            self.remove(b.key)?;
         }
-        Ok(())
+        Ok(orphans.len())
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Requests: `{"cmd":"ban","source":"ADDR[/LEN]","duration":"10m","rule":"api","reason":"…"}`
 //! (`rule`, `reason` optional), `{"cmd":"unban","source":"ADDR[/LEN]"}`, `{"cmd":"bans"}`,
-//! `{"cmd":"ping"}`. Replies: `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
+//! `{"cmd":"ping"}`, `{"cmd":"reload"}`, `{"cmd":"policy"}`. Replies: `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
 //! Lines over `MAX_LINE` bytes, invalid JSON, unknown commands or fields get an error reply
 //! and change nothing; a client silent for `CLIENT_TIMEOUT` is disconnected; at most
 //! `MAX_CLIENTS` are served at once. None of this can block the daemon's data-path work.
@@ -46,6 +46,10 @@ pub enum Request {
     },
     Bans {},
     Ping {},
+    /// Reload the policy file now.
+    Reload {},
+    /// The running policy: path, generation, matrix table.
+    Policy {},
 }
 
 /// Handles one request; returns the reply object (without `ok`, added here) or an error.

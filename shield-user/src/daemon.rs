@@ -8,6 +8,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -15,19 +16,20 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, RingBuf},
+    maps::{MapData, RingBuf},
+    programs::links::FdLink,
 };
 use serde_json::json;
 use shield_common::{
-    EV_BAN, EV_LIMITED, EV_WOULD_BAN, Event, GlobalConfig, MAP_CONFIG, MAP_EVENTS, Reason,
-    addr::FAMILY_V4,
+    CFG_BANS, EV_BAN, EV_LIMITED, EV_WOULD_BAN, Event, MAP_EVENTS, Reason, addr::FAMILY_V4,
 };
 
 use crate::{
     audit::{AuditLog, rfc3339},
     bans::{BanEntry, BanMaps},
     control::{ControlServer, Request},
-    loader::{self, AttachMode, Attached},
+    loader::{self, AttachMode, Attached, PolicyMaps},
+    metrics::{self, DaemonCounters, MetricsServer},
     policy::{self, format_duration, parse_cidr, parse_duration},
 };
 
@@ -39,15 +41,31 @@ pub struct RunOptions {
     /// `None`: no audit log; `-`: stdout; else a file.
     pub audit_log: Option<String>,
     pub socket: PathBuf,
+    /// `None`: no metrics endpoint.
+    pub metrics: Option<String>,
+    /// Start from empty maps (counters, limiter state, bans) instead of adopting the pins.
+    pub fresh: bool,
 }
 
-/// One protected interface. Dropping `ebpf` detaches the program (aya drops the link); the
-/// pinned maps stay, so `shield stats` still reads the last counters.
+/// One protected interface. The link is pinned: it outlives the daemon unless `stop`
+/// removes the pin first (a clean SIGTERM).
 struct Instance {
     iface: String,
+    dir: PathBuf,
     ring: RingBuf<MapData>,
     bans: BanMaps,
+    tables: PolicyMaps,
+    link: Option<FdLink>,
+    attached: Attached,
     _ebpf: Ebpf,
+}
+
+impl Instance {
+    /// Clean stop: unpin the link, then drop it: the program detaches.
+    fn detach(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(shield_common::LINK_PIN));
+        self.link = None;
+    }
 }
 
 /// What the control socket's threads share with the main loop.
@@ -56,11 +74,20 @@ struct Shared {
     audit: Mutex<AuditLog>,
     /// Operator comments of manual bans, by `iface|source|rule`.
     comments: Mutex<HashMap<String, String>>,
-    /// Serialises ban-map writes (control socket, expiry sweep) so the CFG_BANS flag is
-    /// never cleared while a ban is being added.
-    ban_lock: Mutex<()>,
+    /// Serialises map writes (control socket, expiry sweep, reload) so the CFG_BANS flag is
+    /// never cleared while a ban is being added and reloads see a settled ban table.
+    maps_lock: Mutex<()>,
     /// The policy escalates: ban lookups stay on even with no ban active.
-    escalates: bool,
+    escalates: AtomicBool,
+    /// Requests only the main loop can serve (it owns the policy).
+    to_main: Mutex<mpsc::Sender<MainRequest>>,
+    /// The running policy's path, generation and matrix (for `shield check --diff`).
+    running: Mutex<(PathBuf, u32, String)>,
+    counters: Arc<DaemonCounters>,
+}
+
+enum MainRequest {
+    Reload(mpsc::Sender<Result<serde_json::Value, String>>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -72,19 +99,127 @@ fn comment_key(iface: &str, b: &BanEntry) -> String {
     format!("{iface}|{}|{}", b.source, b.rule)
 }
 
-/// The generation stored in an adopted config map, so that it keeps counting up.
-fn previous_generation(ebpf: &mut Ebpf) -> u32 {
-    ebpf.map_mut(MAP_CONFIG)
-        .and_then(|m| Array::<_, GlobalConfig>::try_from(m).ok())
-        .and_then(|a| a.get(&0, 0).ok())
-        .map_or(0, |c| c.generation)
+/// The main loop's own state.
+struct Running {
+    instances: Vec<Instance>,
+    policy: policy::Policy,
+    path: PathBuf,
+    generation: u32,
+    /// Rule name → id of the policy in force.
+    ids: HashMap<String, u32>,
+}
+
+fn ids_of(policy: &policy::Policy, previous: &HashMap<String, u32>) -> HashMap<String, u32> {
+    let ids = policy::assign_ids(policy, previous);
+    policy
+        .rules
+        .iter()
+        .zip(ids)
+        .map(|(r, id)| (r.name.clone(), id))
+        .collect()
+}
+
+impl Running {
+    /// Compiles and installs `policy` on every interface: all inactive halves are written
+    /// first, then flipped; an error before the flips leaves the old policy in force.
+    fn install(
+        &mut self,
+        policy: policy::Policy,
+        shared: &Shared,
+    ) -> Result<serde_json::Value, String> {
+        let started = Instant::now();
+        if self.generation > 0 && policy.max_sources != self.policy.max_sources {
+            return Err(format!(
+                "max_sources changed ({} -> {}): it sizes the per-source table in the kernel; restart shield to apply it",
+                self.policy.max_sources, policy.max_sources
+            ));
+        }
+        let compiled = policy::compile_with_ids(&policy, &self.ids);
+        let generation = self.generation.wrapping_add(1).max(1);
+        let _g = lock(&shared.maps_lock);
+        let mut written = 0;
+        let mut swapped = false;
+        for inst in &mut self.instances {
+            let extra = if inst.bans.list().is_empty() {
+                0
+            } else {
+                CFG_BANS
+            };
+            let done = inst
+                .tables
+                .install(&compiled, generation, extra)
+                .map_err(|e| format!("{}: {e}", inst.iface))?;
+            written += done.ports_written;
+            swapped |= done.lists_swapped;
+            let _ = inst.bans.drop_orphans();
+        }
+        self.ids = ids_of(&policy, &self.ids);
+        self.generation = generation;
+        shared.escalates.store(
+            policy.rules.iter().any(|r| r.escalation.is_some()),
+            Ordering::Relaxed,
+        );
+        *lock(&shared.running) = (self.path.clone(), generation, policy::matrix_table(&policy));
+        let took = started.elapsed();
+        let summary = json!({
+            "generation": generation,
+            "rules": policy.rules.len(),
+            "allow": policy.allow.len(),
+            "deny": policy.deny.len(),
+            "port_slots_written": written,
+            "lists_swapped": swapped,
+            "took_ms": took.as_secs_f64() * 1000.0,
+        });
+        self.policy = policy;
+        shared
+            .counters
+            .last_reload_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        Ok(summary)
+    }
+
+    /// Reloads the policy file. Bad policies are rejected with their error, counted and
+    /// logged; the old policy stays in force.
+    fn reload(&mut self, shared: &Shared, trigger: &str) -> Result<serde_json::Value, String> {
+        let result = policy::load(&self.path)
+            .map_err(|e| e.to_string())
+            .and_then(|p| self.install(p, shared));
+        let mut line = json!({"event": "reload", "trigger": trigger, "policy": self.path.display().to_string()});
+        match &result {
+            Ok(summary) => {
+                shared.counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                line["result"] = "ok".into();
+                if let (Some(l), Some(s)) = (line.as_object_mut(), summary.as_object()) {
+                    l.extend(s.clone());
+                }
+                eprintln!(
+                    "shield: reloaded {} ({trigger}): generation {}, {} ms",
+                    self.path.display(),
+                    summary["generation"],
+                    summary["took_ms"]
+                );
+            }
+            Err(e) => {
+                shared
+                    .counters
+                    .reloads_error
+                    .fetch_add(1, Ordering::Relaxed);
+                line["result"] = "error".into();
+                line["error"] = e.clone().into();
+                eprintln!(
+                    "shield: reload ({trigger}) rejected, previous policy stays in force: {e}"
+                );
+            }
+        }
+        lock(&shared.audit).write(line);
+        result
+    }
 }
 
 pub fn run(opts: &RunOptions) -> Result<()> {
     loader::require_root()?;
     anyhow::ensure!(!opts.ifaces.is_empty(), "give at least one --iface");
     let policy = policy::load(&opts.policy)?;
-    let compiled = policy::compile(&policy);
     // Check every interface before touching any, so a typo changes nothing.
     for iface in &opts.ifaces {
         loader::if_index(iface)?;
@@ -93,64 +228,135 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     loader::ensure_bpffs(&opts.bpffs)?;
 
     let mut instances = Vec::new();
+    let mut previous_ids = HashMap::new();
+    let mut generation = 0;
     for iface in &opts.ifaces {
         let dir = loader::pin_dir(&opts.bpffs, iface);
-        let mut ebpf = loader::load(&dir, compiled.max_sources)
+        if opts.fresh {
+            loader::remove_map_pins(&dir)
+                .with_context(|| format!("--fresh: clearing {}", dir.display()))?;
+        }
+        let mut ebpf = loader::load(&dir, policy.max_sources)
             .with_context(|| format!("loading shield for {iface}"))?;
-        let generation = previous_generation(&mut ebpf).wrapping_add(1);
-        loader::sync(&mut ebpf, &compiled, generation)
-            .with_context(|| format!("filling maps for {iface} from {}", opts.policy.display()))?;
+        let tables = PolicyMaps::open(&dir).context("opening the policy tables")?;
+        // Adopted maps: keep rule ids (state, bans, counters) and keep counting generations.
+        for (id, r) in tables.current_rules()? {
+            previous_ids.insert(crate::stats::rule_name(&r), id);
+        }
+        if let Ok((_, cfg)) = tables.active()
+            && cfg.flags & shield_common::CFG_LOADED != 0
+        {
+            generation = generation.max(cfg.generation);
+        }
         let ring = RingBuf::try_from(
             ebpf.take_map(MAP_EVENTS)
                 .ok_or(loader::LoaderError::Missing(MAP_EVENTS))?,
         )
         .context("opening the event ring buffer")?;
         let bans = BanMaps::open(&dir).context("opening the ban maps")?;
-        let (_, attached) = loader::attach(&mut ebpf, iface, opts.xdp_mode)
-            .with_context(|| format!("attaching to {iface}"))?;
+        instances.push(Instance {
+            iface: iface.clone(),
+            dir,
+            ring,
+            bans,
+            tables,
+            link: None,
+            attached: Attached::Native,
+            _ebpf: ebpf,
+        });
+    }
+
+    let (to_main, from_others) = mpsc::channel();
+    let counters = Arc::new(DaemonCounters::default());
+    let shared = Arc::new(Shared {
+        ifaces: instances
+            .iter()
+            .map(|i| (i.iface.clone(), i.dir.clone()))
+            .collect(),
+        audit: Mutex::new(audit),
+        comments: Mutex::new(HashMap::new()),
+        maps_lock: Mutex::new(()),
+        escalates: AtomicBool::new(false),
+        to_main: Mutex::new(to_main),
+        running: Mutex::new((opts.policy.clone(), 0, String::new())),
+        counters: counters.clone(),
+    });
+    let mut running = Running {
+        instances,
+        policy: policy.clone(),
+        path: opts.policy.clone(),
+        generation,
+        ids: previous_ids,
+    };
+    // Fill the maps before attaching: the program never runs on a half-filled table.
+    running
+        .install(policy.clone(), &shared)
+        .map_err(|e| anyhow::anyhow!("filling maps from {}: {e}", opts.policy.display()))?;
+    for inst in &mut running.instances {
+        let (link, attached) =
+            loader::attach(&mut inst._ebpf, &inst.iface, opts.xdp_mode, &inst.dir)
+                .with_context(|| format!("attaching to {}", inst.iface))?;
+        inst.link = Some(link);
+        inst.attached = attached;
         if attached == Attached::Generic && opts.xdp_mode == AttachMode::Auto {
             eprintln!(
-                "shield: warning: {iface} does not support native XDP; attached in generic mode (slower: packets reach XDP after the kernel allocated an skb)"
+                "shield: warning: {} does not support native XDP; attached in generic mode (slower: packets reach XDP after the kernel allocated an skb)",
+                inst.iface
             );
         }
         eprintln!(
-            "shield: protecting {iface} ({} XDP), policy {} generation {generation}: {} rules, {} allow and {} deny prefixes, mode {}; maps pinned in {}",
+            "shield: protecting {} ({} XDP), policy {} generation {}: {} rules, {} allow and {} deny prefixes, mode {}; maps pinned in {}",
+            inst.iface,
             attached.name(),
             opts.policy.display(),
+            running.generation,
             policy.rules.len(),
             policy.allow.len(),
             policy.deny.len(),
             policy.mode,
-            dir.display()
+            inst.dir.display()
         );
-        instances.push((
-            dir,
-            Instance {
-                iface: iface.clone(),
-                ring,
-                bans,
-                _ebpf: ebpf,
-            },
-        ));
     }
+    lock(&shared.audit).write(json!({
+        "event": "start",
+        "policy": opts.policy.display().to_string(),
+        "generation": running.generation,
+        "ifaces": running.instances.iter().map(|i| json!({"iface": i.iface, "attach": i.attached.name()})).collect::<Vec<_>>(),
+    }));
 
-    let shared = Arc::new(Shared {
-        ifaces: instances
-            .iter()
-            .map(|(d, i)| (i.iface.clone(), d.clone()))
-            .collect(),
-        audit: Mutex::new(audit),
-        comments: Mutex::new(HashMap::new()),
-        ban_lock: Mutex::new(()),
-        escalates: policy.rules.iter().any(|r| r.escalation.is_some()),
-    });
-    let mut instances: Vec<Instance> = instances.into_iter().map(|(_, i)| i).collect();
     let handler_shared = shared.clone();
-    let _control = ControlServer::start(
+    let control = ControlServer::start(
         &opts.socket,
         Arc::new(move |req| handle(&handler_shared, req)),
     )
-    .with_context(|| format!("control socket {}", opts.socket.display()))?;
+    .with_context(|| format!("control socket {}", opts.socket.display()));
+    let control = match control {
+        Ok(c) => c,
+        Err(e) => {
+            for inst in &mut running.instances {
+                inst.detach();
+            }
+            return Err(e);
+        }
+    };
+    let _metrics = match &opts.metrics {
+        Some(addr) => Some(
+            MetricsServer::start(
+                addr,
+                metrics::Sources {
+                    bpffs: opts.bpffs.clone(),
+                    ifaces: running
+                        .instances
+                        .iter()
+                        .map(|i| (i.iface.clone(), i.attached.name()))
+                        .collect(),
+                    counters,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        None => None,
+    };
 
     let term = Arc::new(AtomicBool::new(false));
     let usr1 = Arc::new(AtomicBool::new(false));
@@ -163,44 +369,91 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     ] {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
+    // Reload when the policy file changes (editors replace it: watch its directory).
+    let changed = Arc::new(AtomicBool::new(false));
+    let _watcher = watch(&opts.policy, changed.clone());
     eprintln!(
-        "shield: running; control socket {}; SIGTERM or Ctrl-C detaches",
-        opts.socket.display()
+        "shield: running; control socket {}{}; SIGHUP or a change of {} reloads; SIGTERM or Ctrl-C detaches",
+        opts.socket.display(),
+        opts.metrics
+            .as_ref()
+            .map(|m| format!(", metrics http://{m}/metrics"))
+            .unwrap_or_default(),
+        opts.policy.display()
     );
 
     let mut last_sweep = Instant::now();
+    let mut change_seen: Option<Instant> = None;
     while !term.load(Ordering::Relaxed) {
-        wait_readable(&instances, Duration::from_millis(200));
-        for inst in &mut instances {
+        wait_readable(&running.instances, Duration::from_millis(100));
+        for inst in &mut running.instances {
             drain_events(inst, &shared);
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
-            for inst in &mut instances {
+            for inst in &mut running.instances {
                 sweep(inst, &shared);
             }
+        }
+        while let Ok(MainRequest::Reload(reply)) = from_others.try_recv() {
+            let _ = reply.send(running.reload(&shared, "control socket"));
+        }
+        if hup.swap(false, Ordering::Relaxed) {
+            let _ = running.reload(&shared, "SIGHUP");
+        }
+        // Debounced: editors write in several steps.
+        if changed.swap(false, Ordering::Relaxed) {
+            change_seen = Some(Instant::now());
+        }
+        if change_seen.is_some_and(|t| t.elapsed() >= Duration::from_millis(300)) {
+            change_seen = None;
+            let _ = running.reload(&shared, "file change");
         }
         if usr1.swap(false, Ordering::Relaxed)
             && let Err(e) = lock(&shared.audit).reopen()
         {
             eprintln!("shield: warning: SIGUSR1: cannot reopen the audit log: {e}");
         }
-        if hup.swap(false, Ordering::Relaxed) {
-            eprintln!(
-                "shield: SIGHUP: live reload is not available in this version; restart shield to apply a new policy (the pinned counters, limiter state and bans are kept)"
-            );
-        }
     }
-    drop(_control);
-    for inst in &mut instances {
+    drop(control);
+    for inst in &mut running.instances {
         drain_events(inst, &shared);
     }
-    for inst in instances {
-        let iface = inst.iface.clone();
-        drop(inst);
-        eprintln!("shield: detached from {iface}");
+    for mut inst in running.instances {
+        inst.detach();
+        eprintln!("shield: detached from {}", inst.iface);
     }
+    lock(&shared.audit).write(json!({"event": "stop"}));
     Ok(())
+}
+
+/// Watches the policy file's directory; sets `changed` when the file is written, created
+/// or renamed into place. `None` (with a warning) if inotify is unavailable.
+fn watch(path: &std::path::Path, changed: Arc<AtomicBool>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let file = path.file_name()?.to_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && !ev.kind.is_access()
+            && ev.paths.iter().any(|p| p.file_name() == Some(file.as_os_str()))
+        {
+            changed.store(true, Ordering::Relaxed);
+        }
+    })
+    .map_err(|e| eprintln!("shield: warning: cannot watch the policy file: {e} (SIGHUP and `shield reload` still work)"))
+    .ok()?;
+    if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        eprintln!(
+            "shield: warning: cannot watch {}: {e} (SIGHUP and `shield reload` still work)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(w)
 }
 
 /// Sleeps until a ring buffer has data or `timeout` passes.
@@ -326,7 +579,7 @@ fn ban_json(event: &str, iface: &str, b: &BanEntry, comment: Option<&String>) ->
 /// Removes expired bans (logging `ban_end`) and keeps the data path's ban lookups on only
 /// while they can matter.
 fn sweep(inst: &mut Instance, shared: &Shared) {
-    let _g = lock(&shared.ban_lock);
+    let _g = lock(&shared.maps_lock);
     let expired = match inst.bans.sweep() {
         Ok(e) => e,
         Err(e) => {
@@ -345,7 +598,10 @@ fn sweep(inst: &mut Instance, shared: &Shared) {
         }
     }
     let any = !inst.bans.list().is_empty();
-    if let Err(e) = inst.bans.set_bans_flag(shared.escalates || any) {
+    if let Err(e) = inst
+        .bans
+        .set_bans_flag(shared.escalates.load(Ordering::Relaxed) || any)
+    {
         eprintln!("shield: warning: {}: {e}", inst.iface);
     }
 }
@@ -353,6 +609,20 @@ fn sweep(inst: &mut Instance, shared: &Shared) {
 fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
     match req {
         Request::Ping {} => Ok(json!({"pong": true})),
+        Request::Reload {} => {
+            let (tx, rx) = mpsc::channel();
+            lock(&shared.to_main)
+                .send(MainRequest::Reload(tx))
+                .map_err(|_| "the daemon is shutting down".to_string())?;
+            rx.recv_timeout(Duration::from_secs(120))
+                .map_err(|_| "the reload did not finish within 120 s".to_string())?
+        }
+        Request::Policy {} => {
+            let (path, generation, matrix) = lock(&shared.running).clone();
+            Ok(
+                json!({"path": path.display().to_string(), "generation": generation, "matrix": matrix}),
+            )
+        }
         Request::Bans {} => {
             let mut all = Vec::new();
             let comments = lock(&shared.comments);
@@ -386,7 +656,7 @@ fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
             if reason.as_ref().is_some_and(|r| r.len() > 512) {
                 return Err("reason is longer than 512 bytes".into());
             }
-            let _g = lock(&shared.ban_lock);
+            let _g = lock(&shared.maps_lock);
             let mut done = Vec::new();
             for (iface, dir) in &shared.ifaces {
                 let mut maps = BanMaps::open(dir).map_err(|e| e.to_string())?;
@@ -409,7 +679,7 @@ fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
         }
         Request::Unban { source } => {
             let cidr = parse_cidr(&source).map_err(|e| format!("source \"{source}\": {e}"))?;
-            let _g = lock(&shared.ban_lock);
+            let _g = lock(&shared.maps_lock);
             let mut removed = Vec::new();
             for (iface, dir) in &shared.ifaces {
                 let mut maps = BanMaps::open(dir).map_err(|e| e.to_string())?;

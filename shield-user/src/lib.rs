@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod lab;
 pub mod loader;
+pub mod metrics;
 pub mod netlab;
 pub mod policy;
 pub mod stats;

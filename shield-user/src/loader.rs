@@ -4,7 +4,6 @@
 use std::{
     collections::HashSet,
     ffi::CString,
-    hash::Hash,
     io,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
@@ -13,11 +12,16 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use shield_common::{
-    ALL_MAPS, GlobalConfig, ListValue, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_DENY_V4,
-    MAP_DENY_V6, MAP_PORTS, MAP_RULES, MAP_SOURCES, PROGRAM_NAME, RuleConfig,
+    ALL_MAPS, CFG_LOADED, Control, GlobalConfig, LINK_PIN, LIST_KEY_V4, LIST_KEY_V6, ListValue,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONTROL, MAP_DENY_V4, MAP_DENY_V6, MAP_PORTS,
+    MAP_RULES, MAP_SOURCES, PORT_TABLE_LEN, PROGRAM_NAME, RULE_PRESENT, RULE_SLOTS, RuleConfig,
 };
 
 use crate::policy::CompiledPolicy;
@@ -47,6 +51,8 @@ pub enum LoaderError {
     Map { map: &'static str, source: MapError },
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
+    #[error("XDP link: {0}")]
+    Link(#[from] LinkError),
     #[error(
         "another XDP program is already attached to `{iface}`; remove it first (`ip link set dev {iface} xdp off`, or `shield detach {iface}` if it is a shield)"
     )]
@@ -162,68 +168,296 @@ pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Ebpf, LoaderError> {
     Ok(ebpf)
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, LoaderError> {
-    ebpf.map_mut(name).ok_or(LoaderError::Missing(name))
+/// The policy tables of one interface, opened from their pins. `install` writes a compiled
+/// policy into the inactive half and then flips the active half with one aligned 4-byte
+/// write: a packet is judged wholly by the old policy or wholly by the new one, and a
+/// failure before the flip leaves the old policy fully in force.
+pub struct PolicyMaps {
+    control: Array<MapData, Control>,
+    config: Array<MapData, GlobalConfig>,
+    ports: Array<MapData, u32>,
+    rules: Array<MapData, RuleConfig>,
+    allow4: LpmTrie<MapData, [u8; LIST_KEY_V4], ListValue>,
+    allow6: LpmTrie<MapData, [u8; LIST_KEY_V6], ListValue>,
+    deny4: LpmTrie<MapData, [u8; LIST_KEY_V4], ListValue>,
+    deny6: LpmTrie<MapData, [u8; LIST_KEY_V6], ListValue>,
+    /// What each half's port table holds, when known (lets a reload write only changes).
+    ports_cache: [Option<Vec<u32>>; 2],
+    /// The lists each list half holds, when known.
+    lists_cache: [Option<Lists>; 2],
 }
 
-/// Writes `policy` into the maps. The global config (which turns enforcement on) is
-/// written last, so a first load never runs on half-filled tables.
-pub fn sync(ebpf: &mut Ebpf, policy: &CompiledPolicy, generation: u32) -> Result<(), LoaderError> {
-    {
-        let mut rules: Array<_, RuleConfig> =
-            Array::try_from(map_mut(ebpf, MAP_RULES)?).map_err(map_err(MAP_RULES))?;
-        for (i, r) in policy.rules.iter().enumerate() {
-            rules.set(i as u32, r, 0).map_err(map_err(MAP_RULES))?;
-        }
-    }
-    {
-        let mut ports: Array<_, u32> =
-            Array::try_from(map_mut(ebpf, MAP_PORTS)?).map_err(map_err(MAP_PORTS))?;
-        for (i, r) in policy.ports.iter().enumerate() {
-            ports.set(i as u32, r, 0).map_err(map_err(MAP_PORTS))?;
-        }
-    }
-    sync_list(map_mut(ebpf, MAP_ALLOW_V4)?, MAP_ALLOW_V4, &policy.allow_v4)?;
-    sync_list(map_mut(ebpf, MAP_ALLOW_V6)?, MAP_ALLOW_V6, &policy.allow_v6)?;
-    sync_list(map_mut(ebpf, MAP_DENY_V4)?, MAP_DENY_V4, &policy.deny_v4)?;
-    sync_list(map_mut(ebpf, MAP_DENY_V6)?, MAP_DENY_V6, &policy.deny_v6)?;
-    let mut config: Array<_, GlobalConfig> =
-        Array::try_from(map_mut(ebpf, MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
-    let global = GlobalConfig {
-        generation,
-        ..policy.global
-    };
-    config.set(0, global, 0).map_err(map_err(MAP_CONFIG))?;
-    Ok(())
+/// A policy's four lists, as compiled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lists {
+    pub allow_v4: Vec<([u8; 4], u8)>,
+    pub allow_v6: Vec<([u8; 16], u8)>,
+    pub deny_v4: Vec<([u8; 4], u8)>,
+    pub deny_v6: Vec<([u8; 16], u8)>,
 }
 
-/// Makes an LPM trie hold exactly `want`: removes what is no longer listed, adds the rest.
-fn sync_list<const N: usize>(
-    map: &mut Map,
+impl Lists {
+    fn of(p: &CompiledPolicy) -> Lists {
+        Lists {
+            allow_v4: p.allow_v4.clone(),
+            allow_v6: p.allow_v6.clone(),
+            deny_v4: p.deny_v4.clone(),
+            deny_v6: p.deny_v6.clone(),
+        }
+    }
+    fn sorted(mut self) -> Lists {
+        self.allow_v4.sort_unstable();
+        self.allow_v6.sort_unstable();
+        self.deny_v4.sort_unstable();
+        self.deny_v6.sort_unstable();
+        self
+    }
+}
+
+/// What an `install` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Installed {
+    pub half: u32,
+    pub generation: u32,
+    /// Port-table slots written (all of them on a first install).
+    pub ports_written: usize,
+    /// The lists changed and were written into the other list half.
+    pub lists_swapped: bool,
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    pin_dir: &Path,
     name: &'static str,
-    want: &[([u8; N], u8)],
-) -> Result<(), LoaderError>
-where
-    [u8; N]: Pod + Hash + Eq,
-{
-    let mut trie: LpmTrie<_, [u8; N], ListValue> = LpmTrie::try_from(map).map_err(map_err(name))?;
-    let want_set: HashSet<([u8; N], u8)> = want.iter().copied().collect();
-    let mut stale = Vec::new();
-    for key in trie.keys() {
-        let key = key.map_err(map_err(name))?;
-        let entry = (key.data(), key.prefix_len() as u8);
-        if !want_set.contains(&entry) {
-            stale.push(key);
+) -> Result<T, LoaderError> {
+    T::try_from(open_pinned(pin_dir, name)?).map_err(map_err(name))
+}
+
+impl PolicyMaps {
+    pub fn open(pin_dir: &Path) -> Result<PolicyMaps, LoaderError> {
+        Ok(PolicyMaps {
+            control: typed(pin_dir, MAP_CONTROL)?,
+            config: typed(pin_dir, MAP_CONFIG)?,
+            ports: typed(pin_dir, MAP_PORTS)?,
+            rules: typed(pin_dir, MAP_RULES)?,
+            allow4: typed(pin_dir, MAP_ALLOW_V4)?,
+            allow6: typed(pin_dir, MAP_ALLOW_V6)?,
+            deny4: typed(pin_dir, MAP_DENY_V4)?,
+            deny6: typed(pin_dir, MAP_DENY_V6)?,
+            ports_cache: [None, None],
+            lists_cache: [None, None],
+        })
+    }
+
+    pub fn control(&self) -> Result<Control, LoaderError> {
+        self.control.get(&0, 0).map_err(map_err(MAP_CONTROL))
+    }
+
+    /// The half in force and its config.
+    pub fn active(&self) -> Result<(u32, GlobalConfig), LoaderError> {
+        let half = self.control()?.active & 1;
+        Ok((
+            half,
+            self.config.get(&half, 0).map_err(map_err(MAP_CONFIG))?,
+        ))
+    }
+
+    /// Rules of the policy in force: (id, config), for stable ids across reloads/restarts.
+    pub fn current_rules(&self) -> Result<Vec<(u32, RuleConfig)>, LoaderError> {
+        let (half, cfg) = self.active()?;
+        if cfg.flags & CFG_LOADED == 0 {
+            return Ok(Vec::new());
         }
+        let mut out = Vec::new();
+        for id in 1..RULE_SLOTS {
+            let r = self
+                .rules
+                .get(&(half * RULE_SLOTS + id), 0)
+                .map_err(map_err(MAP_RULES))?;
+            if r.flags & RULE_PRESENT != 0 {
+                out.push((id, r));
+            }
+        }
+        Ok(out)
     }
-    for key in stale {
-        trie.remove(&key).map_err(map_err(name))?;
+
+    /// Moves the data path's clock (tests only; see `Control::clock_offset_ns`).
+    pub fn advance_clock(&mut self, by_ns: u64) -> Result<(), LoaderError> {
+        let mut c = self.control()?;
+        c.clock_offset_ns = c.clock_offset_ns.wrapping_add(by_ns);
+        self.control.set(0, c, 0).map_err(map_err(MAP_CONTROL))
     }
-    for (addr, len) in want {
-        trie.insert(&Key::new(u32::from(*len), *addr), 1, 0)
-            .map_err(map_err(name))?;
+
+    /// Sets or clears CFG_BANS in the config in force.
+    pub fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), LoaderError> {
+        let (half, mut cfg) = self.active()?;
+        let want = if on {
+            cfg.flags | flag
+        } else {
+            cfg.flags & !flag
+        };
+        if want != cfg.flags {
+            cfg.flags = want;
+            self.config.set(half, cfg, 0).map_err(map_err(MAP_CONFIG))?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Installs `policy` as generation `generation`: fills the inactive half, then flips.
+    /// `extra_flags` are OR-ed into the new config (the daemon passes CFG_BANS while bans
+    /// exist).
+    pub fn install(
+        &mut self,
+        policy: &CompiledPolicy,
+        generation: u32,
+        extra_flags: u32,
+    ) -> Result<Installed, LoaderError> {
+        let (active, active_cfg) = self.active()?;
+        let loaded = active_cfg.flags & CFG_LOADED != 0;
+        let half = if loaded { 1 - active } else { active };
+
+        // Rules: 256 slots, always written in full.
+        for (id, r) in policy.rules.iter().enumerate() {
+            self.rules
+                .set(half * RULE_SLOTS + id as u32, r, 0)
+                .map_err(map_err(MAP_RULES))?;
+        }
+        // Ports: only what differs from what this half is known to hold.
+        let base = half * PORT_TABLE_LEN;
+        let known = self.ports_cache[half as usize].take();
+        let mut written = 0;
+        for (i, id) in policy.ports.iter().enumerate() {
+            if known.as_ref().is_some_and(|k| k[i] == *id) {
+                continue;
+            }
+            self.ports
+                .set(base + i as u32, id, 0)
+                .map_err(map_err(MAP_PORTS))?;
+            written += 1;
+        }
+        self.ports_cache[half as usize] = Some(policy.ports.clone());
+
+        // Lists: unchanged lists stay in their half; changed ones go to the other half.
+        let want = Lists::of(policy).sorted();
+        let current_half = if loaded { active_cfg.list_half & 1 } else { 0 };
+        let current = match self.lists_cache[current_half as usize].clone() {
+            Some(l) => l,
+            None => self.read_lists(current_half as u8)?,
+        };
+        let (list_half, swapped) = if loaded && current == want {
+            (current_half, false)
+        } else {
+            let target = if loaded {
+                1 - current_half
+            } else {
+                current_half
+            };
+            self.write_lists(target as u8, &want)?;
+            self.lists_cache[target as usize] = Some(want);
+            (target, loaded)
+        };
+        if current_half != list_half || !loaded {
+            self.lists_cache[current_half as usize] = Some(current);
+        }
+
+        let cfg = GlobalConfig {
+            flags: policy.global.flags | extra_flags,
+            generation,
+            list_half,
+            _pad: 0,
+        };
+        self.config.set(half, cfg, 0).map_err(map_err(MAP_CONFIG))?;
+        // The switch: one aligned u32 in the control value.
+        let mut ctl = self.control()?;
+        ctl.active = half;
+        self.control.set(0, ctl, 0).map_err(map_err(MAP_CONTROL))?;
+
+        if swapped {
+            // Packets that read the old half finish within microseconds; then the old
+            // list half is emptied so a later swap starts clean.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            self.write_lists(current_half as u8, &Lists::default())?;
+            self.lists_cache[current_half as usize] = Some(Lists::default());
+        }
+        Ok(Installed {
+            half,
+            generation,
+            ports_written: written,
+            lists_swapped: swapped,
+        })
+    }
+
+    fn read_lists(&self, half: u8) -> Result<Lists, LoaderError> {
+        fn read<const N: usize, const A: usize>(
+            t: &LpmTrie<MapData, [u8; N], ListValue>,
+            half: u8,
+            name: &'static str,
+        ) -> Result<Vec<([u8; A], u8)>, LoaderError> {
+            let mut out = Vec::new();
+            for k in t.keys() {
+                let k = k.map_err(map_err(name))?;
+                let d = k.data();
+                if d[0] == half {
+                    let mut a = [0u8; A];
+                    a.copy_from_slice(&d[1..]);
+                    out.push((a, (k.prefix_len() - 8) as u8));
+                }
+            }
+            Ok(out)
+        }
+        Ok(Lists {
+            allow_v4: read(&self.allow4, half, MAP_ALLOW_V4)?,
+            allow_v6: read(&self.allow6, half, MAP_ALLOW_V6)?,
+            deny_v4: read(&self.deny4, half, MAP_DENY_V4)?,
+            deny_v6: read(&self.deny6, half, MAP_DENY_V6)?,
+        }
+        .sorted())
+    }
+
+    /// Makes list half `half` hold exactly `want`.
+    fn write_lists(&mut self, half: u8, want: &Lists) -> Result<(), LoaderError> {
+        fn write<const N: usize, const A: usize>(
+            t: &mut LpmTrie<MapData, [u8; N], ListValue>,
+            half: u8,
+            want: &[([u8; A], u8)],
+            name: &'static str,
+        ) -> Result<(), LoaderError>
+        where
+            [u8; N]: Pod,
+        {
+            let key = |a: &[u8; A], len: u8| {
+                let mut d = [0u8; N];
+                d[0] = half;
+                d[1..].copy_from_slice(a);
+                Key::new(u32::from(len) + 8, d)
+            };
+            let want_set: HashSet<([u8; A], u8)> = want.iter().copied().collect();
+            let mut stale = Vec::new();
+            for k in t.keys() {
+                let k = k.map_err(map_err(name))?;
+                let d = k.data();
+                if d[0] != half {
+                    continue;
+                }
+                let mut a = [0u8; A];
+                a.copy_from_slice(&d[1..]);
+                if !want_set.contains(&(a, (k.prefix_len() - 8) as u8)) {
+                    stale.push(k);
+                }
+            }
+            for k in stale {
+                t.remove(&k).map_err(map_err(name))?;
+            }
+            for (a, len) in want {
+                t.insert(&key(a, *len), 1, 0).map_err(map_err(name))?;
+            }
+            Ok(())
+        }
+        write(&mut self.allow4, half, &want.allow_v4, MAP_ALLOW_V4)?;
+        write(&mut self.allow6, half, &want.allow_v6, MAP_ALLOW_V6)?;
+        write(&mut self.deny4, half, &want.deny_v4, MAP_DENY_V4)?;
+        write(&mut self.deny6, half, &want.deny_v6, MAP_DENY_V6)?;
+        Ok(())
+    }
 }
 
 /// How to attach.
@@ -242,6 +476,9 @@ pub enum AttachMode {
 pub enum Attached {
     Native,
     Generic,
+    /// A link pinned by an earlier run (still protecting the interface) now runs this
+    /// program: swapped atomically with `bpf_link_update`, no gap.
+    Adopted,
 }
 
 impl Attached {
@@ -249,6 +486,7 @@ impl Attached {
         match self {
             Attached::Native => "native",
             Attached::Generic => "generic",
+            Attached::Adopted => "adopted",
         }
     }
 }
@@ -264,18 +502,41 @@ fn is_busy(e: &ProgramError) -> bool {
     matches!(errno, Some(libc::EBUSY) | Some(libc::EEXIST))
 }
 
-/// Attaches the program to `iface`. In `Auto`, native first, then generic (the returned
-/// value says which; the caller warns).
+/// Tries to take over the link an earlier run pinned in `pin_dir`. A stale pin (its
+/// interface gone) is removed.
+fn adopt(program: &mut Xdp, link_pin: &Path) -> Option<FdLink> {
+    let pinned = PinnedLink::from_pin(link_pin).ok();
+    let adopted = pinned.and_then(|p| {
+        let xdp = XdpLink::try_from(FdLink::from(p)).ok()?;
+        let id = program.attach_to_link(xdp).ok()?;
+        FdLink::try_from(program.take_link(id).ok()?).ok()
+    });
+    if adopted.is_none() {
+        let _ = std::fs::remove_file(link_pin);
+    }
+    adopted
+}
+
+/// Attaches the program to `iface` through a bpf link pinned at `<pin_dir>/link`, so the
+/// protection outlives the daemon (crash, `kill -9`, upgrade). If an earlier run left its
+/// link pinned, this program takes it over instead. In `Auto`, native first, then generic.
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
     mode: AttachMode,
-) -> Result<(XdpLinkId, Attached), LoaderError> {
+    pin_dir: &Path,
+) -> Result<(FdLink, Attached), LoaderError> {
     if_index(iface)?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
         .ok_or(LoaderError::Missing("program"))?
         .try_into()?;
+    let link_pin = pin_dir.join(LINK_PIN);
+    if link_pin.exists()
+        && let Some(link) = adopt(program, &link_pin)
+    {
+        return Ok((link, Attached::Adopted));
+    }
     let try_mode = |program: &mut Xdp, m: XdpMode, name: &'static str| {
         program.attach(iface, m).map_err(|source| {
             if is_busy(&source) {
@@ -291,24 +552,90 @@ pub fn attach(
             }
         })
     };
-    match mode {
-        AttachMode::Native => Ok((
+    let (id, attached) = match mode {
+        AttachMode::Native => (
             try_mode(program, XdpMode::Driver, "native")?,
             Attached::Native,
-        )),
-        AttachMode::Generic => Ok((
+        ),
+        AttachMode::Generic => (
             try_mode(program, XdpMode::Skb, "generic")?,
             Attached::Generic,
-        )),
+        ),
         AttachMode::Auto => match try_mode(program, XdpMode::Driver, "native") {
-            Ok(id) => Ok((id, Attached::Native)),
-            Err(e @ LoaderError::AlreadyAttached { .. }) => Err(e),
-            Err(_) => Ok((
+            Ok(id) => (id, Attached::Native),
+            Err(e @ LoaderError::AlreadyAttached { .. }) => return Err(e),
+            Err(_) => (
                 try_mode(program, XdpMode::Skb, "generic")?,
                 Attached::Generic,
-            )),
+            ),
         },
+    };
+    let link = FdLink::try_from(program.take_link(id)?)?;
+    let pinned = link.pin(&link_pin).map_err(|e| LoaderError::PinDir {
+        path: link_pin.clone(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    Ok((FdLink::from(pinned), attached))
+}
+
+/// Ends protection on an interface for good: force-detaches the pinned link (even while a
+/// daemon holds it) and removes every pin. Returns whether anything was pinned.
+pub fn detach_pinned(pin_dir: &Path) -> Result<bool, LoaderError> {
+    let link_pin = pin_dir.join(LINK_PIN);
+    let mut found = false;
+    if link_pin.exists() {
+        found = true;
+        force_detach(&link_pin).map_err(|source| LoaderError::PinDir {
+            path: link_pin.clone(),
+            source,
+        })?;
     }
+    if pin_dir.exists() {
+        found = true;
+        std::fs::remove_dir_all(pin_dir).map_err(|source| LoaderError::PinDir {
+            path: pin_dir.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(found)
+}
+
+/// BPF_OBJ_GET on the pin, then BPF_LINK_DETACH (Linux 5.9): detaches the link no matter
+/// who else holds it (aya exposes neither).
+fn force_detach(link_pin: &Path) -> io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = CString::new(link_pin.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr = [0u64; 8];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: a zeroed bpf_attr with obj_get.pathname set to a live C string.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 64u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut attr = [0u64; 8];
+    attr[0] = fd as u64 & 0xffff_ffff;
+    // SAFETY: a zeroed bpf_attr with link_detach.link_fd set.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 64u32) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the fd BPF_OBJ_GET returned to us.
+    unsafe { libc::close(fd as i32) };
+    if rc < 0 {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// `--fresh`: removes the pinned maps (not the link, which the new program takes over).
+pub fn remove_map_pins(pin_dir: &Path) -> Result<(), LoaderError> {
+    for name in ALL_MAPS {
+        let p = pin_dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|source| LoaderError::PinDir { path: p, source })?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens a pinned map of `pin_dir` (for `shield stats` without the daemon).

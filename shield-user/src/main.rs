@@ -63,9 +63,30 @@ enum Command {
         /// packet of each source per second; `-` for stdout. Reopened on SIGUSR1.
         #[arg(long, value_name = "PATH")]
         audit_log: Option<String>,
-        /// Control socket for `shield ban`, `unban` and `bans` (created 0600, root only).
+        /// Control socket for `shield ban`, `unban`, `bans`, `reload` (created 0600, root only).
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Prometheus metrics at http://ADDR/metrics (loopback unless told otherwise); `off`
+        /// disables them.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477")]
+        metrics: String,
+        /// Start from empty counters, limiter state and bans instead of adopting the pinned
+        /// maps of the previous run.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Reload the running daemon's policy file now and print the result or the error (the
+    /// old policy stays in force on error). SIGHUP and editing the file do the same.
+    Reload {
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Roll back: remove shield from an interface for good (program, link and pinned maps),
+    /// whether or not a daemon is running. Stop the daemon too, or it keeps its socket.
+    Detach {
+        iface: String,
+        #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
     },
     /// Ban a source (address or prefix) for a while, from the whole host or one rule's ports.
     ///
@@ -106,6 +127,11 @@ enum Command {
     Check {
         /// Policy file.
         file: PathBuf,
+        /// Show what would change against the running daemon's policy (- running, + FILE).
+        #[arg(long)]
+        diff: bool,
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Show per-rule × reason counters, tracked sources and top limited sources.
     ///
@@ -117,6 +143,9 @@ enum Command {
         /// Machine-readable output (schema in the README, stable).
         #[arg(long)]
         json: bool,
+        /// Refresh every SECS seconds (default 2) with per-second rates, top sources, bans.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
         /// bpffs mount point the daemon pins under.
         #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
         bpffs: PathBuf,
@@ -164,6 +193,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             bpffs,
             audit_log,
             socket,
+            metrics,
+            fresh,
         } => {
             daemon::run(&daemon::RunOptions {
                 ifaces,
@@ -172,8 +203,32 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 bpffs,
                 audit_log,
                 socket,
+                metrics: (metrics != "off").then_some(metrics),
+                fresh,
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { socket } => {
+            let reply = ask(&socket, &Request::Reload {})?;
+            println!(
+                "reloaded: generation {}, {} rules, {} allow and {} deny prefixes, {:.1} ms",
+                reply["generation"],
+                reply["rules"],
+                reply["allow"],
+                reply["deny"],
+                reply["took_ms"].as_f64().unwrap_or(0.0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { iface, bpffs } => {
+            loader::require_root()?;
+            let dir = loader::pin_dir(&bpffs, &iface);
+            if loader::detach_pinned(&dir)? {
+                println!("detached shield from {iface} and removed {}", dir.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                anyhow::bail!("no shield pinned for {iface} under {}", dir.display())
+            }
         }
         Command::Ban {
             source,
@@ -267,7 +322,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { file } => match policy::load(&file) {
+        Command::Check { file, diff, socket } => match policy::load(&file) {
+            Ok(p) if diff => {
+                let running = ask(&socket, &Request::Policy {})?;
+                let old = running["matrix"].as_str().unwrap_or_default();
+                let new = policy::matrix_table(&p);
+                println!(
+                    "--- running: {} (generation {})\n+++ {}",
+                    running["path"].as_str().unwrap_or("?"),
+                    running["generation"],
+                    file.display()
+                );
+                let changes = line_diff(old, &new);
+                if changes.is_empty() {
+                    println!("no change");
+                } else {
+                    print!("{changes}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             Ok(p) => {
                 print!("{}", policy::matrix_table(&p));
                 println!("{}: valid", file.display());
@@ -278,7 +351,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Stats { iface, json, bpffs } => {
+        Command::Stats {
+            iface,
+            json,
+            watch: Some(secs),
+            bpffs,
+        } => {
+            anyhow::ensure!(!json, "--watch prints tables; use --json without --watch");
+            watch_stats(&bpffs, iface.as_deref(), secs.max(1))
+        }
+        Command::Stats {
+            iface,
+            json,
+            watch: None,
+            bpffs,
+        } => {
             let ifaces = match iface {
                 Some(i) => vec![i],
                 None => stats::pinned_ifaces(&bpffs),
@@ -421,4 +508,87 @@ fn bans_table(bans: &[BanEntry]) -> String {
         );
     }
     out
+}
+
+/// Lines only in `old` (-) and only in `new` (+), in order (LCS on lines; tables are small).
+fn line_diff(old: &str, new: &str) -> String {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push_str(&format!("+ {}\n", b[j]));
+            j += 1;
+        } else {
+            out.push_str(&format!("- {}\n", a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `shield stats --watch`: per-second rates between refreshes.
+fn watch_stats(bpffs: &std::path::Path, iface: Option<&str>, secs: u64) -> Result<ExitCode> {
+    use std::collections::HashMap;
+    let ifaces = match iface {
+        Some(i) => vec![i.to_string()],
+        None => stats::pinned_ifaces(bpffs),
+    };
+    anyhow::ensure!(
+        !ifaces.is_empty(),
+        "no shield maps pinned under {}",
+        bpffs.join("shield").display()
+    );
+    let mut before: HashMap<(String, String, &'static str), u64> = HashMap::new();
+    let mut first = true;
+    loop {
+        let mut out = String::new();
+        for i in &ifaces {
+            let s = stats::read_iface(bpffs, i)
+                .with_context(|| format!("reading pinned maps of {i}"))?;
+            out.push_str(&format!(
+                "{}: generation {}, mode {}, tracked sources {} of {}, active bans {}, events lost {}\n",
+                s.iface, s.policy_generation, s.mode, s.tracked_sources, s.max_sources, s.active_bans, s.events_lost
+            ));
+            out.push_str(&format!(
+                "  {:<20} {:>12} {:>14}\n",
+                "RULE", "REASON", "PACKETS/S"
+            ));
+            for r in &s.rules {
+                for (reason, c) in &r.counters {
+                    let key = (i.clone(), r.name.clone(), *reason);
+                    let prev = before.insert(key, c.packets).unwrap_or(c.packets);
+                    let rate = c.packets.saturating_sub(prev) as f64 / secs as f64;
+                    if c.packets > 0 && (rate > 0.0 || first) {
+                        out.push_str(&format!("  {:<20} {:>12} {:>14.1}\n", r.name, reason, rate));
+                    }
+                }
+            }
+            for t in &s.top_sources {
+                out.push_str(&format!(
+                    "  top: {:<42} {:<16} {:>10} limited\n",
+                    t.source, t.rule, t.limited
+                ));
+            }
+        }
+        println!(
+            "--- {}\n{out}",
+            shield_user::audit::rfc3339(std::time::SystemTime::now())
+        );
+        first = false;
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
 }

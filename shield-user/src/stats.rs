@@ -8,12 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, MapData, PerCpuArray};
 use serde::Serialize;
 use shield_common::{
-    CFG_LOADED, CFG_MONITOR, Counter, GlobalConfig, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS_LOST,
-    MAP_RULES, MAP_SOURCES, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig, SourceKey,
-    SourceState, addr::FAMILY_V4, counter_index,
+    CFG_LOADED, CFG_MONITOR, Counter, DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST,
+    DIAG_SOURCE_INSERT_FAILED, MAP_COUNTERS, MAP_DIAG, MAP_SOURCES, RULE_MONITOR, Reason,
+    RuleConfig, SourceKey, SourceState, addr::FAMILY_V4, counter_index,
 };
 
 use crate::loader::{LoaderError, open_pinned};
@@ -61,6 +61,10 @@ pub struct IfaceStats {
     pub active_bans: u64,
     /// Events the data path could not queue because the daemon was not reading fast enough.
     pub events_lost: u64,
+    /// New sources the per-source table refused (memory pressure).
+    pub source_insert_failures: u64,
+    /// Automatic bans the ban tables refused (full).
+    pub ban_insert_failures: u64,
     pub rules: Vec<RuleStats>,
     pub top_sources: Vec<TopSource>,
 }
@@ -108,11 +112,9 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
     let dir: PathBuf = crate::loader::pin_dir(bpffs, iface);
     let err = |map: &'static str| move |source| LoaderError::Map { map, source };
 
-    let config: Array<MapData, GlobalConfig> =
-        Array::try_from(open_pinned(&dir, MAP_CONFIG)?).map_err(err(MAP_CONFIG))?;
-    let global = config.get(&0, 0).map_err(err(MAP_CONFIG))?;
-    let rules_map: Array<MapData, RuleConfig> =
-        Array::try_from(open_pinned(&dir, MAP_RULES)?).map_err(err(MAP_RULES))?;
+    let tables = crate::loader::PolicyMaps::open(&dir)?;
+    let (_, global) = tables.active()?;
+    let current = tables.current_rules()?;
     let counters: PerCpuArray<MapData, Counter> =
         PerCpuArray::try_from(open_pinned(&dir, MAP_COUNTERS)?).map_err(err(MAP_COUNTERS))?;
     let sources_map = open_pinned(&dir, MAP_SOURCES)?;
@@ -125,11 +127,8 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
 
     let mut rule_cfgs: Vec<(u32, RuleConfig)> = Vec::new();
     let mut rules = Vec::new();
-    for id in 0..RULE_SLOTS {
-        let cfg = rules_map.get(&id, 0).map_err(err(MAP_RULES))?;
-        if id != 0 && cfg.flags & RULE_PRESENT == 0 {
-            continue;
-        }
+    let slots = std::iter::once((0u32, RuleConfig::default())).chain(current);
+    for (id, cfg) in slots {
         let mut counts = BTreeMap::new();
         for reason in Reason::ALL {
             let per_cpu = counters
@@ -188,17 +187,21 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
     let active_bans = crate::bans::BanMaps::open(&dir)
         .map(|b| b.active().len() as u64)
         .unwrap_or(0);
-    let lost: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(open_pinned(&dir, MAP_EVENTS_LOST)?).map_err(err(MAP_EVENTS_LOST))?;
-    let events_lost = lost
-        .get(&0, 0)
-        .map(|v| v.iter().sum())
-        .map_err(err(MAP_EVENTS_LOST))?;
+    let diag: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(open_pinned(&dir, MAP_DIAG)?).map_err(err(MAP_DIAG))?;
+    let sum = |slot: u32| -> Result<u64, LoaderError> {
+        Ok(diag.get(&slot, 0).map_err(err(MAP_DIAG))?.iter().sum())
+    };
+    let events_lost = sum(DIAG_EVENTS_LOST)?;
+    let source_insert_failures = sum(DIAG_SOURCE_INSERT_FAILED)?;
+    let ban_insert_failures = sum(DIAG_BAN_INSERT_FAILED)?;
 
     Ok(IfaceStats {
         iface: iface.to_string(),
         active_bans,
         events_lost,
+        source_insert_failures,
+        ban_insert_failures,
         policy_generation: if global.flags & CFG_LOADED != 0 {
             global.generation
         } else {

@@ -251,8 +251,11 @@ impl Harness {
         let c = policy::compile(&p);
         let bpffs = TempBpffs::new().expect("mounting a private bpffs");
         let dir = loader::pin_dir(&bpffs.path, HARNESS_IFACE);
-        let mut ebpf = loader::load(&dir, c.max_sources).expect("loading the XDP object");
-        loader::sync(&mut ebpf, &c, 1).expect("filling maps");
+        let ebpf = loader::load(&dir, c.max_sources).expect("loading the XDP object");
+        loader::PolicyMaps::open(&dir)
+            .expect("policy maps")
+            .install(&c, 1, 0)
+            .expect("filling maps");
         Harness { ebpf, bpffs }
     }
 
@@ -316,17 +319,28 @@ impl Harness {
         r.counters[reason.name()]
     }
 
-    /// Moves the data path's clock forward (the config map's test offset).
+    /// Moves the data path's clock forward (the control map's test offset).
     pub fn advance(&mut self, by: std::time::Duration) {
-        let mut cfg: aya::maps::Array<_, shield_common::GlobalConfig> = aya::maps::Array::try_from(
-            self.ebpf
-                .map_mut(shield_common::MAP_CONFIG)
-                .expect("config map"),
-        )
-        .expect("config array");
-        let mut c = cfg.get(&0, 0).expect("config");
-        c.clock_offset_ns += by.as_nanos() as u64;
-        cfg.set(0, c, 0).expect("writing config");
+        loader::PolicyMaps::open(&loader::pin_dir(&self.bpffs.path, HARNESS_IFACE))
+            .expect("policy maps")
+            .advance_clock(by.as_nanos() as u64)
+            .expect("advancing the clock");
+    }
+
+    /// Installs another policy (a reload), as generation `generation`.
+    pub fn reload(&mut self, policy_toml: &str, generation: u32) -> loader::Installed {
+        let p = policy::parse_str("reload.toml", policy_toml)
+            .unwrap_or_else(|e| panic!("test policy is invalid: {e}"));
+        let mut maps = loader::PolicyMaps::open(&loader::pin_dir(&self.bpffs.path, HARNESS_IFACE))
+            .expect("policy maps");
+        let previous = maps
+            .current_rules()
+            .expect("rules")
+            .into_iter()
+            .map(|(id, r)| (stats::rule_name(&r), id))
+            .collect();
+        let c = policy::compile_with_ids(&p, &previous);
+        maps.install(&c, generation, 0).expect("installing")
     }
 
     /// Events queued by the data path since the last call.

@@ -1,6 +1,9 @@
 //! `Policy` → map images: exactly what the daemon writes into the kernel maps.
 
-use std::net::IpAddr;
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use shield_common::{
     B_CONN, B_CONN_SUSTAINED, B_PKT, B_PKT_SUSTAINED, BUCKETS, CFG_ALLOW_V4, CFG_ALLOW_V6,
@@ -11,8 +14,7 @@ use shield_common::{
 
 use super::{BanScope, Cidr, Limit, Mode, Policy, Protocol};
 
-/// The map contents for one policy. Rule ids are the rules' positions in the file plus one
-/// (0 is "no rule").
+/// The map contents for one policy. Rule ids come from `assign_ids` (0 is "no rule").
 #[derive(Clone, Debug)]
 pub struct CompiledPolicy {
     pub global: GlobalConfig,
@@ -37,11 +39,47 @@ pub(super) fn buckets(l: &Limit) -> Option<(Gcra, Gcra)> {
     Some((rate, sustained))
 }
 
+/// Compiles with fresh rule ids (1, 2, … in file order).
 pub fn compile(policy: &Policy) -> CompiledPolicy {
+    compile_with_ids(policy, &HashMap::new())
+}
+
+/// Rule ids for `policy`: a rule keeps the id its name had (`previous`, from the policy in
+/// force), so its limiter state, bans and counters carry over a reload or restart; a new
+/// rule takes the lowest id no current or previous rule uses (so it does not inherit a
+/// removed rule's state), else the lowest free one.
+pub fn assign_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Vec<u32> {
+    let max = RULE_SLOTS - 1;
+    let mut used: HashSet<u32> = HashSet::new();
+    let mut ids = vec![0u32; policy.rules.len()];
+    for (i, r) in policy.rules.iter().enumerate() {
+        if let Some(&id) = previous.get(&r.name)
+            && (1..=max).contains(&id)
+            && used.insert(id)
+        {
+            ids[i] = id;
+        }
+    }
+    let reserved: HashSet<u32> = previous.values().copied().collect();
+    for id in ids.iter_mut().filter(|id| **id == 0) {
+        let fresh = (1..=max).find(|c| !used.contains(c) && !reserved.contains(c));
+        let any = (1..=max).find(|c| !used.contains(c));
+        if let Some(c) = fresh.or(any) {
+            *id = c;
+            used.insert(c);
+        }
+    }
+    ids
+}
+
+/// Compiles with rule ids kept from `previous` (name → id), see `assign_ids`.
+pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> CompiledPolicy {
+    let ids = assign_ids(policy, previous);
     let mut global = GlobalConfig {
         flags: CFG_LOADED,
         generation: 0,
-        clock_offset_ns: 0,
+        list_half: 0,
+        _pad: 0,
     };
     if policy.mode == Mode::Monitor {
         global.flags |= CFG_MONITOR;
@@ -54,7 +92,7 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
     order.sort_by_key(|i| !policy.rules[*i].ports.is_empty());
     for i in order {
         let rule = &policy.rules[i];
-        let id = (i + 1) as u32;
+        let id = ids[i];
         let mut buckets_out = [Gcra::DISABLED; BUCKETS];
         if let Some((r, s)) = rule.connections.as_ref().and_then(buckets) {
             buckets_out[B_CONN] = r;

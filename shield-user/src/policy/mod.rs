@@ -9,7 +9,7 @@ mod tests;
 
 use std::{fmt, net::IpAddr, path::Path, time::Duration};
 
-pub use compile::{CompiledPolicy, compile};
+pub use compile::{CompiledPolicy, assign_ids, compile, compile_with_ids};
 pub use parse::{format_duration, parse_cidr, parse_duration, parse_str};
 pub use table::matrix_table;
 

@@ -1,0 +1,206 @@
+//! Prometheus metrics at `/metrics` (text format by prometheus-client, HTTP by tiny_http),
+//! read from the pinned maps at each scrape, plus the daemon's own counters.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::stats;
+
+type Labels = Vec<(String, String)>;
+
+/// Daemon-side figures the maps do not hold.
+#[derive(Default)]
+pub struct DaemonCounters {
+    pub reloads_ok: AtomicU64,
+    pub reloads_error: AtomicU64,
+    /// Duration of the last successful reload, in microseconds.
+    pub last_reload_us: AtomicU64,
+}
+
+pub struct Sources {
+    pub bpffs: PathBuf,
+    /// (interface, attach mode)
+    pub ifaces: Vec<(String, &'static str)>,
+    pub counters: Arc<DaemonCounters>,
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(src: &Sources) -> String {
+    let mut reg = Registry::default();
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let bans = Family::<Labels, Gauge>::default();
+    let tracked = Family::<Labels, Gauge>::default();
+    let capacity = Family::<Labels, Gauge>::default();
+    let insert_failures = Family::<Labels, Counter>::default();
+    let events_lost = Family::<Labels, Counter>::default();
+    let generation = Family::<Labels, Gauge>::default();
+    let attach = Family::<Labels, Gauge>::default();
+    let reloads = Family::<Labels, Counter>::default();
+    let reload_secs = Gauge::<f64, AtomicU64>::default();
+    let up = Family::<Labels, Gauge>::default();
+
+    for (iface, mode) in &src.ifaces {
+        attach
+            .get_or_create(&l(&[("iface", iface), ("mode", mode)]))
+            .set(1);
+        let Ok(s) = stats::read_iface(&src.bpffs, iface) else {
+            up.get_or_create(&l(&[("iface", iface)])).set(0);
+            continue;
+        };
+        up.get_or_create(&l(&[("iface", iface)])).set(1);
+        for rule in &s.rules {
+            for (reason, c) in &rule.counters {
+                let labels = l(&[("iface", iface), ("rule", &rule.name), ("reason", reason)]);
+                packets.get_or_create(&labels).inc_by(c.packets);
+                bytes.get_or_create(&labels).inc_by(c.bytes);
+            }
+        }
+        let li = l(&[("iface", iface)]);
+        bans.get_or_create(&li).set(s.active_bans as i64);
+        tracked.get_or_create(&li).set(s.tracked_sources as i64);
+        capacity.get_or_create(&li).set(i64::from(s.max_sources));
+        events_lost.get_or_create(&li).inc_by(s.events_lost);
+        insert_failures
+            .get_or_create(&l(&[("iface", iface), ("map", "sources")]))
+            .inc_by(s.source_insert_failures);
+        insert_failures
+            .get_or_create(&l(&[("iface", iface), ("map", "bans")]))
+            .inc_by(s.ban_insert_failures);
+        generation
+            .get_or_create(&li)
+            .set(i64::from(s.policy_generation));
+    }
+    reloads
+        .get_or_create(&l(&[("result", "ok")]))
+        .inc_by(src.counters.reloads_ok.load(Ordering::Relaxed));
+    reloads
+        .get_or_create(&l(&[("result", "error")]))
+        .inc_by(src.counters.reloads_error.load(Ordering::Relaxed));
+    reload_secs.set(src.counters.last_reload_us.load(Ordering::Relaxed) as f64 / 1e6);
+
+    reg.register(
+        "shield_packets",
+        "Packets judged, by interface, rule and reason",
+        packets,
+    );
+    reg.register(
+        "shield_bytes",
+        "Bytes of the packets judged (whole frames)",
+        bytes,
+    );
+    reg.register("shield_active_bans", "Bans in force", bans);
+    reg.register(
+        "shield_tracked_sources",
+        "Entries in the per-source state table",
+        tracked,
+    );
+    reg.register(
+        "shield_sources_capacity",
+        "Capacity of the per-source state table (LRU)",
+        capacity,
+    );
+    reg.register(
+        "shield_map_insert_failures",
+        "Inserts the data path's maps refused",
+        insert_failures,
+    );
+    reg.register(
+        "shield_events_lost",
+        "Events the ring buffer could not hold",
+        events_lost,
+    );
+    reg.register(
+        "shield_policy_generation",
+        "Policy loads into this interface's maps",
+        generation,
+    );
+    reg.register(
+        "shield_attach_mode",
+        "1 for the XDP attach mode in use",
+        attach,
+    );
+    reg.register("shield_reloads", "Policy reloads by result", reloads);
+    reg.register(
+        "shield_last_reload_seconds",
+        "Time the last successful reload took",
+        reload_secs,
+    );
+    reg.register(
+        "shield_maps_readable",
+        "1 if the interface's pinned maps could be read",
+        up,
+    );
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        out = "# encoding failed\n".into();
+    }
+    out
+}
+
+/// The HTTP server; stops on drop.
+pub struct MetricsServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    pub fn start(addr: &str, src: Sources) -> Result<MetricsServer, String> {
+        let server =
+            tiny_http::Server::http(addr).map_err(|e| format!("metrics on {addr}: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let response = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                    )
+                    .expect("static header");
+                    tiny_http::Response::from_string(render(&src)).with_header(header)
+                } else {
+                    tiny_http::Response::from_string("shield: metrics are at /metrics\n")
+                        .with_status_code(404)
+                };
+                let _ = req.respond(response);
+            }
+        });
+        Ok(MetricsServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
