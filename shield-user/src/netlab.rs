@@ -480,6 +480,15 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL, as a crash would: nothing gets cleaned up by the daemon.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

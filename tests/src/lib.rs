@@ -237,6 +237,8 @@ impl Pkt {
 /// The real XDP object loaded (not attached) with a policy, in a private bpffs.
 pub struct Harness {
     pub ebpf: Ebpf,
+    /// Kept open like the daemon keeps it (it remembers what each half holds).
+    pub tables: loader::PolicyMaps,
     pub bpffs: TempBpffs,
 }
 
@@ -252,11 +254,13 @@ impl Harness {
         let bpffs = TempBpffs::new().expect("mounting a private bpffs");
         let dir = loader::pin_dir(&bpffs.path, HARNESS_IFACE);
         let ebpf = loader::load(&dir, c.max_sources).expect("loading the XDP object");
-        loader::PolicyMaps::open(&dir)
-            .expect("policy maps")
-            .install(&c, 1, 0)
-            .expect("filling maps");
-        Harness { ebpf, bpffs }
+        let mut tables = loader::PolicyMaps::open(&dir).expect("policy maps");
+        tables.install(&c, 1, 0).expect("filling maps");
+        Harness {
+            ebpf,
+            tables,
+            bpffs,
+        }
     }
 
     fn program(&self, name: &str) -> &Xdp {
@@ -331,16 +335,15 @@ impl Harness {
     pub fn reload(&mut self, policy_toml: &str, generation: u32) -> loader::Installed {
         let p = policy::parse_str("reload.toml", policy_toml)
             .unwrap_or_else(|e| panic!("test policy is invalid: {e}"));
-        let mut maps = loader::PolicyMaps::open(&loader::pin_dir(&self.bpffs.path, HARNESS_IFACE))
-            .expect("policy maps");
-        let previous = maps
+        let previous = self
+            .tables
             .current_rules()
             .expect("rules")
             .into_iter()
             .map(|(id, r)| (stats::rule_name(&r), id))
             .collect();
         let c = policy::compile_with_ids(&p, &previous);
-        maps.install(&c, generation, 0).expect("installing")
+        self.tables.install(&c, generation, 0).expect("installing")
     }
 
     /// Events queued by the data path since the last call.

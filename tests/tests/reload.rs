@@ -1,0 +1,132 @@
+//! Policy reloads in the data path (BPF_PROG_TEST_RUN on the real object): the new policy
+//! takes over in one switch, limiter state and counters of surviving rules carry over,
+//! lists swap halves and the old half is emptied.
+
+use shield_common::Reason;
+use shield_tests::{Harness, L4, Pkt, XDP_DROP, XDP_PASS};
+
+const A: &str = r#"
+[lists]
+deny = ["203.0.113.0/24"]
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "1/s", burst = 3 }
+"#;
+
+/// A plus a new rule before `api` (so file order changes) and another deny list.
+const B: &str = r#"
+[lists]
+deny = ["198.51.100.0/24"]
+[[rule]]
+name = "web"
+protocol = "tcp"
+ports = [80]
+connections = { rate = "1/s", burst = 1 }
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "1/s", burst = 3 }
+"#;
+
+#[test]
+fn state_and_counters_of_a_surviving_rule_carry_over() {
+    let mut h = Harness::new(A);
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(h.run(&syn), XDP_PASS);
+    }
+    assert_eq!(h.run(&syn), XDP_DROP);
+    let done = h.reload(B, 2);
+    assert_eq!(done.half, 1, "the second policy goes to the other half");
+    // `api` kept its id: its bucket is still empty, its counters still there.
+    assert_eq!(
+        h.run(&syn),
+        XDP_DROP,
+        "limiter state must survive the reload"
+    );
+    assert_eq!(h.count("api", Reason::Pass).packets, 3);
+    assert_eq!(h.count("api", Reason::ConnLimit).packets, 2);
+    // The new rule is in force at once.
+    let web = Pkt::new("192.0.2.1", L4::syn(80)).bytes();
+    assert_eq!(h.run(&web), XDP_PASS);
+    assert_eq!(h.run(&web), XDP_DROP);
+    assert_eq!(h.stats().policy_generation, 2);
+}
+
+#[test]
+fn lists_swap_halves_and_the_old_half_is_emptied() {
+    let mut h = Harness::new(A);
+    let old_deny = Pkt::new("203.0.113.5", L4::Echo).bytes();
+    let new_deny = Pkt::new("198.51.100.5", L4::Echo).bytes();
+    assert_eq!(h.run(&old_deny), XDP_DROP);
+    assert_eq!(h.run(&new_deny), XDP_PASS);
+    let done = h.reload(B, 2);
+    assert!(done.lists_swapped);
+    assert_eq!(
+        h.run(&old_deny),
+        XDP_PASS,
+        "old deny list no longer in force"
+    );
+    assert_eq!(h.run(&new_deny), XDP_DROP, "new deny list in force");
+    // Same lists again: nothing to swap; the half being written held A, so only the slot
+    // that differs (tcp/80) is written.
+    let again = h.reload(B, 3);
+    assert!(!again.lists_swapped);
+    assert_eq!(
+        again.ports_written, 1,
+        "only the port slots that differ are written"
+    );
+    assert_eq!(h.run(&new_deny), XDP_DROP);
+    // Back to A: the lists move again, the port table only changes where it must.
+    let back = h.reload(A, 4);
+    assert!(back.lists_swapped);
+    assert_eq!(back.ports_written, 1, "only port 80 differs: {back:?}");
+    assert_eq!(h.run(&old_deny), XDP_DROP);
+    assert_eq!(h.run(&new_deny), XDP_PASS);
+}
+
+#[test]
+fn reassigned_port_is_judged_by_its_new_rule_only() {
+    let mut h = Harness::new(A);
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    h.run(&syn);
+    h.reload(
+        r#"
+[[rule]]
+name = "other"
+protocol = "tcp"
+ports = [8080]
+mode = "monitor"
+connections = { rate = "1/s", burst = 1 }
+"#,
+        2,
+    );
+    // `other` is a new rule with a new id: fresh state, monitor mode.
+    for _ in 0..3 {
+        assert_eq!(h.run(&syn), XDP_PASS);
+    }
+    assert_eq!(h.count("other", Reason::WouldDrop).packets, 2);
+    assert!(
+        h.stats().rules.iter().all(|r| r.name != "api"),
+        "a removed rule leaves the stats"
+    );
+}
+
+#[test]
+fn rule_ids_follow_names_not_file_order() {
+    use shield_user::policy::{assign_ids, parse_str};
+    let a = parse_str("a", A).unwrap();
+    let b = parse_str("b", B).unwrap();
+    let first = assign_ids(&a, &Default::default());
+    assert_eq!(first, vec![1]);
+    let prev = [("api".to_string(), 1)].into_iter().collect();
+    let second = assign_ids(&b, &prev);
+    assert_eq!(
+        second,
+        vec![2, 1],
+        "`web` is new (2), `api` keeps 1 though it moved"
+    );
+}
