@@ -487,19 +487,36 @@ fn a_million_prefixes_load_and_swap_without_dropping_legit_traffic() {
     };
     lab.start();
     let load = started.elapsed();
-    assert_eq!(lab.connect(IpAddr::V4(ATTACKER_V4), API, 1, Duration::ZERO).ok, 1);
+    assert_eq!(
+        lab.connect(IpAddr::V4(ATTACKER_V4), API, 1, Duration::ZERO)
+            .ok,
+        1
+    );
 
     // Swap to another million (and the attacker) while a legit client keeps connecting.
-    std::fs::write(&lab.policy, big_policy(12, N, &[&format!("{ATTACKER_V4}/32")])).expect("policy");
+    std::fs::write(
+        &lab.policy,
+        big_policy(12, N, &[&format!("{ATTACKER_V4}/32")]),
+    )
+    .expect("policy");
     let (legit, reload) = std::thread::scope(|s| {
-        let legit = s.spawn(|| lab.connect(IpAddr::V4(LEGIT_V4), API, 200, Duration::from_millis(50)));
+        let legit =
+            s.spawn(|| lab.connect(IpAddr::V4(LEGIT_V4), API, 200, Duration::from_millis(50)));
         let r = lab.shield(&["reload"]);
         (legit.join().expect("legit"), r)
     });
     let (ok, out, err) = reload;
     assert!(ok, "{err}");
-    assert_eq!(legit.failed, 0, "legit connections failed during the swap: {legit:?}");
-    assert_eq!(lab.connect(IpAddr::V4(ATTACKER_V4), API, 1, Duration::ZERO).ok, 0, "new list in force");
+    assert_eq!(
+        legit.failed, 0,
+        "legit connections failed during the swap: {legit:?}"
+    );
+    assert_eq!(
+        lab.connect(IpAddr::V4(ATTACKER_V4), API, 1, Duration::ZERO)
+            .ok,
+        0,
+        "new list in force"
+    );
     let took = lab
         .audit_lines()
         .iter()

@@ -1,0 +1,50 @@
+//! The shipped systemd unit is valid and only uses flags `shield` has.
+
+use std::process::Command;
+
+#[test]
+fn systemd_unit_verifies_and_matches_the_cli() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let unit = std::fs::read_to_string(format!("{root}/deploy/shield.service"))
+        .expect("deploy/shield.service");
+    let bin = env!("CARGO_BIN_EXE_shield");
+    let dir = std::env::temp_dir().join(format!("shield-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("shield.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/shield", bin)).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", path.to_str().expect("utf-8")])
+        .output()
+        .expect("systemd-analyze (Debian package systemd) is needed to check the unit");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("shield.service"))
+        .collect();
+    assert!(problems.is_empty(), "systemd-analyze verify: {problems:#?}");
+    // Every long flag the unit passes to `shield run` exists.
+    let help = Command::new(bin)
+        .args(["run", "--help"])
+        .output()
+        .expect("shield run --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let start = unit.find("\nExecStart=").expect("ExecStart line");
+    let mut exec = String::new();
+    for line in unit[start + 1..].lines() {
+        exec.push_str(line);
+        if !line.ends_with('\\') {
+            break;
+        }
+    }
+    assert!(
+        exec.contains(" run "),
+        "ExecStart runs `shield run`: {exec}"
+    );
+    for flag in exec.split_whitespace().filter(|w| w.starts_with("--")) {
+        assert!(
+            help.contains(flag),
+            "unit uses {flag}, which `shield run` does not have"
+        );
+    }
+}
