@@ -1,10 +1,14 @@
-//! `shield lab`: the daemon protecting a throwaway namespace lab, with a legit client, a
-//! flooding attacker and a rotating-IPv6 attacker, printing `shield stats` as it goes.
+//! `shield lab` (`cargo xtask demo`, and `cargo xtask run` without arguments): a real Flask
+//! API under gunicorn in a network namespace, shield in front of it, two legit clients and
+//! a set of attackers, played in under a minute with a live view, then a summary.
 
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -12,67 +16,62 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     netlab::{
-        self, ATTACKER_V4, Connects, Daemon, LEGIT_V4, LEGIT_V6, SERVER_IF, SERVER_V4, SERVER_V6,
-        TcpServer, TempBpffs, Topology, connect_many, rotating_v6,
+        self, ATTACKER_V4, Connects, DENIED_V4, Daemon, Gunicorn, LEGIT_V4, LEGIT_V6, PARTNER_V4,
+        SERVER_IF, SERVER_V4, SERVER_V6, TempBpffs, Topology, connect_many, http_many, rotating_v6,
     },
     policy, stats,
 };
 
-/// One lab second: the legit clients open 2 connections each, the IPv4 attacker 100, the
-/// IPv6 attacker 40 spread over 16 addresses of one /64.
-fn play_second(topo: &Topology, port: u16, totals: &mut [Connects; 4]) -> Result<()> {
-    let v4 = SocketAddr::new(IpAddr::V4(SERVER_V4), port);
-    let v6 = SocketAddr::new(IpAddr::V6(SERVER_V6), port);
-    let t = Duration::from_millis(400);
-    let results = topo.client.run_in(move || {
-        std::thread::scope(|s| {
-            let legit4 = s.spawn(move || {
-                connect_many(
-                    &[IpAddr::V4(LEGIT_V4)],
-                    v4,
-                    2,
-                    Duration::from_millis(500),
-                    t,
-                )
-            });
-            let legit6 = s.spawn(move || {
-                connect_many(
-                    &[IpAddr::V6(LEGIT_V6)],
-                    v6,
-                    2,
-                    Duration::from_millis(500),
-                    t,
-                )
-            });
-            let attack4 = s.spawn(move || {
-                connect_many(
-                    &[IpAddr::V4(ATTACKER_V4)],
-                    v4,
-                    100,
-                    Duration::from_millis(10),
-                    t,
-                )
-            });
-            let rotating: Vec<IpAddr> = (0..netlab::ROTATING_V6_COUNT)
-                .map(|i| IpAddr::V6(rotating_v6(i)))
-                .collect();
-            let rot = connect_many(&rotating, v6, 40, Duration::from_millis(25), t);
-            [
-                legit4.join().unwrap_or_default(),
-                legit6.join().unwrap_or_default(),
-                attack4.join().unwrap_or_default(),
-                rot,
-            ]
-        })
-    })?;
-    for (t, r) in totals.iter_mut().zip(results) {
-        t.ok += r.ok;
-        t.failed += r.failed;
-    }
-    Ok(())
+/// Port the demo API listens on (policy/demo.toml protects it).
+pub const API_PORT: u16 = 8000;
+
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    legit: Connects,
+    attacker: Connects,
+    rotating: Connects,
+    denied: Connects,
+    partner: Connects,
 }
 
-pub fn run(policy_path: &Path, seconds: Option<u64>, port: u16) -> Result<()> {
+fn add(a: &mut Connects, b: Connects) {
+    a.ok += b.ok;
+    a.failed += b.failed;
+}
+
+/// One line per second: rates per reason and what each client got so far.
+fn live_line(
+    bpffs: &Path,
+    started: Instant,
+    phase: &str,
+    t: &Tally,
+    last: &mut Vec<(String, u64)>,
+) -> String {
+    let mut rates = String::new();
+    if let Ok(s) = stats::read_iface(bpffs, SERVER_IF) {
+        let mut now = Vec::new();
+        for r in &s.rules {
+            for (reason, c) in &r.counters {
+                let key = format!("{}/{reason}", r.name);
+                let prev = last.iter().find(|(k, _)| *k == key).map_or(0, |(_, v)| *v);
+                if c.packets > prev && *reason != "pass" {
+                    rates.push_str(&format!(" {key} {}/s", c.packets - prev));
+                }
+                now.push((key, c.packets));
+            }
+        }
+        *last = now;
+        rates.push_str(&format!(" | bans {}", s.active_bans));
+    }
+    format!(
+        "[{:>4.1}s] {phase:<34} legit {}/{} ok | drops:{rates}",
+        started.elapsed().as_secs_f64(),
+        t.legit.ok,
+        t.legit.ok + t.legit.failed
+    )
+}
+
+pub fn run(policy_path: &Path) -> Result<()> {
     netlab::require_privileges()?;
     let p = policy::load(policy_path)?;
     let exe = std::env::current_exe().context("locating the shield binary")?;
@@ -81,63 +80,182 @@ pub fn run(policy_path: &Path, seconds: Option<u64>, port: u16) -> Result<()> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
-    eprintln!("lab: building namespaces (server with shield on {SERVER_IF}, clients)…");
+    eprintln!(
+        "demo: building the lab: an API host (gunicorn + Flask on :{API_PORT}) behind shield, clients in their own namespace"
+    );
     let bpffs = TempBpffs::new()?;
     let topo = Topology::new()?;
-    let _server = TcpServer::start(&topo.server, port)?;
-    let daemon = Daemon::start(&exe, &topo.server, policy_path, &bpffs.path, &[])?;
+    let _api = Gunicorn::start(&topo.server, API_PORT)?;
+    let audit =
+        std::env::temp_dir().join(format!("{}.jsonl", netlab::unique("shield-demo-audit-")));
+    let audit_arg = audit.to_string_lossy().into_owned();
+    let daemon = Daemon::start(
+        &exe,
+        &topo.server,
+        policy_path,
+        &bpffs.path,
+        &["--audit-log", &audit_arg, "--metrics", "off"],
+    )?;
     eprint!("{}", daemon.log_text());
     eprintln!(
-        "lab: policy {} ({} rules); server {SERVER_V4} / [{SERVER_V6}] port {port}",
+        "demo: policy {} ({} rules)",
         policy_path.display(),
         p.rules.len()
     );
-    eprintln!(
-        "lab: legit clients {LEGIT_V4} and {LEGIT_V6} (2 conn/s each); attacker {ATTACKER_V4} (100 conn/s); rotating attacker in {}/64 (40 conn/s)",
-        rotating_v6(0)
-    );
-    match seconds {
-        Some(s) => eprintln!("lab: running for {s} s"),
-        None => eprintln!("lab: running until Ctrl-C"),
-    }
 
+    let v4 = SocketAddr::new(IpAddr::V4(SERVER_V4), API_PORT);
+    let v6 = SocketAddr::new(IpAddr::V6(SERVER_V6), API_PORT);
+    let t = Duration::from_millis(500);
+    let tally = Mutex::new(Tally::default());
+    let phase = Mutex::new("legit traffic");
     let started = Instant::now();
-    let mut totals = [Connects::default(); 4];
-    let mut tick = 0u64;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed)
-        && seconds.is_none_or(|s| started.elapsed() < Duration::from_secs(s))
-    {
-        play_second(&topo, port, &mut totals)?;
-        tick += 1;
-        if tick.is_multiple_of(3) {
-            let s = stats::read_iface(&bpffs.path, SERVER_IF)?;
-            println!(
-                "--- t={}s\n{}",
-                started.elapsed().as_secs(),
-                stats::render_table(&stats::Stats {
-                    interfaces: vec![s]
-                })
-            );
-        }
-    }
+    let done = AtomicBool::new(false);
+
+    let run_phases = || -> Result<()> {
+        let client = &topo.client;
+        let step = |name: &'static str, secs: u64, f: &(dyn Fn() -> Tally + Sync)| -> Result<()> {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            *phase.lock().unwrap_or_else(|e| e.into_inner()) = name;
+            println!("demo: ── {name}");
+            let end = Instant::now() + Duration::from_secs(secs);
+            let got = client.run_in(f)?;
+            let mut all = tally.lock().unwrap_or_else(|e| e.into_inner());
+            add(&mut all.attacker, got.attacker);
+            add(&mut all.rotating, got.rotating);
+            add(&mut all.denied, got.denied);
+            add(&mut all.partner, got.partner);
+            add(&mut all.legit, got.legit);
+            drop(all);
+            if let Some(rest) = end.checked_duration_since(Instant::now()) {
+                std::thread::sleep(rest);
+            }
+            Ok(())
+        };
+        step("1. a burst that is allowed", 4, &|| Tally {
+            // 15 requests at once from a legit client: within its burst of 20.
+            legit: http_many(&[IpAddr::V4(LEGIT_V4)], v4, 15, Duration::ZERO, t),
+            ..Tally::default()
+        })?;
+        step("2. connection flood from one source", 12, &|| Tally {
+            attacker: connect_many(
+                &[IpAddr::V4(ATTACKER_V4)],
+                v4,
+                1000,
+                Duration::from_millis(10),
+                t,
+            ),
+            ..Tally::default()
+        })?;
+        let rotating: Vec<IpAddr> = (0..netlab::ROTATING_V6_COUNT)
+            .map(|i| IpAddr::V6(rotating_v6(i)))
+            .collect();
+        step("3. IPv6 attacker rotating in a /64", 9, &|| Tally {
+            rotating: connect_many(&rotating, v6, 600, Duration::from_millis(12), t),
+            ..Tally::default()
+        })?;
+        step("4. a deny-listed network", 4, &|| Tally {
+            denied: http_many(
+                &[IpAddr::V4(DENIED_V4)],
+                v4,
+                20,
+                Duration::from_millis(100),
+                t,
+            ),
+            ..Tally::default()
+        })?;
+        step("5. a partner on the allow list", 5, &|| Tally {
+            partner: http_many(
+                &[IpAddr::V4(PARTNER_V4)],
+                v4,
+                300,
+                Duration::from_millis(10),
+                t,
+            ),
+            ..Tally::default()
+        })?;
+        Ok(())
+    };
+
+    std::thread::scope(|s| -> Result<()> {
+        // Two legit clients, IPv4 and IPv6, 2 requests per second each, all along.
+        let legit = s.spawn(|| {
+            topo.client.run_in(|| {
+                while !done.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    let (a, b) = std::thread::scope(|s| {
+                        let a = s
+                            .spawn(|| http_many(&[IpAddr::V4(LEGIT_V4)], v4, 1, Duration::ZERO, t));
+                        let b = s
+                            .spawn(|| http_many(&[IpAddr::V6(LEGIT_V6)], v6, 1, Duration::ZERO, t));
+                        (a.join().unwrap_or_default(), b.join().unwrap_or_default())
+                    });
+                    let mut all = tally.lock().unwrap_or_else(|e| e.into_inner());
+                    add(&mut all.legit, a);
+                    add(&mut all.legit, b);
+                    drop(all);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+        });
+        let view = s.spawn(|| {
+            let mut last = Vec::new();
+            while !done.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
+                let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
+                println!("{}", live_line(&bpffs.path, started, name, &t, &mut last));
+            }
+        });
+        let result = run_phases();
+        done.store(true, Ordering::Relaxed);
+        legit
+            .join()
+            .map_err(|_| anyhow::anyhow!("legit client panicked"))??;
+        let _ = view.join();
+        result
+    })?;
+
+    let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
+    let bans: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["event"] == "ban")
+        .collect();
     let s = stats::read_iface(&bpffs.path, SERVER_IF)?;
     println!(
-        "--- final counters\n{}",
+        "\n{}",
         stats::render_table(&stats::Stats {
             interfaces: vec![s]
         })
     );
-    let names = [
-        "legit IPv4 client",
-        "legit IPv6 client",
-        "IPv4 attacker",
-        "rotating IPv6 attacker",
-    ];
-    println!("{:<24} {:>10} {:>10}", "CLIENT", "CONNECTED", "FAILED");
-    for (n, t) in names.iter().zip(totals) {
-        println!("{n:<24} {:>10} {:>10}", t.ok, t.failed);
+    println!("{:<34} {:>10} {:>10}", "CLIENT", "ADMITTED", "DROPPED");
+    for (name, c) in [
+        ("legit clients (HTTP requests)", t.legit),
+        ("attacker 198.51.100.3 (conns)", t.attacker),
+        ("rotating IPv6 /64 (conns)", t.rotating),
+        ("deny-listed 203.0.113.7 (HTTP)", t.denied),
+        ("partner 10.20.0.5 (HTTP)", t.partner),
+    ] {
+        println!("{name:<34} {:>10} {:>10}", c.ok, c.failed);
     }
+    println!("bans issued: {}", bans.len());
+    for b in &bans {
+        println!(
+            "  {} {} for {}s ({} strikes, scope {})",
+            b["ts"].as_str().unwrap_or(""),
+            b["source"].as_str().unwrap_or(""),
+            b["ban_secs"],
+            b["strikes"],
+            b["scope"].as_str().unwrap_or("")
+        );
+    }
+    let _ = std::fs::remove_file(&audit);
     drop(daemon);
-    eprintln!("lab: stopped; namespaces and bpffs removed");
+    eprintln!(
+        "demo: done in {:.0} s; namespaces, processes and bpffs removed",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -150,26 +150,23 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
-    /// Run a throwaway lab: network namespaces joined by a veth pair, shield protecting the
-    /// server side, a legit client and an attacker generating real TCP traffic.
+    /// The demo lab: a real Flask API under gunicorn in a network namespace, shield in front
+    /// of it, legit clients and attackers, played in under a minute with a live view.
     ///
+    /// Phases: a burst that is allowed; a connection flood from one source (limited, then
+    /// banned); an IPv6 attacker rotating addresses in one /64 (caught by the /64 scope); a
+    /// deny-listed network; a partner on the allow list (never limited). Ends with a summary.
     /// Never touches the machine's own interfaces; everything is removed on exit (also on
-    /// Ctrl-C). This is what `cargo xtask run` starts with no arguments.
+    /// Ctrl-C). This is `cargo xtask demo`, and `cargo xtask run` without arguments.
     Lab {
-        /// Policy to protect the lab server with.
+        /// Policy to protect the API with (its rules should cover TCP port 8000).
         #[arg(
             long,
             short = 'p',
             value_name = "FILE",
-            default_value = "policy/example.toml"
+            default_value = "policy/demo.toml"
         )]
         policy: PathBuf,
-        /// Stop after this many seconds (default: run until Ctrl-C).
-        #[arg(long, value_name = "SECS")]
-        seconds: Option<u64>,
-        /// TCP port the lab server listens on (should be covered by a policy rule).
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
     },
 }
 
@@ -391,12 +388,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lab {
-            policy,
-            seconds,
-            port,
-        } => {
-            lab::run(&policy, seconds, port)?;
+        Command::Lab { policy } => {
+            lab::run(&policy)?;
             Ok(ExitCode::SUCCESS)
         }
     }

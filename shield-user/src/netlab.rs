@@ -35,6 +35,14 @@ pub const ROTATING_V6_COUNT: u16 = 16;
 pub const SERVER_IF: &str = "shield0";
 pub const CLIENT_IF: &str = "peer0";
 
+/// A client in a deny-listed network and a partner on the allow list (demo policy).
+pub const DENIED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+pub const PARTNER_V4: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
+/// Fresh sources for tests: the client may add any address of this range to its side.
+pub const POOL_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
+/// And any /64 inside this /48 for IPv6.
+pub const POOL_V6: [u16; 3] = [0x2001, 0xdb8, 0x77];
+
 pub fn rotating_v6(i: u16) -> Ipv6Addr {
     let p = ROTATING_V6_PREFIX;
     Ipv6Addr::new(p[0], p[1], p[2], p[3], 0xa, 0xb, 0xc, 0x100 + i)
@@ -221,6 +229,18 @@ impl Topology {
             "-6 route add {:x}:{:x}:{:x}:{:x}::/64 dev {SERVER_IF}",
             p[0], p[1], p[2], p[3]
         ))?;
+        // Replies to the other client networks go straight out of the veth (on-link).
+        s(format!("route add 203.0.113.0/24 dev {SERVER_IF}"))?;
+        s(format!("route add 10.20.0.0/16 dev {SERVER_IF}"))?;
+        s(format!(
+            "route add {}/{} dev {SERVER_IF}",
+            POOL_V4.0, POOL_V4.1
+        ))?;
+        let q = POOL_V6;
+        s(format!(
+            "-6 route add {:x}:{:x}:{:x}::/48 dev {SERVER_IF}",
+            q[0], q[1], q[2]
+        ))?;
         c(format!("addr add {LEGIT_V4}/24 dev {CLIENT_IF}"))?;
         c(format!("addr add {ATTACKER_V4}/24 dev {CLIENT_IF}"))?;
         c(format!("-6 addr add {LEGIT_V6}/64 dev {CLIENT_IF} nodad"))?;
@@ -230,10 +250,25 @@ impl Topology {
                 rotating_v6(i)
             ))?;
         }
+        c(format!("addr add {DENIED_V4}/32 dev {CLIENT_IF}"))?;
+        c(format!("addr add {PARTNER_V4}/32 dev {CLIENT_IF}"))?;
         c(format!("link set {CLIENT_IF} up"))?;
         let topo = Topology { server, client };
         topo.wait_reachable()?;
         Ok(topo)
+    }
+
+    /// Adds `addr` to the client side (a fresh source for a test).
+    pub fn add_client_addr(&self, addr: IpAddr) -> Result<()> {
+        let spec = match addr {
+            IpAddr::V4(a) => format!("{a}/32"),
+            IpAddr::V6(a) => format!("{a}/128"),
+        };
+        let mut args = vec!["addr", "add", spec.as_str(), "dev", CLIENT_IF];
+        if addr.is_ipv6() {
+            args.push("nodad");
+        }
+        self.client.ip(&args)
     }
 
     /// Waits until the veth link is up on both sides (carrier takes a moment).
@@ -525,5 +560,165 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A real HTTP API: the demo's Flask app under gunicorn (Debian packages python3-flask and
+/// gunicorn) in a namespace, listening on every address; stopped on drop.
+pub struct Gunicorn {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+/// The demo API: a Flask app with a couple of JSON endpoints.
+pub const FLASK_APP: &str = r#"from flask import Flask, jsonify
+
+app = Flask(__name__)
+
+
+@app.get("/")
+def index():
+    return "shield demo API\n"
+
+
+@app.get("/api/items")
+def items():
+    return jsonify(items=[{"id": i, "name": f"item {i}"} for i in range(10)])
+"#;
+
+impl Gunicorn {
+    pub fn start(ns: &Netns, port: u16) -> Result<Gunicorn> {
+        let dir = std::env::temp_dir().join(unique("shield-api-"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("app.py"), FLASK_APP)?;
+        let child = ns
+            .command(Path::new("gunicorn"))
+            .args([
+                "--bind",
+                &format!("[::]:{port}"),
+                "--workers",
+                "2",
+                "--log-level",
+                "warning",
+            ])
+            .arg("--chdir")
+            .arg(&dir)
+            .arg("app:app")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting gunicorn (Debian packages gunicorn and python3-flask)")?;
+        let g = Gunicorn {
+            child: Some(child),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = ns
+                .run_in(move || {
+                    http_get(
+                        IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                        "/",
+                        Duration::from_millis(500),
+                    )
+                })
+                .ok()
+                .flatten()
+                == Some(200);
+            if up {
+                return Ok(g);
+            }
+            if Instant::now() > deadline {
+                bail!("gunicorn did not answer on port {port} within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child (gunicorn's master stops its workers).
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One HTTP/1.0 GET from `src`, a new TCP connection: the status code, or `None` if the
+/// connection or the response did not come within `timeout`. Call from a thread inside the
+/// client namespace.
+pub fn http_get(src: IpAddr, dst: SocketAddr, path: &str, timeout: Duration) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).ok()?;
+    s.bind(&SockAddr::from(SocketAddr::new(src, 0))).ok()?;
+    s.connect_timeout(&SockAddr::from(dst), timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    let mut stream: std::net::TcpStream = s.into();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: api\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `count` GETs from `sources` (round robin), one started every `interval`, up to 64 in
+/// flight: (succeeded with 200, failed).
+pub fn http_many(
+    sources: &[IpAddr],
+    dst: SocketAddr,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+) -> Connects {
+    let ok = AtomicU32::new(0);
+    let failed = AtomicU32::new(0);
+    let in_flight = AtomicU32::new(0);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for i in 0..count {
+            let due = start + interval * i;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            while in_flight.load(Ordering::Relaxed) >= 64 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            let src = sources[i as usize % sources.len().max(1)];
+            let (ok, failed, in_flight) = (&ok, &failed, &in_flight);
+            scope.spawn(move || {
+                if http_get(src, dst, "/api/items", timeout) == Some(200) {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    Connects {
+        ok: ok.into_inner(),
+        failed: failed.into_inner(),
     }
 }

@@ -26,16 +26,16 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// The main job. With no arguments: the daemon protecting a throwaway network-namespace
-    /// lab with policy/example.toml (never a real interface). With `-- ARGS`: `shield run ARGS`.
+    /// The main job. With no arguments: the demo lab (`cargo xtask demo`: the daemon
+    /// protecting a Flask API in throwaway network namespaces, never a real interface).
+    /// With `-- ARGS`: `shield run ARGS`.
     Run {
-        /// Lab only: stop after this many seconds (default: until Ctrl-C).
-        #[arg(long)]
-        seconds: Option<u64>,
         /// Arguments for `shield run` (e.g. `-- --iface eth0 --policy /etc/shield.toml`).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The demo lab with policy/demo.toml: under a minute, cleans up after itself.
+    Demo,
     /// Bootstrap, build, and run every test: unit, BPF_PROG_TEST_RUN verdicts, network
     /// namespace scenarios (needs root).
     Test {
@@ -49,7 +49,9 @@ enum Task {
 }
 
 /// Debian packages: llvm-22-dev (+ the libraries bpf-linker links with) to build
-/// bpf-linker; iproute2 and util-linux (setpriv) for the namespace tests.
+/// bpf-linker; iproute2 and util-linux (setpriv) for the namespace tests; systemd
+/// (systemd-analyze) to check the unit; python3-flask and gunicorn for the demo API;
+/// hping3 for SYN floods in the acceptance suite.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -57,6 +59,10 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "util-linux",
+    "systemd",
+    "python3-flask",
+    "gunicorn",
+    "hping3",
 ];
 
 fn root() -> PathBuf {
