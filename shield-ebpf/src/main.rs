@@ -577,9 +577,18 @@ fn parse_l4(ctx: &XdpContext, off: usize, proto: u8, pkt: &mut Packet) -> Result
             pkt.l4 = L4_UDP;
             pkt.dport = u16::from_be_bytes([udp[2], udp[3]]);
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        IPPROTO_ICMP => {
             let _: [u8; 4] = bytes(ctx, off)?;
             pkt.l4 = L4_ICMP;
+        }
+        IPPROTO_ICMPV6 => {
+            let icmp: [u8; 4] = bytes(ctx, off)?;
+            // Neighbour discovery (router/neighbour solicitation and advertisement,
+            // redirect: types 133-137) is IPv6's ARP: limiting it would cut the source
+            // off the link. It passes untracked, like ARP.
+            if !(133..=137).contains(&icmp[0]) {
+                pkt.l4 = L4_ICMP;
+            }
         }
         _ => {}
     }

@@ -40,8 +40,8 @@ pub const DENIED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 pub const PARTNER_V4: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
 /// Fresh sources for tests: the client may add any address of this range to its side.
 pub const POOL_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
-/// And any /64 inside this /48 for IPv6.
-pub const POOL_V6: [u16; 3] = [0x2001, 0xdb8, 0x77];
+/// And of this one for IPv6 (2001:db8:4000::/34).
+pub const POOL_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0x4000, 0, 0, 0, 0, 0), 34);
 
 pub fn rotating_v6(i: u16) -> Ipv6Addr {
     let p = ROTATING_V6_PREFIX;
@@ -236,10 +236,9 @@ impl Topology {
             "route add {}/{} dev {SERVER_IF}",
             POOL_V4.0, POOL_V4.1
         ))?;
-        let q = POOL_V6;
         s(format!(
-            "-6 route add {:x}:{:x}:{:x}::/48 dev {SERVER_IF}",
-            q[0], q[1], q[2]
+            "-6 route add {}/{} dev {SERVER_IF}",
+            POOL_V6.0, POOL_V6.1
         ))?;
         c(format!("addr add {LEGIT_V4}/24 dev {CLIENT_IF}"))?;
         c(format!("addr add {ATTACKER_V4}/24 dev {CLIENT_IF}"))?;

@@ -1,5 +1,8 @@
 //! Helpers for the privileged integration tests: crafted frames, a `BPF_PROG_TEST_RUN`
-//! harness around the real XDP object, and the path of the `shield` binary.
+//! harness around the real XDP object, the path of the `shield` binary, and the
+//! policy-matrix acceptance suite.
+
+pub mod acceptance;
 
 use std::{
     net::IpAddr,
@@ -56,6 +59,10 @@ pub enum L4 {
     },
     /// ICMP echo (ICMPv6 for IPv6 sources).
     Echo,
+    /// ICMPv6 of this type (e.g. 135, neighbour solicitation).
+    Icmp6 {
+        ty: u8,
+    },
     /// Any other IP protocol number, with a payload.
     Other {
         proto: u8,
@@ -150,6 +157,7 @@ impl Pkt {
                 let ty = if v6 { 128 } else { 8 };
                 (if v6 { 58 } else { 1 }, vec![ty, 0, 0, 0, 0, 1, 0, 1])
             }
+            L4::Icmp6 { ty } => (58, vec![*ty, 0, 0, 0, 0, 0, 0, 0]),
             L4::Other { proto, payload } => (*proto, payload.clone()),
         }
     }

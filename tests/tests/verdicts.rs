@@ -228,6 +228,20 @@ connections = { rate = "1/s", burst = 2 }
             counters: &[("ping", Pass, 2), ("ping", PktLimit, 2)],
         },
         Case {
+            name: "IPv6 neighbour discovery is never limited by the icmp rule",
+            policy: BASE,
+            packets: vec![
+                (p("2001:db8:9::1", L4::Icmp6 { ty: 135 }), 4, &[P; 4]),
+                (p("2001:db8:9::1", L4::Icmp6 { ty: 136 }), 4, &[P; 4]),
+                (p("2001:db8:9::1", L4::Echo), 2, &[P, D]),
+            ],
+            counters: &[
+                ("(none)", Pass, 8),
+                ("ping", Pass, 1),
+                ("ping", PktLimit, 1),
+            ],
+        },
+        Case {
             name: "monitor rule passes but counts would_drop",
             policy: r#"
 [[rule]]

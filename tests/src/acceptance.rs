@@ -1,0 +1,809 @@
+//! The policy-matrix acceptance suite: takes a policy file, derives checks from the matrix
+//! itself and plays them with real traffic (TCP connections, UDP datagrams, ICMP echoes)
+//! from fresh source addresses of a namespace lab, against the real daemon.
+//!
+//! Per rule and limit: `burst` passes in full; above the rate, the admitted rate over a 5 s
+//! window is the configured rate ±10 %; below the rate nothing is dropped; after idling the
+//! bucket is full again. Per escalation: the ban comes at the configured strike count,
+//! covers the configured scope and lasts the configured time. Per monitor rule: nothing is
+//! dropped and `would_drop` counts what would have been. Per list: allow is never limited,
+//! deny always dropped. Long waits (refills, ban durations) advance the data path's test
+//! clock instead of sleeping.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use shield_user::{
+    loader::{self, PolicyMaps},
+    netlab::{
+        Connects, Daemon, POOL_V4, POOL_V6, SERVER_IF, SERVER_V4, SERVER_V6, TcpServer, TempBpffs,
+        Topology, connect_many, unique,
+    },
+    policy::{self, BanScope, Limit, Mode, Policy, Protocol, Rule},
+};
+
+/// One check's outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub rule: String,
+    pub limit: String,
+    pub check: String,
+    pub expected: String,
+    pub observed: String,
+    pub ok: bool,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rule {} {} {}: expected {}, observed {}",
+            if self.ok { "PASS" } else { "FAIL" },
+            self.rule,
+            self.limit,
+            self.check,
+            self.expected,
+            self.observed
+        )
+    }
+}
+
+/// Highest rates the lab's generators offer (a 2-core machine).
+const MAX_TCP_RATE: f64 = 600.0;
+const MAX_PKT_RATE: f64 = 3000.0;
+const WINDOW: Duration = Duration::from_secs(5);
+
+pub struct Lab {
+    policy: Policy,
+    /// The daemon runs on this copy, so limits can be checked with escalation set aside.
+    copy: PathBuf,
+    original: String,
+    daemon: Daemon,
+    _servers: Vec<TcpServer>,
+    topo: Topology,
+    bpffs: TempBpffs,
+    audit: PathBuf,
+    next: AtomicU32,
+    routes: std::sync::Mutex<HashSet<String>>,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.audit);
+        let _ = std::fs::remove_file(&self.copy);
+    }
+}
+
+/// A port of the rule's endpoint, or a port no rule claims (`None` for ICMP).
+fn port_of(policy: &Policy, rule: &Rule) -> Option<u16> {
+    match rule.protocol {
+        Protocol::Icmp => None,
+        _ if !rule.ports.is_empty() => Some(rule.ports[0].first),
+        p => (40000..60000).find(|port| {
+            !policy.rules.iter().any(|r| {
+                r.protocol == p && r.ports.iter().any(|x| x.first <= *port && *port <= x.last)
+            })
+        }),
+    }
+}
+
+/// A TCP port no rule covers (neither a listed port nor a catch-all).
+fn unruled_tcp_port(policy: &Policy) -> Option<u16> {
+    if policy
+        .rules
+        .iter()
+        .any(|r| r.protocol == Protocol::Tcp && r.ports.is_empty())
+    {
+        return None;
+    }
+    (20000..30000).find(|p| {
+        !policy.rules.iter().any(|r| {
+            r.protocol == Protocol::Tcp && r.ports.iter().any(|x| x.first <= *p && *p <= x.last)
+        })
+    })
+}
+
+fn per_sec(r: policy::Rate) -> f64 {
+    r.count as f64 / r.period_secs as f64
+}
+
+impl Lab {
+    pub fn new(bin: &Path, policy_path: &Path) -> Result<Lab, String> {
+        let policy = policy::load(policy_path).map_err(|e| e.to_string())?;
+        let original = std::fs::read_to_string(policy_path).map_err(|e| e.to_string())?;
+        let copy =
+            std::env::temp_dir().join(format!("{}.toml", unique("shield-acceptance-policy-")));
+        std::fs::write(&copy, &original).map_err(|e| e.to_string())?;
+        let audit = std::env::temp_dir().join(format!("{}.jsonl", unique("shield-acceptance-")));
+        let bpffs = TempBpffs::new().map_err(|e| format!("{e:#}"))?;
+        let topo = Topology::new().map_err(|e| format!("{e:#}"))?;
+        let mut ports: Vec<u16> = policy
+            .rules
+            .iter()
+            .filter(|r| r.protocol == Protocol::Tcp)
+            .filter_map(|r| port_of(&policy, r))
+            .collect();
+        ports.extend(unruled_tcp_port(&policy));
+        ports.sort_unstable();
+        ports.dedup();
+        let servers = ports
+            .iter()
+            .map(|p| TcpServer::start(&topo.server, *p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{e:#}"))?;
+        let audit_arg = audit.to_string_lossy().into_owned();
+        let daemon = Daemon::start(
+            bin,
+            &topo.server,
+            &copy,
+            &bpffs.path,
+            &["--audit-log", &audit_arg, "--metrics", "off"],
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        Ok(Lab {
+            policy,
+            copy,
+            original,
+            daemon,
+            _servers: servers,
+            topo,
+            bpffs,
+            audit,
+            next: AtomicU32::new(1),
+            routes: std::sync::Mutex::new(HashSet::new()),
+            outcomes: Vec::new(),
+        })
+    }
+
+    fn record(
+        &mut self,
+        rule: &str,
+        limit: &str,
+        check: &str,
+        expected: String,
+        observed: String,
+        ok: bool,
+    ) {
+        let o = Outcome {
+            rule: rule.to_string(),
+            limit: limit.to_string(),
+            check: check.to_string(),
+            expected,
+            observed,
+            ok,
+        };
+        eprintln!("{o}");
+        self.outcomes.push(o);
+    }
+
+    /// A source address in its own scope block (`prefix` bits), added to the client.
+    fn fresh(&self, v6: bool, prefix: u8) -> IpAddr {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        let addr = if v6 {
+            let shift = 128 - u32::from(prefix.clamp(POOL_V6.1 + 1, 128));
+            let base = u128::from(POOL_V6.0);
+            IpAddr::V6(Ipv6Addr::from(base + (u128::from(k) << shift) + 1))
+        } else {
+            let shift = 32 - u32::from(prefix.clamp(POOL_V4.1 + 1, 32));
+            let base = u32::from(POOL_V4.0);
+            IpAddr::V4(Ipv4Addr::from(base + (k << shift) + u32::from(shift > 0)))
+        };
+        self.topo
+            .add_client_addr(addr)
+            .unwrap_or_else(|e| panic!("adding {addr} to the client: {e:#}"));
+        addr
+    }
+
+    /// Makes `prefix` reachable from the server (replies to list sources).
+    fn route(&self, cidr: &policy::Cidr) {
+        let spec = cidr.to_string();
+        if self.routes.lock().expect("lock").insert(spec.clone()) {
+            let _ = self
+                .topo
+                .server
+                .ip(&["route", "add", &spec, "dev", SERVER_IF]);
+        }
+    }
+
+    fn dst(&self, src: IpAddr, port: u16) -> SocketAddr {
+        let ip = if src.is_ipv4() {
+            IpAddr::V4(SERVER_V4)
+        } else {
+            IpAddr::V6(SERVER_V6)
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    fn counters(&self, rule: &str) -> Value {
+        let s = shield_user::stats::read_iface(&self.bpffs.path, SERVER_IF).expect("stats");
+        s.rules
+            .iter()
+            .find(|r| r.name == rule)
+            .map(|r| serde_json::to_value(&r.counters).expect("json"))
+            .unwrap_or(Value::Null)
+    }
+
+    fn count(&self, rule: &str, reason: &str) -> u64 {
+        self.counters(rule)[reason]["packets"].as_u64().unwrap_or(0)
+    }
+
+    fn advance(&self, d: Duration) {
+        PolicyMaps::open(&loader::pin_dir(&self.bpffs.path, SERVER_IF))
+            .and_then(|mut m| m.advance_clock(d.as_nanos() as u64))
+            .expect("advancing the test clock");
+    }
+
+    /// Offers `count` units (connections or packets) of `rule` from `src`, one every
+    /// `interval`: (admitted, offered, seconds it took).
+    fn offer(&self, rule: &Rule, src: IpAddr, count: u32, interval: Duration) -> (u64, u64, f64) {
+        let started = Instant::now();
+        let port = port_of(&self.policy, rule);
+        match rule.protocol {
+            Protocol::Tcp => {
+                let dst = self.dst(src, port.expect("tcp port"));
+                let c: Connects = self
+                    .topo
+                    .client
+                    .run_in(move || {
+                        connect_many(&[src], dst, count, interval, Duration::from_millis(300))
+                    })
+                    .expect("client namespace");
+                (
+                    u64::from(c.ok),
+                    u64::from(count),
+                    started.elapsed().as_secs_f64(),
+                )
+            }
+            Protocol::Icmp => {
+                // Echo replies received, per source: exact whatever else is on the link.
+                let dst = self.dst(src, 0);
+                let got = self
+                    .topo
+                    .client
+                    .run_in(move || send_packets(src, dst, true, count, interval))
+                    .expect("client namespace");
+                (got, u64::from(count), started.elapsed().as_secs_f64())
+            }
+            Protocol::Udp => {
+                let passed = |l: &Self| {
+                    ["pass", "allow", "would_drop", "would_ban"]
+                        .iter()
+                        .map(|r| l.count(&rule.name, r))
+                        .sum::<u64>()
+                };
+                let before = passed(self);
+                let dst = self.dst(src, port.unwrap_or(0));
+                self.topo
+                    .client
+                    .run_in(move || send_packets(src, dst, false, count, interval))
+                    .expect("client namespace");
+                let elapsed = started.elapsed().as_secs_f64();
+                std::thread::sleep(Duration::from_millis(200));
+                let after = passed(self);
+                (after - before, u64::from(count), elapsed)
+            }
+        }
+    }
+
+    /// Reloads the daemon with the policy as written (`true`) or without any `escalation`
+    /// (`false`): limits are measured without bans getting in the way.
+    fn escalation(&self, on: bool, bin: &Path) {
+        let text = if on {
+            self.original.clone()
+        } else {
+            let mut t: toml::Table = toml::from_str(&self.original).expect("policy TOML");
+            if let Some(toml::Value::Array(rules)) = t.get_mut("rule") {
+                for r in rules.iter_mut() {
+                    if let Some(table) = r.as_table_mut() {
+                        table.remove("escalation");
+                    }
+                }
+            }
+            toml::to_string(&t).expect("TOML")
+        };
+        std::fs::write(&self.copy, text).expect("writing the policy copy");
+        let out = Command::new(bin)
+            .args(["reload", "--socket"])
+            .arg(&self.daemon.socket)
+            .output()
+            .expect("shield reload");
+        assert!(
+            out.status.success(),
+            "reload failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn audit_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Runs every derived check.
+    pub fn run_all(&mut self, bin: &Path) {
+        let rules = self.policy.rules.clone();
+        let escalates = rules.iter().any(|r| r.escalation.is_some());
+        if escalates {
+            self.escalation(false, bin);
+        }
+        for rule in &rules {
+            for (kind, limit) in [("connections", rule.connections), ("packets", rule.packets)] {
+                let Some(limit) = limit else { continue };
+                if kind == "packets" && rule.protocol == Protocol::Tcp {
+                    continue; // TCP data packets: covered by the program tests
+                }
+                for family_v6 in [false, true] {
+                    if family_v6 && !self.wants_v6(rule) {
+                        continue;
+                    }
+                    self.limit_checks(rule, kind, &limit, family_v6);
+                }
+            }
+        }
+        if escalates {
+            self.escalation(true, bin);
+            for rule in &rules {
+                if let Some(e) = rule.escalation {
+                    self.escalation_check(rule, &e);
+                }
+            }
+        }
+        self.list_checks();
+    }
+
+    /// IPv6 is checked for every rule whose IPv6 scope differs from the default, and for
+    /// every rule of a policy that sets IPv6 scopes at all.
+    fn wants_v6(&self, rule: &Rule) -> bool {
+        rule.ipv6_prefix != 64 || self.policy.ipv6_prefix != 64
+    }
+
+    fn limit_checks(&mut self, rule: &Rule, kind: &str, limit: &Limit, v6: bool) {
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        let label = format!(
+            "{kind} {} burst {} ({fam} /{})",
+            limit.rate,
+            limit.burst,
+            if v6 {
+                rule.ipv6_prefix
+            } else {
+                rule.ipv4_prefix
+            }
+        );
+        let prefix = if v6 {
+            rule.ipv6_prefix
+        } else {
+            rule.ipv4_prefix
+        };
+        let rate = per_sec(limit.rate);
+        let max = if rule.protocol == Protocol::Tcp {
+            MAX_TCP_RATE
+        } else {
+            MAX_PKT_RATE
+        };
+        let monitor = rule.mode == Mode::Monitor;
+        let name = rule.name.clone();
+
+        // 1. The burst passes in full.
+        let src = self.fresh(v6, prefix);
+        let burst = limit.burst.min(5000) as u32;
+        let before_wd = self.count(&name, "would_drop");
+        let (admitted, offered, _) = self.offer(rule, src, burst, Duration::ZERO);
+        self.record(
+            &name,
+            &label,
+            "burst",
+            format!("{offered} of {offered} admitted"),
+            format!("{admitted} admitted"),
+            admitted == offered,
+        );
+
+        // 2. Above the rate: held to the rate (±10 %) over a 5 s window, burst spent.
+        let offer_rate = (rate * 3.0).max(rate + 5.0).min(max);
+        if offer_rate < rate * 1.2 {
+            self.record(
+                &name,
+                &label,
+                "rate",
+                format!("rate {rate}/s"),
+                format!("not measurable: the lab generates at most {max}/s"),
+                true,
+            );
+        } else {
+            let interval = Duration::from_secs_f64(1.0 / offer_rate);
+            let count = (offer_rate * WINDOW.as_secs_f64()) as u32;
+            let (admitted, offered, secs) = self.offer(rule, src, count, interval);
+            // Sustained bucket: it holds `count` tokens refilled at its rate; what is left
+            // after the burst caps the window too.
+            let mut expected = rate * secs;
+            if let Some(s) = limit.sustained {
+                let left = (s.count as f64 - burst as f64).max(0.0);
+                expected = expected.min(left + per_sec(s) * secs);
+            }
+            if monitor {
+                let would = self.count(&name, "would_drop") - before_wd;
+                let dropped = offered - admitted;
+                self.record(
+                    &name,
+                    &label,
+                    "monitor: nothing dropped",
+                    "0 dropped".into(),
+                    format!("{dropped} dropped"),
+                    dropped == 0,
+                );
+                let exp_would = offered as f64 - expected;
+                self.record(
+                    &name,
+                    &label,
+                    "monitor: would_drop counted",
+                    format!("about {exp_would:.0} (±10 %)"),
+                    format!("{would}"),
+                    (would as f64 - exp_would).abs() <= exp_would * 0.1 + 2.0,
+                );
+            } else {
+                let observed = admitted as f64 / secs;
+                let want = expected / secs;
+                self.record(
+                    &name,
+                    &label,
+                    "rate over 5 s",
+                    format!("{want:.1}/s ±10 % while offered {offer_rate:.0}/s"),
+                    format!("{observed:.1}/s ({admitted} of {offered} in {secs:.2} s)"),
+                    (observed - want).abs() <= want * 0.1 + 1.0 / secs,
+                );
+            }
+        }
+
+        // 3. Refill: after idling burst/rate seconds the bucket is full again.
+        let idle = Duration::from_secs_f64(limit.burst as f64 / rate) + Duration::from_millis(50);
+        if idle <= Duration::from_secs(2) {
+            std::thread::sleep(idle);
+        } else {
+            self.advance(idle);
+        }
+        let (admitted, offered, _) = self.offer(rule, src, burst, Duration::ZERO);
+        self.record(
+            &name,
+            &label,
+            "refill after idle",
+            format!(
+                "{offered} of {offered} admitted after {:.1} s idle",
+                idle.as_secs_f64()
+            ),
+            format!("{admitted} admitted"),
+            admitted == offered,
+        );
+
+        // 4. Below the rate nothing is dropped (from a fresh source, 3 s at half the rate).
+        let src = self.fresh(v6, prefix);
+        let half = (rate / 2.0).min(max);
+        let count = ((half * 3.0) as u32).max(2);
+        let (admitted, offered, _) = self.offer(
+            rule,
+            src,
+            count,
+            Duration::from_secs_f64(1.0 / half.max(0.5)),
+        );
+        self.record(
+            &name,
+            &label,
+            "below the rate",
+            format!("{offered} of {offered} admitted at {half:.1}/s"),
+            format!("{admitted} admitted"),
+            admitted == offered,
+        );
+    }
+
+    fn escalation_check(&mut self, rule: &Rule, e: &policy::Escalation) {
+        let name = rule.name.clone();
+        let label = format!(
+            "escalation {} strikes/{} ban {}",
+            e.strikes,
+            policy::format_duration(e.window),
+            policy::format_duration(e.ban)
+        );
+        let Some(limit) = rule.connections.or(rule.packets) else {
+            return;
+        };
+        let rate = per_sec(limit.rate);
+        let max = if rule.protocol == Protocol::Tcp {
+            MAX_TCP_RATE
+        } else {
+            MAX_PKT_RATE
+        };
+        let offer_rate = (rate * 3.0).max(rate + 5.0).min(max);
+        let src = self.fresh(false, rule.ipv4_prefix);
+        let key = format!(
+            "{}/{}",
+            match src {
+                IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+                    u32::from(a) & (u32::MAX << (32 - u32::from(rule.ipv4_prefix)))
+                )),
+                other => other,
+            },
+            rule.ipv4_prefix
+        );
+        // Flood long enough for `strikes` strikes (one per second) plus the burst.
+        let secs = f64::from(e.strikes) + limit.burst as f64 / rate + 1.5;
+        let count = (offer_rate * secs) as u32;
+        self.offer(rule, src, count, Duration::from_secs_f64(1.0 / offer_rate));
+        std::thread::sleep(Duration::from_millis(400));
+        let lines = self.audit_lines();
+        let ban = lines
+            .iter()
+            .find(|l| l["event"] == "ban" && l["source"] == key);
+        let Some(ban) = ban else {
+            self.record(
+                &name,
+                &label,
+                "banned",
+                format!("a ban of {key}"),
+                "no ban in the audit log".into(),
+                false,
+            );
+            return;
+        };
+        let strikes = ban["strikes"].as_u64().unwrap_or(0);
+        self.record(
+            &name,
+            &label,
+            "ban at the strike count",
+            format!("{} strikes", e.strikes),
+            format!("{strikes} strikes"),
+            strikes == u64::from(e.strikes),
+        );
+        let secs_ban = ban["ban_secs"].as_f64().unwrap_or(0.0);
+        self.record(
+            &name,
+            &label,
+            "ban duration",
+            format!("{} s", e.ban.as_secs_f64()),
+            format!("{secs_ban} s"),
+            (secs_ban - e.ban.as_secs_f64()).abs() < 0.01,
+        );
+        let scope = ban["scope"].as_str().unwrap_or("");
+        let want_scope = if e.scope == BanScope::Host {
+            "host"
+        } else {
+            "rule"
+        };
+        self.record(
+            &name,
+            &label,
+            "ban scope",
+            want_scope.into(),
+            scope.into(),
+            scope == want_scope,
+        );
+        // While banned: nothing of the rule gets through (nor other ports, host scope).
+        let (admitted, offered, _) = self.offer(rule, src, 3, Duration::from_millis(20));
+        self.record(
+            &name,
+            &label,
+            "enforced while banned",
+            format!("0 of {offered}"),
+            format!("{admitted}"),
+            admitted == 0,
+        );
+        if let Some(port) = unruled_tcp_port(&self.policy) {
+            let dst = self.dst(src, port);
+            let c = self
+                .topo
+                .client
+                .run_in(move || {
+                    connect_many(
+                        &[src],
+                        dst,
+                        2,
+                        Duration::from_millis(20),
+                        Duration::from_millis(300),
+                    )
+                })
+                .expect("client");
+            let want = if e.scope == BanScope::Host { 0 } else { 2 };
+            self.record(
+                &name,
+                &label,
+                "other ports while banned",
+                format!("{want} of 2 admitted"),
+                format!("{}", c.ok),
+                c.ok == want,
+            );
+        }
+        // Duration: 1 s before its end still banned, 1 s after it over.
+        let expires = ban["expires"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .expect("ban expiry");
+        let left = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        self.advance(left.saturating_sub(Duration::from_secs(1)));
+        let (before_end, _, _) = self.offer(rule, src, 1, Duration::ZERO);
+        self.advance(Duration::from_secs(2));
+        let (after_end, _, _) = self.offer(rule, src, 1, Duration::ZERO);
+        self.record(
+            &name,
+            &label,
+            "ban lasts its duration",
+            "blocked 1 s before the end, admitted 1 s after".into(),
+            format!("{before_end} admitted before, {after_end} after"),
+            before_end == 0 && after_end == 1,
+        );
+    }
+
+    fn list_checks(&mut self) {
+        let Some(rule) = self.policy.rules.first().cloned() else {
+            return;
+        };
+        if rule.protocol == Protocol::Icmp {
+            return;
+        }
+        let allow = self.policy.allow.first().copied();
+        let deny = self.policy.deny.first().copied();
+        if let Some(c) = allow {
+            let src = host_in(&c);
+            self.route(&c);
+            self.topo.add_client_addr(src).expect("client address");
+            let limit = rule
+                .connections
+                .or(rule.packets)
+                .map_or(10.0, |l| per_sec(l.rate) + l.burst as f64);
+            let count = (limit * 2.0).min(1000.0) as u32;
+            let (admitted, offered, _) = self.offer(&rule, src, count, Duration::from_millis(1));
+            self.record(
+                &rule.name,
+                &format!("allow {c}"),
+                "never limited",
+                format!("{offered} of {offered}"),
+                format!("{admitted}"),
+                admitted == offered,
+            );
+        }
+        if let Some(c) = deny {
+            let src = host_in(&c);
+            self.route(&c);
+            self.topo.add_client_addr(src).expect("client address");
+            let before = self.count(&rule.name, "deny");
+            let (admitted, offered, _) = self.offer(&rule, src, 5, Duration::from_millis(20));
+            let counted = self.count(&rule.name, "deny") - before;
+            self.record(
+                &rule.name,
+                &format!("deny {c}"),
+                "always dropped",
+                format!("0 of {offered}, {offered} counted as deny"),
+                format!("{admitted} admitted, {counted} counted"),
+                admitted == 0 && counted >= offered,
+            );
+        }
+    }
+
+    pub fn failures(&self) -> Vec<&Outcome> {
+        self.outcomes.iter().filter(|o| !o.ok).collect()
+    }
+
+    pub fn daemon_log(&self) -> String {
+        self.daemon.log_text()
+    }
+}
+
+/// An address inside `c` (its first host).
+fn host_in(c: &policy::Cidr) -> IpAddr {
+    match c.addr {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) + u32::from(c.len < 32))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + u128::from(c.len < 128))),
+    }
+}
+
+/// Sends `count` UDP datagrams (or ICMP echo requests) from `src`, one every `interval`.
+/// For ICMP, returns the echo replies received (UDP: 0, the caller counts at the server).
+fn send_packets(src: IpAddr, dst: SocketAddr, icmp: bool, count: u32, interval: Duration) -> u64 {
+    use socket2::{Domain, Protocol as P, SockAddr, Socket, Type};
+    let v6 = src.is_ipv6();
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let sock = if icmp {
+        Socket::new(
+            domain,
+            Type::RAW,
+            Some(if v6 { P::ICMPV6 } else { P::ICMPV4 }),
+        )
+    } else {
+        Socket::new(domain, Type::DGRAM, Some(P::UDP))
+    }
+    .expect("socket");
+    sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+        .expect("bind source");
+    let payload: Vec<u8> = if icmp {
+        let ty = if v6 { 128u8 } else { 8 };
+        let mut p = vec![ty, 0, 0, 0, 0x12, 0x34, 0, 1, b's', b'h'];
+        if !v6 {
+            // ICMPv4 checksum (the kernel fills it in for ICMPv6 raw sockets).
+            let mut sum: u32 = 0;
+            for ch in p.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([ch[0], *ch.get(1).unwrap_or(&0)]));
+            }
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            p[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        }
+        p
+    } else {
+        b"shield acceptance".to_vec()
+    };
+    let to = SockAddr::from(if icmp {
+        SocketAddr::new(dst.ip(), 0)
+    } else {
+        dst
+    });
+    let start = Instant::now();
+    for i in 0..count {
+        let due = start + interval * i;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let _ = sock.send_to(&payload, &to);
+    }
+    if !icmp {
+        return 0;
+    }
+    // Count echo replies with our identifier (IPv4 raw sockets also see the IP header).
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(300)));
+    let mut replies = 0;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        // SAFETY: recv_from initialised the first n bytes.
+        let b: Vec<u8> = buf[..n]
+            .iter()
+            .map(|x| unsafe { x.assume_init() })
+            .collect();
+        let icmp = if v6 {
+            &b[..]
+        } else {
+            &b[((b[0] & 0x0f) as usize * 4).min(n)..]
+        };
+        let reply_type = if v6 { 129 } else { 0 };
+        if icmp.len() >= 8 && icmp[0] == reply_type && icmp[4..6] == [0x12, 0x34] {
+            replies += 1;
+        }
+    }
+    replies
+}
+
+/// Runs the suite on one policy file; panics with every failure (rule, limit, expected,
+/// observed) if any check fails.
+pub fn check_policy_file(bin: &Path, policy: &Path) {
+    let mut lab = Lab::new(bin, policy)
+        .unwrap_or_else(|e| panic!("acceptance lab for {}: {e}", policy.display()));
+    lab.run_all(bin);
+    let failures = lab.failures();
+    let total = lab.outcomes.len();
+    assert!(
+        failures.is_empty(),
+        "{}: {} of {total} checks failed:\n{}\ndaemon log:\n{}",
+        policy.display(),
+        failures.len(),
+        failures
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        lab.daemon_log()
+    );
+    assert!(
+        total >= 4,
+        "{}: only {total} checks derived",
+        policy.display()
+    );
+    eprintln!("{}: {total} checks passed", policy.display());
+}
