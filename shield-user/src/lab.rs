@@ -64,7 +64,7 @@ fn live_line(
         rates.push_str(&format!(" | bans {}", s.active_bans));
     }
     format!(
-        "[{:>4.1}s] {phase:<34} legit {}/{} ok | drops:{rates}",
+        "[{:>4.1}s] {phase:<34} legit {}/{} ok | per second:{rates}",
         started.elapsed().as_secs_f64(),
         t.legit.ok,
         t.legit.ok + t.legit.failed

@@ -231,7 +231,7 @@ fn main() -> Result<()> {
             step(&format!("built {}", bin.display()));
             Ok(())
         }
-        Task::Run { seconds, args } => {
+        Task::Run { args } => {
             bootstrap()?;
             let bin = build(false)?;
             if !is_root() {
@@ -243,16 +243,27 @@ fn main() -> Result<()> {
             c.current_dir(root());
             if args.is_empty() {
                 step(
-                    "no interface given: running the daemon on a throwaway namespace lab (Ctrl-C stops and cleans up)",
+                    "no interface given: running the daemon on the demo lab (throwaway namespaces; Ctrl-C stops and cleans up)",
                 );
-                c.args(["lab", "--policy", "policy/example.toml"]);
-                if let Some(s) = seconds {
-                    c.args(["--seconds", &s.to_string()]);
-                }
+                c.args(["lab", "--policy", "policy/demo.toml"]);
             } else {
                 c.arg("run").args(&args);
             }
             run(&mut c)
+        }
+        Task::Demo => {
+            bootstrap()?;
+            let bin = build(false)?;
+            if !is_root() {
+                bail!(
+                    "the demo needs root to build namespaces and load XDP; run as root (sudo -E cargo xtask demo)"
+                );
+            }
+            run(Command::new(&bin).current_dir(root()).args([
+                "lab",
+                "--policy",
+                "policy/demo.toml",
+            ]))
         }
         Task::Test { args } => {
             bootstrap()?;
