@@ -3,6 +3,7 @@
 //! policy-matrix acceptance suite.
 
 pub mod acceptance;
+pub mod nslab;
 
 use std::{
     net::IpAddr,

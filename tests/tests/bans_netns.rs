@@ -2,18 +2,15 @@
 //! in network namespaces. Needs root; everything is a guard removed on every exit path.
 
 use std::{
-    net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    net::IpAddr,
+    path::Path,
     process::Command,
     time::{Duration, Instant, SystemTime},
 };
 
 use serde_json::Value;
-use shield_tests::{require_root, shield_bin};
-use shield_user::netlab::{
-    ATTACKER_V4, Connects, Daemon, LEGIT_V4, LEGIT_V6, SERVER_V4, SERVER_V6, TcpServer, TempBpffs,
-    Topology, connect_many, unique,
-};
+use shield_tests::{nslab::NsLab, shield_bin};
+use shield_user::netlab::{ATTACKER_V4, LEGIT_V4, LEGIT_V6};
 
 const API: u16 = 8080;
 const OTHER: u16 = 8081;
@@ -27,91 +24,8 @@ connections = { rate = "5/s", burst = 10 }
 escalation = { strikes = 3, window = "1m", ban = "4s", backoff = 2, max_ban = "1m", scope = "host" }
 "#;
 
-struct Lab {
-    daemon: Daemon,
-    _servers: [TcpServer; 2],
-    topo: Topology,
-    bpffs: TempBpffs,
-    audit: PathBuf,
-    files: Vec<PathBuf>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-}
-
-fn lab(policy: &str) -> Lab {
-    require_root();
-    let policy_path = std::env::temp_dir().join(format!("{}.toml", unique("shield-policy-")));
-    std::fs::write(&policy_path, policy).expect("writing policy");
-    let audit = std::env::temp_dir().join(format!("{}.jsonl", unique("shield-audit-")));
-    let bpffs = TempBpffs::new().expect("private bpffs");
-    let topo = Topology::new().expect("namespaces");
-    let servers = [
-        TcpServer::start(&topo.server, API).expect("server"),
-        TcpServer::start(&topo.server, OTHER).expect("server"),
-    ];
-    let audit_arg = audit.to_str().expect("utf-8").to_string();
-    let daemon = Daemon::start(
-        &shield_bin(),
-        &topo.server,
-        &policy_path,
-        &bpffs.path,
-        &["--audit-log", &audit_arg],
-    )
-    .expect("shield run");
-    Lab {
-        daemon,
-        _servers: servers,
-        topo,
-        bpffs,
-        files: vec![policy_path, audit.clone()],
-        audit,
-    }
-}
-
-impl Lab {
-    fn connect(&self, src: IpAddr, port: u16, count: u32, every: Duration) -> Connects {
-        let dst = if src.is_ipv4() {
-            IpAddr::V4(SERVER_V4)
-        } else {
-            IpAddr::V6(SERVER_V6)
-        };
-        let dst = SocketAddr::new(dst, port);
-        self.topo
-            .client
-            .run_in(move || connect_many(&[src], dst, count, every, Duration::from_millis(300)))
-            .expect("client namespace")
-    }
-
-    fn audit_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("audit line {l:?} is not JSON: {e}"))
-            })
-            .collect()
-    }
-
-    fn shield(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(shield_bin())
-            .args(args)
-            .arg("--socket")
-            .arg(&self.daemon.socket)
-            .output()
-            .expect("running shield");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
+fn lab(policy: &str) -> NsLab {
+    NsLab::new(policy, &[API, OTHER])
 }
 
 fn parse_ts(v: &Value) -> SystemTime {
@@ -350,8 +264,8 @@ fn manual_ban_and_unban_take_effect_at_once() {
     assert_eq!(manual[0]["comment"], "ticket 42");
 
     // Without the daemon, `shield bans` reads the pins and says so.
-    let socket = lab.daemon.socket.clone();
-    lab.daemon.stop().expect("stopping the daemon");
+    let socket = lab.socket();
+    lab.daemon().stop().expect("stopping the daemon");
     let out = Command::new(shield_bin())
         .args(["bans", "--socket"])
         .arg(&socket)
@@ -383,7 +297,7 @@ fn socket_roundtrip(path: &Path, payload: &[u8]) -> Option<String> {
 #[test]
 fn control_socket_survives_garbage_and_changes_nothing() {
     let lab = lab(POLICY);
-    let sock = lab.daemon.socket.clone();
+    let sock = lab.socket();
     let bans_before = socket_roundtrip(&sock, b"{\"cmd\":\"bans\"}\n").expect("bans");
     assert!(bans_before.contains("\"ok\":true"), "{bans_before}");
 

@@ -11,10 +11,13 @@ use std::{
 };
 
 use serde_json::Value;
-use shield_tests::{require_root, shield_bin};
+use shield_tests::{
+    nslab::{NsLab, counter},
+    require_root, shield_bin,
+};
 use shield_user::netlab::{
-    ATTACKER_V4, Connects, Daemon, LEGIT_V4, LEGIT_V6, ROTATING_V6_COUNT, SERVER_IF, SERVER_V4,
-    SERVER_V6, TcpServer, TempBpffs, Topology, connect_many, rotating_v6,
+    ATTACKER_V4, Connects, LEGIT_V4, LEGIT_V6, ROTATING_V6_COUNT, SERVER_IF, SERVER_V4, SERVER_V6,
+    TempBpffs, connect_many, rotating_v6,
 };
 
 const PORT: u16 = 8080;
@@ -29,76 +32,17 @@ ports = [8080]
 connections = { rate = "5/s", burst = 10 }
 "#;
 
-struct Lab {
-    // Drop order: daemon (detach) → server → namespaces → bpffs.
-    daemon: Daemon,
-    _server: TcpServer,
-    topo: Topology,
-    bpffs: TempBpffs,
-    policy: TempFile,
+fn lab(policy: &str) -> NsLab {
+    NsLab::new(policy, &[PORT])
 }
 
-/// A policy file removed on drop.
-struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn lab(policy: &str) -> Lab {
-    require_root();
-    let path = std::env::temp_dir().join(format!(
-        "{}.toml",
-        shield_user::netlab::unique("shield-policy-")
-    ));
-    std::fs::write(&path, policy).expect("writing test policy");
-    let file = TempFile(path);
-    let bpffs = TempBpffs::new().expect("private bpffs");
-    let topo = Topology::new().expect("building namespaces");
-    let server = TcpServer::start(&topo.server, PORT).expect("starting server");
-    let daemon = Daemon::start(&shield_bin(), &topo.server, &file.0, &bpffs.path, &[])
-        .expect("starting shield run");
-    Lab {
-        daemon,
-        _server: server,
-        topo,
-        bpffs,
-        policy: file,
-    }
-}
-
-fn stats_json(bpffs: &Path) -> Value {
-    let out = Command::new(shield_bin())
-        .args(["stats", "--json", "--iface", SERVER_IF, "--bpffs"])
-        .arg(bpffs)
-        .output()
-        .expect("running shield stats");
-    assert!(
-        out.status.success(),
-        "shield stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("shield stats --json must print JSON")
-}
-
-fn counter(stats: &Value, rule: &str, reason: &str) -> u64 {
-    let rules = stats["interfaces"][0]["rules"]
-        .as_array()
-        .expect("rules array");
-    let r = rules
-        .iter()
-        .find(|r| r["name"] == rule)
-        .unwrap_or_else(|| panic!("rule {rule} missing from stats: {stats}"));
-    r["counters"][reason]["packets"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("counter {rule}/{reason} missing"))
+fn stats_json(lab: &NsLab) -> Value {
+    lab.stats()
 }
 
 /// Runs an attacker (many sources allowed) and a legit client side by side for `secs`.
 fn attack(
-    lab: &Lab,
+    lab: &NsLab,
     attacker: Vec<IpAddr>,
     legit: IpAddr,
     dst: IpAddr,
@@ -156,7 +100,7 @@ fn ipv4_attacker_is_limited_legit_client_loses_nothing() {
     assert_eq!(l.ok, 8);
     assert_limited("IPv4 attacker", a.ok, secs);
 
-    let stats = stats_json(&lab.bpffs.path);
+    let stats = stats_json(&lab);
     let dropped = counter(&stats, "api", "conn_limit");
     assert_eq!(
         dropped,
@@ -199,7 +143,7 @@ fn ipv6_attacker_rotating_inside_a_slash64_is_one_source() {
         a.ok,
         secs,
     );
-    let stats = stats_json(&lab.bpffs.path);
+    let stats = stats_json(&lab);
     assert_eq!(counter(&stats, "api", "conn_limit"), u64::from(a.failed));
     let top = &stats["interfaces"][0]["top_sources"];
     assert_eq!(top[0]["source"], "2001:db8:1:2::/64", "top source: {top}");
@@ -221,7 +165,7 @@ fn daemon_detaches_on_sigterm_and_stats_survive() {
         1,
     );
     assert!(a.failed > 0, "the attacker must have been limited first");
-    let (status, log) = lab.daemon.stop().expect("stopping the daemon");
+    let (status, log) = lab.daemon().stop().expect("stopping the daemon");
     assert!(
         status.success(),
         "shield run must exit 0 on SIGTERM: {status}\n{log}"
@@ -245,7 +189,7 @@ fn daemon_detaches_on_sigterm_and_stats_survive() {
     );
     assert_eq!(after.failed, 0, "traffic after detach: {after:?}");
     // Pinned counters are still readable without the daemon.
-    let stats = stats_json(&lab.bpffs.path);
+    let stats = stats_json(&lab);
     assert_eq!(counter(&stats, "api", "conn_limit"), u64::from(a.failed));
 }
 
@@ -314,7 +258,7 @@ fn second_program_on_the_same_interface_is_refused_clearly() {
         .args(["run", "--iface", SERVER_IF, "--bpffs"])
         .arg(&other.path)
         .arg("--policy")
-        .arg(&lab.policy.0)
+        .arg(&lab.policy)
         .output()
         .expect("second shield run");
     let err = String::from_utf8_lossy(&out.stderr);

@@ -5,135 +5,23 @@
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
-    path::PathBuf,
+    net::{IpAddr, TcpStream},
     process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use shield_tests::{require_root, shield_bin};
-use shield_user::netlab::{
-    ATTACKER_V4, Connects, Daemon, LEGIT_V4, SERVER_IF, SERVER_V4, TcpServer, TempBpffs, Topology,
-    connect_many, unique,
+use shield_tests::{
+    nslab::{NsLab, counter},
+    require_root,
 };
+use shield_user::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF};
 
 const API: u16 = 8080;
 const OTHER: u16 = 8081;
 
-struct Lab {
-    daemon: Option<Daemon>,
-    _servers: [TcpServer; 2],
-    topo: Topology,
-    bpffs: TempBpffs,
-    policy: PathBuf,
-    audit: PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.daemon = None;
-        let _ = std::fs::remove_file(&self.policy);
-        let _ = std::fs::remove_file(&self.audit);
-    }
-}
-
-fn lab(policy: &str) -> Lab {
-    require_root();
-    let path = std::env::temp_dir().join(format!("{}.toml", unique("shield-policy-")));
-    std::fs::write(&path, policy).expect("policy");
-    let audit = std::env::temp_dir().join(format!("{}.jsonl", unique("shield-audit-")));
-    let bpffs = TempBpffs::new().expect("bpffs");
-    let topo = Topology::new().expect("namespaces");
-    let servers = [
-        TcpServer::start(&topo.server, API).expect("server"),
-        TcpServer::start(&topo.server, OTHER).expect("server"),
-    ];
-    let mut lab = Lab {
-        daemon: None,
-        _servers: servers,
-        topo,
-        bpffs,
-        policy: path,
-        audit,
-    };
-    lab.start();
-    lab
-}
-
-impl Lab {
-    fn start(&mut self) {
-        let audit = self.audit.to_str().expect("utf-8").to_string();
-        self.daemon = Some(
-            Daemon::start(
-                &shield_bin(),
-                &self.topo.server,
-                &self.policy,
-                &self.bpffs.path,
-                &["--audit-log", &audit],
-            )
-            .expect("shield run"),
-        );
-    }
-
-    fn daemon(&mut self) -> &mut Daemon {
-        self.daemon.as_mut().expect("daemon running")
-    }
-
-    fn connect(&self, src: IpAddr, port: u16, count: u32, every: Duration) -> Connects {
-        let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), port);
-        self.topo
-            .client
-            .run_in(move || connect_many(&[src], dst, count, every, Duration::from_millis(300)))
-            .expect("client namespace")
-    }
-
-    fn shield(&self, args: &[&str]) -> (bool, String, String) {
-        let mut c = Command::new(shield_bin());
-        c.args(args);
-        if let Some(d) = self.daemon.as_ref().filter(|_| args[0] != "detach") {
-            c.arg("--socket").arg(&d.socket);
-        }
-        let out = c.output().expect("shield");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn stats(&self) -> Value {
-        let out = Command::new(shield_bin())
-            .args(["stats", "--json", "--bpffs"])
-            .arg(&self.bpffs.path)
-            .output()
-            .expect("stats");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("stats json")
-    }
-
-    fn audit_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit JSON"))
-            .collect()
-    }
-}
-
-fn counter(stats: &Value, rule: &str, reason: &str) -> u64 {
-    stats["interfaces"][0]["rules"]
-        .as_array()
-        .expect("rules")
-        .iter()
-        .find(|r| r["name"] == rule)
-        .map_or(0, |r| {
-            r["counters"][reason]["packets"].as_u64().unwrap_or(0)
-        })
+fn lab(policy: &str) -> NsLab {
+    NsLab::new(policy, &[API, OTHER])
 }
 
 const A: &str = r#"
@@ -331,7 +219,7 @@ escalation = { strikes = 3, window = "1m", ban = "30s", scope = "host" }
 }
 
 /// Fetches /metrics from inside the server namespace and parses the text format.
-fn scrape(lab: &Lab) -> HashMap<String, f64> {
+fn scrape(lab: &NsLab) -> HashMap<String, f64> {
     let body = lab
         .topo
         .server
@@ -466,26 +354,7 @@ fn a_million_prefixes_load_and_swap_without_dropping_legit_traffic() {
     const N: u32 = 1_000_000;
     require_root();
     let started = std::time::Instant::now();
-    let mut lab = {
-        let path = std::env::temp_dir().join(format!("{}.toml", unique("shield-policy-")));
-        std::fs::write(&path, big_policy(11, N, &[])).expect("policy");
-        let audit = std::env::temp_dir().join(format!("{}.jsonl", unique("shield-audit-")));
-        let bpffs = TempBpffs::new().expect("bpffs");
-        let topo = Topology::new().expect("namespaces");
-        let servers = [
-            TcpServer::start(&topo.server, API).expect("server"),
-            TcpServer::start(&topo.server, OTHER).expect("server"),
-        ];
-        Lab {
-            daemon: None,
-            _servers: servers,
-            topo,
-            bpffs,
-            policy: path,
-            audit,
-        }
-    };
-    lab.start();
+    let lab = NsLab::new(&big_policy(11, N, &[]), &[API, OTHER]);
     let load = started.elapsed();
     assert_eq!(
         lab.connect(IpAddr::V4(ATTACKER_V4), API, 1, Duration::ZERO)

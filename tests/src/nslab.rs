@@ -1,0 +1,154 @@
+//! A namespace lab for the daemon tests: server and client namespaces, TCP servers on the
+//! given ports, a private bpffs, the real `shield run` with an audit log, and helpers that
+//! run `shield` the way a user does. Everything is removed on drop.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+use shield_user::netlab::{
+    Connects, Daemon, SERVER_V4, SERVER_V6, TcpServer, TempBpffs, Topology, connect_many, unique,
+};
+
+use crate::{require_root, shield_bin};
+
+pub struct NsLab {
+    // Drop order: daemon (detach) → servers → namespaces → bpffs; files in `Drop`.
+    pub daemon: Option<Daemon>,
+    _servers: Vec<TcpServer>,
+    pub topo: Topology,
+    pub bpffs: TempBpffs,
+    pub policy: PathBuf,
+    pub audit: PathBuf,
+}
+
+impl Drop for NsLab {
+    fn drop(&mut self) {
+        self.daemon = None;
+        let _ = std::fs::remove_file(&self.policy);
+        let _ = std::fs::remove_file(&self.audit);
+    }
+}
+
+impl NsLab {
+    /// Builds the lab with TCP servers on `ports` and starts the daemon on `policy`.
+    pub fn new(policy: &str, ports: &[u16]) -> NsLab {
+        require_root();
+        let path = std::env::temp_dir().join(format!("{}.toml", unique("shield-policy-")));
+        std::fs::write(&path, policy).expect("writing the test policy");
+        let audit = std::env::temp_dir().join(format!("{}.jsonl", unique("shield-audit-")));
+        let bpffs = TempBpffs::new().expect("private bpffs");
+        let topo = Topology::new().expect("building namespaces");
+        let servers = ports
+            .iter()
+            .map(|p| TcpServer::start(&topo.server, *p).expect("starting a server"))
+            .collect();
+        let mut lab = NsLab {
+            daemon: None,
+            _servers: servers,
+            topo,
+            bpffs,
+            policy: path,
+            audit,
+        };
+        lab.start();
+        lab
+    }
+
+    /// Starts (or restarts) `shield run` with the lab's policy, bpffs and audit log.
+    pub fn start(&mut self) {
+        let audit = self.audit.to_str().expect("utf-8").to_string();
+        self.daemon = Some(
+            Daemon::start(
+                &shield_bin(),
+                &self.topo.server,
+                &self.policy,
+                &self.bpffs.path,
+                &["--audit-log", &audit],
+            )
+            .expect("starting shield run"),
+        );
+    }
+
+    pub fn daemon(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().expect("daemon running")
+    }
+
+    /// The running daemon's control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.daemon.as_ref().expect("daemon running").socket.clone()
+    }
+
+    /// `count` real TCP connections from `src` to the server's `port`, one every `every`.
+    pub fn connect(&self, src: IpAddr, port: u16, count: u32, every: Duration) -> Connects {
+        let dst = if src.is_ipv4() {
+            IpAddr::V4(SERVER_V4)
+        } else {
+            IpAddr::V6(SERVER_V6)
+        };
+        let dst = SocketAddr::new(dst, port);
+        self.topo
+            .client
+            .run_in(move || connect_many(&[src], dst, count, every, Duration::from_millis(300)))
+            .expect("client namespace")
+    }
+
+    /// Runs `shield ARGS` (with the daemon's `--socket`, except for `detach`): (success,
+    /// stdout, stderr).
+    pub fn shield(&self, args: &[&str]) -> (bool, String, String) {
+        let mut c = Command::new(shield_bin());
+        c.args(args);
+        if let Some(d) = self.daemon.as_ref().filter(|_| args[0] != "detach") {
+            c.arg("--socket").arg(&d.socket);
+        }
+        let out = c.output().expect("running shield");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `shield stats --json`, parsed.
+    pub fn stats(&self) -> Value {
+        let out = Command::new(shield_bin())
+            .args(["stats", "--json", "--bpffs"])
+            .arg(&self.bpffs.path)
+            .output()
+            .expect("running shield stats");
+        assert!(
+            out.status.success(),
+            "shield stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("shield stats --json must print JSON")
+    }
+
+    /// The audit log so far, one JSON value per line.
+    pub fn audit_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line {l:?} is not JSON: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// Packets counted for `rule` × `reason` in `shield stats --json` output (0 if absent).
+pub fn counter(stats: &Value, rule: &str, reason: &str) -> u64 {
+    stats["interfaces"][0]["rules"]
+        .as_array()
+        .expect("rules array")
+        .iter()
+        .find(|r| r["name"] == rule)
+        .map_or(0, |r| {
+            r["counters"][reason]["packets"].as_u64().unwrap_or(0)
+        })
+}
