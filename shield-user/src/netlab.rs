@@ -514,6 +514,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id (`ip netns exec` execs it, so it is the child's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGKILL, as a crash would: nothing gets cleaned up by the daemon.
     pub fn kill9(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {

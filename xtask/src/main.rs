@@ -43,6 +43,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root): per-packet cost against a trivial program and xdp-filter, memory
+    /// and control-plane scale; writes BENCHMARKS.md. `--quick`: a shorter subset.
+    Bench {
+        #[arg(long)]
+        quick: bool,
+    },
     /// cargo fmt --check and clippy -D warnings on every crate (host crates, then the
     /// eBPF crate for bpfel-unknown-none).
     Lint,
@@ -64,6 +70,9 @@ const APT_PACKAGES: &[&str] = &[
     "gunicorn",
     "hping3",
 ];
+
+/// Peers the benchmarks compare with.
+const BENCH_PACKAGES: &[&str] = &["xdp-tools", "bpftool"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -273,6 +282,38 @@ fn main() -> Result<()> {
                 .args(["test", "--workspace", "--exclude", "shield-ebpf"])
                 .args(&args)
                 .env("SHIELD_BIN", &bin))
+        }
+        Task::Bench { quick } => {
+            bootstrap()?;
+            for p in BENCH_PACKAGES {
+                if output("dpkg-query", &["-W", "-f=${Status}", p])
+                    .is_none_or(|s| !s.contains("install ok installed"))
+                {
+                    step(&format!("installing {p} for the benchmarks"));
+                    run(Command::new("apt-get")
+                        .args(["install", "-y", "-qq", "--no-install-recommends", p])
+                        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+                }
+            }
+            let bin = build(true)?;
+            step("running the benchmarks (release build)");
+            let mut c = cargo();
+            c.args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "shield-tests",
+                "--bin",
+                "shield-bench",
+                "--",
+            ])
+            .args(["--out", "BENCHMARKS.md"])
+            .env("SHIELD_BIN", &bin);
+            if quick {
+                c.arg("--quick");
+            }
+            run(&mut c)
         }
         Task::Lint => {
             bootstrap()?;
