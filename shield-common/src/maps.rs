@@ -46,6 +46,10 @@ pub const LINK_PIN: &str = "link";
 pub const PROGRAM_NAME: &str = "shield";
 /// A trivial `XDP_PASS` program in the same object: the baseline for cost measurements.
 pub const BASELINE_PROGRAM_NAME: &str = "shield_baseline";
+/// The benchmark traffic generator in the same object (see `shield-bench`).
+pub const GEN_PROGRAM_NAME: &str = "shield_gen";
+/// Its settings map (not pinned: the benchmark loads its own copy of the object).
+pub const MAP_GEN: &str = "SHIELD_GEN";
 
 // ---- Sizes ----
 

@@ -602,6 +602,11 @@ impl Gunicorn {
                 &format!("[::]:{port}"),
                 "--workers",
                 "2",
+                // Threaded workers keep connections alive, as a real deployment does.
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "4",
                 "--log-level",
                 "warning",
             ])

@@ -533,3 +533,40 @@ fn known_source_is_updated_in_place() {
     assert_eq!(s.top_sources[0].rule, "api");
     assert_eq!(s.top_sources[0].limited, 7);
 }
+
+#[test]
+fn stats_watch_prints_per_second_rates() {
+    let h = Harness::new(BASE);
+    let frame = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..5 {
+        h.run(&frame);
+    }
+    let mut child = std::process::Command::new(shield_tests::shield_bin())
+        .args(["stats", "--watch", "1", "--bpffs"])
+        .arg(&h.bpffs.path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("shield stats --watch");
+    // Traffic between the first and the second refresh shows up as a rate.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..20 {
+        h.run(&frame);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let blocks = text.matches("--- ").count();
+    assert!(blocks >= 2, "--watch must refresh every second: {text}");
+    assert!(text.contains("PACKETS/S"), "{text}");
+    // 20 SYNs refused in one refresh interval: a conn_limit rate of about 20/s.
+    let rate = text
+        .lines()
+        .filter(|l| l.contains("api") && l.contains("conn_limit"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .fold(0.0f64, f64::max);
+    assert!(
+        (19.0..=21.0).contains(&rate),
+        "expected a conn_limit rate of 20/s: {text}"
+    );
+}

@@ -72,7 +72,7 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 /// Peers the benchmarks compare with.
-const BENCH_PACKAGES: &[&str] = &["xdp-tools", "bpftool"];
+const BENCH_PACKAGES: &[&str] = &["xdp-tools", "bpftool", "ethtool", "nftables", "iptables"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
