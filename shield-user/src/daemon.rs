@@ -476,19 +476,22 @@ fn wait_readable(instances: &[Instance], timeout: Duration) {
     };
 }
 
-/// Wall-clock time of a data-path timestamp (past or future, e.g. a ban's expiry).
-fn wall_of(ts_ns: u64, mono_now: u64) -> SystemTime {
-    let now = SystemTime::now();
+/// Wall-clock time of a data-path timestamp (past or future, e.g. a ban's expiry), given
+/// one reading of both clocks (`mono_now`, `wall_now`): every time of one event derives
+/// from the same pair, so `expires - ts` is exactly the ban's duration.
+fn wall_of(ts_ns: u64, mono_now: u64, wall_now: SystemTime) -> SystemTime {
     if ts_ns >= mono_now {
-        now + Duration::from_nanos(ts_ns - mono_now)
+        wall_now + Duration::from_nanos(ts_ns - mono_now)
     } else {
-        now.checked_sub(Duration::from_nanos(mono_now - ts_ns))
-            .unwrap_or(now)
+        wall_now
+            .checked_sub(Duration::from_nanos(mono_now - ts_ns))
+            .unwrap_or(wall_now)
     }
 }
 
 fn drain_events(inst: &mut Instance, shared: &Shared) {
     let mono_now = inst.bans.now();
+    let wall_now = SystemTime::now();
     let mut events = Vec::new();
     while let Some(item) = inst.ring.next() {
         if item.len() < std::mem::size_of::<Event>() {
@@ -499,7 +502,7 @@ fn drain_events(inst: &mut Instance, shared: &Shared) {
     }
     let lines: Vec<_> = events
         .iter()
-        .map(|ev| event_json(inst, ev, mono_now))
+        .map(|ev| event_json(inst, ev, mono_now, wall_now))
         .collect();
     if !lines.is_empty() {
         let mut audit = lock(&shared.audit);
@@ -509,7 +512,12 @@ fn drain_events(inst: &mut Instance, shared: &Shared) {
     }
 }
 
-fn event_json(inst: &Instance, ev: &Event, mono_now: u64) -> serde_json::Value {
+fn event_json(
+    inst: &Instance,
+    ev: &Event,
+    mono_now: u64,
+    wall_now: SystemTime,
+) -> serde_json::Value {
     let k = &ev.key;
     let ip: std::net::IpAddr = if k.family == FAMILY_V4 {
         std::net::Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]).into()
@@ -518,7 +526,7 @@ fn event_json(inst: &Instance, ev: &Event, mono_now: u64) -> serde_json::Value {
     };
     let reason = Reason::from_code(ev.reason).map_or("unknown", Reason::name);
     let mut v = json!({
-        "ts": rfc3339(wall_of(ev.ts_ns, mono_now)),
+        "ts": rfc3339(wall_of(ev.ts_ns, mono_now, wall_now)),
         "iface": inst.iface,
         "source": format!("{ip}/{}", k.prefix_len),
         "rule": inst.bans.rule_name(k.rule),
@@ -550,7 +558,12 @@ fn event_json(inst: &Instance, ev: &Event, mono_now: u64) -> serde_json::Value {
             );
             o.insert(
                 "expires".into(),
-                rfc3339(wall_of(ev.ts_ns.saturating_add(ev.duration_ns), mono_now)).into(),
+                rfc3339(wall_of(
+                    ev.ts_ns.saturating_add(ev.duration_ns),
+                    mono_now,
+                    wall_now,
+                ))
+                .into(),
             );
         }
         other => {
