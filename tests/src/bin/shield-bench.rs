@@ -479,12 +479,27 @@ fn csum(data: &[u8], mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
+/// A TCP SYN header with its checksum over `pseudo` (the IP pseudo-header without the
+/// TCP segment), and the Ethernet header for `ethertype`.
+fn syn_parts(dst_mac: [u8; 6], ethertype: u16, pseudo: &[u8], dport: u16) -> (Vec<u8>, [u8; 20]) {
+    let mut eth = Vec::with_capacity(14);
+    eth.extend_from_slice(&dst_mac);
+    eth.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    eth.extend_from_slice(&ethertype.to_be_bytes());
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let c = csum(&[pseudo, &tcp[..]].concat(), 0);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    (eth, tcp)
+}
+
 /// An Ethernet + IPv4 + TCP SYN frame with valid checksums.
 fn syn_frame(dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut f = Vec::with_capacity(54);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    f.extend_from_slice(&[0x08, 0x00]);
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&40u16.to_be_bytes());
@@ -494,31 +509,13 @@ fn syn_frame(dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8
     ip[16..20].copy_from_slice(&dst);
     let c = csum(&ip, 0);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
-    pseudo.extend_from_slice(&tcp);
-    let c = csum(&pseudo, 0);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
+    let pseudo = [&src[..], &dst[..], &[0, 6, 0, 20]].concat();
+    let (eth, tcp) = syn_parts(dst_mac, 0x0800, &pseudo, dport);
+    [&eth[..], &ip[..], &tcp[..]].concat()
 }
 
 /// An Ethernet + IPv6 + TCP SYN frame with a valid checksum.
 fn syn_frame6(dst_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
-    let mut f = Vec::with_capacity(74);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    f.extend_from_slice(&[0x86, 0xdd]);
     let mut ip = [0u8; 40];
     ip[0] = 0x60;
     ip[4..6].copy_from_slice(&20u16.to_be_bytes());
@@ -526,23 +523,9 @@ fn syn_frame6(dst_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec
     ip[7] = 64;
     ip[8..24].copy_from_slice(&src);
     ip[24..40].copy_from_slice(&dst);
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, 6]);
-    pseudo.extend_from_slice(&tcp);
-    let c = csum(&pseudo, 0);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
+    let pseudo = [&src[..], &dst[..], &[0, 0, 0, 20, 0, 0, 0, 6]].concat();
+    let (eth, tcp) = syn_parts(dst_mac, 0x86dd, &pseudo, dport);
+    [&eth[..], &ip[..], &tcp[..]].concat()
 }
 
 fn mac_of(ns: &str, iface: &str) -> [u8; 6] {
