@@ -1,9 +1,11 @@
 //! The per-source decision: which buckets a packet draws from and what happens when one of
 //! them is empty. Shared so that the XDP program and the host tests run the same code.
 
+use crate::addr::{FAMILY_V4, mask_prefix};
 use crate::bucket::NS_PER_SEC;
 use crate::maps::{
-    B_CONN, B_CONN_SUSTAINED, B_PKT, B_PKT_SUSTAINED, Escalation, RuleConfig, SourceState,
+    B_CONN, B_CONN_SUSTAINED, B_PKT, B_PKT_SUSTAINED, Escalation, RuleConfig, SourceKey,
+    SourceState, VERIFIED_V4_PREFIX, VERIFIED_V6_PREFIX,
 };
 use crate::reason::Reason;
 
@@ -52,6 +54,28 @@ pub fn judge(
 fn refuse(state: &mut SourceState, _now: u64, reason: Reason) -> Reason {
     state.limited = state.limited.wrapping_add(1);
     reason
+}
+
+/// Key of a source in the verified set: the host for IPv4, its /64 for IPv6.
+#[inline(always)]
+pub fn verified_key(family: u8, src: [u8; 16]) -> SourceKey {
+    let prefix = if family == FAMILY_V4 {
+        VERIFIED_V4_PREFIX
+    } else {
+        VERIFIED_V6_PREFIX
+    };
+    SourceKey {
+        rule: 0,
+        family,
+        prefix_len: prefix,
+        addr: mask_prefix(src, prefix),
+    }
+}
+
+/// Whether a proof made at `proof_ns` still verifies its source at `now`.
+#[inline(always)]
+pub fn still_verified(proof_ns: u64, now: u64, ttl_ns: u64) -> bool {
+    proof_ns != 0 && now.saturating_sub(proof_ns) < ttl_ns
 }
 
 /// What a refused packet leads to.
@@ -319,6 +343,20 @@ mod tests {
         let mut st = SourceState::default();
         let o = escalate(&e, &mut st, 7 * S);
         assert_eq!((o.first_in_second, o.strikes, o.ban_ns), (true, 0, 0));
+    }
+
+    #[test]
+    fn verified_keys_cover_a_host_or_a_64_and_expire() {
+        let mut v6 = [0u8; 16];
+        v6[..8].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 1]);
+        v6[15] = 9;
+        let k = verified_key(crate::addr::FAMILY_V6, v6);
+        assert_eq!((k.prefix_len, k.addr[15], k.addr[7]), (64, 0, 1));
+        let k4 = verified_key(FAMILY_V4, crate::addr::v4_key([10, 1, 2, 3]));
+        assert_eq!((k4.prefix_len, k4.addr[3], k4.rule), (32, 3, 0));
+        assert!(still_verified(10 * S, 10 * S + 59 * S, 60 * S));
+        assert!(!still_verified(10 * S, 70 * S, 60 * S));
+        assert!(!still_verified(0, 5, 60 * S), "0 is never a proof");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod bucket;
 pub mod judge;
 pub mod maps;
 pub mod reason;
+pub mod sketch;
 
 pub use bucket::Gcra;
 pub use maps::*;

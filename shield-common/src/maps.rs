@@ -2,6 +2,7 @@
 //! size assertion each: they are shared with the kernel and live on in pinned maps.
 
 use crate::bucket::Gcra;
+use crate::sketch::ClassSketch;
 
 // ---- Map names (at most 15 bytes: BPF_OBJ_NAME_LEN - 1). Also the pin file names. ----
 pub const MAP_CONTROL: &str = "SHIELD_CONTROL";
@@ -19,9 +20,13 @@ pub const MAP_HOST_BANS_V6: &str = "SHIELD_HBAN6";
 pub const MAP_RULE_BANS: &str = "SHIELD_RBANS";
 pub const MAP_EVENTS: &str = "SHIELD_EVENTS";
 pub const MAP_DIAG: &str = "SHIELD_DIAG";
+pub const MAP_SKETCH: &str = "SHIELD_SKETCH";
+pub const MAP_VERIFIED: &str = "SHIELD_VERIFIED";
+pub const MAP_BUDGET: &str = "SHIELD_BUDGET";
+pub const MAP_RULE_STATS: &str = "SHIELD_RSTATS";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 19] = [
     MAP_CONTROL,
     MAP_CONFIG,
     MAP_PORTS,
@@ -37,6 +42,10 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_RULE_BANS,
     MAP_EVENTS,
     MAP_DIAG,
+    MAP_SKETCH,
+    MAP_VERIFIED,
+    MAP_BUDGET,
+    MAP_RULE_STATS,
 ];
 
 /// Pin file name of the XDP link (kept while the daemon is down: protection stays).
@@ -105,7 +114,43 @@ pub const DIAG_EVENTS_LOST: u32 = 0;
 pub const DIAG_SOURCE_INSERT_FAILED: u32 = 1;
 /// Automatic bans the ban maps refused (full).
 pub const DIAG_BAN_INSERT_FAILED: u32 = 2;
+/// Per-source state entries created (a source promoted from the sketch). Once the LRU is
+/// full, each one evicts another source: the churn figure.
+pub const DIAG_SOURCE_INSERTS: u32 = 3;
+/// Sources proven real (established socket seen for their data packet).
+pub const DIAG_VERIFICATIONS: u32 = 4;
+/// Verifications the verified set could not store.
+pub const DIAG_VERIFIED_INSERT_FAILED: u32 = 5;
 pub const DIAG_SLOTS: u32 = 8;
+
+// ---- Per-rule figures that are not verdicts (SHIELD_RSTATS, per CPU, rule × slot) ----
+
+/// Connection attempts from unverified sources admitted by the rule's `unverified` budget.
+pub const RS_UNVERIFIED_ADMITTED: u32 = 0;
+/// Connection attempts from verified sources (never drawn from the budget).
+pub const RS_VERIFIED_CONNS: u32 = 1;
+/// Sources promoted from the sketch to exact per-source state (heavy hitters).
+pub const RS_PROMOTED: u32 = 2;
+/// Packets judged by the sketch alone (their source had no state and stayed untracked).
+pub const RS_UNTRACKED: u32 = 3;
+pub const RS_SLOTS: u32 = 4;
+pub const RULE_STAT_SLOTS: u32 = RULE_SLOTS * RS_SLOTS;
+
+#[inline(always)]
+pub const fn rule_stat_index(rule: u32, slot: u32) -> u32 {
+    rule * RS_SLOTS + slot
+}
+
+/// Capacity of the verified set (`SHIELD_VERIFIED`, LRU: only proven sources are ever
+/// inserted, so a spoofed flood cannot evict them).
+pub const MAX_VERIFIED: u32 = 65_536;
+/// How long a proof lasts when the policy does not say (`defaults.verified_ttl`).
+pub const DEFAULT_VERIFIED_TTL_NS: u64 = 15 * 60 * 1_000_000_000;
+/// A verified source's proof is refreshed at most this often (one map write).
+pub const VERIFIED_REFRESH_NS: u64 = 1_000_000_000;
+/// Prefix lengths of verified-set keys: a host for IPv4, a /64 (one subscriber) for IPv6.
+pub const VERIFIED_V4_PREFIX: u8 = 32;
+pub const VERIFIED_V6_PREFIX: u8 = 64;
 
 // ---- Control (SHIELD_CONTROL[0]) ----
 
@@ -145,8 +190,12 @@ pub struct GlobalConfig {
     /// Which half of the allow/deny tries this policy uses (the first key byte).
     pub list_half: u32,
     pub _pad: u32,
+    /// How long a source stays verified after its last proof.
+    pub verified_ttl_ns: u64,
+    /// Sketch hash seed (random per daemon start).
+    pub sketch_seed: u64,
 }
-const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 32);
 
 // ---- Rules (SHIELD_RULES[rule id]) ----
 
@@ -179,8 +228,14 @@ pub struct RuleConfig {
     /// The rule's name, UTF-8, NUL-padded: lets `shield stats` name rules from the pinned
     /// maps alone. The data path never reads it.
     pub name: [u8; RULE_NAME_LEN],
+    /// Shared budget for connection attempts from unverified sources (`unverified`;
+    /// disabled: no budget, every source is judged by its own limits only).
+    pub unverified: Gcra,
+    /// Sketch settings per class (`sketch::CLASS_CONN`, `sketch::CLASS_PKT`).
+    pub sketch: [ClassSketch; 2],
+    pub _pad2: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<RuleConfig>() == 144);
+const _: () = assert!(core::mem::size_of::<RuleConfig>() == 168);
 
 /// Escalation of one rule (see `escalate`).
 #[repr(C)]
@@ -221,6 +276,9 @@ impl Default for RuleConfig {
                 forget_ns: 0,
             },
             name: [0; RULE_NAME_LEN],
+            unverified: Gcra::DISABLED,
+            sketch: [ClassSketch { shift: 0, slack: 0 }; 2],
+            _pad2: [0; 4],
         }
     }
 }
@@ -380,6 +438,8 @@ mod pod {
     unsafe impl aya::Pod for BanValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::sketch::ClassSketch {}
 }
 
 #[cfg(test)]

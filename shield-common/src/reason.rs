@@ -23,6 +23,9 @@ pub enum Reason {
     Malformed = 7,
     /// Would have been dropped by a ban, passed because the ban was issued in `monitor` mode.
     WouldBan = 8,
+    /// A connection attempt from an unverified source over the rule's `unverified` budget:
+    /// dropped.
+    UnverifiedLimit = 9,
 }
 
 /// Counter slots reserved per rule. Larger than the number of reasons so that reasons can be
@@ -30,7 +33,7 @@ pub enum Reason {
 pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Pass,
         Reason::Allow,
         Reason::Deny,
@@ -40,6 +43,7 @@ impl Reason {
         Reason::WouldDrop,
         Reason::Malformed,
         Reason::WouldBan,
+        Reason::UnverifiedLimit,
     ];
 
     /// The name used in `shield stats`, its JSON output and the docs.
@@ -54,6 +58,7 @@ impl Reason {
             Reason::WouldDrop => "would_drop",
             Reason::Malformed => "malformed",
             Reason::WouldBan => "would_ban",
+            Reason::UnverifiedLimit => "unverified_limit",
         }
     }
 
@@ -66,7 +71,11 @@ impl Reason {
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
-            Reason::Deny | Reason::Ban | Reason::ConnLimit | Reason::PktLimit
+            Reason::Deny
+                | Reason::Ban
+                | Reason::ConnLimit
+                | Reason::PktLimit
+                | Reason::UnverifiedLimit
         )
     }
 }

@@ -8,8 +8,12 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::bpf_ktime_get_coarse_ns,
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_TCP_ESTABLISHED, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        xdp_action,
+    },
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_sk_lookup_tcp, bpf_sk_release},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -17,15 +21,20 @@ use aya_ebpf::{
 use shield_common::{
     BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4, CFG_DENY_V6,
     CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Control, Counter, DEFAULT_MAX_SOURCES,
-    DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS, DIAG_SOURCE_INSERT_FAILED, EV_BAN,
-    EV_LIMITED, EV_WOULD_BAN, EVENTS_BYTES, Event, GlobalConfig, HALVES, LIST_KEY_V4, LIST_KEY_V6,
-    ListValue, MAX_BANS, MAX_LIST_PREFIXES, PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP,
-    PROTO_SLOT_UDP, RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig,
-    SourceKey, SourceState,
+    DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS, DIAG_SOURCE_INSERT_FAILED,
+    DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS, DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_LIMITED,
+    EV_WOULD_BAN, EVENTS_BYTES, Event, Gcra, GlobalConfig, HALVES, LIST_KEY_V4, LIST_KEY_V6,
+    ListValue, MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP, PORT_TABLE_LEN,
+    PROTO_SLOT_TCP, PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED,
+    RS_VERIFIED_CONNS, RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, RULE_STAT_SLOTS,
+    Reason, RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     counter_index,
-    judge::{Outcome, escalate, judge, needs_state},
-    port_index,
+    judge::{Outcome, escalate, judge, needs_state, still_verified, verified_key},
+    port_index, rule_stat_index,
+    sketch::{
+        self, Admission, CLASS_CONN, CLASS_PKT, SKETCH_CELLS, admission, cell_index, promoted_state,
+    },
 };
 
 #[map]
@@ -70,6 +79,24 @@ static SHIELD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 static SHIELD_GEN: Array<[u32; 2]> = Array::with_max_entries(1, 0);
 
+/// Count-min sketch of untracked sources' backlogs (see `shield_common::sketch`).
+#[map]
+static SHIELD_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_CELLS, 0);
+/// Sources proven real (key: `verified_key`, value: clock of the last proof). Only proven
+/// sources are inserted, so a spoofed flood cannot evict them.
+#[map]
+static SHIELD_VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(MAX_VERIFIED, 0);
+/// `unverified` budget per rule: its GCRA TAT.
+#[map]
+static SHIELD_BUDGET: Array<u64> = Array::with_max_entries(RULE_SLOTS, 0);
+/// Per-rule figures that are not verdicts (`RS_*`).
+#[map]
+static SHIELD_RSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RULE_STAT_SLOTS, 0);
+
+/// Scratch space for a new source's state (keeps it off the 512-byte stack).
+#[map]
+static SHIELD_SCRATCH: PerCpuArray<SourceState> = PerCpuArray::with_max_entries(1, 0);
+
 /// Diagnostics: events lost, failed inserts (`DIAG_*`).
 #[map]
 static SHIELD_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_SLOTS, 0);
@@ -103,19 +130,23 @@ struct Packet {
     family: u8,
     /// Network-order source address, IPv4 in the first 4 bytes.
     src: [u8; 16],
+    /// Offset of the IP header (socket lookups read the destination from there).
+    l3_off: u16,
+    sport: u16,
     /// `L4_*`; `L4_NONE` for non-first fragments and transports without rules.
     l4: u8,
     dport: u16,
     /// TCP SYN without ACK: a new connection attempt.
     conn_attempt: bool,
+    /// TCP segment without SYN that carries data: may prove its source real.
+    tcp_data: bool,
 }
 
-/// What the parser made of a frame.
-enum Parsed {
-    /// Not IP (ARP, LLDP, …): passes untracked.
-    NotIp,
-    Ip(Packet),
-}
+/// What the parser made of a frame (`parse`'s return value).
+/// Not IP (ARP, LLDP, …): passes untracked.
+const PARSED_NOT_IP: i32 = 0;
+const PARSED_IP: i32 = 1;
+const PARSED_MALFORMED: i32 = -1;
 
 #[xdp]
 pub fn shield(ctx: XdpContext) -> u32 {
@@ -221,16 +252,29 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     };
     let flags = cfg.flags;
     let list_half = (cfg.list_half & 1) as u8;
+    let verified_ttl = cfg.verified_ttl_ns;
+    let seed = cfg.sketch_seed;
     if flags & CFG_LOADED == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
-    let pkt = match parse(ctx)? {
-        Parsed::NotIp => {
+    let mut pkt = Packet {
+        family: 0,
+        src: [0; 16],
+        l3_off: 0,
+        sport: 0,
+        l4: L4_NONE,
+        dport: 0,
+        conn_attempt: false,
+        tcp_data: false,
+    };
+    match parse(ctx.ctx, &mut pkt) {
+        PARSED_IP => {}
+        PARSED_NOT_IP => {
             count(0, Reason::Pass, len);
             return Ok(xdp_action::XDP_PASS);
         }
-        Parsed::Ip(p) => p,
-    };
+        _ => return Err(()),
+    }
     let global_monitor = flags & CFG_MONITOR != 0;
     let bans = flags & CFG_BANS != 0;
     // SAFETY: the helper takes no arguments and only reads the clock.
@@ -299,45 +343,277 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     {
         return Ok(action);
     }
+    let monitor = rule.flags & RULE_MONITOR != 0;
+
+    // Spoofed-source floods: connection attempts from sources that never proved real share
+    // the rule's `unverified` budget, checked before any per-source state is touched.
+    if rule.unverified.interval_ns != 0 && pkt.l4 == L4_TCP {
+        let vkey = verified_key(pkt.family, pkt.src);
+        if pkt.conn_attempt {
+            if is_verified(&vkey, now, verified_ttl) {
+                rule_stat(rule_id, RS_VERIFIED_CONNS);
+            } else if take_budget(rule_id, &rule.unverified, now) {
+                rule_stat(rule_id, RS_UNVERIFIED_ADMITTED);
+            } else {
+                return Ok(verdict(rule_id, Reason::UnverifiedLimit, monitor, len));
+            }
+        } else if pkt.tcp_data {
+            prove(ctx, &pkt, &vkey, now);
+        }
+    }
+
     if !needs_state(rule, pkt.conn_attempt) {
         count(rule_id, Reason::Pass, len);
         return Ok(xdp_action::XDP_PASS);
     }
 
-    let monitor = rule.flags & RULE_MONITOR != 0;
-    let reason = match SHIELD_SOURCES.get_ptr_mut(key) {
-        // Known source: update in place, no insert. Concurrent CPUs may race on the same
-        // entry; the loss is bounded by one token per racing CPU.
-        // SAFETY: the pointer comes from a successful map lookup and stays valid for the
-        // rest of this program run (RCU).
-        Some(state) => decide(rule, &key, unsafe { &mut *state }, now, &pkt, monitor),
-        None => {
-            let mut state = SourceState::NEW;
-            let reason = decide(rule, &key, &mut state, now, &pkt, monitor);
-            // A failed insert (memory pressure) only loses this source's history.
-            if SHIELD_SOURCES.insert(key, state, 0).is_err() {
-                diag(DIAG_SOURCE_INSERT_FAILED);
-            }
-            reason
-        }
-    };
+    let reason = judge_source(rule, &key, &pkt, now, seed);
     // The rule's flag holds its effective mode (its own `mode`, else the global one), so
     // that a rule can be enforced while the rest of the policy is still monitored.
     Ok(verdict(rule_id, reason, monitor, len))
 }
 
+/// Judges a packet by its source's own limits. A known source is updated in place (no
+/// insert); for a source without state the sketch decides whether it is heavy enough to
+/// be tracked exactly, so one-off sources never cost an LRU insert. Not inlined: its own
+/// stack frame keeps the program under the 512-byte BPF stack.
+#[inline(never)]
+fn judge_source(rule: &RuleConfig, key: &SourceKey, pkt: &Packet, now: u64, seed: u64) -> Reason {
+    let rule_id = key.rule as u32;
+    let (state, fresh) = match SHIELD_SOURCES.get_ptr_mut(key) {
+        // Concurrent CPUs may race on the same entry; the loss is bounded by one token per
+        // racing CPU.
+        Some(state) => (state, false),
+        None => {
+            let mut drawn = [0u64; 2];
+            let h = sketch::hash(key, seed);
+            if !untracked(rule, h, pkt.conn_attempt, now, &mut drawn) {
+                rule_stat(rule_id, RS_UNTRACKED);
+                return Reason::Pass;
+            }
+            // Built in a per-CPU scratch slot, not on the stack.
+            let Some(scratch) = SHIELD_SCRATCH.get_ptr_mut(0) else {
+                return Reason::Pass;
+            };
+            // SAFETY: per-CPU slot from a successful lookup.
+            unsafe { *scratch = promoted_state(rule, drawn, now) };
+            (scratch, true)
+        }
+    };
+    // SAFETY: a map value from a successful lookup, valid for the rest of this run (RCU).
+    let reason = decide(rule, key, unsafe { &mut *state }, now, pkt.conn_attempt);
+    if fresh {
+        // A failed insert (memory pressure) only loses this source's history.
+        // SAFETY: as above.
+        if SHIELD_SOURCES.insert(key, unsafe { &*state }, 0).is_err() {
+            diag(DIAG_SOURCE_INSERT_FAILED);
+        } else {
+            diag(DIAG_SOURCE_INSERTS);
+        }
+        rule_stat(rule_id, RS_PROMOTED);
+    }
+    reason
+}
+
+/// Two sketch cells of a source in one class, with the backlog they give.
+struct Cells {
+    p: [*mut u64; 2],
+    backlog: u64,
+    base: u64,
+}
+
+#[inline(always)]
+fn cells(class: usize, h: u64, now: u64, shift: u8) -> Option<Cells> {
+    let p0 = SHIELD_SKETCH.get_ptr_mut(cell_index(class, 0, h))?;
+    let p1 = SHIELD_SKETCH.get_ptr_mut(cell_index(class, 1, h))?;
+    // SAFETY: array slots from successful lookups. Other CPUs may update them at the same
+    // time; a lost update only makes an estimate one packet low.
+    let (backlog, base) = sketch::backlog(unsafe { [*p0, *p1] }, now, shift);
+    Some(Cells {
+        p: [p0, p1],
+        backlog,
+        base,
+    })
+}
+
+/// The sketch's answer for a source without state (`h`: its sketch hash): `false` when it
+/// stays untracked (the packet is counted in the sketch), `true` when it is promoted, with
+/// the backlogs to draw in `drawn`. Not inlined: its own stack frame.
+#[inline(never)]
+fn untracked(
+    rule: &RuleConfig,
+    h: u64,
+    conn_attempt: bool,
+    now: u64,
+    drawn: &mut [u64; 2],
+) -> bool {
+    let sk = rule.sketch;
+    let active = [conn_attempt && rule.has_conn_limit(), rule.has_pkt_limit()];
+    let read = |class: usize, present: bool| {
+        if present && sk[class].slack != 0 {
+            cells(class, h, now, sk[class].shift)
+        } else {
+            None
+        }
+    };
+    let conn = read(CLASS_CONN, rule.has_conn_limit());
+    let pkts = read(CLASS_PKT, rule.has_pkt_limit());
+    let backlogs = [
+        conn.as_ref().map_or(0, |c| c.backlog),
+        pkts.as_ref().map_or(0, |c| c.backlog),
+    ];
+    match admission(
+        backlogs,
+        active,
+        [sk[CLASS_CONN].slack, sk[CLASS_PKT].slack],
+    ) {
+        Admission::Promote(d) => {
+            *drawn = d;
+            true
+        }
+        Admission::Untracked => {
+            if let (true, Some(c)) = (active[CLASS_CONN], &conn) {
+                count_in(c, sk[CLASS_CONN].shift);
+            }
+            if let (true, Some(c)) = (active[CLASS_PKT], &pkts) {
+                count_in(c, sk[CLASS_PKT].shift);
+            }
+            false
+        }
+    }
+}
+
+#[inline(always)]
+fn count_in(c: &Cells, shift: u8) {
+    for p in c.p {
+        // SAFETY: array slots from successful lookups (see `cells`).
+        unsafe { *p = sketch::counted(*p, c.base, shift) };
+    }
+}
+
+#[inline(always)]
+fn is_verified(vkey: &SourceKey, now: u64, ttl: u64) -> bool {
+    match SHIELD_VERIFIED.get_ptr(vkey) {
+        // SAFETY: pointer from a successful lookup, valid during this run (RCU).
+        Some(t) => still_verified(unsafe { *t }, now, ttl),
+        None => false,
+    }
+}
+
+/// Draws one connection attempt from the rule's `unverified` budget.
+#[inline(always)]
+fn take_budget(rule_id: u32, budget: &Gcra, now: u64) -> bool {
+    let Some(tat) = SHIELD_BUDGET.get_ptr_mut(rule_id) else {
+        return true;
+    };
+    // SAFETY: array slot from a successful lookup. Racing CPUs may each take the same
+    // token: the budget overshoots by at most one per CPU.
+    match budget.check(unsafe { *tat }, now) {
+        Some(next) => {
+            unsafe { *tat = next };
+            true
+        }
+        None => false,
+    }
+}
+
+/// A data segment of a source that is not (or no longer freshly) verified: if the kernel
+/// holds an established socket for its 4-tuple, the source completed a handshake and is
+/// real. Proofs are refreshed at most once per `VERIFIED_REFRESH_NS`.
+#[inline(never)]
+fn prove(ctx: &XdpContext, pkt: &Packet, vkey: &SourceKey, now: u64) {
+    if let Some(t) = SHIELD_VERIFIED.get_ptr_mut(vkey) {
+        // SAFETY: pointer from a successful lookup, valid during this run (RCU).
+        let last = unsafe { *t };
+        if now.saturating_sub(last) >= VERIFIED_REFRESH_NS && established(ctx, pkt) {
+            // SAFETY: as above.
+            unsafe { *t = now };
+        }
+        return;
+    }
+    if established(ctx, pkt) {
+        if SHIELD_VERIFIED.insert(vkey, now, 0).is_err() {
+            diag(DIAG_VERIFIED_INSERT_FAILED);
+        } else {
+            diag(DIAG_VERIFICATIONS);
+        }
+    }
+}
+
+/// Whether this host has an established TCP socket for the packet's 4-tuple.
+#[inline(always)]
+fn established(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let s = pkt.src;
+    // At most 22 (Ethernet + two VLAN tags); the mask gives the verifier a small bound.
+    let off = (pkt.l3_off & 0x3f) as usize;
+    // SAFETY: an all-zero tuple is a valid value of this plain-data union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if pkt.family == FAMILY_V4 {
+        let Ok(d) = bytes::<4>(ctx, off + 16) else {
+            return false;
+        };
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: u32::from_ne_bytes([s[0], s[1], s[2], s[3]]),
+            daddr: u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
+            sport: pkt.sport.to_be(),
+            dport: pkt.dport.to_be(),
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        let Ok(d) = bytes::<16>(ctx, off + 24) else {
+            return false;
+        };
+        let w = |a: [u8; 16], i: usize| {
+            u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+        };
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: [w(s, 0), w(s, 1), w(s, 2), w(s, 3)],
+            daddr: [w(d, 0), w(d, 1), w(d, 2), w(d, 3)],
+            sport: pkt.sport.to_be(),
+            dport: pkt.dport.to_be(),
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    };
+    // SAFETY: the tuple lives on the stack for the call; the returned socket, when not
+    // null, is released before returning (the verifier checks it).
+    unsafe {
+        let sk = bpf_sk_lookup_tcp(
+            ctx.ctx as *mut _,
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
+        }
+        let state = (*sk).state;
+        bpf_sk_release(sk as *mut _);
+        state == BPF_TCP_ESTABLISHED as u32
+    }
+}
+
+#[inline(always)]
+fn rule_stat(rule_id: u32, slot: u32) {
+    if let Some(c) = SHIELD_RSTATS.get_ptr_mut(rule_stat_index(rule_id, slot)) {
+        // SAFETY: per-CPU slot from a successful lookup.
+        unsafe { *c += 1 };
+    }
+}
+
 /// Judges a packet against the source's buckets; on a refusal, counts strikes, issues the
 /// ban the escalation calls for and reports the event.
-#[inline(always)]
+/// Not inlined: its own stack frame.
+#[inline(never)]
 fn decide(
     rule: &RuleConfig,
     key: &SourceKey,
     state: &mut SourceState,
     now: u64,
-    pkt: &Packet,
-    monitor: bool,
+    conn_attempt: bool,
 ) -> Reason {
-    let reason = judge(rule, state, now, pkt.conn_attempt);
+    let monitor = rule.flags & RULE_MONITOR != 0;
+    let reason = judge(rule, state, now, conn_attempt);
     if !reason.is_drop() {
         return reason;
     }
@@ -436,7 +712,12 @@ fn emit(
     limited: u64,
     host: u32,
 ) {
-    let event = Event {
+    // Written in place in the ring buffer, not on the stack.
+    let Some(mut entry) = SHIELD_EVENTS.reserve::<Event>(0) else {
+        diag(DIAG_EVENTS_LOST);
+        return;
+    };
+    entry.write(Event {
         kind,
         reason: reason as u32,
         key: *key,
@@ -447,10 +728,8 @@ fn emit(
         limited,
         host_scope: host,
         _pad: [0; 4],
-    };
-    if SHIELD_EVENTS.output::<Event>(&event, 0).is_err() {
-        diag(DIAG_EVENTS_LOST);
-    }
+    });
+    entry.submit(0);
 }
 
 #[inline(always)]
@@ -531,8 +810,25 @@ fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
     Ok(unsafe { core::ptr::read_unaligned(p) })
 }
 
+/// Fills `out` from the frame; returns a `PARSED_*` code. Not inlined: the parser's
+/// temporaries get their own stack frame, released before the rest of the program runs.
+#[inline(never)]
+fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: &mut Packet) -> i32 {
+    // Opaque to the optimiser: it must not split the context into data/data_end arguments
+    // (the verifier forbids arithmetic on a data_end passed that way).
+    let ctx = XdpContext::new(core::hint::black_box(raw));
+    match parse_frame(&ctx) {
+        Ok(Some(p)) => {
+            *out = p;
+            PARSED_IP
+        }
+        Ok(None) => PARSED_NOT_IP,
+        Err(()) => PARSED_MALFORMED,
+    }
+}
+
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+fn parse_frame(ctx: &XdpContext) -> Result<Option<Packet>, ()> {
     let eth: [u8; ETH_HLEN] = bytes(ctx, 0)?;
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut off = ETH_HLEN;
@@ -548,9 +844,9 @@ fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
         }
     }
     match ethertype {
-        ETH_P_IPV4 => parse_v4(ctx, off).map(Parsed::Ip),
-        ETH_P_IPV6 => parse_v6(ctx, off).map(Parsed::Ip),
-        _ => Ok(Parsed::NotIp),
+        ETH_P_IPV4 => parse_v4(ctx, off).map(Some),
+        ETH_P_IPV6 => parse_v6(ctx, off).map(Some),
+        _ => Ok(None),
     }
 }
 
@@ -573,20 +869,24 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
     let src = [
         ip[12], ip[13], ip[14], ip[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
+
     // Options must be present in full.
     let _: [u8; 1] = bytes(ctx, off + hlen - 1)?;
     let mut pkt = Packet {
         family: FAMILY_V4,
         src,
+        l3_off: off as u16,
+        sport: 0,
         l4: L4_NONE,
         dport: 0,
         conn_attempt: false,
+        tcp_data: false,
     };
     // Non-first fragments carry no transport header: judged on the source only.
     if frag & 0x1fff != 0 {
         return Ok(pkt);
     }
-    parse_l4(ctx, off + hlen, ip[9], &mut pkt)?;
+    parse_l4(ctx, off + hlen, total_len - hlen, ip[9], &mut pkt)?;
     Ok(pkt)
 }
 
@@ -598,12 +898,16 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
     }
     let mut src = [0u8; 16];
     src.copy_from_slice(&ip[8..24]);
+    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     let mut pkt = Packet {
         family: FAMILY_V6,
         src,
+        l3_off: off as u16,
+        sport: 0,
         l4: L4_NONE,
         dport: 0,
         conn_attempt: false,
+        tcp_data: false,
     };
     let mut next = ip[6];
     let mut l4off = off + 40;
@@ -633,12 +937,20 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
     }
     // A chain longer than MAX_EXT_HEADERS ends on an extension header: parse_l4 then finds
     // no transport it knows and the packet is judged on its source only.
-    parse_l4(ctx, l4off, next, &mut pkt)?;
+    let l4_len = (off + 40 + payload_len).saturating_sub(l4off);
+    parse_l4(ctx, l4off, l4_len, next, &mut pkt)?;
     Ok(pkt)
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, off: usize, proto: u8, pkt: &mut Packet) -> Result<(), ()> {
+/// `l4_len`: bytes from the transport header to the end of the IP payload.
+fn parse_l4(
+    ctx: &XdpContext,
+    off: usize,
+    l4_len: usize,
+    proto: u8,
+    pkt: &mut Packet,
+) -> Result<(), ()> {
     match proto {
         IPPROTO_TCP => {
             let tcp: [u8; 20] = bytes(ctx, off)?;
@@ -646,8 +958,11 @@ fn parse_l4(ctx: &XdpContext, off: usize, proto: u8, pkt: &mut Packet) -> Result
                 return Err(());
             }
             pkt.l4 = L4_TCP;
+            pkt.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
             pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             pkt.conn_attempt = tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let doff = (tcp[12] >> 4) as usize * 4;
+            pkt.tcp_data = tcp[13] & TCP_SYN == 0 && l4_len > doff;
         }
         IPPROTO_UDP => {
             let udp: [u8; 8] = bytes(ctx, off)?;

@@ -185,6 +185,9 @@ pub struct PolicyMaps {
     ports_cache: [Option<Vec<u32>>; 2],
     /// The lists each list half holds, when known.
     lists_cache: [Option<Lists>; 2],
+    /// Sketch hash seed: kept from the policy in force (a restart keeps the sketch
+    /// meaningful), else random.
+    sketch_seed: u64,
 }
 
 /// A policy's four lists, as compiled.
@@ -234,7 +237,7 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 
 impl PolicyMaps {
     pub fn open(pin_dir: &Path) -> Result<PolicyMaps, LoaderError> {
-        Ok(PolicyMaps {
+        let mut maps = PolicyMaps {
             control: typed(pin_dir, MAP_CONTROL)?,
             config: typed(pin_dir, MAP_CONFIG)?,
             ports: typed(pin_dir, MAP_PORTS)?,
@@ -245,7 +248,13 @@ impl PolicyMaps {
             deny6: typed(pin_dir, MAP_DENY_V6)?,
             ports_cache: [None, None],
             lists_cache: [None, None],
-        })
+            sketch_seed: 0,
+        };
+        maps.sketch_seed = match maps.active() {
+            Ok((_, cfg)) if cfg.sketch_seed != 0 => cfg.sketch_seed,
+            _ => random_seed(),
+        };
+        Ok(maps)
     }
 
     pub fn control(&self) -> Result<Control, LoaderError> {
@@ -363,7 +372,8 @@ impl PolicyMaps {
             flags: policy.global.flags | extra_flags,
             generation,
             list_half,
-            _pad: 0,
+            sketch_seed: self.sketch_seed,
+            ..policy.global
         };
         self.config.set(half, cfg, 0).map_err(map_err(MAP_CONFIG))?;
         // The switch: one aligned u32 in the control value.
@@ -639,6 +649,14 @@ pub fn remove_map_pins(pin_dir: &Path) -> Result<(), LoaderError> {
 }
 
 /// Opens a pinned map of `pin_dir` (for `shield stats` without the daemon).
+/// A random non-zero u64 from the standard library's OS-seeded hasher keys.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish() | 1
+}
+
 pub fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, LoaderError> {
     let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
     Map::from_map_data(data).map_err(map_err(name))

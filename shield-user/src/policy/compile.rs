@@ -10,6 +10,7 @@ use shield_common::{
     CFG_BANS, CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, Escalation, Gcra, GlobalConfig,
     PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_BAN_HOST, RULE_MONITOR,
     RULE_NAME_LEN, RULE_PRESENT, RULE_SLOTS, RuleConfig, bucket::NS_PER_SEC, port_index,
+    sketch::class_sketch,
 };
 
 use super::{BanScope, Cidr, Limit, Mode, Policy, Protocol};
@@ -80,6 +81,9 @@ pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Com
         generation: 0,
         list_half: 0,
         _pad: 0,
+        verified_ttl_ns: policy.verified_ttl.as_nanos().min(u128::from(u64::MAX)) as u64,
+        // Set by the loader (random per daemon start).
+        sketch_seed: 0,
     };
     if policy.mode == Mode::Monitor {
         global.flags |= CFG_MONITOR;
@@ -134,6 +138,16 @@ pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Com
             _pad: [0; 2],
             escalation,
             name,
+            unverified: rule
+                .unverified
+                .as_ref()
+                .and_then(buckets)
+                .map_or(Gcra::DISABLED, |(rate, _)| rate),
+            sketch: [
+                class_sketch(&buckets_out[B_CONN..=B_CONN_SUSTAINED]),
+                class_sketch(&buckets_out[B_PKT..=B_PKT_SUSTAINED]),
+            ],
+            _pad2: [0; 4],
         };
         match rule.protocol {
             Protocol::Icmp => ports[PORT_INDEX_ICMP as usize] = id,

@@ -137,6 +137,8 @@ pub struct Rule {
     pub connections: Option<Limit>,
     pub packets: Option<Limit>,
     pub escalation: Option<Escalation>,
+    /// Shared budget for connection attempts from unverified sources (`sustained` unused).
+    pub unverified: Option<Limit>,
 }
 
 /// A CIDR prefix with host bits clear.
@@ -159,6 +161,8 @@ pub struct Policy {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
     pub max_sources: u32,
+    /// How long a source that proved real (handshake + data) stays verified.
+    pub verified_ttl: Duration,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     pub rules: Vec<Rule>,

@@ -33,6 +33,7 @@ struct RawDefaults {
     ipv4_prefix: Option<Spanned<i64>>,
     ipv6_prefix: Option<Spanned<i64>>,
     max_sources: Option<Spanned<i64>>,
+    verified_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +57,8 @@ struct RawRule {
     connections: Option<Spanned<RawLimit>>,
     packets: Option<Spanned<RawLimit>>,
     escalation: Option<Spanned<RawEscalation>>,
+    unverified: Option<Spanned<RawLimit>>,
+    challenge: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +143,10 @@ pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
         }
         None => DEFAULT_MAX_SOURCES,
     };
+    let verified_ttl = match defaults.as_ref().and_then(|d| d.verified_ttl.as_ref()) {
+        Some(t) => duration(&cx, t, "verified_ttl", Duration::from_secs(1))?,
+        None => Duration::from_nanos(shield_common::DEFAULT_VERIFIED_TTL_NS),
+    };
 
     let (allow, deny) = match raw.lists {
         Some(l) => (cidrs(&cx, &l.allow, "allow")?, cidrs(&cx, &l.deny, "deny")?),
@@ -207,6 +214,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
         ipv4_prefix,
         ipv6_prefix,
         max_sources,
+        verified_ttl,
         allow,
         deny,
         rules,
@@ -331,6 +339,35 @@ fn parse_rule(
         Some(e) => Some(escalation(cx, e.get_ref())?),
         None => None,
     };
+    let unverified = match &r.unverified {
+        Some(u) if protocol != Protocol::Tcp => {
+            return Err(cx.err(
+                u.span(),
+                format!(
+                    "`unverified` budgets TCP connection attempts (a source is verified by completing a TCP handshake) and is only valid on tcp rules, not {protocol}"
+                ),
+            ));
+        }
+        Some(u) => {
+            if let Some(s) = &u.get_ref().sustained {
+                return Err(cx.err(
+                    s.span(),
+                    "`unverified` is one shared bucket: give `rate` and `burst`, no `sustained`",
+                ));
+            }
+            Some(limit(cx, u.get_ref())?)
+        }
+        None => None,
+    };
+    if let Some(c) = &r.challenge {
+        let msg = match c.get_ref().as_str() {
+            "syncookie" => {
+                "challenge = \"syncookie\" is not built yet: over the `unverified` budget, connection attempts from unverified sources are dropped (see docs/operations.md, \"Spoofed-source floods\")".to_string()
+            }
+            other => format!("unknown challenge \"{other}\"; the only planned one is \"syncookie\", which is not built yet"),
+        };
+        return Err(cx.err(c.span(), msg));
+    }
     Ok(Rule {
         name,
         protocol,
@@ -341,6 +378,7 @@ fn parse_rule(
         connections,
         packets,
         escalation,
+        unverified,
     })
 }
 
