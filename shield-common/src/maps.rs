@@ -24,9 +24,13 @@ pub const MAP_SKETCH: &str = "SHIELD_SKETCH";
 pub const MAP_VERIFIED: &str = "SHIELD_VERIFIED";
 pub const MAP_BUDGET: &str = "SHIELD_BUDGET";
 pub const MAP_RULE_STATS: &str = "SHIELD_RSTATS";
+/// Per rule: clock (data-path ns) at which the daemon saw an attack on the rule's
+/// `unverified` budget start, 0 when none is running. Written by the daemon only, so that
+/// `shield stats` can show it from the pins alone.
+pub const MAP_ATTACK: &str = "SHIELD_ATTACK";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 20] = [
     MAP_CONTROL,
     MAP_CONFIG,
     MAP_PORTS,
@@ -46,6 +50,7 @@ pub const ALL_MAPS: [&str; 19] = [
     MAP_VERIFIED,
     MAP_BUDGET,
     MAP_RULE_STATS,
+    MAP_ATTACK,
 ];
 
 /// Pin file name of the XDP link (kept while the daemon is down: protection stays).

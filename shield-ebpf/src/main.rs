@@ -93,6 +93,10 @@ static SHIELD_BUDGET: Array<u64> = Array::with_max_entries(RULE_SLOTS, 0);
 #[map]
 static SHIELD_RSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RULE_STAT_SLOTS, 0);
 
+/// Attack start per rule (daemon-written; see `MAP_ATTACK`). The data path never reads it.
+#[map]
+static SHIELD_ATTACK: Array<u64> = Array::with_max_entries(RULE_SLOTS, 0);
+
 /// Scratch space for a new source's state (keeps it off the 512-byte stack).
 #[map]
 static SHIELD_SCRATCH: PerCpuArray<SourceState> = PerCpuArray::with_max_entries(1, 0);

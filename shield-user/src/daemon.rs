@@ -383,6 +383,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     );
 
     let mut last_sweep = Instant::now();
+    let mut attacks = crate::attack::Tracker::default();
     let mut change_seen: Option<Instant> = None;
     while !term.load(Ordering::Relaxed) {
         wait_readable(&running.instances, Duration::from_millis(100));
@@ -393,6 +394,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             last_sweep = Instant::now();
             for inst in &mut running.instances {
                 sweep(inst, &shared);
+                watch_attacks(inst, &shared, &mut attacks);
             }
         }
         while let Ok(MainRequest::Reload(reply)) = from_others.try_recv() {
@@ -616,6 +618,47 @@ fn sweep(inst: &mut Instance, shared: &Shared) {
         .set_bans_flag(shared.escalates.load(Ordering::Relaxed) || any)
     {
         eprintln!("shield: warning: {}: {e}", inst.iface);
+    }
+}
+
+/// Logs the start and end of attacks on rules' `unverified` budgets and records them in the
+/// maps for `shield stats`.
+fn watch_attacks(inst: &Instance, shared: &Shared, tracker: &mut crate::attack::Tracker) {
+    let totals = match crate::stats::unverified_drops(&inst.dir) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("shield: warning: attack tracking on {}: {e}", inst.iface);
+            return;
+        }
+    };
+    let offset = inst.tables.control().map_or(0, |c| c.clock_offset_ns);
+    let now = crate::bans::mono_coarse_ns().wrapping_add(offset);
+    let prefix = format!("{}|", inst.iface);
+    tracker.retain(|k| {
+        !k.starts_with(&prefix) || totals.iter().any(|(_, n, _)| k == format!("{prefix}{n}"))
+    });
+    for (id, name, total) in totals {
+        let key = format!("{prefix}{name}");
+        let change = tracker.observe(&key, total, now);
+        let line = match change {
+            None => continue,
+            Some(crate::attack::Change::Start) => json!({
+                "event": "attack_start",
+                "iface": inst.iface,
+                "rule": name,
+            }),
+            Some(crate::attack::Change::End { secs, dropped }) => json!({
+                "event": "attack_end",
+                "iface": inst.iface,
+                "rule": name,
+                "duration_secs": (secs * 10.0).round() / 10.0,
+                "dropped": dropped,
+            }),
+        };
+        if let Err(e) = crate::stats::set_attack(&inst.dir, id, tracker.since(&key).unwrap_or(0)) {
+            eprintln!("shield: warning: {}: {e}", inst.iface);
+        }
+        lock(&shared.audit).write(line);
     }
 }
 

@@ -1,6 +1,7 @@
 //! shield's user side: policy compiler, loader, daemon, stats and the namespace lab.
 //! Directions: cli (main.rs) → daemon/lab → loader → policy → shield-common.
 
+pub mod attack;
 pub mod audit;
 pub mod bans;
 pub mod control;

@@ -59,6 +59,16 @@ pub fn render(src: &Sources) -> String {
     let reloads = Family::<Labels, Counter>::default();
     let reload_secs = Gauge::<f64, AtomicU64>::default();
     let up = Family::<Labels, Gauge>::default();
+    let under_attack = Family::<Labels, Gauge>::default();
+    let unverified_admitted = Family::<Labels, Counter>::default();
+    let unverified_tokens = Family::<Labels, Gauge>::default();
+    let verified_conns = Family::<Labels, Counter>::default();
+    let promotions = Family::<Labels, Counter>::default();
+    let untracked = Family::<Labels, Counter>::default();
+    let verified = Family::<Labels, Gauge>::default();
+    let verifications = Family::<Labels, Counter>::default();
+    let inserts = Family::<Labels, Counter>::default();
+    let evictions = Family::<Labels, Counter>::default();
 
     for (iface, mode) in &src.ifaces {
         attach
@@ -75,9 +85,26 @@ pub fn render(src: &Sources) -> String {
                 packets.get_or_create(&labels).inc_by(c.packets);
                 bytes.get_or_create(&labels).inc_by(c.bytes);
             }
+            let lr = l(&[("iface", iface), ("rule", &rule.name)]);
+            promotions.get_or_create(&lr).inc_by(rule.promoted_sources);
+            untracked.get_or_create(&lr).inc_by(rule.untracked_packets);
+            if let Some(u) = &rule.unverified {
+                under_attack
+                    .get_or_create(&lr)
+                    .set(i64::from(u.under_attack));
+                unverified_admitted.get_or_create(&lr).inc_by(u.admitted);
+                unverified_tokens
+                    .get_or_create(&lr)
+                    .set(u.tokens_left as i64);
+                verified_conns.get_or_create(&lr).inc_by(u.verified_conns);
+            }
         }
         let li = l(&[("iface", iface)]);
         bans.get_or_create(&li).set(s.active_bans as i64);
+        verified.get_or_create(&li).set(s.verified_sources as i64);
+        verifications.get_or_create(&li).inc_by(s.verifications);
+        inserts.get_or_create(&li).inc_by(s.source_inserts);
+        evictions.get_or_create(&li).inc_by(s.source_evictions);
         tracked.get_or_create(&li).set(s.tracked_sources as i64);
         capacity.get_or_create(&li).set(i64::from(s.max_sources));
         events_lost.get_or_create(&li).inc_by(s.events_lost);
@@ -150,6 +177,56 @@ pub fn render(src: &Sources) -> String {
         "shield_maps_readable",
         "1 if the interface's pinned maps could be read",
         up,
+    );
+    reg.register(
+        "shield_under_attack",
+        "1 while the rule's unverified budget is dropping connection attempts (ends after 10 s without a drop)",
+        under_attack,
+    );
+    reg.register(
+        "shield_unverified_admitted",
+        "Connection attempts from unverified sources admitted by the rule's budget",
+        unverified_admitted,
+    );
+    reg.register(
+        "shield_unverified_budget_tokens",
+        "Tokens left in the rule's unverified budget",
+        unverified_tokens,
+    );
+    reg.register(
+        "shield_verified_connections",
+        "Connection attempts from verified sources (never drawn from the budget)",
+        verified_conns,
+    );
+    reg.register(
+        "shield_sketch_promotions",
+        "Sources the sketch promoted to exact per-source state (heavy hitters)",
+        promotions,
+    );
+    reg.register(
+        "shield_untracked_packets",
+        "Packets of sources without state that the sketch passed untracked",
+        untracked,
+    );
+    reg.register(
+        "shield_verified_sources",
+        "Sources whose proof (handshake and data) is still valid",
+        verified,
+    );
+    reg.register(
+        "shield_verifications",
+        "Proofs recorded for new sources",
+        verifications,
+    );
+    reg.register(
+        "shield_source_inserts",
+        "Per-source state entries created (LRU churn, with evictions)",
+        inserts,
+    );
+    reg.register(
+        "shield_source_evictions",
+        "Per-source state entries the LRU evicted to make room",
+        evictions,
     );
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {

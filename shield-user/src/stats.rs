@@ -12,8 +12,11 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use serde::Serialize;
 use shield_common::{
     CFG_LOADED, CFG_MONITOR, Counter, DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST,
-    DIAG_SOURCE_INSERT_FAILED, MAP_COUNTERS, MAP_DIAG, MAP_SOURCES, RULE_MONITOR, Reason,
-    RuleConfig, SourceKey, SourceState, addr::FAMILY_V4, counter_index,
+    DIAG_SOURCE_INSERT_FAILED, DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS,
+    DIAG_VERIFIED_INSERT_FAILED, MAP_ATTACK, MAP_BUDGET, MAP_COUNTERS, MAP_DIAG, MAP_RULE_STATS,
+    MAP_SOURCES, MAP_VERIFIED, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED,
+    RS_VERIFIED_CONNS, RULE_MONITOR, Reason, RuleConfig, SourceKey, SourceState, addr::FAMILY_V4,
+    counter_index, judge::still_verified, rule_stat_index,
 };
 
 use crate::loader::{LoaderError, open_pinned};
@@ -37,6 +40,32 @@ pub struct RuleStats {
     pub mode: &'static str,
     /// Every reason, in `Reason` order, zeros included (stable keys).
     pub counters: BTreeMap<&'static str, Count>,
+    /// Sources the sketch promoted to exact per-source state (its heavy hitters).
+    pub promoted_sources: u64,
+    /// Packets of sources without state that the sketch passed untracked.
+    pub untracked_packets: u64,
+    /// The rule's `unverified` budget, when it has one.
+    pub unverified: Option<UnverifiedStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnverifiedStats {
+    /// Budget rate (connection attempts per second) and burst.
+    pub rate_per_sec: f64,
+    pub burst: u64,
+    /// Tokens left in the budget now (0: exhausted).
+    pub tokens_left: u64,
+    /// Connection attempts from unverified sources the budget admitted.
+    pub admitted: u64,
+    /// Connection attempts from unverified sources dropped over the budget
+    /// (the `unverified_limit` counter).
+    pub dropped: u64,
+    /// Connection attempts from verified sources (never drawn from the budget).
+    pub verified_conns: u64,
+    /// The daemon considers the rule under attack (drops within the last 10 s).
+    pub under_attack: bool,
+    /// When the running attack started (RFC 3339), if one is running.
+    pub attack_since: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +94,16 @@ pub struct IfaceStats {
     pub source_insert_failures: u64,
     /// Automatic bans the ban tables refused (full).
     pub ban_insert_failures: u64,
+    /// Per-source state entries created since the maps were created (sketch promotions).
+    pub source_inserts: u64,
+    /// Entries the LRU evicted to make room (inserts beyond the entries present).
+    pub source_evictions: u64,
+    /// Sources in the verified set whose proof is still valid.
+    pub verified_sources: u64,
+    /// Proofs recorded (a data segment on an established connection from a new source).
+    pub verifications: u64,
+    /// Proofs the verified set could not store.
+    pub verified_insert_failures: u64,
     pub rules: Vec<RuleStats>,
     pub top_sources: Vec<TopSource>,
 }
@@ -125,6 +164,22 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
     let sources: HashMap<MapData, SourceKey, SourceState> =
         HashMap::try_from(sources_map).map_err(err(MAP_SOURCES))?;
 
+    let rstats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(open_pinned(&dir, MAP_RULE_STATS)?).map_err(err(MAP_RULE_STATS))?;
+    let rstat = |id: u32, slot: u32| -> Result<u64, LoaderError> {
+        Ok(rstats
+            .get(&rule_stat_index(id, slot), 0)
+            .map_err(err(MAP_RULE_STATS))?
+            .iter()
+            .sum())
+    };
+    let budget: aya::maps::Array<MapData, u64> =
+        aya::maps::Array::try_from(open_pinned(&dir, MAP_BUDGET)?).map_err(err(MAP_BUDGET))?;
+    let attack: aya::maps::Array<MapData, u64> =
+        aya::maps::Array::try_from(open_pinned(&dir, MAP_ATTACK)?).map_err(err(MAP_ATTACK))?;
+    let now = crate::bans::mono_coarse_ns().wrapping_add(tables.control()?.clock_offset_ns);
+    let wall_now = std::time::SystemTime::now();
+
     let mut rule_cfgs: Vec<(u32, RuleConfig)> = Vec::new();
     let mut rules = Vec::new();
     let slots = std::iter::once((0u32, RuleConfig::default())).chain(current);
@@ -148,10 +203,37 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         } else {
             (rule_name(&cfg), "enforce")
         };
+        let unverified = if cfg.unverified.is_enabled() {
+            let g = cfg.unverified;
+            let tat = budget.get(&id, 0).map_err(err(MAP_BUDGET))?;
+            // Tokens in hand: the burst minus the backlog the TAT runs ahead of now.
+            let ahead = tat.saturating_sub(now);
+            let used = ahead.div_ceil(g.interval_ns.max(1));
+            let since = attack.get(&id, 0).map_err(err(MAP_ATTACK))?;
+            let attack_since = (since != 0).then(|| {
+                let ago = std::time::Duration::from_nanos(now.saturating_sub(since));
+                crate::audit::rfc3339(wall_now - ago)
+            });
+            Some(UnverifiedStats {
+                rate_per_sec: g.rate_milli_per_sec() as f64 / 1000.0,
+                burst: g.burst(),
+                tokens_left: g.burst().saturating_sub(used),
+                admitted: rstat(id, RS_UNVERIFIED_ADMITTED)?,
+                dropped: counts[Reason::UnverifiedLimit.name()].packets,
+                verified_conns: rstat(id, RS_VERIFIED_CONNS)?,
+                under_attack: since != 0,
+                attack_since,
+            })
+        } else {
+            None
+        };
         rules.push(RuleStats {
             id,
             name,
             mode,
+            promoted_sources: rstat(id, RS_PROMOTED)?,
+            untracked_packets: rstat(id, RS_UNTRACKED)?,
+            unverified,
             counters: counts,
         });
         rule_cfgs.push((id, cfg));
@@ -195,6 +277,16 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
     let events_lost = sum(DIAG_EVENTS_LOST)?;
     let source_insert_failures = sum(DIAG_SOURCE_INSERT_FAILED)?;
     let ban_insert_failures = sum(DIAG_BAN_INSERT_FAILED)?;
+    let source_inserts = sum(DIAG_SOURCE_INSERTS)?;
+    let verifications = sum(DIAG_VERIFICATIONS)?;
+    let verified_insert_failures = sum(DIAG_VERIFIED_INSERT_FAILED)?;
+    let verified: HashMap<MapData, SourceKey, u64> =
+        HashMap::try_from(open_pinned(&dir, MAP_VERIFIED)?).map_err(err(MAP_VERIFIED))?;
+    let verified_sources = verified
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, proof)| still_verified(*proof, now, global.verified_ttl_ns))
+        .count() as u64;
 
     Ok(IfaceStats {
         iface: iface.to_string(),
@@ -202,6 +294,11 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         events_lost,
         source_insert_failures,
         ban_insert_failures,
+        source_inserts,
+        source_evictions: source_inserts.saturating_sub(tracked),
+        verified_sources,
+        verifications,
+        verified_insert_failures,
         policy_generation: if global.flags & CFG_LOADED != 0 {
             global.generation
         } else {
@@ -217,6 +314,34 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         rules,
         top_sources,
     })
+}
+
+/// `(rule id, name, unverified_limit packets)` of the rules in force that have an
+/// `unverified` budget: what the daemon's attack tracking reads each second.
+pub fn unverified_drops(dir: &Path) -> Result<Vec<(u32, String, u64)>, LoaderError> {
+    let err = |map: &'static str| move |source| LoaderError::Map { map, source };
+    let tables = crate::loader::PolicyMaps::open(dir)?;
+    let counters: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(open_pinned(dir, MAP_COUNTERS)?).map_err(err(MAP_COUNTERS))?;
+    let mut out = Vec::new();
+    for (id, cfg) in tables.current_rules()? {
+        if !cfg.unverified.is_enabled() {
+            continue;
+        }
+        let per_cpu = counters
+            .get(&counter_index(id, Reason::UnverifiedLimit), 0)
+            .map_err(err(MAP_COUNTERS))?;
+        out.push((id, rule_name(&cfg), per_cpu.iter().map(|c| c.packets).sum()));
+    }
+    Ok(out)
+}
+
+/// Records an attack's start (data-path clock; 0 = none) for `shield stats`.
+pub fn set_attack(dir: &Path, rule: u32, since_ns: u64) -> Result<(), LoaderError> {
+    let err = |map: &'static str| move |source| LoaderError::Map { map, source };
+    let mut attack: aya::maps::Array<MapData, u64> =
+        aya::maps::Array::try_from(open_pinned(dir, MAP_ATTACK)?).map_err(err(MAP_ATTACK))?;
+    attack.set(rule, since_ns, 0).map_err(err(MAP_ATTACK))
 }
 
 /// Human table: one row per rule, a column per reason that has traffic anywhere.
@@ -257,6 +382,32 @@ pub fn render_table(stats: &Stats) -> String {
                 }
                 let _ = writeln!(out, "{line}");
             }
+        }
+        if s.verifications > 0 || s.rules.iter().any(|r| r.unverified.is_some()) {
+            let _ = writeln!(
+                out,
+                "  verified sources {} ({} proofs), source inserts {}, evictions {}",
+                s.verified_sources, s.verifications, s.source_inserts, s.source_evictions
+            );
+        }
+        for rule in &s.rules {
+            let Some(u) = &rule.unverified else { continue };
+            let state = match &u.attack_since {
+                Some(t) => format!("UNDER ATTACK since {t}"),
+                None => "calm".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {}: unverified budget {}/s burst {} ({} left): admitted {}, dropped {}, verified connections {}, promoted sources {}; {state}",
+                rule.name,
+                u.rate_per_sec,
+                u.burst,
+                u.tokens_left,
+                u.admitted,
+                u.dropped,
+                u.verified_conns,
+                rule.promoted_sources
+            );
         }
         if !s.top_sources.is_empty() {
             let _ = writeln!(out, "  top limited sources:");

@@ -100,6 +100,18 @@ pub fn matrix_table(policy: &Policy) -> String {
     if rows.is_empty() {
         let _ = writeln!(out, "(no rules: traffic is only checked against the lists)");
     }
+    for r in &policy.rules {
+        if let Some(u) = &r.unverified {
+            let _ = writeln!(
+                out,
+                "{}: connection attempts from unverified sources share {} burst {} (verified sources bypass it; a proof lasts {})",
+                r.name,
+                u.rate,
+                u.burst,
+                super::format_duration(policy.verified_ttl)
+            );
+        }
+    }
     let list = |name: &str, l: &[super::Cidr]| {
         let v4 = l.iter().filter(|c| c.addr.is_ipv4()).count();
         let shown: Vec<String> = l.iter().take(5).map(ToString::to_string).collect();

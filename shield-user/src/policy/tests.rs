@@ -138,6 +138,41 @@ fn burst_defaults_to_one_second_of_rate() {
 /// (case, policy text, line, column, part of the message)
 const BAD: &[(&str, &str, usize, usize, &str)] = &[
     (
+        "unverified on udp",
+        "[[rule]]\nname='d'\nprotocol='udp'\nunverified={rate='10/s'}\n",
+        4,
+        12,
+        "only valid on tcp rules",
+    ),
+    (
+        "unverified with sustained",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nunverified={rate='10/s', sustained='5/s'}\n",
+        4,
+        36,
+        "no `sustained`",
+    ),
+    (
+        "unverified bad rate",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nunverified={rate='fast'}\n",
+        4,
+        18,
+        "rate",
+    ),
+    (
+        "syncookie challenge not built",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nunverified={rate='10/s'}\nchallenge='syncookie'\n",
+        5,
+        11,
+        "not built yet",
+    ),
+    (
+        "verified_ttl too short",
+        "[defaults]\nverified_ttl='10ms'\n",
+        2,
+        14,
+        "verified_ttl must be between",
+    ),
+    (
         "toml syntax",
         "[defaults\nmode='enforce'",
         1,
@@ -412,6 +447,39 @@ fn every_class_of_bad_input_is_located_and_explained() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn unverified_budget_and_sketch_compile() {
+    let p = ok(r#"
+[defaults]
+verified_ttl = "30m"
+
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [443]
+connections = { rate = "10/s", burst = 20 }
+unverified = { rate = "2000/s", burst = 4000 }
+"#);
+    assert_eq!(p.verified_ttl, std::time::Duration::from_secs(1800));
+    let c = compile(&p);
+    assert_eq!(c.global.verified_ttl_ns, 1800 * 1_000_000_000);
+    let r = &c.rules[1];
+    assert_eq!(
+        (r.unverified.interval_ns, r.unverified.burst()),
+        (500_000, 4000)
+    );
+    // 10/s: 100 ms per token, the sketch leaks one per 2^27 ns (134 ms); 4 untracked.
+    assert_eq!((r.sketch[0].shift, r.sketch[0].slack), (27, 4));
+    let table = matrix_table(&p);
+    assert!(
+        table.contains("unverified sources share 2000/s burst 4000"),
+        "{table}"
+    );
+    let default = ok("[[rule]]\nname='a'\nprotocol='tcp'\n");
+    assert_eq!(default.verified_ttl, std::time::Duration::from_secs(900));
+    assert!(!compile(&default).rules[1].unverified.is_enabled());
 }
 
 #[test]
