@@ -200,14 +200,26 @@ pub struct Topology {
 
 impl Topology {
     pub fn new() -> Result<Topology> {
+        Topology::with_queues(1)
+    }
+
+    /// A veth pair with `queues` queues per direction, the client's transmit queue `i`
+    /// used by CPU `i` (XPS): like a multi-queue NIC with RSS, traffic sent from different
+    /// CPUs lands in different receive rings, each with its own NAPI.
+    pub fn with_queues(queues: u32) -> Result<Topology> {
         let server = Netns::new("shs")?;
         let client = Netns::new("shc")?;
+        let q = queues.max(1).to_string();
         sh(
             "ip",
             &[
                 "link",
                 "add",
                 SERVER_IF,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
                 "netns",
                 &server.name,
                 "type",
@@ -215,10 +227,31 @@ impl Topology {
                 "peer",
                 "name",
                 CLIENT_IF,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
                 "netns",
                 &client.name,
             ],
         )?;
+        for i in 0..queues.max(1) {
+            if queues > 1 {
+                let mask = format!("{:x}", 1u64 << i.min(63));
+                let path = format!("/sys/class/net/{CLIENT_IF}/queues/tx-{i}/xps_cpus");
+                sh(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &client.name,
+                        "sh",
+                        "-c",
+                        &format!("echo {mask} > {path}"),
+                    ],
+                )?;
+            }
+        }
         let s = |a: String| -> Result<()> { server.ip(&a.split(' ').collect::<Vec<_>>()) };
         let c = |a: String| -> Result<()> { client.ip(&a.split(' ').collect::<Vec<_>>()) };
         s(format!("addr add {SERVER_V4}/24 dev {SERVER_IF}"))?;

@@ -4,6 +4,7 @@
 
 pub mod acceptance;
 pub mod nslab;
+pub mod synflood;
 
 use std::{
     net::IpAddr,

@@ -37,12 +37,17 @@ impl Drop for NsLab {
 impl NsLab {
     /// Builds the lab with TCP servers on `ports` and starts the daemon on `policy`.
     pub fn new(policy: &str, ports: &[u16]) -> NsLab {
+        NsLab::with_queues(policy, ports, 1)
+    }
+
+    /// As `new`, with `queues` veth queues (see `Topology::with_queues`).
+    pub fn with_queues(policy: &str, ports: &[u16], queues: u32) -> NsLab {
         require_root();
         let path = std::env::temp_dir().join(format!("{}.toml", unique("shield-policy-")));
         std::fs::write(&path, policy).expect("writing the test policy");
         let audit = std::env::temp_dir().join(format!("{}.jsonl", unique("shield-audit-")));
         let bpffs = TempBpffs::new().expect("private bpffs");
-        let topo = Topology::new().expect("building namespaces");
+        let topo = Topology::with_queues(queues).expect("building namespaces");
         let servers = ports
             .iter()
             .map(|p| TcpServer::start(&topo.server, *p).expect("starting a server"))

@@ -19,7 +19,10 @@ use std::{
 };
 
 use shield_common::{BASELINE_PROGRAM_NAME, MAP_SOURCES, PROGRAM_NAME};
-use shield_tests::{Harness, L4, Pkt, XDP_DROP, XDP_PASS, require_root, shield_bin};
+use shield_tests::{
+    Harness, L4, Pkt, XDP_DROP, XDP_PASS, require_root, shield_bin,
+    synflood::{Generator, mac_of, syn_frame, syn_frame6},
+};
 use shield_user::{
     bans::BanMaps,
     loader,
@@ -469,79 +472,6 @@ fn section4(o: &Opts, report: &mut String) {
 
 // ---------------------------------------------------------------- section 2: veth flood
 
-fn csum(data: &[u8], mut sum: u32) -> u16 {
-    for ch in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([ch[0], *ch.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A TCP SYN header with its checksum over `pseudo` (the IP pseudo-header without the
-/// TCP segment), and the Ethernet header for `ethertype`.
-fn syn_parts(dst_mac: [u8; 6], ethertype: u16, pseudo: &[u8], dport: u16) -> (Vec<u8>, [u8; 20]) {
-    let mut eth = Vec::with_capacity(14);
-    eth.extend_from_slice(&dst_mac);
-    eth.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    eth.extend_from_slice(&ethertype.to_be_bytes());
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let c = csum(&[pseudo, &tcp[..]].concat(), 0);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    (eth, tcp)
-}
-
-/// An Ethernet + IPv4 + TCP SYN frame with valid checksums.
-fn syn_frame(dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let c = csum(&ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let pseudo = [&src[..], &dst[..], &[0, 6, 0, 20]].concat();
-    let (eth, tcp) = syn_parts(dst_mac, 0x0800, &pseudo, dport);
-    [&eth[..], &ip[..], &tcp[..]].concat()
-}
-
-/// An Ethernet + IPv6 + TCP SYN frame with a valid checksum.
-fn syn_frame6(dst_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
-    let mut ip = [0u8; 40];
-    ip[0] = 0x60;
-    ip[4..6].copy_from_slice(&20u16.to_be_bytes());
-    ip[6] = 6;
-    ip[7] = 64;
-    ip[8..24].copy_from_slice(&src);
-    ip[24..40].copy_from_slice(&dst);
-    let pseudo = [&src[..], &dst[..], &[0, 0, 0, 20, 0, 0, 0, 6]].concat();
-    let (eth, tcp) = syn_parts(dst_mac, 0x86dd, &pseudo, dport);
-    [&eth[..], &ip[..], &tcp[..]].concat()
-}
-
-fn mac_of(ns: &str, iface: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "link", "show", iface])
-        .output()
-        .expect("ip");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
-    let text = v[0]["address"].as_str().expect("mac");
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(text.split(':')) {
-        *m = u8::from_str_radix(p, 16).unwrap_or(0);
-    }
-    mac
-}
-
 /// `kernel.bpf_stats_enabled=1` while alive (per-program run time in fdinfo).
 struct BpfStats;
 impl BpfStats {
@@ -667,7 +597,7 @@ fn flood_with(
     frames: u32,
     wrk_secs: Option<u32>,
 ) -> Result<(f64, f64, Option<f64>, Option<Wrk>), String> {
-    use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
+    use aya::programs::{Xdp, XdpMode};
     let topo = Topology::new().map_err(|e| format!("{e:#}"))?;
     let server = topo.server.name.clone();
     let sh = |args: &[&str]| -> Result<(), String> {
@@ -756,24 +686,10 @@ fn flood_with(
         None => None,
     };
     // Generator on the client side.
-    let mut gen_obj = aya::EbpfLoader::new()
-        .load(shield_user::EBPF_OBJECT)
-        .map_err(|e| e.to_string())?;
-    {
-        let mut cfg: aya::maps::Array<_, [u32; 2]> =
-            aya::maps::Array::try_from(gen_obj.map_mut(shield_common::MAP_GEN).ok_or("gen map")?)
-                .map_err(|e| e.to_string())?;
-        cfg.set(0, [mode, sources], 0).map_err(|e| e.to_string())?;
-    }
-    let gen_prog: &mut Xdp = gen_obj
-        .program_mut(shield_common::GEN_PROGRAM_NAME)
-        .ok_or("gen program")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    gen_prog.load().map_err(|e| e.to_string())?;
+    let generator = Generator::new(mode, sources)?;
     // Section 3 floods the API's port; section 2 a plain listener.
     let dport = if wrk_secs.is_some() { 8000 } else { 8080 };
-    let mac = mac_of(&topo.server.name, shield_user::netlab::SERVER_IF);
+    let mac = mac_of(&topo.server.name, shield_user::netlab::SERVER_IF)?;
     let frame = if mode == 3 {
         syn_frame6(
             mac,
@@ -794,7 +710,6 @@ fn flood_with(
         prog.fd().map_err(|e| e.to_string())?.as_fd().as_raw_fd()
     };
     let before = run_stats(rx_fd);
-    let gen_ref: &Xdp = gen_prog;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let wrk_out = std::sync::Mutex::new(None);
     let elapsed = topo
@@ -821,13 +736,6 @@ fn flood_with(
                         stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     });
                 }
-                let ifindex =
-                    loader::if_index(shield_user::netlab::CLIENT_IF).map_err(|e| e.to_string())?;
-                // struct xdp_md: data 0, data_end = the frame's length (the kernel checks it),
-                // data_meta 0, ingress_ifindex, rx_queue_index 0, egress_ifindex 0.
-                let mut ctx = [0u8; 24];
-                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
                 let t = Instant::now();
                 let mut left = frames;
                 let mut sent: u64 = 0;
@@ -844,20 +752,7 @@ fn flood_with(
                         left.min(1_000_000)
                     };
                     let batch_started = Instant::now();
-                    gen_ref
-                        .test_run(TestRunOptions {
-                            data_in: Some(&frame),
-                            ctx_in: Some(&ctx),
-                            repeat: n,
-                            attrs: TestRunAttrs::new().xdp_live_frames(64),
-                            ..Default::default()
-                        })
-                        .map_err(|e| {
-                            format!(
-                                "live frames: {:?}",
-                                std::error::Error::source(&e).map(|s| s.to_string())
-                            )
-                        })?;
+                    generator.send(&frame, n)?;
                     left = left.saturating_sub(n);
                     sent += u64::from(n);
                     if continuous
