@@ -53,6 +53,37 @@ pub const ALL_MAPS: [&str; 20] = [
     MAP_ATTACK,
 ];
 
+/// (map, key size, value size) of every pinned map but the ring buffer: a pin left by a
+/// version with another layout must not be adopted.
+pub const MAP_LAYOUTS: [(&str, usize, usize); 19] = {
+    use core::mem::size_of;
+    /// An LPM trie key: the u32 prefix length, then the data.
+    const fn lpm(n: usize) -> usize {
+        4 + n
+    }
+    [
+        (MAP_CONTROL, 4, size_of::<Control>()),
+        (MAP_CONFIG, 4, size_of::<GlobalConfig>()),
+        (MAP_PORTS, 4, 4),
+        (MAP_RULES, 4, size_of::<RuleConfig>()),
+        (MAP_SOURCES, size_of::<SourceKey>(), size_of::<SourceState>()),
+        (MAP_COUNTERS, 4, size_of::<Counter>()),
+        (MAP_ALLOW_V4, lpm(LIST_KEY_V4), 1),
+        (MAP_ALLOW_V6, lpm(LIST_KEY_V6), 1),
+        (MAP_DENY_V4, lpm(LIST_KEY_V4), 1),
+        (MAP_DENY_V6, lpm(LIST_KEY_V6), 1),
+        (MAP_HOST_BANS_V4, lpm(4), size_of::<BanValue>()),
+        (MAP_HOST_BANS_V6, lpm(16), size_of::<BanValue>()),
+        (MAP_RULE_BANS, size_of::<SourceKey>(), size_of::<BanValue>()),
+        (MAP_DIAG, 4, 8),
+        (MAP_SKETCH, 4, 8),
+        (MAP_VERIFIED, size_of::<SourceKey>(), 8),
+        (MAP_BUDGET, 4, 8),
+        (MAP_RULE_STATS, 4, 8),
+        (MAP_ATTACK, 4, 8),
+    ]
+};
+
 /// Pin file name of the XDP link (kept while the daemon is down: protection stays).
 pub const LINK_PIN: &str = "link";
 
@@ -60,6 +91,8 @@ pub const LINK_PIN: &str = "link";
 pub const PROGRAM_NAME: &str = "shield";
 /// A trivial `XDP_PASS` program in the same object: the baseline for cost measurements.
 pub const BASELINE_PROGRAM_NAME: &str = "shield_baseline";
+/// A trivial `XDP_DROP` program: the ceiling for drop rates in the flood benchmarks.
+pub const DROP_PROGRAM_NAME: &str = "shield_drop";
 /// The benchmark traffic generator in the same object (see `shield-bench`).
 pub const GEN_PROGRAM_NAME: &str = "shield_gen";
 /// Its settings map (not pinned: the benchmark loads its own copy of the object).

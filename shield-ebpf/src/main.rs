@@ -171,6 +171,13 @@ pub fn shield_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The cheapest possible drop: the ceiling every flood figure is compared to (benchmarks
+/// only, never attached by the daemon).
+#[xdp]
+pub fn shield_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// Benchmark traffic generator (never attached by the daemon): run through
 /// BPF_PROG_TEST_RUN in live-frames mode on the attacker's veth, it rewrites the source of
 /// each crafted IPv4 TCP SYN (`SHIELD_GEN[0]`: mode 0 fixed, 1 one of `n` sources, 2 random

@@ -83,6 +83,11 @@ impl Tracker {
         }
     }
 
+    /// Whether `key` has been observed before.
+    pub fn knows(&self, key: &str) -> bool {
+        self.rules.contains_key(key)
+    }
+
     /// Start (data-path clock) of the attack running on `key`, if any.
     pub fn since(&self, key: &str) -> Option<u64> {
         self.rules.get(key)?.attack.map(|a| a.start_ns)

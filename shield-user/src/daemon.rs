@@ -639,8 +639,16 @@ fn watch_attacks(inst: &Instance, shared: &Shared, tracker: &mut crate::attack::
     });
     for (id, name, total) in totals {
         let key = format!("{prefix}{name}");
+        let first = !tracker.knows(&key);
         let change = tracker.observe(&key, total, now);
         let line = match change {
+            // A new daemon starts calm: clear what a previous one may have left.
+            None if first => {
+                if let Err(e) = crate::stats::set_attack(&inst.dir, id, 0) {
+                    eprintln!("shield: warning: {}: {e}", inst.iface);
+                }
+                continue;
+            }
             None => continue,
             Some(crate::attack::Change::Start) => json!({
                 "event": "attack_start",

@@ -49,6 +49,17 @@ pub enum LoaderError {
     Missing(&'static str),
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error(
+        "the map {map} pinned in {dir} was created by another shield version (key {found_key} B, value {found_value} B; this version needs {key} B and {value} B). Start once with `shield run --fresh` (drops its counters, limiter state and bans), or remove the interface's pins with `shield detach IFACE`"
+    )]
+    Incompatible {
+        map: &'static str,
+        dir: PathBuf,
+        found_key: u32,
+        found_value: u32,
+        key: usize,
+        value: usize,
+    },
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
     #[error("XDP link: {0}")]
@@ -151,6 +162,21 @@ pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Ebpf, LoaderError> {
                 path: sources_pin.clone(),
                 source,
             })?;
+        }
+    }
+    for (map, key, value) in shield_common::MAP_LAYOUTS {
+        let Ok(info) = MapData::from_pin(pin_dir.join(map)).and_then(|m| m.info()) else {
+            continue;
+        };
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            return Err(LoaderError::Incompatible {
+                map,
+                dir: pin_dir.to_path_buf(),
+                found_key: info.key_size(),
+                found_value: info.value_size(),
+                key,
+                value,
+            });
         }
     }
     let mut loader = EbpfLoader::new();

@@ -264,7 +264,11 @@ impl Topology {
         ))?;
         // Replies to the other client networks go straight out of the veth (on-link).
         s(format!("route add 203.0.113.0/24 dev {SERVER_IF}"))?;
-        s(format!("route add 10.20.0.0/16 dev {SERVER_IF}"))?;
+        // A host route only: the benchmarks' spoofed sources are random in 10.0.0.0/8, and
+        // an on-link /16 would make the server ARP for every one it answers (overflowing
+        // the neighbour table, which then drops the legit client's packets). Off-link
+        // spoofed sources have no route here, as they would go to one gateway on a real host.
+        s(format!("route add {PARTNER_V4}/32 dev {SERVER_IF}"))?;
         s(format!(
             "route add {}/{} dev {SERVER_IF}",
             POOL_V4.0, POOL_V4.1

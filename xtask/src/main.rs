@@ -48,6 +48,12 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// Only these sections, comma-separated (1, 2, 3, 3b, 4), into the `--out` file.
+        #[arg(long)]
+        only: Option<String>,
+        /// Report file (default BENCHMARKS.md).
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: String,
     },
     /// cargo fmt --check and clippy -D warnings on every crate (host crates, then the
     /// eBPF crate for bpfel-unknown-none).
@@ -283,7 +289,7 @@ fn main() -> Result<()> {
                 .args(&args)
                 .env("SHIELD_BIN", &bin))
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only, out } => {
             bootstrap()?;
             for p in BENCH_PACKAGES {
                 if output("dpkg-query", &["-W", "-f=${Status}", p])
@@ -308,10 +314,13 @@ fn main() -> Result<()> {
                 "shield-bench",
                 "--",
             ])
-            .args(["--out", "BENCHMARKS.md"])
+            .args(["--out", &out])
             .env("SHIELD_BIN", &bin);
             if quick {
                 c.arg("--quick");
+            }
+            if let Some(only) = only {
+                c.args(["--only", &only]);
             }
             run(&mut c)
         }
