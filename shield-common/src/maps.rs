@@ -66,7 +66,11 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 19] = {
         (MAP_CONFIG, 4, size_of::<GlobalConfig>()),
         (MAP_PORTS, 4, 4),
         (MAP_RULES, 4, size_of::<RuleConfig>()),
-        (MAP_SOURCES, size_of::<SourceKey>(), size_of::<SourceState>()),
+        (
+            MAP_SOURCES,
+            size_of::<SourceKey>(),
+            size_of::<SourceState>(),
+        ),
         (MAP_COUNTERS, 4, size_of::<Counter>()),
         (MAP_ALLOW_V4, lpm(LIST_KEY_V4), 1),
         (MAP_ALLOW_V6, lpm(LIST_KEY_V6), 1),

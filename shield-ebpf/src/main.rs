@@ -268,17 +268,9 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     if flags & CFG_LOADED == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
-    let mut pkt = Packet {
-        family: 0,
-        src: [0; 16],
-        l3_off: 0,
-        sport: 0,
-        l4: L4_NONE,
-        dport: 0,
-        conn_attempt: false,
-        tcp_data: false,
-    };
-    match parse(ctx.ctx, &mut pkt) {
+    // Filled by `parse` (no zero-fill: only read once it says PARSED_IP).
+    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
+    match parse(ctx.ctx, slot.as_mut_ptr()) {
         PARSED_IP => {}
         PARSED_NOT_IP => {
             count(0, Reason::Pass, len);
@@ -286,6 +278,8 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         }
         _ => return Err(()),
     }
+    // SAFETY: `parse` wrote a whole `Packet` when it returned PARSED_IP.
+    let pkt = unsafe { slot.assume_init() };
     let global_monitor = flags & CFG_MONITOR != 0;
     let bans = flags & CFG_BANS != 0;
     // SAFETY: the helper takes no arguments and only reads the clock.
@@ -414,9 +408,12 @@ fn judge_source(rule: &RuleConfig, key: &SourceKey, pkt: &Packet, now: u64, seed
     // SAFETY: a map value from a successful lookup, valid for the rest of this run (RCU).
     let reason = decide(rule, key, unsafe { &mut *state }, now, pkt.conn_attempt);
     if fresh {
-        // A failed insert (memory pressure) only loses this source's history.
+        // A failed insert (memory pressure) only loses this source's history. By reference:
+        // a copy of the state would go back on the stack this slot keeps it off.
         // SAFETY: as above.
-        if SHIELD_SOURCES.insert(key, unsafe { &*state }, 0).is_err() {
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let inserted = SHIELD_SOURCES.insert(key, unsafe { &*state }, 0);
+        if inserted.is_err() {
             diag(DIAG_SOURCE_INSERT_FAILED);
         } else {
             diag(DIAG_SOURCE_INSERTS);
@@ -600,7 +597,7 @@ fn established(ctx: &XdpContext, pkt: &Packet) -> bool {
         }
         let state = (*sk).state;
         bpf_sk_release(sk as *mut _);
-        state == BPF_TCP_ESTABLISHED as u32
+        state == BPF_TCP_ESTABLISHED
     }
 }
 
@@ -824,13 +821,14 @@ fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
 /// Fills `out` from the frame; returns a `PARSED_*` code. Not inlined: the parser's
 /// temporaries get their own stack frame, released before the rest of the program runs.
 #[inline(never)]
-fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: &mut Packet) -> i32 {
+fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: *mut Packet) -> i32 {
     // Opaque to the optimiser: it must not split the context into data/data_end arguments
     // (the verifier forbids arithmetic on a data_end passed that way).
     let ctx = XdpContext::new(core::hint::black_box(raw));
     match parse_frame(&ctx) {
         Ok(Some(p)) => {
-            *out = p;
+            // SAFETY: `out` points to the caller's slot for one Packet.
+            unsafe { out.write(p) };
             PARSED_IP
         }
         Ok(None) => PARSED_NOT_IP,

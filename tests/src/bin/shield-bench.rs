@@ -579,9 +579,12 @@ fn flood(
     mode: u32,
     sources: u32,
     frames: u32,
-) -> Result<(f64, f64, Option<(f64, f64)>), String> {
+) -> Result<(f64, f64, ProgFigures), String> {
     flood_with(filter, mode, sources, frames, Legit::None).map(|(a, b, c, _)| (a, b, c))
 }
+
+/// An XDP filter's own figures: (ns per packet, % of the generated frames that reached it).
+type ProgFigures = Option<(f64, f64)>;
 
 /// The legit client's load during a flood.
 #[derive(Clone, Copy, PartialEq)]
@@ -643,7 +646,7 @@ fn flood_with(
     sources: u32,
     frames: u32,
     legit: Legit,
-) -> Result<(f64, f64, Option<(f64, f64)>, Option<Wrk>), String> {
+) -> Result<(f64, f64, ProgFigures, Option<Wrk>), String> {
     let wrk_secs = match legit {
         Legit::Wrk(secs) => Some(secs),
         _ => None,
@@ -998,13 +1001,18 @@ fn paced_gets(count: u32) -> String {
     let start = Instant::now();
     let mut out = String::new();
     for i in 0..count {
-        if let Some(w) = (start + Duration::from_millis(25) * i).checked_duration_since(Instant::now())
+        if let Some(w) =
+            (start + Duration::from_millis(25) * i).checked_duration_since(Instant::now())
         {
             std::thread::sleep(w);
         }
         let t = Instant::now();
-        let code =
-            shield_user::netlab::http_get(known_client(i), dst, "/api/items", Duration::from_secs(3));
+        let code = shield_user::netlab::http_get(
+            known_client(i),
+            dst,
+            "/api/items",
+            Duration::from_secs(3),
+        );
         if code == Some(200) {
             let _ = writeln!(out, "{}", t.elapsed().as_secs_f64() * 1000.0);
         } else {
