@@ -130,3 +130,49 @@ fn rule_ids_follow_names_not_file_order() {
         "`web` is new (2), `api` keeps 1 though it moved"
     );
 }
+
+/// A map pinned by a build with another layout (here `SHIELD_RULES` with the 144-byte
+/// rules of an earlier version) is refused with a message that says what to do, instead
+/// of being adopted and failing on the first write.
+#[test]
+fn pins_with_another_layout_are_refused_clearly() {
+    shield_tests::require_root();
+    let bpffs = shield_user::netlab::TempBpffs::new().expect("private bpffs");
+    let dir = shield_user::loader::pin_dir(&bpffs.path, "old-layout");
+    std::fs::create_dir_all(&dir).expect("pin dir");
+    // BPF_MAP_CREATE (array, key 4, value 144, 512 entries), then BPF_OBJ_PIN.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&2u32.to_ne_bytes()); // BPF_MAP_TYPE_ARRAY
+    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&144u32.to_ne_bytes());
+    attr[12..16].copy_from_slice(&512u32.to_ne_bytes());
+    // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), 128u32) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let path = std::ffi::CString::new(
+        dir.join(shield_common::MAP_RULES)
+            .to_str()
+            .expect("utf-8 path"),
+    )
+    .expect("no NUL");
+    let mut pin = [0u8; 128];
+    pin[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    pin[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: a bpf_attr for BPF_OBJ_PIN with a valid path and fd.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_mut_ptr(), 128u32) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: closing our own fd (the pin keeps the map).
+    unsafe { libc::close(fd as i32) };
+
+    let err = shield_user::loader::load(&dir, 1024)
+        .err()
+        .expect("a pin with another layout must not be adopted")
+        .to_string();
+    for needle in ["SHIELD_RULES", "value 144 B", "168 B", "--fresh"] {
+        assert!(err.contains(needle), "error {err:?} lacks {needle:?}");
+    }
+}
