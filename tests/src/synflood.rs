@@ -101,6 +101,30 @@ pub fn mac_of(ns: &str, iface: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
+/// CPUs this machine has.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pins the calling thread to one CPU (the flood and the legit client apart).
+pub fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; valid pointers for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Makes the calling thread SCHED_IDLE: the generator stands for remote attackers, so its
+/// own CPU time yields to the host's tasks (the receive path and the filter still run at
+/// full rate, in softirq).
+pub fn run_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: valid parameters for the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+}
+
 /// A loaded generator (its own copy of the object) with its source shape set.
 pub struct Generator {
     obj: Ebpf,
@@ -160,6 +184,19 @@ impl Generator {
                     std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
                 )
             })
+    }
+
+    /// Sends `total` frames in batches of at most a million. Returns seconds taken. The
+    /// calling thread must be in the client namespace.
+    pub fn send_count(&self, frame: &[u8], total: u32) -> Result<f64, String> {
+        let started = Instant::now();
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(1_000_000);
+            self.send(frame, n)?;
+            left -= n;
+        }
+        Ok(started.elapsed().as_secs_f64())
     }
 
     /// Floods until `stop`, in batches of `batch` frames; with `pps`, paced to that rate

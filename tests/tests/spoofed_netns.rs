@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use shield_tests::{
     nslab::NsLab,
-    synflood::{Generator, MODE_RANDOM, mac_of, syn_frame},
+    synflood::{Generator, MODE_RANDOM, cpus, mac_of, pin_to, run_idle, syn_frame},
 };
 use shield_user::netlab::{self, Gunicorn, LEGIT_V4, SERVER_V4, http_get};
 
@@ -27,21 +27,6 @@ ports = [8000]
 connections = { rate = "100/s", burst = 200 }
 unverified = { rate = "200/s", burst = 200 }
 "#;
-
-/// Pins the calling thread to one CPU (the flood and the legit client apart, as a real
-/// host's clients are on other machines: the generator's own CPU is not the shield's cost).
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity take valid pointers.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
 
 /// `n` GETs from the legit client, one every `every`: per-request latency (None: failed).
 fn timed_gets(lab: &NsLab, n: u32, every: Duration) -> Vec<Option<Duration>> {
@@ -137,13 +122,10 @@ fn known_clients_keep_working_through_a_random_source_syn_flood() {
             lab.topo
                 .client
                 .run_in(|| {
+                    // The flood and the legit client apart, and the generator at
+                    // SCHED_IDLE: the attacker's own CPU time is not the host's.
                     pin_to(cpus() - 1);
-                    // The attacker's own CPU time is not the host's: the generator yields
-                    // to any other task on its CPU (SCHED_IDLE). The receive path (veth
-                    // NAPI and the XDP program, in softirq) still runs at full rate.
-                    let param = libc::sched_param { sched_priority: 0 };
-                    // SAFETY: valid parameters for the calling thread.
-                    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                    run_idle();
                     generator.flood_until(&frame, &stop, None)
                 })
                 .expect("client namespace")

@@ -21,7 +21,7 @@ use std::{
 use shield_common::{BASELINE_PROGRAM_NAME, DROP_PROGRAM_NAME, MAP_SOURCES, PROGRAM_NAME};
 use shield_tests::{
     Harness, L4, Pkt, XDP_DROP, XDP_PASS, require_root, shield_bin,
-    synflood::{Generator, mac_of, syn_frame, syn_frame6},
+    synflood::{Generator, cpus, mac_of, pin_to, run_idle, syn_frame, syn_frame6},
 };
 use shield_user::{
     bans::BanMaps,
@@ -657,7 +657,7 @@ fn flood_with(
     };
     let with_api = legit != Legit::None;
     use aya::programs::{Xdp, XdpMode};
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = cpus();
     // Section 3: one veth queue per CPU, the generator on the last CPU and the legit client
     // on CPU 0, so that the legit flow has its own receive ring (as on a multi-queue NIC).
     let queues = if with_api { cpus as u32 } else { 1 };
@@ -838,7 +838,7 @@ fn flood_with(
                 if let Legit::Paced(count) = legit {
                     let (stop, wrk_out) = (&stop, &wrk_out);
                     scope.spawn(move || {
-                        pin(0);
+                        pin_to(0);
                         std::thread::sleep(Duration::from_millis(500));
                         let lat = paced_gets(count);
                         *wrk_out.lock().expect("lock") = Some(Ok(lat));
@@ -846,40 +846,21 @@ fn flood_with(
                     });
                 }
                 match legit {
-                    Legit::Paced(_) => pin_idle(cpus - 1),
-                    Legit::Wrk(_) => pin(cpus - 1),
+                    Legit::Paced(_) => {
+                        pin_to(cpus - 1);
+                        run_idle();
+                    }
+                    Legit::Wrk(_) => pin_to(cpus - 1),
                     Legit::None => {}
                 }
-                let t = Instant::now();
-                let mut left = frames;
-                let mut sent: u64 = 0;
-                let continuous = with_api;
-                while (continuous && !stop.load(std::sync::atomic::Ordering::Relaxed))
-                    || (!continuous && left > 0)
-                {
+                match legit {
+                    Legit::None => Ok((u64::from(frames), generator.send_count(&frame, frames)?)),
                     // Section 3 floods at a fixed rate, the same for every filter, so the
                     // legit service is compared under equal pressure (not under whatever
                     // rate each filter lets the generator reach on a 2-core machine).
-                    let paced = matches!(legit, Legit::Wrk(_));
-                    let n = if paced {
-                        FLOOD_PPS / 100
-                    } else if continuous {
-                        100_000
-                    } else {
-                        left.min(1_000_000)
-                    };
-                    let batch_started = Instant::now();
-                    generator.send(&frame, n)?;
-                    left = left.saturating_sub(n);
-                    sent += u64::from(n);
-                    if paced
-                        && let Some(rest) =
-                            Duration::from_millis(10).checked_sub(batch_started.elapsed())
-                    {
-                        std::thread::sleep(rest);
-                    }
+                    Legit::Wrk(_) => generator.flood_until(&frame, &stop, Some(FLOOD_PPS)),
+                    Legit::Paced(_) => generator.flood_until(&frame, &stop, None),
                 }
-                Ok((sent, t.elapsed().as_secs_f64()))
             })
         })
         .map_err(|e| format!("{e:#}"))??;
@@ -970,16 +951,6 @@ fn flood_with(
     Ok((sent / elapsed, pct, prog, wrk))
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; valid pointers for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// Known clients of section 3b: `KNOWN_CLIENTS` addresses, so that 40 requests/s stay
 /// within the per-source limit of 5 connections/s (4/s each).
 const KNOWN_CLIENTS: u32 = 10;
@@ -1039,23 +1010,9 @@ fn parse_paced(out: &str) -> Wrk {
     (ms.len() as u64, failed, q(50), q(99))
 }
 
-/// Pins the calling thread to `cpu` at SCHED_IDLE: the generator stands for remote
-/// attackers, so its own CPU time yields to the host's tasks (the receive path, in
-/// softirq, still runs at full rate).
-fn pin_idle(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; valid pointers for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-    }
-}
-
 /// wrk against the demo API with no flood at all.
 fn wrk_alone(secs: u32) -> Result<Wrk, String> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = cpus();
     let topo = Topology::with_queues(cpus as u32).map_err(|e| format!("{e:#}"))?;
     let _api =
         shield_user::netlab::Gunicorn::start(&topo.server, 8000).map_err(|e| format!("{e:#}"))?;
@@ -1213,7 +1170,7 @@ const READING_SECTION3: &str = "\nReading it: with wrk saturating the API on thi
 
 /// `paced_gets` with no flood and no filter (the same lab as the flood cases).
 fn paced_alone(count: u32) -> Result<Wrk, String> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = cpus();
     let topo = Topology::with_queues(cpus as u32).map_err(|e| format!("{e:#}"))?;
     let _api =
         shield_user::netlab::Gunicorn::start(&topo.server, 8000).map_err(|e| format!("{e:#}"))?;
@@ -1221,7 +1178,7 @@ fn paced_alone(count: u32) -> Result<Wrk, String> {
     let out = topo
         .client
         .run_in(move || {
-            pin(0);
+            pin_to(0);
             paced_gets(KNOWN_CLIENTS);
             paced_gets(count)
         })
