@@ -489,6 +489,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_pinned_map_but_the_ring_buffer_has_a_layout() {
+        for name in ALL_MAPS.iter().filter(|n| **n != MAP_EVENTS) {
+            assert!(
+                MAP_LAYOUTS.iter().any(|(m, _, _)| m == name),
+                "{name} is pinned but has no entry in MAP_LAYOUTS"
+            );
+        }
+        assert_eq!(MAP_LAYOUTS.len(), ALL_MAPS.len() - 1);
+    }
+
+    #[test]
     fn map_names_fit_the_kernel_limit() {
         for name in ALL_MAPS {
             assert!(

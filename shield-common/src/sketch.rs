@@ -120,9 +120,18 @@ pub enum Admission {
     Promote([u64; 2]),
 }
 
+/// What a promoted source has drawn in a class: its backlog, at most the class's slack
+/// (more can only come from collisions: the source itself sent at most `slack` untracked).
+#[inline(always)]
+pub fn drawn(backlog: u64, slack: u8) -> u64 {
+    let s = slack as u64;
+    if backlog < s { backlog } else { s }
+}
+
 /// Decides from the per-class backlogs before this packet. `active[c]`: this packet counts
 /// in class `c` (a connection attempt under a `connections` limit; any packet under a
-/// `packets` limit).
+/// `packets` limit). Only active classes' backlogs are read; on promotion, the caller
+/// fills in an inactive class's draw (`drawn`) if the rule has that limit.
 #[inline(always)]
 pub fn admission(backlogs: [u64; 2], active: [bool; 2], slack: [u8; 2]) -> Admission {
     let c = active[CLASS_CONN] && backlogs[CLASS_CONN] >= slack[CLASS_CONN] as u64;
@@ -130,11 +139,10 @@ pub fn admission(backlogs: [u64; 2], active: [bool; 2], slack: [u8; 2]) -> Admis
     if !(c || p) {
         return Admission::Untracked;
     }
-    let cap = |i: usize| {
-        let s = slack[i] as u64;
-        if backlogs[i] < s { backlogs[i] } else { s }
-    };
-    Admission::Promote([cap(CLASS_CONN), cap(CLASS_PKT)])
+    Admission::Promote([
+        drawn(backlogs[CLASS_CONN], slack[CLASS_CONN]),
+        drawn(backlogs[CLASS_PKT], slack[CLASS_PKT]),
+    ])
 }
 
 /// State for a promoted source: its buckets start with `drawn` packets per class already
@@ -202,10 +210,14 @@ mod tests {
             let active = [conn && r.has_conn_limit(), r.has_pkt_limit()];
             let mut backlogs = [0u64; 2];
             let mut bases = [0u64; 2];
-            for class in [CLASS_CONN, CLASS_PKT] {
-                let s = r.sketch[class];
+            let read = |class: usize| {
                 let cells = [0, 1].map(|row| self.cells[cell_index(class, row, h) as usize]);
-                (backlogs[class], bases[class]) = backlog(cells, now, s.shift);
+                backlog(cells, now, r.sketch[class].shift)
+            };
+            for class in [CLASS_CONN, CLASS_PKT] {
+                if active[class] {
+                    (backlogs[class], bases[class]) = read(class);
+                }
             }
             let slack = [r.sketch[0].slack, r.sketch[1].slack];
             match admission(backlogs, active, slack) {
@@ -221,9 +233,14 @@ mod tests {
                     }
                     Reason::Pass
                 }
-                Admission::Promote(drawn) => {
+                Admission::Promote(mut d) => {
+                    // A packet that is not a connection attempt still draws the source's
+                    // untracked connections.
+                    if !active[CLASS_CONN] && r.has_conn_limit() {
+                        d[CLASS_CONN] = drawn(read(CLASS_CONN).0, slack[CLASS_CONN]);
+                    }
                     self.promotions += 1;
-                    let mut st = promoted_state(r, drawn, now);
+                    let mut st = promoted_state(r, d, now);
                     let v = judge(r, &mut st, now, conn);
                     self.states.insert(key, st);
                     v

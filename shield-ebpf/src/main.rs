@@ -464,8 +464,9 @@ fn untracked(
             None
         }
     };
-    let conn = read(CLASS_CONN, rule.has_conn_limit());
-    let pkts = read(CLASS_PKT, rule.has_pkt_limit());
+    // Only the classes this packet counts in; the other is read on promotion only.
+    let conn = read(CLASS_CONN, active[CLASS_CONN]);
+    let pkts = read(CLASS_PKT, active[CLASS_PKT]);
     let backlogs = [
         conn.as_ref().map_or(0, |c| c.backlog),
         pkts.as_ref().map_or(0, |c| c.backlog),
@@ -475,7 +476,13 @@ fn untracked(
         active,
         [sk[CLASS_CONN].slack, sk[CLASS_PKT].slack],
     ) {
-        Admission::Promote(d) => {
+        Admission::Promote(mut d) => {
+            // Not a connection attempt: still draw the source's untracked connections.
+            if !active[CLASS_CONN]
+                && let Some(c) = read(CLASS_CONN, rule.has_conn_limit())
+            {
+                d[CLASS_CONN] = sketch::drawn(c.backlog, sk[CLASS_CONN].slack);
+            }
             *drawn = d;
             true
         }

@@ -624,7 +624,7 @@ fn sweep(inst: &mut Instance, shared: &Shared) {
 /// Logs the start and end of attacks on rules' `unverified` budgets and records them in the
 /// maps for `shield stats`.
 fn watch_attacks(inst: &Instance, shared: &Shared, tracker: &mut crate::attack::Tracker) {
-    let totals = match crate::stats::unverified_drops(&inst.dir) {
+    let totals = match crate::stats::unverified_drops(&inst.dir, &inst.tables) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("shield: warning: attack tracking on {}: {e}", inst.iface);

@@ -318,9 +318,11 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
 
 /// `(rule id, name, unverified_limit packets)` of the rules in force that have an
 /// `unverified` budget: what the daemon's attack tracking reads each second.
-pub fn unverified_drops(dir: &Path) -> Result<Vec<(u32, String, u64)>, LoaderError> {
+pub fn unverified_drops(
+    dir: &Path,
+    tables: &crate::loader::PolicyMaps,
+) -> Result<Vec<(u32, String, u64)>, LoaderError> {
     let err = |map: &'static str| move |source| LoaderError::Map { map, source };
-    let tables = crate::loader::PolicyMaps::open(dir)?;
     let counters: PerCpuArray<MapData, Counter> =
         PerCpuArray::try_from(open_pinned(dir, MAP_COUNTERS)?).map_err(err(MAP_COUNTERS))?;
     let mut out = Vec::new();
