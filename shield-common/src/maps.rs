@@ -91,6 +91,44 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 19] = {
 /// Pin file name of the XDP link (kept while the daemon is down: protection stays).
 pub const LINK_PIN: &str = "link";
 
+/// Operators' reasons for manual bans, by ban: a hash map the daemon creates and pins
+/// beside the program's maps (the program never reads it), so a reason survives a restart
+/// and `shield bans` shows it without the daemon.
+pub const MAP_BAN_NOTES: &str = "SHIELD_BANNOTES";
+/// Longest reason kept for a ban, in bytes.
+pub const BAN_NOTE_MAX: usize = 512;
+/// `BanNoteKey::kind`: a host-scope ban (IPv4 or IPv6 host ban table).
+pub const NOTE_HOST: u8 = 1;
+/// `BanNoteKey::kind`: a rule-scope ban.
+pub const NOTE_RULE: u8 = 2;
+
+/// Key of `MAP_BAN_NOTES`: which ban a note belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BanNoteKey {
+    /// `NOTE_HOST` or `NOTE_RULE`.
+    pub kind: u8,
+    pub family: u8,
+    pub prefix_len: u8,
+    pub _pad: u8,
+    /// Rule id of a rule-scope ban, else 0.
+    pub rule: u16,
+    pub _pad2: [u8; 2],
+    /// Address, network byte order (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<BanNoteKey>() == 24);
+
+/// Value of `MAP_BAN_NOTES`: the reason text (UTF-8, `len` bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanNote {
+    pub len: u16,
+    pub _pad: [u8; 6],
+    pub text: [u8; BAN_NOTE_MAX],
+}
+const _: () = assert!(core::mem::size_of::<BanNote>() == 8 + BAN_NOTE_MAX);
+
 /// The XDP program's function name.
 pub const PROGRAM_NAME: &str = "shield";
 /// A trivial `XDP_PASS` program in the same object: the baseline for cost measurements.
@@ -482,6 +520,10 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::sketch::ClassSketch {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BanNoteKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BanNote {}
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ use std::{
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use serde::Serialize;
 use shield_common::{
-    BAN_MANUAL, BAN_MONITOR, BanValue, CFG_BANS, MAP_HOST_BANS_V4, MAP_HOST_BANS_V6, MAP_RULE_BANS,
-    RuleConfig, SourceKey,
+    BAN_MANUAL, BAN_MONITOR, BAN_NOTE_MAX, BanNote, BanNoteKey, BanValue, CFG_BANS, MAP_BAN_NOTES,
+    MAP_HOST_BANS_V4, MAP_HOST_BANS_V6, MAP_RULE_BANS, MAX_BANS, NOTE_HOST, NOTE_RULE, RuleConfig,
+    SourceKey,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
 };
 
@@ -49,6 +50,89 @@ pub enum BanError {
     },
     #[error("the ban table is full ({0} entries)")]
     Full(u32),
+    #[error("cannot create the ban notes map {path}: {source}")]
+    Notes {
+        path: std::path::PathBuf,
+        source: MapError,
+    },
+}
+
+/// Shortest prefixes a manual ban may cover without `--force`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanFloor {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl Default for BanFloor {
+    fn default() -> BanFloor {
+        BanFloor { ipv4: 8, ipv6: 32 }
+    }
+}
+
+/// Whether prefix `outer` contains prefix `inner` (same family, `outer` no longer).
+fn covers(outer: &Cidr, inner: &Cidr) -> bool {
+    match (outer.addr, inner.addr) {
+        (IpAddr::V4(o), IpAddr::V4(i)) if outer.len <= inner.len => {
+            let m = u32::MAX.checked_shl(32 - u32::from(outer.len)).unwrap_or(0);
+            u32::from(o) & m == u32::from(i) & m
+        }
+        (IpAddr::V6(o), IpAddr::V6(i)) if outer.len <= inner.len => {
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(outer.len))
+                .unwrap_or(0);
+            u128::from(o) & m == u128::from(i) & m
+        }
+        _ => false,
+    }
+}
+
+/// Checks a manual ban against the policy before anything is written: a prefix shorter
+/// than `floor` is refused unless `force` (a typo like `0.0.0.0/0` would cut off the
+/// world); a source wholly inside an allow-listed prefix is refused (allow beats every
+/// ban in the data path, so the ban would do nothing). Returns warnings for a ban that
+/// holds allow-listed prefixes (those stay reachable).
+pub fn check_manual_ban(
+    cidr: &Cidr,
+    allow: &[Cidr],
+    floor: BanFloor,
+    force: bool,
+) -> Result<Vec<String>, String> {
+    let (min, family) = if cidr.addr.is_ipv4() {
+        (floor.ipv4, "IPv4")
+    } else {
+        (floor.ipv6, "IPv6")
+    };
+    if cidr.len < min && !force {
+        return Err(format!(
+            "refusing to ban {cidr}: it is wider than /{min}, the shortest {family} prefix a ban may cover without --force (a ban this wide can cut off a large part of the internet)"
+        ));
+    }
+    if let Some(a) = allow.iter().find(|a| covers(a, cidr)) {
+        return Err(format!(
+            "refusing to ban {cidr}: it is on the allow list ({a}), and allow-listed sources are never dropped, so the ban would do nothing; remove it from [lists] allow first"
+        ));
+    }
+    let inside: Vec<&Cidr> = allow.iter().filter(|a| covers(cidr, a)).collect();
+    Ok(match inside.as_slice() {
+        [] => Vec::new(),
+        [one] => vec![format!(
+            "the allow-listed {one} inside {cidr} stays reachable (allow beats bans)"
+        )],
+        [first, rest @ ..] => vec![format!(
+            "{} allow-listed prefixes inside {cidr} (e.g. {first}) stay reachable (allow beats bans)",
+            rest.len() + 1
+        )],
+    })
+}
+
+/// What `BanMaps::ban` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanOutcome {
+    pub entry: BanEntry,
+    /// The source was already banned at least as long: that ban was kept as it was (a new
+    /// ban never shortens one in force).
+    pub kept_longer: bool,
 }
 
 /// One active ban, as `shield bans` shows it.
@@ -100,17 +184,101 @@ pub struct BanMaps {
     host4: LpmTrie<MapData, [u8; 4], BanValue>,
     host6: LpmTrie<MapData, [u8; 16], BanValue>,
     rules_bans: HashMap<MapData, SourceKey, BanValue>,
+    /// Reasons of manual bans (absent until a daemon created it).
+    notes: Option<HashMap<MapData, BanNoteKey, BanNote>>,
     tables: crate::loader::PolicyMaps,
 }
 
 impl BanMaps {
     pub fn open(pin_dir: &Path) -> Result<BanMaps, BanError> {
+        let notes_pin = pin_dir.join(MAP_BAN_NOTES);
+        let notes = match MapData::from_pin(&notes_pin) {
+            Ok(m) => Some(HashMap::try_from(aya::maps::Map::HashMap(m))?),
+            Err(_) => None,
+        };
         Ok(BanMaps {
             host4: LpmTrie::try_from(open_pinned(pin_dir, MAP_HOST_BANS_V4)?)?,
             host6: LpmTrie::try_from(open_pinned(pin_dir, MAP_HOST_BANS_V6)?)?,
             rules_bans: HashMap::try_from(open_pinned(pin_dir, MAP_RULE_BANS)?)?,
+            notes,
             tables: crate::loader::PolicyMaps::open(pin_dir)?,
         })
+    }
+
+    /// Creates and pins the ban notes map unless it exists (the daemon, at start). Not
+    /// preallocated: it costs memory only for the reasons stored.
+    pub fn ensure_notes(pin_dir: &Path) -> Result<(), BanError> {
+        let path = pin_dir.join(MAP_BAN_NOTES);
+        if MapData::from_pin(&path).is_ok() {
+            return Ok(());
+        }
+        const BPF_F_NO_PREALLOC: u32 = 1;
+        let err = |source| BanError::Notes {
+            path: path.clone(),
+            source,
+        };
+        let map = HashMap::<MapData, BanNoteKey, BanNote>::create(MAX_BANS * 3, BPF_F_NO_PREALLOC)
+            .map_err(err)?;
+        map.pin(&path).map_err(|e| {
+            err(MapError::PinError {
+                name: None,
+                error: e,
+            })
+        })?;
+        Ok(())
+    }
+
+    fn note_key(key: BanKey) -> Option<BanNoteKey> {
+        let mut k = BanNoteKey::default();
+        match key {
+            BanKey::Host4(a, l) => {
+                (k.kind, k.family, k.prefix_len) = (NOTE_HOST, FAMILY_V4, l);
+                k.addr[..4].copy_from_slice(&a);
+            }
+            BanKey::Host6(a, l) => {
+                (k.kind, k.family, k.prefix_len) = (NOTE_HOST, FAMILY_V6, l);
+                k.addr = a;
+            }
+            BanKey::Rule(s) => {
+                (k.kind, k.family, k.prefix_len, k.rule) =
+                    (NOTE_RULE, s.family, s.prefix_len, s.rule);
+                k.addr = s.addr;
+            }
+            BanKey::None => return None,
+        }
+        Some(k)
+    }
+
+    /// The operator's reason stored for a ban.
+    fn note(&self, key: BanKey) -> Option<String> {
+        let n = self.notes.as_ref()?.get(&Self::note_key(key)?, 0).ok()?;
+        let len = usize::from(n.len).min(BAN_NOTE_MAX);
+        Some(String::from_utf8_lossy(&n.text[..len]).into_owned())
+    }
+
+    fn set_note(&mut self, key: BanKey, text: &str) -> Result<(), BanError> {
+        let (Some(notes), Some(k)) = (self.notes.as_mut(), Self::note_key(key)) else {
+            return Ok(());
+        };
+        let mut n = BanNote {
+            len: 0,
+            _pad: [0; 6],
+            text: [0; BAN_NOTE_MAX],
+        };
+        // Cut at a character boundary.
+        let mut end = text.len().min(BAN_NOTE_MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        n.text[..end].copy_from_slice(&text.as_bytes()[..end]);
+        n.len = end as u16;
+        Ok(notes.insert(k, n, 0)?)
+    }
+
+    fn remove_note(&mut self, key: BanKey) {
+        if let (Some(notes), Some(k)) = (self.notes.as_mut(), Self::note_key(key)) {
+            let _ = notes.remove(&k);
+        }
     }
 
     /// The data path's clock now (including the test offset).
@@ -165,7 +333,7 @@ impl BanMaps {
             duration_secs: Duration::from_nanos(v.duration_ns).as_secs_f64(),
             remaining_secs: Duration::from_nanos(v.expires_ns.saturating_sub(now)).as_secs_f64(),
             level: v.level,
-            comment: None,
+            comment: self.note(key),
             key,
         }
     }
@@ -195,13 +363,26 @@ impl BanMaps {
             .collect()
     }
 
-    /// Bans `cidr` for `dur`: from the whole host, or from `rule`'s ports.
+    /// The ban stored under `key`, if any.
+    fn stored(&self, key: BanKey) -> Option<BanValue> {
+        match key {
+            BanKey::Host4(a, l) => self.host4.get(&Key::new(u32::from(l), a), 0).ok(),
+            BanKey::Host6(a, l) => self.host6.get(&Key::new(u32::from(l), a), 0).ok(),
+            BanKey::Rule(k) => self.rules_bans.get(&k, 0).ok(),
+            BanKey::None => None,
+        }
+    }
+
+    /// Bans `cidr` for `dur`: from the whole host, or from `rule`'s ports, with the
+    /// operator's `reason`. A ban in force on the same key that ends later is kept as it is
+    /// (never shortened; the reason is attached to it).
     pub fn ban(
         &mut self,
         cidr: Cidr,
         dur: Duration,
         rule: Option<&str>,
-    ) -> Result<BanEntry, BanError> {
+        reason: Option<&str>,
+    ) -> Result<BanOutcome, BanError> {
         let now = self.now();
         let dur_ns = dur
             .as_nanos()
@@ -216,18 +397,8 @@ impl BanMaps {
         };
         let key = match rule {
             None => match cidr.addr {
-                IpAddr::V4(a) => {
-                    self.host4
-                        .insert(&Key::new(u32::from(cidr.len), a.octets()), value, 0)
-                        .map_err(full)?;
-                    BanKey::Host4(a.octets(), cidr.len)
-                }
-                IpAddr::V6(a) => {
-                    self.host6
-                        .insert(&Key::new(u32::from(cidr.len), a.octets()), value, 0)
-                        .map_err(full)?;
-                    BanKey::Host6(a.octets(), cidr.len)
-                }
+                IpAddr::V4(a) => BanKey::Host4(a.octets(), cidr.len),
+                IpAddr::V6(a) => BanKey::Host6(a.octets(), cidr.len),
             },
             Some(name) => {
                 let (id, r) = self.rule(name)?;
@@ -248,18 +419,39 @@ impl BanMaps {
                     });
                 }
                 value.rule = id;
-                let key = SourceKey {
+                BanKey::Rule(SourceKey {
                     rule: id,
                     family,
                     prefix_len: prefix,
                     addr: mask_prefix(addr, prefix),
-                };
-                self.rules_bans.insert(key, value, 0).map_err(full)?;
-                BanKey::Rule(key)
+                })
             }
         };
+        let existing = self
+            .stored(key)
+            .filter(|v| v.flags & BAN_MONITOR == 0 && v.expires_ns >= value.expires_ns);
+        let kept_longer = existing.is_some();
+        if let Some(v) = existing {
+            value = v;
+        } else {
+            match key {
+                BanKey::Host4(a, l) => self.host4.insert(&Key::new(u32::from(l), a), value, 0),
+                BanKey::Host6(a, l) => self.host6.insert(&Key::new(u32::from(l), a), value, 0),
+                BanKey::Rule(k) => self.rules_bans.insert(k, value, 0),
+                BanKey::None => Ok(()),
+            }
+            .map_err(full)?;
+        }
+        if let Some(r) = reason {
+            self.set_note(key, r)?;
+        } else if !kept_longer {
+            self.remove_note(key);
+        }
         self.set_bans_flag(true)?;
-        Ok(self.entry(key, &value, now))
+        Ok(BanOutcome {
+            entry: self.entry(key, &value, now),
+            kept_longer,
+        })
     }
 
     /// Removes every ban on exactly `cidr` (host scope, and rule scope for any rule).
@@ -284,6 +476,7 @@ impl BanMaps {
     }
 
     fn remove(&mut self, key: BanKey) -> Result<(), BanError> {
+        self.remove_note(key);
         let r = match key {
             BanKey::Host4(a, l) => self.host4.remove(&Key::new(u32::from(l), a)),
             BanKey::Host6(a, l) => self.host6.remove(&Key::new(u32::from(l), a)),

@@ -40,6 +40,9 @@ pub enum Request {
         rule: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Allow a prefix wider than the policy's ban floor (default /8 and /32).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     Unban {
         source: String,
@@ -82,11 +85,28 @@ pub struct ControlServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A bound control socket that serves nothing yet: the daemon binds it before it attaches
+/// anything (a socket in use fails the start with nothing changed) and serves it once the
+/// maps are ready. Dropping it removes the socket file.
+pub struct BoundSocket {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 impl ControlServer {
-    /// Listens on `path` (its directory is created 0700; a stale socket is replaced; a
-    /// live one means another daemon: error).
-    pub fn start(path: &Path, handler: Arc<Handler>) -> io::Result<ControlServer> {
+    /// Binds `path` (its directory is created 0700; a stale socket is replaced; a live one
+    /// means another daemon: error).
+    pub fn bind(path: &Path) -> io::Result<BoundSocket> {
         if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
             && !dir.exists()
         {
             std::fs::create_dir_all(dir)?;
@@ -105,7 +125,26 @@ impl ControlServer {
             std::fs::remove_file(path)?;
         }
         let listener = UnixListener::bind(path)?;
+        let bound = BoundSocket {
+            path: path.to_path_buf(),
+            listener: Some(listener),
+        };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(bound)
+    }
+
+    /// Binds `path` and serves it at once.
+    pub fn start(path: &Path, handler: Arc<Handler>) -> io::Result<ControlServer> {
+        Ok(ControlServer::serve(ControlServer::bind(path)?, handler))
+    }
+
+    /// Serves a bound socket with `handler` until dropped.
+    pub fn serve(mut bound: BoundSocket, handler: Arc<Handler>) -> ControlServer {
+        let path = bound.path.clone();
+        let listener = bound
+            .listener
+            .take()
+            .expect("a bound socket has its listener");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let clients = Arc::new(AtomicUsize::new(0));
@@ -127,11 +166,11 @@ impl ControlServer {
                 });
             }
         });
-        Ok(ControlServer {
-            path: path.to_path_buf(),
+        ControlServer {
+            path,
             stop,
             thread: Some(thread),
-        })
+        }
     }
 }
 
@@ -209,7 +248,8 @@ mod tests {
                 source: "192.0.2.0/24".into(),
                 duration: "10m".into(),
                 rule: Some("api".into()),
-                reason: None
+                reason: None,
+                force: false,
             })
         );
         assert_eq!(parse_request(br#"{"cmd":"bans"}"#), Ok(Request::Bans {}));

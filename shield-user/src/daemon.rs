@@ -26,7 +26,7 @@ use shield_common::{
 
 use crate::{
     audit::{AuditLog, rfc3339},
-    bans::{BanEntry, BanMaps},
+    bans::{BanEntry, BanFloor, BanMaps},
     control::{ControlServer, Request},
     loader::{self, AttachMode, Attached, PolicyMaps},
     metrics::{self, DaemonCounters, MetricsServer},
@@ -42,7 +42,7 @@ pub struct RunOptions {
     pub audit_log: Option<String>,
     pub socket: PathBuf,
     /// `None`: no metrics endpoint.
-    pub metrics: Option<String>,
+    pub metrics: Option<std::net::SocketAddr>,
     /// Start from empty maps (counters, limiter state, bans) instead of adopting the pins.
     pub fresh: bool,
 }
@@ -57,6 +57,13 @@ struct Instance {
     tables: PolicyMaps,
     link: Option<FdLink>,
     attached: Attached,
+    /// What this start changed, so that a failed start undoes exactly that: the pin
+    /// directory was created now (else adopted), and the half in force before (adopted
+    /// maps with a policy).
+    created_dir: bool,
+    previous_half: Option<u32>,
+    /// The interface's exclusive lock (see `loader::lock_iface`), held for the daemon's life.
+    _lock: std::fs::File,
     _ebpf: Ebpf,
 }
 
@@ -66,14 +73,61 @@ impl Instance {
         let _ = std::fs::remove_file(self.dir.join(shield_common::LINK_PIN));
         self.link = None;
     }
+
+    /// Why the program no longer protects the interface (`shield detach`, the interface
+    /// gone), if that happened behind the daemon's back.
+    fn lost(&self) -> Option<String> {
+        if loader::if_index(&self.iface).is_err() {
+            return Some(format!("interface {} no longer exists", self.iface));
+        }
+        if self.link.is_some() && !loader::link_attached(&self.dir.join(shield_common::LINK_PIN)) {
+            return Some(format!(
+                "shield was detached from {} (its pins under {} were removed, e.g. by `shield detach`)",
+                self.iface,
+                self.dir.display()
+            ));
+        }
+        None
+    }
+}
+
+/// Undoes what a failed start did, interface by interface: detaches a program this start
+/// attached, gives adopted maps back the policy they had, removes pins this start created.
+/// Leaves alone what an earlier (adopted) run set up.
+fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
+    for mut inst in instances.into_iter().rev() {
+        match inst.attached {
+            Attached::Adopted => {}
+            _ if inst.link.is_some() => inst.detach(),
+            _ => {}
+        }
+        if !inst.created_dir
+            && let Some(half) = inst.previous_half
+            && let Err(e) = inst.tables.restore_half(half)
+        {
+            eprintln!(
+                "shield: warning: {}: cannot restore the previous policy: {e}",
+                inst.iface
+            );
+        }
+    }
+    for dir in created {
+        let _ = loader::remove_map_pins(dir);
+        let _ = std::fs::remove_file(dir.join(shield_common::MAP_BAN_NOTES));
+        let _ = std::fs::remove_file(dir.join(shield_common::LINK_PIN));
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// What the control socket's threads share with the main loop.
 struct Shared {
     ifaces: Vec<(String, PathBuf)>,
     audit: Mutex<AuditLog>,
-    /// Operator comments of manual bans, by `iface|source|rule`.
-    comments: Mutex<HashMap<String, String>>,
+    /// Interfaces the daemon lost (detached behind its back, or gone), with why.
+    lost: Mutex<HashMap<String, String>>,
+    /// The running policy's allow list and ban floor (manual bans are checked against them).
+    allow: Mutex<Vec<policy::Cidr>>,
+    ban_floor: Mutex<BanFloor>,
     /// Serialises map writes (control socket, expiry sweep, reload) so the CFG_BANS flag is
     /// never cleared while a ban is being added and reloads see a settled ban table.
     maps_lock: Mutex<()>,
@@ -95,8 +149,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn comment_key(iface: &str, b: &BanEntry) -> String {
-    format!("{iface}|{}|{}", b.source, b.rule)
+/// Fails with the reason when the daemon lost an interface: its maps no longer act on
+/// traffic, so a ban or a reload there would report success for nothing.
+fn ensure_intact(shared: &Shared) -> Result<(), String> {
+    let lost = lock(&shared.lost);
+    match lost.values().next() {
+        Some(why) => Err(format!(
+            "{why}; this daemon no longer protects it: restart `shield run` to protect it again"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The main loop's own state.
@@ -128,6 +190,7 @@ impl Running {
         shared: &Shared,
     ) -> Result<serde_json::Value, String> {
         let started = Instant::now();
+        ensure_intact(shared)?;
         if self.generation > 0 && policy.max_sources != self.policy.max_sources {
             return Err(format!(
                 "max_sources changed ({} -> {}): it sizes the per-source table in the kernel; restart shield to apply it",
@@ -149,6 +212,10 @@ impl Running {
                 .tables
                 .install(&compiled, generation, extra)
                 .map_err(|e| format!("{}: {e}", inst.iface))?;
+            if done.lists_swapped {
+                // The old list half was emptied: a failed start can no longer go back to it.
+                inst.previous_half = None;
+            }
             written += done.ports_written;
             swapped |= done.lists_swapped;
             let _ = inst.bans.drop_orphans();
@@ -160,6 +227,7 @@ impl Running {
             Ordering::Relaxed,
         );
         *lock(&shared.running) = (self.path.clone(), generation, policy::matrix_table(&policy));
+        *lock(&shared.allow) = policy.allow.clone();
         let took = started.elapsed();
         let summary = json!({
             "generation": generation,
@@ -219,51 +287,68 @@ impl Running {
 pub fn run(opts: &RunOptions) -> Result<()> {
     loader::require_root()?;
     anyhow::ensure!(!opts.ifaces.is_empty(), "give at least one --iface");
-    let policy = policy::load(&opts.policy)?;
-    // Check every interface before touching any, so a typo changes nothing.
+    // Every check before anything changes: names, duplicates, existence, the policy, the
+    // audit log, the interface locks and both listeners. Attaching comes last.
+    let mut seen = std::collections::HashSet::new();
     for iface in &opts.ifaces {
+        loader::check_iface(iface)?;
+        anyhow::ensure!(
+            seen.insert(iface),
+            "--iface {iface} is given twice; name each interface once"
+        );
         loader::if_index(iface)?;
     }
+    let policy = policy::load(&opts.policy)?;
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
     loader::ensure_bpffs(&opts.bpffs)?;
+    let mut locks = Vec::new();
+    let mut created = Vec::new();
+    for iface in &opts.ifaces {
+        match loader::lock_iface(&opts.bpffs, iface) {
+            Ok((file, was_created)) => {
+                let dir = loader::pin_dir(&opts.bpffs, iface);
+                if was_created {
+                    created.push(dir.clone());
+                }
+                locks.push((iface.clone(), dir, file, was_created));
+            }
+            Err(e) => {
+                undo_start(Vec::new(), &created);
+                return Err(e.into());
+            }
+        }
+    }
+    let bound = match ControlServer::bind(&opts.socket) {
+        Ok(b) => b,
+        Err(e) => {
+            undo_start(Vec::new(), &created);
+            return Err(
+                anyhow::Error::new(e).context(format!("control socket {}", opts.socket.display()))
+            );
+        }
+    };
+    let metrics_listener = match opts.metrics.map(metrics::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            undo_start(Vec::new(), &created);
+            return Err(anyhow::anyhow!(e));
+        }
+    };
 
     let mut instances = Vec::new();
     let mut previous_ids = HashMap::new();
     let mut generation = 0;
-    for iface in &opts.ifaces {
-        let dir = loader::pin_dir(&opts.bpffs, iface);
-        if opts.fresh {
-            loader::remove_map_pins(&dir)
-                .with_context(|| format!("--fresh: clearing {}", dir.display()))?;
-        }
-        let mut ebpf = loader::load(&dir, policy.max_sources)
-            .with_context(|| format!("loading shield for {iface}"))?;
-        let tables = PolicyMaps::open(&dir).context("opening the policy tables")?;
-        // Adopted maps: keep rule ids (state, bans, counters) and keep counting generations.
-        for (id, r) in tables.current_rules()? {
-            previous_ids.insert(crate::stats::rule_name(&r), id);
-        }
-        if let Ok((_, cfg)) = tables.active()
-            && cfg.flags & shield_common::CFG_LOADED != 0
-        {
-            generation = generation.max(cfg.generation);
-        }
-        let ring = RingBuf::try_from(
-            ebpf.take_map(MAP_EVENTS)
-                .ok_or(loader::LoaderError::Missing(MAP_EVENTS))?,
-        )
-        .context("opening the event ring buffer")?;
-        let bans = BanMaps::open(&dir).context("opening the ban maps")?;
-        instances.push(Instance {
-            iface: iface.clone(),
-            dir,
-            ring,
-            bans,
-            tables,
-            link: None,
-            attached: Attached::Native,
-            _ebpf: ebpf,
-        });
+    let brought_up = bring_up(
+        opts,
+        &policy,
+        locks,
+        &mut instances,
+        &mut previous_ids,
+        &mut generation,
+    );
+    if let Err(e) = brought_up {
+        undo_start(instances, &created);
+        return Err(e);
     }
 
     let (to_main, from_others) = mpsc::channel();
@@ -274,7 +359,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             .map(|i| (i.iface.clone(), i.dir.clone()))
             .collect(),
         audit: Mutex::new(audit),
-        comments: Mutex::new(HashMap::new()),
+        lost: Mutex::new(HashMap::new()),
+        allow: Mutex::new(Vec::new()),
+        ban_floor: Mutex::new(BanFloor::default()),
         maps_lock: Mutex::new(()),
         escalates: AtomicBool::new(false),
         to_main: Mutex::new(to_main),
@@ -289,16 +376,26 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         ids: previous_ids,
     };
     // Fill the maps before attaching: the program never runs on a half-filled table.
-    running
-        .install(policy.clone(), &shared)
-        .map_err(|e| anyhow::anyhow!("filling maps from {}: {e}", opts.policy.display()))?;
-    for inst in &mut running.instances {
-        let (link, attached) =
-            loader::attach(&mut inst._ebpf, &inst.iface, opts.xdp_mode, &inst.dir)
-                .with_context(|| format!("attaching to {}", inst.iface))?;
-        inst.link = Some(link);
-        inst.attached = attached;
-        if attached == Attached::Generic && opts.xdp_mode == AttachMode::Auto {
+    if let Err(e) = running.install(policy.clone(), &shared) {
+        undo_start(running.instances, &created);
+        anyhow::bail!("filling maps from {}: {e}", opts.policy.display());
+    }
+    for i in 0..running.instances.len() {
+        let inst = &mut running.instances[i];
+        match loader::attach(&mut inst._ebpf, &inst.iface, opts.xdp_mode, &inst.dir) {
+            Ok((link, attached)) => {
+                inst.link = Some(link);
+                inst.attached = attached;
+            }
+            Err(e) => {
+                let iface = inst.iface.clone();
+                undo_start(running.instances, &created);
+                return Err(anyhow::Error::new(e).context(format!("attaching to {iface}")));
+            }
+        }
+    }
+    for inst in &running.instances {
+        if inst.attached == Attached::Generic && opts.xdp_mode == AttachMode::Auto {
             eprintln!(
                 "shield: warning: {} does not support native XDP; attached in generic mode (slower: packets reach XDP after the kernel allocated an skb)",
                 inst.iface
@@ -307,7 +404,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         eprintln!(
             "shield: protecting {} ({} XDP), policy {} generation {}: {} rules, {} allow and {} deny prefixes, mode {}; maps pinned in {}",
             inst.iface,
-            attached.name(),
+            inst.attached.name(),
             opts.policy.display(),
             running.generation,
             policy.rules.len(),
@@ -325,24 +422,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     }));
 
     let handler_shared = shared.clone();
-    let control = ControlServer::start(
-        &opts.socket,
-        Arc::new(move |req| handle(&handler_shared, req)),
-    )
-    .with_context(|| format!("control socket {}", opts.socket.display()));
-    let control = match control {
-        Ok(c) => c,
-        Err(e) => {
-            for inst in &mut running.instances {
-                inst.detach();
-            }
-            return Err(e);
-        }
-    };
-    let _metrics = match &opts.metrics {
-        Some(addr) => Some(
+    let control = ControlServer::serve(bound, Arc::new(move |req| handle(&handler_shared, req)));
+    let _metrics = match metrics_listener {
+        Some(listener) => Some(
             MetricsServer::start(
-                addr,
+                listener,
                 metrics::Sources {
                     bpffs: opts.bpffs.clone(),
                     ifaces: running
@@ -393,6 +477,21 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             for inst in &mut running.instances {
+                if lock(&shared.lost).contains_key(&inst.iface) {
+                    continue;
+                }
+                if let Some(why) = inst.lost() {
+                    eprintln!(
+                        "shield: error: {why}; this daemon no longer protects it (reload, ban and unban now fail); restart `shield run` to protect it again"
+                    );
+                    lock(&shared.audit).write(json!({
+                        "event": "lost",
+                        "iface": inst.iface,
+                        "reason": why,
+                    }));
+                    lock(&shared.lost).insert(inst.iface.clone(), why);
+                    continue;
+                }
                 sweep(inst, &shared);
                 watch_attacks(inst, &shared, &mut attacks);
             }
@@ -423,9 +522,65 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     }
     for mut inst in running.instances {
         inst.detach();
-        eprintln!("shield: detached from {}", inst.iface);
+        if !lock(&shared.lost).contains_key(&inst.iface) {
+            eprintln!("shield: detached from {}", inst.iface);
+        }
     }
     lock(&shared.audit).write(json!({"event": "stop"}));
+    Ok(())
+}
+
+/// Loads the program on every locked interface (adopting pinned maps unless `--fresh`),
+/// pushing each into `instances` as it goes so a failure can be undone.
+fn bring_up(
+    opts: &RunOptions,
+    policy: &policy::Policy,
+    locks: Vec<(String, PathBuf, std::fs::File, bool)>,
+    instances: &mut Vec<Instance>,
+    previous_ids: &mut HashMap<String, u32>,
+    generation: &mut u32,
+) -> Result<()> {
+    for (iface, dir, lock_file, created_dir) in locks {
+        if opts.fresh {
+            loader::remove_map_pins(&dir)
+                .with_context(|| format!("--fresh: clearing {}", dir.display()))?;
+            let _ = std::fs::remove_file(dir.join(shield_common::MAP_BAN_NOTES));
+        }
+        let mut ebpf = loader::load(&dir, policy.max_sources)
+            .with_context(|| format!("loading shield for {iface}"))?;
+        BanMaps::ensure_notes(&dir).context("creating the ban notes map")?;
+        let tables = PolicyMaps::open(&dir).context("opening the policy tables")?;
+        let mut previous_half = None;
+        // Adopted maps: keep rule ids (state, bans, counters) and keep counting generations.
+        for (id, r) in tables.current_rules()? {
+            previous_ids.insert(crate::stats::rule_name(&r), id);
+        }
+        if let Ok((half, cfg)) = tables.active()
+            && cfg.flags & shield_common::CFG_LOADED != 0
+        {
+            *generation = (*generation).max(cfg.generation);
+            previous_half = Some(half);
+        }
+        let ring = RingBuf::try_from(
+            ebpf.take_map(MAP_EVENTS)
+                .ok_or(loader::LoaderError::Missing(MAP_EVENTS))?,
+        )
+        .context("opening the event ring buffer")?;
+        let bans = BanMaps::open(&dir).context("opening the ban maps")?;
+        instances.push(Instance {
+            iface,
+            dir,
+            ring,
+            bans,
+            tables,
+            link: None,
+            attached: Attached::Native,
+            created_dir,
+            previous_half,
+            _lock: lock_file,
+            _ebpf: ebpf,
+        });
+    }
     Ok(())
 }
 
@@ -603,11 +758,9 @@ fn sweep(inst: &mut Instance, shared: &Shared) {
         }
     };
     if !expired.is_empty() {
-        let mut comments = lock(&shared.comments);
         let mut audit = lock(&shared.audit);
         for b in &expired {
-            let c = comments.remove(&comment_key(&inst.iface, b));
-            let mut line = ban_json("ban_end", &inst.iface, b, c.as_ref());
+            let mut line = ban_json("ban_end", &inst.iface, b, b.comment.as_ref());
             line["level"] = b.level.into();
             audit.write(line);
         }
@@ -674,6 +827,7 @@ fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
     match req {
         Request::Ping {} => Ok(json!({"pong": true})),
         Request::Reload {} => {
+            ensure_intact(shared)?;
             let (tx, rx) = mpsc::channel();
             lock(&shared.to_main)
                 .send(MainRequest::Reload(tx))
@@ -688,13 +842,12 @@ fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
             )
         }
         Request::Bans {} => {
+            ensure_intact(shared)?;
             let mut all = Vec::new();
-            let comments = lock(&shared.comments);
             for (iface, dir) in &shared.ifaces {
                 let maps = BanMaps::open(dir).map_err(|e| e.to_string())?;
                 for mut b in maps.active() {
                     b.iface = iface.clone();
-                    b.comment = comments.get(&comment_key(iface, &b)).cloned();
                     all.push(b);
                 }
             }
@@ -705,7 +858,9 @@ fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
             duration,
             rule,
             reason,
+            force,
         } => {
+            ensure_intact(shared)?;
             let cidr = parse_cidr(&source).map_err(|e| format!("source \"{source}\": {e}"))?;
             let dur =
                 parse_duration(&duration).map_err(|e| format!("duration \"{duration}\": {e}"))?;
@@ -717,31 +872,47 @@ fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
                     format_duration(dur)
                 ));
             }
-            if reason.as_ref().is_some_and(|r| r.len() > 512) {
-                return Err("reason is longer than 512 bytes".into());
+            if reason
+                .as_ref()
+                .is_some_and(|r| r.len() > shield_common::BAN_NOTE_MAX)
+            {
+                return Err(format!(
+                    "reason is longer than {} bytes",
+                    shield_common::BAN_NOTE_MAX
+                ));
             }
+            let floor = *lock(&shared.ban_floor);
+            let warnings = {
+                let allow = lock(&shared.allow);
+                crate::bans::check_manual_ban(&cidr, &allow, floor, force)?
+            };
             let _g = lock(&shared.maps_lock);
             let mut done = Vec::new();
             for (iface, dir) in &shared.ifaces {
                 let mut maps = BanMaps::open(dir).map_err(|e| e.to_string())?;
-                let mut b = maps
-                    .ban(cidr, dur, rule.as_deref())
+                let outcome = maps
+                    .ban(cidr, dur, rule.as_deref(), reason.as_deref())
                     .map_err(|e| e.to_string())?;
+                let mut b = outcome.entry;
                 b.iface = iface.clone();
-                if let Some(r) = &reason {
-                    lock(&shared.comments).insert(comment_key(iface, &b), r.clone());
-                    b.comment = Some(r.clone());
-                }
-                let mut line = ban_json("ban", iface, &b, reason.as_ref());
+                let mut line = ban_json("ban", iface, &b, b.comment.as_ref());
                 line["reason"] = "manual".into();
                 line["expires"] =
                     rfc3339(SystemTime::now() + Duration::from_secs_f64(b.remaining_secs)).into();
+                if outcome.kept_longer {
+                    line["event"] = "ban_kept".into();
+                    line["origin"] = b.origin.into();
+                    line["requested_secs"] = dur.as_secs_f64().into();
+                }
                 lock(&shared.audit).write(line);
-                done.push(b);
+                let mut v = serde_json::to_value(&b).map_err(|e| e.to_string())?;
+                v["kept_longer"] = outcome.kept_longer.into();
+                done.push(v);
             }
-            Ok(json!({"bans": done}))
+            Ok(json!({"bans": done, "warnings": warnings}))
         }
         Request::Unban { source } => {
+            ensure_intact(shared)?;
             let cidr = parse_cidr(&source).map_err(|e| format!("source \"{source}\": {e}"))?;
             let _g = lock(&shared.maps_lock);
             let mut removed = Vec::new();
@@ -749,8 +920,7 @@ fn handle(shared: &Shared, req: Request) -> Result<serde_json::Value, String> {
                 let mut maps = BanMaps::open(dir).map_err(|e| e.to_string())?;
                 for mut b in maps.unban(cidr).map_err(|e| e.to_string())? {
                     b.iface = iface.clone();
-                    let c = lock(&shared.comments).remove(&comment_key(iface, &b));
-                    lock(&shared.audit).write(ban_json("unban", iface, &b, c.as_ref()));
+                    lock(&shared.audit).write(ban_json("unban", iface, &b, b.comment.as_ref()));
                     removed.push(b);
                 }
             }

@@ -39,6 +39,14 @@ pub enum LoaderError {
     NotRoot,
     #[error("interface `{0}` does not exist (see `ip link`)")]
     NoSuchInterface(String),
+    #[error("`{name}` is not a valid interface name: {why}")]
+    BadInterfaceName { name: String, why: &'static str },
+    #[error(
+        "another shield daemon is protecting `{iface}` (it holds the lock on {dir}); stop it first, or change its policy with `shield reload`"
+    )]
+    Busy { iface: String, dir: PathBuf },
+    #[error("{path} is not a bpffs mount, so it holds no shield pins; nothing was removed")]
+    NotBpffs { path: PathBuf },
     #[error("cannot mount bpffs at {path}: {source}")]
     Bpffs { path: PathBuf, source: io::Error },
     #[error("cannot prepare pin directory {path}: {source}")]
@@ -141,9 +149,105 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), LoaderError> {
     Ok(())
 }
 
-/// `<bpffs>/shield/<iface>`: where one interface's maps are pinned.
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const IFACE_NAME_MAX: usize = 15;
+
+/// Checks `name` against Linux's rules for an interface name (`dev_valid_name` in
+/// net/core/dev.c): 1 to 15 bytes, not `.` or `..`, no `/`, `:`, NUL or white space. Every
+/// name that becomes a path (`pin_dir`) passes through here first, so `../x` or `/etc`
+/// can never name a directory outside `<bpffs>/shield/`.
+pub fn check_iface(name: &str) -> Result<(), LoaderError> {
+    let why = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > IFACE_NAME_MAX {
+        Some("Linux interface names are at most 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not interface names")
+    } else if name.contains('/') {
+        Some("it contains `/`")
+    } else if name.contains(':') {
+        Some("it contains `:`")
+    } else if name.chars().any(|c| c.is_whitespace() || c == '\0') {
+        Some("it contains white space or NUL")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(LoaderError::BadInterfaceName {
+            name: shorten(name),
+            why,
+        }),
+    }
+}
+
+/// `name` cut to 40 characters (an error never echoes megabytes of input).
+fn shorten(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((end, _)) => format!("{}… ({} bytes)", &name[..end], name.len()),
+        None => name.to_string(),
+    }
+}
+
+/// clap value parser for every interface argument.
+pub fn iface_arg(name: &str) -> Result<String, String> {
+    check_iface(name).map_err(|e| match e {
+        LoaderError::BadInterfaceName { why, .. } => why.to_string(),
+        other => other.to_string(),
+    })?;
+    Ok(name.to_string())
+}
+
+/// `<bpffs>/shield/<iface>`: where one interface's maps are pinned. `iface` must have
+/// passed `check_iface` (the CLI's parsers and `daemon::run` do that).
 pub fn pin_dir(bpffs: &Path, iface: &str) -> PathBuf {
     bpffs.join("shield").join(iface)
+}
+
+/// Creates the interface's pin directory (if needed) and takes an exclusive `flock` on it
+/// for as long as the returned handle lives: one daemon per interface. The kernel drops the
+/// lock when the daemon exits, even on `kill -9`. Returns the handle and whether this call
+/// created the directory.
+pub fn lock_iface(bpffs: &Path, iface: &str) -> Result<(std::fs::File, bool), LoaderError> {
+    check_iface(iface)?;
+    let dir = pin_dir(bpffs, iface);
+    let created = !dir.exists();
+    std::fs::create_dir_all(&dir).map_err(|source| LoaderError::PinDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let file = std::fs::File::open(&dir).map_err(|source| LoaderError::PinDir {
+        path: dir.clone(),
+        source,
+    })?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(LoaderError::Busy {
+                iface: iface.to_string(),
+                dir,
+            });
+        }
+        return Err(LoaderError::PinDir {
+            path: dir,
+            source: err,
+        });
+    }
+    Ok((file, created))
+}
+
+/// Whether shield's program is attached to `iface` through the pins under `bpffs`: the link
+/// is pinned (a clean stop and `shield detach` remove the pin; a crash leaves it, and the
+/// program stays attached) and still holds its interface.
+pub fn is_attached(bpffs: &Path, iface: &str) -> bool {
+    check_iface(iface).is_ok() && link_attached(&pin_dir(bpffs, iface).join(LINK_PIN))
 }
 
 /// Loads the program with its maps pinned under `pin_dir`. Maps already pinned there are
@@ -320,6 +424,14 @@ impl PolicyMaps {
         let mut c = self.control()?;
         c.clock_offset_ns = c.clock_offset_ns.wrapping_add(by_ns);
         self.control.set(0, c, 0).map_err(map_err(MAP_CONTROL))
+    }
+
+    /// Makes `half` the half in force again (undoing an `install` whose lists did not swap:
+    /// the old half is then intact).
+    pub fn restore_half(&mut self, half: u32) -> Result<(), LoaderError> {
+        let mut ctl = self.control()?;
+        ctl.active = half & 1;
+        self.control.set(0, ctl, 0).map_err(map_err(MAP_CONTROL))
     }
 
     /// Sets or clears CFG_BANS in the config in force.
@@ -614,34 +726,87 @@ pub fn attach(
     Ok((FdLink::from(pinned), attached))
 }
 
-/// Ends protection on an interface for good: force-detaches the pinned link (even while a
-/// daemon holds it) and removes every pin. Returns whether anything was pinned.
-pub fn detach_pinned(pin_dir: &Path) -> Result<bool, LoaderError> {
-    let link_pin = pin_dir.join(LINK_PIN);
-    let mut found = false;
-    if link_pin.exists() {
-        found = true;
-        force_detach(&link_pin).map_err(|source| LoaderError::PinDir {
-            path: link_pin.clone(),
-            source,
-        })?;
-    }
-    if pin_dir.exists() {
-        found = true;
-        std::fs::remove_dir_all(pin_dir).map_err(|source| LoaderError::PinDir {
-            path: pin_dir.to_path_buf(),
-            source,
-        })?;
-    }
-    Ok(found)
+/// What `detach_pinned` found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Detached {
+    /// Anything of shield's was pinned for the interface.
+    pub found: bool,
+    /// The pin directory.
+    pub dir: PathBuf,
+    /// Entries of the pin directory that are not shield's pins, left in place (the
+    /// directory then stays too).
+    pub left: Vec<String>,
 }
 
-/// BPF_OBJ_GET on the pin, then BPF_LINK_DETACH (Linux 5.9): detaches the link no matter
-/// who else holds it (aya exposes neither).
-fn force_detach(link_pin: &Path) -> io::Result<()> {
+/// Ends protection on an interface for good: force-detaches the pinned link (even while a
+/// daemon holds it) and removes shield's own pins, by name. Never removes anything else:
+/// `iface` must be a valid interface name, `bpffs` a bpffs mount, and the pin directory a
+/// real directory (not a link) on that same mount; unknown entries are left in place.
+pub fn detach_pinned(bpffs: &Path, iface: &str) -> Result<Detached, LoaderError> {
+    use std::os::unix::fs::MetadataExt as _;
+    check_iface(iface)?;
+    if !is_bpffs(bpffs) {
+        return Err(LoaderError::NotBpffs {
+            path: bpffs.to_path_buf(),
+        });
+    }
+    let dir = pin_dir(bpffs, iface);
+    let mut done = Detached {
+        dir: dir.clone(),
+        ..Detached::default()
+    };
+    let pin_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoaderError::PinDir { path, source }
+    };
+    let root_dev = std::fs::metadata(bpffs).map_err(pin_err(bpffs))?.dev();
+    // `shield` and `shield/IFACE` must be directories of this very mount, not links.
+    for d in [bpffs.join("shield"), dir.clone()] {
+        match std::fs::symlink_metadata(&d) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(done),
+            Err(e) => return Err(pin_err(&d)(e)),
+            Ok(m) if !m.file_type().is_dir() || m.dev() != root_dev => {
+                return Err(pin_err(&d)(io::Error::other(
+                    "not a directory of this bpffs mount (a link?); nothing was removed",
+                )));
+            }
+            Ok(_) => {}
+        }
+    }
+    let link_pin = dir.join(LINK_PIN);
+    if std::fs::symlink_metadata(&link_pin).is_ok() {
+        done.found = true;
+        force_detach(&link_pin).map_err(pin_err(&link_pin))?;
+    }
+    for name in ALL_MAPS
+        .iter()
+        .copied()
+        .chain([LINK_PIN, shield_common::MAP_BAN_NOTES])
+    {
+        let p = dir.join(name);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            done.found = true;
+            std::fs::remove_file(&p).map_err(pin_err(&p))?;
+        }
+    }
+    done.left = std::fs::read_dir(&dir)
+        .map_err(pin_err(&dir))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    done.left.sort();
+    if done.left.is_empty() {
+        std::fs::remove_dir(&dir).map_err(pin_err(&dir))?;
+        done.found = true;
+    }
+    Ok(done)
+}
+
+/// BPF_OBJ_GET: a new fd for the object pinned at `pin` (aya opens no pinned links by fd).
+fn obj_get(pin: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let path = CString::new(link_pin.as_os_str().as_bytes())
+    let path = CString::new(pin.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut attr = [0u64; 8];
     attr[0] = path.as_ptr() as u64;
@@ -650,15 +815,50 @@ fn force_detach(link_pin: &Path) -> io::Result<()> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the XDP link pinned at `link_pin` still holds an interface: BPF_OBJ_GET_INFO_BY_FD
+/// reports `xdp.ifindex` 0 once the link was detached (BPF_LINK_DETACH) or its interface
+/// deleted. Works from any network namespace, unlike a name lookup.
+pub fn link_attached(link_pin: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let Ok(fd) = obj_get(link_pin) else {
+        return false;
+    };
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union: xdp.ifindex.
+    let mut info = [0u32; 16];
     let mut attr = [0u64; 8];
-    attr[0] = fd as u64 & 0xffff_ffff;
+    attr[0] = (fd.as_raw_fd() as u64) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: a zeroed bpf_attr with info.bpf_fd, info_len and info pointing at a buffer of
+    // info_len bytes that lives across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            64u32,
+        )
+    };
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    rc == 0 && info[0] == BPF_LINK_TYPE_XDP && info[4] != 0
+}
+
+/// BPF_OBJ_GET on the pin, then BPF_LINK_DETACH (Linux 5.9): detaches the link no matter
+/// who else holds it (aya exposes neither).
+fn force_detach(link_pin: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let fd = obj_get(link_pin)?;
+    let mut attr = [0u64; 8];
+    attr[0] = fd.as_raw_fd() as u64 & 0xffff_ffff;
     // SAFETY: a zeroed bpf_attr with link_detach.link_fd set.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 64u32) };
-    let err = io::Error::last_os_error();
-    // SAFETY: closing the fd BPF_OBJ_GET returned to us.
-    unsafe { libc::close(fd as i32) };
     if rc < 0 {
-        return Err(err);
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -24,16 +24,24 @@ use shield_user::{
 /// for `ban`, then `backoff` times longer on each new offence within `forget`, up to
 /// `max_ban`; `scope` "rule" (its ports) or "host" (everything). See policy/example.toml.
 ///
-/// Audit log (`run --audit-log`): JSON lines with ts, event (limited, ban, would_ban,
-/// ban_end, unban), iface, source, rule, and per event scope, reason, origin, strikes,
-/// level, ban_secs, expires, comment.
+/// Audit log (`run --audit-log`): JSON lines with ts, event, iface, source, rule and the
+/// event's own fields. Events: limited (first refused packet of a source in a second), ban,
+/// would_ban (monitor mode), ban_kept (a manual ban asked for less time than a ban in
+/// force: the longer one stays), ban_end, unban, reload, attack_start, attack_end, lost
+/// (the daemon's program was detached or its interface vanished), start, stop.
 ///
-/// Control socket (`--socket`, root only): line-delimited JSON requests
-/// {"cmd":"ban","source":"192.0.2.7","duration":"10m","rule":"api","reason":"…"},
-/// {"cmd":"unban","source":"…"}, {"cmd":"bans"}, {"cmd":"ping"}; replies {"ok":true,…}
-/// or {"ok":false,"error":"…"}. The README documents every field.
+/// Control socket (`--socket`, default /run/shield/shield.sock, root only): line-delimited
+/// JSON, one request per line. Commands: ban {"cmd":"ban","source":"192.0.2.7",
+/// "duration":"10m","rule":"api","reason":"…","force":false}, unban {"cmd":"unban",
+/// "source":"…"}, bans, ping, reload, policy (the running policy's matrix). Replies
+/// {"ok":true,…} or {"ok":false,"error":"…"}. The README documents every field.
 #[derive(Parser)]
-#[command(name = "shield", version, propagate_version = true)]
+#[command(
+    name = "shield",
+    version,
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,8 +55,8 @@ enum Command {
     /// <bpffs>/shield/<iface>/ so `shield stats` works while it runs and after it stops, and
     /// a restart adopts the previous counters and limiter state.
     Run {
-        /// Interface to protect; repeat for several.
-        #[arg(long = "iface", short = 'i', required = true, value_name = "IFACE")]
+        /// Interface to protect; repeat for several (each once).
+        #[arg(long = "iface", short = 'i', required = true, value_name = "IFACE", value_parser = loader::iface_arg)]
         ifaces: Vec<String>,
         /// Policy file (see `shield check`).
         #[arg(long, short = 'p', value_name = "FILE")]
@@ -66,10 +74,10 @@ enum Command {
         /// Control socket for `shield ban`, `unban`, `bans`, `reload` (created 0600, root only).
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// Prometheus metrics at http://ADDR/metrics (loopback unless told otherwise); `off`
-        /// disables them.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477")]
-        metrics: String,
+        /// Prometheus metrics at http://ADDR/metrics: an IP:PORT (loopback unless told
+        /// otherwise; no host names), or `off`.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477", value_parser = metrics_arg)]
+        metrics: MetricsArg,
         /// Start from empty counters, limiter state and bans instead of adopting the pinned
         /// maps of the previous run.
         #[arg(long)]
@@ -78,13 +86,22 @@ enum Command {
     /// Reload the running daemon's policy file now and print the result or the error (the
     /// old policy stays in force on error). SIGHUP and editing the file do the same.
     Reload {
+        /// The daemon's control socket (as given to `shield run --socket`).
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Roll back: remove shield from an interface for good (program, link and pinned maps),
-    /// whether or not a daemon is running. Stop the daemon too, or it keeps its socket.
+    /// whether or not a daemon is running (needs root).
+    ///
+    /// Removes only shield's own pins, by name, from <bpffs>/shield/<IFACE>/ on a bpffs
+    /// mount, then the directory if nothing else is in it; anything else is left in place
+    /// and named. A running daemon notices, says so, and refuses reloads and bans until it
+    /// is restarted; stop it too (`systemctl stop shield`).
     Detach {
+        /// Interface to remove shield from (a Linux interface name: 1-15 bytes, no `/`).
+        #[arg(value_parser = loader::iface_arg)]
         iface: String,
+        /// bpffs mount point the daemon pinned under.
         #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
@@ -100,26 +117,40 @@ enum Command {
         /// Only this rule's ports (the prefix must be the rule's scope, e.g. /32 or /64).
         #[arg(long, value_name = "NAME")]
         rule: Option<String>,
-        /// Why: shown by `shield bans` and written to the audit log.
+        /// Why: shown by `shield bans` (also after a restart) and written to the audit log
+        /// (at most 512 bytes).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Allow a prefix wider than /8 (IPv4) or /32 (IPv6); refused without it.
+        #[arg(long)]
+        force: bool,
+        /// The daemon's control socket (as given to `shield run --socket`).
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Lift every ban on exactly this address or prefix (manual or automatic).
+    ///
+    /// Host and rule bans alike, on every protected interface; a ban on a wider or
+    /// narrower prefix is not touched (`shield bans` lists them as stored).
     Unban {
+        /// Address or prefix exactly as banned, e.g. 192.0.2.7 or 2001:db8:1:2::/64.
         source: String,
+        /// The daemon's control socket (as given to `shield run --socket`).
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// List active bans: source, scope, remaining time, origin, ladder level.
+    /// List active bans: source, scope, remaining time, origin, ladder level, reason.
     ///
-    /// Asks the daemon; if none answers, reads the pinned maps and says so.
+    /// Asks the daemon; if none answers, reads the pinned maps and says so (and whether the
+    /// program is still attached, i.e. whether the bans are enforced).
     Bans {
+        /// Machine-readable output: {"bans":[…]} with the fields of the README's BAN object.
         #[arg(long)]
         json: bool,
+        /// The daemon's control socket (as given to `shield run --socket`).
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// bpffs mount point the daemon pins under (read when no daemon answers).
         #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
@@ -130,6 +161,7 @@ enum Command {
         /// Show what would change against the running daemon's policy (- running, + FILE).
         #[arg(long)]
         diff: bool,
+        /// The daemon's control socket, for --diff.
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -138,7 +170,7 @@ enum Command {
     /// Reads the pinned maps, so it works with or without a running daemon.
     Stats {
         /// Only this interface (default: every interface with pinned maps).
-        #[arg(long = "iface", short = 'i', value_name = "IFACE")]
+        #[arg(long = "iface", short = 'i', value_name = "IFACE", value_parser = loader::iface_arg)]
         iface: Option<String>,
         /// Machine-readable output (schema in the README, stable).
         #[arg(long)]
@@ -149,6 +181,12 @@ enum Command {
         /// bpffs mount point the daemon pins under.
         #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
         bpffs: PathBuf,
+    },
+    /// Print this help, or the help of the given command (`shield help ban`).
+    Help {
+        /// The command to explain (none: every command).
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
     },
     /// The demo lab: a real Flask API under gunicorn in a network namespace, shield in front
     /// of it, legit clients and attackers, played in under a minute with a live view.
@@ -170,8 +208,23 @@ enum Command {
     },
 }
 
+/// `--metrics`: an address or `off`.
+#[derive(Clone, Copy, Debug)]
+struct MetricsArg(Option<std::net::SocketAddr>);
+
+fn metrics_arg(s: &str) -> Result<MetricsArg, String> {
+    shield_user::metrics::parse_addr(s).map(MetricsArg)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A closed pipe (`shield stats --watch | head`) ends a printing command quietly, as
+        // it does any Unix tool, instead of a panic in println!. The daemon keeps ignoring
+        // SIGPIPE: it writes to sockets and must not die with a client.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -200,7 +253,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 bpffs,
                 audit_log,
                 socket,
-                metrics: (metrics != "off").then_some(metrics),
+                metrics: metrics.0,
                 fresh,
             })?;
             Ok(ExitCode::SUCCESS)
@@ -219,19 +272,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Detach { iface, bpffs } => {
             loader::require_root()?;
-            let dir = loader::pin_dir(&bpffs, &iface);
-            if loader::detach_pinned(&dir)? {
-                println!("detached shield from {iface} and removed {}", dir.display());
-                Ok(ExitCode::SUCCESS)
+            let done = loader::detach_pinned(&bpffs, &iface)?;
+            let dir = done.dir.display();
+            anyhow::ensure!(done.found, "no shield pinned for {iface} under {dir}");
+            if done.left.is_empty() {
+                println!("detached shield from {iface} and removed {dir}");
             } else {
-                anyhow::bail!("no shield pinned for {iface} under {}", dir.display())
+                println!(
+                    "detached shield from {iface} and removed its pins; left {dir} in place: it also holds {} (not shield's)",
+                    done.left.join(", ")
+                );
             }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Ban {
             source,
             duration,
             rule,
             reason,
+            force,
             socket,
         } => {
             let reply = ask(
@@ -241,18 +300,34 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     duration,
                     rule,
                     reason,
+                    force,
                 },
             )?;
+            for w in reply["warnings"].as_array().into_iter().flatten() {
+                eprintln!("shield: warning: {}", w.as_str().unwrap_or_default());
+            }
             let bans: Vec<serde_json::Value> =
                 reply["bans"].as_array().cloned().unwrap_or_default();
             for b in bans {
-                println!(
-                    "banned {} from {} on {} for {}s",
-                    b["source"].as_str().unwrap_or("?"),
-                    scope_text(&b),
-                    b["iface"].as_str().unwrap_or("?"),
-                    b["duration_secs"]
-                );
+                if b["kept_longer"] == true {
+                    println!(
+                        "{} is already banned from {} on {} for longer ({:.0}s left of {}s, {}): kept that ban",
+                        b["source"].as_str().unwrap_or("?"),
+                        scope_text(&b),
+                        b["iface"].as_str().unwrap_or("?"),
+                        b["remaining_secs"].as_f64().unwrap_or(0.0),
+                        b["duration_secs"],
+                        b["origin"].as_str().unwrap_or("?"),
+                    );
+                } else {
+                    println!(
+                        "banned {} from {} on {} for {}s",
+                        b["source"].as_str().unwrap_or("?"),
+                        scope_text(&b),
+                        b["iface"].as_str().unwrap_or("?"),
+                        b["duration_secs"]
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -291,14 +366,28 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         .map(BanJson::into_entry)
                         .collect()
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    anyhow::bail!(
+                        "permission denied on the control socket {}: it is root only (try sudo)",
+                        socket.display()
+                    )
+                }
+                Err(e) if !daemon_absent(&e) => {
+                    anyhow::bail!("{}", unreachable_text(&socket, &e))
+                }
                 Err(_) => {
                     eprintln!(
-                        "shield: the daemon is not running (no answer on {}); reading the pinned maps under {}",
+                        "shield: the daemon is not running (nothing listens on {}); reading the pinned maps under {}",
                         socket.display(),
                         bpffs.join("shield").display()
                     );
                     let mut all = Vec::new();
                     for iface in stats::pinned_ifaces(&bpffs) {
+                        if !loader::is_attached(&bpffs, &iface) {
+                            eprintln!(
+                                "shield: {iface}: the program is detached: these bans are the last ones recorded and are not enforced"
+                            );
+                        }
                         let maps = BanMaps::open(&loader::pin_dir(&bpffs, &iface))
                             .with_context(|| format!("reading the ban maps of {iface}"))?;
                         for mut b in maps.active() {
@@ -388,6 +477,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Help { command } => {
+            use clap::CommandFactory as _;
+            let mut cli = Cli::command();
+            match command {
+                None => cli.print_long_help()?,
+                Some(name) => match cli.find_subcommand_mut(&name) {
+                    Some(sub) => sub
+                        .clone()
+                        .bin_name(format!("shield {name}"))
+                        .print_long_help()?,
+                    None => anyhow::bail!("no command `{name}`; `shield help` lists them"),
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Lab { policy } => {
             lab::run(&policy)?;
             Ok(ExitCode::SUCCESS)
@@ -397,13 +501,34 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 
 /// Sends a request to the daemon; an `ok: false` reply becomes an error.
 fn ask(socket: &std::path::Path, req: &Request) -> Result<serde_json::Value> {
-    let reply = control::request(socket, req).with_context(|| {
-        format!(
-            "cannot reach the shield daemon on {} (is `shield run` running? is this root?)",
-            socket.display()
-        )
-    })?;
+    let reply =
+        control::request(socket, req).map_err(|e| anyhow::anyhow!(unreachable_text(socket, &e)))?;
     ok_or_error(reply)
+}
+
+/// Nothing listens on the socket: no daemon (as opposed to one that refused or stalled).
+fn daemon_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// What a failed request means, in the user's words.
+fn unreachable_text(socket: &std::path::Path, e: &std::io::Error) -> String {
+    let socket = socket.display();
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            format!("permission denied on the control socket {socket}: it is root only (try sudo)")
+        }
+        _ if daemon_absent(e) => format!(
+            "the shield daemon is not running: nothing listens on {socket} (start `shield run`, or give the --socket it uses)"
+        ),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("the shield daemon on {socket} did not answer in time")
+        }
+        _ => format!("talking to the shield daemon on {socket}: {e}"),
+    }
 }
 
 fn ok_or_error(reply: serde_json::Value) -> Result<serde_json::Value> {
@@ -552,9 +677,26 @@ fn watch_stats(bpffs: &std::path::Path, iface: Option<&str>, secs: u64) -> Resul
         for i in &ifaces {
             let s = stats::read_iface(bpffs, i)
                 .with_context(|| format!("reading pinned maps of {i}"))?;
+            if !s.attached {
+                out.push_str(&format!(
+                    "{}: NOT ATTACHED: the figures are the last ones recorded; nothing is enforced\n",
+                    s.iface
+                ));
+            }
             out.push_str(&format!(
-                "{}: generation {}, mode {}, tracked sources {} of {}, active bans {}, events lost {}\n",
-                s.iface, s.policy_generation, s.mode, s.tracked_sources, s.max_sources, s.active_bans, s.events_lost
+                "{}: generation {}, mode {}, tracked sources {} of {}, {} {}, events lost {}\n",
+                s.iface,
+                s.policy_generation,
+                s.mode,
+                s.tracked_sources,
+                s.max_sources,
+                if s.attached {
+                    "active bans"
+                } else {
+                    "bans recorded (not enforced)"
+                },
+                s.active_bans,
+                s.events_lost
             ));
             out.push_str(&format!(
                 "  {:<20} {:>12} {:>14}\n",

@@ -241,10 +241,29 @@ pub struct MetricsServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// `--metrics`: an `IP:PORT` (never a host name: no DNS lookup at start) or `off`.
+pub fn parse_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        "expected IP:PORT (e.g. 127.0.0.1:9477 or [::1]:9477) or `off`; host names are not accepted".to_string()
+    })
+}
+
+/// Binds the metrics address before anything is attached, so a port in use fails the
+/// start with nothing changed.
+pub fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
+    std::net::TcpListener::bind(addr).map_err(|e| format!("metrics on {addr}: {e}"))
+}
+
 impl MetricsServer {
-    pub fn start(addr: &str, src: Sources) -> Result<MetricsServer, String> {
-        let server =
-            tiny_http::Server::http(addr).map_err(|e| format!("metrics on {addr}: {e}"))?;
+    pub fn start(listener: std::net::TcpListener, src: Sources) -> Result<MetricsServer, String> {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| format!("metrics on {addr}: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {

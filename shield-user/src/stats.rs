@@ -80,6 +80,10 @@ pub struct TopSource {
 #[derive(Debug, Clone, Serialize)]
 pub struct IfaceStats {
     pub iface: String,
+    /// The program is attached (its link is pinned and the interface exists). False after a
+    /// clean stop or `shield detach`: every other figure is then the last one recorded, and
+    /// no ban or limit is enforced.
+    pub attached: bool,
     /// 0 when no policy has been loaded yet.
     pub policy_generation: u32,
     /// Global mode: `enforce` or `monitor`.
@@ -141,6 +145,7 @@ pub fn pinned_ifaces(bpffs: &Path) -> Vec<String> {
         .flatten()
         .filter(|e| e.path().join(MAP_COUNTERS).exists())
         .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| crate::loader::check_iface(name).is_ok())
         .collect();
     out.sort();
     out
@@ -290,6 +295,7 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
 
     Ok(IfaceStats {
         iface: iface.to_string(),
+        attached: crate::loader::is_attached(bpffs, iface),
         active_bans,
         events_lost,
         source_insert_failures,
@@ -350,14 +356,26 @@ pub fn set_attack(dir: &Path, rule: u32, since_ns: u64) -> Result<(), LoaderErro
 pub fn render_table(stats: &Stats) -> String {
     let mut out = String::new();
     for s in &stats.interfaces {
+        if !s.attached {
+            let _ = writeln!(
+                out,
+                "{}: NOT ATTACHED (the daemon stopped or shield was detached): the figures below are the last ones recorded; nothing is enforced",
+                s.iface
+            );
+        }
         let _ = writeln!(
             out,
-            "{}: policy generation {}, mode {}, tracked sources {} of {}, active bans {}, events lost {}",
+            "{}: policy generation {}, mode {}, tracked sources {} of {}, {} {}, events lost {}",
             s.iface,
             s.policy_generation,
             s.mode,
             s.tracked_sources,
             s.max_sources,
+            if s.attached {
+                "active bans"
+            } else {
+                "bans recorded (not enforced)"
+            },
             s.active_bans,
             s.events_lost
         );
