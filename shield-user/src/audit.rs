@@ -8,6 +8,22 @@ use std::{
     time::SystemTime,
 };
 
+/// Every `event` the daemon writes, for the help and the docs (tested against both).
+pub const EVENTS: [&str; 12] = [
+    "limited",
+    "ban",
+    "would_ban",
+    "ban_kept",
+    "ban_end",
+    "unban",
+    "reload",
+    "attack_start",
+    "attack_end",
+    "lost",
+    "start",
+    "stop",
+];
+
 /// Where audit lines go.
 pub enum AuditLog {
     /// No `--audit-log`: lines are dropped.
@@ -80,4 +96,23 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod events_tests {
+    #[test]
+    fn the_readme_documents_every_audit_event() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Audit log")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has an `## Audit log` section");
+        for e in super::EVENTS {
+            assert!(
+                section.contains(&format!("`{e}`")),
+                "README's audit log table lacks `{e}`"
+            );
+        }
+    }
 }

@@ -26,6 +26,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_SOCKET: &str = "/run/shield/shield.sock";
+/// Every command the socket serves (the `cmd` of a request), for the help and its test.
+pub const COMMANDS: [&str; 6] = ["ban", "unban", "bans", "ping", "reload", "policy"];
 pub const MAX_LINE: usize = 64 * 1024;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CLIENTS: usize = 64;
@@ -236,6 +238,23 @@ pub fn request(path: &Path, req: &Request) -> io::Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_command_is_served_and_no_other() {
+        for cmd in COMMANDS {
+            let err = parse_request(format!(r#"{{"cmd":"{cmd}"}}"#).as_bytes())
+                .err()
+                .unwrap_or_default();
+            assert!(!err.contains("unknown variant"), "{cmd}: {err}");
+        }
+        let err = parse_request(br#"{"cmd":"nope"}"#).expect_err("unknown command");
+        for cmd in COMMANDS {
+            assert!(
+                err.contains(cmd),
+                "the enum and COMMANDS differ on {cmd}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn requests_round_trip_and_garbage_is_refused() {

@@ -115,3 +115,248 @@ fn stats_without_pinned_maps_says_what_is_missing() {
         "{err}"
     );
 }
+
+/// A scratch directory removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "shield-cli-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root (it runs `shield detach` and `shield run`, which refuse others): run it as root, as `cargo xtask test` does in CI"
+    );
+}
+
+#[test]
+fn detach_never_removes_anything_outside_shields_pins() {
+    require_root();
+    let tmp = Scratch::new("detach");
+    let victim = tmp.0.join("victim");
+    std::fs::create_dir_all(&victim).expect("victim dir");
+    std::fs::write(victim.join("precious"), "data").expect("victim file");
+    let plain = tmp.0.join("bpf");
+    // A plain directory laid out like pins: not a bpffs, so not shield's.
+    std::fs::create_dir_all(plain.join("shield").join("eth0")).expect("fake pin dir");
+    std::fs::write(plain.join("shield/eth0/SHIELD_COUNTERS"), "x").expect("fake pin");
+    let plain_s = plain.to_str().expect("utf-8");
+    let victim_s = victim.to_str().expect("utf-8");
+    for (args, needle) in [
+        (
+            vec!["detach", "../../victim", "--bpffs", plain_s],
+            "contains `/`",
+        ),
+        (
+            vec!["detach", victim_s, "--bpffs", plain_s],
+            "for '<IFACE>'",
+        ),
+        (vec!["detach", "/etc", "--bpffs", plain_s], "contains `/`"),
+        (
+            vec!["detach", "..", "--bpffs", plain_s],
+            "not interface names",
+        ),
+        (vec!["detach", "a b", "--bpffs", plain_s], "white space"),
+        (
+            vec!["detach", "sixteen-bytes-xx", "--bpffs", plain_s],
+            "at most 15 bytes",
+        ),
+        (
+            vec!["detach", "eth0", "--bpffs", plain_s],
+            "not a bpffs mount",
+        ),
+        (
+            vec!["detach", "eth0", "--bpffs", victim_s],
+            "not a bpffs mount",
+        ),
+    ] {
+        let (code, out, err) = shield(&args);
+        assert_ne!(code, 0, "{args:?} must be refused: {out}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(victim.join("precious").exists(), "the victim survives");
+    assert!(
+        plain.join("shield/eth0/SHIELD_COUNTERS").exists(),
+        "files on a non-bpffs path survive"
+    );
+
+    // On a real bpffs: a link to elsewhere and foreign entries are left alone.
+    let bpffs = shield_user::netlab::TempBpffs::new().expect("private bpffs");
+    let shield_dir = bpffs.path.join("shield");
+    std::fs::create_dir_all(shield_dir.join("eth1").join("not-shields")).expect("mkdir on bpffs");
+    let bpffs_s = bpffs.path.to_str().expect("utf-8");
+    let (code, out, err) = shield(&["detach", "eth1", "--bpffs", bpffs_s]);
+    assert_eq!(code, 1, "nothing of shield's there: {out}{err}");
+    assert!(err.contains("no shield pinned for eth1"), "{err}");
+    assert!(
+        shield_dir.join("eth1/not-shields").exists(),
+        "foreign entry kept"
+    );
+    if std::os::unix::fs::symlink(&victim, shield_dir.join("eth2")).is_ok() {
+        let (code, _, err) = shield(&["detach", "eth2", "--bpffs", bpffs_s]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("not a directory of this bpffs mount"), "{err}");
+        assert!(victim.join("precious").exists(), "a link is never followed");
+    }
+}
+
+#[test]
+fn run_refuses_a_duplicate_interface_and_a_host_name_for_metrics() {
+    require_root();
+    let tmp = Scratch::new("run");
+    let bpffs = tmp.0.join("bpffs");
+    let bpffs_s = bpffs.to_str().expect("utf-8");
+    let (code, out, err) = shield(&[
+        "run",
+        "--iface",
+        "lo",
+        "--iface",
+        "lo",
+        "--policy",
+        "policy/example.toml",
+        "--bpffs",
+        bpffs_s,
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("--iface lo is given twice"), "{err}");
+    assert!(!bpffs.exists(), "nothing was created: {}", bpffs.display());
+    for bad in [
+        "127.0.0.1:notaport",
+        "999.1.1.1:80",
+        "localhost:9477",
+        "9477",
+    ] {
+        let (code, _, err) = shield(&[
+            "run",
+            "--iface",
+            "lo",
+            "--policy",
+            "policy/example.toml",
+            "--metrics",
+            bad,
+        ]);
+        assert_eq!(code, 2, "--metrics {bad}: {err}");
+        assert!(err.contains("expected IP:PORT"), "--metrics {bad}: {err}");
+    }
+}
+
+/// Runs `shield ARGS` with stdout into a pipe whose reader is gone.
+fn into_closed_pipe(args: &[&str]) -> (Option<i32>, Option<i32>, String) {
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut fds = [0; 2];
+    // SAFETY: a two-int array for pipe(2).
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: closing the read end we own: every write then fails with EPIPE.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: the write end is ours; Stdio takes ownership of it.
+    let stdout = unsafe { <std::process::Stdio as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    let out = Command::new(env!("CARGO_BIN_EXE_shield"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("running shield");
+    (
+        out.status.code(),
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    for args in [
+        &["check", "policy/example.toml"][..],
+        &["--help"],
+        &["help"],
+        &["help", "run"],
+    ] {
+        let (code, signal, err) = into_closed_pipe(args);
+        assert!(
+            code == Some(0) || signal == Some(libc::SIGPIPE),
+            "{args:?}: exit {code:?} signal {signal:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_describes_every_command_argument_event_and_control_command() {
+    let (code, top, _) = shield(&["--help"]);
+    assert_eq!(code, 0);
+    for event in shield_user::audit::EVENTS {
+        assert!(
+            top.contains(event),
+            "`shield --help` must name the audit event {event}"
+        );
+    }
+    for cmd in shield_user::control::COMMANDS {
+        assert!(
+            top.contains(cmd),
+            "`shield --help` must name the control command {cmd}"
+        );
+    }
+    let (code, out, err) = shield(&["help", "--help"]);
+    assert_eq!(code, 0, "`shield help --help` works: {err}");
+    assert!(out.contains("Usage: shield help"), "{out}");
+    let (code, out, _) = shield(&["help", "detach"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage: shield detach"), "{out}");
+
+    // Every argument of every command has a description.
+    let commands = [
+        "run", "reload", "detach", "ban", "unban", "bans", "check", "stats", "lab", "help",
+    ];
+    for cmd in commands {
+        let (code, out, err) = shield(&[cmd, "--help"]);
+        assert_eq!(code, 0, "{cmd} --help: {err}");
+        let mut section = "";
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.ends_with(':') && !line.starts_with(' ') {
+                section = line;
+                continue;
+            }
+            let t = line.trim_start();
+            let is_item = (section == "Options:" || section == "Arguments:")
+                && line.starts_with("  ")
+                && !line.starts_with("          ")
+                && (t.starts_with('-') || t.starts_with('<') || t.starts_with('['));
+            if !is_item {
+                continue;
+            }
+            // Long help: the description is on the next line, indented; short: same line.
+            let same_line = t.split("  ").filter(|p| !p.trim().is_empty()).count() > 1;
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            let below = next.starts_with("          ") && !next.trim().is_empty();
+            assert!(
+                same_line || below,
+                "`shield {cmd} --help`: {t:?} has no description:\n{out}"
+            );
+        }
+    }
+}

@@ -208,12 +208,14 @@ fn manual_bans_host_and_rule_then_unban() {
         parse_cidr("198.51.100.0/24").unwrap(),
         Duration::from_secs(60),
         None,
+        None,
     )
     .expect("manual host ban");
     maps.ban(
         parse_cidr("192.0.2.9").unwrap(),
         Duration::from_secs(60),
         Some("api"),
+        None,
     )
     .expect("manual rule ban");
     let err = maps
@@ -221,6 +223,7 @@ fn manual_bans_host_and_rule_then_unban() {
             parse_cidr("192.0.2.0/24").unwrap(),
             Duration::from_secs(60),
             Some("api"),
+            None,
         )
         .expect_err("rule ban with a prefix other than the rule's scope");
     assert!(
@@ -232,6 +235,7 @@ fn manual_bans_host_and_rule_then_unban() {
             parse_cidr("192.0.2.9").unwrap(),
             Duration::from_secs(60),
             Some("nope"),
+            None,
         )
         .expect_err("unknown rule");
     assert!(err.to_string().contains("no rule named `nope`"), "{err}");

@@ -277,6 +277,7 @@ fn section1(o: &Opts, report: &mut String) {
                 policy::parse_cidr("192.0.2.9").expect("cidr"),
                 Duration::from_secs(3600),
                 None,
+                None,
             )
         })
         .expect("manual ban");
