@@ -92,7 +92,8 @@ impl Instance {
 }
 
 /// Undoes what a failed start did, interface by interface: detaches a program this start
-/// attached, gives adopted maps back the policy they had, removes pins this start created.
+/// attached, gives adopted maps back the policy they had (whole: the start kept their old
+/// lists, see `PolicyMaps::keep_old_lists`), removes pins this start created.
 /// Leaves alone what an earlier (adopted) run set up.
 fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
     for mut inst in instances.into_iter().rev() {
@@ -212,10 +213,6 @@ impl Running {
                 .tables
                 .install(&compiled, generation, extra)
                 .map_err(|e| format!("{}: {e}", inst.iface))?;
-            if done.lists_swapped {
-                // The old list half was emptied: a failed start can no longer go back to it.
-                inst.previous_half = None;
-            }
             written += done.ports_written;
             swapped |= done.lists_swapped;
             let _ = inst.bans.drop_orphans();
@@ -394,7 +391,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             }
         }
     }
-    for inst in &running.instances {
+    for inst in &mut running.instances {
+        if let Err(e) = inst.tables.settle() {
+            eprintln!(
+                "shield: warning: {}: emptying the previous allow/deny lists: {e}",
+                inst.iface
+            );
+        }
         if inst.attached == Attached::Generic && opts.xdp_mode == AttachMode::Auto {
             eprintln!(
                 "shield: warning: {} does not support native XDP; attached in generic mode (slower: packets reach XDP after the kernel allocated an skb)",
@@ -549,7 +552,9 @@ fn bring_up(
         let mut ebpf = loader::load(&dir, policy.max_sources)
             .with_context(|| format!("loading shield for {iface}"))?;
         BanMaps::ensure_notes(&dir).context("creating the ban notes map")?;
-        let tables = PolicyMaps::open(&dir).context("opening the policy tables")?;
+        let mut tables = PolicyMaps::open(&dir).context("opening the policy tables")?;
+        // Until the start succeeds, a list swap keeps the old lists (see `undo_start`).
+        tables.keep_old_lists = true;
         let mut previous_half = None;
         // Adopted maps: keep rule ids (state, bans, counters) and keep counting generations.
         for (id, r) in tables.current_rules()? {

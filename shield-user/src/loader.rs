@@ -318,6 +318,11 @@ pub struct PolicyMaps {
     /// Sketch hash seed: kept from the policy in force (a restart keeps the sketch
     /// meaningful), else random.
     sketch_seed: u64,
+    /// While set, an install that swaps the lists leaves the old list half as it was
+    /// (`stale_lists`), so `restore_half` can still go back to the old policy whole; a
+    /// daemon sets it for its start and calls `settle` once the start succeeded.
+    pub keep_old_lists: bool,
+    stale_lists: Option<u8>,
 }
 
 /// A policy's four lists, as compiled.
@@ -379,6 +384,8 @@ impl PolicyMaps {
             ports_cache: [None, None],
             lists_cache: [None, None],
             sketch_seed: 0,
+            keep_old_lists: false,
+            stale_lists: None,
         };
         maps.sketch_seed = match maps.active() {
             Ok((_, cfg)) if cfg.sketch_seed != 0 => cfg.sketch_seed,
@@ -424,6 +431,25 @@ impl PolicyMaps {
         let mut c = self.control()?;
         c.clock_offset_ns = c.clock_offset_ns.wrapping_add(by_ns);
         self.control.set(0, c, 0).map_err(map_err(MAP_CONTROL))
+    }
+
+    /// Empties a list half no config points at any more.
+    fn empty_list_half(&mut self, half: u8) -> Result<(), LoaderError> {
+        // Packets that read the old half finish within microseconds; then the old list
+        // half is emptied so a later swap starts clean.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        self.write_lists(half, &Lists::default())?;
+        self.lists_cache[half as usize] = Some(Lists::default());
+        Ok(())
+    }
+
+    /// After a successful start: stop keeping the old lists, and empty them.
+    pub fn settle(&mut self) -> Result<(), LoaderError> {
+        self.keep_old_lists = false;
+        match self.stale_lists.take() {
+            Some(half) => self.empty_list_half(half),
+            None => Ok(()),
+        }
     }
 
     /// Makes `half` the half in force again (undoing an `install` whose lists did not swap:
@@ -519,12 +545,10 @@ impl PolicyMaps {
         ctl.active = half;
         self.control.set(0, ctl, 0).map_err(map_err(MAP_CONTROL))?;
 
-        if swapped {
-            // Packets that read the old half finish within microseconds; then the old
-            // list half is emptied so a later swap starts clean.
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            self.write_lists(current_half as u8, &Lists::default())?;
-            self.lists_cache[current_half as usize] = Some(Lists::default());
+        if swapped && self.keep_old_lists {
+            self.stale_lists = Some(current_half as u8);
+        } else if swapped {
+            self.empty_list_half(current_half as u8)?;
         }
         Ok(Installed {
             half,

@@ -259,6 +259,68 @@ fn a_start_that_fails_a_check_attaches_nothing_and_leaves_no_pins() {
     assert!(out.contains("IP:PORT"), "{out}");
 }
 
+#[test]
+fn a_failed_start_over_a_crashed_run_leaves_that_run_in_force() {
+    let mut lab = NsLab::new(POLICY, &[API]);
+    lab.daemon().kill9().expect("kill -9");
+    let before = lab.stats();
+    assert_eq!(
+        before["interfaces"][0]["attached"], true,
+        "a crash keeps the program"
+    );
+    let other = policy_file(OTHER_POLICY);
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("shield-adopt-")));
+    // Adopts SERVER_IF (and writes the other policy into it), then fails on lo.
+    let (code, out, _) = second_run(
+        &lab,
+        &[
+            "--iface",
+            SERVER_IF,
+            "--iface",
+            "lo",
+            "--xdp-mode",
+            "native",
+            "--policy",
+            other.to_str().expect("utf-8"),
+            "--bpffs",
+            &bpffs,
+            "--socket",
+            sock.to_str().expect("utf-8"),
+            "--metrics",
+            "off",
+        ],
+    );
+    let _ = std::fs::remove_file(&other);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("attaching to lo"), "{out}");
+    let after = lab.stats();
+    assert_eq!(
+        after["interfaces"][0]["attached"], true,
+        "the adopted link stays"
+    );
+    assert!(
+        xdp_on_server(&lab),
+        "the crashed run's program stays attached"
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["interfaces"][0]["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(
+        names(&after),
+        names(&before),
+        "the crashed run's policy is back in force"
+    );
+    // It still enforces: the legit client passes.
+    let legit = lab.connect(IpAddr::V4(LEGIT_V4), API, 3, Duration::from_millis(50));
+    assert_eq!(legit.failed, 0, "{legit:?}");
+}
+
 fn lab_stop_and_clear(lab: &NsLab) {
     let mut out = Command::new(shield_bin());
     out.args(["detach", SERVER_IF, "--bpffs"])
