@@ -262,12 +262,20 @@ fn second_program_on_the_same_interface_is_refused_clearly() {
         .topo
         .server
         .command(&shield_bin())
-        .args(["run", "--iface", SERVER_IF, "--bpffs"])
+        .args(["run", "--iface", SERVER_IF, "--metrics", "off", "--bpffs"])
         .arg(&other.path)
+        .arg("--socket")
+        .arg(other.path.with_extension("sock"))
         .arg("--policy")
         .arg(&lab.policy)
         .output()
         .expect("second shield run");
+    let _ = std::fs::remove_file(other.path.with_extension("sock"));
+    // (Another bpffs, so the interface lock does not see the first daemon; the kernel does.)
+    assert!(
+        !other.path.join("shield").join(SERVER_IF).exists(),
+        "the refused start leaves no pins"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
