@@ -283,3 +283,39 @@ fn check_locates_binary_garbage() {
         "{err}"
     );
 }
+
+#[test]
+fn check_warns_about_likely_mistakes_and_still_succeeds() {
+    let dir = TempDir::new("warn");
+    let path = dir.file(
+        "warn.toml",
+        b"[lists]\nallow = [\"192.0.2.0/24\"]\ndeny = [\"192.0.2.0/24\", \"::/0\"]\n\n[[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\n",
+    );
+    let (code, out, err) = check_within_20s(&path);
+    assert_eq!(code, 0, "warnings do not make a policy invalid: {err}");
+    assert!(out.ends_with("warn.toml: valid\n"), "{out}");
+    let shown = path.display();
+    for line in [
+        format!(
+            "shield: warning: {shown}: 192.0.2.0/24 is on both the allow and the deny list; allow wins, so the deny entry has no effect"
+        ),
+        format!(
+            "shield: warning: {shown}: the deny list holds ::/0: every IPv6 packet from a source not on the allow list is dropped"
+        ),
+        format!(
+            "shield: warning: {shown}: rule `dns` has no `connections`, `packets` or `unverified` limit: its traffic is counted, never limited"
+        ),
+    ] {
+        assert!(
+            err.lines().any(|l| l == line),
+            "stderr lacks {line:?}: {err}"
+        );
+    }
+    assert!(!out.contains("warning"), "warnings go to stderr: {out}");
+    let (code, _, err) = shield(&["check", "policy/example.toml"]);
+    assert_eq!(code, 0);
+    assert!(
+        err.is_empty(),
+        "the example policy has nothing to warn about: {err}"
+    );
+}

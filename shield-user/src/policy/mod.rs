@@ -267,3 +267,43 @@ pub fn load(path: &Path) -> Result<Policy, LoadError> {
     }
     Ok(parse_bytes(&shown, &bytes)?)
 }
+
+/// How many prefixes in both lists `warnings` names one by one.
+const SHOWN_OVERLAPS: usize = 5;
+
+/// Things in a valid policy that are probably mistakes, one sentence each: a prefix on both
+/// the allow and the deny list (allow wins: the deny entry does nothing), a deny of every
+/// address (`0.0.0.0/0`, `::/0`), a rule without any limit (its traffic is only counted).
+pub fn warnings(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let allow: std::collections::HashSet<&Cidr> = policy.allow.iter().collect();
+    let both: Vec<&Cidr> = policy.deny.iter().filter(|c| allow.contains(c)).collect();
+    for c in both.iter().take(SHOWN_OVERLAPS) {
+        out.push(format!(
+            "{c} is on both the allow and the deny list; allow wins, so the deny entry has no effect"
+        ));
+    }
+    if both.len() > SHOWN_OVERLAPS {
+        out.push(format!(
+            "… and {} more prefixes on both lists",
+            both.len() - SHOWN_OVERLAPS
+        ));
+    }
+    for c in &policy.deny {
+        if c.len == 0 {
+            let family = if c.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            out.push(format!(
+                "the deny list holds {c}: every {family} packet from a source not on the allow list is dropped"
+            ));
+        }
+    }
+    for r in &policy.rules {
+        if r.connections.is_none() && r.packets.is_none() && r.unverified.is_none() {
+            out.push(format!(
+                "rule `{}` has no `connections`, `packets` or `unverified` limit: its traffic is counted, never limited",
+                r.name
+            ));
+        }
+    }
+    out
+}

@@ -1140,6 +1140,45 @@ fn binary_input_is_refused_at_its_first_bad_byte() {
 }
 
 #[test]
+fn warnings_name_likely_mistakes() {
+    let p = ok(&format!(
+        "[lists]\nallow = ['10.0.0.0/8', '2001:db8::/32']\ndeny = ['10.0.0.0/8', '0.0.0.0/0', '::/0', '2001:db8::/32']\n{TCP}ports = [80]\nconnections = {{ rate = '5/s' }}\n[[rule]]\nname = 'dns'\nprotocol = 'udp'\n"
+    ));
+    let w = warnings(&p);
+    let expected = [
+        "10.0.0.0/8 is on both the allow and the deny list; allow wins, so the deny entry has no effect",
+        "2001:db8::/32 is on both the allow and the deny list",
+        "the deny list holds 0.0.0.0/0: every IPv4 packet from a source not on the allow list is dropped",
+        "the deny list holds ::/0: every IPv6 packet",
+        "rule `dns` has no `connections`, `packets` or `unverified` limit: its traffic is counted, never limited",
+    ];
+    assert_eq!(w.len(), expected.len(), "{w:#?}");
+    for (got, want) in w.iter().zip(expected) {
+        assert!(
+            got.starts_with(want),
+            "warning {got:?} should start {want:?}"
+        );
+    }
+    let example = load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policy/example.toml"
+    )))
+    .expect("example");
+    assert_eq!(
+        warnings(&example),
+        Vec::<String>::new(),
+        "the example policy should be clean"
+    );
+
+    let many: Vec<String> = (0..8).map(|i| format!("'10.{i}.0.0/16'")).collect();
+    let list = many.join(", ");
+    let p = ok(&format!("[lists]\nallow = [{list}]\ndeny = [{list}]\n"));
+    let w = warnings(&p);
+    assert_eq!(w.len(), 6, "five named, then a count: {w:#?}");
+    assert_eq!(w[5], "… and 3 more prefixes on both lists");
+}
+
+#[test]
 fn too_many_values_are_refused_before_parsing() {
     // Two bytes a value: the TOML parser would need about 200 bytes for each.
     let ones = format!("[lists]\nallow = [{}]\n", "1,".repeat(MAX_POLICY_VALUES));
