@@ -410,6 +410,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check { file, diff, socket } => match policy::load(&file) {
             Ok(p) if diff => {
+                print_warnings(&file, &p);
                 let running = ask(&socket, &Request::Policy {})?;
                 let old = running["matrix"].as_str().unwrap_or_default();
                 let new = policy::matrix_table(&p);
@@ -428,6 +429,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Ok(p) => {
+                print_warnings(&file, &p);
                 print!("{}", policy::matrix_table(&p));
                 println!("{}: valid", file.display());
                 Ok(ExitCode::SUCCESS)
@@ -496,6 +498,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             lab::run(&policy)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `shield check`: likely mistakes in a valid policy, on stderr (the exit status stays 0).
+fn print_warnings(file: &std::path::Path, p: &policy::Policy) {
+    for w in policy::warnings(p) {
+        eprintln!("shield: warning: {}: {w}", file.display());
     }
 }
 

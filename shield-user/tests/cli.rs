@@ -1,6 +1,11 @@
 //! The `shield` command as a user runs it, for what needs no privileges.
 
-use std::process::Command;
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 fn shield(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_shield"))
@@ -116,27 +121,203 @@ fn stats_without_pinned_maps_says_what_is_missing() {
     );
 }
 
-/// A scratch directory removed on drop.
-struct Scratch(std::path::PathBuf);
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
 
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!(
-            "shield-cli-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        ));
-        std::fs::create_dir_all(&p).expect("scratch dir");
-        Scratch(p)
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("shield-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write a test file");
+        path
     }
 }
 
-impl Drop for Scratch {
+impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `shield check FILE`, killed if it has not ended within 20 s: a hang fails the test
+/// instead of stalling the suite. Returns (exit code, stdout, stderr).
+fn check_within_20s(file: &Path) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shield"))
+        .arg("check")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running shield");
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for shield") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`shield check {}` still ran after 20 s; it must refuse the file at once",
+                file.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
+}
+
+#[test]
+fn check_refuses_what_is_not_a_regular_file_at_once() {
+    let dir = TempDir::new("special");
+    let fifo = dir.0.join("policy.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let cases = [
+        (
+            Path::new("/dev/zero"),
+            "it is a character device, not a regular file",
+        ),
+        (
+            fifo.as_path(),
+            "it is a FIFO (named pipe), not a regular file",
+        ),
+        (dir.0.as_path(), "it is a directory, not a regular file"),
+    ];
+    for (path, words) in cases {
+        let (code, out, err) = check_within_20s(path);
+        assert_eq!(code, 1, "{}: {out}{err}", path.display());
+        assert!(
+            err.contains(&format!(
+                "cannot read policy file {}: {words}",
+                path.display()
+            )),
+            "{}: {err}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn check_refuses_a_file_over_the_size_limit_without_reading_it() {
+    let dir = TempDir::new("large");
+    let path = dir.0.join("huge.toml");
+    let file = std::fs::File::create(&path).expect("create");
+    // Sparse: no disk space used, but the size is over the limit.
+    file.set_len(shield_user::policy::MAX_POLICY_BYTES + 1)
+        .expect("set_len");
+    let started = Instant::now();
+    let (code, _, err) = check_within_20s(&path);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("it is larger than the limit of 256 MiB (268435456 bytes)"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an oversized file must be refused from its size, not read"
+    );
+}
+
+#[test]
+fn check_quotes_a_huge_value_short() {
+    let dir = TempDir::new("long");
+    let name = "x".repeat(10 << 20);
+    let path = dir.file(
+        "long.toml",
+        format!("[[rule]]\nname = \"{name}\"\nprotocol = \"tcp\"\n").as_bytes(),
+    );
+    let (code, _, err) = check_within_20s(&path);
+    assert_eq!(code, 1);
+    assert!(
+        err.len() < 300,
+        "a 10 MB rule name must not be echoed whole: the error is {} bytes",
+        err.len()
+    );
+    assert!(
+        err.contains("long.toml:2:8: rule name must be 1 to 32 characters")
+            && err.contains("xxxx…\" (10485760 bytes)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_locates_binary_garbage() {
+    let dir = TempDir::new("binary");
+    let mut bytes = b"# shield policy\n[defaults]\nmode = \"enforce\"\n".to_vec();
+    bytes.extend_from_slice(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR");
+    let path = dir.file("image.toml", &bytes);
+    let (code, out, err) = check_within_20s(&path);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("image.toml:4:1: byte 0x89 (offset 44) is not UTF-8 text")
+            && err.contains("binary file"),
+        "{err}"
+    );
+    let path = dir.file("nul.toml", b"[defaults]\nmode = \"enforce\0\"\n");
+    let (code, _, err) = check_within_20s(&path);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("nul.toml:2:16: control character 0x00 is not allowed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_warns_about_likely_mistakes_and_still_succeeds() {
+    let dir = TempDir::new("warn");
+    let path = dir.file(
+        "warn.toml",
+        b"[lists]\nallow = [\"192.0.2.0/24\"]\ndeny = [\"192.0.2.0/24\", \"::/0\"]\n\n[[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\n",
+    );
+    let (code, out, err) = check_within_20s(&path);
+    assert_eq!(code, 0, "warnings do not make a policy invalid: {err}");
+    assert!(out.ends_with("warn.toml: valid\n"), "{out}");
+    let shown = path.display();
+    for line in [
+        format!(
+            "shield: warning: {shown}: 192.0.2.0/24 is on both the allow and the deny list; allow wins, so the deny entry has no effect"
+        ),
+        format!(
+            "shield: warning: {shown}: the deny list holds ::/0: every IPv6 packet from a source not on the allow list is dropped"
+        ),
+        format!(
+            "shield: warning: {shown}: rule `dns` has no `connections`, `packets` or `unverified` limit: its traffic is counted, never limited"
+        ),
+    ] {
+        assert!(
+            err.lines().any(|l| l == line),
+            "stderr lacks {line:?}: {err}"
+        );
+    }
+    assert!(!out.contains("warning"), "warnings go to stderr: {out}");
+    let (code, _, err) = shield(&["check", "policy/example.toml"]);
+    assert_eq!(code, 0);
+    assert!(
+        err.is_empty(),
+        "the example policy has nothing to warn about: {err}"
+    );
 }
 
 fn require_root() {
@@ -151,7 +332,7 @@ fn require_root() {
 #[test]
 fn detach_never_removes_anything_outside_shields_pins() {
     require_root();
-    let tmp = Scratch::new("detach");
+    let tmp = TempDir::new("detach");
     let victim = tmp.0.join("victim");
     std::fs::create_dir_all(&victim).expect("victim dir");
     std::fs::write(victim.join("precious"), "data").expect("victim file");
@@ -226,7 +407,7 @@ fn detach_never_removes_anything_outside_shields_pins() {
 #[test]
 fn run_refuses_a_duplicate_interface_and_a_host_name_for_metrics() {
     require_root();
-    let tmp = Scratch::new("run");
+    let tmp = TempDir::new("run");
     let bpffs = tmp.0.join("bpffs");
     let bpffs_s = bpffs.to_str().expect("utf-8");
     let (code, out, err) = shield(&[

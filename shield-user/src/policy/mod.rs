@@ -6,11 +6,21 @@ mod parse;
 mod table;
 #[cfg(test)]
 mod tests;
+mod value;
 
-use std::{fmt, net::IpAddr, path::Path, time::Duration};
+use std::{
+    fmt,
+    io::Read as _,
+    net::IpAddr,
+    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    path::Path,
+    time::Duration,
+};
 
 pub use compile::{CompiledPolicy, assign_ids, compile, compile_with_ids};
-pub use parse::{format_duration, parse_cidr, parse_duration, parse_str};
+pub use parse::{
+    MAX_POLICY_VALUES, format_duration, parse_bytes, parse_cidr, parse_duration, parse_str,
+};
 pub use table::matrix_table;
 
 /// What happens to traffic over a limit.
@@ -178,6 +188,11 @@ pub struct PolicyError {
     pub message: String,
 }
 
+/// The largest policy file read: two lists of 1,048,576 prefixes (the most the maps hold)
+/// written one per line take about 60 MB; anything far larger is a mistake (`/dev/zero`, a
+/// log file), not a policy.
+pub const MAX_POLICY_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Errors from loading a policy file.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -186,15 +201,109 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot read policy file {path}: it is {kind}, not a regular file")]
+    NotAFile { path: String, kind: &'static str },
+    #[error(
+        "cannot read policy file {path}: it is larger than the limit of 256 MiB ({MAX_POLICY_BYTES} bytes)"
+    )]
+    TooLarge { path: String },
     #[error(transparent)]
     Invalid(#[from] PolicyError),
 }
 
-/// Reads, parses and validates a policy file.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads, parses and validates a policy file: a regular file of at most `MAX_POLICY_BYTES`.
 pub fn load(path: &Path) -> Result<Policy, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
+    let shown = path.display().to_string();
+    let read_err = |source| LoadError::Read {
+        path: shown.clone(),
         source,
-    })?;
-    Ok(parse_str(&path.display().to_string(), &text)?)
+    };
+    // Refuse what is not a regular file before opening it: opening a FIFO blocks until a
+    // writer comes. O_NONBLOCK covers one swapped in after this check (it changes nothing
+    // for a regular file), and the type is checked again on the open file.
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let not_a_file = |t: std::fs::FileType| LoadError::NotAFile {
+        path: shown.clone(),
+        kind: file_kind(t),
+    };
+    if !meta.is_file() {
+        return Err(not_a_file(meta.file_type()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(not_a_file(meta.file_type()));
+    }
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(LoadError::TooLarge { path: shown });
+    }
+    // The file may grow after the size check: read at most one byte past the limit.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(LoadError::TooLarge { path: shown });
+    }
+    Ok(parse_bytes(&shown, &bytes)?)
+}
+
+/// How many prefixes in both lists `warnings` names one by one.
+const SHOWN_OVERLAPS: usize = 5;
+
+/// Things in a valid policy that are probably mistakes, one sentence each: a prefix on both
+/// the allow and the deny list (allow wins: the deny entry does nothing), a deny of every
+/// address (`0.0.0.0/0`, `::/0`), a rule without any limit (its traffic is only counted).
+pub fn warnings(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let allow: std::collections::HashSet<&Cidr> = policy.allow.iter().collect();
+    let both: Vec<&Cidr> = policy.deny.iter().filter(|c| allow.contains(c)).collect();
+    for c in both.iter().take(SHOWN_OVERLAPS) {
+        out.push(format!(
+            "{c} is on both the allow and the deny list; allow wins, so the deny entry has no effect"
+        ));
+    }
+    if both.len() > SHOWN_OVERLAPS {
+        out.push(format!(
+            "… and {} more prefixes on both lists",
+            both.len() - SHOWN_OVERLAPS
+        ));
+    }
+    for c in &policy.deny {
+        if c.len == 0 {
+            let family = if c.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            out.push(format!(
+                "the deny list holds {c}: every {family} packet from a source not on the allow list is dropped"
+            ));
+        }
+    }
+    for r in &policy.rules {
+        if r.connections.is_none() && r.packets.is_none() && r.unverified.is_none() {
+            out.push(format!(
+                "rule `{}` has no `connections`, `packets` or `unverified` limit: its traffic is counted, never limited",
+                r.name
+            ));
+        }
+    }
+    out
 }

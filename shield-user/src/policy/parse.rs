@@ -7,6 +7,7 @@ use toml::Spanned;
 
 use super::{
     BanScope, Cidr, Escalation, Limit, Mode, Policy, PolicyError, PortRange, Protocol, Rate, Rule,
+    value::{Found, Shape, Shaped, Typed, quote},
 };
 use shield_common::{DEFAULT_MAX_SOURCES, MAX_LIST_PREFIXES, MAX_RULES, RULE_NAME_LEN};
 use std::time::Duration;
@@ -16,70 +17,167 @@ pub const MAX_RATE_PER_SEC: u64 = 100_000_000;
 pub const MAX_BURST: u64 = 100_000_000;
 pub const MIN_MAX_SOURCES: i64 = 64;
 pub const MAX_MAX_SOURCES: i64 = 16_777_216;
+pub const MAX_STRIKES: i64 = 1000;
+
+/// A key's value with its place in the file; the wrong type of value is kept (see `Typed`)
+/// so that the error names the key in user words.
+type Field<T> = Spanned<Typed<T>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
-    defaults: Option<RawDefaults>,
-    lists: Option<RawLists>,
-    #[serde(default)]
-    rule: Vec<Spanned<RawRule>>,
+    defaults: Option<Field<RawDefaults>>,
+    lists: Option<Field<RawLists>>,
+    rule: Option<Field<Vec<Field<RawRule>>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
-    mode: Option<Spanned<String>>,
-    ipv4_prefix: Option<Spanned<i64>>,
-    ipv6_prefix: Option<Spanned<i64>>,
-    max_sources: Option<Spanned<i64>>,
-    verified_ttl: Option<Spanned<String>>,
+    mode: Option<Field<String>>,
+    ipv4_prefix: Option<Field<i64>>,
+    ipv6_prefix: Option<Field<i64>>,
+    max_sources: Option<Field<i64>>,
+    verified_ttl: Option<Field<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLists {
-    #[serde(default)]
-    allow: Vec<Spanned<String>>,
-    #[serde(default)]
-    deny: Vec<Spanned<String>>,
+    allow: Option<Field<Vec<Field<String>>>>,
+    deny: Option<Field<Vec<Field<String>>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
-    name: Spanned<String>,
-    protocol: Spanned<String>,
-    ports: Option<Spanned<Vec<Spanned<toml::Value>>>>,
-    mode: Option<Spanned<String>>,
-    ipv4_prefix: Option<Spanned<i64>>,
-    ipv6_prefix: Option<Spanned<i64>>,
-    connections: Option<Spanned<RawLimit>>,
-    packets: Option<Spanned<RawLimit>>,
-    escalation: Option<Spanned<RawEscalation>>,
-    unverified: Option<Spanned<RawLimit>>,
-    challenge: Option<Spanned<String>>,
+    name: Field<String>,
+    protocol: Field<String>,
+    ports: Option<Field<Vec<Spanned<toml::Value>>>>,
+    mode: Option<Field<String>>,
+    ipv4_prefix: Option<Field<i64>>,
+    ipv6_prefix: Option<Field<i64>>,
+    connections: Option<Field<RawLimit>>,
+    packets: Option<Field<RawLimit>>,
+    escalation: Option<Field<RawEscalation>>,
+    unverified: Option<Field<RawLimit>>,
+    challenge: Option<Field<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEscalation {
-    strikes: Spanned<i64>,
-    window: Spanned<String>,
-    ban: Spanned<String>,
-    backoff: Option<Spanned<i64>>,
-    max_ban: Option<Spanned<String>>,
-    forget: Option<Spanned<String>>,
-    scope: Option<Spanned<String>>,
+    strikes: Field<i64>,
+    window: Field<String>,
+    ban: Field<String>,
+    backoff: Option<Field<i64>>,
+    max_ban: Option<Field<String>>,
+    forget: Option<Field<String>>,
+    scope: Option<Field<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimit {
-    rate: Spanned<String>,
-    burst: Option<Spanned<i64>>,
-    sustained: Option<Spanned<String>>,
+    rate: Field<String>,
+    burst: Option<Field<i64>>,
+    sustained: Option<Field<String>>,
 }
+
+impl Shaped for RawDefaults {
+    const SHAPE: Shape = Shape::Table;
+}
+impl Shaped for RawLists {
+    const SHAPE: Shape = Shape::Table;
+}
+impl Shaped for RawRule {
+    const SHAPE: Shape = Shape::Table;
+}
+impl Shaped for RawEscalation {
+    const SHAPE: Shape = Shape::Table;
+}
+impl Shaped for RawLimit {
+    const SHAPE: Shape = Shape::Table;
+}
+
+/// The most values (keys, list entries, tables) a policy may hold: the TOML parser keeps
+/// about 200 bytes per value while it works, so this bounds its memory where the file size
+/// alone does not (`[1,1,1,…]` takes two bytes a value). Two full lists (2 × 1,048,576), every
+/// port of both protocols listed one by one (131,070) and 255 rules fit with room to spare.
+pub const MAX_POLICY_VALUES: usize = 3_000_000;
+
+/// Where the text passes `MAX_POLICY_VALUES`, counting the separators and openers outside
+/// strings and comments (`,` `=` `[` `{`): at least one per value. A cheap scan, before the
+/// TOML parser builds anything.
+fn past_value_limit(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut count = 0usize;
+    let mut i = 0;
+    // The end of a string starting at `i` (after its closing quote), or of the text.
+    let string_end = |i: usize| -> usize {
+        let q = b[i];
+        let triple = b.get(i..i + 3) == Some(&[q, q, q][..]);
+        let mut j = i + if triple { 3 } else { 1 };
+        while j < b.len() {
+            match b[j] {
+                b'\\' if q == b'"' => j += 2,
+                c if c == q && (!triple || b.get(j..j + 3) == Some(&[q, q, q][..])) => {
+                    return j + if triple { 3 } else { 1 };
+                }
+                b'\n' if !triple => return j,
+                _ => j += 1,
+            }
+        }
+        b.len()
+    };
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |n| i + n);
+            }
+            b'"' | b'\'' => i = string_end(i),
+            b',' | b'=' | b'[' | b'{' => {
+                count += 1;
+                if count > MAX_POLICY_VALUES {
+                    return Some(i);
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A value of the expected type and where it is.
+struct At<'a, T> {
+    span: Range<usize>,
+    value: &'a T,
+}
+
+impl<T> At<'_, T> {
+    fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+
+    fn get_ref(&self) -> &T {
+        self.value
+    }
+}
+
+/// What a text key expects, for "KEY must be …, got …".
+const TEXT: &str = "text in quotes";
+const WHOLE: &str = "a whole number";
+const DURATION: &str = "a duration in quotes, like \"30s\"";
+const RATE: &str = "a rate in quotes, like \"5/s\"";
+const LIMIT: &str = "a table like { rate = \"5/s\", burst = 10 }";
+
+/// Messages longer than this are cut: they quote user input, which is bounded by `quote`,
+/// but a message from the TOML parser might not be.
+const MESSAGE_MAX: usize = 1024;
 
 struct Ctx<'a> {
     file: &'a str,
@@ -89,47 +187,132 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
         let (line, column) = line_col(self.text, span.start);
+        let mut message: String = message.into();
+        if message.len() > MESSAGE_MAX {
+            let mut cut = MESSAGE_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
         PolicyError {
             file: self.file.to_string(),
             line,
             column,
-            message: message.into(),
+            message,
+        }
+    }
+
+    /// The value of `key`, or "KEY must be EXPECTED, got WHAT WAS THERE".
+    fn get<'a, T>(
+        &self,
+        field: &'a Field<T>,
+        key: &str,
+        expected: &str,
+    ) -> Result<At<'a, T>, PolicyError> {
+        match field.get_ref() {
+            Typed::Ok(value) => Ok(At {
+                span: field.span(),
+                value,
+            }),
+            Typed::Wrong(found) => Err(self.err(
+                field.span(),
+                format!("{key} must be {expected}, got {found}"),
+            )),
+        }
+    }
+
+    /// A table-valued key: `[[defaults]]` for `[defaults]` and the like get their own words.
+    fn table<'a, T>(&self, field: &'a Field<T>, key: &str) -> Result<At<'a, T>, PolicyError> {
+        match field.get_ref() {
+            Typed::Wrong(Found::List) if matches!(key, "defaults" | "lists") => Err(self.err(
+                field.span(),
+                format!("`[[{key}]]` must be `[{key}]`: there is one {key} table"),
+            )),
+            _ => self.get(field, key, &format!("a table (`[{key}]`)")),
         }
     }
 }
 
 /// 1-based line and column (in characters) of byte offset `at`.
 fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let at = at.min(text.len());
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// Parses and validates a policy file's bytes: text that is not UTF-8 is refused at its
+/// first bad byte.
+pub fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Policy, PolicyError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_str(file, text),
+        Err(e) => {
+            let good = e.valid_up_to();
+            let text = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+            let cx = Ctx { file, text };
+            Err(cx.err(
+                good..good,
+                format!(
+                    "byte 0x{:02x} (offset {good}) is not UTF-8 text; a policy file is TOML text (is this a binary file?)",
+                    bytes[good]
+                ),
+            ))
+        }
+    }
+}
+
 /// Parses and validates policy text; `file` names it in errors.
 pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
     let cx = Ctx { file, text };
-    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        cx.err(span, e.message().trim().to_string())
-    })?;
+    // TOML allows no control character but tab and line ends, anywhere; saying so at the
+    // first one beats the parser's word for whatever it was parsing.
+    if let Some(at) = text
+        .bytes()
+        .position(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f)
+    {
+        return Err(cx.err(
+            at..at,
+            format!(
+                "control character 0x{:02x} is not allowed in a policy file (is this a binary file?)",
+                text.as_bytes()[at]
+            ),
+        ));
+    }
+    if let Some(at) = past_value_limit(text) {
+        return Err(cx.err(
+            at..at,
+            format!(
+                "more than {MAX_POLICY_VALUES} values (keys, list entries, tables) in one policy; two full lists of {MAX_LIST_PREFIXES} prefixes take about 2.1 million"
+            ),
+        ));
+    }
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| toml_error(&cx, &e))?;
 
-    let defaults = raw.defaults;
-    let mode = match defaults.as_ref().and_then(|d| d.mode.as_ref()) {
+    let defaults = match &raw.defaults {
+        Some(d) => Some(cx.table(d, "defaults")?.value),
+        None => None,
+    };
+    let mode = match defaults.and_then(|d| d.mode.as_ref()) {
         Some(m) => parse_mode(&cx, m)?,
         None => Mode::Enforce,
     };
-    let ipv4_prefix = match defaults.as_ref().and_then(|d| d.ipv4_prefix.as_ref()) {
-        Some(p) => prefix(&cx, p, 32)?,
+    let ipv4_prefix = match defaults.and_then(|d| d.ipv4_prefix.as_ref()) {
+        Some(p) => prefix(&cx, p, "ipv4_prefix", 32)?,
         None => 32,
     };
-    let ipv6_prefix = match defaults.as_ref().and_then(|d| d.ipv6_prefix.as_ref()) {
-        Some(p) => prefix(&cx, p, 128)?,
+    let ipv6_prefix = match defaults.and_then(|d| d.ipv6_prefix.as_ref()) {
+        Some(p) => prefix(&cx, p, "ipv6_prefix", 128)?,
         None => 64,
     };
-    let max_sources = match defaults.as_ref().and_then(|d| d.max_sources.as_ref()) {
+    let max_sources = match defaults.and_then(|d| d.max_sources.as_ref()) {
         Some(m) => {
+            let m = cx.get(m, "max_sources", WHOLE)?;
             let v = *m.get_ref();
             if !(MIN_MAX_SOURCES..=MAX_MAX_SOURCES).contains(&v) {
                 return Err(cx.err(
@@ -143,26 +326,50 @@ pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
         }
         None => DEFAULT_MAX_SOURCES,
     };
-    let verified_ttl = match defaults.as_ref().and_then(|d| d.verified_ttl.as_ref()) {
+    let verified_ttl = match defaults.and_then(|d| d.verified_ttl.as_ref()) {
         Some(t) => duration(&cx, t, "verified_ttl", Duration::from_secs(1))?,
         None => Duration::from_nanos(shield_common::DEFAULT_VERIFIED_TTL_NS),
     };
 
-    let (allow, deny) = match raw.lists {
-        Some(l) => (cidrs(&cx, &l.allow, "allow")?, cidrs(&cx, &l.deny, "deny")?),
+    let (allow, deny) = match &raw.lists {
+        Some(l) => {
+            let l = cx.table(l, "lists")?.value;
+            (
+                cidrs(&cx, l.allow.as_ref(), "allow")?,
+                cidrs(&cx, l.deny.as_ref(), "deny")?,
+            )
+        }
         None => (Vec::new(), Vec::new()),
     };
 
-    if raw.rule.len() > MAX_RULES as usize {
-        let span = raw.rule[MAX_RULES as usize].span();
+    let raw_rules: &[Field<RawRule>] = match &raw.rule {
+        None => &[],
+        Some(r) => match r.get_ref() {
+            Typed::Ok(v) => v,
+            Typed::Wrong(Found::Table) => {
+                return Err(cx.err(
+                    r.span(),
+                    "`[rule]` must be `[[rule]]`: each rule is a `[[rule]]` table of its own",
+                ));
+            }
+            Typed::Wrong(found) => {
+                return Err(cx.err(
+                    r.span(),
+                    format!("`rule` must be written as `[[rule]]` tables, got {found}"),
+                ));
+            }
+        },
+    };
+    if raw_rules.len() > MAX_RULES as usize {
+        let span = raw_rules[MAX_RULES as usize].span();
         return Err(cx.err(span, format!("at most {MAX_RULES} rules are supported")));
     }
-    let mut rules: Vec<Rule> = Vec::with_capacity(raw.rule.len());
+    let mut rules: Vec<Rule> = Vec::with_capacity(raw_rules.len());
     // Which rule claimed each (protocol, port): overlapping claims are errors.
     let mut claims: Vec<(Protocol, PortRange, usize)> = Vec::new();
     let mut names = HashSet::new();
-    for spanned in &raw.rule {
-        let r = spanned.get_ref();
+    for spanned in raw_rules {
+        let r = cx.get(spanned, "each rule", "a table (`[[rule]]`)")?.value;
         let rule = parse_rule(&cx, r, mode, ipv4_prefix, ipv6_prefix)?;
         if !names.insert(rule.name.clone()) {
             return Err(cx.err(
@@ -221,23 +428,26 @@ pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
     })
 }
 
-fn parse_mode(cx: &Ctx, m: &Spanned<String>) -> Result<Mode, PolicyError> {
+fn parse_mode(cx: &Ctx, m: &Field<String>) -> Result<Mode, PolicyError> {
+    const MODES: &str = "\"enforce\" or \"monitor\"";
+    let m = cx.get(m, "mode", MODES)?;
     match m.get_ref().as_str() {
         "enforce" => Ok(Mode::Enforce),
         "monitor" => Ok(Mode::Monitor),
         other => Err(cx.err(
             m.span(),
-            format!("mode must be \"enforce\" or \"monitor\", got \"{other}\""),
+            format!("mode must be {MODES}, got {}", quote(other)),
         )),
     }
 }
 
-fn prefix(cx: &Ctx, p: &Spanned<i64>, max: i64) -> Result<u8, PolicyError> {
+fn prefix(cx: &Ctx, p: &Field<i64>, key: &str, max: i64) -> Result<u8, PolicyError> {
+    let p = cx.get(p, key, &format!("a whole number from 1 to {max}"))?;
     let v = *p.get_ref();
     if !(1..=max).contains(&v) {
         return Err(cx.err(
             p.span(),
-            format!("prefix length must be between 1 and {max}, got {v}"),
+            format!("{key}: prefix length must be between 1 and {max}, got {v}"),
         ));
     }
     Ok(v as u8)
@@ -250,7 +460,8 @@ fn parse_rule(
     v4: u8,
     v6: u8,
 ) -> Result<Rule, PolicyError> {
-    let name = r.name.get_ref().clone();
+    let name_at = cx.get(&r.name, "name", "text in quotes like \"api\"")?;
+    let name = name_at.get_ref().clone();
     let valid_name = !name.is_empty()
         && name.len() <= RULE_NAME_LEN
         && name
@@ -260,23 +471,27 @@ fn parse_rule(
         return Err(cx.err(
             r.name.span(),
             format!(
-                "rule name must be 1 to {RULE_NAME_LEN} characters of letters, digits, `_`, `-` or `.`, got \"{name}\""
+                "rule name must be 1 to {RULE_NAME_LEN} characters of letters, digits, `_`, `-` or `.`, got {}",
+                quote(&name)
             ),
         ));
     }
-    let protocol = match r.protocol.get_ref().as_str() {
+    const PROTOCOLS: &str = "\"tcp\", \"udp\" or \"icmp\"";
+    let protocol_at = cx.get(&r.protocol, "protocol", PROTOCOLS)?;
+    let protocol = match protocol_at.get_ref().as_str() {
         "tcp" => Protocol::Tcp,
         "udp" => Protocol::Udp,
         "icmp" => Protocol::Icmp,
         other => {
             return Err(cx.err(
-                r.protocol.span(),
-                format!("protocol must be \"tcp\", \"udp\" or \"icmp\", got \"{other}\""),
+                protocol_at.span(),
+                format!("protocol must be {PROTOCOLS}, got {}", quote(other)),
             ));
         }
     };
     let mut ports = Vec::new();
     if let Some(p) = &r.ports {
+        let p = cx.get(p, "ports", "a list like [80, \"9000-9099\"]")?;
         if protocol == Protocol::Icmp {
             return Err(cx.err(p.span(), "icmp rules take no `ports`"));
         }
@@ -306,15 +521,16 @@ fn parse_rule(
         None => default_mode,
     };
     let ipv4_prefix = match &r.ipv4_prefix {
-        Some(p) => prefix(cx, p, 32)?,
+        Some(p) => prefix(cx, p, "ipv4_prefix", 32)?,
         None => v4,
     };
     let ipv6_prefix = match &r.ipv6_prefix {
-        Some(p) => prefix(cx, p, 128)?,
+        Some(p) => prefix(cx, p, "ipv6_prefix", 128)?,
         None => v6,
     };
     let connections = match &r.connections {
         Some(l) if protocol != Protocol::Tcp => {
+            cx.get(l, "connections", LIMIT)?;
             return Err(cx.err(
                 l.span(),
                 format!(
@@ -322,11 +538,11 @@ fn parse_rule(
                 ),
             ));
         }
-        Some(l) => Some(limit(cx, l.get_ref())?),
+        Some(l) => Some(limit(cx, cx.get(l, "connections", LIMIT)?.value)?),
         None => None,
     };
     let packets = match &r.packets {
-        Some(l) => Some(limit(cx, l.get_ref())?),
+        Some(l) => Some(limit(cx, cx.get(l, "packets", LIMIT)?.value)?),
         None => None,
     };
     let escalation = match &r.escalation {
@@ -336,11 +552,20 @@ fn parse_rule(
                 "`escalation` needs a `connections` or `packets` limit to count strikes against",
             ));
         }
-        Some(e) => Some(escalation(cx, e.get_ref())?),
+        Some(e) => Some(escalation(
+            cx,
+            cx.get(
+                e,
+                "escalation",
+                "a table like { strikes = 3, window = \"1m\", ban = \"30s\" }",
+            )?
+            .value,
+        )?),
         None => None,
     };
     let unverified = match &r.unverified {
         Some(u) if protocol != Protocol::Tcp => {
+            cx.get(u, "unverified", LIMIT)?;
             return Err(cx.err(
                 u.span(),
                 format!(
@@ -349,6 +574,7 @@ fn parse_rule(
             ));
         }
         Some(u) => {
+            let u = cx.get(u, "unverified", LIMIT)?;
             if let Some(s) = &u.get_ref().sustained {
                 return Err(cx.err(
                     s.span(),
@@ -360,11 +586,12 @@ fn parse_rule(
         None => None,
     };
     if let Some(c) = &r.challenge {
+        let c = cx.get(c, "challenge", TEXT)?;
         let msg = match c.get_ref().as_str() {
             "syncookie" => {
                 "challenge = \"syncookie\" is not built yet: over the `unverified` budget, connection attempts from unverified sources are dropped (see docs/operations.md, \"Spoofed-source floods\")".to_string()
             }
-            other => format!("unknown challenge \"{other}\"; the only planned one is \"syncookie\", which is not built yet"),
+            other => format!("unknown challenge {}; the only planned one is \"syncookie\", which is not built yet", quote(other)),
         };
         return Err(cx.err(c.span(), msg));
     }
@@ -423,15 +650,16 @@ pub fn format_duration(d: Duration) -> String {
 
 fn duration(
     cx: &Ctx,
-    s: &Spanned<String>,
+    s: &Field<String>,
     what: &str,
     min: Duration,
 ) -> Result<Duration, PolicyError> {
+    let s = cx.get(s, what, DURATION)?;
     let max = Duration::from_nanos(shield_common::judge::MAX_BAN_NS);
     let d = parse_duration(s.get_ref()).map_err(|why| {
         cx.err(
             s.span(),
-            format!("{what}: {why}: expected a duration like \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\", got \"{}\"", s.get_ref()),
+            format!("{what}: {why}: expected a duration like \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\", got {}", quote(s.get_ref())),
         )
     })?;
     if d < min || d > max {
@@ -449,11 +677,12 @@ fn duration(
 }
 
 fn escalation(cx: &Ctx, e: &RawEscalation) -> Result<Escalation, PolicyError> {
-    let strikes = *e.strikes.get_ref();
-    if !(1..=1000).contains(&strikes) {
+    let strikes_at = cx.get(&e.strikes, "strikes", WHOLE)?;
+    let strikes = *strikes_at.get_ref();
+    if !(1..=MAX_STRIKES).contains(&strikes) {
         return Err(cx.err(
-            e.strikes.span(),
-            format!("strikes must be between 1 and 1000, got {strikes}"),
+            strikes_at.span(),
+            format!("strikes must be between 1 and {MAX_STRIKES}, got {strikes}"),
         ));
     }
     let second = Duration::from_secs(1);
@@ -473,6 +702,7 @@ fn escalation(cx: &Ctx, e: &RawEscalation) -> Result<Escalation, PolicyError> {
     let ban = duration(cx, &e.ban, "ban", second)?;
     let backoff = match &e.backoff {
         Some(b) => {
+            let b = cx.get(b, "backoff", WHOLE)?;
             let v = *b.get_ref();
             let max = i64::from(shield_common::judge::MAX_BACKOFF);
             if !(1..=max).contains(&v) {
@@ -506,14 +736,21 @@ fn escalation(cx: &Ctx, e: &RawEscalation) -> Result<Escalation, PolicyError> {
         Some(f) => duration(cx, f, "forget", second)?,
         None => Duration::from_secs(24 * 3600),
     };
-    let scope = match e.scope.as_ref().map(|s| (s, s.get_ref().as_str())) {
-        None | Some((_, "rule")) => BanScope::Rule,
-        Some((_, "host")) => BanScope::Host,
-        Some((s, other)) => {
-            return Err(cx.err(
-                s.span(),
-                format!("scope must be \"rule\" (the rule's ports) or \"host\" (everything from the source), got \"{other}\""),
-            ));
+    const SCOPES: &str = "\"rule\" (the rule's ports) or \"host\" (everything from the source)";
+    let scope = match &e.scope {
+        None => BanScope::Rule,
+        Some(s) => {
+            let s = cx.get(s, "scope", SCOPES)?;
+            match s.get_ref().as_str() {
+                "rule" => BanScope::Rule,
+                "host" => BanScope::Host,
+                other => {
+                    return Err(cx.err(
+                        s.span(),
+                        format!("scope must be {SCOPES}, got {}", quote(other)),
+                    ));
+                }
+            }
         }
     };
     Ok(Escalation {
@@ -553,29 +790,38 @@ fn port_range(cx: &Ctx, item: &Spanned<toml::Value>) -> Result<PortRange, Policy
                 Some(ab) => ab,
                 None => match s.trim().parse::<i64>() {
                     Ok(v) => (v, v),
-                    Err(_) => return Err(bad(format!("\"{s}\""))),
+                    Err(_) => return Err(bad(quote(s))),
                 },
             };
             let (first, last) = (port(a)?, port(b)?);
             if first > last {
                 return Err(cx.err(
                     item.span(),
-                    format!("port range \"{s}\" is backwards; write \"{last}-{first}\""),
+                    format!(
+                        "port range {} is backwards; write \"{last}-{first}\"",
+                        quote(s)
+                    ),
                 ));
             }
             Ok(PortRange { first, last })
         }
-        other => Err(bad(format!("{} `{other}`", other.type_str()))),
+        toml::Value::Float(v) => Err(bad(Found::Float(*v).to_string())),
+        toml::Value::Boolean(v) => Err(bad(Found::Bool(*v).to_string())),
+        toml::Value::Datetime(_) => Err(bad(Found::Datetime.to_string())),
+        toml::Value::Array(_) => Err(bad(Found::List.to_string())),
+        toml::Value::Table(_) => Err(bad(Found::Table.to_string())),
     }
 }
 
-fn rate(cx: &Ctx, s: &Spanned<String>) -> Result<Rate, PolicyError> {
+fn rate(cx: &Ctx, s: &Field<String>, key: &str) -> Result<Rate, PolicyError> {
+    let s = cx.get(s, key, RATE)?;
     let text = s.get_ref().trim();
     let bad = |why: &str| {
         cx.err(
             s.span(),
             format!(
-                "{why}: expected a rate like \"20/s\", \"600/min\" or \"1000/h\", got \"{text}\""
+                "{why}: expected a rate like \"20/s\", \"600/min\" or \"1000/h\", got {}",
+                quote(text)
             ),
         )
     };
@@ -604,9 +850,10 @@ fn rate(cx: &Ctx, s: &Spanned<String>) -> Result<Rate, PolicyError> {
 }
 
 fn limit(cx: &Ctx, l: &RawLimit) -> Result<Limit, PolicyError> {
-    let r = rate(cx, &l.rate)?;
+    let r = rate(cx, &l.rate, "rate")?;
     let burst = match &l.burst {
         Some(b) => {
+            let b = cx.get(b, "burst", WHOLE)?;
             let v = *b.get_ref();
             if v < 1 || v as u64 > MAX_BURST {
                 return Err(cx.err(
@@ -621,7 +868,7 @@ fn limit(cx: &Ctx, l: &RawLimit) -> Result<Limit, PolicyError> {
     };
     let sustained = match &l.sustained {
         Some(s) => {
-            let sr = rate(cx, s)?;
+            let sr = rate(cx, s, "sustained")?;
             // Compare count/period without division: sustained must not exceed the rate.
             if u128::from(sr.count) * u128::from(r.period_secs)
                 > u128::from(r.count) * u128::from(sr.period_secs)
@@ -651,7 +898,22 @@ fn limit(cx: &Ctx, l: &RawLimit) -> Result<Limit, PolicyError> {
     Ok(out)
 }
 
-fn cidrs(cx: &Ctx, items: &[Spanned<String>], list: &str) -> Result<Vec<Cidr>, PolicyError> {
+fn cidrs(
+    cx: &Ctx,
+    items: Option<&Field<Vec<Field<String>>>>,
+    list: &str,
+) -> Result<Vec<Cidr>, PolicyError> {
+    let items: &[Field<String>] = match items {
+        Some(items) => {
+            cx.get(
+                items,
+                list,
+                "a list like [\"192.0.2.0/24\", \"2001:db8::/32\"]",
+            )?
+            .value
+        }
+        None => &[],
+    };
     if items.len() > MAX_LIST_PREFIXES as usize {
         return Err(cx.err(
             items[MAX_LIST_PREFIXES as usize].span(),
@@ -660,11 +922,16 @@ fn cidrs(cx: &Ctx, items: &[Spanned<String>], list: &str) -> Result<Vec<Cidr>, P
     }
     let mut seen = HashSet::with_capacity(items.len());
     let mut out = Vec::with_capacity(items.len());
+    const CIDR: &str = "an address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\"";
     for item in items {
+        let item = cx.get(item, &format!("each entry of the {list} list"), CIDR)?;
         let c = parse_cidr(item.get_ref()).map_err(|why| {
             cx.err(
                 item.span(),
-                format!("{list} list: {why}: expected an address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\", got \"{}\"", item.get_ref()),
+                format!(
+                    "{list} list: {why}: expected {CIDR}, got {}",
+                    quote(item.get_ref())
+                ),
             )
         })?;
         if seen.insert(c) {
@@ -717,4 +984,131 @@ fn mask_ip(addr: IpAddr, len: u8) -> IpAddr {
             IpAddr::V6((u128::from(a) & m).into())
         }
     }
+}
+
+/// The smallest and largest value of an integer key, for "KEY must be at most …" when the
+/// number is too large for TOML itself.
+fn integer_range(key: &str) -> Option<(i64, i64)> {
+    Some(match key {
+        "ipv4_prefix" => (1, 32),
+        "ipv6_prefix" => (1, 128),
+        "max_sources" => (MIN_MAX_SOURCES, MAX_MAX_SOURCES),
+        "burst" => (1, MAX_BURST as i64),
+        "strikes" => (1, MAX_STRIKES),
+        "backoff" => (1, i64::from(shield_common::judge::MAX_BACKOFF)),
+        "ports" => (1, i64::from(u16::MAX)),
+        _ => return None,
+    })
+}
+
+/// The bare key assigned just before byte `at` (`burst = 9999…` → `burst`), if any.
+fn key_before(text: &str, at: usize) -> Option<&str> {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = text[..at].trim_end_matches([' ', '\t', '-', '+']);
+    // Inside a list (`ports = [80, 99999…]`): the key the list belongs to.
+    let before = before.trim_end_matches(|c: char| c != '=' && c != '\n' && c != '{');
+    let before = before.strip_suffix('=')?.trim_end_matches([' ', '\t']);
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    let key = &before[start..];
+    (!key.is_empty()).then_some(key)
+}
+
+/// Shortens every `…`-quoted piece of a TOML parser message (it may quote input, such as
+/// a duplicate key) to 64 characters, `…` and its length, and escapes control characters.
+fn shorten_backticked(message: &str) -> String {
+    let mut out = String::new();
+    let mut after_quote = String::new();
+    for (i, piece) in message.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+            out.push_str(&after_quote);
+            after_quote.clear();
+        }
+        if i % 2 == 0 {
+            out.push_str(piece);
+            continue;
+        }
+        let shown = match piece.char_indices().nth(64) {
+            Some((at, _)) => {
+                after_quote = format!(" ({} bytes)", piece.len());
+                &piece[..at]
+            }
+            None => piece,
+        };
+        out.extend(shown.chars().flat_map(char::escape_debug));
+        if !after_quote.is_empty() {
+            out.push('…');
+        }
+    }
+    out
+}
+
+/// A key name for a message: `name`, or quoted and shortened if it is long or odd.
+fn key_text(key: &str) -> String {
+    if key.len() <= 64 && key.chars().all(|c| !c.is_control() && c != '`') {
+        format!("`{key}`")
+    } else {
+        quote(key)
+    }
+}
+
+/// A TOML or serde error in the words of the policy file.
+fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
+    let span = e.span().unwrap_or(0..0);
+    let message = e.message().trim();
+    let words = if let Some(rest) = message.strip_prefix("unknown field `") {
+        // "unknown field `KEY`, expected one of `a`, `b`": KEY may be anything.
+        let (key, expected) = match rest.rfind("`, expected ") {
+            Some(i) => (&rest[..i], &rest[i + "`, expected ".len()..]),
+            None => (rest.trim_end_matches('`'), "no keys here"),
+        };
+        if key == "$__toml_private_datetime" {
+            // A date where a table goes reaches the table's own fields as this private key.
+            match key_before(cx.text, span.start) {
+                Some(k) => format!("{} must be a table, got a date", key_text(k)),
+                None => "a date is not valid here; expected a table".to_string(),
+            }
+        } else {
+            // The wording serde uses (and scripts and tests may match): the keys are named.
+            format!("unknown field {}, expected {expected}", key_text(key))
+        }
+    } else if let Some(rest) = message.strip_prefix("missing field `") {
+        let key = rest.trim_end_matches('`');
+        match key {
+            "name" | "protocol" => {
+                format!("this `[[rule]]` has no `{key}`; every rule needs `name` and `protocol`")
+            }
+            "rate" => "this limit has no `rate`; a limit needs a rate like \"5/s\"".to_string(),
+            "strikes" | "window" | "ban" => format!(
+                "this `escalation` has no `{key}`; `strikes`, `window` and `ban` are required"
+            ),
+            _ => format!("missing key `{key}`"),
+        }
+    } else if message.contains("number too large to fit")
+        || message.contains("number too small to fit")
+    {
+        let large = message.contains("too large");
+        let key = key_before(cx.text, span.start);
+        match key.and_then(|k| integer_range(k).map(|range| (k, range))) {
+            Some(("ports", _)) => "a port must be between 1 and 65535".to_string(),
+            Some((k, (_, max))) if large => format!("{k} must be at most {max}"),
+            Some((k, (min, _))) => format!("{k} must be at least {min}"),
+            None => format!(
+                "{}this number is out of range (whole numbers in a policy are {} {})",
+                key.map_or(String::new(), |k| format!("{}: ", key_text(k))),
+                if large { "at most" } else { "at least" },
+                if large { i64::MAX } else { i64::MIN }
+            ),
+        }
+    } else if message == "recursion limit exceeded" {
+        "lists or tables are nested too deep".to_string()
+    } else {
+        shorten_backticked(&message.replace('\n', "; "))
+    };
+    cx.err(span, words)
 }
