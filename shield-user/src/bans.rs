@@ -57,7 +57,8 @@ pub enum BanError {
     },
 }
 
-/// Shortest prefixes a manual ban may cover without `--force`.
+/// Shortest prefixes a manual ban may cover without `--force` (the policy's
+/// `min_ban_ipv4_prefix` and `min_ban_ipv6_prefix`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BanFloor {
     pub ipv4: u8,
@@ -105,7 +106,8 @@ pub fn check_manual_ban(
     };
     if cidr.len < min && !force {
         return Err(format!(
-            "refusing to ban {cidr}: it is wider than /{min}, the shortest {family} prefix a ban may cover without --force (a ban this wide can cut off a large part of the internet)"
+            "refusing to ban {cidr}: it is wider than /{min}, the shortest {family} prefix a ban may cover without --force (a ban this wide can cut off a large part of the internet; the policy's [defaults] min_ban_{}_prefix sets the limit)",
+            family.to_lowercase()
         ));
     }
     if let Some(a) = allow.iter().find(|a| covers(a, cidr)) {

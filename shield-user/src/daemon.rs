@@ -225,6 +225,10 @@ impl Running {
         );
         *lock(&shared.running) = (self.path.clone(), generation, policy::matrix_table(&policy));
         *lock(&shared.allow) = policy.allow.clone();
+        *lock(&shared.ban_floor) = BanFloor {
+            ipv4: policy.min_ban_ipv4_prefix,
+            ipv6: policy.min_ban_ipv6_prefix,
+        };
         let took = started.elapsed();
         let summary = json!({
             "generation": generation,
@@ -248,7 +252,12 @@ impl Running {
     fn reload(&mut self, shared: &Shared, trigger: &str) -> Result<serde_json::Value, String> {
         let result = policy::load(&self.path)
             .map_err(|e| e.to_string())
-            .and_then(|p| self.install(p, shared));
+            .and_then(|p| {
+                for w in policy::warnings(&p) {
+                    eprintln!("shield: warning: {}: {w}", self.path.display());
+                }
+                self.install(p, shared)
+            });
         let mut line = json!({"event": "reload", "trigger": trigger, "policy": self.path.display().to_string()});
         match &result {
             Ok(summary) => {
@@ -296,6 +305,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         loader::if_index(iface)?;
     }
     let policy = policy::load(&opts.policy)?;
+    for w in policy::warnings(&policy) {
+        eprintln!("shield: warning: {}: {w}", opts.policy.display());
+    }
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
     loader::ensure_bpffs(&opts.bpffs)?;
     let mut locks = Vec::new();

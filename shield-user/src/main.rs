@@ -121,7 +121,8 @@ enum Command {
         /// (at most 512 bytes).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
-        /// Allow a prefix wider than /8 (IPv4) or /32 (IPv6); refused without it.
+        /// Allow a prefix wider than the policy's min_ban_ipv4_prefix / min_ban_ipv6_prefix
+        /// (default /8 and /32); refused without it.
         #[arg(long)]
         force: bool,
         /// The daemon's control socket (as given to `shield run --socket`).

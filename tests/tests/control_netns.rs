@@ -366,6 +366,21 @@ fn bans_refuse_what_would_mislead_and_never_shorten() {
     let (ok, _, _) = lab.shield(&["unban", "10.0.0.0/8"]);
     assert!(ok);
 
+    // The floor is the policy's: raised to /24, a /23 needs --force.
+    std::fs::write(
+        &lab.policy,
+        format!("[defaults]\nmin_ban_ipv4_prefix = 24\n{POLICY}"),
+    )
+    .expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = lab.shield(&["ban", "198.51.100.0/23", "--for", "1m"]);
+    assert!(!ok && err.contains("wider than /24"), "{err}");
+    let (ok, _, err) = lab.shield(&["ban", "198.51.100.0/24", "--for", "1m"]);
+    assert!(ok, "{err}");
+    let (ok, _, _) = lab.shield(&["unban", "198.51.100.0/24"]);
+    assert!(ok);
+
     // A shorter ban never shortens a longer one.
     let attacker = ATTACKER_V4.to_string();
     let (ok, _, err) = lab.shield(&["ban", &attacker, "--for", "10m", "--reason", "ticket 7"]);

@@ -173,6 +173,9 @@ pub struct Policy {
     pub max_sources: u32,
     /// How long a source that proved real (handshake + data) stays verified.
     pub verified_ttl: Duration,
+    /// Manual bans on a prefix shorter than these need `--force` (`shield ban`).
+    pub min_ban_ipv4_prefix: u8,
+    pub min_ban_ipv6_prefix: u8,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     pub rules: Vec<Rule>,

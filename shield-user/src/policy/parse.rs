@@ -39,6 +39,8 @@ struct RawDefaults {
     ipv6_prefix: Option<Field<i64>>,
     max_sources: Option<Field<i64>>,
     verified_ttl: Option<Field<String>>,
+    min_ban_ipv4_prefix: Option<Field<i64>>,
+    min_ban_ipv6_prefix: Option<Field<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +333,16 @@ pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
         None => Duration::from_nanos(shield_common::DEFAULT_VERIFIED_TTL_NS),
     };
 
+    // The shortest prefix a manual ban may cover without --force (0: any).
+    let min_ban_ipv4_prefix = match defaults.and_then(|d| d.min_ban_ipv4_prefix.as_ref()) {
+        Some(p) => ban_floor(&cx, p, "min_ban_ipv4_prefix", 32)?,
+        None => 8,
+    };
+    let min_ban_ipv6_prefix = match defaults.and_then(|d| d.min_ban_ipv6_prefix.as_ref()) {
+        Some(p) => ban_floor(&cx, p, "min_ban_ipv6_prefix", 128)?,
+        None => 32,
+    };
+
     let (allow, deny) = match &raw.lists {
         Some(l) => {
             let l = cx.table(l, "lists")?.value;
@@ -422,10 +434,24 @@ pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
         ipv6_prefix,
         max_sources,
         verified_ttl,
+        min_ban_ipv4_prefix,
+        min_ban_ipv6_prefix,
         allow,
         deny,
         rules,
     })
+}
+
+fn ban_floor(cx: &Ctx, p: &Field<i64>, key: &str, max: i64) -> Result<u8, PolicyError> {
+    let p = cx.get(p, key, &format!("a whole number from 0 to {max}"))?;
+    let v = *p.get_ref();
+    if !(0..=max).contains(&v) {
+        return Err(cx.err(
+            p.span(),
+            format!("{key} must be between 0 and {max}, got {v}"),
+        ));
+    }
+    Ok(v as u8)
 }
 
 fn parse_mode(cx: &Ctx, m: &Field<String>) -> Result<Mode, PolicyError> {

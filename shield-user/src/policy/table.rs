@@ -80,8 +80,13 @@ pub fn matrix_table(policy: &Policy) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "defaults: mode {}, scope /{} (IPv4) /{} (IPv6), max_sources {}",
-        policy.mode, policy.ipv4_prefix, policy.ipv6_prefix, policy.max_sources
+        "defaults: mode {}, scope /{} (IPv4) /{} (IPv6), max_sources {}, manual bans /{} (IPv4) /{} (IPv6) or narrower without --force",
+        policy.mode,
+        policy.ipv4_prefix,
+        policy.ipv6_prefix,
+        policy.max_sources,
+        policy.min_ban_ipv4_prefix,
+        policy.min_ban_ipv6_prefix
     );
     let line = |out: &mut String, cells: &[&str]| {
         let mut l = String::new();

@@ -1199,3 +1199,22 @@ fn too_many_values_are_refused_before_parsing() {
     let e = parse_str("bad.toml", &deep).expect_err("too deep");
     assert_eq!(e.message, "lists or tables are nested too deep", "{e}");
 }
+
+#[test]
+fn the_ban_floor_defaults_to_8_and_32_and_is_configurable() {
+    let p = parse_str("t.toml", "").expect("empty policy");
+    assert_eq!((p.min_ban_ipv4_prefix, p.min_ban_ipv6_prefix), (8, 32));
+    let p = parse_str(
+        "t.toml",
+        "[defaults]\nmin_ban_ipv4_prefix = 16\nmin_ban_ipv6_prefix = 0\n",
+    )
+    .expect("valid floor");
+    assert_eq!((p.min_ban_ipv4_prefix, p.min_ban_ipv6_prefix), (16, 0));
+    let e = parse_str("t.toml", "[defaults]\nmin_ban_ipv4_prefix = 33\n")
+        .expect_err("over 32")
+        .to_string();
+    assert!(
+        e.contains("t.toml:2:23: min_ban_ipv4_prefix must be between 0 and 32, got 33"),
+        "{e}"
+    );
+}
