@@ -70,7 +70,7 @@ impl AuditLog {
             }
         };
         if let Err(e) = result {
-            eprintln!("shield: warning: cannot write the audit log: {e}");
+            tracing::warn!("cannot write the audit log: {e}");
         }
     }
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shield_common::{
     BAN_MANUAL, BAN_MONITOR, BAN_NOTE_MAX, BanNote, BanNoteKey, BanValue, CFG_BANS, MAP_BAN_NOTES,
     MAP_HOST_BANS_V4, MAP_HOST_BANS_V6, MAP_RULE_BANS, MAX_BANS, NOTE_HOST, NOTE_RULE, RuleConfig,
@@ -18,7 +18,7 @@ use shield_common::{
 
 use crate::{
     loader::{LoaderError, open_pinned},
-    policy::Cidr,
+    policy::{BanScope, Cidr},
 };
 
 /// The clock the data path uses: CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`).
@@ -137,28 +137,52 @@ pub struct BanOutcome {
     pub kept_longer: bool,
 }
 
-/// One active ban, as `shield bans` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Who issued a ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `shield ban` (the control socket).
+    Manual,
+    /// A rule's escalation, in the data path.
+    Automatic,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Origin::Manual => "manual",
+            Origin::Automatic => "automatic",
+        })
+    }
+}
+
+impl PartialEq<&str> for Origin {
+    fn eq(&self, other: &&str) -> bool {
+        self.to_string() == *other
+    }
+}
+
+/// One active ban, as `shield bans` shows it (and the control socket sends it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BanEntry {
     /// Interface whose maps hold it (filled in by the daemon).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub iface: String,
     /// Address/prefix banned.
     pub source: String,
     /// `host` (every port) or `rule` (the rule's ports).
-    pub scope: &'static str,
+    pub scope: BanScope,
     /// Rule that issued it or that it applies to; empty for a manual host ban.
     pub rule: String,
-    /// `manual` or `automatic`.
-    pub origin: &'static str,
+    pub origin: Origin,
     /// Issued in monitor mode: counted as `would_ban`, nothing dropped.
     pub monitor: bool,
     pub duration_secs: f64,
     pub remaining_secs: f64,
     /// How many bans this source had before on the backoff ladder (0 = first).
     pub level: u8,
-    /// Operator's reason for a manual ban (known to the running daemon only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Operator's reason for a manual ban (kept in the pinned notes map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     #[serde(skip)]
     pub key: BanKey,
@@ -313,13 +337,13 @@ impl BanMaps {
 
     fn entry(&self, key: BanKey, v: &BanValue, now: u64) -> BanEntry {
         let (source, scope) = match key {
-            BanKey::Host4(a, l) => (format!("{}/{l}", Ipv4Addr::from(a)), "host"),
-            BanKey::Host6(a, l) => (format!("{}/{l}", Ipv6Addr::from(a)), "host"),
+            BanKey::Host4(a, l) => (format!("{}/{l}", Ipv4Addr::from(a)), BanScope::Host),
+            BanKey::Host6(a, l) => (format!("{}/{l}", Ipv6Addr::from(a)), BanScope::Host),
             BanKey::Rule(k) => (
                 format!("{}/{}", ip_of(k.family, k.addr), k.prefix_len),
-                "rule",
+                BanScope::Rule,
             ),
-            BanKey::None => (String::new(), "host"),
+            BanKey::None => (String::new(), BanScope::Host),
         };
         BanEntry {
             iface: String::new(),
@@ -327,9 +351,9 @@ impl BanMaps {
             scope,
             rule: self.rule_name(v.rule),
             origin: if v.flags & BAN_MANUAL != 0 {
-                "manual"
+                Origin::Manual
             } else {
-                "automatic"
+                Origin::Automatic
             },
             monitor: v.flags & BAN_MONITOR != 0,
             duration_secs: Duration::from_nanos(v.duration_ns).as_secs_f64(),

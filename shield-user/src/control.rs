@@ -1,29 +1,25 @@
-//! The control socket: a Unix stream socket (mode 0600, root only) speaking line-delimited
-//! JSON, one request line → one reply line, several per connection.
+//! The control socket's protocol, shared by the daemon (`daemon::control`) and the CLI: a
+//! Unix stream socket (mode 0600, root only) speaking line-delimited JSON, one request line →
+//! one reply line, several per connection.
 //!
-//! Requests: `{"cmd":"ban","source":"ADDR[/LEN]","duration":"10m","rule":"api","reason":"…"}`
-//! (`rule`, `reason` optional), `{"cmd":"unban","source":"ADDR[/LEN]"}`, `{"cmd":"bans"}`,
-//! `{"cmd":"ping"}`, `{"cmd":"reload"}`, `{"cmd":"policy"}`. Replies: `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
-//! Lines over `MAX_LINE` bytes, invalid JSON, unknown commands or fields get an error reply
-//! and change nothing; a client silent for `CLIENT_TIMEOUT` is disconnected; at most
-//! `MAX_CLIENTS` are served at once. None of this can block the daemon's data-path work.
+//! Requests: `{"cmd":"ban","source":"ADDR[/LEN]","duration":"10m","rule":"api","reason":"…","force":false}`
+//! (`rule`, `reason`, `force` optional), `{"cmd":"unban","source":"ADDR[/LEN]"}`, `{"cmd":"bans"}`,
+//! `{"cmd":"ping"}`, `{"cmd":"reload"}`, `{"cmd":"policy"}`. Replies: `{"ok":true,…}` (the
+//! fields of the command's `Reply`) or `{"ok":false,"error":"…"}`. Lines over `MAX_LINE`
+//! bytes, invalid JSON, unknown commands or fields get an error reply and change nothing; a
+//! client silent for `CLIENT_TIMEOUT` is disconnected; at most `MAX_CLIENTS` are served at
+//! once. None of this can block the daemon's data-path work.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Read as _, Write as _},
-    os::unix::{
-        fs::PermissionsExt as _,
-        net::{UnixListener, UnixStream},
-    },
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    thread::JoinHandle,
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::bans::BanEntry;
 
 pub const DEFAULT_SOCKET: &str = "/run/shield/shield.sock";
 /// Every command the socket serves (the `cmd` of a request), for the help and its test.
@@ -31,6 +27,12 @@ pub const COMMANDS: [&str; 6] = ["ban", "unban", "bans", "ping", "reload", "poli
 pub const MAX_LINE: usize = 64 * 1024;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CLIENTS: usize = 64;
+/// How long the CLI waits for a reload's answer: a reload of two lists of 1,000,000
+/// prefixes takes seconds, one queued behind another longer; past this the CLI says the
+/// daemon did not answer (the reload itself goes on).
+pub const RELOAD_PATIENCE: Duration = Duration::from_secs(15 * 60);
+/// How long the CLI waits for any other answer (a ban waits for a reload in progress).
+pub const PATIENCE: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
@@ -57,19 +59,84 @@ pub enum Request {
     Policy {},
 }
 
-/// Handles one request; returns the reply object (without `ok`, added here) or an error.
-pub type Handler = dyn Fn(Request) -> Result<serde_json::Value, String> + Send + Sync;
+/// `ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    pub pong: bool,
+}
 
-fn reply(result: Result<serde_json::Value, String>) -> String {
+/// `reload`: what the install did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reloaded {
+    pub generation: u32,
+    pub rules: usize,
+    pub allow: usize,
+    pub deny: usize,
+    pub port_slots_written: usize,
+    pub lists_swapped: bool,
+    pub took_ms: f64,
+}
+
+/// `policy`: the policy in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningPolicy {
+    pub path: String,
+    pub generation: u32,
+    /// As `shield check` prints it.
+    pub matrix: String,
+}
+
+/// `bans`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanList {
+    pub bans: Vec<BanEntry>,
+}
+
+/// One interface's outcome of a `ban`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanResult {
+    #[serde(flatten)]
+    pub ban: BanEntry,
+    /// A longer ban was in force on the same source: it was kept as it was.
+    pub kept_longer: bool,
+}
+
+/// `ban`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Banned {
+    pub bans: Vec<BanResult>,
+    pub warnings: Vec<String>,
+}
+
+/// `unban`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unbanned {
+    pub removed: Vec<BanEntry>,
+}
+
+/// A successful reply, by command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Pong(Pong),
+    Reloaded(Reloaded),
+    Policy(RunningPolicy),
+    Bans(BanList),
+    Banned(Banned),
+    Unbanned(Unbanned),
+}
+
+/// One reply line (with its newline): `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
+pub fn encode(result: &Result<Reply, String>) -> String {
     let v = match result {
-        Ok(mut v) => {
-            if let Some(o) = v.as_object_mut() {
+        Ok(reply) => match serde_json::to_value(reply) {
+            Ok(serde_json::Value::Object(mut o)) => {
                 o.insert("ok".into(), true.into());
-                v
-            } else {
-                serde_json::json!({"ok": true, "result": v})
+                serde_json::Value::Object(o)
             }
-        }
+            Ok(other) => serde_json::json!({"ok": true, "result": other}),
+            Err(e) => serde_json::json!({"ok": false, "error": format!("encoding the reply: {e}")}),
+        },
         Err(e) => serde_json::json!({"ok": false, "error": e}),
     };
     format!("{v}\n")
@@ -81,158 +148,95 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     serde_json::from_str(text.trim()).map_err(|e| format!("bad request: {e}"))
 }
 
-pub struct ControlServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// Why a request to the daemon failed, in the user's words.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "the shield daemon is not running: nothing listens on {0} (start `shield run`, or give the --socket it uses)"
+    )]
+    NotRunning(PathBuf),
+    #[error("permission denied on the control socket {0}: it is root only (try sudo)")]
+    PermissionDenied(PathBuf),
+    #[error(
+        "the shield daemon on {socket} accepted the request but did not answer within {secs} s (it goes on with it)"
+    )]
+    Timeout { socket: PathBuf, secs: u64 },
+    #[error("talking to the shield daemon on {socket}: {source}")]
+    Io { socket: PathBuf, source: io::Error },
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "the daemon's reply is not what this shield command expects ({0}); are the daemon and the command the same version?"
+    )]
+    BadReply(String),
 }
 
-/// A bound control socket that serves nothing yet: the daemon binds it before it attaches
-/// anything (a socket in use fails the start with nothing changed) and serves it once the
-/// maps are ready. Dropping it removes the socket file.
-pub struct BoundSocket {
-    path: PathBuf,
-    listener: Option<UnixListener>,
-}
-
-impl Drop for BoundSocket {
-    fn drop(&mut self) {
-        if self.listener.is_some() {
-            let _ = std::fs::remove_file(&self.path);
-        }
+impl ClientError {
+    /// Nothing listens on the socket: no daemon at all.
+    pub fn daemon_absent(&self) -> bool {
+        matches!(self, ClientError::NotRunning(_))
     }
 }
 
-impl ControlServer {
-    /// Binds `path` (its directory is created 0700; a stale socket is replaced; a live one
-    /// means another daemon: error).
-    pub fn bind(path: &Path) -> io::Result<BoundSocket> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+/// Sends one request and waits for its reply, typed: `R` is the reply of `req`'s command.
+pub fn call<R: DeserializeOwned>(socket: &Path, req: &Request) -> Result<R, ClientError> {
+    let path = socket.to_path_buf();
+    let io_err = |source: io::Error| match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning(path.clone())
         }
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "another shield daemon is listening on {} (stop it, or give --socket another path)",
-                        path.display()
-                    ),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        let bound = BoundSocket {
-            path: path.to_path_buf(),
-            listener: Some(listener),
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(bound)
-    }
-
-    /// Binds `path` and serves it at once.
-    pub fn start(path: &Path, handler: Arc<Handler>) -> io::Result<ControlServer> {
-        Ok(ControlServer::serve(ControlServer::bind(path)?, handler))
-    }
-
-    /// Serves a bound socket with `handler` until dropped.
-    pub fn serve(mut bound: BoundSocket, handler: Arc<Handler>) -> ControlServer {
-        let path = bound.path.clone();
-        let listener = bound
-            .listener
-            .take()
-            .expect("a bound socket has its listener");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let clients = Arc::new(AtomicUsize::new(0));
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(mut conn) = conn else { continue };
-                if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                    clients.fetch_sub(1, Ordering::SeqCst);
-                    let _ = conn.write_all(reply(Err("too many clients".into())).as_bytes());
-                    continue;
-                }
-                let (handler, clients) = (handler.clone(), clients.clone());
-                std::thread::spawn(move || {
-                    serve_client(conn, &*handler);
-                    clients.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        ControlServer {
-            path,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-fn serve_client(conn: UnixStream, handler: &Handler) {
-    let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
-    let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let Ok(mut writer) = conn.try_clone() else {
-        return;
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(path.clone()),
+        _ => ClientError::Io {
+            socket: path.clone(),
+            source,
+        },
     };
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut line = Vec::new();
-        // Read at most MAX_LINE + 1 bytes looking for the newline.
-        let n = match (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
+    let patience = match req {
+        Request::Reload {} => RELOAD_PATIENCE,
+        _ => PATIENCE,
+    };
+    let mut s = UnixStream::connect(socket).map_err(io_err)?;
+    s.set_read_timeout(Some(patience)).map_err(io_err)?;
+    let line = serde_json::to_string(req).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    s.write_all(format!("{line}\n").as_bytes())
+        .map_err(io_err)?;
+    let mut reply = String::new();
+    match BufReader::new(s).read_line(&mut reply) {
+        Ok(0) => {
+            return Err(ClientError::Io {
+                socket: path.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection without an answer",
+                ),
+            });
+        }
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
         {
-            Ok(n) => n,
-            Err(_) => return, // timeout or reset: drop the client
-        };
-        if n == 0 {
-            return;
+            return Err(ClientError::Timeout {
+                socket: path.clone(),
+                secs: patience.as_secs(),
+            });
         }
-        if line.last() != Some(&b'\n') {
-            let why = if line.len() > MAX_LINE {
-                format!("request longer than {MAX_LINE} bytes")
-            } else {
-                "incomplete request (no newline before end of stream)".to_string()
-            };
-            let _ = writer.write_all(reply(Err(why)).as_bytes());
-            return;
-        }
-        line.pop();
-        let result = parse_request(&line).and_then(handler);
-        if writer.write_all(reply(result).as_bytes()).is_err() {
-            return;
-        }
+        Err(e) => return Err(io_err(e)),
     }
-}
-
-impl Drop for ControlServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
+    let v: serde_json::Value =
+        serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    if v["ok"] != true {
+        return Err(ClientError::Refused(
+            v["error"]
+                .as_str()
+                .unwrap_or("the daemon refused the request")
+                .to_string(),
+        ));
     }
-}
-
-/// Sends one request, returns the reply object.
-pub fn request(path: &Path, req: &Request) -> io::Result<serde_json::Value> {
-    let mut s = UnixStream::connect(path)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("{}\n", serde_json::to_string(req)?).as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    serde_json::from_value(v).map_err(|e| ClientError::BadReply(e.to_string()))
 }
 
 #[cfg(test)]
@@ -254,6 +258,19 @@ mod tests {
                 "the enum and COMMANDS differ on {cmd}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn replies_round_trip_through_their_types() {
+        let r = Reply::Pong(Pong { pong: true });
+        let line = encode(&Ok(r));
+        assert_eq!(line, "{\"ok\":true,\"pong\":true}\n");
+        let p: Pong = serde_json::from_str(&line).expect("pong");
+        assert!(p.pong);
+        assert_eq!(
+            encode(&Err("no".into())),
+            "{\"error\":\"no\",\"ok\":false}\n"
+        );
     }
 
     #[test]

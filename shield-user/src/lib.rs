@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod lab;
 pub mod loader;
+pub mod logging;
 pub mod metrics;
 pub mod netlab;
 pub mod policy;

@@ -121,10 +121,10 @@ pub fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Mounts bpffs at `root` unless it already is one (a fresh machine has nothing at
-/// /sys/fs/bpf).
-pub fn ensure_bpffs(root: &Path) -> Result<(), LoaderError> {
+/// /sys/fs/bpf). Returns whether it mounted it.
+pub fn ensure_bpffs(root: &Path) -> Result<bool, LoaderError> {
     if is_bpffs(root) {
-        return Ok(());
+        return Ok(false);
     }
     let err = |source| LoaderError::Bpffs {
         path: root.to_path_buf(),
@@ -146,7 +146,7 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), LoaderError> {
     if rc != 0 {
         return Err(err(io::Error::last_os_error()));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use shield_user::{
-    bans::{BanEntry, BanMaps},
+    bans::{BanEntry, BanMaps, Origin},
     control::{self, Request},
     daemon, lab,
     loader::{self, AttachMode},
@@ -82,6 +82,14 @@ enum Command {
         /// maps of the previous run.
         #[arg(long)]
         fresh: bool,
+        /// Log level: error, warn, info, debug or trace (RUST_LOG, when set, wins and takes
+        /// the full tracing filter syntax).
+        #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = shield_user::logging::level_arg)]
+        log_level: String,
+        /// Log lines as text or as JSON objects (stderr; under systemd without timestamps,
+        /// which the journal adds).
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        log_format: shield_user::logging::LogFormat,
     },
     /// Reload the running daemon's policy file now and print the result or the error (the
     /// old policy stays in force on error). SIGHUP and editing the file do the same.
@@ -246,7 +254,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             socket,
             metrics,
             fresh,
+            log_level,
+            log_format,
         } => {
+            shield_user::logging::init(&log_level, log_format).map_err(anyhow::Error::msg)?;
             daemon::run(&daemon::RunOptions {
                 ifaces,
                 policy,
@@ -260,14 +271,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { socket } => {
-            let reply = ask(&socket, &Request::Reload {})?;
+            let r: control::Reloaded = control::call(&socket, &Request::Reload {})?;
             println!(
                 "reloaded: generation {}, {} rules, {} allow and {} deny prefixes, {:.1} ms",
-                reply["generation"],
-                reply["rules"],
-                reply["allow"],
-                reply["deny"],
-                reply["took_ms"].as_f64().unwrap_or(0.0)
+                r.generation, r.rules, r.allow, r.deny, r.took_ms
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -294,7 +301,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             force,
             socket,
         } => {
-            let reply = ask(
+            let reply: control::Banned = control::call(
                 &socket,
                 &Request::Ban {
                     source,
@@ -304,51 +311,49 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     force,
                 },
             )?;
-            for w in reply["warnings"].as_array().into_iter().flatten() {
-                eprintln!("shield: warning: {}", w.as_str().unwrap_or_default());
+            for w in &reply.warnings {
+                eprintln!("shield: warning: {w}");
             }
-            let bans: Vec<serde_json::Value> =
-                reply["bans"].as_array().cloned().unwrap_or_default();
-            for b in bans {
-                if b["kept_longer"] == true {
+            for r in &reply.bans {
+                let b = &r.ban;
+                if r.kept_longer {
                     println!(
                         "{} is already banned from {} on {} for longer ({:.0}s left of {}s, {}): kept that ban",
-                        b["source"].as_str().unwrap_or("?"),
-                        scope_text(&b),
-                        b["iface"].as_str().unwrap_or("?"),
-                        b["remaining_secs"].as_f64().unwrap_or(0.0),
-                        b["duration_secs"],
-                        b["origin"].as_str().unwrap_or("?"),
+                        b.source,
+                        scope_text(b),
+                        b.iface,
+                        b.remaining_secs,
+                        b.duration_secs,
+                        b.origin,
                     );
                 } else {
                     println!(
                         "banned {} from {} on {} for {}s",
-                        b["source"].as_str().unwrap_or("?"),
-                        scope_text(&b),
-                        b["iface"].as_str().unwrap_or("?"),
-                        b["duration_secs"]
+                        b.source,
+                        scope_text(b),
+                        b.iface,
+                        b.duration_secs
                     );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Unban { source, socket } => {
-            let reply = ask(
+            let reply: control::Unbanned = control::call(
                 &socket,
                 &Request::Unban {
                     source: source.clone(),
                 },
             )?;
-            let removed = reply["removed"].as_array().cloned().unwrap_or_default();
-            if removed.is_empty() {
+            if reply.removed.is_empty() {
                 println!("no ban on {source}");
             }
-            for b in removed {
+            for b in &reply.removed {
                 println!(
                     "unbanned {} from {} on {}",
-                    b["source"].as_str().unwrap_or("?"),
-                    scope_text(&b),
-                    b["iface"].as_str().unwrap_or("?")
+                    b.source,
+                    scope_text(b),
+                    b.iface
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -358,24 +363,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             socket,
             bpffs,
         } => {
-            let bans: Vec<BanEntry> = match control::request(&socket, &Request::Bans {}) {
-                Ok(reply) => {
-                    let reply = ok_or_error(reply)?;
-                    serde_json::from_value::<Vec<BanJson>>(reply["bans"].clone())
-                        .context("reading the daemon's reply")?
-                        .into_iter()
-                        .map(BanJson::into_entry)
-                        .collect()
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                    anyhow::bail!(
-                        "permission denied on the control socket {}: it is root only (try sudo)",
-                        socket.display()
-                    )
-                }
-                Err(e) if !daemon_absent(&e) => {
-                    anyhow::bail!("{}", unreachable_text(&socket, &e))
-                }
+            let bans: Vec<BanEntry> = match control::call::<control::BanList>(
+                &socket,
+                &Request::Bans {},
+            ) {
+                Ok(list) => list.bans,
+                Err(e) if !e.daemon_absent() => return Err(e.into()),
                 Err(_) => {
                     eprintln!(
                         "shield: the daemon is not running (nothing listens on {}); reading the pinned maps under {}",
@@ -412,16 +405,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Check { file, diff, socket } => match policy::load(&file) {
             Ok(p) if diff => {
                 print_warnings(&file, &p);
-                let running = ask(&socket, &Request::Policy {})?;
-                let old = running["matrix"].as_str().unwrap_or_default();
+                let running: control::RunningPolicy = control::call(&socket, &Request::Policy {})?;
                 let new = policy::matrix_table(&p);
                 println!(
                     "--- running: {} (generation {})\n+++ {}",
-                    running["path"].as_str().unwrap_or("?"),
-                    running["generation"],
+                    running.path,
+                    running.generation,
                     file.display()
                 );
-                let changes = line_diff(old, &new);
+                let changes = line_diff(&running.matrix, &new);
                 if changes.is_empty() {
                     println!("no change");
                 } else {
@@ -509,90 +501,10 @@ fn print_warnings(file: &std::path::Path, p: &policy::Policy) {
     }
 }
 
-/// Sends a request to the daemon; an `ok: false` reply becomes an error.
-fn ask(socket: &std::path::Path, req: &Request) -> Result<serde_json::Value> {
-    let reply =
-        control::request(socket, req).map_err(|e| anyhow::anyhow!(unreachable_text(socket, &e)))?;
-    ok_or_error(reply)
-}
-
-/// Nothing listens on the socket: no daemon (as opposed to one that refused or stalled).
-fn daemon_absent(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-    )
-}
-
-/// What a failed request means, in the user's words.
-fn unreachable_text(socket: &std::path::Path, e: &std::io::Error) -> String {
-    let socket = socket.display();
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied => {
-            format!("permission denied on the control socket {socket}: it is root only (try sudo)")
-        }
-        _ if daemon_absent(e) => format!(
-            "the shield daemon is not running: nothing listens on {socket} (start `shield run`, or give the --socket it uses)"
-        ),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            format!("the shield daemon on {socket} did not answer in time")
-        }
-        _ => format!("talking to the shield daemon on {socket}: {e}"),
-    }
-}
-
-fn ok_or_error(reply: serde_json::Value) -> Result<serde_json::Value> {
-    if reply["ok"] == true {
-        Ok(reply)
-    } else {
-        anyhow::bail!(
-            "{}",
-            reply["error"]
-                .as_str()
-                .unwrap_or("the daemon refused the request")
-        )
-    }
-}
-
-fn scope_text(b: &serde_json::Value) -> String {
-    match b["scope"].as_str() {
-        Some("rule") => format!("rule {}", b["rule"].as_str().unwrap_or("?")),
-        _ => "the whole host".to_string(),
-    }
-}
-
-/// A ban as the daemon sends it (BanEntry minus its map key).
-#[derive(serde::Deserialize)]
-struct BanJson {
-    #[serde(default)]
-    iface: String,
-    source: String,
-    scope: String,
-    rule: String,
-    origin: String,
-    monitor: bool,
-    duration_secs: f64,
-    remaining_secs: f64,
-    level: u8,
-    comment: Option<String>,
-}
-
-impl BanJson {
-    fn into_entry(self) -> BanEntry {
-        let st = |s: &str, a: &'static str, b: &'static str| if s == a { a } else { b };
-        BanEntry {
-            iface: self.iface,
-            source: self.source,
-            scope: st(&self.scope, "rule", "host"),
-            rule: self.rule,
-            origin: st(&self.origin, "manual", "automatic"),
-            monitor: self.monitor,
-            duration_secs: self.duration_secs,
-            remaining_secs: self.remaining_secs,
-            level: self.level,
-            comment: self.comment,
-            key: Default::default(),
-        }
+fn scope_text(b: &BanEntry) -> String {
+    match b.scope {
+        policy::BanScope::Rule => format!("rule {}", b.rule),
+        policy::BanScope::Host => "the whole host".to_string(),
     }
 }
 
@@ -606,10 +518,9 @@ fn bans_table(bans: &[BanEntry]) -> String {
         "IFACE", "SOURCE", "SCOPE", "REMAINING", "DURATION", "ORIGIN", "LEVEL", "REASON"
     );
     for b in bans {
-        let scope = if b.scope == "rule" {
-            format!("rule {}", b.rule)
-        } else {
-            "host".to_string()
+        let scope = match b.scope {
+            policy::BanScope::Rule => format!("rule {}", b.rule),
+            policy::BanScope::Host => "host".to_string(),
         };
         let origin = if b.monitor {
             format!("{} (monitor)", b.origin)
@@ -626,13 +537,13 @@ fn bans_table(bans: &[BanEntry]) -> String {
             b.duration_secs,
             origin,
             b.level,
-            b.comment
-                .as_deref()
-                .unwrap_or(if b.origin == "automatic" && !b.rule.is_empty() {
+            b.comment.as_deref().unwrap_or(
+                if b.origin == Origin::Automatic && !b.rule.is_empty() {
                     "over limit"
                 } else {
                     ""
-                })
+                }
+            )
         );
     }
     out

@@ -5,10 +5,8 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
-    thread::JoinHandle,
-    time::Duration,
 };
 
 use prometheus_client::{
@@ -235,12 +233,6 @@ pub fn render(src: &Sources) -> String {
     out
 }
 
-/// The HTTP server; stops on drop.
-pub struct MetricsServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
 /// `--metrics`: an `IP:PORT` (never a host name: no DNS lookup at start) or `off`.
 pub fn parse_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
     if s == "off" {
@@ -255,48 +247,4 @@ pub fn parse_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
 /// start with nothing changed.
 pub fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
     std::net::TcpListener::bind(addr).map_err(|e| format!("metrics on {addr}: {e}"))
-}
-
-impl MetricsServer {
-    pub fn start(listener: std::net::TcpListener, src: Sources) -> Result<MetricsServer, String> {
-        let addr = listener
-            .local_addr()
-            .map_or_else(|_| "?".to_string(), |a| a.to_string());
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| format!("metrics on {addr}: {e}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(200)) else {
-                    continue;
-                };
-                let response = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
-                    let header = tiny_http::Header::from_bytes(
-                        &b"Content-Type"[..],
-                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
-                    )
-                    .expect("static header");
-                    tiny_http::Response::from_string(render(&src)).with_header(header)
-                } else {
-                    tiny_http::Response::from_string("shield: metrics are at /metrics\n")
-                        .with_status_code(404)
-                };
-                let _ = req.respond(response);
-            }
-        });
-        Ok(MetricsServer {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }

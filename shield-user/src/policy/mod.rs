@@ -103,13 +103,20 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// What a ban from a rule's escalation covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a ban covers (a rule's escalation, a manual ban).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BanScope {
     /// The rule's ports only.
     Rule,
     /// Everything from that source.
     Host,
+}
+
+impl PartialEq<&str> for BanScope {
+    fn eq(&self, other: &&str) -> bool {
+        self.to_string() == *other
+    }
 }
 
 impl fmt::Display for BanScope {

@@ -1,0 +1,161 @@
+//! The control socket server: a tokio `UnixListener`; each client is a task that reads
+//! request lines (bounded, with a timeout), asks the owner, and writes the answer.
+
+use std::{
+    io,
+    os::unix::{
+        fs::PermissionsExt as _,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    sync::{Semaphore, mpsc, oneshot, watch},
+    time::timeout,
+};
+use tracing::warn;
+
+use super::owner::Msg;
+use crate::control::{CLIENT_TIMEOUT, MAX_CLIENTS, MAX_LINE, encode, parse_request};
+
+/// A bound control socket that serves nothing yet: the daemon binds it before it attaches
+/// anything (a socket in use fails the start with nothing changed) and serves it once the
+/// maps are ready. Dropping it removes the socket file.
+pub(crate) struct Bound {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` (its directory is created 0700; a stale socket is replaced; a live one
+/// means another daemon: error).
+pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "another shield daemon is listening on {} (stop it, or give --socket another path)",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let bound = Bound {
+        path: path.to_path_buf(),
+        listener: Some(listener),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(bound)
+}
+
+/// Accepts clients until `stop`; at most `MAX_CLIENTS` at once (one more is told so and
+/// closed).
+pub(super) async fn serve(
+    mut bound: Bound,
+    tx: mpsc::Sender<Msg>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(std_listener) = bound.listener.take() else {
+        return;
+    };
+    let listener = match std_listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(std_listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("control socket {}: {e}", bound.path.display());
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let conn = tokio::select! {
+            _ = stop.changed() => break,
+            conn = listener.accept() => conn,
+        };
+        let Ok((mut conn, _)) = conn else { continue };
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    client(conn, tx).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let line = encode(&Err("too many clients".into()));
+                    let _ = timeout(CLIENT_TIMEOUT, conn.write_all(line.as_bytes())).await;
+                });
+            }
+        }
+    }
+    drop(bound);
+}
+
+async fn client(conn: tokio::net::UnixStream, tx: mpsc::Sender<Msg>) {
+    let (read, mut write) = conn.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        // At most MAX_LINE + 1 bytes looking for the newline; silence ends the client.
+        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+        let n = match timeout(CLIENT_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
+            Ok(Ok(n)) => n,
+            _ => return,
+        };
+        if n == 0 {
+            return;
+        }
+        if line.last() != Some(&b'\n') {
+            let why = if line.len() > MAX_LINE {
+                format!("request longer than {MAX_LINE} bytes")
+            } else {
+                "incomplete request (no newline before end of stream)".to_string()
+            };
+            let _ = timeout(
+                CLIENT_TIMEOUT,
+                write.write_all(encode(&Err(why)).as_bytes()),
+            )
+            .await;
+            return;
+        }
+        line.pop();
+        let result = match parse_request(&line) {
+            Err(e) => Err(e),
+            Ok(req) => {
+                let (answer, reply) = oneshot::channel();
+                if tx.send(Msg::Request(req, answer)).await.is_err() {
+                    Err("the daemon is shutting down".to_string())
+                } else {
+                    reply
+                        .await
+                        .unwrap_or_else(|_| Err("the daemon is shutting down".to_string()))
+                }
+            }
+        };
+        let sent = timeout(CLIENT_TIMEOUT, write.write_all(encode(&result).as_bytes())).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! `shield run`: every check, then load, fill and attach on every interface; then one tokio
+//! run loop until SIGTERM/SIGINT.
+//!
+//! Shape: one task (`owner::Owner`) owns the interfaces and their maps. Everything else sends
+//! it messages with one-shot replies: the control socket's client tasks (`control`), one task
+//! per ring buffer (`events`, through `AsyncFd`), the policy file watch; signals and the
+//! 1-second tick are branches of its loop. A reload (policy parse and map writes, seconds for
+//! 1,000,000 prefixes) runs in `spawn_blocking` with the maps moved into it, so the owner
+//! keeps answering `ping`, draining events and serving metrics (`http`) meanwhile; requests
+//! that need the maps wait for it in order.
+
+mod control;
+mod events;
+mod http;
+mod owner;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+    programs::links::FdLink,
+};
+use shield_common::{CFG_BANS, MAP_EVENTS};
+use tracing::{info, warn};
+
+use crate::{
+    audit::AuditLog,
+    bans::BanMaps,
+    control::Reloaded,
+    loader::{self, AttachMode, Attached, PolicyMaps},
+    metrics::DaemonCounters,
+    policy::{self, CompiledPolicy},
+};
+
+pub struct RunOptions {
+    pub ifaces: Vec<String>,
+    pub policy: PathBuf,
+    pub xdp_mode: AttachMode,
+    pub bpffs: PathBuf,
+    /// `None`: no audit log; `-`: stdout; else a file.
+    pub audit_log: Option<String>,
+    pub socket: PathBuf,
+    /// `None`: no metrics endpoint.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Start from empty maps (counters, limiter state, bans) instead of adopting the pins.
+    pub fresh: bool,
+}
+
+/// One interface's maps, opened once from its pins: the policy tables and the ban tables.
+pub(crate) struct IfaceMaps {
+    pub tables: PolicyMaps,
+    pub bans: BanMaps,
+}
+
+/// One protected interface. The link is pinned: it outlives the daemon unless `detach`
+/// removes the pin first (a clean SIGTERM).
+struct Instance {
+    iface: String,
+    dir: PathBuf,
+    /// `None` while a reload job holds them.
+    maps: Option<IfaceMaps>,
+    /// The ring buffer, until the events task takes it.
+    ring: Option<RingBuf<MapData>>,
+    link: Option<FdLink>,
+    attached: Attached,
+    /// Rule id → name of the policy in force (events arrive while a reload holds the maps).
+    names: HashMap<u16, String>,
+    /// The data path's test clock offset (0 in production), as last read.
+    clock_offset_ns: u64,
+    /// What this start changed, so that a failed start undoes exactly that: the pin
+    /// directory was created now (else adopted), and the half in force before (adopted
+    /// maps with a policy).
+    created_dir: bool,
+    previous_half: Option<u32>,
+    /// The interface's exclusive lock (see `loader::lock_iface`), held for the daemon's life.
+    _lock: std::fs::File,
+    _ebpf: Ebpf,
+}
+
+impl Instance {
+    /// Clean stop: unpin the link, then drop it: the program detaches.
+    fn detach(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(shield_common::LINK_PIN));
+        self.link = None;
+    }
+
+    /// Why the program no longer protects the interface (`shield detach`, the interface
+    /// gone), if that happened behind the daemon's back.
+    fn lost(&self) -> Option<String> {
+        if loader::if_index(&self.iface).is_err() {
+            return Some(format!("interface {} no longer exists", self.iface));
+        }
+        if self.link.is_some() && !loader::link_attached(&self.dir.join(shield_common::LINK_PIN)) {
+            return Some(format!(
+                "shield was detached from {} (its pins under {} were removed, e.g. by `shield detach`)",
+                self.iface,
+                self.dir.display()
+            ));
+        }
+        None
+    }
+
+    /// Re-reads the rule names and the clock offset from the maps (after an install).
+    fn refresh_names(&mut self) {
+        let Some(m) = &self.maps else { return };
+        if let Ok(rules) = m.tables.current_rules() {
+            self.names = rules
+                .into_iter()
+                .map(|(id, r)| (id as u16, crate::stats::rule_name(&r)))
+                .collect();
+        }
+        self.clock_offset_ns = m.tables.control().map_or(0, |c| c.clock_offset_ns);
+    }
+
+    fn rule_name(&self, id: u16) -> String {
+        if id == 0 {
+            return String::new();
+        }
+        self.names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+}
+
+/// What `install_all` did on every interface.
+pub(crate) struct InstallDone {
+    pub ports_written: usize,
+    pub lists_swapped: bool,
+}
+
+/// Installs `compiled` as `generation` on every interface: each inactive half is written,
+/// then flipped. Keeps the data path's ban lookups on where bans exist and drops rule bans
+/// of rules that are gone.
+pub(crate) fn install_all(
+    maps: &mut [(String, IfaceMaps)],
+    compiled: &CompiledPolicy,
+    generation: u32,
+) -> Result<InstallDone, String> {
+    let mut done = InstallDone {
+        ports_written: 0,
+        lists_swapped: false,
+    };
+    for (iface, m) in maps.iter_mut() {
+        let extra = if m.bans.list().is_empty() {
+            0
+        } else {
+            CFG_BANS
+        };
+        let d = m
+            .tables
+            .install(compiled, generation, extra)
+            .map_err(|e| format!("{iface}: {e}"))?;
+        done.ports_written += d.ports_written;
+        done.lists_swapped |= d.lists_swapped;
+        let _ = m.bans.drop_orphans();
+    }
+    Ok(done)
+}
+
+/// Rule name → id of `policy`, keeping the ids of `previous` for names that stay.
+pub(crate) fn ids_of(
+    policy: &policy::Policy,
+    previous: &HashMap<String, u32>,
+) -> HashMap<String, u32> {
+    let ids = policy::assign_ids(policy, previous);
+    policy
+        .rules
+        .iter()
+        .zip(ids)
+        .map(|(r, id)| (r.name.clone(), id))
+        .collect()
+}
+
+/// The reply to a successful install.
+pub(crate) fn reloaded(
+    policy: &policy::Policy,
+    generation: u32,
+    done: &InstallDone,
+    took: Duration,
+) -> Reloaded {
+    Reloaded {
+        generation,
+        rules: policy.rules.len(),
+        allow: policy.allow.len(),
+        deny: policy.deny.len(),
+        port_slots_written: done.ports_written,
+        lists_swapped: done.lists_swapped,
+        took_ms: took.as_secs_f64() * 1000.0,
+    }
+}
+
+/// Undoes what a failed start did, interface by interface: detaches a program this start
+/// attached, gives adopted maps back the policy they had (whole: the start kept their old
+/// lists, see `PolicyMaps::keep_old_lists`), removes pins this start created. Leaves alone
+/// what an earlier (adopted) run set up.
+fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
+    for mut inst in instances.into_iter().rev() {
+        if inst.attached != Attached::Adopted && inst.link.is_some() {
+            inst.detach();
+        }
+        if !inst.created_dir
+            && let Some(half) = inst.previous_half
+            && let Some(m) = inst.maps.as_mut()
+            && let Err(e) = m.tables.restore_half(half)
+        {
+            warn!(iface = %inst.iface, "cannot restore the previous policy: {e}");
+        }
+    }
+    for dir in created {
+        let _ = loader::remove_map_pins(dir);
+        let _ = std::fs::remove_file(dir.join(shield_common::MAP_BAN_NOTES));
+        let _ = std::fs::remove_file(dir.join(shield_common::LINK_PIN));
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+pub fn run(opts: &RunOptions) -> Result<()> {
+    loader::require_root()?;
+    anyhow::ensure!(!opts.ifaces.is_empty(), "give at least one --iface");
+    // Every check before anything changes: names, duplicates, existence, the policy, the
+    // audit log, the interface locks and both listeners. Attaching comes last.
+    let mut seen = std::collections::HashSet::new();
+    for iface in &opts.ifaces {
+        loader::check_iface(iface)?;
+        anyhow::ensure!(
+            seen.insert(iface),
+            "--iface {iface} is given twice; name each interface once"
+        );
+        loader::if_index(iface)?;
+    }
+    let policy = policy::load(&opts.policy)?;
+    for w in policy::warnings(&policy) {
+        warn!("{}: {w}", opts.policy.display());
+    }
+    let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
+    if loader::ensure_bpffs(&opts.bpffs)? {
+        warn_if_private_mounts(&opts.bpffs);
+    }
+    let mut locks = Vec::new();
+    let mut created = Vec::new();
+    for iface in &opts.ifaces {
+        match loader::lock_iface(&opts.bpffs, iface) {
+            Ok((file, was_created)) => {
+                let dir = loader::pin_dir(&opts.bpffs, iface);
+                if was_created {
+                    created.push(dir.clone());
+                }
+                locks.push((iface.clone(), dir, file, was_created));
+            }
+            Err(e) => {
+                undo_start(Vec::new(), &created);
+                return Err(e.into());
+            }
+        }
+    }
+    let socket = match control::bind(&opts.socket) {
+        Ok(s) => s,
+        Err(e) => {
+            undo_start(Vec::new(), &created);
+            return Err(
+                anyhow::Error::new(e).context(format!("control socket {}", opts.socket.display()))
+            );
+        }
+    };
+    let metrics_listener = match opts.metrics.map(crate::metrics::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            undo_start(Vec::new(), &created);
+            return Err(anyhow::anyhow!(e));
+        }
+    };
+
+    let mut instances = Vec::new();
+    let mut ids = HashMap::new();
+    let mut generation = 0;
+    if let Err(e) = bring_up(
+        opts,
+        &policy,
+        locks,
+        &mut instances,
+        &mut ids,
+        &mut generation,
+    ) {
+        undo_start(instances, &created);
+        return Err(e);
+    }
+    // Fill the maps before attaching: the program never runs on a half-filled table.
+    let compiled = policy::compile_with_ids(&policy, &ids);
+    generation = generation.wrapping_add(1).max(1);
+    let started = std::time::Instant::now();
+    let mut all: Vec<(String, IfaceMaps)> = instances
+        .iter_mut()
+        .filter_map(|i| i.maps.take().map(|m| (i.iface.clone(), m)))
+        .collect();
+    let installed = install_all(&mut all, &compiled, generation);
+    for (inst, (_, m)) in instances.iter_mut().zip(all) {
+        inst.maps = Some(m);
+    }
+    let done = match installed {
+        Ok(d) => d,
+        Err(e) => {
+            undo_start(instances, &created);
+            anyhow::bail!("filling maps from {}: {e}", opts.policy.display());
+        }
+    };
+    let first = reloaded(&policy, generation, &done, started.elapsed());
+    let ids = ids_of(&policy, &ids);
+    for i in 0..instances.len() {
+        let inst = &mut instances[i];
+        match loader::attach(&mut inst._ebpf, &inst.iface, opts.xdp_mode, &inst.dir) {
+            Ok((link, attached)) => {
+                inst.link = Some(link);
+                inst.attached = attached;
+            }
+            Err(e) => {
+                let iface = inst.iface.clone();
+                undo_start(instances, &created);
+                return Err(anyhow::Error::new(e).context(format!("attaching to {iface}")));
+            }
+        }
+    }
+    for inst in &mut instances {
+        if let Some(m) = inst.maps.as_mut()
+            && let Err(e) = m.tables.settle()
+        {
+            warn!(iface = %inst.iface, "emptying the previous allow/deny lists: {e}");
+        }
+        inst.refresh_names();
+        if inst.attached == Attached::Generic && opts.xdp_mode == AttachMode::Auto {
+            warn!(
+                iface = %inst.iface,
+                "{} does not support native XDP; attached in generic mode (slower: packets reach XDP after the kernel allocated an skb)",
+                inst.iface
+            );
+        }
+        info!(
+            iface = %inst.iface,
+            "protecting {} ({} XDP), policy {} generation {}: {} rules, {} allow and {} deny prefixes, mode {}; maps pinned in {}",
+            inst.iface,
+            inst.attached.name(),
+            opts.policy.display(),
+            generation,
+            policy.rules.len(),
+            policy.allow.len(),
+            policy.deny.len(),
+            policy.mode,
+            inst.dir.display()
+        );
+    }
+    let counters = Arc::new(DaemonCounters::default());
+    counters.last_reload_us.store(
+        first.took_ms as u64 * 1000,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("shield")
+        .build()
+        .context("starting the tokio runtime")?;
+    let state = owner::Start {
+        instances,
+        policy,
+        path: opts.policy.clone(),
+        generation,
+        ids,
+        audit,
+        counters,
+        socket_path: opts.socket.clone(),
+        bpffs: opts.bpffs.clone(),
+    };
+    runtime.block_on(owner::serve(state, socket, metrics_listener))
+}
+
+/// Loads the program on every locked interface (adopting pinned maps unless `--fresh`),
+/// pushing each into `instances` as it goes so a failure can be undone.
+fn bring_up(
+    opts: &RunOptions,
+    policy: &policy::Policy,
+    locks: Vec<(String, PathBuf, std::fs::File, bool)>,
+    instances: &mut Vec<Instance>,
+    previous_ids: &mut HashMap<String, u32>,
+    generation: &mut u32,
+) -> Result<()> {
+    for (iface, dir, lock_file, created_dir) in locks {
+        if opts.fresh {
+            loader::remove_map_pins(&dir)
+                .with_context(|| format!("--fresh: clearing {}", dir.display()))?;
+            let _ = std::fs::remove_file(dir.join(shield_common::MAP_BAN_NOTES));
+        }
+        let mut ebpf = loader::load(&dir, policy.max_sources)
+            .with_context(|| format!("loading shield for {iface}"))?;
+        BanMaps::ensure_notes(&dir).context("creating the ban notes map")?;
+        let mut tables = PolicyMaps::open(&dir).context("opening the policy tables")?;
+        // Until the start succeeds, a list swap keeps the old lists (see `undo_start`).
+        tables.keep_old_lists = true;
+        let mut previous_half = None;
+        // Adopted maps: keep rule ids (state, bans, counters) and keep counting generations.
+        for (id, r) in tables.current_rules()? {
+            previous_ids.insert(crate::stats::rule_name(&r), id);
+        }
+        if let Ok((half, cfg)) = tables.active()
+            && cfg.flags & shield_common::CFG_LOADED != 0
+        {
+            *generation = (*generation).max(cfg.generation);
+            previous_half = Some(half);
+        }
+        let ring = RingBuf::try_from(
+            ebpf.take_map(MAP_EVENTS)
+                .ok_or(loader::LoaderError::Missing(MAP_EVENTS))?,
+        )
+        .context("opening the event ring buffer")?;
+        let bans = BanMaps::open(&dir).context("opening the ban maps")?;
+        instances.push(Instance {
+            iface,
+            dir,
+            maps: Some(IfaceMaps { tables, bans }),
+            ring: Some(ring),
+            link: None,
+            attached: Attached::Native,
+            names: HashMap::new(),
+            clock_offset_ns: 0,
+            created_dir,
+            previous_half,
+            _lock: lock_file,
+            _ebpf: ebpf,
+        });
+    }
+    Ok(())
+}
+
+/// Pins live in the bpffs of the daemon's mount namespace. When that namespace is private
+/// (compared with PID 1's)
+/// (systemd `PrivateMounts=`/`ProtectSystem=`, `ip netns exec`, a container) and the daemon
+/// had to mount bpffs itself, the mount (and with it the pins and the program) dies with the
+/// daemon: `kill -9` then detaches, and `shield stats` from another shell finds nothing.
+fn warn_if_private_mounts(bpffs: &std::path::Path) {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let init = std::fs::read_link("/proc/1/ns/mnt").ok();
+    if ours.is_some() && init.is_some() && ours != init {
+        warn!(
+            "shield runs in a private mount namespace: the bpffs at {} is only visible here, so after a crash or `kill -9` its pins (and the attached program) may go away with it, and `shield stats`/`shield bans` from another shell will not find them; mount bpffs on the host (e.g. `mount -t bpf bpf {}` outside the namespace, or `BindPaths=` it in the unit) and pass `--bpffs`",
+            bpffs.display(),
+            bpffs.display()
+        );
+    }
+}
+
+/// Wall-clock time of a data-path timestamp (past or future, e.g. a ban's expiry), given
+/// one reading of both clocks (`mono_now`, `wall_now`): every time of one event derives
+/// from the same pair, so `expires - ts` is exactly the ban's duration.
+fn wall_of(ts_ns: u64, mono_now: u64, wall_now: SystemTime) -> SystemTime {
+    if ts_ns >= mono_now {
+        wall_now + Duration::from_nanos(ts_ns - mono_now)
+    } else {
+        wall_now
+            .checked_sub(Duration::from_nanos(mono_now - ts_ns))
+            .unwrap_or(wall_now)
+    }
+}

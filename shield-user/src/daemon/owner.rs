@@ -1,0 +1,751 @@
+//! The one task that owns the interfaces, their maps and the running policy. Everything
+//! reaches it as a `Msg` (with a one-shot reply where there is an answer) or as a branch of
+//! its `select!` loop: signals, the 1-second tick, the debounced file watch, the reload job.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+use shield_common::{EV_BAN, EV_LIMITED, EV_WOULD_BAN, Event, Reason, addr::FAMILY_V4};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use super::{InstallDone, Instance, control, events, http, ids_of, install_all, reloaded, wall_of};
+use crate::{
+    audit::{AuditLog, rfc3339},
+    bans::{BanEntry, BanFloor, check_manual_ban},
+    control::{BanList, BanResult, Banned, Pong, Reply, Request, RunningPolicy, Unbanned},
+    metrics::{DaemonCounters, Sources},
+    policy::{self, format_duration, parse_cidr, parse_duration},
+};
+
+/// What the start hands to the run loop.
+pub(super) struct Start {
+    pub instances: Vec<Instance>,
+    pub policy: policy::Policy,
+    pub path: PathBuf,
+    pub generation: u32,
+    pub ids: HashMap<String, u32>,
+    pub audit: AuditLog,
+    pub counters: Arc<DaemonCounters>,
+    pub socket_path: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+pub(super) type Answer = oneshot::Sender<Result<Reply, String>>;
+
+/// What the other tasks send the owner.
+pub(super) enum Msg {
+    /// A control socket request and where its answer goes.
+    Request(Request, Answer),
+    /// Events drained from interface `.0`'s ring buffer.
+    Events(usize, Vec<Event>),
+    /// The policy file was written (debounced by the owner).
+    FileChanged,
+}
+
+/// What a reload job gives back: the maps it borrowed, and the policy it installed.
+struct JobOut {
+    maps: Vec<(String, super::IfaceMaps)>,
+    result: Result<(policy::Policy, InstallDone, Duration, u32), String>,
+}
+
+struct Owner {
+    instances: Vec<Instance>,
+    policy: policy::Policy,
+    path: PathBuf,
+    generation: u32,
+    ids: HashMap<String, u32>,
+    matrix: String,
+    audit: AuditLog,
+    counters: Arc<DaemonCounters>,
+    /// Interfaces lost behind the daemon's back (detached, gone), with why.
+    lost: HashMap<String, String>,
+    attacks: crate::attack::Tracker,
+    /// Requests that need the maps, waiting for the reload job in progress.
+    waiting: VecDeque<(Request, Answer)>,
+    /// The trigger and (control socket) answer of the reload in progress.
+    reload_of: Option<(&'static str, Option<Answer>)>,
+    /// A SIGHUP or file change that came during a reload: one more reload after it.
+    reload_again: Option<&'static str>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, then detaches cleanly.
+pub(super) async fn serve(
+    start: Start,
+    socket: control::Bound,
+    metrics: Option<std::net::TcpListener>,
+) -> Result<()> {
+    let Start {
+        mut instances,
+        policy,
+        path,
+        generation,
+        ids,
+        mut audit,
+        counters,
+        socket_path,
+        bpffs,
+    } = start;
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut event_tasks = Vec::new();
+    for (idx, inst) in instances.iter_mut().enumerate() {
+        if let Some(ring) = inst.ring.take() {
+            event_tasks.push(tokio::spawn(events::read(
+                idx,
+                inst.iface.clone(),
+                ring,
+                tx.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(listener) = metrics {
+        let sources = Arc::new(Sources {
+            bpffs: bpffs.clone(),
+            ifaces: instances
+                .iter()
+                .map(|i| (i.iface.clone(), i.attached.name()))
+                .collect(),
+            counters: counters.clone(),
+        });
+        tokio::spawn(http::serve(listener, sources, stop_rx.clone()));
+    }
+    let control_task = tokio::spawn(control::serve(socket, tx.clone(), stop_rx.clone()));
+    let _watcher = watch_file(&path, tx.clone());
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+
+    audit.write(json!({
+        "event": "start",
+        "policy": path.display().to_string(),
+        "generation": generation,
+        "ifaces": instances.iter().map(|i| json!({"iface": i.iface, "attach": i.attached.name()})).collect::<Vec<_>>(),
+    }));
+    let mut owner = Owner {
+        instances,
+        matrix: policy::matrix_table(&policy),
+        policy,
+        path,
+        generation,
+        ids,
+        audit,
+        counters,
+        lost: HashMap::new(),
+        attacks: crate::attack::Tracker::default(),
+        waiting: VecDeque::new(),
+        reload_of: None,
+        reload_again: None,
+    };
+    info!(
+        "running; control socket {}{}; SIGHUP or a change of {} reloads; SIGTERM or Ctrl-C detaches",
+        socket_path.display(),
+        metrics_addr
+            .map(|m| format!(", metrics http://{m}/metrics"))
+            .unwrap_or_default(),
+        owner.path.display()
+    );
+    // systemd Type=notify: ready once attached and listening (a no-op elsewhere).
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut job: Option<JoinHandle<JobOut>> = None;
+    let mut change_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => owner.reload("SIGHUP", None, &mut job),
+            _ = usr1.recv() => {
+                if let Err(e) = owner.audit.reopen() {
+                    warn!("SIGUSR1: cannot reopen the audit log: {e}");
+                }
+            }
+            msg = rx.recv() => match msg {
+                Some(Msg::Request(req, answer)) => owner.request(req, answer, &mut job),
+                Some(Msg::Events(idx, evs)) => owner.events(idx, &evs),
+                // Debounced: editors write in several steps.
+                Some(Msg::FileChanged) => {
+                    change_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+                }
+                None => break,
+            },
+            _ = tick.tick() => owner.tick(job.is_some()),
+            _ = async {
+                if let Some(at) = change_at {
+                    tokio::time::sleep_until(at).await;
+                }
+            }, if change_at.is_some() => {
+                change_at = None;
+                owner.reload("file change", None, &mut job);
+            }
+            out = async {
+                match job.as_mut() {
+                    Some(j) => j.await,
+                    None => std::future::pending().await,
+                }
+            }, if job.is_some() => {
+                job = None;
+                owner.finish_reload(out);
+                owner.resume(&mut job);
+            }
+        }
+    }
+
+    // Shutdown: let a reload in progress finish (its maps come back), stop the tasks, log
+    // the last events, detach.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if let Some(j) = job.take() {
+        owner.finish_reload(j.await);
+    }
+    let _ = stop_tx.send(true);
+    let _ = control_task.await;
+    for t in event_tasks {
+        let _ = t.await;
+    }
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            Msg::Events(idx, evs) => owner.events(idx, &evs),
+            Msg::Request(_, answer) => {
+                let _ = answer.send(Err("the daemon is shutting down".into()));
+            }
+            Msg::FileChanged => {}
+        }
+    }
+    for (_, answer) in owner.waiting.drain(..) {
+        let _ = answer.send(Err("the daemon is shutting down".into()));
+    }
+    for inst in &mut owner.instances {
+        inst.detach();
+        if !owner.lost.contains_key(&inst.iface) {
+            info!(iface = %inst.iface, "detached from {}", inst.iface);
+        }
+    }
+    owner.audit.write(json!({"event": "stop"}));
+    Ok(())
+}
+
+fn join_error(e: tokio::task::JoinError) -> JobOut {
+    JobOut {
+        maps: Vec::new(),
+        result: Err(format!("the reload task failed: {e}")),
+    }
+}
+
+impl Owner {
+    /// Fails with the reason when the daemon lost an interface: its maps no longer act on
+    /// traffic, so a ban or a reload there would report success for nothing.
+    fn intact(&self) -> Result<(), String> {
+        match self.lost.values().next() {
+            Some(why) => Err(format!(
+                "{why}; this daemon no longer protects it: restart `shield run` to protect it again"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn request(&mut self, req: Request, answer: Answer, job: &mut Option<JoinHandle<JobOut>>) {
+        match req {
+            Request::Ping {} => {
+                let _ = answer.send(Ok(Reply::Pong(Pong { pong: true })));
+            }
+            Request::Policy {} => {
+                let _ = answer.send(Ok(Reply::Policy(RunningPolicy {
+                    path: self.path.display().to_string(),
+                    generation: self.generation,
+                    matrix: self.matrix.clone(),
+                })));
+            }
+            Request::Reload {} => self.reload("control socket", Some(answer), job),
+            // These need the maps: after the reload in progress, in order.
+            other if job.is_some() => self.waiting.push_back((other, answer)),
+            other => {
+                let result = self.maps_request(other);
+                let _ = answer.send(result);
+            }
+        }
+    }
+
+    /// Serves what waited for a reload, until one of them starts another.
+    fn resume(&mut self, job: &mut Option<JoinHandle<JobOut>>) {
+        while job.is_none() {
+            let Some((req, answer)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.request(req, answer, job);
+        }
+        if job.is_none()
+            && let Some(trigger) = self.reload_again.take()
+        {
+            self.reload(trigger, None, job);
+        }
+    }
+
+    /// Starts a reload of the policy file in a blocking task that borrows the maps. One at
+    /// a time: a reload asked for meanwhile runs after it.
+    fn reload(
+        &mut self,
+        trigger: &'static str,
+        answer: Option<Answer>,
+        job: &mut Option<JoinHandle<JobOut>>,
+    ) {
+        if job.is_some() {
+            match answer {
+                Some(a) => self.waiting.push_back((Request::Reload {}, a)),
+                None => self.reload_again = Some(trigger),
+            }
+            return;
+        }
+        if let Err(e) = self.intact() {
+            self.reload_failed(trigger, &e);
+            if let Some(a) = answer {
+                let _ = a.send(Err(e));
+            }
+            return;
+        }
+        let maps: Vec<_> = self
+            .instances
+            .iter_mut()
+            .filter_map(|i| i.maps.take().map(|m| (i.iface.clone(), m)))
+            .collect();
+        let path = self.path.clone();
+        let ids = self.ids.clone();
+        let generation = self.generation;
+        let max_sources = self.policy.max_sources;
+        self.reload_of = Some((trigger, answer));
+        *job = Some(tokio::task::spawn_blocking(move || {
+            let mut maps = maps;
+            let result = reload_job(&path, &mut maps, &ids, generation, max_sources);
+            JobOut { maps, result }
+        }));
+    }
+
+    fn finish_reload(&mut self, out: Result<JobOut, tokio::task::JoinError>) {
+        let out = out.unwrap_or_else(join_error);
+        let mut back = out.maps.into_iter();
+        for inst in &mut self.instances {
+            if inst.maps.is_none() {
+                inst.maps = back.next().map(|(_, m)| m);
+            }
+        }
+        let (trigger, answer) = self.reload_of.take().unwrap_or(("control socket", None));
+        let reply = match out.result {
+            Ok((policy, done, took, generation)) => {
+                let summary = reloaded(&policy, generation, &done, took);
+                self.ids = ids_of(&policy, &self.ids);
+                self.generation = generation;
+                self.matrix = policy::matrix_table(&policy);
+                self.policy = policy;
+                for inst in &mut self.instances {
+                    inst.refresh_names();
+                }
+                self.counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .last_reload_us
+                    .store(took.as_micros() as u64, Ordering::Relaxed);
+                let mut line = json!({"event": "reload", "trigger": trigger, "policy": self.path.display().to_string(), "result": "ok"});
+                if let (Some(l), Ok(serde_json::Value::Object(s))) =
+                    (line.as_object_mut(), serde_json::to_value(&summary))
+                {
+                    l.extend(s);
+                }
+                self.audit.write(line);
+                info!(
+                    "reloaded {} ({trigger}): generation {}, {:.1} ms",
+                    self.path.display(),
+                    summary.generation,
+                    summary.took_ms
+                );
+                Ok(Reply::Reloaded(summary))
+            }
+            Err(e) => {
+                self.reload_failed(trigger, &e);
+                Err(e)
+            }
+        };
+        if let Some(a) = answer {
+            let _ = a.send(reply);
+        }
+    }
+
+    fn reload_failed(&mut self, trigger: &str, e: &str) {
+        self.counters.reloads_error.fetch_add(1, Ordering::Relaxed);
+        self.audit.write(json!({
+            "event": "reload", "trigger": trigger, "policy": self.path.display().to_string(),
+            "result": "error", "error": e,
+        }));
+        warn!("reload ({trigger}) rejected, previous policy stays in force: {e}");
+    }
+
+    /// Ban, unban and the ban list: the owner's maps, at once.
+    fn maps_request(&mut self, req: Request) -> Result<Reply, String> {
+        self.intact()?;
+        match req {
+            Request::Bans {} => {
+                let mut bans = Vec::new();
+                for inst in &self.instances {
+                    let Some(m) = &inst.maps else { continue };
+                    for mut b in m.bans.active() {
+                        b.iface = inst.iface.clone();
+                        bans.push(b);
+                    }
+                }
+                Ok(Reply::Bans(BanList { bans }))
+            }
+            Request::Ban {
+                source,
+                duration,
+                rule,
+                reason,
+                force,
+            } => self.ban(
+                &source,
+                &duration,
+                rule.as_deref(),
+                reason.as_deref(),
+                force,
+            ),
+            Request::Unban { source } => {
+                let cidr = parse_cidr(&source).map_err(|e| format!("source \"{source}\": {e}"))?;
+                let mut removed = Vec::new();
+                for inst in &mut self.instances {
+                    let Some(m) = inst.maps.as_mut() else {
+                        continue;
+                    };
+                    for mut b in m.bans.unban(cidr).map_err(|e| e.to_string())? {
+                        b.iface = inst.iface.clone();
+                        self.audit
+                            .write(ban_json("unban", &inst.iface, &b, b.comment.as_ref()));
+                        removed.push(b);
+                    }
+                }
+                Ok(Reply::Unbanned(Unbanned { removed }))
+            }
+            other => Err(format!("internal: {other:?} is not a maps request")),
+        }
+    }
+
+    fn ban(
+        &mut self,
+        source: &str,
+        duration: &str,
+        rule: Option<&str>,
+        reason: Option<&str>,
+        force: bool,
+    ) -> Result<Reply, String> {
+        let cidr = parse_cidr(source).map_err(|e| format!("source \"{source}\": {e}"))?;
+        let dur = parse_duration(duration).map_err(|e| format!("duration \"{duration}\": {e}"))?;
+        let max = Duration::from_nanos(shield_common::judge::MAX_BAN_NS);
+        if dur < Duration::from_secs(1) || dur > max {
+            return Err(format!(
+                "duration must be between 1s and {}, got {}",
+                format_duration(max),
+                format_duration(dur)
+            ));
+        }
+        if reason.is_some_and(|r| r.len() > shield_common::BAN_NOTE_MAX) {
+            return Err(format!(
+                "reason is longer than {} bytes",
+                shield_common::BAN_NOTE_MAX
+            ));
+        }
+        let floor = BanFloor {
+            ipv4: self.policy.min_ban_ipv4_prefix,
+            ipv6: self.policy.min_ban_ipv6_prefix,
+        };
+        let warnings = check_manual_ban(&cidr, &self.policy.allow, floor, force)?;
+        let mut bans = Vec::new();
+        for inst in &mut self.instances {
+            let Some(m) = inst.maps.as_mut() else {
+                continue;
+            };
+            let outcome = m
+                .bans
+                .ban(cidr, dur, rule, reason)
+                .map_err(|e| e.to_string())?;
+            let mut b = outcome.entry;
+            b.iface = inst.iface.clone();
+            let mut line = ban_json("ban", &inst.iface, &b, b.comment.as_ref());
+            line["reason"] = "manual".into();
+            line["expires"] =
+                rfc3339(SystemTime::now() + Duration::from_secs_f64(b.remaining_secs)).into();
+            if outcome.kept_longer {
+                line["event"] = "ban_kept".into();
+                line["requested_secs"] = dur.as_secs_f64().into();
+            }
+            self.audit.write(line);
+            bans.push(BanResult {
+                ban: b,
+                kept_longer: outcome.kept_longer,
+            });
+        }
+        Ok(Reply::Banned(Banned { bans, warnings }))
+    }
+
+    /// Audit lines for events from interface `idx`'s ring buffer.
+    fn events(&mut self, idx: usize, evs: &[Event]) {
+        let Some(inst) = self.instances.get(idx) else {
+            return;
+        };
+        let mono_now = crate::bans::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
+        let wall_now = SystemTime::now();
+        for ev in evs {
+            let line = event_json(inst, ev, mono_now, wall_now);
+            self.audit.write(line);
+        }
+    }
+
+    /// Once a second: notice a lost interface, expire bans, watch the `unverified` budgets.
+    /// Skipped for maps a reload job holds (they are back within the reload).
+    fn tick(&mut self, reloading: bool) {
+        let escalates = self.policy.rules.iter().any(|r| r.escalation.is_some());
+        for inst in &mut self.instances {
+            if self.lost.contains_key(&inst.iface) {
+                continue;
+            }
+            if let Some(why) = inst.lost() {
+                error!(
+                    iface = %inst.iface,
+                    "{why}; this daemon no longer protects it (reload, ban and unban now fail); restart `shield run` to protect it again"
+                );
+                self.audit
+                    .write(json!({"event": "lost", "iface": inst.iface, "reason": why}));
+                self.lost.insert(inst.iface.clone(), why);
+                continue;
+            }
+            if reloading || inst.maps.is_none() {
+                continue;
+            }
+            inst.clock_offset_ns = inst
+                .maps
+                .as_ref()
+                .and_then(|m| m.tables.control().ok())
+                .map_or(0, |c| c.clock_offset_ns);
+            sweep(inst, &mut self.audit, escalates);
+            watch_attacks(inst, &mut self.audit, &mut self.attacks);
+        }
+    }
+}
+
+/// The reload itself, off the run loop: parse, check, compile, install on every interface.
+fn reload_job(
+    path: &std::path::Path,
+    maps: &mut [(String, super::IfaceMaps)],
+    ids: &HashMap<String, u32>,
+    generation: u32,
+    max_sources: u32,
+) -> Result<(policy::Policy, InstallDone, Duration, u32), String> {
+    let started = Instant::now();
+    let policy = policy::load(path).map_err(|e| e.to_string())?;
+    for w in policy::warnings(&policy) {
+        warn!("{}: {w}", path.display());
+    }
+    if generation > 0 && policy.max_sources != max_sources {
+        return Err(format!(
+            "max_sources changed ({max_sources} -> {}): it sizes the per-source table in the kernel; restart shield to apply it",
+            policy.max_sources
+        ));
+    }
+    let compiled = policy::compile_with_ids(&policy, ids);
+    let generation = generation.wrapping_add(1).max(1);
+    let done = install_all(maps, &compiled, generation)?;
+    Ok((policy, done, started.elapsed(), generation))
+}
+
+/// Watches the policy file's directory; sends `FileChanged` when the file is written,
+/// created or renamed into place. `None` (with a warning) if inotify is unavailable.
+fn watch_file(path: &std::path::Path, tx: mpsc::Sender<Msg>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let file = path.file_name()?.to_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && !ev.kind.is_access()
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file.as_os_str()))
+        {
+            // Full queue: a change is already pending, which is all this says.
+            let _ = tx.try_send(Msg::FileChanged);
+        }
+    })
+    .map_err(|e| warn!("cannot watch the policy file: {e} (SIGHUP and `shield reload` still work)"))
+    .ok()?;
+    if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        warn!(
+            "cannot watch {}: {e} (SIGHUP and `shield reload` still work)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(w)
+}
+
+fn event_json(
+    inst: &Instance,
+    ev: &Event,
+    mono_now: u64,
+    wall_now: SystemTime,
+) -> serde_json::Value {
+    let k = &ev.key;
+    let ip: std::net::IpAddr = if k.family == FAMILY_V4 {
+        std::net::Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(k.addr).into()
+    };
+    let reason = Reason::from_code(ev.reason).map_or("unknown", Reason::name);
+    let mut v = json!({
+        "ts": rfc3339(wall_of(ev.ts_ns, mono_now, wall_now)),
+        "iface": inst.iface,
+        "source": format!("{ip}/{}", k.prefix_len),
+        "rule": inst.rule_name(k.rule),
+        "reason": reason,
+        "limited": ev.limited,
+    });
+    let Some(o) = v.as_object_mut() else {
+        return v;
+    };
+    match ev.kind {
+        EV_LIMITED => {
+            o.insert("event".into(), "limited".into());
+        }
+        EV_BAN | EV_WOULD_BAN => {
+            let kind = if ev.kind == EV_BAN {
+                "ban"
+            } else {
+                "would_ban"
+            };
+            o.insert("event".into(), kind.into());
+            o.insert("origin".into(), "automatic".into());
+            o.insert(
+                "scope".into(),
+                if ev.host_scope != 0 { "host" } else { "rule" }.into(),
+            );
+            o.insert("strikes".into(), ev.strikes.into());
+            o.insert("level".into(), ev.level.into());
+            o.insert(
+                "ban_secs".into(),
+                Duration::from_nanos(ev.duration_ns).as_secs_f64().into(),
+            );
+            o.insert(
+                "expires".into(),
+                rfc3339(wall_of(
+                    ev.ts_ns.saturating_add(ev.duration_ns),
+                    mono_now,
+                    wall_now,
+                ))
+                .into(),
+            );
+        }
+        other => {
+            o.insert("event".into(), format!("unknown_{other}").into());
+        }
+    }
+    v
+}
+
+fn ban_json(event: &str, iface: &str, b: &BanEntry, comment: Option<&String>) -> serde_json::Value {
+    let mut v = json!({
+        "event": event,
+        "origin": b.origin,
+        "iface": iface,
+        "source": b.source,
+        "scope": b.scope,
+        "rule": b.rule,
+        "ban_secs": b.duration_secs,
+    });
+    if let Some(c) = comment {
+        v["comment"] = c.clone().into();
+    }
+    v
+}
+
+/// Removes expired bans (logging `ban_end`) and keeps the data path's ban lookups on only
+/// while they can matter.
+fn sweep(inst: &mut Instance, audit: &mut AuditLog, escalates: bool) {
+    let Some(m) = inst.maps.as_mut() else { return };
+    let expired = match m.bans.sweep() {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(iface = %inst.iface, "ban expiry: {e}");
+            return;
+        }
+    };
+    for b in &expired {
+        let mut line = ban_json("ban_end", &inst.iface, b, b.comment.as_ref());
+        line["level"] = b.level.into();
+        audit.write(line);
+    }
+    let any = !m.bans.list().is_empty();
+    if let Err(e) = m.bans.set_bans_flag(escalates || any) {
+        warn!(iface = %inst.iface, "{e}");
+    }
+}
+
+/// Logs the start and end of attacks on rules' `unverified` budgets and records them in the
+/// maps for `shield stats`.
+fn watch_attacks(inst: &Instance, audit: &mut AuditLog, tracker: &mut crate::attack::Tracker) {
+    let Some(m) = &inst.maps else { return };
+    let totals = match crate::stats::unverified_drops(&inst.dir, &m.tables) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(iface = %inst.iface, "attack tracking: {e}");
+            return;
+        }
+    };
+    let now = crate::bans::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
+    let prefix = format!("{}|", inst.iface);
+    tracker.retain(|k| {
+        !k.starts_with(&prefix) || totals.iter().any(|(_, n, _)| k == format!("{prefix}{n}"))
+    });
+    for (id, name, total) in totals {
+        let key = format!("{prefix}{name}");
+        let first = !tracker.knows(&key);
+        let change = tracker.observe(&key, total, now);
+        let line = match change {
+            // A new daemon starts calm: clear what a previous one may have left.
+            None if first => {
+                if let Err(e) = crate::stats::set_attack(&inst.dir, id, 0) {
+                    warn!(iface = %inst.iface, "{e}");
+                }
+                continue;
+            }
+            None => continue,
+            Some(crate::attack::Change::Start) => json!({
+                "event": "attack_start",
+                "iface": inst.iface,
+                "rule": name,
+            }),
+            Some(crate::attack::Change::End { secs, dropped }) => json!({
+                "event": "attack_end",
+                "iface": inst.iface,
+                "rule": name,
+                "duration_secs": (secs * 10.0).round() / 10.0,
+                "dropped": dropped,
+            }),
+        };
+        if let Err(e) = crate::stats::set_attack(&inst.dir, id, tracker.since(&key).unwrap_or(0)) {
+            warn!(iface = %inst.iface, "{e}");
+        }
+        audit.write(line);
+    }
+}
