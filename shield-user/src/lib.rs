@@ -1,12 +1,11 @@
 //! shield's user side: policy compiler, loader, daemon, stats and the namespace lab.
-//! Directions: cli (main.rs) → daemon/lab → loader → policy → shield-common.
+//! Directions: cli (main.rs) → daemon → loader → policy → shield-common.
 
 pub mod attack;
 pub mod audit;
 pub mod bans;
 pub mod control;
 pub mod daemon;
-pub mod lab;
 pub mod loader;
 pub mod metrics;
 pub mod netlab;

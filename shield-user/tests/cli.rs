@@ -63,9 +63,15 @@ fn check_on_a_missing_file_says_so() {
 fn help_explains_every_command() {
     let (code, out, _) = shield(&["--help"]);
     assert_eq!(code, 0);
-    for cmd in ["run", "check", "stats", "ban", "unban", "bans", "lab"] {
+    for cmd in ["run", "check", "stats", "ban", "unban", "bans"] {
         assert!(out.contains(cmd), "--help lacks {cmd}: {out}");
     }
+    assert!(
+        !out.lines().any(|l| l.trim_start().starts_with("lab ")),
+        "the demo lab is not part of the shipped shield (it is shield-demo in tests/): {out}"
+    );
+    let (code, _, err) = shield(&["lab"]);
+    assert_eq!(code, 2, "`shield lab` is no command: {err}");
     for topic in [
         "Escalation",
         "Audit log",
@@ -329,7 +335,7 @@ fn help_describes_every_command_argument_event_and_control_command() {
 
     // Every argument of every command has a description.
     let commands = [
-        "run", "reload", "detach", "ban", "unban", "bans", "check", "stats", "lab", "help",
+        "run", "reload", "detach", "ban", "unban", "bans", "check", "stats", "help",
     ];
     for cmd in commands {
         let (code, out, err) = shield(&[cmd, "--help"]);

@@ -281,16 +281,18 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
     require_root();
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
     let started = std::time::Instant::now();
-    let out = Command::new(shield_bin())
-        .args(["lab", "--policy"])
+    let out = Command::new(env!("CARGO_BIN_EXE_shield-demo"))
+        .arg("--shield")
+        .arg(shield_bin())
+        .arg("--policy")
         .arg(&policy)
         .output()
-        .expect("running shield lab");
+        .expect("running shield-demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "shield lab failed:\n{stdout}\n{stderr}"
+        "shield-demo failed:\n{stdout}\n{stderr}"
     );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(60),
