@@ -1,4 +1,4 @@
-//! shield's user side: policy compiler, loader, daemon, stats and the namespace lab.
+//! shield's user side: policy compiler, loader, daemon, and stats.
 //! Directions: cli (main.rs) → daemon → loader → policy → shield-common.
 
 pub mod attack;
@@ -8,7 +8,6 @@ pub mod control;
 pub mod daemon;
 pub mod loader;
 pub mod metrics;
-pub mod netlab;
 pub mod policy;
 pub mod stats;
 

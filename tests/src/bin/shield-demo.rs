@@ -16,13 +16,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use shield_user::{
-    netlab::{
-        self, ATTACKER_V4, Connects, DENIED_V4, Daemon, Gunicorn, LEGIT_V4, LEGIT_V6, PARTNER_V4,
-        SERVER_IF, SERVER_V4, SERVER_V6, TempBpffs, Topology, connect_many, http_many, rotating_v6,
-    },
-    policy, stats,
+use shield_tests::netlab::{
+    self, ATTACKER_V4, Connects, DENIED_V4, Daemon, Gunicorn, LEGIT_V4, LEGIT_V6, PARTNER_V4,
+    SERVER_IF, SERVER_V4, SERVER_V6, TempBpffs, Topology, connect_many, http_many, rotating_v6,
 };
+use shield_user::{policy, stats};
 
 /// The demo lab: a real Flask API under gunicorn in a network namespace, shield in front of
 /// it, legit clients and attackers, played in under a minute with a live view (needs root).
