@@ -1,16 +1,14 @@
-//! shield's user side: policy compiler, loader, daemon, stats and the namespace lab.
-//! Directions: cli (main.rs) → daemon/lab → loader → policy → shield-common.
+//! shield's user side: policy compiler, loader, daemon, and stats.
+//! Directions: cli (main.rs) → daemon → loader → policy → shield-common.
 
 pub mod attack;
 pub mod audit;
 pub mod bans;
 pub mod control;
 pub mod daemon;
-pub mod lab;
 pub mod loader;
 pub mod logging;
 pub mod metrics;
-pub mod netlab;
 pub mod policy;
 pub mod stats;
 

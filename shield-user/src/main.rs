@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use shield_user::{
     bans::{BanEntry, BanMaps, Origin},
     control::{self, Request},
-    daemon, lab,
+    daemon,
     loader::{self, AttachMode},
     policy, stats,
 };
@@ -196,24 +196,6 @@ enum Command {
         /// The command to explain (none: every command).
         #[arg(value_name = "COMMAND")]
         command: Option<String>,
-    },
-    /// The demo lab: a real Flask API under gunicorn in a network namespace, shield in front
-    /// of it, legit clients and attackers, played in under a minute with a live view.
-    ///
-    /// Phases: a burst that is allowed; a connection flood from one source (limited, then
-    /// banned); an IPv6 attacker rotating addresses in one /64 (caught by the /64 scope); a
-    /// deny-listed network; a partner on the allow list (never limited). Ends with a summary.
-    /// Never touches the machine's own interfaces; everything is removed on exit (also on
-    /// Ctrl-C). This is `cargo xtask demo`, and `cargo xtask run` without arguments.
-    Lab {
-        /// Policy to protect the API with (its rules should cover TCP port 8000).
-        #[arg(
-            long,
-            short = 'p',
-            value_name = "FILE",
-            default_value = "policy/demo.toml"
-        )]
-        policy: PathBuf,
     },
 }
 
@@ -485,10 +467,6 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     None => anyhow::bail!("no command `{name}`; `shield help` lists them"),
                 },
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Lab { policy } => {
-            lab::run(&policy)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -68,9 +68,15 @@ fn check_on_a_missing_file_says_so() {
 fn help_explains_every_command() {
     let (code, out, _) = shield(&["--help"]);
     assert_eq!(code, 0);
-    for cmd in ["run", "check", "stats", "ban", "unban", "bans", "lab"] {
+    for cmd in ["run", "check", "stats", "ban", "unban", "bans"] {
         assert!(out.contains(cmd), "--help lacks {cmd}: {out}");
     }
+    assert!(
+        !out.lines().any(|l| l.trim_start().starts_with("lab ")),
+        "the demo lab is not part of the shipped shield (it is shield-demo in tests/): {out}"
+    );
+    let (code, _, err) = shield(&["lab"]);
+    assert_eq!(code, 2, "`shield lab` is no command: {err}");
     for topic in [
         "Escalation",
         "Audit log",
@@ -320,6 +326,27 @@ fn check_warns_about_likely_mistakes_and_still_succeeds() {
     );
 }
 
+/// A private bpffs mount (as `shield run --bpffs` would make), unmounted and removed on drop.
+struct TempBpffs(std::path::PathBuf);
+
+impl TempBpffs {
+    fn new(tmp: &TempDir) -> TempBpffs {
+        let path = tmp.0.join("bpffs");
+        shield_user::loader::ensure_bpffs(&path).expect("mounting a private bpffs");
+        TempBpffs(path)
+    }
+}
+
+impl Drop for TempBpffs {
+    fn drop(&mut self) {
+        if let Ok(c) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
@@ -385,10 +412,10 @@ fn detach_never_removes_anything_outside_shields_pins() {
     );
 
     // On a real bpffs: a link to elsewhere and foreign entries are left alone.
-    let bpffs = shield_user::netlab::TempBpffs::new().expect("private bpffs");
-    let shield_dir = bpffs.path.join("shield");
+    let bpffs = TempBpffs::new(&tmp);
+    let shield_dir = bpffs.0.join("shield");
     std::fs::create_dir_all(shield_dir.join("eth1").join("not-shields")).expect("mkdir on bpffs");
-    let bpffs_s = bpffs.path.to_str().expect("utf-8");
+    let bpffs_s = bpffs.0.to_str().expect("utf-8");
     let (code, out, err) = shield(&["detach", "eth1", "--bpffs", bpffs_s]);
     assert_eq!(code, 1, "nothing of shield's there: {out}{err}");
     assert!(err.contains("no shield pinned for eth1"), "{err}");
@@ -510,7 +537,7 @@ fn help_describes_every_command_argument_event_and_control_command() {
 
     // Every argument of every command has a description.
     let commands = [
-        "run", "reload", "detach", "ban", "unban", "bans", "check", "stats", "lab", "help",
+        "run", "reload", "detach", "ban", "unban", "bans", "check", "stats", "help",
     ];
     for cmd in commands {
         let (code, out, err) = shield(&[cmd, "--help"]);

@@ -22,11 +22,12 @@ use std::{
 use serde_json::Value;
 use shield_user::{
     loader::{self, PolicyMaps},
-    netlab::{
-        Connects, Daemon, POOL_V4, POOL_V6, SERVER_IF, SERVER_V4, SERVER_V6, TcpServer, TempBpffs,
-        Topology, connect_many, unique,
-    },
     policy::{self, BanScope, Limit, Mode, Policy, Protocol, Rule},
+};
+
+use crate::netlab::{
+    Connects, Daemon, POOL_V4, POOL_V6, SERVER_IF, SERVER_V4, SERVER_V6, TcpServer, TempBpffs,
+    Topology, connect_many, unique,
 };
 
 /// One check's outcome.

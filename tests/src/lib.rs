@@ -1,8 +1,9 @@
-//! Helpers for the privileged integration tests: crafted frames, a `BPF_PROG_TEST_RUN`
-//! harness around the real XDP object, the path of the `shield` binary, and the
-//! policy-matrix acceptance suite.
+//! Helpers for the privileged integration tests, the demo and the benchmarks: crafted
+//! frames, a `BPF_PROG_TEST_RUN` harness around the real XDP object, the path of the `shield`
+//! binary, the namespace lab (`netlab`) and the policy-matrix acceptance suite.
 
 pub mod acceptance;
+pub mod netlab;
 pub mod nslab;
 pub mod synflood;
 
@@ -17,11 +18,11 @@ use aya::{
 };
 use shield_common::{PROGRAM_NAME, Reason};
 use shield_user::{
-    loader,
-    netlab::{self, TempBpffs},
-    policy,
+    loader, policy,
     stats::{self, Count},
 };
+
+use crate::netlab::TempBpffs;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

@@ -9,10 +9,10 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
-use shield_user::netlab::{
+use crate::netlab::{
     Connects, Daemon, SERVER_V4, SERVER_V6, TcpServer, TempBpffs, Topology, connect_many, unique,
 };
+use serde_json::Value;
 
 use crate::{require_root, shield_bin};
 

@@ -13,7 +13,9 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
-use shield_user::{loader, netlab};
+use shield_user::loader;
+
+use crate::netlab;
 
 /// Source shapes (`SHIELD_GEN[0]`).
 pub const MODE_FIXED: u32 = 0;

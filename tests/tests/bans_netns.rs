@@ -9,8 +9,8 @@ use std::{
 };
 
 use serde_json::Value;
+use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, LEGIT_V6};
 use shield_tests::{nslab::NsLab, shield_bin};
-use shield_user::netlab::{ATTACKER_V4, LEGIT_V4, LEGIT_V6};
 
 const API: u16 = 8080;
 const OTHER: u16 = 8081;

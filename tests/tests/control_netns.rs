@@ -9,8 +9,8 @@ use std::{
 };
 
 use serde_json::Value;
+use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF, unique};
 use shield_tests::{nslab::NsLab, shield_bin};
-use shield_user::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF, unique};
 
 const API: u16 = 8080;
 

@@ -59,9 +59,9 @@ fn strikes_count_once_per_second_and_ban_after_three() {
     assert_eq!(
         (
             bans[0].source.as_str(),
-            bans[0].scope,
+            bans[0].scope.to_string().as_str(),
             bans[0].rule.as_str(),
-            bans[0].origin
+            bans[0].origin.to_string().as_str()
         ),
         ("192.0.2.1/32", "rule", "api", "automatic")
     );
@@ -153,7 +153,7 @@ fn host_scope_ban_covers_every_port_and_the_whole_slash64() {
     let bans = h.bans();
     assert_eq!(bans.len(), 1, "{bans:?}");
     assert_eq!(
-        (bans[0].source.as_str(), bans[0].scope),
+        (bans[0].source.as_str(), bans[0].scope.to_string().as_str()),
         ("2001:db8:1:2::/64", "host")
     );
     // Any port, any protocol, any address of the /64.

@@ -11,13 +11,13 @@ use std::{
 };
 
 use serde_json::Value;
+use shield_tests::netlab::{
+    ATTACKER_V4, Connects, LEGIT_V4, LEGIT_V6, ROTATING_V6_COUNT, SERVER_IF, SERVER_V4, SERVER_V6,
+    TempBpffs, connect_many, rotating_v6,
+};
 use shield_tests::{
     nslab::{NsLab, counter},
     require_root, shield_bin,
-};
-use shield_user::netlab::{
-    ATTACKER_V4, Connects, LEGIT_V4, LEGIT_V6, ROTATING_V6_COUNT, SERVER_IF, SERVER_V4, SERVER_V6,
-    TempBpffs, connect_many, rotating_v6,
 };
 
 const PORT: u16 = 8080;
@@ -235,7 +235,7 @@ fn run_reports_clear_errors() {
         "{err}"
     );
 
-    let bad = std::env::temp_dir().join(shield_user::netlab::unique("bad-policy-"));
+    let bad = std::env::temp_dir().join(shield_tests::netlab::unique("bad-policy-"));
     std::fs::write(&bad, "[[rule]]\nname='x'\nprotocol='tcpp'\n").expect("write");
     let (code, err) = run(&["--iface", "lo", "--policy", bad.to_str().expect("utf-8")]);
     let _ = std::fs::remove_file(&bad);
@@ -289,16 +289,18 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
     require_root();
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
     let started = std::time::Instant::now();
-    let out = Command::new(shield_bin())
-        .args(["lab", "--policy"])
+    let out = Command::new(env!("CARGO_BIN_EXE_shield-demo"))
+        .arg("--shield")
+        .arg(shield_bin())
+        .arg("--policy")
         .arg(&policy)
         .output()
-        .expect("running shield lab");
+        .expect("running shield-demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "shield lab failed:\n{stdout}\n{stderr}"
+        "shield-demo failed:\n{stdout}\n{stderr}"
     );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(60),

@@ -11,11 +11,11 @@ use std::{
 };
 
 use serde_json::Value;
+use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF};
 use shield_tests::{
     nslab::{NsLab, counter},
     require_root,
 };
-use shield_user::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF};
 
 const API: u16 = 8080;
 const OTHER: u16 = 8081;

@@ -137,7 +137,7 @@ fn rule_ids_follow_names_not_file_order() {
 #[test]
 fn pins_with_another_layout_are_refused_clearly() {
     shield_tests::require_root();
-    let bpffs = shield_user::netlab::TempBpffs::new().expect("private bpffs");
+    let bpffs = shield_tests::netlab::TempBpffs::new().expect("private bpffs");
     let dir = shield_user::loader::pin_dir(&bpffs.path, "old-layout");
     std::fs::create_dir_all(&dir).expect("pin dir");
     // BPF_MAP_CREATE (array, key 4, value 144, 512 entries), then BPF_OBJ_PIN.

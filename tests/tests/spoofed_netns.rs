@@ -10,11 +10,11 @@ use std::{
 };
 
 use serde_json::Value;
+use shield_tests::netlab::{self, Gunicorn, LEGIT_V4, SERVER_V4, http_get};
 use shield_tests::{
     nslab::NsLab,
     synflood::{Generator, MODE_RANDOM, cpus, mac_of, pin_to, run_idle, syn_frame},
 };
-use shield_user::netlab::{self, Gunicorn, LEGIT_V4, SERVER_V4, http_get};
 
 const POLICY: &str = r#"
 [defaults]

@@ -26,15 +26,16 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// The main job. With no arguments: the demo lab (`cargo xtask demo`: the daemon
-    /// protecting a Flask API in throwaway network namespaces, never a real interface).
-    /// With `-- ARGS`: `shield run ARGS`.
+    /// The main job. With no arguments: the demo (`cargo xtask demo`: the daemon protecting
+    /// a Flask API in throwaway network namespaces, never a real interface). With `-- ARGS`:
+    /// `shield run ARGS`.
     Run {
         /// Arguments for `shield run` (e.g. `-- --iface eth0 --policy /etc/shield.toml`).
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The demo lab with policy/demo.toml: under a minute, cleans up after itself.
+    /// The demo with policy/demo.toml (`shield-demo` from the tests crate running the built
+    /// `shield`): under a minute, cleans up after itself.
     Demo,
     /// Bootstrap, build, and run every test: unit, BPF_PROG_TEST_RUN verdicts, network
     /// namespace scenarios (needs root).
@@ -236,6 +237,25 @@ fn build(release: bool) -> Result<PathBuf> {
         .join("shield"))
 }
 
+/// The demo: `shield-demo` from the tests crate (not shipped), with `shield` as its daemon.
+fn demo(shield: &Path) -> Result<()> {
+    step("running the demo (Ctrl-C stops it and cleans up)");
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "shield-tests",
+            "--bin",
+            "shield-demo",
+            "--",
+            "--policy",
+            "policy/demo.toml",
+            "--shield",
+        ])
+        .arg(shield))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -254,17 +274,14 @@ fn main() -> Result<()> {
                     "shield needs root to load XDP programs and build namespaces; run as root (sudo -E cargo xtask run)"
                 );
             }
-            let mut c = Command::new(&bin);
-            c.current_dir(root());
             if args.is_empty() {
-                step(
-                    "no interface given: running the daemon on the demo lab (throwaway namespaces; Ctrl-C stops and cleans up)",
-                );
-                c.args(["lab", "--policy", "policy/demo.toml"]);
-            } else {
-                c.arg("run").args(&args);
+                step("no interface given: running the demo instead (throwaway namespaces)");
+                return demo(&bin);
             }
-            run(&mut c)
+            run(Command::new(&bin)
+                .current_dir(root())
+                .arg("run")
+                .args(&args))
         }
         Task::Demo => {
             bootstrap()?;
@@ -274,11 +291,7 @@ fn main() -> Result<()> {
                     "the demo needs root to build namespaces and load XDP; run as root (sudo -E cargo xtask demo)"
                 );
             }
-            run(Command::new(&bin).current_dir(root()).args([
-                "lab",
-                "--policy",
-                "policy/demo.toml",
-            ]))
+            demo(&bin)
         }
         Task::Test { args } => {
             bootstrap()?;

@@ -20,17 +20,14 @@ use std::{
 
 use shield_common::{BASELINE_PROGRAM_NAME, DROP_PROGRAM_NAME, MAP_SOURCES, PROGRAM_NAME};
 use shield_tests::{
-    Harness, L4, Pkt, XDP_DROP, XDP_PASS, require_root, shield_bin,
-    synflood::{Generator, cpus, mac_of, pin_to, run_idle, syn_frame, syn_frame6},
-};
-use shield_user::{
-    bans::BanMaps,
-    loader,
+    Harness, L4, Pkt, XDP_DROP, XDP_PASS,
     netlab::{
         ATTACKER_V4, Daemon, Netns, SERVER_V4, TcpServer, TempBpffs, Topology, connect_many, unique,
     },
-    policy,
+    require_root, shield_bin,
+    synflood::{Generator, cpus, mac_of, pin_to, run_idle, syn_frame, syn_frame6},
 };
+use shield_user::{bans::BanMaps, loader, policy};
 
 struct Opts {
     quick: bool,
@@ -702,7 +699,13 @@ fn flood_with(
     // veth takes XDP_TX'd frames only with its NAPI on: a native XDP program turns it on,
     // and so does GRO (every case but native XDP).
     if !native(filter) {
-        sh(&["ethtool", "-K", shield_user::netlab::SERVER_IF, "gro", "on"])?;
+        sh(&[
+            "ethtool",
+            "-K",
+            shield_tests::netlab::SERVER_IF,
+            "gro",
+            "on",
+        ])?;
     }
     if is_shield(filter) || filter == Filter::TrivialDrop {
         let prog: &mut Xdp = rx
@@ -713,7 +716,7 @@ fn flood_with(
         let _ = prog.load();
         topo.server
             .run_in(|| {
-                prog.attach(shield_user::netlab::SERVER_IF, mode_x)
+                prog.attach(shield_tests::netlab::SERVER_IF, mode_x)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             })
@@ -755,7 +758,7 @@ fn flood_with(
     let _server_listener = TcpServer::start(&topo.server, 8080).map_err(|e| format!("{e:#}"))?;
     let _api = match with_api {
         true => Some(
-            shield_user::netlab::Gunicorn::start(&topo.server, 8000)
+            shield_tests::netlab::Gunicorn::start(&topo.server, 8000)
                 .map_err(|e| format!("{e:#}"))?,
         ),
         false => None,
@@ -764,12 +767,12 @@ fn flood_with(
     let generator = Generator::new(mode, sources)?;
     // Section 3 floods the API's port; section 2 a plain listener.
     let dport = if with_api { 8000 } else { 8080 };
-    let mac = mac_of(&topo.server.name, shield_user::netlab::SERVER_IF)?;
+    let mac = mac_of(&topo.server.name, shield_tests::netlab::SERVER_IF)?;
     let frame = if mode == 3 {
         syn_frame6(
             mac,
-            shield_user::netlab::rotating_v6(0).octets(),
-            shield_user::netlab::SERVER_V6.octets(),
+            shield_tests::netlab::rotating_v6(0).octets(),
+            shield_tests::netlab::SERVER_V6.octets(),
             dport,
         )
     } else {
@@ -796,8 +799,8 @@ fn flood_with(
         topo.client
             .run_in(|| {
                 for _ in 0..5 {
-                    shield_user::netlab::http_get(
-                        IpAddr::V4(shield_user::netlab::LEGIT_V4),
+                    shield_tests::netlab::http_get(
+                        IpAddr::V4(shield_tests::netlab::LEGIT_V4),
                         dst,
                         "/api/items",
                         Duration::from_secs(2),
@@ -958,7 +961,7 @@ const KNOWN_CLIENTS: u32 = 10;
 
 fn known_client(i: u32) -> IpAddr {
     IpAddr::V4(std::net::Ipv4Addr::from(
-        u32::from(shield_user::netlab::POOL_V4.0) + 1 + i % KNOWN_CLIENTS,
+        u32::from(shield_tests::netlab::POOL_V4.0) + 1 + i % KNOWN_CLIENTS,
     ))
 }
 
@@ -983,7 +986,7 @@ fn paced_gets(count: u32) -> String {
             std::thread::sleep(w);
         }
         let t = Instant::now();
-        let code = shield_user::netlab::http_get(
+        let code = shield_tests::netlab::http_get(
             known_client(i),
             dst,
             "/api/items",
@@ -1016,7 +1019,7 @@ fn wrk_alone(secs: u32) -> Result<Wrk, String> {
     let cpus = cpus();
     let topo = Topology::with_queues(cpus as u32).map_err(|e| format!("{e:#}"))?;
     let _api =
-        shield_user::netlab::Gunicorn::start(&topo.server, 8000).map_err(|e| format!("{e:#}"))?;
+        shield_tests::netlab::Gunicorn::start(&topo.server, 8000).map_err(|e| format!("{e:#}"))?;
     // The same receive path as the flood cases (veth NAPI on through GRO).
     let _ = Command::new("ip")
         .args([
@@ -1025,7 +1028,7 @@ fn wrk_alone(secs: u32) -> Result<Wrk, String> {
             &topo.server.name,
             "ethtool",
             "-K",
-            shield_user::netlab::SERVER_IF,
+            shield_tests::netlab::SERVER_IF,
             "gro",
             "on",
         ])
@@ -1174,7 +1177,7 @@ fn paced_alone(count: u32) -> Result<Wrk, String> {
     let cpus = cpus();
     let topo = Topology::with_queues(cpus as u32).map_err(|e| format!("{e:#}"))?;
     let _api =
-        shield_user::netlab::Gunicorn::start(&topo.server, 8000).map_err(|e| format!("{e:#}"))?;
+        shield_tests::netlab::Gunicorn::start(&topo.server, 8000).map_err(|e| format!("{e:#}"))?;
     add_known_clients(&topo)?;
     let out = topo
         .client

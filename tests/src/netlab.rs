@@ -1,7 +1,8 @@
-//! Throwaway network labs for `shield lab` and the integration tests: network namespaces
-//! joined by a veth pair, a private bpffs, the real daemon, a TCP server and real TCP
-//! clients. Every resource is a guard that removes itself on drop, so failed runs and
-//! parallel tests leave nothing behind. Nothing here touches the host's own interfaces.
+//! Throwaway network labs for the demo (`shield-demo`), the integration tests and the
+//! benchmarks: network namespaces joined by a veth pair, a private bpffs, the real daemon, a
+//! TCP server, a Flask API under gunicorn and real TCP and HTTP clients. Every resource is a
+//! guard that removes itself on drop, so failed runs and parallel tests leave nothing
+//! behind. Nothing here touches the host's own interfaces.
 
 use std::{
     ffi::CString,
@@ -174,7 +175,7 @@ impl TempBpffs {
         let path = std::env::temp_dir().join(unique("shield-bpffs-"));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let guard = TempBpffs { path };
-        crate::loader::ensure_bpffs(&guard.path)?;
+        shield_user::loader::ensure_bpffs(&guard.path)?;
         Ok(guard)
     }
 }
@@ -538,10 +539,17 @@ impl Daemon {
             if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("shield run exited early ({status}):\n{}", d.log_text());
             }
-            let ready = crate::stats::read_iface(bpffs, SERVER_IF)
-                .map(|s| s.policy_generation > 0)
+            // Ready: the program is attached with a policy and the control socket answers.
+            let attached = shield_user::stats::read_iface(bpffs, SERVER_IF)
+                .map(|s| s.policy_generation > 0 && s.attached)
                 .unwrap_or(false);
-            if ready && d.log_text().contains("running") {
+            if attached
+                && shield_user::control::call::<shield_user::control::Pong>(
+                    &d.socket,
+                    &shield_user::control::Request::Ping {},
+                )
+                .is_ok_and(|p| p.pong)
+            {
                 return Ok(d);
             }
             if Instant::now() > deadline {

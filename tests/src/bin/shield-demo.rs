@@ -1,10 +1,12 @@
-//! `shield lab` (`cargo xtask demo`, and `cargo xtask run` without arguments): a real Flask
-//! API under gunicorn in a network namespace, shield in front of it, two legit clients and
-//! a set of attackers, played in under a minute with a live view, then a summary.
+//! `shield-demo` (`cargo xtask demo`, and `cargo xtask run` without arguments): a real Flask
+//! API under gunicorn in a network namespace, the shipped `shield run` in front of it, two
+//! legit clients and a set of attackers, played in under a minute with a live view, then a
+//! summary. Lives here, not in the `shield` binary: what ships is the product.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
+    process::ExitCode,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -12,18 +14,69 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
-
-use crate::{
-    netlab::{
-        self, ATTACKER_V4, Connects, DENIED_V4, Daemon, Gunicorn, LEGIT_V4, LEGIT_V6, PARTNER_V4,
-        SERVER_IF, SERVER_V4, SERVER_V6, TempBpffs, Topology, connect_many, http_many, rotating_v6,
-    },
-    policy, stats,
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use shield_tests::netlab::{
+    self, ATTACKER_V4, Connects, DENIED_V4, Daemon, Gunicorn, LEGIT_V4, LEGIT_V6, PARTNER_V4,
+    SERVER_IF, SERVER_V4, SERVER_V6, TempBpffs, Topology, connect_many, http_many, rotating_v6,
 };
+use shield_user::{policy, stats};
+
+/// The demo lab: a real Flask API under gunicorn in a network namespace, shield in front of
+/// it, legit clients and attackers, played in under a minute with a live view (needs root).
+///
+/// Phases: a burst that is allowed; a connection flood from one source (limited, then
+/// banned); an IPv6 attacker rotating addresses in one /64 (caught by the /64 scope); a
+/// deny-listed network; a partner on the allow list (never limited). Ends with a summary.
+/// Never touches the machine's own interfaces; everything is removed on exit (also on
+/// Ctrl-C). This is `cargo xtask demo`, and `cargo xtask run` without arguments.
+#[derive(Parser)]
+#[command(name = "shield-demo")]
+struct Args {
+    /// Policy to protect the API with (its rules should cover TCP port 8000).
+    #[arg(
+        long,
+        short = 'p',
+        value_name = "FILE",
+        default_value = "policy/demo.toml"
+    )]
+    policy: PathBuf,
+    /// The `shield` binary to run as the daemon (`shield run`). Default: $SHIELD_BIN, else
+    /// `shield` beside this program (target/debug/shield).
+    #[arg(long, value_name = "PATH")]
+    shield: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match shield_bin(args.shield).and_then(|bin| run(&bin, &args.policy)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shield-demo: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--shield`, else `$SHIELD_BIN`, else the `shield` that cargo built beside this binary.
+fn shield_bin(given: Option<PathBuf>) -> Result<PathBuf> {
+    let path = match given.or_else(|| std::env::var_os("SHIELD_BIN").map(PathBuf::from)) {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locating shield-demo")?
+            .with_file_name("shield"),
+    };
+    if !path.is_file() {
+        bail!(
+            "the shield binary is missing at {}: build it with `cargo build -p shield-user` (cargo xtask demo does), or pass --shield PATH or set SHIELD_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
 
 /// Port the demo API listens on (policy/demo.toml protects it).
-pub const API_PORT: u16 = 8000;
+const API_PORT: u16 = 8000;
 
 #[derive(Default, Clone, Copy)]
 struct Tally {
@@ -71,10 +124,9 @@ fn live_line(
     )
 }
 
-pub fn run(policy_path: &Path) -> Result<()> {
+fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     netlab::require_privileges()?;
     let p = policy::load(policy_path)?;
-    let exe = std::env::current_exe().context("locating the shield binary")?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -90,7 +142,7 @@ pub fn run(policy_path: &Path) -> Result<()> {
         std::env::temp_dir().join(format!("{}.jsonl", netlab::unique("shield-demo-audit-")));
     let audit_arg = audit.to_string_lossy().into_owned();
     let daemon = Daemon::start(
-        &exe,
+        shield,
         &topo.server,
         policy_path,
         &bpffs.path,
