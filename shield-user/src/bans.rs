@@ -147,18 +147,24 @@ pub enum Origin {
     Automatic,
 }
 
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Origin {
+    pub const fn as_str(self) -> &'static str {
+        match self {
             Origin::Manual => "manual",
             Origin::Automatic => "automatic",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 impl PartialEq<&str> for Origin {
     fn eq(&self, other: &&str) -> bool {
-        self.to_string() == *other
+        self.as_str() == *other
     }
 }
 

@@ -38,6 +38,10 @@ fn systemd_unit_verifies_and_matches_the_cli() {
         }
     }
     assert!(
+        unit.contains("\nType=notify\n"),
+        "the unit waits for shield's readiness (sd_notify)"
+    );
+    assert!(
         exec.contains(" run "),
         "ExecStart runs `shield run`: {exec}"
     );

@@ -368,14 +368,52 @@ fn a_million_prefixes_load_and_swap_without_dropping_legit_traffic() {
         big_policy(12, N, &[&format!("{ATTACKER_V4}/32")]),
     )
     .expect("policy");
-    let (legit, reload) = std::thread::scope(|s| {
+    // Meanwhile the daemon keeps answering: pings and /metrics while the reload job runs.
+    let reloading = std::sync::atomic::AtomicBool::new(true);
+    let (legit, reload, answered) = std::thread::scope(|s| {
         let legit =
             s.spawn(|| lab.connect(IpAddr::V4(LEGIT_V4), API, 200, Duration::from_millis(50)));
+        let pinger = s.spawn(|| {
+            let mut answered = Vec::new();
+            std::thread::sleep(Duration::from_millis(300));
+            while reloading.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = std::time::Instant::now();
+                let pong = shield_user::control::call::<shield_user::control::Pong>(
+                    &lab.socket(),
+                    &shield_user::control::Request::Ping {},
+                );
+                let metrics = scrape(&lab)
+                    .keys()
+                    .any(|k| k.starts_with("shield_reloads_total"));
+                if pong.is_ok() && metrics && reloading.load(std::sync::atomic::Ordering::SeqCst) {
+                    answered.push(t.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answered
+        });
         let r = lab.shield(&["reload"]);
-        (legit.join().expect("legit"), r)
+        reloading.store(false, std::sync::atomic::Ordering::SeqCst);
+        (
+            legit.join().expect("legit"),
+            r,
+            pinger.join().expect("pinger"),
+        )
     });
     let (ok, out, err) = reload;
     assert!(ok, "{err}");
+    assert!(
+        !answered.is_empty(),
+        "ping and /metrics must be answered while a 1,000,000-prefix reload runs"
+    );
+    eprintln!(
+        "during the swap: {} ping + /metrics rounds answered, slowest {:.1} ms",
+        answered.len(),
+        answered
+            .iter()
+            .max()
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    );
     assert_eq!(
         legit.failed, 0,
         "legit connections failed during the swap: {legit:?}"

@@ -176,3 +176,29 @@ fn pins_with_another_layout_are_refused_clearly() {
         assert!(err.contains(needle), "error {err:?} lacks {needle:?}");
     }
 }
+
+/// Every map the loader and the views open by name exists in the embedded object, with
+/// the key and value sizes `shield-common` declares (a renamed or resized map fails here,
+/// not at the first write on a user's host).
+#[test]
+fn every_map_shield_opens_is_in_the_object_with_its_declared_layout() {
+    let h = shield_tests::Harness::new("");
+    let dir = shield_user::loader::pin_dir(&h.bpffs.path, shield_tests::HARNESS_IFACE);
+    for name in shield_common::ALL_MAPS {
+        assert!(
+            h.ebpf.map(name).is_some() || name == shield_common::MAP_EVENTS,
+            "the object has no map {name}"
+        );
+        assert!(dir.join(name).exists(), "{name} is not pinned");
+    }
+    for (name, key, value) in shield_common::MAP_LAYOUTS {
+        let info = aya::maps::MapData::from_pin(dir.join(name))
+            .and_then(|m| m.info())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            (info.key_size() as usize, info.value_size() as usize),
+            (key, value),
+            "{name}: the object's layout differs from shield-common's"
+        );
+    }
+}

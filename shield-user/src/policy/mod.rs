@@ -113,18 +113,24 @@ pub enum BanScope {
     Host,
 }
 
+impl BanScope {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BanScope::Rule => "rule",
+            BanScope::Host => "host",
+        }
+    }
+}
+
 impl PartialEq<&str> for BanScope {
     fn eq(&self, other: &&str) -> bool {
-        self.to_string() == *other
+        self.as_str() == *other
     }
 }
 
 impl fmt::Display for BanScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BanScope::Rule => "rule",
-            BanScope::Host => "host",
-        })
+        f.write_str(self.as_str())
     }
 }
 
