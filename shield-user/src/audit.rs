@@ -83,14 +83,40 @@ impl AuditLog {
     }
 }
 
+/// Opens (or creates, 0600) a regular file for appending. Never blocks on a FIFO (opened
+/// non-blocking, then refused) and never writes into a device or a socket.
 fn open_append(path: &PathBuf) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    OpenOptions::new()
+    let err = |e: io::Error| io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()));
+    let not_regular = || {
+        err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (the audit log must be a file, or `-` for stdout)",
+        ))
+    };
+    if std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+        return Err(not_regular());
+    }
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("audit log {}: {e}", path.display())))
+        .map_err(err)?;
+    if !file.metadata().map_err(err)?.file_type().is_file() {
+        return Err(not_regular());
+    }
+    Ok(file)
+}
+
+/// The audit log's file identity (device, inode), to refuse a log that is the policy file.
+pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 /// RFC 3339 with milliseconds, UTC.

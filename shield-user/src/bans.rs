@@ -459,9 +459,13 @@ impl BanMaps {
                 })
             }
         };
-        let existing = self
-            .stored(key)
-            .filter(|v| v.flags & BAN_MONITOR == 0 && v.expires_ns >= value.expires_ns);
+        let stored = self.stored(key);
+        if stored.is_some_and(|v| v.expires_ns <= now) {
+            // An expired ban not swept yet: its reason is not this ban's.
+            self.remove_note(key);
+        }
+        let existing =
+            stored.filter(|v| v.flags & BAN_MONITOR == 0 && v.expires_ns >= value.expires_ns);
         let kept_longer = existing.is_some();
         if let Some(v) = existing {
             value = v;
@@ -474,10 +478,12 @@ impl BanMaps {
             }
             .map_err(full)?;
         }
-        if let Some(r) = reason {
+        // The first reason given stays with a ban: a kept ban keeps its reason, and an
+        // extension without a reason keeps the one it had.
+        if let Some(r) = reason
+            && (!kept_longer || self.note(key).is_none())
+        {
             self.set_note(key, r)?;
-        } else if !kept_longer {
-            self.remove_note(key);
         }
         self.set_bans_flag(true)?;
         Ok(BanOutcome {

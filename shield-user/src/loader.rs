@@ -42,11 +42,26 @@ pub enum LoaderError {
     #[error("`{name}` is not a valid interface name: {why}")]
     BadInterfaceName { name: String, why: &'static str },
     #[error(
-        "another shield daemon is protecting `{iface}` (it holds the lock on {dir}); stop it first, or change its policy with `shield reload`"
+        "another shield daemon holds `{iface}` (the lock on {dir}); stop it first (a running daemon takes policy changes with `shield reload`)"
     )]
     Busy { iface: String, dir: PathBuf },
+    #[error(
+        "the link pinned in {dir} holds interface index {found}, but `{iface}` is index {want} (was the interface renamed?); remove the stale pins with `shield detach {iface}` or start with `--fresh`"
+    )]
+    ForeignLink {
+        iface: String,
+        dir: PathBuf,
+        found: u32,
+        want: u32,
+    },
+    #[error(
+        "{path} is not a bpffs and not empty: shield will not mount bpffs over it (that would hide its contents); give --bpffs a new or empty directory"
+    )]
+    NotEmpty { path: PathBuf },
     #[error("{path} is not a bpffs mount, so it holds no shield pins; nothing was removed")]
     NotBpffs { path: PathBuf },
+    #[error("{path}: {why}; nothing was removed")]
+    NotShields { path: PathBuf, why: String },
     #[error("cannot mount bpffs at {path}: {source}")]
     Bpffs { path: PathBuf, source: io::Error },
     #[error("cannot prepare pin directory {path}: {source}")]
@@ -130,6 +145,11 @@ pub fn ensure_bpffs(root: &Path) -> Result<bool, LoaderError> {
         path: root.to_path_buf(),
         source,
     };
+    if std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(LoaderError::NotEmpty {
+            path: root.to_path_buf(),
+        });
+    }
     std::fs::create_dir_all(root).map_err(err)?;
     let target = CString::new(root.as_os_str().as_bytes())
         .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
@@ -149,6 +169,12 @@ pub fn ensure_bpffs(root: &Path) -> Result<bool, LoaderError> {
     Ok(true)
 }
 
+/// `<bpffs>/shield/:locks/<iface>`: the directories daemons lock. Apart from the pin
+/// directories, so that `shield detach` (which removes a pin directory) never frees the
+/// lock of a daemon still running. (`:` cannot be in an interface name; bpffs refuses
+/// names with `.`.)
+pub const LOCKS_DIR: &str = ":locks";
+
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const IFACE_NAME_MAX: usize = 15;
 
@@ -167,6 +193,8 @@ pub fn check_iface(name: &str) -> Result<(), LoaderError> {
         Some("it contains `/`")
     } else if name.contains(':') {
         Some("it contains `:`")
+    } else if name == ".locks" {
+        Some("`.locks` is reserved (it would share the name of shield's lock directory)")
     } else if name.chars().any(|c| c.is_whitespace() || c == '\0') {
         Some("it contains white space or NUL")
     } else {
@@ -199,9 +227,21 @@ pub fn iface_arg(name: &str) -> Result<String, String> {
 }
 
 /// `<bpffs>/shield/<iface>`: where one interface's maps are pinned. `iface` must have
-/// passed `check_iface` (the CLI's parsers and `daemon::run` do that).
+/// passed `check_iface` (the CLI's parsers and `daemon::run` do that). bpffs refuses `.` in
+/// names, so a VLAN interface `eth0.100` pins under `eth0:100` (`:` is never in an
+/// interface name, so the mapping is one to one).
 pub fn pin_dir(bpffs: &Path, iface: &str) -> PathBuf {
-    bpffs.join("shield").join(iface)
+    bpffs.join("shield").join(pin_name(iface))
+}
+
+/// The pin directory's name for `iface` (see `pin_dir`).
+pub fn pin_name(iface: &str) -> String {
+    iface.replace('.', ":")
+}
+
+/// The interface a pin directory's name stands for (see `pin_dir`).
+pub fn iface_of_pin_name(name: &str) -> String {
+    name.replace(':', ".")
 }
 
 /// Creates the interface's pin directory (if needed) and takes an exclusive `flock` on it
@@ -211,13 +251,13 @@ pub fn pin_dir(bpffs: &Path, iface: &str) -> PathBuf {
 pub fn lock_iface(bpffs: &Path, iface: &str) -> Result<(std::fs::File, bool), LoaderError> {
     check_iface(iface)?;
     let dir = pin_dir(bpffs, iface);
-    let created = !dir.exists();
-    std::fs::create_dir_all(&dir).map_err(|source| LoaderError::PinDir {
-        path: dir.clone(),
+    let lock_dir = bpffs.join("shield").join(LOCKS_DIR).join(pin_name(iface));
+    std::fs::create_dir_all(&lock_dir).map_err(|source| LoaderError::PinDir {
+        path: lock_dir.clone(),
         source,
     })?;
-    let file = std::fs::File::open(&dir).map_err(|source| LoaderError::PinDir {
-        path: dir.clone(),
+    let file = std::fs::File::open(&lock_dir).map_err(|source| LoaderError::PinDir {
+        path: lock_dir.clone(),
         source,
     })?;
     // SAFETY: flock on a file descriptor we own.
@@ -232,14 +272,20 @@ pub fn lock_iface(bpffs: &Path, iface: &str) -> Result<(std::fs::File, bool), Lo
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(LoaderError::Busy {
                 iface: iface.to_string(),
-                dir,
+                dir: lock_dir,
             });
         }
         return Err(LoaderError::PinDir {
-            path: dir,
+            path: lock_dir,
             source: err,
         });
     }
+    // Only now, under the lock: the pin directory.
+    let created = !dir.exists();
+    std::fs::create_dir_all(&dir).map_err(|source| LoaderError::PinDir {
+        path: dir.clone(),
+        source,
+    })?;
     Ok((file, created))
 }
 
@@ -704,6 +750,20 @@ pub fn attach(
         .ok_or(LoaderError::Missing("program"))?
         .try_into()?;
     let link_pin = pin_dir.join(LINK_PIN);
+    if let Some(f) = pinned_link_facts(&link_pin)
+        && f.kind == LINK_TYPE_XDP
+        && f.ifindex != 0
+    {
+        let want = if_index(iface)?;
+        if f.ifindex != want {
+            return Err(LoaderError::ForeignLink {
+                iface: iface.to_string(),
+                dir: pin_dir.to_path_buf(),
+                found: f.ifindex,
+                want,
+            });
+        }
+    }
     if link_pin.exists()
         && let Some(link) = adopt(program, &link_pin)
     {
@@ -767,7 +827,7 @@ pub struct Detached {
 /// `iface` must be a valid interface name, `bpffs` a bpffs mount, and the pin directory a
 /// real directory (not a link) on that same mount; unknown entries are left in place.
 pub fn detach_pinned(bpffs: &Path, iface: &str) -> Result<Detached, LoaderError> {
-    use std::os::unix::fs::MetadataExt as _;
+    use std::os::fd::AsFd as _;
     check_iface(iface)?;
     if !is_bpffs(bpffs) {
         return Err(LoaderError::NotBpffs {
@@ -783,47 +843,181 @@ pub fn detach_pinned(bpffs: &Path, iface: &str) -> Result<Detached, LoaderError>
         let path = path.to_path_buf();
         move |source| LoaderError::PinDir { path, source }
     };
-    let root_dev = std::fs::metadata(bpffs).map_err(pin_err(bpffs))?.dev();
-    // `shield` and `shield/IFACE` must be directories of this very mount, not links.
-    for d in [bpffs.join("shield"), dir.clone()] {
-        match std::fs::symlink_metadata(&d) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(done),
-            Err(e) => return Err(pin_err(&d)(e)),
-            Ok(m) if !m.file_type().is_dir() || m.dev() != root_dev => {
-                return Err(pin_err(&d)(io::Error::other(
-                    "not a directory of this bpffs mount (a link?); nothing was removed",
-                )));
+    let refuse = |path: &Path, why: &str| LoaderError::NotShields {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    // Every step below works on directory fds opened without following links, so a
+    // directory swapped for a link between two steps is never followed.
+    let root = std::fs::File::open(bpffs).map_err(pin_err(bpffs))?;
+    let root_st = fd_stat(root.as_fd()).map_err(pin_err(bpffs))?;
+    let mut parent: Option<std::os::fd::OwnedFd> = None;
+    let dir_name = pin_name(iface);
+    for (name, path) in [
+        ("shield", bpffs.join("shield")),
+        (dir_name.as_str(), dir.clone()),
+    ] {
+        let at = parent.as_ref().map_or(root.as_fd(), |p| p.as_fd());
+        let fd = match open_dir_nofollow(at, name) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(done),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                return Err(refuse(&path, "not a directory (a link?)"));
             }
-            Ok(_) => {}
+            Err(e) => return Err(pin_err(&path)(e)),
+        };
+        let st = fd_stat(fd.as_fd()).map_err(pin_err(&path))?;
+        if st.st_dev != root_st.st_dev {
+            return Err(refuse(&path, "not a directory of this bpffs mount"));
         }
+        if st.st_uid != 0 {
+            return Err(refuse(
+                &path,
+                &format!("owned by uid {}, not root, so not shield's", st.st_uid),
+            ));
+        }
+        if name == dir_name {
+            // The shield directory stays open for the final rmdir.
+            let shield_dir = parent.take();
+            return detach_in(fd, shield_dir, iface, &dir, &mut done).map(|()| done);
+        }
+        parent = Some(fd);
     }
+    Ok(done)
+}
+
+/// `detach_pinned` once the pin directory (`dir_fd`) is verified.
+fn detach_in(
+    dir_fd: std::os::fd::OwnedFd,
+    shield_dir: Option<std::os::fd::OwnedFd>,
+    iface: &str,
+    dir: &Path,
+    done: &mut Detached,
+) -> Result<(), LoaderError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let pin_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoaderError::PinDir { path, source }
+    };
+    let via_fd = PathBuf::from(format!("/proc/self/fd/{}", dir_fd.as_raw_fd()));
     let link_pin = dir.join(LINK_PIN);
-    if std::fs::symlink_metadata(&link_pin).is_ok() {
-        done.found = true;
-        force_detach(&link_pin).map_err(pin_err(&link_pin))?;
-    }
-    for name in ALL_MAPS
-        .iter()
-        .copied()
-        .chain([LINK_PIN, shield_common::MAP_BAN_NOTES])
-    {
-        let p = dir.join(name);
-        if std::fs::symlink_metadata(&p).is_ok() {
+    match stat_at_nofollow(dir_fd.as_fd(), LINK_PIN) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+            return Err(LoaderError::PinDir {
+                path: link_pin,
+                source: io::Error::other(
+                    "a symbolic link, not shield's link pin; nothing was removed",
+                ),
+            });
+        }
+        Ok(_) => {
+            let link = obj_get(&via_fd.join(LINK_PIN)).map_err(pin_err(&link_pin))?;
+            match link_facts_fd(link.as_fd()) {
+                Some(f) if f.kind == LINK_TYPE_XDP => {}
+                _ => {
+                    return Err(LoaderError::PinDir {
+                        path: link_pin,
+                        source: io::Error::other(
+                            "not an XDP link, so not shield's; nothing was removed",
+                        ),
+                    });
+                }
+            }
             done.found = true;
-            std::fs::remove_file(&p).map_err(pin_err(&p))?;
+            force_detach(link.as_fd()).map_err(pin_err(&link_pin))?;
+        }
+        Err(_) => {}
+    }
+    for name in shield_pin_names() {
+        match stat_at_nofollow(dir_fd.as_fd(), &name) {
+            Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
+                done.found = true;
+                unlink_at(dir_fd.as_fd(), &name, 0).map_err(pin_err(&dir.join(&name)))?;
+            }
+            _ => {}
         }
     }
-    done.left = std::fs::read_dir(&dir)
-        .map_err(pin_err(&dir))?
+    done.left = std::fs::read_dir(&via_fd)
+        .map_err(pin_err(dir))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     done.left.sort();
-    if done.left.is_empty() {
-        std::fs::remove_dir(&dir).map_err(pin_err(&dir))?;
+    if done.left.is_empty()
+        && let Some(shield_dir) = shield_dir
+    {
+        unlink_at(shield_dir.as_fd(), &pin_name(iface), libc::AT_REMOVEDIR)
+            .map_err(pin_err(dir))?;
         done.found = true;
     }
-    Ok(done)
+    Ok(())
+}
+
+fn c_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// openat(O_DIRECTORY | O_NOFOLLOW): a directory entry that is a link fails (ELOOP).
+fn open_dir_nofollow(
+    at: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let c = c_name(name)?;
+    // SAFETY: a valid dir fd and NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            at.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd from openat.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn fd_stat(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<libc::stat> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn stat_at_nofollow(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> io::Result<libc::stat> {
+    use std::os::fd::AsRawFd as _;
+    let c = c_name(name)?;
+    // SAFETY: zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid dir fd, NUL-terminated name and out-pointer.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn unlink_at(dir: std::os::fd::BorrowedFd<'_>, name: &str, flags: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let c = c_name(name)?;
+    // SAFETY: a valid dir fd and NUL-terminated name.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// BPF_OBJ_GET: a new fd for the object pinned at `pin` (aya opens no pinned links by fd).
@@ -843,15 +1037,24 @@ fn obj_get(pin: &Path) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Whether the XDP link pinned at `link_pin` still holds an interface: BPF_OBJ_GET_INFO_BY_FD
-/// reports `xdp.ifindex` 0 once the link was detached (BPF_LINK_DETACH) or its interface
-/// deleted. Works from any network namespace, unlike a name lookup.
-pub fn link_attached(link_pin: &Path) -> bool {
+/// What the kernel says of a bpf link (`struct bpf_link_info`, XDP part).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkFacts {
+    /// `BPF_LINK_TYPE_*` (6: XDP).
+    pub kind: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// The interface an XDP link holds; 0 once detached (BPF_LINK_DETACH) or the interface
+    /// is gone.
+    pub ifindex: u32,
+}
+
+/// `BPF_LINK_TYPE_XDP`.
+pub const LINK_TYPE_XDP: u32 = 6;
+
+fn link_facts_fd(fd: std::os::fd::BorrowedFd<'_>) -> Option<LinkFacts> {
     use std::os::fd::AsRawFd as _;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let Ok(fd) = obj_get(link_pin) else {
-        return false;
-    };
     // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union: xdp.ifindex.
     let mut info = [0u32; 16];
     let mut attr = [0u64; 8];
@@ -867,20 +1070,149 @@ pub fn link_attached(link_pin: &Path) -> bool {
             64u32,
         )
     };
-    const BPF_LINK_TYPE_XDP: u32 = 6;
-    rc == 0 && info[0] == BPF_LINK_TYPE_XDP && info[4] != 0
+    (rc == 0).then_some(LinkFacts {
+        kind: info[0],
+        id: info[1],
+        prog_id: info[2],
+        ifindex: info[4],
+    })
 }
 
-/// BPF_OBJ_GET on the pin, then BPF_LINK_DETACH (Linux 5.9): detaches the link no matter
-/// who else holds it (aya exposes neither).
-fn force_detach(link_pin: &Path) -> io::Result<()> {
+/// What the link pinned at `link_pin` is (None: no pin, or not a link).
+pub fn pinned_link_facts(link_pin: &Path) -> Option<LinkFacts> {
+    use std::os::fd::AsFd as _;
+    let fd = obj_get(link_pin).ok()?;
+    link_facts_fd(fd.as_fd())
+}
+
+/// What link `id` is now (BPF_LINK_GET_FD_BY_ID): a daemon follows its own link this way,
+/// whatever happens to the pin.
+pub fn link_facts_by_id(id: u32) -> Option<LinkFacts> {
+    use std::os::fd::{AsFd as _, FromRawFd as _};
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(id);
+    // SAFETY: a zeroed bpf_attr with link_id set.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            64u32,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new fd the kernel just gave us.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    link_facts_fd(fd.as_fd())
+}
+
+/// Whether the XDP link pinned at `link_pin` still holds an interface. Works from any
+/// network namespace, unlike a name lookup.
+pub fn link_attached(link_pin: &Path) -> bool {
+    pinned_link_facts(link_pin).is_some_and(|f| f.kind == LINK_TYPE_XDP && f.ifindex != 0)
+}
+
+/// BPF_LINK_DETACH (Linux 5.9): detaches the link no matter who else holds it (aya
+/// exposes no such call).
+fn force_detach(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
     const BPF_LINK_DETACH: libc::c_long = 34;
-    let fd = obj_get(link_pin)?;
     let mut attr = [0u64; 8];
     attr[0] = fd.as_raw_fd() as u64 & 0xffff_ffff;
     // SAFETY: a zeroed bpf_attr with link_detach.link_fd set.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 64u32) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Suffix of map pins a `--fresh` start set aside until it succeeds (bpffs refuses `.`).
+pub const ASIDE_SUFFIX: &str = ":previous";
+
+/// Every pin name shield may leave in a pin directory (for `detach`).
+fn shield_pin_names() -> Vec<String> {
+    let mut names: Vec<String> = ALL_MAPS
+        .iter()
+        .chain([&shield_common::MAP_BAN_NOTES])
+        .flat_map(|n| [n.to_string(), format!("{n}{ASIDE_SUFFIX}")])
+        .collect();
+    names.push(LINK_PIN.to_string());
+    names
+}
+
+/// `--fresh`, first step: renames the map pins aside (`NAME.previous`), so the new maps
+/// start empty while a failed start can still put the old ones back. Returns whether
+/// anything was set aside.
+pub fn set_aside_map_pins(pin_dir: &Path) -> Result<bool, LoaderError> {
+    let mut any = false;
+    for name in ALL_MAPS.iter().chain([&shield_common::MAP_BAN_NOTES]) {
+        let from = pin_dir.join(name);
+        if std::fs::symlink_metadata(&from).is_ok() {
+            let to = pin_dir.join(format!("{name}{ASIDE_SUFFIX}"));
+            std::fs::rename(&from, &to)
+                .map_err(|source| LoaderError::PinDir { path: from, source })?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
+/// A failed `--fresh` start: the new map pins go, the old ones come back.
+pub fn restore_aside_map_pins(pin_dir: &Path) {
+    for name in ALL_MAPS.iter().chain([&shield_common::MAP_BAN_NOTES]) {
+        let aside = pin_dir.join(format!("{name}{ASIDE_SUFFIX}"));
+        if std::fs::symlink_metadata(&aside).is_ok() {
+            let _ = std::fs::remove_file(pin_dir.join(name));
+            let _ = std::fs::rename(&aside, pin_dir.join(name));
+        }
+    }
+}
+
+/// A successful `--fresh` start: the old map pins are dropped for good.
+pub fn drop_aside_map_pins(pin_dir: &Path) {
+    for name in ALL_MAPS.iter().chain([&shield_common::MAP_BAN_NOTES]) {
+        let _ = std::fs::remove_file(pin_dir.join(format!("{name}{ASIDE_SUFFIX}")));
+    }
+}
+
+/// An fd on program `id` (BPF_PROG_GET_FD_BY_ID): keeps a program alive, to put it back.
+pub fn prog_fd_by_id(id: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(id);
+    // SAFETY: a zeroed bpf_attr with prog_id set.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            64u32,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new fd the kernel just gave us.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Puts `prog` back into the link pinned at `link_pin` (BPF_LINK_UPDATE): undoes an
+/// adoption, which replaced the link's program with this start's.
+pub fn restore_link_program(link_pin: &Path, prog: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    let link = obj_get(link_pin)?;
+    // struct { u32 link_fd; u32 new_prog_fd; u32 flags; u32 old_prog_fd; }
+    let mut attr = [0u32; 16];
+    attr[0] = link.as_raw_fd() as u32;
+    attr[1] = prog.as_raw_fd() as u32;
+    // SAFETY: a zeroed bpf_attr with link_update set up; both fds are live.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_UPDATE, attr.as_mut_ptr(), 64u32) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

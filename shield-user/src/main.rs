@@ -219,7 +219,16 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("shield: error: {e:#}");
+            // The chain, without a cause its parent's message already quotes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("shield: error: {msg}");
             ExitCode::FAILURE
         }
     }
@@ -515,13 +524,18 @@ fn bans_table(bans: &[BanEntry]) -> String {
             b.duration_secs,
             origin,
             b.level,
-            b.comment.as_deref().unwrap_or(
-                if b.origin == Origin::Automatic && !b.rule.is_empty() {
+            // A reason stored by an older version may hold control characters: never
+            // let one break the table or drive the terminal.
+            b.comment
+                .as_deref()
+                .unwrap_or(if b.origin == Origin::Automatic && !b.rule.is_empty() {
                     "over limit"
                 } else {
                     ""
-                }
-            )
+                })
+                .chars()
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect::<String>()
         );
     }
     out

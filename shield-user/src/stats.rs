@@ -145,6 +145,7 @@ pub fn pinned_ifaces(bpffs: &Path) -> Vec<String> {
         .flatten()
         .filter(|e| e.path().join(MAP_COUNTERS).exists())
         .filter_map(|e| e.file_name().into_string().ok())
+        .map(|name| crate::loader::iface_of_pin_name(&name))
         .filter(|name| crate::loader::check_iface(name).is_ok())
         .collect();
     out.sort();

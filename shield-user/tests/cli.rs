@@ -426,7 +426,10 @@ fn detach_never_removes_anything_outside_shields_pins() {
     if std::os::unix::fs::symlink(&victim, shield_dir.join("eth2")).is_ok() {
         let (code, _, err) = shield(&["detach", "eth2", "--bpffs", bpffs_s]);
         assert_eq!(code, 1, "{err}");
-        assert!(err.contains("not a directory of this bpffs mount"), "{err}");
+        assert!(
+            err.contains("a link?") && err.contains("nothing was removed"),
+            "{err}"
+        );
         assert!(victim.join("precious").exists(), "a link is never followed");
     }
 }

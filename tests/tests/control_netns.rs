@@ -542,3 +542,261 @@ fn stats_watch_into_a_closed_pipe_ends_quietly() {
     assert!(!err.contains("Broken pipe"), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
 }
+
+/// The program id the pinned link of the lab's interface runs.
+fn pinned_prog(lab: &NsLab) -> Option<u32> {
+    shield_user::loader::pinned_link_facts(
+        &lab.bpffs.path.join("shield").join(SERVER_IF).join("link"),
+    )
+    .map(|f| f.prog_id)
+}
+
+#[test]
+fn a_failed_fresh_start_over_a_crashed_run_gives_everything_back() {
+    let mut lab = NsLab::new(POLICY, &[API]);
+    let (ok, _, err) = lab.shield(&["ban", "192.0.2.9", "--for", "10m", "--reason", "keep me"]);
+    assert!(ok, "{err}");
+    lab.daemon().kill9().expect("kill -9");
+    let prog_before = pinned_prog(&lab).expect("a crash keeps the link");
+    let other = policy_file(OTHER_POLICY);
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let (code, out, _) = second_run(
+        &lab,
+        &[
+            "--fresh",
+            "--iface",
+            SERVER_IF,
+            "--iface",
+            "lo",
+            "--xdp-mode",
+            "native",
+            "--policy",
+            other.to_str().expect("utf-8"),
+            "--bpffs",
+            &bpffs,
+            "--metrics",
+            "off",
+        ],
+    );
+    let _ = std::fs::remove_file(&other);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        pinned_prog(&lab),
+        Some(prog_before),
+        "the crashed run's program is back in its link"
+    );
+    let stats = lab.stats();
+    let rules: Vec<&str> = stats["interfaces"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        rules.contains(&"api") && !rules.contains(&"other"),
+        "{rules:?}"
+    );
+    let out = Command::new(shield_bin())
+        .args([
+            "bans",
+            "--json",
+            "--socket",
+            "/nonexistent/s.sock",
+            "--bpffs",
+            &bpffs,
+        ])
+        .output()
+        .expect("bans");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["bans"][0]["comment"], "keep me",
+        "the crashed run's bans: {v}"
+    );
+    let names: Vec<String> = std::fs::read_dir(lab.bpffs.path.join("shield").join(SERVER_IF))
+        .expect("pin dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with(":previous")),
+        "nothing left set aside: {names:?}"
+    );
+    let legit = lab.connect(IpAddr::V4(LEGIT_V4), API, 3, Duration::from_millis(50));
+    assert_eq!(legit.failed, 0, "{legit:?}");
+}
+
+#[test]
+fn run_never_replaces_or_hides_what_is_not_its_own() {
+    let mut lab = NsLab::new(POLICY, &[API]);
+    lab.daemon().stop().expect("stop");
+    lab_stop_and_clear(&lab);
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let policy = lab.policy.to_str().expect("utf-8").to_string();
+    let dir = std::env::temp_dir().join(unique("shield-own-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let precious = dir.join("precious.txt");
+    std::fs::write(&precious, "data").expect("file");
+    let dgram = dir.join("dgram.sock");
+    let _dgram = std::os::unix::net::UnixDatagram::bind(&dgram).expect("datagram socket");
+    let fifo = dir.join("audit.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let nonempty = dir.join("etc-like");
+    std::fs::create_dir_all(&nonempty).expect("dir");
+    std::fs::write(nonempty.join("important.conf"), "x").expect("file");
+    let sock = dir.join("ok.sock");
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--socket".into(), s(&precious)], "is not a socket"),
+        (
+            vec!["--socket".into(), s(&dgram)],
+            "not a stale shield socket",
+        ),
+        (vec!["--socket".into(), policy.clone()], "is not a socket"),
+        (
+            vec![
+                "--socket".into(),
+                s(&sock),
+                "--audit-log".into(),
+                policy.clone(),
+            ],
+            "the policy file",
+        ),
+        (
+            vec!["--socket".into(), s(&sock), "--audit-log".into(), s(&fifo)],
+            "not a regular file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec![
+            "--iface",
+            SERVER_IF,
+            "--policy",
+            &policy,
+            "--bpffs",
+            &bpffs,
+            "--metrics",
+            "off",
+        ];
+        full.extend(args.iter().map(String::as_str));
+        let (code, out, took) = second_run(&lab, &full);
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        assert!(
+            out.contains(needle),
+            "{args:?}: expected {needle:?} in {out}"
+        );
+        assert!(took < Duration::from_secs(20), "{args:?} took {took:?}");
+        assert!(!xdp_on_server(&lab), "{args:?}: nothing attached");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&precious).ok().as_deref(),
+        Some("data")
+    );
+    assert!(dgram.exists(), "another program's socket survives");
+    assert!(
+        std::fs::read_to_string(&lab.policy)
+            .is_ok_and(|p| p.contains("[[rule]]") && !p.contains("\"event\"")),
+        "the policy file is untouched"
+    );
+    // A non-empty directory is never mounted over.
+    let (code, out, _) = second_run(
+        &lab,
+        &[
+            "--iface",
+            SERVER_IF,
+            "--policy",
+            &policy,
+            "--bpffs",
+            &s(&nonempty),
+            "--metrics",
+            "off",
+            "--socket",
+            &s(&sock),
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("will not mount bpffs over it"), "{out}");
+    assert!(nonempty.join("important.conf").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn detach_under_a_running_daemon_keeps_its_lock_and_its_pins_honest() {
+    let mut lab = NsLab::new(POLICY, &[API]);
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let policy = lab.policy.to_str().expect("utf-8").to_string();
+    let (ok, _, err) = lab.shield(&["detach", SERVER_IF, "--bpffs", &bpffs]);
+    assert!(ok, "{err}");
+    // The first daemon still runs (lost): a second one is refused, not started beside it.
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("shield-d2-")));
+    let (code, out, _) = second_run(
+        &lab,
+        &[
+            "--iface",
+            SERVER_IF,
+            "--policy",
+            &policy,
+            "--bpffs",
+            &bpffs,
+            "--metrics",
+            "off",
+            "--socket",
+            sock.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("another shield daemon holds"), "{out}");
+    lab.daemon().stop().expect("stop");
+    // Then a new daemon starts, and the old one's stop did not take its pin.
+    lab.start();
+    assert!(xdp_on_server(&lab));
+    assert_eq!(lab.stats()["interfaces"][0]["attached"], true);
+
+    // A link pin that is a symbolic link to another interface's link is refused.
+    let other = lab.bpffs.path.join("shield").join("decoy0");
+    std::fs::create_dir_all(&other).expect("decoy dir");
+    std::os::unix::fs::symlink(
+        lab.bpffs.path.join("shield").join(SERVER_IF).join("link"),
+        other.join("link"),
+    )
+    .expect("symlink on bpffs");
+    let (ok, _, err) = lab.shield(&["detach", "decoy0", "--bpffs", &bpffs]);
+    assert!(!ok && err.contains("symbolic link"), "{err}");
+    assert!(xdp_on_server(&lab), "the real interface keeps its program");
+}
+
+#[test]
+fn ban_reasons_stay_with_their_ban_and_mapped_addresses_are_refused() {
+    let lab = NsLab::new(POLICY, &[API]);
+    for (args, needle) in [
+        (
+            vec!["ban", "::ffff:10.77.1.1", "--for", "1m"],
+            "write it as IPv4, 10.77.1.1/32",
+        ),
+        (
+            vec!["ban", "::ffff:0:0/96", "--for", "1m", "--force"],
+            "IPv4-mapped",
+        ),
+        (
+            vec!["ban", "192.0.2.1", "--for", "1m", "--reason", "a\nb"],
+            "printable",
+        ),
+    ] {
+        let (ok, _, err) = lab.shield(&args);
+        assert!(!ok && err.contains(needle), "{args:?}: {err}");
+    }
+    let (ok, _, err) = lab.shield(&["ban", "192.0.2.1", "--for", "10m", "--reason", "first"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = lab.shield(&["ban", "192.0.2.1", "--for", "1m", "--reason", "second"]);
+    assert!(ok && out.contains("kept that ban"), "{out}");
+    let (ok, _, _) = lab.shield(&["ban", "192.0.2.1", "--for", "20m"]);
+    assert!(ok);
+    let (_, out, _) = lab.shield(&["bans", "--json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["bans"][0]["comment"], "first", "{v}");
+    assert!(
+        v["bans"][0]["remaining_secs"].as_f64() > Some(1000.0),
+        "extended: {v}"
+    );
+}

@@ -202,3 +202,23 @@ fn every_map_shield_opens_is_in_the_object_with_its_declared_layout() {
         );
     }
 }
+
+/// bpffs refuses `.` in names: a VLAN interface (`eth0.100`) still gets its pin directory,
+/// its lock, `stats` lists it under its own name, and `detach` finds it.
+#[test]
+fn a_vlan_interface_name_pins_locks_and_detaches() {
+    shield_tests::require_root();
+    let bpffs = shield_tests::netlab::TempBpffs::new().expect("private bpffs");
+    let (_lock, created) =
+        shield_user::loader::lock_iface(&bpffs.path, "eth0.100").expect("lock and pin dir");
+    assert!(created);
+    let dir = shield_user::loader::pin_dir(&bpffs.path, "eth0.100");
+    let _ebpf = shield_user::loader::load(&dir, 1024).expect("maps pinned for eth0.100");
+    assert_eq!(
+        shield_user::stats::pinned_ifaces(&bpffs.path),
+        vec!["eth0.100".to_string()]
+    );
+    let done = shield_user::loader::detach_pinned(&bpffs.path, "eth0.100").expect("detach");
+    assert!(done.found && done.left.is_empty(), "{done:?}");
+    assert!(!dir.exists());
+}

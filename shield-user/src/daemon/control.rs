@@ -45,17 +45,41 @@ pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+    // Replace only a stale socket: a socket file nobody listens on. Anything else at the
+    // path (a file, a live daemon, another program's datagram socket) is refused untouched.
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
             return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
+                io::ErrorKind::AlreadyExists,
                 format!(
-                    "another shield daemon is listening on {} (stop it, or give --socket another path)",
+                    "{} exists and is not a socket; refusing to replace it (give --socket another path)",
                     path.display()
                 ),
             ));
         }
-        std::fs::remove_file(path)?;
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another shield daemon is listening on {} (stop it, or give --socket another path)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} is a socket that is not a stale shield socket ({e}); refusing to replace it (give --socket another path)",
+                        path.display()
+                    ),
+                ));
+            }
+        },
     }
     let listener = UnixListener::bind(path)?;
     let bound = Bound {

@@ -69,6 +69,9 @@ struct Instance {
     /// The ring buffer, until the events task takes it.
     ring: Option<RingBuf<MapData>>,
     link: Option<FdLink>,
+    /// The kernel's id of our link: what the pin must still name for a clean stop to
+    /// remove it, and what `lost` follows.
+    link_id: Option<u32>,
     attached: Attached,
     /// Rule id → name of the policy in force (events arrive while a reload holds the maps).
     names: HashMap<u16, String>,
@@ -79,29 +82,45 @@ struct Instance {
     /// maps with a policy).
     created_dir: bool,
     previous_half: Option<u32>,
+    /// `--fresh` set the old map pins aside (`loader::set_aside_map_pins`).
+    set_aside: bool,
+    /// The program an adopted link ran before this start (kept alive to be put back).
+    previous_program: Option<std::os::fd::OwnedFd>,
     /// The interface's exclusive lock (see `loader::lock_iface`), held for the daemon's life.
     _lock: std::fs::File,
     _ebpf: Ebpf,
 }
 
 impl Instance {
-    /// Clean stop: unpin the link, then drop it: the program detaches.
+    /// Clean stop: unpin the link (only if the pin is still ours: another run may have
+    /// pinned its own since), then drop it: the program detaches.
     fn detach(&mut self) {
-        let _ = std::fs::remove_file(self.dir.join(shield_common::LINK_PIN));
+        let pin = self.dir.join(shield_common::LINK_PIN);
+        if self.link_id.is_some() && loader::pinned_link_facts(&pin).map(|f| f.id) == self.link_id {
+            let _ = std::fs::remove_file(pin);
+        }
         self.link = None;
     }
 
     /// Why the program no longer protects the interface (`shield detach`, the interface
-    /// gone), if that happened behind the daemon's back.
+    /// gone or renamed), if that happened behind the daemon's back. Follows the daemon's
+    /// own link, not the pin.
     fn lost(&self) -> Option<String> {
-        if loader::if_index(&self.iface).is_err() {
-            return Some(format!("interface {} no longer exists", self.iface));
-        }
-        if self.link.is_some() && !loader::link_attached(&self.dir.join(shield_common::LINK_PIN)) {
+        let want = match loader::if_index(&self.iface) {
+            Ok(i) => i,
+            Err(_) => return Some(format!("interface {} no longer exists", self.iface)),
+        };
+        let facts = self.link_id.and_then(loader::link_facts_by_id)?;
+        if facts.ifindex == 0 {
             return Some(format!(
-                "shield was detached from {} (its pins under {} were removed, e.g. by `shield detach`)",
-                self.iface,
-                self.dir.display()
+                "shield was detached from {} (e.g. by `shield detach`)",
+                self.iface
+            ));
+        }
+        if facts.ifindex != want {
+            return Some(format!(
+                "interface {} was renamed or replaced: the program runs on interface index {}, {} is now index {want}",
+                self.iface, facts.ifindex, self.iface
             ));
         }
         None
@@ -206,7 +225,20 @@ fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
         if inst.attached != Attached::Adopted && inst.link.is_some() {
             inst.detach();
         }
-        if !inst.created_dir
+        if inst.attached == Attached::Adopted
+            && let Some(prog) = &inst.previous_program
+        {
+            use std::os::fd::AsFd as _;
+            let pin = inst.dir.join(shield_common::LINK_PIN);
+            if let Err(e) = loader::restore_link_program(&pin, prog.as_fd()) {
+                warn!(iface = %inst.iface, "cannot give the link its previous program back: {e}");
+            }
+        }
+        if inst.set_aside {
+            let dir = inst.dir.clone();
+            drop(inst);
+            loader::restore_aside_map_pins(&dir);
+        } else if !inst.created_dir
             && let Some(half) = inst.previous_half
             && let Some(m) = inst.maps.as_mut()
             && let Err(e) = m.tables.restore_half(half)
@@ -240,8 +272,18 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     for w in policy::warnings(&policy) {
         warn!("{}: {w}", opts.policy.display());
     }
+    if let Some(log) = opts.audit_log.as_deref().filter(|l| *l != "-") {
+        let log = std::path::Path::new(log);
+        anyhow::ensure!(
+            !crate::audit::same_file(log, &opts.policy) && log != opts.socket.as_path(),
+            "--audit-log {} is the policy file or the control socket; give the audit log a file of its own",
+            log.display()
+        );
+    }
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
+    let mut mount = MountGuard(None);
     if loader::ensure_bpffs(&opts.bpffs)? {
+        mount.0 = Some(opts.bpffs.clone());
         warn_if_private_mounts(&opts.bpffs);
     }
     let mut locks = Vec::new();
@@ -317,6 +359,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         let inst = &mut instances[i];
         match loader::attach(&mut inst._ebpf, &inst.iface, opts.xdp_mode, &inst.dir) {
             Ok((link, attached)) => {
+                inst.link_id = link.info().ok().map(|i| i.id());
                 inst.link = Some(link);
                 inst.attached = attached;
             }
@@ -355,6 +398,15 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             inst.dir.display()
         );
     }
+    // Started: the bpffs this start mounted stays (it holds the pins); the maps `--fresh`
+    // set aside go for good.
+    mount.0 = None;
+    for inst in &mut instances {
+        if inst.set_aside {
+            loader::drop_aside_map_pins(&inst.dir);
+        }
+        inst.previous_program = None;
+    }
     let counters = Arc::new(DaemonCounters::default());
     counters.last_reload_us.store(
         first.took_ms as u64 * 1000,
@@ -392,45 +444,37 @@ fn bring_up(
     generation: &mut u32,
 ) -> Result<()> {
     for (iface, dir, lock_file, created_dir) in locks {
-        if opts.fresh {
-            loader::remove_map_pins(&dir)
-                .with_context(|| format!("--fresh: clearing {}", dir.display()))?;
-            let _ = std::fs::remove_file(dir.join(shield_common::MAP_BAN_NOTES));
-        }
-        let mut ebpf = loader::load(&dir, policy.max_sources)
-            .with_context(|| format!("loading shield for {iface}"))?;
-        BanMaps::ensure_notes(&dir).context("creating the ban notes map")?;
-        let mut tables = PolicyMaps::open(&dir).context("opening the policy tables")?;
-        // Until the start succeeds, a list swap keeps the old lists (see `undo_start`).
-        tables.keep_old_lists = true;
-        let mut previous_half = None;
-        // Adopted maps: keep rule ids (state, bans, counters) and keep counting generations.
-        for (id, r) in tables.current_rules()? {
-            previous_ids.insert(crate::stats::rule_name(&r), id);
-        }
-        if let Ok((half, cfg)) = tables.active()
-            && cfg.flags & shield_common::CFG_LOADED != 0
-        {
-            *generation = (*generation).max(cfg.generation);
-            previous_half = Some(half);
-        }
-        let ring = RingBuf::try_from(
-            ebpf.take_map(MAP_EVENTS)
-                .ok_or(loader::LoaderError::Missing(MAP_EVENTS))?,
-        )
-        .context("opening the event ring buffer")?;
-        let bans = BanMaps::open(&dir).context("opening the ban maps")?;
+        // An earlier run's link (a crash, `kill -9`): its program, to put back if this
+        // start fails after taking the link over.
+        let previous_program = loader::pinned_link_facts(&dir.join(shield_common::LINK_PIN))
+            .and_then(|f| loader::prog_fd_by_id(f.prog_id));
+        let set_aside = opts.fresh
+            && loader::set_aside_map_pins(&dir)
+                .with_context(|| format!("--fresh: setting aside the maps in {}", dir.display()))?;
+        let opened = open_iface(&iface, &dir, policy, previous_ids, generation);
+        let (ebpf, tables, bans, ring, previous_half) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                if set_aside {
+                    loader::restore_aside_map_pins(&dir);
+                }
+                return Err(e);
+            }
+        };
         instances.push(Instance {
             iface,
             dir,
             maps: Some(IfaceMaps { tables, bans }),
             ring: Some(ring),
             link: None,
+            link_id: None,
             attached: Attached::Native,
             names: HashMap::new(),
             clock_offset_ns: 0,
             created_dir,
             previous_half,
+            set_aside,
+            previous_program,
             _lock: lock_file,
             _ebpf: ebpf,
         });
@@ -438,9 +482,58 @@ fn bring_up(
     Ok(())
 }
 
+/// What `bring_up` opens for one interface: the loaded object, its maps, its ring buffer,
+/// and the half in force before (adopted maps with a policy).
+type Opened = (Ebpf, PolicyMaps, BanMaps, RingBuf<MapData>, Option<u32>);
+
+fn open_iface(
+    iface: &str,
+    dir: &std::path::Path,
+    policy: &policy::Policy,
+    previous_ids: &mut HashMap<String, u32>,
+    generation: &mut u32,
+) -> Result<Opened> {
+    let mut ebpf = loader::load(dir, policy.max_sources)
+        .with_context(|| format!("loading shield for {iface}"))?;
+    BanMaps::ensure_notes(dir).context("creating the ban notes map")?;
+    let mut tables = PolicyMaps::open(dir).context("opening the policy tables")?;
+    // Until the start succeeds, a list swap keeps the old lists (see `undo_start`).
+    tables.keep_old_lists = true;
+    let mut previous_half = None;
+    // Adopted maps: keep rule ids (state, bans, counters) and keep counting generations.
+    for (id, r) in tables.current_rules()? {
+        previous_ids.insert(crate::stats::rule_name(&r), id);
+    }
+    if let Ok((half, cfg)) = tables.active()
+        && cfg.flags & shield_common::CFG_LOADED != 0
+    {
+        *generation = (*generation).max(cfg.generation);
+        previous_half = Some(half);
+    }
+    let ring = RingBuf::try_from(
+        ebpf.take_map(MAP_EVENTS)
+            .ok_or(loader::LoaderError::Missing(MAP_EVENTS))?,
+    )
+    .context("opening the event ring buffer")?;
+    let bans = BanMaps::open(dir).context("opening the ban maps")?;
+    Ok((ebpf, tables, bans, ring, previous_half))
+}
+
+/// Unmounts a bpffs this start mounted, unless the start succeeded.
+struct MountGuard(Option<PathBuf>);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let Some(path) = self.0.take() else { return };
+        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
 /// Pins live in the bpffs of the daemon's mount namespace. When that namespace is private
-/// (compared with PID 1's)
-/// (systemd `PrivateMounts=`/`ProtectSystem=`, `ip netns exec`, a container) and the daemon
+/// (compared with PID 1's: systemd `PrivateMounts=`/`ProtectSystem=`, `ip netns exec`, a container) and the daemon
 /// had to mount bpffs itself, the mount (and with it the pins and the program) dies with the
 /// daemon: `kill -9` then detaches, and `shield stats` from another shell finds nothing.
 fn warn_if_private_mounts(bpffs: &std::path::Path) {

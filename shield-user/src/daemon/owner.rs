@@ -458,6 +458,11 @@ impl Owner {
                 format_duration(dur)
             ));
         }
+        if reason.is_some_and(|r| r.chars().any(char::is_control)) {
+            return Err(
+                "reason must be printable text (no control characters or line breaks)".into(),
+            );
+        }
         if reason.is_some_and(|r| r.len() > shield_common::BAN_NOTE_MAX) {
             return Err(format!(
                 "reason is longer than {} bytes",

@@ -988,6 +988,21 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     if masked != addr {
         return Err(format!("host bits are set (did you mean {masked}/{len}?)"));
     }
+    // IPv4-mapped IPv6 (::ffff:a.b.c.d) never reaches XDP as such: IPv4 traffic arrives as
+    // IPv4. A list entry or a ban there would match nothing.
+    if let IpAddr::V6(a) = addr
+        && len >= 96
+        && a.to_ipv4_mapped().is_some()
+    {
+        let v4 = a
+            .to_ipv4_mapped()
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        return Err(format!(
+            "an IPv4-mapped IPv6 address never matches (IPv4 traffic arrives as IPv4): write it as IPv4, {v4}/{}",
+            len - 96
+        ));
+    }
     Ok(Cidr { addr, len })
 }
 
