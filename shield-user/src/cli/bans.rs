@@ -1,0 +1,216 @@
+//! `shield ban`, `shield unban`, `shield bans`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use shield_user::{
+    bans::{BanEntry, BanMaps, Origin},
+    control::{self, Request},
+    loader, policy, stats,
+};
+
+use super::{BpffsArgs, SocketArgs};
+
+#[derive(Args)]
+pub struct BanArgs {
+    /// Address or prefix, e.g. 192.0.2.7 or 2001:db8:1:2::/64.
+    pub source: String,
+    /// How long: 30s, 10m, 2h, 1d (at most 365d).
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: String,
+    /// Only this rule's ports (the prefix must be the rule's scope, e.g. /32 or /64).
+    #[arg(long, value_name = "NAME")]
+    pub rule: Option<String>,
+    /// Why: shown by `shield bans` (also after a restart) and written to the audit log
+    /// (printable text, at most 512 bytes).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Allow a prefix wider than the policy's min_ban_ipv4_prefix / min_ban_ipv6_prefix
+    /// (default /8 and /32); refused without it.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+#[derive(Args)]
+pub struct UnbanArgs {
+    /// Address or prefix exactly as banned, e.g. 192.0.2.7 or 2001:db8:1:2::/64.
+    pub source: String,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+#[derive(Args)]
+pub struct BansArgs {
+    /// Machine-readable output: {"bans":[…]} with the fields of the README's BAN object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    #[command(flatten)]
+    pub bpffs: BpffsArgs,
+}
+
+pub fn ban(a: BanArgs) -> Result<ExitCode> {
+    let BanArgs {
+        source,
+        duration,
+        rule,
+        reason,
+        force,
+        socket,
+    } = a;
+    let socket = socket.socket;
+    let reply: control::Banned = control::call(
+        &socket,
+        &Request::Ban {
+            source,
+            duration,
+            rule,
+            reason,
+            force,
+        },
+    )?;
+    for w in &reply.warnings {
+        eprintln!("shield: warning: {w}");
+    }
+    for r in &reply.bans {
+        let b = &r.ban;
+        if r.kept_longer {
+            println!(
+                "{} is already banned from {} on {} for longer ({:.0}s left of {}s, {}): kept that ban",
+                b.source,
+                scope_text(b),
+                b.iface,
+                b.remaining_secs,
+                b.duration_secs,
+                b.origin,
+            );
+        } else {
+            println!(
+                "banned {} from {} on {} for {}s",
+                b.source,
+                scope_text(b),
+                b.iface,
+                b.duration_secs
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
+    let (source, socket) = (a.source, a.socket.socket);
+    let reply: control::Unbanned = control::call(
+        &socket,
+        &Request::Unban {
+            source: source.clone(),
+        },
+    )?;
+    if reply.removed.is_empty() {
+        println!("no ban on {source}");
+    }
+    for b in &reply.removed {
+        println!(
+            "unbanned {} from {} on {}",
+            b.source,
+            scope_text(b),
+            b.iface
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(a: BansArgs) -> Result<ExitCode> {
+    let (json, socket, bpffs) = (a.json, a.socket.socket, a.bpffs.bpffs);
+    let bans: Vec<BanEntry> = match control::call::<control::BanList>(&socket, &Request::Bans {}) {
+        Ok(list) => list.bans,
+        Err(e) if !e.daemon_absent() => return Err(e.into()),
+        Err(_) => {
+            eprintln!(
+                "shield: the daemon is not running (nothing listens on {}); reading the pinned maps under {}",
+                socket.display(),
+                bpffs.join("shield").display()
+            );
+            let mut all = Vec::new();
+            for iface in stats::pinned_ifaces(&bpffs) {
+                if !loader::is_attached(&bpffs, &iface) {
+                    eprintln!(
+                        "shield: {iface}: the program is detached: these bans are the last ones recorded and are not enforced"
+                    );
+                }
+                let maps = BanMaps::open(&loader::pin_dir(&bpffs, &iface))
+                    .with_context(|| format!("reading the ban maps of {iface}"))?;
+                for mut b in maps.active() {
+                    b.iface = iface.clone();
+                    all.push(b);
+                }
+            }
+            all
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "bans": bans }))?
+        );
+    } else {
+        print!("{}", bans_table(&bans));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scope_text(b: &BanEntry) -> String {
+    match b.scope {
+        policy::BanScope::Rule => format!("rule {}", b.rule),
+        policy::BanScope::Host => "the whole host".to_string(),
+    }
+}
+
+fn bans_table(bans: &[BanEntry]) -> String {
+    use std::fmt::Write as _;
+    if bans.is_empty() {
+        return "no active bans\n".to_string();
+    }
+    let mut out = format!(
+        "{:<10} {:<42} {:<16} {:>10} {:>10} {:<9} {:>5}  {}\n",
+        "IFACE", "SOURCE", "SCOPE", "REMAINING", "DURATION", "ORIGIN", "LEVEL", "REASON"
+    );
+    for b in bans {
+        let scope = match b.scope {
+            policy::BanScope::Rule => format!("rule {}", b.rule),
+            policy::BanScope::Host => "host".to_string(),
+        };
+        let origin = if b.monitor {
+            format!("{} (monitor)", b.origin)
+        } else {
+            b.origin.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<42} {:<16} {:>9.0}s {:>9.0}s {:<9} {:>5}  {}",
+            b.iface,
+            b.source,
+            scope,
+            b.remaining_secs,
+            b.duration_secs,
+            origin,
+            b.level,
+            // A reason stored by an older version may hold control characters: never
+            // let one break the table or drive the terminal.
+            b.comment
+                .as_deref()
+                .unwrap_or(if b.origin == Origin::Automatic && !b.rule.is_empty() {
+                    "over limit"
+                } else {
+                    ""
+                })
+                .chars()
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect::<String>()
+        );
+    }
+    out
+}

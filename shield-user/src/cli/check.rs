@@ -1,0 +1,95 @@
+//! `shield check`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::Args;
+use shield_user::{
+    control::{self, Request},
+    policy,
+};
+
+use super::SocketArgs;
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Policy file.
+    pub file: PathBuf,
+    /// Show what would change against the running daemon's policy (- running, + FILE).
+    #[arg(long)]
+    pub diff: bool,
+    /// The daemon's control socket, for --diff.
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+pub fn run(a: CheckArgs) -> Result<ExitCode> {
+    let (file, diff, socket) = (a.file, a.diff, a.socket.socket);
+    match policy::load(&file) {
+        Ok(p) if diff => {
+            print_warnings(&file, &p);
+            let running: control::RunningPolicy = control::call(&socket, &Request::Policy {})?;
+            let new = policy::matrix_table(&p);
+            println!(
+                "--- running: {} (generation {})\n+++ {}",
+                running.path,
+                running.generation,
+                file.display()
+            );
+            let changes = line_diff(&running.matrix, &new);
+            if changes.is_empty() {
+                println!("no change");
+            } else {
+                print!("{changes}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(p) => {
+            print_warnings(&file, &p);
+            print!("{}", policy::matrix_table(&p));
+            println!("{}: valid", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("shield: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `shield check`: likely mistakes in a valid policy, on stderr (the exit status stays 0).
+fn print_warnings(file: &std::path::Path, p: &policy::Policy) {
+    for w in policy::warnings(p) {
+        eprintln!("shield: warning: {}: {w}", file.display());
+    }
+}
+
+/// Lines only in `old` (-) and only in `new` (+), in order (LCS on lines; tables are small).
+fn line_diff(old: &str, new: &str) -> String {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push_str(&format!("+ {}\n", b[j]));
+            j += 1;
+        } else {
+            out.push_str(&format!("- {}\n", a[i]));
+            i += 1;
+        }
+    }
+    out
+}

@@ -1,0 +1,35 @@
+//! `shield detach`: rollback.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use shield_user::loader;
+
+use super::BpffsArgs;
+
+#[derive(Args)]
+pub struct DetachArgs {
+    /// Interface to remove shield from (a Linux interface name: 1-15 bytes, no `/`).
+    #[arg(value_parser = loader::iface_arg)]
+    pub iface: String,
+    #[command(flatten)]
+    pub bpffs: BpffsArgs,
+}
+
+pub fn run(a: DetachArgs) -> Result<ExitCode> {
+    let (iface, bpffs) = (a.iface, a.bpffs.bpffs);
+    loader::require_root()?;
+    let done = loader::detach_pinned(&bpffs, &iface)?;
+    let dir = done.dir.display();
+    anyhow::ensure!(done.found, "no shield pinned for {iface} under {dir}");
+    if done.left.is_empty() {
+        println!("detached shield from {iface} and removed {dir}");
+    } else {
+        println!(
+            "detached shield from {iface} and removed its pins; left {dir} in place: it also holds {} (not shield's)",
+            done.left.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,131 @@
+//! The `shield` command line: one argument struct per command (`#[derive(Args)]`), shared
+//! flags (`SocketArgs`, `BpffsArgs`) flattened where they apply, a module per command.
+
+mod bans;
+mod check;
+mod detach;
+mod help;
+mod reload;
+mod run;
+mod stats;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use shield_user::{control, loader};
+
+/// shield: an XDP abuse shield for API hosts.
+///
+/// Drops packets from sources over per-source connection and packet rate limits at the NIC
+/// driver, before the kernel spends anything on them. The policy (a TOML file) sets limits
+/// per endpoint (protocol + destination ports) and per source scope (IPv4 /32, IPv6 /64 by
+/// default), plus allow and deny lists.
+///
+/// Escalation: a rule's `escalation = { strikes, window, ban, backoff, max_ban, scope,
+/// forget }` bans a source that was limited in `strikes` different seconds within `window`,
+/// for `ban`, then `backoff` times longer on each new offence within `forget`, up to
+/// `max_ban`; `scope` "rule" (its ports) or "host" (everything). See policy/example.toml.
+///
+/// Audit log (`run --audit-log`): JSON lines with ts, event, iface, source, rule and the
+/// event's own fields. Events: limited (first refused packet of a source in a second), ban,
+/// would_ban (monitor mode), ban_kept (a manual ban asked for less time than a ban in
+/// force: the longer one stays), ban_end, unban, reload, attack_start, attack_end, lost
+/// (the daemon's program was detached or its interface vanished), start, stop.
+///
+/// Control socket (`--socket`, default /run/shield/shield.sock, root only): line-delimited
+/// JSON, one request per line. Commands: ban {"cmd":"ban","source":"192.0.2.7",
+/// "duration":"10m","rule":"api","reason":"…","force":false}, unban {"cmd":"unban",
+/// "source":"…"}, bans, ping, reload, policy (the running policy's matrix). Replies
+/// {"ok":true,…} or {"ok":false,"error":"…"}. The README documents every field.
+#[derive(Parser)]
+#[command(
+    name = "shield",
+    version,
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load the XDP program, fill its maps from the policy and attach it (needs root).
+    ///
+    /// Runs in the foreground until SIGTERM or Ctrl-C, then detaches. Maps are pinned under
+    /// <bpffs>/shield/<iface>/ so `shield stats` works while it runs and after it stops, and
+    /// a restart adopts the previous counters and limiter state.
+    Run(run::RunArgs),
+    /// Reload the running daemon's policy file now and print the result or the error (the
+    /// old policy stays in force on error). SIGHUP and editing the file do the same.
+    Reload(reload::ReloadArgs),
+    /// Roll back: remove shield from an interface for good (program, link and pinned maps),
+    /// whether or not a daemon is running (needs root).
+    ///
+    /// Removes only shield's own pins, by name, from <bpffs>/shield/<IFACE>/ on a bpffs
+    /// mount, then the directory if nothing else is in it; anything else is left in place
+    /// and named. A running daemon notices, says so, and refuses reloads and bans until it
+    /// is restarted; stop it too (`systemctl stop shield`).
+    Detach(detach::DetachArgs),
+    /// Ban a source (address or prefix) for a while, from the whole host or one rule's ports.
+    ///
+    /// Talks to the running daemon; takes effect at once on every protected interface.
+    Ban(bans::BanArgs),
+    /// Lift every ban on exactly this address or prefix (manual or automatic).
+    ///
+    /// Host and rule bans alike, on every protected interface; a ban on a wider or
+    /// narrower prefix is not touched (`shield bans` lists them as stored).
+    Unban(bans::UnbanArgs),
+    /// List active bans: source, scope, remaining time, origin, ladder level, reason.
+    ///
+    /// Asks the daemon; if none answers, reads the pinned maps and says so (and whether the
+    /// program is still attached, i.e. whether the bans are enforced).
+    Bans(bans::BansArgs),
+    /// Validate a policy file and print the effective policy matrix (exit 0 valid, 1 invalid).
+    Check(check::CheckArgs),
+    /// Show per-rule × reason counters, tracked sources and top limited sources.
+    ///
+    /// Reads the pinned maps, so it works with or without a running daemon.
+    Stats(stats::StatsArgs),
+    /// Print this help, or the help of the given command (`shield help ban`).
+    Help(help::HelpArgs),
+}
+
+/// The running daemon's control socket, for commands that talk to it.
+#[derive(Args)]
+pub struct SocketArgs {
+    /// The daemon's control socket (as given to `shield run --socket`).
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// Where the pins are, for commands that read or remove them.
+#[derive(Args)]
+pub struct BpffsArgs {
+    /// bpffs mount point the daemon pins under.
+    #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+impl Command {
+    /// Whether this command is the daemon (which must keep ignoring SIGPIPE).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Command::Run(_))
+    }
+
+    pub fn dispatch(self) -> Result<ExitCode> {
+        match self {
+            Command::Run(a) => run::run(a),
+            Command::Reload(a) => reload::run(a),
+            Command::Detach(a) => detach::run(a),
+            Command::Ban(a) => bans::ban(a),
+            Command::Unban(a) => bans::unban(a),
+            Command::Bans(a) => bans::list(a),
+            Command::Check(a) => check::run(a),
+            Command::Stats(a) => stats::run(a),
+            Command::Help(a) => help::run(a),
+        }
+    }
+}

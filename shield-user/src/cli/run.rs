@@ -1,0 +1,73 @@
+//! `shield run`: the daemon.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::Args;
+use shield_user::{
+    control, daemon,
+    loader::{self, AttachMode},
+    logging,
+};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Interface to protect; repeat for several (each once).
+    #[arg(long = "iface", short = 'i', required = true, value_name = "IFACE", value_parser = loader::iface_arg)]
+    pub ifaces: Vec<String>,
+    /// Policy file (see `shield check`).
+    #[arg(long, short = 'p', value_name = "FILE")]
+    pub policy: PathBuf,
+    /// auto: native (driver) XDP, else generic with a warning; native or generic: only that.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: AttachMode,
+    /// bpffs mount point to pin maps under (mounted if it is not bpffs yet).
+    #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Audit log: JSON lines of bans, ban ends, manual bans/unbans and the first limited
+    /// packet of each source per second; `-` for stdout. Reopened on SIGUSR1.
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<String>,
+    /// Control socket for `shield ban`, `unban`, `bans`, `reload` (created 0600, root only).
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Prometheus metrics at http://ADDR/metrics: an IP:PORT (loopback unless told
+    /// otherwise; no host names), or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477", value_parser = metrics_arg)]
+    pub metrics: MetricsArg,
+    /// Start from empty counters, limiter state and bans instead of adopting the pinned
+    /// maps of the previous run.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Log level: error, warn, info, debug or trace (RUST_LOG, when set, wins and takes
+    /// the full tracing filter syntax).
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = logging::level_arg)]
+    pub log_level: String,
+    /// Log lines as text or as JSON objects (stderr; under systemd without timestamps,
+    /// which the journal adds).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+    pub log_format: logging::LogFormat,
+}
+
+/// `--metrics`: an address or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsArg(Option<std::net::SocketAddr>);
+
+fn metrics_arg(s: &str) -> Result<MetricsArg, String> {
+    shield_user::metrics::parse_addr(s).map(MetricsArg)
+}
+
+pub fn run(a: RunArgs) -> Result<ExitCode> {
+    logging::init(&a.log_level, a.log_format).map_err(anyhow::Error::msg)?;
+    daemon::run(&daemon::RunOptions {
+        ifaces: a.ifaces,
+        policy: a.policy,
+        xdp_mode: a.xdp_mode,
+        bpffs: a.bpffs,
+        audit_log: a.audit_log,
+        socket: a.socket,
+        metrics: a.metrics.0,
+        fresh: a.fresh,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

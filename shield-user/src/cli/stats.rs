@@ -1,0 +1,125 @@
+//! `shield stats`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use shield_user::{loader, stats};
+
+use super::BpffsArgs;
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Only this interface (default: every interface with pinned maps).
+    #[arg(long = "iface", short = 'i', value_name = "IFACE", value_parser = loader::iface_arg)]
+    pub iface: Option<String>,
+    /// Machine-readable output (schema in the README, stable).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds (default 2) with per-second rates, top sources, bans.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<u64>,
+    #[command(flatten)]
+    pub bpffs: BpffsArgs,
+}
+
+pub fn run(a: StatsArgs) -> Result<ExitCode> {
+    let (iface, json, bpffs) = (a.iface, a.json, a.bpffs.bpffs);
+    if let Some(secs) = a.watch {
+        anyhow::ensure!(!json, "--watch prints tables; use --json without --watch");
+        return watch_stats(&bpffs, iface.as_deref(), secs.max(1));
+    }
+    let ifaces = match iface {
+        Some(i) => vec![i],
+        None => stats::pinned_ifaces(&bpffs),
+    };
+    anyhow::ensure!(
+        !ifaces.is_empty(),
+        "no shield maps pinned under {} (is `shield run` running, or was it ever run with this --bpffs?)",
+        bpffs.join("shield").display()
+    );
+    let mut all = stats::Stats {
+        interfaces: Vec::new(),
+    };
+    for i in ifaces {
+        all.interfaces.push(
+            stats::read_iface(&bpffs, &i).with_context(|| format!("reading pinned maps of {i}"))?,
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        print!("{}", stats::render_table(&all));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shield stats --watch`: per-second rates between refreshes.
+fn watch_stats(bpffs: &std::path::Path, iface: Option<&str>, secs: u64) -> Result<ExitCode> {
+    use std::collections::HashMap;
+    let ifaces = match iface {
+        Some(i) => vec![i.to_string()],
+        None => stats::pinned_ifaces(bpffs),
+    };
+    anyhow::ensure!(
+        !ifaces.is_empty(),
+        "no shield maps pinned under {}",
+        bpffs.join("shield").display()
+    );
+    let mut before: HashMap<(String, String, &'static str), u64> = HashMap::new();
+    let mut first = true;
+    loop {
+        let mut out = String::new();
+        for i in &ifaces {
+            let s = stats::read_iface(bpffs, i)
+                .with_context(|| format!("reading pinned maps of {i}"))?;
+            if !s.attached {
+                out.push_str(&format!(
+                    "{}: NOT ATTACHED: the figures are the last ones recorded; nothing is enforced\n",
+                    s.iface
+                ));
+            }
+            out.push_str(&format!(
+                "{}: generation {}, mode {}, tracked sources {} of {}, {} {}, events lost {}\n",
+                s.iface,
+                s.policy_generation,
+                s.mode,
+                s.tracked_sources,
+                s.max_sources,
+                if s.attached {
+                    "active bans"
+                } else {
+                    "bans recorded (not enforced)"
+                },
+                s.active_bans,
+                s.events_lost
+            ));
+            out.push_str(&format!(
+                "  {:<20} {:>12} {:>14}\n",
+                "RULE", "REASON", "PACKETS/S"
+            ));
+            for r in &s.rules {
+                for (reason, c) in &r.counters {
+                    let key = (i.clone(), r.name.clone(), *reason);
+                    let prev = before.insert(key, c.packets).unwrap_or(c.packets);
+                    let rate = c.packets.saturating_sub(prev) as f64 / secs as f64;
+                    if c.packets > 0 && (rate > 0.0 || first) {
+                        out.push_str(&format!("  {:<20} {:>12} {:>14.1}\n", r.name, reason, rate));
+                    }
+                }
+            }
+            for t in &s.top_sources {
+                out.push_str(&format!(
+                    "  top: {:<42} {:<16} {:>10} limited\n",
+                    t.source, t.rule, t.limited
+                ));
+            }
+        }
+        println!(
+            "--- {}\n{out}",
+            shield_user::audit::rfc3339(std::time::SystemTime::now())
+        );
+        first = false;
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+}
