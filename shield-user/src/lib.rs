@@ -14,3 +14,8 @@ pub mod stats;
 
 /// The XDP program, built by build.rs (aya-build) and embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield"));
+
+/// Where build.rs left the test and benchmark programs (`shield-ebpf/src/bin/bench.rs`):
+/// a path for `tests/` to read, never embedded, so the shipped binary carries none of it.
+#[doc(hidden)]
+pub const BENCH_OBJECT_PATH: &str = concat!(env!("OUT_DIR"), "/bench");

@@ -245,9 +245,26 @@ impl Pkt {
     }
 }
 
+/// The test and benchmark programs (`shield-ebpf/src/bin/bench.rs`: a trivial pass and
+/// drop, the SYN generator), loaded from where the build left them: the shipped `shield`
+/// does not carry them.
+pub fn load_bench_object() -> Ebpf {
+    let bytes = std::fs::read(shield_user::BENCH_OBJECT_PATH).unwrap_or_else(|e| {
+        panic!(
+            "the test programs' object is missing at {} ({e}): build with `cargo build -p shield-user` (cargo xtask test does)",
+            shield_user::BENCH_OBJECT_PATH
+        )
+    });
+    aya::EbpfLoader::new()
+        .load(&bytes)
+        .unwrap_or_else(|e| panic!("loading the test programs' object: {e}"))
+}
+
 /// The real XDP object loaded (not attached) with a policy, in a private bpffs.
 pub struct Harness {
     pub ebpf: Ebpf,
+    /// The test programs' object (baselines), loaded when first asked for.
+    bench: Option<Ebpf>,
     /// Kept open like the daemon keeps it (it remembers what each half holds).
     pub tables: loader::PolicyMaps,
     pub bpffs: TempBpffs,
@@ -269,6 +286,7 @@ impl Harness {
         tables.install(&c, 1, 0).expect("filling maps");
         Harness {
             ebpf,
+            bench: None,
             tables,
             bpffs,
         }
@@ -299,19 +317,26 @@ impl Harness {
 
     /// Runs `program` `repeat` times on `frame`: (action, kernel-measured ns per run).
     pub fn run_repeat(&mut self, program: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
-        if program != PROGRAM_NAME {
-            let p: &mut Xdp = self
-                .ebpf
+        let obj = if program == PROGRAM_NAME {
+            &mut self.ebpf
+        } else {
+            let bench = self.bench.get_or_insert_with(load_bench_object);
+            let p: &mut Xdp = bench
                 .program_mut(program)
-                .expect("program")
+                .unwrap_or_else(|| panic!("the test object lacks program {program}"))
                 .try_into()
                 .expect("xdp");
             // Loading twice is an error; ignore "already loaded".
             let _ = p.load();
-        }
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self
+            bench
+        };
+        let prog: &Xdp = obj
             .program(program)
+            .unwrap_or_else(|| panic!("object lacks program {program}"))
+            .try_into()
+            .expect("an XDP program");
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),

@@ -134,8 +134,14 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(mode: u32, sources: u32) -> Result<Generator, String> {
+        let bytes = std::fs::read(shield_user::BENCH_OBJECT_PATH).map_err(|e| {
+            format!(
+                "the test programs' object {}: {e}",
+                shield_user::BENCH_OBJECT_PATH
+            )
+        })?;
         let mut obj = aya::EbpfLoader::new()
-            .load(shield_user::EBPF_OBJECT)
+            .load(&bytes)
             .map_err(|e| format!("loading the generator: {e}"))?;
         {
             let map = obj

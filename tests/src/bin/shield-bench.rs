@@ -707,8 +707,11 @@ fn flood_with(
             "on",
         ])?;
     }
+    // The trivial drop lives in the test programs' object, not in the shipped one.
+    let mut drop_obj = (filter == Filter::TrivialDrop).then(shield_tests::load_bench_object);
+    let obj = drop_obj.as_mut().unwrap_or(&mut rx);
     if is_shield(filter) || filter == Filter::TrivialDrop {
-        let prog: &mut Xdp = rx
+        let prog: &mut Xdp = obj
             .program_mut(prog_name)
             .ok_or("program")?
             .try_into()
