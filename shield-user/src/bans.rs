@@ -21,17 +21,6 @@ use crate::{
     policy::{BanScope, Cidr},
 };
 
-/// The clock the data path uses: CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`).
-pub fn mono_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum BanError {
     #[error(transparent)]
@@ -316,7 +305,7 @@ impl BanMaps {
     /// The data path's clock now (including the test offset).
     pub fn now(&self) -> u64 {
         let offset = self.tables.control().map_or(0, |c| c.clock_offset_ns);
-        mono_coarse_ns().wrapping_add(offset)
+        crate::loader::mono_coarse_ns().wrapping_add(offset)
     }
 
     /// The name of rule `id` in the running policy (empty for 0).
@@ -328,7 +317,7 @@ impl BanMaps {
             .current_rules()
             .ok()
             .and_then(|rules| rules.into_iter().find(|(i, _)| *i == u32::from(id)))
-            .map_or_else(|| format!("#{id}"), |(_, r)| crate::stats::rule_name(&r))
+            .map_or_else(|| format!("#{id}"), |(_, r)| crate::loader::rule_name(&r))
     }
 
     /// Finds a rule by name: (id, its config).
@@ -336,7 +325,7 @@ impl BanMaps {
         self.tables
             .current_rules()?
             .into_iter()
-            .find(|(_, r)| crate::stats::rule_name(r) == name)
+            .find(|(_, r)| crate::loader::rule_name(r) == name)
             .map(|(id, r)| (id as u16, r))
             .ok_or_else(|| BanError::NoSuchRule(name.to_string()))
     }

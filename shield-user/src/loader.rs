@@ -1243,3 +1243,24 @@ pub fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, LoaderErro
     let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
     Map::from_map_data(data).map_err(map_err(name))
 }
+
+/// The clock the data path uses: CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`).
+pub fn mono_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A rule's name as stored in its map slot.
+pub fn rule_name(cfg: &RuleConfig) -> String {
+    let end = cfg
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(cfg.name.len());
+    String::from_utf8_lossy(&cfg.name[..end]).into_owned()
+}

@@ -19,7 +19,7 @@ use shield_common::{
     counter_index, judge::still_verified, rule_stat_index,
 };
 
-use crate::loader::{LoaderError, open_pinned};
+use crate::loader::{LoaderError, open_pinned, rule_name};
 
 /// Name shown for rule slot 0: traffic no rule matched (and malformed frames).
 pub const UNMATCHED: &str = "(none)";
@@ -117,16 +117,6 @@ pub struct Stats {
     pub interfaces: Vec<IfaceStats>,
 }
 
-/// A rule's name as stored in its map slot.
-pub fn rule_name(cfg: &RuleConfig) -> String {
-    let end = cfg
-        .name
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(cfg.name.len());
-    String::from_utf8_lossy(&cfg.name[..end]).into_owned()
-}
-
 fn source_text(key: &SourceKey) -> String {
     let ip = if key.family == FAMILY_V4 {
         let a = key.addr;
@@ -183,7 +173,7 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         aya::maps::Array::try_from(open_pinned(&dir, MAP_BUDGET)?).map_err(err(MAP_BUDGET))?;
     let attack: aya::maps::Array<MapData, u64> =
         aya::maps::Array::try_from(open_pinned(&dir, MAP_ATTACK)?).map_err(err(MAP_ATTACK))?;
-    let now = crate::bans::mono_coarse_ns().wrapping_add(tables.control()?.clock_offset_ns);
+    let now = crate::loader::mono_coarse_ns().wrapping_add(tables.control()?.clock_offset_ns);
     let wall_now = std::time::SystemTime::now();
 
     let mut rule_cfgs: Vec<(u32, RuleConfig)> = Vec::new();

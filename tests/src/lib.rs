@@ -376,7 +376,7 @@ impl Harness {
             .current_rules()
             .expect("rules")
             .into_iter()
-            .map(|(id, r)| (stats::rule_name(&r), id))
+            .map(|(id, r)| (loader::rule_name(&r), id))
             .collect();
         let c = policy::compile_with_ids(&p, &previous);
         self.tables.install(&c, generation, 0).expect("installing")

@@ -132,7 +132,7 @@ impl Instance {
         if let Ok(rules) = m.tables.current_rules() {
             self.names = rules
                 .into_iter()
-                .map(|(id, r)| (id as u16, crate::stats::rule_name(&r)))
+                .map(|(id, r)| (id as u16, crate::loader::rule_name(&r)))
                 .collect();
         }
         self.clock_offset_ns = m.tables.control().map_or(0, |c| c.clock_offset_ns);
@@ -502,7 +502,7 @@ fn open_iface(
     let mut previous_half = None;
     // Adopted maps: keep rule ids (state, bans, counters) and keep counting generations.
     for (id, r) in tables.current_rules()? {
-        previous_ids.insert(crate::stats::rule_name(&r), id);
+        previous_ids.insert(crate::loader::rule_name(&r), id);
     }
     if let Ok((half, cfg)) = tables.active()
         && cfg.flags & shield_common::CFG_LOADED != 0

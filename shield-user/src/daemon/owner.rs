@@ -507,7 +507,7 @@ impl Owner {
         let Some(inst) = self.instances.get(idx) else {
             return;
         };
-        let mono_now = crate::bans::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
+        let mono_now = crate::loader::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
         let wall_now = SystemTime::now();
         for ev in evs {
             let line = event_json(inst, ev, mono_now, wall_now);
@@ -717,7 +717,7 @@ fn watch_attacks(inst: &Instance, audit: &mut AuditLog, tracker: &mut crate::att
             return;
         }
     };
-    let now = crate::bans::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
+    let now = crate::loader::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
     let prefix = format!("{}|", inst.iface);
     tracker.retain(|k| {
         !k.starts_with(&prefix) || totals.iter().any(|(_, n, _)| k == format!("{prefix}{n}"))
