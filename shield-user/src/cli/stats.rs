@@ -29,22 +29,12 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
         anyhow::ensure!(!json, "--watch prints tables; use --json without --watch");
         return watch_stats(&bpffs, iface.as_deref(), secs.max(1));
     }
-    let ifaces = match iface {
-        Some(i) => vec![i],
-        None => stats::pinned_ifaces(&bpffs),
-    };
-    anyhow::ensure!(
-        !ifaces.is_empty(),
-        "no shield maps pinned under {} (is `shield run` running, or was it ever run with this --bpffs?)",
-        bpffs.join("shield").display()
-    );
+    let ifaces = interfaces(&bpffs, iface.as_deref())?;
     let mut all = stats::Stats {
         interfaces: Vec::new(),
     };
     for i in ifaces {
-        all.interfaces.push(
-            stats::read_iface(&bpffs, &i).with_context(|| format!("reading pinned maps of {i}"))?,
-        );
+        all.interfaces.push(read(&bpffs, &i)?);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
@@ -57,22 +47,13 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
 /// `shield stats --watch`: per-second rates between refreshes.
 fn watch_stats(bpffs: &std::path::Path, iface: Option<&str>, secs: u64) -> Result<ExitCode> {
     use std::collections::HashMap;
-    let ifaces = match iface {
-        Some(i) => vec![i.to_string()],
-        None => stats::pinned_ifaces(bpffs),
-    };
-    anyhow::ensure!(
-        !ifaces.is_empty(),
-        "no shield maps pinned under {}",
-        bpffs.join("shield").display()
-    );
+    let ifaces = interfaces(bpffs, iface)?;
     let mut before: HashMap<(String, String, &'static str), u64> = HashMap::new();
     let mut first = true;
     loop {
         let mut out = String::new();
         for i in &ifaces {
-            let s = stats::read_iface(bpffs, i)
-                .with_context(|| format!("reading pinned maps of {i}"))?;
+            let s = read(bpffs, i)?;
             if !s.attached {
                 out.push_str(&format!(
                     "{}: NOT ATTACHED: the figures are the last ones recorded; nothing is enforced\n",
@@ -122,4 +103,40 @@ fn watch_stats(bpffs: &std::path::Path, iface: Option<&str>, secs: u64) -> Resul
         first = false;
         std::thread::sleep(std::time::Duration::from_secs(secs));
     }
+}
+
+/// The interfaces to show: the one asked for (it must have pins), else every one pinned.
+fn interfaces(bpffs: &std::path::Path, iface: Option<&str>) -> Result<Vec<String>> {
+    let ifaces = match iface {
+        Some(i) => {
+            anyhow::ensure!(
+                loader::pin_dir(bpffs, i)
+                    .join(shield_common::MAP_COUNTERS)
+                    .exists(),
+                "no shield maps pinned for {i} under {} (is it protected, with this --bpffs?)",
+                bpffs.join("shield").display()
+            );
+            vec![i.to_string()]
+        }
+        None => stats::pinned_ifaces(bpffs),
+    };
+    anyhow::ensure!(
+        !ifaces.is_empty(),
+        "no shield maps pinned under {} (is `shield run` running, or was it ever run with this --bpffs?)",
+        bpffs.join("shield").display()
+    );
+    Ok(ifaces)
+}
+
+/// One interface's figures; reading pins needs root, and says so.
+fn read(bpffs: &std::path::Path, iface: &str) -> Result<stats::IfaceStats> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    stats::read_iface(bpffs, iface).with_context(|| {
+        if root {
+            format!("reading pinned maps of {iface}")
+        } else {
+            format!("reading pinned maps of {iface} (this needs root: try sudo)")
+        }
+    })
 }
