@@ -344,32 +344,39 @@ pub fn set_attack(dir: &Path, rule: u32, since_ns: u64) -> Result<(), LoaderErro
 }
 
 /// Human table: one row per rule, a column per reason that has traffic anywhere.
+/// The lines that open an interface's figures (and say when nothing is enforced).
+pub fn header(s: &IfaceStats) -> String {
+    let mut out = String::new();
+    if !s.attached {
+        let _ = writeln!(
+            out,
+            "{}: NOT ATTACHED (the daemon stopped or shield was detached): the figures below are the last ones recorded; nothing is enforced",
+            s.iface
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{}: policy generation {}, mode {}, tracked sources {} of {}, {} {}, events lost {}",
+        s.iface,
+        s.policy_generation,
+        s.mode,
+        s.tracked_sources,
+        s.max_sources,
+        if s.attached {
+            "active bans"
+        } else {
+            "bans recorded (not enforced)"
+        },
+        s.active_bans,
+        s.events_lost
+    );
+    out
+}
+
 pub fn render_table(stats: &Stats) -> String {
     let mut out = String::new();
     for s in &stats.interfaces {
-        if !s.attached {
-            let _ = writeln!(
-                out,
-                "{}: NOT ATTACHED (the daemon stopped or shield was detached): the figures below are the last ones recorded; nothing is enforced",
-                s.iface
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{}: policy generation {}, mode {}, tracked sources {} of {}, {} {}, events lost {}",
-            s.iface,
-            s.policy_generation,
-            s.mode,
-            s.tracked_sources,
-            s.max_sources,
-            if s.attached {
-                "active bans"
-            } else {
-                "bans recorded (not enforced)"
-            },
-            s.active_bans,
-            s.events_lost
-        );
+        out.push_str(&header(s));
         let reasons: Vec<&'static str> = Reason::ALL
             .iter()
             .map(|r| r.name())

@@ -54,27 +54,7 @@ fn watch_stats(bpffs: &std::path::Path, iface: Option<&str>, secs: u64) -> Resul
         let mut out = String::new();
         for i in &ifaces {
             let s = read(bpffs, i)?;
-            if !s.attached {
-                out.push_str(&format!(
-                    "{}: NOT ATTACHED: the figures are the last ones recorded; nothing is enforced\n",
-                    s.iface
-                ));
-            }
-            out.push_str(&format!(
-                "{}: generation {}, mode {}, tracked sources {} of {}, {} {}, events lost {}\n",
-                s.iface,
-                s.policy_generation,
-                s.mode,
-                s.tracked_sources,
-                s.max_sources,
-                if s.attached {
-                    "active bans"
-                } else {
-                    "bans recorded (not enforced)"
-                },
-                s.active_bans,
-                s.events_lost
-            ));
+            out.push_str(&stats::header(&s));
             out.push_str(&format!(
                 "  {:<20} {:>12} {:>14}\n",
                 "RULE", "REASON", "PACKETS/S"
