@@ -129,6 +129,22 @@ const L4_NONE: u8 = 0;
 const L4_TCP: u8 = 1;
 const L4_UDP: u8 = 2;
 const L4_ICMP: u8 = 3;
+/// A fragment that could hide a transport header (RFC 1858 / RFC 7112): dropped as
+/// `bad_fragment`, never looked up in the rule table.
+const L4_BAD_FRAGMENT: u8 = 4;
+
+/// The transport header bytes the parser needs to judge a packet: a first fragment carrying
+/// fewer would let the kernel reassemble a header no rule saw (RFC 1858's tiny fragments).
+/// 0: a protocol without rules.
+#[inline(always)]
+fn transport_min(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => 4,
+        _ => 0,
+    }
+}
 
 struct Packet {
     family: u8,
@@ -309,6 +325,10 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     }
     if flags & deny_flag != 0 && listed(&pkt, list_half, false) {
         return Ok(verdict(rule_id, Reason::Deny, global_monitor, len));
+    }
+    // Like the deny list, follows the global mode.
+    if pkt.l4 == L4_BAD_FRAGMENT {
+        return Ok(verdict(0, Reason::BadFragment, global_monitor, len));
     }
     // Host-scope bans cover every port, matched or not.
     if bans
@@ -898,11 +918,24 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         conn_attempt: false,
         tcp_data: false,
     };
-    // Non-first fragments carry no transport header: judged on the source only.
-    if frag & 0x1fff != 0 {
+    let proto = ip[9];
+    let frag_off = frag & 0x1fff;
+    let more_fragments = frag & 0x2000 != 0;
+    // Non-first fragments carry no transport header: judged on the source only. RFC 1858:
+    // a TCP fragment at offset 1 (8 bytes) can only rewrite the first fragment's flags.
+    if frag_off != 0 {
+        if frag_off == 1 && proto == IPPROTO_TCP {
+            pkt.l4 = L4_BAD_FRAGMENT;
+        }
         return Ok(pkt);
     }
-    parse_l4(ctx, off + hlen, total_len - hlen, ip[9], &mut pkt)?;
+    // A first fragment too short for its transport header (by the IP length, what the
+    // kernel reassembles; the frame itself may be padded).
+    if more_fragments && total_len - hlen < transport_min(proto) {
+        pkt.l4 = L4_BAD_FRAGMENT;
+        return Ok(pkt);
+    }
+    parse_l4(ctx, off + hlen, total_len - hlen, proto, &mut pkt)?;
     Ok(pkt)
 }
 
@@ -927,6 +960,7 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
     };
     let mut next = ip[6];
     let mut l4off = off + 40;
+    let mut first_fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
@@ -942,10 +976,15 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
             IPPROTO_FRAGMENT => {
                 let h: [u8; 4] = bytes(ctx, l4off)?;
                 next = h[0];
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                    // Non-first fragment: source only.
+                let frag_off = u16::from_be_bytes([h[2], h[3]]) >> 3;
+                if frag_off != 0 {
+                    // Non-first fragment: source only (offset 1 of TCP: RFC 1858, as IPv4).
+                    if frag_off == 1 && next == IPPROTO_TCP {
+                        pkt.l4 = L4_BAD_FRAGMENT;
+                    }
                     return Ok(pkt);
                 }
+                first_fragment = h[3] & 1 != 0;
                 l4off += 8;
             }
             _ => break,
@@ -954,6 +993,18 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
     // A chain longer than MAX_EXT_HEADERS ends on an extension header: parse_l4 then finds
     // no transport it knows and the packet is judged on its source only.
     let l4_len = (off + 40 + payload_len).saturating_sub(l4off);
+    // RFC 7112: a first fragment must hold the whole header chain up to and including the
+    // transport header; one that does not (the chain ends on an extension header or the
+    // transport header is cut) could hide its ports and flags.
+    if first_fragment
+        && (matches!(
+            next,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+        ) || l4_len < transport_min(next))
+    {
+        pkt.l4 = L4_BAD_FRAGMENT;
+        return Ok(pkt);
+    }
     parse_l4(ctx, l4off, l4_len, next, &mut pkt)?;
     Ok(pkt)
 }

@@ -196,6 +196,73 @@ connections = { rate = "1/s", burst = 2 }
             counters: &[("(none)", Pass, 5)],
         },
         Case {
+            name: "RFC 1858: a TCP first fragment without the whole TCP header is bad_fragment",
+            policy: BASE,
+            packets: vec![
+                (p("192.0.2.1", syn()).first_fragment(8), 4, &[D; 4]),
+                (p("192.0.2.1", syn()).first_fragment(19), 1, &[D]),
+                (
+                    p("192.0.2.1", L4::Udp { dport: 53 }).first_fragment(4),
+                    1,
+                    &[D],
+                ),
+            ],
+            counters: &[("(none)", BadFragment, 6)],
+        },
+        Case {
+            name: "RFC 1858: a TCP fragment at offset 1 is bad_fragment, offset 2 is not",
+            policy: BASE,
+            packets: vec![
+                (p("192.0.2.1", syn()).fragment(1), 2, &[D, D]),
+                (p("192.0.2.1", syn()).fragment(2), 1, &[P]),
+                (p("192.0.2.1", L4::Udp { dport: 53 }).fragment(1), 1, &[P]),
+            ],
+            counters: &[("(none)", BadFragment, 2), ("(none)", Pass, 2)],
+        },
+        Case {
+            name: "a first fragment with the whole TCP header is judged by its rule",
+            policy: BASE,
+            packets: vec![(p("192.0.2.1", syn()).first_fragment(20), 4, &[P, P, P, D])],
+            counters: &[("api", Pass, 3), ("api", ConnLimit, 1)],
+        },
+        Case {
+            name: "RFC 7112: IPv6 first fragments without the transport header are bad_fragment",
+            policy: BASE,
+            packets: vec![
+                (p("2001:db8:9::1", syn()).first_fragment(8), 2, &[D, D]),
+                (
+                    p("2001:db8:9::1", syn()).first_fragment(0).ext(&[60]),
+                    1,
+                    &[D],
+                ),
+                (p("2001:db8:9::1", syn()).fragment(1), 1, &[D]),
+                (
+                    p("2001:db8:9::1", syn()).first_fragment(20),
+                    4,
+                    &[P, P, P, D],
+                ),
+            ],
+            counters: &[
+                ("(none)", BadFragment, 4),
+                ("api", Pass, 3),
+                ("api", ConnLimit, 1),
+            ],
+        },
+        Case {
+            name: "bad fragments: deny still counts first, global monitor only counts",
+            policy: r#"
+[defaults]
+mode = "monitor"
+[lists]
+deny = ["203.0.113.0/24"]
+"#,
+            packets: vec![
+                (p("203.0.113.1", syn()).first_fragment(8), 1, &[P]),
+                (p("192.0.2.1", syn()).first_fragment(8), 2, &[P, P]),
+            ],
+            counters: &[("(none)", WouldDrop, 3)],
+        },
+        Case {
             name: "deny list drops, allow list is never limited",
             policy: BASE,
             packets: vec![
