@@ -301,14 +301,16 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(ctl.clock_offset_ns);
 
-    // O(1) rule lookup: one array slot per protocol and port.
+    // O(1) rule lookup: one array slot per protocol and port. A packet without a port (a
+    // non-first fragment, ESP, GRE, …) has no slot in the table: it belongs to no rule.
+    // (An index of PORT_TABLE_LEN would be the *other* half's TCP port 0.)
     let index = match pkt.l4 {
-        L4_TCP => port_index(PROTO_SLOT_TCP, pkt.dport),
-        L4_UDP => port_index(PROTO_SLOT_UDP, pkt.dport),
-        L4_ICMP => PORT_INDEX_ICMP,
-        _ => PORT_TABLE_LEN,
+        L4_TCP => Some(port_index(PROTO_SLOT_TCP, pkt.dport)),
+        L4_UDP => Some(port_index(PROTO_SLOT_UDP, pkt.dport)),
+        L4_ICMP => Some(PORT_INDEX_ICMP),
+        _ => None,
     };
-    let rule_id = match SHIELD_PORTS.get(half * PORT_TABLE_LEN + index) {
+    let rule_id = match index.and_then(|i| SHIELD_PORTS.get(half * PORT_TABLE_LEN + i)) {
         Some(id) if *id < RULE_SLOTS => *id,
         _ => 0,
     };
