@@ -332,24 +332,35 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     if pkt.l4 == L4_BAD_FRAGMENT {
         return Ok(verdict(0, Reason::BadFragment, global_monitor, len));
     }
-    // Host-scope bans cover every port, matched or not.
-    if bans
-        && let Some(ban) = host_ban(&pkt)
-        && let Some(action) = banned(rule_id, ban, now, len)
-    {
-        return Ok(action);
+    // Host-scope bans cover every port, matched or not. A monitor-mode ban exempts
+    // nothing: it only turns the pass the normal judgement gives into `would_ban`.
+    let mut watched = false;
+    if bans && let Some(ban) = host_ban(&pkt) {
+        match ban_hit(ban, now) {
+            BAN_HIT_DROP => {
+                count(rule_id, Reason::Ban, len);
+                return Ok(xdp_action::XDP_DROP);
+            }
+            BAN_HIT_MONITOR => watched = true,
+            _ => {}
+        }
     }
+    let pass = if watched {
+        Reason::WouldBan
+    } else {
+        Reason::Pass
+    };
 
     if rule_id == 0 {
-        count(0, Reason::Pass, len);
+        count(0, pass, len);
         return Ok(xdp_action::XDP_PASS);
     }
     let Some(rule) = SHIELD_RULES.get(half * RULE_SLOTS + rule_id) else {
-        count(0, Reason::Pass, len);
+        count(0, pass, len);
         return Ok(xdp_action::XDP_PASS);
     };
     if rule.flags & RULE_PRESENT == 0 {
-        count(rule_id, Reason::Pass, len);
+        count(rule_id, pass, len);
         return Ok(xdp_action::XDP_PASS);
     }
     let prefix = if pkt.family == FAMILY_V4 {
@@ -363,13 +374,22 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         prefix_len: prefix,
         addr: mask_prefix(pkt.src, prefix),
     };
-    // SAFETY: pointer from a successful lookup, valid during this run (RCU).
-    if bans
-        && let Some(ban) = SHIELD_RBANS.get_ptr(key)
-        && let Some(action) = banned(rule_id, unsafe { &*ban }, now, len)
-    {
-        return Ok(action);
+    if bans && let Some(ban) = SHIELD_RBANS.get_ptr(key) {
+        // SAFETY: pointer from a successful lookup, valid during this run (RCU).
+        match ban_hit(unsafe { &*ban }, now) {
+            BAN_HIT_DROP => {
+                count(rule_id, Reason::Ban, len);
+                return Ok(xdp_action::XDP_DROP);
+            }
+            BAN_HIT_MONITOR => watched = true,
+            _ => {}
+        }
     }
+    let pass = if watched {
+        Reason::WouldBan
+    } else {
+        Reason::Pass
+    };
     let monitor = rule.flags & RULE_MONITOR != 0;
 
     // Spoofed-source floods: connection attempts from sources that never proved real share
@@ -390,11 +410,14 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     }
 
     if !needs_state(rule, pkt.conn_attempt) {
-        count(rule_id, Reason::Pass, len);
+        count(rule_id, pass, len);
         return Ok(xdp_action::XDP_PASS);
     }
 
-    let reason = judge_source(rule, &key, &pkt, now, seed);
+    let reason = match judge_source(rule, &key, &pkt, now, seed) {
+        Reason::Pass => pass,
+        other => other,
+    };
     // The rule's flag holds its effective mode (its own `mode`, else the global one), so
     // that a rule can be enforced while the rest of the policy is still monitored.
     Ok(verdict(rule_id, reason, monitor, len))
@@ -723,19 +746,22 @@ fn host_ban(pkt: &Packet) -> Option<&'static BanValue> {
     }
 }
 
-/// The action for a packet hitting `ban`, or `None` if the ban has expired (the daemon
-/// removes expired bans and logs their end).
+/// `ban_hit`: the ban has expired (the daemon removes expired bans and logs their end).
+const BAN_HIT_NONE: u8 = 0;
+/// An active ban: the packet is dropped.
+const BAN_HIT_DROP: u8 = 1;
+/// An active monitor-mode ban: the packet is judged as if unbanned; a pass counts as
+/// `would_ban`.
+const BAN_HIT_MONITOR: u8 = 2;
+
 #[inline(always)]
-fn banned(rule_id: u32, ban: &BanValue, now: u64, len: u64) -> Option<u32> {
+fn ban_hit(ban: &BanValue, now: u64) -> u8 {
     if now >= ban.expires_ns {
-        return None;
-    }
-    if ban.flags & BAN_MONITOR != 0 {
-        count(rule_id, Reason::WouldBan, len);
-        Some(xdp_action::XDP_PASS)
+        BAN_HIT_NONE
+    } else if ban.flags & BAN_MONITOR != 0 {
+        BAN_HIT_MONITOR
     } else {
-        count(rule_id, Reason::Ban, len);
-        Some(xdp_action::XDP_DROP)
+        BAN_HIT_DROP
     }
 }
 

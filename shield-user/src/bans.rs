@@ -76,6 +76,9 @@ pub struct BanEntry {
     pub comment: Option<String>,
     #[serde(skip)]
     pub key: BanKey,
+    /// Id of the rule that issued it (0: a manual host ban).
+    #[serde(skip)]
+    pub rule_id: u16,
 }
 
 /// Where a ban lives.
@@ -167,6 +170,7 @@ impl BanMaps {
             level: v.level,
             comment: None,
             key,
+            rule_id: v.rule,
         }
     }
 
@@ -313,6 +317,33 @@ impl BanMaps {
     /// Turns the data path's ban lookups on or off.
     pub fn set_bans_flag(&mut self, on: bool) -> Result<(), BanError> {
         Ok(self.tables.set_flag(CFG_BANS, on)?)
+    }
+
+    /// Removes monitor-mode bans (host or rule scope) whose rule is no longer monitored
+    /// (after a reload switched it to enforce, or removed it); returns them. A monitor ban
+    /// never blocked anything, and its source is judged by the enforced rule from the next
+    /// packet on, so it is dropped rather than converted: an enforced ban only ever comes
+    /// from offences judged under enforcement.
+    pub fn drop_enforced_monitor_bans(&mut self) -> Result<Vec<BanEntry>, BanError> {
+        let monitored: Vec<u16> = self
+            .tables
+            .current_rules()?
+            .iter()
+            .filter(|(_, r)| r.flags & shield_common::RULE_MONITOR != 0)
+            .map(|(id, _)| *id as u16)
+            .collect();
+        let mut dropped = Vec::new();
+        for b in self.list().into_iter().filter(|b| b.monitor) {
+            let rule = match b.key {
+                BanKey::Rule(k) => k.rule,
+                _ => b.rule_id,
+            };
+            if !monitored.contains(&rule) {
+                self.remove(b.key)?;
+                dropped.push(b);
+            }
+        }
+        Ok(dropped)
     }
 
     /// Removes rule-scope bans of rules no longer in the policy (after a reload).

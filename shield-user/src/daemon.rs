@@ -152,6 +152,18 @@ impl Running {
             written += done.ports_written;
             swapped |= done.lists_swapped;
             let _ = inst.bans.drop_orphans();
+            // Monitor bans of rules now enforced: their sources are judged by the enforced
+            // rule from now on (see `drop_enforced_monitor_bans`).
+            if let Ok(dropped) = inst.bans.drop_enforced_monitor_bans() {
+                let mut audit = lock(&shared.audit);
+                for b in &dropped {
+                    let mut line = ban_json("ban_end", &inst.iface, b, None);
+                    line["level"] = b.level.into();
+                    line["monitor"] = true.into();
+                    line["ended"] = "rule enforced".into();
+                    audit.write(line);
+                }
+            }
         }
         self.ids = ids_of(&policy, &self.ids);
         self.generation = generation;

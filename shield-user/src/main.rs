@@ -457,6 +457,7 @@ impl BanJson {
             level: self.level,
             comment: self.comment,
             key: Default::default(),
+            rule_id: 0,
         }
     }
 }

@@ -267,3 +267,70 @@ fn manual_bans_host_and_rule_then_unban() {
     assert_eq!(swept.len(), 1);
     assert!(h.bans().is_empty());
 }
+
+/// A monitored rule (`watch`, host scope) and an enforced one (`api`) on other ports.
+const MIXED: &str = r#"
+[[rule]]
+name = "watch"
+protocol = "tcp"
+ports = [8080]
+mode = "monitor"
+connections = { rate = "1/s", burst = 1 }
+escalation = { strikes = 3, window = "1m", ban = "1h", scope = "host" }
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [9000]
+connections = { rate = "1/s", burst = 2 }
+"#;
+
+#[test]
+fn a_monitor_ban_does_not_exempt_its_source_from_enforced_rules() {
+    let mut h = Harness::new(MIXED);
+    let watched = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &watched), [XDP_PASS, XDP_PASS]);
+    }
+    let bans = h.bans();
+    assert!(bans.len() == 1 && bans[0].monitor, "a would_ban: {bans:?}");
+    // The enforced rule still judges the source: its burst passes (counted would_ban, as
+    // the monitor ban would have dropped them), the rest is refused.
+    let api = Pkt::new("192.0.2.1", L4::syn(9000)).bytes();
+    let got: Vec<u32> = (0..4).map(|_| h.run(&api)).collect();
+    assert_eq!(
+        got,
+        [XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP],
+        "a source with a monitor-mode ban went unjudged by the enforced rule"
+    );
+    assert_eq!(h.count("api", Reason::WouldBan).packets, 2);
+    assert_eq!(h.count("api", Reason::ConnLimit).packets, 2);
+    assert_eq!(h.count("api", Reason::Pass).packets, 0);
+    // The monitored rule keeps judging too (would_drop), never `ban`.
+    assert_eq!(h.run(&watched), XDP_PASS);
+    assert_eq!(h.count("watch", Reason::Ban).packets, 0);
+}
+
+#[test]
+fn switching_a_rule_to_enforce_drops_its_monitor_bans() {
+    let mut h = Harness::new(MIXED);
+    let watched = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &watched), [XDP_PASS, XDP_PASS]);
+    }
+    assert_eq!(h.bans().len(), 1);
+    h.reload(&MIXED.replace("mode = \"monitor\"\n", ""), 2);
+    let dir = shield_user::loader::pin_dir(&h.bpffs.path, shield_tests::HARNESS_IFACE);
+    let mut maps = shield_user::bans::BanMaps::open(&dir).expect("ban maps");
+    let dropped = maps.drop_enforced_monitor_bans().expect("dropping");
+    assert_eq!(
+        dropped.len(),
+        1,
+        "the monitor ban of the enforced rule: {dropped:?}"
+    );
+    assert!(h.bans().is_empty(), "no monitor ban left: {:?}", h.bans());
+    // From now on the source is judged by the enforced rule alone.
+    h.advance(SEC);
+    assert_eq!(h.run(&watched), XDP_PASS);
+    assert_eq!(h.run(&watched), XDP_DROP);
+    assert_eq!(h.count("watch", Reason::WouldBan).packets, 0);
+}
