@@ -406,9 +406,22 @@ pub struct BanValue {
     pub flags: u8,
     /// Position on the backoff ladder (0 = first ban).
     pub level: u8,
-    pub _pad: [u8; 4],
+    /// Host bans: the prefix length of the key it is stored under, so that a lookup that
+    /// finds it lapsed (or monitor-only) can go on to a shorter ban covering the same
+    /// address (the LPM trie returns only the longest match). 0 in entries written before
+    /// this field existed: the lookup stops there.
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<BanValue>() == 24);
+
+/// Most host bans one lookup walks through, longest prefix first: each lapsed or
+/// monitor-only match is followed by a lookup for a shorter one, so an active ban is found
+/// under up to 7 lapsed or monitor-only bans on longer prefixes of the same address. The
+/// bound keeps the verifier's work in check (each step costs it about 10,000 instructions
+/// of its 1,000,000; all 129 IPv6 lengths would not verify); the daemon removes lapsed bans
+/// within a second, so only monitor bans nest in practice.
+pub const HOST_BAN_WALK: usize = 8;
 
 // ---- Events (SHIELD_EVENTS ring buffer) ----
 

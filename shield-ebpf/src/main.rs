@@ -23,11 +23,11 @@ use shield_common::{
     CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Control, Counter, DEFAULT_MAX_SOURCES,
     DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS, DIAG_SOURCE_INSERT_FAILED,
     DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS, DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_LIMITED,
-    EV_WOULD_BAN, EVENTS_BYTES, Event, Gcra, GlobalConfig, HALVES, LIST_KEY_V4, LIST_KEY_V6,
-    ListValue, MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP, PORT_TABLE_LEN,
-    PROTO_SLOT_TCP, PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED,
-    RS_VERIFIED_CONNS, RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, RULE_STAT_SLOTS,
-    Reason, RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS,
+    EV_WOULD_BAN, EVENTS_BYTES, Event, Gcra, GlobalConfig, HALVES, HOST_BAN_WALK, LIST_KEY_V4,
+    LIST_KEY_V6, ListValue, MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP,
+    PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED,
+    RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS, RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT,
+    RULE_SLOTS, RULE_STAT_SLOTS, Reason, RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     counter_index,
     judge::{Outcome, escalate, judge, needs_state, still_verified, verified_key},
@@ -335,8 +335,8 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // Host-scope bans cover every port, matched or not. A monitor-mode ban exempts
     // nothing: it only turns the pass the normal judgement gives into `would_ban`.
     let mut watched = false;
-    if bans && let Some(ban) = host_ban(&pkt) {
-        match ban_hit(ban, now) {
+    if bans {
+        match host_ban(&pkt, now) {
             BAN_HIT_DROP => {
                 count(rule_id, Reason::Ban, len);
                 return Ok(xdp_action::XDP_DROP);
@@ -690,7 +690,8 @@ fn decide(
             rule: key.rule,
             flags: if monitor { BAN_MONITOR } else { 0 },
             level: out.level.min(255) as u8,
-            _pad: [0; 4],
+            prefix_len: key.prefix_len,
+            _pad: [0; 3],
         };
         let inserted = if host {
             insert_host_ban(key, &ban)
@@ -730,20 +731,44 @@ fn insert_host_ban(key: &SourceKey, ban: &BanValue) -> Result<(), i32> {
     }
 }
 
-#[inline(always)]
-fn host_ban(pkt: &Packet) -> Option<&'static BanValue> {
-    if pkt.family == FAMILY_V4 {
+/// The strongest host ban covering the packet's source (`BAN_HIT_*`). The trie answers
+/// with the longest matching prefix only; when that ban has lapsed or is monitor-only, the
+/// lookup goes on below its prefix length, so an active ban on a shorter prefix (a /24
+/// under a lapsed /32) is still honoured. One lookup while the first match is active or
+/// there is none, which is every packet but those of such nested bans.
+#[inline(never)]
+fn host_ban(pkt: &Packet, now: u64) -> u8 {
+    let v4 = pkt.family == FAMILY_V4;
+    let mut plen: u32 = if v4 { 32 } else { 128 };
+    let mut hit = BAN_HIT_NONE;
+    for _ in 0..HOST_BAN_WALK {
         let s = pkt.src;
-        SHIELD_HBAN4.get(Key {
-            prefix_len: 32,
-            data: [s[0], s[1], s[2], s[3]],
-        })
-    } else {
-        SHIELD_HBAN6.get(Key {
-            prefix_len: 128,
-            data: pkt.src,
-        })
+        let found = if v4 {
+            SHIELD_HBAN4.get(Key {
+                prefix_len: plen,
+                data: [s[0], s[1], s[2], s[3]],
+            })
+        } else {
+            SHIELD_HBAN6.get(Key {
+                prefix_len: plen,
+                data: s,
+            })
+        };
+        let Some(ban) = found else {
+            break;
+        };
+        match ban_hit(ban, now) {
+            BAN_HIT_DROP => return BAN_HIT_DROP,
+            BAN_HIT_MONITOR => hit = BAN_HIT_MONITOR,
+            _ => {}
+        }
+        let found_len = ban.prefix_len as u32;
+        if found_len == 0 || found_len > plen {
+            break;
+        }
+        plen = found_len - 1;
     }
+    hit
 }
 
 /// `ban_hit`: the ban has expired (the daemon removes expired bans and logs their end).

@@ -216,7 +216,8 @@ impl BanMaps {
             rule: 0,
             flags: BAN_MANUAL,
             level: 0,
-            _pad: [0; 4],
+            prefix_len: cidr.len,
+            _pad: [0; 3],
         };
         let key = match rule {
             None => match cidr.addr {

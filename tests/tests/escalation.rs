@@ -334,3 +334,54 @@ fn switching_a_rule_to_enforce_drops_its_monitor_bans() {
     assert_eq!(h.run(&watched), XDP_DROP);
     assert_eq!(h.count("watch", Reason::WouldBan).packets, 0);
 }
+
+/// Overlapping host bans are each honoured: an expired or monitor-mode ban on a longer
+/// prefix (the LPM's longest match) must not hide an active ban on a shorter one.
+#[test]
+fn a_lapsed_or_monitor_ban_never_hides_a_covering_ban() {
+    let mut h = Harness::new(&policy("host", "monitor"));
+    let dir = shield_user::loader::pin_dir(&h.bpffs.path, shield_tests::HARNESS_IFACE);
+    let mut maps = shield_user::bans::BanMaps::open(&dir).expect("ban maps");
+    let ban = |maps: &mut shield_user::bans::BanMaps, cidr: &str, secs: u64| {
+        maps.ban(parse_cidr(cidr).unwrap(), Duration::from_secs(secs), None)
+            .expect("manual host ban");
+    };
+    // 1. A monitor /32 ban (3 offences against the monitored rule) inside an active /24.
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &syn), [XDP_PASS, XDP_PASS]);
+    }
+    assert!(
+        h.bans()
+            .iter()
+            .any(|b| b.monitor && b.source == "192.0.2.1/32")
+    );
+    ban(&mut maps, "192.0.2.0/24", 3600);
+    // 2. Expired /32 and /128 bans inside active /16 and /48 bans.
+    ban(&mut maps, "198.51.100.7/32", 1);
+    ban(&mut maps, "198.51.0.0/16", 3600);
+    ban(&mut maps, "2001:db8:5::7/128", 1);
+    ban(&mut maps, "2001:db8:5::/48", 3600);
+    // 3. Three nested levels: expired /32, expired /28, active /20.
+    ban(&mut maps, "10.1.2.3/32", 1);
+    ban(&mut maps, "10.1.2.0/28", 1);
+    ban(&mut maps, "10.1.0.0/20", 3600);
+    h.advance(2 * SEC);
+    for src in [
+        "192.0.2.1",
+        "198.51.100.7",
+        "2001:db8:5::7",
+        "10.1.2.3",
+        "10.1.2.4",
+        "10.1.5.5",
+    ] {
+        assert_eq!(
+            h.run(&Pkt::new(src, L4::syn(22)).bytes()),
+            XDP_DROP,
+            "{src} is inside an active host ban but passed: a longer lapsed or monitor ban hid it"
+        );
+    }
+    assert_eq!(h.count("(none)", Reason::Ban).packets, 6);
+    // Outside every active ban: passes.
+    assert_eq!(h.run(&Pkt::new("10.1.16.1", L4::syn(22)).bytes()), XDP_PASS);
+}
