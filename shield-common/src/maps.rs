@@ -431,6 +431,9 @@ pub const EV_LIMITED: u32 = 1;
 pub const EV_BAN: u32 = 2;
 /// A ban would have started (monitor mode).
 pub const EV_WOULD_BAN: u32 = 3;
+/// A ban (or, in monitor mode, a would-be ban) was due but its map refused the insert
+/// (full): no ban exists. Never reported as a ban.
+pub const EV_BAN_FAILED: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

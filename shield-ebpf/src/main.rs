@@ -22,10 +22,10 @@ use shield_common::{
     BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4, CFG_DENY_V6,
     CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Control, Counter, DEFAULT_MAX_SOURCES,
     DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS, DIAG_SOURCE_INSERT_FAILED,
-    DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS, DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_LIMITED,
-    EV_WOULD_BAN, EVENTS_BYTES, Event, Gcra, GlobalConfig, HALVES, HOST_BAN_WALK, LIST_KEY_V4,
-    LIST_KEY_V6, ListValue, MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP,
-    PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED,
+    DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS, DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_BAN_FAILED,
+    EV_LIMITED, EV_WOULD_BAN, EVENTS_BYTES, Event, Gcra, GlobalConfig, HALVES, HOST_BAN_WALK,
+    LIST_KEY_V4, LIST_KEY_V6, ListValue, MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED,
+    PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED,
     RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS, RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT,
     RULE_SLOTS, RULE_STAT_SLOTS, Reason, RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
@@ -698,10 +698,15 @@ fn decide(
         } else {
             SHIELD_RBANS.insert(*key, ban, 0)
         };
-        if inserted.is_err() {
+        // A refused insert (the ban map is full) is reported as such, never as a ban.
+        let kind = if inserted.is_err() {
             diag(DIAG_BAN_INSERT_FAILED);
-        }
-        let kind = if monitor { EV_WOULD_BAN } else { EV_BAN };
+            EV_BAN_FAILED
+        } else if monitor {
+            EV_WOULD_BAN
+        } else {
+            EV_BAN
+        };
         emit(kind, shown, key, &out, now, state.limited, host as u32);
     }
     reason

@@ -21,7 +21,8 @@ use aya::{
 };
 use serde_json::json;
 use shield_common::{
-    CFG_BANS, EV_BAN, EV_LIMITED, EV_WOULD_BAN, Event, MAP_EVENTS, Reason, addr::FAMILY_V4,
+    CFG_BANS, EV_BAN, EV_BAN_FAILED, EV_LIMITED, EV_WOULD_BAN, Event, MAP_EVENTS, Reason,
+    addr::FAMILY_V4,
 };
 
 use crate::{
@@ -552,12 +553,22 @@ fn event_json(
         EV_LIMITED => {
             o.insert("event".into(), "limited".into());
         }
-        EV_BAN | EV_WOULD_BAN => {
-            let kind = if ev.kind == EV_BAN {
-                "ban"
-            } else {
-                "would_ban"
+        EV_BAN | EV_WOULD_BAN | EV_BAN_FAILED => {
+            let kind = match ev.kind {
+                EV_BAN => "ban",
+                EV_WOULD_BAN => "would_ban",
+                _ => "ban_failed",
             };
+            if ev.kind == EV_BAN_FAILED {
+                o.insert(
+                    "error".into(),
+                    format!(
+                        "the ban table is full ({} entries): the source is not banned",
+                        shield_common::MAX_BANS
+                    )
+                    .into(),
+                );
+            }
             o.insert("event".into(), kind.into());
             o.insert("origin".into(), "automatic".into());
             o.insert(
@@ -570,15 +581,17 @@ fn event_json(
                 "ban_secs".into(),
                 Duration::from_nanos(ev.duration_ns).as_secs_f64().into(),
             );
-            o.insert(
-                "expires".into(),
-                rfc3339(wall_of(
-                    ev.ts_ns.saturating_add(ev.duration_ns),
-                    mono_now,
-                    wall_now,
-                ))
-                .into(),
-            );
+            if ev.kind != EV_BAN_FAILED {
+                o.insert(
+                    "expires".into(),
+                    rfc3339(wall_of(
+                        ev.ts_ns.saturating_add(ev.duration_ns),
+                        mono_now,
+                        wall_now,
+                    ))
+                    .into(),
+                );
+            }
         }
         other => {
             o.insert("event".into(), format!("unknown_{other}").into());

@@ -385,3 +385,54 @@ fn a_lapsed_or_monitor_ban_never_hides_a_covering_ban() {
     // Outside every active ban: passes.
     assert_eq!(h.run(&Pkt::new("10.1.16.1", L4::syn(22)).bytes()), XDP_PASS);
 }
+
+/// A ban the full ban map refuses is reported as a failed ban (`EV_BAN_FAILED`, the
+/// `ban_insert_failures` counter), never as a ban that does not exist.
+#[test]
+fn a_ban_the_full_table_refuses_is_reported_as_failed() {
+    let mut h = Harness::new(&policy("rule", "enforce"));
+    {
+        let map = h
+            .ebpf
+            .map_mut(shield_common::MAP_RULE_BANS)
+            .expect("rule bans map");
+        let mut bans: aya::maps::HashMap<_, shield_common::SourceKey, shield_common::BanValue> =
+            aya::maps::HashMap::try_from(map).expect("hash map");
+        // Fill it with lapsed bans of a rule id no policy uses.
+        for i in 0..shield_common::MAX_BANS {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&(0x0a00_0000u32 + i).to_be_bytes());
+            let key = shield_common::SourceKey {
+                rule: 200,
+                family: shield_common::addr::FAMILY_V4,
+                prefix_len: 32,
+                addr,
+            };
+            bans.insert(key, shield_common::BanValue::default(), 0)
+                .expect("filling the ban map");
+        }
+    }
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &syn), [XDP_PASS, XDP_DROP]);
+    }
+    let ev = h.events();
+    assert!(
+        !ev.iter().any(|e| e.kind == EV_BAN),
+        "a ban the full table refused was reported as a ban: {ev:?}"
+    );
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e.kind == shield_common::EV_BAN_FAILED)
+            .count(),
+        1,
+        "one failed ban reported: {ev:?}"
+    );
+    assert_eq!(h.stats().ban_insert_failures, 1);
+    assert!(
+        !h.bans().iter().any(|b| b.source == "192.0.2.1/32"),
+        "no ban exists"
+    );
+    // Not banned: the next second's token passes.
+    assert_eq!(h.run(&syn), XDP_PASS);
+}
