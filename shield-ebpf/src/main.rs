@@ -393,14 +393,17 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let monitor = rule.flags & RULE_MONITOR != 0;
 
     // Spoofed-source floods: connection attempts from sources that never proved real share
-    // the rule's `unverified` budget, checked before any per-source state is touched.
+    // the rule's `unverified` budget. While it is spent they are dropped before any
+    // per-source state is touched; otherwise the budget is charged only once the source's
+    // own limits admit the attempt, so one real source over its limit cannot drain it.
+    let mut charge = false;
     if rule.unverified.interval_ns != 0 && pkt.l4 == L4_TCP {
         let vkey = verified_key(pkt.family, pkt.src);
         if pkt.conn_attempt {
             if is_verified(&vkey, now, verified_ttl) {
                 rule_stat(rule_id, RS_VERIFIED_CONNS);
-            } else if take_budget(rule_id, &rule.unverified, now) {
-                rule_stat(rule_id, RS_UNVERIFIED_ADMITTED);
+            } else if budget_left(rule_id, &rule.unverified, now) {
+                charge = true;
             } else {
                 return Ok(verdict(rule_id, Reason::UnverifiedLimit, monitor, len));
             }
@@ -409,12 +412,21 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         }
     }
 
-    if !needs_state(rule, pkt.conn_attempt) {
-        count(rule_id, pass, len);
-        return Ok(xdp_action::XDP_PASS);
-    }
-
-    let reason = match judge_source(rule, &key, &pkt, now, seed) {
+    let reason = if needs_state(rule, pkt.conn_attempt) {
+        judge_source(rule, &key, &pkt, now, seed)
+    } else {
+        Reason::Pass
+    };
+    let reason = match reason {
+        Reason::Pass if charge => {
+            if take_budget(rule_id, &rule.unverified, now) {
+                rule_stat(rule_id, RS_UNVERIFIED_ADMITTED);
+                pass
+            } else {
+                // Another CPU took the last token since `budget_left`.
+                Reason::UnverifiedLimit
+            }
+        }
         Reason::Pass => pass,
         other => other,
     };
@@ -557,6 +569,15 @@ fn is_verified(vkey: &SourceKey, now: u64, ttl: u64) -> bool {
         // SAFETY: pointer from a successful lookup, valid during this run (RCU).
         Some(t) => still_verified(unsafe { *t }, now, ttl),
         None => false,
+    }
+}
+
+/// Whether the rule's `unverified` budget has a token now (nothing drawn).
+#[inline(always)]
+fn budget_left(rule_id: u32, budget: &Gcra, now: u64) -> bool {
+    match SHIELD_BUDGET.get(rule_id) {
+        Some(tat) => budget.check(*tat, now).is_some(),
+        None => true,
     }
 }
 
