@@ -6,6 +6,15 @@
 //! host offline; passing it leaves the kernel's own stack to reject it.
 #![no_std]
 #![no_main]
+// BPF atomics: `AtomicU64`'s compare_exchange is not offered for bpfel-unknown-none, but
+// the intrinsics lower to BPF_CMPXCHG / BPF_ADD with BPF_FETCH (kernel 5.12+).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics atomics: the only CAS on bpf"
+)]
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xsub};
 
 use aya_ebpf::{
     bindings::{
@@ -19,18 +28,19 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shield_common::{
-    BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4, CFG_DENY_V6,
-    CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Control, Counter, DEFAULT_MAX_SOURCES,
-    DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS, DIAG_SOURCE_INSERT_FAILED,
-    DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS, DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_BAN_FAILED,
-    EV_LIMITED, EV_WOULD_BAN, EVENTS_BYTES, Event, Gcra, GlobalConfig, HALVES, HOST_BAN_WALK,
-    LIST_KEY_V4, LIST_KEY_V6, ListValue, MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED,
-    PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED,
-    RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS, RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT,
-    RULE_SLOTS, RULE_STAT_SLOTS, Reason, RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS,
+    B_CONN, B_CONN_SUSTAINED, BAN_MONITOR, BUCKETS, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS,
+    CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Control, Counter,
+    DEFAULT_MAX_SOURCES, DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS,
+    DIAG_SOURCE_INSERT_FAILED, DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS,
+    DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_BAN_FAILED, EV_LIMITED, EV_WOULD_BAN, EVENTS_BYTES,
+    Event, Gcra, GlobalConfig, HALVES, HOST_BAN_WALK, LIST_KEY_V4, LIST_KEY_V6, ListValue,
+    MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP,
+    PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS,
+    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, RULE_STAT_SLOTS, Reason, RuleConfig,
+    SourceKey, SourceState, VERIFIED_REFRESH_NS,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     counter_index,
-    judge::{Outcome, escalate, judge, needs_state, still_verified, verified_key},
+    judge::{Outcome, escalate_claimed, needs_state, report_due, still_verified, verified_key},
     port_index, rule_stat_index,
     sketch::{
         self, Admission, CLASS_CONN, CLASS_PKT, SKETCH_CELLS, admission, cell_index, promoted_state,
@@ -443,8 +453,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
 fn judge_source(rule: &RuleConfig, key: &SourceKey, pkt: &Packet, now: u64, seed: u64) -> Reason {
     let rule_id = key.rule as u32;
     let (state, fresh) = match SHIELD_SOURCES.get_ptr_mut(key) {
-        // Concurrent CPUs may race on the same entry; the loss is bounded by one token per
-        // racing CPU.
+        // Shared by every CPU: `decide` updates it with atomic compare-and-exchange.
         Some(state) => (state, false),
         None => {
             let mut drawn = [0u64; 2];
@@ -587,15 +596,8 @@ fn take_budget(rule_id: u32, budget: &Gcra, now: u64) -> bool {
     let Some(tat) = SHIELD_BUDGET.get_ptr_mut(rule_id) else {
         return true;
     };
-    // SAFETY: array slot from a successful lookup. Racing CPUs may each take the same
-    // token: the budget overshoots by at most one per CPU.
-    match budget.check(unsafe { *tat }, now) {
-        Some(next) => {
-            unsafe { *tat = next };
-            true
-        }
-        None => false,
-    }
+    // Atomic against other CPUs drawing from the same budget.
+    draw(budget, tat, now)
 }
 
 /// A data segment of a source that is not (or no longer freshly) verified: if the kernel
@@ -682,6 +684,89 @@ fn rule_stat(rule_id: u32, slot: u32) {
     }
 }
 
+/// Attempts of a compare-and-exchange before the packet is judged over the limit. Each
+/// lost attempt means another CPU drew from the same bucket meanwhile (progress), so this
+/// only bites when several CPUs race on one source at millions of packets per second.
+const CAS_TRIES: usize = 8;
+
+/// BPF_CMPXCHG on a u64 in a map value: the value found, and whether it was `old` (and
+/// is now `new`).
+#[inline(always)]
+fn cas(p: *mut u64, old: u64, new: u64) -> (u64, bool) {
+    // SAFETY: `p` points to an 8-byte aligned u64 in a map value, valid during this run.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new)
+    }
+}
+
+/// Draws one token from `bucket` whose TAT is at `p`, atomically against other CPUs:
+/// `true` when drawn, `false` when over the limit (or `CAS_TRIES` attempts lost to other
+/// CPUs). Not inlined: its retry loop stays out of its callers' stack frames.
+#[inline(never)]
+fn draw(bucket: &Gcra, p: *mut u64, now: u64) -> bool {
+    // SAFETY: as in `cas`.
+    let mut old = unsafe { core::ptr::read_volatile(p) };
+    for _ in 0..CAS_TRIES {
+        let Some(new) = bucket.check(old, now) else {
+            return false;
+        };
+        let (found, swapped) = cas(p, old, new);
+        if swapped {
+            return true;
+        }
+        old = found;
+    }
+    false
+}
+
+/// `judge` (shield_common) for state shared by every CPU: each bucket is drawn with a
+/// compare-and-exchange, and a refusal by a later bucket gives back the tokens drawn from
+/// the earlier ones (an atomic subtraction of one interval from the TAT: tokens are
+/// interchangeable, so this undoes the draw even if another CPU drew since; a TAT pulled
+/// back below `now` means a full bucket, as before the draw). So CPUs racing on one source
+/// never admit more than its limit between them.
+#[inline(always)]
+fn judge_shared(
+    rule: &RuleConfig,
+    state: &mut SourceState,
+    now: u64,
+    conn_attempt: bool,
+) -> Reason {
+    let tat = state.tat.as_mut_ptr();
+    let mut taken = 0u32;
+    for i in 0..BUCKETS {
+        let conn_bucket = i == B_CONN || i == B_CONN_SUSTAINED;
+        let bucket = &rule.buckets[i];
+        if (conn_bucket && !conn_attempt) || !bucket.is_enabled() {
+            continue;
+        }
+        // SAFETY: i < BUCKETS: inside the TAT array.
+        if draw(bucket, unsafe { tat.add(i) }, now) {
+            taken |= 1 << i;
+            continue;
+        }
+        for j in 0..BUCKETS {
+            if taken & (1 << j) != 0 {
+                // SAFETY: j < BUCKETS; the TAT is at least one interval (it was drawn).
+                unsafe {
+                    atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(
+                        tat.add(j),
+                        rule.buckets[j].interval_ns,
+                    )
+                };
+            }
+        }
+        // SAFETY: a field of the same map value, 8-byte aligned.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut state.limited, 1) };
+        return if conn_bucket {
+            Reason::ConnLimit
+        } else {
+            Reason::PktLimit
+        };
+    }
+    Reason::Pass
+}
+
 /// Judges a packet against the source's buckets; on a refusal, counts strikes, issues the
 /// ban the escalation calls for and reports the event.
 /// Not inlined: its own stack frame.
@@ -694,11 +779,19 @@ fn decide(
     conn_attempt: bool,
 ) -> Reason {
     let monitor = rule.flags & RULE_MONITOR != 0;
-    let reason = judge(rule, state, now, conn_attempt);
+    let reason = judge_shared(rule, state, now, conn_attempt);
     if !reason.is_drop() {
         return reason;
     }
-    let out = escalate(&rule.escalation, state, now);
+    // The first refusal of a second claims it; a CPU that loses the claim to another
+    // seeing the same second neither reports nor strikes.
+    let last = &mut state.last_report_ns as *mut u64;
+    // SAFETY: a field of a map value (or the per-CPU scratch slot), 8-byte aligned.
+    let seen = unsafe { core::ptr::read_volatile(last) };
+    if !report_due(seen, now) || !cas(last, seen, now).1 {
+        return reason;
+    }
+    let out = escalate_claimed(&rule.escalation, state, now);
     let shown = if monitor { Reason::WouldDrop } else { reason };
     if out.first_in_second {
         emit(EV_LIMITED, shown, key, &out, now, state.limited, 0);
