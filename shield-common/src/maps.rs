@@ -394,6 +394,13 @@ impl SourceState {
 pub const BAN_MANUAL: u8 = 1 << 0;
 /// `BanValue::flags`: issued in monitor mode: packets are counted `would_ban` and pass.
 pub const BAN_MONITOR: u8 = 1 << 1;
+/// `BanValue::flags`: issued on evidence a spoofer can forge (every automatic ban: a rate
+/// of SYNs, datagrams or segments, none of which proves its source address). The ban drops
+/// what opens something new (TCP connection attempts, non-TCP packets) and lets segments of
+/// TCP connections through to the normal judgement (the source's own limits still apply),
+/// so a spoofer cannot get a victim's established connections cut. Without it (manual bans:
+/// the operator's or the application's evidence) a ban drops everything.
+pub const BAN_ATTEMPTS: u8 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -28,9 +28,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shield_common::{
-    B_CONN, B_CONN_SUSTAINED, BAN_MONITOR, BUCKETS, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS,
-    CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Control, Counter,
-    DEFAULT_MAX_SOURCES, DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS,
+    B_CONN, B_CONN_SUSTAINED, BAN_ATTEMPTS, BAN_MONITOR, BUCKETS, BanValue, CFG_ALLOW_V4,
+    CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS,
+    Control, Counter, DEFAULT_MAX_SOURCES, DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS,
     DIAG_SOURCE_INSERT_FAILED, DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS,
     DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_BAN_FAILED, EV_LIMITED, EV_WOULD_BAN, EVENTS_BYTES,
     Event, Gcra, GlobalConfig, HALVES, HOST_BAN_WALK, LIST_KEY_V4, LIST_KEY_V6, ListValue,
@@ -386,7 +386,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     };
     if bans && let Some(ban) = SHIELD_RBANS.get_ptr(key) {
         // SAFETY: pointer from a successful lookup, valid during this run (RCU).
-        match ban_hit(unsafe { &*ban }, now) {
+        match ban_hit(unsafe { &*ban }, now, &pkt) {
             BAN_HIT_DROP => {
                 count(rule_id, Reason::Ban, len);
                 return Ok(xdp_action::XDP_DROP);
@@ -798,11 +798,13 @@ fn decide(
     }
     if out.ban_ns != 0 {
         let host = rule.flags & RULE_BAN_HOST != 0;
+        // Evidence decides the strength: a rate of packets proves nothing about their
+        // source address, so an automatic ban only stops new attempts (`BAN_ATTEMPTS`).
         let ban = BanValue {
             expires_ns: now.saturating_add(out.ban_ns),
             duration_ns: out.ban_ns,
             rule: key.rule,
-            flags: if monitor { BAN_MONITOR } else { 0 },
+            flags: BAN_ATTEMPTS | if monitor { BAN_MONITOR } else { 0 },
             level: out.level.min(255) as u8,
             prefix_len: key.prefix_len,
             _pad: [0; 3],
@@ -876,7 +878,7 @@ fn host_ban(pkt: &Packet, now: u64) -> u8 {
         let Some(ban) = found else {
             break;
         };
-        match ban_hit(ban, now) {
+        match ban_hit(ban, now, pkt) {
             BAN_HIT_DROP => return BAN_HIT_DROP,
             BAN_HIT_MONITOR => hit = BAN_HIT_MONITOR,
             _ => {}
@@ -890,6 +892,17 @@ fn host_ban(pkt: &Packet, now: u64) -> u8 {
     hit
 }
 
+/// Ban flags that let this packet through: an attempts-only ban (`BAN_ATTEMPTS`) passes
+/// the segments of TCP connections (no SYN), which go on to the normal judgement.
+#[inline(always)]
+fn passes(pkt: &Packet) -> u8 {
+    if pkt.l4 == L4_TCP && !pkt.conn_attempt {
+        BAN_ATTEMPTS
+    } else {
+        0
+    }
+}
+
 /// `ban_hit`: the ban has expired (the daemon removes expired bans and logs their end).
 const BAN_HIT_NONE: u8 = 0;
 /// An active ban: the packet is dropped.
@@ -899,8 +912,8 @@ const BAN_HIT_DROP: u8 = 1;
 const BAN_HIT_MONITOR: u8 = 2;
 
 #[inline(always)]
-fn ban_hit(ban: &BanValue, now: u64) -> u8 {
-    if now >= ban.expires_ns {
+fn ban_hit(ban: &BanValue, now: u64, pkt: &Packet) -> u8 {
+    if now >= ban.expires_ns || ban.flags & passes(pkt) != 0 {
         BAN_HIT_NONE
     } else if ban.flags & BAN_MONITOR != 0 {
         BAN_HIT_MONITOR

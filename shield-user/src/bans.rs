@@ -67,6 +67,10 @@ pub struct BanEntry {
     pub origin: &'static str,
     /// Issued in monitor mode: counted as `would_ban`, nothing dropped.
     pub monitor: bool,
+    /// What the ban drops: `everything` (manual bans), or `new_connections` (automatic
+    /// bans, issued on evidence a spoofer can forge: connection attempts and datagrams are
+    /// dropped, segments of established TCP connections pass).
+    pub cuts: &'static str,
     pub duration_secs: f64,
     pub remaining_secs: f64,
     /// How many bans this source had before on the backoff ladder (0 = first).
@@ -165,6 +169,11 @@ impl BanMaps {
                 "automatic"
             },
             monitor: v.flags & BAN_MONITOR != 0,
+            cuts: if v.flags & shield_common::BAN_ATTEMPTS != 0 {
+                "new_connections"
+            } else {
+                "everything"
+            },
             duration_secs: Duration::from_nanos(v.duration_ns).as_secs_f64(),
             remaining_secs: Duration::from_nanos(v.expires_ns.saturating_sub(now)).as_secs_f64(),
             level: v.level,

@@ -571,6 +571,9 @@ fn event_json(
             }
             o.insert("event".into(), kind.into());
             o.insert("origin".into(), "automatic".into());
+            // Automatic bans rest on evidence a spoofer can forge: they stop new
+            // connection attempts (and datagrams), never established connections.
+            o.insert("cuts".into(), "new_connections".into());
             o.insert(
                 "scope".into(),
                 if ev.host_scope != 0 { "host" } else { "rule" }.into(),

@@ -436,6 +436,9 @@ struct BanJson {
     rule: String,
     origin: String,
     monitor: bool,
+    /// Absent from daemons before this field: their bans cut everything.
+    #[serde(default)]
+    cuts: String,
     duration_secs: f64,
     remaining_secs: f64,
     level: u8,
@@ -452,6 +455,11 @@ impl BanJson {
             rule: self.rule,
             origin: st(&self.origin, "manual", "automatic"),
             monitor: self.monitor,
+            cuts: if self.cuts == "new_connections" {
+                "new_connections"
+            } else {
+                "everything"
+            },
             duration_secs: self.duration_secs,
             remaining_secs: self.remaining_secs,
             level: self.level,
@@ -468,7 +476,7 @@ fn bans_table(bans: &[BanEntry]) -> String {
         return "no active bans\n".to_string();
     }
     let mut out = format!(
-        "{:<10} {:<42} {:<16} {:>10} {:>10} {:<9} {:>5}  {}\n",
+        "{:<10} {:<42} {:<16} {:>10} {:>10} {:<40} {:>5}  {}\n",
         "IFACE", "SOURCE", "SCOPE", "REMAINING", "DURATION", "ORIGIN", "LEVEL", "REASON"
     );
     for b in bans {
@@ -477,14 +485,16 @@ fn bans_table(bans: &[BanEntry]) -> String {
         } else {
             "host".to_string()
         };
-        let origin = if b.monitor {
-            format!("{} (monitor)", b.origin)
-        } else {
-            b.origin.to_string()
-        };
+        let mut origin = b.origin.to_string();
+        if b.monitor {
+            origin.push_str(" (monitor)");
+        }
+        if b.cuts == "new_connections" {
+            origin.push_str(", new connections only");
+        }
         let _ = writeln!(
             out,
-            "{:<10} {:<42} {:<16} {:>9.0}s {:>9.0}s {:<9} {:>5}  {}",
+            "{:<10} {:<42} {:<16} {:>9.0}s {:>9.0}s {:<40} {:>5}  {}",
             b.iface,
             b.source,
             scope,

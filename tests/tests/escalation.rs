@@ -74,12 +74,14 @@ fn strikes_count_once_per_second_and_ban_after_three() {
         (3, 0, 30_000_000_000)
     );
 
-    // Banned: every packet to the rule's ports is dropped, established traffic included,
-    // with no further bucket or LRU work.
+    // Banned: every connection attempt to the rule's ports is dropped with no further
+    // bucket or LRU work; an automatic ban (spoofable evidence) lets established
+    // connections' segments through.
     let ack = Pkt::new("192.0.2.1", L4::ack(8080)).bytes();
     h.advance(5 * SEC);
     assert_eq!(h.run(&syn), XDP_DROP);
-    assert_eq!(h.run(&ack), XDP_DROP);
+    assert_eq!(h.run(&syn), XDP_DROP);
+    assert_eq!(h.run(&ack), XDP_PASS);
     assert_eq!(h.count("api", Reason::Ban).packets, 2);
     // Rule scope: the source's other traffic is untouched.
     assert_eq!(h.run(&Pkt::new("192.0.2.1", L4::syn(22)).bytes()), XDP_PASS);
@@ -435,4 +437,51 @@ fn a_ban_the_full_table_refuses_is_reported_as_failed() {
     );
     // Not banned: the next second's token passes.
     assert_eq!(h.run(&syn), XDP_PASS);
+}
+
+/// Evidence decides the strength of a ban: an automatic ban (a SYN rate: a spoofer can
+/// send SYNs with a victim's address) stops new attempts only and never cuts the victim's
+/// established connections; a manual ban (the operator's evidence) cuts everything.
+#[test]
+fn spoofable_evidence_never_cuts_established_connections() {
+    let mut h = Harness::new(&policy("host", "enforce"));
+    // A spoofer floods SYNs "from" a partner: 3 strikes, a host-wide ban.
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        offend(&mut h, &syn);
+    }
+    let bans = h.bans();
+    assert!(bans.len() == 1 && bans[0].scope == "host", "{bans:?}");
+    let from = |l4| Pkt::new("192.0.2.1", l4).bytes();
+    // New connection attempts and datagrams are refused, on every port.
+    assert_eq!(h.run(&from(L4::syn(8080))), XDP_DROP);
+    assert_eq!(h.run(&from(L4::syn(22))), XDP_DROP);
+    assert_eq!(h.run(&from(L4::Udp { dport: 53 })), XDP_DROP);
+    // The partner's established connections keep flowing, on every port.
+    for port in [8080, 22, 443] {
+        assert_eq!(
+            h.run(&from(L4::ack(port))),
+            XDP_PASS,
+            "an automatic ban cut an established connection on port {port}: a spoofer can do this to any victim"
+        );
+    }
+    // A manual ban cuts everything.
+    let dir = shield_user::loader::pin_dir(&h.bpffs.path, shield_tests::HARNESS_IFACE);
+    let mut maps = shield_user::bans::BanMaps::open(&dir).expect("ban maps");
+    maps.ban(parse_cidr("192.0.2.0/24").unwrap(), 60 * SEC, None)
+        .expect("manual host ban");
+    // The /32 automatic ban passes the segment; the walk finds the /24 manual ban.
+    assert_eq!(h.run(&from(L4::ack(8080))), XDP_DROP);
+    assert_eq!(h.run(&Pkt::new("192.0.2.9", L4::ack(22)).bytes()), XDP_DROP);
+    let b = h.bans();
+    assert!(
+        b.iter()
+            .any(|b| b.source == "192.0.2.1/32" && b.cuts == "new_connections"),
+        "{b:?}"
+    );
+    assert!(
+        b.iter()
+            .any(|b| b.source == "192.0.2.0/24" && b.cuts == "everything"),
+        "{b:?}"
+    );
 }
