@@ -144,10 +144,26 @@ pub fn ban_duration(esc: &Escalation, level: u16) -> u64 {
 /// backoff ladder unless the previous ban is older than `forget`.
 #[inline(always)]
 pub fn escalate(esc: &Escalation, state: &mut SourceState, now: u64) -> Outcome {
-    if state.last_report_ns != 0 && now.saturating_sub(state.last_report_ns) < NS_PER_SEC {
+    if !report_due(state.last_report_ns, now) {
         return Outcome::NONE;
     }
     state.last_report_ns = now;
+    escalate_claimed(esc, state, now)
+}
+
+/// Whether a refusal at `now` is the first of its second (after the last reported one at
+/// `last_report_ns`): it is reported and may strike.
+#[inline(always)]
+pub fn report_due(last_report_ns: u64, now: u64) -> bool {
+    last_report_ns == 0 || now.saturating_sub(last_report_ns) >= NS_PER_SEC
+}
+
+/// `escalate` once the refusal has claimed its second (`last_report_ns` moved to `now`).
+/// The XDP program claims it with a compare-and-exchange, so that of several CPUs seeing
+/// the same new second only one counts the strike; the rest of the state is then written
+/// by that CPU alone.
+#[inline(always)]
+pub fn escalate_claimed(esc: &Escalation, state: &mut SourceState, now: u64) -> Outcome {
     let mut out = Outcome {
         first_in_second: true,
         ..Outcome::NONE

@@ -174,7 +174,7 @@ pub const PORT_TABLE_LEN: u32 = PORT_INDEX_ICMP + 1;
 const _: () = assert!(port_index(PROTO_SLOT_TCP, 65535) + 1 == port_index(PROTO_SLOT_UDP, 0));
 const _: () = assert!(port_index(PROTO_SLOT_UDP, 65535) + 1 == PORT_INDEX_ICMP);
 const _: () = assert!(PORT_INDEX_ICMP < PORT_TABLE_LEN);
-const _: () = assert!(counter_index(MAX_RULES, crate::reason::Reason::Malformed) < COUNTER_SLOTS);
+const _: () = assert!(counter_index(MAX_RULES, crate::reason::Reason::BadFragment) < COUNTER_SLOTS);
 
 #[inline(always)]
 pub const fn port_index(proto_slot: u32, port: u16) -> u32 {
@@ -432,6 +432,13 @@ impl SourceState {
 pub const BAN_MANUAL: u8 = 1 << 0;
 /// `BanValue::flags`: issued in monitor mode: packets are counted `would_ban` and pass.
 pub const BAN_MONITOR: u8 = 1 << 1;
+/// `BanValue::flags`: issued on evidence a spoofer can forge (every automatic ban: a rate
+/// of SYNs, datagrams or segments, none of which proves its source address). The ban drops
+/// what opens something new (TCP connection attempts, non-TCP packets) and lets segments of
+/// TCP connections through to the normal judgement (the source's own limits still apply),
+/// so a spoofer cannot get a victim's established connections cut. Without it (manual bans:
+/// the operator's or the application's evidence) a ban drops everything.
+pub const BAN_ATTEMPTS: u8 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -444,9 +451,22 @@ pub struct BanValue {
     pub flags: u8,
     /// Position on the backoff ladder (0 = first ban).
     pub level: u8,
-    pub _pad: [u8; 4],
+    /// Host bans: the prefix length of the key it is stored under, so that a lookup that
+    /// finds it lapsed (or monitor-only) can go on to a shorter ban covering the same
+    /// address (the LPM trie returns only the longest match). 0 in entries written before
+    /// this field existed: the lookup stops there.
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<BanValue>() == 24);
+
+/// Most host bans one lookup walks through, longest prefix first: each lapsed or
+/// monitor-only match is followed by a lookup for a shorter one, so an active ban is found
+/// under up to 7 lapsed or monitor-only bans on longer prefixes of the same address. The
+/// bound keeps the verifier's work in check (each step costs it about 10,000 instructions
+/// of its 1,000,000; all 129 IPv6 lengths would not verify); the daemon removes lapsed bans
+/// within a second, so only monitor bans nest in practice.
+pub const HOST_BAN_WALK: usize = 8;
 
 // ---- Events (SHIELD_EVENTS ring buffer) ----
 
@@ -456,6 +476,9 @@ pub const EV_LIMITED: u32 = 1;
 pub const EV_BAN: u32 = 2;
 /// A ban would have started (monitor mode).
 pub const EV_WOULD_BAN: u32 = 3;
+/// A ban (or, in monitor mode, a would-be ban) was due but its map refused the insert
+/// (full): no ban exists. Never reported as a ban.
+pub const EV_BAN_FAILED: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

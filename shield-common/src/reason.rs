@@ -26,6 +26,10 @@ pub enum Reason {
     /// A connection attempt from an unverified source over the rule's `unverified` budget:
     /// dropped.
     UnverifiedLimit = 9,
+    /// A fragment that could hide a transport header (RFC 1858, RFC 7112): a first fragment
+    /// too short for its TCP/UDP/ICMP header, a TCP fragment at offset 1, an IPv6 first
+    /// fragment whose header chain does not reach the transport header: dropped.
+    BadFragment = 10,
 }
 
 /// Counter slots reserved per rule. Larger than the number of reasons so that reasons can be
@@ -33,7 +37,7 @@ pub enum Reason {
 pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Pass,
         Reason::Allow,
         Reason::Deny,
@@ -44,6 +48,7 @@ impl Reason {
         Reason::Malformed,
         Reason::WouldBan,
         Reason::UnverifiedLimit,
+        Reason::BadFragment,
     ];
 
     /// The name used in `shield stats`, its JSON output and the docs.
@@ -59,6 +64,7 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::WouldBan => "would_ban",
             Reason::UnverifiedLimit => "unverified_limit",
+            Reason::BadFragment => "bad_fragment",
         }
     }
 
@@ -76,6 +82,7 @@ impl Reason {
                 | Reason::ConnLimit
                 | Reason::PktLimit
                 | Reason::UnverifiedLimit
+                | Reason::BadFragment
         )
     }
 }

@@ -6,6 +6,15 @@
 //! host offline; passing it leaves the kernel's own stack to reject it.
 #![no_std]
 #![no_main]
+// BPF atomics: `AtomicU64`'s compare_exchange is not offered for bpfel-unknown-none, but
+// the intrinsics lower to BPF_CMPXCHG / BPF_ADD with BPF_FETCH (kernel 5.12+).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics atomics: the only CAS on bpf"
+)]
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xsub};
 
 use aya_ebpf::{
     bindings::{
@@ -19,18 +28,19 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use shield_common::{
-    BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4, CFG_DENY_V6,
-    CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS, Control, Counter, DEFAULT_MAX_SOURCES,
-    DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS, DIAG_SOURCE_INSERT_FAILED,
-    DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS, DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_LIMITED,
-    EV_WOULD_BAN, EVENTS_BYTES, Event, Gcra, GlobalConfig, HALVES, LIST_KEY_V4, LIST_KEY_V6,
-    ListValue, MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP, PORT_TABLE_LEN,
-    PROTO_SLOT_TCP, PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED,
-    RS_VERIFIED_CONNS, RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, RULE_STAT_SLOTS,
-    Reason, RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS,
+    B_CONN, B_CONN_SUSTAINED, BAN_ATTEMPTS, BAN_MONITOR, BUCKETS, BanValue, CFG_ALLOW_V4,
+    CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, COUNTER_SLOTS,
+    Control, Counter, DEFAULT_MAX_SOURCES, DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST, DIAG_SLOTS,
+    DIAG_SOURCE_INSERT_FAILED, DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS,
+    DIAG_VERIFIED_INSERT_FAILED, EV_BAN, EV_BAN_FAILED, EV_LIMITED, EV_WOULD_BAN, EVENTS_BYTES,
+    Event, Gcra, GlobalConfig, HALVES, HOST_BAN_WALK, LIST_KEY_V4, LIST_KEY_V6, ListValue,
+    MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP,
+    PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS,
+    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, RULE_STAT_SLOTS, Reason, RuleConfig,
+    SourceKey, SourceState, VERIFIED_REFRESH_NS,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     counter_index,
-    judge::{Outcome, escalate, judge, needs_state, still_verified, verified_key},
+    judge::{Outcome, escalate_claimed, needs_state, report_due, still_verified, verified_key},
     port_index, rule_stat_index,
     sketch::{
         self, Admission, CLASS_CONN, CLASS_PKT, SKETCH_CELLS, admission, cell_index, promoted_state,
@@ -126,6 +136,22 @@ const L4_NONE: u8 = 0;
 const L4_TCP: u8 = 1;
 const L4_UDP: u8 = 2;
 const L4_ICMP: u8 = 3;
+/// A fragment that could hide a transport header (RFC 1858 / RFC 7112): dropped as
+/// `bad_fragment`, never looked up in the rule table.
+const L4_BAD_FRAGMENT: u8 = 4;
+
+/// The transport header bytes the parser needs to judge a packet: a first fragment carrying
+/// fewer would let the kernel reassemble a header no rule saw (RFC 1858's tiny fragments).
+/// 0: a protocol without rules.
+#[inline(always)]
+fn transport_min(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => 4,
+        _ => 0,
+    }
+}
 
 struct Packet {
     family: u8,
@@ -195,14 +221,16 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(ctl.clock_offset_ns);
 
-    // O(1) rule lookup: one array slot per protocol and port.
+    // O(1) rule lookup: one array slot per protocol and port. A packet without a port (a
+    // non-first fragment, ESP, GRE, …) has no slot in the table: it belongs to no rule.
+    // (An index of PORT_TABLE_LEN would be the *other* half's TCP port 0.)
     let index = match pkt.l4 {
-        L4_TCP => port_index(PROTO_SLOT_TCP, pkt.dport),
-        L4_UDP => port_index(PROTO_SLOT_UDP, pkt.dport),
-        L4_ICMP => PORT_INDEX_ICMP,
-        _ => PORT_TABLE_LEN,
+        L4_TCP => Some(port_index(PROTO_SLOT_TCP, pkt.dport)),
+        L4_UDP => Some(port_index(PROTO_SLOT_UDP, pkt.dport)),
+        L4_ICMP => Some(PORT_INDEX_ICMP),
+        _ => None,
     };
-    let rule_id = match SHIELD_PORTS.get(half * PORT_TABLE_LEN + index) {
+    let rule_id = match index.and_then(|i| SHIELD_PORTS.get(half * PORT_TABLE_LEN + i)) {
         Some(id) if *id < RULE_SLOTS => *id,
         _ => 0,
     };
@@ -220,24 +248,39 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     if flags & deny_flag != 0 && listed(&pkt, list_half, false) {
         return Ok(verdict(rule_id, Reason::Deny, global_monitor, len));
     }
-    // Host-scope bans cover every port, matched or not.
-    if bans
-        && let Some(ban) = host_ban(&pkt)
-        && let Some(action) = banned(rule_id, ban, now, len)
-    {
-        return Ok(action);
+    // Like the deny list, follows the global mode.
+    if pkt.l4 == L4_BAD_FRAGMENT {
+        return Ok(verdict(0, Reason::BadFragment, global_monitor, len));
     }
+    // Host-scope bans cover every port, matched or not. A monitor-mode ban exempts
+    // nothing: it only turns the pass the normal judgement gives into `would_ban`.
+    let mut watched = false;
+    if bans {
+        match host_ban(&pkt, now) {
+            BAN_HIT_DROP => {
+                count(rule_id, Reason::Ban, len);
+                return Ok(xdp_action::XDP_DROP);
+            }
+            BAN_HIT_MONITOR => watched = true,
+            _ => {}
+        }
+    }
+    let pass = if watched {
+        Reason::WouldBan
+    } else {
+        Reason::Pass
+    };
 
     if rule_id == 0 {
-        count(0, Reason::Pass, len);
+        count(0, pass, len);
         return Ok(xdp_action::XDP_PASS);
     }
     let Some(rule) = SHIELD_RULES.get(half * RULE_SLOTS + rule_id) else {
-        count(0, Reason::Pass, len);
+        count(0, pass, len);
         return Ok(xdp_action::XDP_PASS);
     };
     if rule.flags & RULE_PRESENT == 0 {
-        count(rule_id, Reason::Pass, len);
+        count(rule_id, pass, len);
         return Ok(xdp_action::XDP_PASS);
     }
     let prefix = if pkt.family == FAMILY_V4 {
@@ -251,24 +294,36 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         prefix_len: prefix,
         addr: mask_prefix(pkt.src, prefix),
     };
-    // SAFETY: pointer from a successful lookup, valid during this run (RCU).
-    if bans
-        && let Some(ban) = SHIELD_RBANS.get_ptr(key)
-        && let Some(action) = banned(rule_id, unsafe { &*ban }, now, len)
-    {
-        return Ok(action);
+    if bans && let Some(ban) = SHIELD_RBANS.get_ptr(key) {
+        // SAFETY: pointer from a successful lookup, valid during this run (RCU).
+        match ban_hit(unsafe { &*ban }, now, &pkt) {
+            BAN_HIT_DROP => {
+                count(rule_id, Reason::Ban, len);
+                return Ok(xdp_action::XDP_DROP);
+            }
+            BAN_HIT_MONITOR => watched = true,
+            _ => {}
+        }
     }
+    let pass = if watched {
+        Reason::WouldBan
+    } else {
+        Reason::Pass
+    };
     let monitor = rule.flags & RULE_MONITOR != 0;
 
     // Spoofed-source floods: connection attempts from sources that never proved real share
-    // the rule's `unverified` budget, checked before any per-source state is touched.
+    // the rule's `unverified` budget. While it is spent they are dropped before any
+    // per-source state is touched; otherwise the budget is charged only once the source's
+    // own limits admit the attempt, so one real source over its limit cannot drain it.
+    let mut charge = false;
     if rule.unverified.interval_ns != 0 && pkt.l4 == L4_TCP {
         let vkey = verified_key(pkt.family, pkt.src);
         if pkt.conn_attempt {
             if is_verified(&vkey, now, verified_ttl) {
                 rule_stat(rule_id, RS_VERIFIED_CONNS);
-            } else if take_budget(rule_id, &rule.unverified, now) {
-                rule_stat(rule_id, RS_UNVERIFIED_ADMITTED);
+            } else if budget_left(rule_id, &rule.unverified, now) {
+                charge = true;
             } else {
                 return Ok(verdict(rule_id, Reason::UnverifiedLimit, monitor, len));
             }
@@ -277,12 +332,24 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         }
     }
 
-    if !needs_state(rule, pkt.conn_attempt) {
-        count(rule_id, Reason::Pass, len);
-        return Ok(xdp_action::XDP_PASS);
-    }
-
-    let reason = judge_source(rule, &key, &pkt, now, seed);
+    let reason = if needs_state(rule, pkt.conn_attempt) {
+        judge_source(rule, &key, &pkt, now, seed)
+    } else {
+        Reason::Pass
+    };
+    let reason = match reason {
+        Reason::Pass if charge => {
+            if take_budget(rule_id, &rule.unverified, now) {
+                rule_stat(rule_id, RS_UNVERIFIED_ADMITTED);
+                pass
+            } else {
+                // Another CPU took the last token since `budget_left`.
+                Reason::UnverifiedLimit
+            }
+        }
+        Reason::Pass => pass,
+        other => other,
+    };
     // The rule's flag holds its effective mode (its own `mode`, else the global one), so
     // that a rule can be enforced while the rest of the policy is still monitored.
     Ok(verdict(rule_id, reason, monitor, len))
@@ -296,8 +363,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
 fn judge_source(rule: &RuleConfig, key: &SourceKey, pkt: &Packet, now: u64, seed: u64) -> Reason {
     let rule_id = key.rule as u32;
     let (state, fresh) = match SHIELD_SOURCES.get_ptr_mut(key) {
-        // Concurrent CPUs may race on the same entry; the loss is bounded by one token per
-        // racing CPU.
+        // Shared by every CPU: `decide` updates it with atomic compare-and-exchange.
         Some(state) => (state, false),
         None => {
             let mut drawn = [0u64; 2];
@@ -425,21 +491,23 @@ fn is_verified(vkey: &SourceKey, now: u64, ttl: u64) -> bool {
     }
 }
 
+/// Whether the rule's `unverified` budget has a token now (nothing drawn).
+#[inline(always)]
+fn budget_left(rule_id: u32, budget: &Gcra, now: u64) -> bool {
+    match SHIELD_BUDGET.get(rule_id) {
+        Some(tat) => budget.check(*tat, now).is_some(),
+        None => true,
+    }
+}
+
 /// Draws one connection attempt from the rule's `unverified` budget.
 #[inline(always)]
 fn take_budget(rule_id: u32, budget: &Gcra, now: u64) -> bool {
     let Some(tat) = SHIELD_BUDGET.get_ptr_mut(rule_id) else {
         return true;
     };
-    // SAFETY: array slot from a successful lookup. Racing CPUs may each take the same
-    // token: the budget overshoots by at most one per CPU.
-    match budget.check(unsafe { *tat }, now) {
-        Some(next) => {
-            unsafe { *tat = next };
-            true
-        }
-        None => false,
-    }
+    // Atomic against other CPUs drawing from the same budget.
+    draw(budget, tat, now)
 }
 
 /// A data segment of a source that is not (or no longer freshly) verified: if the kernel
@@ -526,6 +594,89 @@ fn rule_stat(rule_id: u32, slot: u32) {
     }
 }
 
+/// Attempts of a compare-and-exchange before the packet is judged over the limit. Each
+/// lost attempt means another CPU drew from the same bucket meanwhile (progress), so this
+/// only bites when several CPUs race on one source at millions of packets per second.
+const CAS_TRIES: usize = 8;
+
+/// BPF_CMPXCHG on a u64 in a map value: the value found, and whether it was `old` (and
+/// is now `new`).
+#[inline(always)]
+fn cas(p: *mut u64, old: u64, new: u64) -> (u64, bool) {
+    // SAFETY: `p` points to an 8-byte aligned u64 in a map value, valid during this run.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new)
+    }
+}
+
+/// Draws one token from `bucket` whose TAT is at `p`, atomically against other CPUs:
+/// `true` when drawn, `false` when over the limit (or `CAS_TRIES` attempts lost to other
+/// CPUs). Not inlined: its retry loop stays out of its callers' stack frames.
+#[inline(never)]
+fn draw(bucket: &Gcra, p: *mut u64, now: u64) -> bool {
+    // SAFETY: as in `cas`.
+    let mut old = unsafe { core::ptr::read_volatile(p) };
+    for _ in 0..CAS_TRIES {
+        let Some(new) = bucket.check(old, now) else {
+            return false;
+        };
+        let (found, swapped) = cas(p, old, new);
+        if swapped {
+            return true;
+        }
+        old = found;
+    }
+    false
+}
+
+/// `judge` (shield_common) for state shared by every CPU: each bucket is drawn with a
+/// compare-and-exchange, and a refusal by a later bucket gives back the tokens drawn from
+/// the earlier ones (an atomic subtraction of one interval from the TAT: tokens are
+/// interchangeable, so this undoes the draw even if another CPU drew since; a TAT pulled
+/// back below `now` means a full bucket, as before the draw). So CPUs racing on one source
+/// never admit more than its limit between them.
+#[inline(always)]
+fn judge_shared(
+    rule: &RuleConfig,
+    state: &mut SourceState,
+    now: u64,
+    conn_attempt: bool,
+) -> Reason {
+    let tat = state.tat.as_mut_ptr();
+    let mut taken = 0u32;
+    for i in 0..BUCKETS {
+        let conn_bucket = i == B_CONN || i == B_CONN_SUSTAINED;
+        let bucket = &rule.buckets[i];
+        if (conn_bucket && !conn_attempt) || !bucket.is_enabled() {
+            continue;
+        }
+        // SAFETY: i < BUCKETS: inside the TAT array.
+        if draw(bucket, unsafe { tat.add(i) }, now) {
+            taken |= 1 << i;
+            continue;
+        }
+        for j in 0..BUCKETS {
+            if taken & (1 << j) != 0 {
+                // SAFETY: j < BUCKETS; the TAT is at least one interval (it was drawn).
+                unsafe {
+                    atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(
+                        tat.add(j),
+                        rule.buckets[j].interval_ns,
+                    )
+                };
+            }
+        }
+        // SAFETY: a field of the same map value, 8-byte aligned.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut state.limited, 1) };
+        return if conn_bucket {
+            Reason::ConnLimit
+        } else {
+            Reason::PktLimit
+        };
+    }
+    Reason::Pass
+}
+
 /// Judges a packet against the source's buckets; on a refusal, counts strikes, issues the
 /// ban the escalation calls for and reports the event.
 /// Not inlined: its own stack frame.
@@ -538,34 +689,50 @@ fn decide(
     conn_attempt: bool,
 ) -> Reason {
     let monitor = rule.flags & RULE_MONITOR != 0;
-    let reason = judge(rule, state, now, conn_attempt);
+    let reason = judge_shared(rule, state, now, conn_attempt);
     if !reason.is_drop() {
         return reason;
     }
-    let out = escalate(&rule.escalation, state, now);
+    // The first refusal of a second claims it; a CPU that loses the claim to another
+    // seeing the same second neither reports nor strikes.
+    let last = &mut state.last_report_ns as *mut u64;
+    // SAFETY: a field of a map value (or the per-CPU scratch slot), 8-byte aligned.
+    let seen = unsafe { core::ptr::read_volatile(last) };
+    if !report_due(seen, now) || !cas(last, seen, now).1 {
+        return reason;
+    }
+    let out = escalate_claimed(&rule.escalation, state, now);
     let shown = if monitor { Reason::WouldDrop } else { reason };
     if out.first_in_second {
         emit(EV_LIMITED, shown, key, &out, now, state.limited, 0);
     }
     if out.ban_ns != 0 {
         let host = rule.flags & RULE_BAN_HOST != 0;
+        // Evidence decides the strength: a rate of packets proves nothing about their
+        // source address, so an automatic ban only stops new attempts (`BAN_ATTEMPTS`).
         let ban = BanValue {
             expires_ns: now.saturating_add(out.ban_ns),
             duration_ns: out.ban_ns,
             rule: key.rule,
-            flags: if monitor { BAN_MONITOR } else { 0 },
+            flags: BAN_ATTEMPTS | if monitor { BAN_MONITOR } else { 0 },
             level: out.level.min(255) as u8,
-            _pad: [0; 4],
+            prefix_len: key.prefix_len,
+            _pad: [0; 3],
         };
         let inserted = if host {
             insert_host_ban(key, &ban)
         } else {
             SHIELD_RBANS.insert(*key, ban, 0)
         };
-        if inserted.is_err() {
+        // A refused insert (the ban map is full) is reported as such, never as a ban.
+        let kind = if inserted.is_err() {
             diag(DIAG_BAN_INSERT_FAILED);
-        }
-        let kind = if monitor { EV_WOULD_BAN } else { EV_BAN };
+            EV_BAN_FAILED
+        } else if monitor {
+            EV_WOULD_BAN
+        } else {
+            EV_BAN
+        };
         emit(kind, shown, key, &out, now, state.limited, host as u32);
     }
     reason
@@ -595,35 +762,73 @@ fn insert_host_ban(key: &SourceKey, ban: &BanValue) -> Result<(), i32> {
     }
 }
 
-#[inline(always)]
-fn host_ban(pkt: &Packet) -> Option<&'static BanValue> {
-    if pkt.family == FAMILY_V4 {
+/// The strongest host ban covering the packet's source (`BAN_HIT_*`). The trie answers
+/// with the longest matching prefix only; when that ban has lapsed or is monitor-only, the
+/// lookup goes on below its prefix length, so an active ban on a shorter prefix (a /24
+/// under a lapsed /32) is still honoured. One lookup while the first match is active or
+/// there is none, which is every packet but those of such nested bans.
+#[inline(never)]
+fn host_ban(pkt: &Packet, now: u64) -> u8 {
+    let v4 = pkt.family == FAMILY_V4;
+    let mut plen: u32 = if v4 { 32 } else { 128 };
+    let mut hit = BAN_HIT_NONE;
+    for _ in 0..HOST_BAN_WALK {
         let s = pkt.src;
-        SHIELD_HBAN4.get(Key {
-            prefix_len: 32,
-            data: [s[0], s[1], s[2], s[3]],
-        })
+        let found = if v4 {
+            SHIELD_HBAN4.get(Key {
+                prefix_len: plen,
+                data: [s[0], s[1], s[2], s[3]],
+            })
+        } else {
+            SHIELD_HBAN6.get(Key {
+                prefix_len: plen,
+                data: s,
+            })
+        };
+        let Some(ban) = found else {
+            break;
+        };
+        match ban_hit(ban, now, pkt) {
+            BAN_HIT_DROP => return BAN_HIT_DROP,
+            BAN_HIT_MONITOR => hit = BAN_HIT_MONITOR,
+            _ => {}
+        }
+        let found_len = ban.prefix_len as u32;
+        if found_len == 0 || found_len > plen {
+            break;
+        }
+        plen = found_len - 1;
+    }
+    hit
+}
+
+/// Ban flags that let this packet through: an attempts-only ban (`BAN_ATTEMPTS`) passes
+/// the segments of TCP connections (no SYN), which go on to the normal judgement.
+#[inline(always)]
+fn passes(pkt: &Packet) -> u8 {
+    if pkt.l4 == L4_TCP && !pkt.conn_attempt {
+        BAN_ATTEMPTS
     } else {
-        SHIELD_HBAN6.get(Key {
-            prefix_len: 128,
-            data: pkt.src,
-        })
+        0
     }
 }
 
-/// The action for a packet hitting `ban`, or `None` if the ban has expired (the daemon
-/// removes expired bans and logs their end).
+/// `ban_hit`: the ban has expired (the daemon removes expired bans and logs their end).
+const BAN_HIT_NONE: u8 = 0;
+/// An active ban: the packet is dropped.
+const BAN_HIT_DROP: u8 = 1;
+/// An active monitor-mode ban: the packet is judged as if unbanned; a pass counts as
+/// `would_ban`.
+const BAN_HIT_MONITOR: u8 = 2;
+
 #[inline(always)]
-fn banned(rule_id: u32, ban: &BanValue, now: u64, len: u64) -> Option<u32> {
-    if now >= ban.expires_ns {
-        return None;
-    }
-    if ban.flags & BAN_MONITOR != 0 {
-        count(rule_id, Reason::WouldBan, len);
-        Some(xdp_action::XDP_PASS)
+fn ban_hit(ban: &BanValue, now: u64, pkt: &Packet) -> u8 {
+    if now >= ban.expires_ns || ban.flags & passes(pkt) != 0 {
+        BAN_HIT_NONE
+    } else if ban.flags & BAN_MONITOR != 0 {
+        BAN_HIT_MONITOR
     } else {
-        count(rule_id, Reason::Ban, len);
-        Some(xdp_action::XDP_DROP)
+        BAN_HIT_DROP
     }
 }
 
@@ -808,11 +1013,24 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         conn_attempt: false,
         tcp_data: false,
     };
-    // Non-first fragments carry no transport header: judged on the source only.
-    if frag & 0x1fff != 0 {
+    let proto = ip[9];
+    let frag_off = frag & 0x1fff;
+    let more_fragments = frag & 0x2000 != 0;
+    // Non-first fragments carry no transport header: judged on the source only. RFC 1858:
+    // a TCP fragment at offset 1 (8 bytes) can only rewrite the first fragment's flags.
+    if frag_off != 0 {
+        if frag_off == 1 && proto == IPPROTO_TCP {
+            pkt.l4 = L4_BAD_FRAGMENT;
+        }
         return Ok(pkt);
     }
-    parse_l4(ctx, off + hlen, total_len - hlen, ip[9], &mut pkt)?;
+    // A first fragment too short for its transport header (by the IP length, what the
+    // kernel reassembles; the frame itself may be padded).
+    if more_fragments && total_len - hlen < transport_min(proto) {
+        pkt.l4 = L4_BAD_FRAGMENT;
+        return Ok(pkt);
+    }
+    parse_l4(ctx, off + hlen, total_len - hlen, proto, &mut pkt)?;
     Ok(pkt)
 }
 
@@ -837,6 +1055,7 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
     };
     let mut next = ip[6];
     let mut l4off = off + 40;
+    let mut first_fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
@@ -852,10 +1071,15 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
             IPPROTO_FRAGMENT => {
                 let h: [u8; 4] = bytes(ctx, l4off)?;
                 next = h[0];
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                    // Non-first fragment: source only.
+                let frag_off = u16::from_be_bytes([h[2], h[3]]) >> 3;
+                if frag_off != 0 {
+                    // Non-first fragment: source only (offset 1 of TCP: RFC 1858, as IPv4).
+                    if frag_off == 1 && next == IPPROTO_TCP {
+                        pkt.l4 = L4_BAD_FRAGMENT;
+                    }
                     return Ok(pkt);
                 }
+                first_fragment = h[3] & 1 != 0;
                 l4off += 8;
             }
             _ => break,
@@ -864,6 +1088,18 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
     // A chain longer than MAX_EXT_HEADERS ends on an extension header: parse_l4 then finds
     // no transport it knows and the packet is judged on its source only.
     let l4_len = (off + 40 + payload_len).saturating_sub(l4off);
+    // RFC 7112: a first fragment must hold the whole header chain up to and including the
+    // transport header; one that does not (the chain ends on an extension header or the
+    // transport header is cut) could hide its ports and flags.
+    if first_fragment
+        && (matches!(
+            next,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+        ) || l4_len < transport_min(next))
+    {
+        pkt.l4 = L4_BAD_FRAGMENT;
+        return Ok(pkt);
+    }
     parse_l4(ctx, l4off, l4_len, next, &mut pkt)?;
     Ok(pkt)
 }

@@ -16,6 +16,8 @@ use shield_common::{
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
 };
 
+/// The data path's clock (kept here too: ban expiry is read against it).
+pub use crate::loader::mono_coarse_ns;
 use crate::{
     loader::{LoaderError, open_pinned},
     policy::{BanScope, Cidr},
@@ -157,6 +159,33 @@ impl PartialEq<&str> for Origin {
     }
 }
 
+/// What a ban drops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cuts {
+    /// Every packet of the source (manual bans: the operator's evidence).
+    #[default]
+    Everything,
+    /// Connection attempts and datagrams; segments of established TCP connections pass
+    /// (automatic bans: evidence a spoofer can forge).
+    NewConnections,
+}
+
+impl Cuts {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Cuts::Everything => "everything",
+            Cuts::NewConnections => "new_connections",
+        }
+    }
+}
+
+impl PartialEq<&str> for Cuts {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One active ban, as `shield bans` shows it (and the control socket sends it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BanEntry {
@@ -172,6 +201,11 @@ pub struct BanEntry {
     pub origin: Origin,
     /// Issued in monitor mode: counted as `would_ban`, nothing dropped.
     pub monitor: bool,
+    /// What the ban drops: `everything` (manual bans), or `new_connections` (automatic
+    /// bans, issued on evidence a spoofer can forge: connection attempts and datagrams are
+    /// dropped, segments of established TCP connections pass).
+    #[serde(default)]
+    pub cuts: Cuts,
     pub duration_secs: f64,
     pub remaining_secs: f64,
     /// How many bans this source had before on the backoff ladder (0 = first).
@@ -181,6 +215,9 @@ pub struct BanEntry {
     pub comment: Option<String>,
     #[serde(skip)]
     pub key: BanKey,
+    /// Id of the rule that issued it (0: a manual host ban).
+    #[serde(skip)]
+    pub rule_id: u16,
 }
 
 /// Where a ban lives.
@@ -351,11 +388,17 @@ impl BanMaps {
                 Origin::Automatic
             },
             monitor: v.flags & BAN_MONITOR != 0,
+            cuts: if v.flags & shield_common::BAN_ATTEMPTS != 0 {
+                Cuts::NewConnections
+            } else {
+                Cuts::Everything
+            },
             duration_secs: Duration::from_nanos(v.duration_ns).as_secs_f64(),
             remaining_secs: Duration::from_nanos(v.expires_ns.saturating_sub(now)).as_secs_f64(),
             level: v.level,
             comment: self.note(key),
             key,
+            rule_id: v.rule,
         }
     }
 
@@ -414,7 +457,8 @@ impl BanMaps {
             rule: 0,
             flags: BAN_MANUAL,
             level: 0,
-            _pad: [0; 4],
+            prefix_len: cidr.len,
+            _pad: [0; 3],
         };
         let key = match rule {
             None => match cidr.addr {
@@ -533,6 +577,33 @@ impl BanMaps {
     /// Turns the data path's ban lookups on or off.
     pub fn set_bans_flag(&mut self, on: bool) -> Result<(), BanError> {
         Ok(self.tables.set_flag(CFG_BANS, on)?)
+    }
+
+    /// Removes monitor-mode bans (host or rule scope) whose rule is no longer monitored
+    /// (after a reload switched it to enforce, or removed it); returns them. A monitor ban
+    /// never blocked anything, and its source is judged by the enforced rule from the next
+    /// packet on, so it is dropped rather than converted: an enforced ban only ever comes
+    /// from offences judged under enforcement.
+    pub fn drop_enforced_monitor_bans(&mut self) -> Result<Vec<BanEntry>, BanError> {
+        let monitored: Vec<u16> = self
+            .tables
+            .current_rules()?
+            .iter()
+            .filter(|(_, r)| r.flags & shield_common::RULE_MONITOR != 0)
+            .map(|(id, _)| *id as u16)
+            .collect();
+        let mut dropped = Vec::new();
+        for b in self.list().into_iter().filter(|b| b.monitor) {
+            let rule = match b.key {
+                BanKey::Rule(k) => k.rule,
+                _ => b.rule_id,
+            };
+            if !monitored.contains(&rule) {
+                self.remove(b.key)?;
+                dropped.push(b);
+            }
+        }
+        Ok(dropped)
     }
 
     /// Removes rule-scope bans of rules no longer in the policy (after a reload).

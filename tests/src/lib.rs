@@ -99,6 +99,9 @@ pub struct Pkt {
     /// Fragment offset in 8-byte units (IPv4 header or IPv6 fragment header); non-zero =
     /// non-first fragment, sent without a transport header.
     pub frag_offset: u16,
+    /// A first fragment (more-fragments set, offset 0) carrying only this many bytes of the
+    /// transport header and payload.
+    pub first_fragment: Option<usize>,
     /// Replaces the IP ethertype (e.g. 0x0806 ARP) to make a non-IP frame.
     pub ethertype: Option<u16>,
 }
@@ -112,6 +115,7 @@ impl Pkt {
             ipv4_option_words: 0,
             ipv6_ext: Vec::new(),
             frag_offset: 0,
+            first_fragment: None,
             ethertype: None,
         }
     }
@@ -135,6 +139,11 @@ impl Pkt {
     }
     pub fn fragment(mut self, offset: u16) -> Pkt {
         self.frag_offset = offset;
+        self
+    }
+    /// A first fragment holding only `keep` bytes of the transport header.
+    pub fn first_fragment(mut self, keep: usize) -> Pkt {
+        self.first_fragment = Some(keep);
         self
     }
 
@@ -183,9 +192,12 @@ impl Pkt {
         let (proto, l4) = self.l4_bytes(v6);
         let l4 = if self.frag_offset != 0 {
             vec![0xab; 16] // middle of someone's payload, no transport header
+        } else if let Some(keep) = self.first_fragment {
+            l4[..keep.min(l4.len())].to_vec()
         } else {
             l4
         };
+        let more_fragments = self.first_fragment.is_some();
         match self.src {
             IpAddr::V4(src) => {
                 let words = 5 + self.ipv4_option_words as usize;
@@ -193,7 +205,8 @@ impl Pkt {
                 ip[0] = 0x40 | words as u8;
                 let total = (ip.len() + l4.len()) as u16;
                 ip[2..4].copy_from_slice(&total.to_be_bytes());
-                ip[6..8].copy_from_slice(&(self.frag_offset & 0x1fff).to_be_bytes());
+                let mf = if more_fragments { 0x2000 } else { 0 };
+                ip[6..8].copy_from_slice(&((self.frag_offset & 0x1fff) | mf).to_be_bytes());
                 ip[8] = 64;
                 ip[9] = proto;
                 ip[12..16].copy_from_slice(&src.octets());
@@ -209,7 +222,7 @@ impl Pkt {
             }
             IpAddr::V6(src) => {
                 let mut chain = self.ipv6_ext.clone();
-                if self.frag_offset != 0 && !chain.contains(&44) {
+                if (self.frag_offset != 0 || more_fragments) && !chain.contains(&44) {
                     chain.push(44);
                 }
                 let mut ext = Vec::new();
@@ -218,7 +231,8 @@ impl Pkt {
                     match *h {
                         44 => {
                             let mut e = vec![next, 0, 0, 0, 0, 0, 0, 7];
-                            e[2..4].copy_from_slice(&(self.frag_offset << 3).to_be_bytes());
+                            let m = u16::from(more_fragments);
+                            e[2..4].copy_from_slice(&((self.frag_offset << 3) | m).to_be_bytes());
                             ext.extend_from_slice(&e);
                         }
                         51 => ext.extend_from_slice(&[

@@ -74,12 +74,14 @@ fn strikes_count_once_per_second_and_ban_after_three() {
         (3, 0, 30_000_000_000)
     );
 
-    // Banned: every packet to the rule's ports is dropped, established traffic included,
-    // with no further bucket or LRU work.
+    // Banned: every connection attempt to the rule's ports is dropped with no further
+    // bucket or LRU work; an automatic ban (spoofable evidence) lets established
+    // connections' segments through.
     let ack = Pkt::new("192.0.2.1", L4::ack(8080)).bytes();
     h.advance(5 * SEC);
     assert_eq!(h.run(&syn), XDP_DROP);
-    assert_eq!(h.run(&ack), XDP_DROP);
+    assert_eq!(h.run(&syn), XDP_DROP);
+    assert_eq!(h.run(&ack), XDP_PASS);
     assert_eq!(h.count("api", Reason::Ban).packets, 2);
     // Rule scope: the source's other traffic is untouched.
     assert_eq!(h.run(&Pkt::new("192.0.2.1", L4::syn(22)).bytes()), XDP_PASS);
@@ -270,4 +272,225 @@ fn manual_bans_host_and_rule_then_unban() {
     let swept = maps.sweep().expect("sweep");
     assert_eq!(swept.len(), 1);
     assert!(h.bans().is_empty());
+}
+
+/// A monitored rule (`watch`, host scope) and an enforced one (`api`) on other ports.
+const MIXED: &str = r#"
+[[rule]]
+name = "watch"
+protocol = "tcp"
+ports = [8080]
+mode = "monitor"
+connections = { rate = "1/s", burst = 1 }
+escalation = { strikes = 3, window = "1m", ban = "1h", scope = "host" }
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [9000]
+connections = { rate = "1/s", burst = 2 }
+"#;
+
+#[test]
+fn a_monitor_ban_does_not_exempt_its_source_from_enforced_rules() {
+    let mut h = Harness::new(MIXED);
+    let watched = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &watched), [XDP_PASS, XDP_PASS]);
+    }
+    let bans = h.bans();
+    assert!(bans.len() == 1 && bans[0].monitor, "a would_ban: {bans:?}");
+    // The enforced rule still judges the source: its burst passes (counted would_ban, as
+    // the monitor ban would have dropped them), the rest is refused.
+    let api = Pkt::new("192.0.2.1", L4::syn(9000)).bytes();
+    let got: Vec<u32> = (0..4).map(|_| h.run(&api)).collect();
+    assert_eq!(
+        got,
+        [XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP],
+        "a source with a monitor-mode ban went unjudged by the enforced rule"
+    );
+    assert_eq!(h.count("api", Reason::WouldBan).packets, 2);
+    assert_eq!(h.count("api", Reason::ConnLimit).packets, 2);
+    assert_eq!(h.count("api", Reason::Pass).packets, 0);
+    // The monitored rule keeps judging too (would_drop), never `ban`.
+    assert_eq!(h.run(&watched), XDP_PASS);
+    assert_eq!(h.count("watch", Reason::Ban).packets, 0);
+}
+
+#[test]
+fn switching_a_rule_to_enforce_drops_its_monitor_bans() {
+    let mut h = Harness::new(MIXED);
+    let watched = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &watched), [XDP_PASS, XDP_PASS]);
+    }
+    assert_eq!(h.bans().len(), 1);
+    h.reload(&MIXED.replace("mode = \"monitor\"\n", ""), 2);
+    let dir = shield_user::loader::pin_dir(&h.bpffs.path, shield_tests::HARNESS_IFACE);
+    let mut maps = shield_user::bans::BanMaps::open(&dir).expect("ban maps");
+    let dropped = maps.drop_enforced_monitor_bans().expect("dropping");
+    assert_eq!(
+        dropped.len(),
+        1,
+        "the monitor ban of the enforced rule: {dropped:?}"
+    );
+    assert!(h.bans().is_empty(), "no monitor ban left: {:?}", h.bans());
+    // From now on the source is judged by the enforced rule alone.
+    h.advance(SEC);
+    assert_eq!(h.run(&watched), XDP_PASS);
+    assert_eq!(h.run(&watched), XDP_DROP);
+    assert_eq!(h.count("watch", Reason::WouldBan).packets, 0);
+}
+
+/// Overlapping host bans are each honoured: an expired or monitor-mode ban on a longer
+/// prefix (the LPM's longest match) must not hide an active ban on a shorter one.
+#[test]
+fn a_lapsed_or_monitor_ban_never_hides_a_covering_ban() {
+    let mut h = Harness::new(&policy("host", "monitor"));
+    let dir = shield_user::loader::pin_dir(&h.bpffs.path, shield_tests::HARNESS_IFACE);
+    let mut maps = shield_user::bans::BanMaps::open(&dir).expect("ban maps");
+    let ban = |maps: &mut shield_user::bans::BanMaps, cidr: &str, secs: u64| {
+        maps.ban(
+            parse_cidr(cidr).unwrap(),
+            Duration::from_secs(secs),
+            None,
+            None,
+        )
+        .expect("manual host ban");
+    };
+    // 1. A monitor /32 ban (3 offences against the monitored rule) inside an active /24.
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &syn), [XDP_PASS, XDP_PASS]);
+    }
+    assert!(
+        h.bans()
+            .iter()
+            .any(|b| b.monitor && b.source == "192.0.2.1/32")
+    );
+    ban(&mut maps, "192.0.2.0/24", 3600);
+    // 2. Expired /32 and /128 bans inside active /16 and /48 bans.
+    ban(&mut maps, "198.51.100.7/32", 1);
+    ban(&mut maps, "198.51.0.0/16", 3600);
+    ban(&mut maps, "2001:db8:5::7/128", 1);
+    ban(&mut maps, "2001:db8:5::/48", 3600);
+    // 3. Three nested levels: expired /32, expired /28, active /20.
+    ban(&mut maps, "10.1.2.3/32", 1);
+    ban(&mut maps, "10.1.2.0/28", 1);
+    ban(&mut maps, "10.1.0.0/20", 3600);
+    h.advance(2 * SEC);
+    for src in [
+        "192.0.2.1",
+        "198.51.100.7",
+        "2001:db8:5::7",
+        "10.1.2.3",
+        "10.1.2.4",
+        "10.1.5.5",
+    ] {
+        assert_eq!(
+            h.run(&Pkt::new(src, L4::syn(22)).bytes()),
+            XDP_DROP,
+            "{src} is inside an active host ban but passed: a longer lapsed or monitor ban hid it"
+        );
+    }
+    assert_eq!(h.count("(none)", Reason::Ban).packets, 6);
+    // Outside every active ban: passes.
+    assert_eq!(h.run(&Pkt::new("10.1.16.1", L4::syn(22)).bytes()), XDP_PASS);
+}
+
+/// A ban the full ban map refuses is reported as a failed ban (`EV_BAN_FAILED`, the
+/// `ban_insert_failures` counter), never as a ban that does not exist.
+#[test]
+fn a_ban_the_full_table_refuses_is_reported_as_failed() {
+    let mut h = Harness::new(&policy("rule", "enforce"));
+    {
+        let map = h
+            .ebpf
+            .map_mut(shield_common::MAP_RULE_BANS)
+            .expect("rule bans map");
+        let mut bans: aya::maps::HashMap<_, shield_common::SourceKey, shield_common::BanValue> =
+            aya::maps::HashMap::try_from(map).expect("hash map");
+        // Fill it with lapsed bans of a rule id no policy uses.
+        for i in 0..shield_common::MAX_BANS {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&(0x0a00_0000u32 + i).to_be_bytes());
+            let key = shield_common::SourceKey {
+                rule: 200,
+                family: shield_common::addr::FAMILY_V4,
+                prefix_len: 32,
+                addr,
+            };
+            bans.insert(key, shield_common::BanValue::default(), 0)
+                .expect("filling the ban map");
+        }
+    }
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        assert_eq!(offend(&mut h, &syn), [XDP_PASS, XDP_DROP]);
+    }
+    let ev = h.events();
+    assert!(
+        !ev.iter().any(|e| e.kind == EV_BAN),
+        "a ban the full table refused was reported as a ban: {ev:?}"
+    );
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e.kind == shield_common::EV_BAN_FAILED)
+            .count(),
+        1,
+        "one failed ban reported: {ev:?}"
+    );
+    assert_eq!(h.stats().ban_insert_failures, 1);
+    assert!(
+        !h.bans().iter().any(|b| b.source == "192.0.2.1/32"),
+        "no ban exists"
+    );
+    // Not banned: the next second's token passes.
+    assert_eq!(h.run(&syn), XDP_PASS);
+}
+
+/// Evidence decides the strength of a ban: an automatic ban (a SYN rate: a spoofer can
+/// send SYNs with a victim's address) stops new attempts only and never cuts the victim's
+/// established connections; a manual ban (the operator's evidence) cuts everything.
+#[test]
+fn spoofable_evidence_never_cuts_established_connections() {
+    let mut h = Harness::new(&policy("host", "enforce"));
+    // A spoofer floods SYNs "from" a partner: 3 strikes, a host-wide ban.
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    for _ in 0..3 {
+        offend(&mut h, &syn);
+    }
+    let bans = h.bans();
+    assert!(bans.len() == 1 && bans[0].scope == "host", "{bans:?}");
+    let from = |l4| Pkt::new("192.0.2.1", l4).bytes();
+    // New connection attempts and datagrams are refused, on every port.
+    assert_eq!(h.run(&from(L4::syn(8080))), XDP_DROP);
+    assert_eq!(h.run(&from(L4::syn(22))), XDP_DROP);
+    assert_eq!(h.run(&from(L4::Udp { dport: 53 })), XDP_DROP);
+    // The partner's established connections keep flowing, on every port.
+    for port in [8080, 22, 443] {
+        assert_eq!(
+            h.run(&from(L4::ack(port))),
+            XDP_PASS,
+            "an automatic ban cut an established connection on port {port}: a spoofer can do this to any victim"
+        );
+    }
+    // A manual ban cuts everything.
+    let dir = shield_user::loader::pin_dir(&h.bpffs.path, shield_tests::HARNESS_IFACE);
+    let mut maps = shield_user::bans::BanMaps::open(&dir).expect("ban maps");
+    maps.ban(parse_cidr("192.0.2.0/24").unwrap(), 60 * SEC, None, None)
+        .expect("manual host ban");
+    // The /32 automatic ban passes the segment; the walk finds the /24 manual ban.
+    assert_eq!(h.run(&from(L4::ack(8080))), XDP_DROP);
+    assert_eq!(h.run(&Pkt::new("192.0.2.9", L4::ack(22)).bytes()), XDP_DROP);
+    let b = h.bans();
+    assert!(
+        b.iter()
+            .any(|b| b.source == "192.0.2.1/32" && b.cuts == "new_connections"),
+        "{b:?}"
+    );
+    assert!(
+        b.iter()
+            .any(|b| b.source == "192.0.2.0/24" && b.cuts == "everything"),
+        "{b:?}"
+    );
 }

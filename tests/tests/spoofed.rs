@@ -328,3 +328,38 @@ unverified = { rate = "1/s", burst = 2 }
     assert_eq!(h.count("api", Reason::WouldDrop).packets, 8);
     assert_eq!(h.count("api", Reason::UnverifiedLimit).packets, 0);
 }
+
+/// One real source hammering SYNs must not drain the rule's `unverified` budget: only the
+/// attempts its own limit admits are charged, so new clients still get in.
+#[test]
+fn one_source_over_its_own_limit_does_not_drain_the_budget() {
+    let h = Harness::new(
+        r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+connections = { rate = "1/s", burst = 2 }
+unverified = { rate = "1/s", burst = 5 }
+"#,
+    );
+    let server: SocketAddr = "198.51.100.1:443".parse().unwrap();
+    let hammer = syn_from(SocketAddr::new(v4(1).parse().unwrap(), 40000), server);
+    let admitted = (0..1000).filter(|_| h.run(&hammer) == XDP_PASS).count();
+    assert_eq!(admitted, 2, "the source's own burst");
+    assert_eq!(h.count("api", Reason::ConnLimit).packets, 998);
+    assert_eq!(h.count("api", Reason::UnverifiedLimit).packets, 0);
+    // 3 tokens of the budget's 5 are left for everyone else.
+    let newcomers = (0..5)
+        .filter(|i| {
+            let src = SocketAddr::new(v4(100 + i).parse().unwrap(), 40000);
+            h.run(&syn_from(src, server)) == XDP_PASS
+        })
+        .count();
+    assert_eq!(
+        newcomers, 3,
+        "one source over its own limit drained the unverified budget: new clients are refused"
+    );
+    let s = h.stats();
+    let u = s.rules[1].unverified.as_ref().expect("budget in stats");
+    assert_eq!((u.admitted, u.tokens_left), (5, 0));
+}

@@ -196,6 +196,73 @@ connections = { rate = "1/s", burst = 2 }
             counters: &[("(none)", Pass, 5)],
         },
         Case {
+            name: "RFC 1858: a TCP first fragment without the whole TCP header is bad_fragment",
+            policy: BASE,
+            packets: vec![
+                (p("192.0.2.1", syn()).first_fragment(8), 4, &[D; 4]),
+                (p("192.0.2.1", syn()).first_fragment(19), 1, &[D]),
+                (
+                    p("192.0.2.1", L4::Udp { dport: 53 }).first_fragment(4),
+                    1,
+                    &[D],
+                ),
+            ],
+            counters: &[("(none)", BadFragment, 6)],
+        },
+        Case {
+            name: "RFC 1858: a TCP fragment at offset 1 is bad_fragment, offset 2 is not",
+            policy: BASE,
+            packets: vec![
+                (p("192.0.2.1", syn()).fragment(1), 2, &[D, D]),
+                (p("192.0.2.1", syn()).fragment(2), 1, &[P]),
+                (p("192.0.2.1", L4::Udp { dport: 53 }).fragment(1), 1, &[P]),
+            ],
+            counters: &[("(none)", BadFragment, 2), ("(none)", Pass, 2)],
+        },
+        Case {
+            name: "a first fragment with the whole TCP header is judged by its rule",
+            policy: BASE,
+            packets: vec![(p("192.0.2.1", syn()).first_fragment(20), 4, &[P, P, P, D])],
+            counters: &[("api", Pass, 3), ("api", ConnLimit, 1)],
+        },
+        Case {
+            name: "RFC 7112: IPv6 first fragments without the transport header are bad_fragment",
+            policy: BASE,
+            packets: vec![
+                (p("2001:db8:9::1", syn()).first_fragment(8), 2, &[D, D]),
+                (
+                    p("2001:db8:9::1", syn()).first_fragment(0).ext(&[60]),
+                    1,
+                    &[D],
+                ),
+                (p("2001:db8:9::1", syn()).fragment(1), 1, &[D]),
+                (
+                    p("2001:db8:9::1", syn()).first_fragment(20),
+                    4,
+                    &[P, P, P, D],
+                ),
+            ],
+            counters: &[
+                ("(none)", BadFragment, 4),
+                ("api", Pass, 3),
+                ("api", ConnLimit, 1),
+            ],
+        },
+        Case {
+            name: "bad fragments: deny still counts first, global monitor only counts",
+            policy: r#"
+[defaults]
+mode = "monitor"
+[lists]
+deny = ["203.0.113.0/24"]
+"#,
+            packets: vec![
+                (p("203.0.113.1", syn()).first_fragment(8), 1, &[P]),
+                (p("192.0.2.1", syn()).first_fragment(8), 2, &[P, P]),
+            ],
+            counters: &[("(none)", WouldDrop, 3)],
+        },
+        Case {
             name: "deny list drops, allow list is never limited",
             policy: BASE,
             packets: vec![
@@ -569,4 +636,73 @@ fn stats_watch_prints_per_second_rates() {
         (19.0..=21.0).contains(&rate),
         "expected a conn_limit rate of 20/s: {text}"
     );
+}
+
+/// Packets without a port (non-first fragments, ESP, GRE, an IPv6 chain past the bound)
+/// belong to no rule, whichever policy half is active: a catch-all TCP rule's slot for
+/// port 0 in the other half must never judge them.
+#[test]
+fn packets_without_a_port_stay_unmatched_across_reloads() {
+    const CATCH_ALL: &str = r#"
+[[rule]]
+name = "tcp-all"
+protocol = "tcp"
+packets = { rate = "1/s", burst = 1 }
+escalation = { strikes = 1, window = "1m", ban = "1h", scope = "host" }
+"#;
+    let mut h = Harness::new(CATCH_ALL);
+    let frames = [
+        Pkt::new("192.0.2.1", L4::syn(8080)).fragment(185),
+        Pkt::new("2001:db8:9::1", L4::syn(8080)).fragment(100),
+        Pkt::new(
+            "192.0.2.2",
+            L4::Other {
+                proto: 50,
+                payload: vec![0; 16],
+            },
+        ),
+        Pkt::new(
+            "192.0.2.3",
+            L4::Other {
+                proto: 47,
+                payload: vec![0; 8],
+            },
+        ),
+        Pkt::new("2001:db8:9::1", L4::syn(8080)).ext(&[60; 9]),
+    ];
+    let mut sent = 0;
+    for reloads in 0..=3u32 {
+        if reloads > 0 {
+            h.reload(CATCH_ALL, 1 + reloads);
+        }
+        for f in &frames {
+            for i in 0..3 {
+                assert_eq!(
+                    h.run(&f.bytes()),
+                    XDP_PASS,
+                    "after {reloads} reloads, packet {i} without a port from {} was dropped: it was judged by the catch-all TCP rule",
+                    f.src
+                );
+                sent += 1;
+            }
+        }
+        let s = h.stats();
+        let none = &s.rules[0].counters;
+        assert_eq!(
+            none["pass"].packets, sent,
+            "after {reloads} reloads: packets without a port must count as (none)/pass"
+        );
+        let tcp = s
+            .rules
+            .iter()
+            .find(|r| r.name == "tcp-all")
+            .expect("rule tcp-all");
+        assert!(
+            tcp.counters.values().all(|c| c.packets == 0),
+            "after {reloads} reloads the catch-all TCP rule counted packets without a port: {:?}",
+            tcp.counters
+        );
+        assert_eq!(s.tracked_sources, 0, "no per-source state for them");
+        assert!(h.bans().is_empty(), "nobody banned");
+    }
 }

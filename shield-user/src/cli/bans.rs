@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use shield_user::{
-    bans::{BanEntry, BanMaps, Origin},
+    bans::{BanEntry, BanMaps, Cuts, Origin},
     control::{self, Request},
     loader, policy, stats,
 };
@@ -175,7 +175,7 @@ fn bans_table(bans: &[BanEntry]) -> String {
         return "no active bans\n".to_string();
     }
     let mut out = format!(
-        "{:<10} {:<42} {:<16} {:>10} {:>10} {:<9} {:>5}  {}\n",
+        "{:<15} {:<42} {:<16} {:>10} {:>10} {:<40} {:>5}  {}\n",
         "IFACE", "SOURCE", "SCOPE", "REMAINING", "DURATION", "ORIGIN", "LEVEL", "REASON"
     );
     for b in bans {
@@ -183,14 +183,16 @@ fn bans_table(bans: &[BanEntry]) -> String {
             policy::BanScope::Rule => format!("rule {}", b.rule),
             policy::BanScope::Host => "host".to_string(),
         };
-        let origin = if b.monitor {
-            format!("{} (monitor)", b.origin)
-        } else {
-            b.origin.to_string()
-        };
+        let mut origin = b.origin.to_string();
+        if b.monitor {
+            origin.push_str(" (monitor)");
+        }
+        if b.cuts == Cuts::NewConnections {
+            origin.push_str(", new connections only");
+        }
         let _ = writeln!(
             out,
-            "{:<10} {:<42} {:<16} {:>9.0}s {:>9.0}s {:<9} {:>5}  {}",
+            "{:<15} {:<42} {:<16} {:>9.0}s {:>9.0}s {:<40} {:>5}  {}",
             b.iface,
             b.source,
             scope,

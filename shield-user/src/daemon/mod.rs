@@ -153,6 +153,9 @@ impl Instance {
 pub(crate) struct InstallDone {
     pub ports_written: usize,
     pub lists_swapped: bool,
+    /// Monitor-mode bans dropped because their rule is now enforced (or gone), by
+    /// interface: their sources are judged by the enforced rule from now on.
+    pub monitor_bans_dropped: Vec<(String, crate::bans::BanEntry)>,
 }
 
 /// Installs `compiled` as `generation` on every interface: each inactive half is written,
@@ -166,6 +169,7 @@ pub(crate) fn install_all(
     let mut done = InstallDone {
         ports_written: 0,
         lists_swapped: false,
+        monitor_bans_dropped: Vec::new(),
     };
     for (iface, m) in maps.iter_mut() {
         let extra = if m.bans.list().is_empty() {
@@ -180,6 +184,10 @@ pub(crate) fn install_all(
         done.ports_written += d.ports_written;
         done.lists_swapped |= d.lists_swapped;
         let _ = m.bans.drop_orphans();
+        if let Ok(dropped) = m.bans.drop_enforced_monitor_bans() {
+            done.monitor_bans_dropped
+                .extend(dropped.into_iter().map(|b| (iface.clone(), b)));
+        }
     }
     Ok(done)
 }
@@ -354,6 +362,14 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         }
     };
     let first = reloaded(&policy, generation, &done, started.elapsed());
+    let mut audit = audit;
+    for (iface, b) in &done.monitor_bans_dropped {
+        audit.write(serde_json::json!({
+            "event": "ban_end", "origin": b.origin, "iface": iface, "source": b.source,
+            "scope": b.scope, "rule": b.rule, "ban_secs": b.duration_secs, "level": b.level,
+            "monitor": true, "ended": "rule enforced",
+        }));
+    }
     let ids = ids_of(&policy, &ids);
     for i in 0..instances.len() {
         let inst = &mut instances[i];

@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
-use shield_common::{EV_BAN, EV_LIMITED, EV_WOULD_BAN, Event, Reason, addr::FAMILY_V4};
+use shield_common::{
+    EV_BAN, EV_BAN_FAILED, EV_LIMITED, EV_WOULD_BAN, Event, Reason, addr::FAMILY_V4,
+};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot, watch},
@@ -346,6 +348,7 @@ impl Owner {
         let (trigger, answer) = self.reload_of.take().unwrap_or(("control socket", None));
         let reply = match out.result {
             Ok((policy, done, took, generation)) => {
+                self.monitor_bans_ended(&done);
                 let summary = reloaded(&policy, generation, &done, took);
                 self.ids = ids_of(&policy, &self.ids);
                 self.generation = generation;
@@ -380,6 +383,17 @@ impl Owner {
         };
         if let Some(a) = answer {
             let _ = a.send(reply);
+        }
+    }
+
+    /// `ban_end` lines for monitor bans an install dropped (their rule is enforced now).
+    fn monitor_bans_ended(&mut self, done: &InstallDone) {
+        for (iface, b) in &done.monitor_bans_dropped {
+            let mut line = ban_json("ban_end", iface, b, None);
+            line["level"] = b.level.into();
+            line["monitor"] = true.into();
+            line["ended"] = "rule enforced".into();
+            self.audit.write(line);
         }
     }
 
@@ -633,14 +647,27 @@ fn event_json(
         EV_LIMITED => {
             o.insert("event".into(), "limited".into());
         }
-        EV_BAN | EV_WOULD_BAN => {
-            let kind = if ev.kind == EV_BAN {
-                "ban"
-            } else {
-                "would_ban"
+        EV_BAN | EV_WOULD_BAN | EV_BAN_FAILED => {
+            let kind = match ev.kind {
+                EV_BAN => "ban",
+                EV_WOULD_BAN => "would_ban",
+                _ => "ban_failed",
             };
+            if ev.kind == EV_BAN_FAILED {
+                o.insert(
+                    "error".into(),
+                    format!(
+                        "the ban table is full ({} entries): the source is not banned",
+                        shield_common::MAX_BANS
+                    )
+                    .into(),
+                );
+            }
             o.insert("event".into(), kind.into());
             o.insert("origin".into(), "automatic".into());
+            // Automatic bans rest on evidence a spoofer can forge: they stop new
+            // connection attempts (and datagrams), never established connections.
+            o.insert("cuts".into(), "new_connections".into());
             o.insert(
                 "scope".into(),
                 if ev.host_scope != 0 { "host" } else { "rule" }.into(),
@@ -651,15 +678,17 @@ fn event_json(
                 "ban_secs".into(),
                 Duration::from_nanos(ev.duration_ns).as_secs_f64().into(),
             );
-            o.insert(
-                "expires".into(),
-                rfc3339(wall_of(
-                    ev.ts_ns.saturating_add(ev.duration_ns),
-                    mono_now,
-                    wall_now,
-                ))
-                .into(),
-            );
+            if ev.kind != EV_BAN_FAILED {
+                o.insert(
+                    "expires".into(),
+                    rfc3339(wall_of(
+                        ev.ts_ns.saturating_add(ev.duration_ns),
+                        mono_now,
+                        wall_now,
+                    ))
+                    .into(),
+                );
+            }
         }
         other => {
             o.insert("event".into(), format!("unknown_{other}").into());
