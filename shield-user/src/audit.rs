@@ -9,10 +9,11 @@ use std::{
 };
 
 /// Every `event` the daemon writes, for the help and the docs (tested against both).
-pub const EVENTS: [&str; 12] = [
+pub const EVENTS: [&str; 13] = [
     "limited",
     "ban",
     "would_ban",
+    "ban_failed",
     "ban_kept",
     "ban_end",
     "unban",

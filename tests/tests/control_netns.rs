@@ -68,6 +68,19 @@ fn second_run(lab: &NsLab, args: &[&str]) -> (Option<i32>, String, Duration) {
     )
 }
 
+/// Removes a file the test made, on every exit path.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
 fn xdp_on_server(lab: &NsLab) -> bool {
     let link = Command::new("ip")
         .args(["-n", &lab.topo.server.name, "link", "show", SERVER_IF])
@@ -76,10 +89,11 @@ fn xdp_on_server(lab: &NsLab) -> bool {
     String::from_utf8_lossy(&link.stdout).contains("xdp")
 }
 
-fn policy_file(text: &str) -> std::path::PathBuf {
+/// A policy file, removed on drop.
+fn policy_file(text: &str) -> RemoveOnDrop {
     let p = std::env::temp_dir().join(format!("{}.toml", unique("shield-other-")));
     std::fs::write(&p, text).expect("writing a policy");
-    p
+    RemoveOnDrop(p)
 }
 
 #[test]
@@ -90,6 +104,7 @@ fn a_second_daemon_on_a_protected_interface_is_refused_and_changes_nothing() {
     let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
     let socket = lab.socket();
     let other_socket = std::env::temp_dir().join(format!("{}.sock", unique("shield-2nd-")));
+    let _remove = RemoveOnDrop(other_socket.clone());
     for sock in [socket.clone(), other_socket.clone()] {
         let (code, out, took) = second_run(
             &lab,
@@ -97,7 +112,7 @@ fn a_second_daemon_on_a_protected_interface_is_refused_and_changes_nothing() {
                 "--iface",
                 SERVER_IF,
                 "--policy",
-                other.to_str().expect("utf-8"),
+                other.0.to_str().expect("utf-8"),
                 "--bpffs",
                 &bpffs,
                 "--socket",
@@ -116,7 +131,6 @@ fn a_second_daemon_on_a_protected_interface_is_refused_and_changes_nothing() {
             "refused at once, took {took:?}"
         );
     }
-    let _ = std::fs::remove_file(&other);
     let _ = std::fs::remove_file(&other_socket);
 
     // The first daemon's policy is still the one in force, and it still answers.
@@ -183,9 +197,10 @@ fn a_start_that_fails_a_check_attaches_nothing_and_leaves_no_pins() {
     let taken = format!("127.0.0.1:{port}");
 
     // A live control socket of someone else.
-    let live = std::env::temp_dir().join(format!("{}.sock", unique("shield-live-")));
-    let _listener = std::os::unix::net::UnixListener::bind(&live).expect("bind unix");
-    let live = live.to_str().expect("utf-8").to_string();
+    let live_path = std::env::temp_dir().join(format!("{}.sock", unique("shield-live-")));
+    let _listener = std::os::unix::net::UnixListener::bind(&live_path).expect("bind unix");
+    let _remove = RemoveOnDrop(live_path.clone());
+    let live = live_path.to_str().expect("utf-8").to_string();
 
     for (args, needle) in [
         (
@@ -282,7 +297,7 @@ fn a_failed_start_over_a_crashed_run_leaves_that_run_in_force() {
             "--xdp-mode",
             "native",
             "--policy",
-            other.to_str().expect("utf-8"),
+            other.0.to_str().expect("utf-8"),
             "--bpffs",
             &bpffs,
             "--socket",
@@ -291,7 +306,6 @@ fn a_failed_start_over_a_crashed_run_leaves_that_run_in_force() {
             "off",
         ],
     );
-    let _ = std::fs::remove_file(&other);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("attaching to lo"), "{out}");
     let after = lab.stats();
@@ -571,14 +585,13 @@ fn a_failed_fresh_start_over_a_crashed_run_gives_everything_back() {
             "--xdp-mode",
             "native",
             "--policy",
-            other.to_str().expect("utf-8"),
+            other.0.to_str().expect("utf-8"),
             "--bpffs",
             &bpffs,
             "--metrics",
             "off",
         ],
     );
-    let _ = std::fs::remove_file(&other);
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(
         pinned_prog(&lab),
@@ -634,6 +647,7 @@ fn run_never_replaces_or_hides_what_is_not_its_own() {
     let policy = lab.policy.to_str().expect("utf-8").to_string();
     let dir = std::env::temp_dir().join(unique("shield-own-"));
     std::fs::create_dir_all(&dir).expect("dir");
+    let _remove = RemoveOnDrop(dir.clone());
     let precious = dir.join("precious.txt");
     std::fs::write(&precious, "data").expect("file");
     let dgram = dir.join("dgram.sock");

@@ -63,6 +63,10 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
         socket,
     } = a;
     let socket = socket.socket;
+    // Typos are caught here, daemon or not (the daemon checks again against its policy).
+    policy::parse_cidr(&source).map_err(|e| anyhow::anyhow!("source \"{source}\": {e}"))?;
+    policy::parse_duration(&duration)
+        .map_err(|e| anyhow::anyhow!("duration \"{duration}\": {e}"))?;
     let reply: control::Banned = control::call(
         &socket,
         &Request::Ban {
@@ -103,6 +107,7 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
 
 pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
     let (source, socket) = (a.source, a.socket.socket);
+    policy::parse_cidr(&source).map_err(|e| anyhow::anyhow!("source \"{source}\": {e}"))?;
     let reply: control::Unbanned = control::call(
         &socket,
         &Request::Unban {
@@ -135,7 +140,14 @@ pub fn list(a: BansArgs) -> Result<ExitCode> {
                 bpffs.join("shield").display()
             );
             let mut all = Vec::new();
-            for iface in stats::pinned_ifaces(&bpffs) {
+            let ifaces = stats::pinned_ifaces(&bpffs);
+            if ifaces.is_empty() {
+                eprintln!(
+                    "shield: no shield maps pinned under {} either: nothing is protected with this --bpffs",
+                    bpffs.join("shield").display()
+                );
+            }
+            for iface in ifaces {
                 if !loader::is_attached(&bpffs, &iface) {
                     eprintln!(
                         "shield: {iface}: the program is detached: these bans are the last ones recorded and are not enforced"

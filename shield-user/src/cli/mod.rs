@@ -29,7 +29,7 @@ use shield_user::{control, loader};
 ///
 /// Audit log (`run --audit-log`): JSON lines with ts, event, iface, source, rule and the
 /// event's own fields. Events: limited (first refused packet of a source in a second), ban,
-/// would_ban (monitor mode), ban_kept (a manual ban asked for less time than a ban in
+/// would_ban (monitor mode), ban_failed (the ban table was full: not banned), ban_kept (a manual ban asked for less time than a ban in
 /// force: the longer one stays), ban_end, unban, reload, attack_start, attack_end, lost
 /// (the daemon's program was detached or its interface vanished), start, stop.
 ///

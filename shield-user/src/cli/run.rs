@@ -24,8 +24,9 @@ pub struct RunArgs {
     /// bpffs mount point to pin maps under (mounted if it is not bpffs yet).
     #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
-    /// Audit log: JSON lines of bans, ban ends, manual bans/unbans and the first limited
-    /// packet of each source per second; `-` for stdout. Reopened on SIGUSR1.
+    /// Audit log: JSON lines, one per event (limited, ban, would_ban, ban_failed, ban_kept,
+    /// ban_end, unban, reload, attack_start, attack_end, lost, start, stop; see `shield
+    /// --help`); `-` for stdout. A regular file of its own. Reopened on SIGUSR1.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<String>,
     /// Control socket for `shield ban`, `unban`, `bans`, `reload` (created 0600, root only).

@@ -126,8 +126,9 @@ pub fn matrix_table(policy: &Policy) -> String {
             String::new()
         };
         format!(
-            "{name}: {} prefixes ({v4} IPv4, {} IPv6){}{}{more}\n",
+            "{name}: {} {} ({v4} IPv4, {} IPv6){}{}{more}\n",
             l.len(),
+            if l.len() == 1 { "prefix" } else { "prefixes" },
             l.len() - v4,
             if l.is_empty() { "" } else { ": " },
             shown.join(", ")

@@ -150,9 +150,10 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     )?;
     eprint!("{}", daemon.log_text());
     eprintln!(
-        "demo: policy {} ({} rules)",
+        "demo: policy {} ({} rule{})",
         policy_path.display(),
-        p.rules.len()
+        p.rules.len(),
+        if p.rules.len() == 1 { "" } else { "s" }
     );
 
     let v4 = SocketAddr::new(IpAddr::V4(SERVER_V4), API_PORT);
