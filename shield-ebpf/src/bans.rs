@@ -1,0 +1,123 @@
+//! The allow/deny lists and the ban tables (host scope: LPM, each overlapping ban
+//! honoured; rule scope: hash).
+
+use crate::*;
+
+#[inline(always)]
+pub(crate) fn insert_host_ban(key: &SourceKey, ban: &BanValue) -> Result<(), i32> {
+    let a = key.addr;
+    if key.family == FAMILY_V4 {
+        SHIELD_HBAN4.insert(
+            Key {
+                prefix_len: key.prefix_len as u32,
+                data: [a[0], a[1], a[2], a[3]],
+            },
+            ban,
+            0,
+        )
+    } else {
+        SHIELD_HBAN6.insert(
+            Key {
+                prefix_len: key.prefix_len as u32,
+                data: a,
+            },
+            ban,
+            0,
+        )
+    }
+}
+
+/// The strongest host ban covering the packet's source (`BAN_HIT_*`). The trie answers
+/// with the longest matching prefix only; when that ban has lapsed or is monitor-only, the
+/// lookup goes on below its prefix length, so an active ban on a shorter prefix (a /24
+/// under a lapsed /32) is still honoured. One lookup while the first match is active or
+/// there is none, which is every packet but those of such nested bans.
+#[inline(never)]
+pub(crate) fn host_ban(pkt: &Packet, now: u64) -> u8 {
+    let v4 = pkt.family == FAMILY_V4;
+    let mut plen: u32 = if v4 { 32 } else { 128 };
+    let mut hit = BAN_HIT_NONE;
+    for _ in 0..HOST_BAN_WALK {
+        let s = pkt.src;
+        let found = if v4 {
+            SHIELD_HBAN4.get(Key {
+                prefix_len: plen,
+                data: [s[0], s[1], s[2], s[3]],
+            })
+        } else {
+            SHIELD_HBAN6.get(Key {
+                prefix_len: plen,
+                data: s,
+            })
+        };
+        let Some(ban) = found else {
+            break;
+        };
+        match ban_hit(ban, now, pkt) {
+            BAN_HIT_DROP => return BAN_HIT_DROP,
+            BAN_HIT_MONITOR => hit = BAN_HIT_MONITOR,
+            _ => {}
+        }
+        let found_len = ban.prefix_len as u32;
+        if found_len == 0 || found_len > plen {
+            break;
+        }
+        plen = found_len - 1;
+    }
+    hit
+}
+
+/// Ban flags that let this packet through: an attempts-only ban (`BAN_ATTEMPTS`) passes
+/// the segments of TCP connections (no SYN), which go on to the normal judgement.
+#[inline(always)]
+pub(crate) fn passes(pkt: &Packet) -> u8 {
+    if pkt.l4 == L4_TCP && !pkt.conn_attempt {
+        BAN_ATTEMPTS
+    } else {
+        0
+    }
+}
+
+/// `ban_hit`: the ban has expired (the daemon removes expired bans and logs their end).
+pub(crate) const BAN_HIT_NONE: u8 = 0;
+
+/// An active ban: the packet is dropped.
+pub(crate) const BAN_HIT_DROP: u8 = 1;
+
+/// An active monitor-mode ban: the packet is judged as if unbanned; a pass counts as
+/// `would_ban`.
+pub(crate) const BAN_HIT_MONITOR: u8 = 2;
+
+#[inline(always)]
+pub(crate) fn ban_hit(ban: &BanValue, now: u64, pkt: &Packet) -> u8 {
+    if now >= ban.expires_ns || ban.flags & passes(pkt) != 0 {
+        BAN_HIT_NONE
+    } else if ban.flags & BAN_MONITOR != 0 {
+        BAN_HIT_MONITOR
+    } else {
+        BAN_HIT_DROP
+    }
+}
+
+#[inline(always)]
+pub(crate) fn listed(pkt: &Packet, half: u8, allow: bool) -> bool {
+    let a = pkt.src;
+    if pkt.family == FAMILY_V4 {
+        let key = Key {
+            prefix_len: 40,
+            data: [half, a[0], a[1], a[2], a[3]],
+        };
+        let trie = if allow { &SHIELD_ALLOW4 } else { &SHIELD_DENY4 };
+        trie.get(&key).is_some()
+    } else {
+        let key = Key {
+            prefix_len: 136,
+            data: [
+                half, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
+                a[12], a[13], a[14], a[15],
+            ],
+        };
+        let trie = if allow { &SHIELD_ALLOW6 } else { &SHIELD_DENY6 };
+        trie.get(&key).is_some()
+    }
+}
