@@ -100,6 +100,136 @@ pub(crate) fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, ()> {
     Ok((start + off) as *const T)
 }
 
+/// Wire headers, by their RFC field names. `#[repr(C)]` of byte fields only: alignment 1,
+/// no padding, read unaligned straight from the frame by `header`. Multi-byte fields are
+/// network order; `be16` reads them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct EthHdr {
+    pub(crate) dst: [u8; 6],
+    pub(crate) src: [u8; 6],
+    pub(crate) ethertype: [u8; 2],
+}
+
+/// An 802.1Q / 802.1ad tag: the TCI, then the ethertype it wraps.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct VlanTag {
+    pub(crate) tci: [u8; 2],
+    pub(crate) ethertype: [u8; 2],
+}
+
+/// IPv4 (RFC 791), without options.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Ipv4Hdr {
+    /// Version (high nibble) and IHL in 32-bit words (low nibble).
+    pub(crate) version_ihl: u8,
+    pub(crate) tos: u8,
+    pub(crate) total_len: [u8; 2],
+    pub(crate) id: [u8; 2],
+    /// Flags (3 bits: reserved, DF, MF) and the fragment offset in 8-byte units.
+    pub(crate) flags_frag_off: [u8; 2],
+    pub(crate) ttl: u8,
+    pub(crate) protocol: u8,
+    pub(crate) checksum: [u8; 2],
+    pub(crate) saddr: [u8; 4],
+    pub(crate) daddr: [u8; 4],
+}
+
+/// IPv6 (RFC 8200), fixed header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Ipv6Hdr {
+    /// Version (high nibble of the first byte), traffic class, flow label.
+    pub(crate) version_tc_flow: [u8; 4],
+    pub(crate) payload_len: [u8; 2],
+    pub(crate) next_header: u8,
+    pub(crate) hop_limit: u8,
+    pub(crate) saddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
+}
+
+/// The first two bytes every IPv6 extension header starts with (hop-by-hop, routing,
+/// destination options: length in 8-byte units beyond the first 8; AH: in 4-byte units
+/// beyond the first 8).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct ExtHdr {
+    pub(crate) next_header: u8,
+    pub(crate) hdr_ext_len: u8,
+}
+
+/// The IPv6 fragment header's first four bytes (RFC 8200 4.5).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct FragHdr {
+    pub(crate) next_header: u8,
+    pub(crate) reserved: u8,
+    /// Fragment offset (13 bits, 8-byte units), 2 reserved bits, M (more fragments).
+    pub(crate) offset_flags: [u8; 2],
+}
+
+/// TCP (RFC 9293), without options.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct TcpHdr {
+    pub(crate) source: [u8; 2],
+    pub(crate) dest: [u8; 2],
+    pub(crate) seq: [u8; 4],
+    pub(crate) ack_seq: [u8; 4],
+    /// Data offset in 32-bit words (high nibble).
+    pub(crate) data_offset: u8,
+    pub(crate) flags: u8,
+    pub(crate) window: [u8; 2],
+    pub(crate) checksum: [u8; 2],
+    pub(crate) urgent: [u8; 2],
+}
+
+/// UDP (RFC 768).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct UdpHdr {
+    pub(crate) source: [u8; 2],
+    pub(crate) dest: [u8; 2],
+    pub(crate) len: [u8; 2],
+    pub(crate) checksum: [u8; 2],
+}
+
+/// ICMP / ICMPv6: type, code, checksum.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct IcmpHdr {
+    pub(crate) kind: u8,
+    pub(crate) code: u8,
+    pub(crate) checksum: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HLEN);
+const _: () = assert!(core::mem::size_of::<VlanTag>() == 4);
+const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
+const _: () = assert!(core::mem::size_of::<FragHdr>() == 4);
+const _: () = assert!(core::mem::size_of::<TcpHdr>() == 20);
+const _: () = assert!(core::mem::size_of::<UdpHdr>() == 8);
+const _: () = assert!(core::mem::size_of::<IcmpHdr>() == 4);
+
+/// A network-order 16-bit field.
+#[inline(always)]
+pub(crate) fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Reads the header `T` at `off` (unaligned, bounds-checked). `T` is one of the wire
+/// headers above: byte fields only, so every bit pattern is a valid value.
+#[inline(always)]
+pub(crate) fn header<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, ()> {
+    let p = ptr_at::<T>(ctx, off)?;
+    // SAFETY: `ptr_at` checked that size_of::<T>() bytes are inside the packet; the headers
+    // are byte arrays and bytes (alignment 1, any bit pattern valid).
+    Ok(unsafe { core::ptr::read_unaligned(p) })
+}
+
 /// Reads `N` bytes at `off` (unaligned, bounds-checked).
 #[inline(always)]
 pub(crate) fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
@@ -128,17 +258,17 @@ pub(crate) fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: *mut Packet) -> i
 
 #[inline(always)]
 pub(crate) fn parse_frame(ctx: &XdpContext) -> Result<Option<Packet>, ()> {
-    let eth: [u8; ETH_HLEN] = bytes(ctx, 0)?;
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let eth: EthHdr = header(ctx, 0)?;
+    let mut ethertype = be16(eth.ethertype);
     let mut off = ETH_HLEN;
     // Up to two VLAN tags (802.1Q, 802.1ad QinQ).
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag: [u8; 4] = bytes(ctx, off)?;
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        let tag: VlanTag = header(ctx, off)?;
+        ethertype = be16(tag.ethertype);
         off += 4;
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            let tag: [u8; 4] = bytes(ctx, off)?;
-            ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+            let tag: VlanTag = header(ctx, off)?;
+            ethertype = be16(tag.ethertype);
             off += 4;
         }
     }
@@ -151,23 +281,22 @@ pub(crate) fn parse_frame(ctx: &XdpContext) -> Result<Option<Packet>, ()> {
 
 #[inline(always)]
 pub(crate) fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
-    let ip: [u8; 20] = bytes(ctx, off)?;
-    if ip[0] >> 4 != 4 {
+    let ip: Ipv4Hdr = header(ctx, off)?;
+    if ip.version_ihl >> 4 != 4 {
         return Err(());
     }
     // IHL is 4 bits: at most 60 bytes, at least 20.
-    let hlen = ((ip[0] & 0x0f) as usize) * 4;
+    let hlen = ((ip.version_ihl & 0x0f) as usize) * 4;
     if hlen < 20 {
         return Err(());
     }
-    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let total_len = be16(ip.total_len) as usize;
     if total_len < hlen {
         return Err(());
     }
-    let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    let src = [
-        ip[12], ip[13], ip[14], ip[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ];
+    let frag = be16(ip.flags_frag_off);
+    let a = ip.saddr;
+    let src = [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
     // Options must be present in full.
     let _: [u8; 1] = bytes(ctx, off + hlen - 1)?;
@@ -181,7 +310,7 @@ pub(crate) fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         conn_attempt: false,
         tcp_data: false,
     };
-    let proto = ip[9];
+    let proto = ip.protocol;
     let frag_off = frag & 0x1fff;
     let more_fragments = frag & 0x2000 != 0;
     // Non-first fragments carry no transport header: judged on the source only. RFC 1858:
@@ -204,13 +333,12 @@ pub(crate) fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
 
 #[inline(always)]
 pub(crate) fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
-    let ip: [u8; 40] = bytes(ctx, off)?;
-    if ip[0] >> 4 != 6 {
+    let ip: Ipv6Hdr = header(ctx, off)?;
+    if ip.version_tc_flow[0] >> 4 != 6 {
         return Err(());
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
-    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let src = ip.saddr;
+    let payload_len = be16(ip.payload_len) as usize;
     let mut pkt = Packet {
         family: FAMILY_V6,
         src,
@@ -221,25 +349,25 @@ pub(crate) fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         conn_attempt: false,
         tcp_data: false,
     };
-    let mut next = ip[6];
+    let mut next = ip.next_header;
     let mut l4off = off + 40;
     let mut first_fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let h: [u8; 2] = bytes(ctx, l4off)?;
-                next = h[0];
-                l4off += (h[1] as usize + 1) * 8;
+                let h: ExtHdr = header(ctx, l4off)?;
+                next = h.next_header;
+                l4off += (h.hdr_ext_len as usize + 1) * 8;
             }
             IPPROTO_AH => {
-                let h: [u8; 2] = bytes(ctx, l4off)?;
-                next = h[0];
-                l4off += (h[1] as usize + 2) * 4;
+                let h: ExtHdr = header(ctx, l4off)?;
+                next = h.next_header;
+                l4off += (h.hdr_ext_len as usize + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let h: [u8; 4] = bytes(ctx, l4off)?;
-                next = h[0];
-                let frag_off = u16::from_be_bytes([h[2], h[3]]) >> 3;
+                let h: FragHdr = header(ctx, l4off)?;
+                next = h.next_header;
+                let frag_off = be16(h.offset_flags) >> 3;
                 if frag_off != 0 {
                     // Non-first fragment: source only (offset 1 of TCP: RFC 1858, as IPv4).
                     if frag_off == 1 && next == IPPROTO_TCP {
@@ -247,7 +375,7 @@ pub(crate) fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
                     }
                     return Ok(pkt);
                 }
-                first_fragment = h[3] & 1 != 0;
+                first_fragment = h.offset_flags[1] & 1 != 0;
                 l4off += 8;
             }
             _ => break,
@@ -283,32 +411,32 @@ pub(crate) fn parse_l4(
 ) -> Result<(), ()> {
     match proto {
         IPPROTO_TCP => {
-            let tcp: [u8; 20] = bytes(ctx, off)?;
-            if tcp[12] >> 4 < 5 {
+            let tcp: TcpHdr = header(ctx, off)?;
+            if tcp.data_offset >> 4 < 5 {
                 return Err(());
             }
             pkt.l4 = L4_TCP;
-            pkt.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-            pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-            pkt.conn_attempt = tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let doff = (tcp[12] >> 4) as usize * 4;
-            pkt.tcp_data = tcp[13] & TCP_SYN == 0 && l4_len > doff;
+            pkt.sport = be16(tcp.source);
+            pkt.dport = be16(tcp.dest);
+            pkt.conn_attempt = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let doff = (tcp.data_offset >> 4) as usize * 4;
+            pkt.tcp_data = tcp.flags & TCP_SYN == 0 && l4_len > doff;
         }
         IPPROTO_UDP => {
-            let udp: [u8; 8] = bytes(ctx, off)?;
+            let udp: UdpHdr = header(ctx, off)?;
             pkt.l4 = L4_UDP;
-            pkt.dport = u16::from_be_bytes([udp[2], udp[3]]);
+            pkt.dport = be16(udp.dest);
         }
         IPPROTO_ICMP => {
-            let _: [u8; 4] = bytes(ctx, off)?;
+            let _: IcmpHdr = header(ctx, off)?;
             pkt.l4 = L4_ICMP;
         }
         IPPROTO_ICMPV6 => {
-            let icmp: [u8; 4] = bytes(ctx, off)?;
+            let icmp: IcmpHdr = header(ctx, off)?;
             // Neighbour discovery (router/neighbour solicitation and advertisement,
             // redirect: types 133-137) is IPv6's ARP: limiting it would cut the source
             // off the link. It passes untracked, like ARP.
-            if !(133..=137).contains(&icmp[0]) {
+            if !(133..=137).contains(&icmp.kind) {
                 pkt.l4 = L4_ICMP;
             }
         }
