@@ -521,6 +521,29 @@ pub const LIST_KEY_V6: usize = 17;
 /// Value stored in the allow/deny tries (the key is what matters).
 pub type ListValue = u8;
 
+// ---- Rare conditions (the XDP program's aya-log line "rare conditions MASK") ----
+
+/// The per-source table refused a new source.
+pub const RARE_SOURCE_INSERT: u32 = 0;
+/// The ban table refused a ban.
+pub const RARE_BAN_INSERT: u32 = 1;
+/// The verified set refused a proof.
+pub const RARE_VERIFIED_INSERT: u32 = 2;
+/// The event ring buffer was full.
+pub const RARE_EVENTS_LOST: u32 = 3;
+/// The half in force holds no policy.
+pub const RARE_NOT_LOADED: u32 = 4;
+pub const RARE_KINDS: u32 = 5;
+
+/// What each rare condition means, for the daemon's log (index: `RARE_*`).
+pub const RARE_TEXT: [&str; RARE_KINDS as usize] = [
+    "the per-source table refused a new source: it passes without a limit (raise defaults.max_sources?)",
+    "the ban table is full: a due ban was not installed (ban_failed)",
+    "the verified set refused a proof: a real client stays unverified",
+    "the event ring buffer is full: audit events are being lost",
+    "no policy is loaded in the half in force: traffic passes unjudged",
+];
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

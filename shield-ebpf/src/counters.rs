@@ -1,5 +1,9 @@
 //! Counters (per rule × reason, per-CPU), per-rule figures, diagnostics, events.
 
+use shield_common::{
+    RARE_BAN_INSERT, RARE_EVENTS_LOST, RARE_KINDS, RARE_SOURCE_INSERT, RARE_VERIFIED_INSERT,
+};
+
 use crate::*;
 
 #[inline(always)]
@@ -46,10 +50,80 @@ pub(crate) fn diag(slot: u32) {
         // SAFETY: per-CPU slot from a successful lookup.
         unsafe { *c += 1 };
     }
+    // The failures among the diagnostics also reach the daemon's log (the constant slot
+    // folds this away for the others).
+    match slot {
+        DIAG_SOURCE_INSERT_FAILED => rare(RARE_SOURCE_INSERT),
+        DIAG_BAN_INSERT_FAILED => rare(RARE_BAN_INSERT),
+        DIAG_VERIFIED_INSERT_FAILED => rare(RARE_VERIFIED_INSERT),
+        DIAG_EVENTS_LOST => rare(RARE_EVENTS_LOST),
+        _ => {}
+    }
 }
 
-/// Counts and returns the action for `reason`, turning drops into `would_drop` passes in
-/// monitor mode.
+// Rare conditions reach the daemon's log through aya-log (`rare`; `RARE_*` in
+// shield-common, which also holds their words).
+/// `SHIELD_RARE`'s slot for the conditions seen and not logged yet (a bit each).
+const RARE_PENDING: u32 = RARE_KINDS;
+const RARE_EVERY_NS: u64 = 1_000_000_000;
+
+/// Per CPU: when rare conditions were last logged (slot 0), then the pending bits (not
+/// pinned: a log throttle).
+#[map]
+static SHIELD_RARE: PerCpuArray<u64> = PerCpuArray::with_max_entries(RARE_KINDS + 1, 0);
+
+/// Notes a rare condition (a refused map insert, a lost event, no policy loaded). It is
+/// logged when the next packet on this CPU starts (`flush_rare`): the logging's stack frame
+/// never nests under the judgement's (512 bytes of BPF stack for the whole call chain).
+#[inline(always)]
+pub(crate) fn rare(what: u32) {
+    if let Some(p) = SHIELD_RARE.get_ptr_mut(RARE_PENDING) {
+        // SAFETY: per-CPU slot from a successful lookup.
+        unsafe { *p |= 1 << what };
+    }
+}
+
+/// Before the verdict: logs what `rare` noted for an earlier packet, if anything (one
+/// per-CPU array read per packet otherwise).
+#[inline(always)]
+pub(crate) fn flush_rare() {
+    let Some(p) = SHIELD_RARE.get_ptr_mut(RARE_PENDING) else {
+        return;
+    };
+    // SAFETY: per-CPU slot from a successful lookup.
+    let pending = unsafe { *p };
+    if pending != 0 {
+        // SAFETY: as above.
+        unsafe { *p = 0 };
+        log_rare(pending);
+    }
+}
+
+/// Logs the pending conditions (`pending`: a bit each, `RARE_*`) at most once a second per
+/// CPU, in one line the daemon puts into words, and nothing when the daemon's --log-level
+/// disabled warnings (`AYA_LOG_LEVEL`, set at load time). One log statement, so that the
+/// verifier's work (and the object) stay small.
+#[inline(never)]
+fn log_rare(pending: u64) {
+    if !aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Warn) {
+        return;
+    }
+    let Some(last) = SHIELD_RARE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: per-CPU slot from a successful lookup.
+    unsafe {
+        if *last != 0 && now.wrapping_sub(*last) < RARE_EVERY_NS {
+            return;
+        }
+        *last = now;
+    }
+    // (aya-log's macros take a context they do not use yet.)
+    aya_log_ebpf::warn!(&(), "rare conditions {}", pending);
+}
+
 #[inline(always)]
 pub(crate) fn verdict(rule_id: u32, reason: Reason, monitor: bool, len: u64) -> u32 {
     if !reason.is_drop() {

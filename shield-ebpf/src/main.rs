@@ -63,6 +63,9 @@ use unverified::*;
 
 #[xdp]
 pub fn shield(ctx: XdpContext) -> u32 {
+    // What the previous packet on this CPU noted (`rare`) is logged first: here the
+    // verifier meets the logging once, from a single state, not at the end of every path.
+    flush_rare();
     let len = (ctx.data_end() - ctx.data()) as u64;
     match try_shield(&ctx, len) {
         Ok(action) => action,
@@ -88,6 +91,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let verified_ttl = cfg.verified_ttl_ns;
     let seed = cfg.sketch_seed;
     if flags & CFG_LOADED == 0 {
+        rare(shield_common::RARE_NOT_LOADED);
         return Ok(xdp_action::XDP_PASS);
     }
     // Filled by `parse` (no zero-fill: only read once it says PARSED_IP).

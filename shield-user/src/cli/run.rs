@@ -69,6 +69,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         socket: a.socket,
         metrics: a.metrics.0,
         fresh: a.fresh,
+        log_level: a.log_level,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,8 @@
 
 mod control;
 mod events;
+
+pub use events::rare_conditions;
 mod http;
 mod owner;
 
@@ -51,6 +53,8 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Start from empty maps (counters, limiter state, bans) instead of adopting the pins.
     pub fresh: bool,
+    /// `--log-level`: also the XDP program's aya-log level.
+    pub log_level: String,
 }
 
 /// One interface's maps, opened once from its pins: the policy tables and the ban tables.
@@ -68,6 +72,8 @@ struct Instance {
     maps: Option<IfaceMaps>,
     /// The ring buffer, until the events task takes it.
     ring: Option<RingBuf<MapData>>,
+    /// The program's aya-log records, until the events task takes them.
+    log: Option<aya_log::EbpfLogger<events::IfaceLog>>,
     link: Option<FdLink>,
     /// The kernel's id of our link: what the pin must still name for a clean stop to
     /// remove it, and what `lost` follows.
@@ -467,8 +473,15 @@ fn bring_up(
         let set_aside = opts.fresh
             && loader::set_aside_map_pins(&dir)
                 .with_context(|| format!("--fresh: setting aside the maps in {}", dir.display()))?;
-        let opened = open_iface(&iface, &dir, policy, previous_ids, generation);
-        let (ebpf, tables, bans, ring, previous_half) = match opened {
+        let opened = open_iface(
+            &iface,
+            &dir,
+            &opts.log_level,
+            policy,
+            previous_ids,
+            generation,
+        );
+        let (ebpf, tables, bans, ring, log, previous_half) = match opened {
             Ok(o) => o,
             Err(e) => {
                 if set_aside {
@@ -482,6 +495,7 @@ fn bring_up(
             dir,
             maps: Some(IfaceMaps { tables, bans }),
             ring: Some(ring),
+            log,
             link: None,
             link_id: None,
             attached: Attached::Native,
@@ -500,17 +514,29 @@ fn bring_up(
 
 /// What `bring_up` opens for one interface: the loaded object, its maps, its ring buffer,
 /// and the half in force before (adopted maps with a policy).
-type Opened = (Ebpf, PolicyMaps, BanMaps, RingBuf<MapData>, Option<u32>);
+type Opened = (
+    Ebpf,
+    PolicyMaps,
+    BanMaps,
+    RingBuf<MapData>,
+    Option<aya_log::EbpfLogger<events::IfaceLog>>,
+    Option<u32>,
+);
 
 fn open_iface(
     iface: &str,
     dir: &std::path::Path,
+    log_level: &str,
     policy: &policy::Policy,
     previous_ids: &mut HashMap<String, u32>,
     generation: &mut u32,
 ) -> Result<Opened> {
-    let mut ebpf = loader::load(dir, policy.max_sources)
-        .with_context(|| format!("loading shield for {iface}"))?;
+    let mut ebpf = loader::load_with_log_level(
+        dir,
+        policy.max_sources,
+        loader::program_log_level(log_level),
+    )
+    .with_context(|| format!("loading shield for {iface}"))?;
     BanMaps::ensure_notes(dir).context("creating the ban notes map")?;
     let mut tables = PolicyMaps::open(dir).context("opening the policy tables")?;
     // Until the start succeeds, a list swap keeps the old lists (see `undo_start`).
@@ -532,7 +558,15 @@ fn open_iface(
     )
     .context("opening the event ring buffer")?;
     let bans = BanMaps::open(dir).context("opening the ban maps")?;
-    Ok((ebpf, tables, bans, ring, previous_half))
+    let log = aya_log::EbpfLogger::init_with_logger(
+        &mut ebpf,
+        events::IfaceLog {
+            iface: iface.to_string(),
+        },
+    )
+    .map_err(|e| warn!(%iface, "the XDP program's log is not available: {e}"))
+    .ok();
+    Ok((ebpf, tables, bans, ring, log, previous_half))
 }
 
 /// Unmounts a bpffs this start mounted, unless the start succeeded.

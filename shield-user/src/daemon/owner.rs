@@ -103,6 +103,13 @@ pub(super) async fn serve(
 
     let mut event_tasks = Vec::new();
     for (idx, inst) in instances.iter_mut().enumerate() {
+        if let Some(log) = inst.log.take() {
+            event_tasks.push(tokio::spawn(events::forward_log(
+                inst.iface.clone(),
+                log,
+                stop_rx.clone(),
+            )));
+        }
         if let Some(ring) = inst.ring.take() {
             event_tasks.push(tokio::spawn(events::read(
                 idx,
