@@ -134,6 +134,12 @@ pub fn list(a: BansArgs) -> Result<ExitCode> {
         Ok(list) => list.bans,
         Err(e) if !e.daemon_absent() => return Err(e.into()),
         Err(_) => {
+            // SAFETY: geteuid has no preconditions.
+            anyhow::ensure!(
+                unsafe { libc::geteuid() } == 0,
+                "the daemon is not running (nothing listens on {}), and reading its pinned maps needs root (try sudo)",
+                socket.display()
+            );
             eprintln!(
                 "shield: the daemon is not running (nothing listens on {}); reading the pinned maps under {}",
                 socket.display(),
