@@ -3,6 +3,7 @@
 //! policy-matrix acceptance suite.
 
 pub mod acceptance;
+pub mod fuzz;
 pub mod nslab;
 pub mod synflood;
 
