@@ -10,6 +10,8 @@ pub mod addr;
 pub mod bucket;
 pub mod judge;
 pub mod maps;
+#[cfg(not(target_arch = "bpf"))]
+pub mod model;
 pub mod reason;
 pub mod sketch;
 

@@ -239,7 +239,9 @@ pub const VERIFIED_V6_PREFIX: u8 = 64;
 pub struct Control {
     /// The policy half in force (0 or 1).
     pub active: u32,
-    pub _pad: u32,
+    /// Tests only (the differential fuzzer): non-zero makes the data path's clock
+    /// `clock_offset_ns` alone, so a reference model can be fed the very same times.
+    pub clock_frozen: u32,
     /// Added to the kernel clock. Always 0 in production; tests advance it to play minutes
     /// of strikes and bans in milliseconds.
     pub clock_offset_ns: u64,

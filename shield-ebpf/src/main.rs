@@ -108,8 +108,12 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let pkt = unsafe { slot.assume_init() };
     let global_monitor = flags & CFG_MONITOR != 0;
     let bans = flags & CFG_BANS != 0;
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(ctl.clock_offset_ns);
+    let now = if ctl.clock_frozen != 0 {
+        ctl.clock_offset_ns
+    } else {
+        // SAFETY: the helper takes no arguments and only reads the clock.
+        unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(ctl.clock_offset_ns)
+    };
 
     // O(1) rule lookup: one array slot per protocol and port. A packet without a port (a
     // non-first fragment, ESP, GRE, …) has no slot in the table: it belongs to no rule.

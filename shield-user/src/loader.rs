@@ -498,6 +498,15 @@ impl PolicyMaps {
         Ok(out)
     }
 
+    /// Stops the data path's clock at `now_ns` (tests only: the differential fuzzer; see
+    /// `Control::clock_frozen`). `advance_clock` then moves it.
+    pub fn freeze_clock(&mut self, now_ns: u64) -> Result<(), LoaderError> {
+        let mut c = self.control()?;
+        c.clock_frozen = 1;
+        c.clock_offset_ns = now_ns;
+        self.control.set(0, c, 0).map_err(map_err(MAP_CONTROL))
+    }
+
     /// Moves the data path's clock (tests only; see `Control::clock_offset_ns`).
     pub fn advance_clock(&mut self, by_ns: u64) -> Result<(), LoaderError> {
         let mut c = self.control()?;

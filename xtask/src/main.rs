@@ -59,6 +59,17 @@ enum Task {
     /// cargo fmt --check and clippy -D warnings on every crate (host crates, then the
     /// eBPF crate for bpfel-unknown-none).
     Lint,
+    /// Differential fuzzing (root): random policies, random and malformed frames and clock
+    /// steps through the real XDP program (BPF_PROG_TEST_RUN) and the reference model in
+    /// shield-common; prints `N frames, M mismatches`, exits non-zero on any mismatch.
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Seed (the same seed replays the same policies, frames and clock steps).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// Debian packages: llvm-22-dev (+ the libraries bpf-linker links with) to build
@@ -336,6 +347,27 @@ fn main() -> Result<()> {
                 c.args(["--only", &only]);
             }
             run(&mut c)
+        }
+        Task::Fuzz { frames, seed } => {
+            bootstrap()?;
+            if !is_root() {
+                bail!("the fuzzer loads XDP programs: run as root (sudo -E cargo xtask fuzz)");
+            }
+            step("running the differential fuzzer (release build)");
+            run(cargo().args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "shield-tests",
+                "--bin",
+                "shield-fuzz",
+                "--",
+                "--frames",
+                &frames.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ]))
         }
         Task::Lint => {
             bootstrap()?;

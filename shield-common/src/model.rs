@@ -1,0 +1,621 @@
+//! A reference model of the whole verdict, for the differential fuzzer (`cargo xtask
+//! fuzz`): parse, lists, bad fragments, bans (the nested host-ban walk, attempts-only and
+//! monitor bans), rule lookup, the `unverified` budget, the sketch, per-source buckets and
+//! escalation, counters. Written from the README's semantics with ordinary host data
+//! structures (hash maps, prefix scans); it shares only the arithmetic the README defines
+//! (GCRA, the sketch's cells and admission, strikes and the ban ladder), never the XDP
+//! program's code. Host only.
+//!
+//! Not modelled: socket lookups (the fuzzer's frames never match an established socket, so
+//! no source is ever verified) and map capacities (the fuzzer stays far below them).
+
+use std::collections::HashMap;
+
+use crate::{
+    BAN_ATTEMPTS, BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4,
+    CFG_DENY_V6, CFG_MONITOR, HOST_BAN_WALK, PORT_INDEX_ICMP, PROTO_SLOT_TCP, PROTO_SLOT_UDP,
+    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig, SourceKey,
+    SourceState,
+    addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
+    judge::{escalate, judge, needs_state},
+    port_index,
+    sketch::{self, Admission, CLASS_CONN, CLASS_PKT, SKETCH_CELLS},
+};
+
+/// XDP actions.
+pub const DROP: u32 = 1;
+pub const PASS: u32 = 2;
+
+/// Transport of a parsed packet, as far as rules are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// No port: non-first fragments, protocols without rules, long IPv6 chains, ND.
+    None,
+    Tcp {
+        dport: u16,
+        syn_only: bool,
+        data: bool,
+    },
+    Udp {
+        dport: u16,
+    },
+    Icmp,
+    /// A fragment that could hide a transport header (RFC 1858 / RFC 7112).
+    BadFragment,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub family: u8,
+    /// Network order, IPv4 in the first four bytes.
+    pub src: [u8; 16],
+    pub transport: Transport,
+}
+
+/// What a frame is, per the README's parsing rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    NotIp,
+    Malformed,
+    Ip(Parsed),
+}
+
+fn get(f: &[u8], at: usize, n: usize) -> Option<&[u8]> {
+    f.get(at..at.checked_add(n)?)
+}
+
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+/// Bytes of transport header a first fragment must carry (TCP 20, UDP 8, ICMP 4).
+fn needed(proto: u8) -> usize {
+    match proto {
+        6 => 20,
+        17 => 8,
+        1 | 58 => 4,
+        _ => 0,
+    }
+}
+
+fn is_ext(proto: u8) -> bool {
+    matches!(proto, 0 | 43 | 60 | 51 | 44)
+}
+
+/// Parses a frame: Ethernet, up to two VLAN tags, IPv4 (options, fragments) or IPv6 (up to
+/// 8 extension headers), then the transport header the rules need.
+pub fn parse(f: &[u8]) -> Frame {
+    let Some(eth) = get(f, 0, 14) else {
+        return Frame::Malformed;
+    };
+    let mut ethertype = be16(&eth[12..]);
+    let mut off = 14;
+    for _ in 0..2 {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        let Some(tag) = get(f, off, 4) else {
+            return Frame::Malformed;
+        };
+        ethertype = be16(&tag[2..]);
+        off += 4;
+    }
+    let r = match ethertype {
+        0x0800 => v4(f, off),
+        0x86dd => v6(f, off),
+        _ => return Frame::NotIp,
+    };
+    r.map_or(Frame::Malformed, Frame::Ip)
+}
+
+fn v4(f: &[u8], off: usize) -> Option<Parsed> {
+    let ip = get(f, off, 20)?;
+    if ip[0] >> 4 != 4 {
+        return None;
+    }
+    let hlen = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(be16(&ip[2..]));
+    if hlen < 20 || total < hlen {
+        return None;
+    }
+    get(f, off, hlen)?;
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&ip[12..16]);
+    let mut p = Parsed {
+        family: FAMILY_V4,
+        src,
+        transport: Transport::None,
+    };
+    let frag = be16(&ip[6..]);
+    let (offset, more) = (frag & 0x1fff, frag & 0x2000 != 0);
+    let proto = ip[9];
+    if offset != 0 {
+        if offset == 1 && proto == 6 {
+            p.transport = Transport::BadFragment;
+        }
+        return Some(p);
+    }
+    if more && total - hlen < needed(proto) {
+        p.transport = Transport::BadFragment;
+        return Some(p);
+    }
+    p.transport = transport(f, off + hlen, total - hlen, proto)?;
+    Some(p)
+}
+
+fn v6(f: &[u8], off: usize) -> Option<Parsed> {
+    let ip = get(f, off, 40)?;
+    if ip[0] >> 4 != 6 {
+        return None;
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    let mut p = Parsed {
+        family: FAMILY_V6,
+        src,
+        transport: Transport::None,
+    };
+    let end = off + 40 + usize::from(be16(&ip[4..]));
+    let mut next = ip[6];
+    let mut at = off + 40;
+    let mut first_fragment = false;
+    for _ in 0..8 {
+        match next {
+            0 | 43 | 60 => {
+                let h = get(f, at, 2)?;
+                next = h[0];
+                at += (usize::from(h[1]) + 1) * 8;
+            }
+            51 => {
+                let h = get(f, at, 2)?;
+                next = h[0];
+                at += (usize::from(h[1]) + 2) * 4;
+            }
+            44 => {
+                let h = get(f, at, 4)?;
+                next = h[0];
+                let offset = be16(&h[2..]) >> 3;
+                if offset != 0 {
+                    if offset == 1 && next == 6 {
+                        p.transport = Transport::BadFragment;
+                    }
+                    return Some(p);
+                }
+                first_fragment = h[3] & 1 != 0;
+                at += 8;
+            }
+            _ => break,
+        }
+    }
+    let len = end.saturating_sub(at);
+    if first_fragment && (is_ext(next) || len < needed(next)) {
+        p.transport = Transport::BadFragment;
+        return Some(p);
+    }
+    p.transport = transport(f, at, len, next)?;
+    Some(p)
+}
+
+fn transport(f: &[u8], at: usize, len: usize, proto: u8) -> Option<Transport> {
+    Some(match proto {
+        6 => {
+            let t = get(f, at, 20)?;
+            let doff = usize::from(t[12] >> 4);
+            if doff < 5 {
+                return None;
+            }
+            Transport::Tcp {
+                dport: be16(&t[2..]),
+                syn_only: t[13] & 0x12 == 0x02,
+                data: t[13] & 0x02 == 0 && len > doff * 4,
+            }
+        }
+        17 => Transport::Udp {
+            dport: be16(&get(f, at, 8)?[2..]),
+        },
+        1 => {
+            get(f, at, 4)?;
+            Transport::Icmp
+        }
+        58 => {
+            // Neighbour discovery (133-137) is never matched to a rule.
+            if (133..=137).contains(&get(f, at, 4)?[0]) {
+                Transport::None
+            } else {
+                Transport::Icmp
+            }
+        }
+        _ => Transport::None,
+    })
+}
+
+/// The policy in force, as compiled into the maps (active half).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// `GlobalConfig::flags`.
+    pub flags: u32,
+    pub seed: u64,
+    /// `PORT_TABLE_LEN` slots.
+    pub ports: Vec<u32>,
+    /// `RULE_SLOTS` slots.
+    pub rules: Vec<RuleConfig>,
+    /// (address, prefix length, family) of the allow and deny lists.
+    pub allow: Vec<([u8; 16], u8, u8)>,
+    pub deny: Vec<([u8; 16], u8, u8)>,
+}
+
+/// Counters per (rule id, reason): (packets, bytes).
+pub type Counters = HashMap<(u32, Reason), (u64, u64)>;
+
+/// Everything the data path keeps between packets.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub sources: HashMap<SourceKey, SourceState>,
+    /// Host bans by (family, prefix length, masked address).
+    pub host_bans: HashMap<(u8, u8, [u8; 16]), BanValue>,
+    pub rule_bans: HashMap<SourceKey, BanValue>,
+    pub sketch: Vec<u64>,
+    pub budget: HashMap<u32, u64>,
+    pub counters: Counters,
+    /// Events emitted: (kind, source key).
+    pub events: Vec<(u32, SourceKey)>,
+}
+
+fn listed(list: &[([u8; 16], u8, u8)], family: u8, src: [u8; 16]) -> bool {
+    list.iter()
+        .any(|(a, len, fam)| *fam == family && mask_prefix(src, *len) == *a)
+}
+
+/// A ban's effect on a packet: None (lapsed, or an attempts-only ban and a segment of a
+/// connection), Some(true) drop, Some(false) monitor.
+fn ban_effect(ban: &BanValue, now: u64, established_segment: bool) -> Option<bool> {
+    if now >= ban.expires_ns || (ban.flags & BAN_ATTEMPTS != 0 && established_segment) {
+        None
+    } else {
+        Some(ban.flags & BAN_MONITOR == 0)
+    }
+}
+
+impl Model {
+    pub fn new() -> Model {
+        Model {
+            sketch: vec![0; SKETCH_CELLS as usize],
+            ..Default::default()
+        }
+    }
+
+    fn count(&mut self, rule: u32, reason: Reason, len: u64) {
+        let c = self.counters.entry((rule, reason)).or_default();
+        c.0 += 1;
+        c.1 += len;
+    }
+
+    fn verdict(&mut self, rule: u32, reason: Reason, monitor: bool, len: u64) -> u32 {
+        if !reason.is_drop() {
+            self.count(rule, reason, len);
+            PASS
+        } else if monitor {
+            self.count(rule, Reason::WouldDrop, len);
+            PASS
+        } else {
+            self.count(rule, reason, len);
+            DROP
+        }
+    }
+
+    /// The host ban covering `src`: longest prefix first; a lapsed, monitor-only or
+    /// non-applying ban lets the search go on to shorter prefixes (at most `HOST_BAN_WALK`).
+    fn host_ban(&self, p: &Parsed, now: u64, established_segment: bool) -> Option<bool> {
+        let mut below = if p.family == FAMILY_V4 { 32u8 } else { 128 };
+        let mut watched = None;
+        for _ in 0..HOST_BAN_WALK {
+            let found = self
+                .host_bans
+                .iter()
+                .filter(|((fam, len, a), _)| {
+                    *fam == p.family && *len <= below && mask_prefix(p.src, *len) == *a
+                })
+                .max_by_key(|((_, len, _), _)| *len);
+            let Some((_, ban)) = found else {
+                break;
+            };
+            match ban_effect(ban, now, established_segment) {
+                Some(true) => return Some(true),
+                Some(false) => watched = Some(false),
+                None => {}
+            }
+            if ban.prefix_len == 0 || ban.prefix_len > below {
+                break;
+            }
+            below = ban.prefix_len - 1;
+        }
+        watched
+    }
+
+    /// Judges one frame at `now`: the XDP action.
+    pub fn run(&mut self, pol: &Policy, frame: &[u8], now: u64) -> u32 {
+        let len = frame.len() as u64;
+        let p = match parse(frame) {
+            Frame::NotIp => {
+                self.count(0, Reason::Pass, len);
+                return PASS;
+            }
+            Frame::Malformed => {
+                self.count(0, Reason::Malformed, len);
+                return PASS;
+            }
+            Frame::Ip(p) => p,
+        };
+        let global_monitor = pol.flags & CFG_MONITOR != 0;
+        let slot = match p.transport {
+            Transport::Tcp { dport, .. } => Some(port_index(PROTO_SLOT_TCP, dport)),
+            Transport::Udp { dport } => Some(port_index(PROTO_SLOT_UDP, dport)),
+            Transport::Icmp => Some(PORT_INDEX_ICMP),
+            _ => None,
+        };
+        let rule_id = slot
+            .and_then(|s| pol.ports.get(s as usize).copied())
+            .filter(|id| *id < RULE_SLOTS)
+            .unwrap_or(0);
+        let (allow, deny) = if p.family == FAMILY_V4 {
+            (CFG_ALLOW_V4, CFG_DENY_V4)
+        } else {
+            (CFG_ALLOW_V6, CFG_DENY_V6)
+        };
+        if pol.flags & allow != 0 && listed(&pol.allow, p.family, p.src) {
+            self.count(rule_id, Reason::Allow, len);
+            return PASS;
+        }
+        if pol.flags & deny != 0 && listed(&pol.deny, p.family, p.src) {
+            return self.verdict(rule_id, Reason::Deny, global_monitor, len);
+        }
+        if p.transport == Transport::BadFragment {
+            return self.verdict(0, Reason::BadFragment, global_monitor, len);
+        }
+        let established_segment = matches!(
+            p.transport,
+            Transport::Tcp {
+                syn_only: false,
+                ..
+            }
+        );
+        let bans = pol.flags & CFG_BANS != 0;
+        let mut watched = false;
+        if bans {
+            match self.host_ban(&p, now, established_segment) {
+                Some(true) => {
+                    self.count(rule_id, Reason::Ban, len);
+                    return DROP;
+                }
+                Some(false) => watched = true,
+                None => {}
+            }
+        }
+        let pass = |w: bool| if w { Reason::WouldBan } else { Reason::Pass };
+        let rule = match pol.rules.get(rule_id as usize) {
+            Some(r) if rule_id != 0 => *r,
+            _ => {
+                self.count(0, pass(watched), len);
+                return PASS;
+            }
+        };
+        if rule.flags & RULE_PRESENT == 0 {
+            self.count(rule_id, pass(watched), len);
+            return PASS;
+        }
+        let prefix = if p.family == FAMILY_V4 {
+            rule.v4_prefix
+        } else {
+            rule.v6_prefix
+        };
+        let key = SourceKey {
+            rule: rule_id as u16,
+            family: p.family,
+            prefix_len: prefix,
+            addr: mask_prefix(p.src, prefix),
+        };
+        if bans && let Some(ban) = self.rule_bans.get(&key) {
+            match ban_effect(ban, now, established_segment) {
+                Some(true) => {
+                    self.count(rule_id, Reason::Ban, len);
+                    return DROP;
+                }
+                Some(false) => watched = true,
+                None => {}
+            }
+        }
+        let monitor = rule.flags & RULE_MONITOR != 0;
+        let conn = matches!(p.transport, Transport::Tcp { syn_only: true, .. });
+        // The budget: no source is ever verified here (no sockets), so every connection
+        // attempt of a tcp rule with a budget needs a token; it is charged only when the
+        // source's own limits admit the attempt.
+        let charge = rule.unverified.is_enabled() && conn;
+        if charge {
+            let tat = self.budget.get(&rule_id).copied().unwrap_or(0);
+            if rule.unverified.check(tat, now).is_none() {
+                return self.verdict(rule_id, Reason::UnverifiedLimit, monitor, len);
+            }
+        }
+        let reason = if needs_state(&rule, conn) {
+            self.judge_source(&rule, &key, conn, now, pol.seed)
+        } else {
+            Reason::Pass
+        };
+        let reason = match reason {
+            Reason::Pass if charge => {
+                let tat = self.budget.get(&rule_id).copied().unwrap_or(0);
+                match rule.unverified.check(tat, now) {
+                    Some(next) => {
+                        self.budget.insert(rule_id, next);
+                        pass(watched)
+                    }
+                    None => Reason::UnverifiedLimit,
+                }
+            }
+            Reason::Pass => pass(watched),
+            other => other,
+        };
+        self.verdict(rule_id, reason, monitor, len)
+    }
+
+    fn cells(&self, class: usize, h: u64, now: u64, shift: u8) -> ([usize; 2], u64, u64) {
+        let i = [
+            sketch::cell_index(class, 0, h) as usize,
+            sketch::cell_index(class, 1, h) as usize,
+        ];
+        let (backlog, base) = sketch::backlog([self.sketch[i[0]], self.sketch[i[1]]], now, shift);
+        (i, backlog, base)
+    }
+
+    /// A source's own limits: exact state when it has some; else the sketch decides
+    /// whether it stays untracked or is promoted with its backlog drawn.
+    fn judge_source(
+        &mut self,
+        rule: &RuleConfig,
+        key: &SourceKey,
+        conn: bool,
+        now: u64,
+        seed: u64,
+    ) -> Reason {
+        let mut state = match self.sources.get(key) {
+            Some(s) => *s,
+            None => {
+                let h = sketch::hash(key, seed);
+                let sk = rule.sketch;
+                let has = [rule.has_conn_limit(), rule.has_pkt_limit()];
+                let active = [conn && has[CLASS_CONN], has[CLASS_PKT]];
+                let read = |m: &Model, class: usize, present: bool| {
+                    (present && sk[class].slack != 0)
+                        .then(|| m.cells(class, h, now, sk[class].shift))
+                };
+                let cells = [
+                    read(self, CLASS_CONN, active[CLASS_CONN]),
+                    read(self, CLASS_PKT, active[CLASS_PKT]),
+                ];
+                let backlogs = [cells[0].map_or(0, |c| c.1), cells[1].map_or(0, |c| c.1)];
+                let slack = [sk[CLASS_CONN].slack, sk[CLASS_PKT].slack];
+                match sketch::admission(backlogs, active, slack) {
+                    Admission::Untracked => {
+                        for class in [CLASS_CONN, CLASS_PKT] {
+                            if let (true, Some((idx, _, base))) = (active[class], cells[class]) {
+                                for i in idx {
+                                    self.sketch[i] =
+                                        sketch::counted(self.sketch[i], base, sk[class].shift);
+                                }
+                            }
+                        }
+                        return Reason::Pass;
+                    }
+                    Admission::Promote(mut drawn) => {
+                        if !active[CLASS_CONN]
+                            && let Some((_, backlog, _)) = read(self, CLASS_CONN, has[CLASS_CONN])
+                        {
+                            drawn[CLASS_CONN] = sketch::drawn(backlog, slack[CLASS_CONN]);
+                        }
+                        sketch::promoted_state(rule, drawn, now)
+                    }
+                }
+            }
+        };
+        let reason = self.decide(rule, key, &mut state, conn, now);
+        self.sources.insert(*key, state);
+        reason
+    }
+
+    fn decide(
+        &mut self,
+        rule: &RuleConfig,
+        key: &SourceKey,
+        state: &mut SourceState,
+        conn: bool,
+        now: u64,
+    ) -> Reason {
+        let reason = judge(rule, state, now, conn);
+        if !reason.is_drop() {
+            return reason;
+        }
+        let out = escalate(&rule.escalation, state, now);
+        if out.first_in_second {
+            self.events.push((crate::EV_LIMITED, *key));
+        }
+        if out.ban_ns != 0 {
+            let monitor = rule.flags & RULE_MONITOR != 0;
+            let ban = BanValue {
+                expires_ns: now.saturating_add(out.ban_ns),
+                duration_ns: out.ban_ns,
+                rule: key.rule,
+                flags: BAN_ATTEMPTS | if monitor { BAN_MONITOR } else { 0 },
+                level: out.level.min(255) as u8,
+                prefix_len: key.prefix_len,
+                _pad: [0; 3],
+            };
+            if rule.flags & RULE_BAN_HOST != 0 {
+                self.host_bans
+                    .insert((key.family, key.prefix_len, key.addr), ban);
+            } else {
+                self.rule_bans.insert(*key, ban);
+            }
+            let kind = if monitor {
+                crate::EV_WOULD_BAN
+            } else {
+                crate::EV_BAN
+            };
+            self.events.push((kind, *key));
+        }
+        reason
+    }
+}
+
+/// A TAT as it matters for every later packet: any TAT at or before `now` is a full
+/// bucket (the data path may leave either after a refused draw).
+pub fn effective_tat(tat: u64, now: u64) -> u64 {
+    tat.max(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_readme_says() {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[
+            0x45, 0, 0, 40, 0, 0, 0x20, 0, 64, 6, 0, 0, 192, 0, 2, 1, 198, 51, 100, 1,
+        ]);
+        let mut tcp = [0u8; 20];
+        tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        tcp[12] = 0x50;
+        tcp[13] = 0x02;
+        let mut full = f.clone();
+        full.extend_from_slice(&tcp);
+        // A first fragment (MF) holding all 20 TCP bytes: judged by its port.
+        assert!(matches!(
+            parse(&full),
+            Frame::Ip(Parsed {
+                transport: Transport::Tcp {
+                    dport: 8080,
+                    syn_only: true,
+                    data: false
+                },
+                ..
+            })
+        ));
+        // Only 8 of them (IP length 28): a tiny fragment.
+        let mut tiny = f.clone();
+        tiny[14 + 3] = 28;
+        tiny.extend_from_slice(&tcp[..8]);
+        assert!(matches!(
+            parse(&tiny),
+            Frame::Ip(Parsed {
+                transport: Transport::BadFragment,
+                ..
+            })
+        ));
+        assert_eq!(parse(&full[..20]), Frame::Malformed);
+        let mut arp = full.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(parse(&arp), Frame::NotIp);
+        let _ = FAMILY_V6;
+    }
+}

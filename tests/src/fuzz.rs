@@ -1,0 +1,466 @@
+//! The differential fuzzer behind `cargo xtask fuzz`: random policies, random and malformed
+//! frames and clock steps, run through the real XDP program (BPF_PROG_TEST_RUN, frozen
+//! test clock) and through the reference model (`shield_common::model`); verdicts are
+//! compared frame by frame, counters and map state (per-source state, bans) every 1,000
+//! frames and at the end.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray};
+use shield_common::{
+    BanValue, Counter, MAP_COUNTERS, MAP_HOST_BANS_V4, MAP_HOST_BANS_V6, MAP_RULE_BANS,
+    MAP_SOURCES, Reason, SourceKey, SourceState,
+    addr::FAMILY_V4,
+    counter_index,
+    model::{self, Model},
+};
+use shield_user::{loader, policy};
+
+use crate::{HARNESS_IFACE, Harness, L4, Pkt};
+
+/// splitmix64: small, seedable, reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// 0..n
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+const PORTS: [u16; 6] = [22, 53, 80, 443, 8080, 9000];
+
+/// Sources: a few IPv4 /24s and IPv6 /64s, so that sources repeat, share prefixes, and
+/// meet the lists.
+fn source(rng: &mut Rng) -> String {
+    if rng.chance(70) {
+        format!(
+            "{}.{}",
+            rng.pick(&["192.0.2", "198.51.100", "203.0.113", "10.1.2", "10.1.3"]),
+            rng.below(8) + 1
+        )
+    } else {
+        format!(
+            "{}:{}::{:x}",
+            rng.pick(&["2001:db8:1:2", "2001:db8:1:3", "2001:db8:dead:1"]),
+            rng.below(2),
+            rng.below(6) + 1
+        )
+    }
+}
+
+fn limit(rng: &mut Rng) -> String {
+    let rate = rng.pick(&["1/s", "5/s", "20/s", "100/s", "600/min"]);
+    let burst = rng.below(6) + 1;
+    if rng.chance(25) {
+        format!(
+            "{{ rate = \"{rate}\", burst = {burst}, sustained = \"{}/min\" }}",
+            rng.below(20) + 2
+        )
+    } else {
+        format!("{{ rate = \"{rate}\", burst = {burst} }}")
+    }
+}
+
+/// A random valid policy (TOML).
+pub fn random_policy(rng: &mut Rng) -> String {
+    let mut s = String::new();
+    if rng.chance(20) {
+        s.push_str("[defaults]\nmode = \"monitor\"\n");
+    }
+    let lists = [
+        "192.0.2.0/28",
+        "198.51.100.0/24",
+        "203.0.113.2/32",
+        "2001:db8:dead::/48",
+        "2001:db8:1:3::/64",
+    ];
+    let mut allow = Vec::new();
+    let mut deny = Vec::new();
+    for l in lists {
+        match rng.below(6) {
+            0 => allow.push(format!("\"{l}\"")),
+            1 => deny.push(format!("\"{l}\"")),
+            _ => {}
+        }
+    }
+    let _ = writeln!(
+        s,
+        "[lists]\nallow = [{}]\ndeny = [{}]",
+        allow.join(", "),
+        deny.join(", ")
+    );
+    let mut used: Vec<(&str, u16)> = Vec::new();
+    let mut catch_all = Vec::new();
+    for i in 0..(rng.below(4) + 1) {
+        let mut proto = *rng.pick(&["tcp", "tcp", "udp", "icmp"]);
+        if proto == "icmp" && catch_all.contains(&"icmp") {
+            proto = "udp";
+        }
+        let _ = write!(s, "[[rule]]\nname = \"r{i}\"\nprotocol = \"{proto}\"\n");
+        if proto == "icmp" {
+            catch_all.push("icmp");
+        } else if rng.chance(30) && !catch_all.contains(&proto) {
+            catch_all.push(proto);
+        } else {
+            let mut ports = Vec::new();
+            for p in PORTS {
+                if rng.chance(40) && !used.contains(&(proto, p)) {
+                    used.push((proto, p));
+                    ports.push(p.to_string());
+                }
+            }
+            if ports.is_empty() {
+                let p = 10_000 + i as u16;
+                used.push((proto, p));
+                ports.push(p.to_string());
+            }
+            let _ = writeln!(s, "ports = [{}]", ports.join(", "));
+        }
+        if rng.chance(25) {
+            s.push_str("mode = \"monitor\"\n");
+        }
+        if rng.chance(30) {
+            let _ = writeln!(s, "ipv4_prefix = {}", rng.pick(&[24, 28, 32]));
+        }
+        if rng.chance(30) {
+            let _ = writeln!(s, "ipv6_prefix = {}", rng.pick(&[48, 64, 128]));
+        }
+        let mut any = false;
+        if proto == "tcp" && rng.chance(80) {
+            let _ = writeln!(s, "connections = {}", limit(rng));
+            any = true;
+        }
+        if !any || rng.chance(40) {
+            let _ = writeln!(s, "packets = {}", limit(rng));
+        }
+        if rng.chance(50) {
+            let strikes = rng.below(3) + 1;
+            let _ = writeln!(
+                s,
+                "escalation = {{ strikes = {strikes}, window = \"{}s\", ban = \"{}s\", backoff = 2, max_ban = \"2m\", scope = \"{}\" }}",
+                strikes + rng.below(10),
+                rng.below(30) + 1,
+                rng.pick(&["rule", "host"])
+            );
+        }
+        if proto == "tcp" && rng.chance(30) {
+            let _ = writeln!(
+                s,
+                "unverified = {{ rate = \"{}/s\", burst = {} }}",
+                rng.below(20) + 1,
+                rng.below(10) + 1
+            );
+        }
+    }
+    s
+}
+
+/// A random frame: mostly well-formed TCP/UDP/ICMP of both families with VLAN tags, IPv4
+/// options, IPv6 extension chains and fragments; then truncations, flipped bytes and
+/// random bytes.
+pub fn random_frame(rng: &mut Rng) -> Vec<u8> {
+    if rng.chance(3) {
+        let n = 14 + rng.below(90) as usize;
+        return (0..n).map(|_| rng.next_u64() as u8).collect();
+    }
+    let src = source(rng);
+    let v6 = src.contains(':');
+    let dport = if rng.chance(80) {
+        *rng.pick(&PORTS)
+    } else {
+        rng.next_u64() as u16
+    };
+    let l4 = match rng.below(10) {
+        0..=5 => L4::Tcp {
+            dport,
+            flags: *rng.pick(&[0x02, 0x02, 0x02, 0x10, 0x12, 0x18, 0x04, 0x11, 0x03]),
+        },
+        6 | 7 => L4::Udp { dport },
+        8 => L4::Echo,
+        _ => {
+            if v6 {
+                L4::Icmp6 {
+                    ty: *rng.pick(&[128, 135, 136, 1]),
+                }
+            } else {
+                L4::Other {
+                    proto: *rng.pick(&[47, 50, 132, 112]),
+                    payload: vec![0; rng.below(24) as usize],
+                }
+            }
+        }
+    };
+    let mut p = Pkt::new(&src, l4);
+    if rng.chance(15) {
+        let n = rng.below(3) as usize;
+        p = p.vlans(&[7, 8][..n]);
+    }
+    if !v6 && rng.chance(15) {
+        p = p.options(rng.below(11) as u8);
+    }
+    if v6 && rng.chance(20) {
+        let n = rng.below(10) as usize;
+        let chain: Vec<u8> = (0..n).map(|_| *rng.pick(&[0u8, 43, 60, 51, 60])).collect();
+        p = p.ext(&chain);
+    }
+    if rng.chance(10) {
+        p = p.fragment(*rng.pick(&[1, 1, 2, 185]));
+    } else if rng.chance(8) {
+        p = p.first_fragment(rng.below(24) as usize);
+    }
+    let mut f = p.bytes();
+    if rng.chance(5) {
+        let cut = 14 + rng.below((f.len() - 14) as u64) as usize;
+        f.truncate(cut);
+    }
+    if rng.chance(5) {
+        for _ in 0..(rng.below(3) + 1) {
+            let at = rng.below(f.len() as u64) as usize;
+            f[at] = rng.next_u64() as u8;
+        }
+    }
+    f
+}
+
+fn hex(f: &[u8]) -> String {
+    f.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The model's view of the harness' installed policy.
+fn model_policy(h: &Harness, c: policy::CompiledPolicy) -> model::Policy {
+    let (_, cfg) = h.tables.active().expect("active config");
+    let v4 = |l: &[([u8; 4], u8)]| -> Vec<([u8; 16], u8, u8)> {
+        l.iter()
+            .map(|(a, n)| (shield_common::addr::v4_key(*a), *n, FAMILY_V4))
+            .collect()
+    };
+    let v6 = |l: &[([u8; 16], u8)]| -> Vec<([u8; 16], u8, u8)> {
+        l.iter()
+            .map(|(a, n)| (*a, *n, shield_common::addr::FAMILY_V6))
+            .collect()
+    };
+    let mut allow = v4(&c.allow_v4);
+    allow.extend(v6(&c.allow_v6));
+    let mut deny = v4(&c.deny_v4);
+    deny.extend(v6(&c.deny_v6));
+    model::Policy {
+        flags: cfg.flags,
+        seed: cfg.sketch_seed,
+        ports: c.ports,
+        rules: c.rules,
+        allow,
+        deny,
+    }
+}
+
+/// Differences between the kernel's maps and the model at `now`.
+fn compare_state(h: &Harness, pol: &model::Policy, m: &Model, now: u64) -> Vec<String> {
+    let dir = loader::pin_dir(&h.bpffs.path, HARNESS_IFACE);
+    let open = |name: &str| MapData::from_pin(dir.join(name)).expect("pinned map");
+    let mut out = Vec::new();
+    // Counters.
+    let counters: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(MAP_COUNTERS))).expect("counters");
+    let ids: Vec<u32> = (0..pol.rules.len() as u32)
+        .filter(|i| *i == 0 || pol.rules[*i as usize].flags & shield_common::RULE_PRESENT != 0)
+        .collect();
+    for id in ids {
+        for r in Reason::ALL {
+            let v = counters.get(&counter_index(id, r), 0).expect("counter");
+            let k = v
+                .iter()
+                .fold((0, 0), |a, c| (a.0 + c.packets, a.1 + c.bytes));
+            let want = m.counters.get(&(id, r)).copied().unwrap_or((0, 0));
+            if k != want {
+                out.push(format!(
+                    "counter rule {id} {}: kernel {k:?}, model {want:?}",
+                    r.name()
+                ));
+            }
+        }
+    }
+    // Per-source state.
+    let sources: BpfHashMap<_, SourceKey, SourceState> =
+        BpfHashMap::try_from(Map::LruHashMap(open(MAP_SOURCES))).expect("sources");
+    let norm = |s: &SourceState| {
+        let mut s = *s;
+        for t in &mut s.tat {
+            *t = model::effective_tat(*t, now);
+        }
+        s
+    };
+    let mut seen = 0;
+    for (k, v) in sources.iter().flatten() {
+        seen += 1;
+        match m.sources.get(&k) {
+            Some(mv) if norm(mv) == norm(&v) => {}
+            other => out.push(format!(
+                "source {k:?}: kernel {:?}, model {:?}",
+                norm(&v),
+                other.map(norm)
+            )),
+        }
+    }
+    if seen != m.sources.len() {
+        out.push(format!(
+            "sources: kernel holds {seen}, model {}",
+            m.sources.len()
+        ));
+    }
+    // Bans.
+    let mut kernel: HashMap<String, BanValue> = HashMap::new();
+    let h4: LpmTrie<_, [u8; 4], BanValue> =
+        LpmTrie::try_from(Map::LpmTrie(open(MAP_HOST_BANS_V4))).expect("hban4");
+    for (k, v) in h4.iter().flatten() {
+        let a = shield_common::addr::v4_key(k.data());
+        kernel.insert(format!("host {a:?}/{}", k.prefix_len()), v);
+    }
+    let h6: LpmTrie<_, [u8; 16], BanValue> =
+        LpmTrie::try_from(Map::LpmTrie(open(MAP_HOST_BANS_V6))).expect("hban6");
+    for (k, v) in h6.iter().flatten() {
+        kernel.insert(format!("host {:?}/{}", k.data(), k.prefix_len()), v);
+    }
+    let rb: BpfHashMap<_, SourceKey, BanValue> =
+        BpfHashMap::try_from(Map::HashMap(open(MAP_RULE_BANS))).expect("rbans");
+    for (k, v) in rb.iter().flatten() {
+        kernel.insert(format!("rule {k:?}"), v);
+    }
+    let mut model: HashMap<String, BanValue> = HashMap::new();
+    for ((_, len, a), v) in &m.host_bans {
+        model.insert(format!("host {a:?}/{len}"), *v);
+    }
+    for (k, v) in &m.rule_bans {
+        model.insert(format!("rule {k:?}"), *v);
+    }
+    if kernel != model {
+        out.push(format!("bans: kernel {kernel:?}, model {model:?}"));
+    }
+    out
+}
+
+/// What a run did: frames, mismatches, and its coverage (verdicts by reason, events).
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub frames: u64,
+    pub mismatches: u64,
+    pub policies: u64,
+    pub by_reason: std::collections::BTreeMap<&'static str, u64>,
+    pub bans: u64,
+    pub tracked: u64,
+}
+
+/// One fuzz run: `frames` frames over policies drawn from `seed` (a new policy, reloaded
+/// into the running program, every 2,000 frames). Prints each mismatch with what replays it (the first 20 in full).
+pub fn run(seed: u64, frames: u64) -> Summary {
+    let mut rng = Rng::new(seed);
+    let mut done = 0u64;
+    let mut mismatches = 0u64;
+    let mut summary = Summary::default();
+    // One program for the whole run (loading it costs the verifier a second); each new
+    // policy is a reload into the other half, state kept across it, as in the daemon.
+    let mut toml = random_policy(&mut rng);
+    let parsed = policy::parse_str("fuzz.toml", &toml).expect("a valid random policy");
+    let mut h = Harness::new(&toml);
+    let mut pol = model_policy(&h, policy::compile(&parsed));
+    let dir = loader::pin_dir(&h.bpffs.path, HARNESS_IFACE);
+    let mut clock = loader::PolicyMaps::open(&dir).expect("policy maps");
+    let mut now = 1_000 * 1_000_000_000u64;
+    clock.freeze_clock(now).expect("freezing the clock");
+    let mut m = Model::new();
+    let mut generation = 1;
+    while done < frames {
+        if done > 0 {
+            toml = random_policy(&mut rng);
+            let parsed = policy::parse_str("fuzz.toml", &toml).expect("a valid random policy");
+            let previous = h
+                .tables
+                .current_rules()
+                .expect("rules")
+                .into_iter()
+                .map(|(id, r)| (shield_user::loader::rule_name(&r), id))
+                .collect();
+            let c = policy::compile_with_ids(&parsed, &previous);
+            generation += 1;
+            h.tables.install(&c, generation, 0).expect("reload");
+            pol = model_policy(&h, c);
+        }
+        let batch = (frames - done).min(2_000);
+        let mut report = |what: String, frame: Option<&[u8]>, i: u64| {
+            mismatches += 1;
+            if mismatches <= 20 {
+                eprintln!(
+                    "MISMATCH (seed {seed}, frame {i}): {what}\n  frame: {}\n  policy:\n{toml}",
+                    frame.map_or_else(|| "-".to_string(), hex)
+                );
+            }
+        };
+        let mut last: Option<Vec<u8>> = None;
+        for i in 0..batch {
+            if rng.chance(10) {
+                let step = *rng.pick(&[
+                    1_000_000u64,
+                    10_000_000,
+                    100_000_000,
+                    500_000_000,
+                    1_000_000_000,
+                    2_000_000_000,
+                    10_000_000_000,
+                    60_000_000_000,
+                ]);
+                clock.advance_clock(step).expect("clock");
+                now += step;
+            }
+            // Runs of one frame (a source over its limit, strikes, bans), else a new one.
+            let f = match &last {
+                Some(l) if rng.chance(60) => l.clone(),
+                _ => random_frame(&mut rng),
+            };
+            last = Some(f.clone());
+            let k = h.run(&f);
+            let want = m.run(&pol, &f, now);
+            if k != want {
+                report(
+                    format!("verdict: kernel {k}, model {want} (1 drop, 2 pass)"),
+                    Some(&f),
+                    done + i,
+                );
+            }
+            if (i + 1) % 1_000 == 0 || i + 1 == batch {
+                for d in compare_state(&h, &pol, &m, now) {
+                    report(d, Some(&f), done + i);
+                }
+            }
+        }
+        done += batch;
+        summary.policies += 1;
+    }
+    for ((_, r), (n, _)) in &m.counters {
+        *summary.by_reason.entry(r.name()).or_default() += n;
+    }
+    summary.bans = m
+        .events
+        .iter()
+        .filter(|(k, _)| *k != shield_common::EV_LIMITED)
+        .count() as u64;
+    summary.tracked = m.sources.len() as u64;
+    summary.frames = done;
+    summary.mismatches = mismatches;
+    summary
+}
