@@ -783,7 +783,9 @@ fn flood_with(
     };
     let stats = (!matches!(legit, Legit::Paced(_))).then(BpfStats::on);
     let rx_fd = {
-        let prog: &Xdp = rx
+        let prog: &Xdp = drop_obj
+            .as_ref()
+            .unwrap_or(&rx)
             .program(prog_name)
             .ok_or("program")?
             .try_into()
