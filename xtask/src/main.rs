@@ -49,7 +49,7 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
-        /// Only these sections, comma-separated (1, 2, 3, 3b, 4), into the `--out` file.
+        /// Only these sections, comma-separated (1, 2, 3, 3b, 4, 5), into the `--out` file.
         #[arg(long)]
         only: Option<String>,
         /// Report file (default BENCHMARKS.md).
