@@ -354,8 +354,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// 5. Reliability: the differential fuzzer (`cargo xtask fuzz`) over 10,000,000 frames
-/// (1,000,000 with --quick), its result written as measured.
+/// Section 5, reliability: the differential fuzzer (`cargo xtask fuzz`) over ten million
+/// frames (one million with --quick), its result written as measured.
 fn section5(o: &Opts, report: &mut String) {
     let frames: u64 = if o.quick { 1_000_000 } else { 10_000_000 };
     let seed = 11;
