@@ -174,7 +174,8 @@ pub const PORT_TABLE_LEN: u32 = PORT_INDEX_ICMP + 1;
 const _: () = assert!(port_index(PROTO_SLOT_TCP, 65535) + 1 == port_index(PROTO_SLOT_UDP, 0));
 const _: () = assert!(port_index(PROTO_SLOT_UDP, 65535) + 1 == PORT_INDEX_ICMP);
 const _: () = assert!(PORT_INDEX_ICMP < PORT_TABLE_LEN);
-const _: () = assert!(counter_index(MAX_RULES, crate::reason::Reason::BadFragment) < COUNTER_SLOTS);
+const _: () =
+    assert!(counter_index(MAX_RULES, crate::reason::Reason::HiddenHeader) < COUNTER_SLOTS);
 
 #[inline(always)]
 pub const fn port_index(proto_slot: u32, port: u16) -> u32 {

@@ -29,7 +29,7 @@ pub const PASS: u32 = 2;
 /// Transport of a parsed packet, as far as rules are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// No port: non-first fragments, protocols without rules, long IPv6 chains, ND.
+    /// No port: non-first fragments, protocols without rules, ND.
     None,
     Tcp {
         dport: u16,
@@ -42,6 +42,8 @@ pub enum Transport {
     Icmp,
     /// A fragment that could hide a transport header (RFC 1858 / RFC 7112).
     BadFragment,
+    /// An IPv6 extension chain longer than 8 headers: the kernel would follow it.
+    Hidden,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct Parsed {
 pub enum Frame {
     NotIp,
     Malformed,
+    /// A third VLAN tag: the kernel would unwrap it.
+    Hidden,
     Ip(Parsed),
 }
 
@@ -103,6 +107,7 @@ pub fn parse(f: &[u8]) -> Frame {
     let r = match ethertype {
         0x0800 => v4(f, off),
         0x86dd => v6(f, off),
+        0x8100 | 0x88a8 => return Frame::Hidden,
         _ => return Frame::NotIp,
     };
     r.map_or(Frame::Malformed, Frame::Ip)
@@ -186,6 +191,10 @@ fn v6(f: &[u8], off: usize) -> Option<Parsed> {
             }
             _ => break,
         }
+    }
+    if is_ext(next) {
+        p.transport = Transport::Hidden;
+        return Some(p);
     }
     let len = end.saturating_sub(at);
     if first_fragment && (is_ext(next) || len < needed(next)) {
@@ -344,6 +353,10 @@ impl Model {
                 self.count(0, Reason::Malformed, len);
                 return PASS;
             }
+            Frame::Hidden => {
+                let monitor = pol.flags & CFG_MONITOR != 0;
+                return self.verdict(0, Reason::HiddenHeader, monitor, len);
+            }
             Frame::Ip(p) => p,
         };
         let global_monitor = pol.flags & CFG_MONITOR != 0;
@@ -371,6 +384,9 @@ impl Model {
         }
         if p.transport == Transport::BadFragment {
             return self.verdict(0, Reason::BadFragment, global_monitor, len);
+        }
+        if p.transport == Transport::Hidden {
+            return self.verdict(0, Reason::HiddenHeader, global_monitor, len);
         }
         let established_segment = matches!(
             p.transport,

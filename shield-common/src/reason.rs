@@ -30,6 +30,9 @@ pub enum Reason {
     /// too short for its TCP/UDP/ICMP header, a TCP fragment at offset 1, an IPv6 first
     /// fragment whose header chain does not reach the transport header: dropped.
     BadFragment = 10,
+    /// Headers past what the parser follows (a third VLAN tag, more than 8 IPv6 extension
+    /// headers): the kernel would still deliver what they hide, unjudged: dropped.
+    HiddenHeader = 11,
 }
 
 /// Counter slots reserved per rule. Larger than the number of reasons so that reasons can be
@@ -37,7 +40,7 @@ pub enum Reason {
 pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Pass,
         Reason::Allow,
         Reason::Deny,
@@ -49,6 +52,7 @@ impl Reason {
         Reason::WouldBan,
         Reason::UnverifiedLimit,
         Reason::BadFragment,
+        Reason::HiddenHeader,
     ];
 
     /// The name used in `shield stats`, its JSON output and the docs.
@@ -65,6 +69,7 @@ impl Reason {
             Reason::WouldBan => "would_ban",
             Reason::UnverifiedLimit => "unverified_limit",
             Reason::BadFragment => "bad_fragment",
+            Reason::HiddenHeader => "hidden_header",
         }
     }
 
@@ -83,6 +88,7 @@ impl Reason {
                 | Reason::PktLimit
                 | Reason::UnverifiedLimit
                 | Reason::BadFragment
+                | Reason::HiddenHeader
         )
     }
 }

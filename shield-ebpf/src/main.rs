@@ -102,6 +102,14 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
             count(0, Reason::Pass, len);
             return Ok(xdp_action::XDP_PASS);
         }
+        PARSED_HIDDEN => {
+            return Ok(verdict(
+                0,
+                Reason::HiddenHeader,
+                flags & CFG_MONITOR != 0,
+                len,
+            ));
+        }
         _ => return Err(()),
     }
     // SAFETY: `parse` wrote a whole `Packet` when it returned PARSED_IP.
@@ -145,6 +153,9 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // Like the deny list, follows the global mode.
     if pkt.l4 == L4_BAD_FRAGMENT {
         return Ok(verdict(0, Reason::BadFragment, global_monitor, len));
+    }
+    if pkt.l4 == L4_HIDDEN {
+        return Ok(verdict(0, Reason::HiddenHeader, global_monitor, len));
     }
     // Host-scope bans cover every port, matched or not. A monitor-mode ban exempts
     // nothing: it only turns the pass the normal judgement gives into `would_ban`.

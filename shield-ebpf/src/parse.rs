@@ -51,6 +51,9 @@ pub(crate) const L4_ICMP: u8 = 3;
 /// A fragment that could hide a transport header (RFC 1858 / RFC 7112): dropped as
 /// `bad_fragment`, never looked up in the rule table.
 pub(crate) const L4_BAD_FRAGMENT: u8 = 4;
+/// An IPv6 extension chain longer than `MAX_EXT_HEADERS`: the transport header (and so the
+/// rule) stays unknown, yet the kernel would deliver it: dropped as `hidden_header`.
+pub(crate) const L4_HIDDEN: u8 = 5;
 
 /// The transport header bytes the parser needs to judge a packet: a first fragment carrying
 /// fewer would let the kernel reassemble a header no rule saw (RFC 1858's tiny fragments).
@@ -88,6 +91,9 @@ pub(crate) const PARSED_NOT_IP: i32 = 0;
 pub(crate) const PARSED_IP: i32 = 1;
 
 pub(crate) const PARSED_MALFORMED: i32 = -1;
+/// A third VLAN tag: headers past what the parser follows (dropped as `hidden_header`: the
+/// kernel strips any number of priority tags and would deliver what they hide).
+pub(crate) const PARSED_HIDDEN: i32 = 2;
 
 /// The only way the program reads the packet: a bounds-checked pointer to a `T` at `off`.
 #[inline(always)]
@@ -252,29 +258,32 @@ pub(crate) fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: *mut Packet) -> i
             PARSED_IP
         }
         Ok(None) => PARSED_NOT_IP,
-        Err(()) => PARSED_MALFORMED,
+        Err(code) => code,
     }
 }
 
 #[inline(always)]
-pub(crate) fn parse_frame(ctx: &XdpContext) -> Result<Option<Packet>, ()> {
-    let eth: EthHdr = header(ctx, 0)?;
+pub(crate) fn parse_frame(ctx: &XdpContext) -> Result<Option<Packet>, i32> {
+    let bad = |()| PARSED_MALFORMED;
+    let eth: EthHdr = header(ctx, 0).map_err(bad)?;
     let mut ethertype = be16(eth.ethertype);
     let mut off = ETH_HLEN;
     // Up to two VLAN tags (802.1Q, 802.1ad QinQ).
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag: VlanTag = header(ctx, off)?;
+        let tag: VlanTag = header(ctx, off).map_err(bad)?;
         ethertype = be16(tag.ethertype);
         off += 4;
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            let tag: VlanTag = header(ctx, off)?;
+            let tag: VlanTag = header(ctx, off).map_err(bad)?;
             ethertype = be16(tag.ethertype);
             off += 4;
         }
     }
     match ethertype {
-        ETH_P_IPV4 => parse_v4(ctx, off).map(Some),
-        ETH_P_IPV6 => parse_v6(ctx, off).map(Some),
+        ETH_P_IPV4 => parse_v4(ctx, off).map(Some).map_err(bad),
+        ETH_P_IPV6 => parse_v6(ctx, off).map(Some).map_err(bad),
+        // A third tag: no real network stacks three, and the kernel would unwrap it.
+        ETH_P_8021Q | ETH_P_8021AD => Err(PARSED_HIDDEN),
         _ => Ok(None),
     }
 }
@@ -381,8 +390,15 @@ pub(crate) fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
             _ => break,
         }
     }
-    // A chain longer than MAX_EXT_HEADERS ends on an extension header: parse_l4 then finds
-    // no transport it knows and the packet is judged on its source only.
+    // A chain longer than MAX_EXT_HEADERS: what follows (ports, flags) stays unknown, yet
+    // the kernel would follow the chain and deliver it.
+    if matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    ) {
+        pkt.l4 = L4_HIDDEN;
+        return Ok(pkt);
+    }
     let l4_len = (off + 40 + payload_len).saturating_sub(l4off);
     // RFC 7112: a first fragment must hold the whole header chain up to and including the
     // transport header; one that does not (the chain ends on an extension header or the

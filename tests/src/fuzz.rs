@@ -209,14 +209,16 @@ pub fn random_frame(rng: &mut Rng) -> Vec<u8> {
     };
     let mut p = Pkt::new(&src, l4);
     if rng.chance(15) {
-        let n = rng.below(3) as usize;
-        p = p.vlans(&[7, 8][..n]);
+        // Up to four tags: a third and fourth are `hidden_header`.
+        let n = rng.below(5) as usize;
+        p = p.vlans(&[7, 8, 0, 0][..n]);
     }
     if !v6 && rng.chance(15) {
         p = p.options(rng.below(11) as u8);
     }
     if v6 && rng.chance(20) {
-        let n = rng.below(10) as usize;
+        // Up to 12: past 8 the chain is `hidden_header`.
+        let n = rng.below(13) as usize;
         let chain: Vec<u8> = (0..n).map(|_| *rng.pick(&[0u8, 43, 60, 51, 60])).collect();
         p = p.ext(&chain);
     }

@@ -162,14 +162,30 @@ connections = { rate = "1/s", burst = 2 }
             counters: &[("api", Pass, 3), ("api", ConnLimit, 1)],
         },
         Case {
-            name: "IPv6 extension chain beyond the bound is judged on source only",
+            // The kernel follows any chain: a SYN behind nine headers would reach TCP with
+            // no rule judging it.
+            name: "IPv6 extension chain beyond the bound is dropped as hidden_header",
             policy: BASE,
-            packets: vec![(
-                p("2001:db8:9::1", syn()).ext(&[60, 60, 60, 60, 60, 60, 60, 60, 60]),
-                5,
-                &[P; 5],
-            )],
-            counters: &[("(none)", Pass, 5)],
+            packets: vec![
+                (
+                    p("2001:db8:9::1", syn()).ext(&[60, 60, 60, 60, 60, 60, 60, 60, 60]),
+                    3,
+                    &[D; 3],
+                ),
+                (p("2001:db8:9::1", syn()).ext(&[60; 8]), 1, &[P]),
+            ],
+            counters: &[("(none)", HiddenHeader, 3), ("api", Pass, 1)],
+        },
+        Case {
+            // The kernel strips any number of priority tags: a third tag would smuggle the
+            // packet past every list, ban and limit.
+            name: "a third VLAN tag is dropped as hidden_header",
+            policy: BASE,
+            packets: vec![
+                (p("203.0.113.5", syn()).vlans(&[0, 0, 0]), 2, &[D; 2]),
+                (p("192.0.2.1", syn()).vlans(&[0, 0]), 1, &[P]),
+            ],
+            counters: &[("(none)", HiddenHeader, 2), ("api", Pass, 1)],
         },
         Case {
             name: "IPv4 non-first fragments skip port rules",
@@ -638,7 +654,7 @@ fn stats_watch_prints_per_second_rates() {
     );
 }
 
-/// Packets without a port (non-first fragments, ESP, GRE, an IPv6 chain past the bound)
+/// Packets without a port (non-first fragments, ESP, GRE)
 /// belong to no rule, whichever policy half is active: a catch-all TCP rule's slot for
 /// port 0 in the other half must never judge them.
 #[test]
@@ -668,7 +684,6 @@ escalation = { strikes = 1, window = "1m", ban = "1h", scope = "host" }
                 payload: vec![0; 8],
             },
         ),
-        Pkt::new("2001:db8:9::1", L4::syn(8080)).ext(&[60; 9]),
     ];
     let mut sent = 0;
     for reloads in 0..=3u32 {
