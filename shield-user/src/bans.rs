@@ -367,7 +367,32 @@ impl BanMaps {
             .ok_or_else(|| BanError::NoSuchRule(name.to_string()))
     }
 
+    /// Rule id → name of the policy in force, read once (a ban listing names thousands of
+    /// bans; reading the rule table for each would cost 256 map reads a ban).
+    fn rule_names(&self) -> std::collections::HashMap<u16, String> {
+        self.tables
+            .current_rules()
+            .map(|rules| {
+                rules
+                    .into_iter()
+                    .map(|(id, r)| (id as u16, crate::loader::rule_name(&r)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn entry(&self, key: BanKey, v: &BanValue, now: u64) -> BanEntry {
+        let names = self.rule_names();
+        self.entry_named(key, v, now, &names)
+    }
+
+    fn entry_named(
+        &self,
+        key: BanKey,
+        v: &BanValue,
+        now: u64,
+        names: &std::collections::HashMap<u16, String>,
+    ) -> BanEntry {
         let (source, scope) = match key {
             BanKey::Host4(a, l) => (format!("{}/{l}", Ipv4Addr::from(a)), BanScope::Host),
             BanKey::Host6(a, l) => (format!("{}/{l}", Ipv6Addr::from(a)), BanScope::Host),
@@ -381,7 +406,10 @@ impl BanMaps {
             iface: String::new(),
             source,
             scope,
-            rule: self.rule_name(v.rule),
+            rule: match v.rule {
+                0 => String::new(),
+                id => names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")),
+            },
             origin: if v.flags & BAN_MANUAL != 0 {
                 Origin::Manual
             } else {
@@ -405,15 +433,18 @@ impl BanMaps {
     /// Every ban in the maps, expired ones included (see `remaining_secs`).
     pub fn list(&self) -> Vec<BanEntry> {
         let now = self.now();
+        let names = self.rule_names();
         let mut out = Vec::new();
         for (k, v) in self.host4.iter().flatten() {
-            out.push(self.entry(BanKey::Host4(k.data(), k.prefix_len() as u8), &v, now));
+            let key = BanKey::Host4(k.data(), k.prefix_len() as u8);
+            out.push(self.entry_named(key, &v, now, &names));
         }
         for (k, v) in self.host6.iter().flatten() {
-            out.push(self.entry(BanKey::Host6(k.data(), k.prefix_len() as u8), &v, now));
+            let key = BanKey::Host6(k.data(), k.prefix_len() as u8);
+            out.push(self.entry_named(key, &v, now, &names));
         }
         for (k, v) in self.rules_bans.iter().flatten() {
-            out.push(self.entry(BanKey::Rule(k), &v, now));
+            out.push(self.entry_named(BanKey::Rule(k), &v, now, &names));
         }
         out.sort_by(|a, b| b.remaining_secs.total_cmp(&a.remaining_secs));
         out
@@ -575,6 +606,13 @@ impl BanMaps {
     }
 
     /// Turns the data path's ban lookups on or off.
+    /// Whether any ban is stored (stops at the first: no listing).
+    pub fn any(&self) -> bool {
+        self.host4.keys().next().is_some()
+            || self.host6.keys().next().is_some()
+            || self.rules_bans.keys().next().is_some()
+    }
+
     pub fn set_bans_flag(&mut self, on: bool) -> Result<(), BanError> {
         Ok(self.tables.set_flag(CFG_BANS, on)?)
     }

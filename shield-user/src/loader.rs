@@ -123,6 +123,22 @@ pub fn if_index(iface: &str) -> Result<u32, LoaderError> {
     Ok(index)
 }
 
+/// The interface index now: `Ok(None)` when no interface has that name (ENODEV),
+/// `Err` when the lookup itself failed (out of fds, …: nothing can be said).
+pub fn if_index_now(iface: &str) -> io::Result<Option<u32>> {
+    let name = CString::new(iface).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index != 0 {
+        return Ok(Some(index));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
+        _ => Err(err),
+    }
+}
+
 /// Whether `path` is a bpffs mount point.
 pub fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {

@@ -814,3 +814,66 @@ fn ban_reasons_stay_with_their_ban_and_mapped_addresses_are_refused() {
         "extended: {v}"
     );
 }
+
+#[test]
+fn a_metrics_flood_neither_stalls_the_daemon_nor_makes_it_lose_its_interface() {
+    let mut lab = NsLab::new(POLICY, &[API]);
+    // 300 half-sent requests held open on /metrics (the lab's daemon serves 127.0.0.1:9477
+    // in the server namespace), and 60 complete scrapes at once.
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let holder = lab
+        .topo
+        .server
+        .spawn_in(move || {
+            use std::io::Write as _;
+            let mut held = Vec::new();
+            for _ in 0..300 {
+                if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9477") {
+                    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+                    held.push(s);
+                }
+            }
+            let scrapers: Vec<_> = (0..60)
+                .map(|_| {
+                    std::thread::spawn(|| {
+                        use std::io::Read as _;
+                        let mut s = std::net::TcpStream::connect("127.0.0.1:9477").ok()?;
+                        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                            .ok()?;
+                        let mut out = String::new();
+                        let _ = s.read_to_string(&mut out);
+                        Some(out.len())
+                    })
+                })
+                .collect();
+            for s in scrapers {
+                let _ = s.join();
+            }
+            let _ = hold_rx.recv_timeout(Duration::from_secs(30));
+            held.len()
+        })
+        .expect("server namespace");
+    // Meanwhile the daemon answers, and judges nothing lost.
+    for _ in 0..10 {
+        let pong = shield_user::control::call::<shield_user::control::Pong>(
+            &lab.socket(),
+            &shield_user::control::Request::Ping {},
+        );
+        assert!(pong.is_ok_and(|p| p.pong), "ping during a metrics flood");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, _, err) = lab.shield(&["ban", "192.0.2.77", "--for", "1m"]);
+    assert!(ok, "a ban during a metrics flood: {err}");
+    drop(hold_tx);
+    let _ = holder.join();
+    let log = lab.daemon().log_text();
+    assert!(!log.contains("no longer"), "a false `lost`: {log}");
+    assert_eq!(
+        lab.audit_lines()
+            .iter()
+            .filter(|l| l["event"] == "lost")
+            .count(),
+        0
+    );
+}

@@ -116,7 +116,15 @@ pub(super) async fn serve(
             _ = stop.changed() => break,
             conn = listener.accept() => conn,
         };
-        let Ok((mut conn, _)) = conn else { continue };
+        let mut conn = match conn {
+            Ok((c, _)) => c,
+            Err(e) => {
+                // Out of fds (EMFILE) and the like: back off instead of spinning on accept.
+                warn!("control socket: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let tx = tx.clone();

@@ -13,6 +13,13 @@ use crate::metrics::{Sources, render};
 
 /// A connection gets this long for its requests (a stalled client cannot pile up).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed at once (a scraper needs one).
+const MAX_CONNECTIONS: usize = 8;
+/// A rendering is served again for this long: a burst of scrapes reads the maps once.
+const RENDER_REUSE: Duration = Duration::from_secs(1);
+
+/// The last rendering and when it was made.
+type Rendered = tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<String>)>>;
 
 pub(super) async fn serve(
     listener: std::net::TcpListener,
@@ -29,17 +36,32 @@ pub(super) async fn serve(
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cache: Arc<Rendered> = Arc::new(tokio::sync::Mutex::new(None));
     loop {
         let conn = tokio::select! {
             _ = stop.changed() => return,
             conn = listener.accept() => conn,
         };
-        let Ok((stream, _)) = conn else { continue };
-        let src = src.clone();
+        let stream = match conn {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of fds (EMFILE) and the like: back off instead of spinning on accept.
+                warn!("metrics endpoint: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let (src, cache) = (src.clone(), cache.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| respond(req, src.clone()));
+            let service = service_fn(move |req| respond(req, src.clone(), cache.clone()));
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
         });
     }
 }
@@ -47,14 +69,27 @@ pub(super) async fn serve(
 async fn respond<B>(
     req: Request<B>,
     src: Arc<Sources>,
+    cache: Arc<Rendered>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = if req.uri().path() == "/metrics" {
-        let text = tokio::task::spawn_blocking(move || render(&src))
-            .await
-            .unwrap_or_else(|e| format!("# rendering failed: {e}\n"));
+        // One rendering at a time (the lock is held across it), reused for a second.
+        let mut last = cache.lock().await;
+        let text = match last.as_ref() {
+            Some((at, text)) if at.elapsed() < RENDER_REUSE => text.clone(),
+            _ => {
+                let text = Arc::new(
+                    tokio::task::spawn_blocking(move || render(&src))
+                        .await
+                        .unwrap_or_else(|e| format!("# rendering failed: {e}\n")),
+                );
+                *last = Some((tokio::time::Instant::now(), text.clone()));
+                text
+            }
+        };
+        drop(last);
         Response::builder()
             .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(text)))
+            .body(Full::new(Bytes::from(text.as_str().to_owned())))
     } else {
         Response::builder()
             .status(404)

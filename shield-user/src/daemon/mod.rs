@@ -112,9 +112,11 @@ impl Instance {
     /// gone or renamed), if that happened behind the daemon's back. Follows the daemon's
     /// own link, not the pin.
     fn lost(&self) -> Option<String> {
-        let want = match loader::if_index(&self.iface) {
-            Ok(i) => i,
-            Err(_) => return Some(format!("interface {} no longer exists", self.iface)),
+        let want = match loader::if_index_now(&self.iface) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Some(format!("interface {} no longer exists", self.iface)),
+            // The lookup itself failed (out of fds, …): nothing can be said this time.
+            Err(_) => return None,
         };
         let facts = self.link_id.and_then(loader::link_facts_by_id)?;
         if facts.ifindex == 0 {
@@ -178,11 +180,7 @@ pub(crate) fn install_all(
         monitor_bans_dropped: Vec::new(),
     };
     for (iface, m) in maps.iter_mut() {
-        let extra = if m.bans.list().is_empty() {
-            0
-        } else {
-            CFG_BANS
-        };
+        let extra = if m.bans.any() { CFG_BANS } else { 0 };
         let d = m
             .tables
             .install(compiled, generation, extra)
@@ -270,6 +268,7 @@ fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
 
 pub fn run(opts: &RunOptions) -> Result<()> {
     loader::require_root()?;
+    raise_fd_limit();
     anyhow::ensure!(!opts.ifaces.is_empty(), "give at least one --iface");
     // Every check before anything changes: names, duplicates, existence, the policy, the
     // audit log, the interface locks and both listeners. Attaching comes last.
@@ -567,6 +566,23 @@ fn open_iface(
     .map_err(|e| warn!(%iface, "the XDP program's log is not available: {e}"))
     .ok();
     Ok((ebpf, tables, bans, ring, log, previous_half))
+}
+
+/// Raises the soft limit on open files to the hard one: the control socket (64 clients),
+/// /metrics and the maps of every interface need more than a default 1,024 leaves room
+/// for when a scraper or a client misbehaves.
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer; then a limit within the hard one.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
 
 /// Unmounts a bpffs this start mounted, unless the start succeeded.

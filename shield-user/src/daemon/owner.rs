@@ -76,7 +76,7 @@ struct Owner {
     /// Requests that need the maps, waiting for the reload job in progress.
     waiting: VecDeque<(Request, Answer)>,
     /// The trigger and (control socket) answer of the reload in progress.
-    reload_of: Option<(&'static str, Option<Answer>)>,
+    reload_of: Option<(&'static str, Vec<Answer>)>,
     /// A SIGHUP or file change that came during a reload: one more reload after it.
     reload_again: Option<&'static str>,
 }
@@ -218,14 +218,43 @@ pub(super) async fn serve(
 
     // Shutdown: let a reload in progress finish (its maps come back), stop the tasks, log
     // the last events, detach.
+    // The channel is drained all along: a task blocked on a full channel must not keep
+    // the others (or the reload) from ending.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    if let Some(j) = job.take() {
-        owner.finish_reload(j.await);
-    }
+    let mut pending = job.take();
     let _ = stop_tx.send(true);
-    let _ = control_task.await;
-    for t in event_tasks {
-        let _ = t.await;
+    let mut tasks: Vec<JoinHandle<()>> = event_tasks;
+    tasks.push(control_task);
+    let mut all = Box::pin(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let mut tasks_done = false;
+    loop {
+        tokio::select! {
+            out = async {
+                match pending.as_mut() {
+                    Some(j) => j.await,
+                    None => std::future::pending().await,
+                }
+            }, if pending.is_some() => {
+                pending = None;
+                owner.finish_reload(out);
+            }
+            () = &mut all, if !tasks_done => tasks_done = true,
+            msg = rx.recv() => match msg {
+                Some(Msg::Events(idx, evs)) => owner.events(idx, &evs),
+                Some(Msg::Request(_, answer)) => {
+                    let _ = answer.send(Err("the daemon is shutting down".into()));
+                }
+                Some(Msg::FileChanged) => {}
+                None => {}
+            },
+        }
+        if tasks_done && pending.is_none() {
+            break;
+        }
     }
     while let Ok(msg) = rx.try_recv() {
         match msg {
@@ -336,7 +365,18 @@ impl Owner {
         let ids = self.ids.clone();
         let generation = self.generation;
         let max_sources = self.policy.max_sources;
-        self.reload_of = Some((trigger, answer));
+        // Every reload request already waiting gets this reload's answer: they would read
+        // the same file (a ban queued behind them is served sooner).
+        let mut answers: Vec<Answer> = answer.into_iter().collect();
+        let mut rest = VecDeque::new();
+        for (req, a) in self.waiting.drain(..) {
+            match req {
+                Request::Reload {} => answers.push(a),
+                other => rest.push_back((other, a)),
+            }
+        }
+        self.waiting = rest;
+        self.reload_of = Some((trigger, answers));
         *job = Some(tokio::task::spawn_blocking(move || {
             let mut maps = maps;
             let result = reload_job(&path, &mut maps, &ids, generation, max_sources);
@@ -352,7 +392,10 @@ impl Owner {
                 inst.maps = back.next().map(|(_, m)| m);
             }
         }
-        let (trigger, answer) = self.reload_of.take().unwrap_or(("control socket", None));
+        let (trigger, answers) = self
+            .reload_of
+            .take()
+            .unwrap_or(("control socket", Vec::new()));
         let reply = match out.result {
             Ok((policy, done, took, generation)) => {
                 self.monitor_bans_ended(&done);
@@ -388,8 +431,8 @@ impl Owner {
                 Err(e)
             }
         };
-        if let Some(a) = answer {
-            let _ = a.send(reply);
+        for a in answers {
+            let _ = a.send(reply.clone());
         }
     }
 
@@ -479,7 +522,13 @@ impl Owner {
                 format_duration(dur)
             ));
         }
-        if reason.is_some_and(|r| r.chars().any(char::is_control)) {
+        // No control characters and no bidirectional overrides (U+202A-U+202E,
+        // U+2066-U+2069): a reason must not reorder or break what `shield bans` shows.
+        if reason.is_some_and(|r| {
+            r.chars().any(|c| {
+                c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            })
+        }) {
             return Err(
                 "reason must be printable text (no control characters or line breaks)".into(),
             );
@@ -736,7 +785,7 @@ fn sweep(inst: &mut Instance, audit: &mut AuditLog, escalates: bool) {
         line["level"] = b.level.into();
         audit.write(line);
     }
-    let any = !m.bans.list().is_empty();
+    let any = m.bans.any();
     if let Err(e) = m.bans.set_bans_flag(escalates || any) {
         warn!(iface = %inst.iface, "{e}");
     }
