@@ -15,6 +15,7 @@ mod events;
 pub use events::rare_conditions;
 mod http;
 mod owner;
+mod upkeep;
 
 use std::{
     collections::HashMap,

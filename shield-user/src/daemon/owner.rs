@@ -11,9 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
-use shield_common::{
-    EV_BAN, EV_BAN_FAILED, EV_LIMITED, EV_WOULD_BAN, Event, Reason, addr::FAMILY_V4,
-};
+use shield_common::Event;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot, watch},
@@ -21,10 +19,13 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{InstallDone, Instance, control, events, http, ids_of, install_all, reloaded, wall_of};
+use super::{
+    InstallDone, Instance, control, events, http, ids_of, install_all, reloaded,
+    upkeep::{ban_json, event_json, sweep, watch_attacks},
+};
 use crate::{
     audit::{AuditLog, rfc3339},
-    bans::{BanEntry, BanFloor, check_manual_ban},
+    bans::{BanFloor, check_manual_ban},
     control::{BanList, BanResult, Banned, Pong, Reply, Request, RunningPolicy, Unbanned},
     metrics::{DaemonCounters, Sources},
     policy::{self, format_duration, parse_cidr, parse_duration},
@@ -673,169 +674,4 @@ fn watch_file(path: &std::path::Path, tx: mpsc::Sender<Msg>) -> Option<notify::R
         return None;
     }
     Some(w)
-}
-
-fn event_json(
-    inst: &Instance,
-    ev: &Event,
-    mono_now: u64,
-    wall_now: SystemTime,
-) -> serde_json::Value {
-    let k = &ev.key;
-    let ip: std::net::IpAddr = if k.family == FAMILY_V4 {
-        std::net::Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]).into()
-    } else {
-        std::net::Ipv6Addr::from(k.addr).into()
-    };
-    let reason = Reason::from_code(ev.reason).map_or("unknown", Reason::name);
-    let mut v = json!({
-        "ts": rfc3339(wall_of(ev.ts_ns, mono_now, wall_now)),
-        "iface": inst.iface,
-        "source": format!("{ip}/{}", k.prefix_len),
-        "rule": inst.rule_name(k.rule),
-        "reason": reason,
-        "limited": ev.limited,
-    });
-    let Some(o) = v.as_object_mut() else {
-        return v;
-    };
-    match ev.kind {
-        EV_LIMITED => {
-            o.insert("event".into(), "limited".into());
-        }
-        EV_BAN | EV_WOULD_BAN | EV_BAN_FAILED => {
-            let kind = match ev.kind {
-                EV_BAN => "ban",
-                EV_WOULD_BAN => "would_ban",
-                _ => "ban_failed",
-            };
-            if ev.kind == EV_BAN_FAILED {
-                o.insert(
-                    "error".into(),
-                    format!(
-                        "the ban table is full ({} entries): the source is not banned",
-                        shield_common::MAX_BANS
-                    )
-                    .into(),
-                );
-            }
-            o.insert("event".into(), kind.into());
-            o.insert("origin".into(), "automatic".into());
-            // Automatic bans rest on evidence a spoofer can forge: they stop new
-            // connection attempts (and datagrams), never established connections.
-            o.insert("cuts".into(), "new_connections".into());
-            o.insert(
-                "scope".into(),
-                if ev.host_scope != 0 { "host" } else { "rule" }.into(),
-            );
-            o.insert("strikes".into(), ev.strikes.into());
-            o.insert("level".into(), ev.level.into());
-            o.insert(
-                "ban_secs".into(),
-                Duration::from_nanos(ev.duration_ns).as_secs_f64().into(),
-            );
-            if ev.kind != EV_BAN_FAILED {
-                o.insert(
-                    "expires".into(),
-                    rfc3339(wall_of(
-                        ev.ts_ns.saturating_add(ev.duration_ns),
-                        mono_now,
-                        wall_now,
-                    ))
-                    .into(),
-                );
-            }
-        }
-        other => {
-            o.insert("event".into(), format!("unknown_{other}").into());
-        }
-    }
-    v
-}
-
-fn ban_json(event: &str, iface: &str, b: &BanEntry, comment: Option<&String>) -> serde_json::Value {
-    let mut v = json!({
-        "event": event,
-        "origin": b.origin,
-        "iface": iface,
-        "source": b.source,
-        "scope": b.scope,
-        "rule": b.rule,
-        "ban_secs": b.duration_secs,
-    });
-    if let Some(c) = comment {
-        v["comment"] = c.clone().into();
-    }
-    v
-}
-
-/// Removes expired bans (logging `ban_end`) and keeps the data path's ban lookups on only
-/// while they can matter.
-fn sweep(inst: &mut Instance, audit: &mut AuditLog, escalates: bool) {
-    let Some(m) = inst.maps.as_mut() else { return };
-    let expired = match m.bans.sweep() {
-        Ok(e) => e,
-        Err(e) => {
-            warn!(iface = %inst.iface, "ban expiry: {e}");
-            return;
-        }
-    };
-    for b in &expired {
-        let mut line = ban_json("ban_end", &inst.iface, b, b.comment.as_ref());
-        line["level"] = b.level.into();
-        audit.write(line);
-    }
-    let any = m.bans.any();
-    if let Err(e) = m.bans.set_bans_flag(escalates || any) {
-        warn!(iface = %inst.iface, "{e}");
-    }
-}
-
-/// Logs the start and end of attacks on rules' `unverified` budgets and records them in the
-/// maps for `shield stats`.
-fn watch_attacks(inst: &Instance, audit: &mut AuditLog, tracker: &mut crate::attack::Tracker) {
-    let Some(m) = &inst.maps else { return };
-    let totals = match crate::stats::unverified_drops(&inst.dir, &m.tables) {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(iface = %inst.iface, "attack tracking: {e}");
-            return;
-        }
-    };
-    let now = crate::loader::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
-    let prefix = format!("{}|", inst.iface);
-    tracker.retain(|k| {
-        !k.starts_with(&prefix) || totals.iter().any(|(_, n, _)| k == format!("{prefix}{n}"))
-    });
-    for (id, name, total) in totals {
-        let key = format!("{prefix}{name}");
-        let first = !tracker.knows(&key);
-        let change = tracker.observe(&key, total, now);
-        let line = match change {
-            // A new daemon starts calm: clear what a previous one may have left.
-            None if first => {
-                if let Err(e) = crate::stats::set_attack(&inst.dir, id, 0) {
-                    warn!(iface = %inst.iface, "{e}");
-                }
-                continue;
-            }
-            None => continue,
-            Some(crate::attack::Change::Start) => json!({
-                "event": "attack_start",
-                "iface": inst.iface,
-                "rule": name,
-            }),
-            Some(crate::attack::Change::End { secs, dropped }) => json!({
-                "event": "attack_end",
-                "iface": inst.iface,
-                "rule": name,
-                "duration_secs": (secs * 10.0).round() / 10.0,
-                "dropped": dropped,
-            }),
-        };
-        if let Err(e) = crate::stats::set_attack(&inst.dir, id, tracker.since(&key).unwrap_or(0)) {
-            warn!(iface = %inst.iface, "{e}");
-        }
-        audit.write(line);
-    }
 }
