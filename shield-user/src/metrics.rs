@@ -67,6 +67,7 @@ pub fn render(src: &Sources) -> String {
     let verifications = Family::<Labels, Counter>::default();
     let inserts = Family::<Labels, Counter>::default();
     let evictions = Family::<Labels, Counter>::default();
+    let top_sources = Family::<Labels, Gauge>::default();
 
     for (iface, mode) in &src.ifaces {
         attach
@@ -96,6 +97,16 @@ pub fn render(src: &Sources) -> String {
                     .set(u.tokens_left as i64);
                 verified_conns.get_or_create(&lr).inc_by(u.verified_conns);
             }
+        }
+        // At most stats::TOP_SOURCES series per interface: bounded cardinality.
+        for t in &s.top_sources {
+            top_sources
+                .get_or_create(&l(&[
+                    ("iface", iface),
+                    ("rule", &t.rule),
+                    ("source", &t.source),
+                ]))
+                .set(t.limited as i64);
         }
         let li = l(&[("iface", iface)]);
         bans.get_or_create(&li).set(s.active_bans as i64);
@@ -225,6 +236,11 @@ pub fn render(src: &Sources) -> String {
         "shield_source_evictions",
         "Per-source state entries the LRU evicted to make room",
         evictions,
+    );
+    reg.register(
+        "shield_top_source_limited_packets",
+        "Packets refused by the rule's limits since the source was first tracked, for the top sources of `shield stats` (at most 10 per interface)",
+        top_sources,
     );
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {

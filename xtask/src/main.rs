@@ -56,6 +56,11 @@ enum Task {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: String,
     },
+    /// Build the Debian package (target/debian/shield_VERSION-1_ARCH.deb) with cargo-deb:
+    /// the release `shield`, its systemd unit, /etc/shield/policy.toml (a conffile), man
+    /// pages and shell completions generated from the CLI, the dashboard and alert rules,
+    /// and shield-flask/ when it exists; then lintian (fails on errors).
+    Package,
     /// cargo fmt --check and clippy -D warnings on every crate (host crates, then the
     /// eBPF crate for bpfel-unknown-none).
     Lint,
@@ -75,7 +80,9 @@ enum Task {
 /// Debian packages: llvm-22-dev (+ the libraries bpf-linker links with) to build
 /// bpf-linker; iproute2 and util-linux (setpriv) for the namespace tests; systemd
 /// (systemd-analyze) to check the unit; python3-flask and gunicorn for the demo API;
-/// hping3 for SYN floods in the acceptance suite.
+/// hping3 for SYN floods in the acceptance suite; lintian to check the Debian package;
+/// prometheus for `promtool check rules` on deploy/prometheus/shield-rules.yml (its service
+/// is not wanted: see `quiet_prometheus`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -87,7 +94,12 @@ const APT_PACKAGES: &[&str] = &[
     "python3-flask",
     "gunicorn",
     "hping3",
+    "lintian",
+    "prometheus",
 ];
+
+/// cargo-deb, pinned: newer releases may need a newer rustc than this machine's.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Peers the benchmarks compare with.
 const BENCH_PACKAGES: &[&str] = &["xdp-tools", "bpftool", "ethtool", "nftables", "iptables"];
@@ -167,6 +179,9 @@ fn bootstrap() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        if missing.contains(&"prometheus") {
+            quiet_prometheus()?;
+        }
     }
 
     // 2. Nightly with rust-src (the eBPF crate builds core with -Z build-std).
@@ -218,6 +233,37 @@ fn bootstrap() -> Result<()> {
             ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
+
+    // 4. cargo-deb, for `cargo xtask package`.
+    let cargo_deb = cargo_bin_dir().join("cargo-deb");
+    if output(&cargo_deb.to_string_lossy(), &["--version"])
+        .is_some_and(|v| v.contains(CARGO_DEB_VERSION))
+    {
+        step("cargo-deb present");
+    } else {
+        step(&format!(
+            "installing cargo-deb {CARGO_DEB_VERSION} (cargo install: about 2 minutes, once)"
+        ));
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Debian's prometheus package enables and starts a Prometheus server (port 9090) on a
+/// machine booted with systemd. Only its promtool is wanted here: the server it just
+/// installed is stopped and disabled (it would scrape and store for nothing). Without
+/// systemd as PID 1 (containers, CI here) the package starts nothing.
+fn quiet_prometheus() -> Result<()> {
+    if Path::new("/run/systemd/system").exists() {
+        step("stopping and disabling the prometheus service (only promtool is used)");
+        run(Command::new("systemctl").args(["disable", "--now", "prometheus.service"]))?;
+    }
     Ok(())
 }
 
@@ -246,6 +292,128 @@ fn build(release: bool) -> Result<PathBuf> {
         .join("target")
         .join(if release { "release" } else { "debug" })
         .join("shield"))
+}
+
+/// Where the package's generated files are staged (`cargo deb` reads them from here; the
+/// paths are in shield-user/Cargo.toml's `[package.metadata.deb]`).
+const STAGE: &str = "target/release/shield-package";
+
+/// Builds the Debian package from the release build; returns the .deb's path.
+fn package() -> Result<PathBuf> {
+    let bin = build(true)?;
+    let stage = root().join(STAGE);
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).with_context(|| format!("clearing {}", stage.display()))?;
+    }
+    step("generating man pages and shell completions (shield generate-assets)");
+    run(Command::new(&bin)
+        .args(["generate-assets", "--out"])
+        .arg(&stage))?;
+
+    // Man pages compressed per Debian policy (cargo-deb compresses only files from outside
+    // target/release/, and the staging directory is inside it).
+    let man = stage.join("man");
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&man)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "1"))
+        .collect();
+    pages.sort();
+    run(Command::new("gzip").arg("-9n").args(&pages))?;
+
+    // The unit as packaged: the binary lives in /usr/bin, not /usr/local/bin.
+    let unit = std::fs::read_to_string(root().join("deploy/shield.service"))
+        .context("reading deploy/shield.service")?;
+    let unit = unit
+        .replace(
+            "# shield: XDP abuse shield. Install the binary at /usr/local/bin/shield, the policy at\n# /etc/shield/policy.toml, then: systemctl daemon-reload && systemctl enable --now shield\n",
+            "# shield: XDP abuse shield (Debian package: installed disabled). Set the interface, then\n# systemctl enable --now shield\n",
+        )
+        .replace("/usr/local/bin/shield", "/usr/bin/shield");
+    if unit.contains("/usr/local") {
+        bail!("deploy/shield.service: a /usr/local path is left after rewriting it for /usr/bin");
+    }
+    let units = stage.join("systemd");
+    std::fs::create_dir_all(&units)?;
+    std::fs::write(units.join("shield.service"), unit)?;
+
+    // The Python package for Flask, when this checkout has it: its sources (no caches, no
+    // build output, no tests) under /usr/share/shield/shield-flask, for
+    // `pip install /usr/share/shield/shield-flask`.
+    let flask = root().join("shield-flask");
+    let with_flask = flask.join("pyproject.toml").is_file();
+    if with_flask {
+        step("adding shield-flask/ (under /usr/share/shield/shield-flask)");
+        copy_python_sources(&flask, &stage.join("shield-flask"))?;
+    } else {
+        step("no shield-flask/ in this checkout: the package carries no Python package");
+    }
+
+    step("building the Debian package (cargo deb --no-build)");
+    let out_dir = root().join("target/debian");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut c = cargo();
+    c.args(["deb", "--package", "shield-user", "--no-build", "--output"])
+        .arg(&out_dir);
+    if with_flask {
+        c.args(["--variant", "with-flask"]);
+    }
+    let shown = "cargo deb --package shield-user --no-build";
+    let out = c
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| {
+            format!("cannot start {shown} (cargo xtask bootstrap installs cargo-deb)")
+        })?;
+    if !out.status.success() {
+        bail!("{shown} failed ({})", out.status);
+    }
+    let deb = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with(".deb"))
+        .map(|l| PathBuf::from(l.trim()))
+        .context("cargo deb did not print the package's path")?;
+
+    step("lintian (errors fail; warnings are listed in docs/operations.md)");
+    run(Command::new("lintian")
+        .args(["--fail-on", "error", "--tag-display-limit", "0"])
+        .arg(&deb))?;
+    Ok(deb)
+}
+
+/// Copies a Python project's sources: everything but caches, build output, virtualenvs and
+/// tests.
+fn copy_python_sources(from: &Path, to: &Path) -> Result<()> {
+    const SKIP: &[&str] = &[
+        "__pycache__",
+        ".pytest_cache",
+        "build",
+        "dist",
+        "tests",
+        ".venv",
+        ".git",
+    ];
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name_s = name.to_string_lossy();
+        if SKIP.contains(&name_s.as_ref())
+            || name_s.ends_with(".egg-info")
+            || name_s.ends_with(".pyc")
+            || name_s.starts_with('.')
+        {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_python_sources(&entry.path(), &to.join(&name))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The demo: `shield-demo` from the tests crate (not shipped), with `shield` as its daemon.
@@ -307,11 +475,14 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             bootstrap()?;
             let bin = build(false)?;
+            // The package test installs this very package (one release build, reused).
+            let deb = package()?;
             step("running every test (unit, BPF_PROG_TEST_RUN, network namespaces)");
             run(cargo()
                 .args(["test", "--workspace", "--exclude", "shield-ebpf"])
                 .args(&args)
-                .env("SHIELD_BIN", &bin))
+                .env("SHIELD_BIN", &bin)
+                .env("SHIELD_DEB", &deb))
         }
         Task::Bench { quick, only, out } => {
             bootstrap()?;
@@ -368,6 +539,16 @@ fn main() -> Result<()> {
                 "--seed",
                 &seed.to_string(),
             ]))
+        }
+        Task::Package => {
+            bootstrap()?;
+            let deb = package()?;
+            step(&format!(
+                "built {} (install: dpkg -i {})",
+                deb.display(),
+                deb.display()
+            ));
+            Ok(())
         }
         Task::Lint => {
             bootstrap()?;

@@ -1,6 +1,7 @@
 //! The `shield` command line: one argument struct per command (`#[derive(Args)]`), shared
 //! flags (`SocketArgs`, `BpffsArgs`) flattened where they apply, a module per command.
 
+mod assets;
 mod bans;
 mod check;
 mod detach;
@@ -91,6 +92,9 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Print this help, or the help of the given command (`shield help ban`).
     Help(help::HelpArgs),
+    /// Write the man pages and shell completions (for packaging; `cargo xtask package`).
+    #[command(hide = true)]
+    GenerateAssets(assets::AssetsArgs),
 }
 
 /// The running daemon's control socket, for commands that talk to it.
@@ -126,6 +130,7 @@ impl Command {
             Command::Check(a) => check::run(a),
             Command::Stats(a) => stats::run(a),
             Command::Help(a) => help::run(a),
+            Command::GenerateAssets(a) => assets::run(a),
         }
     }
 }
