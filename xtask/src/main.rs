@@ -38,7 +38,8 @@ enum Task {
     /// `shield`): under a minute, cleans up after itself.
     Demo,
     /// Bootstrap, build, and run every test: unit, BPF_PROG_TEST_RUN verdicts, network
-    /// namespace scenarios (needs root).
+    /// namespace scenarios, the Debian package (built here once, from the release build, and
+    /// passed as SHIELD_DEB) (needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(last = true)]
