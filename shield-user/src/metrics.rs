@@ -26,6 +26,8 @@ pub struct DaemonCounters {
     pub reloads_error: AtomicU64,
     /// Duration of the last successful reload, in microseconds.
     pub last_reload_us: AtomicU64,
+    /// `[fleet]` figures (`shield_fleet_*`).
+    pub fleet: crate::fleet::Counters,
 }
 
 pub struct Sources {
@@ -226,6 +228,7 @@ pub fn render(src: &Sources) -> String {
         "Per-source state entries the LRU evicted to make room",
         evictions,
     );
+    src.counters.fleet.register(&mut reg);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out = "# encoding failed\n".into();

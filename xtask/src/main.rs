@@ -87,6 +87,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-flask",
     "gunicorn",
     "hping3",
+    // The fleet tests start their own Redis.
+    "redis-server",
 ];
 
 /// Peers the benchmarks compare with.

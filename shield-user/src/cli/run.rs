@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// which the journal adds).
     #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
     pub log_format: logging::LogFormat,
+    /// Directory for the active bans on disk (created 0700): written atomically on change
+    /// (at most once a second), restored at start when the pinned maps are gone (a reboot).
+    #[arg(long, value_name = "DIR", default_value = shield_user::fleet::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 /// `--metrics`: an address or `off`.
@@ -70,6 +74,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         metrics: a.metrics.0,
         fresh: a.fresh,
         log_level: a.log_level,
+        state_dir: a.state_dir,
     })?;
     Ok(ExitCode::SUCCESS)
 }
