@@ -30,18 +30,105 @@ pub struct Redis {
     pub password: String,
     pub dir: PathBuf,
     ns: String,
+    /// More `redis-server` arguments (TLS).
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start(ns: &Netns, port: u16, password: &str) -> Result<Redis> {
+        Redis::start_with(ns, port, password, None)
+    }
+
+    /// With `tls_port`: also TLS on that port, with a certificate for the hub's addresses
+    /// signed by a CA of its own (`DIR/ca.crt`).
+    pub fn start_with(
+        ns: &Netns,
+        port: u16,
+        password: &str,
+        tls_port: Option<u16>,
+    ) -> Result<Redis> {
         let dir = std::env::temp_dir().join(unique("shield-redis-"));
         std::fs::create_dir_all(&dir)?;
+        let mut extra = Vec::new();
+        if let Some(tls) = tls_port {
+            let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+            sh(
+                "openssl",
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &d("ca.key"),
+                    "-out",
+                    &d("ca.crt"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=shield fleet test CA",
+                ],
+            )?;
+            sh(
+                "openssl",
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &d("srv.key"),
+                    "-out",
+                    &d("srv.csr"),
+                    "-subj",
+                    "/CN=redis",
+                ],
+            )?;
+            std::fs::write(
+                dir.join("ext"),
+                "subjectAltName=IP:127.0.0.1,IP:10.77.1.1,IP:10.77.2.1,IP:10.77.3.1\n",
+            )?;
+            sh(
+                "openssl",
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &d("srv.csr"),
+                    "-CA",
+                    &d("ca.crt"),
+                    "-CAkey",
+                    &d("ca.key"),
+                    "-CAcreateserial",
+                    "-out",
+                    &d("srv.crt"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &d("ext"),
+                ],
+            )?;
+            extra = vec![
+                "--tls-port".into(),
+                tls.to_string(),
+                "--tls-cert-file".into(),
+                d("srv.crt"),
+                "--tls-key-file".into(),
+                d("srv.key"),
+                "--tls-ca-cert-file".into(),
+                d("ca.crt"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+        }
         let mut r = Redis {
             child: None,
             port,
             password: password.to_string(),
             dir,
             ns: ns.name.clone(),
+            extra,
         };
         r.spawn()?;
         Ok(r)
@@ -70,6 +157,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -229,6 +317,8 @@ pub struct Host {
     pub policy: PathBuf,
     pub audit: PathBuf,
     pub state: PathBuf,
+    /// Environment for the daemon (`SSL_CERT_FILE` for a TLS lab).
+    pub env: Vec<(String, String)>,
 }
 
 impl Drop for Host {
@@ -256,6 +346,7 @@ impl Host {
             policy: path,
             audit: std::env::temp_dir().join(format!("{}.jsonl", unique("shield-fleet-audit-"))),
             state: std::env::temp_dir().join(unique("shield-fleet-state-")),
+            env: Vec::new(),
         })
     }
 
@@ -263,12 +354,18 @@ impl Host {
     pub fn start(&mut self) -> Result<()> {
         let audit = self.audit.to_str().context("utf-8")?.to_string();
         let state = self.state.to_str().context("utf-8")?.to_string();
-        self.daemon = Some(Daemon::start(
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.daemon = Some(Daemon::start_env(
             &shield_bin(),
             &self.topo.server,
             &self.policy,
             &self.bpffs.path,
             &["--audit-log", &audit, "--state-dir", &state],
+            &env,
         )?);
         Ok(())
     }
@@ -385,12 +482,29 @@ impl FleetLab {
     /// Redis through the hub link, the lab's key and prefix, `max_per_minute`). Daemons are
     /// not started (see `start_all`), so Redis can be seeded first.
     pub fn new(n: usize, port: u16, max_per_minute: u32, policy: &str) -> Result<FleetLab> {
+        FleetLab::with_tls(n, port, max_per_minute, policy, false)
+    }
+
+    /// `tls`: the hosts reach Redis over `rediss://` (TLS), trusting the lab's CA through
+    /// `SSL_CERT_FILE` (the caller sets it for the daemons: see `Redis::dir`).
+    pub fn with_tls(
+        n: usize,
+        port: u16,
+        max_per_minute: u32,
+        policy: &str,
+        tls: bool,
+    ) -> Result<FleetLab> {
         crate::require_root();
         let hub = Netns::new("shf")?;
         // A port of its own (inside the hub namespace), and a password.
-        let redis_port = 20_000 + (std::process::id() % 20_000) as u16;
+        let plain_port = 20_000 + (std::process::id() % 20_000) as u16;
         let password = unique("pw");
-        let redis = Redis::start(&hub, redis_port, &password)?;
+        let redis = Redis::start_with(&hub, plain_port, &password, tls.then_some(plain_port + 1))?;
+        let (scheme, redis_port) = if tls {
+            ("rediss", plain_port + 1)
+        } else {
+            ("redis", plain_port)
+        };
         let key_file = std::env::temp_dir().join(unique("shield-fleet-key-"));
         std::fs::write(&key_file, FLEET_KEY)?;
         let prefix = unique("t");
@@ -405,11 +519,18 @@ impl FleetLab {
             let name = format!("h{}", i + 1);
             let subnet = i + 1;
             let text = format!(
-                "{policy}\n[fleet]\nredis = \"redis://:{password}@10.77.{subnet}.1:{redis_port}/0\"\nhost = \"{name}\"\nprefix = \"{}\"\nkey_file = \"{}\"\nmax_bans_per_minute = {max_per_minute}\n",
+                "{policy}\n[fleet]\nredis = \"{scheme}://:{password}@10.77.{subnet}.1:{redis_port}/0\"\nhost = \"{name}\"\nprefix = \"{}\"\nkey_file = \"{}\"\nmax_bans_per_minute = {max_per_minute}\n",
                 lab.prefix,
                 lab.key_file.display()
             );
-            let host = Host::new(&name, &text, port)?;
+            let mut host = Host::new(&name, &text, port)?;
+            if tls {
+                // The lab's CA, for the system trust store rustls reads.
+                host.env.push((
+                    "SSL_CERT_FILE".into(),
+                    lab.redis.dir.join("ca.crt").to_string_lossy().into_owned(),
+                ));
+            }
             let (a, b) = (unique("fla"), unique("flb"));
             sh(
                 "ip",

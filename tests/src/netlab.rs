@@ -512,6 +512,18 @@ impl Daemon {
         bpffs: &Path,
         extra: &[&str],
     ) -> Result<Daemon> {
+        Daemon::start_env(bin, ns, policy, bpffs, extra, &[])
+    }
+
+    /// As `start`, with environment variables for the daemon.
+    pub fn start_env(
+        bin: &Path,
+        ns: &Netns,
+        policy: &Path,
+        bpffs: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let name = unique("shield-daemon-");
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let socket = std::env::temp_dir().join(format!("{name}.sock"));
@@ -534,6 +546,7 @@ impl Daemon {
                     .iter()
                     .flat_map(|s| [std::ffi::OsStr::new("--state-dir"), s.as_os_str()]),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

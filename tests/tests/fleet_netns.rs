@@ -424,3 +424,45 @@ fn bans_come_back_from_the_state_dir_when_the_pins_are_gone() {
         "others pass"
     );
 }
+
+#[test]
+fn the_fleet_link_runs_over_tls() {
+    let mut lab = FleetLab::with_tls(2, API, 600, POLICY, true).expect("fleet lab with TLS");
+    lab.start_all().expect("starting the daemons");
+    for h in &lab.hosts {
+        let log = || h.daemon.as_ref().map(|d| d.log_text()).unwrap_or_default();
+        wait_until(
+            &format!("{} links over rediss://: {}", h.name, log()),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.77", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("host 2 installs it", Duration::from_secs(5), || {
+        h2.banned("203.0.113.77/32")
+    });
+    // Over TLS, and the password too: the plain port is not what the hosts use.
+    assert_eq!(
+        lab.redis.cmd(&["HLEN", &lab.bans_key()]).expect("HLEN"),
+        "1"
+    );
+    // A host that cannot reach the fleet (no link to the hub) starts anyway, enforcing
+    // locally, and says the link is down (never with the password).
+    let h3_policy = std::fs::read_to_string(&h1.policy).expect("policy");
+    let mut h3 = Host::new(
+        "h3",
+        &h3_policy.replace("host = \"h1\"", "host = \"h3\""),
+        API,
+    )
+    .expect("host 3");
+    h3.start().expect("a host starts without the fleet");
+    assert_eq!(h3.fleet()["connected"], false);
+    let log = h3.daemon.as_ref().expect("daemon").log_text();
+    assert!(log.contains("fleet: the link to rediss://:***@"), "{log}");
+    assert!(
+        !log.contains(&lab.redis.password),
+        "the password never shows: {log}"
+    );
+}

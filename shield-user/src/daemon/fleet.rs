@@ -120,6 +120,8 @@ fn client(cfg: &Fleet) -> redis::RedisResult<redis::Client> {
 
 impl Task {
     pub(super) async fn run(mut self) {
+        // rediss:// (TLS) uses rustls with the ring provider (the process's default).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut queue: VecDeque<Message> = VecDeque::new();
         let last_id: Mutex<Option<String>> = Mutex::new(None);
         let mut backoff = Duration::from_millis(200);

@@ -473,6 +473,9 @@ impl Owner {
                 }
             }
         }
+        if saved.is_empty() {
+            return;
+        }
         info!(
             "restored {restored} bans from {} (the pinned maps were gone)",
             self.state_dir.join(state::BANS_FILE).display()
