@@ -25,7 +25,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// Audit log: JSON lines, one per event (limited, ban, would_ban, ban_failed, ban_kept,
-    /// ban_end, unban, reload, attack_start, attack_end, lost, start, stop; see `shield
+    /// ban_end, unban, reload, attack_start, attack_end, lost, fleet_ban, fleet_unban,
+    /// fleet_link, fleet_circuit, restore, start, stop; see `shield
     /// --help`); `-` for stdout. A regular file of its own. Reopened on SIGUSR1.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<String>,
