@@ -26,6 +26,9 @@ use crate::{
     policy::Fleet,
 };
 
+/// The most changes published in one round trip.
+const BATCH: usize = 512;
+
 /// The most changes kept while the link is down (older ones are dropped with a warning).
 const QUEUE_MAX: usize = 100_000;
 
@@ -220,47 +223,59 @@ impl Task {
         Ok((out, tail))
     }
 
+    /// Publishes `batch` in one round trip (a pipeline of script calls, each atomic).
     async fn publish(
         &self,
         con: &mut MultiplexedConnection,
-        m: &Message,
+        batch: &[Message],
     ) -> redis::RedisResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let (bans, events) = self.keys();
-        let mut m = m.clone();
-        // Issued when the owner saw it (the lag a receiver reports is end to end).
-        if m.sent_ms == 0 {
-            m.sent_ms = now_ms();
-        }
-        let (text, sig) = self.signer.seal(&m);
-        match m.op {
-            Op::Ban => {
-                let _: i64 = Script::new(BAN_LUA)
-                    .key(&bans)
-                    .key(&events)
-                    .arg(m.field())
-                    .arg(m.expires_ms)
-                    .arg(&sig)
-                    .arg(&text)
-                    .arg(STREAM_MAXLEN)
-                    .invoke_async(con)
-                    .await?;
+        let (ban, unban) = (Script::new(BAN_LUA), Script::new(UNBAN_LUA));
+        let mut pipe = redis::pipe();
+        // Loaded first: the calls below run them by hash.
+        pipe.load_script(&ban).ignore().load_script(&unban).ignore();
+        for m in batch {
+            let mut m = m.clone();
+            // Issued when the owner saw it (the lag a receiver reports is end to end).
+            if m.sent_ms == 0 {
+                m.sent_ms = now_ms();
             }
-            Op::Unban => {
-                let _: i64 = Script::new(UNBAN_LUA)
-                    .key(&bans)
-                    .key(&events)
-                    .arg(fields_of(&m.source))
-                    .arg(&text)
-                    .arg(&sig)
-                    .arg(STREAM_MAXLEN)
-                    .invoke_async(con)
-                    .await?;
+            let (text, sig) = self.signer.seal(&m);
+            match m.op {
+                Op::Ban => {
+                    pipe.invoke_script(
+                        ban.key(&bans)
+                            .key(&events)
+                            .arg(m.field())
+                            .arg(m.expires_ms)
+                            .arg(&sig)
+                            .arg(&text)
+                            .arg(STREAM_MAXLEN),
+                    )
+                    .ignore();
+                }
+                Op::Unban => {
+                    pipe.invoke_script(
+                        unban
+                            .key(&bans)
+                            .key(&events)
+                            .arg(fields_of(&m.source))
+                            .arg(&text)
+                            .arg(&sig)
+                            .arg(STREAM_MAXLEN),
+                    )
+                    .ignore();
+                }
             }
         }
+        let () = pipe.query_async(con).await?;
         self.counters
             .fleet
             .published
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -305,10 +320,12 @@ impl Task {
                 }
             }
         }
-        // What this host issued while the link was down.
-        while let Some(m) = queue.front() {
-            self.publish(&mut w, m).await?;
-            queue.pop_front();
+        // What this host issued while the link was down, in order.
+        while !queue.is_empty() {
+            let n = queue.len().min(BATCH);
+            let batch: Vec<Message> = queue.iter().take(n).cloned().collect();
+            self.publish(&mut w, &batch).await?;
+            queue.drain(..n);
             self.counters
                 .fleet
                 .queued
@@ -345,8 +362,18 @@ impl Task {
                 res = &mut reader => return res,
                 m = self.out.recv() => match m {
                     Some(m) => {
-                        if let Err(e) = self.publish(&mut w, &m).await {
-                            queue.push_front(m);
+                        // Everything issued meanwhile goes in the same round trip.
+                        let mut batch = vec![m];
+                        while batch.len() < BATCH {
+                            match self.out.try_recv() {
+                                Ok(m) => batch.push(m),
+                                Err(_) => break,
+                            }
+                        }
+                        if let Err(e) = self.publish(&mut w, &batch).await {
+                            for m in batch.into_iter().rev() {
+                                queue.push_front(m);
+                            }
                             return Err(e);
                         }
                     }
