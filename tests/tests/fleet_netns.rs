@@ -453,6 +453,17 @@ fn the_fleet_link_runs_over_tls() {
         lab.redis.cmd(&["HLEN", &lab.bans_key()]).expect("HLEN"),
         "1"
     );
+    // `[fleet]` is set up at start: a reload that changes it is refused, the policy in
+    // force stays.
+    let changed = std::fs::read_to_string(&h2.policy)
+        .expect("policy")
+        .replace("max_bans_per_minute = 600", "max_bans_per_minute = 601");
+    std::fs::write(&h2.policy, changed).expect("policy");
+    let (ok, _, err) = h2.shield(&["reload"]);
+    assert!(!ok, "a reload changing [fleet] is refused");
+    assert!(err.contains("[fleet] changed"), "{err}");
+    assert_eq!(h2.fleet()["connected"], true);
+
     // A host that cannot reach the fleet (no link to the hub) starts anyway, enforcing
     // locally, and says the link is down (never with the password).
     let h3_policy = std::fs::read_to_string(&h1.policy).expect("policy");

@@ -39,6 +39,7 @@ pub(in crate::daemon) struct Link {
     max_per_minute: u32,
     /// Bans installed from the fleet (`SOURCE|SCOPE|RULE` → the host that issued them).
     origins: HashMap<String, String>,
+    ticks: u64,
 }
 
 fn field(source: &str, scope: BanScope, rule: &str) -> String {
@@ -125,6 +126,7 @@ impl Owner {
             breaker: Breaker::new(cfg.max_bans_per_minute),
             max_per_minute: cfg.max_bans_per_minute,
             origins: std::mem::take(&mut self.pending_origins),
+            ticks: 0,
         });
         // Connect and read: bounded by the client's timeouts (2 s + 3 s).
         match tokio::time::timeout(Duration::from_secs(8), ready_rx).await {
@@ -411,11 +413,26 @@ impl Owner {
         }));
     }
 
-    /// Once a second: close the circuit when the rate fell.
+    /// Once a second: close the circuit when the rate fell; once a minute, forget the
+    /// origins of fleet bans that ended.
     pub(super) fn fleet_tick(&mut self) {
         let Some(link) = self.fleet.as_mut() else {
             return;
         };
+        link.ticks = link.ticks.wrapping_add(1);
+        if link.ticks % 60 == 0 && !link.origins.is_empty() {
+            let live: HashSet<String> = self
+                .instances
+                .iter()
+                .filter_map(|i| i.maps.as_ref())
+                .flat_map(|m| m.bans.active())
+                .map(|b| field(&b.source, b.scope, &b.rule))
+                .collect();
+            // Maps a reload holds are back within the reload: prune only with all of them.
+            if self.instances.iter().all(|i| i.maps.is_some()) {
+                link.origins.retain(|f, _| live.contains(f));
+            }
+        }
         if link.breaker.poll_close(now_ms()) {
             self.counters
                 .fleet
