@@ -63,7 +63,7 @@ impl Default for BanFloor {
 }
 
 /// Whether prefix `outer` contains prefix `inner` (same family, `outer` no longer).
-fn covers(outer: &Cidr, inner: &Cidr) -> bool {
+pub(crate) fn covers(outer: &Cidr, inner: &Cidr) -> bool {
     match (outer.addr, inner.addr) {
         (IpAddr::V4(o), IpAddr::V4(i)) if outer.len <= inner.len => {
             let m = u32::MAX.checked_shl(32 - u32::from(outer.len)).unwrap_or(0);
@@ -126,6 +126,19 @@ pub struct BanOutcome {
     /// The source was already banned at least as long: that ban was kept as it was (a new
     /// ban never shortens one in force).
     pub kept_longer: bool,
+}
+
+/// A ban to install (`BanMaps::ban_spec`).
+#[derive(Debug, Clone)]
+pub struct BanSpec<'a> {
+    pub cidr: Cidr,
+    pub dur: Duration,
+    pub scope: BanScope,
+    pub rule: Option<&'a str>,
+    /// `BAN_MANUAL`, `BAN_ATTEMPTS` (cuts new connections only).
+    pub flags: u8,
+    pub level: u8,
+    pub reason: Option<&'a str>,
 }
 
 /// Who issued a ban.
@@ -213,6 +226,9 @@ pub struct BanEntry {
     /// Operator's reason for a manual ban (kept in the pinned notes map).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// The fleet host that issued it (`[fleet]`; this host's name for its own bans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_host: Option<String>,
     #[serde(skip)]
     pub key: BanKey,
     /// Id of the rule that issued it (0: a manual host ban).
@@ -425,6 +441,7 @@ impl BanMaps {
             remaining_secs: Duration::from_nanos(v.expires_ns.saturating_sub(now)).as_secs_f64(),
             level: v.level,
             comment: self.note(key),
+            origin_host: None,
             key,
             rule_id: v.rule,
         }
@@ -478,6 +495,30 @@ impl BanMaps {
         rule: Option<&str>,
         reason: Option<&str>,
     ) -> Result<BanOutcome, BanError> {
+        self.ban_spec(&BanSpec {
+            cidr,
+            dur,
+            scope: if rule.is_some() {
+                BanScope::Rule
+            } else {
+                BanScope::Host
+            },
+            rule,
+            flags: BAN_MANUAL,
+            level: 0,
+            reason,
+        })
+    }
+
+    /// Whether the policy in force has a rule named `name`.
+    pub fn has_rule(&self, name: &str) -> bool {
+        self.rule(name).is_ok()
+    }
+
+    /// Bans as `spec` says (a fleet ban: its scope, flags and ladder level as issued). A
+    /// host-scope ban naming a rule this host does not have is a plain host ban.
+    pub fn ban_spec(&mut self, spec: &BanSpec) -> Result<BanOutcome, BanError> {
+        let (cidr, dur, reason) = (spec.cidr, spec.dur, spec.reason);
         let now = self.now();
         let dur_ns = dur
             .as_nanos()
@@ -486,17 +527,24 @@ impl BanMaps {
             expires_ns: now.saturating_add(dur_ns),
             duration_ns: dur_ns,
             rule: 0,
-            flags: BAN_MANUAL,
-            level: 0,
+            flags: spec.flags,
+            level: spec.level,
             prefix_len: cidr.len,
             _pad: [0; 3],
         };
-        let key = match rule {
-            None => match cidr.addr {
-                IpAddr::V4(a) => BanKey::Host4(a.octets(), cidr.len),
-                IpAddr::V6(a) => BanKey::Host6(a.octets(), cidr.len),
-            },
-            Some(name) => {
+        let key = match (spec.scope, spec.rule) {
+            (BanScope::Host, rule) | (BanScope::Rule, rule @ None) => {
+                if let Some(name) = rule
+                    && let Ok((id, _)) = self.rule(name)
+                {
+                    value.rule = id;
+                }
+                match cidr.addr {
+                    IpAddr::V4(a) => BanKey::Host4(a.octets(), cidr.len),
+                    IpAddr::V6(a) => BanKey::Host6(a.octets(), cidr.len),
+                }
+            }
+            (BanScope::Rule, Some(name)) => {
                 let (id, r) = self.rule(name)?;
                 let (family, prefix, fname, addr) = match cidr.addr {
                     IpAddr::V4(a) => (

@@ -57,6 +57,8 @@ pub enum Request {
     Reload {},
     /// The running policy: path, generation, matrix table.
     Policy {},
+    /// The fleet link's state and counters (`shield stats`).
+    Fleet {},
 }
 
 /// `ping`.
@@ -84,6 +86,12 @@ pub struct RunningPolicy {
     pub generation: u32,
     /// As `shield check` prints it.
     pub matrix: String,
+}
+
+/// `fleet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetReply {
+    pub fleet: crate::fleet::Status,
 }
 
 /// `bans`.
@@ -121,6 +129,7 @@ pub enum Reply {
     Pong(Pong),
     Reloaded(Reloaded),
     Policy(RunningPolicy),
+    Fleet(FleetReply),
     Bans(BanList),
     Banned(Banned),
     Unbanned(Unbanned),

@@ -26,6 +26,8 @@ pub struct DaemonCounters {
     pub reloads_error: AtomicU64,
     /// Duration of the last successful reload, in microseconds.
     pub last_reload_us: AtomicU64,
+    /// `[fleet]` figures (`shield_fleet_*`).
+    pub fleet: crate::fleet::Counters,
 }
 
 pub struct Sources {
@@ -242,6 +244,7 @@ pub fn render(src: &Sources) -> String {
         "Packets refused by the rule's limits since the source was first tracked, for the top sources of `shield stats` (at most 10 per interface)",
         top_sources,
     );
+    src.counters.fleet.register(&mut reg);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out = "# encoding failed\n".into();

@@ -115,6 +115,9 @@ pub struct IfaceStats {
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
     pub interfaces: Vec<IfaceStats>,
+    /// The fleet link, from the running daemon (with `[fleet]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::Status>,
 }
 
 fn source_text(key: &SourceKey) -> String {
@@ -439,4 +442,32 @@ pub fn render_table(stats: &Stats) -> String {
         }
     }
     out
+}
+
+/// `shield stats`: the fleet link in one line.
+pub fn fleet_line(f: &crate::fleet::Status) -> String {
+    format!(
+        "fleet: host {}, link {}; published {}, received {}, installed {}, refused {} (allow list {}, bad signature {}, circuit {}), skipped {} (unknown rule), lag {:.3} s{}{}",
+        f.host,
+        if f.connected {
+            "up"
+        } else {
+            "DOWN (local enforcement goes on)"
+        },
+        f.published,
+        f.received,
+        f.installed,
+        f.refused_allow_list + f.refused_signature + f.refused_circuit_open,
+        f.refused_allow_list,
+        f.refused_signature,
+        f.refused_circuit_open,
+        f.skipped_unknown_rule,
+        f.lag_seconds,
+        if f.circuit_open { ", CIRCUIT OPEN" } else { "" },
+        if f.queued > 0 {
+            format!(", {} changes queued", f.queued)
+        } else {
+            String::new()
+        },
+    )
 }

@@ -498,6 +498,8 @@ pub struct Daemon {
     pub log: PathBuf,
     /// This daemon's own control socket (unique, so labs can run side by side).
     pub socket: PathBuf,
+    /// The `--state-dir` this guard made (unless the caller passed one): removed on drop.
+    own_state: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -510,10 +512,25 @@ impl Daemon {
         bpffs: &Path,
         extra: &[&str],
     ) -> Result<Daemon> {
+        Daemon::start_env(bin, ns, policy, bpffs, extra, &[])
+    }
+
+    /// As `start`, with environment variables for the daemon.
+    pub fn start_env(
+        bin: &Path,
+        ns: &Netns,
+        policy: &Path,
+        bpffs: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let name = unique("shield-daemon-");
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let socket = std::env::temp_dir().join(format!("{name}.sock"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // Never the default /var/lib/shield: a state dir of its own unless given one.
+        let own_state = (!extra.contains(&"--state-dir"))
+            .then(|| std::env::temp_dir().join(format!("{name}.state")));
         let child = ns
             .command(bin)
             .arg("run")
@@ -524,6 +541,12 @@ impl Daemon {
             .arg("--policy")
             .arg(policy)
             .args(extra)
+            .args(
+                own_state
+                    .iter()
+                    .flat_map(|s| [std::ffi::OsStr::new("--state-dir"), s.as_os_str()]),
+            )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -533,6 +556,7 @@ impl Daemon {
             child: Some(child),
             log,
             socket,
+            own_state,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -609,6 +633,9 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(s) = &self.own_state {
+            let _ = std::fs::remove_dir_all(s);
+        }
     }
 }
 

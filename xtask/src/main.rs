@@ -97,6 +97,8 @@ const APT_PACKAGES: &[&str] = &[
     "hping3",
     "lintian",
     "prometheus",
+    // The fleet tests start their own Redis.
+    "redis-server",
 ];
 
 /// cargo-deb, pinned: newer releases may need a newer rustc than this machine's.

@@ -47,6 +47,9 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
         Ok(p) => {
             print_warnings(&file, &p);
             print!("{}", policy::matrix_table(&p));
+            if let Some(f) = &p.fleet {
+                print!("{}", policy::describe_fleet(f));
+            }
             println!("{}: valid", file.display());
             Ok(ExitCode::SUCCESS)
         }

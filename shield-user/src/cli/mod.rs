@@ -32,12 +32,18 @@ use shield_user::{control, loader};
 /// event's own fields. Events: limited (first refused packet of a source in a second), ban,
 /// would_ban (monitor mode), ban_failed (the ban table was full: not banned), ban_kept (a manual ban asked for less time than a ban in
 /// force: the longer one stays), ban_end, unban, reload, attack_start, attack_end, lost
-/// (the daemon's program was detached or its interface vanished), start, stop.
+/// (the daemon's program was detached or its interface vanished), fleet_ban, fleet_unban
+/// (received from the fleet), fleet_link (up/down), fleet_circuit (open/closed), restore
+/// (bans restored from --state-dir), start, stop.
+///
+/// Fleet (policy `[fleet]`): bans shared with the other hosts through Redis; every ban this
+/// host issues is installed everywhere with the same expiry, `unban` lifts it everywhere.
 ///
 /// Control socket (`--socket`, default /run/shield/shield.sock, root only): line-delimited
 /// JSON, one request per line. Commands: ban {"cmd":"ban","source":"192.0.2.7",
 /// "duration":"10m","rule":"api","reason":"…","force":false}, unban {"cmd":"unban",
-/// "source":"…"}, bans, ping, reload, policy (the running policy's matrix). Replies
+/// "source":"…"}, bans, ping, reload, policy (the running policy's matrix), fleet (the
+/// fleet link's state). Replies
 /// {"ok":true,…} or {"ok":false,"error":"…"}. The README documents every field.
 #[derive(Parser)]
 #[command(

@@ -25,7 +25,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", default_value = loader::DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// Audit log: JSON lines, one per event (limited, ban, would_ban, ban_failed, ban_kept,
-    /// ban_end, unban, reload, attack_start, attack_end, lost, start, stop; see `shield
+    /// ban_end, unban, reload, attack_start, attack_end, lost, fleet_ban, fleet_unban,
+    /// fleet_link, fleet_circuit, restore, start, stop; see `shield
     /// --help`); `-` for stdout. A regular file of its own. Reopened on SIGUSR1.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<String>,
@@ -48,6 +49,10 @@ pub struct RunArgs {
     /// which the journal adds).
     #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
     pub log_format: logging::LogFormat,
+    /// Directory for the active bans on disk (created 0700): written atomically on change
+    /// (at most once a second), restored at start when the pinned maps are gone (a reboot).
+    #[arg(long, value_name = "DIR", default_value = shield_user::fleet::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 /// `--metrics`: an address or `off`.
@@ -70,6 +75,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         metrics: a.metrics.0,
         fresh: a.fresh,
         log_level: a.log_level,
+        state_dir: a.state_dir,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -21,10 +21,13 @@ pub struct StatsArgs {
     pub watch: Option<u64>,
     #[command(flatten)]
     pub bpffs: BpffsArgs,
+    /// The daemon's control socket, for the fleet link's state (`[fleet]`).
+    #[command(flatten)]
+    pub socket: super::SocketArgs,
 }
 
 pub fn run(a: StatsArgs) -> Result<ExitCode> {
-    let (iface, json, bpffs) = (a.iface, a.json, a.bpffs.bpffs);
+    let (iface, json, bpffs, socket) = (a.iface, a.json, a.bpffs.bpffs, a.socket.socket);
     if let Some(secs) = a.watch {
         anyhow::ensure!(!json, "--watch prints tables; use --json without --watch");
         return watch_stats(&bpffs, iface.as_deref(), secs.max(1));
@@ -32,6 +35,13 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
     let ifaces = interfaces(&bpffs, iface.as_deref())?;
     let mut all = stats::Stats {
         interfaces: Vec::new(),
+        fleet: shield_user::control::call::<shield_user::control::FleetReply>(
+            &socket,
+            &shield_user::control::Request::Fleet {},
+        )
+        .ok()
+        .map(|r| r.fleet)
+        .filter(|f| f.enabled),
     };
     for i in ifaces {
         all.interfaces.push(read(&bpffs, &i)?);
@@ -40,6 +50,9 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         print!("{}", stats::render_table(&all));
+        if let Some(f) = &all.fleet {
+            println!("{}", stats::fleet_line(f));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

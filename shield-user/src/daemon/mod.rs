@@ -11,6 +11,7 @@
 
 mod control;
 mod events;
+mod fleet;
 
 pub use events::rare_conditions;
 mod http;
@@ -56,6 +57,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// `--log-level`: also the XDP program's aya-log level.
     pub log_level: String,
+    /// `--state-dir`: the active bans on disk, restored when the pins are gone.
+    pub state_dir: PathBuf,
 }
 
 /// One interface's maps, opened once from its pins: the policy tables and the ban tables.
@@ -294,6 +297,14 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             log.display()
         );
     }
+    if let Some(k) = policy.fleet.as_ref().and_then(|f| f.key_file.as_ref()) {
+        crate::fleet::read_key(k).map_err(anyhow::Error::msg)?;
+    }
+    anyhow::ensure!(
+        !opts.state_dir.exists() || opts.state_dir.is_dir(),
+        "--state-dir {} is not a directory",
+        opts.state_dir.display()
+    );
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
     let mut mount = MountGuard(None);
     if loader::ensure_bpffs(&opts.bpffs)? {
@@ -441,6 +452,17 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .thread_name("shield")
         .build()
         .context("starting the tokio runtime")?;
+    // Created once the start succeeded (a failed start leaves nothing behind); without it
+    // the bans do not survive a reboot, which is said, not fatal.
+    if let Err(e) = crate::fleet::state::ensure_dir(&opts.state_dir) {
+        warn!("{e}: the active bans are not kept on disk");
+    }
+    // Pins gone (a reboot, or removed): the bans saved in --state-dir come back.
+    let restore = instances
+        .iter()
+        .filter(|i| i.created_dir && !opts.fresh)
+        .map(|i| i.iface.clone())
+        .collect();
     let state = owner::Start {
         instances,
         policy,
@@ -451,6 +473,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         counters,
         socket_path: opts.socket.clone(),
         bpffs: opts.bpffs.clone(),
+        state_dir: opts.state_dir.clone(),
+        restore,
     };
     runtime.block_on(owner::serve(state, socket, metrics_listener))
 }

@@ -31,6 +31,8 @@ use crate::{
     policy::{self, format_duration, parse_cidr, parse_duration},
 };
 
+mod fleet_hooks;
+
 /// What the start hands to the run loop.
 pub(super) struct Start {
     pub instances: Vec<Instance>,
@@ -42,6 +44,11 @@ pub(super) struct Start {
     pub counters: Arc<DaemonCounters>,
     pub socket_path: PathBuf,
     pub bpffs: PathBuf,
+    /// `--state-dir` (the active bans on disk).
+    pub state_dir: PathBuf,
+    /// Interfaces whose pinned maps were gone at start (a reboot): their saved bans are
+    /// restored.
+    pub restore: Vec<String>,
 }
 
 pub(super) type Answer = oneshot::Sender<Result<Reply, String>>;
@@ -54,6 +61,8 @@ pub(super) enum Msg {
     Events(usize, Vec<Event>),
     /// The policy file was written (debounced by the owner).
     FileChanged,
+    /// From the fleet task.
+    Fleet(super::fleet::Inbound),
 }
 
 /// What a reload job gives back: the maps it borrowed, and the policy it installed.
@@ -80,6 +89,16 @@ struct Owner {
     reload_of: Option<(&'static str, Vec<Answer>)>,
     /// A SIGHUP or file change that came during a reload: one more reload after it.
     reload_again: Option<&'static str>,
+    /// This host's name (`[fleet] host`, else the hostname): `origin_host` of its bans.
+    host: String,
+    /// The link to the fleet task (`[fleet]`).
+    fleet: Option<fleet_hooks::Link>,
+    /// `--state-dir`, whether the bans changed since the last write, and when that was.
+    state_dir: PathBuf,
+    state_dirty: bool,
+    state_written: Option<Instant>,
+    /// Origins of fleet bans restored from `--state-dir`, until the fleet link takes them.
+    pending_origins: HashMap<String, String>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT, then detaches cleanly.
@@ -98,6 +117,8 @@ pub(super) async fn serve(
         counters,
         socket_path,
         bpffs,
+        state_dir,
+        restore,
     } = start;
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -146,6 +167,7 @@ pub(super) async fn serve(
         "generation": generation,
         "ifaces": instances.iter().map(|i| json!({"iface": i.iface, "attach": i.attached.name()})).collect::<Vec<_>>(),
     }));
+    let policy_host = policy.fleet.as_ref().map(|f| f.host.clone());
     let mut owner = Owner {
         instances,
         matrix: policy::matrix_table(&policy),
@@ -160,7 +182,19 @@ pub(super) async fn serve(
         waiting: VecDeque::new(),
         reload_of: None,
         reload_again: None,
+        host: match &policy_host {
+            Some(h) => h.clone(),
+            None => policy::hostname(),
+        },
+        fleet: None,
+        pending_origins: HashMap::new(),
+        state_dir,
+        state_dirty: false,
+        state_written: None,
     };
+    owner.restore_state(&restore);
+    // The fleet's bans are in force before this host says it is ready.
+    let fleet_task = owner.start_fleet(&tx, &stop_rx).await;
     info!(
         "running; control socket {}{}; SIGHUP or a change of {} reloads; SIGTERM or Ctrl-C detaches",
         socket_path.display(),
@@ -193,6 +227,7 @@ pub(super) async fn serve(
                 Some(Msg::FileChanged) => {
                     change_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
                 }
+                Some(Msg::Fleet(m)) => owner.fleet_inbound(m),
                 None => break,
             },
             _ = tick.tick() => owner.tick(job.is_some()),
@@ -226,6 +261,7 @@ pub(super) async fn serve(
     let _ = stop_tx.send(true);
     let mut tasks: Vec<JoinHandle<()>> = event_tasks;
     tasks.push(control_task);
+    tasks.extend(fleet_task);
     let mut all = Box::pin(async move {
         for t in tasks {
             let _ = t.await;
@@ -249,7 +285,7 @@ pub(super) async fn serve(
                 Some(Msg::Request(_, answer)) => {
                     let _ = answer.send(Err("the daemon is shutting down".into()));
                 }
-                Some(Msg::FileChanged) => {}
+                Some(Msg::FileChanged | Msg::Fleet(_)) => {}
                 None => {}
             },
         }
@@ -263,7 +299,7 @@ pub(super) async fn serve(
             Msg::Request(_, answer) => {
                 let _ = answer.send(Err("the daemon is shutting down".into()));
             }
-            Msg::FileChanged => {}
+            Msg::FileChanged | Msg::Fleet(_) => {}
         }
     }
     for (_, answer) in owner.waiting.drain(..) {
@@ -275,6 +311,7 @@ pub(super) async fn serve(
             info!(iface = %inst.iface, "detached from {}", inst.iface);
         }
     }
+    owner.save_state();
     owner.audit.write(json!({"event": "stop"}));
     Ok(())
 }
@@ -311,6 +348,11 @@ impl Owner {
                 })));
             }
             Request::Reload {} => self.reload("control socket", Some(answer), job),
+            Request::Fleet {} => {
+                let _ = answer.send(Ok(Reply::Fleet(crate::control::FleetReply {
+                    fleet: self.counters.fleet.status(&self.host),
+                })));
+            }
             // These need the maps: after the reload in progress, in order.
             other if job.is_some() => self.waiting.push_back((other, answer)),
             other => {
@@ -366,6 +408,7 @@ impl Owner {
         let ids = self.ids.clone();
         let generation = self.generation;
         let max_sources = self.policy.max_sources;
+        let fleet = self.policy.fleet.clone();
         // Every reload request already waiting gets this reload's answer: they would read
         // the same file (a ban queued behind them is served sooner).
         let mut answers: Vec<Answer> = answer.into_iter().collect();
@@ -380,7 +423,7 @@ impl Owner {
         self.reload_of = Some((trigger, answers));
         *job = Some(tokio::task::spawn_blocking(move || {
             let mut maps = maps;
-            let result = reload_job(&path, &mut maps, &ids, generation, max_sources);
+            let result = reload_job(&path, &mut maps, &ids, generation, max_sources, fleet);
             JobOut { maps, result }
         }));
     }
@@ -467,6 +510,7 @@ impl Owner {
                     let Some(m) = &inst.maps else { continue };
                     for mut b in m.bans.active() {
                         b.iface = inst.iface.clone();
+                        b.origin_host = Some(self.origin_host_of(&b));
                         bans.push(b);
                     }
                 }
@@ -499,6 +543,7 @@ impl Owner {
                         removed.push(b);
                     }
                 }
+                self.issued_unban(&cidr.to_string());
                 Ok(Reply::Unbanned(Unbanned { removed }))
             }
             other => Err(format!("internal: {other:?} is not a maps request")),
@@ -546,6 +591,8 @@ impl Owner {
         };
         let warnings = check_manual_ban(&cidr, &self.policy.allow, floor, force)?;
         let mut bans = Vec::new();
+        let mut issued = Vec::new();
+        let mut inst_first = true;
         for inst in &mut self.instances {
             let Some(m) = inst.maps.as_mut() else {
                 continue;
@@ -565,10 +612,17 @@ impl Owner {
                 line["requested_secs"] = dur.as_secs_f64().into();
             }
             self.audit.write(line);
+            if inst_first {
+                issued.push(b.clone());
+                inst_first = false;
+            }
             bans.push(BanResult {
                 ban: b,
                 kept_longer: outcome.kept_longer,
             });
+        }
+        for b in &issued {
+            self.issued_ban(b);
         }
         Ok(Reply::Banned(Banned { bans, warnings }))
     }
@@ -580,15 +634,26 @@ impl Owner {
         };
         let mono_now = crate::loader::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
         let wall_now = SystemTime::now();
+        let mut issued = Vec::new();
         for ev in evs {
             let line = event_json(inst, ev, mono_now, wall_now);
             self.audit.write(line);
+            if ev.kind == shield_common::EV_BAN {
+                issued.push(fleet_hooks::entry_of_event(inst, ev, mono_now));
+            }
+        }
+        for b in &issued {
+            self.issued_ban(b);
         }
     }
 
     /// Once a second: notice a lost interface, expire bans, watch the `unverified` budgets.
     /// Skipped for maps a reload job holds (they are back within the reload).
     fn tick(&mut self, reloading: bool) {
+        self.fleet_tick();
+        if !reloading {
+            self.maybe_save_state();
+        }
         let escalates = self.policy.rules.iter().any(|r| r.escalation.is_some());
         for inst in &mut self.instances {
             if self.lost.contains_key(&inst.iface) {
@@ -625,6 +690,7 @@ fn reload_job(
     ids: &HashMap<String, u32>,
     generation: u32,
     max_sources: u32,
+    fleet: Option<policy::Fleet>,
 ) -> Result<(policy::Policy, InstallDone, Duration, u32), String> {
     let started = Instant::now();
     let policy = policy::load(path).map_err(|e| e.to_string())?;
@@ -636,6 +702,12 @@ fn reload_job(
             "max_sources changed ({max_sources} -> {}): it sizes the per-source table in the kernel; restart shield to apply it",
             policy.max_sources
         ));
+    }
+    if generation > 0 && policy.fleet != fleet {
+        return Err(
+            "[fleet] changed: the link to Redis is set up at start; restart shield to apply it"
+                .into(),
+        );
     }
     let compiled = policy::compile_with_ids(&policy, ids);
     let generation = generation.wrapping_add(1).max(1);

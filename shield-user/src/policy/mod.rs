@@ -2,6 +2,7 @@
 //! validated `Policy` that `compile` turns into map images. Pure: no kernel access.
 
 mod compile;
+mod fleet;
 mod parse;
 mod table;
 #[cfg(test)]
@@ -18,6 +19,7 @@ use std::{
 };
 
 pub use compile::{CompiledPolicy, assign_ids, compile, compile_with_ids};
+pub use fleet::{Fleet, describe as describe_fleet, hostname};
 pub use parse::{
     MAX_POLICY_VALUES, format_duration, parse_bytes, parse_cidr, parse_duration, parse_str,
 };
@@ -192,6 +194,8 @@ pub struct Policy {
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     pub rules: Vec<Rule>,
+    /// `[fleet]`: bans shared through Redis (absent: this host alone).
+    pub fleet: Option<Fleet>,
 }
 
 /// A policy error, located in its file.

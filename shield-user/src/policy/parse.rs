@@ -29,6 +29,7 @@ struct RawPolicy {
     defaults: Option<Field<RawDefaults>>,
     lists: Option<Field<RawLists>>,
     rule: Option<Field<Vec<Field<RawRule>>>>,
+    fleet: Option<Field<super::fleet::RawFleet>>,
 }
 
 #[derive(Deserialize)]
@@ -228,10 +229,11 @@ impl Ctx<'_> {
     /// A table-valued key: `[[defaults]]` for `[defaults]` and the like get their own words.
     fn table<'a, T>(&self, field: &'a Field<T>, key: &str) -> Result<At<'a, T>, PolicyError> {
         match field.get_ref() {
-            Typed::Wrong(Found::List) if matches!(key, "defaults" | "lists") => Err(self.err(
-                field.span(),
-                format!("`[[{key}]]` must be `[{key}]`: there is one {key} table"),
-            )),
+            Typed::Wrong(Found::List) if matches!(key, "defaults" | "lists" | "fleet") => Err(self
+                .err(
+                    field.span(),
+                    format!("`[[{key}]]` must be `[{key}]`: there is one {key} table"),
+                )),
             _ => self.get(field, key, &format!("a table (`[{key}]`)")),
         }
     }
@@ -428,7 +430,16 @@ pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
         rules.push(rule);
     }
 
+    let fleet = match &raw.fleet {
+        Some(f) => Some(super::fleet::parse(
+            &|span, m| cx.err(span, m),
+            cx.table(f, "fleet")?.value,
+        )?),
+        None => None,
+    };
+
     Ok(Policy {
+        fleet,
         mode,
         ipv4_prefix,
         ipv6_prefix,

@@ -386,6 +386,61 @@ fn section5(o: &Opts, report: &mut String) {
     );
 }
 
+/// Section 6, fleet propagation: three real daemons sharing bans through a real Redis
+/// (`shield_tests::fleetlab`); bans issued on host 1 through its control socket, the time
+/// from issue to install on hosts 2 and 3 as each reports it (`fleet_ban` audit lines).
+fn section6(o: &Opts, report: &mut String) {
+    use shield_tests::fleetlab::{FleetLab, percentile, wait_until};
+    let bans: u32 = if o.quick { 100 } else { 500 };
+    eprintln!("bench: 6. fleet propagation ({bans} bans)");
+    let policy = "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [8080]\nconnections = { rate = \"5/s\", burst = 10 }\n";
+    let mut lab = FleetLab::new(3, 8080, 1_000_000, policy).expect("fleet lab");
+    lab.start_all().expect("starting the daemons");
+    for h in &lab.hosts {
+        wait_until("the fleet link", Duration::from_secs(15), || {
+            h.fleet()["connected"] == true
+        });
+    }
+    let socket = lab.hosts[0].socket();
+    let started = Instant::now();
+    for i in 0..bans {
+        let req = shield_user::control::Request::Ban {
+            source: format!("10.{}.{}.{}/32", 100 + i / 65536, (i / 256) % 256, i % 256),
+            duration: "10m".into(),
+            rule: None,
+            reason: None,
+            force: false,
+        };
+        shield_user::control::call::<shield_user::control::Banned>(&socket, &req)
+            .expect("ban on host 1");
+    }
+    let issue_secs = started.elapsed().as_secs_f64();
+    let mut lags = Vec::new();
+    for h in &lab.hosts[1..] {
+        let lag_of = || -> Vec<f64> {
+            h.audit_lines()
+                .iter()
+                .filter(|l| l["event"] == "fleet_ban" && l["replay"] == false)
+                .filter_map(|l| l["lag_ms"].as_f64())
+                .collect()
+        };
+        wait_until("every ban installed", Duration::from_secs(60), || {
+            lag_of().len() >= bans as usize
+        });
+        lags.extend(lag_of());
+    }
+    let n = lags.len();
+    let p50 = percentile(&mut lags, 50.0);
+    let p99 = percentile(&mut lags, 99.0);
+    let max = percentile(&mut lags, 100.0);
+    let _ = writeln!(report, "## 6. Fleet propagation\n");
+    let _ = writeln!(
+        report,
+        "Three real daemons, each on its own veth and namespaces, sharing bans through one real `redis-server` (password, append-only file, its own namespace; `shield_tests::fleetlab`, signed messages). {bans} bans issued on host 1 through its control socket, back to back ({:.0} bans/s); each of hosts 2 and 3 reports, per ban, the time from issue on host 1 to install in its maps (`lag_ms` of its `fleet_ban` audit lines; same clock, one machine). Target (issue 14): p99 at most 1 s.\n\n| installs | p50 | p99 | max |\n| ---: | ---: | ---: | ---: |\n| {n} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |\n",
+        f64::from(bans) / issue_secs,
+    );
+}
+
 fn section4(o: &Opts, report: &mut String) {
     eprintln!("bench: 4. memory and control-plane scale");
     let _ = writeln!(report, "## 4. Memory and control-plane scale\n");
@@ -1395,15 +1450,17 @@ fn main() {
                 if let Some(bad) = o
                     .only
                     .iter()
-                    .find(|s| !["1", "2", "3", "3b", "4", "5"].contains(&s.as_str()))
+                    .find(|s| !["1", "2", "3", "3b", "4", "5", "6"].contains(&s.as_str()))
                 {
-                    eprintln!("shield-bench: --only takes sections 1, 2, 3, 3b, 4, 5; got {bad:?}");
+                    eprintln!(
+                        "shield-bench: --only takes sections 1, 2, 3, 3b, 4, 5, 6; got {bad:?}"
+                    );
                     std::process::exit(2);
                 }
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,3,3b,4,5]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer)"
+                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,3,3b,4,5,6]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 fleet propagation (a real Redis, three daemons)"
                 );
                 return;
             }
@@ -1467,6 +1524,9 @@ fn main() {
     }
     if o.runs("5") {
         section5(&o, &mut report);
+    }
+    if o.runs("6") {
+        section6(&o, &mut report);
     }
     let _ = writeln!(
         report,

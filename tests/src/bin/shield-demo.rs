@@ -280,7 +280,8 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     println!(
         "\n{}",
         stats::render_table(&stats::Stats {
-            interfaces: vec![s]
+            interfaces: vec![s],
+            fleet: None,
         })
     );
     println!("{:<34} {:>10} {:>10}", "CLIENT", "ADMITTED", "DROPPED");

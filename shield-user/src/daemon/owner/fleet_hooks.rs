@@ -1,0 +1,558 @@
+//! The owner's side of the fleet and of `--state-dir`: every ban and unban this host issues
+//! goes through `issued_ban` / `issued_unban` (published, and saved); bans received from
+//! the fleet are installed by `fleet_apply` (same expiry, never shorter, allow list,
+//! unknown rules, circuit breaker), never published again.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::json;
+use shield_common::{BAN_ATTEMPTS, BAN_MANUAL, Event, Reason};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use super::{Msg, Owner};
+use crate::{
+    audit::rfc3339,
+    bans::{BanEntry, BanKey, BanSpec, Cuts, Origin, covers},
+    daemon::{
+        Instance,
+        fleet::{Inbound, Task},
+    },
+    fleet::{
+        Breaker, Gate, Message, Op, Signer, now_ms,
+        state::{self, SavedBan},
+    },
+    policy::{BanScope, parse_cidr},
+};
+
+/// The owner's end of the fleet.
+pub(in crate::daemon) struct Link {
+    tx: mpsc::Sender<Message>,
+    breaker: Breaker,
+    max_per_minute: u32,
+    /// Bans installed from the fleet (`SOURCE|SCOPE|RULE` → the host that issued them).
+    origins: HashMap<String, String>,
+    ticks: u64,
+}
+
+fn field(source: &str, scope: BanScope, rule: &str) -> String {
+    format!("{source}|{}|{rule}", scope.as_str())
+}
+
+/// The ban an EV_BAN event reports, as `shield bans` would list it.
+pub(in crate::daemon) fn entry_of_event(inst: &Instance, ev: &Event, mono_now: u64) -> BanEntry {
+    let k = &ev.key;
+    let ip: std::net::IpAddr = if k.family == shield_common::addr::FAMILY_V4 {
+        std::net::Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(k.addr).into()
+    };
+    let ends = ev.ts_ns.saturating_add(ev.duration_ns);
+    BanEntry {
+        iface: inst.iface.clone(),
+        source: format!("{ip}/{}", k.prefix_len),
+        scope: if ev.host_scope != 0 {
+            BanScope::Host
+        } else {
+            BanScope::Rule
+        },
+        rule: inst.rule_name(k.rule),
+        origin: Origin::Automatic,
+        monitor: false,
+        cuts: Cuts::NewConnections,
+        duration_secs: Duration::from_nanos(ev.duration_ns).as_secs_f64(),
+        remaining_secs: Duration::from_nanos(ends.saturating_sub(mono_now)).as_secs_f64(),
+        level: ev.level.min(u16::from(u8::MAX)) as u8,
+        comment: Reason::from_code(ev.reason).map(|r| r.name().to_string()),
+        origin_host: None,
+        key: BanKey::None,
+        rule_id: k.rule,
+    }
+}
+
+fn flags_of(origin: &str, cuts: &str) -> u8 {
+    let mut f = 0;
+    if origin == Origin::Manual.as_str() {
+        f |= BAN_MANUAL;
+    }
+    if cuts == Cuts::NewConnections.as_str() {
+        f |= BAN_ATTEMPTS;
+    }
+    f
+}
+
+impl Owner {
+    /// Starts the fleet task (with `[fleet]`) and installs the fleet's active bans before
+    /// returning, unless Redis cannot be reached (then they come when the link is up).
+    pub(super) async fn start_fleet(
+        &mut self,
+        owner_tx: &mpsc::Sender<Msg>,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<JoinHandle<()>> {
+        let cfg = self.policy.fleet.clone()?;
+        let key = match &cfg.key_file {
+            Some(p) => match crate::fleet::read_key(p) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::error!("fleet: {e}; this host stays out of the fleet");
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let counters = Arc::clone(&self.counters);
+        counters.fleet.enabled.store(true, Ordering::Relaxed);
+        let (tx, out) = mpsc::channel(65_536);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = Task {
+            signer: Signer::new(key, &cfg.prefix),
+            cfg: cfg.clone(),
+            counters,
+            owner: owner_tx.clone(),
+            out,
+            ready: Some(ready_tx),
+            stop: stop.clone(),
+        };
+        let handle = tokio::spawn(task.run());
+        self.fleet = Some(Link {
+            tx,
+            breaker: Breaker::new(cfg.max_bans_per_minute),
+            max_per_minute: cfg.max_bans_per_minute,
+            origins: std::mem::take(&mut self.pending_origins),
+            ticks: 0,
+        });
+        // Connect and read: bounded by the client's timeouts (2 s + 3 s).
+        match tokio::time::timeout(Duration::from_secs(8), ready_rx).await {
+            Ok(Ok(bans)) => {
+                let n = bans.len();
+                for b in bans {
+                    self.fleet_apply(b, false);
+                }
+                info!("fleet: {n} active fleet bans in force before ready");
+            }
+            _ => warn!(
+                "fleet: starting without the fleet's bans (Redis not reachable); they are installed when the link comes up"
+            ),
+        }
+        Some(handle)
+    }
+
+    /// Who issued `b`: the fleet host for a ban received from the fleet, else this host.
+    pub(super) fn origin_host_of(&self, b: &BanEntry) -> String {
+        self.fleet
+            .as_ref()
+            .and_then(|l| l.origins.get(&field(&b.source, b.scope, &b.rule)))
+            .cloned()
+            .unwrap_or_else(|| self.host.clone())
+    }
+
+    /// Every ban this host issues (manual, automatic, application layer) comes here once:
+    /// it is published to the fleet and saved in `--state-dir`.
+    pub(super) fn issued_ban(&mut self, b: &BanEntry) {
+        self.state_dirty = true;
+        let Some(link) = self.fleet.as_mut() else {
+            return;
+        };
+        // A monitor-mode ban drops nothing: the other hosts judge for themselves.
+        if b.monitor || b.remaining_secs <= 0.0 {
+            return;
+        }
+        link.origins.remove(&field(&b.source, b.scope, &b.rule));
+        let m = Message {
+            op: Op::Ban,
+            source: b.source.clone(),
+            scope: b.scope,
+            rule: b.rule.clone(),
+            expires_ms: now_ms() + (b.remaining_secs * 1000.0) as u64,
+            duration_secs: b.duration_secs,
+            level: b.level,
+            origin: b.origin.as_str().to_string(),
+            cuts: b.cuts.as_str().to_string(),
+            origin_host: self.host.clone(),
+            reason: b.comment.clone(),
+            sent_ms: now_ms(),
+        };
+        if link.tx.try_send(m).is_err() {
+            warn!(
+                "fleet: more than 65,536 changes waiting for the fleet task; the ban of {} is not published",
+                b.source
+            );
+        }
+    }
+
+    /// `shield unban` here: lifted on every host of the fleet.
+    pub(super) fn issued_unban(&mut self, source: &str) {
+        self.state_dirty = true;
+        let Some(link) = self.fleet.as_mut() else {
+            return;
+        };
+        let pat = format!("{source}|");
+        link.origins.retain(|f, _| !f.starts_with(&pat));
+        let m = Message {
+            op: Op::Unban,
+            source: source.to_string(),
+            scope: BanScope::Host,
+            rule: String::new(),
+            expires_ms: 0,
+            duration_secs: 0.0,
+            level: 0,
+            origin: Origin::Manual.as_str().to_string(),
+            cuts: String::new(),
+            origin_host: self.host.clone(),
+            reason: None,
+            sent_ms: now_ms(),
+        };
+        if link.tx.try_send(m).is_err() {
+            warn!("fleet: the fleet task is behind; the unban of {source} is not published");
+        }
+    }
+
+    pub(super) fn fleet_inbound(&mut self, m: Inbound) {
+        match m {
+            Inbound::Change(m) => match m.op {
+                Op::Ban => self.fleet_apply(m, true),
+                Op::Unban => self.fleet_unban(&m),
+            },
+            Inbound::Resync(bans) => {
+                let present: HashSet<String> = bans.iter().map(Message::field).collect();
+                let n = bans.len();
+                for b in bans {
+                    self.fleet_apply(b, false);
+                }
+                // Fleet bans lifted while the link was down.
+                let stale: HashSet<String> = self
+                    .fleet
+                    .as_ref()
+                    .map(|l| {
+                        l.origins
+                            .keys()
+                            .filter(|f| !present.contains(*f))
+                            .filter_map(|f| f.split('|').next().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for source in &stale {
+                    let m = Message {
+                        op: Op::Unban,
+                        source: source.clone(),
+                        scope: BanScope::Host,
+                        rule: String::new(),
+                        expires_ms: 0,
+                        duration_secs: 0.0,
+                        level: 0,
+                        origin: String::new(),
+                        cuts: String::new(),
+                        origin_host: "resync".into(),
+                        reason: None,
+                        sent_ms: 0,
+                    };
+                    self.fleet_unban(&m);
+                }
+                info!(
+                    "fleet: resynced from the fleet's hash: {n} active bans, {} lifted",
+                    stale.len()
+                );
+            }
+            Inbound::Link(up) => {
+                self.audit.write(json!({
+                    "event": "fleet_link",
+                    "state": if up { "up" } else { "down" },
+                }));
+            }
+        }
+    }
+
+    /// Installs a ban received from the fleet (`live`: from the stream, through the
+    /// circuit breaker; else from a resync).
+    pub(super) fn fleet_apply(&mut self, m: Message, live: bool) {
+        let now = now_ms();
+        let Some(remaining) = m.remaining(now) else {
+            return;
+        };
+        let Ok(cidr) = parse_cidr(&m.source) else {
+            return;
+        };
+        let counters = Arc::clone(&self.counters);
+        let fc = &counters.fleet;
+        let Some(link) = self.fleet.as_mut() else {
+            return;
+        };
+        let lag_ms = now.saturating_sub(m.sent_ms);
+        if live {
+            fc.lag_us.store(lag_ms * 1000, Ordering::Relaxed);
+            if let Gate::Open(first) = link.breaker.admit(now) {
+                fc.refused_circuit.fetch_add(1, Ordering::Relaxed);
+                if first {
+                    fc.circuit_open.store(true, Ordering::Relaxed);
+                    warn!(
+                        "fleet: more than {} bans received in a minute: circuit open, received bans are refused until the rate falls",
+                        link.max_per_minute
+                    );
+                    self.audit.write(json!({
+                        "event": "fleet_circuit",
+                        "state": "open",
+                        "max_bans_per_minute": link.max_per_minute,
+                    }));
+                }
+                return;
+            }
+        }
+        if let Some(a) = self.policy.allow.iter().find(|a| covers(a, &cidr)) {
+            fc.refused_allow.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "fleet: refused the ban of {} from {}: it is on this host's allow list ({a})",
+                m.source, m.origin_host
+            );
+            return;
+        }
+        let rule = (!m.rule.is_empty()).then_some(m.rule.as_str());
+        let known = rule.is_none_or(|r| {
+            self.instances
+                .iter()
+                .filter_map(|i| i.maps.as_ref())
+                .any(|mp| mp.bans.has_rule(r))
+        });
+        if m.scope == BanScope::Rule && !known {
+            fc.skipped_rule.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "fleet: skipped the rule ban of {} from {}: this host has no rule `{}`",
+                m.source, m.origin_host, m.rule
+            );
+            return;
+        }
+        let spec = BanSpec {
+            cidr,
+            dur: remaining,
+            scope: m.scope,
+            rule,
+            flags: flags_of(&m.origin, &m.cuts),
+            level: m.level,
+            reason: m.reason.as_deref(),
+        };
+        let mut installed = false;
+        for inst in &mut self.instances {
+            let Some(maps) = inst.maps.as_mut() else {
+                continue;
+            };
+            match maps.bans.ban_spec(&spec) {
+                Ok(_) => installed = true,
+                Err(e) => {
+                    warn!(iface = %inst.iface, "fleet: the ban of {} from {}: {e}", m.source, m.origin_host);
+                }
+            }
+        }
+        if !installed {
+            if m.scope == BanScope::Rule {
+                fc.skipped_rule.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        fc.installed.fetch_add(1, Ordering::Relaxed);
+        link.origins.insert(m.field(), m.origin_host.clone());
+        self.state_dirty = true;
+        let mut line = json!({
+            "event": "fleet_ban",
+            "source": m.source,
+            "scope": m.scope,
+            "rule": m.rule,
+            "origin": m.origin,
+            "origin_host": m.origin_host,
+            "level": m.level,
+            "ban_secs": m.duration_secs,
+            "remaining_secs": remaining.as_secs_f64(),
+            "expires": rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(m.expires_ms)),
+            "replay": !live,
+        });
+        if live {
+            line["lag_ms"] = lag_ms.into();
+        }
+        if let Some(r) = &m.reason {
+            line["comment"] = r.clone().into();
+        }
+        self.audit.write(line);
+    }
+
+    /// An unban received from the fleet: lifted here, not published again.
+    fn fleet_unban(&mut self, m: &Message) {
+        let Ok(cidr) = parse_cidr(&m.source) else {
+            return;
+        };
+        let mut removed = 0;
+        for inst in &mut self.instances {
+            let Some(maps) = inst.maps.as_mut() else {
+                continue;
+            };
+            match maps.bans.unban(cidr) {
+                Ok(r) => removed += r.len(),
+                Err(e) => warn!(iface = %inst.iface, "fleet: unban of {}: {e}", m.source),
+            }
+        }
+        if let Some(link) = self.fleet.as_mut() {
+            let pat = format!("{}|", m.source);
+            link.origins.retain(|f, _| !f.starts_with(&pat));
+        }
+        self.state_dirty = true;
+        if m.sent_ms > 0 {
+            self.counters
+                .fleet
+                .lag_us
+                .store(now_ms().saturating_sub(m.sent_ms) * 1000, Ordering::Relaxed);
+        }
+        self.audit.write(json!({
+            "event": "fleet_unban",
+            "source": m.source,
+            "origin_host": m.origin_host,
+            "removed": removed,
+        }));
+    }
+
+    /// Once a second: close the circuit when the rate fell; once a minute, forget the
+    /// origins of fleet bans that ended.
+    pub(super) fn fleet_tick(&mut self) {
+        let Some(link) = self.fleet.as_mut() else {
+            return;
+        };
+        link.ticks = link.ticks.wrapping_add(1);
+        if link.ticks % 60 == 0 && !link.origins.is_empty() {
+            let live: HashSet<String> = self
+                .instances
+                .iter()
+                .filter_map(|i| i.maps.as_ref())
+                .flat_map(|m| m.bans.active())
+                .map(|b| field(&b.source, b.scope, &b.rule))
+                .collect();
+            // Maps a reload holds are back within the reload: prune only with all of them.
+            if self.instances.iter().all(|i| i.maps.is_some()) {
+                link.origins.retain(|f, _| live.contains(f));
+            }
+        }
+        if link.breaker.poll_close(now_ms()) {
+            self.counters
+                .fleet
+                .circuit_open
+                .store(false, Ordering::Relaxed);
+            info!("fleet: circuit closed: received bans are installed again");
+            self.audit
+                .write(json!({"event": "fleet_circuit", "state": "closed"}));
+        }
+    }
+
+    /// At start, for interfaces whose pinned maps were gone: the bans saved in
+    /// `--state-dir` that have not ended.
+    pub(super) fn restore_state(&mut self, ifaces: &[String]) {
+        if ifaces.is_empty() {
+            return;
+        }
+        let saved = match state::read(&self.state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("--state-dir: cannot restore bans: {e}");
+                return;
+            }
+        };
+        let now = now_ms();
+        let mut restored = 0;
+        for b in &saved {
+            if !ifaces.contains(&b.iface) || b.expires_ms <= now {
+                continue;
+            }
+            let Ok(cidr) = parse_cidr(&b.source) else {
+                continue;
+            };
+            let Some(maps) = self
+                .instances
+                .iter_mut()
+                .find(|i| i.iface == b.iface)
+                .and_then(|i| i.maps.as_mut())
+            else {
+                continue;
+            };
+            let spec = BanSpec {
+                cidr,
+                dur: Duration::from_millis(b.expires_ms - now),
+                scope: b.scope,
+                rule: (!b.rule.is_empty()).then_some(b.rule.as_str()),
+                flags: flags_of(&b.origin, &b.cuts),
+                level: b.level,
+                reason: b.reason.as_deref(),
+            };
+            match maps.bans.ban_spec(&spec) {
+                Ok(_) => restored += 1,
+                Err(e) => {
+                    warn!(iface = %b.iface, "--state-dir: ban of {} not restored: {e}", b.source)
+                }
+            }
+        }
+        if saved.is_empty() {
+            return;
+        }
+        info!(
+            "restored {restored} bans from {} (the pinned maps were gone)",
+            self.state_dir.join(state::BANS_FILE).display()
+        );
+        self.audit.write(json!({
+            "event": "restore",
+            "bans": restored,
+            "from": self.state_dir.join(state::BANS_FILE).display().to_string(),
+        }));
+        // Keep the origins of restored fleet bans for `shield bans`.
+        self.pending_origins = saved
+            .into_iter()
+            .filter_map(|b| {
+                b.origin_host
+                    .map(|h| (field(&b.source, b.scope, &b.rule), h))
+            })
+            .collect();
+        self.state_dirty = true;
+    }
+
+    pub(super) fn maybe_save_state(&mut self) {
+        if self.state_dirty
+            && self
+                .state_written
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.save_state();
+        }
+    }
+
+    /// Writes the active bans to `--state-dir` (atomically).
+    pub(super) fn save_state(&mut self) {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for inst in &self.instances {
+            let Some(m) = &inst.maps else { continue };
+            for b in m.bans.active() {
+                if b.monitor {
+                    continue;
+                }
+                let host = self.origin_host_of(&b);
+                out.push(SavedBan {
+                    iface: inst.iface.clone(),
+                    source: b.source.clone(),
+                    scope: b.scope,
+                    rule: b.rule.clone(),
+                    origin: b.origin.as_str().to_string(),
+                    cuts: b.cuts.as_str().to_string(),
+                    level: b.level,
+                    duration_secs: b.duration_secs,
+                    expires_ms: now + (b.remaining_secs * 1000.0) as u64,
+                    reason: b.comment.clone(),
+                    origin_host: (host != self.host).then_some(host),
+                });
+            }
+        }
+        if let Err(e) = state::write(&self.state_dir, &out) {
+            warn!("--state-dir: {e}");
+        }
+        self.state_dirty = false;
+        self.state_written = Some(Instant::now());
+    }
+}

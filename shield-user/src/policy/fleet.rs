@@ -1,0 +1,175 @@
+//! `[fleet]`: bans shared with the other hosts of the API through Redis.
+
+use std::{ops::Range, path::PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    PolicyError,
+    value::{Shape, Shaped, Typed},
+};
+
+/// Bounds of `max_bans_per_minute`.
+pub const MAX_BANS_PER_MINUTE: i64 = 1_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fleet {
+    /// `redis://` or `rediss://` (TLS) URL; the password from it or `SHIELD_REDIS_PASSWORD`.
+    pub redis: String,
+    /// This host's name in the fleet.
+    pub host: String,
+    /// Key and stream prefix.
+    pub prefix: String,
+    /// HMAC key file: messages without a valid signature are refused.
+    pub key_file: Option<PathBuf>,
+    /// Circuit breaker for bans received from the fleet.
+    pub max_bans_per_minute: u32,
+}
+
+type F<T> = Spanned<Typed<T>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    redis: F<String>,
+    host: Option<F<String>>,
+    prefix: Option<F<String>>,
+    key_file: Option<F<String>>,
+    max_bans_per_minute: Option<F<i64>>,
+}
+
+impl Shaped for RawFleet {
+    const SHAPE: Shape = Shape::Table;
+}
+
+type Err<'a> = &'a dyn Fn(Range<usize>, String) -> PolicyError;
+
+fn get<'a, T>(err: Err, f: &'a F<T>, key: &str, expected: &str) -> Result<&'a T, PolicyError> {
+    match f.get_ref() {
+        Typed::Ok(v) => Ok(v),
+        Typed::Wrong(found) => Err(err(
+            f.span(),
+            format!("fleet.{key} must be {expected}, got {found}"),
+        )),
+    }
+}
+
+/// This machine's host name (the default `host`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+pub(super) fn parse(err: Err, raw: &RawFleet) -> Result<Fleet, PolicyError> {
+    const TEXT: &str = "text in quotes";
+    let redis = get(err, &raw.redis, "redis", TEXT)?;
+    let scheme_ok = redis.starts_with("redis://") || redis.starts_with("rediss://");
+    if !scheme_ok {
+        return Err(err(
+            raw.redis.span(),
+            format!(
+                "fleet.redis must be a redis:// or rediss:// (TLS) URL, got {:?}",
+                crate::fleet::redact_url(redis)
+            ),
+        ));
+    }
+    if let Err(e) = redis::parse_redis_url(redis)
+        .ok_or("not a URL")
+        .and_then(|u| {
+            redis::IntoConnectionInfo::into_connection_info(u)
+                .map(|_| ())
+                .map_err(|_| "not a Redis URL (redis://[:PASSWORD@]HOST[:PORT][/DB])")
+        })
+    {
+        return Err(err(
+            raw.redis.span(),
+            format!("fleet.redis {:?}: {e}", crate::fleet::redact_url(redis)),
+        ));
+    }
+    let host = match &raw.host {
+        Some(h) => {
+            let v = get(err, h, "host", TEXT)?;
+            if !name_ok(v) {
+                return Err(err(
+                    h.span(),
+                    format!("fleet.host must be 1-64 letters, digits, `-`, `_` or `.`, got {v:?}"),
+                ));
+            }
+            v.clone()
+        }
+        None => hostname(),
+    };
+    let prefix = match &raw.prefix {
+        Some(p) => {
+            let v = get(err, p, "prefix", TEXT)?;
+            if !name_ok(v) {
+                return Err(err(
+                    p.span(),
+                    format!(
+                        "fleet.prefix must be 1-64 letters, digits, `-`, `_` or `.`, got {v:?}"
+                    ),
+                ));
+            }
+            v.clone()
+        }
+        None => "shield".into(),
+    };
+    let key_file = match &raw.key_file {
+        Some(k) => {
+            let v = get(err, k, "key_file", TEXT)?;
+            if v.is_empty() {
+                return Err(err(k.span(), "fleet.key_file must be a path".into()));
+            }
+            Some(PathBuf::from(v))
+        }
+        None => None,
+    };
+    let max_bans_per_minute = match &raw.max_bans_per_minute {
+        Some(m) => {
+            let v = *get(err, m, "max_bans_per_minute", "a whole number")?;
+            if !(1..=MAX_BANS_PER_MINUTE).contains(&v) {
+                return Err(err(
+                    m.span(),
+                    format!(
+                        "fleet.max_bans_per_minute must be between 1 and {MAX_BANS_PER_MINUTE}, got {v}"
+                    ),
+                ));
+            }
+            v as u32
+        }
+        None => 600,
+    };
+    Ok(Fleet {
+        redis: redis.clone(),
+        host,
+        prefix,
+        key_file,
+        max_bans_per_minute,
+    })
+}
+
+/// `[fleet]` as `shield check` shows it (the password never).
+pub fn describe(f: &Fleet) -> String {
+    format!(
+        "fleet: redis {}, host {}, prefix {}, {}, at most {} received bans a minute\n",
+        crate::fleet::redact_url(&f.redis),
+        f.host,
+        f.prefix,
+        match &f.key_file {
+            Some(k) => format!("signed with {}", k.display()),
+            None => "unsigned (no key_file)".into(),
+        },
+        f.max_bans_per_minute
+    )
+}
