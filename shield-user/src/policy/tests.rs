@@ -23,6 +23,10 @@ fn example_policy_is_valid_and_complete() {
     );
     assert_eq!(p.allow.len(), 1);
     assert_eq!(p.deny.len(), 2);
+    let app = p.app.as_ref().expect("the example documents [app]");
+    assert_eq!(app.group.as_deref(), Some("www-data"));
+    assert_eq!(p.endpoints.len(), 2);
+    assert_eq!(p.signals[0].name, "login_failed");
     let api = &p.rules[0];
     assert_eq!(api.name, "api");
     assert_eq!(
