@@ -297,6 +297,22 @@ limit = { rate = "1/s", burst = 1 }
     let (ok, _, err) = lab.shield(&["reload"]);
     assert!(!ok && err.contains("restart"), "{err}");
     assert_eq!(login(&mut c, legit, None)["remaining"], 0);
+    // A line over 64 KiB: an error, that connection closed, the daemon serves on.
+    let mut big = AppClient::connect(&sock.0).expect("connect");
+    let long = format!(r#"{{"op":"hello","pad":"{}"}}"#, "x".repeat(70 * 1024));
+    let r = big.raw(&long).expect("an error reply before the close");
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("longer than 65536")),
+        "{r}"
+    );
+    assert!(
+        big.hello().is_err(),
+        "the connection is closed after an oversized line"
+    );
+    assert_eq!(c.hello().expect("other connections go on")["ok"], true);
     drop(lab.daemon.take());
     assert!(!sock.0.exists(), "a clean stop removes the app socket");
 }
