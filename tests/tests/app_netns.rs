@@ -377,3 +377,34 @@ escalation = { strikes = 1, window = "1h", ban = "1h" }
         "{audit:?}"
     );
 }
+
+#[test]
+fn an_unknown_group_fails_the_start_before_anything_is_attached() {
+    use shield_tests::netlab::{Daemon, TempBpffs, Topology};
+    shield_tests::require_root();
+    let sock = socket_path();
+    let text =
+        policy(&sock.0, "").replace("group = \"daemon\"", "group = \"no-such-group-for-shield\"");
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("shield-app-policy-")));
+    std::fs::write(&path, text).expect("policy");
+    let bpffs = TempBpffs::new().expect("bpffs");
+    let topo = Topology::new().expect("namespaces");
+    let started = Daemon::start(
+        &shield_tests::shield_bin(),
+        &topo.server,
+        &path,
+        &bpffs.path,
+        &[],
+    );
+    let _ = std::fs::remove_file(&path);
+    let err = format!("{:#}", started.err().expect("the start must fail"));
+    assert!(
+        err.contains("no group named \"no-such-group-for-shield\""),
+        "the error names the group: {err}"
+    );
+    assert!(!sock.0.exists(), "no app socket is left behind");
+    assert!(
+        shield_user::stats::read_iface(&bpffs.path, shield_tests::netlab::SERVER_IF).is_err(),
+        "nothing was pinned"
+    );
+}
