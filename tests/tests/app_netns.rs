@@ -257,6 +257,26 @@ fn decide_limits_exactly_bans_at_the_nic_and_refuses_control_verbs() {
     assert!(row["limited"].as_u64().is_some_and(|n| n >= 2), "{row}");
     assert_eq!(row["banned"], 1, "{row}");
     assert!(v["app"]["errors"].as_u64().is_some_and(|n| n >= 4), "{v}");
+
+    // `shield unban` lifts the XDP ban and the app layer's L7 ban alike.
+    let (ok, _, err) = lab.shield(&["unban", &attacker.to_string()]);
+    assert!(ok, "unban: {err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = login(&mut c, attacker, None);
+        if d["status"] != 403 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still 403 after shield unban: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        lab.connect(attacker, WEB, 2, Duration::from_millis(20)).ok,
+        2
+    );
 }
 
 #[test]
