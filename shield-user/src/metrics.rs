@@ -35,6 +35,8 @@ pub struct Sources {
     /// (interface, attach mode)
     pub ifaces: Vec<(String, &'static str)>,
     pub counters: Arc<DaemonCounters>,
+    /// The app layer's counters (empty without `[app]`).
+    pub app: Arc<crate::app::AppCounters>,
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -245,11 +247,47 @@ pub fn render(src: &Sources) -> String {
         top_sources,
     );
     src.counters.fleet.register(&mut reg);
+    render_app(&mut reg, &src.app);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out = "# encoding failed\n".into();
     }
     out
+}
+
+/// The `shield_app_*` series: per endpoint and signal, and the app socket's errors.
+fn render_app(reg: &mut Registry, app: &crate::app::AppCounters) {
+    let allowed = Family::<Labels, Counter>::default();
+    let limited = Family::<Labels, Counter>::default();
+    let banned = Family::<Labels, Counter>::default();
+    let errors = Counter::<u64>::default();
+    for r in app.snapshot() {
+        let labels = l(&[("kind", &r.kind), ("name", &r.name)]);
+        allowed.get_or_create(&labels).inc_by(r.allowed);
+        limited.get_or_create(&labels).inc_by(r.limited);
+        banned.get_or_create(&labels).inc_by(r.banned);
+    }
+    errors.inc_by(app.errors.load(Ordering::Relaxed));
+    reg.register(
+        "shield_app_allowed",
+        "Requests (endpoint) or reports (signal) within the limit",
+        allowed,
+    );
+    reg.register(
+        "shield_app_limited",
+        "Requests or reports over the limit (429), and requests of banned clients (403)",
+        limited,
+    );
+    reg.register(
+        "shield_app_banned",
+        "Bans the endpoint's or signal's escalation issued",
+        banned,
+    );
+    reg.register(
+        "shield_app_errors",
+        "Bad app socket requests, bad X-Forwarded-For entries, full tables",
+        errors,
+    );
 }
 
 /// `--metrics`: an `IP:PORT` (never a host name: no DNS lookup at start) or `off`.
@@ -266,4 +304,34 @@ pub fn parse_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
 /// start with nothing changed.
 pub fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
     std::net::TcpListener::bind(addr).map_err(|e| format!("metrics on {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{AppCounters, Kind};
+
+    #[test]
+    fn app_series_carry_kind_and_name() {
+        let app = AppCounters::default();
+        let login = app.of(Kind::Endpoint, "login");
+        login.allowed.fetch_add(5, Ordering::Relaxed);
+        login.limited.fetch_add(2, Ordering::Relaxed);
+        app.of(Kind::Signal, "login_failed")
+            .banned
+            .fetch_add(1, Ordering::Relaxed);
+        app.count_error();
+        let mut reg = Registry::default();
+        render_app(&mut reg, &app);
+        let mut out = String::new();
+        encode(&mut out, &reg).expect("encode");
+        for line in [
+            "shield_app_allowed_total{kind=\"endpoint\",name=\"login\"} 5",
+            "shield_app_limited_total{kind=\"endpoint\",name=\"login\"} 2",
+            "shield_app_banned_total{kind=\"signal\",name=\"login_failed\"} 1",
+            "shield_app_errors_total 1",
+        ] {
+            assert!(out.contains(line), "/metrics lacks {line:?}:\n{out}");
+        }
+    }
 }

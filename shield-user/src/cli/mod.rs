@@ -34,16 +34,23 @@ use shield_user::{control, loader};
 /// force: the longer one stays), ban_end, unban, reload, attack_start, attack_end, lost
 /// (the daemon's program was detached or its interface vanished), fleet_ban, fleet_unban
 /// (received from the fleet), fleet_link (up/down), fleet_circuit (open/closed), restore
-/// (bans restored from --state-dir), start, stop.
+/// (bans restored from --state-dir), start, stop; from the application layer: app_limited
+/// (a 429, one per client per second), app_ban, app_ban_skipped (allow-listed client,
+/// trusted proxy, prefix too wide).
 ///
 /// Fleet (policy `[fleet]`): bans shared with the other hosts through Redis; every ban this
 /// host issues is installed everywhere with the same expiry, `unban` lifts it everywhere.
+///
+/// Application layer (`[app]`, `[[endpoint]]`, `[[signal]]` in the policy): `shield run`
+/// serves the app socket (0660 root:`[app] group`) that the web app's middleware asks for a
+/// decision per request (hello, decide, report only); repeat offenders are banned at the
+/// NIC (origin app) or, behind a trusted proxy, with 403s. docs/operations.md has it all.
 ///
 /// Control socket (`--socket`, default /run/shield/shield.sock, root only): line-delimited
 /// JSON, one request per line. Commands: ban {"cmd":"ban","source":"192.0.2.7",
 /// "duration":"10m","rule":"api","reason":"…","force":false}, unban {"cmd":"unban",
 /// "source":"…"}, bans, ping, reload, policy (the running policy's matrix), fleet (the
-/// fleet link's state). Replies
+/// fleet link's state), app_stats (the app layer's counters). Replies
 /// {"ok":true,…} or {"ok":false,"error":"…"}. The README documents every field.
 #[derive(Parser)]
 #[command(

@@ -9,6 +9,7 @@
 //! keeps answering `ping`, draining events and serving metrics (`http`) meanwhile; requests
 //! that need the maps wait for it in order.
 
+mod app;
 mod control;
 mod events;
 mod fleet;
@@ -337,6 +338,25 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             );
         }
     };
+    if let Some(a) = &policy.app
+        && a.socket == opts.socket
+    {
+        undo_start(Vec::new(), &created);
+        anyhow::bail!(
+            "[app] socket {} is the control socket (--socket): give the app socket a path of its own",
+            a.socket.display()
+        );
+    }
+    let app_socket = match policy.app.as_ref().map(app::bind).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            undo_start(Vec::new(), &created);
+            let path = policy.app.as_ref().map(|a| a.socket.display().to_string());
+            return Err(
+                anyhow::Error::new(e).context(format!("app socket {}", path.unwrap_or_default()))
+            );
+        }
+    };
     let metrics_listener = match opts.metrics.map(crate::metrics::bind).transpose() {
         Ok(l) => l,
         Err(e) => {
@@ -446,6 +466,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
 
+    let app_counters = Arc::new(crate::app::AppCounters::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -475,6 +496,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         bpffs: opts.bpffs.clone(),
         state_dir: opts.state_dir.clone(),
         restore,
+        app: app_socket,
+        app_counters,
     };
     runtime.block_on(owner::serve(state, socket, metrics_listener))
 }

@@ -20,7 +20,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
-    InstallDone, Instance, control, events, http, ids_of, install_all, reloaded,
+    InstallDone, Instance, app, control, events, http, ids_of, install_all, reloaded,
     upkeep::{ban_json, event_json, sweep, watch_attacks},
 };
 use crate::{
@@ -49,6 +49,9 @@ pub(super) struct Start {
     /// Interfaces whose pinned maps were gone at start (a reboot): their saved bans are
     /// restored.
     pub restore: Vec<String>,
+    /// The bound app socket when the policy has `[app]`.
+    pub app: Option<control::Bound>,
+    pub app_counters: Arc<crate::app::AppCounters>,
 }
 
 pub(super) type Answer = oneshot::Sender<Result<Reply, String>>;
@@ -63,6 +66,8 @@ pub(super) enum Msg {
     FileChanged,
     /// From the fleet task.
     Fleet(super::fleet::Inbound),
+    /// A ban or an audit line from the app task.
+    App(crate::app::Effect),
 }
 
 /// What a reload job gives back: the maps it borrowed, and the policy it installed.
@@ -99,6 +104,13 @@ struct Owner {
     state_written: Option<Instant>,
     /// Origins of fleet bans restored from `--state-dir`, until the fleet link takes them.
     pending_origins: HashMap<String, String>,
+    /// The app task's policy (`[app]` at start), and its counters.
+    app_policy: Option<watch::Sender<crate::app::AppPolicy>>,
+    /// `shield unban` also lifts the app layer's L7 bans.
+    app_unban: Option<mpsc::UnboundedSender<policy::Cidr>>,
+    app_counters: Arc<crate::app::AppCounters>,
+    /// App bans that came while a reload held the maps.
+    app_bans: Vec<crate::app::AppBan>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT, then detaches cleanly.
@@ -119,6 +131,8 @@ pub(super) async fn serve(
         bpffs,
         state_dir,
         restore,
+        app: app_socket,
+        app_counters,
     } = start;
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -151,10 +165,28 @@ pub(super) async fn serve(
                 .map(|i| (i.iface.clone(), i.attached.name()))
                 .collect(),
             counters: counters.clone(),
+            app: app_counters.clone(),
         });
         tokio::spawn(http::serve(listener, sources, stop_rx.clone()));
     }
     let control_task = tokio::spawn(control::serve(socket, tx.clone(), stop_rx.clone()));
+    let (mut app_policy, mut app_unban) = (None, None);
+    if let Some(bound) = app_socket {
+        let first = crate::app::AppPolicy::new(&policy, generation);
+        let (ptx, prx) = watch::channel(first.clone());
+        let (utx, urx) = mpsc::unbounded_channel();
+        app_policy = Some(ptx);
+        app_unban = Some(utx);
+        event_tasks.push(tokio::spawn(app::serve(
+            bound,
+            first,
+            prx,
+            urx,
+            app_counters.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let _watcher = watch_file(&path, tx.clone());
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -191,6 +223,10 @@ pub(super) async fn serve(
         state_dir,
         state_dirty: false,
         state_written: None,
+        app_policy,
+        app_unban,
+        app_counters,
+        app_bans: Vec::new(),
     };
     owner.restore_state(&restore);
     // The fleet's bans are in force before this host says it is ready.
@@ -223,6 +259,7 @@ pub(super) async fn serve(
             msg = rx.recv() => match msg {
                 Some(Msg::Request(req, answer)) => owner.request(req, answer, &mut job),
                 Some(Msg::Events(idx, evs)) => owner.events(idx, &evs),
+                Some(Msg::App(e)) => owner.app_effect(e, job.is_some()),
                 // Debounced: editors write in several steps.
                 Some(Msg::FileChanged) => {
                     change_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
@@ -286,6 +323,7 @@ pub(super) async fn serve(
                     let _ = answer.send(Err("the daemon is shutting down".into()));
                 }
                 Some(Msg::FileChanged | Msg::Fleet(_)) => {}
+                Some(Msg::App(e)) => owner.app_effect(e, pending.is_some()),
                 None => {}
             },
         }
@@ -300,6 +338,7 @@ pub(super) async fn serve(
                 let _ = answer.send(Err("the daemon is shutting down".into()));
             }
             Msg::FileChanged | Msg::Fleet(_) => {}
+            Msg::App(e) => owner.app_effect(e, false),
         }
     }
     for (_, answer) in owner.waiting.drain(..) {
@@ -353,6 +392,17 @@ impl Owner {
                     fleet: self.counters.fleet.status(&self.host),
                 })));
             }
+            Request::AppStats {} => {
+                let _ = answer.send(Ok(Reply::AppStats(crate::control::AppStats {
+                    socket: self
+                        .app_policy
+                        .as_ref()
+                        .and(self.policy.app.as_ref())
+                        .map(|a| a.socket.display().to_string()),
+                    errors: self.app_counters.errors.load(Ordering::Relaxed),
+                    rows: self.app_counters.snapshot(),
+                })));
+            }
             // These need the maps: after the reload in progress, in order.
             other if job.is_some() => self.waiting.push_back((other, answer)),
             other => {
@@ -364,6 +414,9 @@ impl Owner {
 
     /// Serves what waited for a reload, until one of them starts another.
     fn resume(&mut self, job: &mut Option<JoinHandle<JobOut>>) {
+        for b in std::mem::take(&mut self.app_bans) {
+            self.app_ban(b);
+        }
         while job.is_none() {
             let Some((req, answer)) = self.waiting.pop_front() else {
                 break;
@@ -409,6 +462,7 @@ impl Owner {
         let generation = self.generation;
         let max_sources = self.policy.max_sources;
         let fleet = self.policy.fleet.clone();
+        let app = self.policy.app.clone();
         // Every reload request already waiting gets this reload's answer: they would read
         // the same file (a ban queued behind them is served sooner).
         let mut answers: Vec<Answer> = answer.into_iter().collect();
@@ -423,7 +477,7 @@ impl Owner {
         self.reload_of = Some((trigger, answers));
         *job = Some(tokio::task::spawn_blocking(move || {
             let mut maps = maps;
-            let result = reload_job(&path, &mut maps, &ids, generation, max_sources, fleet);
+            let result = reload_job(&path, &mut maps, &ids, generation, max_sources, fleet, app);
             JobOut { maps, result }
         }));
     }
@@ -447,6 +501,9 @@ impl Owner {
                 self.ids = ids_of(&policy, &self.ids);
                 self.generation = generation;
                 self.matrix = policy::matrix_table(&policy);
+                if let Some(tx) = &self.app_policy {
+                    let _ = tx.send(crate::app::AppPolicy::new(&policy, generation));
+                }
                 self.policy = policy;
                 for inst in &mut self.instances {
                     inst.refresh_names();
@@ -544,6 +601,9 @@ impl Owner {
                     }
                 }
                 self.issued_unban(&cidr.to_string());
+                if let Some(tx) = &self.app_unban {
+                    let _ = tx.send(cidr);
+                }
                 Ok(Reply::Unbanned(Unbanned { removed }))
             }
             other => Err(format!("internal: {other:?} is not a maps request")),
@@ -627,6 +687,83 @@ impl Owner {
         Ok(Reply::Banned(Banned { bans, warnings }))
     }
 
+    /// What the app task reports: audit lines, and bans for the data path (queued while a
+    /// reload holds the maps).
+    fn app_effect(&mut self, e: crate::app::Effect, reloading: bool) {
+        use crate::app::Effect;
+        match e {
+            Effect::Limited {
+                kind,
+                name,
+                client,
+                retry_after,
+            } => self.audit.write(json!({
+                "event": "app_limited", "origin": "app", kind.as_str(): name,
+                "client": client.to_string(), "retry_after": retry_after,
+            })),
+            Effect::BanSkipped {
+                kind,
+                name,
+                client,
+                why,
+            } => {
+                warn!("{} `{name}`: no ban on {client}: {why}", kind.as_str());
+                self.audit.write(json!({
+                    "event": "app_ban_skipped", "origin": "app", kind.as_str(): name,
+                    "client": client.to_string(), "why": why,
+                }));
+            }
+            Effect::Ban(b) if b.xdp && reloading => self.app_bans.push(b),
+            Effect::Ban(b) => self.app_ban(b),
+        }
+    }
+
+    /// An app ban: the audit line, and for a direct client a host ban on every interface
+    /// (never shorter than one in force).
+    fn app_ban(&mut self, b: crate::app::AppBan) {
+        let mut line = json!({
+            "event": "app_ban", "origin": "app", b.kind.as_str(): b.name,
+            "source": b.source.to_string(), "ban_secs": b.duration.as_secs_f64(),
+            "level": b.level, "enforced": if b.xdp { "xdp" } else { "l7" },
+            "scope": if b.endpoint.is_some() { "rule" } else { "host" },
+            "expires": rfc3339(SystemTime::now() + b.duration),
+        });
+        if !b.xdp {
+            self.audit.write(line);
+            return;
+        }
+        let mut ifaces = Vec::new();
+        let mut issued = None;
+        for inst in &mut self.instances {
+            let Some(m) = inst.maps.as_mut() else {
+                continue;
+            };
+            match m.bans.ban_as(
+                b.source,
+                b.duration,
+                None,
+                Some(&b.reason),
+                crate::bans::Origin::App,
+            ) {
+                Ok(o) => {
+                    ifaces.push(json!({"iface": inst.iface, "kept_longer": o.kept_longer}));
+                    if issued.is_none() {
+                        let mut e = o.entry;
+                        e.iface = inst.iface.clone();
+                        issued = Some(e);
+                    }
+                }
+                Err(e) => warn!(iface = %inst.iface, "app ban on {}: {e}", b.source),
+            }
+        }
+        line["ifaces"] = ifaces.into();
+        self.audit.write(line);
+        // Published to the fleet (and saved in --state-dir) like any ban this host issues.
+        if let Some(e) = issued {
+            self.issued_ban(&e);
+        }
+    }
+
     /// Audit lines for events from interface `idx`'s ring buffer.
     fn events(&mut self, idx: usize, evs: &[Event]) {
         let Some(inst) = self.instances.get(idx) else {
@@ -691,6 +828,7 @@ fn reload_job(
     generation: u32,
     max_sources: u32,
     fleet: Option<policy::Fleet>,
+    app: Option<policy::AppConfig>,
 ) -> Result<(policy::Policy, InstallDone, Duration, u32), String> {
     let started = Instant::now();
     let policy = policy::load(path).map_err(|e| e.to_string())?;
@@ -708,6 +846,11 @@ fn reload_job(
             "[fleet] changed: the link to Redis is set up at start; restart shield to apply it"
                 .into(),
         );
+    }
+    if let Some(why) = app::needs_restart(app.as_ref(), policy.app.as_ref()) {
+        return Err(format!(
+            "{why}: the app socket is bound at start; restart shield to apply it"
+        ));
     }
     let compiled = policy::compile_with_ids(&policy, ids);
     let generation = generation.wrapping_add(1).max(1);

@@ -1,6 +1,7 @@
 //! Policy files: parsing (TOML, every error with file:line:column), validation, and the
 //! validated `Policy` that `compile` turns into map images. Pure: no kernel access.
 
+pub mod app;
 mod compile;
 mod fleet;
 mod parse;
@@ -18,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-pub use compile::{CompiledPolicy, assign_ids, compile, compile_with_ids};
+pub use app::{AppConfig, DEFAULT_APP_SOCKET, Endpoint, KeyKind, OnError, Signal};
+pub use compile::{
+    CompiledPolicy, assign_ids, buckets, compile, compile_with_ids, escalation_config,
+};
 pub use fleet::{Fleet, describe as describe_fleet, hostname};
 pub use parse::{
     MAX_POLICY_VALUES, format_duration, parse_bytes, parse_cidr, parse_duration, parse_str,
@@ -196,6 +200,11 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// `[fleet]`: bans shared through Redis (absent: this host alone).
     pub fleet: Option<Fleet>,
+    /// `[app]`: the app socket is served when present.
+    pub app: Option<AppConfig>,
+    /// `[[endpoint]]` in file order (the first match counts a request).
+    pub endpoints: Vec<Endpoint>,
+    pub signals: Vec<Signal>,
 }
 
 /// A policy error, located in its file.
