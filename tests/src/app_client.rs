@@ -29,8 +29,19 @@ impl AppClient {
 
     /// Sends one raw line (a newline is added) and reads the reply line as JSON.
     pub fn raw(&mut self, line: &str) -> Result<Value> {
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.write_all(b"\n")?;
+        // The daemon may answer a line that is too long and close before it has all been
+        // written: the reply is still there to read.
+        if let Err(e) = self
+            .writer
+            .write_all(line.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"))
+            && !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        {
+            return Err(e.into());
+        }
         let mut reply = String::new();
         if self.reader.read_line(&mut reply)? == 0 {
             bail!("the daemon closed the app socket connection without a reply");
