@@ -168,6 +168,7 @@ fn bootstrap() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    check_python()?;
 
     // 2. Nightly with rust-src (the eBPF crate builds core with -Z build-std).
     let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
@@ -218,6 +219,50 @@ fn bootstrap() -> Result<()> {
             ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
+    Ok(())
+}
+
+/// The interpreter gunicorn runs (its shebang; Debian's /usr/bin/python3 with python3-flask
+/// from APT_PACKAGES): the Python tests use the same one, so they test what the demo runs.
+fn gunicorn_python() -> PathBuf {
+    let shebang = output("which", &["gunicorn"])
+        .and_then(|p| std::fs::read_to_string(p.trim()).ok())
+        .and_then(|text| {
+            let first = text.lines().next()?.strip_prefix("#!")?.trim().to_string();
+            let program = first.split_whitespace().next()?.to_string();
+            Some(PathBuf::from(program))
+        });
+    shebang
+        .filter(|p| p.is_absolute() && p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/python3"))
+}
+
+/// shield-flask is imported from the worktree through PYTHONPATH (no install into the
+/// system interpreter): every launcher (these tests, the tests crate's gunicorn) sets it.
+fn shield_flask_dir() -> PathBuf {
+    root().join("shield-flask")
+}
+
+/// Checks that gunicorn's interpreter imports flask and, with PYTHONPATH, shield_flask.
+fn check_python() -> Result<()> {
+    let python = gunicorn_python();
+    let out = Command::new(&python)
+        .args(["-c", "import flask, shield_flask"])
+        .env("PYTHONPATH", shield_flask_dir())
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} cannot import flask and shield_flask: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    step(&format!(
+        "{} (gunicorn's) imports flask and shield_flask (PYTHONPATH={})",
+        python.display(),
+        shield_flask_dir().display()
+    ));
     Ok(())
 }
 
@@ -307,6 +352,18 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             bootstrap()?;
             let bin = build(false)?;
+            step("shield-flask: the Python package's tests (a fake daemon on a temp socket)");
+            run(Command::new(gunicorn_python())
+                .current_dir(root())
+                .args([
+                    "-m",
+                    "unittest",
+                    "discover",
+                    "--start-directory",
+                    "shield-flask/tests",
+                    "--verbose",
+                ])
+                .env("PYTHONPATH", shield_flask_dir()))?;
             step("running every test (unit, BPF_PROG_TEST_RUN, network namespaces)");
             run(cargo()
                 .args(["test", "--workspace", "--exclude", "shield-ebpf"])
