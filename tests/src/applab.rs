@@ -21,7 +21,9 @@ use crate::netlab::{Netns, unique};
 pub const PASSWORD: &str = "correct horse";
 
 /// The app: `POST /login` (form field `password`), `GET /api/items` (never limited by the
-/// policies here), `GET /api/limited` (the bench's limited route), `GET /health` (exempt),
+/// policies here), `GET /api/limited` (the bench's limited route), `GET /api/checked` (the
+/// bench's route under a limit never reached: every request pays for a decision),
+/// `GET /health` (exempt),
 /// `GET /shield/errors` (exempt: this worker's `shield.errors`). `APP_LIMITER` picks the
 /// limiter: `shield` (SHIELD_SOCKET, SHIELD_ON_ERROR), `limiter-memory`, `limiter-redis`
 /// (REDIS_URL; both Flask-Limiter with `APP_LIMIT_N` per hour on /api/limited, keyed by the
@@ -42,6 +44,7 @@ def nothing(f):
 
 exempt = nothing
 limited = nothing
+checked = nothing
 
 if mode == "shield":
     from shield_flask import Shield
@@ -58,6 +61,7 @@ elif mode in ("limiter-memory", "limiter-redis"):
     limiter = Limiter(get_remote_address, app=app, storage_uri=storage)
     exempt = limiter.exempt
     limited = limiter.limit(f"{limit_n} per hour")
+    checked = limiter.limit("1000000000 per hour")
 elif mode != "none":
     raise SystemExit(f"APP_LIMITER={mode!r}: shield, limiter-memory, limiter-redis or none")
 
@@ -80,6 +84,12 @@ def items():
 @limited
 def limited_route():
     return jsonify(ok=True)
+
+
+@app.get("/api/checked")
+@checked
+def checked_route():
+    return jsonify(items=[{"id": i, "name": f"item {i}"} for i in range(10)])
 
 
 @app.get("/health")

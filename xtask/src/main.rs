@@ -49,7 +49,7 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
-        /// Only these sections, comma-separated (1, 2, 3, 3b, 4, 5), into the `--out` file.
+        /// Only these sections, comma-separated (1, 2, 3, 3b, 4, 5, 6), into the `--out` file.
         #[arg(long)]
         only: Option<String>,
         /// Report file (default BENCHMARKS.md).
@@ -89,8 +89,20 @@ const APT_PACKAGES: &[&str] = &[
     "hping3",
 ];
 
-/// Peers the benchmarks compare with.
-const BENCH_PACKAGES: &[&str] = &["xdp-tools", "bpftool", "ethtool", "nftables", "iptables"];
+/// Peers the benchmarks compare with, and their load tools: wrk; Flask-Limiter and the redis
+/// client for gunicorn's interpreter (Debian's python3, PEP 668: its packages come from
+/// apt, not pip) and redis-server for section 6.
+const BENCH_PACKAGES: &[&str] = &[
+    "xdp-tools",
+    "bpftool",
+    "ethtool",
+    "nftables",
+    "iptables",
+    "wrk",
+    "python3-flask-limiter",
+    "python3-redis",
+    "redis-server",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

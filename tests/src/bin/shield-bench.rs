@@ -6,6 +6,9 @@
 //! 4. Memory and control-plane scale: kernel memory per tracked source, 1,000,000-prefix
 //!    load and swap, daemon RSS idle and under a connection flood.
 //!
+//! 6. The application layer (`shield_tests::appbench`): shield_flask against Flask-Limiter
+//!    (memory and redis storage) under wrk, admissions against a limit, decision latency.
+//!
 //! Writes a Markdown report. Ratios measured side by side are the result; absolute figures
 //! are context only (a shared, noisy 2-core VM).
 
@@ -1395,15 +1398,17 @@ fn main() {
                 if let Some(bad) = o
                     .only
                     .iter()
-                    .find(|s| !["1", "2", "3", "3b", "4", "5"].contains(&s.as_str()))
+                    .find(|s| !["1", "2", "3", "3b", "4", "5", "6"].contains(&s.as_str()))
                 {
-                    eprintln!("shield-bench: --only takes sections 1, 2, 3, 3b, 4, 5; got {bad:?}");
+                    eprintln!(
+                        "shield-bench: --only takes sections 1, 2, 3, 3b, 4, 5, 6; got {bad:?}"
+                    );
                     std::process::exit(2);
                 }
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,3,3b,4,5]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer)"
+                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,3,3b,4,5,6]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter)"
                 );
                 return;
             }
@@ -1467,6 +1472,9 @@ fn main() {
     }
     if o.runs("5") {
         section5(&o, &mut report);
+    }
+    if o.runs("6") {
+        report.push_str(&shield_tests::appbench::section6(o.quick));
     }
     let _ = writeln!(
         report,
