@@ -442,6 +442,10 @@ pub const BAN_MONITOR: u8 = 1 << 1;
 /// so a spoofer cannot get a victim's established connections cut. Without it (manual bans:
 /// the operator's or the application's evidence) a ban drops everything.
 pub const BAN_ATTEMPTS: u8 = 1 << 2;
+/// Issued by the application layer (`[[endpoint]]`/`[[signal]]` escalation through the app
+/// socket): for display only, the data path ignores it (it drops everything, like a manual
+/// ban: the evidence is a completed HTTP request, which a spoofer cannot send).
+pub const BAN_APP: u8 = 1 << 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -136,6 +136,8 @@ pub enum Origin {
     Manual,
     /// A rule's escalation, in the data path.
     Automatic,
+    /// An `[[endpoint]]` or `[[signal]]` escalation (the app socket).
+    App,
 }
 
 impl Origin {
@@ -143,6 +145,7 @@ impl Origin {
         match self {
             Origin::Manual => "manual",
             Origin::Automatic => "automatic",
+            Origin::App => "app",
         }
     }
 }
@@ -410,7 +413,9 @@ impl BanMaps {
                 0 => String::new(),
                 id => names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")),
             },
-            origin: if v.flags & BAN_MANUAL != 0 {
+            origin: if v.flags & shield_common::BAN_APP != 0 {
+                Origin::App
+            } else if v.flags & BAN_MANUAL != 0 {
                 Origin::Manual
             } else {
                 Origin::Automatic
@@ -478,6 +483,18 @@ impl BanMaps {
         rule: Option<&str>,
         reason: Option<&str>,
     ) -> Result<BanOutcome, BanError> {
+        self.ban_as(cidr, dur, rule, reason, Origin::Manual)
+    }
+
+    /// `ban` by `origin`: `Manual` or `App` (both drop everything from the source).
+    pub fn ban_as(
+        &mut self,
+        cidr: Cidr,
+        dur: Duration,
+        rule: Option<&str>,
+        reason: Option<&str>,
+        origin: Origin,
+    ) -> Result<BanOutcome, BanError> {
         let now = self.now();
         let dur_ns = dur
             .as_nanos()
@@ -486,7 +503,10 @@ impl BanMaps {
             expires_ns: now.saturating_add(dur_ns),
             duration_ns: dur_ns,
             rule: 0,
-            flags: BAN_MANUAL,
+            flags: match origin {
+                Origin::App => BAN_MANUAL | shield_common::BAN_APP,
+                _ => BAN_MANUAL,
+            },
             level: 0,
             prefix_len: cidr.len,
             _pad: [0; 3],

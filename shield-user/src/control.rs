@@ -4,7 +4,7 @@
 //!
 //! Requests: `{"cmd":"ban","source":"ADDR[/LEN]","duration":"10m","rule":"api","reason":"…","force":false}`
 //! (`rule`, `reason`, `force` optional), `{"cmd":"unban","source":"ADDR[/LEN]"}`, `{"cmd":"bans"}`,
-//! `{"cmd":"ping"}`, `{"cmd":"reload"}`, `{"cmd":"policy"}`. Replies: `{"ok":true,…}` (the
+//! `{"cmd":"ping"}`, `{"cmd":"reload"}`, `{"cmd":"policy"}`, `{"cmd":"app_stats"}`. Replies: `{"ok":true,…}` (the
 //! fields of the command's `Reply`) or `{"ok":false,"error":"…"}`. Lines over `MAX_LINE`
 //! bytes, invalid JSON, unknown commands or fields get an error reply and change nothing; a
 //! client silent for `CLIENT_TIMEOUT` is disconnected; at most `MAX_CLIENTS` are served at
@@ -23,7 +23,15 @@ use crate::bans::BanEntry;
 
 pub const DEFAULT_SOCKET: &str = "/run/shield/shield.sock";
 /// Every command the socket serves (the `cmd` of a request), for the help and its test.
-pub const COMMANDS: [&str; 6] = ["ban", "unban", "bans", "ping", "reload", "policy"];
+pub const COMMANDS: [&str; 7] = [
+    "ban",
+    "unban",
+    "bans",
+    "ping",
+    "reload",
+    "policy",
+    "app_stats",
+];
 pub const MAX_LINE: usize = 64 * 1024;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CLIENTS: usize = 64;
@@ -57,6 +65,9 @@ pub enum Request {
     Reload {},
     /// The running policy: path, generation, matrix table.
     Policy {},
+    /// The app layer's counters (`shield stats`): they live in the daemon, not in maps.
+    #[serde(rename = "app_stats")]
+    AppStats {},
 }
 
 /// `ping`.
@@ -114,6 +125,16 @@ pub struct Unbanned {
     pub removed: Vec<BanEntry>,
 }
 
+/// `app_stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStats {
+    /// The app socket served (`[app]` in the policy at start), else `None`.
+    pub socket: Option<String>,
+    /// Bad requests, bad forwarded addresses, full tables.
+    pub errors: u64,
+    pub rows: Vec<crate::app::CountsRow>,
+}
+
 /// A successful reply, by command.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -124,6 +145,7 @@ pub enum Reply {
     Bans(BanList),
     Banned(Banned),
     Unbanned(Unbanned),
+    AppStats(AppStats),
 }
 
 /// One reply line (with its newline): `{"ok":true,…}` or `{"ok":false,"error":"…"}`.

@@ -1,6 +1,7 @@
 //! shield's user side: policy compiler, loader, daemon, and stats.
 //! Directions: cli (main.rs) → daemon → loader → policy → shield-common.
 
+pub mod app;
 pub mod attack;
 pub mod audit;
 pub mod bans;

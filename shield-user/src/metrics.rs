@@ -33,6 +33,8 @@ pub struct Sources {
     /// (interface, attach mode)
     pub ifaces: Vec<(String, &'static str)>,
     pub counters: Arc<DaemonCounters>,
+    /// The app layer's counters (empty without `[app]`).
+    pub app: Arc<crate::app::AppCounters>,
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -226,11 +228,47 @@ pub fn render(src: &Sources) -> String {
         "Per-source state entries the LRU evicted to make room",
         evictions,
     );
+    render_app(&mut reg, &src.app);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out = "# encoding failed\n".into();
     }
     out
+}
+
+/// The `shield_app_*` series: per endpoint and signal, and the app socket's errors.
+fn render_app(reg: &mut Registry, app: &crate::app::AppCounters) {
+    let allowed = Family::<Labels, Counter>::default();
+    let limited = Family::<Labels, Counter>::default();
+    let banned = Family::<Labels, Counter>::default();
+    let errors = Counter::<u64>::default();
+    for r in app.snapshot() {
+        let labels = l(&[("kind", &r.kind), ("name", &r.name)]);
+        allowed.get_or_create(&labels).inc_by(r.allowed);
+        limited.get_or_create(&labels).inc_by(r.limited);
+        banned.get_or_create(&labels).inc_by(r.banned);
+    }
+    errors.inc_by(app.errors.load(Ordering::Relaxed));
+    reg.register(
+        "shield_app_allowed",
+        "Requests (endpoint) or reports (signal) within the limit",
+        allowed,
+    );
+    reg.register(
+        "shield_app_limited",
+        "Requests or reports over the limit (429), and requests of banned clients (403)",
+        limited,
+    );
+    reg.register(
+        "shield_app_banned",
+        "Bans the endpoint's or signal's escalation issued",
+        banned,
+    );
+    reg.register(
+        "shield_app_errors",
+        "Bad app socket requests, bad X-Forwarded-For entries, full tables",
+        errors,
+    );
 }
 
 /// `--metrics`: an `IP:PORT` (never a host name: no DNS lookup at start) or `off`.

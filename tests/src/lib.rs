@@ -3,6 +3,7 @@
 //! binary, the namespace lab (`netlab`) and the policy-matrix acceptance suite.
 
 pub mod acceptance;
+pub mod app_client;
 pub mod appbench;
 pub mod applab;
 pub mod fuzz;

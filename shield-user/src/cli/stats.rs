@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use shield_user::{loader, stats};
+use shield_user::{control, loader, stats};
 
-use super::BpffsArgs;
+use super::{BpffsArgs, SocketArgs};
 
 #[derive(Args)]
 pub struct StatsArgs {
@@ -21,6 +21,9 @@ pub struct StatsArgs {
     pub watch: Option<u64>,
     #[command(flatten)]
     pub bpffs: BpffsArgs,
+    /// The daemon's control socket: the app layer's counters live in the daemon.
+    #[command(flatten)]
+    pub socket: SocketArgs,
 }
 
 pub fn run(a: StatsArgs) -> Result<ExitCode> {
@@ -36,12 +39,75 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
     for i in ifaces {
         all.interfaces.push(read(&bpffs, &i)?);
     }
+    let app = app_counters(&a.socket.socket);
     if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        let mut v = serde_json::to_value(&all)?;
+        v["app"] = match &app {
+            Ok(a) => app_json(a),
+            Err(why) => {
+                eprintln!("shield: {why}");
+                serde_json::Value::Null
+            }
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", stats::render_table(&all));
+        print!("{}", app_table(&app));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The app layer's counters from the daemon (they are not in pinned maps), or why not.
+fn app_counters(socket: &std::path::Path) -> Result<control::AppStats, String> {
+    control::call::<control::AppStats>(socket, &control::Request::AppStats {}).map_err(|e| {
+        if e.daemon_absent() {
+            "daemon not reachable: app counters unavailable".to_string()
+        } else {
+            format!("daemon not reachable: app counters unavailable ({e})")
+        }
+    })
+}
+
+/// `"app"` of `--json`: `{socket, errors, endpoints: [...], signals: [...]}`.
+fn app_json(a: &control::AppStats) -> serde_json::Value {
+    let rows = |kind: &str| {
+        a.rows
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| {
+                serde_json::json!({"name": r.name, "allowed": r.allowed, "limited": r.limited, "banned": r.banned})
+            })
+            .collect::<Vec<_>>()
+    };
+    serde_json::json!({
+        "socket": a.socket,
+        "errors": a.errors,
+        "endpoints": rows("endpoint"),
+        "signals": rows("signal"),
+    })
+}
+
+/// The app layer's part of the text output.
+fn app_table(app: &Result<control::AppStats, String>) -> String {
+    let a = match app {
+        Err(why) => return format!("app layer: {why}\n"),
+        Ok(a) => a,
+    };
+    let Some(socket) = &a.socket else {
+        return "app layer: not served (no [app] in the running policy)\n".to_string();
+    };
+    let mut out = format!("app layer on {socket}: {} errors\n", a.errors);
+    out.push_str(&format!(
+        "  {:<9} {:<24} {:>12} {:>12} {:>8}\n",
+        "KIND", "NAME", "ALLOWED", "LIMITED", "BANNED"
+    ));
+    for r in &a.rows {
+        out.push_str(&format!(
+            "  {:<9} {:<24} {:>12} {:>12} {:>8}\n",
+            r.kind, r.name, r.allowed, r.limited, r.banned
+        ));
+    }
+    out
 }
 
 /// `shield stats --watch`: per-second rates between refreshes.

@@ -25,8 +25,8 @@ use crate::control::{CLIENT_TIMEOUT, MAX_CLIENTS, MAX_LINE, encode, parse_reques
 /// anything (a socket in use fails the start with nothing changed) and serves it once the
 /// maps are ready. Dropping it removes the socket file.
 pub(crate) struct Bound {
-    path: PathBuf,
-    listener: Option<UnixListener>,
+    pub(super) path: PathBuf,
+    pub(super) listener: Option<UnixListener>,
 }
 
 impl Drop for Bound {
@@ -38,6 +38,12 @@ impl Drop for Bound {
 /// Binds `path` (its directory is created 0700; a stale socket is replaced; a live one
 /// means another daemon: error).
 pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
+    bind_socket(path, 0o600, "give --socket another path")
+}
+
+/// `bind` for any of the daemon's sockets: `mode` for the socket file, `elsewhere` says
+/// how to pick another path (the app socket's is in the policy).
+pub(crate) fn bind_socket(path: &Path, mode: u32, elsewhere: &str) -> io::Result<Bound> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()
@@ -54,7 +60,7 @@ pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!(
-                    "{} exists and is not a socket; refusing to replace it (give --socket another path)",
+                    "{} exists and is not a socket; refusing to replace it ({elsewhere})",
                     path.display()
                 ),
             ));
@@ -64,7 +70,7 @@ pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!(
-                        "another shield daemon is listening on {} (stop it, or give --socket another path)",
+                        "another shield daemon is listening on {} (stop it, or {elsewhere})",
                         path.display()
                     ),
                 ));
@@ -74,7 +80,7 @@ pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
                 return Err(io::Error::new(
                     e.kind(),
                     format!(
-                        "{} is a socket that is not a stale shield socket ({e}); refusing to replace it (give --socket another path)",
+                        "{} is a socket that is not a stale shield socket ({e}); refusing to replace it ({elsewhere})",
                         path.display()
                     ),
                 ));
@@ -86,7 +92,7 @@ pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
         path: path.to_path_buf(),
         listener: Some(listener),
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(bound)
 }
 

@@ -9,6 +9,7 @@
 //! keeps answering `ping`, draining events and serving metrics (`http`) meanwhile; requests
 //! that need the maps wait for it in order.
 
+mod app;
 mod control;
 mod events;
 
@@ -326,6 +327,16 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             );
         }
     };
+    let app_socket = match policy.app.as_ref().map(app::bind).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            undo_start(Vec::new(), &created);
+            let path = policy.app.as_ref().map(|a| a.socket.display().to_string());
+            return Err(
+                anyhow::Error::new(e).context(format!("app socket {}", path.unwrap_or_default()))
+            );
+        }
+    };
     let metrics_listener = match opts.metrics.map(crate::metrics::bind).transpose() {
         Ok(l) => l,
         Err(e) => {
@@ -435,6 +446,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
 
+    let app_counters = Arc::new(crate::app::AppCounters::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -451,6 +463,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         counters,
         socket_path: opts.socket.clone(),
         bpffs: opts.bpffs.clone(),
+        app: app_socket,
+        app_counters,
     };
     runtime.block_on(owner::serve(state, socket, metrics_listener))
 }

@@ -20,7 +20,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
-    InstallDone, Instance, control, events, http, ids_of, install_all, reloaded,
+    InstallDone, Instance, app, control, events, http, ids_of, install_all, reloaded,
     upkeep::{ban_json, event_json, sweep, watch_attacks},
 };
 use crate::{
@@ -42,6 +42,9 @@ pub(super) struct Start {
     pub counters: Arc<DaemonCounters>,
     pub socket_path: PathBuf,
     pub bpffs: PathBuf,
+    /// The bound app socket when the policy has `[app]`.
+    pub app: Option<control::Bound>,
+    pub app_counters: Arc<crate::app::AppCounters>,
 }
 
 pub(super) type Answer = oneshot::Sender<Result<Reply, String>>;
@@ -54,6 +57,8 @@ pub(super) enum Msg {
     Events(usize, Vec<Event>),
     /// The policy file was written (debounced by the owner).
     FileChanged,
+    /// A ban or an audit line from the app task.
+    App(crate::app::Effect),
 }
 
 /// What a reload job gives back: the maps it borrowed, and the policy it installed.
@@ -80,6 +85,11 @@ struct Owner {
     reload_of: Option<(&'static str, Vec<Answer>)>,
     /// A SIGHUP or file change that came during a reload: one more reload after it.
     reload_again: Option<&'static str>,
+    /// The app task's policy (`[app]` at start), and its counters.
+    app_policy: Option<watch::Sender<crate::app::AppPolicy>>,
+    app_counters: Arc<crate::app::AppCounters>,
+    /// App bans that came while a reload held the maps.
+    app_bans: Vec<crate::app::AppBan>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT, then detaches cleanly.
@@ -98,6 +108,8 @@ pub(super) async fn serve(
         counters,
         socket_path,
         bpffs,
+        app: app_socket,
+        app_counters,
     } = start;
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -130,10 +142,25 @@ pub(super) async fn serve(
                 .map(|i| (i.iface.clone(), i.attached.name()))
                 .collect(),
             counters: counters.clone(),
+            app: app_counters.clone(),
         });
         tokio::spawn(http::serve(listener, sources, stop_rx.clone()));
     }
     let control_task = tokio::spawn(control::serve(socket, tx.clone(), stop_rx.clone()));
+    let mut app_policy = None;
+    if let Some(bound) = app_socket {
+        let first = crate::app::AppPolicy::new(&policy, generation);
+        let (ptx, prx) = watch::channel(first.clone());
+        app_policy = Some(ptx);
+        event_tasks.push(tokio::spawn(app::serve(
+            bound,
+            first,
+            prx,
+            app_counters.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let _watcher = watch_file(&path, tx.clone());
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -160,6 +187,9 @@ pub(super) async fn serve(
         waiting: VecDeque::new(),
         reload_of: None,
         reload_again: None,
+        app_policy,
+        app_counters,
+        app_bans: Vec::new(),
     };
     info!(
         "running; control socket {}{}; SIGHUP or a change of {} reloads; SIGTERM or Ctrl-C detaches",
@@ -189,6 +219,7 @@ pub(super) async fn serve(
             msg = rx.recv() => match msg {
                 Some(Msg::Request(req, answer)) => owner.request(req, answer, &mut job),
                 Some(Msg::Events(idx, evs)) => owner.events(idx, &evs),
+                Some(Msg::App(e)) => owner.app_effect(e, job.is_some()),
                 // Debounced: editors write in several steps.
                 Some(Msg::FileChanged) => {
                     change_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
@@ -250,6 +281,7 @@ pub(super) async fn serve(
                     let _ = answer.send(Err("the daemon is shutting down".into()));
                 }
                 Some(Msg::FileChanged) => {}
+                Some(Msg::App(e)) => owner.app_effect(e, pending.is_some()),
                 None => {}
             },
         }
@@ -264,6 +296,7 @@ pub(super) async fn serve(
                 let _ = answer.send(Err("the daemon is shutting down".into()));
             }
             Msg::FileChanged => {}
+            Msg::App(e) => owner.app_effect(e, false),
         }
     }
     for (_, answer) in owner.waiting.drain(..) {
@@ -311,6 +344,17 @@ impl Owner {
                 })));
             }
             Request::Reload {} => self.reload("control socket", Some(answer), job),
+            Request::AppStats {} => {
+                let _ = answer.send(Ok(Reply::AppStats(crate::control::AppStats {
+                    socket: self
+                        .app_policy
+                        .as_ref()
+                        .and(self.policy.app.as_ref())
+                        .map(|a| a.socket.display().to_string()),
+                    errors: self.app_counters.errors.load(Ordering::Relaxed),
+                    rows: self.app_counters.snapshot(),
+                })));
+            }
             // These need the maps: after the reload in progress, in order.
             other if job.is_some() => self.waiting.push_back((other, answer)),
             other => {
@@ -322,6 +366,9 @@ impl Owner {
 
     /// Serves what waited for a reload, until one of them starts another.
     fn resume(&mut self, job: &mut Option<JoinHandle<JobOut>>) {
+        for b in std::mem::take(&mut self.app_bans) {
+            self.app_ban(b);
+        }
         while job.is_none() {
             let Some((req, answer)) = self.waiting.pop_front() else {
                 break;
@@ -366,6 +413,7 @@ impl Owner {
         let ids = self.ids.clone();
         let generation = self.generation;
         let max_sources = self.policy.max_sources;
+        let app = self.policy.app.clone();
         // Every reload request already waiting gets this reload's answer: they would read
         // the same file (a ban queued behind them is served sooner).
         let mut answers: Vec<Answer> = answer.into_iter().collect();
@@ -380,7 +428,7 @@ impl Owner {
         self.reload_of = Some((trigger, answers));
         *job = Some(tokio::task::spawn_blocking(move || {
             let mut maps = maps;
-            let result = reload_job(&path, &mut maps, &ids, generation, max_sources);
+            let result = reload_job(&path, &mut maps, &ids, generation, max_sources, app);
             JobOut { maps, result }
         }));
     }
@@ -404,6 +452,9 @@ impl Owner {
                 self.ids = ids_of(&policy, &self.ids);
                 self.generation = generation;
                 self.matrix = policy::matrix_table(&policy);
+                if let Some(tx) = &self.app_policy {
+                    let _ = tx.send(crate::app::AppPolicy::new(&policy, generation));
+                }
                 self.policy = policy;
                 for inst in &mut self.instances {
                     inst.refresh_names();
@@ -573,6 +624,74 @@ impl Owner {
         Ok(Reply::Banned(Banned { bans, warnings }))
     }
 
+    /// What the app task reports: audit lines, and bans for the data path (queued while a
+    /// reload holds the maps).
+    fn app_effect(&mut self, e: crate::app::Effect, reloading: bool) {
+        use crate::app::Effect;
+        match e {
+            Effect::Limited {
+                kind,
+                name,
+                client,
+                retry_after,
+                ..
+            } => self.audit.write(json!({
+                "event": "app_limited", "origin": "app", kind.as_str(): name,
+                "client": client.to_string(), "retry_after": retry_after,
+            })),
+            Effect::BanSkipped {
+                kind,
+                name,
+                client,
+                why,
+            } => {
+                warn!("{} `{name}`: no ban on {client}: {why}", kind.as_str());
+                self.audit.write(json!({
+                    "event": "app_ban_skipped", "origin": "app", kind.as_str(): name,
+                    "client": client.to_string(), "why": why,
+                }));
+            }
+            Effect::Ban(b) if b.xdp && reloading => self.app_bans.push(b),
+            Effect::Ban(b) => self.app_ban(b),
+        }
+    }
+
+    /// An app ban: the audit line, and for a direct client a host ban on every interface
+    /// (never shorter than one in force).
+    fn app_ban(&mut self, b: crate::app::AppBan) {
+        let mut line = json!({
+            "event": "app_ban", "origin": "app", b.kind.as_str(): b.name,
+            "source": b.source.to_string(), "ban_secs": b.duration.as_secs_f64(),
+            "level": b.level, "enforced": if b.xdp { "xdp" } else { "l7" },
+            "scope": if b.endpoint.is_some() { "rule" } else { "host" },
+            "expires": rfc3339(SystemTime::now() + b.duration),
+        });
+        if !b.xdp {
+            self.audit.write(line);
+            return;
+        }
+        let mut ifaces = Vec::new();
+        for inst in &mut self.instances {
+            let Some(m) = inst.maps.as_mut() else {
+                continue;
+            };
+            match m.bans.ban_as(
+                b.source,
+                b.duration,
+                None,
+                Some(&b.reason),
+                crate::bans::Origin::App,
+            ) {
+                Ok(o) => {
+                    ifaces.push(json!({"iface": inst.iface, "kept_longer": o.kept_longer}));
+                }
+                Err(e) => warn!(iface = %inst.iface, "app ban on {}: {e}", b.source),
+            }
+        }
+        line["ifaces"] = ifaces.into();
+        self.audit.write(line);
+    }
+
     /// Audit lines for events from interface `idx`'s ring buffer.
     fn events(&mut self, idx: usize, evs: &[Event]) {
         let Some(inst) = self.instances.get(idx) else {
@@ -625,6 +744,7 @@ fn reload_job(
     ids: &HashMap<String, u32>,
     generation: u32,
     max_sources: u32,
+    app: Option<policy::AppConfig>,
 ) -> Result<(policy::Policy, InstallDone, Duration, u32), String> {
     let started = Instant::now();
     let policy = policy::load(path).map_err(|e| e.to_string())?;
@@ -635,6 +755,11 @@ fn reload_job(
         return Err(format!(
             "max_sources changed ({max_sources} -> {}): it sizes the per-source table in the kernel; restart shield to apply it",
             policy.max_sources
+        ));
+    }
+    if let Some(why) = app::needs_restart(app.as_ref(), policy.app.as_ref()) {
+        return Err(format!(
+            "{why}: the app socket is bound at start; restart shield to apply it"
         ));
     }
     let compiled = policy::compile_with_ids(&policy, ids);

@@ -31,13 +31,27 @@ pub struct CompiledPolicy {
 }
 
 /// The bucket pair for a limit: `(rate, sustained)`. `None` if the numbers overflow.
-pub(super) fn buckets(l: &Limit) -> Option<(Gcra, Gcra)> {
+pub fn buckets(l: &Limit) -> Option<(Gcra, Gcra)> {
     let rate = Gcra::new(l.rate.count, l.rate.period_secs * NS_PER_SEC, l.burst)?;
     let sustained = match l.sustained {
         Some(s) => Gcra::new(s.count, s.period_secs * NS_PER_SEC, s.count)?,
         None => Gcra::DISABLED,
     };
     Some((rate, sustained))
+}
+
+/// The data path's form of an escalation (also what the app layer's ladder runs on).
+pub fn escalation_config(e: &super::Escalation) -> Escalation {
+    let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+    Escalation {
+        strikes: e.strikes,
+        backoff: e.backoff,
+        _pad: [0; 4],
+        window_ns: ns(e.window),
+        ban_ns: ns(e.ban),
+        max_ban_ns: ns(e.max_ban),
+        forget_ns: ns(e.forget),
+    }
 }
 
 /// Compiles with fresh rule ids (1, 2, … in file order).
@@ -115,16 +129,7 @@ pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Com
         }
         let mut escalation = RuleConfig::default().escalation;
         if let Some(e) = &rule.escalation {
-            let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
-            escalation = Escalation {
-                strikes: e.strikes,
-                backoff: e.backoff,
-                _pad: [0; 4],
-                window_ns: ns(e.window),
-                ban_ns: ns(e.ban),
-                max_ban_ns: ns(e.max_ban),
-                forget_ns: ns(e.forget),
-            };
+            escalation = escalation_config(e);
             global.flags |= CFG_BANS;
             if e.scope == BanScope::Host {
                 flags |= RULE_BAN_HOST;

@@ -1,6 +1,7 @@
 //! Policy files: parsing (TOML, every error with file:line:column), validation, and the
 //! validated `Policy` that `compile` turns into map images. Pure: no kernel access.
 
+pub mod app;
 mod compile;
 mod parse;
 mod table;
@@ -17,7 +18,10 @@ use std::{
     time::Duration,
 };
 
-pub use compile::{CompiledPolicy, assign_ids, compile, compile_with_ids};
+pub use app::{AppConfig, DEFAULT_APP_SOCKET, Endpoint, KeyKind, OnError, Signal};
+pub use compile::{
+    CompiledPolicy, assign_ids, buckets, compile, compile_with_ids, escalation_config,
+};
 pub use parse::{
     MAX_POLICY_VALUES, format_duration, parse_bytes, parse_cidr, parse_duration, parse_str,
 };
@@ -192,6 +196,11 @@ pub struct Policy {
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     pub rules: Vec<Rule>,
+    /// `[app]`: the app socket is served when present.
+    pub app: Option<AppConfig>,
+    /// `[[endpoint]]` in file order (the first match counts a request).
+    pub endpoints: Vec<Endpoint>,
+    pub signals: Vec<Signal>,
 }
 
 /// A policy error, located in its file.

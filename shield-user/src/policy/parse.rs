@@ -1,5 +1,7 @@
 //! TOML → `Policy`, with a file:line:column on every error.
 
+mod app;
+
 use std::{collections::HashSet, net::IpAddr, ops::Range};
 
 use serde::Deserialize;
@@ -29,6 +31,9 @@ struct RawPolicy {
     defaults: Option<Field<RawDefaults>>,
     lists: Option<Field<RawLists>>,
     rule: Option<Field<Vec<Field<RawRule>>>>,
+    app: Option<Field<app::RawApp>>,
+    endpoint: Option<Field<Vec<Field<app::RawEndpoint>>>>,
+    signal: Option<Field<Vec<Field<app::RawSignal>>>>,
 }
 
 #[derive(Deserialize)]
@@ -428,7 +433,40 @@ pub fn parse_str(file: &str, text: &str) -> Result<Policy, PolicyError> {
         rules.push(rule);
     }
 
+    let app = match &raw.app {
+        Some(a) => Some(app::app(&cx, a)?),
+        None => None,
+    };
+    let mut seen = HashSet::new();
+    let endpoints = app::tables(&cx, raw.endpoint.as_ref(), "endpoint")?
+        .iter()
+        .map(|e| app::endpoint(&cx, e, &mut seen))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = HashSet::new();
+    let signals = app::tables(&cx, raw.signal.as_ref(), "signal")?
+        .iter()
+        .map(|s| app::signal(&cx, s, &mut seen))
+        .collect::<Result<Vec<_>, _>>()?;
+    if app.is_none() {
+        let first = match (&raw.endpoint, &raw.signal) {
+            (Some(e), _) if !endpoints.is_empty() => Some((e.span(), "endpoint")),
+            (_, Some(s)) if !signals.is_empty() => Some((s.span(), "signal")),
+            _ => None,
+        };
+        if let Some((span, kind)) = first {
+            return Err(cx.err(
+                span,
+                format!(
+                    "[[{kind}]] tables need an `[app]` table: it names the app socket `shield run` serves them on"
+                ),
+            ));
+        }
+    }
+
     Ok(Policy {
+        app,
+        endpoints,
+        signals,
         mode,
         ipv4_prefix,
         ipv6_prefix,
@@ -1098,6 +1136,20 @@ fn key_text(key: &str) -> String {
     }
 }
 
+/// The `[[TABLE]]` whose header comes last before byte `at` (`rule`, `endpoint`, …).
+fn table_before(text: &str, at: usize) -> Option<&str> {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text[..at]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("[[").and_then(|r| r.split_once("]]")))
+        .map(|(name, _)| name.trim())
+}
+
 /// A TOML or serde error in the words of the policy file.
 fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
     let span = e.span().unwrap_or(0..0);
@@ -1120,12 +1172,21 @@ fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
         }
     } else if let Some(rest) = message.strip_prefix("missing field `") {
         let key = rest.trim_end_matches('`');
-        match key {
-            "name" | "protocol" => {
+        match (key, table_before(cx.text, span.end)) {
+            ("name", Some(kind @ ("endpoint" | "signal"))) => {
+                format!("this `[[{kind}]]` has no `name`; every {kind} needs a unique `name`")
+            }
+            ("path", _) => {
+                "this `[[endpoint]]` has no `path`; give a Flask rule like \"/login\" or a prefix like \"/api/*\"".to_string()
+            }
+            ("limit", _) => {
+                "this table has no `limit`; every `[[endpoint]]` and `[[signal]]` needs one like { rate = \"5/min\", burst = 5 }".to_string()
+            }
+            ("name" | "protocol", _) => {
                 format!("this `[[rule]]` has no `{key}`; every rule needs `name` and `protocol`")
             }
-            "rate" => "this limit has no `rate`; a limit needs a rate like \"5/s\"".to_string(),
-            "strikes" | "window" | "ban" => format!(
+            ("rate", _) => "this limit has no `rate`; a limit needs a rate like \"5/s\"".to_string(),
+            ("strikes" | "window" | "ban", _) => format!(
                 "this `escalation` has no `{key}`; `strikes`, `window` and `ban` are required"
             ),
             _ => format!("missing key `{key}`"),

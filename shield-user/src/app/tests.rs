@@ -1,0 +1,443 @@
+use super::*;
+use crate::policy::parse_str;
+
+const POLICY: &str = r#"
+[lists]
+allow = ["10.9.0.0/16"]
+
+[app]
+socket = "/tmp/x.sock"
+trusted_proxies = ["127.0.0.1/32", "10.0.0.0/24"]
+
+[[endpoint]]
+name = "login"
+methods = ["POST"]
+path = "/login"
+limit = { rate = "5/min", burst = 5 }
+escalation = { strikes = 2, window = "10m", ban = "15m" }
+
+[[endpoint]]
+name = "search"
+path = "/search/<int:id>"
+key = "header:X-Api-Key"
+limit = { rate = "1/s", burst = 2, sustained = "10/h" }
+
+[[endpoint]]
+name = "api"
+path = "/api/*"
+key = "user"
+limit = { rate = "10/s", burst = 3 }
+escalation = { strikes = 1, window = "1m", ban = "1m", scope = "rule" }
+
+[[signal]]
+name = "login_failed"
+limit = { rate = "10/h", burst = 2 }
+escalation = { strikes = 1, window = "1h", ban = "1h" }
+"#;
+
+fn limiter() -> Limiter {
+    let p = parse_str("t.toml", POLICY).expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, 7), Arc::default());
+    l.clock.frozen = Some(100 * NS_PER_SEC);
+    l
+}
+
+fn login(l: &mut Limiter, peer: &str, xff: Option<&str>, fx: &mut Vec<Effect>) -> Decision {
+    l.decide(
+        "POST",
+        Some("/login"),
+        "/login",
+        Some(peer),
+        xff,
+        None,
+        None,
+        fx,
+    )
+    .expect("decide")
+}
+
+#[test]
+fn endpoints_match_by_method_and_rule_or_prefix_in_file_order() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let mut ep = |m: &str, rule: Option<&str>, path: &str| {
+        l.decide(m, rule, path, Some("192.0.2.1"), None, None, None, &mut fx)
+            .expect("decide")
+            .endpoint
+    };
+    assert_eq!(ep("POST", Some("/login"), "/login"), Some("login".into()));
+    assert_eq!(ep("post", Some("/login"), "/login"), Some("login".into()));
+    assert_eq!(
+        ep("GET", Some("/login"), "/login"),
+        None,
+        "GET is not listed"
+    );
+    // The rule, not the path, is matched for a Flask rule.
+    assert_eq!(
+        ep("GET", Some("/search/<int:id>"), "/search/4"),
+        Some("search".into())
+    );
+    assert_eq!(ep("GET", None, "/search/<int:id>"), None);
+    // A prefix matches the path, with or without a rule (a 404 has none).
+    assert_eq!(ep("DELETE", None, "/api/x/y"), Some("api".into()));
+    assert_eq!(ep("GET", None, "/apix"), None);
+    assert_eq!(ep("GET", None, "/"), None);
+}
+
+#[test]
+fn exactly_burst_then_429_with_retry_after_and_headers() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for i in 0..5u64 {
+        let d = login(&mut l, "192.0.2.1", None, &mut fx);
+        assert!(d.allow, "request {i} within the burst");
+        assert_eq!(d.remaining, Some(4 - i));
+        assert_eq!(d.limit, Some(5));
+        assert_eq!(d.policy.as_deref(), Some("\"login\";q=5;w=60"));
+        assert_eq!(
+            d.reset,
+            Some(12 * (i + 1)),
+            "full again after {} tokens at 5/min",
+            i + 1
+        );
+    }
+    let d = login(&mut l, "192.0.2.1", None, &mut fx);
+    assert!(!d.allow);
+    assert_eq!(d.status, Some(429));
+    // 5/min: the next token 12 s after the burst was spent at one instant.
+    assert_eq!(d.retry_after, Some(12));
+    assert_eq!(d.remaining, Some(0));
+    assert!(
+        d.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("login allows 5 requests per minute (burst 5) per ip; retry in 12 s"),
+        "{d:?}"
+    );
+    // Another client is unaffected.
+    assert!(login(&mut l, "192.0.2.2", None, &mut fx).allow);
+    // 11.5 s later (another client, same pattern): retry in 1 s, rounded up.
+    for _ in 0..5 {
+        login(&mut l, "192.0.2.3", None, &mut fx);
+    }
+    l.clock.frozen = Some(100 * NS_PER_SEC + 11_500_000_000);
+    assert_eq!(
+        login(&mut l, "192.0.2.3", None, &mut fx).retry_after,
+        Some(1)
+    );
+    l.clock.frozen = Some(112 * NS_PER_SEC);
+    assert!(login(&mut l, "192.0.2.1", None, &mut fx).allow);
+}
+
+#[test]
+fn sustained_limit_shows_in_policy_and_binds() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let hdr = |v: &str| HashMap::from([("x-api-key".to_string(), v.to_string())]);
+    let h = hdr("k1");
+    let mut admitted = 0;
+    for s in 0..60u64 {
+        l.clock.frozen = Some((100 + s) * NS_PER_SEC);
+        let d = l
+            .decide(
+                "GET",
+                Some("/search/<int:id>"),
+                "/search/1",
+                Some("192.0.2.1"),
+                None,
+                Some(&h),
+                None,
+                &mut fx,
+            )
+            .expect("decide");
+        assert_eq!(
+            d.policy.as_deref(),
+            Some("\"search\";q=2;w=2, \"search-sustained\";q=10;w=3600")
+        );
+        admitted += u64::from(d.allow);
+    }
+    assert_eq!(admitted, 10, "1/s for a minute is capped by 10/h");
+    // The key is the header (case-insensitive name), not the address: another key passes.
+    let d = l
+        .decide(
+            "GET",
+            Some("/search/<int:id>"),
+            "/search/1",
+            Some("192.0.2.1"),
+            None,
+            Some(&hdr("k2")),
+            None,
+            &mut fx,
+        )
+        .expect("decide");
+    assert!(d.allow);
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let trusted = [parse_cidr_ok("127.0.0.1/32"), parse_cidr_ok("10.0.0.0/24")];
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    // Untrusted peer: its header is ignored.
+    let c = resolve_client(ip("192.0.2.9"), Some("198.51.100.7"), &trusted);
+    assert_eq!((c.addr, c.via_proxy), (ip("192.0.2.9"), false));
+    // Trusted peer: walk from the right past trusted hops.
+    let c = resolve_client(
+        ip("127.0.0.1"),
+        Some("198.51.100.7, 203.0.113.5, 10.0.0.2"),
+        &trusted,
+    );
+    assert_eq!((c.addr, c.via_proxy), (ip("203.0.113.5"), true));
+    // A spoofed leftmost entry does not matter.
+    let c = resolve_client(ip("127.0.0.1"), Some("1.1.1.1, 198.51.100.7"), &trusted);
+    assert_eq!(c.addr, ip("198.51.100.7"));
+    // Malformed: the peer, flagged.
+    let c = resolve_client(ip("127.0.0.1"), Some("198.51.100.7, nonsense"), &trusted);
+    assert_eq!((c.addr, c.bad_xff), (ip("127.0.0.1"), true));
+    // No header: the peer.
+    assert_eq!(
+        resolve_client(ip("127.0.0.1"), None, &trusted).addr,
+        ip("127.0.0.1")
+    );
+    // IPv4-mapped IPv6 is IPv4.
+    let c = resolve_client(ip("::ffff:127.0.0.1"), Some("198.51.100.7"), &trusted);
+    assert_eq!(c.addr, ip("198.51.100.7"));
+}
+
+fn parse_cidr_ok(s: &str) -> Cidr {
+    crate::policy::parse_cidr(s).expect("cidr")
+}
+
+#[test]
+fn malformed_forwarded_for_counts_an_error_and_limits_the_peer() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let d = login(&mut l, "127.0.0.1", Some("not-an-ip"), &mut fx);
+    assert_eq!(d.client.as_deref(), Some("127.0.0.1"));
+    assert_eq!(l.counters.errors.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn strikes_ban_a_direct_client_at_xdp_and_a_proxied_one_at_l7_only() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let strike = |l: &mut Limiter, peer: &str, xff: Option<&str>, at: u64, fx: &mut Vec<Effect>| {
+        l.clock.frozen = Some(at * NS_PER_SEC);
+        for _ in 0..6 {
+            login(l, peer, xff, fx);
+        }
+    };
+    strike(&mut l, "192.0.2.1", None, 100, &mut fx);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Ban(_))),
+        "one strike of two"
+    );
+    strike(&mut l, "192.0.2.1", None, 101, &mut fx);
+    let bans: Vec<&AppBan> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Ban(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bans.len(), 1, "{fx:?}");
+    assert!(bans[0].xdp, "a direct client is banned at XDP");
+    assert_eq!(bans[0].source.to_string(), "192.0.2.1/32");
+    assert_eq!(bans[0].duration, Duration::from_secs(900));
+    // Banned: 403 on every endpoint (host scope).
+    let d = login(&mut l, "192.0.2.1", None, &mut fx);
+    assert_eq!(d.status, Some(403));
+    assert_eq!(d.retry_after, Some(900));
+    let d = l
+        .decide(
+            "GET",
+            None,
+            "/api/x",
+            Some("192.0.2.1"),
+            None,
+            None,
+            None,
+            &mut fx,
+        )
+        .expect("decide");
+    assert_eq!(d.status, Some(403));
+
+    // Behind a trusted proxy: L7 only, and the proxy itself is never banned.
+    fx.clear();
+    strike(&mut l, "127.0.0.1", Some("198.51.100.7"), 200, &mut fx);
+    strike(&mut l, "127.0.0.1", Some("198.51.100.7"), 201, &mut fx);
+    let b = fx.iter().find_map(|e| match e {
+        Effect::Ban(b) => Some(b.clone()),
+        _ => None,
+    });
+    let b = b.expect("the forwarded client is banned");
+    assert!(!b.xdp, "a client behind a proxy is banned at L7 only");
+    assert_eq!(b.source.to_string(), "198.51.100.7/32");
+    assert_eq!(
+        login(&mut l, "127.0.0.1", Some("198.51.100.7"), &mut fx).status,
+        Some(403)
+    );
+    assert!(login(&mut l, "127.0.0.1", Some("198.51.100.8"), &mut fx).allow);
+    // The proxy talking for itself (no header) strikes, but is never banned.
+    fx.clear();
+    strike(&mut l, "127.0.0.1", None, 300, &mut fx);
+    strike(&mut l, "127.0.0.1", None, 301, &mut fx);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Ban(_))));
+    assert!(fx.iter().any(|e| matches!(e, Effect::BanSkipped { .. })));
+}
+
+#[test]
+fn allow_listed_clients_are_limited_but_never_banned() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for s in 100..104 {
+        l.clock.frozen = Some(s * NS_PER_SEC);
+        for _ in 0..6 {
+            login(&mut l, "10.9.1.1", None, &mut fx);
+        }
+    }
+    assert!(!login(&mut l, "10.9.1.1", None, &mut fx).allow);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Ban(_))));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::BanSkipped { why, .. } if why.contains("allow list")))
+    );
+}
+
+#[test]
+fn rule_scope_bans_the_endpoint_only_and_user_keys_fall_back_to_ip() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let api = |l: &mut Limiter, user: Option<&str>, fx: &mut Vec<Effect>| {
+        l.decide(
+            "GET",
+            None,
+            "/api/a",
+            Some("192.0.2.5"),
+            None,
+            None,
+            user,
+            fx,
+        )
+        .expect("decide")
+    };
+    for _ in 0..3 {
+        assert!(api(&mut l, Some("alice"), &mut fx).allow);
+    }
+    // Another user from the same address has a bucket of its own; no user: the ip key.
+    assert!(api(&mut l, Some("bob"), &mut fx).allow);
+    for _ in 0..3 {
+        assert!(api(&mut l, None, &mut fx).allow);
+    }
+    assert_eq!(api(&mut l, Some("alice"), &mut fx).status, Some(429));
+    let b = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Ban(b) => Some(b.clone()),
+            _ => None,
+        })
+        .expect("strikes = 1 bans");
+    assert_eq!(b.endpoint.as_deref(), Some("api"));
+    assert!(!b.xdp, "a rule-scope ban on an endpoint is L7 only");
+    assert_eq!(api(&mut l, Some("carol"), &mut fx).status, Some(403));
+    assert!(
+        login(&mut l, "192.0.2.5", None, &mut fx).allow,
+        "other endpoints still served"
+    );
+}
+
+#[test]
+fn signals_count_reports_and_ban_after_their_limit() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let rep = |l: &mut Limiter, fx: &mut Vec<Effect>| {
+        l.report(
+            "login_failed",
+            Some("192.0.2.7"),
+            None,
+            None,
+            None,
+            None,
+            fx,
+        )
+        .expect("report")
+    };
+    let r = rep(&mut l, &mut fx);
+    assert!(r.counted && !r.limited && !r.banned);
+    rep(&mut l, &mut fx);
+    let r = rep(&mut l, &mut fx);
+    assert!(r.limited && r.banned, "{r:?}");
+    assert_eq!(login(&mut l, "192.0.2.7", None, &mut fx).status, Some(403));
+    let err = l
+        .report("nope", Some("192.0.2.7"), None, None, None, None, &mut fx)
+        .unwrap_err();
+    assert_eq!(err, "no [[signal]] named \"nope\" in the policy");
+}
+
+#[test]
+fn app_limited_effects_at_most_once_per_client_per_second() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for _ in 0..50 {
+        login(&mut l, "192.0.2.1", None, &mut fx);
+    }
+    let n = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::Limited { .. }))
+        .count();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn reload_keeps_state_by_name_and_drops_removed_names() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for _ in 0..5 {
+        login(&mut l, "192.0.2.1", None, &mut fx);
+    }
+    // Rename `search`, reorder, keep `login`.
+    let text = POLICY.replace("name = \"search\"", "name = \"find\"");
+    let p = parse_str("t.toml", &text).expect("valid");
+    l.set_policy(AppPolicy::new(&p, 8));
+    assert_eq!(l.generation(), 8);
+    let d = login(&mut l, "192.0.2.1", None, &mut fx);
+    assert_eq!(
+        d.status,
+        Some(429),
+        "login kept its state across the reload"
+    );
+    assert_eq!(d.generation, 8);
+    let names: Vec<String> = l.counters.snapshot().into_iter().map(|r| r.name).collect();
+    assert!(names.contains(&"find".to_string()) && !names.contains(&"search".to_string()));
+}
+
+#[test]
+fn bad_requests_are_errors_and_change_nothing() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for peer in [None, Some("nonsense"), Some("192.0.2.1:80")] {
+        assert!(
+            l.decide(
+                "POST",
+                Some("/login"),
+                "/login",
+                peer,
+                None,
+                None,
+                None,
+                &mut fx
+            )
+            .is_err()
+        );
+    }
+    assert_eq!(l.tracked(), 0);
+    assert!(fx.is_empty());
+    assert_eq!(l.counters.errors.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn hello_names_key_headers_once() {
+    let l = limiter();
+    let h = l.hello();
+    assert_eq!(h.key_headers, vec!["X-Api-Key".to_string()]);
+    assert_eq!((h.generation, h.on_error.as_str()), (7, "open"));
+}

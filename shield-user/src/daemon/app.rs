@@ -1,0 +1,337 @@
+//! The app socket (`[app]`): a Unix socket, mode 0660 root:group, that the web app's
+//! middleware (`shield_flask`) asks for a decision on each request. The app task owns the
+//! limiter state (`crate::app::Limiter`); client tasks parse lines and ask it over a
+//! channel. Decisions never wait on the owner (a reload in progress does not slow them):
+//! the owner only sends the app task a new policy after a reload, and gets bans and audit
+//! lines back.
+
+use std::{ffi::CString, io, os::unix::fs::PermissionsExt as _, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    sync::{Semaphore, mpsc, oneshot, watch},
+    time::timeout,
+};
+use tracing::{info, warn};
+
+use super::{
+    control::{Bound, bind_socket},
+    owner::Msg,
+};
+use crate::{
+    app::{
+        AppCounters, AppPolicy, Effect, Limiter,
+        protocol::{self, AppRequest, Decision, Hello, MAX_APP_LINE, Reported, error_line},
+    },
+    policy::AppConfig,
+};
+
+/// Connections served at once (every worker thread of every app process holds one).
+pub const MAX_APP_CLIENTS: usize = 1024;
+/// A connection silent this long between requests is closed (the client reconnects).
+const IDLE: Duration = Duration::from_secs(300);
+/// Once a request line has started, the rest of it must come within this.
+const LINE_DEADLINE: Duration = Duration::from_secs(5);
+/// Requests waiting for the app task.
+const QUEUE: usize = 4096;
+
+/// The gid of group `name` (getgrnam_r: files, LDAP, whatever NSS is configured with).
+fn group_id(name: &str) -> io::Result<libc::gid_t> {
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name holds NUL"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: `grp` and `buf` outlive the call; getgrnam_r writes only into them, and
+    // `result` points at `grp` or is null.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no group named {name:?} on this host ([app] group)"),
+            ));
+        }
+        Ok(grp.gr_gid)
+    }
+}
+
+/// Binds the app socket before anything is attached: mode 0660, owner root, group
+/// `[app] group` (root's when absent); the directory gets search permission for others
+/// (`--x`: they reach the socket by name, list nothing) so the group can connect.
+pub(crate) fn bind(app: &AppConfig) -> io::Result<Bound> {
+    let gid = match &app.group {
+        Some(g) => Some(group_id(g)?),
+        None => None,
+    };
+    let bound = bind_socket(&app.socket, 0o660, "set another [app] socket in the policy")?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(&app.socket, Some(0), Some(gid))?;
+    }
+    if let Some(dir) = app.socket.parent()
+        && let Ok(meta) = std::fs::metadata(dir)
+    {
+        let mode = meta.permissions().mode();
+        if mode & 0o011 != 0o011 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))?;
+            info!(
+                "{}: search permission added (mode {:o}) so that the app socket's group reaches it",
+                dir.display(),
+                (mode | 0o011) & 0o7777
+            );
+        }
+    }
+    Ok(bound)
+}
+
+/// What a client task asks the app task.
+struct Ask {
+    req: AppRequest,
+    answer: oneshot::Sender<String>,
+}
+
+/// The app task: owns the limiter; answers client tasks, takes new policies, ticks.
+pub(super) async fn serve(
+    mut bound: Bound,
+    policy: AppPolicy,
+    mut policies: watch::Receiver<AppPolicy>,
+    counters: Arc<AppCounters>,
+    owner: mpsc::Sender<Msg>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(std_listener) = bound.listener.take() else {
+        return;
+    };
+    let listener = match std_listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(std_listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("app socket {}: {e}", bound.path.display());
+            return;
+        }
+    };
+    let (ask_tx, mut ask_rx) = mpsc::channel::<Ask>(QUEUE);
+    let accept = tokio::spawn(accept(listener, ask_tx, counters.clone(), stop.clone()));
+    let mut limiter = Limiter::new(policy, counters.clone());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut effects = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            ask = ask_rx.recv() => {
+                let Some(Ask { req, answer }) = ask else { break };
+                let line = answer_line(&mut limiter, &req, &mut effects);
+                let _ = answer.send(line);
+                // Take what else is queued before yielding: one wake-up for a burst.
+                while let Ok(Ask { req, answer }) = ask_rx.try_recv() {
+                    let line = answer_line(&mut limiter, &req, &mut effects);
+                    let _ = answer.send(line);
+                }
+                for e in effects.drain(..) {
+                    send_owner(&owner, Msg::App(e));
+                }
+            }
+            changed = policies.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let p = policies.borrow_and_update().clone();
+                limiter.set_policy(p);
+            }
+            _ = tick.tick() => limiter.tick(),
+        }
+    }
+    accept.abort();
+    let _ = accept.await;
+    drop(bound);
+}
+
+/// Hands the owner an effect without ever blocking a decision: a full queue is waited on
+/// in a task of its own.
+fn send_owner(owner: &mpsc::Sender<Msg>, msg: Msg) {
+    if let Err(mpsc::error::TrySendError::Full(msg)) = owner.try_send(msg) {
+        let owner = owner.clone();
+        tokio::spawn(async move {
+            let _ = owner.send(msg).await;
+        });
+    }
+}
+
+/// One request's reply line (with its newline).
+fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect>) -> String {
+    fn line<T: serde::Serialize>(v: &T) -> String {
+        match serde_json::to_string(v) {
+            Ok(s) => s + "\n",
+            Err(e) => error_line(&format!("encoding the reply: {e}")),
+        }
+    }
+    match req.op.as_str() {
+        "hello" => line::<Hello>(&limiter.hello()),
+        "decide" => {
+            if req.cost.is_some_and(|c| c != 1) {
+                return error_line(
+                    "`cost` other than 1 is not supported by this daemon (leave it out or send 1)",
+                );
+            }
+            let Some(method) = req.method.as_deref() else {
+                return error_line("decide needs `method`");
+            };
+            let Some(path) = req.path.as_deref() else {
+                return error_line("decide needs `path`");
+            };
+            match limiter.decide(
+                method,
+                req.rule.as_deref(),
+                path,
+                req.peer.as_deref(),
+                req.xff.as_deref(),
+                req.headers.as_ref(),
+                req.user.as_deref(),
+                effects,
+            ) {
+                Ok(d) => line::<Decision>(&d),
+                Err(e) => error_line(&e),
+            }
+        }
+        "report" => {
+            let Some(signal) = req.signal.as_deref() else {
+                return error_line("report needs `signal` (the name of a [[signal]])");
+            };
+            match limiter.report(
+                signal,
+                req.peer.as_deref(),
+                req.xff.as_deref(),
+                req.headers.as_ref(),
+                req.user.as_deref(),
+                req.key.as_deref(),
+                effects,
+            ) {
+                Ok(r) => line::<Reported>(&r),
+                Err(e) => error_line(&e),
+            }
+        }
+        _ => error_line(protocol::ONLY_APP_OPS),
+    }
+}
+
+async fn accept(
+    listener: tokio::net::UnixListener,
+    ask: mpsc::Sender<Ask>,
+    counters: Arc<AppCounters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_APP_CLIENTS));
+    loop {
+        let conn = tokio::select! {
+            _ = stop.changed() => break,
+            conn = listener.accept() => conn,
+        };
+        let mut conn = match conn {
+            Ok((c, _)) => c,
+            Err(e) => {
+                warn!("app socket: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let ask = ask.clone();
+                let counters = counters.clone();
+                tokio::spawn(async move {
+                    client(conn, ask, &counters).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let line = error_line(&format!(
+                        "too many connections to the app socket (at most {MAX_APP_CLIENTS})"
+                    ));
+                    let _ = timeout(LINE_DEADLINE, conn.write_all(line.as_bytes())).await;
+                });
+            }
+        }
+    }
+}
+
+async fn client(conn: tokio::net::UnixStream, ask: mpsc::Sender<Ask>, counters: &AppCounters) {
+    let (read, mut write) = conn.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        line.clear();
+        // Idle between requests, then a deadline for the line once it has begun.
+        match timeout(IDLE, reader.fill_buf()).await {
+            Ok(Ok([])) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(_)) => {}
+        }
+        let mut limited = (&mut reader).take(MAX_APP_LINE as u64 + 1);
+        match timeout(LINE_DEADLINE, limited.read_until(b'\n', &mut line)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        if line.last() != Some(&b'\n') {
+            counters.count_error();
+            let why = if line.len() > MAX_APP_LINE {
+                format!("request longer than {MAX_APP_LINE} bytes")
+            } else {
+                "incomplete request (no newline before end of stream)".to_string()
+            };
+            let _ = timeout(LINE_DEADLINE, write.write_all(error_line(&why).as_bytes())).await;
+            return;
+        }
+        line.pop();
+        let reply = match protocol::parse(&line) {
+            Err(e) => {
+                counters.count_error();
+                error_line(&e)
+            }
+            Ok(req) => {
+                let (answer, rx) = oneshot::channel();
+                if ask.send(Ask { req, answer }).await.is_err() {
+                    error_line("the daemon is shutting down")
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| error_line("the daemon is shutting down"))
+                }
+            }
+        };
+        match timeout(LINE_DEADLINE, write.write_all(reply.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Whether `[app]` changed in a way only a restart applies (socket, group, presence).
+pub(crate) fn needs_restart(old: Option<&AppConfig>, new: Option<&AppConfig>) -> Option<String> {
+    match (old, new) {
+        (None, None) => None,
+        (None, Some(_)) => Some("[app] was added".into()),
+        (Some(_), None) => Some("[app] was removed".into()),
+        (Some(o), Some(n)) if o.socket != n.socket => Some(format!(
+            "[app] socket changed ({} -> {})",
+            o.socket.display(),
+            n.socket.display()
+        )),
+        (Some(o), Some(n)) if o.group != n.group => Some(format!(
+            "[app] group changed ({} -> {})",
+            o.group.as_deref().unwrap_or("root"),
+            n.group.as_deref().unwrap_or("root")
+        )),
+        _ => None,
+    }
+}

@@ -1,0 +1,111 @@
+//! The application layer's part of a policy: `[app]`, `[[endpoint]]` and `[[signal]]`
+//! (served on the app socket by `shield run`, see `crate::app`).
+
+use std::{fmt, path::PathBuf};
+
+use super::{Cidr, Escalation, Limit};
+
+/// The app socket path when `[app]` names none.
+pub const DEFAULT_APP_SOCKET: &str = "/run/shield/app.sock";
+
+/// What the Python client does when the daemon is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// Allow the request (counted by the client).
+    Open,
+    /// Answer 503.
+    Closed,
+}
+
+impl OnError {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnError::Open => "open",
+            OnError::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for OnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[app]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppConfig {
+    pub socket: PathBuf,
+    /// Group of the socket (mode 0660 root:group); `None`: root's group.
+    pub group: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    pub on_error: OnError,
+}
+
+/// What a limit is counted per.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// The client address, masked to the policy's `ipv4_prefix` / `ipv6_prefix`.
+    Ip,
+    /// A request header's value (as written in the policy); missing: the ip key.
+    Header(String),
+    /// The identity the app set; none: the ip key.
+    User,
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyKind::Ip => f.write_str("ip"),
+            KeyKind::Header(h) => write!(f, "header:{h}"),
+            KeyKind::User => f.write_str("user"),
+        }
+    }
+}
+
+/// `[[endpoint]]`: a limit on the requests of one route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub name: String,
+    /// Upper-case HTTP methods; empty: every method.
+    pub methods: Vec<String>,
+    /// A Flask rule matched exactly, or (`prefix`) the text before a final `*`.
+    pub path: String,
+    pub prefix: bool,
+    pub key: KeyKind,
+    pub limit: Limit,
+    pub escalation: Option<Escalation>,
+}
+
+impl Endpoint {
+    /// Whether a request (`method`, Flask rule `rule` or null, `path`) belongs here.
+    pub fn matches(&self, method: &str, rule: Option<&str>, path: &str) -> bool {
+        let method_ok =
+            self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+        let path_ok = if self.prefix {
+            path.starts_with(&self.path)
+        } else {
+            rule == Some(self.path.as_str())
+        };
+        method_ok && path_ok
+    }
+
+    /// The path as written in the policy.
+    pub fn path_text(&self) -> String {
+        if self.prefix {
+            format!("{}*", self.path)
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
+/// `[[signal]]`: a limit on reports from the app (`shield.report("login_failed")`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub name: String,
+    pub key: KeyKind,
+    pub limit: Limit,
+    pub escalation: Option<Escalation>,
+}

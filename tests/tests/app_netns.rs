@@ -1,0 +1,301 @@
+//! The application layer with the real `shield run`: a Rust client speaks the app socket's
+//! protocol (the part `shield_flask` plays), real TCP in network namespaces shows that
+//! an app ban drops a direct client at the NIC. Needs root; every resource is a guard.
+
+use std::{
+    net::IpAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use shield_tests::{
+    app_client::AppClient,
+    netlab::{ATTACKER_V4, LEGIT_V4, unique},
+    nslab::NsLab,
+};
+
+const WEB: u16 = 8000;
+
+fn policy(socket: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[app]
+socket = "{}"
+trusted_proxies = ["127.0.0.1/32"]
+
+[[endpoint]]
+name = "login"
+methods = ["POST"]
+path = "/login"
+limit = {{ rate = "5/min", burst = 5 }}
+escalation = {{ strikes = 2, window = "10m", ban = "15m", scope = "host" }}
+{extra}
+"#,
+        socket.display()
+    )
+}
+
+/// Removes the app socket file whatever happens (the daemon removes it on a clean stop).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn socket_path() -> SocketFile {
+    SocketFile(std::env::temp_dir().join(format!("{}.sock", unique("shield-app-"))))
+}
+
+fn login(c: &mut AppClient, peer: IpAddr, xff: Option<&str>) -> Value {
+    c.decide("POST", "/login", &peer.to_string(), xff)
+        .expect("a decide reply")
+}
+
+#[test]
+fn decide_limits_exactly_bans_at_the_nic_and_refuses_control_verbs() {
+    let sock = socket_path();
+    let lab = NsLab::new(&policy(&sock.0, ""), &[WEB]);
+    let mode = std::fs::metadata(&sock.0)
+        .expect("the app socket exists once shield run is ready")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o660,
+        "the app socket must be 0660 root:group"
+    );
+    let mut c = AppClient::connect(&sock.0).expect("connect");
+    let hello = c.hello().expect("hello");
+    assert_eq!(hello["ok"], true, "{hello}");
+    assert_eq!(hello["on_error"], "open");
+    let generation = hello["generation"].as_u64().expect("generation");
+    assert!(generation >= 1);
+
+    // Exactly the burst, then 429 with the time to the next token (5/min: 12 s).
+    let attacker = IpAddr::V4(ATTACKER_V4);
+    let legit = IpAddr::V4(LEGIT_V4);
+    let started = Instant::now();
+    for i in 0..5 {
+        let d = login(&mut c, attacker, None);
+        assert_eq!(d["allow"], true, "request {i} of the burst: {d}");
+        assert_eq!(d["remaining"], 4 - i, "{d}");
+        assert_eq!(d["policy"], "\"login\";q=5;w=60");
+    }
+    let d = login(&mut c, attacker, None);
+    let took = started.elapsed();
+    assert_eq!(d["allow"], false, "the 6th request is over the burst: {d}");
+    assert_eq!(d["status"], 429);
+    let retry = d["retry_after"].as_u64().expect("retry_after");
+    if took < Duration::from_secs(1) {
+        assert_eq!(retry, 12, "{d}");
+    } else {
+        assert!((11..=12).contains(&retry), "{d}");
+    }
+    assert_eq!(d["endpoint"], "login");
+    assert_eq!(d["client"], attacker.to_string());
+
+    // A second client is unaffected.
+    let d = login(&mut c, legit, None);
+    assert_eq!(
+        (d["allow"].clone(), d["remaining"].clone()),
+        (json!(true), json!(4)),
+        "{d}"
+    );
+
+    // X-Forwarded-For only from a trusted proxy.
+    let d = login(
+        &mut c,
+        "127.0.0.1".parse().expect("ip"),
+        Some("203.0.113.9"),
+    );
+    assert_eq!(
+        d["client"], "203.0.113.9",
+        "a trusted proxy's XFF names the client"
+    );
+    let d = login(&mut c, legit, Some("203.0.113.9"));
+    assert_eq!(
+        d["client"],
+        legit.to_string(),
+        "an untrusted peer's XFF is ignored"
+    );
+    assert_eq!(d["remaining"], 3, "and counted against the peer: {d}");
+
+    // Control verbs and garbage: an error each, nothing changed, the connection goes on.
+    for line in [
+        r#"{"op":"ban","source":"198.51.100.2","duration":"1h"}"#,
+        r#"{"op":"unban","source":"198.51.100.3"}"#,
+        r#"{"op":"reload"}"#,
+        r#"{"cmd":"reload"}"#,
+        "this is not json",
+        r#"{"op":"decide","method":"POST","rule":"/login","path":"/login","peer":17}"#,
+        r#"{"op":"decide","method":"POST","rule":"/login","path":"/login","peer":"nonsense"}"#,
+    ] {
+        let r = c
+            .raw(line)
+            .expect("an error reply, not a closed connection");
+        assert_eq!(r["ok"], false, "{line} must be refused: {r}");
+        assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    }
+    let r = c.raw(r#"{"op":"reload"}"#).expect("reply");
+    assert_eq!(
+        r["error"],
+        "the app socket accepts only hello, decide and report"
+    );
+    let d = login(&mut c, legit, None);
+    assert_eq!(d["remaining"], 2, "bad requests changed no state: {d}");
+    let (ok, out, _) = lab.shield(&["bans", "--json"]);
+    assert!(ok);
+    assert!(
+        !out.contains("198.51.100.2"),
+        "no ban came from the app socket: {out}"
+    );
+
+    // Before any ban, the attacker connects to the web port.
+    assert_eq!(
+        lab.connect(attacker, WEB, 3, Duration::from_millis(20)).ok,
+        3
+    );
+    // Strikes: refused in 2 different seconds → banned. Keep asking until the 403.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let banned = loop {
+        let d = login(&mut c, attacker, None);
+        if d["status"] == 403 {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ban after 20 s of refused requests: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(banned["allow"], false);
+    assert!(
+        banned["retry_after"]
+            .as_u64()
+            .is_some_and(|r| r > 890 && r <= 900),
+        "{banned}"
+    );
+    // The ban reaches the data path through the owner: wait for it in `shield bans`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ban = loop {
+        let (ok, out, err) = lab.shield(&["bans", "--json"]);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).expect("bans --json");
+        let list = v
+            .as_array()
+            .cloned()
+            .or_else(|| v["bans"].as_array().cloned())
+            .unwrap_or_default();
+        if let Some(b) = list
+            .into_iter()
+            .find(|b| b["source"] == format!("{attacker}/32"))
+        {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app ban never showed in shield bans: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(ban["origin"], "app", "{ban}");
+    assert_eq!(ban["scope"], "host", "{ban}");
+    let (_, text, _) = lab.shield(&["bans"]);
+    assert!(
+        text.contains("app"),
+        "shield bans names the app origin:\n{text}"
+    );
+    // Dropped at the NIC: real connections from the attacker time out, others connect.
+    let a = lab.connect(attacker, WEB, 3, Duration::from_millis(20));
+    assert_eq!(a.ok, 0, "the banned direct client still connects: {a:?}");
+    let l = lab.connect(legit, WEB, 3, Duration::from_millis(20));
+    assert_eq!(l.ok, 3, "another client is cut off too: {l:?}");
+
+    let audit = lab.audit_lines();
+    let app_ban = audit
+        .iter()
+        .find(|l| l["event"] == "app_ban")
+        .unwrap_or_else(|| panic!("no app_ban audit line: {audit:?}"));
+    assert_eq!(app_ban["origin"], "app");
+    assert_eq!(app_ban["endpoint"], "login");
+    assert_eq!(app_ban["enforced"], "xdp");
+    let limited: Vec<&Value> = audit
+        .iter()
+        .filter(|l| l["event"] == "app_limited")
+        .collect();
+    assert!(!limited.is_empty(), "no app_limited line");
+    // At most one per client per second: the attacker was refused many times a second.
+    let attacker_lines = limited
+        .iter()
+        .filter(|l| l["client"] == attacker.to_string())
+        .count();
+    let secs = started.elapsed().as_secs() + 1;
+    assert!(
+        attacker_lines as u64 <= secs,
+        "{attacker_lines} app_limited lines in {secs} s for one client"
+    );
+
+    // The counters, from the daemon.
+    let (ok, out, err) = lab.shield(&[
+        "stats",
+        "--json",
+        "--bpffs",
+        lab.bpffs.path.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("stats --json");
+    let row = v["app"]["endpoints"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "login").cloned())
+        .unwrap_or_else(|| panic!("no app endpoint row in stats: {v}"));
+    assert!(row["allowed"].as_u64().is_some_and(|n| n >= 9), "{row}");
+    assert!(row["limited"].as_u64().is_some_and(|n| n >= 2), "{row}");
+    assert_eq!(row["banned"], 1, "{row}");
+    assert!(v["app"]["errors"].as_u64().is_some_and(|n| n >= 4), "{v}");
+}
+
+#[test]
+fn a_reload_keeps_endpoint_state_by_name() {
+    let sock = socket_path();
+    let mut lab = NsLab::new(&policy(&sock.0, ""), &[WEB]);
+    let mut c = AppClient::connect(&sock.0).expect("connect");
+    let g0 = c.hello().expect("hello")["generation"]
+        .as_u64()
+        .expect("gen");
+    let legit = IpAddr::V4(LEGIT_V4);
+    for _ in 0..3 {
+        assert_eq!(login(&mut c, legit, None)["allow"], true);
+    }
+    // A new endpoint before `login`: `login` keeps its state by name.
+    let extra = r#"
+[[endpoint]]
+name = "search"
+path = "/search"
+limit = { rate = "1/s", burst = 1 }
+"#;
+    std::fs::write(&lab.policy, policy(&sock.0, extra)).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "reload: {err}");
+    let d = login(&mut c, legit, None);
+    assert!(d["generation"].as_u64().is_some_and(|g| g > g0), "{d}");
+    assert_eq!(
+        d["remaining"], 1,
+        "login kept its bucket across the reload: {d}"
+    );
+    let d = c
+        .decide("GET", "/search", &legit.to_string(), None)
+        .expect("decide");
+    assert_eq!(d["endpoint"], "search", "the new endpoint is in force: {d}");
+    // Changing the socket needs a restart: the reload is refused, the old policy stays.
+    let moved = policy(&PathBuf::from("/tmp/elsewhere.sock"), extra);
+    std::fs::write(&lab.policy, moved).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(!ok && err.contains("restart"), "{err}");
+    assert_eq!(login(&mut c, legit, None)["remaining"], 0);
+    drop(lab.daemon.take());
+    assert!(!sock.0.exists(), "a clean stop removes the app socket");
+}
