@@ -116,7 +116,8 @@ fn app_socket(policy_path: &Path) -> Result<Option<PathBuf>> {
     }))
 }
 
-/// `count` wrong-password POSTs to /login from the stuffer, one every `every`.
+/// Up to `count` wrong-password POSTs to /login from the stuffer, one every `every`; stops
+/// after 6 attempts without an answer (banned: the point is made).
 fn stuff(dst: SocketAddr, count: u32, every: Duration, timeout: Duration) -> Stuffing {
     let mut got = Stuffing::default();
     let start = Instant::now();
@@ -140,6 +141,9 @@ fn stuff(dst: SocketAddr, count: u32, every: Duration, timeout: Duration) -> Stu
             Some(_) => got.other += 1,
             None => got.dropped += 1,
         }
+        if got.dropped >= 6 {
+            break;
+        }
     }
     got
 }
@@ -152,6 +156,7 @@ fn add(a: &mut Connects, b: Connects) {
 /// One line per second: rates per reason and what each client got so far.
 fn live_line(
     bpffs: &Path,
+    control: &Path,
     started: Instant,
     phase: &str,
     t: &Tally,
@@ -168,6 +173,26 @@ fn live_line(
                     rates.push_str(&format!(" {key} {}/s", c.packets - prev));
                 }
                 now.push((key, c.packets));
+            }
+        }
+        // The application layer's decisions (endpoints and signals), from the daemon.
+        if let Ok(app) = shield_user::control::call::<shield_user::control::AppStats>(
+            control,
+            &shield_user::control::Request::AppStats {},
+        ) {
+            for row in &app.rows {
+                for (what, n) in [
+                    ("allowed", row.allowed),
+                    ("limited", row.limited),
+                    ("banned", row.banned),
+                ] {
+                    let key = format!("app {}/{what}", row.name);
+                    let prev = last.iter().find(|(k, _)| *k == key).map_or(0, |(_, v)| *v);
+                    if n > prev {
+                        rates.push_str(&format!(" {key} {}/s", n - prev));
+                    }
+                    now.push((key, n));
+                }
             }
         }
         *last = now;
@@ -308,7 +333,7 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
         if app_socket.is_some() {
             // Wrong passwords, 5 per second on fresh connections: the login endpoint's
             // burst, then 429s; limited in 3 different seconds → banned at the NIC.
-            step("6. credential stuffing on POST /login", 9, &|| Tally {
+            step("6. credential stuffing on POST /login", 8, &|| Tally {
                 stuffer: stuff(v4, 40, Duration::from_millis(200), t),
                 ..Tally::default()
             })?;
@@ -342,7 +367,10 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
                 std::thread::sleep(Duration::from_secs(1));
                 let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
                 let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
-                println!("{}", live_line(&bpffs.path, started, name, &t, &mut last));
+                println!(
+                    "{}",
+                    live_line(&bpffs.path, &daemon.socket, started, name, &t, &mut last)
+                );
             }
         });
         let result = run_phases();
@@ -381,7 +409,7 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     if app_socket.is_some() {
         let st = t.stuffer;
         println!(
-            "{:<34} {:>10} {:>10}   (answered: {} × 401 wrong password, {} × 429 limited{})",
+            "{:<34} {:>10} {:>10}\n  the stuffer's answers: {} × 401 wrong password, {} × 429 limited{}",
             "stuffer 100.64.0.66 (POST /login)",
             st.unauthorized + st.limited + st.other,
             st.dropped,
@@ -396,18 +424,28 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     }
     println!("bans issued: {}", bans.len());
     for b in &bans {
+        let why = if b["event"] == "app_ban" {
+            let what = match (b["endpoint"].as_str(), b["signal"].as_str()) {
+                (Some(e), _) => format!("endpoint {e}"),
+                (None, Some(s)) => format!("signal {s}"),
+                (None, None) => "app".to_string(),
+            };
+            format!(
+                "app layer: {what}, enforced {}",
+                b["enforced"].as_str().unwrap_or("?")
+            )
+        } else {
+            format!(
+                "{} strikes, scope {}",
+                b["strikes"],
+                b["scope"].as_str().unwrap_or("")
+            )
+        };
         println!(
-            "  {} {} for {}s ({} strikes, scope {}{})",
+            "  {} {} for {}s ({why})",
             b["ts"].as_str().unwrap_or(""),
             b["source"].as_str().unwrap_or(""),
             b["ban_secs"],
-            b["strikes"],
-            b["scope"].as_str().unwrap_or(""),
-            if b["event"] == "app_ban" || b["origin"] == "app" {
-                ", from the app layer"
-            } else {
-                ""
-            }
         );
     }
     let _ = std::fs::remove_file(&audit);
