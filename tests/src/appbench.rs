@@ -293,9 +293,26 @@ fn decide_latency(socket: &Path, count: u32) -> Result<(f64, f64)> {
 
 struct Case {
     name: &'static str,
-    load: Result<Load, String>,
+    /// One wrk run per round (the cases take turns, round after round).
+    loads: Vec<Load>,
+    /// Why it was not measured.
+    missing: Option<String>,
     admit: Result<(u32, u32, u32), String>,
 }
+
+impl Case {
+    /// Median, min and max of `f` over the rounds.
+    fn spread(&self, f: impl Fn(&Load) -> f64) -> Option<(f64, f64, f64)> {
+        if self.loads.is_empty() {
+            return None;
+        }
+        let mut v: Vec<f64> = self.loads.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+    }
+}
+
+const ROUNDS: usize = 3;
 
 /// Runs the section and returns its Markdown.
 pub fn section6(quick: bool) -> String {
@@ -303,11 +320,17 @@ pub fn section6(quick: bool) -> String {
     let n: u32 = if quick { 100 } else { 200 };
     let total = 3 * n;
     let probes = if quick { 5_000 } else { 20_000 };
-    eprintln!("bench: 6. application layer ({secs} s of wrk per case, limit N = {n})");
+    eprintln!(
+        "bench: 6. application layer ({ROUNDS} rounds of {secs} s of wrk per case, limit N = {n})"
+    );
+    let load_avg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "## 6. Application layer: shield_flask vs Flask-Limiter\n\nThe same Flask app under gunicorn ({WORKERS} workers × 4 threads, gthread, keep-alive) in the protected namespace, the real `shield run` on the veth in every case. Throughput: `wrk -t2 -c16 -d{secs}s --latency` from the client namespace on `GET /api/checked`, a route under a limit it never reaches (every request pays for one decision: Flask-Limiter `1000000000 per hour`, shield an `[[endpoint]]` of 100000/s, burst 100000). Admission: {total} GETs of `/api/limited` (limit N = {n} per hour for one client) from one client, each on a new connection (the kernel spreads them over the workers), 8 at a time. Flask-Limiter keys by the TCP peer (`get_remote_address`), shield by `ip`.\n"
+        "## 6. Application layer: shield_flask vs Flask-Limiter\n\nThe same Flask app under gunicorn ({WORKERS} workers × 4 threads, gthread, keep-alive) in the protected namespace, the real `shield run` on the veth in every case. Throughput: `wrk -t2 -c16 -d{secs}s --latency` from the client namespace on `GET /api/checked`, a route under a limit it never reaches (every request pays for one decision: Flask-Limiter `1000000000 per hour`, shield an `[[endpoint]]` of 100000/s, burst 100000); {ROUNDS} rounds, the cases taking turns (the app restarted each time), median (min–max). Admission: {total} GETs of `/api/limited` (limit N = {n} per hour for one client) from one client, each on a new connection (the kernel spreads them over the workers), 8 at a time, in the first round. Flask-Limiter keys by the TCP peer (`get_remote_address`), shield by `ip`. Load average when the section started: {load_avg} (the machine is shared).\n"
     );
     let has_wrk = have("wrk");
     let has_limiter = python_has("flask_limiter");
@@ -324,51 +347,10 @@ pub fn section6(quick: bool) -> String {
         }
     };
     let client = &lab.topo.client;
-    let mut cases = Vec::new();
-    let mut run = |name: &'static str, limiter: Option<Limiter>, missing: Option<String>| {
-        eprintln!("bench: 6. {name}");
-        let Some(limiter) = limiter.filter(|_| missing.is_none()) else {
-            let why = missing.unwrap_or_default();
-            cases.push(Case {
-                name,
-                load: Err(why.clone()),
-                admit: Err(why),
-            });
-            return;
-        };
-        let app = match App::start(&lab.topo.server, PORT, WORKERS, &limiter) {
-            Ok(a) => a,
-            Err(e) => {
-                let why = format!("the app did not start: {e:#}");
-                cases.push(Case {
-                    name,
-                    load: Err(why.clone()),
-                    admit: Err(why),
-                });
-                return;
-            }
-        };
-        let load = if has_wrk {
-            wrk(client, "/api/checked", secs).map_err(|e| format!("{e:#}"))
-        } else {
-            Err("wrk is not installed (Debian package wrk)".into())
-        };
-        let admit = if matches!(limiter, Limiter::None) {
-            Err("no limiter".into())
-        } else {
-            admitted(client, total).map_err(|e| format!("{e:#}"))
-        };
-        drop(app);
-        cases.push(Case { name, load, admit });
-    };
-    let no_limiter = (!has_limiter)
-        .then(|| "Flask-Limiter is not importable by gunicorn's Python (Debian package python3-flask-limiter)".to_string());
-    run("no limiter", Some(Limiter::None), None);
-    run(
-        "Flask-Limiter, memory storage",
-        Some(Limiter::FlaskLimiterMemory { limit: n }),
-        no_limiter.clone(),
-    );
+    let no_limiter = (!has_limiter).then(|| {
+        "Flask-Limiter is not importable by gunicorn's Python (Debian package python3-flask-limiter)"
+            .to_string()
+    });
     let redis = if has_limiter && has_redis {
         Redis::start(&lab.topo.server).map_err(|e| format!("{e:#}"))
     } else {
@@ -376,44 +358,102 @@ pub fn section6(quick: bool) -> String {
             "redis-server or the redis Python client is missing (Debian packages redis-server, python3-redis)".into()
         }))
     };
-    match &redis {
-        Ok(_) => run(
+    let plan: Vec<(&'static str, Limiter, Option<String>)> = vec![
+        ("no limiter", Limiter::None, None),
+        (
+            "Flask-Limiter, memory storage",
+            Limiter::FlaskLimiterMemory { limit: n },
+            no_limiter.clone(),
+        ),
+        (
             "Flask-Limiter, redis storage",
-            Some(Limiter::FlaskLimiterRedis {
+            Limiter::FlaskLimiterRedis {
                 limit: n,
                 url: format!("redis://127.0.0.1:{REDIS_PORT}"),
-            }),
+            },
+            redis.as_ref().err().cloned(),
+        ),
+        (
+            "shield",
+            Limiter::Shield {
+                socket: socket.clone(),
+                on_error: "open".into(),
+            },
             None,
         ),
-        Err(e) => run("Flask-Limiter, redis storage", None, Some(e.clone())),
+    ];
+    let mut cases: Vec<Case> = plan
+        .iter()
+        .map(|(name, _, missing)| Case {
+            name,
+            loads: Vec::new(),
+            missing: missing
+                .clone()
+                .or_else(|| (!has_wrk).then(|| "wrk is not installed (Debian package wrk)".into())),
+            admit: Err(missing.clone().unwrap_or_default()),
+        })
+        .collect();
+    for round in 0..ROUNDS {
+        for ((name, limiter, missing), case) in plan.iter().zip(cases.iter_mut()) {
+            if missing.is_some() {
+                continue;
+            }
+            eprintln!("bench: 6. round {} {name}", round + 1);
+            let app = match App::start(&lab.topo.server, PORT, WORKERS, limiter) {
+                Ok(a) => a,
+                Err(e) => {
+                    case.missing = Some(format!("the app did not start: {e:#}"));
+                    continue;
+                }
+            };
+            if has_wrk {
+                match wrk(client, "/api/checked", secs) {
+                    Ok(l) => case.loads.push(l),
+                    Err(e) => case.missing = Some(format!("{e:#}")),
+                }
+            }
+            if round == 0 {
+                case.admit = if matches!(limiter, Limiter::None) {
+                    Err("no limiter".into())
+                } else {
+                    admitted(client, total).map_err(|e| format!("{e:#}"))
+                };
+            }
+            drop(app);
+        }
     }
     drop(redis);
-    run(
-        "shield",
-        Some(Limiter::Shield {
-            socket: socket.clone(),
-            on_error: "open".into(),
-        }),
-        None,
-    );
     let latency = decide_latency(&socket, probes).map_err(|e| format!("{e:#}"));
 
     let _ = writeln!(
         md,
         "| limiter | requests/s | p50 ms | p99 ms | non-2xx | admitted of {total} (limit {n}) |\n|---|---:|---:|---:|---:|---:|"
     );
+    let range = |v: Option<(f64, f64, f64)>, digits: usize| {
+        v.map_or_else(String::new, |(m, lo, hi)| {
+            format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+        })
+    };
     for c in &cases {
-        let load = match &c.load {
-            Ok(l) => format!(
-                "{:.0} | {:.2} | {:.2} | {}",
-                l.rps, l.p50_ms, l.p99_ms, l.non_2xx
-            ),
-            Err(e) => format!("not measured: {e} | | | "),
+        let load = if c.loads.len() == ROUNDS {
+            format!(
+                "{} | {} | {} | {}",
+                range(c.spread(|l| l.rps), 0),
+                range(c.spread(|l| l.p50_ms), 2),
+                range(c.spread(|l| l.p99_ms), 1),
+                c.loads.iter().map(|l| l.non_2xx).sum::<u64>()
+            )
+        } else {
+            format!(
+                "not measured: {} | | | ",
+                c.missing.as_deref().unwrap_or("a round failed")
+            )
         };
         let admit = match &c.admit {
             Ok((ok, _, other)) if *other > 0 => format!("{ok} ({other} failed)"),
             Ok((ok, _, _)) => format!("{ok}"),
             Err(e) if e == "no limiter" => format!("{total} (no limit)"),
+            Err(e) if e.is_empty() => "not measured".to_string(),
             Err(e) => format!("not measured: {e}"),
         };
         let _ = writeln!(md, "| {} | {load} | {admit} |", c.name);
@@ -422,11 +462,17 @@ pub fn section6(quick: bool) -> String {
         Ok((p50, p99)) => {
             let _ = writeln!(
                 md,
-                "\nshield's decision as Python sees it (shield_flask's client, one connection, {probes} decides of a matched endpoint, after 200 warm-up): p50 {p50:.0} µs, p99 {p99:.0} µs round trip (the issue's bound: p99 ≤ 100 µs{}).",
+                "\nshield's decision as Python sees it (shield_flask's client, one connection, {probes} decides of a matched endpoint after 200 warm-up, in the server namespace while nothing else of the section runs): p50 {p50:.0} µs, p99 {p99:.0} µs round trip (the issue's bound: p99 ≤ 100 µs{}).",
                 if *p99 <= 100.0 {
-                    ", met"
+                    ", met".to_string()
                 } else {
-                    ", NOT met on this run"
+                    format!(
+                        ", NOT met on this run; load average {} then",
+                        std::fs::read_to_string("/proc/loadavg")
+                            .ok()
+                            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+                            .unwrap_or_else(|| "?".into())
+                    )
                 }
             );
         }
@@ -442,17 +488,26 @@ pub fn section6(quick: bool) -> String {
 
 /// Prose from the numbers.
 fn reading(cases: &[Case], n: u32, total: u32) -> String {
-    let get = |name: &str| cases.iter().find(|c| c.name == name);
     let mut s = String::from("\nReading it: ");
-    let base = get("no limiter").and_then(|c| c.load.as_ref().ok().map(|l| l.rps));
+    let base = cases
+        .iter()
+        .find(|c| c.name == "no limiter")
+        .and_then(|c| c.spread(|l| l.rps));
     for c in cases.iter().filter(|c| c.name != "no limiter") {
-        if let (Ok(l), Some(b)) = (&c.load, base) {
+        if let (Some((m, lo, hi)), Some((bm, blo, bhi))) = (c.spread(|l| l.rps), base) {
+            let overlap = lo <= bhi && blo <= hi;
             let _ = write!(
                 s,
-                "{} serves {:.0} % of the unlimited app's requests/s (p99 {:.2} ms). ",
+                "{} serves {:.0} % of the unlimited app's requests/s{}. ",
                 c.name,
-                100.0 * l.rps / b,
-                l.p99_ms
+                100.0 * m / bm,
+                if overlap {
+                    " (the rounds' ranges overlap: no difference this run can tell)"
+                } else if m < bm {
+                    " (slower in every round)"
+                } else {
+                    " (faster in every round: noise of a shared machine, a limiter adds work)"
+                }
             );
         }
     }

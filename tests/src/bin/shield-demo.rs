@@ -331,10 +331,10 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
             ..Tally::default()
         })?;
         if app_socket.is_some() {
-            // Wrong passwords, 5 per second on fresh connections: the login endpoint's
+            // Wrong passwords, 10 per second on fresh connections: the login endpoint's
             // burst, then 429s; limited in 3 different seconds → banned at the NIC.
-            step("6. credential stuffing on POST /login", 8, &|| Tally {
-                stuffer: stuff(v4, 40, Duration::from_millis(200), t),
+            step("6. credential stuffing on POST /login", 6, &|| Tally {
+                stuffer: stuff(v4, 60, Duration::from_millis(100), t),
                 ..Tally::default()
             })?;
         }
