@@ -318,7 +318,8 @@ const ROUNDS: usize = 3;
 pub fn section6(quick: bool) -> String {
     let secs = if quick { 4 } else { 8 };
     let n: u32 = if quick { 100 } else { 200 };
-    let total = 3 * n;
+    // More than N × workers: memory storage shows where it stops.
+    let total = (WORKERS + 1) * n;
     let probes = if quick { 5_000 } else { 20_000 };
     eprintln!(
         "bench: 6. application layer ({ROUNDS} rounds of {secs} s of wrk per case, limit N = {n})"
