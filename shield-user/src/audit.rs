@@ -9,7 +9,7 @@ use std::{
 };
 
 /// Every `event` the daemon writes, for the help and the docs (tested against both).
-pub const EVENTS: [&str; 13] = [
+pub const EVENTS: [&str; 16] = [
     "limited",
     "ban",
     "would_ban",
@@ -23,6 +23,9 @@ pub const EVENTS: [&str; 13] = [
     "lost",
     "start",
     "stop",
+    "app_limited",
+    "app_ban",
+    "app_ban_skipped",
 ];
 
 /// Where audit lines go.

@@ -286,3 +286,33 @@ pub fn parse_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
 pub fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
     std::net::TcpListener::bind(addr).map_err(|e| format!("metrics on {addr}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{AppCounters, Kind};
+
+    #[test]
+    fn app_series_carry_kind_and_name() {
+        let app = AppCounters::default();
+        let login = app.of(Kind::Endpoint, "login");
+        login.allowed.fetch_add(5, Ordering::Relaxed);
+        login.limited.fetch_add(2, Ordering::Relaxed);
+        app.of(Kind::Signal, "login_failed")
+            .banned
+            .fetch_add(1, Ordering::Relaxed);
+        app.count_error();
+        let mut reg = Registry::default();
+        render_app(&mut reg, &app);
+        let mut out = String::new();
+        encode(&mut out, &reg).expect("encode");
+        for line in [
+            "shield_app_allowed_total{kind=\"endpoint\",name=\"login\"} 5",
+            "shield_app_limited_total{kind=\"endpoint\",name=\"login\"} 2",
+            "shield_app_banned_total{kind=\"signal\",name=\"login_failed\"} 1",
+            "shield_app_errors_total 1",
+        ] {
+            assert!(out.contains(line), "/metrics lacks {line:?}:\n{out}");
+        }
+    }
+}

@@ -23,6 +23,7 @@ fn policy(socket: &Path, extra: &str) -> String {
         r#"
 [app]
 socket = "{}"
+group = "daemon"
 trusted_proxies = ["127.0.0.1/32"]
 
 [[endpoint]]
@@ -298,4 +299,65 @@ limit = { rate = "1/s", burst = 1 }
     assert_eq!(login(&mut c, legit, None)["remaining"], 0);
     drop(lab.daemon.take());
     assert!(!sock.0.exists(), "a clean stop removes the app socket");
+}
+
+#[test]
+fn signal_reports_ban_a_client_after_its_limit() {
+    let sock = socket_path();
+    let extra = r#"
+[[signal]]
+name = "login_failed"
+limit = { rate = "10/h", burst = 3 }
+escalation = { strikes = 1, window = "1h", ban = "1h" }
+"#;
+    let lab = NsLab::new(&policy(&sock.0, extra), &[WEB]);
+    let mut c = AppClient::connect(&sock.0).expect("connect");
+    let attacker = ATTACKER_V4.to_string();
+    for i in 0..3 {
+        let r = c.report("login_failed", &attacker).expect("report");
+        assert_eq!(
+            (
+                r["counted"].clone(),
+                r["limited"].clone(),
+                r["banned"].clone()
+            ),
+            (json!(true), json!(false), json!(false)),
+            "report {i} is within the burst: {r}"
+        );
+    }
+    let r = c.report("login_failed", &attacker).expect("report");
+    assert_eq!(
+        (r["limited"].clone(), r["banned"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
+    let r = c.report("nope", &attacker).expect("reply");
+    assert_eq!(r["error"], "no [[signal]] named \"nope\" in the policy");
+    // Banned everywhere: 403 from decide, and at the NIC.
+    let d = c.decide("POST", "/login", &attacker, None).expect("decide");
+    assert_eq!(d["status"], 403, "{d}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab
+        .connect(IpAddr::V4(ATTACKER_V4), WEB, 1, Duration::from_millis(10))
+        .ok
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the signal's ban never reached the NIC"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        lab.connect(IpAddr::V4(LEGIT_V4), WEB, 2, Duration::from_millis(10))
+            .ok,
+        2
+    );
+    let audit = lab.audit_lines();
+    assert!(
+        audit.iter().any(|l| l["event"] == "app_ban"
+            && l["signal"] == "login_failed"
+            && l["origin"] == "app"),
+        "{audit:?}"
+    );
 }

@@ -288,7 +288,6 @@ pub enum Effect {
         kind: Kind,
         name: String,
         client: IpAddr,
-        key: String,
         retry_after: u64,
     },
     /// A ban was issued: an `app_ban` line, and (`xdp`) a host ban in the data path on
@@ -784,7 +783,6 @@ impl Limiter {
             None => Outcome::NONE,
         };
         let (name, scope, counts) = (t.name.clone(), t.scope, t.counts.clone());
-        let key = key.to_string();
         let second = now / NS_PER_SEC;
         if self.last_limited.get(&client.addr) != Some(&second) {
             self.last_limited.insert(client.addr, second);
@@ -792,7 +790,6 @@ impl Limiter {
                 kind,
                 name: name.clone(),
                 client: client.addr,
-                key,
                 retry_after,
             });
         }

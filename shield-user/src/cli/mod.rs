@@ -31,12 +31,20 @@ use shield_user::{control, loader};
 /// event's own fields. Events: limited (first refused packet of a source in a second), ban,
 /// would_ban (monitor mode), ban_failed (the ban table was full: not banned), ban_kept (a manual ban asked for less time than a ban in
 /// force: the longer one stays), ban_end, unban, reload, attack_start, attack_end, lost
-/// (the daemon's program was detached or its interface vanished), start, stop.
+/// (the daemon's program was detached or its interface vanished), start, stop; from the
+/// application layer: app_limited (a 429, one per client per second), app_ban,
+/// app_ban_skipped (allow-listed client, trusted proxy, prefix too wide).
+///
+/// Application layer (`[app]`, `[[endpoint]]`, `[[signal]]` in the policy): `shield run`
+/// serves the app socket (0660 root:`[app] group`) that the web app's middleware asks for a
+/// decision per request (hello, decide, report only); repeat offenders are banned at the
+/// NIC (origin app) or, behind a trusted proxy, with 403s. docs/operations.md has it all.
 ///
 /// Control socket (`--socket`, default /run/shield/shield.sock, root only): line-delimited
 /// JSON, one request per line. Commands: ban {"cmd":"ban","source":"192.0.2.7",
 /// "duration":"10m","rule":"api","reason":"…","force":false}, unban {"cmd":"unban",
-/// "source":"…"}, bans, ping, reload, policy (the running policy's matrix). Replies
+/// "source":"…"}, bans, ping, reload, policy (the running policy's matrix), app_stats (the
+/// app layer's counters). Replies
 /// {"ok":true,…} or {"ok":false,"error":"…"}. The README documents every field.
 #[derive(Parser)]
 #[command(

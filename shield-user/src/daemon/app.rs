@@ -1,15 +1,23 @@
 //! The app socket (`[app]`): a Unix socket, mode 0660 root:group, that the web app's
-//! middleware (`shield_flask`) asks for a decision on each request. The app task owns the
-//! limiter state (`crate::app::Limiter`); client tasks parse lines and ask it over a
-//! channel. Decisions never wait on the owner (a reload in progress does not slow them):
-//! the owner only sends the app task a new policy after a reload, and gets bans and audit
-//! lines back.
+//! middleware (`shield_flask`) asks for a decision on each request. The app layer owns its
+//! limiter state (`crate::app::Limiter`), apart from the owner: each client task decides
+//! inline under a short lock (a few microseconds, no `.await` inside; no hop to another
+//! task, whose wake-up costs milliseconds on a loaded host), and the app task applies new
+//! policies and the once-a-second sweep. Decisions never wait on the owner (a reload in
+//! progress does not slow them): the owner only sends a new policy after a reload, and
+//! gets bans and audit lines back.
 
-use std::{ffi::CString, io, os::unix::fs::PermissionsExt as _, sync::Arc, time::Duration};
+use std::{
+    ffi::CString,
+    io,
+    os::unix::fs::PermissionsExt as _,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    sync::{Semaphore, mpsc, oneshot, watch},
+    sync::{Semaphore, mpsc, watch},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -32,8 +40,8 @@ pub const MAX_APP_CLIENTS: usize = 1024;
 const IDLE: Duration = Duration::from_secs(300);
 /// Once a request line has started, the rest of it must come within this.
 const LINE_DEADLINE: Duration = Duration::from_secs(5);
-/// Requests waiting for the app task.
-const QUEUE: usize = 4096;
+/// The limiter, shared by the client tasks and the app task (never by the owner).
+type Shared = Arc<Mutex<Limiter>>;
 
 /// The gid of group `name` (getgrnam_r: files, LDAP, whatever NSS is configured with).
 fn group_id(name: &str) -> io::Result<libc::gid_t> {
@@ -93,13 +101,7 @@ pub(crate) fn bind(app: &AppConfig) -> io::Result<Bound> {
     Ok(bound)
 }
 
-/// What a client task asks the app task.
-struct Ask {
-    req: AppRequest,
-    answer: oneshot::Sender<String>,
-}
-
-/// The app task: owns the limiter; answers client tasks, takes new policies, ticks.
+/// The app task: accepts clients, applies new policies, ticks.
 pub(super) async fn serve(
     mut bound: Bound,
     policy: AppPolicy,
@@ -121,41 +123,38 @@ pub(super) async fn serve(
             return;
         }
     };
-    let (ask_tx, mut ask_rx) = mpsc::channel::<Ask>(QUEUE);
-    let accept = tokio::spawn(accept(listener, ask_tx, counters.clone(), stop.clone()));
-    let mut limiter = Limiter::new(policy, counters.clone());
+    let limiter: Shared = Arc::new(Mutex::new(Limiter::new(policy, counters.clone())));
+    let accept = tokio::spawn(accept(
+        listener,
+        limiter.clone(),
+        owner,
+        counters.clone(),
+        stop.clone(),
+    ));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut effects = Vec::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            ask = ask_rx.recv() => {
-                let Some(Ask { req, answer }) = ask else { break };
-                let line = answer_line(&mut limiter, &req, &mut effects);
-                let _ = answer.send(line);
-                // Take what else is queued before yielding: one wake-up for a burst.
-                while let Ok(Ask { req, answer }) = ask_rx.try_recv() {
-                    let line = answer_line(&mut limiter, &req, &mut effects);
-                    let _ = answer.send(line);
-                }
-                for e in effects.drain(..) {
-                    send_owner(&owner, Msg::App(e));
-                }
-            }
             changed = policies.changed() => {
                 if changed.is_err() {
                     break;
                 }
                 let p = policies.borrow_and_update().clone();
-                limiter.set_policy(p);
+                lock(&limiter).set_policy(p);
             }
-            _ = tick.tick() => limiter.tick(),
+            _ = tick.tick() => lock(&limiter).tick(),
         }
     }
     accept.abort();
     let _ = accept.await;
     drop(bound);
+}
+
+/// The limiter; a client task that panicked while holding it left consistent state
+/// (every update is a plain store), so a poisoned lock is taken as it is.
+fn lock(l: &Shared) -> std::sync::MutexGuard<'_, Limiter> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Hands the owner an effect without ever blocking a decision: a full queue is waited on
@@ -228,7 +227,8 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
 
 async fn accept(
     listener: tokio::net::UnixListener,
-    ask: mpsc::Sender<Ask>,
+    limiter: Shared,
+    owner: mpsc::Sender<Msg>,
     counters: Arc<AppCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -248,10 +248,10 @@ async fn accept(
         };
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
-                let ask = ask.clone();
+                let (limiter, owner) = (limiter.clone(), owner.clone());
                 let counters = counters.clone();
                 tokio::spawn(async move {
-                    client(conn, ask, &counters).await;
+                    client(conn, &limiter, &owner, &counters).await;
                     drop(permit);
                 });
             }
@@ -267,7 +267,13 @@ async fn accept(
     }
 }
 
-async fn client(conn: tokio::net::UnixStream, ask: mpsc::Sender<Ask>, counters: &AppCounters) {
+async fn client(
+    conn: tokio::net::UnixStream,
+    limiter: &Shared,
+    owner: &mpsc::Sender<Msg>,
+    counters: &AppCounters,
+) {
+    let mut effects = Vec::new();
     let (read, mut write) = conn.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(1024);
@@ -300,13 +306,11 @@ async fn client(conn: tokio::net::UnixStream, ask: mpsc::Sender<Ask>, counters: 
                 error_line(&e)
             }
             Ok(req) => {
-                let (answer, rx) = oneshot::channel();
-                if ask.send(Ask { req, answer }).await.is_err() {
-                    error_line("the daemon is shutting down")
-                } else {
-                    rx.await
-                        .unwrap_or_else(|_| error_line("the daemon is shutting down"))
+                let line = answer_line(&mut lock(limiter), &req, &mut effects);
+                for e in effects.drain(..) {
+                    send_owner(owner, Msg::App(e));
                 }
+                line
             }
         };
         match timeout(LINE_DEADLINE, write.write_all(reply.as_bytes())).await {

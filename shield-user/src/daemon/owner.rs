@@ -634,7 +634,6 @@ impl Owner {
                 name,
                 client,
                 retry_after,
-                ..
             } => self.audit.write(json!({
                 "event": "app_limited", "origin": "app", kind.as_str(): name,
                 "client": client.to_string(), "retry_after": retry_after,

@@ -137,5 +137,114 @@ pub fn matrix_table(policy: &Policy) -> String {
     out.push_str(&list("allow (never limited)", &policy.allow));
     out.push_str(&list("deny (always dropped)", &policy.deny));
     out.push_str("unmatched traffic: passes untracked (counted under `(none)`)\n");
+    app_tables(policy, &mut out);
     out
+}
+
+/// Rows under a header, columns padded to their widest cell.
+fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
+        }
+        let _ = writeln!(out, "{}", l.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `[app]`, then one row per `[[endpoint]]` and per `[[signal]]`.
+fn app_tables(policy: &Policy, out: &mut String) {
+    let Some(app) = &policy.app else {
+        return;
+    };
+    let proxies: Vec<String> = app
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let _ = writeln!(
+        out,
+        "app socket: {} (0660 root:{}), trusted proxies: {}, on_error {}",
+        app.socket.display(),
+        app.group.as_deref().unwrap_or("root"),
+        if proxies.is_empty() {
+            "none (X-Forwarded-For is never believed)".to_string()
+        } else {
+            proxies.join(", ")
+        },
+        app.on_error
+    );
+    let esc = |e: Option<&super::Escalation>, endpoint: bool| match e {
+        Some(e) if e.scope == super::BanScope::Rule && endpoint => {
+            escalation_text(Some(e)).replace("rule scope", "endpoint scope (L7 only)")
+        }
+        other => escalation_text(other),
+    };
+    if policy.endpoints.is_empty() {
+        let _ = writeln!(out, "(no endpoints: requests are not counted)");
+    } else {
+        let rows: Vec<Vec<String>> = policy
+            .endpoints
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    if e.methods.is_empty() {
+                        "any".to_string()
+                    } else {
+                        e.methods.join(",")
+                    },
+                    e.path_text(),
+                    e.key.to_string(),
+                    limit_text(&Some(e.limit)),
+                    esc(e.escalation.as_ref(), true),
+                ]
+            })
+            .collect();
+        out.push_str(&aligned(
+            &[
+                "ENDPOINT",
+                "METHODS",
+                "PATH",
+                "KEY",
+                "LIMIT (per key)",
+                "ESCALATION",
+            ],
+            &rows,
+        ));
+    }
+    if !policy.signals.is_empty() {
+        let rows: Vec<Vec<String>> = policy
+            .signals
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.key.to_string(),
+                    limit_text(&Some(s.limit)),
+                    esc(s.escalation.as_ref(), false),
+                ]
+            })
+            .collect();
+        out.push_str(&aligned(
+            &["SIGNAL", "KEY", "LIMIT (reports per key)", "ESCALATION"],
+            &rows,
+        ));
+    }
+    let _ = writeln!(
+        out,
+        "unmatched requests: not counted; app bans: host scope bans a direct client at XDP on every interface, a client behind a trusted proxy at L7 (403)"
+    );
 }

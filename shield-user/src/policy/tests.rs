@@ -23,6 +23,10 @@ fn example_policy_is_valid_and_complete() {
     );
     assert_eq!(p.allow.len(), 1);
     assert_eq!(p.deny.len(), 2);
+    let app = p.app.as_ref().expect("the example documents [app]");
+    assert_eq!(app.group.as_deref(), Some("www-data"));
+    assert_eq!(p.endpoints.len(), 2);
+    assert_eq!(p.signals[0].name, "login_failed");
     let api = &p.rules[0];
     assert_eq!(api.name, "api");
     assert_eq!(
@@ -1217,4 +1221,183 @@ fn the_ban_floor_defaults_to_8_and_32_and_is_configurable() {
         e.contains("t.toml:2:23: min_ban_ipv4_prefix must be between 0 and 32, got 33"),
         "{e}"
     );
+}
+
+/// `[app]`, `[[endpoint]]` and `[[signal]]`: each mistake named where it is.
+#[test]
+fn app_tables_errors_name_their_place() {
+    const APP: &str = "[app]\nsocket = '/tmp/a.sock'\n";
+    let cases: &[(&str, String, usize, usize, &str)] = &[
+        (
+            "unknown key",
+            format!(
+                "{APP}[[endpoint]]\nname='a'\npath='/a'\nlimit={{rate='1/s'}}\nmethod=['GET']\n"
+            ),
+            7,
+            1,
+            "unknown field `method`",
+        ),
+        (
+            "duplicate name",
+            format!(
+                "{APP}[[endpoint]]\nname='a'\npath='/a'\nlimit={{rate='1/s'}}\n[[endpoint]]\nname='a'\npath='/b'\nlimit={{rate='1/s'}}\n"
+            ),
+            8,
+            6,
+            "endpoint name `a` is used twice",
+        ),
+        (
+            "bad key",
+            format!("{APP}[[endpoint]]\nname='a'\npath='/a'\nkey='cookie'\nlimit={{rate='1/s'}}\n"),
+            6,
+            5,
+            "key must be \"ip\", \"header:NAME\"",
+        ),
+        (
+            "bad header",
+            format!("{APP}[[signal]]\nname='s'\nkey='header:X Api'\nlimit={{rate='1/s'}}\n"),
+            5,
+            5,
+            "the header name must be an HTTP field name",
+        ),
+        (
+            "bad path",
+            format!("{APP}[[endpoint]]\nname='a'\npath='login'\nlimit={{rate='1/s'}}\n"),
+            5,
+            6,
+            "path must start with `/`",
+        ),
+        (
+            "star inside",
+            format!("{APP}[[endpoint]]\nname='a'\npath='/a/*/b'\nlimit={{rate='1/s'}}\n"),
+            5,
+            6,
+            "at most one `*`, at the end",
+        ),
+        (
+            "missing path",
+            format!("{APP}[[endpoint]]\nname='a'\nlimit={{rate='1/s'}}\n"),
+            3,
+            1,
+            "this `[[endpoint]]` has no `path`",
+        ),
+        (
+            "missing name",
+            format!("{APP}[[signal]]\nlimit={{rate='1/s'}}\n"),
+            3,
+            1,
+            "this `[[signal]]` has no `name`",
+        ),
+        (
+            "signal rule scope",
+            format!(
+                "{APP}[[signal]]\nname='s'\nlimit={{rate='1/s'}}\nescalation={{strikes=1, window='1m', ban='1m', scope='rule'}}\n"
+            ),
+            6,
+            53,
+            "its escalation scope must be \"host\"",
+        ),
+        (
+            "on_error",
+            "[app]\non_error='maybe'\n".to_string(),
+            2,
+            10,
+            "on_error must be \"open\" (allow) or \"closed\" (503)",
+        ),
+        (
+            "relative socket",
+            "[app]\nsocket='app.sock'\n".to_string(),
+            2,
+            8,
+            "socket must be an absolute path",
+        ),
+        (
+            "bad proxy",
+            "[app]\ntrusted_proxies=['127.0.0.1/8']\n".to_string(),
+            2,
+            18,
+            "trusted_proxies list: host bits are set",
+        ),
+        (
+            "endpoint without app",
+            "[[endpoint]]\nname='a'\npath='/a'\nlimit={rate='1/s'}\n".to_string(),
+            1,
+            1,
+            "[[endpoint]] tables need an `[app]` table",
+        ),
+        (
+            "single table",
+            format!("{APP}[endpoint]\nname='a'\n"),
+            3,
+            1,
+            "`[endpoint]` must be `[[endpoint]]`",
+        ),
+    ];
+    for (what, text, line, column, needle) in cases {
+        let e = parse_str("t.toml", text).expect_err(what);
+        assert!(
+            e.message.contains(needle),
+            "{what}: expected {needle:?} in {:?}",
+            e.message
+        );
+        assert_eq!((e.line, e.column), (*line, *column), "{what}: {e}");
+    }
+}
+
+#[test]
+fn app_tables_defaults_and_matrix() {
+    let p = ok(r#"
+[app]
+trusted_proxies = ["127.0.0.1"]
+[[endpoint]]
+name = "login"
+methods = ["post", "POST"]
+path = "/login"
+limit = { rate = "5/min", burst = 5, sustained = "30/h" }
+escalation = { strikes = 3, window = "10m", ban = "15m" }
+[[endpoint]]
+name = "api"
+path = "/api/*"
+key = "header:X-Api-Key"
+limit = { rate = "10/s" }
+escalation = { strikes = 3, window = "1m", ban = "5m", scope = "rule" }
+[[signal]]
+name = "login_failed"
+key = "user"
+limit = { rate = "10/h", burst = 5 }
+"#);
+    let app = p.app.as_ref().expect("[app]");
+    assert_eq!(app.socket, std::path::PathBuf::from(DEFAULT_APP_SOCKET));
+    assert_eq!((app.group.clone(), app.on_error), (None, OnError::Open));
+    let login = &p.endpoints[0];
+    assert_eq!(login.methods, vec!["POST".to_string()]);
+    assert_eq!(
+        login.key,
+        KeyKind::Ip,
+        "an endpoint without key counts per ip"
+    );
+    assert_eq!(
+        login.escalation.map(|e| e.scope),
+        Some(BanScope::Host),
+        "app escalation defaults to host scope"
+    );
+    let api = &p.endpoints[1];
+    assert!(api.prefix && api.path == "/api/");
+    assert_eq!(
+        api.limit.burst, 10,
+        "burst defaults to one second of the rate"
+    );
+    assert_eq!(p.signals[0].key, KeyKind::User);
+    let m = matrix_table(&p);
+    for needle in [
+        "login     POST",
+        "/api/*",
+        "header:X-Api-Key",
+        "5/min burst 5, max 30/h",
+        "endpoint scope (L7 only)",
+        "login_failed",
+        "trusted proxies: 127.0.0.1/32",
+    ] {
+        assert!(m.contains(needle), "matrix lacks {needle:?}:\n{m}");
+    }
 }
