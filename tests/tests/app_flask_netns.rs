@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use shield_tests::applab::{self, App, Limiter, PASSWORD, Response, login_form};
 use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_V4, unique};
-use shield_tests::nslab::NsLab;
+use shield_tests::nslab::{NsLab, counter};
 
 const PORT: u16 = 8000;
 const WORKERS: u32 = 4;
@@ -257,9 +257,16 @@ fn login_burst_then_429s_then_dropped_at_the_nic_and_failed_logins_ban() {
         started.elapsed().as_secs_f64()
     );
     assert!(limited >= 3, "banned after only {limited} 429s");
-    // Every TCP connection of the banned client is dropped (any path, host scope)…
+    // Every TCP connection of the banned client is dropped (any path, host scope), by the
+    // XDP program: its `ban` drops grow.
+    let dropped_before = counter(&lab.lab.stats(), "api", "ban");
     assert_eq!(lab.get(ATTACKER_V4, "/api/items"), None);
     assert_eq!(lab.get(ATTACKER_V4, "/health"), None);
+    let dropped_after = counter(&lab.lab.stats(), "api", "ban");
+    assert!(
+        dropped_after >= dropped_before + 2,
+        "XDP ban drops {dropped_before} -> {dropped_after}: the connections were not dropped at the NIC"
+    );
     // …while others are served.
     assert_eq!(lab.get(LEGIT_V4, "/api/items"), Some(200));
     assert_eq!(lab.login(LEGIT_V4, &[]).map(|r| r.status), Some(200));
