@@ -257,6 +257,26 @@ fn decide_limits_exactly_bans_at_the_nic_and_refuses_control_verbs() {
     assert!(row["limited"].as_u64().is_some_and(|n| n >= 2), "{row}");
     assert_eq!(row["banned"], 1, "{row}");
     assert!(v["app"]["errors"].as_u64().is_some_and(|n| n >= 4), "{v}");
+
+    // `shield unban` lifts the XDP ban and the app layer's L7 ban alike.
+    let (ok, _, err) = lab.shield(&["unban", &attacker.to_string()]);
+    assert!(ok, "unban: {err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = login(&mut c, attacker, None);
+        if d["status"] != 403 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still 403 after shield unban: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        lab.connect(attacker, WEB, 2, Duration::from_millis(20)).ok,
+        2
+    );
 }
 
 #[test]
@@ -297,6 +317,22 @@ limit = { rate = "1/s", burst = 1 }
     let (ok, _, err) = lab.shield(&["reload"]);
     assert!(!ok && err.contains("restart"), "{err}");
     assert_eq!(login(&mut c, legit, None)["remaining"], 0);
+    // A line over 64 KiB: an error, that connection closed, the daemon serves on.
+    let mut big = AppClient::connect(&sock.0).expect("connect");
+    let long = format!(r#"{{"op":"hello","pad":"{}"}}"#, "x".repeat(70 * 1024));
+    let r = big.raw(&long).expect("an error reply before the close");
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("longer than 65536")),
+        "{r}"
+    );
+    assert!(
+        big.hello().is_err(),
+        "the connection is closed after an oversized line"
+    );
+    assert_eq!(c.hello().expect("other connections go on")["ok"], true);
     drop(lab.daemon.take());
     assert!(!sock.0.exists(), "a clean stop removes the app socket");
 }
@@ -359,5 +395,36 @@ escalation = { strikes = 1, window = "1h", ban = "1h" }
             && l["signal"] == "login_failed"
             && l["origin"] == "app"),
         "{audit:?}"
+    );
+}
+
+#[test]
+fn an_unknown_group_fails_the_start_before_anything_is_attached() {
+    use shield_tests::netlab::{Daemon, TempBpffs, Topology};
+    shield_tests::require_root();
+    let sock = socket_path();
+    let text =
+        policy(&sock.0, "").replace("group = \"daemon\"", "group = \"no-such-group-for-shield\"");
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("shield-app-policy-")));
+    std::fs::write(&path, text).expect("policy");
+    let bpffs = TempBpffs::new().expect("bpffs");
+    let topo = Topology::new().expect("namespaces");
+    let started = Daemon::start(
+        &shield_tests::shield_bin(),
+        &topo.server,
+        &path,
+        &bpffs.path,
+        &[],
+    );
+    let _ = std::fs::remove_file(&path);
+    let err = format!("{:#}", started.err().expect("the start must fail"));
+    assert!(
+        err.contains("no group named \"no-such-group-for-shield\""),
+        "the error names the group: {err}"
+    );
+    assert!(!sock.0.exists(), "no app socket is left behind");
+    assert!(
+        shield_user::stats::read_iface(&bpffs.path, shield_tests::netlab::SERVER_IF).is_err(),
+        "nothing was pinned"
     );
 }

@@ -879,6 +879,14 @@ impl Limiter {
         }));
     }
 
+    /// `shield unban`: lifts the L7 bans of every client prefix inside `cidr`; returns how
+    /// many clients were freed.
+    pub fn unban(&mut self, cidr: &Cidr) -> usize {
+        let before = self.bans.len();
+        self.bans.retain(|ip, _| !contains(cidr, *ip));
+        before - self.bans.len()
+    }
+
     /// Once a second: drop idle keys, expired L7 bans and old `app_limited` marks.
     pub fn tick(&mut self) {
         let now = self.clock.now();

@@ -286,6 +286,30 @@ fn strikes_ban_a_direct_client_at_xdp_and_a_proxied_one_at_l7_only() {
 }
 
 #[test]
+fn unban_lifts_l7_bans_inside_the_prefix() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for peer in ["192.0.2.7", "192.0.2.8"] {
+        for _ in 0..3 {
+            l.report("login_failed", Some(peer), None, None, None, None, &mut fx)
+                .expect("report");
+        }
+    }
+    assert_eq!(login(&mut l, "192.0.2.7", None, &mut fx).status, Some(403));
+    assert_eq!(
+        l.unban(&crate::policy::parse_cidr("192.0.2.7").expect("cidr")),
+        1
+    );
+    assert!(login(&mut l, "192.0.2.7", None, &mut fx).allow);
+    assert_eq!(login(&mut l, "192.0.2.8", None, &mut fx).status, Some(403));
+    assert_eq!(
+        l.unban(&crate::policy::parse_cidr("192.0.2.0/24").expect("cidr")),
+        1
+    );
+    assert!(login(&mut l, "192.0.2.8", None, &mut fx).allow);
+}
+
+#[test]
 fn allow_listed_clients_are_limited_but_never_banned() {
     let mut l = limiter();
     let mut fx = Vec::new();

@@ -30,7 +30,7 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
     let (iface, json, bpffs) = (a.iface, a.json, a.bpffs.bpffs);
     if let Some(secs) = a.watch {
         anyhow::ensure!(!json, "--watch prints tables; use --json without --watch");
-        return watch_stats(&bpffs, iface.as_deref(), secs.max(1));
+        return watch_stats(&bpffs, iface.as_deref(), secs.max(1), &a.socket.socket);
     }
     let ifaces = interfaces(&bpffs, iface.as_deref())?;
     let mut all = stats::Stats {
@@ -111,7 +111,12 @@ fn app_table(app: &Result<control::AppStats, String>) -> String {
 }
 
 /// `shield stats --watch`: per-second rates between refreshes.
-fn watch_stats(bpffs: &std::path::Path, iface: Option<&str>, secs: u64) -> Result<ExitCode> {
+fn watch_stats(
+    bpffs: &std::path::Path,
+    iface: Option<&str>,
+    secs: u64,
+    socket: &std::path::Path,
+) -> Result<ExitCode> {
     use std::collections::HashMap;
     let ifaces = interfaces(bpffs, iface)?;
     let mut before: HashMap<(String, String, &'static str), u64> = HashMap::new();
@@ -142,6 +147,7 @@ fn watch_stats(bpffs: &std::path::Path, iface: Option<&str>, secs: u64) -> Resul
                 ));
             }
         }
+        out.push_str(&app_table(&app_counters(socket)));
         println!(
             "--- {}\n{out}",
             shield_user::audit::rfc3339(std::time::SystemTime::now())

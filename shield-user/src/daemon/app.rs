@@ -31,7 +31,7 @@ use crate::{
         AppCounters, AppPolicy, Effect, Limiter,
         protocol::{self, AppRequest, Decision, Hello, MAX_APP_LINE, Reported, error_line},
     },
-    policy::AppConfig,
+    policy::{AppConfig, Cidr},
 };
 
 /// Connections served at once (every worker thread of every app process holds one).
@@ -106,6 +106,7 @@ pub(super) async fn serve(
     mut bound: Bound,
     policy: AppPolicy,
     mut policies: watch::Receiver<AppPolicy>,
+    mut unbans: mpsc::UnboundedReceiver<Cidr>,
     counters: Arc<AppCounters>,
     owner: mpsc::Sender<Msg>,
     mut stop: watch::Receiver<bool>,
@@ -144,6 +145,12 @@ pub(super) async fn serve(
                 lock(&limiter).set_policy(p);
             }
             _ = tick.tick() => lock(&limiter).tick(),
+            Some(cidr) = unbans.recv() => {
+                let n = lock(&limiter).unban(&cidr);
+                if n > 0 {
+                    info!("unban {cidr}: {n} client(s) freed from the app layer's L7 bans");
+                }
+            }
         }
     }
     accept.abort();

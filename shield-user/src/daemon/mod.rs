@@ -327,6 +327,15 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             );
         }
     };
+    if let Some(a) = &policy.app
+        && a.socket == opts.socket
+    {
+        undo_start(Vec::new(), &created);
+        anyhow::bail!(
+            "[app] socket {} is the control socket (--socket): give the app socket a path of its own",
+            a.socket.display()
+        );
+    }
     let app_socket = match policy.app.as_ref().map(app::bind).transpose() {
         Ok(s) => s,
         Err(e) => {

@@ -87,6 +87,8 @@ struct Owner {
     reload_again: Option<&'static str>,
     /// The app task's policy (`[app]` at start), and its counters.
     app_policy: Option<watch::Sender<crate::app::AppPolicy>>,
+    /// `shield unban` also lifts the app layer's L7 bans.
+    app_unban: Option<mpsc::UnboundedSender<policy::Cidr>>,
     app_counters: Arc<crate::app::AppCounters>,
     /// App bans that came while a reload held the maps.
     app_bans: Vec<crate::app::AppBan>,
@@ -147,15 +149,18 @@ pub(super) async fn serve(
         tokio::spawn(http::serve(listener, sources, stop_rx.clone()));
     }
     let control_task = tokio::spawn(control::serve(socket, tx.clone(), stop_rx.clone()));
-    let mut app_policy = None;
+    let (mut app_policy, mut app_unban) = (None, None);
     if let Some(bound) = app_socket {
         let first = crate::app::AppPolicy::new(&policy, generation);
         let (ptx, prx) = watch::channel(first.clone());
+        let (utx, urx) = mpsc::unbounded_channel();
         app_policy = Some(ptx);
+        app_unban = Some(utx);
         event_tasks.push(tokio::spawn(app::serve(
             bound,
             first,
             prx,
+            urx,
             app_counters.clone(),
             tx.clone(),
             stop_rx.clone(),
@@ -188,6 +193,7 @@ pub(super) async fn serve(
         reload_of: None,
         reload_again: None,
         app_policy,
+        app_unban,
         app_counters,
         app_bans: Vec::new(),
     };
@@ -549,6 +555,9 @@ impl Owner {
                             .write(ban_json("unban", &inst.iface, &b, b.comment.as_ref()));
                         removed.push(b);
                     }
+                }
+                if let Some(tx) = &self.app_unban {
+                    let _ = tx.send(cidr);
                 }
                 Ok(Reply::Unbanned(Unbanned { removed }))
             }
