@@ -53,6 +53,14 @@ key = "ip"
 limit = {{ rate = "5/min", burst = 5 }}
 escalation = {{ strikes = 3, window = "10m", ban = "15m", scope = "host" }}
 
+# Per API key: the header named here is sent by shield_flask because hello lists it.
+[[endpoint]]
+name = "keyed"
+methods = ["GET"]
+path = "/api/checked"
+key = "header:X-Api-Key"
+limit = {{ rate = "1/min", burst = 3 }}
+
 [[signal]]
 name = "login_failed"
 key = "ip"
@@ -353,6 +361,31 @@ fn behind_a_trusted_proxy_the_forwarded_client_is_limited_and_banned_at_l7() {
         .login(PROXY, &[("X-Forwarded-For", "192.0.2.52")])
         .expect("answered");
     assert_eq!(r.status, 200, "another client behind the proxy: {r:?}");
+}
+
+#[test]
+fn an_api_key_endpoint_limits_per_key_whatever_the_address() {
+    let lab = Lab::new("open");
+    let get = |src: Ipv4Addr, key: &str| {
+        lab.req(src, "GET", "/api/checked", &[("X-Api-Key", key)], "")
+            .expect("answered")
+    };
+    // One key from two addresses shares one limit…
+    for (i, src) in [LEGIT_V4, ATTACKER_V4, LEGIT_V4].into_iter().enumerate() {
+        let r = get(src, "key-1");
+        assert_eq!(r.status, 200, "request {i}: {r:?}\n{}", lab.app_log());
+        assert_eq!(r.header("RateLimit-Policy"), Some("\"keyed\";q=3;w=180"));
+    }
+    let r = get(ATTACKER_V4, "key-1");
+    assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    // …and another key from the same address has its own.
+    let r = get(LEGIT_V4, "key-2");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("RateLimit"),
+        Some("\"keyed\";r=2;t=60"),
+        "one of 3 used, the next in 60 s"
+    );
 }
 
 #[test]
