@@ -23,6 +23,7 @@ pub const PASSWORD: &str = "correct horse";
 /// The app: `POST /login` (form field `password`), `GET /api/items` (never limited by the
 /// policies here), `GET /api/limited` (the bench's limited route), `GET /api/checked` (the
 /// bench's route under a limit never reached: every request pays for a decision),
+/// `GET /api/me` (the user comes from the `X-Demo-User` header through shield's user loader),
 /// `GET /health` (exempt),
 /// `GET /shield/errors` (exempt: this worker's `shield.errors`). `APP_LIMITER` picks the
 /// limiter: `shield` (SHIELD_SOCKET, SHIELD_ON_ERROR), `limiter-memory`, `limiter-redis`
@@ -53,6 +54,11 @@ if mode == "shield":
     app.config["SHIELD_ON_ERROR"] = os.environ.get("SHIELD_ON_ERROR", "open")
     shield = Shield(app)
     exempt = shield.exempt
+
+    @shield.user_loader
+    def current_user():
+        # A stand-in for a session: the user named by the X-Demo-User header.
+        return request.headers.get("X-Demo-User")
 elif mode in ("limiter-memory", "limiter-redis"):
     from flask_limiter import Limiter
     from flask_limiter.util import get_remote_address
@@ -84,6 +90,11 @@ def items():
 @limited
 def limited_route():
     return jsonify(ok=True)
+
+
+@app.get("/api/me")
+def me():
+    return jsonify(user=request.headers.get("X-Demo-User"))
 
 
 @app.get("/api/checked")

@@ -61,6 +61,13 @@ path = "/api/checked"
 key = "header:X-Api-Key"
 limit = {{ rate = "1/min", burst = 3 }}
 
+# Per user (shield_flask's user loader; no user: per ip).
+[[endpoint]]
+name = "me"
+path = "/api/me"
+key = "user"
+limit = {{ rate = "1/min", burst = 2 }}
+
 [[signal]]
 name = "login_failed"
 key = "ip"
@@ -386,6 +393,28 @@ fn an_api_key_endpoint_limits_per_key_whatever_the_address() {
         Some("\"keyed\";r=2;t=60"),
         "one of 3 used, the next in 60 s"
     );
+}
+
+#[test]
+fn a_user_endpoint_limits_per_user_and_falls_back_to_the_address() {
+    let lab = Lab::new("open");
+    let me = |src: Ipv4Addr, user: Option<&str>| {
+        let h: Vec<(&str, &str)> = user.map(|u| ("X-Demo-User", u)).into_iter().collect();
+        lab.req(src, "GET", "/api/me", &h, "")
+            .expect("answered")
+            .status
+    };
+    // alice from two addresses: one limit of 2.
+    assert_eq!(me(LEGIT_V4, Some("alice")), 200, "{}", lab.app_log());
+    assert_eq!(me(ATTACKER_V4, Some("alice")), 200);
+    assert_eq!(me(LEGIT_V4, Some("alice")), 429);
+    // bob from the same address is another user.
+    assert_eq!(me(LEGIT_V4, Some("bob")), 200);
+    // No user: keyed by the address (a fresh one: its own limit of 2).
+    assert_eq!(me(GUESSER, None), 200);
+    assert_eq!(me(GUESSER, None), 200);
+    assert_eq!(me(GUESSER, None), 429);
+    assert_eq!(me(GUESSER, Some("carol")), 200);
 }
 
 #[test]
