@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 from flask import current_app, g, has_app_context, has_request_context, request
 
@@ -24,6 +25,7 @@ PROBLEM_BASE = "https://shield.dev/problems/"
 
 DEFAULT_SOCKET = "/run/shield/app.sock"
 DEFAULT_TIMEOUT = 0.5
+DEFAULT_BACKOFF = 1.0
 
 _TITLES = {429: "Too Many Requests", 403: "Forbidden", 503: "Service Unavailable"}
 _TYPES = {429: "rate-limited", 403: "banned", 503: "unavailable"}
@@ -40,7 +42,8 @@ class Shield:
     Config: `SHIELD_SOCKET` (default /run/shield/app.sock), `SHIELD_ON_ERROR` ("open" or
     "closed": what to do while the daemon is unreachable before any hello succeeded; after
     one, the daemon's `[app] on_error` rules), `SHIELD_TIMEOUT` (seconds per round trip,
-    default 0.5).
+    default 0.5), `SHIELD_BACKOFF` (seconds during which, after a timed-out round trip, this
+    process applies on_error without asking the daemon; default 1.0, 0 turns it off).
     """
 
     def __init__(self, app=None):
@@ -50,6 +53,7 @@ class Shield:
         self._outage = False
         self._on_error = None  # from the last successful hello
         self._user_loader = None
+        self._skip_until = 0.0  # time.monotonic() before which a stuck daemon is not asked
         self._seen_report_errors = set()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
@@ -66,6 +70,7 @@ class Shield:
         app.config.setdefault("SHIELD_SOCKET", DEFAULT_SOCKET)
         app.config.setdefault("SHIELD_ON_ERROR", "open")
         app.config.setdefault("SHIELD_TIMEOUT", DEFAULT_TIMEOUT)
+        app.config.setdefault("SHIELD_BACKOFF", DEFAULT_BACKOFF)
         if app.config["SHIELD_ON_ERROR"] not in ("open", "closed"):
             raise ValueError(
                 f"SHIELD_ON_ERROR must be \"open\" or \"closed\", not {app.config['SHIELD_ON_ERROR']!r}"
@@ -73,6 +78,9 @@ class Shield:
         timeout = app.config["SHIELD_TIMEOUT"]
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise ValueError(f"SHIELD_TIMEOUT must be a positive number of seconds, not {timeout!r}")
+        backoff = app.config["SHIELD_BACKOFF"]
+        if not isinstance(backoff, (int, float)) or isinstance(backoff, bool) or backoff < 0:
+            raise ValueError(f"SHIELD_BACKOFF must be a number of seconds >= 0, not {backoff!r}")
         app.extensions["shield"] = self
         app.before_request(self._before_request)
         app.after_request(self._after_request)
@@ -244,6 +252,10 @@ class Shield:
         app = current_app
         path = app.config["SHIELD_SOCKET"]
         timeout = float(app.config["SHIELD_TIMEOUT"])
+        if time.monotonic() < self._skip_until:
+            # A round trip timed out moments ago: a stuck daemon would hold every worker
+            # thread for the whole timeout; apply on_error at once until the back-off ends.
+            raise ShieldError("a round trip timed out moments ago; not asking during the back-off")
         for attempt in (0, 1):
             conn = self._conns.get(path, timeout)
             self._on_error = conn.on_error or self._on_error
@@ -271,6 +283,9 @@ class Shield:
         raise ShieldError("unreachable")  # the loop returns or raises
 
     def _failed(self, error):
+        if isinstance(error, TimeoutError) and has_app_context():
+            # Connect, hello or the reply timed out: back off (see SHIELD_BACKOFF).
+            self._skip_until = time.monotonic() + float(current_app.config["SHIELD_BACKOFF"])
         with self._lock:
             self._errors += 1
             first = not self._outage

@@ -51,9 +51,11 @@ def login_decider(limit=5):
     return decide
 
 
-def make_app(socket_path, on_error="open", timeout=0.5, before=None):
+def make_app(socket_path, on_error="open", timeout=0.5, before=None, backoff=0):
     app = Flask(__name__)
-    app.config.update(SHIELD_SOCKET=socket_path, SHIELD_ON_ERROR=on_error, SHIELD_TIMEOUT=timeout)
+    app.config.update(
+        SHIELD_SOCKET=socket_path, SHIELD_ON_ERROR=on_error, SHIELD_TIMEOUT=timeout, SHIELD_BACKOFF=backoff
+    )
     if before is not None:
         app.before_request(before)
     shield = Shield(app)
@@ -371,6 +373,24 @@ class OnError(unittest.TestCase):
         self.assertEqual(client.get("/users/3").status_code, 200)
         self.assertEqual(daemon.ops(2), ["hello", "decide"])
 
+    def test_after_a_timeout_the_daemon_is_not_asked_during_the_backoff(self):
+        daemon = FakeDaemon()
+        daemon.on_error = "closed"
+        self.addCleanup(daemon.stop)
+        # A back-off far longer than the test: the second request must not wait on the daemon.
+        app, shield = make_app(daemon.path, timeout=0.2, backoff=3600)
+        client = app.test_client()
+        self.assertEqual(client.get("/users/1").status_code, 200)
+        daemon.release.clear()
+        with self.assertLogs("shield_flask", logging.WARNING):
+            self.assertEqual(client.get("/users/2").status_code, 503)
+        asked = len(daemon.of("decide"))
+        self.assertEqual(client.get("/users/3").status_code, 503)
+        self.assertEqual(len(daemon.of("decide")), asked, "asked during the back-off")
+        self.assertEqual(daemon.connections(), [1], "no new connection during the back-off")
+        self.assertEqual(shield.errors, 2)
+        daemon.release.set()
+
     def test_error_reply_applies_on_error(self):
         daemon = FakeDaemon()
         self.addCleanup(daemon.stop)
@@ -388,6 +408,10 @@ class OnError(unittest.TestCase):
             Shield(app)
         app = Flask(__name__)
         app.config["SHIELD_TIMEOUT"] = 0
+        with self.assertRaises(ValueError):
+            Shield(app)
+        app = Flask(__name__)
+        app.config["SHIELD_BACKOFF"] = -1
         with self.assertRaises(ValueError):
             Shield(app)
 
