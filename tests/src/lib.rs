@@ -4,6 +4,8 @@
 
 pub mod acceptance;
 pub mod app_client;
+pub mod appbench;
+pub mod applab;
 pub mod fleetlab;
 pub mod fuzz;
 pub mod netlab;

@@ -332,7 +332,22 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
     }
     assert_eq!(row("deny-listed"), (0, 20), "{stdout}");
     assert_eq!(row("partner"), (300, 0), "{stdout}");
-    assert!(stdout.contains("bans issued: 2"), "{stdout}");
+    // Credential stuffing (policy/demo.toml has [app]): the login burst of 5 answered 401,
+    // then 429s, then dropped at the NIC by the app layer's ban.
+    let (answered, dropped) = row("stuffer 100.64.0.66");
+    assert!(
+        stdout.contains("the stuffer's answers: 5 × 401 wrong password"),
+        "{stdout}"
+    );
+    assert!(
+        answered > 5 && dropped >= 1,
+        "stuffer: {answered} answered, {dropped} dropped\n{stdout}"
+    );
+    assert!(
+        stdout.contains("100.64.0.66/32 for 30.0s (app layer: endpoint login, enforced xdp)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("bans issued: 3"), "{stdout}");
     assert!(
         stdout.contains("198.51.100.3/32 for 15.0s (3 strikes, scope host)"),
         "{stdout}"

@@ -50,7 +50,7 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
-        /// Only these sections, comma-separated (1, 2, 3, 3b, 4, 5), into the `--out` file.
+        /// Only these sections, comma-separated (1, 2, 3, 3b, 4, 5, 6), into the `--out` file.
         #[arg(long)]
         only: Option<String>,
         /// Report file (default BENCHMARKS.md).
@@ -104,8 +104,20 @@ const APT_PACKAGES: &[&str] = &[
 /// cargo-deb, pinned: newer releases may need a newer rustc than this machine's.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
-/// Peers the benchmarks compare with.
-const BENCH_PACKAGES: &[&str] = &["xdp-tools", "bpftool", "ethtool", "nftables", "iptables"];
+/// Peers the benchmarks compare with, and their load tools: wrk; Flask-Limiter and the redis
+/// client for gunicorn's interpreter (Debian's python3, PEP 668: its packages come from
+/// apt, not pip) and redis-server for section 6.
+const BENCH_PACKAGES: &[&str] = &[
+    "xdp-tools",
+    "bpftool",
+    "ethtool",
+    "nftables",
+    "iptables",
+    "wrk",
+    "python3-flask-limiter",
+    "python3-redis",
+    "redis-server",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -186,6 +198,7 @@ fn bootstrap() -> Result<()> {
             quiet_prometheus()?;
         }
     }
+    check_python()?;
 
     // 2. Nightly with rust-src (the eBPF crate builds core with -Z build-std).
     let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
@@ -267,6 +280,50 @@ fn quiet_prometheus() -> Result<()> {
         step("stopping and disabling the prometheus service (only promtool is used)");
         run(Command::new("systemctl").args(["disable", "--now", "prometheus.service"]))?;
     }
+    Ok(())
+}
+
+/// The interpreter gunicorn runs (its shebang; Debian's /usr/bin/python3 with python3-flask
+/// from APT_PACKAGES): the Python tests use the same one, so they test what the demo runs.
+fn gunicorn_python() -> PathBuf {
+    let shebang = output("which", &["gunicorn"])
+        .and_then(|p| std::fs::read_to_string(p.trim()).ok())
+        .and_then(|text| {
+            let first = text.lines().next()?.strip_prefix("#!")?.trim().to_string();
+            let program = first.split_whitespace().next()?.to_string();
+            Some(PathBuf::from(program))
+        });
+    shebang
+        .filter(|p| p.is_absolute() && p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/python3"))
+}
+
+/// shield-flask is imported from the worktree through PYTHONPATH (no install into the
+/// system interpreter): every launcher (these tests, the tests crate's gunicorn) sets it.
+fn shield_flask_dir() -> PathBuf {
+    root().join("shield-flask")
+}
+
+/// Checks that gunicorn's interpreter imports flask and, with PYTHONPATH, shield_flask.
+fn check_python() -> Result<()> {
+    let python = gunicorn_python();
+    let out = Command::new(&python)
+        .args(["-c", "import flask, shield_flask"])
+        .env("PYTHONPATH", shield_flask_dir())
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} cannot import flask and shield_flask: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    step(&format!(
+        "{} (gunicorn's) imports flask and shield_flask (PYTHONPATH={})",
+        python.display(),
+        shield_flask_dir().display()
+    ));
     Ok(())
 }
 
@@ -480,6 +537,18 @@ fn main() -> Result<()> {
             let bin = build(false)?;
             // The package test installs this very package (one release build, reused).
             let deb = package()?;
+            step("shield-flask: the Python package's tests (a fake daemon on a temp socket)");
+            run(Command::new(gunicorn_python())
+                .current_dir(root())
+                .args([
+                    "-m",
+                    "unittest",
+                    "discover",
+                    "--start-directory",
+                    "shield-flask/tests",
+                    "--verbose",
+                ])
+                .env("PYTHONPATH", shield_flask_dir()))?;
             step("running every test (unit, BPF_PROG_TEST_RUN, network namespaces)");
             run(cargo()
                 .args(["test", "--workspace", "--exclude", "shield-ebpf"])

@@ -6,6 +6,10 @@
 //! 4. Memory and control-plane scale: kernel memory per tracked source, 1,000,000-prefix
 //!    load and swap, daemon RSS idle and under a connection flood.
 //!
+//! 6. The application layer (`shield_tests::appbench`): shield_flask against Flask-Limiter
+//!    (memory and redis storage) under wrk, admissions against a limit, decision latency.
+//! 7. Fleet propagation: three real daemons sharing bans through a real Redis.
+//!
 //! Writes a Markdown report. Ratios measured side by side are the result; absolute figures
 //! are context only (a shared, noisy 2-core VM).
 
@@ -386,13 +390,13 @@ fn section5(o: &Opts, report: &mut String) {
     );
 }
 
-/// Section 6, fleet propagation: three real daemons sharing bans through a real Redis
+/// Section 7, fleet propagation: three real daemons sharing bans through a real Redis
 /// (`shield_tests::fleetlab`); bans issued on host 1 through its control socket, the time
 /// from issue to install on hosts 2 and 3 as each reports it (`fleet_ban` audit lines).
-fn section6(o: &Opts, report: &mut String) {
+fn section7(o: &Opts, report: &mut String) {
     use shield_tests::fleetlab::{FleetLab, percentile, wait_until};
     let bans: u32 = if o.quick { 100 } else { 500 };
-    eprintln!("bench: 6. fleet propagation ({bans} bans)");
+    eprintln!("bench: 7. fleet propagation ({bans} bans)");
     let policy = "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [8080]\nconnections = { rate = \"5/s\", burst = 10 }\n";
     let mut lab = FleetLab::new(3, 8080, 1_000_000, policy).expect("fleet lab");
     lab.start_all().expect("starting the daemons");
@@ -433,7 +437,7 @@ fn section6(o: &Opts, report: &mut String) {
     let p50 = percentile(&mut lags, 50.0);
     let p99 = percentile(&mut lags, 99.0);
     let max = percentile(&mut lags, 100.0);
-    let _ = writeln!(report, "## 6. Fleet propagation\n");
+    let _ = writeln!(report, "## 7. Fleet propagation\n");
     let _ = writeln!(
         report,
         "Three real daemons, each on its own veth and namespaces, sharing bans through one real `redis-server` (password, append-only file, its own namespace; `shield_tests::fleetlab`, signed messages). {bans} bans issued on host 1 through its control socket, back to back ({:.0} bans/s); each of hosts 2 and 3 reports, per ban, the time from issue on host 1 to install in its maps (`lag_ms` of its `fleet_ban` audit lines; same clock, one machine). Target (issue 14): p99 at most 1 s.\n\n| installs | p50 | p99 | max |\n| ---: | ---: | ---: | ---: |\n| {n} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |\n",
@@ -1450,7 +1454,7 @@ fn main() {
                 if let Some(bad) = o
                     .only
                     .iter()
-                    .find(|s| !["1", "2", "3", "3b", "4", "5", "6"].contains(&s.as_str()))
+                    .find(|s| !["1", "2", "3", "3b", "4", "5", "6", "7"].contains(&s.as_str()))
                 {
                     eprintln!(
                         "shield-bench: --only takes sections 1, 2, 3, 3b, 4, 5, 6; got {bad:?}"
@@ -1460,7 +1464,7 @@ fn main() {
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,3,3b,4,5,6]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 fleet propagation (a real Redis, three daemons)"
+                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,3,3b,4,5,6,7]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter),\n  7 fleet propagation (a real Redis, three daemons)"
                 );
                 return;
             }
@@ -1526,7 +1530,10 @@ fn main() {
         section5(&o, &mut report);
     }
     if o.runs("6") {
-        section6(&o, &mut report);
+        report.push_str(&shield_tests::appbench::section6(o.quick));
+    }
+    if o.runs("7") {
+        section7(&o, &mut report);
     }
     let _ = writeln!(
         report,

@@ -16,9 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
+use shield_tests::applab::{self, App, Limiter};
 use shield_tests::netlab::{
-    self, ATTACKER_V4, Connects, DENIED_V4, Daemon, Gunicorn, LEGIT_V4, LEGIT_V6, PARTNER_V4,
-    SERVER_IF, SERVER_V4, SERVER_V6, TempBpffs, Topology, connect_many, http_many, rotating_v6,
+    self, ATTACKER_V4, Connects, DENIED_V4, Daemon, LEGIT_V4, LEGIT_V6, PARTNER_V4, SERVER_IF,
+    SERVER_V4, SERVER_V6, TempBpffs, Topology, connect_many, http_many, rotating_v6,
 };
 use shield_user::{policy, stats};
 
@@ -27,7 +28,9 @@ use shield_user::{policy, stats};
 ///
 /// Phases: a burst that is allowed; a connection flood from one source (limited, then
 /// banned); an IPv6 attacker rotating addresses in one /64 (caught by the /64 scope); a
-/// deny-listed network; a partner on the allow list (never limited). Ends with a summary.
+/// deny-listed network; a partner on the allow list (never limited); when the policy has
+/// `[app]`, credential stuffing on `POST /login` (the app, with shield_flask, answers 429s,
+/// then the stuffer is banned at the NIC). Ends with a summary.
 /// Never touches the machine's own interfaces; everything is removed on exit (also on
 /// Ctrl-C). This is `cargo xtask demo`, and `cargo xtask run` without arguments.
 #[derive(Parser)]
@@ -85,6 +88,64 @@ struct Tally {
     rotating: Connects,
     denied: Connects,
     partner: Connects,
+    stuffer: Stuffing,
+}
+
+/// What the credential stuffer got: answers by status, and attempts dropped (no answer).
+#[derive(Default, Clone, Copy, Debug)]
+struct Stuffing {
+    unauthorized: u32,
+    limited: u32,
+    other: u32,
+    dropped: u32,
+}
+
+/// The credential stuffer: a fresh address on the client side.
+const STUFFER_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 64, 0, 66);
+
+/// `[app] socket` of the policy file, if it has an `[app]` table.
+fn app_socket(policy_path: &Path) -> Result<Option<PathBuf>> {
+    let text = std::fs::read_to_string(policy_path)
+        .with_context(|| format!("reading {}", policy_path.display()))?;
+    let value: toml::Value =
+        toml::from_str(&text).with_context(|| format!("parsing {}", policy_path.display()))?;
+    Ok(value.get("app").map(|app| {
+        app.get("socket")
+            .and_then(toml::Value::as_str)
+            .map_or_else(|| PathBuf::from("/run/shield/app.sock"), PathBuf::from)
+    }))
+}
+
+/// Up to `count` wrong-password POSTs to /login from the stuffer, one every `every`; stops
+/// after 6 attempts without an answer (banned: the point is made).
+fn stuff(dst: SocketAddr, count: u32, every: Duration, timeout: Duration) -> Stuffing {
+    let mut got = Stuffing::default();
+    let start = Instant::now();
+    for i in 0..count {
+        let due = start + every * i;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let body = applab::login_form(&format!("guess{i}"));
+        match applab::http(
+            IpAddr::V4(STUFFER_V4),
+            dst,
+            "POST",
+            "/login",
+            &[],
+            &body,
+            timeout,
+        ) {
+            Some(r) if r.status == 401 => got.unauthorized += 1,
+            Some(r) if r.status == 429 => got.limited += 1,
+            Some(_) => got.other += 1,
+            None => got.dropped += 1,
+        }
+        if got.dropped >= 6 {
+            break;
+        }
+    }
+    got
 }
 
 fn add(a: &mut Connects, b: Connects) {
@@ -95,6 +156,7 @@ fn add(a: &mut Connects, b: Connects) {
 /// One line per second: rates per reason and what each client got so far.
 fn live_line(
     bpffs: &Path,
+    control: &Path,
     started: Instant,
     phase: &str,
     t: &Tally,
@@ -111,6 +173,26 @@ fn live_line(
                     rates.push_str(&format!(" {key} {}/s", c.packets - prev));
                 }
                 now.push((key, c.packets));
+            }
+        }
+        // The application layer's decisions (endpoints and signals), from the daemon.
+        if let Ok(app) = shield_user::control::call::<shield_user::control::AppStats>(
+            control,
+            &shield_user::control::Request::AppStats {},
+        ) {
+            for row in &app.rows {
+                for (what, n) in [
+                    ("allowed", row.allowed),
+                    ("limited", row.limited),
+                    ("banned", row.banned),
+                ] {
+                    let key = format!("app {}/{what}", row.name);
+                    let prev = last.iter().find(|(k, _)| *k == key).map_or(0, |(_, v)| *v);
+                    if n > prev {
+                        rates.push_str(&format!(" {key} {}/s", n - prev));
+                    }
+                    now.push((key, n));
+                }
             }
         }
         *last = now;
@@ -137,7 +219,15 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     );
     let bpffs = TempBpffs::new()?;
     let topo = Topology::new()?;
-    let _api = Gunicorn::start(&topo.server, API_PORT)?;
+    let app_socket = app_socket(policy_path)?;
+    let limiter = match &app_socket {
+        Some(socket) => Limiter::Shield {
+            socket: socket.clone(),
+            on_error: "open".into(),
+        },
+        None => Limiter::None,
+    };
+    topo.add_client_addr(IpAddr::V4(STUFFER_V4))?;
     let audit =
         std::env::temp_dir().join(format!("{}.jsonl", netlab::unique("shield-demo-audit-")));
     let audit_arg = audit.to_string_lossy().into_owned();
@@ -149,6 +239,14 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
         &["--audit-log", &audit_arg, "--metrics", "off"],
     )?;
     eprint!("{}", daemon.log_text());
+    let api = App::start(&topo.server, API_PORT, 4, &limiter)?;
+    match &app_socket {
+        Some(s) => eprintln!(
+            "demo: the API uses shield_flask (4 gunicorn workers) on the app socket {}",
+            s.display()
+        ),
+        None => eprintln!("demo: the policy has no [app]: no application-layer phase"),
+    }
     eprintln!(
         "demo: policy {} ({} rule{})",
         policy_path.display(),
@@ -180,6 +278,10 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
             add(&mut all.denied, got.denied);
             add(&mut all.partner, got.partner);
             add(&mut all.legit, got.legit);
+            all.stuffer.unauthorized += got.stuffer.unauthorized;
+            all.stuffer.limited += got.stuffer.limited;
+            all.stuffer.other += got.stuffer.other;
+            all.stuffer.dropped += got.stuffer.dropped;
             drop(all);
             if let Some(rest) = end.checked_duration_since(Instant::now()) {
                 std::thread::sleep(rest);
@@ -228,6 +330,14 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
             ),
             ..Tally::default()
         })?;
+        if app_socket.is_some() {
+            // Wrong passwords, 10 per second on fresh connections: the login endpoint's
+            // burst, then 429s; limited in 3 different seconds → banned at the NIC.
+            step("6. credential stuffing on POST /login", 6, &|| Tally {
+                stuffer: stuff(v4, 60, Duration::from_millis(100), t),
+                ..Tally::default()
+            })?;
+        }
         Ok(())
     };
 
@@ -257,7 +367,10 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
                 std::thread::sleep(Duration::from_secs(1));
                 let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
                 let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
-                println!("{}", live_line(&bpffs.path, started, name, &t, &mut last));
+                println!(
+                    "{}",
+                    live_line(&bpffs.path, &daemon.socket, started, name, &t, &mut last)
+                );
             }
         });
         let result = run_phases();
@@ -274,7 +387,7 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["event"] == "ban")
+        .filter(|l| l["event"] == "ban" || l["event"] == "app_ban")
         .collect();
     let s = stats::read_iface(&bpffs.path, SERVER_IF)?;
     println!(
@@ -294,18 +407,50 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     ] {
         println!("{name:<34} {:>10} {:>10}", c.ok, c.failed);
     }
+    if app_socket.is_some() {
+        let st = t.stuffer;
+        println!(
+            "{:<34} {:>10} {:>10}\n  the stuffer's answers: {} × 401 wrong password, {} × 429 limited{}",
+            "stuffer 100.64.0.66 (POST /login)",
+            st.unauthorized + st.limited + st.other,
+            st.dropped,
+            st.unauthorized,
+            st.limited,
+            if st.other > 0 {
+                format!(", {} other", st.other)
+            } else {
+                String::new()
+            }
+        );
+    }
     println!("bans issued: {}", bans.len());
     for b in &bans {
+        let why = if b["event"] == "app_ban" {
+            let what = match (b["endpoint"].as_str(), b["signal"].as_str()) {
+                (Some(e), _) => format!("endpoint {e}"),
+                (None, Some(s)) => format!("signal {s}"),
+                (None, None) => "app".to_string(),
+            };
+            format!(
+                "app layer: {what}, enforced {}",
+                b["enforced"].as_str().unwrap_or("?")
+            )
+        } else {
+            format!(
+                "{} strikes, scope {}",
+                b["strikes"],
+                b["scope"].as_str().unwrap_or("")
+            )
+        };
         println!(
-            "  {} {} for {}s ({} strikes, scope {})",
+            "  {} {} for {}s ({why})",
             b["ts"].as_str().unwrap_or(""),
             b["source"].as_str().unwrap_or(""),
             b["ban_secs"],
-            b["strikes"],
-            b["scope"].as_str().unwrap_or("")
         );
     }
     let _ = std::fs::remove_file(&audit);
+    drop(api);
     drop(daemon);
     eprintln!(
         "demo: done in {:.0} s; namespaces, processes and bpffs removed",

@@ -1,0 +1,306 @@
+"""shield for Flask: every request of a `[[endpoint]]` is decided by `shield run` over its
+app socket (limits exact across every gunicorn worker and thread), over-limit requests get
+RFC 9457 problem responses with `Retry-After` and the IETF RateLimit fields, and the app's
+own signals (`shield.report("login_failed")`) feed `[[signal]]` rules that end in bans at
+the NIC. See README.md in this package.
+"""
+
+import json
+import logging
+import os
+import threading
+import time
+
+from flask import current_app, g, has_app_context, has_request_context, request
+
+from .client import Connections, ShieldError
+
+__all__ = ["Shield", "ShieldError", "PROBLEM_BASE"]
+__version__ = "0.1.0"
+
+log = logging.getLogger("shield_flask")
+
+#: Base of the problem `type` URIs (RFC 9457).
+PROBLEM_BASE = "https://shield.dev/problems/"
+
+DEFAULT_SOCKET = "/run/shield/app.sock"
+DEFAULT_TIMEOUT = 0.5
+DEFAULT_BACKOFF = 1.0
+
+_TITLES = {429: "Too Many Requests", 403: "Forbidden", 503: "Service Unavailable"}
+_TYPES = {429: "rate-limited", 403: "banned", 503: "unavailable"}
+
+
+def _sf_string(value):
+    """A structured-field string (RFC 8941): quoted, with backslash escapes."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Shield:
+    """The Flask extension: `Shield(app)` or `Shield().init_app(app)`.
+
+    Config: `SHIELD_SOCKET` (default /run/shield/app.sock), `SHIELD_ON_ERROR` ("open" or
+    "closed": what to do while the daemon is unreachable before any hello succeeded; after
+    one, the daemon's `[app] on_error` rules), `SHIELD_TIMEOUT` (seconds per round trip,
+    default 0.5), `SHIELD_BACKOFF` (seconds during which, after a timed-out round trip, this
+    process applies on_error without asking the daemon; default 1.0, 0 turns it off).
+    """
+
+    def __init__(self, app=None):
+        self._conns = Connections()
+        self._lock = threading.Lock()
+        self._errors = 0
+        self._outage = False
+        self._on_error = None  # from the last successful hello
+        self._user_loader = None
+        self._skip_until = 0.0  # time.monotonic() before which a stuck daemon is not asked
+        self._seen_report_errors = set()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+        if app is not None:
+            self.init_app(app)
+
+    def _after_fork(self):
+        # A lock held by another thread at fork time would never be released here.
+        self._lock = threading.Lock()
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def init_app(self, app):
+        app.config.setdefault("SHIELD_SOCKET", DEFAULT_SOCKET)
+        app.config.setdefault("SHIELD_ON_ERROR", "open")
+        app.config.setdefault("SHIELD_TIMEOUT", DEFAULT_TIMEOUT)
+        app.config.setdefault("SHIELD_BACKOFF", DEFAULT_BACKOFF)
+        if app.config["SHIELD_ON_ERROR"] not in ("open", "closed"):
+            raise ValueError(
+                f"SHIELD_ON_ERROR must be \"open\" or \"closed\", not {app.config['SHIELD_ON_ERROR']!r}"
+            )
+        timeout = app.config["SHIELD_TIMEOUT"]
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise ValueError(f"SHIELD_TIMEOUT must be a positive number of seconds, not {timeout!r}")
+        backoff = app.config["SHIELD_BACKOFF"]
+        if not isinstance(backoff, (int, float)) or isinstance(backoff, bool) or backoff < 0:
+            raise ValueError(f"SHIELD_BACKOFF must be a number of seconds >= 0, not {backoff!r}")
+        app.extensions["shield"] = self
+        app.before_request(self._before_request)
+        app.after_request(self._after_request)
+        return self
+
+    def exempt(self, view):
+        """Decorator: this view is never decided nor counted (health checks, metrics)."""
+        view._shield_exempt = True
+        return view
+
+    def user_loader(self, fn):
+        """Decorator: `fn()` returns the request's user (or None); called in shield's
+        before_request just before the decision, so `key = "user"` endpoints see it."""
+        self._user_loader = fn
+        return fn
+
+    # -- public API --------------------------------------------------------------------
+
+    @property
+    def errors(self):
+        """Requests and reports this process handled by on_error (daemon unreachable,
+        timed out or answering with an error)."""
+        return self._errors
+
+    @property
+    def on_error(self):
+        """The on_error in force: the daemon's (from its last hello), else SHIELD_ON_ERROR."""
+        if self._on_error is not None:
+            return self._on_error
+        return current_app.config["SHIELD_ON_ERROR"]
+
+    def identify(self, user):
+        """Sets the `user` key of the current request (for `key = "user"` endpoints and
+        signals). Must run before the decision to count for it: in a user loader or in a
+        before_request function registered before Shield."""
+        g._shield_user = None if user is None else str(user)
+
+    def report(self, signal, key=None, user=None):
+        """Reports a `[[signal]]` (e.g. "login_failed") for the current request's client.
+
+        `key`: an explicit key value (overrides the signal's key kind); `user`: the user
+        (default: the one set by identify). Returns the daemon's reply (a dict: counted,
+        limited, banned, client) or None when the daemon could not be asked. Never raises
+        for a daemon error: it is logged and counted in `errors`.
+        """
+        msg = {"op": "report", "signal": str(signal)}
+        msg.update(self._request_fields(user))
+        msg["key"] = None if key is None else str(key)
+        try:
+            reply = self._call(msg)
+        except (OSError, ShieldError) as e:
+            self._failed(e)
+            return None
+        self._recovered()
+        if not reply.get("ok"):
+            error = str(reply.get("error"))
+            with self._lock:
+                self._errors += 1
+                first = error not in self._seen_report_errors
+                self._seen_report_errors.add(error)
+            if first:
+                log.warning("shield: report %r refused: %s", signal, error)
+            return None
+        return reply
+
+    # -- the request path --------------------------------------------------------------
+
+    def _before_request(self):
+        view = current_app.view_functions.get(request.endpoint)
+        if view is not None and getattr(view, "_shield_exempt", False):
+            return None
+        if self._user_loader is not None and getattr(g, "_shield_user", None) is None:
+            user = self._user_loader()
+            if user is not None:
+                self.identify(user)
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
+        msg.update(self._request_fields(None))
+        port = request.environ.get("SERVER_PORT")
+        try:
+            msg["port"] = int(port) if port is not None else None
+        except ValueError:
+            msg["port"] = None
+        msg["cost"] = 1
+        try:
+            reply = self._call(msg)
+            if not reply.get("ok"):
+                raise ShieldError(f"the daemon answered: {reply.get('error')}")
+        except (OSError, ShieldError) as e:
+            self._failed(e)
+            if self.on_error == "closed":
+                return self._problem(
+                    503,
+                    "the abuse shield is unreachable and this service is configured to refuse requests meanwhile",
+                    None,
+                    None,
+                )
+            return None
+        self._recovered()
+        g._shield_decision = reply
+        if reply.get("allow", True):
+            return None
+        status = reply.get("status")
+        status = status if status in (429, 403) else 429
+        return self._problem(
+            status,
+            reply.get("detail") or _TITLES[status],
+            reply.get("endpoint"),
+            reply.get("retry_after"),
+        )
+
+    def _after_request(self, response):
+        decision = getattr(g, "_shield_decision", None)
+        if decision and decision.get("endpoint") and decision.get("policy"):
+            response.headers["RateLimit-Policy"] = str(decision["policy"])
+            remaining = max(0, int(decision.get("remaining") or 0))
+            reset = max(0, int(decision.get("reset") or 0))
+            response.headers["RateLimit"] = (
+                f"{_sf_string(decision['endpoint'])};r={remaining};t={reset}"
+            )
+        return response
+
+    def _problem(self, status, detail, endpoint, retry_after):
+        body = {
+            "type": PROBLEM_BASE + _TYPES[status],
+            "title": _TITLES[status],
+            "status": status,
+            "detail": detail,
+        }
+        if status != 503:
+            body["endpoint"] = endpoint
+            body["retry_after"] = retry_after
+        response = current_app.response_class(
+            json.dumps(body), status=status, mimetype="application/problem+json"
+        )
+        if isinstance(retry_after, int) and not isinstance(retry_after, bool):
+            response.headers["Retry-After"] = str(max(1, retry_after))
+        return response
+
+    def _request_fields(self, user):
+        """peer, xff, headers and user of the current request (nulls outside one)."""
+        if not has_request_context():
+            return {"peer": None, "xff": None, "headers": {}, "user": user}
+        environ = request.environ
+        # Werkzeug's ProxyFix rewrites REMOTE_ADDR; shield wants the TCP peer and the raw
+        # header (it applies [app] trusted_proxies itself).
+        orig = environ.get("werkzeug.proxy_fix.orig") or {}
+        peer = orig.get("REMOTE_ADDR") or environ.get("REMOTE_ADDR")
+        xff = orig.get("HTTP_X_FORWARDED_FOR", environ.get("HTTP_X_FORWARDED_FOR"))
+        if user is None:
+            user = getattr(g, "_shield_user", None)
+        # The headers named in hello's key_headers are filled in by _call.
+        return {"peer": peer, "xff": xff, "headers": {}, "user": user}
+
+    @staticmethod
+    def _key_headers(names):
+        """The request's values of the headers the policy keys on."""
+        headers = {}
+        for name in names:
+            value = request.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        return headers
+
+    def _call(self, msg):
+        """One round trip on this thread's connection: hello on connect and whenever a
+        reply carries another generation; one retry on a fresh connection when a reused
+        one turns out closed (the daemon restarted)."""
+        app = current_app
+        path = app.config["SHIELD_SOCKET"]
+        timeout = float(app.config["SHIELD_TIMEOUT"])
+        if time.monotonic() < self._skip_until:
+            # A round trip timed out moments ago: a stuck daemon would hold every worker
+            # thread for the whole timeout; apply on_error at once until the back-off ends.
+            raise ShieldError("a round trip timed out moments ago; not asking during the back-off")
+        for attempt in (0, 1):
+            conn = self._conns.get(path, timeout)
+            self._on_error = conn.on_error or self._on_error
+            if "headers" in msg and has_request_context():
+                msg["headers"] = self._key_headers(conn.key_headers)
+            reused = conn.used
+            try:
+                reply = conn.call(msg)
+            except (ConnectionResetError, BrokenPipeError) as e:
+                self._conns.discard()
+                if reused and attempt == 0:
+                    continue
+                raise ShieldError(str(e)) from None
+            except BaseException:
+                self._conns.discard()
+                raise
+            generation = reply.get("generation")
+            if generation is not None and generation != conn.generation:
+                try:
+                    conn.hello()
+                    self._on_error = conn.on_error or self._on_error
+                except (OSError, ShieldError):
+                    self._conns.discard()
+            return reply
+        raise ShieldError("unreachable")  # the loop returns or raises
+
+    def _failed(self, error):
+        if isinstance(error, TimeoutError) and has_app_context():
+            # Connect, hello or the reply timed out: back off (see SHIELD_BACKOFF).
+            self._skip_until = time.monotonic() + float(current_app.config["SHIELD_BACKOFF"])
+        with self._lock:
+            self._errors += 1
+            first = not self._outage
+            self._outage = True
+        if first:
+            log.warning(
+                "shield: the daemon cannot be asked (%s); on_error=%s until it answers again",
+                error,
+                self.on_error if has_app_context() else "?",
+            )
+
+    def _recovered(self):
+        if self._outage:
+            with self._lock:
+                was = self._outage
+                self._outage = False
+            if was:
+                log.warning("shield: the daemon answers again")

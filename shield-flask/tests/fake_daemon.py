@@ -1,0 +1,131 @@
+"""A fake `shield run` app socket for the package's tests: speaks the app protocol (one
+JSON request line, one reply line) on a temporary Unix socket, records what it received,
+and lets a test script its replies, close every connection (a daemon restart), change
+the policy generation or hold replies back (a stuck daemon)."""
+
+import json
+import os
+import socket
+import tempfile
+import threading
+
+
+class FakeDaemon:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="shield-flask-test-")
+        self.path = os.path.join(self.dir, "app.sock")
+        self.generation = 1
+        self.on_error = "open"
+        self.key_headers = ["X-Api-Key"]
+        self.requests = []  # (connection number, request dict)
+        self.decide = lambda req: {"endpoint": None, "allow": True}
+        self.report = lambda req: {"counted": True, "limited": False, "banned": False}
+        self.release = threading.Event()  # cleared: replies wait for it
+        self.release.set()
+        self._lock = threading.Lock()
+        self._conns = []
+        self._count = 0
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.path)
+        self._listener.listen(64)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    # -- test controls -----------------------------------------------------------------
+
+    def ops(self, conn=None):
+        with self._lock:
+            return [r["op"] for c, r in self.requests if conn is None or c == conn]
+
+    def of(self, op):
+        with self._lock:
+            return [r for _, r in self.requests if r.get("op") == op]
+
+    def connections(self):
+        with self._lock:
+            return sorted({c for c, _ in self.requests})
+
+    def close_all(self):
+        """Closes every open connection (as a daemon restart does)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def stop(self):
+        self._stopped = True
+        self.release.set()
+        try:
+            self._listener.close()
+        finally:
+            self.close_all()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.rmdir(self.dir)
+
+    # -- the server ----------------------------------------------------------------
+
+    def _accept(self):
+        while not self._stopped:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._count += 1
+                number = self._count
+                self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn, number):
+        reader = conn.makefile("rb")
+        try:
+            for line in reader:
+                try:
+                    req = json.loads(line)
+                except ValueError:
+                    conn.sendall(b'{"ok":false,"error":"bad JSON"}\n')
+                    continue
+                with self._lock:
+                    self.requests.append((number, req))
+                self.release.wait()
+                if self._stopped:
+                    return
+                conn.sendall(json.dumps(self._reply(req)).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            try:
+                reader.close()
+                conn.close()
+            except OSError:
+                pass
+
+    def _reply(self, req):
+        op = req.get("op")
+        if op == "hello":
+            return {
+                "ok": True,
+                "version": "0.1.0",
+                "generation": self.generation,
+                "on_error": self.on_error,
+                "key_headers": list(self.key_headers),
+            }
+        if op == "decide":
+            reply = {"ok": True, "generation": self.generation}
+            reply.update(self.decide(req))
+            return reply
+        if op == "report":
+            if req.get("signal") != "login_failed":
+                return {"ok": False, "error": f"no [[signal]] named \"{req.get('signal')}\" in the policy"}
+            reply = {"ok": True, "generation": self.generation, "signal": req["signal"], "client": req.get("peer")}
+            reply.update(self.report(req))
+            return reply
+        return {"ok": False, "error": "the app socket accepts only hello, decide and report"}

@@ -1,0 +1,471 @@
+"""shield_flask against a fake daemon on a temporary Unix socket (run by `cargo xtask test`:
+`python3 -m unittest discover -s shield-flask/tests` with shield-flask on PYTHONPATH)."""
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import unittest
+
+from flask import Flask, jsonify
+
+from fake_daemon import FakeDaemon
+from shield_flask import Shield
+
+LOGIN_POLICY = '"login";q=5;w=60'
+
+
+def login_decider(limit=5):
+    """A decide handler that limits POST /login to `limit` requests, like the daemon."""
+    state = {"n": 0}
+
+    def decide(req):
+        if req["rule"] != "/login" or req["method"] != "POST":
+            return {"endpoint": None, "allow": True}
+        state["n"] += 1
+        remaining = limit - state["n"]
+        if remaining >= 0:
+            return {
+                "allow": True,
+                "endpoint": "login",
+                "client": req["peer"],
+                "limit": limit,
+                "remaining": remaining,
+                "reset": 12,
+                "policy": LOGIN_POLICY,
+            }
+        return {
+            "allow": False,
+            "status": 429,
+            "endpoint": "login",
+            "client": req["peer"],
+            "retry_after": 12,
+            "limit": limit,
+            "remaining": 0,
+            "reset": 12,
+            "policy": LOGIN_POLICY,
+            "detail": "login allows 5 requests per minute (burst 5) per ip; retry in 12 s",
+        }
+
+    return decide
+
+
+def make_app(socket_path, on_error="open", timeout=0.5, before=None, backoff=0):
+    app = Flask(__name__)
+    app.config.update(
+        SHIELD_SOCKET=socket_path, SHIELD_ON_ERROR=on_error, SHIELD_TIMEOUT=timeout, SHIELD_BACKOFF=backoff
+    )
+    if before is not None:
+        app.before_request(before)
+    shield = Shield(app)
+
+    @app.post("/login")
+    def login():
+        if "bad" in (app.config.get("NEXT_PASSWORD") or ""):
+            shield.report("login_failed")
+            return jsonify(error="wrong password"), 401
+        return jsonify(ok=True)
+
+    @app.get("/users/<int:uid>")
+    def user(uid):
+        return jsonify(id=uid)
+
+    @app.get("/health")
+    @shield.exempt
+    def health():
+        return "ok"
+
+    @shield.exempt
+    @app.get("/ready")
+    def ready():
+        return "ready"
+
+    return app, shield
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.daemon = FakeDaemon()
+        self.addCleanup(self.daemon.stop)
+
+
+class Decisions(Base):
+    def test_allowed_request_sends_the_decide_fields_and_gets_ratelimit_headers(self):
+        self.daemon.decide = login_decider()
+        app, _ = make_app(self.daemon.path)
+        client = app.test_client()
+        r = client.post(
+            "/login",
+            headers={"X-Forwarded-For": "198.51.100.7, 10.0.0.2", "X-Api-Key": "abc", "X-Other": "no"},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        )
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.headers["RateLimit-Policy"], LOGIN_POLICY)
+        self.assertEqual(r.headers["RateLimit"], '"login";r=4;t=12')
+        self.assertNotIn("Retry-After", r.headers)
+        (decide,) = self.daemon.of("decide")
+        self.assertEqual(
+            decide,
+            {
+                "op": "decide",
+                "method": "POST",
+                "rule": "/login",
+                "path": "/login",
+                "peer": "127.0.0.1",
+                "xff": "198.51.100.7, 10.0.0.2",
+                "port": 80,
+                "headers": {"X-Api-Key": "abc"},
+                "user": None,
+                "cost": 1,
+            },
+        )
+
+    def test_flask_rule_and_unmatched_requests(self):
+        app, _ = make_app(self.daemon.path)
+        client = app.test_client()
+        r = client.get("/users/42")
+        self.assertEqual(r.status_code, 200)
+        self.assertNotIn("RateLimit", r.headers)
+        self.assertNotIn("RateLimit-Policy", r.headers)
+        self.assertEqual(client.get("/nowhere").status_code, 404)
+        first, missing = self.daemon.of("decide")
+        self.assertEqual((first["rule"], first["path"], first["xff"]), ("/users/<int:uid>", "/users/42", None))
+        self.assertEqual((missing["rule"], missing["path"]), (None, "/nowhere"))
+
+    def test_over_the_limit_is_a_429_problem(self):
+        self.daemon.decide = login_decider()
+        app, _ = make_app(self.daemon.path)
+        client = app.test_client()
+        statuses = [client.post("/login").status_code for _ in range(5)]
+        self.assertEqual(statuses, [200] * 5)
+        r = client.post("/login")
+        self.assertEqual(r.status_code, 429)
+        self.assertEqual(r.headers["Content-Type"], "application/problem+json")
+        self.assertEqual(r.headers["Retry-After"], "12")
+        self.assertEqual(r.headers["RateLimit-Policy"], LOGIN_POLICY)
+        self.assertEqual(r.headers["RateLimit"], '"login";r=0;t=12')
+        self.assertEqual(
+            json.loads(r.data),
+            {
+                "type": "https://shield.dev/problems/rate-limited",
+                "title": "Too Many Requests",
+                "status": 429,
+                "detail": "login allows 5 requests per minute (burst 5) per ip; retry in 12 s",
+                "endpoint": "login",
+                "retry_after": 12,
+            },
+        )
+
+    def test_banned_is_a_403_problem(self):
+        detail = "198.51.100.7 is banned for 900 s more (login: repeated limit violations)"
+        self.daemon.decide = lambda req: {
+            "allow": False,
+            "status": 403,
+            "endpoint": "login",
+            "client": "198.51.100.7",
+            "retry_after": 900,
+            "detail": detail,
+        }
+        app, _ = make_app(self.daemon.path)
+        r = app.test_client().post("/login")
+        self.assertEqual(r.status_code, 403)
+        self.assertEqual(r.headers["Content-Type"], "application/problem+json")
+        self.assertEqual(r.headers["Retry-After"], "900")
+        self.assertNotIn("RateLimit", r.headers)
+        self.assertEqual(
+            json.loads(r.data),
+            {
+                "type": "https://shield.dev/problems/banned",
+                "title": "Forbidden",
+                "status": 403,
+                "detail": detail,
+                "endpoint": "login",
+                "retry_after": 900,
+            },
+        )
+
+    def test_exempt_views_are_never_decided(self):
+        app, _ = make_app(self.daemon.path)
+        client = app.test_client()
+        self.assertEqual(client.get("/health").data, b"ok")
+        self.assertEqual(client.get("/ready").data, b"ready")
+        self.assertEqual(self.daemon.of("decide"), [])
+
+    def test_proxyfix_does_not_hide_the_tcp_peer(self):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app, _ = make_app(self.daemon.path)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)
+        app.test_client().get(
+            "/users/1", headers={"X-Forwarded-For": "203.0.113.9"}, environ_base={"REMOTE_ADDR": "127.0.0.1"}
+        )
+        (decide,) = self.daemon.of("decide")
+        self.assertEqual((decide["peer"], decide["xff"]), ("127.0.0.1", "203.0.113.9"))
+
+
+class Identity(Base):
+    def test_user_loader_runs_before_the_decision(self):
+        app, shield = make_app(self.daemon.path)
+
+        @shield.user_loader
+        def load():
+            return "alice"
+
+        app.test_client().post("/login")
+        (decide,) = self.daemon.of("decide")
+        self.assertEqual(decide["user"], "alice")
+
+    def test_identify_in_an_earlier_before_request(self):
+        holder = {}
+
+        def before():
+            holder["shield"].identify(user=7)
+
+        app, shield = make_app(self.daemon.path, before=before)
+        holder["shield"] = shield
+        app.test_client().post("/login")
+        (decide,) = self.daemon.of("decide")
+        self.assertEqual(decide["user"], "7")
+
+
+class Connections(Base):
+    def test_one_connection_one_hello_for_many_requests(self):
+        app, _ = make_app(self.daemon.path)
+        client = app.test_client()
+        for _ in range(3):
+            client.get("/users/1")
+        self.assertEqual(self.daemon.connections(), [1])
+        self.assertEqual(self.daemon.ops(1), ["hello", "decide", "decide", "decide"])
+
+    def test_reconnects_after_the_daemon_closes(self):
+        app, shield = make_app(self.daemon.path)
+        client = app.test_client()
+        self.assertEqual(client.get("/users/1").status_code, 200)
+        self.daemon.close_all()
+        self.assertEqual(client.get("/users/2").status_code, 200)
+        self.assertEqual(self.daemon.connections(), [1, 2])
+        self.assertEqual(self.daemon.ops(2), ["hello", "decide"])
+        self.assertEqual(shield.errors, 0)
+
+    def test_generation_change_triggers_hello_and_new_key_headers(self):
+        app, _ = make_app(self.daemon.path)
+        client = app.test_client()
+        client.get("/users/1", headers={"X-Tenant": "t1"})
+        self.daemon.generation = 2
+        self.daemon.key_headers = ["X-Tenant"]
+        client.get("/users/2", headers={"X-Tenant": "t1"})
+        client.get("/users/3", headers={"X-Tenant": "t1"})
+        self.assertEqual(self.daemon.ops(1), ["hello", "decide", "decide", "hello", "decide"])
+        headers = [d["headers"] for d in self.daemon.of("decide")]
+        self.assertEqual(headers, [{}, {}, {"X-Tenant": "t1"}])
+
+    def test_each_thread_has_its_own_connection(self):
+        app, _ = make_app(self.daemon.path)
+        barrier = threading.Barrier(4)
+        statuses = []
+
+        def worker():
+            client = app.test_client()
+            barrier.wait()
+            for _ in range(5):
+                statuses.append(client.get("/users/1").status_code)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(statuses, [200] * 20)
+        self.assertEqual(len(self.daemon.connections()), 4)
+        for c in self.daemon.connections():
+            self.assertEqual(self.daemon.ops(c), ["hello"] + ["decide"] * 5)
+
+    @unittest.skipUnless(hasattr(os, "fork"), "needs fork")
+    def test_a_forked_child_never_uses_the_parents_connection(self):
+        app, _ = make_app(self.daemon.path)
+        client = app.test_client()
+        self.assertEqual(client.get("/users/1").status_code, 200)
+        pid = os.fork()
+        if pid == 0:  # the child: one request, then out without running the test runner's exit
+            code = 0 if client.get("/users/2").status_code == 200 else 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        self.assertEqual(client.get("/users/3").status_code, 200)
+        self.assertEqual(self.daemon.ops(1), ["hello", "decide", "decide"])
+        self.assertEqual(self.daemon.ops(2), ["hello", "decide"])
+
+
+class OnError(unittest.TestCase):
+    def absent(self):
+        d = tempfile.mkdtemp(prefix="shield-flask-absent-")
+        self.addCleanup(os.rmdir, d)
+        return os.path.join(d, "app.sock")
+
+    def test_open_allows_counts_and_logs_once(self):
+        app, shield = make_app(self.absent(), on_error="open")
+        client = app.test_client()
+        with self.assertLogs("shield_flask", logging.WARNING) as logs:
+            statuses = [client.post("/login").status_code for _ in range(3)]
+        self.assertEqual(statuses, [200] * 3)
+        self.assertEqual(shield.errors, 3)
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn("cannot be asked", logs.output[0])
+
+    def test_closed_refuses_with_a_503_problem(self):
+        app, shield = make_app(self.absent(), on_error="closed")
+        with self.assertLogs("shield_flask", logging.WARNING):
+            r = app.test_client().post("/login")
+        self.assertEqual(r.status_code, 503)
+        self.assertEqual(r.headers["Content-Type"], "application/problem+json")
+        body = json.loads(r.data)
+        self.assertEqual(
+            (body["type"], body["title"], body["status"]),
+            ("https://shield.dev/problems/unavailable", "Service Unavailable", 503),
+        )
+        self.assertEqual(shield.errors, 1)
+
+    def test_exempt_views_work_without_the_daemon(self):
+        app, shield = make_app(self.absent(), on_error="closed")
+        self.assertEqual(app.test_client().get("/health").status_code, 200)
+        self.assertEqual(shield.errors, 0)
+
+    def test_the_daemons_on_error_wins_after_hello(self):
+        daemon = FakeDaemon()
+        daemon.on_error = "closed"
+        app, shield = make_app(daemon.path, on_error="open")
+        client = app.test_client()
+        self.assertEqual(client.get("/users/1").status_code, 200)
+        daemon.stop()
+        with self.assertLogs("shield_flask", logging.WARNING):
+            self.assertEqual(client.get("/users/1").status_code, 503)
+        self.assertEqual(shield.on_error, "closed")
+
+    def test_outage_logged_again_after_recovery(self):
+        daemon = FakeDaemon()
+        self.addCleanup(daemon.stop)
+        app, shield = make_app(daemon.path)
+        client = app.test_client()
+        daemon.release.clear()  # the daemon stops answering
+        with self.assertLogs("shield_flask", logging.WARNING) as logs:
+            self.assertEqual(client.get("/users/1").status_code, 200)
+        daemon.release.set()
+        with self.assertLogs("shield_flask", logging.WARNING) as logs:
+            self.assertEqual(client.get("/users/1").status_code, 200)
+        self.assertIn("answers again", logs.output[0])
+        self.assertEqual(shield.errors, 1)
+
+    def test_timeout_applies_on_error_and_the_next_request_reconnects(self):
+        daemon = FakeDaemon()
+        daemon.on_error = "closed"
+        self.addCleanup(daemon.stop)
+        app, shield = make_app(daemon.path, on_error="open", timeout=0.2)
+        client = app.test_client()
+        self.assertEqual(client.get("/users/1").status_code, 200)
+        daemon.release.clear()  # replies held until released: the client times out
+        with self.assertLogs("shield_flask", logging.WARNING) as logs:
+            r = client.get("/users/2")
+        self.assertEqual(r.status_code, 503)
+        self.assertIn("timed out", logs.output[0])
+        self.assertEqual(shield.errors, 1)
+        daemon.release.set()
+        self.assertEqual(client.get("/users/3").status_code, 200)
+        self.assertEqual(daemon.ops(2), ["hello", "decide"])
+
+    def test_after_a_timeout_the_daemon_is_not_asked_during_the_backoff(self):
+        daemon = FakeDaemon()
+        daemon.on_error = "closed"
+        self.addCleanup(daemon.stop)
+        # A back-off far longer than the test: the second request must not wait on the daemon.
+        app, shield = make_app(daemon.path, timeout=0.2, backoff=3600)
+        client = app.test_client()
+        self.assertEqual(client.get("/users/1").status_code, 200)
+        daemon.release.clear()
+        with self.assertLogs("shield_flask", logging.WARNING):
+            self.assertEqual(client.get("/users/2").status_code, 503)
+        asked = len(daemon.of("decide"))
+        self.assertEqual(client.get("/users/3").status_code, 503)
+        self.assertEqual(len(daemon.of("decide")), asked, "asked during the back-off")
+        self.assertEqual(daemon.connections(), [1], "no new connection during the back-off")
+        self.assertEqual(shield.errors, 2)
+        daemon.release.set()
+
+    def test_error_reply_applies_on_error(self):
+        daemon = FakeDaemon()
+        self.addCleanup(daemon.stop)
+        daemon.on_error = "closed"
+        daemon.decide = lambda req: {"ok": False, "error": "bad field types"}
+        app, shield = make_app(daemon.path, on_error="open")
+        with self.assertLogs("shield_flask", logging.WARNING):
+            self.assertEqual(app.test_client().get("/users/1").status_code, 503)
+        self.assertEqual(shield.errors, 1)
+
+    def test_bad_config_is_refused(self):
+        app = Flask(__name__)
+        app.config["SHIELD_ON_ERROR"] = "maybe"
+        with self.assertRaises(ValueError):
+            Shield(app)
+        app = Flask(__name__)
+        app.config["SHIELD_TIMEOUT"] = 0
+        with self.assertRaises(ValueError):
+            Shield(app)
+        app = Flask(__name__)
+        app.config["SHIELD_BACKOFF"] = -1
+        with self.assertRaises(ValueError):
+            Shield(app)
+
+
+class Reports(Base):
+    def test_report_feeds_the_signal_with_the_request_identity(self):
+        self.daemon.report = lambda req: {"counted": True, "limited": True, "banned": False}
+        app, shield = make_app(self.daemon.path)
+        app.config["NEXT_PASSWORD"] = "bad"
+        r = app.test_client().post(
+            "/login", headers={"X-Forwarded-For": "198.51.100.7"}, environ_base={"REMOTE_ADDR": "127.0.0.1"}
+        )
+        self.assertEqual(r.status_code, 401)
+        (report,) = self.daemon.of("report")
+        self.assertEqual(
+            report,
+            {
+                "op": "report",
+                "signal": "login_failed",
+                "peer": "127.0.0.1",
+                "xff": "198.51.100.7",
+                "headers": {},
+                "user": None,
+                "key": None,
+            },
+        )
+
+    def test_report_returns_the_reply_and_takes_key_and_user(self):
+        app, shield = make_app(self.daemon.path)
+        with app.test_request_context("/login", method="POST"):
+            reply = shield.report("login_failed", key="acct-9", user="bob")
+        self.assertEqual(reply["counted"], True)
+        (report,) = self.daemon.of("report")
+        self.assertEqual((report["key"], report["user"]), ("acct-9", "bob"))
+
+    def test_unknown_signal_is_logged_and_counted_never_raised(self):
+        app, shield = make_app(self.daemon.path)
+        with app.test_request_context("/"):
+            with self.assertLogs("shield_flask", logging.WARNING) as logs:
+                self.assertIsNone(shield.report("no_such_signal"))
+                self.assertIsNone(shield.report("no_such_signal"))
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn('no [[signal]] named "no_such_signal"', logs.output[0])
+        self.assertEqual(shield.errors, 2)
+
+    def test_report_without_the_daemon_returns_none(self):
+        d = tempfile.mkdtemp(prefix="shield-flask-absent-")
+        self.addCleanup(os.rmdir, d)
+        app, shield = make_app(os.path.join(d, "app.sock"))
+        with app.test_request_context("/"):
+            with self.assertLogs("shield_flask", logging.WARNING):
+                self.assertIsNone(shield.report("login_failed"))
+        self.assertEqual(shield.errors, 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,458 @@
+//! The application layer end to end (issue 13): the real `shield run` on the lab veth with
+//! a policy holding `[app]`, `[[endpoint]]` and `[[signal]]`, a real Flask app with
+//! `shield_flask` under gunicorn with 4 workers in the server namespace, real HTTP clients
+//! in the client namespace. Needs root; every resource is a guard removed on every exit.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use shield_tests::applab::{self, App, Limiter, PASSWORD, Response, login_form};
+use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_V4, unique};
+use shield_tests::nslab::{NsLab, counter};
+
+const PORT: u16 = 8000;
+const WORKERS: u32 = 4;
+/// A proxy the policy trusts, and a peer it does not (both added to the client side).
+const PROXY: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 9);
+const UNTRUSTED: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
+/// A client that fails its logins (the `login_failed` signal).
+const GUESSER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 20);
+const LOGIN_POLICY: &str = "\"login\";q=5;w=60";
+/// Generous bounds for things that take a few seconds by design (3 strikes in 3 different
+/// seconds); the tests wait on replies, these only stop a broken run.
+const BAN_WITHIN: Duration = Duration::from_secs(40);
+
+fn policy(socket: &str, on_error: &str) -> String {
+    format!(
+        r#"
+[defaults]
+ipv4_prefix = 32
+
+# Lenient at L4: only the application layer limits in these tests.
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [{PORT}]
+connections = {{ rate = "500/s", burst = 1000 }}
+
+[app]
+socket = "{socket}"
+group = "root"
+trusted_proxies = ["{PROXY}/32"]
+on_error = "{on_error}"
+
+[[endpoint]]
+name = "login"
+methods = ["POST"]
+path = "/login"
+key = "ip"
+limit = {{ rate = "5/min", burst = 5 }}
+escalation = {{ strikes = 3, window = "10m", ban = "15m", scope = "host" }}
+
+# Per API key: the header named here is sent by shield_flask because hello lists it.
+[[endpoint]]
+name = "keyed"
+methods = ["GET"]
+path = "/api/checked"
+key = "header:X-Api-Key"
+limit = {{ rate = "1/min", burst = 3 }}
+
+# Per user (shield_flask's user loader; no user: per ip).
+[[endpoint]]
+name = "me"
+path = "/api/me"
+key = "user"
+limit = {{ rate = "1/min", burst = 2 }}
+
+[[signal]]
+name = "login_failed"
+key = "ip"
+limit = {{ rate = "10/h", burst = 3 }}
+escalation = {{ strikes = 1, window = "1h", ban = "1h", scope = "host" }}
+"#
+    )
+}
+
+struct Lab {
+    // Drop order: the app, then the daemon and namespaces.
+    app: Option<App>,
+    lab: NsLab,
+    socket: PathBuf,
+}
+
+impl Lab {
+    fn new(on_error: &str) -> Lab {
+        let socket = std::env::temp_dir().join(format!("{}.sock", unique("shield-app-")));
+        let lab = NsLab::new(&policy(socket.to_str().expect("utf-8"), on_error), &[]);
+        for a in [PROXY, UNTRUSTED, GUESSER] {
+            lab.topo
+                .add_client_addr(IpAddr::V4(a))
+                .expect("adding a client address");
+        }
+        let mut l = Lab {
+            app: None,
+            lab,
+            socket,
+        };
+        l.start_app(on_error);
+        l
+    }
+
+    fn start_app(&mut self, on_error: &str) {
+        self.app = None;
+        let limiter = Limiter::Shield {
+            socket: self.socket.clone(),
+            on_error: on_error.into(),
+        };
+        self.app = Some(
+            App::start(&self.lab.topo.server, PORT, WORKERS, &limiter).expect("starting the app"),
+        );
+    }
+
+    fn app_log(&self) -> String {
+        self.app.as_ref().map(App::log).unwrap_or_default()
+    }
+
+    /// One request from `src` in the client namespace (1 s to connect and answer).
+    fn req(
+        &self,
+        src: Ipv4Addr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<Response> {
+        let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), PORT);
+        let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        self.lab
+            .topo
+            .client
+            .run_in(move || {
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                applab::http(
+                    IpAddr::V4(src),
+                    dst,
+                    &method,
+                    &path,
+                    &h,
+                    &body,
+                    Duration::from_secs(1),
+                )
+            })
+            .expect("client namespace")
+    }
+
+    fn login(&self, src: Ipv4Addr, headers: &[(&str, &str)]) -> Option<Response> {
+        self.req(src, "POST", "/login", headers, &login_form(PASSWORD))
+    }
+
+    fn get(&self, src: Ipv4Addr, path: &str) -> Option<u16> {
+        self.req(src, "GET", path, &[], "").map(|r| r.status)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.app = None;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// `"login";r=<r>;t=<t>` → (r, t).
+fn ratelimit(r: &Response) -> (u64, u64) {
+    let v = r
+        .header("RateLimit")
+        .unwrap_or_else(|| panic!("no RateLimit field: {r:?}"));
+    let rest = v
+        .strip_prefix("\"login\";r=")
+        .unwrap_or_else(|| panic!("RateLimit {v:?}"));
+    let (rem, t) = rest
+        .split_once(";t=")
+        .unwrap_or_else(|| panic!("RateLimit {v:?}"));
+    (
+        rem.parse().expect("r is a number"),
+        t.parse().expect("t is a number"),
+    )
+}
+
+fn assert_problem(r: &Response, status: u16, kind: &str, title: &str) -> Value {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("application/problem+json"),
+        "{r:?}"
+    );
+    let body = r.json();
+    assert_eq!(body["type"], format!("https://shield.dev/problems/{kind}"));
+    assert_eq!(body["title"], title);
+    assert_eq!(body["status"], status);
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
+}
+
+/// Audit lines of the application layer's bans that name `addr`.
+fn app_bans(lab: &NsLab, addr: Ipv4Addr) -> Vec<Value> {
+    let needle = addr.to_string();
+    lab.audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "app_ban" || l["origin"] == "app")
+        .filter(|l| l.to_string().contains(&needle))
+        .collect()
+}
+
+#[test]
+fn login_burst_then_429s_then_dropped_at_the_nic_and_failed_logins_ban() {
+    let lab = Lab::new("open");
+
+    // Exactly the burst is admitted across the 4 workers, with the draft's fields.
+    for i in 0..5u64 {
+        let r = lab
+            .login(ATTACKER_V4, &[])
+            .unwrap_or_else(|| panic!("login {i} got no answer\n{}", lab.app_log()));
+        assert_eq!(r.status, 200, "login {i}: {r:?}\n{}", lab.app_log());
+        assert_eq!(r.header("RateLimit-Policy"), Some(LOGIN_POLICY), "{r:?}");
+        let (remaining, reset) = ratelimit(&r);
+        assert_eq!(remaining, 4 - i, "{r:?}");
+        assert!((1..=60).contains(&reset), "{r:?}");
+    }
+    let r = lab.login(ATTACKER_V4, &[]).expect("the 6th login answered");
+    let body = assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    assert_eq!(body["endpoint"], "login");
+    let retry: u64 = r
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .expect("Retry-After in seconds");
+    // 5/min: one request every 12 s; the bucket was emptied just now.
+    assert!((1..=12).contains(&retry), "Retry-After {retry}");
+    assert_eq!(body["retry_after"], retry);
+    assert_eq!(r.header("RateLimit-Policy"), Some(LOGIN_POLICY));
+    let (remaining, reset) = ratelimit(&r);
+    assert_eq!(remaining, 0);
+    assert!(reset >= 1, "{r:?}");
+
+    // A second client is unaffected.
+    let r = lab.login(LEGIT_V4, &[]).expect("second client answered");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(ratelimit(&r).0, 4);
+
+    // The first client keeps going: limited in 3 different seconds → banned at the NIC.
+    let started = Instant::now();
+    let mut limited = 1;
+    loop {
+        match lab.login(ATTACKER_V4, &[]) {
+            Some(r) if r.status == 429 => limited += 1,
+            Some(r) => panic!("expected 429 or a drop, got {r:?}"),
+            None => break,
+        }
+        assert!(
+            started.elapsed() < BAN_WITHIN,
+            "still answered after {limited} 429s in {BAN_WITHIN:?}: no ban at the NIC\n{}",
+            lab.lab
+                .daemon
+                .as_ref()
+                .map(|d| d.log_text())
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "banned after {limited} 429s in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(limited >= 3, "banned after only {limited} 429s");
+    // Every TCP connection of the banned client is dropped (any path, host scope), by the
+    // XDP program: its `ban` drops grow.
+    let dropped_before = counter(&lab.lab.stats(), "api", "ban");
+    assert_eq!(lab.get(ATTACKER_V4, "/api/items"), None);
+    assert_eq!(lab.get(ATTACKER_V4, "/health"), None);
+    let dropped_after = counter(&lab.lab.stats(), "api", "ban");
+    assert!(
+        dropped_after >= dropped_before + 2,
+        "XDP ban drops {dropped_before} -> {dropped_after}: the connections were not dropped at the NIC"
+    );
+    // …while others are served.
+    assert_eq!(lab.get(LEGIT_V4, "/api/items"), Some(200));
+    assert_eq!(lab.login(LEGIT_V4, &[]).map(|r| r.status), Some(200));
+    assert!(
+        !app_bans(&lab.lab, ATTACKER_V4).is_empty(),
+        "no app ban in the audit log: {:?}",
+        lab.lab.audit_lines()
+    );
+
+    // login_failed: burst 3, so the 4th failed login is limited (one strike) → banned.
+    let mut failed = 0;
+    loop {
+        match lab.req(GUESSER, "POST", "/login", &[], &login_form("hunter2")) {
+            Some(r) if r.status == 401 => failed += 1,
+            Some(r) => panic!("expected 401 or a drop, got {r:?}"),
+            None => break,
+        }
+        assert!(
+            failed <= 4,
+            "still answered after {failed} failed logins (signal burst 3, 1 strike)"
+        );
+    }
+    assert_eq!(failed, 4, "failed logins answered before the ban");
+    assert_eq!(lab.get(GUESSER, "/api/items"), None);
+    assert_eq!(lab.get(LEGIT_V4, "/api/items"), Some(200));
+    assert!(
+        !app_bans(&lab.lab, GUESSER).is_empty(),
+        "no app ban for the guesser in the audit log: {:?}",
+        lab.lab.audit_lines()
+    );
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_client_is_limited_and_banned_at_l7() {
+    let lab = Lab::new("open");
+    let client = [("X-Forwarded-For", "192.0.2.50")];
+    for i in 0..5 {
+        let r = lab.login(PROXY, &client).expect("answered");
+        assert_eq!(r.status, 200, "login {i}: {r:?}\n{}", lab.app_log());
+    }
+    let r = lab.login(PROXY, &client).expect("answered");
+    assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    // Another client behind the same proxy has its own limit.
+    let r = lab
+        .login(PROXY, &[("X-Forwarded-For", "192.0.2.51")])
+        .expect("answered");
+    assert_eq!((r.status, ratelimit(&r).0), (200, 4), "{r:?}");
+
+    // An untrusted peer's X-Forwarded-For is ignored: a new value each time does not help.
+    for i in 0..5 {
+        let xff = format!("192.0.2.{}", 100 + i);
+        let r = lab
+            .login(UNTRUSTED, &[("X-Forwarded-For", &xff)])
+            .expect("answered");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let r = lab
+        .login(UNTRUSTED, &[("X-Forwarded-For", "192.0.2.200")])
+        .expect("answered");
+    assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+
+    // The forwarded client keeps going: after the strikes it is banned at L7 (403: XDP
+    // only sees the proxy), and the proxy itself is still served.
+    let started = Instant::now();
+    let banned = loop {
+        let r = lab
+            .login(PROXY, &client)
+            .expect("the proxy is never dropped");
+        match r.status {
+            429 => {}
+            403 => break r,
+            _ => panic!("expected 429 then 403, got {r:?}"),
+        }
+        assert!(
+            started.elapsed() < BAN_WITHIN,
+            "no L7 ban within {BAN_WITHIN:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let body = assert_problem(&banned, 403, "banned", "Forbidden");
+    assert!(body["retry_after"].as_u64().is_some_and(|s| s >= 1));
+    assert_eq!(lab.get(PROXY, "/api/items"), Some(200));
+    let r = lab
+        .login(PROXY, &[("X-Forwarded-For", "192.0.2.52")])
+        .expect("answered");
+    assert_eq!(r.status, 200, "another client behind the proxy: {r:?}");
+}
+
+#[test]
+fn an_api_key_endpoint_limits_per_key_whatever_the_address() {
+    let lab = Lab::new("open");
+    let get = |src: Ipv4Addr, key: &str| {
+        lab.req(src, "GET", "/api/checked", &[("X-Api-Key", key)], "")
+            .expect("answered")
+    };
+    // One key from two addresses shares one limit…
+    for (i, src) in [LEGIT_V4, ATTACKER_V4, LEGIT_V4].into_iter().enumerate() {
+        let r = get(src, "key-1");
+        assert_eq!(r.status, 200, "request {i}: {r:?}\n{}", lab.app_log());
+        assert_eq!(r.header("RateLimit-Policy"), Some("\"keyed\";q=3;w=180"));
+    }
+    let r = get(ATTACKER_V4, "key-1");
+    assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    // …and another key from the same address has its own.
+    let r = get(LEGIT_V4, "key-2");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("RateLimit"),
+        Some("\"keyed\";r=2;t=60"),
+        "one of 3 used, the next in 60 s"
+    );
+}
+
+#[test]
+fn a_user_endpoint_limits_per_user_and_falls_back_to_the_address() {
+    let lab = Lab::new("open");
+    let me = |src: Ipv4Addr, user: Option<&str>| {
+        let h: Vec<(&str, &str)> = user.map(|u| ("X-Demo-User", u)).into_iter().collect();
+        lab.req(src, "GET", "/api/me", &h, "")
+            .expect("answered")
+            .status
+    };
+    // alice from two addresses: one limit of 2.
+    assert_eq!(me(LEGIT_V4, Some("alice")), 200, "{}", lab.app_log());
+    assert_eq!(me(ATTACKER_V4, Some("alice")), 200);
+    assert_eq!(me(LEGIT_V4, Some("alice")), 429);
+    // bob from the same address is another user.
+    assert_eq!(me(LEGIT_V4, Some("bob")), 200);
+    // No user: keyed by the address (a fresh one: its own limit of 2).
+    assert_eq!(me(GUESSER, None), 200);
+    assert_eq!(me(GUESSER, None), 200);
+    assert_eq!(me(GUESSER, None), 429);
+    assert_eq!(me(GUESSER, Some("carol")), 200);
+}
+
+#[test]
+fn daemon_stopped_on_error_open_allows_and_closed_refuses() {
+    let mut lab = Lab::new("open");
+    let r = lab.login(LEGIT_V4, &[]).expect("answered");
+    assert_eq!(
+        (r.status, r.header("RateLimit-Policy")),
+        (200, Some(LOGIN_POLICY))
+    );
+    lab.lab.daemon = None; // SIGTERM: the app socket goes away
+    // on_error = "open": served, unlimited (more than the burst), never a 500.
+    for i in 0..8 {
+        let r = lab.login(LEGIT_V4, &[]).expect("answered");
+        assert_eq!(r.status, 200, "request {i} with the daemon stopped: {r:?}");
+        assert_eq!(r.header("RateLimit"), None);
+    }
+    let log = lab.app_log();
+    assert!(
+        log.contains("cannot be asked"),
+        "the outage is logged: {log}"
+    );
+
+    // on_error = "closed" (policy and app): 503 problem while the daemon is away.
+    std::fs::write(
+        &lab.lab.policy,
+        policy(lab.socket.to_str().expect("utf-8"), "closed"),
+    )
+    .expect("writing the policy");
+    lab.lab.start();
+    lab.start_app("closed");
+    let r = lab.login(ATTACKER_V4, &[]).expect("answered");
+    assert_eq!(r.status, 200, "{r:?}");
+    lab.lab.daemon = None;
+    for _ in 0..3 {
+        let r = lab.login(ATTACKER_V4, &[]).expect("answered");
+        assert_problem(&r, 503, "unavailable", "Service Unavailable");
+    }
+    // Exempt views do not need the daemon.
+    assert_eq!(lab.get(ATTACKER_V4, "/health"), Some(200));
+}
