@@ -160,6 +160,16 @@ pub fn random_policy(rng: &mut Rng) -> String {
                 rng.pick(&["rule", "host"])
             );
         }
+        if proto == "tcp" && rng.chance(40) {
+            s.push_str("over_limit = \"reset\"\n");
+            if rng.chance(50) {
+                let _ = writeln!(
+                    s,
+                    "resets = \"{}\"",
+                    rng.pick(&["1/s", "3/s", "50/s", "60/min"])
+                );
+            }
+        }
         if proto == "tcp" && rng.chance(30) {
             let _ = writeln!(
                 s,
@@ -269,6 +279,36 @@ fn model_policy(h: &Harness, c: policy::CompiledPolicy) -> model::Policy {
         rules: c.rules,
         allow,
         deny,
+        verified_ttl: cfg.verified_ttl_ns,
+    }
+}
+
+/// Verifies about half of the fuzzer's sources (their verified-set keys: hosts for IPv4,
+/// /64s for IPv6) at `now`, in the kernel and in the model alike: what a data segment on an
+/// established connection would do, which the frames here never carry.
+fn verify_some(rng: &mut Rng, h: &Harness, m: &mut Model, now: u64) {
+    let mut v: Vec<std::net::IpAddr> = Vec::new();
+    for net in ["192.0.2", "198.51.100", "203.0.113", "10.1.2", "10.1.3"] {
+        for host in 1..=8 {
+            v.push(format!("{net}.{host}").parse().expect("address"));
+        }
+    }
+    for net in ["2001:db8:1:2", "2001:db8:1:3", "2001:db8:dead:1"] {
+        for sub in 0..2 {
+            v.push(format!("{net}:{sub}::1").parse().expect("address"));
+        }
+    }
+    for a in v {
+        if !rng.chance(50) {
+            continue;
+        }
+        h.verify(a, now);
+        let (family, addr) = match a {
+            std::net::IpAddr::V4(a) => (FAMILY_V4, shield_common::addr::v4_key(a.octets())),
+            std::net::IpAddr::V6(a) => (shield_common::addr::FAMILY_V6, a.octets()),
+        };
+        m.verified
+            .insert(shield_common::judge::verified_key(family, addr), now);
     }
 }
 
@@ -388,6 +428,7 @@ pub fn run(seed: u64, frames: u64) -> Summary {
     let mut m = Model::new();
     let mut generation = 1;
     while done < frames {
+        verify_some(&mut rng, &h, &mut m, now);
         if done > 0 {
             toml = random_policy(&mut rng);
             let parsed = policy::parse_str("fuzz.toml", &toml).expect("a valid random policy");
@@ -439,7 +480,7 @@ pub fn run(seed: u64, frames: u64) -> Summary {
             let want = m.run(&pol, &f, now);
             if k != want {
                 report(
-                    format!("verdict: kernel {k}, model {want} (1 drop, 2 pass)"),
+                    format!("verdict: kernel {k}, model {want} (1 drop, 2 pass, 3 tx)"),
                     Some(&f),
                     done + i,
                 );
