@@ -160,9 +160,6 @@ fn a_verified_client_over_its_limit_is_refused_at_once_and_monitor_mode_never_re
 
     // Monitor mode: the verified client's connections over the limit pass (would_drop),
     // and no RST is ever sent.
-    let before = lab.stats()["interfaces"][0]["verifications"]
-        .as_u64()
-        .unwrap_or(0);
     let r = client
         .run_in(|| attempt(legit, WATCHED, Duration::from_secs(5), true))
         .unwrap();
