@@ -630,6 +630,85 @@ impl Model {
     }
 }
 
+/// The RST the program answers a plain SYN `frame` with (`over_limit = "reset"`), per the
+/// README: link header (VLAN tags kept) with the MACs swapped, IPv4 (20 bytes, DF, TTL 64)
+/// or IPv6 (hop limit 64) with the addresses swapped, TCP RST+ACK with the ports swapped,
+/// sequence 0, ACK = the SYN's sequence + 1 + its data, window 0; both checksums. `None`
+/// when `frame` is not a SYN the program answers.
+pub fn rst_for(frame: &[u8]) -> Option<Vec<u8>> {
+    fn sum(b: &[u8]) -> u32 {
+        b.chunks(2)
+            .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+            .sum()
+    }
+    fn csum(s: u32) -> [u8; 2] {
+        let mut s = s;
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        (!(s as u16)).to_be_bytes()
+    }
+    let mut off = 14;
+    let mut ethertype = be16(get(frame, 12, 2)?);
+    for _ in 0..2 {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        ethertype = be16(&get(frame, off, 4)?[2..]);
+        off += 4;
+    }
+    let mut out = Vec::with_capacity(off + 60);
+    out.extend_from_slice(get(frame, 6, 6)?);
+    out.extend_from_slice(get(frame, 0, 6)?);
+    out.extend_from_slice(get(frame, 12, off - 12)?);
+    let (tcp_at, data, pseudo) = match ethertype {
+        0x0800 => {
+            let ip = get(frame, off, 20)?;
+            let total = be16(&ip[2..]);
+            let mut h = [0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&40u16.to_be_bytes());
+            h[6] = 0x40;
+            h[8] = 64;
+            h[9] = 6;
+            h[12..16].copy_from_slice(&ip[16..20]);
+            h[16..20].copy_from_slice(&ip[12..16]);
+            let c = csum(sum(&h));
+            h[10..12].copy_from_slice(&c);
+            out.extend_from_slice(&h);
+            (off + 20, total.saturating_sub(20), sum(&h[12..20]))
+        }
+        0x86dd => {
+            let ip = get(frame, off, 40)?;
+            let mut h = [0u8; 40];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&20u16.to_be_bytes());
+            h[6] = 6;
+            h[7] = 64;
+            h[8..24].copy_from_slice(&ip[24..40]);
+            h[24..40].copy_from_slice(&ip[8..24]);
+            out.extend_from_slice(&h);
+            (off + 40, be16(&ip[4..]), sum(&h[8..40]))
+        }
+        _ => return None,
+    };
+    let syn = get(frame, tcp_at, 20)?;
+    let data = data.saturating_sub(u16::from(syn[12] >> 4) * 4);
+    let ack = u32::from_be_bytes([syn[4], syn[5], syn[6], syn[7]])
+        .wrapping_add(1)
+        .wrapping_add(u32::from(data));
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&syn[2..4]);
+    t[2..4].copy_from_slice(&syn[0..2]);
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x14;
+    let c = csum(pseudo + 6 + 20 + sum(&t));
+    t[16..18].copy_from_slice(&c);
+    out.extend_from_slice(&t);
+    Some(out)
+}
+
 /// A TAT as it matters for every later packet: any TAT at or before `now` is a full
 /// bucket (the data path may leave either after a refused draw).
 pub fn effective_tat(tat: u64, now: u64) -> u64 {

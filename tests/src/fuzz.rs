@@ -1,7 +1,7 @@
 //! The differential fuzzer behind `cargo xtask fuzz`: random policies, random and malformed
 //! frames and clock steps, run through the real XDP program (BPF_PROG_TEST_RUN, frozen
-//! test clock) and through the reference model (`shield_common::model`); verdicts are
-//! compared frame by frame, counters and map state (per-source state, bans) every 1,000
+//! test clock) and through the reference model (`shield_common::model`); verdicts (and the
+//! bytes of every RST) are compared frame by frame, counters and map state (per-source state, bans) every 1,000
 //! frames and at the end.
 
 use std::{collections::HashMap, fmt::Write as _};
@@ -476,11 +476,21 @@ pub fn run(seed: u64, frames: u64) -> Summary {
                 _ => random_frame(&mut rng),
             };
             last = Some(f.clone());
-            let k = h.run(&f);
+            let (k, out) = h.run_out(&f);
             let want = m.run(&pol, &f, now);
             if k != want {
                 report(
                     format!("verdict: kernel {k}, model {want} (1 drop, 2 pass, 3 tx)"),
+                    Some(&f),
+                    done + i,
+                );
+            } else if k == model::TX && model::rst_for(&f).as_deref() != Some(&out[..]) {
+                report(
+                    format!(
+                        "RST bytes: kernel {}, model {}",
+                        hex(&out),
+                        model::rst_for(&f).map_or_else(|| "-".to_string(), |r| hex(&r))
+                    ),
                     Some(&f),
                     done + i,
                 );
