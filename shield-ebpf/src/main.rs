@@ -246,6 +246,15 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     } else {
         Reason::Pass
     };
+    // `over_limit = "reset"`: a refused connection attempt may get a RST instead of
+    // silence (`decide` left what reset.rs needs; `shield` hands it over).
+    if matches!(reason, Reason::ConnLimit | Reason::PktLimit)
+        && pkt.conn_attempt
+        && rule.flags & RULE_RESET != 0
+        && !monitor
+    {
+        return Ok(reset::CANDIDATE);
+    }
     let reason = match reason {
         Reason::Pass if charge => {
             if take_budget(rule_id, &rule.unverified, now) {
@@ -259,15 +268,6 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         Reason::Pass => pass,
         other => other,
     };
-    // `over_limit = "reset"`: a refused connection attempt may get a RST instead of
-    // silence (`decide` left what reset.rs needs; `shield` hands it over).
-    if matches!(reason, Reason::ConnLimit | Reason::PktLimit)
-        && pkt.conn_attempt
-        && rule.flags & RULE_RESET != 0
-        && !monitor
-    {
-        return Ok(reset::CANDIDATE);
-    }
     // The rule's flag holds its effective mode (its own `mode`, else the global one), so
     // that a rule can be enforced while the rest of the policy is still monitored.
     Ok(verdict(rule_id, reason, monitor, len))
