@@ -13,6 +13,7 @@ pub mod maps;
 #[cfg(not(target_arch = "bpf"))]
 pub mod model;
 pub mod reason;
+pub mod reset;
 pub mod sketch;
 
 pub use bucket::Gcra;

@@ -28,9 +28,11 @@ pub const MAP_RULE_STATS: &str = "SHIELD_RSTATS";
 /// `unverified` budget start, 0 when none is running. Written by the daemon only, so that
 /// `shield stats` can show it from the pins alone.
 pub const MAP_ATTACK: &str = "SHIELD_ATTACK";
+/// Per rule: the GCRA TAT of its `resets` cap (RSTs sent for `over_limit = "reset"`).
+pub const MAP_RESETS: &str = "SHIELD_RESETS";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 21] = [
     MAP_CONTROL,
     MAP_CONFIG,
     MAP_PORTS,
@@ -51,11 +53,12 @@ pub const ALL_MAPS: [&str; 20] = [
     MAP_BUDGET,
     MAP_RULE_STATS,
     MAP_ATTACK,
+    MAP_RESETS,
 ];
 
 /// (map, key size, value size) of every pinned map but the ring buffer: a pin left by a
 /// version with another layout must not be adopted.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 19] = {
+pub const MAP_LAYOUTS: [(&str, usize, usize); 20] = {
     use core::mem::size_of;
     /// An LPM trie key: the u32 prefix length, then the data.
     const fn lpm(n: usize) -> usize {
@@ -85,6 +88,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 19] = {
         (MAP_BUDGET, 4, 8),
         (MAP_RULE_STATS, 4, 8),
         (MAP_ATTACK, 4, 8),
+        (MAP_RESETS, 4, 8),
     ]
 };
 
@@ -131,6 +135,11 @@ const _: () = assert!(core::mem::size_of::<BanNote>() == 8 + BAN_NOTE_MAX);
 
 /// The XDP program's function name.
 pub const PROGRAM_NAME: &str = "shield";
+/// The tail-called program that answers refused SYNs with a RST (`over_limit = "reset"`).
+pub const RESET_PROGRAM_NAME: &str = "shield_reset";
+/// Its program array (slot 0), filled by the loader. Not pinned: it empties when the
+/// daemon that loaded the program exits (SYNs are then dropped, as without `reset`).
+pub const MAP_TAILS: &str = "SHIELD_TAILS";
 /// A trivial `XDP_PASS` program in the same object: the baseline for cost measurements.
 pub const BASELINE_PROGRAM_NAME: &str = "shield_baseline";
 /// A trivial `XDP_DROP` program: the ceiling for drop rates in the flood benchmarks.
@@ -174,8 +183,7 @@ pub const PORT_TABLE_LEN: u32 = PORT_INDEX_ICMP + 1;
 const _: () = assert!(port_index(PROTO_SLOT_TCP, 65535) + 1 == port_index(PROTO_SLOT_UDP, 0));
 const _: () = assert!(port_index(PROTO_SLOT_UDP, 65535) + 1 == PORT_INDEX_ICMP);
 const _: () = assert!(PORT_INDEX_ICMP < PORT_TABLE_LEN);
-const _: () =
-    assert!(counter_index(MAX_RULES, crate::reason::Reason::HiddenHeader) < COUNTER_SLOTS);
+const _: () = assert!(counter_index(MAX_RULES, crate::reason::Reason::Reset) < COUNTER_SLOTS);
 
 #[inline(always)]
 pub const fn port_index(proto_slot: u32, port: u16) -> u32 {
@@ -288,6 +296,10 @@ pub const RULE_MONITOR: u32 = 1 << 0;
 pub const RULE_PRESENT: u32 = 1 << 1;
 /// `RuleConfig::flags`: escalation bans cover the whole host, not only the rule's ports.
 pub const RULE_BAN_HOST: u32 = 1 << 2;
+/// `RuleConfig::flags`: `over_limit = "reset"`: a TCP connection attempt over the rule's
+/// limits from a verified source is answered with a RST (capped by `RuleConfig::resets`
+/// and once a second per source), not silently dropped.
+pub const RULE_RESET: u32 = 1 << 3;
 
 /// Bucket indexes in `RuleConfig::buckets` and `SourceState::tat`.
 pub const B_CONN: usize = 0;
@@ -317,8 +329,10 @@ pub struct RuleConfig {
     /// Sketch settings per class (`sketch::CLASS_CONN`, `sketch::CLASS_PKT`).
     pub sketch: [ClassSketch; 2],
     pub _pad2: [u8; 4],
+    /// Cap on the RSTs the rule sends (`resets`; used with `RULE_RESET`).
+    pub resets: Gcra,
 }
-const _: () = assert!(core::mem::size_of::<RuleConfig>() == 168);
+const _: () = assert!(core::mem::size_of::<RuleConfig>() == 184);
 
 /// Escalation of one rule (see `escalate`).
 #[repr(C)]
@@ -362,6 +376,7 @@ impl Default for RuleConfig {
             unverified: Gcra::DISABLED,
             sketch: [ClassSketch { shift: 0, slack: 0 }; 2],
             _pad2: [0; 4],
+            resets: Gcra::DISABLED,
         }
     }
 }
@@ -411,9 +426,16 @@ pub struct SourceState {
     pub strikes: u16,
     /// Bans so far on the backoff ladder (reset after `forget`).
     pub ban_level: u16,
-    pub _pad: [u8; 4],
+    /// When this source was last answered with a RST (`over_limit = "reset"`), in units
+    /// of 2^20 ns (`reset::RESET_UNIT_SHIFT`), wrapping; 0 = never. 32 bits keep the
+    /// state at 72 bytes.
+    pub reset_at: u32,
 }
 const _: () = assert!(core::mem::size_of::<SourceState>() == 72);
+// `reset_at` is claimed with a 64-bit compare-and-exchange on the word at offset 64 (its
+// high half): BPF's `--cpu generic` has no 32-bit one.
+const _: () = assert!(core::mem::offset_of!(SourceState, strikes) == 64);
+const _: () = assert!(core::mem::offset_of!(SourceState, reset_at) == 68);
 
 impl SourceState {
     /// A source never seen: full buckets, no strikes (a `const`: see `Outcome::NONE`).
@@ -425,7 +447,7 @@ impl SourceState {
         last_report_ns: 0,
         strikes: 0,
         ban_level: 0,
-        _pad: [0; 4],
+        reset_at: 0,
     };
 }
 

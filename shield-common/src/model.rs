@@ -6,25 +6,31 @@
 //! (GCRA, the sketch's cells and admission, strikes and the ban ladder), never the XDP
 //! program's code. Host only.
 //!
-//! Not modelled: socket lookups (the fuzzer's frames never match an established socket, so
-//! no source is ever verified) and map capacities (the fuzzer stays far below them).
+//! Not modelled: socket lookups (the fuzzer's frames never match an established socket:
+//! sources are verified only by the fuzzer writing the verified set, in both), map
+//! capacities (the fuzzer stays far below them) and the bytes of a RST (`over_limit =
+//! "reset"`: the verdict `TX` is modelled, the reply's bytes are checked by the PROG_RUN
+//! tests).
 
 use std::collections::HashMap;
 
 use crate::{
     BAN_ATTEMPTS, BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4,
     CFG_DENY_V6, CFG_MONITOR, HOST_BAN_WALK, PORT_INDEX_ICMP, PROTO_SLOT_TCP, PROTO_SLOT_UDP,
-    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, Reason, RuleConfig, SourceKey,
-    SourceState,
+    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_RESET, RULE_SLOTS, Reason, RuleConfig,
+    SourceKey, SourceState,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
-    judge::{escalate, judge, needs_state},
+    judge::{escalate, judge, needs_state, still_verified, verified_key},
     port_index,
+    reset::{reset_due, reset_stamp},
     sketch::{self, Admission, CLASS_CONN, CLASS_PKT, SKETCH_CELLS},
 };
 
 /// XDP actions.
 pub const DROP: u32 = 1;
 pub const PASS: u32 = 2;
+/// A reply sent back out of the interface (a RST).
+pub const TX: u32 = 3;
 
 /// Transport of a parsed packet, as far as rules are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +41,9 @@ pub enum Transport {
         dport: u16,
         syn_only: bool,
         data: bool,
+        /// No IPv4 options or IPv6 extension headers, not a fragment: a SYN that can be
+        /// answered with a RST.
+        plain: bool,
     },
     Udp {
         dport: u16,
@@ -145,7 +154,14 @@ fn v4(f: &[u8], off: usize) -> Option<Parsed> {
         return Some(p);
     }
     p.transport = transport(f, off + hlen, total - hlen, proto)?;
+    plain(&mut p, hlen == 20 && frag & 0xbfff == 0);
     Some(p)
+}
+
+fn plain(p: &mut Parsed, yes: bool) {
+    if let Transport::Tcp { plain, .. } = &mut p.transport {
+        *plain = yes;
+    }
 }
 
 fn v6(f: &[u8], off: usize) -> Option<Parsed> {
@@ -202,6 +218,7 @@ fn v6(f: &[u8], off: usize) -> Option<Parsed> {
         return Some(p);
     }
     p.transport = transport(f, at, len, next)?;
+    plain(&mut p, ip[6] == 6);
     Some(p)
 }
 
@@ -217,6 +234,7 @@ fn transport(f: &[u8], at: usize, len: usize, proto: u8) -> Option<Transport> {
                 dport: be16(&t[2..]),
                 syn_only: t[13] & 0x12 == 0x02,
                 data: t[13] & 0x02 == 0 && len > doff * 4,
+                plain: false,
             }
         }
         17 => Transport::Udp {
@@ -251,6 +269,8 @@ pub struct Policy {
     /// (address, prefix length, family) of the allow and deny lists.
     pub allow: Vec<([u8; 16], u8, u8)>,
     pub deny: Vec<([u8; 16], u8, u8)>,
+    /// `GlobalConfig::verified_ttl_ns`.
+    pub verified_ttl: u64,
 }
 
 /// Counters per (rule id, reason): (packets, bytes).
@@ -265,6 +285,10 @@ pub struct Model {
     pub rule_bans: HashMap<SourceKey, BanValue>,
     pub sketch: Vec<u64>,
     pub budget: HashMap<u32, u64>,
+    /// The verified set: `verified_key` -> clock of the proof.
+    pub verified: HashMap<SourceKey, u64>,
+    /// Per rule: TAT of its `resets` cap.
+    pub resets: HashMap<u32, u64>,
     pub counters: Counters,
     /// Events emitted: (kind, source key).
     pub events: Vec<(u32, SourceKey)>,
@@ -442,10 +466,14 @@ impl Model {
         }
         let monitor = rule.flags & RULE_MONITOR != 0;
         let conn = matches!(p.transport, Transport::Tcp { syn_only: true, .. });
-        // The budget: no source is ever verified here (no sockets), so every connection
-        // attempt of a tcp rule with a budget needs a token; it is charged only when the
-        // source's own limits admit the attempt.
-        let charge = rule.unverified.is_enabled() && conn;
+        let verified = conn
+            && self
+                .verified
+                .get(&verified_key(p.family, p.src))
+                .is_some_and(|t| still_verified(*t, now, pol.verified_ttl));
+        // The budget: every connection attempt of an unverified source to a tcp rule with
+        // a budget needs a token; it is charged only when the source's own limits admit it.
+        let charge = rule.unverified.is_enabled() && conn && !verified;
         if charge {
             let tat = self.budget.get(&rule_id).copied().unwrap_or(0);
             if rule.unverified.check(tat, now).is_none() {
@@ -471,6 +499,26 @@ impl Model {
             Reason::Pass => pass(watched),
             other => other,
         };
+        // `over_limit = "reset"`: a refused SYN of a verified source, once a second per
+        // source, within the rule's `resets` cap, if it carries no IP options/extensions.
+        let plain_syn = matches!(p.transport, Transport::Tcp { plain: true, .. });
+        if matches!(reason, Reason::ConnLimit | Reason::PktLimit)
+            && conn
+            && plain_syn
+            && rule.flags & RULE_RESET != 0
+            && !monitor
+            && verified
+            && let Some(state) = self.sources.get_mut(&key)
+            && reset_due(state.reset_at, now)
+        {
+            let tat = self.resets.get(&rule_id).copied().unwrap_or(0);
+            if let Some(next) = rule.resets.check(tat, now) {
+                state.reset_at = reset_stamp(now);
+                self.resets.insert(rule_id, next);
+                self.count(rule_id, Reason::Reset, len);
+                return TX;
+            }
+        }
         self.verdict(rule_id, reason, monitor, len)
     }
 
@@ -582,6 +630,85 @@ impl Model {
     }
 }
 
+/// The RST the program answers a plain SYN `frame` with (`over_limit = "reset"`), per the
+/// README: link header (VLAN tags kept) with the MACs swapped, IPv4 (20 bytes, DF, TTL 64)
+/// or IPv6 (hop limit 64) with the addresses swapped, TCP RST+ACK with the ports swapped,
+/// sequence 0, ACK = the SYN's sequence + 1 + its data, window 0; both checksums. `None`
+/// when `frame` is not a SYN the program answers.
+pub fn rst_for(frame: &[u8]) -> Option<Vec<u8>> {
+    fn sum(b: &[u8]) -> u32 {
+        b.chunks(2)
+            .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+            .sum()
+    }
+    fn csum(s: u32) -> [u8; 2] {
+        let mut s = s;
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        (!(s as u16)).to_be_bytes()
+    }
+    let mut off = 14;
+    let mut ethertype = be16(get(frame, 12, 2)?);
+    for _ in 0..2 {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        ethertype = be16(&get(frame, off, 4)?[2..]);
+        off += 4;
+    }
+    let mut out = Vec::with_capacity(off + 60);
+    out.extend_from_slice(get(frame, 6, 6)?);
+    out.extend_from_slice(get(frame, 0, 6)?);
+    out.extend_from_slice(get(frame, 12, off - 12)?);
+    let (tcp_at, data, pseudo) = match ethertype {
+        0x0800 => {
+            let ip = get(frame, off, 20)?;
+            let total = be16(&ip[2..]);
+            let mut h = [0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&40u16.to_be_bytes());
+            h[6] = 0x40;
+            h[8] = 64;
+            h[9] = 6;
+            h[12..16].copy_from_slice(&ip[16..20]);
+            h[16..20].copy_from_slice(&ip[12..16]);
+            let c = csum(sum(&h));
+            h[10..12].copy_from_slice(&c);
+            out.extend_from_slice(&h);
+            (off + 20, total.saturating_sub(20), sum(&h[12..20]))
+        }
+        0x86dd => {
+            let ip = get(frame, off, 40)?;
+            let mut h = [0u8; 40];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&20u16.to_be_bytes());
+            h[6] = 6;
+            h[7] = 64;
+            h[8..24].copy_from_slice(&ip[24..40]);
+            h[24..40].copy_from_slice(&ip[8..24]);
+            out.extend_from_slice(&h);
+            (off + 40, be16(&ip[4..]), sum(&h[8..40]))
+        }
+        _ => return None,
+    };
+    let syn = get(frame, tcp_at, 20)?;
+    let data = data.saturating_sub(u16::from(syn[12] >> 4) * 4);
+    let ack = u32::from_be_bytes([syn[4], syn[5], syn[6], syn[7]])
+        .wrapping_add(1)
+        .wrapping_add(u32::from(data));
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&syn[2..4]);
+    t[2..4].copy_from_slice(&syn[0..2]);
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x14;
+    let c = csum(pseudo + 6 + 20 + sum(&t));
+    t[16..18].copy_from_slice(&c);
+    out.extend_from_slice(&t);
+    Some(out)
+}
+
 /// A TAT as it matters for every later packet: any TAT at or before `now` is a full
 /// bucket (the data path may leave either after a refused draw).
 pub fn effective_tat(tat: u64, now: u64) -> u64 {
@@ -612,7 +739,8 @@ mod tests {
                 transport: Transport::Tcp {
                     dport: 8080,
                     syn_only: true,
-                    data: false
+                    data: false,
+                    plain: false,
                 },
                 ..
             })

@@ -33,6 +33,10 @@ pub enum Reason {
     /// Headers past what the parser follows (a third VLAN tag, more than 8 IPv6 extension
     /// headers): the kernel would still deliver what they hide, unjudged: dropped.
     HiddenHeader = 11,
+    /// A TCP connection attempt over the rule's `connections` or `packets` limit, answered
+    /// with a RST from XDP (`over_limit = "reset"`) so that the client fails at once instead
+    /// of retransmitting its SYN: not delivered.
+    Reset = 12,
 }
 
 /// Counter slots reserved per rule. Larger than the number of reasons so that reasons can be
@@ -40,7 +44,7 @@ pub enum Reason {
 pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Pass,
         Reason::Allow,
         Reason::Deny,
@@ -53,6 +57,7 @@ impl Reason {
         Reason::UnverifiedLimit,
         Reason::BadFragment,
         Reason::HiddenHeader,
+        Reason::Reset,
     ];
 
     /// The name used in `shield stats`, its JSON output and the docs.
@@ -70,6 +75,7 @@ impl Reason {
             Reason::UnverifiedLimit => "unverified_limit",
             Reason::BadFragment => "bad_fragment",
             Reason::HiddenHeader => "hidden_header",
+            Reason::Reset => "reset",
         }
     }
 
@@ -89,6 +95,7 @@ impl Reason {
                 | Reason::UnverifiedLimit
                 | Reason::BadFragment
                 | Reason::HiddenHeader
+                | Reason::Reset
         )
     }
 }

@@ -152,6 +152,9 @@ pub(crate) fn decide(
     if !reason.is_drop() {
         return reason;
     }
+    if conn_attempt && rule.flags & (RULE_RESET | RULE_MONITOR) == RULE_RESET {
+        reset::note(rule, key, now, reason);
+    }
     // The first refusal of a second claims it; a CPU that loses the claim to another
     // seeing the same second neither reports nor strikes.
     let last = &mut state.last_report_ns as *mut u64;

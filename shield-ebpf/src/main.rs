@@ -36,8 +36,8 @@ use shield_common::{
     Event, Gcra, GlobalConfig, HALVES, HOST_BAN_WALK, LIST_KEY_V4, LIST_KEY_V6, ListValue,
     MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP,
     PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS,
-    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_SLOTS, RULE_STAT_SLOTS, Reason, RuleConfig,
-    SourceKey, SourceState, VERIFIED_REFRESH_NS,
+    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_RESET, RULE_SLOTS, RULE_STAT_SLOTS, Reason,
+    RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     counter_index,
     judge::{Outcome, escalate_claimed, needs_state, report_due, still_verified, verified_key},
@@ -52,6 +52,7 @@ mod buckets;
 mod counters;
 mod maps;
 mod parse;
+mod reset;
 mod unverified;
 
 use bans::*;
@@ -68,6 +69,7 @@ pub fn shield(ctx: XdpContext) -> u32 {
     flush_rare();
     let len = (ctx.data_end() - ctx.data()) as u64;
     match try_shield(&ctx, len) {
+        Ok(reset::CANDIDATE) => reset::hand_over(&ctx, len),
         Ok(action) => action,
         Err(()) => {
             count(0, Reason::Malformed, len);
@@ -221,10 +223,12 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // the rule's `unverified` budget. While it is spent they are dropped before any
     // per-source state is touched; otherwise the budget is charged only once the source's
     // own limits admit the attempt, so one real source over its limit cannot drain it.
+    // (A rule that answers with RSTs proves its sources too: only proven ones get a RST.)
     let mut charge = false;
-    if rule.unverified.interval_ns != 0 && pkt.l4 == L4_TCP {
+    let proves = rule.unverified.interval_ns != 0 || rule.flags & RULE_RESET != 0;
+    if proves && pkt.l4 == L4_TCP {
         let vkey = verified_key(pkt.family, pkt.src);
-        if pkt.conn_attempt {
+        if pkt.conn_attempt && rule.unverified.interval_ns != 0 {
             if is_verified(&vkey, now, verified_ttl) {
                 rule_stat(rule_id, RS_VERIFIED_CONNS);
             } else if budget_left(rule_id, &rule.unverified, now) {
@@ -242,6 +246,15 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     } else {
         Reason::Pass
     };
+    // `over_limit = "reset"`: a refused connection attempt may get a RST instead of
+    // silence (`decide` left what reset.rs needs; `shield` hands it over).
+    if matches!(reason, Reason::ConnLimit | Reason::PktLimit)
+        && pkt.conn_attempt
+        && rule.flags & RULE_RESET != 0
+        && !monitor
+    {
+        return Ok(reset::CANDIDATE);
+    }
     let reason = match reason {
         Reason::Pass if charge => {
             if take_budget(rule_id, &rule.unverified, now) {

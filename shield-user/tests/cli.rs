@@ -571,3 +571,36 @@ fn help_describes_every_command_argument_event_and_control_command() {
         }
     }
 }
+
+#[test]
+fn tune_explains_itself_and_refuses_bad_arguments_clearly() {
+    let (code, out, _) = shield(&["tune", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--iface",
+        "--for",
+        "--percentile",
+        "--json",
+        "--write",
+        "p99.9",
+        "headroom",
+    ] {
+        assert!(out.contains(flag), "tune --help lacks {flag}: {out}");
+    }
+    for (args, says) in [
+        (&["tune", "--for", "soon"][..], "--for soon:"),
+        (&["tune", "--for", "0s"][..], "observe for at least 1s"),
+        (
+            &["tune", "--percentile", "0"][..],
+            "above 0 and at most 100",
+        ),
+        (
+            &["tune", "--percentile", "101"][..],
+            "above 0 and at most 100",
+        ),
+    ] {
+        let (code, _, err) = shield(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

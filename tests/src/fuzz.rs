@@ -1,7 +1,7 @@
 //! The differential fuzzer behind `cargo xtask fuzz`: random policies, random and malformed
 //! frames and clock steps, run through the real XDP program (BPF_PROG_TEST_RUN, frozen
-//! test clock) and through the reference model (`shield_common::model`); verdicts are
-//! compared frame by frame, counters and map state (per-source state, bans) every 1,000
+//! test clock) and through the reference model (`shield_common::model`); verdicts (and the
+//! bytes of every RST) are compared frame by frame, counters and map state (per-source state, bans) every 1,000
 //! frames and at the end.
 
 use std::{collections::HashMap, fmt::Write as _};
@@ -160,6 +160,16 @@ pub fn random_policy(rng: &mut Rng) -> String {
                 rng.pick(&["rule", "host"])
             );
         }
+        if proto == "tcp" && rng.chance(40) {
+            s.push_str("over_limit = \"reset\"\n");
+            if rng.chance(50) {
+                let _ = writeln!(
+                    s,
+                    "resets = \"{}\"",
+                    rng.pick(&["1/s", "3/s", "50/s", "60/min"])
+                );
+            }
+        }
         if proto == "tcp" && rng.chance(30) {
             let _ = writeln!(
                 s,
@@ -269,6 +279,36 @@ fn model_policy(h: &Harness, c: policy::CompiledPolicy) -> model::Policy {
         rules: c.rules,
         allow,
         deny,
+        verified_ttl: cfg.verified_ttl_ns,
+    }
+}
+
+/// Verifies about half of the fuzzer's sources (their verified-set keys: hosts for IPv4,
+/// /64s for IPv6) at `now`, in the kernel and in the model alike: what a data segment on an
+/// established connection would do, which the frames here never carry.
+fn verify_some(rng: &mut Rng, h: &Harness, m: &mut Model, now: u64) {
+    let mut v: Vec<std::net::IpAddr> = Vec::new();
+    for net in ["192.0.2", "198.51.100", "203.0.113", "10.1.2", "10.1.3"] {
+        for host in 1..=8 {
+            v.push(format!("{net}.{host}").parse().expect("address"));
+        }
+    }
+    for net in ["2001:db8:1:2", "2001:db8:1:3", "2001:db8:dead:1"] {
+        for sub in 0..2 {
+            v.push(format!("{net}:{sub}::1").parse().expect("address"));
+        }
+    }
+    for a in v {
+        if !rng.chance(50) {
+            continue;
+        }
+        h.verify(a, now);
+        let (family, addr) = match a {
+            std::net::IpAddr::V4(a) => (FAMILY_V4, shield_common::addr::v4_key(a.octets())),
+            std::net::IpAddr::V6(a) => (shield_common::addr::FAMILY_V6, a.octets()),
+        };
+        m.verified
+            .insert(shield_common::judge::verified_key(family, addr), now);
     }
 }
 
@@ -388,6 +428,7 @@ pub fn run(seed: u64, frames: u64) -> Summary {
     let mut m = Model::new();
     let mut generation = 1;
     while done < frames {
+        verify_some(&mut rng, &h, &mut m, now);
         if done > 0 {
             toml = random_policy(&mut rng);
             let parsed = policy::parse_str("fuzz.toml", &toml).expect("a valid random policy");
@@ -435,11 +476,21 @@ pub fn run(seed: u64, frames: u64) -> Summary {
                 _ => random_frame(&mut rng),
             };
             last = Some(f.clone());
-            let k = h.run(&f);
+            let (k, out) = h.run_out(&f);
             let want = m.run(&pol, &f, now);
             if k != want {
                 report(
-                    format!("verdict: kernel {k}, model {want} (1 drop, 2 pass)"),
+                    format!("verdict: kernel {k}, model {want} (1 drop, 2 pass, 3 tx)"),
+                    Some(&f),
+                    done + i,
+                );
+            } else if k == model::TX && model::rst_for(&f).as_deref() != Some(&out[..]) {
+                report(
+                    format!(
+                        "RST bytes: kernel {}, model {}",
+                        hex(&out),
+                        model::rst_for(&f).map_or_else(|| "-".to_string(), |r| hex(&r))
+                    ),
                     Some(&f),
                     done + i,
                 );

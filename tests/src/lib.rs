@@ -31,6 +31,7 @@ use crate::netlab::TempBpffs;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// The `shield` binary under test: `$SHIELD_BIN`, else target/debug/shield. `cargo xtask
 /// test` builds it first.
@@ -317,6 +318,42 @@ impl Harness {
             .unwrap_or_else(|| panic!("object lacks program {name}"))
             .try_into()
             .expect("an XDP program")
+    }
+
+    /// Runs the shield program once on `frame`: the XDP action and the frame as the
+    /// program left it (an `XDP_TX` reply, e.g. a RST).
+    pub fn run_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = self
+            .program(PROGRAM_NAME)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Marks `src` verified (as a data segment on an established connection would) at the
+    /// program's clock `now`: tests of what only proven sources get, without sockets.
+    pub fn verify(&self, src: std::net::IpAddr, now: u64) {
+        let (family, addr) = match src {
+            std::net::IpAddr::V4(a) => (
+                shield_common::addr::FAMILY_V4,
+                shield_common::addr::v4_key(a.octets()),
+            ),
+            std::net::IpAddr::V6(a) => (shield_common::addr::FAMILY_V6, a.octets()),
+        };
+        let key = shield_common::judge::verified_key(family, addr);
+        let dir = loader::pin_dir(&self.bpffs.path, HARNESS_IFACE);
+        let map = aya::maps::MapData::from_pin(dir.join(shield_common::MAP_VERIFIED))
+            .expect("pinned verified set");
+        let mut set: aya::maps::HashMap<_, shield_common::SourceKey, u64> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("verified set");
+        set.insert(key, now, 0).expect("verifying a source");
     }
 
     /// Runs the shield program once on `frame`; returns the XDP action.

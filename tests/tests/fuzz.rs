@@ -23,6 +23,7 @@ fn the_program_agrees_with_the_reference_model_on_100k_frames() {
         "ban",
         "deny",
         "allow",
+        "reset",
     ] {
         assert!(
             s.by_reason.get(reason).is_some_and(|n| *n > 0),

@@ -9,6 +9,7 @@ mod help;
 mod reload;
 mod run;
 mod stats;
+mod tune;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -103,6 +104,23 @@ pub enum Command {
     ///
     /// Reads the pinned maps, so it works with or without a running daemon.
     Stats(stats::StatsArgs),
+    /// Suggest limits from observed traffic: per rule, the distribution of per-source
+    /// connection and packet rates, what the current limits touch, and suggested values.
+    ///
+    /// Observes IFACE for --for (default 10m; a progress line with the time left on a
+    /// terminal) through a packet socket: the frames the XDP program passes, after it, so
+    /// nothing changes in the data path; what the limits drop is taken from the rule's
+    /// counters. Run it in monitor mode, or with loose limits, to see sources' full rates.
+    /// For each rule: per source, the busiest second and the busiest minute (a run under a
+    /// minute: its count scaled to a minute) at p50, p90, p99, p99.9 and max; how many
+    /// sources and what share of packets the current limits touch; and `connections` (tcp
+    /// rules) and `packets` (other rules, and tcp rules that have one) values that leave
+    /// the --percentile P of sources untouched, with headroom x1.5: rate = the P-th
+    /// percentile's busiest second x1.5, burst = twice the rate, sustained = its busiest
+    /// minute x1.5. --write FILE writes the running policy with them applied (comments
+    /// kept) for `shield check --diff FILE` and a reload. Needs root and the running daemon
+    /// (for its policy); run it in the interface's network namespace.
+    Tune(tune::TuneArgs),
     /// Print this help, or the help of the given command (`shield help ban`).
     Help(help::HelpArgs),
     /// Write the man pages and shell completions (for packaging; `cargo xtask package`).
@@ -142,6 +160,7 @@ impl Command {
             Command::Bans(a) => bans::list(a),
             Command::Check(a) => check::run(a),
             Command::Stats(a) => stats::run(a),
+            Command::Tune(a) => tune::run(a),
             Command::Help(a) => help::run(a),
             Command::GenerateAssets(a) => assets::run(a),
         }

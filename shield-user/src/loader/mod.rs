@@ -387,6 +387,19 @@ pub fn load_with_log_level(
         .ok_or(LoaderError::Missing("program"))?
         .try_into()?;
     program.load()?;
+    // `over_limit = "reset"`: the RST program, reached by a tail call from the judgement.
+    let reset: &mut Xdp = ebpf
+        .program_mut(shield_common::RESET_PROGRAM_NAME)
+        .ok_or(LoaderError::Missing("reset program"))?
+        .try_into()?;
+    reset.load()?;
+    let fd = reset.fd()?.try_clone().map_err(ProgramError::from)?;
+    let tails = ebpf
+        .map_mut(shield_common::MAP_TAILS)
+        .ok_or(LoaderError::Missing("program array"))?;
+    aya::maps::ProgramArray::try_from(tails)
+        .and_then(|mut t| t.set(0, &fd, 0))
+        .map_err(map_err(shield_common::MAP_TAILS))?;
     Ok(ebpf)
 }
 

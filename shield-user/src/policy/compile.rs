@@ -9,11 +9,11 @@ use shield_common::{
     B_CONN, B_CONN_SUSTAINED, B_PKT, B_PKT_SUSTAINED, BUCKETS, CFG_ALLOW_V4, CFG_ALLOW_V6,
     CFG_BANS, CFG_DENY_V4, CFG_DENY_V6, CFG_LOADED, CFG_MONITOR, Escalation, Gcra, GlobalConfig,
     PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP, PROTO_SLOT_UDP, RULE_BAN_HOST, RULE_MONITOR,
-    RULE_NAME_LEN, RULE_PRESENT, RULE_SLOTS, RuleConfig, bucket::NS_PER_SEC, port_index,
-    sketch::class_sketch,
+    RULE_NAME_LEN, RULE_PRESENT, RULE_RESET, RULE_SLOTS, RuleConfig, bucket::NS_PER_SEC,
+    port_index, sketch::class_sketch,
 };
 
-use super::{BanScope, Cidr, Limit, Mode, Policy, Protocol};
+use super::{BanScope, Cidr, Limit, Mode, OverLimit, Policy, Protocol};
 
 /// The map contents for one policy. Rule ids come from `assign_ids` (0 is "no rule").
 #[derive(Clone, Debug)]
@@ -153,7 +153,21 @@ pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Com
                 class_sketch(&buckets_out[B_PKT..=B_PKT_SUSTAINED]),
             ],
             _pad2: [0; 4],
+            resets: rule
+                .resets
+                .filter(|_| rule.over_limit == OverLimit::Reset)
+                .and_then(|r| {
+                    buckets(&Limit {
+                        rate: r,
+                        burst: r.count.div_ceil(r.period_secs).max(1),
+                        sustained: None,
+                    })
+                })
+                .map_or(Gcra::DISABLED, |(rate, _)| rate),
         };
+        if rule.over_limit == OverLimit::Reset {
+            rules[id as usize].flags |= RULE_RESET;
+        }
         match rule.protocol {
             Protocol::Icmp => ports[PORT_INDEX_ICMP as usize] = id,
             Protocol::Tcp | Protocol::Udp => {

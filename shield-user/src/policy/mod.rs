@@ -168,7 +168,27 @@ pub struct Rule {
     pub escalation: Option<Escalation>,
     /// Shared budget for connection attempts from unverified sources (`sustained` unused).
     pub unverified: Option<Limit>,
+    /// What a refused connection attempt gets.
+    pub over_limit: OverLimit,
+    /// With `OverLimit::Reset`: the most RSTs the rule sends (burst: one second's worth).
+    pub resets: Option<Rate>,
 }
+
+/// `over_limit`: what a TCP connection attempt over the rule's limits gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverLimit {
+    /// Nothing (the SYN is dropped; the client retransmits until it gives up).
+    Drop,
+    /// A RST from XDP, if its source is verified (never a spoofable one), at most once a
+    /// second per source and `resets` per rule; else it is dropped.
+    Reset,
+}
+
+/// `resets` when a rule with `over_limit = "reset"` does not say.
+pub const DEFAULT_RESETS: Rate = Rate {
+    count: 100,
+    period_secs: 1,
+};
 
 /// A CIDR prefix with host bits clear.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

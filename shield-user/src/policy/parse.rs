@@ -8,7 +8,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    BanScope, Cidr, Escalation, Limit, Mode, Policy, PolicyError, PortRange, Protocol, Rate, Rule,
+    BanScope, Cidr, Escalation, Limit, Mode, OverLimit, Policy, PolicyError, PortRange, Protocol,
+    Rate, Rule,
     value::{Found, Shape, Shaped, Typed, quote},
 };
 use shield_common::{DEFAULT_MAX_SOURCES, MAX_LIST_PREFIXES, MAX_RULES, RULE_NAME_LEN};
@@ -70,6 +71,8 @@ struct RawRule {
     escalation: Option<Field<RawEscalation>>,
     unverified: Option<Field<RawLimit>>,
     challenge: Option<Field<String>>,
+    over_limit: Option<Field<String>>,
+    resets: Option<Field<String>>,
 }
 
 #[derive(Deserialize)]
@@ -670,6 +673,7 @@ fn parse_rule(
         };
         return Err(cx.err(c.span(), msg));
     }
+    let (over_limit, resets) = over_limit(cx, r, protocol, connections.or(packets).is_some())?;
     Ok(Rule {
         name,
         protocol,
@@ -681,7 +685,61 @@ fn parse_rule(
         packets,
         escalation,
         unverified,
+        over_limit,
+        resets,
     })
+}
+
+/// `over_limit` ("drop", the default, or "reset") and the rule's `resets` cap.
+fn over_limit(
+    cx: &Ctx,
+    r: &RawRule,
+    protocol: Protocol,
+    limited: bool,
+) -> Result<(OverLimit, Option<Rate>), PolicyError> {
+    const CHOICES: &str = "\"drop\" or \"reset\"";
+    let chosen = match &r.over_limit {
+        None => OverLimit::Drop,
+        Some(o) => {
+            let o = cx.get(o, "over_limit", CHOICES)?;
+            match o.get_ref().as_str() {
+                "drop" => OverLimit::Drop,
+                "reset" if protocol != Protocol::Tcp => {
+                    return Err(cx.err(
+                        o.span(),
+                        format!(
+                            "over_limit = \"reset\" answers TCP connection attempts with a RST and is only valid on tcp rules; {protocol} traffic over its limits is always dropped"
+                        ),
+                    ));
+                }
+                "reset" if !limited => {
+                    return Err(cx.err(
+                        o.span(),
+                        "over_limit = \"reset\" needs a `connections` or `packets` limit to be over",
+                    ));
+                }
+                "reset" => OverLimit::Reset,
+                other => {
+                    return Err(cx.err(
+                        o.span(),
+                        format!("over_limit must be {CHOICES}, got {}", quote(other)),
+                    ));
+                }
+            }
+        }
+    };
+    match (&r.resets, chosen) {
+        (Some(f), OverLimit::Drop) => {
+            cx.get(f, "resets", RATE)?;
+            Err(cx.err(
+                f.span(),
+                "`resets` caps the RSTs of over_limit = \"reset\"; this rule drops (set over_limit = \"reset\" or remove `resets`)",
+            ))
+        }
+        (Some(f), OverLimit::Reset) => Ok((chosen, Some(rate(cx, f, "resets")?))),
+        (None, OverLimit::Reset) => Ok((chosen, Some(super::DEFAULT_RESETS))),
+        (None, OverLimit::Drop) => Ok((chosen, None)),
+    }
 }
 
 /// Parses `500ms`, `10s`, `5m` (or `5min`), `1h`, `1d`.

@@ -117,6 +117,15 @@ pub fn matrix_table(policy: &Policy) -> String {
             );
         }
     }
+    for r in &policy.rules {
+        if let (super::OverLimit::Reset, Some(cap)) = (r.over_limit, r.resets) {
+            let _ = writeln!(
+                out,
+                "{}: over-limit connection attempts of verified sources are answered with a RST (at most {cap} for the rule, one a second per source; others are dropped)",
+                r.name
+            );
+        }
+    }
     let list = |name: &str, l: &[super::Cidr]| {
         let v4 = l.iter().filter(|c| c.addr.is_ipv4()).count();
         let shown: Vec<String> = l.iter().take(5).map(ToString::to_string).collect();

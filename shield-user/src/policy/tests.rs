@@ -1465,3 +1465,63 @@ limit = { rate = "10/h", burst = 5 }
         assert!(m.contains(needle), "matrix lacks {needle:?}:\n{m}");
     }
 }
+
+#[test]
+fn over_limit_reset_is_for_tcp_rules_with_a_limit() {
+    let base = "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [443]\nconnections = { rate = \"5/s\" }\n";
+    let p = ok(&format!("{base}over_limit = \"reset\"\n"));
+    assert_eq!(p.rules[0].over_limit, OverLimit::Reset);
+    assert_eq!(
+        p.rules[0].resets,
+        Some(DEFAULT_RESETS),
+        "resets defaults to 100/s"
+    );
+    let c = compile(&p);
+    let r = &c.rules[1];
+    assert_ne!(r.flags & shield_common::RULE_RESET, 0);
+    assert_eq!(r.resets.interval_ns, NS_PER_SEC / 100);
+    assert_eq!(r.resets.burst(), 100, "burst: one second's worth");
+    let p = ok(&format!(
+        "{base}over_limit = \"reset\"\nresets = \"20/s\"\n"
+    ));
+    assert_eq!(compile(&p).rules[1].resets.interval_ns, NS_PER_SEC / 20);
+    assert!(matrix_table(&p).contains("answered with a RST (at most 20/s for the rule"));
+    // `drop` (the default) compiles to no flag and no cap.
+    let p = ok(&format!("{base}over_limit = \"drop\"\n"));
+    assert_eq!(compile(&p).rules[1].flags & shield_common::RULE_RESET, 0);
+    assert!(!compile(&p).rules[1].resets.is_enabled());
+
+    let err = |text: &str| parse_str("t.toml", text).unwrap_err().to_string();
+    let e = err(
+        "[[rule]]\nname = \"dns\"\nprotocol = \"udp\"\npackets = { rate = \"5/s\" }\nover_limit = \"reset\"\n",
+    );
+    assert!(
+        e.starts_with("t.toml:5:14: over_limit = \"reset\" answers TCP connection attempts"),
+        "{e}"
+    );
+    assert!(
+        e.contains("udp traffic over its limits is always dropped"),
+        "{e}"
+    );
+    let e = err(
+        "[[rule]]\nname = \"p\"\nprotocol = \"icmp\"\npackets = { rate = \"5/s\" }\nover_limit = \"reset\"\n",
+    );
+    assert!(e.contains("only valid on tcp rules; icmp"), "{e}");
+    let e = err(&format!("{base}over_limit = \"rst\"\n"));
+    assert!(
+        e.contains("over_limit must be \"drop\" or \"reset\", got \"rst\""),
+        "{e}"
+    );
+    let e = err(&format!("{base}resets = \"5/s\"\n"));
+    assert!(
+        e.contains("`resets` caps the RSTs of over_limit = \"reset\""),
+        "{e}"
+    );
+    let e = err(&format!("{base}over_limit = \"reset\"\nresets = \"0/s\"\n"));
+    assert!(e.contains("a rate of 0"), "{e}");
+    let e = err("[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nover_limit = \"reset\"\n");
+    assert!(
+        e.contains("needs a `connections` or `packets` limit"),
+        "{e}"
+    );
+}

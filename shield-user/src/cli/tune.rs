@@ -1,0 +1,174 @@
+//! `shield tune`.
+
+use std::{
+    collections::HashMap,
+    io::{IsTerminal as _, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use shield_common::Reason;
+use shield_user::{
+    control::{self, Request},
+    loader, policy, stats,
+    tune::{self, Observer, capture::Tap},
+};
+
+use super::{BpffsArgs, SocketArgs};
+
+#[derive(Args)]
+pub struct TuneArgs {
+    /// The interface to observe (default: the only one shield protects).
+    #[arg(long = "iface", short = 'i', value_name = "IFACE", value_parser = loader::iface_arg)]
+    pub iface: Option<String>,
+    /// How long to observe: 30s, 10m, 1h (traffic of a normal busy period).
+    #[arg(long = "for", value_name = "DURATION", default_value = "10m")]
+    pub duration: String,
+    /// The percentile of sources the suggested limits leave untouched (0 < P <= 100).
+    #[arg(long, value_name = "P", default_value_t = 99.0)]
+    pub percentile: f64,
+    /// Machine-readable output (the report as JSON).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the running policy with the suggestions applied to FILE (comments kept);
+    /// `shield check --diff FILE` then shows the change against the running policy.
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    #[command(flatten)]
+    pub bpffs: BpffsArgs,
+}
+
+/// What each rule's limits dropped so far (its `conn_limit` and `pkt_limit` counters).
+fn drops(bpffs: &std::path::Path, iface: &str) -> Result<HashMap<String, u64>> {
+    let s = stats::read_iface(bpffs, iface).with_context(|| {
+        format!("reading shield's counters for {iface} (is shield running on it?)")
+    })?;
+    Ok(s.rules
+        .iter()
+        .map(|r| {
+            let n = [Reason::ConnLimit, Reason::PktLimit, Reason::Reset]
+                .iter()
+                .map(|x| r.counters[x.name()].packets)
+                .sum();
+            (r.name.clone(), n)
+        })
+        .collect())
+}
+
+pub fn run(a: TuneArgs) -> Result<ExitCode> {
+    let length = policy::parse_duration(&a.duration)
+        .map_err(|e| anyhow::anyhow!("--for {}: {e}", a.duration))?;
+    if length < Duration::from_secs(1) {
+        bail!("--for {}: observe for at least 1s", a.duration);
+    }
+    if !(a.percentile > 0.0 && a.percentile <= 100.0) {
+        bail!(
+            "--percentile {}: give a percentile above 0 and at most 100, like 99 or 99.9",
+            a.percentile
+        );
+    }
+    let bpffs = a.bpffs.bpffs;
+    let iface = match a.iface {
+        Some(i) => i,
+        None => {
+            let all = stats::pinned_ifaces(&bpffs);
+            match all.as_slice() {
+                [one] => one.clone(),
+                [] => bail!(
+                    "no interface has shield's pins under {} (is `shield run` running? pass --bpffs if it pins elsewhere)",
+                    bpffs.display()
+                ),
+                _ => bail!(
+                    "shield protects several interfaces ({}): choose one with --iface",
+                    all.join(", ")
+                ),
+            }
+        }
+    };
+    let running: control::RunningPolicy = control::call(&a.socket.socket, &Request::Policy {})
+        .context(
+            "asking the running daemon for its policy (shield tune observes a running shield)",
+        )?;
+    let path = PathBuf::from(&running.path);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the running policy {}", path.display()))?;
+    let pol = policy::parse_str(&running.path, &text).with_context(|| {
+        format!(
+            "the running policy file {} no longer parses",
+            path.display()
+        )
+    })?;
+
+    let tap = Tap::open(&iface).with_context(|| {
+        format!(
+            "opening a packet socket on {iface} (needs root, in the interface's network namespace)"
+        )
+    })?;
+    let before = drops(&bpffs, &iface)?;
+    let cpu0 = tune::capture::cpu_time();
+    let mut obs = Observer::new(pol);
+    let tty = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let mut shown = Instant::now();
+    let mut buf = [0u8; tune::SNAPLEN];
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= length {
+            break;
+        }
+        if let Some(n) = tap.next(&mut buf).context("reading the packet socket")? {
+            obs.feed(&buf[..n], elapsed.as_nanos() as u64);
+        }
+        if tty && shown.elapsed() >= Duration::from_secs(1) {
+            shown = Instant::now();
+            let left = length.saturating_sub(elapsed).as_secs();
+            eprint!(
+                "\rshield tune: observing {iface}: {}m{:02}s left, {} packets, {} sources  ",
+                left / 60,
+                left % 60,
+                obs.frames,
+                obs.sources()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    let elapsed = start.elapsed();
+    let after = drops(&bpffs, &iface)?;
+    let dropped = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+    let mut report = obs.report(&iface, elapsed.as_nanos() as u64, a.percentile, &dropped);
+    report.lost = tap.lost();
+    report.cpu_seconds = (tune::capture::cpu_time() - cpu0).as_secs_f64();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", tune::render(&report));
+    }
+    if let Some(out) = a.write {
+        let written = tune::apply(&running.path, &text, &report).map_err(anyhow::Error::msg)?;
+        std::fs::write(&out, written).with_context(|| format!("writing {}", out.display()))?;
+        if !a.json {
+            println!(
+                "\nwrote {} (the running policy with the suggestions); compare: shield check --diff {}",
+                out.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,168 @@
+//! `shield tune` in the namespace lab: eight clients at about 2 connections a second and a
+//! flooder at 20 a second, observed through the real daemon under a loose limit; the
+//! suggestions leave every client untouched and limit the flooder once the written policy
+//! is checked (`shield check --diff`) and loaded. Needs root (fails, never skips).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::Stdio,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use shield_tests::{
+    netlab::{ATTACKER_V4, SERVER_V4, connect_many, unique},
+    nslab::{NsLab, counter},
+    shield_bin,
+};
+
+const API: u16 = 8080;
+const POLICY: &str = r#"
+# The API: a loose limit while we learn what clients do.
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "100/s", burst = 200 }
+"#;
+
+fn clients() -> Vec<IpAddr> {
+    (10..18)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)))
+        .collect()
+}
+
+/// Clients at ~2 connections/s each and the flooder at 20/s, for `secs` seconds, at once:
+/// (client (ok, failed), flooder (ok, failed)).
+fn traffic(lab: &NsLab, secs: u32) -> ((u32, u32), (u32, u32)) {
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), API);
+    let timeout = Duration::from_millis(300);
+    thread::scope(|s| {
+        let legit = s.spawn(|| {
+            lab.topo
+                .client
+                .run_in(|| {
+                    // 8 sources in turn every 62.5 ms: each one every 0.5 s.
+                    connect_many(
+                        &clients(),
+                        dst,
+                        16 * secs,
+                        Duration::from_micros(62_500),
+                        timeout,
+                    )
+                })
+                .expect("client namespace")
+        });
+        let flood = s.spawn(|| {
+            lab.topo
+                .client
+                .run_in(|| {
+                    connect_many(
+                        &[IpAddr::V4(ATTACKER_V4)],
+                        dst,
+                        20 * secs,
+                        Duration::from_millis(50),
+                        timeout,
+                    )
+                })
+                .expect("client namespace")
+        });
+        let (l, f) = (legit.join().unwrap(), flood.join().unwrap());
+        ((l.ok, l.failed), (f.ok, f.failed))
+    })
+}
+
+#[test]
+fn suggestions_leave_known_clients_untouched_and_limit_a_flooder() {
+    let lab = NsLab::new(POLICY, &[API]);
+    for c in clients() {
+        lab.topo.add_client_addr(c).expect("client address");
+    }
+    let written = std::env::temp_dir().join(format!("{}.toml", unique("shield-tuned-")));
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let socket = lab.socket().to_str().expect("utf-8").to_string();
+    let out = written.to_str().expect("utf-8").to_string();
+    // Observe 6 s while 8 s of traffic runs (it starts with tune, ends after it).
+    let tune = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args([
+            "tune",
+            "--iface",
+            shield_tests::netlab::SERVER_IF,
+            "--for",
+            "6s",
+        ])
+        .args(["--percentile", "80", "--json", "--write", &out])
+        .args(["--socket", &socket, "--bpffs", &bpffs])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting shield tune");
+    let (legit, flood) = traffic(&lab, 8);
+    let done = tune.wait_with_output().expect("shield tune");
+    let _cleanup = Cleanup(written.clone());
+    assert!(
+        done.status.success(),
+        "shield tune failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(legit.1, 0, "the loose limit refused a client");
+    assert_eq!(flood.1, 0, "the loose limit refused the flooder");
+    let report: Value = serde_json::from_slice(&done.stdout).expect("tune --json is JSON");
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let api = &report["rules"][0];
+    assert_eq!(api["name"], "api");
+    assert_eq!(api["sources"], 9, "8 clients and the flooder: {api}");
+    let conn = &api["connections"]["peak_per_second"];
+    let max = conn["max"].as_u64().unwrap();
+    assert!(
+        (15..=25).contains(&max),
+        "the flooder's busiest second: {max}"
+    );
+    let p50 = conn["p50"].as_u64().unwrap();
+    assert!((1..=4).contains(&p50), "a client's busiest second: {p50}");
+    assert_eq!(api["current"]["sources_touched"], 0, "100/s touches nobody");
+    let s = &api["suggested"]["connections"];
+    let rate = s["rate"].as_u64().unwrap();
+    assert!(
+        (2..20).contains(&rate),
+        "suggested rate {rate}: between the clients and the flooder"
+    );
+
+    // The written policy: valid, comments kept, the diff shows the new limit.
+    let text = std::fs::read_to_string(&written).expect("tune --write wrote the file");
+    assert!(
+        text.contains("# The API: a loose limit"),
+        "comments kept:\n{text}"
+    );
+    let (ok, diff, err) = lab.shield(&["check", "--diff", &out]);
+    assert!(ok, "shield check --diff: {err}");
+    assert!(
+        diff.contains("+ api") && diff.contains(&format!("{rate}/s burst {}", s["burst"])),
+        "the diff shows the suggested limit:\n{diff}"
+    );
+
+    // Loaded: the clients are untouched, the flooder is limited.
+    std::fs::copy(&written, &lab.policy).expect("installing the written policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "reload of the written policy: {err}");
+    let (legit, flood) = traffic(&lab, 4);
+    assert_eq!(
+        legit.1, 0,
+        "a client was refused under the suggested limits ({legit:?})"
+    );
+    assert!(flood.1 > 20, "the flooder was not limited ({flood:?})");
+    let st = lab.stats();
+    assert!(counter(&st, "api", "conn_limit") > 20, "{st}");
+}
+
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
