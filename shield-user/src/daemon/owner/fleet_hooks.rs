@@ -355,7 +355,12 @@ impl Owner {
             return;
         }
         fc.installed.fetch_add(1, Ordering::Relaxed);
-        link.origins.insert(m.field(), m.origin_host.clone());
+        // This host's own bans (back from Redis after a reboot) stay local bans.
+        if m.origin_host == self.host {
+            link.origins.remove(&m.field());
+        } else {
+            link.origins.insert(m.field(), m.origin_host.clone());
+        }
         self.state_dirty = true;
         let mut line = json!({
             "event": "fleet_ban",
