@@ -3,6 +3,7 @@
 //! binary, the namespace lab (`netlab`) and the policy-matrix acceptance suite.
 
 pub mod acceptance;
+pub mod benchprose;
 pub mod fuzz;
 pub mod netlab;
 pub mod nslab;

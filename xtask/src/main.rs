@@ -90,7 +90,14 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 /// Peers the benchmarks compare with.
-const BENCH_PACKAGES: &[&str] = &["xdp-tools", "bpftool", "ethtool", "nftables", "iptables"];
+const BENCH_PACKAGES: &[&str] = &[
+    "xdp-tools",
+    "bpftool",
+    "ethtool",
+    "nftables",
+    "iptables",
+    "wrk",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
