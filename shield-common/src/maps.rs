@@ -288,6 +288,15 @@ pub const RULE_MONITOR: u32 = 1 << 0;
 pub const RULE_PRESENT: u32 = 1 << 1;
 /// `RuleConfig::flags`: escalation bans cover the whole host, not only the rule's ports.
 pub const RULE_BAN_HOST: u32 = 1 << 2;
+/// `RuleConfig::flags`: `challenge = "syncookie"`: over the `unverified` budget, a connection
+/// attempt from an unverified source is answered with a SYN cookie (XDP_TX), and a bare
+/// ACK from one is checked for a cookie (see shield-ebpf/src/syncookie.rs).
+pub const RULE_SYNCOOKIE: u32 = 1 << 8;
+/// The MSS a `syncookie` rule advertises to IPv4 clients without a policy `mss`
+/// (IPv6 clients get 20 bytes less: the larger IP header).
+pub const DEFAULT_SYNCOOKIE_MSS: u16 = 1460;
+/// The window scale a cookie SYN-ACK advertises (and the nftables `synproxy` statement).
+pub const SYNCOOKIE_WSCALE: u8 = 7;
 
 /// Bucket indexes in `RuleConfig::buckets` and `SourceState::tat`.
 pub const B_CONN: usize = 0;
@@ -316,7 +325,9 @@ pub struct RuleConfig {
     pub unverified: Gcra,
     /// Sketch settings per class (`sketch::CLASS_CONN`, `sketch::CLASS_PKT`).
     pub sketch: [ClassSketch; 2],
-    pub _pad2: [u8; 4],
+    /// `syncookie` rules: the MSS advertised to IPv4 clients (IPv6: 20 less).
+    pub mss: u16,
+    pub _pad2: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<RuleConfig>() == 168);
 
@@ -361,7 +372,8 @@ impl Default for RuleConfig {
             name: [0; RULE_NAME_LEN],
             unverified: Gcra::DISABLED,
             sketch: [ClassSketch { shift: 0, slack: 0 }; 2],
-            _pad2: [0; 4],
+            mss: 0,
+            _pad2: [0; 2],
         }
     }
 }

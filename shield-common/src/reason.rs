@@ -33,6 +33,13 @@ pub enum Reason {
     /// Headers past what the parser follows (a third VLAN tag, more than 8 IPv6 extension
     /// headers): the kernel would still deliver what they hide, unjudged: dropped.
     HiddenHeader = 11,
+    /// A connection attempt from an unverified source over the `unverified` budget of a
+    /// `challenge = "syncookie"` rule: answered by XDP with a SYN-ACK carrying a SYN cookie
+    /// (XDP_TX); the SYN itself never reaches the kernel.
+    SynCookie = 12,
+    /// A bare ACK from an unverified source to a `syncookie` rule that matches no socket and
+    /// carries no valid SYN cookie: dropped.
+    BadCookie = 13,
 }
 
 /// Counter slots reserved per rule. Larger than the number of reasons so that reasons can be
@@ -40,7 +47,7 @@ pub enum Reason {
 pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Pass,
         Reason::Allow,
         Reason::Deny,
@@ -53,6 +60,8 @@ impl Reason {
         Reason::UnverifiedLimit,
         Reason::BadFragment,
         Reason::HiddenHeader,
+        Reason::SynCookie,
+        Reason::BadCookie,
     ];
 
     /// The name used in `shield stats`, its JSON output and the docs.
@@ -70,6 +79,8 @@ impl Reason {
             Reason::UnverifiedLimit => "unverified_limit",
             Reason::BadFragment => "bad_fragment",
             Reason::HiddenHeader => "hidden_header",
+            Reason::SynCookie => "syncookie",
+            Reason::BadCookie => "bad_cookie",
         }
     }
 
@@ -89,6 +100,7 @@ impl Reason {
                 | Reason::UnverifiedLimit
                 | Reason::BadFragment
                 | Reason::HiddenHeader
+                | Reason::BadCookie
         )
     }
 }

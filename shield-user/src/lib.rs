@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod stats;
+pub mod synproxy;
 
 /// The XDP program, built by build.rs (aya-build) and embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shield"));

@@ -28,6 +28,7 @@ use crate::netlab::TempBpffs;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// The `shield` binary under test: `$SHIELD_BIN`, else target/debug/shield. `cargo xtask
 /// test` builds it first.
@@ -329,6 +330,23 @@ impl Harness {
             })
             .expect("BPF_PROG_TEST_RUN");
         r.return_value
+    }
+
+    /// Runs the shield program once on `frame`: the XDP action and the frame as the
+    /// program left it (e.g. an XDP_TX reply).
+    pub fn run_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = self
+            .program(PROGRAM_NAME)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 
     /// Runs `program` `repeat` times on `frame`: (action, kernel-measured ns per run).

@@ -113,6 +113,9 @@ pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Com
         if rule.mode == Mode::Monitor {
             flags |= RULE_MONITOR;
         }
+        if rule.syncookie_mss.is_some() {
+            flags |= shield_common::RULE_SYNCOOKIE;
+        }
         let mut escalation = RuleConfig::default().escalation;
         if let Some(e) = &rule.escalation {
             let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
@@ -147,7 +150,8 @@ pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Com
                 class_sketch(&buckets_out[B_CONN..=B_CONN_SUSTAINED]),
                 class_sketch(&buckets_out[B_PKT..=B_PKT_SUSTAINED]),
             ],
-            _pad2: [0; 4],
+            mss: rule.syncookie_mss.unwrap_or(0),
+            _pad2: [0; 2],
         };
         match rule.protocol {
             Protocol::Icmp => ports[PORT_INDEX_ICMP as usize] = id,

@@ -162,6 +162,9 @@ pub struct Rule {
     pub escalation: Option<Escalation>,
     /// Shared budget for connection attempts from unverified sources (`sustained` unused).
     pub unverified: Option<Limit>,
+    /// `challenge = "syncookie"`: the MSS its cookie SYN-ACKs advertise to IPv4 clients
+    /// (`mss`, default 1460; IPv6 clients 20 less). `None`: no challenge.
+    pub syncookie_mss: Option<u16>,
 }
 
 /// A CIDR prefix with host bits clear.
