@@ -167,6 +167,12 @@ pub fn random_policy(rng: &mut Rng) -> String {
                 rng.below(20) + 1,
                 rng.below(10) + 1
             );
+            if rng.chance(50) {
+                let _ = writeln!(s, "challenge = \"syncookie\"");
+                if rng.chance(50) {
+                    let _ = writeln!(s, "mss = {}", 536 + rng.below(8464));
+                }
+            }
         }
     }
     s
@@ -439,7 +445,7 @@ pub fn run(seed: u64, frames: u64) -> Summary {
             let want = m.run(&pol, &f, now);
             if k != want {
                 report(
-                    format!("verdict: kernel {k}, model {want} (1 drop, 2 pass)"),
+                    format!("verdict: kernel {k}, model {want} (1 drop, 2 pass, 3 tx)"),
                     Some(&f),
                     done + i,
                 );
