@@ -13,6 +13,8 @@
 //!
 //! Answered: IPv4 without options, not fragmented, and IPv6 whose next header is TCP, with
 //! exactly SYN set of SYN/ACK/RST/FIN. Anything else over the budget is dropped as before.
+//! The reply is written over the SYN and never made longer than its frame: options that do
+//! not fit are left out (a SYN without options gets a SYN-ACK without options).
 
 use aya_ebpf::{
     bindings::{
@@ -315,9 +317,19 @@ pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u6
     // Window 0, as SYNPROXY's own SYN-ACK: the client waits for the window SYNPROXY sends
     // once the local socket has answered.
     t[13] = TCP_SYN | TCP_ACK;
-    t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
-    let mut tlen = 24usize;
-    if let Some(tsval) = ts {
+    // The reply is never longer than the SYN's frame (growing a frame is not possible on
+    // every driver): options that do not fit are left out, the timestamp block (and with
+    // it SACK and window scaling) first, then the MSS (the client then assumes 536).
+    // SAFETY: reads the frame's length only.
+    let frame_len = unsafe { bpf_xdp_get_buff_len(raw) } as i64;
+    let room = frame_len - i64::from(th);
+    let mut tlen = 20usize;
+    if room >= 24 {
+        t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+        tlen = 24;
+    }
+    if let (Some(tsval), true) = (ts, room >= 36) {
+        let ws = ws.filter(|_| room >= 40);
         let mut ours = (ms & !0x3f) | u32::from(ws.map_or(0xf, |w| w & 0xf));
         if sack {
             ours |= 1 << 4;
@@ -374,8 +386,6 @@ pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u6
     let c = fold(sum16(t, 0, tlen / 2, pseudo));
     t[16..18].copy_from_slice(&c.to_be_bytes());
 
-    // SAFETY: reads the frame's length only.
-    let frame_len = unsafe { bpf_xdp_get_buff_len(raw) } as i64;
     let want = i64::from(th) + tlen as i64;
     // SAFETY: the buffers hold the lengths given; the frame is resized before the writes,
     // each of which the helper bounds-checks against the frame.

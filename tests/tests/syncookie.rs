@@ -265,18 +265,26 @@ fn over_the_budget_a_syn_gets_a_cookie_syn_ack_and_its_ack_verifies_the_source()
 }
 
 #[test]
-fn ipv6_and_a_syn_without_options_get_mss_only() {
+fn ipv6_with_mss_only_gets_mss_only_and_a_bare_syn_no_options() {
     let h = Harness::new(POLICY);
     let first: IpAddr = "2001:db8:77::1".parse().expect("ip");
     let client: IpAddr = "2001:db8:78::1".parse().expect("ip");
     assert_eq!(h.run(&tcp_frame(first, 0x02, 1, 0, &[])), XDP_PASS);
-    let (action, out) = h.run_out(&tcp_frame(client, 0x02, 0xffff_ffff, 0, &[]));
+    let mss_only = [2, 4, 0x05, 0xa0];
+    let (action, out) = h.run_out(&tcp_frame(client, 0x02, 0xffff_ffff, 0, &mss_only));
     assert_eq!(action, XDP_TX);
     let sa = check_syn_ack(&out, client, 0xffff_ffff);
     assert_eq!(sa.ack, 0, "seq + 1 wraps");
     // IPv6: the policy's MSS less the 20 bytes of larger header; no timestamps, so no
     // window scaling or SACK either.
     assert_eq!(sa.options, vec![2, 4, 0x05, 0x64]);
+    // A SYN without options: no room in its frame for any, so none.
+    let bare: IpAddr = "2001:db8:7a::1".parse().expect("ip");
+    let (action, out) = h.run_out(&tcp_frame(bare, 0x02, 1, 0, &[]));
+    assert_eq!(action, XDP_TX);
+    let bare_sa = check_syn_ack(&out, bare, 1);
+    assert!(bare_sa.options.is_empty(), "{:?}", bare_sa.options);
+    assert_eq!(out.len(), 14 + 40 + 20, "the SYN's own length");
     let good = tcp_frame(client, 0x10, 0, sa.seq.wrapping_add(1), &[]);
     assert_eq!(h.run(&good), XDP_PASS);
     let bad = tcp_frame(client, 0x10, 0, sa.seq ^ 0x00ff_0000, &[]);
