@@ -87,6 +87,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3-flask",
     "gunicorn",
     "hping3",
+    "nftables",
 ];
 
 /// Peers the benchmarks compare with.
