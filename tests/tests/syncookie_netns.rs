@@ -172,8 +172,26 @@ ports = [8000]
 unverified = { rate = "1/h", burst = 1 }
 challenge = "syncookie"
 "#;
-    let lab = NsLab::new(policy, &[]);
+    let mut lab = NsLab::new(policy, &[]);
     let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    // The host side the daemon set up: its nftables table and conntrack's strict mode.
+    let server = lab.topo.server.name.clone();
+    let in_server = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &server])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    };
+    let table = in_server(&["nft", "list", "table", "inet", "shield_syncookie_shield0"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success() && text.contains("synproxy mss 1460 wscale 7 timestamp sack-perm"),
+        "the daemon's nftables table: {text} {}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let loose = in_server(&["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"]);
+    assert_eq!(String::from_utf8_lossy(&loose.stdout).trim(), "0");
     for i in 0..20 {
         lab.topo.add_client_addr(client(i)).expect("client address");
     }
@@ -198,6 +216,12 @@ challenge = "syncookie"
         .clone();
     eprintln!("{codes:?}");
     assert!(codes.iter().all(|c| *c == Some(200)), "{codes:?}");
+    // A clean stop removes the table and puts conntrack's setting back.
+    lab.daemon().stop().expect("stopping the daemon");
+    let table = in_server(&["nft", "list", "table", "inet", "shield_syncookie_shield0"]);
+    assert!(!table.status.success(), "the table outlived the daemon");
+    let loose = in_server(&["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"]);
+    assert_eq!(String::from_utf8_lossy(&loose.stdout).trim(), "1");
     assert!(
         api["counters"]["syncookie"]["packets"].as_u64() >= Some(19),
         "{api}"
