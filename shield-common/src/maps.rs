@@ -135,6 +135,8 @@ pub const PROGRAM_NAME: &str = "shield";
 pub const BASELINE_PROGRAM_NAME: &str = "shield_baseline";
 /// A trivial `XDP_DROP` program: the ceiling for drop rates in the flood benchmarks.
 pub const DROP_PROGRAM_NAME: &str = "shield_drop";
+/// The trivial XDP_TX program of the test object (the cookie path's ceiling).
+pub const TX_PROGRAM_NAME: &str = "shield_tx";
 /// The benchmark traffic generator in the same object (see `shield-bench`).
 pub const GEN_PROGRAM_NAME: &str = "shield_gen";
 /// Its settings map (not pinned: the benchmark loads its own copy of the object).

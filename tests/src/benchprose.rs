@@ -169,6 +169,10 @@ pub struct FloodFigures {
     /// Random sources: nftables and hashlimit (packets/s, dropped %).
     pub random_nft: Option<(f64, f64)>,
     pub random_hashlimit: Option<(f64, f64)>,
+    /// Random sources: shield with the budget and `syncookie` (packets/s, program ns).
+    pub random_cookie: Option<(f64, Option<f64>)>,
+    /// Random sources: the trivial XDP_TX ceiling (packets/s).
+    pub tx_ceiling: Option<f64>,
 }
 
 /// The reading of section 2.
@@ -239,6 +243,28 @@ pub fn flood_reading(f: &FloodFigures, budget_target: f64) -> String {
         }
         _ => s.push_str(
             " The `unverified` budget against the XDP_DROP ceiling: not measured (a row is missing above).",
+        ),
+    }
+    match (f.random_cookie, f.tx_ceiling) {
+        (Some((pps, ns)), Some(ceiling)) => {
+            let r = pps / ceiling.max(1.0);
+            let per_syn = match (ns, f.random_budget.and_then(|b| b.2)) {
+                (Some(c), Some(d)) => format!(
+                    ", {c:.0} ns per SYN in the program against {d:.0} ns for the budget's drop"
+                ),
+                (Some(c), None) => format!(", {c:.0} ns per SYN in the program"),
+                _ => String::new(),
+            };
+            let _ = write!(
+                s,
+                " With `challenge = \"syncookie\"` the flood over the budget is answered with SYN-ACKs at {:.2} M packets/s, {r:.2}× the trivial XDP_TX ceiling ({:.2} M) in the same run ({} the target of 0.7×){per_syn}.",
+                pps / 1e6,
+                ceiling / 1e6,
+                if r >= 0.7 { "meets" } else { "misses" },
+            );
+        }
+        _ => s.push_str(
+            " The `syncookie` path against the XDP_TX ceiling: not measured (a row is missing above).",
         ),
     }
     let peer = |name: &str, v: Option<(f64, f64)>| match v {
@@ -372,6 +398,8 @@ mod tests {
             ceiling: Some(5e6),
             random_nft: Some((0.7e6, 0.0)),
             random_hashlimit: Some((0.6e6, 0.0)),
+            random_cookie: Some((2.1e6, Some(180.0))),
+            tx_ceiling: Some(3e6),
         };
         let r = flood_reading(&f, 0.5);
         assert!(r.contains("2.00-3.50×"), "{r}");
@@ -404,6 +432,7 @@ mod tests {
 
         let r = flood_reading(&FloodFigures::default(), 0.5);
         assert!(r.contains("not measured"), "{r}");
+        assert!(r.contains("XDP_TX ceiling: not measured"), "{r}");
         assert!(!r.contains("0.00"), "{r}");
     }
 

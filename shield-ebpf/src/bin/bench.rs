@@ -28,6 +28,13 @@ pub fn shield_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The cheapest possible XDP_TX (the frame goes back out as it came): the ceiling of the
+/// `syncookie` path's flood figure (benchmarks only, never attached by the daemon).
+#[xdp]
+pub fn shield_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
 /// Benchmark traffic generator (never attached by the daemon): run through
 /// BPF_PROG_TEST_RUN in live-frames mode on the attacker's veth, it rewrites the source of
 /// each crafted IPv4 TCP SYN (`SHIELD_GEN[0]`: mode 0 fixed, 1 one of `n` sources, 2 random

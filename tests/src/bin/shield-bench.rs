@@ -18,7 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shield_common::{BASELINE_PROGRAM_NAME, DROP_PROGRAM_NAME, MAP_SOURCES, PROGRAM_NAME};
+use shield_common::{
+    BASELINE_PROGRAM_NAME, DROP_PROGRAM_NAME, MAP_SOURCES, PROGRAM_NAME, TX_PROGRAM_NAME,
+};
 use shield_tests::{
     Harness, L4, Pkt, XDP_DROP, XDP_PASS, benchprose,
     netlab::{
@@ -548,6 +550,10 @@ enum Filter {
     ShieldUnverified,
     /// A trivial XDP_DROP program, native: the ceiling.
     TrivialDrop,
+    /// Native shield with the budget and `challenge = "syncookie"`: SYN-ACKs over it.
+    ShieldSyncookie,
+    /// A trivial XDP_TX program, native: the cookie path's ceiling.
+    TrivialTx,
 }
 
 impl Filter {
@@ -555,6 +561,8 @@ impl Filter {
         match self {
             Filter::ShieldUnverified => "shield + `unverified` budget, native XDP",
             Filter::TrivialDrop => "trivial XDP_DROP, native (ceiling)",
+            Filter::ShieldSyncookie => "shield + budget + `syncookie` (SYN-ACKs), native XDP",
+            Filter::TrivialTx => "trivial XDP_TX, native (cookie ceiling)",
             Filter::None => "no filter",
             Filter::Nft => "nftables meter (netdev ingress)",
             Filter::Hashlimit => "iptables hashlimit (raw PREROUTING)",
@@ -588,15 +596,27 @@ unverified = { rate = "2000/s", burst = 4000 }
 fn native(f: Filter) -> bool {
     matches!(
         f,
-        Filter::ShieldNative | Filter::ShieldUnverified | Filter::TrivialDrop
+        Filter::ShieldNative
+            | Filter::ShieldUnverified
+            | Filter::TrivialDrop
+            | Filter::ShieldSyncookie
+            | Filter::TrivialTx
     )
 }
 
 fn is_shield(f: Filter) -> bool {
     matches!(
         f,
-        Filter::ShieldNative | Filter::ShieldGeneric | Filter::ShieldUnverified
+        Filter::ShieldNative
+            | Filter::ShieldGeneric
+            | Filter::ShieldUnverified
+            | Filter::ShieldSyncookie
     )
+}
+
+/// A trivial program of the test object, not shield.
+fn is_trivial(f: Filter) -> bool {
+    matches!(f, Filter::TrivialDrop | Filter::TrivialTx)
 }
 
 struct FloodResult {
@@ -724,19 +744,20 @@ fn flood_with(
     let bpffs = TempBpffs::new().map_err(|e| format!("{e:#}"))?;
     let dir = loader::pin_dir(&bpffs.path, "flood");
     let mut rx = loader::load(&dir, 262_144).map_err(|e| e.to_string())?;
-    let text = if filter == Filter::ShieldUnverified {
-        FLOOD_POLICY_UNVERIFIED
-    } else {
-        FLOOD_POLICY
+    let cookie_policy = format!("{FLOOD_POLICY_UNVERIFIED}challenge = \"syncookie\"\n");
+    let text = match filter {
+        Filter::ShieldUnverified => FLOOD_POLICY_UNVERIFIED,
+        Filter::ShieldSyncookie => &cookie_policy,
+        _ => FLOOD_POLICY,
     };
     let p = policy::parse_str("flood.toml", text).map_err(|e| e.to_string())?;
     loader::PolicyMaps::open(&dir)
         .and_then(|mut m| m.install(&policy::compile(&p), 1, 0).map(|_| ()))
         .map_err(|e| e.to_string())?;
-    let prog_name = if filter == Filter::TrivialDrop {
-        DROP_PROGRAM_NAME
-    } else {
-        PROGRAM_NAME
+    let prog_name = match filter {
+        Filter::TrivialDrop => DROP_PROGRAM_NAME,
+        Filter::TrivialTx => TX_PROGRAM_NAME,
+        _ => PROGRAM_NAME,
     };
     let mode_x = if native(filter) {
         XdpMode::Driver
@@ -755,9 +776,28 @@ fn flood_with(
         ])?;
     }
     // The trivial drop lives in the test programs' object, not in the shipped one.
-    let mut drop_obj = (filter == Filter::TrivialDrop).then(shield_tests::load_bench_object);
+    let mut drop_obj = is_trivial(filter).then(shield_tests::load_bench_object);
     let obj = drop_obj.as_mut().unwrap_or(&mut rx);
-    if is_shield(filter) || filter == Filter::TrivialDrop {
+    // What the XDP_TX cases send back reaches the client side only with an XDP program
+    // (veth's NAPI ring) on its veth: the trivial pass, the same for both.
+    let mut pass_obj = matches!(filter, Filter::ShieldSyncookie | Filter::TrivialTx)
+        .then(shield_tests::load_bench_object);
+    if let Some(o) = pass_obj.as_mut() {
+        let prog: &mut Xdp = o
+            .program_mut(BASELINE_PROGRAM_NAME)
+            .ok_or("program")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        prog.load().map_err(|e| e.to_string())?;
+        topo.client
+            .run_in(|| {
+                prog.attach(shield_tests::netlab::CLIENT_IF, XdpMode::Driver)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("{e:#}"))??;
+    }
+    if is_shield(filter) || is_trivial(filter) {
         let prog: &mut Xdp = obj
             .program_mut(prog_name)
             .ok_or("program")?
@@ -931,19 +971,28 @@ fn flood_with(
     std::thread::sleep(Duration::from_millis(300));
     let after = run_stats(rx_fd);
     drop(stats);
-    let prog_ns = (after.1 > before.1 && (is_shield(filter) || filter == Filter::TrivialDrop))
+    drop(pass_obj);
+    let prog_ns = (after.1 > before.1 && (is_shield(filter) || is_trivial(filter)))
         .then(|| (after.0 - before.0) as f64 / (after.1 - before.1) as f64);
     // Share dropped, from each filter's own counters.
     let dropped = match filter {
-        Filter::ShieldNative | Filter::ShieldGeneric | Filter::ShieldUnverified => {
+        Filter::ShieldNative
+        | Filter::ShieldGeneric
+        | Filter::ShieldUnverified
+        | Filter::ShieldSyncookie => {
             let s =
                 shield_user::stats::read_iface(&bpffs.path, "flood").map_err(|e| e.to_string())?;
+            // Answered with a cookie: kept from the kernel like a drop.
             s.rules
                 .iter()
-                .map(|r| r.counters["conn_limit"].packets + r.counters["unverified_limit"].packets)
+                .map(|r| {
+                    r.counters["conn_limit"].packets
+                        + r.counters["unverified_limit"].packets
+                        + r.counters["syncookie"].packets
+                })
                 .sum::<u64>() as f64
         }
-        Filter::TrivialDrop => (after.1 - before.1) as f64,
+        Filter::TrivialDrop | Filter::TrivialTx => (after.1 - before.1) as f64,
         Filter::Nft => {
             let o = Command::new("ip")
                 .args([
@@ -1318,7 +1367,12 @@ fn section2(o: &Opts, report: &mut String, chart: &mut Vec<FloodResult>) {
         // The spoofed-source shape also runs the ceiling and shield with an `unverified`
         // budget (issue 7's case).
         let extra: &[Filter] = if mode == 2 {
-            &[Filter::ShieldUnverified, Filter::TrivialDrop]
+            &[
+                Filter::ShieldUnverified,
+                Filter::TrivialDrop,
+                Filter::ShieldSyncookie,
+                Filter::TrivialTx,
+            ]
         } else {
             &[]
         };
@@ -1395,6 +1449,8 @@ fn section2(o: &Opts, report: &mut String, chart: &mut Vec<FloodResult>) {
         ceiling: random(Filter::TrivialDrop).map(|r| r.pps),
         random_nft: random(Filter::Nft).map(|r| (r.pps, r.dropped_pct)),
         random_hashlimit: random(Filter::Hashlimit).map(|r| (r.pps, r.dropped_pct)),
+        random_cookie: random(Filter::ShieldSyncookie).map(|r| (r.pps, r.prog_ns)),
+        tx_ceiling: random(Filter::TrivialTx).map(|r| r.pps),
     };
     report.push_str(&benchprose::flood_reading(&figures, 0.5));
 }
