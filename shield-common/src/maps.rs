@@ -144,6 +144,8 @@ pub const MAP_TAILS: &str = "SHIELD_TAILS";
 pub const BASELINE_PROGRAM_NAME: &str = "shield_baseline";
 /// A trivial `XDP_DROP` program: the ceiling for drop rates in the flood benchmarks.
 pub const DROP_PROGRAM_NAME: &str = "shield_drop";
+/// The trivial XDP_TX program of the test object (the cookie path's ceiling).
+pub const TX_PROGRAM_NAME: &str = "shield_tx";
 /// The benchmark traffic generator in the same object (see `shield-bench`).
 pub const GEN_PROGRAM_NAME: &str = "shield_gen";
 /// Its settings map (not pinned: the benchmark loads its own copy of the object).
@@ -300,6 +302,15 @@ pub const RULE_BAN_HOST: u32 = 1 << 2;
 /// limits from a verified source is answered with a RST (capped by `RuleConfig::resets`
 /// and once a second per source), not silently dropped.
 pub const RULE_RESET: u32 = 1 << 3;
+/// `RuleConfig::flags`: `challenge = "syncookie"`: over the `unverified` budget, a connection
+/// attempt from an unverified source is answered with a SYN cookie (XDP_TX), and a bare
+/// ACK from one is checked for a cookie (see shield-ebpf/src/syncookie.rs).
+pub const RULE_SYNCOOKIE: u32 = 1 << 8;
+/// The MSS a `syncookie` rule advertises to IPv4 clients without a policy `mss`
+/// (IPv6 clients get 20 bytes less: the larger IP header).
+pub const DEFAULT_SYNCOOKIE_MSS: u16 = 1460;
+/// The window scale a cookie SYN-ACK advertises (and the nftables `synproxy` statement).
+pub const SYNCOOKIE_WSCALE: u8 = 7;
 
 /// Bucket indexes in `RuleConfig::buckets` and `SourceState::tat`.
 pub const B_CONN: usize = 0;
@@ -328,7 +339,9 @@ pub struct RuleConfig {
     pub unverified: Gcra,
     /// Sketch settings per class (`sketch::CLASS_CONN`, `sketch::CLASS_PKT`).
     pub sketch: [ClassSketch; 2],
-    pub _pad2: [u8; 4],
+    /// `syncookie` rules: the MSS advertised to IPv4 clients (IPv6: 20 less).
+    pub mss: u16,
+    pub _pad2: [u8; 2],
     /// Cap on the RSTs the rule sends (`resets`; used with `RULE_RESET`).
     pub resets: Gcra,
 }
@@ -375,7 +388,8 @@ impl Default for RuleConfig {
             name: [0; RULE_NAME_LEN],
             unverified: Gcra::DISABLED,
             sketch: [ClassSketch { shift: 0, slack: 0 }; 2],
-            _pad2: [0; 4],
+            mss: 0,
+            _pad2: [0; 2],
             resets: Gcra::DISABLED,
         }
     }

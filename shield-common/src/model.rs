@@ -7,18 +7,19 @@
 //! program's code. Host only.
 //!
 //! Not modelled: socket lookups (the fuzzer's frames never match an established socket:
-//! sources are verified only by the fuzzer writing the verified set, in both), map
-//! capacities (the fuzzer stays far below them) and the bytes of a RST (`over_limit =
-//! "reset"`: the verdict `TX` is modelled, the reply's bytes are checked by the PROG_RUN
-//! tests).
+//! sources are verified only by the fuzzer writing the verified set, in both), SYN
+//! cookies' values (the fuzzer's ACKs never carry a valid one: every bare ACK of an
+//! unverified source that a `syncookie` rule checks is `bad_cookie`), map capacities (the
+//! fuzzer stays far below them) and the bytes of a RST (`over_limit = "reset"`: the verdict
+//! `TX` is modelled, the reply's bytes are checked by the PROG_RUN tests and the fuzzer).
 
 use std::collections::HashMap;
 
 use crate::{
     BAN_ATTEMPTS, BAN_MONITOR, BanValue, CFG_ALLOW_V4, CFG_ALLOW_V6, CFG_BANS, CFG_DENY_V4,
     CFG_DENY_V6, CFG_MONITOR, HOST_BAN_WALK, PORT_INDEX_ICMP, PROTO_SLOT_TCP, PROTO_SLOT_UDP,
-    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_RESET, RULE_SLOTS, Reason, RuleConfig,
-    SourceKey, SourceState,
+    RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_RESET, RULE_SLOTS, RULE_SYNCOOKIE, Reason,
+    RuleConfig, SourceKey, SourceState,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     judge::{escalate, judge, needs_state, still_verified, verified_key},
     port_index,
@@ -29,8 +30,61 @@ use crate::{
 /// XDP actions.
 pub const DROP: u32 = 1;
 pub const PASS: u32 = 2;
-/// A reply sent back out of the interface (a RST).
+/// A reply sent back out of the interface (a RST, a `syncookie` SYN-ACK).
 pub const TX: u32 = 3;
+
+/// A TCP segment as the `syncookie` path sees it: only IPv4 without options or fragments and
+/// IPv6 whose next header is TCP; others it leaves alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// The flags byte.
+    pub flags: u8,
+    /// The whole TCP header (`doff` words) is inside the frame.
+    pub whole_header: bool,
+    /// Bytes of payload by the IP length fields (negative when they are smaller than the
+    /// headers).
+    pub payload: i32,
+}
+
+/// SYN, ACK, RST, FIN: the flags that tell handshake segments apart.
+const HANDSHAKE_FLAGS: u8 = 0x17;
+
+/// The `syncookie` path's view of a frame (see `Handshake`).
+pub fn handshake(f: &[u8]) -> Option<Handshake> {
+    let mut off = 14;
+    let mut ethertype = be16(get(f, 12, 2)?);
+    for _ in 0..2 {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        ethertype = be16(get(f, off + 2, 2)?);
+        off += 4;
+    }
+    let (th, ip_payload) = match ethertype {
+        0x0800 => {
+            let ip = get(f, off, 20)?;
+            if ip[0] != 0x45 || ip[6] & 0x3f != 0 || ip[7] != 0 || ip[9] != 6 {
+                return None;
+            }
+            (off + 20, i32::from(be16(&ip[2..])) - 20)
+        }
+        0x86dd => {
+            let ip = get(f, off, 40)?;
+            if ip[6] != 6 {
+                return None;
+            }
+            (off + 40, i32::from(be16(&ip[4..])))
+        }
+        _ => return None,
+    };
+    let tcp = get(f, th, 20)?;
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    Some(Handshake {
+        flags: tcp[13],
+        whole_header: th + doff <= f.len(),
+        payload: ip_payload - doff as i32,
+    })
+}
 
 /// Transport of a parsed packet, as far as rules are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -466,19 +520,45 @@ impl Model {
         }
         let monitor = rule.flags & RULE_MONITOR != 0;
         let conn = matches!(p.transport, Transport::Tcp { syn_only: true, .. });
-        let verified = conn
-            && self
-                .verified
-                .get(&verified_key(p.family, p.src))
-                .is_some_and(|t| still_verified(*t, now, pol.verified_ttl));
+        let is_verified = self
+            .verified
+            .get(&verified_key(p.family, p.src))
+            .is_some_and(|t| still_verified(*t, now, pol.verified_ttl));
+        let verified = conn && is_verified;
         // The budget: every connection attempt of an unverified source to a tcp rule with
         // a budget needs a token; it is charged only when the source's own limits admit it.
         let charge = rule.unverified.is_enabled() && conn && !verified;
+        let cookies = rule.flags & RULE_SYNCOOKIE != 0;
         if charge {
             let tat = self.budget.get(&rule_id).copied().unwrap_or(0);
             if rule.unverified.check(tat, now).is_none() {
+                // `syncookie`: answered with a SYN-ACK when the frame is one it handles.
+                let answerable = matches!(
+                    handshake(frame),
+                    Some(h) if h.flags & HANDSHAKE_FLAGS == 0x02 && h.whole_header
+                );
+                if cookies && !monitor && answerable {
+                    self.count(rule_id, Reason::SynCookie, len);
+                    return TX;
+                }
                 return self.verdict(rule_id, Reason::UnverifiedLimit, monitor, len);
             }
+        }
+        // `syncookie`: a bare ACK from an unverified source that no socket holds must carry
+        // a valid cookie; the fuzzer's never do.
+        let data = matches!(p.transport, Transport::Tcp { data: true, .. });
+        if cookies
+            && !is_verified
+            && rule.unverified.is_enabled()
+            && matches!(p.transport, Transport::Tcp { .. })
+            && !conn
+            && !data
+            && matches!(
+                handshake(frame),
+                Some(h) if h.flags & HANDSHAKE_FLAGS == 0x10 && h.payload <= 0
+            )
+        {
+            return self.verdict(rule_id, Reason::BadCookie, monitor, len);
         }
         let reason = if needs_state(&rule, conn) {
             self.judge_source(&rule, &key, conn, now, pol.seed)

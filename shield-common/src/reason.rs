@@ -37,6 +37,13 @@ pub enum Reason {
     /// with a RST from XDP (`over_limit = "reset"`) so that the client fails at once instead
     /// of retransmitting its SYN: not delivered.
     Reset = 12,
+    /// A connection attempt from an unverified source over the `unverified` budget of a
+    /// `challenge = "syncookie"` rule: answered by XDP with a SYN-ACK carrying a SYN cookie
+    /// (XDP_TX); the SYN itself never reaches the kernel.
+    SynCookie = 13,
+    /// A bare ACK from an unverified source to a `syncookie` rule that matches no socket and
+    /// carries no valid SYN cookie: dropped.
+    BadCookie = 14,
 }
 
 /// Counter slots reserved per rule. Larger than the number of reasons so that reasons can be
@@ -44,7 +51,7 @@ pub enum Reason {
 pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Pass,
         Reason::Allow,
         Reason::Deny,
@@ -58,6 +65,8 @@ impl Reason {
         Reason::BadFragment,
         Reason::HiddenHeader,
         Reason::Reset,
+        Reason::SynCookie,
+        Reason::BadCookie,
     ];
 
     /// The name used in `shield stats`, its JSON output and the docs.
@@ -76,6 +85,8 @@ impl Reason {
             Reason::BadFragment => "bad_fragment",
             Reason::HiddenHeader => "hidden_header",
             Reason::Reset => "reset",
+            Reason::SynCookie => "syncookie",
+            Reason::BadCookie => "bad_cookie",
         }
     }
 
@@ -96,6 +107,7 @@ impl Reason {
                 | Reason::BadFragment
                 | Reason::HiddenHeader
                 | Reason::Reset
+                | Reason::BadCookie
         )
     }
 }

@@ -53,6 +53,7 @@ mod counters;
 mod maps;
 mod parse;
 mod reset;
+mod syncookie;
 mod unverified;
 
 use bans::*;
@@ -234,10 +235,15 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
             } else if budget_left(rule_id, &rule.unverified, now) {
                 charge = true;
             } else {
-                return Ok(verdict(rule_id, Reason::UnverifiedLimit, monitor, len));
+                let action = syncookie::over_budget(ctx, &pkt, rule_id, rule, monitor, len, now);
+                return Ok(action);
             }
         } else if pkt.tcp_data {
             prove(ctx, &pkt, &vkey, now);
+        } else if let Some(action) =
+            syncookie::bare_ack(ctx, &pkt, rule_id, rule, monitor, now, verified_ttl, len)
+        {
+            return Ok(action);
         }
     }
 

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod stats;
+pub mod synproxy;
 pub mod tune;
 
 /// The XDP program, built by build.rs (aya-build) and embedded at compile time.

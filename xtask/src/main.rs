@@ -99,6 +99,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // The fleet tests start their own Redis.
     "redis-server",
+    // challenge = "syncookie" keeps an nftables table of its own (its tests need nft).
+    "nftables",
 ];
 
 /// cargo-deb, pinned: newer releases may need a newer rustc than this machine's.

@@ -28,6 +28,13 @@ pub fn shield_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The cheapest possible XDP_TX (the frame goes back out as it came): the ceiling of the
+/// `syncookie` path's flood figure (benchmarks only, never attached by the daemon).
+#[xdp]
+pub fn shield_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
 /// Benchmark traffic generator (never attached by the daemon): run through
 /// BPF_PROG_TEST_RUN in live-frames mode on the attacker's veth, it rewrites the source of
 /// each crafted IPv4 TCP SYN (`SHIELD_GEN[0]`: mode 0 fixed, 1 one of `n` sources, 2 random
@@ -66,6 +73,56 @@ pub fn shield_gen(ctx: XdpContext) -> u32 {
     let ip = unsafe { &mut *((start + 14) as *mut [u8; 20]) };
     // SAFETY: as above.
     let tcp = unsafe { &mut *((start + 34) as *mut [u8; 20]) };
+    // A frame a filter answered in place (shield's `syncookie` SYN-ACK: addresses, ports
+    // and MACs swapped) may come back to this page pool as it left: make it a SYN again.
+    if tcp[13] != 0x02 {
+        // SAFETY: 54 bytes checked above.
+        let eth = unsafe { &mut *(start as *mut [u8; 12]) };
+        let mut macs = [0u8; 12];
+        macs[0..6].copy_from_slice(&eth[6..12]);
+        macs[6..12].copy_from_slice(&eth[0..6]);
+        *eth = macs;
+        let mut dst = [0u8; 4];
+        dst.copy_from_slice(&ip[12..16]);
+        ip[16..20].copy_from_slice(&dst);
+        ip[6] = 0;
+        ip[8] = 64;
+        let (sport, dport) = ([tcp[2], tcp[3]], [tcp[0], tcp[1]]);
+        tcp[0..2].copy_from_slice(&sport);
+        tcp[2..4].copy_from_slice(&dport);
+        *tcp = [
+            tcp[0],
+            tcp[1],
+            tcp[2],
+            tcp[3],
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            5 << 4,
+            0x02,
+            0xfa,
+            0xf0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        ip[10] = 0;
+        ip[11] = 0;
+        let c = full_checksum(ip, 0);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut pseudo = 6u32 + 20;
+        for i in 0..4 {
+            pseudo += u32::from(u16::from_be_bytes([ip[12 + 2 * i], ip[13 + 2 * i]]));
+        }
+        let c = full_checksum(tcp, pseudo);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    }
     let src: u32 = match cfg[0] {
         0 => u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
         1 => 0x0a00_0000 | (r % cfg[1].max(1)),
@@ -81,6 +138,18 @@ pub fn shield_gen(ctx: XdpContext) -> u32 {
     fix_checksum(ip, 10, old, new);
     fix_checksum(tcp, 16, old, new);
     xdp_action::XDP_TX
+}
+
+/// RFC 1071 checksum of `hdr` (its checksum field zero) plus `acc`.
+#[inline(always)]
+fn full_checksum<const N: usize>(hdr: &[u8; N], mut acc: u32) -> u16 {
+    for i in 0..N / 2 {
+        acc += u32::from(u16::from_be_bytes([hdr[2 * i], hdr[2 * i + 1]]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
 }
 
 /// RFC 1624 incremental update of the checksum at `at` for two changed 16-bit words.

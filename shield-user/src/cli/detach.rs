@@ -21,6 +21,15 @@ pub fn run(a: DetachArgs) -> Result<ExitCode> {
     let (iface, bpffs) = (a.iface, a.bpffs.bpffs);
     loader::require_root()?;
     let done = loader::detach_pinned(&bpffs, &iface)?;
+    // `challenge = "syncookie"`'s nftables table goes with the program.
+    match shield_user::synproxy::remove(&iface) {
+        Ok(true) => println!(
+            "removed nftables table inet {}",
+            shield_user::synproxy::table_name(&iface)
+        ),
+        Ok(false) => {}
+        Err(e) => eprintln!("shield: warning: {e}"),
+    }
     let dir = done.dir.display();
     anyhow::ensure!(done.found, "no shield pinned for {iface} under {dir}");
     if done.left.is_empty() {

@@ -81,8 +81,10 @@ pub enum Command {
     ///
     /// Removes only shield's own pins, by name, from <bpffs>/shield/<IFACE>/ on a bpffs
     /// mount, then the directory if nothing else is in it; anything else is left in place
-    /// and named. A running daemon notices, says so, and refuses reloads and bans until it
-    /// is restarted; stop it too (`systemctl stop shield`).
+    /// and named. Also removes the interface's nftables table `inet shield_syncookie_IFACE`
+    /// (kept for `challenge = "syncookie"`), if there is one. A running daemon notices, says
+    /// so, and refuses reloads and bans until it is restarted; stop it too (`systemctl stop
+    /// shield`).
     Detach(detach::DetachArgs),
     /// Ban a source (address or prefix) for a while, from the whole host or one rule's ports.
     ///

@@ -111,6 +111,9 @@ impl Instance {
             let _ = std::fs::remove_file(pin);
         }
         self.link = None;
+        if let Err(e) = crate::synproxy::remove(&self.iface) {
+            warn!(iface = %self.iface, "cannot remove the syncookie nftables table: {e}");
+        }
     }
 
     /// Why the program no longer protects the interface (`shield detach`, the interface
@@ -176,6 +179,7 @@ pub(crate) struct InstallDone {
 /// of rules that are gone.
 pub(crate) fn install_all(
     maps: &mut [(String, IfaceMaps)],
+    policy: &policy::Policy,
     compiled: &CompiledPolicy,
     generation: u32,
 ) -> Result<InstallDone, String> {
@@ -185,6 +189,8 @@ pub(crate) fn install_all(
         monitor_bans_dropped: Vec::new(),
     };
     for (iface, m) in maps.iter_mut() {
+        // Before the program may answer with cookies: SYNPROXY must be there for the ACKs.
+        crate::synproxy::apply(iface, policy).map_err(|e| format!("{iface}: syncookie: {e}"))?;
         let extra = if m.bans.any() { CFG_BANS } else { 0 };
         let d = m
             .tables
@@ -387,7 +393,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .iter_mut()
         .filter_map(|i| i.maps.take().map(|m| (i.iface.clone(), m)))
         .collect();
-    let installed = install_all(&mut all, &compiled, generation);
+    let installed = install_all(&mut all, &policy, &compiled, generation);
     for (inst, (_, m)) in instances.iter_mut().zip(all) {
         inst.maps = Some(m);
     }

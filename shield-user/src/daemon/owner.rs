@@ -854,7 +854,7 @@ fn reload_job(
     }
     let compiled = policy::compile_with_ids(&policy, ids);
     let generation = generation.wrapping_add(1).max(1);
-    let done = install_all(maps, &compiled, generation)?;
+    let done = install_all(maps, &policy, &compiled, generation)?;
     Ok((policy, done, started.elapsed(), generation))
 }
 

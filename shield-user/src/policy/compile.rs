@@ -127,6 +127,9 @@ pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Com
         if rule.mode == Mode::Monitor {
             flags |= RULE_MONITOR;
         }
+        if rule.syncookie_mss.is_some() {
+            flags |= shield_common::RULE_SYNCOOKIE;
+        }
         let mut escalation = RuleConfig::default().escalation;
         if let Some(e) = &rule.escalation {
             escalation = escalation_config(e);
@@ -152,7 +155,8 @@ pub fn compile_with_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Com
                 class_sketch(&buckets_out[B_CONN..=B_CONN_SUSTAINED]),
                 class_sketch(&buckets_out[B_PKT..=B_PKT_SUSTAINED]),
             ],
-            _pad2: [0; 4],
+            mss: rule.syncookie_mss.unwrap_or(0),
+            _pad2: [0; 2],
             resets: rule
                 .resets
                 .filter(|_| rule.over_limit == OverLimit::Reset)

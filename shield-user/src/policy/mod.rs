@@ -172,6 +172,9 @@ pub struct Rule {
     pub over_limit: OverLimit,
     /// With `OverLimit::Reset`: the most RSTs the rule sends (burst: one second's worth).
     pub resets: Option<Rate>,
+    /// `challenge = "syncookie"`: the MSS its cookie SYN-ACKs advertise to IPv4 clients
+    /// (`mss`, default 1460; IPv6 clients 20 less). `None`: no challenge.
+    pub syncookie_mss: Option<u16>,
 }
 
 /// `over_limit`: what a TCP connection attempt over the rule's limits gets.

@@ -73,6 +73,7 @@ struct RawRule {
     challenge: Option<Field<String>>,
     over_limit: Option<Field<String>>,
     resets: Option<Field<String>>,
+    mss: Option<Field<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -663,16 +664,49 @@ fn parse_rule(
         }
         None => None,
     };
-    if let Some(c) = &r.challenge {
-        let c = cx.get(c, "challenge", TEXT)?;
-        let msg = match c.get_ref().as_str() {
-            "syncookie" => {
-                "challenge = \"syncookie\" is not built yet: over the `unverified` budget, connection attempts from unverified sources are dropped (see docs/operations.md, \"Spoofed-source floods\")".to_string()
+    let syncookie_mss = match &r.challenge {
+        Some(c) => {
+            let c = cx.get(c, "challenge", TEXT)?;
+            if c.get_ref() != "syncookie" {
+                return Err(cx.err(
+                    c.span(),
+                    format!(
+                        "unknown challenge {}; the only one is \"syncookie\"",
+                        quote(c.get_ref())
+                    ),
+                ));
             }
-            other => format!("unknown challenge {}; the only planned one is \"syncookie\", which is not built yet", quote(other)),
-        };
-        return Err(cx.err(c.span(), msg));
-    }
+            if unverified.is_none() {
+                return Err(cx.err(
+                    c.span(),
+                    "challenge = \"syncookie\" answers connection attempts over the `unverified` budget: give the rule an `unverified` budget (tcp rules only)",
+                ));
+            }
+            Some(match &r.mss {
+                Some(m) => {
+                    let m = cx.get(m, "mss", WHOLE)?;
+                    let v = *m.get_ref();
+                    if !(536..=9000).contains(&v) {
+                        return Err(cx.err(
+                            m.span(),
+                            format!("mss must be between 536 and 9000 bytes, got {v}"),
+                        ));
+                    }
+                    v as u16
+                }
+                None => shield_common::DEFAULT_SYNCOOKIE_MSS,
+            })
+        }
+        None => {
+            if let Some(m) = &r.mss {
+                return Err(cx.err(
+                    m.span(),
+                    "`mss` is the MSS of `challenge = \"syncookie\"` answers: it needs that challenge",
+                ));
+            }
+            None
+        }
+    };
     let (over_limit, resets) = over_limit(cx, r, protocol, connections.or(packets).is_some())?;
     Ok(Rule {
         name,
@@ -687,6 +721,7 @@ fn parse_rule(
         unverified,
         over_limit,
         resets,
+        syncookie_mss,
     })
 }
 

@@ -116,6 +116,15 @@ pub fn matrix_table(policy: &Policy) -> String {
                 super::format_duration(policy.verified_ttl)
             );
         }
+        if let Some(mss) = r.syncookie_mss {
+            let _ = writeln!(
+                out,
+                "{}: over that budget, XDP answers with SYN cookies (MSS {mss} for IPv4, {} for IPv6; nftables table `{}` completes connections through SYNPROXY)",
+                r.name,
+                mss.saturating_sub(20),
+                crate::synproxy::TABLE
+            );
+        }
     }
     for r in &policy.rules {
         if let (super::OverLimit::Reset, Some(cap)) = (r.over_limit, r.resets) {

@@ -1,0 +1,238 @@
+//! The host side of `challenge = "syncookie"`: XDP answers connection attempts with SYN
+//! cookies and checks the returning ACKs; netfilter's SYNPROXY then completes the
+//! connection to the local socket (the kernel's `xdp_synproxy` arrangement). shield keeps
+//! what that needs in one nftables table per interface, `shield_syncookie_IFACE` (family
+//! `inet`): SYNs to the rules' ports skip conntrack (`notrack`), and segments conntrack
+//! does not know go to `synproxy` (which drops a bad cookie) with the rule's MSS. It also
+//! sets `net.netfilter.nf_conntrack_tcp_loose` to 0 while a table exists (SYNPROXY needs
+//! conntrack to refuse mid-stream pickups), remembering the previous value in the table's
+//! comment and putting it back when the last table goes. Created at start and reload when a
+//! rule uses the challenge, removed when none does, at shutdown and by `shield detach`.
+
+use std::{io::Write as _, path::Path, process::Command};
+
+use crate::policy::{Policy, PortRange, Protocol};
+
+/// Table names start with this; the interface name follows (`.` and `-` as `_`).
+pub const TABLE: &str = "shield_syncookie_IFACE";
+
+const LOOSE: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose";
+const COMMENT: &str = "shield: nf_conntrack_tcp_loose was ";
+
+/// The table of `iface`.
+pub fn table_name(iface: &str) -> String {
+    let clean: String = iface
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("shield_syncookie_{clean}")
+}
+
+fn ports_expr(ports: &[PortRange]) -> String {
+    let list: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            if p.first == p.last {
+                p.first.to_string()
+            } else {
+                format!("{}-{}", p.first, p.last)
+            }
+        })
+        .collect();
+    format!("{{ {} }}", list.join(", "))
+}
+
+/// The destination-port match of a tcp rule: its ports, or for a rule without ports every
+/// port no other tcp rule claims. `None`: it matches no port.
+fn dport_match(policy: &Policy, rule: usize) -> Option<String> {
+    let r = &policy.rules[rule];
+    if !r.ports.is_empty() {
+        return Some(format!("tcp dport {}", ports_expr(&r.ports)));
+    }
+    let others: Vec<PortRange> = policy
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(i, o)| *i != rule && o.protocol == Protocol::Tcp)
+        .flat_map(|(_, o)| o.ports.iter().copied())
+        .collect();
+    if others.is_empty() {
+        Some("meta l4proto tcp".to_string())
+    } else {
+        Some(format!("tcp dport != {}", ports_expr(&others)))
+    }
+}
+
+/// The nftables table for `iface` (`None`: no rule uses the challenge). `loose`: the
+/// `nf_conntrack_tcp_loose` value to put back when it goes.
+pub fn ruleset(iface: &str, policy: &Policy, loose: &str) -> Option<String> {
+    let mut pre = String::new();
+    let mut input = String::new();
+    for (i, r) in policy.rules.iter().enumerate() {
+        let (Some(mss), Protocol::Tcp) = (r.syncookie_mss, r.protocol) else {
+            continue;
+        };
+        let Some(dport) = dport_match(policy, i) else {
+            continue;
+        };
+        let on = format!("iifname \"{iface}\" {dport}");
+        pre += &format!("\t\t{on} tcp flags & (fin | syn | rst | ack) == syn notrack\n");
+        let proxy = |family: &str, mss: u16| {
+            format!(
+                "\t\t{on} meta nfproto {family} ct state invalid,untracked synproxy mss {mss} wscale {} timestamp sack-perm\n",
+                shield_common::SYNCOOKIE_WSCALE
+            )
+        };
+        input += &proxy("ipv4", mss);
+        input += &proxy("ipv6", mss.saturating_sub(20));
+        input += &format!("\t\t{on} ct state invalid drop\n");
+    }
+    if pre.is_empty() {
+        return None;
+    }
+    let name = table_name(iface);
+    Some(format!(
+        "table inet {name} {{\n\tcomment \"{COMMENT}{loose}\"\n\tchain syncookie_pre {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n{pre}\t}}\n\tchain syncookie_in {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n}}\n"
+    ))
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut c = Command::new("nft");
+    c.args(args)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c
+        .spawn()
+        .map_err(|e| format!("cannot run nft (Debian package nftables): {e}"))?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The loose value a table of ours remembers, if the table exists.
+fn remembered(iface: &str) -> Option<String> {
+    let out = nft(&["list", "table", "inet", &table_name(iface)], None).ok()?;
+    let at = out.find(COMMENT)? + COMMENT.len();
+    Some(out[at..].chars().take_while(char::is_ascii_digit).collect())
+}
+
+/// Puts `iface`'s table in line with `policy`: created or replaced (atomically) when a rule
+/// uses the challenge, removed when none does. Returns whether a table is in place.
+pub fn apply(iface: &str, policy: &Policy) -> Result<bool, String> {
+    let wants = policy
+        .rules
+        .iter()
+        .any(|r| r.syncookie_mss.is_some() && r.protocol == Protocol::Tcp);
+    if !wants {
+        remove(iface)?;
+        return Ok(false);
+    }
+    // The value before any table of ours: kept across replacements.
+    let loose = match remembered(iface) {
+        Some(v) if !v.is_empty() => v,
+        _ => std::fs::read_to_string(LOOSE)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "1".into()),
+    };
+    let Some(table) = ruleset(iface, policy, &loose) else {
+        remove(iface)?;
+        return Ok(false);
+    };
+    let name = table_name(iface);
+    // Declaring the table first makes the delete valid whether or not it exists: the
+    // whole file is one transaction, so traffic sees the old table or the new one.
+    let script = format!("table inet {name}\ndelete table inet {name}\n{table}");
+    nft(&["-f", "-"], Some(&script))?;
+    if Path::new(LOOSE).exists() {
+        std::fs::write(LOOSE, "0").map_err(|e| format!("setting {LOOSE} to 0: {e}"))?;
+    }
+    Ok(true)
+}
+
+/// Removes `iface`'s table if there is one and puts the remembered
+/// `nf_conntrack_tcp_loose` back; returns whether a table was there.
+pub fn remove(iface: &str) -> Result<bool, String> {
+    let Some(loose) = remembered(iface) else {
+        return Ok(false);
+    };
+    nft(&["delete", "table", "inet", &table_name(iface)], None)?;
+    let others = nft(&["list", "tables"], None)
+        .map(|t| t.contains("shield_syncookie_"))
+        .unwrap_or(false);
+    if !others && !loose.is_empty() && Path::new(LOOSE).exists() {
+        std::fs::write(LOOSE, &loose).map_err(|e| format!("restoring {LOOSE}: {e}"))?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_covers_the_syncookie_rules_ports_only() {
+        let p = crate::policy::parse_str(
+            "p.toml",
+            "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000, '9000-9010']\nunverified={rate='10/s'}\nchallenge='syncookie'\nmss=1400\n[[rule]]\nname='ssh'\nprotocol='tcp'\nports=[22]\nconnections={rate='1/s'}\n",
+        )
+        .expect("policy");
+        let t = ruleset("eth0.100", &p, "1").expect("a table");
+        assert!(
+            t.starts_with("table inet shield_syncookie_eth0_100 {"),
+            "{t}"
+        );
+        assert!(
+            t.contains("comment \"shield: nf_conntrack_tcp_loose was 1\""),
+            "{t}"
+        );
+        assert!(
+            t.contains("iifname \"eth0.100\" tcp dport { 8000, 9000-9010 } tcp flags & (fin | syn | rst | ack) == syn notrack"),
+            "{t}"
+        );
+        assert!(t.contains("meta nfproto ipv4 ct state invalid,untracked synproxy mss 1400 wscale 7 timestamp sack-perm"), "{t}");
+        assert!(
+            t.contains("meta nfproto ipv6 ct state invalid,untracked synproxy mss 1380"),
+            "{t}"
+        );
+        assert!(!t.contains("22"), "{t}");
+    }
+
+    #[test]
+    fn a_rule_without_ports_leaves_the_other_rules_ports_alone() {
+        let p = crate::policy::parse_str(
+            "p.toml",
+            "[[rule]]\nname='any'\nprotocol='tcp'\nunverified={rate='10/s'}\nchallenge='syncookie'\n[[rule]]\nname='ssh'\nprotocol='tcp'\nports=[22]\nconnections={rate='1/s'}\n",
+        )
+        .expect("policy");
+        let t = ruleset("eth0", &p, "1").expect("a table");
+        assert!(t.contains("tcp dport != { 22 }"), "{t}");
+        assert!(t.contains("synproxy mss 1460"), "{t}");
+    }
+
+    #[test]
+    fn no_challenge_no_table() {
+        let p = crate::policy::parse_str(
+            "p.toml",
+            "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000]\nunverified={rate='10/s'}\n",
+        )
+        .expect("policy");
+        assert!(ruleset("eth0", &p, "1").is_none());
+    }
+}

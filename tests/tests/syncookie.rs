@@ -1,0 +1,316 @@
+//! `challenge = "syncookie"` through `BPF_PROG_TEST_RUN` on the real XDP object: the
+//! SYN-ACK XDP sends back (addresses, ports, seq/ack, options, checksums computed here
+//! independently), the returning ACK with a good cookie (the source becomes verified) and
+//! with a bad one (dropped). Needs root (fails, never skips, without it).
+
+use std::net::IpAddr;
+
+use shield_common::Reason;
+use shield_tests::{Harness, XDP_DROP, XDP_PASS, XDP_TX};
+
+/// One token in the budget, never refilled within a test: the second attempt is over it.
+const POLICY: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+mss = 1400
+"#;
+
+const SERVER_V4: [u8; 4] = [198, 51, 100, 1];
+const SERVER_V6: &str = "2001:db8:5::1";
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
+const SPORT: u16 = 40001;
+
+/// A Linux-like SYN's options: MSS 1460, SACK permitted, timestamps (`tsval`), NOP, window
+/// scale 7.
+fn linux_options(tsval: u32) -> Vec<u8> {
+    let mut o = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+    o.extend_from_slice(&tsval.to_be_bytes());
+    o.extend_from_slice(&[0, 0, 0, 0, 1, 3, 3, 7]);
+    o
+}
+
+/// An Ethernet frame from `src` to the server's port 8080.
+fn tcp_frame(src: IpAddr, flags: u8, seq: u32, ack: u32, options: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&SERVER_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&SPORT.to_be_bytes());
+    tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = (((20 + options.len()) / 4) as u8) << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    tcp.extend_from_slice(options);
+    match src {
+        IpAddr::V4(s) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut ip = vec![0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+            ip[6] = 0x40;
+            ip[8] = 64;
+            ip[9] = 6;
+            ip[12..16].copy_from_slice(&s.octets());
+            ip[16..20].copy_from_slice(&SERVER_V4);
+            let c = !fold(sum(&ip));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let c = tcp_checksum(&ip, &tcp);
+            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+        IpAddr::V6(s) => {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
+            ip[6] = 6;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&s.octets());
+            let d: std::net::Ipv6Addr = SERVER_V6.parse().expect("v6");
+            ip[24..40].copy_from_slice(&d.octets());
+            let c = tcp_checksum(&ip, &tcp);
+            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+    }
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// RFC 1071 sum of big-endian 16-bit words (odd length padded).
+fn sum(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// The TCP checksum of `tcp` (its checksum field zero) under IP header `ip`.
+fn tcp_checksum(ip: &[u8], tcp: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    if ip[0] >> 4 == 4 {
+        pseudo.extend_from_slice(&ip[12..20]);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&ip[8..40]);
+        pseudo.extend_from_slice(&(tcp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+    }
+    let mut t = tcp.to_vec();
+    t[16] = 0;
+    t[17] = 0;
+    !fold(sum(&pseudo) + sum(&t))
+}
+
+/// The parts of a SYN-ACK this test checks.
+struct SynAck {
+    seq: u32,
+    ack: u32,
+    options: Vec<u8>,
+}
+
+/// Checks the XDP_TX'd frame `out` as the SYN-ACK to `syn` (from `client`), returns it.
+fn check_syn_ack(out: &[u8], client: IpAddr, syn_seq: u32) -> SynAck {
+    assert_eq!(&out[0..6], &CLIENT_MAC, "destination MAC: the client's");
+    assert_eq!(&out[6..12], &SERVER_MAC, "source MAC: ours");
+    let (ip, tcp) = match client {
+        IpAddr::V4(c) => {
+            assert_eq!(&out[12..14], &[0x08, 0x00]);
+            let ip = &out[14..34];
+            assert_eq!(ip[0], 0x45, "IPv4, no options");
+            assert_eq!(ip[9], 6, "TCP");
+            assert_eq!(&ip[12..16], &SERVER_V4, "from the server's address");
+            assert_eq!(&ip[16..20], &c.octets(), "to the client");
+            assert_eq!(fold(sum(ip)), 0xffff, "IPv4 header checksum valid");
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            assert_eq!(total, out.len() - 14, "IP total length is the frame's");
+            (ip, &out[34..])
+        }
+        IpAddr::V6(c) => {
+            assert_eq!(&out[12..14], &[0x86, 0xdd]);
+            let ip = &out[14..54];
+            assert_eq!(ip[0] >> 4, 6);
+            assert_eq!(ip[6], 6, "TCP");
+            let d: std::net::Ipv6Addr = SERVER_V6.parse().expect("v6");
+            assert_eq!(&ip[8..24], &d.octets(), "from the server's address");
+            assert_eq!(&ip[24..40], &c.octets(), "to the client");
+            let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            assert_eq!(plen, out.len() - 54, "payload length is the frame's");
+            (ip, &out[54..])
+        }
+    };
+    assert_eq!(
+        u16::from_be_bytes([tcp[0], tcp[1]]),
+        8080,
+        "source port: ours"
+    );
+    assert_eq!(
+        u16::from_be_bytes([tcp[2], tcp[3]]),
+        SPORT,
+        "to the client's"
+    );
+    assert_eq!(tcp[13], 0x12, "SYN|ACK only");
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    assert_eq!(doff, tcp.len(), "no payload after the header");
+    assert_eq!(
+        u16::from_be_bytes([tcp[16], tcp[17]]),
+        tcp_checksum(ip, tcp),
+        "TCP checksum valid"
+    );
+    let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    assert_eq!(ack, syn_seq.wrapping_add(1), "acknowledges the SYN");
+    SynAck {
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        ack,
+        options: tcp[20..doff].to_vec(),
+    }
+}
+
+fn verified_conns(h: &Harness) -> u64 {
+    h.stats()
+        .rules
+        .iter()
+        .find(|r| r.name == "api")
+        .and_then(|r| r.unverified.as_ref())
+        .expect("rule api has a budget")
+        .verified_conns
+}
+
+fn count(h: &Harness, r: Reason) -> u64 {
+    h.count("api", r).packets
+}
+
+#[test]
+fn over_the_budget_a_syn_gets_a_cookie_syn_ack_and_its_ack_verifies_the_source() {
+    let h = Harness::new(POLICY);
+    let first: IpAddr = "192.0.2.50".parse().expect("ip");
+    let client: IpAddr = "192.0.2.51".parse().expect("ip");
+    // The budget's one token.
+    assert_eq!(
+        h.run(&tcp_frame(first, 0x02, 7, 0, &linux_options(1))),
+        XDP_PASS
+    );
+    let syn_seq = 0x1234_5678;
+    let tsval = 0x0102_0304;
+    let (action, out) = h.run_out(&tcp_frame(client, 0x02, syn_seq, 0, &linux_options(tsval)));
+    assert_eq!(action, XDP_TX, "over the budget: answered from XDP");
+    let sa = check_syn_ack(&out, client, syn_seq);
+    // MSS 1400 (the policy's), SACK permitted + timestamps, NOP + window scale 7.
+    assert_eq!(&sa.options[0..4], &[2, 4, 0x05, 0x78], "{:?}", sa.options);
+    assert_eq!(&sa.options[4..8], &[4, 2, 8, 10], "{:?}", sa.options);
+    let our_ts = u32::from_be_bytes(sa.options[8..12].try_into().expect("4"));
+    assert_eq!(
+        our_ts & 0x3f,
+        7 | 1 << 4,
+        "the timestamp carries the client's window scale and SACK"
+    );
+    assert_eq!(
+        u32::from_be_bytes(sa.options[12..16].try_into().expect("4")),
+        tsval,
+        "echoes the client's timestamp"
+    );
+    assert_eq!(&sa.options[16..20], &[1, 3, 3, 7], "{:?}", sa.options);
+    assert_eq!(count(&h, Reason::SynCookie), 1);
+
+    // A bad cookie, from another never-seen source: dropped.
+    let other: IpAddr = "192.0.2.52".parse().expect("ip");
+    let bad = tcp_frame(
+        other,
+        0x10,
+        syn_seq.wrapping_add(1),
+        sa.seq.wrapping_add(1),
+        &[],
+    );
+    assert_eq!(h.run(&bad), XDP_DROP, "a cookie made for another source");
+    let wrong = tcp_frame(
+        client,
+        0x10,
+        syn_seq.wrapping_add(1),
+        sa.seq.wrapping_add(2),
+        &[],
+    );
+    assert_eq!(h.run(&wrong), XDP_DROP, "a wrong cookie");
+    assert_eq!(count(&h, Reason::BadCookie), 2);
+
+    // The client's ACK: cookie + 1. Passes (on to SYNPROXY) and verifies the source.
+    let good = tcp_frame(client, 0x10, sa.ack, sa.seq.wrapping_add(1), &[]);
+    assert_eq!(h.run(&good), XDP_PASS, "a valid cookie");
+    assert_eq!(verified_conns(&h), 0);
+    // Verified: its next connection attempt bypasses the (still empty) budget.
+    assert_eq!(
+        h.run(&tcp_frame(client, 0x02, 99, 0, &linux_options(5))),
+        XDP_PASS
+    );
+    assert_eq!(verified_conns(&h), 1);
+    assert_eq!(count(&h, Reason::SynCookie), 1);
+    // An unverified source still gets a cookie, not the connection.
+    assert_eq!(
+        h.run(&tcp_frame(other, 0x02, 5, 0, &linux_options(5))),
+        XDP_TX
+    );
+}
+
+#[test]
+fn ipv6_with_mss_only_gets_mss_only_and_a_bare_syn_no_options() {
+    let h = Harness::new(POLICY);
+    let first: IpAddr = "2001:db8:77::1".parse().expect("ip");
+    let client: IpAddr = "2001:db8:78::1".parse().expect("ip");
+    assert_eq!(h.run(&tcp_frame(first, 0x02, 1, 0, &[])), XDP_PASS);
+    let mss_only = [2, 4, 0x05, 0xa0];
+    let (action, out) = h.run_out(&tcp_frame(client, 0x02, 0xffff_ffff, 0, &mss_only));
+    assert_eq!(action, XDP_TX);
+    let sa = check_syn_ack(&out, client, 0xffff_ffff);
+    assert_eq!(sa.ack, 0, "seq + 1 wraps");
+    // IPv6: the policy's MSS less the 20 bytes of larger header; no timestamps, so no
+    // window scaling or SACK either.
+    assert_eq!(sa.options, vec![2, 4, 0x05, 0x64]);
+    // A SYN without options: no room in its frame for any, so none.
+    let bare: IpAddr = "2001:db8:7a::1".parse().expect("ip");
+    let (action, out) = h.run_out(&tcp_frame(bare, 0x02, 1, 0, &[]));
+    assert_eq!(action, XDP_TX);
+    let bare_sa = check_syn_ack(&out, bare, 1);
+    assert!(bare_sa.options.is_empty(), "{:?}", bare_sa.options);
+    assert_eq!(out.len(), 14 + 40 + 20, "the SYN's own length");
+    let good = tcp_frame(client, 0x10, 0, sa.seq.wrapping_add(1), &[]);
+    assert_eq!(h.run(&good), XDP_PASS);
+    let bad = tcp_frame(client, 0x10, 0, sa.seq ^ 0x00ff_0000, &[]);
+    // The source is verified now: its later ACKs are not checked.
+    assert_eq!(h.run(&bad), XDP_PASS);
+    let stranger: IpAddr = "2001:db8:79::1".parse().expect("ip");
+    let bad = tcp_frame(stranger, 0x10, 0, sa.seq.wrapping_add(1), &[]);
+    assert_eq!(h.run(&bad), XDP_DROP);
+    assert_eq!(count(&h, Reason::BadCookie), 1);
+}
+
+#[test]
+fn what_the_cookie_path_does_not_answer_is_dropped_as_before() {
+    let h = Harness::new(POLICY);
+    let first: IpAddr = "192.0.2.60".parse().expect("ip");
+    assert_eq!(h.run(&tcp_frame(first, 0x02, 1, 0, &[])), XDP_PASS);
+    // SYN with FIN: not a handshake the cookie path answers.
+    let syn_fin = tcp_frame("192.0.2.61".parse().expect("ip"), 0x03, 1, 0, &[]);
+    assert_eq!(h.run(&syn_fin), XDP_DROP);
+    assert_eq!(count(&h, Reason::UnverifiedLimit), 1);
+    assert_eq!(count(&h, Reason::SynCookie), 0);
+    // Monitor mode answers nothing: it passes (would_drop).
+    let h = Harness::new(&format!("[defaults]\nmode = \"monitor\"\n{POLICY}"));
+    assert_eq!(h.run(&tcp_frame(first, 0x02, 1, 0, &[])), XDP_PASS);
+    let syn = tcp_frame("192.0.2.62".parse().expect("ip"), 0x02, 1, 0, &[]);
+    assert_eq!(h.run(&syn), XDP_PASS);
+    assert_eq!(count(&h, Reason::WouldDrop), 1);
+    assert_eq!(count(&h, Reason::SynCookie), 0);
+}
