@@ -312,6 +312,18 @@ impl Owner {
             );
             return;
         }
+        let floor = crate::bans::BanFloor {
+            ipv4: self.policy.min_ban_ipv4_prefix,
+            ipv6: self.policy.min_ban_ipv6_prefix,
+        };
+        if let Some(why) = crate::fleet::too_wide(&cidr, floor) {
+            fc.refused_wide.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "fleet: refused the ban of {} from {}: {why}",
+                m.source, m.origin_host
+            );
+            return;
+        }
         let rule = (!m.rule.is_empty()).then_some(m.rule.as_str());
         let known = rule.is_none_or(|r| {
             self.instances
