@@ -579,8 +579,16 @@ impl Limiter {
 
     fn client(&self, peer: Option<&str>, xff: Option<&str>) -> Result<Client, String> {
         let peer = peer.ok_or_else(|| self.error("`peer` (the TCP peer's address) is missing"))?;
-        let ip = parse_ip(peer)
-            .ok_or_else(|| self.error(format!("`peer` must be an IP address, got {peer:?}")))?;
+        // A Unix-socket peer has no address: gunicorn behind nginx on a Unix socket reports
+        // REMOTE_ADDR "". That peer is a process on this host, so it is 127.0.0.1 (a
+        // trusted proxy when the policy trusts 127.0.0.1); refusing it made every request
+        // of such a deployment an error, waved through by on_error "open".
+        let ip = if peer.trim().is_empty() {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            parse_ip(peer)
+                .ok_or_else(|| self.error(format!("`peer` must be an IP address, got {peer:?}")))?
+        };
         let c = resolve_client(ip, xff, &self.policy.trusted_proxies);
         if c.bad_xff {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);

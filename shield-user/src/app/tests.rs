@@ -591,3 +591,36 @@ escalation = { strikes = 1, window = "10m", ban = "15m" }
     login(&mut l, "192.0.2.5", None, &mut fx);
     assert!(fx.iter().any(|e| matches!(e, Effect::Ban(b) if b.xdp)));
 }
+
+#[test]
+fn a_unix_socket_peer_is_this_host_and_its_forwarded_client_is_limited() {
+    // gunicorn on a Unix socket behind nginx: REMOTE_ADDR is "".
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for _ in 0..5 {
+        let d = login(&mut l, "", Some("198.51.100.20"), &mut fx);
+        assert!(d.allow, "{d:?}");
+        assert_eq!(d.client.as_deref(), Some("198.51.100.20"));
+    }
+    assert_eq!(
+        login(&mut l, "", Some("198.51.100.20"), &mut fx).status,
+        Some(429)
+    );
+    let other = login(&mut l, "", Some("198.51.100.21"), &mut fx);
+    assert!(other.allow, "another client behind the same proxy");
+    assert_eq!(l.counters.errors.load(Ordering::Relaxed), 0);
+    // Garbage is still an error.
+    assert!(
+        l.decide(
+            "POST",
+            Some("/login"),
+            "/login",
+            Some("not-an-ip"),
+            None,
+            None,
+            None,
+            &mut fx
+        )
+        .is_err()
+    );
+}
