@@ -203,14 +203,33 @@ pub fn masked(ip: IpAddr, len: u8) -> IpAddr {
     }
 }
 
-/// An address from a request: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack
-/// listener reports) as IPv4, the form XDP sees; brackets and a port are not accepted.
+/// An address from a request (`peer`): IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a
+/// dual-stack listener reports) as IPv4, the form XDP sees.
 fn parse_ip(text: &str) -> Option<IpAddr> {
     let ip: IpAddr = text.trim().parse().ok()?;
-    Some(match ip {
+    Some(unmapped(ip))
+}
+
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    })
+    }
+}
+
+/// An `X-Forwarded-For` entry: an address as `parse_ip` reads it, or in the forms some
+/// load balancers append: `a.b.c.d:PORT`, `[v6]` and `[v6]:PORT` (refusing them made the
+/// proxy the client of every request behind it: one shared bucket).
+fn parse_forwarded(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    if let Some(ip) = parse_ip(text) {
+        return Some(ip);
+    }
+    let ip = match text.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa.ip(),
+        Err(_) => text.strip_prefix('[')?.strip_suffix(']')?.parse().ok()?,
+    };
+    Some(unmapped(ip))
 }
 
 /// Who sent a request.
@@ -246,7 +265,7 @@ pub fn resolve_client(peer: IpAddr, xff: Option<&str>, trusted: &[Cidr]) -> Clie
     };
     let mut last = None;
     for entry in xff.rsplit(',') {
-        let Some(ip) = parse_ip(entry) else {
+        let Some(ip) = parse_forwarded(entry) else {
             return Client {
                 bad_xff: true,
                 ..direct

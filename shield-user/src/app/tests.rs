@@ -624,3 +624,30 @@ fn a_unix_socket_peer_is_this_host_and_its_forwarded_client_is_limited() {
         .is_err()
     );
 }
+
+#[test]
+fn forwarded_entries_with_a_port_or_brackets_name_the_client() {
+    // Some load balancers append "IP:PORT" or "[IPv6]:PORT": the client is that address,
+    // not the proxy (which would put every client behind it in one bucket).
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for (xff, client) in [
+        ("198.51.100.30:51234", "198.51.100.30"),
+        ("[2001:db8::7]:443", "2001:db8::7"),
+        ("[2001:db8::8]", "2001:db8::8"),
+        ("203.0.113.1, [::ffff:198.51.100.31]:80", "198.51.100.31"),
+    ] {
+        let d = login(&mut l, "127.0.0.1", Some(xff), &mut fx);
+        assert_eq!(d.client.as_deref(), Some(client), "{xff}");
+    }
+    assert_eq!(l.counters.errors.load(Ordering::Relaxed), 0);
+    for bad in [
+        "198.51.100.30:",
+        "[2001:db8::7",
+        "1.2.3.4:99999",
+        "[1.2.3.4]x",
+    ] {
+        let d = login(&mut l, "127.0.0.1", Some(bad), &mut fx);
+        assert_eq!(d.client.as_deref(), Some("127.0.0.1"), "{bad}");
+    }
+}
