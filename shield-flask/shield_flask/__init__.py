@@ -5,6 +5,7 @@ own signals (`shield.report("login_failed")`) feed `[[signal]]` rules that end i
 the NIC. See README.md in this package.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,58 @@ DEFAULT_BACKOFF = 1.0
 
 _TITLES = {429: "Too Many Requests", 403: "Forbidden", 503: "Service Unavailable"}
 _TYPES = {429: "rate-limited", 403: "banned", 503: "unavailable"}
+
+
+#: Longest header value, user or key sent as it is; a longer one is sent as its SHA-256
+#: (the daemon keeps keys that way too), so a client's huge header cannot push the request
+#: line past the daemon's 64 KiB and have on_error decide instead.
+MAX_KEY_FIELD = 1024
+#: Longest X-Forwarded-For sent: its rightmost entries (the ones the daemon walks, from
+#: the right, past the trusted proxies) are kept, whole.
+MAX_XFF = 4096
+#: Longest path sent (only a prefix endpoint looks at it; rules are short).
+MAX_PATH = 4096
+
+
+def _digest(value):
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _fit(msg):
+    """Bounds the fields of `msg` a client controls, so that every request fits in one
+    line the daemon reads: an oversized request is still decided, never waved through by
+    on_error."""
+    headers = msg.get("headers")
+    if isinstance(headers, dict):
+        for name, value in list(headers.items()):
+            if isinstance(value, str) and len(value) > MAX_KEY_FIELD:
+                headers[name] = _digest(value)
+    for field in ("user", "key"):
+        value = msg.get(field)
+        if isinstance(value, str) and len(value) > MAX_KEY_FIELD:
+            msg[field] = _digest(value)
+    xff = msg.get("xff")
+    if isinstance(xff, str) and len(xff) > MAX_XFF:
+        kept, size = [], 0
+        for entry in reversed(xff.split(",")):
+            size += len(entry) + 1
+            if size > MAX_XFF:
+                break
+            kept.append(entry)
+        msg["xff"] = ",".join(reversed(kept))
+    for field in ("path", "rule"):
+        value = msg.get(field)
+        if isinstance(value, str) and len(value) > MAX_PATH:
+            msg[field] = value[:MAX_PATH]
+    return msg
+
+
+def _count(value):
+    """A non-negative whole number from a reply field; anything else is 0."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _sf_string(value):
@@ -196,8 +249,8 @@ class Shield:
         decision = getattr(g, "_shield_decision", None)
         if decision and decision.get("endpoint") and decision.get("policy"):
             response.headers["RateLimit-Policy"] = str(decision["policy"])
-            remaining = max(0, int(decision.get("remaining") or 0))
-            reset = max(0, int(decision.get("reset") or 0))
+            remaining = _count(decision.get("remaining"))
+            reset = _count(decision.get("reset"))
             response.headers["RateLimit"] = (
                 f"{_sf_string(decision['endpoint'])};r={remaining};t={reset}"
             )
@@ -261,6 +314,7 @@ class Shield:
             self._on_error = conn.on_error or self._on_error
             if "headers" in msg and has_request_context():
                 msg["headers"] = self._key_headers(conn.key_headers)
+            _fit(msg)
             reused = conn.used
             try:
                 reply = conn.call(msg)

@@ -469,3 +469,44 @@ class Reports(Base):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Hostile(Base):
+    """What a client (or a garbled reply) can throw at the middleware."""
+
+    def test_an_oversized_request_is_still_decided_not_waved_through(self):
+        # 70 KB in the key header and in X-Forwarded-For: sent as is, the line would pass
+        # the daemon's 64 KiB, and on_error "open" would let the request through uncounted.
+        self.daemon.decide = login_decider(limit=0)
+        app, shield = make_app(self.daemon.path, on_error="open")
+        client = app.test_client()
+        key = "k" * 70_000
+        xff = ", ".join(["203.0.113.9"] * 6000) + ", 198.51.100.7"
+        r = client.post(
+            "/login",
+            headers={"X-Api-Key": key, "X-Forwarded-For": xff},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        )
+        self.assertEqual(r.status_code, 429, r.data)
+        self.assertEqual(shield.errors, 0)
+        (decide,) = self.daemon.of("decide")
+        sent = decide["headers"]["X-Api-Key"]
+        self.assertTrue(sent.startswith("sha256:") and len(sent) == 7 + 64, sent[:80])
+        self.assertLessEqual(len(decide["xff"]), 4096)
+        self.assertTrue(decide["xff"].endswith(" 198.51.100.7"), decide["xff"][-40:])
+        # The same long key gives the same digest (one bucket per key).
+        client.post("/login", headers={"X-Api-Key": key}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        self.assertEqual(self.daemon.of("decide")[1]["headers"]["X-Api-Key"], sent)
+
+    def test_garbage_numbers_in_a_reply_never_make_a_500(self):
+        replies = iter([
+            {"allow": True, "endpoint": "login", "policy": LOGIN_POLICY, "remaining": "abc", "reset": [1]},
+            {"allow": True, "endpoint": "login", "policy": LOGIN_POLICY, "remaining": 1e308 * 10, "reset": None},
+        ])
+        self.daemon.decide = lambda req: next(replies)
+        app, _ = make_app(self.daemon.path)
+        client = app.test_client()
+        for _ in range(2):
+            r = client.post("/login", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+            self.assertEqual(r.status_code, 200, r.data)
+            self.assertEqual(r.headers["RateLimit"], '"login";r=0;t=0')

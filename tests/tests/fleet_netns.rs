@@ -275,7 +275,11 @@ fn bans_are_shared_exactly_across_three_hosts_through_redis() {
     no_rule.rule = "nosuch".into();
     let mut host_no_rule = ban_message("203.0.113.252/32", "h9", 600);
     host_no_rule.rule = "nosuch".into();
-    for m in [&allowed, &no_rule, &host_no_rule] {
+    // The whole internet in one message (forged without a key_file, or forced by hand on
+    // one host): wider than every host's min_ban prefix, refused.
+    let world = ban_message("0.0.0.0/0", "h9", 600);
+    let world6 = ban_message("::/0", "h9", 600);
+    for m in [&allowed, &no_rule, &world, &world6, &host_no_rule] {
         lab.redis
             .pipeline(&lab.publish_cmds(m, None, false))
             .expect("XADD");
@@ -302,6 +306,12 @@ fn bans_are_shared_exactly_across_three_hosts_through_redis() {
             "{}: {f}",
             h.name
         );
+        assert!(f["refused_too_wide"].as_u64() >= Some(2), "{}: {f}", h.name);
+        assert!(
+            !h.banned("0.0.0.0/0") && !h.banned("::/0"),
+            "{}: a fleet ban of the whole internet installed",
+            h.name
+        );
         assert!(
             !h.banned("203.0.113.250/32"),
             "{}: forged ban refused",
@@ -319,6 +329,7 @@ fn bans_are_shared_exactly_across_three_hosts_through_redis() {
             "shield_fleet_received_total",
             "shield_fleet_installed_total",
             "shield_fleet_refused_total{reason=\"bad_signature\"}",
+            "shield_fleet_refused_total{reason=\"too_wide\"}",
             "shield_fleet_lag_seconds",
         ] {
             assert!(m.contains(name), "{}: /metrics lacks {name}:\n{m}", h.name);

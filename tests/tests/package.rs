@@ -65,6 +65,39 @@ fn deb() -> PathBuf {
         .expect("a shield_*.deb in target/debian")
 }
 
+/// The files (not directories) of a `dpkg-deb -c` listing that already exist under `root`:
+/// `dpkg -i` would silently take over a file no package owns (a hand-installed
+/// /usr/bin/shield, a unit copied by hand) and the purge would then delete it.
+fn preexisting(listing: &str, root: &Path) -> Vec<PathBuf> {
+    listing
+        .lines()
+        .filter(|l| !l.starts_with('d'))
+        .filter_map(|l| {
+            // perms owner/group size date time ./path [-> target]
+            let path = l.split_whitespace().nth(5)?;
+            let path = path.strip_prefix("./").unwrap_or(path);
+            (!path.is_empty()).then(|| root.join(path))
+        })
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect()
+}
+
+#[test]
+fn files_the_package_would_take_over_are_found() {
+    let dir = std::env::temp_dir().join(format!("shield-pkg-root-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("usr/bin")).expect("dir");
+    std::fs::write(dir.join("usr/bin/shield"), "hand-installed").expect("file");
+    let listing = "\
+drwxr-xr-x 0/0               0 2026-11-30 03:00 ./usr/bin/
+-rwxr-xr-x 0/0         5045832 2026-11-30 03:00 ./usr/bin/shield
+-rw-r--r-- 0/0             812 2026-11-30 03:00 ./usr/lib/systemd/system/shield.service
+lrwxrwxrwx 0/0               0 2026-11-30 03:00 ./usr/share/man/x.1.gz -> y.1.gz
+";
+    let found = preexisting(listing, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found, vec![dir.join("usr/bin/shield")]);
+}
+
 /// Purges the package whatever happens to the test.
 struct Purge;
 
@@ -97,6 +130,11 @@ fn the_package_installs_runs_and_removes_cleanly() {
     let upstream = version.split('-').next().expect("version").to_string();
     assert!(!upstream.is_empty(), "no Version in {}", deb.display());
     let contents = text(&run("dpkg-deb", &["-c", deb.to_str().expect("utf-8")]));
+    let taken = preexisting(&contents, Path::new("/"));
+    assert!(
+        taken.is_empty(),
+        "files of the package already exist on this machine, owned by no shield package (a manual install?): {taken:#?}; installing would overwrite them and the purge would delete them: move them away first"
+    );
 
     let _purge = Purge;
     let o = run("dpkg", &["-i", deb.to_str().expect("utf-8")]);

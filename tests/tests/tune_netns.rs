@@ -83,6 +83,28 @@ fn suggestions_leave_known_clients_untouched_and_limit_a_flooder() {
     let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
     let socket = lab.socket().to_str().expect("utf-8").to_string();
     let out = written.to_str().expect("utf-8").to_string();
+    // --write over the running policy (itself or through a link) is refused at once, and
+    // the policy is left as it was.
+    let link = std::env::temp_dir().join(unique("shield-tune-link-"));
+    std::os::unix::fs::symlink(&lab.policy, &link).expect("link");
+    let _link = Cleanup(link.clone());
+    let before = std::fs::read(&lab.policy).expect("policy");
+    for target in [lab.policy.clone(), link.clone()] {
+        let t = target.to_str().expect("utf-8");
+        let refused = lab
+            .topo
+            .server
+            .command(&shield_bin())
+            .args(["tune", "--iface", shield_tests::netlab::SERVER_IF])
+            .args(["--for", "2s", "--write", t])
+            .args(["--socket", &socket, "--bpffs", &bpffs])
+            .output()
+            .expect("shield tune");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "--write {t} was accepted");
+        assert!(err.contains("the running policy file"), "{err}");
+        assert_eq!(std::fs::read(&lab.policy).expect("policy"), before);
+    }
     // Observe 6 s while 8 s of traffic runs (it starts with tune, ends after it).
     let tune = lab
         .topo

@@ -33,6 +33,25 @@ use protocol::{Decision, Hello, Reported};
 pub const MAX_KEYS: usize = 200_000;
 /// Most clients the L7 ban table holds.
 pub const MAX_L7_BANS: usize = 100_000;
+/// Longest key kept as written. A header's value or a user name comes from the request
+/// (up to a whole 64 KiB line): a longer key is kept as its SHA-256, so that a full table
+/// holds 200,000 short keys, not 200,000 × 64 KiB of attacker's bytes.
+pub const MAX_KEY_LEN: usize = 64;
+
+/// `key` as a table stores it: itself up to `MAX_KEY_LEN` bytes, else `sha256:HEX`.
+fn stored_key(key: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest as _;
+    if key.len() <= MAX_KEY_LEN {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in digest.iter() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    std::borrow::Cow::Owned(s)
+}
 
 /// What an endpoint or signal counted, shared with `/metrics` and `shield stats`.
 #[derive(Debug, Default)]
@@ -184,14 +203,33 @@ pub fn masked(ip: IpAddr, len: u8) -> IpAddr {
     }
 }
 
-/// An address from a request: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack
-/// listener reports) as IPv4, the form XDP sees; brackets and a port are not accepted.
+/// An address from a request (`peer`): IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a
+/// dual-stack listener reports) as IPv4, the form XDP sees.
 fn parse_ip(text: &str) -> Option<IpAddr> {
     let ip: IpAddr = text.trim().parse().ok()?;
-    Some(match ip {
+    Some(unmapped(ip))
+}
+
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    })
+    }
+}
+
+/// An `X-Forwarded-For` entry: an address as `parse_ip` reads it, or in the forms some
+/// load balancers append: `a.b.c.d:PORT`, `[v6]` and `[v6]:PORT` (refusing them made the
+/// proxy the client of every request behind it: one shared bucket).
+fn parse_forwarded(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    if let Some(ip) = parse_ip(text) {
+        return Some(ip);
+    }
+    let ip = match text.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa.ip(),
+        Err(_) => text.strip_prefix('[')?.strip_suffix(']')?.parse().ok()?,
+    };
+    Some(unmapped(ip))
 }
 
 /// Who sent a request.
@@ -227,7 +265,7 @@ pub fn resolve_client(peer: IpAddr, xff: Option<&str>, trusted: &[Cidr]) -> Clie
     };
     let mut last = None;
     for entry in xff.rsplit(',') {
-        let Some(ip) = parse_ip(entry) else {
+        let Some(ip) = parse_forwarded(entry) else {
             return Client {
                 bad_xff: true,
                 ..direct
@@ -330,6 +368,11 @@ struct Table {
     scope: BanScope,
     states: HashMap<String, SourceState>,
     counts: Arc<Counts>,
+    /// When a full table was last swept for room (a sweep walks every key: at most once a
+    /// second, else a flood of new keys makes every decision walk 200,000 entries).
+    full_sweep_at: Option<u64>,
+    /// Sweeps made, for tests.
+    sweeps: u64,
 }
 
 impl Table {
@@ -354,6 +397,8 @@ impl Table {
             scope: esc.map_or(BanScope::Host, |e| e.scope),
             states: HashMap::new(),
             counts: counters.of(kind, name),
+            full_sweep_at: None,
+            sweeps: 0,
         }
     }
 
@@ -407,6 +452,7 @@ impl Table {
 
     /// Drops keys whose buckets are full again and whose ladder is forgotten.
     fn sweep(&mut self, now: u64) {
+        self.sweeps += 1;
         let forget = self.escalation.map_or(0, |e| e.forget_ns);
         let window = self.escalation.map_or(0, |e| e.window_ns);
         self.states.retain(|_, s| {
@@ -552,8 +598,16 @@ impl Limiter {
 
     fn client(&self, peer: Option<&str>, xff: Option<&str>) -> Result<Client, String> {
         let peer = peer.ok_or_else(|| self.error("`peer` (the TCP peer's address) is missing"))?;
-        let ip = parse_ip(peer)
-            .ok_or_else(|| self.error(format!("`peer` must be an IP address, got {peer:?}")))?;
+        // A Unix-socket peer has no address: gunicorn behind nginx on a Unix socket reports
+        // REMOTE_ADDR "". That peer is a process on this host, so it is 127.0.0.1 (a
+        // trusted proxy when the policy trusts 127.0.0.1); refusing it made every request
+        // of such a deployment an error, waved through by on_error "open".
+        let ip = if peer.trim().is_empty() {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            parse_ip(peer)
+                .ok_or_else(|| self.error(format!("`peer` must be an IP address, got {peer:?}")))?
+        };
         let c = resolve_client(ip, xff, &self.policy.trusted_proxies);
         if c.bad_xff {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -739,8 +793,15 @@ impl Limiter {
             Kind::Signal => &mut self.signals,
         };
         let t = &mut tables[idx];
+        let key = stored_key(key);
+        let key = key.as_ref();
         if !t.states.contains_key(key) && t.states.len() >= MAX_KEYS {
-            t.sweep(now);
+            if t.full_sweep_at
+                .is_none_or(|at| now.saturating_sub(at) >= NS_PER_SEC)
+            {
+                t.full_sweep_at = Some(now);
+                t.sweep(now);
+            }
             if t.states.len() >= MAX_KEYS {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 t.counts.allowed.fetch_add(1, Ordering::Relaxed);
@@ -873,10 +934,20 @@ impl Limiter {
             source,
             duration: Duration::from_nanos(out.ban_ns),
             level: out.level,
-            xdp: scope == BanScope::Host && !client.via_proxy,
+            // A prefix that holds a trusted proxy is banned at L7 only: at XDP it would
+            // cut the proxy, and every client behind it, off the host.
+            xdp: scope == BanScope::Host && !client.via_proxy && !self.holds_a_proxy(&source),
             endpoint,
             reason: what,
         }));
+    }
+
+    /// Whether prefix `source` overlaps a trusted proxy's range.
+    fn holds_a_proxy(&self, source: &Cidr) -> bool {
+        self.policy
+            .trusted_proxies
+            .iter()
+            .any(|p| crate::bans::covers(source, p) || crate::bans::covers(p, source))
     }
 
     /// `shield unban`: lifts the L7 bans of every client prefix inside `cidr`; returns how

@@ -465,3 +465,189 @@ fn hello_names_key_headers_once() {
     assert_eq!(h.key_headers, vec!["X-Api-Key".to_string()]);
     assert_eq!((h.generation, h.on_error.as_str()), (7, "open"));
 }
+
+#[test]
+fn long_keys_from_requests_are_stored_as_digests_and_still_limit() {
+    // Header values and user names come from the request, up to a whole 64 KiB line:
+    // the table must not keep them as they are (200,000 × 64 KiB would be 13 GB).
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let long = "k".repeat(60_000);
+    let other = format!("{}x", "k".repeat(59_999));
+    let mut search = |l: &mut Limiter, key: &str, peer: &str| {
+        let h = HashMap::from([("x-api-key".to_string(), key.to_string())]);
+        l.decide(
+            "GET",
+            Some("/search/<int:id>"),
+            "/search/1",
+            Some(peer),
+            None,
+            Some(&h),
+            None,
+            &mut fx,
+        )
+        .expect("decide")
+    };
+    // Burst 2 per key, whatever the address.
+    assert!(search(&mut l, &long, "192.0.2.1").allow);
+    assert!(search(&mut l, &long, "192.0.2.2").allow);
+    assert_eq!(search(&mut l, &long, "192.0.2.3").status, Some(429));
+    assert!(search(&mut l, &other, "192.0.2.3").allow, "another key");
+    let t = &l.endpoints[1];
+    assert_eq!(t.name, "search");
+    assert_eq!(t.states.len(), 2);
+    for k in t.states.keys() {
+        assert!(k.len() <= 7 + 64, "a stored key of {} bytes", k.len());
+    }
+    // A short key is kept as written.
+    let mut fx2 = Vec::new();
+    let h = HashMap::from([("X-Api-Key".to_string(), "abc".to_string())]);
+    l.decide(
+        "GET",
+        Some("/search/<int:id>"),
+        "/search/1",
+        Some("192.0.2.9"),
+        None,
+        Some(&h),
+        None,
+        &mut fx2,
+    )
+    .expect("decide");
+    assert!(l.endpoints[1].states.contains_key("header:abc"));
+}
+
+#[test]
+fn a_full_table_is_swept_at_most_once_a_second_and_keeps_limited_keys() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    // A limited client, then the table filled with keys that are not idle.
+    for _ in 0..5 {
+        assert!(login(&mut l, "192.0.2.77", None, &mut fx).allow);
+    }
+    assert_eq!(login(&mut l, "192.0.2.77", None, &mut fx).status, Some(429));
+    let now = l.clock.now();
+    let busy = SourceState {
+        tat: [now + 3600 * NS_PER_SEC, 0, 0, 0],
+        ..SourceState::NEW
+    };
+    let t = &mut l.endpoints[0];
+    for i in 0..MAX_KEYS - t.states.len() {
+        t.states.insert(format!("ip:fill-{i}"), busy);
+    }
+    let before = t.sweeps;
+    // A flood of new clients: each is let through uncounted (an app error), but the
+    // full table is walked once for them, not once per request.
+    for i in 0..1000u32 {
+        let peer = std::net::Ipv4Addr::from(0xC633_0000 + i).to_string();
+        assert!(login(&mut l, &peer, None, &mut fx).allow);
+    }
+    assert_eq!(l.endpoints[0].sweeps - before, 1);
+    l.clock.frozen = Some(now + NS_PER_SEC);
+    login(&mut l, "198.51.200.1", None, &mut fx);
+    assert_eq!(l.endpoints[0].sweeps - before, 2, "a second later: again");
+    // The limited client was not evicted: still limited.
+    assert_eq!(login(&mut l, "192.0.2.77", None, &mut fx).status, Some(429));
+}
+
+#[test]
+fn a_direct_client_whose_prefix_holds_a_trusted_proxy_is_banned_at_l7_only() {
+    let policy = r#"
+[defaults]
+ipv4_prefix = 24
+
+[app]
+socket = "/tmp/x.sock"
+trusted_proxies = ["10.1.0.1/32"]
+
+[[endpoint]]
+name = "login"
+methods = ["POST"]
+path = "/login"
+limit = { rate = "5/min", burst = 1 }
+escalation = { strikes = 1, window = "10m", ban = "15m" }
+"#;
+    let p = parse_str("t.toml", policy).expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+    l.clock.frozen = Some(100 * NS_PER_SEC);
+    let mut fx = Vec::new();
+    // 10.1.0.5 talks to the host directly; its /24 holds the proxy 10.1.0.1.
+    assert!(login(&mut l, "10.1.0.5", None, &mut fx).allow);
+    assert_eq!(login(&mut l, "10.1.0.5", None, &mut fx).status, Some(429));
+    let b = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Ban(b) => Some(b.clone()),
+            _ => None,
+        })
+        .expect("banned");
+    assert_eq!(b.source.to_string(), "10.1.0.0/24");
+    assert!(
+        !b.xdp,
+        "an XDP ban of 10.1.0.0/24 would drop the trusted proxy 10.1.0.1 and every client behind it"
+    );
+    // A direct client elsewhere is still banned at XDP.
+    fx.clear();
+    login(&mut l, "192.0.2.5", None, &mut fx);
+    login(&mut l, "192.0.2.5", None, &mut fx);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Ban(b) if b.xdp)));
+}
+
+#[test]
+fn a_unix_socket_peer_is_this_host_and_its_forwarded_client_is_limited() {
+    // gunicorn on a Unix socket behind nginx: REMOTE_ADDR is "".
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for _ in 0..5 {
+        let d = login(&mut l, "", Some("198.51.100.20"), &mut fx);
+        assert!(d.allow, "{d:?}");
+        assert_eq!(d.client.as_deref(), Some("198.51.100.20"));
+    }
+    assert_eq!(
+        login(&mut l, "", Some("198.51.100.20"), &mut fx).status,
+        Some(429)
+    );
+    let other = login(&mut l, "", Some("198.51.100.21"), &mut fx);
+    assert!(other.allow, "another client behind the same proxy");
+    assert_eq!(l.counters.errors.load(Ordering::Relaxed), 0);
+    // Garbage is still an error.
+    assert!(
+        l.decide(
+            "POST",
+            Some("/login"),
+            "/login",
+            Some("not-an-ip"),
+            None,
+            None,
+            None,
+            &mut fx
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn forwarded_entries_with_a_port_or_brackets_name_the_client() {
+    // Some load balancers append "IP:PORT" or "[IPv6]:PORT": the client is that address,
+    // not the proxy (which would put every client behind it in one bucket).
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for (xff, client) in [
+        ("198.51.100.30:51234", "198.51.100.30"),
+        ("[2001:db8::7]:443", "2001:db8::7"),
+        ("[2001:db8::8]", "2001:db8::8"),
+        ("203.0.113.1, [::ffff:198.51.100.31]:80", "198.51.100.31"),
+    ] {
+        let d = login(&mut l, "127.0.0.1", Some(xff), &mut fx);
+        assert_eq!(d.client.as_deref(), Some(client), "{xff}");
+    }
+    assert_eq!(l.counters.errors.load(Ordering::Relaxed), 0);
+    for bad in [
+        "198.51.100.30:",
+        "[2001:db8::7",
+        "1.2.3.4:99999",
+        "[1.2.3.4]x",
+    ] {
+        let d = login(&mut l, "127.0.0.1", Some(bad), &mut fx);
+        assert_eq!(d.client.as_deref(), Some("127.0.0.1"), "{bad}");
+    }
+}

@@ -104,6 +104,31 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
         )
     })?;
 
+    // Before observing for minutes: never over the running policy (the daemon watches
+    // it: writing there would apply the suggestions at once and lose the original), and
+    // a FILE that can be written at the end.
+    if let Some(out) = &a.write {
+        if shield_user::audit::same_file(out, &path) {
+            bail!(
+                "--write {}: that is the running policy file{}; write the suggestions to another file, compare them with `shield check --diff FILE`, then install them",
+                out.display(),
+                if out.is_symlink() {
+                    " (through a link)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            bail!(
+                "--write {}: {} is not a directory",
+                out.display(),
+                dir.display()
+            );
+        }
+    }
     let tap = Tap::open(&iface).with_context(|| {
         format!(
             "opening a packet socket on {iface} (needs root, in the interface's network namespace)"

@@ -38,11 +38,77 @@ pub struct Counters {
     pub refused_signature: AtomicU64,
     pub refused_circuit: AtomicU64,
     pub skipped_rule: AtomicU64,
+    /// Refused: wider than this host's `min_ban_ipv4_prefix` / `min_ban_ipv6_prefix`.
+    pub refused_wide: AtomicU64,
+    /// Refused: the ban would cover one of this host's `[app] trusted_proxies`.
+    pub refused_proxy: AtomicU64,
     pub circuit_open: AtomicBool,
     /// Lag of the last received change (publish to install), microseconds.
     pub lag_us: AtomicU64,
     /// Changes issued while the link was down, waiting to be published.
     pub queued: AtomicU64,
+}
+
+/// Why a received ban of `cidr` is wider than this host lets any ban be without
+/// `--force` (its `min_ban_*_prefix`), or `None`. A message from the fleet is never
+/// forced: a ban of `0.0.0.0/0` from a forged message, a compromised host or a host forced
+/// by hand would drop the whole internet on every host.
+pub fn too_wide(cidr: &crate::policy::Cidr, floor: crate::bans::BanFloor) -> Option<String> {
+    let min = if cidr.addr.is_ipv4() {
+        floor.ipv4
+    } else {
+        floor.ipv6
+    };
+    (cidr.len < min).then(|| {
+        format!(
+            "{cidr} is wider than /{min}, the shortest prefix this host bans without --force (min_ban_ipv{}_prefix)",
+            if cidr.addr.is_ipv4() { 4 } else { 6 }
+        )
+    })
+}
+
+/// Why this host refuses a received ban, by its own policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screened {
+    /// The ban is inside this host's `[lists] allow`.
+    AllowList,
+    /// Wider than this host's `min_ban_*_prefix` (`too_wide`).
+    TooWide,
+    /// It covers (or lies inside) one of this host's `[app] trusted_proxies`: dropping the
+    /// proxy at XDP would cut off every client behind it (another host may have banned
+    /// that address, or a prefix around it, as a direct client).
+    TrustedProxy,
+}
+
+/// This host's own checks of a received ban of `cidr`: `Some((why, message))` refuses it.
+pub fn screen(
+    cidr: &crate::policy::Cidr,
+    policy: &crate::policy::Policy,
+) -> Option<(Screened, String)> {
+    use crate::bans::covers;
+    if let Some(a) = policy.allow.iter().find(|a| covers(a, cidr)) {
+        return Some((
+            Screened::AllowList,
+            format!("it is on this host's allow list ({a})"),
+        ));
+    }
+    let floor = crate::bans::BanFloor {
+        ipv4: policy.min_ban_ipv4_prefix,
+        ipv6: policy.min_ban_ipv6_prefix,
+    };
+    if let Some(why) = too_wide(cidr, floor) {
+        return Some((Screened::TooWide, why));
+    }
+    let proxies = policy.app.iter().flat_map(|a| &a.trusted_proxies);
+    for p in proxies {
+        if covers(cidr, p) || covers(p, cidr) {
+            return Some((
+                Screened::TrustedProxy,
+                format!("it covers this host's trusted proxy {p} ([app] trusted_proxies)"),
+            ));
+        }
+    }
+    None
 }
 
 /// `shield fleet` / `stats`: the link's state, as the control socket sends it.
@@ -58,6 +124,10 @@ pub struct Status {
     pub refused_signature: u64,
     pub refused_circuit_open: u64,
     pub skipped_unknown_rule: u64,
+    #[serde(default)]
+    pub refused_too_wide: u64,
+    #[serde(default)]
+    pub refused_trusted_proxy: u64,
     pub circuit_open: bool,
     pub lag_seconds: f64,
     pub queued: u64,
@@ -77,6 +147,8 @@ impl Counters {
             refused_signature: r(&self.refused_signature),
             refused_circuit_open: r(&self.refused_circuit),
             skipped_unknown_rule: r(&self.skipped_rule),
+            refused_too_wide: r(&self.refused_wide),
+            refused_trusted_proxy: r(&self.refused_proxy),
             circuit_open: self.circuit_open.load(Ordering::Relaxed),
             lag_seconds: r(&self.lag_us) as f64 / 1e6,
             queued: r(&self.queued),
@@ -126,6 +198,8 @@ impl Counters {
             ("bad_signature", s.refused_signature),
             ("circuit_open", s.refused_circuit_open),
             ("unknown_rule", s.skipped_unknown_rule),
+            ("too_wide", s.refused_too_wide),
+            ("trusted_proxy", s.refused_trusted_proxy),
         ] {
             refused
                 .get_or_create(&vec![("reason".to_string(), why.to_string())])
@@ -414,6 +488,46 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn received_bans_are_screened_by_this_hosts_policy() {
+        let p = crate::policy::parse_str(
+            "t.toml",
+            r#"
+[lists]
+allow = ["192.0.2.0/24"]
+
+[app]
+socket = "/tmp/x.sock"
+trusted_proxies = ["10.1.0.1/32", "2001:db8:1::/48"]
+"#,
+        )
+        .expect("policy");
+        let c = |t: &str| crate::policy::parse_cidr(t).expect("cidr");
+        let why = |t: &str| screen(&c(t), &p).map(|(w, _)| w);
+        assert_eq!(why("192.0.2.7"), Some(Screened::AllowList));
+        assert_eq!(why("0.0.0.0/0"), Some(Screened::TooWide));
+        assert_eq!(why("10.1.0.1"), Some(Screened::TrustedProxy));
+        assert_eq!(why("10.1.0.0/24"), Some(Screened::TrustedProxy));
+        assert_eq!(why("2001:db8:1:2::/64"), Some(Screened::TrustedProxy));
+        assert_eq!(why("10.1.0.2"), None);
+        assert_eq!(why("203.0.113.9"), None);
+        let (_, msg) = screen(&c("10.1.0.0/24"), &p).expect("refused");
+        assert!(msg.contains("10.1.0.1/32"), "{msg}");
+    }
+
+    #[test]
+    fn a_received_ban_wider_than_the_floor_is_too_wide() {
+        let floor = crate::bans::BanFloor { ipv4: 8, ipv6: 32 };
+        let c = |t: &str| crate::policy::parse_cidr(t).expect("cidr");
+        for wide in ["0.0.0.0/0", "10.0.0.0/7", "::/0", "2001:db8::/31"] {
+            let why = too_wide(&c(wide), floor).expect(wide);
+            assert!(why.contains("wider than /"), "{why}");
+        }
+        for ok in ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "2001:db8::1"] {
+            assert_eq!(too_wide(&c(ok), floor), None, "{ok}");
+        }
+    }
     use super::*;
 
     fn msg() -> Message {

@@ -52,6 +52,24 @@ pub fn ensure_dir(dir: &Path) -> Result<(), String> {
     if !dir.is_dir() {
         return Err(format!("--state-dir {} is not a directory", dir.display()));
     }
+    check_dir(dir)
+}
+
+/// The directory must be ours alone: anyone else who can write in it can plant the file
+/// read at start (bans of their choosing) or a link where we write.
+fn check_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(dir).map_err(|e| format!("--state-dir {}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.mode() & 0o022 != 0 || m.uid() != me {
+        return Err(format!(
+            "--state-dir {} is writable by others than this user (mode {:o}, owner uid {}); refusing to use it (chmod 0700 it, owned by the user shield runs as)",
+            dir.display(),
+            m.mode() & 0o7777,
+            m.uid()
+        ));
+    }
     Ok(())
 }
 
@@ -64,12 +82,18 @@ pub fn write(dir: &Path, bans: &[SavedBan]) -> Result<(), String> {
         bans: bans.to_vec(),
     })
     .map_err(|e| e.to_string())?;
+    check_dir(dir)?;
     let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
+    // A new file, never one found there (a symbolic link would send the write elsewhere).
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(err)?;
     f.write_all(&text).map_err(err)?;
@@ -79,14 +103,33 @@ pub fn write(dir: &Path, bans: &[SavedBan]) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads `DIR/bans.json`: no file is no bans; a damaged file is an error (kept for the
-/// operator to look at).
+/// The name a damaged `bans.json` is kept under.
+pub const DAMAGED_FILE: &str = "bans.json.damaged";
+
+/// Reads `DIR/bans.json`: no file is no bans; a damaged file is an error, and the file is
+/// moved to `DIR/bans.json.damaged` for the operator to look at (the next write would
+/// otherwise replace it, and the bans it held with it).
 pub fn read(dir: &Path) -> Result<Vec<SavedBan>, String> {
+    check_dir(dir)?;
     let path = dir.join(BANS_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice::<Saved>(&bytes)
             .map(|s| s.bans)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|e| {
+                let kept = dir.join(DAMAGED_FILE);
+                match std::fs::rename(&path, &kept) {
+                    Ok(()) => format!(
+                        "{}: {e} (kept as {} for you to look at)",
+                        path.display(),
+                        kept.display()
+                    ),
+                    Err(re) => format!(
+                        "{}: {e} (and it could not be kept as {}: {re})",
+                        path.display(),
+                        kept.display()
+                    ),
+                }
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
@@ -94,6 +137,8 @@ pub fn read(dir: &Path) -> Result<Vec<SavedBan>, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
@@ -119,6 +164,82 @@ mod tests {
         assert!(!dir.join(format!(".{BANS_FILE}.tmp")).exists());
         std::fs::write(dir.join(BANS_FILE), "{").expect("damage");
         assert!(read(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn ban() -> SavedBan {
+        SavedBan {
+            iface: "eth0".into(),
+            source: "203.0.113.9/32".into(),
+            scope: BanScope::Host,
+            rule: String::new(),
+            origin: "manual".into(),
+            cuts: "everything".into(),
+            level: 1,
+            duration_secs: 60.0,
+            expires_ms: 456,
+            reason: None,
+            origin_host: None,
+        }
+    }
+
+    fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shield-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        ensure_dir(&dir).expect("dir");
+        dir
+    }
+
+    #[test]
+    fn a_link_planted_at_the_temporary_file_is_not_followed() {
+        let dir = test_dir("link");
+        let victim = std::env::temp_dir().join(format!("shield-victim-{}", std::process::id()));
+        std::fs::write(&victim, "precious").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join(format!(".{BANS_FILE}.tmp"))).expect("link");
+        write(&dir, &[ban()]).expect("write");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "precious"
+        );
+        assert_eq!(read(&dir).expect("read"), vec![ban()]);
+        let _ = std::fs::remove_file(&victim);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_dir_others_can_write_to_is_refused() {
+        let dir = test_dir("open");
+        write(&dir, &[ban()]).expect("write");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        for e in [
+            ensure_dir(&dir).unwrap_err(),
+            read(&dir).unwrap_err(),
+            write(&dir, &[]).unwrap_err(),
+        ] {
+            assert!(e.contains("writable by others"), "{e}");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert_eq!(
+            read(&dir).expect("read"),
+            vec![ban()],
+            "nothing was changed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_damaged_file_is_kept_aside_not_overwritten() {
+        let dir = test_dir("damaged");
+        std::fs::write(dir.join(BANS_FILE), "{\"version\":1,\"bans\":[{trunc").expect("damage");
+        let e = read(&dir).unwrap_err();
+        assert!(e.contains(DAMAGED_FILE), "{e}");
+        // The next save does not destroy what the damaged file held.
+        write(&dir, &[ban()]).expect("write");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(DAMAGED_FILE)).expect("kept"),
+            "{\"version\":1,\"bans\":[{trunc"
+        );
+        assert_eq!(read(&dir).expect("read"), vec![ban()]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -20,13 +20,13 @@ use tracing::{info, warn};
 use super::{Msg, Owner};
 use crate::{
     audit::rfc3339,
-    bans::{BanEntry, BanKey, BanSpec, Cuts, Origin, covers},
+    bans::{BanEntry, BanKey, BanSpec, Cuts, Origin},
     daemon::{
         Instance,
         fleet::{Inbound, Task},
     },
     fleet::{
-        Breaker, Gate, Message, Op, Signer, now_ms,
+        Breaker, Gate, Message, Op, Screened, Signer, now_ms,
         state::{self, SavedBan},
     },
     policy::{BanScope, parse_cidr},
@@ -304,10 +304,15 @@ impl Owner {
                 return;
             }
         }
-        if let Some(a) = self.policy.allow.iter().find(|a| covers(a, &cidr)) {
-            fc.refused_allow.fetch_add(1, Ordering::Relaxed);
+        if let Some((why, msg)) = crate::fleet::screen(&cidr, &self.policy) {
+            let counter = match why {
+                Screened::AllowList => &fc.refused_allow,
+                Screened::TooWide => &fc.refused_wide,
+                Screened::TrustedProxy => &fc.refused_proxy,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             warn!(
-                "fleet: refused the ban of {} from {}: it is on this host's allow list ({a})",
+                "fleet: refused the ban of {} from {}: {msg}",
                 m.source, m.origin_host
             );
             return;
