@@ -417,6 +417,16 @@ pub struct Summary {
 /// One fuzz run: `frames` frames over policies drawn from `seed` (a new policy, reloaded
 /// into the running program, every 2,000 frames). Prints each mismatch with what replays it (the first 20 in full).
 pub fn run(seed: u64, frames: u64) -> Summary {
+    // The program looks sockets up (verification, SYN cookies) in the namespace of the
+    // thread that runs it: a namespace of its own holds none, so a listener of another
+    // program on this host cannot change a verdict (the model assumes no socket matches).
+    // SAFETY: unshare(2) with a flag, no pointers; it moves only this thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "unshare(CLONE_NEWNET) failed: {} (the fuzzer needs root for a network namespace of its own)",
+            std::io::Error::last_os_error()
+        );
+    }
     let mut rng = Rng::new(seed);
     let mut done = 0u64;
     let mut mismatches = 0u64;
