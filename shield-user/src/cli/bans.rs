@@ -115,7 +115,11 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
         },
     )?;
     if reply.removed.is_empty() {
-        println!("no ban on {source}");
+        // The daemon lifts the app layer's L7 bans (403s) inside the prefix too, but does
+        // not report them: say what is known.
+        println!(
+            "no ban on {source} at the NIC (L7 bans of the application layer inside it, if any, are lifted too)"
+        );
     }
     for b in &reply.removed {
         println!(
@@ -149,8 +153,9 @@ pub fn list(a: BansArgs) -> Result<ExitCode> {
             let ifaces = stats::pinned_ifaces(&bpffs);
             if ifaces.is_empty() {
                 eprintln!(
-                    "shield: no shield maps pinned under {} either: nothing is protected with this --bpffs",
-                    bpffs.join("shield").display()
+                    "shield: no shield maps pinned under {} either: nothing is protected with this --bpffs{}",
+                    bpffs.join("shield").display(),
+                    super::stats::not_bpffs_hint(&bpffs)
                 );
             }
             for iface in ifaces {
@@ -207,6 +212,10 @@ fn bans_table(bans: &[BanEntry]) -> String {
         }
         if b.cuts == Cuts::NewConnections {
             origin.push_str(", new connections only");
+        }
+        // From the daemon: the fleet host that issued it (this host's own name for its own).
+        if let Some(host) = &b.origin_host {
+            origin.push_str(&format!(", by {host}"));
         }
         let _ = writeln!(
             out,

@@ -799,7 +799,7 @@ impl Owner {
             if let Some(why) = inst.lost() {
                 error!(
                     iface = %inst.iface,
-                    "{why}; this daemon no longer protects it (reload, ban and unban now fail); restart `shield run` to protect it again"
+                    "{why}; this daemon no longer protects it (reload, ban, unban and bans now fail); restart `shield run` to protect it again"
                 );
                 self.audit
                     .write(json!({"event": "lost", "iface": inst.iface, "reason": why}));
