@@ -134,8 +134,17 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
 
 pub fn list(a: BansArgs) -> Result<ExitCode> {
     let (json, socket, bpffs) = (a.json, a.socket.socket, a.bpffs.bpffs);
+    // This host's fleet name, to name the other hosts' bans in the table (no fleet: none).
+    let mut own_host = None;
     let bans: Vec<BanEntry> = match control::call::<control::BanList>(&socket, &Request::Bans {}) {
-        Ok(list) => list.bans,
+        Ok(list) => {
+            if let Ok(f) = control::call::<control::FleetReply>(&socket, &Request::Fleet {})
+                && f.fleet.enabled
+            {
+                own_host = Some(f.fleet.host);
+            }
+            list.bans
+        }
         Err(e) if !e.daemon_absent() => return Err(e.into()),
         Err(_) => {
             // SAFETY: geteuid has no preconditions.
@@ -180,7 +189,7 @@ pub fn list(a: BansArgs) -> Result<ExitCode> {
             serde_json::to_string_pretty(&serde_json::json!({ "bans": bans }))?
         );
     } else {
-        print!("{}", bans_table(&bans));
+        print!("{}", bans_table(&bans, own_host.as_deref()));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -192,7 +201,9 @@ fn scope_text(b: &BanEntry) -> String {
     }
 }
 
-fn bans_table(bans: &[BanEntry]) -> String {
+/// `own_host`: this host's fleet name when the daemon has `[fleet]`; the bans another host
+/// issued then say which.
+fn bans_table(bans: &[BanEntry], own_host: Option<&str>) -> String {
     use std::fmt::Write as _;
     if bans.is_empty() {
         return "no active bans\n".to_string();
@@ -214,7 +225,9 @@ fn bans_table(bans: &[BanEntry]) -> String {
             origin.push_str(", new connections only");
         }
         // From the daemon: the fleet host that issued it (this host's own name for its own).
-        if let Some(host) = &b.origin_host {
+        if let (Some(own), Some(host)) = (own_host, &b.origin_host)
+            && host != own
+        {
             origin.push_str(&format!(", by {host}"));
         }
         let _ = writeln!(
