@@ -490,7 +490,7 @@ fn states_are_honest_after_a_stop_a_detach_and_without_permission() {
     std::thread::sleep(Duration::from_secs(2));
     let log = lab.daemon().log_text();
     assert_eq!(
-        log.matches("no longer protects it (reload, ban and unban now fail)")
+        log.matches("no longer protects it (reload, ban, unban and bans now fail)")
             .count(),
         1,
         "said once, not every second: {log}"

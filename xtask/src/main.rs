@@ -45,12 +45,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (root): per-packet cost against a trivial program and xdp-filter, memory
-    /// and control-plane scale; writes BENCHMARKS.md. `--quick`: a shorter subset.
+    /// Benchmarks (root): per-packet cost against a trivial program and xdp-filter, floods,
+    /// memory and control-plane scale, the fuzzer, the application layer and the fleet;
+    /// writes BENCHMARKS.md. `--quick`: shorter runs.
     Bench {
         #[arg(long)]
         quick: bool,
-        /// Only these sections, comma-separated (1, 2, 3, 3b, 4, 5, 6), into the `--out` file.
+        /// Only these sections, comma-separated (1, 2, 3, 3b, 4, 5, 6, 7), into the `--out` file.
         #[arg(long)]
         only: Option<String>,
         /// Report file (default BENCHMARKS.md).
@@ -108,7 +109,7 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Peers the benchmarks compare with, and their load tools: wrk; Flask-Limiter and the redis
 /// client for gunicorn's interpreter (Debian's python3, PEP 668: its packages come from
-/// apt, not pip) and redis-server for section 6.
+/// apt, not pip) and redis-server for sections 6 and 7.
 const BENCH_PACKAGES: &[&str] = &[
     "xdp-tools",
     "bpftool",

@@ -115,7 +115,11 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
         },
     )?;
     if reply.removed.is_empty() {
-        println!("no ban on {source}");
+        // The daemon lifts the app layer's L7 bans (403s) inside the prefix too, but does
+        // not report them: say what is known.
+        println!(
+            "no ban on {source} at the NIC (L7 bans of the application layer inside it, if any, are lifted too)"
+        );
     }
     for b in &reply.removed {
         println!(
@@ -130,8 +134,17 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
 
 pub fn list(a: BansArgs) -> Result<ExitCode> {
     let (json, socket, bpffs) = (a.json, a.socket.socket, a.bpffs.bpffs);
+    // This host's fleet name, to name the other hosts' bans in the table (no fleet: none).
+    let mut own_host = None;
     let bans: Vec<BanEntry> = match control::call::<control::BanList>(&socket, &Request::Bans {}) {
-        Ok(list) => list.bans,
+        Ok(list) => {
+            if let Ok(f) = control::call::<control::FleetReply>(&socket, &Request::Fleet {})
+                && f.fleet.enabled
+            {
+                own_host = Some(f.fleet.host);
+            }
+            list.bans
+        }
         Err(e) if !e.daemon_absent() => return Err(e.into()),
         Err(_) => {
             // SAFETY: geteuid has no preconditions.
@@ -149,8 +162,9 @@ pub fn list(a: BansArgs) -> Result<ExitCode> {
             let ifaces = stats::pinned_ifaces(&bpffs);
             if ifaces.is_empty() {
                 eprintln!(
-                    "shield: no shield maps pinned under {} either: nothing is protected with this --bpffs",
-                    bpffs.join("shield").display()
+                    "shield: no shield maps pinned under {} either: nothing is protected with this --bpffs{}",
+                    bpffs.join("shield").display(),
+                    super::stats::not_bpffs_hint(&bpffs)
                 );
             }
             for iface in ifaces {
@@ -175,7 +189,7 @@ pub fn list(a: BansArgs) -> Result<ExitCode> {
             serde_json::to_string_pretty(&serde_json::json!({ "bans": bans }))?
         );
     } else {
-        print!("{}", bans_table(&bans));
+        print!("{}", bans_table(&bans, own_host.as_deref()));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -187,7 +201,9 @@ fn scope_text(b: &BanEntry) -> String {
     }
 }
 
-fn bans_table(bans: &[BanEntry]) -> String {
+/// `own_host`: this host's fleet name when the daemon has `[fleet]`; the bans another host
+/// issued then say which.
+fn bans_table(bans: &[BanEntry], own_host: Option<&str>) -> String {
     use std::fmt::Write as _;
     if bans.is_empty() {
         return "no active bans\n".to_string();
@@ -207,6 +223,12 @@ fn bans_table(bans: &[BanEntry]) -> String {
         }
         if b.cuts == Cuts::NewConnections {
             origin.push_str(", new connections only");
+        }
+        // From the daemon: the fleet host that issued it (this host's own name for its own).
+        if let (Some(own), Some(host)) = (own_host, &b.origin_host)
+            && host != own
+        {
+            origin.push_str(&format!(", by {host}"));
         }
         let _ = writeln!(
             out,

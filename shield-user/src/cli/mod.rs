@@ -90,10 +90,12 @@ pub enum Command {
     ///
     /// Talks to the running daemon; takes effect at once on every protected interface.
     Ban(bans::BanArgs),
-    /// Lift every ban on exactly this address or prefix (manual or automatic).
+    /// Lift every ban on exactly this address or prefix (manual, automatic or app).
     ///
-    /// Host and rule bans alike, on every protected interface; a ban on a wider or
-    /// narrower prefix is not touched (`shield bans` lists them as stored).
+    /// Host and rule bans alike, on every protected interface, and the application layer's
+    /// L7 bans (403s) of every client inside the prefix; a ban on a wider or narrower prefix
+    /// is not touched (`shield bans` lists them as stored). With `[fleet]`, lifted on every
+    /// host.
     Unban(bans::UnbanArgs),
     /// List active bans: source, scope, remaining time, origin, ladder level, reason.
     ///

@@ -26,8 +26,9 @@ pub struct RunArgs {
     pub bpffs: PathBuf,
     /// Audit log: JSON lines, one per event (limited, ban, would_ban, ban_failed, ban_kept,
     /// ban_end, unban, reload, attack_start, attack_end, lost, fleet_ban, fleet_unban,
-    /// fleet_link, fleet_circuit, restore, start, stop; see `shield
-    /// --help`); `-` for stdout. A regular file of its own. Reopened on SIGUSR1.
+    /// fleet_link, fleet_circuit, restore, start, stop, app_limited, app_ban,
+    /// app_ban_skipped; see `shield --help`); `-` for stdout. A regular file of its own.
+    /// Reopened on SIGUSR1.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<String>,
     /// Control socket for `shield ban`, `unban`, `bans`, `reload` (created 0600, root only).

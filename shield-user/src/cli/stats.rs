@@ -176,8 +176,9 @@ fn interfaces(bpffs: &std::path::Path, iface: Option<&str>) -> Result<Vec<String
                 loader::pin_dir(bpffs, i)
                     .join(shield_common::MAP_COUNTERS)
                     .exists(),
-                "no shield maps pinned for {i} under {} (is it protected, with this --bpffs?)",
-                bpffs.join("shield").display()
+                "no shield maps pinned for {i} under {} (is it protected, with this --bpffs?){}",
+                bpffs.join("shield").display(),
+                not_bpffs_hint(bpffs)
             );
             vec![i.to_string()]
         }
@@ -185,10 +186,23 @@ fn interfaces(bpffs: &std::path::Path, iface: Option<&str>) -> Result<Vec<String
     };
     anyhow::ensure!(
         !ifaces.is_empty(),
-        "no shield maps pinned under {} (is `shield run` running, or was it ever run with this --bpffs?)",
-        bpffs.join("shield").display()
+        "no shield maps pinned under {} (is `shield run` running, or was it ever run with this --bpffs?){}",
+        bpffs.join("shield").display(),
+        not_bpffs_hint(bpffs)
     );
     Ok(ifaces)
+}
+
+/// When `bpffs` is not a bpffs mount in this shell's mount namespace: the usual cause is a
+/// daemon that mounted it itself inside another one (`ip netns exec`, a container).
+pub(super) fn not_bpffs_hint(bpffs: &std::path::Path) -> String {
+    if loader::is_bpffs(bpffs) {
+        return String::new();
+    }
+    format!(
+        "; {} is not a bpffs mount here: a daemon that mounted it inside another mount namespace (`ip netns exec`, a container) pins where this shell cannot see, so run this command in that namespace or mount bpffs there before starting the daemon",
+        bpffs.display()
+    )
 }
 
 /// One interface's figures; reading pins needs root, and says so.

@@ -659,9 +659,18 @@ impl Drop for MountGuard {
 fn warn_if_private_mounts(bpffs: &std::path::Path) {
     let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
     let init = std::fs::read_link("/proc/1/ns/mnt").ok();
-    if ours.is_some() && init.is_some() && ours != init {
+    // PID 1's namespace can be unreadable (a container, `ip netns exec` there): the mount
+    // is then just as likely private, so say so rather than nothing.
+    let private = match (&ours, &init) {
+        (Some(o), Some(i)) => (o != i).then_some("runs in a private mount namespace"),
+        (Some(_), None) => {
+            Some("cannot read PID 1's mount namespace, so it may run in a private one")
+        }
+        _ => None,
+    };
+    if let Some(why) = private {
         warn!(
-            "shield runs in a private mount namespace: the bpffs at {} is only visible here, so after a crash or `kill -9` its pins (and the attached program) may go away with it, and `shield stats`/`shield bans` from another shell will not find them; mount bpffs on the host (e.g. `mount -t bpf bpf {}` outside the namespace, or `BindPaths=` it in the unit) and pass `--bpffs`",
+            "shield {why}: the bpffs at {} is only visible here, so after a crash or `kill -9` its pins (and the attached program) may go away with it, and `shield stats`/`shield bans` from another shell will not find them; mount bpffs on the host (e.g. `mount -t bpf bpf {}` outside the namespace, or `BindPaths=` it in the unit) and pass `--bpffs`",
             bpffs.display(),
             bpffs.display()
         );

@@ -232,10 +232,16 @@ pub(super) async fn serve(
     // The fleet's bans are in force before this host says it is ready.
     let fleet_task = owner.start_fleet(&tx, &stop_rx).await;
     info!(
-        "running; control socket {}{}; SIGHUP or a change of {} reloads; SIGTERM or Ctrl-C detaches",
+        "running; control socket {}{}{}; SIGHUP or a change of {} reloads; SIGTERM or Ctrl-C detaches",
         socket_path.display(),
         metrics_addr
             .map(|m| format!(", metrics http://{m}/metrics"))
+            .unwrap_or_default(),
+        owner
+            .policy
+            .app
+            .as_ref()
+            .map(|a| format!(", app socket {}", a.socket.display()))
             .unwrap_or_default(),
         owner.path.display()
     );
@@ -799,7 +805,7 @@ impl Owner {
             if let Some(why) = inst.lost() {
                 error!(
                     iface = %inst.iface,
-                    "{why}; this daemon no longer protects it (reload, ban and unban now fail); restart `shield run` to protect it again"
+                    "{why}; this daemon no longer protects it (reload, ban, unban and bans now fail); restart `shield run` to protect it again"
                 );
                 self.audit
                     .write(json!({"event": "lost", "iface": inst.iface, "reason": why}));

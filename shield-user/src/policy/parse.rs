@@ -782,7 +782,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| "missing unit (ms, s, m, h or d)".to_string())?;
+        .ok_or_else(|| "missing unit (ms, s, m or min, h or d)".to_string())?;
     let (n, unit) = t.split_at(split);
     let n: u64 = n
         .parse()
@@ -793,7 +793,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("unknown unit `{unit}` (ms, s, m, h or d)")),
+        _ => return Err(format!("unknown unit `{unit}` (ms, s, m or min, h or d)")),
     };
     n.checked_mul(ms)
         .map(Duration::from_millis)
