@@ -248,7 +248,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     }
 
     let reason = if needs_state(rule, pkt.conn_attempt) {
-        judge_source(rule, &key, &pkt, now, seed)
+        judge(half, &key, pkt.conn_attempt, now, seed)
     } else {
         Reason::Pass
     };

@@ -84,6 +84,11 @@ pub(crate) static SHIELD_ATTACK: Array<u64> = Array::with_max_entries(RULE_SLOTS
 #[map]
 pub(crate) static SHIELD_SCRATCH: PerCpuArray<SourceState> = PerCpuArray::with_max_entries(1, 0);
 
+/// Scratch space for the key `shield_judge` rebuilds from its scalar arguments (keeps it
+/// off the 512-byte stack its call chain shares with the program's frame).
+#[map]
+pub(crate) static SHIELD_JUDGE_KEY: PerCpuArray<SourceKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Diagnostics: events lost, failed inserts (`DIAG_*`).
 #[map]
 pub(crate) static SHIELD_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_SLOTS, 0);
