@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from flask import current_app, g, has_app_context, has_request_context, request
+from flask import abort, current_app, g, has_app_context, has_request_context, request
 
 from .client import Connections, ShieldError
 
@@ -164,7 +164,46 @@ class Shield:
             msg["port"] = int(port) if port is not None else None
         except ValueError:
             msg["port"] = None
-        msg["cost"] = 1
+        # No `cost`: the daemon draws the endpoint's own `cost` (default 1).
+        return self._decide(msg)
+
+    def charge(self, n):
+        """Draws `n` more tokens for the current request from its endpoint's buckets (for a
+        route whose cost depends on the input); call it in the view before the work. The
+        request already drew the endpoint's `cost` when it arrived, so it costs that plus
+        `n` in all. Over the limit (or banned) it aborts the request with the same 429 (403)
+        problem response as an over-limit arrival; while the daemon is unreachable,
+        on_error decides (open: returns None, closed: aborts with 503). Returns the
+        daemon's decision (a dict) when allowed, or None when nothing was charged (the
+        request matches no endpoint, the view is exempt, or the daemon is unreachable).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"charge() takes a whole number of tokens >= 1, not {n!r}")
+        view = current_app.view_functions.get(request.endpoint)
+        if view is not None and getattr(view, "_shield_exempt", False):
+            return None
+        first = getattr(g, "_shield_decision", None)
+        if first is not None and not first.get("endpoint"):
+            return None  # no endpoint: not counted
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
+        msg.update(self._request_fields(None))
+        port = request.environ.get("SERVER_PORT")
+        try:
+            msg["port"] = int(port) if port is not None else None
+        except ValueError:
+            msg["port"] = None
+        msg["cost"] = n
+        refusal = self._decide(msg)
+        if refusal is not None:
+            abort(refusal)
+        decision = getattr(g, "_shield_decision", None)
+        if decision is None or decision is first or not decision.get("endpoint"):
+            return None
+        return decision
+
+    def _decide(self, msg):
+        """One decide round trip; the problem response to send, or None to go on."""
         try:
             reply = self._call(msg)
             if not reply.get("ok"):

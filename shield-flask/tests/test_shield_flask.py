@@ -90,6 +90,75 @@ class Base(unittest.TestCase):
         self.addCleanup(self.daemon.stop)
 
 
+def cost_decider(burst=10, endpoint_cost=1):
+    """Token arithmetic like the daemon's (no refill): `cost` absent = the endpoint's."""
+    state = {"left": burst}
+
+    def decide(req):
+        if req["rule"] != "/export":
+            return {"endpoint": None, "allow": True}
+        cost = req.get("cost", endpoint_cost)
+        base = {"endpoint": "export", "client": req["peer"], "limit": burst, "reset": 60, "policy": '"export";q=10;w=60'}
+        if cost <= state["left"]:
+            state["left"] -= cost
+            return dict(base, allow=True, remaining=state["left"])
+        return dict(base, allow=False, status=429, retry_after=6, remaining=0, detail=f"costs {cost}")
+
+    return decide
+
+
+class Charge(Base):
+    def make(self):
+        app, shield = make_app(self.daemon.path)
+        done = []
+
+        @app.post("/export")
+        def export():
+            from flask import request as rq
+
+            shield.charge(int(rq.args.get("rows", "1")))
+            done.append(rq.args.get("rows"))
+            return "exported"
+
+        @app.post("/free")
+        def free():
+            self.assertIsNone(shield.charge(3))
+            return "free"
+
+        return app, done
+
+    def test_charge_draws_more_tokens_before_the_work_and_aborts_over_the_limit(self):
+        self.daemon.decide = cost_decider(burst=10)
+        app, done = self.make()
+        client = app.test_client()
+        r = client.post("/export?rows=4")  # 1 on arrival + 4 charged: 5 left
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.headers["RateLimit"], '"export";r=5;t=60')
+        arrival, charged = self.daemon.of("decide")
+        self.assertNotIn("cost", arrival)
+        self.assertEqual(charged["cost"], 4)
+        self.assertEqual((charged["rule"], charged["method"]), ("/export", "POST"))
+        r = client.post("/export?rows=5")  # 1 on arrival leaves 4: the charge of 5 is refused
+        self.assertEqual(r.status_code, 429)
+        self.assertEqual(r.headers["Content-Type"], "application/problem+json")
+        self.assertEqual(r.headers["Retry-After"], "6")
+        self.assertEqual(r.headers["RateLimit"], '"export";r=0;t=60')
+        self.assertEqual(json.loads(r.data)["detail"], "costs 5")
+        self.assertEqual(done, ["4"], "the refused request's work must not run")
+
+    def test_charge_on_an_unmatched_route_sends_nothing_and_bad_counts_raise(self):
+        self.daemon.decide = cost_decider()
+        app, _ = self.make()
+        client = app.test_client()
+        self.assertEqual(client.post("/free").status_code, 200)
+        self.assertEqual(len(self.daemon.of("decide")), 1, "no charge for a request without endpoint")
+        with app.test_request_context("/export", method="POST"):
+            _, shield = app, app.extensions["shield"]
+            for bad in (0, -1, 1.5, True, "2"):
+                with self.assertRaises(ValueError):
+                    shield.charge(bad)
+
+
 class Decisions(Base):
     def test_allowed_request_sends_the_decide_fields_and_gets_ratelimit_headers(self):
         self.daemon.decide = login_decider()
@@ -117,7 +186,6 @@ class Decisions(Base):
                 "port": 80,
                 "headers": {"X-Api-Key": "abc"},
                 "user": None,
-                "cost": 1,
             },
         )
 

@@ -24,7 +24,9 @@ pub const PASSWORD: &str = "correct horse";
 /// policies here), `GET /api/limited` (the bench's limited route), `GET /api/checked` (the
 /// bench's route under a limit never reached: every request pays for a decision),
 /// `GET /api/me` (the user comes from the `X-Demo-User` header through shield's user loader),
-/// `GET /health` (exempt),
+/// `GET /api/report` (the cost-weighted route: its endpoint's `cost` in the policies),
+/// `POST /api/export?rows=N` (charges N more tokens with `shield.charge(N)` before the
+/// work, when N > 0), `GET /health` (exempt),
 /// `GET /shield/errors` (exempt: this worker's `shield.errors`). `APP_LIMITER` picks the
 /// limiter: `shield` (SHIELD_SOCKET, SHIELD_ON_ERROR), `limiter-memory`, `limiter-redis`
 /// (REDIS_URL; both Flask-Limiter with `APP_LIMIT_N` per hour on /api/limited, keyed by the
@@ -95,6 +97,19 @@ def limited_route():
 @app.get("/api/me")
 def me():
     return jsonify(user=request.headers.get("X-Demo-User"))
+
+
+@app.get("/api/report")
+def report_route():
+    return jsonify(report="expensive")
+
+
+@app.post("/api/export")
+def export_route():
+    rows = int(request.args.get("rows", "0"))
+    if shield is not None and rows > 0:
+        shield.charge(rows)
+    return jsonify(exported=rows)
 
 
 @app.get("/api/checked")

@@ -68,6 +68,21 @@ path = "/api/me"
 key = "user"
 limit = {{ rate = "1/min", burst = 2 }}
 
+# Cost-weighted (issue 18): one request draws 5 tokens of 10.
+[[endpoint]]
+name = "report"
+methods = ["GET"]
+path = "/api/report"
+cost = 5
+limit = {{ rate = "1/min", burst = 10 }}
+
+# Cost per request: the view calls shield.charge(rows).
+[[endpoint]]
+name = "export"
+methods = ["POST"]
+path = "/api/export"
+limit = {{ rate = "1/d", burst = 10 }}
+
 [[signal]]
 name = "login_failed"
 key = "ip"
@@ -392,6 +407,92 @@ fn an_api_key_endpoint_limits_per_key_whatever_the_address() {
         r.header("RateLimit"),
         Some("\"keyed\";r=2;t=60"),
         "one of 3 used, the next in 60 s"
+    );
+}
+
+#[test]
+fn a_cost_weighted_endpoint_and_a_per_request_charge_draw_their_tokens() {
+    let lab = Lab::new("open");
+    // cost = 5 under a burst of 10: exactly 2 of 6 from one client, across 4 workers.
+    let statuses: Vec<(u16, Option<String>)> = (0..6)
+        .map(|_| {
+            let r = lab
+                .req(LEGIT_V4, "GET", "/api/report", &[], "")
+                .expect("answered");
+            (r.status, r.header("RateLimit").map(str::to_string))
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [200, 200, 429, 429, 429, 429],
+        "{statuses:?}\n{}",
+        lab.app_log()
+    );
+    assert_eq!(statuses[0].1.as_deref(), Some("\"report\";r=5;t=300"));
+    let r = lab
+        .req(LEGIT_V4, "GET", "/api/report", &[], "")
+        .expect("answered");
+    let body = assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    let retry: u64 = r
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=300).contains(&retry),
+        "5 tokens at 1/min: at most 300 s, got {retry}"
+    );
+    assert_eq!(body["retry_after"], retry);
+    // Another client has its own 10 tokens.
+    let r = lab
+        .req(ATTACKER_V4, "GET", "/api/report", &[], "")
+        .expect("answered");
+    assert_eq!(r.status, 200, "{r:?}");
+    // shield.charge(6) in the view: 1 on arrival + 6 = 7 of 10 (a daily rate: 1/d).
+    let r = lab
+        .req(LEGIT_V4, "POST", "/api/export?rows=6", &[], "")
+        .expect("answered");
+    assert_eq!(r.status, 200, "{r:?}\n{}", lab.app_log());
+    assert_eq!(r.json()["exported"], 6);
+    let (rem, t) = r
+        .header("RateLimit")
+        .and_then(|v| v.strip_prefix("\"export\";r="))
+        .and_then(|v| v.split_once(";t="))
+        .map(|(a, b)| (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()))
+        .unwrap_or_else(|| panic!("RateLimit of export: {r:?}"));
+    assert_eq!(rem, 3, "{r:?}");
+    assert_eq!(t, 7 * 86_400, "7 tokens at 1/d come back in 7 days");
+    // The next one: 1 on arrival leaves 2, the charge of 6 is refused by a 429 from the view.
+    let r = lab
+        .req(LEGIT_V4, "POST", "/api/export?rows=6", &[], "")
+        .expect("answered");
+    let body = assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    assert_eq!(body["endpoint"], "export");
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("per day"),
+        "{body}"
+    );
+    // 2 tokens remain: a request without a charge still passes twice, then not.
+    let s: Vec<u16> = (0..3)
+        .map(|_| {
+            lab.req(LEGIT_V4, "POST", "/api/export", &[], "")
+                .expect("answered")
+                .status
+        })
+        .collect();
+    assert_eq!(s, [200, 200, 429]);
+    // `shield check` shows the cost.
+    let out = std::process::Command::new(shield_tests::shield_bin())
+        .arg("check")
+        .arg(&lab.lab.policy)
+        .output()
+        .expect("shield check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("report") && l.contains("1/min burst 10") && l.contains(" 5 ")),
+        "the matrix shows report's cost 5:\n{text}"
     );
 }
 

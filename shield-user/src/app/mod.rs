@@ -388,7 +388,8 @@ impl Table {
         let per = match r.period_secs {
             1 => "second",
             60 => "minute",
-            _ => "hour",
+            3600 => "hour",
+            _ => "day",
         };
         let what = match self.kind {
             Kind::Endpoint => "requests",
@@ -417,6 +418,9 @@ impl Table {
         });
     }
 }
+
+/// The largest `cost` a `decide` may name.
+pub const MAX_COST: u64 = 100_000_000;
 
 /// Whole seconds in `ns`, rounded up.
 fn secs_up(ns: u64) -> u64 {
@@ -622,8 +626,15 @@ impl Limiter {
         xff: Option<&str>,
         headers: Option<&HashMap<String, String>>,
         user: Option<&str>,
+        cost: Option<u64>,
         effects: &mut Vec<Effect>,
     ) -> Result<Decision, String> {
+        if cost == Some(0) || cost.is_some_and(|c| c > MAX_COST) {
+            return Err(self.error(format!(
+                "cost must be between 1 and {MAX_COST} tokens, got {}",
+                cost.unwrap_or(0)
+            )));
+        }
         let generation = self.policy.generation;
         let Some(idx) = self
             .policy
@@ -661,8 +672,35 @@ impl Limiter {
                 ..Decision::default()
             });
         }
+        let cost = cost.unwrap_or(self.policy.endpoints[idx].cost);
+        let t = &self.endpoints[idx];
+        let most = if t.sustained.is_enabled() {
+            t.rate.burst().min(t.sustained.burst())
+        } else {
+            t.rate.burst()
+        };
+        if cost > most {
+            // Never passes, whatever the wait: no strike, no retry hint that lies.
+            t.counts.limited.fetch_add(1, Ordering::Relaxed);
+            return Ok(Decision {
+                ok: true,
+                allow: false,
+                status: Some(429),
+                generation,
+                endpoint: Some(name.clone()),
+                client: Some(client.addr.to_string()),
+                retry_after: Some(1),
+                limit: Some(t.limit.burst),
+                remaining: Some(0),
+                reset: Some(1),
+                policy: Some(t.policy_field()),
+                detail: Some(format!(
+                    "this request costs {cost} tokens, more than {name} ever holds ({most}): it cannot pass"
+                )),
+            });
+        }
         let key = self.key_of(&self.endpoints[idx].key, client.addr, headers, user);
-        let judged = self.judge(Kind::Endpoint, idx, &key, client, now, effects);
+        let judged = self.judge(Kind::Endpoint, idx, &key, cost, client, now, effects);
         let t = &self.endpoints[idx];
         let mut d = Decision {
             ok: true,
@@ -712,7 +750,7 @@ impl Limiter {
             Some(k) => format!("key:{k}"),
             None => self.key_of(&self.signals[idx].key, client.addr, headers, user),
         };
-        let judged = self.judge(Kind::Signal, idx, &key, client, now, effects);
+        let judged = self.judge(Kind::Signal, idx, &key, 1, client, now, effects);
         Ok(Reported {
             ok: true,
             generation: self.policy.generation,
@@ -724,12 +762,14 @@ impl Limiter {
         })
     }
 
-    /// One token from `key` of table `idx`; over the limit: a strike, maybe a ban.
+    /// `cost` tokens from `key` of table `idx`; over the limit: a strike, maybe a ban.
+    #[expect(clippy::too_many_arguments, reason = "one judgement's inputs")]
     fn judge(
         &mut self,
         kind: Kind,
         idx: usize,
         key: &str,
+        cost: u64,
         client: Client,
         now: u64,
         effects: &mut Vec<Effect>,
@@ -751,8 +791,8 @@ impl Limiter {
             }
         }
         let st = t.states.entry(key.to_string()).or_insert(SourceState::NEW);
-        let a = t.rate.check(st.tat[0], now);
-        let b = t.sustained.check(st.tat[1], now);
+        let a = t.rate.check_n(st.tat[0], now, cost);
+        let b = t.sustained.check_n(st.tat[1], now, cost);
         if let (Some(a), Some(b)) = (a, b) {
             st.tat[0] = a;
             st.tat[1] = b;
@@ -763,13 +803,7 @@ impl Limiter {
             return Judged::Allowed { remaining, reset };
         }
         // Refused: when the refusing bucket(s) admit the next token.
-        let wait = |g: &Gcra, tat: u64, ok: bool| {
-            if ok {
-                0
-            } else {
-                tat.saturating_sub(g.tolerance_ns).saturating_sub(now)
-            }
-        };
+        let wait = |g: &Gcra, tat: u64, ok: bool| if ok { 0 } else { g.wait_n(tat, now, cost) };
         let retry_after = secs_up(wait(&t.rate, st.tat[0], a.is_some()).max(wait(
             &t.sustained,
             st.tat[1],

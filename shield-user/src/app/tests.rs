@@ -51,6 +51,7 @@ fn login(l: &mut Limiter, peer: &str, xff: Option<&str>, fx: &mut Vec<Effect>) -
         xff,
         None,
         None,
+        None,
         fx,
     )
     .expect("decide")
@@ -61,9 +62,19 @@ fn endpoints_match_by_method_and_rule_or_prefix_in_file_order() {
     let mut l = limiter();
     let mut fx = Vec::new();
     let mut ep = |m: &str, rule: Option<&str>, path: &str| {
-        l.decide(m, rule, path, Some("192.0.2.1"), None, None, None, &mut fx)
-            .expect("decide")
-            .endpoint
+        l.decide(
+            m,
+            rule,
+            path,
+            Some("192.0.2.1"),
+            None,
+            None,
+            None,
+            None,
+            &mut fx,
+        )
+        .expect("decide")
+        .endpoint
     };
     assert_eq!(ep("POST", Some("/login"), "/login"), Some("login".into()));
     assert_eq!(ep("post", Some("/login"), "/login"), Some("login".into()));
@@ -147,6 +158,7 @@ fn sustained_limit_shows_in_policy_and_binds() {
                 None,
                 Some(&h),
                 None,
+                None,
                 &mut fx,
             )
             .expect("decide");
@@ -166,6 +178,7 @@ fn sustained_limit_shows_in_policy_and_binds() {
             Some("192.0.2.1"),
             None,
             Some(&hdr("k2")),
+            None,
             None,
             &mut fx,
         )
@@ -256,6 +269,7 @@ fn strikes_ban_a_direct_client_at_xdp_and_a_proxied_one_at_l7_only() {
             None,
             None,
             None,
+            None,
             &mut fx,
         )
         .expect("decide");
@@ -340,6 +354,7 @@ fn rule_scope_bans_the_endpoint_only_and_user_keys_fall_back_to_ip() {
             None,
             None,
             user,
+            None,
             fx,
         )
         .expect("decide")
@@ -448,6 +463,7 @@ fn bad_requests_are_errors_and_change_nothing() {
                 None,
                 None,
                 None,
+                None,
                 &mut fx
             )
             .is_err()
@@ -464,4 +480,87 @@ fn hello_names_key_headers_once() {
     let h = l.hello();
     assert_eq!(h.key_headers, vec!["X-Api-Key".to_string()]);
     assert_eq!((h.generation, h.on_error.as_str()), (7, "open"));
+}
+
+#[test]
+fn cost_draws_tokens_from_the_endpoints_buckets() {
+    let p = parse_str(
+        "t.toml",
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "export"
+path = "/export"
+cost = 5
+limit = { rate = "5/s", burst = 10 }
+[[endpoint]]
+name = "q"
+path = "/q"
+limit = { rate = "10/d", burst = 10 }
+"#,
+    )
+    .expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+    l.clock.frozen = Some(100 * NS_PER_SEC);
+    let mut fx = Vec::new();
+    let mut at = |l: &mut Limiter, path: &str, cost: Option<u64>| {
+        l.decide(
+            "GET",
+            Some(path),
+            path,
+            Some("192.0.2.9"),
+            None,
+            None,
+            None,
+            cost,
+            &mut fx,
+        )
+        .expect("decide")
+    };
+    // cost 5 under burst 10: exactly 2, then 429 with a retry of one second (5 tokens at 5/s).
+    let d: Vec<Decision> = (0..4).map(|_| at(&mut l, "/export", None)).collect();
+    assert_eq!(
+        d.iter().map(|d| d.allow).collect::<Vec<_>>(),
+        [true, true, false, false]
+    );
+    assert_eq!((d[0].remaining, d[1].remaining), (Some(5), Some(0)));
+    assert_eq!((d[2].status, d[2].retry_after), (Some(429), Some(1)));
+    // A request naming its own cost: 1 passes one token later.
+    l.clock.frozen = Some(100 * NS_PER_SEC + NS_PER_SEC / 5);
+    assert!(at(&mut l, "/export", Some(1)).allow);
+    assert!(!at(&mut l, "/export", Some(1)).allow);
+    // A cost above what the bucket ever holds: refused, says why, no strike.
+    let big = at(&mut l, "/q", Some(11));
+    assert_eq!(big.status, Some(429));
+    assert!(
+        big.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("costs 11 tokens"),
+        "{big:?}"
+    );
+    // A daily rate: 3 + 7 = 10 pass, then a wait of 86,400 / 10 s for one token.
+    assert!(at(&mut l, "/q", Some(3)).allow);
+    assert!(at(&mut l, "/q", Some(7)).allow);
+    let over = at(&mut l, "/q", None);
+    assert_eq!(over.retry_after, Some(8640));
+    assert!(
+        over.detail.as_deref().unwrap_or("").contains("per day"),
+        "{over:?}"
+    );
+    assert!(
+        l.decide(
+            "GET",
+            Some("/q"),
+            "/q",
+            Some("192.0.2.9"),
+            None,
+            None,
+            None,
+            Some(0),
+            &mut Vec::new()
+        )
+        .is_err()
+    );
 }

@@ -186,11 +186,6 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
     match req.op.as_str() {
         "hello" => line::<Hello>(&limiter.hello()),
         "decide" => {
-            if req.cost.is_some_and(|c| c != 1) {
-                return error_line(
-                    "`cost` other than 1 is not supported by this daemon (leave it out or send 1)",
-                );
-            }
             let Some(method) = req.method.as_deref() else {
                 return error_line("decide needs `method`");
             };
@@ -205,6 +200,7 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
                 req.xff.as_deref(),
                 req.headers.as_ref(),
                 req.user.as_deref(),
+                req.cost,
                 effects,
             ) {
                 Ok(d) => line::<Decision>(&d),

@@ -75,6 +75,9 @@ pub struct Endpoint {
     pub prefix: bool,
     pub key: KeyKind,
     pub limit: Limit,
+    /// Tokens one request draws from the key's buckets (`cost = N`, default 1; a request
+    /// may name its own with `cost` in `decide`).
+    pub cost: u64,
     pub escalation: Option<Escalation>,
 }
 

@@ -218,6 +218,7 @@ fn app_tables(policy: &Policy, out: &mut String) {
                     e.path_text(),
                     e.key.to_string(),
                     limit_text(&Some(e.limit)),
+                    e.cost.to_string(),
                     esc(e.escalation.as_ref(), true),
                 ]
             })
@@ -229,6 +230,7 @@ fn app_tables(policy: &Policy, out: &mut String) {
                 "PATH",
                 "KEY",
                 "LIMIT (per key)",
+                "COST",
                 "ESCALATION",
             ],
             &rows,

@@ -34,6 +34,7 @@ pub(super) struct RawEndpoint {
     path: Field<String>,
     key: Option<Field<String>>,
     limit: Field<RawLimit>,
+    cost: Option<Field<i64>>,
     escalation: Option<Field<RawEscalation>>,
 }
 
@@ -305,6 +306,26 @@ pub(super) fn endpoint(
     }
     let key = key(cx, e.key.as_ref())?;
     let limit = limit(cx, cx.get(&e.limit, "limit", LIMIT)?.value)?;
+    let cost = match &e.cost {
+        Some(c) => {
+            let c = cx.get(c, "cost", "a whole number of tokens, like 5")?;
+            let v = *c.get_ref();
+            let most = limit
+                .sustained
+                .map_or(limit.burst, |s| s.count.min(limit.burst));
+            if v < 1 || v as u64 > most {
+                return Err(cx.err(
+                    c.span(),
+                    format!(
+                        "cost must be between 1 and the limit's burst{} ({most}): a request costing more could never pass; got {v}",
+                        if limit.sustained.is_some() { " and sustained count" } else { "" }
+                    ),
+                ));
+            }
+            v as u64
+        }
+        None => 1,
+    };
     let escalation = app_escalation(cx, e.escalation.as_ref(), true)?;
     Ok(Endpoint {
         name,
@@ -313,6 +334,7 @@ pub(super) fn endpoint(
         prefix,
         key,
         limit,
+        cost,
         escalation,
     })
 }
