@@ -84,6 +84,7 @@ class Shield:
         app.extensions["shield"] = self
         app.before_request(self._before_request)
         app.after_request(self._after_request)
+        app.teardown_request(self._teardown_request)
         return self
 
     def exempt(self, view):
@@ -194,6 +195,7 @@ class Shield:
         except ValueError:
             msg["port"] = None
         msg["cost"] = n
+        msg["charge"] = True  # the request is admitted already: no in-flight slot
         refusal = self._decide(msg)
         if refusal is not None:
             abort(refusal)
@@ -220,6 +222,10 @@ class Shield:
             return None
         self._recovered()
         g._shield_decision = reply
+        slot = reply.get("slot")
+        if slot is not None:
+            # A `concurrency = N` endpoint: the slot is released when the request ends.
+            g._shield_slots = getattr(g, "_shield_slots", []) + [slot]
         if reply.get("allow", True):
             return None
         status = reply.get("status")
@@ -241,6 +247,26 @@ class Shield:
                 f"{_sf_string(decision['endpoint'])};r={remaining};t={reset}"
             )
         return response
+
+    def _teardown_request(self, exc):
+        """Releases the request's in-flight slots (after the response, also after an
+        exception). A release that cannot be sent closes this thread's connection: the
+        daemon releases every slot of a closed connection, so none is ever lost."""
+        slots = getattr(g, "_shield_slots", None)
+        if not slots:
+            return
+        g._shield_slots = []
+        for slot in slots:
+            try:
+                reply = self._call({"op": "release", "slot": slot})
+                if not reply.get("ok"):
+                    raise ShieldError(f"the daemon answered: {reply.get('error')}")
+            except (OSError, ShieldError):
+                self._conns.discard()
+                return
+            except BaseException:
+                self._conns.discard()
+                raise
 
     def _problem(self, status, detail, endpoint, retry_after):
         body = {

@@ -159,6 +159,76 @@ class Charge(Base):
                     shield.charge(bad)
 
 
+class InFlight(Base):
+    """`concurrency = N` endpoints: the decide reply's slot is released when the request ends."""
+
+    def make(self):
+        app, shield = make_app(self.daemon.path)
+        seen = []
+
+        def decide(req):
+            if req["rule"] != "/slow":
+                return {"endpoint": None, "allow": True}
+            seen.append(req)
+            if req.get("charge"):
+                return {"allow": True, "endpoint": "slow"}
+            return {"allow": True, "endpoint": "slow", "slot": 40 + len(seen)}
+
+        self.daemon.decide = decide
+
+        @app.get("/slow")
+        def slow():
+            from flask import g as fg, request as rq
+
+            # Released after the response: not yet while the view runs.
+            mine = fg._shield_slots[-1]
+            self.assertNotIn(mine, [m["slot"] for m in self.daemon.of("release")])
+            if rq.args.get("charge"):
+                shield.charge(2)
+            if rq.args.get("boom"):
+                raise RuntimeError("the view failed")
+            return "done"
+
+        return app, seen
+
+    def test_the_slot_is_released_after_the_response(self):
+        app, seen = self.make()
+        r = app.test_client().get("/slow")
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual([m["slot"] for m in self.daemon.of("release")], [41])
+
+    def test_the_slot_is_released_after_an_exception(self):
+        app, _ = self.make()
+        app.testing = False  # a real 500, as under gunicorn
+        r = app.test_client().get("/slow?boom=1")
+        self.assertEqual(r.status_code, 500)
+        self.assertEqual([m["slot"] for m in self.daemon.of("release")], [41])
+
+    def test_a_charge_takes_no_slot_and_unmatched_requests_release_nothing(self):
+        app, seen = self.make()
+        client = app.test_client()
+        self.assertEqual(client.get("/slow?charge=1").status_code, 200)
+        self.assertEqual(seen[1].get("charge"), True)
+        self.assertEqual([m["slot"] for m in self.daemon.of("release")], [41])
+        self.assertEqual(client.get("/users/1").status_code, 200)
+        self.assertEqual(len(self.daemon.of("release")), 1)
+
+    def test_a_release_that_fails_closes_the_connection_so_the_daemon_frees_the_slot(self):
+        app, _ = self.make()
+        real = self.daemon._reply
+
+        def no_release(req):
+            if req.get("op") == "release":
+                return {"ok": False, "error": "boom"}
+            return real(req)
+
+        self.daemon._reply = no_release
+        client = app.test_client()
+        self.assertEqual(client.get("/slow").status_code, 200)
+        self.assertEqual(client.get("/slow").status_code, 200)
+        self.assertEqual(len(self.daemon.connections()), 2, "the failed release's connection was replaced")
+
+
 class Decisions(Base):
     def test_allowed_request_sends_the_decide_fields_and_gets_ratelimit_headers(self):
         self.daemon.decide = login_decider()

@@ -83,6 +83,15 @@ methods = ["POST"]
 path = "/api/export"
 limit = {{ rate = "1/d", burst = 10 }}
 
+# In-flight cap (issue 18): 2 requests at once per API key, across every worker.
+[[endpoint]]
+name = "slow"
+methods = ["GET"]
+path = "/api/slow"
+key = "header:X-Api-Key"
+concurrency = 2
+limit = {{ rate = "100/s", burst = 100 }}
+
 [[signal]]
 name = "login_failed"
 key = "ip"
@@ -124,7 +133,10 @@ impl Lab {
             on_error: on_error.into(),
         };
         self.app = Some(
-            App::start(&self.lab.topo.server, PORT, WORKERS, &limiter).expect("starting the app"),
+            // 8 threads per worker: the in-flight test holds 8 requests in the view at once,
+            // which gthread may all hand to one worker.
+            App::start_threads(&self.lab.topo.server, PORT, WORKERS, 8, &limiter)
+                .expect("starting the app"),
         );
     }
 
@@ -494,6 +506,172 @@ fn a_cost_weighted_endpoint_and_a_per_request_charge_draw_their_tokens() {
             .any(|l| l.starts_with("report") && l.contains("1/min burst 10") && l.contains(" 5 ")),
         "the matrix shows report's cost 5:\n{text}"
     );
+}
+
+/// A gate directory for `/api/slow`: requests wait in the app until `open()`.
+struct Gate(PathBuf);
+
+impl Gate {
+    fn new() -> Gate {
+        let d = std::env::temp_dir().join(unique("shield-gate-"));
+        std::fs::create_dir_all(&d).expect("gate dir");
+        Gate(d)
+    }
+    /// Workers' pids of the requests inside the view now.
+    fn inside(&self) -> Vec<i32> {
+        std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("in-"))
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn open(&self) {
+        std::fs::write(self.0.join("open"), "").expect("opening the gate");
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+type Pending = std::thread::JoinHandle<anyhow::Result<Option<Response>>>;
+
+/// `GET /api/slow` held at `gate`, with API key `key`, on a thread of its own.
+fn slow(lab: &Lab, key: &str, gate: &Gate) -> Pending {
+    let path = format!("/api/slow?gate={}", gate.0.display());
+    let key = key.to_string();
+    lab.lab
+        .topo
+        .client
+        .spawn_in(move || {
+            applab::http(
+                IpAddr::V4(LEGIT_V4),
+                SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+                "GET",
+                &path,
+                &[("X-Api-Key", key.as_str())],
+                "",
+                Duration::from_secs(90),
+            )
+        })
+        .expect("client namespace")
+}
+
+/// Waits until `inside + answered == n` (requests either in the view or answered).
+fn settle(gate: &Gate, pending: &[Pending], n: usize) -> (usize, usize) {
+    let deadline = Instant::now() + BAN_WITHIN;
+    loop {
+        let inside = gate.inside().len();
+        let answered = pending.iter().filter(|p| p.is_finished()).count();
+        if inside + answered >= n || Instant::now() > deadline {
+            return (inside, answered);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn concurrency_caps_in_flight_requests_per_key_and_a_killed_worker_gives_its_slots_back() {
+    let lab = Lab::new("open");
+    // 8 at once from one key: 2 in the view, 6 refused at once (429, Retry-After 1).
+    let gate = Gate::new();
+    let pending: Vec<Pending> = (0..8).map(|_| slow(&lab, "one", &gate)).collect();
+    let (inside, answered) = settle(&gate, &pending, 8);
+    assert_eq!(
+        (inside, answered),
+        (2, 6),
+        "2 in flight, 6 refused\n{}",
+        lab.app_log()
+    );
+    let refused: Vec<Response> = pending
+        .into_iter()
+        .filter(|p| p.is_finished())
+        .map(|p| p.join().expect("thread").expect("netns").expect("answered"))
+        .collect();
+    for r in &refused {
+        let body = assert_problem(r, 429, "rate-limited", "Too Many Requests");
+        assert_eq!(r.header("Retry-After"), Some("1"), "{r:?}");
+        assert_eq!(body["retry_after"], 1);
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("slow allows 2 requests in flight at once"),
+            "{body}"
+        );
+    }
+    gate.open();
+    // 8 at once from 8 keys: all 8 in the view together, then all 200.
+    let gate = Gate::new();
+    let pending: Vec<Pending> = (0..8)
+        .map(|i| slow(&lab, &format!("key-{i}"), &gate))
+        .collect();
+    let (inside, answered) = settle(&gate, &pending, 8);
+    assert_eq!((inside, answered), (8, 0), "8 keys: all in flight at once");
+    gate.open();
+    for p in pending {
+        let r = p.join().expect("thread").expect("netns").expect("answered");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // A worker killed mid-request: its connection to the daemon closes, its slots return.
+    let gate = Gate::new();
+    let pending: Vec<Pending> = (0..2).map(|_| slow(&lab, "victim", &gate)).collect();
+    assert_eq!(settle(&gate, &pending, 2), (2, 0));
+    let third = slow(&lab, "victim", &gate);
+    let r = third
+        .join()
+        .expect("thread")
+        .expect("netns")
+        .expect("answered");
+    assert_eq!(r.status, 429, "the victim key is full: {r:?}");
+    let mut pids = gate.inside();
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in &pids {
+        // SAFETY: a gunicorn worker of this test's app (its pid written by the view).
+        assert_eq!(unsafe { libc::kill(*pid, libc::SIGKILL) }, 0, "kill {pid}");
+    }
+    for p in pending {
+        let r = p.join().expect("thread").expect("netns");
+        assert!(
+            r.is_none(),
+            "a killed worker's request gets no answer: {r:?}"
+        );
+    }
+    // The slots come back (the daemon saw the connections close): 2 in flight again. The
+    // daemon reads the closed connections as the kernel closes them; a try that raced it
+    // is let through and repeated (a leaked slot would fail every try until the bound).
+    let deadline = Instant::now() + BAN_WITHIN;
+    loop {
+        let gate = Gate::new();
+        let pending: Vec<Pending> = (0..2).map(|_| slow(&lab, "victim", &gate)).collect();
+        let got = settle(&gate, &pending, 2);
+        gate.open();
+        let statuses: Vec<u16> = pending
+            .into_iter()
+            .map(|p| {
+                p.join()
+                    .expect("thread")
+                    .expect("netns")
+                    .expect("answered")
+                    .status
+            })
+            .collect();
+        if got == (2, 0) {
+            assert_eq!(statuses, [200, 200]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the kill ({pids:?}) the victim key never had its 2 slots again: {got:?} {statuses:?}\n{}",
+            lab.app_log()
+        );
+    }
 }
 
 #[test]

@@ -454,6 +454,11 @@ pub struct Limiter {
     bans: HashMap<IpAddr, Vec<L7Ban>>,
     /// Last `app_limited` second per client.
     last_limited: HashMap<IpAddr, u64>,
+    /// Requests in flight per (endpoint name, key), for `concurrency = N` endpoints.
+    in_flight: HashMap<(String, String), u64>,
+    /// Every slot taken and not yet released: its (endpoint name, key).
+    slots: HashMap<u64, (String, String)>,
+    next_slot: u64,
     pub counters: Arc<AppCounters>,
     pub clock: Clock,
 }
@@ -466,6 +471,9 @@ impl Limiter {
             signals: Vec::new(),
             bans: HashMap::new(),
             last_limited: HashMap::new(),
+            in_flight: HashMap::new(),
+            slots: HashMap::new(),
+            next_slot: 1,
             counters,
             clock: Clock::default(),
         };
@@ -615,7 +623,7 @@ impl Limiter {
         })
     }
 
-    /// `decide`.
+    /// `decide` of a request arriving (`charge` false).
     #[expect(clippy::too_many_arguments, reason = "the fields of one request")]
     pub fn decide(
         &mut self,
@@ -627,6 +635,51 @@ impl Limiter {
         headers: Option<&HashMap<String, String>>,
         user: Option<&str>,
         cost: Option<u64>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Decision, String> {
+        self.decide_full(
+            method, rule, path, peer, xff, headers, user, cost, false, effects,
+        )
+    }
+
+    /// Requests of endpoint `name` in flight now (every key).
+    pub fn in_flight_of(&self, name: &str) -> u64 {
+        self.in_flight
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, c)| *c)
+            .sum()
+    }
+
+    /// Ends the request holding `slot` (its response ended, or its connection closed).
+    /// False when no such slot is held (released already).
+    pub fn release(&mut self, slot: u64) -> bool {
+        let Some(k) = self.slots.remove(&slot) else {
+            return false;
+        };
+        if let Some(c) = self.in_flight.get_mut(&k) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.in_flight.remove(&k);
+            }
+        }
+        true
+    }
+
+    /// `decide`; `charge`: more tokens for a request already admitted (`shield.charge(n)`):
+    /// no in-flight check, no slot.
+    #[expect(clippy::too_many_arguments, reason = "the fields of one request")]
+    pub fn decide_full(
+        &mut self,
+        method: &str,
+        rule: Option<&str>,
+        path: &str,
+        peer: Option<&str>,
+        xff: Option<&str>,
+        headers: Option<&HashMap<String, String>>,
+        user: Option<&str>,
+        cost: Option<u64>,
+        charge: bool,
         effects: &mut Vec<Effect>,
     ) -> Result<Decision, String> {
         if cost == Some(0) || cost.is_some_and(|c| c > MAX_COST) {
@@ -697,10 +750,45 @@ impl Limiter {
                 detail: Some(format!(
                     "this request costs {cost} tokens, more than {name} ever holds ({most}): it cannot pass"
                 )),
+                slot: None,
             });
         }
         let key = self.key_of(&self.endpoints[idx].key, client.addr, headers, user);
+        let cap = self.policy.endpoints[idx].concurrency.filter(|_| !charge);
+        let slot_key = (name.clone(), key.clone());
+        if let Some(cap) = cap {
+            let now_in = self.in_flight.get(&slot_key).copied().unwrap_or(0);
+            if now_in >= cap {
+                let t = &self.endpoints[idx];
+                t.counts.limited.fetch_add(1, Ordering::Relaxed);
+                return Ok(Decision {
+                    ok: true,
+                    allow: false,
+                    status: Some(429),
+                    generation,
+                    endpoint: Some(name.clone()),
+                    client: Some(client.addr.to_string()),
+                    retry_after: Some(1),
+                    detail: Some(format!(
+                        "{name} allows {cap} request{} in flight at once per {}, and {now_in} are; retry in 1 s",
+                        if cap == 1 { "" } else { "s" },
+                        t.key
+                    )),
+                    ..Decision::default()
+                });
+            }
+        }
         let judged = self.judge(Kind::Endpoint, idx, &key, cost, client, now, effects);
+        let slot = match (&judged, cap) {
+            (Judged::Allowed { .. }, Some(_)) => {
+                let id = self.next_slot;
+                self.next_slot += 1;
+                *self.in_flight.entry(slot_key.clone()).or_insert(0) += 1;
+                self.slots.insert(id, slot_key);
+                Some(id)
+            }
+            _ => None,
+        };
         let t = &self.endpoints[idx];
         let mut d = Decision {
             ok: true,
@@ -716,6 +804,7 @@ impl Limiter {
             Judged::Allowed { remaining, reset } => {
                 d.remaining = Some(remaining);
                 d.reset = Some(reset);
+                d.slot = slot;
             }
             Judged::Limited { retry_after } => {
                 d.allow = false;

@@ -564,3 +564,67 @@ limit = { rate = "10/d", burst = 10 }
         .is_err()
     );
 }
+
+#[test]
+fn concurrency_caps_requests_in_flight_per_key_and_release_frees_a_slot() {
+    let p = parse_str(
+        "t.toml",
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "slow"
+path = "/slow"
+key = "header:X-Api-Key"
+concurrency = 2
+limit = { rate = "100/s", burst = 100 }
+"#,
+    )
+    .expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+    l.clock.frozen = Some(100 * NS_PER_SEC);
+    let mut fx = Vec::new();
+    let mut go = |l: &mut Limiter, key: &str, charge: bool| {
+        let h: HashMap<String, String> = [("X-Api-Key".to_string(), key.to_string())].into();
+        l.decide_full(
+            "GET",
+            Some("/slow"),
+            "/slow",
+            Some("192.0.2.9"),
+            None,
+            Some(&h),
+            None,
+            None,
+            charge,
+            &mut fx,
+        )
+        .expect("decide")
+    };
+    let a = go(&mut l, "k1", false);
+    let b = go(&mut l, "k1", false);
+    assert!(a.allow && b.allow);
+    let (sa, sb) = (a.slot.expect("a slot"), b.slot.expect("a slot"));
+    assert_ne!(sa, sb);
+    let c = go(&mut l, "k1", false);
+    assert_eq!(
+        (c.allow, c.status, c.retry_after),
+        (false, Some(429), Some(1))
+    );
+    assert!(
+        c.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("slow allows 2 requests in flight at once per header:X-Api-Key"),
+        "{c:?}"
+    );
+    assert_eq!(c.slot, None);
+    // Another key has its own slots; a charge takes none.
+    assert!(go(&mut l, "k2", false).slot.is_some());
+    let ch = go(&mut l, "k1", true);
+    assert!(ch.allow && ch.slot.is_none(), "{ch:?}");
+    assert_eq!(l.in_flight_of("slow"), 3);
+    assert!(l.release(sa));
+    assert!(!l.release(sa), "a slot is released once");
+    assert!(go(&mut l, "k1", false).allow);
+    assert!(!go(&mut l, "k1", false).allow);
+}

@@ -176,7 +176,12 @@ fn send_owner(owner: &mpsc::Sender<Msg>, msg: Msg) {
 }
 
 /// One request's reply line (with its newline).
-fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect>) -> String {
+fn answer_line(
+    limiter: &mut Limiter,
+    req: &AppRequest,
+    held: &mut Vec<u64>,
+    effects: &mut Vec<Effect>,
+) -> String {
     fn line<T: serde::Serialize>(v: &T) -> String {
         match serde_json::to_string(v) {
             Ok(s) => s + "\n",
@@ -192,7 +197,7 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
             let Some(path) = req.path.as_deref() else {
                 return error_line("decide needs `path`");
             };
-            match limiter.decide(
+            match limiter.decide_full(
                 method,
                 req.rule.as_deref(),
                 path,
@@ -201,9 +206,14 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
                 req.headers.as_ref(),
                 req.user.as_deref(),
                 req.cost,
+                req.charge == Some(true),
                 effects,
             ) {
-                Ok(d) => line::<Decision>(&d),
+                Ok(d) => {
+                    // The slot belongs to this connection: released with it.
+                    held.extend(d.slot);
+                    line::<Decision>(&d)
+                }
                 Err(e) => error_line(&e),
             }
         }
@@ -223,6 +233,23 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
                 Ok(r) => line::<Reported>(&r),
                 Err(e) => error_line(&e),
             }
+        }
+        "release" => {
+            let Some(slot) = req.slot else {
+                return error_line("release needs `slot` (from a decide reply)");
+            };
+            // Only a slot this connection holds: another worker's slots are not ours.
+            let released = match held.iter().position(|s| *s == slot) {
+                Some(i) => {
+                    held.swap_remove(i);
+                    limiter.release(slot)
+                }
+                None => false,
+            };
+            format!(
+                "{}\n",
+                serde_json::json!({"ok": true, "generation": limiter.generation(), "released": released})
+            )
         }
         _ => error_line(protocol::ONLY_APP_OPS),
     }
@@ -270,11 +297,30 @@ async fn accept(
     }
 }
 
+/// One connection; the in-flight slots it took and did not release are released when it
+/// ends, however it ends (a worker killed mid-request closes its connections).
 async fn client(
     conn: tokio::net::UnixStream,
     limiter: &Shared,
     owner: &mpsc::Sender<Msg>,
     counters: &AppCounters,
+) {
+    let mut held = Vec::new();
+    serve_client(conn, limiter, owner, counters, &mut held).await;
+    if !held.is_empty() {
+        let mut l = lock(limiter);
+        for slot in held {
+            l.release(slot);
+        }
+    }
+}
+
+async fn serve_client(
+    conn: tokio::net::UnixStream,
+    limiter: &Shared,
+    owner: &mpsc::Sender<Msg>,
+    counters: &AppCounters,
+    held: &mut Vec<u64>,
 ) {
     let mut effects = Vec::new();
     let (read, mut write) = conn.into_split();
@@ -309,7 +355,7 @@ async fn client(
                 error_line(&e)
             }
             Ok(req) => {
-                let line = answer_line(&mut lock(limiter), &req, &mut effects);
+                let line = answer_line(&mut lock(limiter), &req, held, &mut effects);
                 for e in effects.drain(..) {
                     send_owner(owner, Msg::App(e));
                 }

@@ -78,6 +78,8 @@ pub struct Endpoint {
     /// Tokens one request draws from the key's buckets (`cost = N`, default 1; a request
     /// may name its own with `cost` in `decide`).
     pub cost: u64,
+    /// At most this many requests of one key in flight at once (`concurrency = N`).
+    pub concurrency: Option<u64>,
     pub escalation: Option<Escalation>,
 }
 

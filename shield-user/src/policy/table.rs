@@ -219,6 +219,8 @@ fn app_tables(policy: &Policy, out: &mut String) {
                     e.key.to_string(),
                     limit_text(&Some(e.limit)),
                     e.cost.to_string(),
+                    e.concurrency
+                        .map_or_else(|| "-".to_string(), |c| format!("{c} per key")),
                     esc(e.escalation.as_ref(), true),
                 ]
             })
@@ -231,6 +233,7 @@ fn app_tables(policy: &Policy, out: &mut String) {
                 "KEY",
                 "LIMIT (per key)",
                 "COST",
+                "IN FLIGHT",
                 "ESCALATION",
             ],
             &rows,

@@ -1484,8 +1484,13 @@ limit = { rate = "600/h", burst = 10, sustained = "1000/d" }
 [[endpoint]]
 name = "cheap"
 path = "/cheap"
+concurrency = 3
 limit = { rate = "10/s" }
 "#);
+    assert_eq!(
+        (p.endpoints[0].concurrency, p.endpoints[1].concurrency),
+        (None, Some(3))
+    );
     assert_eq!(p.endpoints[0].cost, 5);
     assert_eq!(p.endpoints[1].cost, 1, "cost defaults to 1");
     assert_eq!(
@@ -1507,6 +1512,8 @@ limit = { rate = "10/s" }
         "max 50000/d",
         "600/h burst 10, max 1000/d",
         "COST",
+        "IN FLIGHT",
+        "3 per key",
         "export",
     ] {
         assert!(m.contains(needle), "matrix lacks {needle:?}:\n{m}");
@@ -1518,6 +1525,10 @@ limit = { rate = "10/s" }
         ),
         ("cost = 0", "cost must be between 1"),
         ("cost = '5'", "cost"),
+        (
+            "concurrency = 0",
+            "concurrency must be between 1 and 1000000",
+        ),
     ] {
         let e = parse_str(
             "t.toml",

@@ -14,6 +14,8 @@ use shield_common::RULE_NAME_LEN;
 
 /// The most `[[endpoint]]` and `[[signal]]` tables each.
 pub const MAX_APP_TABLES: usize = 1024;
+/// The largest `concurrency`.
+const MAX_CONCURRENCY: i64 = 1_000_000;
 /// The longest endpoint path.
 const MAX_PATH: usize = 1024;
 
@@ -35,6 +37,7 @@ pub(super) struct RawEndpoint {
     key: Option<Field<String>>,
     limit: Field<RawLimit>,
     cost: Option<Field<i64>>,
+    concurrency: Option<Field<i64>>,
     escalation: Option<Field<RawEscalation>>,
 }
 
@@ -326,8 +329,25 @@ pub(super) fn endpoint(
         }
         None => 1,
     };
+    let concurrency = match &e.concurrency {
+        Some(c) => {
+            let c = cx.get(c, "concurrency", "a whole number of requests, like 2")?;
+            let v = *c.get_ref();
+            if !(1..=MAX_CONCURRENCY).contains(&v) {
+                return Err(cx.err(
+                    c.span(),
+                    format!(
+                        "concurrency must be between 1 and {MAX_CONCURRENCY} requests in flight per key, got {v}"
+                    ),
+                ));
+            }
+            Some(v as u64)
+        }
+        None => None,
+    };
     let escalation = app_escalation(cx, e.escalation.as_ref(), true)?;
     Ok(Endpoint {
+        concurrency,
         name,
         methods,
         path: path.to_string(),
