@@ -25,7 +25,7 @@ pub const PASSWORD: &str = "correct horse";
 /// bench's route under a limit never reached: every request pays for a decision),
 /// `GET /api/me` (the user comes from the `X-Demo-User` header through shield's user loader),
 /// `GET /api/report` (the cost-weighted route: its endpoint's `cost` in the policies),
-/// `GET /api/slow?gate=DIR` (writes `DIR/in-<pid>-<thread>` holding its worker's pid, then
+/// `GET /api/daily` (the quota route), `GET /api/slow?gate=DIR` (writes `DIR/in-<pid>-<thread>` holding its worker's pid, then
 /// waits until `DIR/open` exists, at most 60 s: a request held in flight for as long as a
 /// test wants), `POST /api/export?rows=N` (charges N more tokens with `shield.charge(N)` before the
 /// work, when N > 0), `GET /health` (exempt),
@@ -106,6 +106,11 @@ def me():
 @app.get("/api/report")
 def report_route():
     return jsonify(report="expensive")
+
+
+@app.get("/api/daily")
+def daily_route():
+    return jsonify(ok=True)
 
 
 @app.get("/api/slow")

@@ -11,6 +11,7 @@ use std::{
 
 use serde_json::Value;
 use shield_tests::applab::{self, App, Limiter, PASSWORD, Response, login_form};
+use shield_tests::netlab::Daemon;
 use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_V4, unique};
 use shield_tests::nslab::{NsLab, counter};
 
@@ -82,6 +83,15 @@ name = "export"
 methods = ["POST"]
 path = "/api/export"
 limit = {{ rate = "1/d", burst = 10 }}
+
+# A daily quota per API key (issue 18): 20 a UTC day.
+[[endpoint]]
+name = "daily"
+methods = ["GET"]
+path = "/api/daily"
+key = "header:X-Api-Key"
+quota = {{ limit = 20, per = "1d" }}
+limit = {{ rate = "100/s", burst = 100 }}
 
 # In-flight cap (issue 18): 2 requests at once per API key, across every worker.
 [[endpoint]]
@@ -506,6 +516,99 @@ fn a_cost_weighted_endpoint_and_a_per_request_charge_draw_their_tokens() {
             .any(|l| l.starts_with("report") && l.contains("1/min burst 10") && l.contains(" 5 ")),
         "the matrix shows report's cost 5:\n{text}"
     );
+}
+
+/// Seconds to the next 00:00 UTC.
+fn to_utc_midnight() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    86_400 - now % 86_400
+}
+
+#[test]
+fn a_daily_quota_admits_exactly_its_limit_and_survives_a_daemon_restart() {
+    let mut lab = Lab::new("open");
+    let state = std::env::temp_dir().join(unique("shield-state-"));
+    let restart = |lab: &mut Lab| {
+        lab.lab.daemon = None; // SIGTERM: the app task writes the quota file on its way out
+        let audit = lab.lab.audit.to_str().expect("utf-8").to_string();
+        lab.lab.daemon = Some(
+            Daemon::start(
+                &shield_tests::shield_bin(),
+                &lab.lab.topo.server,
+                &lab.lab.policy,
+                &lab.lab.bpffs.path,
+                &[
+                    "--audit-log",
+                    &audit,
+                    "--state-dir",
+                    state.to_str().expect("utf-8"),
+                ],
+            )
+            .expect("restarting shield run"),
+        );
+    };
+    restart(&mut lab);
+    let get = |lab: &Lab| {
+        lab.req(LEGIT_V4, "GET", "/api/daily", &[("X-Api-Key", "k1")], "")
+            .expect("answered")
+    };
+    for i in 0..15u64 {
+        let r = get(&lab);
+        assert_eq!(r.status, 200, "request {i}: {r:?}\n{}", lab.app_log());
+        let rl = r.header("RateLimit").unwrap_or_default().to_string();
+        let want = format!("\"daily\";r={};t=", 19 - i);
+        assert!(rl.starts_with(&want), "request {i}: {rl:?}, want {want}…");
+        let t: u64 = rl[want.len()..].parse().expect("t");
+        assert!(
+            t.abs_diff(to_utc_midnight()) <= 2,
+            "t = seconds to 00:00 UTC: {t}"
+        );
+        assert_eq!(
+            r.header("RateLimit-Policy"),
+            Some("\"daily\";q=100;w=1, \"daily-quota\";q=20;w=86400")
+        );
+    }
+    restart(&mut lab);
+    let saved = std::fs::read_to_string(state.join("app-quotas.json")).expect("quota file");
+    assert!(saved.contains("\"used\":15"), "{saved}");
+    // shield_flask reconnects to the new daemon; 5 more, then the quota is used up.
+    for i in 15..20 {
+        let r = get(&lab);
+        assert_eq!(
+            r.status,
+            200,
+            "request {i} after the restart: {r:?}\n{}",
+            lab.app_log()
+        );
+    }
+    let r = get(&lab);
+    let body = assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    let retry: u64 = r
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(
+        retry.abs_diff(to_utc_midnight()) <= 2,
+        "retry at 00:00 UTC: {retry}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("quota of 20 per day"),
+        "{body}"
+    );
+    // Another key has its own 20.
+    let r = lab
+        .req(LEGIT_V4, "GET", "/api/daily", &[("X-Api-Key", "k2")], "")
+        .expect("answered");
+    assert_eq!(r.status, 200, "{r:?}");
+    lab.lab.daemon = None;
+    let _ = std::fs::remove_dir_all(&state);
 }
 
 /// A gate directory for `/api/slow`: requests wait in the app until `open()`.

@@ -26,6 +26,7 @@ use crate::{
     policy::{BanScope, Cidr, Endpoint, KeyKind, Limit, OnError, Policy, Signal, buckets},
 };
 use protocol::{Decision, Hello, Reported};
+use serde::{Deserialize, Serialize};
 
 /// Most keys one endpoint or signal tracks at once: keys come from requests (a header's
 /// value), so the table is bounded; past it, idle keys are dropped first, and a new key
@@ -256,6 +257,8 @@ pub fn resolve_client(peer: IpAddr, xff: Option<&str>, trusted: &[Cidr]) -> Clie
 pub struct Clock {
     start: std::time::Instant,
     pub frozen: Option<u64>,
+    /// Wall-clock seconds since the Unix epoch, for tests (quota windows).
+    pub wall_frozen: Option<u64>,
 }
 
 impl Default for Clock {
@@ -263,11 +266,21 @@ impl Default for Clock {
         Clock {
             start: std::time::Instant::now(),
             frozen: None,
+            wall_frozen: None,
         }
     }
 }
 
 impl Clock {
+    /// Wall-clock seconds since the Unix epoch (UTC): quota windows are calendar windows.
+    pub fn wall_secs(&self) -> u64 {
+        self.wall_frozen.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+    }
+
     pub fn now(&self) -> u64 {
         self.frozen.unwrap_or_else(|| {
             NS_PER_SEC.saturating_add(
@@ -436,6 +449,16 @@ fn standing(g: &Gcra, tat: u64, now: u64) -> (u64, u64) {
     (left.min(g.burst()), secs_up(tat.saturating_sub(now)))
 }
 
+/// One key's quota use, as kept in `--state-dir`/`app-quotas.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQuota {
+    pub endpoint: String,
+    pub key: String,
+    /// The window's start, unix seconds (UTC).
+    pub window_start: u64,
+    pub used: u64,
+}
+
 /// An L7 ban.
 #[derive(Clone, Debug)]
 struct L7Ban {
@@ -459,6 +482,10 @@ pub struct Limiter {
     /// Every slot taken and not yet released: its (endpoint name, key).
     slots: HashMap<u64, (String, String)>,
     next_slot: u64,
+    /// Quota use per (endpoint name, key): (window start, unix seconds; tokens used).
+    quotas: HashMap<(String, String), (u64, u64)>,
+    /// Quota use changed since the last `take_quotas_dirty`.
+    quotas_dirty: bool,
     pub counters: Arc<AppCounters>,
     pub clock: Clock,
 }
@@ -474,6 +501,8 @@ impl Limiter {
             in_flight: HashMap::new(),
             slots: HashMap::new(),
             next_slot: 1,
+            quotas: HashMap::new(),
+            quotas_dirty: false,
             counters,
             clock: Clock::default(),
         };
@@ -642,6 +671,64 @@ impl Limiter {
         )
     }
 
+    /// Every key's quota use in its current window (for the state file).
+    pub fn quotas_snapshot(&self) -> Vec<SavedQuota> {
+        let wall = self.clock.wall_secs();
+        let mut v: Vec<SavedQuota> = self
+            .quotas
+            .iter()
+            .filter(|((name, _), (start, _))| {
+                self.policy
+                    .endpoints
+                    .iter()
+                    .find(|e| &e.name == name)
+                    .and_then(|e| e.quota)
+                    .is_some_and(|q| start + q.per_secs > wall)
+            })
+            .map(|((endpoint, key), (window_start, used))| SavedQuota {
+                endpoint: endpoint.clone(),
+                key: key.clone(),
+                window_start: *window_start,
+                used: *used,
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.endpoint, &a.key).cmp(&(&b.endpoint, &b.key)));
+        v
+    }
+
+    /// Quota use read back at start (entries of another window are dropped when read).
+    pub fn load_quotas(&mut self, saved: Vec<SavedQuota>) {
+        for q in saved {
+            self.quotas
+                .insert((q.endpoint, q.key), (q.window_start, q.used));
+        }
+    }
+
+    /// Whether quota use changed since the last call.
+    pub fn take_quotas_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.quotas_dirty)
+    }
+
+    /// Tokens used in the current window by endpoint `name` (every key).
+    pub fn quota_used_of(&self, name: &str) -> u64 {
+        let wall = self.clock.wall_secs();
+        let Some(q) = self
+            .policy
+            .endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.quota)
+        else {
+            return 0;
+        };
+        let window = wall / q.per_secs * q.per_secs;
+        self.quotas
+            .iter()
+            .filter(|((n, _), (w, _))| n == name && *w == window)
+            .map(|(_, (_, u))| *u)
+            .sum()
+    }
+
     /// Requests of endpoint `name` in flight now (every key).
     pub fn in_flight_of(&self, name: &str) -> u64 {
         self.in_flight
@@ -778,7 +865,51 @@ impl Limiter {
                 });
             }
         }
+        let quota = self.policy.endpoints[idx].quota;
+        let mut quota_left = None;
+        if let Some(q) = quota {
+            let wall = self.clock.wall_secs();
+            let window = wall / q.per_secs * q.per_secs;
+            let used = match self.quotas.get(&slot_key) {
+                Some((w, u)) if *w == window => *u,
+                _ => 0,
+            };
+            let reset = (window + q.per_secs).saturating_sub(wall).max(1);
+            if used.saturating_add(cost) > q.limit {
+                let t = &self.endpoints[idx];
+                t.counts.limited.fetch_add(1, Ordering::Relaxed);
+                return Ok(Decision {
+                    ok: true,
+                    allow: false,
+                    status: Some(429),
+                    generation,
+                    endpoint: Some(name.clone()),
+                    client: Some(client.addr.to_string()),
+                    retry_after: Some(reset),
+                    limit: Some(q.limit),
+                    remaining: Some(0),
+                    reset: Some(reset),
+                    policy: Some(format!(
+                        "{}, \"{name}-quota\";q={};w={}",
+                        t.policy_field(),
+                        q.limit,
+                        q.per_secs
+                    )),
+                    detail: Some(format!(
+                        "{name}'s quota of {q} per {} is used up ({used} used); it resets in {reset} s",
+                        t.key
+                    )),
+                    slot: None,
+                });
+            }
+            quota_left = Some((window, used, reset, q));
+        }
         let judged = self.judge(Kind::Endpoint, idx, &key, cost, client, now, effects);
+        if let (Judged::Allowed { .. }, Some((window, used, _, _))) = (&judged, quota_left) {
+            self.quotas
+                .insert(slot_key.clone(), (window, used.saturating_add(cost)));
+            self.quotas_dirty = true;
+        }
         let slot = match (&judged, cap) {
             (Judged::Allowed { .. }, Some(_)) => {
                 let id = self.next_slot;
@@ -797,7 +928,16 @@ impl Limiter {
             endpoint: Some(name),
             client: Some(client.addr.to_string()),
             limit: Some(t.limit.burst),
-            policy: Some(t.policy_field()),
+            policy: Some(match quota {
+                Some(q) => format!(
+                    "{}, \"{}-quota\";q={};w={}",
+                    t.policy_field(),
+                    t.name,
+                    q.limit,
+                    q.per_secs
+                ),
+                None => t.policy_field(),
+            }),
             ..Decision::default()
         };
         match judged {
@@ -805,6 +945,14 @@ impl Limiter {
                 d.remaining = Some(remaining);
                 d.reset = Some(reset);
                 d.slot = slot;
+                if let Some((_, used, qreset, q)) = quota_left {
+                    let left = q.limit.saturating_sub(used.saturating_add(cost));
+                    if left < remaining {
+                        d.remaining = Some(left);
+                        d.reset = Some(qreset);
+                        d.limit = Some(q.limit);
+                    }
+                }
             }
             Judged::Limited { retry_after } => {
                 d.allow = false;
@@ -1022,6 +1170,20 @@ impl Limiter {
         });
         let second = now / NS_PER_SEC;
         self.last_limited.retain(|_, s| *s + 1 >= second);
+        // Quota use of a window that ended (or of an endpoint that has no quota now).
+        let wall = self.clock.wall_secs();
+        let per: HashMap<&str, u64> = self
+            .policy
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.name.as_str(), e.quota?.per_secs)))
+            .collect();
+        let before = self.quotas.len();
+        self.quotas
+            .retain(|(n, _), (w, _)| per.get(n.as_str()).is_some_and(|p| *w + p > wall));
+        if self.quotas.len() != before {
+            self.quotas_dirty = true;
+        }
     }
 
     /// Keys tracked now (all tables).

@@ -628,3 +628,89 @@ limit = { rate = "100/s", burst = 100 }
     assert!(go(&mut l, "k1", false).allow);
     assert!(!go(&mut l, "k1", false).allow);
 }
+
+#[test]
+fn a_daily_quota_admits_its_limit_in_a_utc_day_and_is_saved_and_read_back() {
+    let p = parse_str(
+        "t.toml",
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "daily"
+path = "/d"
+key = "header:X-Api-Key"
+cost = 2
+quota = { limit = 20, per = "1d" }
+limit = { rate = "100/s", burst = 100 }
+"#,
+    )
+    .expect("valid policy");
+    let day = 20_000 * 86_400;
+    let mk = || {
+        let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+        l.clock.frozen = Some(100 * NS_PER_SEC);
+        l.clock.wall_frozen = Some(day + 86_400 - 3600); // 23:00 UTC
+        l
+    };
+    let mut l = mk();
+    let go = |l: &mut Limiter, key: &str| {
+        let h: HashMap<String, String> = [("X-Api-Key".to_string(), key.to_string())].into();
+        l.decide(
+            "GET",
+            Some("/d"),
+            "/d",
+            Some("192.0.2.9"),
+            None,
+            Some(&h),
+            None,
+            None,
+            &mut Vec::new(),
+        )
+        .expect("decide")
+    };
+    // cost 2, quota 20: 10 requests.
+    let first = go(&mut l, "k");
+    assert_eq!(
+        (first.remaining, first.reset, first.limit),
+        (Some(18), Some(3600), Some(20))
+    );
+    assert_eq!(
+        first.policy.as_deref(),
+        Some("\"daily\";q=100;w=1, \"daily-quota\";q=20;w=86400")
+    );
+    for _ in 0..8 {
+        assert!(go(&mut l, "k").allow);
+    }
+    assert!(l.take_quotas_dirty());
+    // Saved and read back by a new limiter (a daemon restart).
+    let saved = l.quotas_snapshot();
+    assert_eq!(
+        saved,
+        vec![SavedQuota {
+            endpoint: "daily".into(),
+            key: "header:k".into(),
+            window_start: day,
+            used: 18
+        }]
+    );
+    let mut l = mk();
+    l.load_quotas(saved);
+    assert!(go(&mut l, "k").allow, "the 10th");
+    let over = go(&mut l, "k");
+    assert_eq!((over.status, over.retry_after), (Some(429), Some(3600)));
+    assert!(
+        over.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("quota of 20 per day"),
+        "{over:?}"
+    );
+    assert!(go(&mut l, "other").allow, "another key has its own quota");
+    assert_eq!(l.quota_used_of("daily"), 22);
+    // 00:00 UTC: a new window.
+    l.clock.wall_frozen = Some(day + 86_400);
+    l.tick();
+    assert_eq!(l.quotas_snapshot(), vec![]);
+    assert_eq!(go(&mut l, "k").remaining, Some(18));
+}

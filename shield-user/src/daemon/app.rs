@@ -11,6 +11,7 @@ use std::{
     ffi::CString,
     io,
     os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -28,7 +29,7 @@ use super::{
 };
 use crate::{
     app::{
-        AppCounters, AppPolicy, Effect, Limiter,
+        AppCounters, AppPolicy, Effect, Limiter, SavedQuota,
         protocol::{self, AppRequest, Decision, Hello, MAX_APP_LINE, Reported, error_line},
     },
     policy::{AppConfig, Cidr},
@@ -101,7 +102,11 @@ pub(crate) fn bind(app: &AppConfig) -> io::Result<Bound> {
     Ok(bound)
 }
 
-/// The app task: accepts clients, applies new policies, ticks.
+/// The app task: accepts clients, applies new policies, ticks, saves quota use.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the app task's channels and settings"
+)]
 pub(super) async fn serve(
     mut bound: Bound,
     policy: AppPolicy,
@@ -110,6 +115,7 @@ pub(super) async fn serve(
     counters: Arc<AppCounters>,
     owner: mpsc::Sender<Msg>,
     mut stop: watch::Receiver<bool>,
+    state_dir: PathBuf,
 ) {
     let Some(std_listener) = bound.listener.take() else {
         return;
@@ -124,7 +130,21 @@ pub(super) async fn serve(
             return;
         }
     };
-    let limiter: Shared = Arc::new(Mutex::new(Limiter::new(policy, counters.clone())));
+    let mut l = Limiter::new(policy, counters.clone());
+    match read_quotas(&state_dir) {
+        Ok(saved) if !saved.is_empty() => {
+            info!(
+                "{}: quota use of {} key(s) read back",
+                state_dir.join(QUOTAS_FILE).display(),
+                saved.len()
+            );
+            l.load_quotas(saved);
+            l.tick(); // drops windows that ended while the daemon was stopped
+        }
+        Ok(_) => {}
+        Err(e) => warn!("{e}: quotas start from zero"),
+    }
+    let limiter: Shared = Arc::new(Mutex::new(l));
     let accept = tokio::spawn(accept(
         listener,
         limiter.clone(),
@@ -144,7 +164,16 @@ pub(super) async fn serve(
                 let p = policies.borrow_and_update().clone();
                 lock(&limiter).set_policy(p);
             }
-            _ = tick.tick() => lock(&limiter).tick(),
+            _ = tick.tick() => {
+                let saved = {
+                    let mut l = lock(&limiter);
+                    l.tick();
+                    l.take_quotas_dirty().then(|| l.quotas_snapshot())
+                };
+                if let Some(saved) = saved {
+                    save_quotas(&state_dir, saved).await;
+                }
+            }
             Some(cidr) = unbans.recv() => {
                 let n = lock(&limiter).unban(&cidr);
                 if n > 0 {
@@ -155,7 +184,46 @@ pub(super) async fn serve(
     }
     accept.abort();
     let _ = accept.await;
+    let saved = lock(&limiter).quotas_snapshot();
+    save_quotas(&state_dir, saved).await;
     drop(bound);
+}
+
+/// The quota state file in `--state-dir`.
+pub(crate) const QUOTAS_FILE: &str = "app-quotas.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedQuotas {
+    version: u32,
+    quotas: Vec<SavedQuota>,
+}
+
+/// Reads `DIR/app-quotas.json` (none: nothing used).
+fn read_quotas(dir: &Path) -> Result<Vec<SavedQuota>, String> {
+    let path = dir.join(QUOTAS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<SavedQuotas>(&bytes)
+            .map(|s| s.quotas)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the quota use atomically (fleet's state writer), off the runtime's threads.
+async fn save_quotas(dir: &Path, quotas: Vec<SavedQuota>) {
+    let dir = dir.to_path_buf();
+    let done = tokio::task::spawn_blocking(move || {
+        let text =
+            serde_json::to_vec(&SavedQuotas { version: 1, quotas }).map_err(|e| e.to_string())?;
+        crate::fleet::state::write_file(&dir, QUOTAS_FILE, &text)
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("saving quota use: {e}"),
+        Err(e) => warn!("saving quota use: {e}"),
+    }
 }
 
 /// The limiter; a client task that panicked while holding it left consistent state

@@ -185,6 +185,7 @@ pub(super) async fn serve(
             app_counters.clone(),
             tx.clone(),
             stop_rx.clone(),
+            state_dir.clone(),
         )));
     }
     let _watcher = watch_file(&path, tx.clone());

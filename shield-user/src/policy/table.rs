@@ -221,6 +221,7 @@ fn app_tables(policy: &Policy, out: &mut String) {
                     e.cost.to_string(),
                     e.concurrency
                         .map_or_else(|| "-".to_string(), |c| format!("{c} per key")),
+                    e.quota.map_or_else(|| "-".to_string(), |q| q.to_string()),
                     esc(e.escalation.as_ref(), true),
                 ]
             })
@@ -234,6 +235,7 @@ fn app_tables(policy: &Policy, out: &mut String) {
                 "LIMIT (per key)",
                 "COST",
                 "IN FLIGHT",
+                "QUOTA (per key)",
                 "ESCALATION",
             ],
             &rows,

@@ -1485,6 +1485,7 @@ limit = { rate = "600/h", burst = 10, sustained = "1000/d" }
 name = "cheap"
 path = "/cheap"
 concurrency = 3
+quota = { limit = 10000, per = "1d" }
 limit = { rate = "10/s" }
 "#);
     assert_eq!(
@@ -1514,6 +1515,7 @@ limit = { rate = "10/s" }
         "COST",
         "IN FLIGHT",
         "3 per key",
+        "10000 per day (resets at 00:00 UTC)",
         "export",
     ] {
         assert!(m.contains(needle), "matrix lacks {needle:?}:\n{m}");
@@ -1529,6 +1531,15 @@ limit = { rate = "10/s" }
             "concurrency = 0",
             "concurrency must be between 1 and 1000000",
         ),
+        (
+            "quota = { limit = 5, per = '7h' }",
+            "quota per must be a whole number of seconds from 1m to 31d that divides a day",
+        ),
+        (
+            "quota = { limit = 0, per = '1d' }",
+            "quota limit must be between 1",
+        ),
+        ("quota = { limit = 5 }", "per"),
     ] {
         let e = parse_str(
             "t.toml",
