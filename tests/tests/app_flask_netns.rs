@@ -518,6 +518,22 @@ fn a_cost_weighted_endpoint_and_a_per_request_charge_draw_their_tokens() {
     );
 }
 
+/// The endpoint's row of `shield stats --json` (the daemon's app counters).
+fn app_row(lab: &Lab, name: &str) -> Value {
+    let (ok, out, err) = lab.lab.shield(&[
+        "stats",
+        "--json",
+        "--bpffs",
+        lab.lab.bpffs.path.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("stats --json");
+    v["app"]["endpoints"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no app endpoint {name} in stats: {v}"))
+}
+
 /// Seconds to the next 00:00 UTC.
 fn to_utc_midnight() -> u64 {
     let now = std::time::SystemTime::now()
@@ -601,6 +617,11 @@ fn a_daily_quota_admits_exactly_its_limit_and_survives_a_daemon_restart() {
             .unwrap_or("")
             .contains("quota of 20 per day"),
         "{body}"
+    );
+    let daily = app_row(&lab, "daily");
+    assert_eq!(
+        daily["quota_used"], 20,
+        "shield stats --json: quota used {daily}"
     );
     // Another key has its own 20.
     let r = lab
@@ -690,6 +711,11 @@ fn concurrency_caps_in_flight_requests_per_key_and_a_killed_worker_gives_its_slo
         (2, 6),
         "2 in flight, 6 refused\n{}",
         lab.app_log()
+    );
+    assert_eq!(
+        app_row(&lab, "slow")["in_flight"],
+        2,
+        "shield stats --json: 2 in flight"
     );
     let refused: Vec<Response> = pending
         .into_iter()

@@ -41,6 +41,10 @@ pub struct Counts {
     pub allowed: AtomicU64,
     pub limited: AtomicU64,
     pub banned: AtomicU64,
+    /// Gauge: requests in flight now (`concurrency = N` endpoints), every key.
+    pub in_flight: AtomicU64,
+    /// Gauge: tokens used in the current quota window (`quota` endpoints), every key.
+    pub quota_used: AtomicU64,
 }
 
 /// `endpoint` or `signal`.
@@ -76,6 +80,10 @@ pub struct CountsRow {
     pub allowed: u64,
     pub limited: u64,
     pub banned: u64,
+    #[serde(default)]
+    pub in_flight: u64,
+    #[serde(default)]
+    pub quota_used: u64,
 }
 
 impl AppCounters {
@@ -104,6 +112,8 @@ impl AppCounters {
                 allowed: c.allowed.load(Ordering::Relaxed),
                 limited: c.limited.load(Ordering::Relaxed),
                 banned: c.banned.load(Ordering::Relaxed),
+                in_flight: c.in_flight.load(Ordering::Relaxed),
+                quota_used: c.quota_used.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -574,6 +584,7 @@ impl Limiter {
             .collect();
         self.counters.retain(&live);
         self.policy = policy;
+        self.refresh_gauges();
     }
 
     pub fn hello(&self) -> Hello {
@@ -702,6 +713,19 @@ impl Limiter {
             self.quotas
                 .insert((q.endpoint, q.key), (q.window_start, q.used));
         }
+        self.refresh_gauges();
+    }
+
+    /// Sets the in-flight and quota gauges from the tables (after a load, a tick, a reload).
+    fn refresh_gauges(&self) {
+        for t in &self.endpoints {
+            t.counts
+                .in_flight
+                .store(self.in_flight_of(&t.name), Ordering::Relaxed);
+            t.counts
+                .quota_used
+                .store(self.quota_used_of(&t.name), Ordering::Relaxed);
+        }
     }
 
     /// Whether quota use changed since the last call.
@@ -749,6 +773,10 @@ impl Limiter {
             if *c == 0 {
                 self.in_flight.remove(&k);
             }
+        }
+        let n = self.in_flight_of(&k.0);
+        if let Some(t) = self.endpoints.iter().find(|t| t.name == k.0) {
+            t.counts.in_flight.store(n, Ordering::Relaxed);
         }
         true
     }
@@ -909,6 +937,11 @@ impl Limiter {
             self.quotas
                 .insert(slot_key.clone(), (window, used.saturating_add(cost)));
             self.quotas_dirty = true;
+            let n = self.quota_used_of(&name);
+            self.endpoints[idx]
+                .counts
+                .quota_used
+                .store(n, Ordering::Relaxed);
         }
         let slot = match (&judged, cap) {
             (Judged::Allowed { .. }, Some(_)) => {
@@ -916,6 +949,10 @@ impl Limiter {
                 self.next_slot += 1;
                 *self.in_flight.entry(slot_key.clone()).or_insert(0) += 1;
                 self.slots.insert(id, slot_key);
+                self.endpoints[idx]
+                    .counts
+                    .in_flight
+                    .fetch_add(1, Ordering::Relaxed);
                 Some(id)
             }
             _ => None,
@@ -1184,6 +1221,7 @@ impl Limiter {
         if self.quotas.len() != before {
             self.quotas_dirty = true;
         }
+        self.refresh_gauges();
     }
 
     /// Keys tracked now (all tables).

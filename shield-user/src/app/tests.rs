@@ -623,8 +623,17 @@ limit = { rate = "100/s", burst = 100 }
     let ch = go(&mut l, "k1", true);
     assert!(ch.allow && ch.slot.is_none(), "{ch:?}");
     assert_eq!(l.in_flight_of("slow"), 3);
+    let gauge = |l: &Limiter| {
+        l.counters
+            .snapshot()
+            .into_iter()
+            .find(|r| r.name == "slow")
+            .map(|r| r.in_flight)
+    };
+    assert_eq!(gauge(&l), Some(3), "stats/metrics see 3 in flight");
     assert!(l.release(sa));
     assert!(!l.release(sa), "a slot is released once");
+    assert_eq!(gauge(&l), Some(2));
     assert!(go(&mut l, "k1", false).allow);
     assert!(!go(&mut l, "k1", false).allow);
 }
@@ -708,6 +717,13 @@ limit = { rate = "100/s", burst = 100 }
     );
     assert!(go(&mut l, "other").allow, "another key has its own quota");
     assert_eq!(l.quota_used_of("daily"), 22);
+    let used = l
+        .counters
+        .snapshot()
+        .into_iter()
+        .find(|r| r.name == "daily")
+        .map(|r| r.quota_used);
+    assert_eq!(used, Some(22), "stats/metrics see the quota used");
     // 00:00 UTC: a new window.
     l.clock.wall_frozen = Some(day + 86_400);
     l.tick();
