@@ -49,7 +49,7 @@ fn check_rejects_a_bad_policy_with_its_location() {
         "nothing on stdout for an invalid policy: {out}"
     );
     assert!(
-        err.contains("bad.toml:5:24: the unit must be s, min or h"),
+        err.contains("bad.toml:5:24: the unit must be s, min, h or d"),
         "error must name file:line:column and what was expected: {err}"
     );
 }
