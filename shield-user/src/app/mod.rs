@@ -133,6 +133,8 @@ pub struct AppPolicy {
     pub floor: BanFloor,
     /// Every header named by a `key = "header:NAME"`, as written, once.
     pub key_headers: Vec<String>,
+    /// An XDP program enforces host bans (false in app-only mode: every ban is an L7 ban).
+    pub has_xdp: bool,
 }
 
 impl AppPolicy {
@@ -168,6 +170,7 @@ impl AppPolicy {
                 ipv6: p.min_ban_ipv6_prefix,
             },
             key_headers,
+            has_xdp: true,
         }
     }
 }
@@ -1181,7 +1184,7 @@ impl Limiter {
             source,
             duration: Duration::from_nanos(out.ban_ns),
             level: out.level,
-            xdp: scope == BanScope::Host && !client.via_proxy,
+            xdp: scope == BanScope::Host && !client.via_proxy && self.policy.has_xdp,
             endpoint,
             reason: what,
         }));
