@@ -33,7 +33,12 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
         anyhow::ensure!(!json, "--watch prints tables; use --json without --watch");
         return watch_stats(&bpffs, iface.as_deref(), secs.max(1), &socket);
     }
-    let ifaces = interfaces(&bpffs, iface.as_deref())?;
+    let ifaces = match interfaces(&bpffs, iface.as_deref()) {
+        Ok(v) => v,
+        // An app-only daemon (`shield run` without --iface): no pinned maps, its counters.
+        Err(_) if iface.is_none() && app_counters(&socket).is_ok() => Vec::new(),
+        Err(e) => return Err(e),
+    };
     let mut all = stats::Stats {
         interfaces: Vec::new(),
         fleet: shield_user::control::call::<shield_user::control::FleetReply>(
