@@ -71,6 +71,30 @@ impl Gcra {
         Some(base.saturating_add(self.interval_ns))
     }
 
+    /// Judges `n` tokens at once (a request of cost `n`, user space only): conforms when
+    /// the bucket holds `n` tokens at `now`. `check_n(tat, now, 1) == check(tat, now)`.
+    pub fn check_n(&self, tat: u64, now: u64, n: u64) -> Option<u64> {
+        if self.interval_ns == 0 {
+            return Some(tat);
+        }
+        let base = if tat > now { tat } else { now };
+        let next = base.saturating_add(self.interval_ns.saturating_mul(n));
+        if next - now > self.tolerance_ns.saturating_add(self.interval_ns) {
+            return None;
+        }
+        Some(next)
+    }
+
+    /// Nanoseconds from `now` until `check_n(tat, _, n)` conforms (0: it does now).
+    pub fn wait_n(&self, tat: u64, now: u64, n: u64) -> u64 {
+        if self.interval_ns == 0 {
+            return 0;
+        }
+        tat.saturating_add(self.interval_ns.saturating_mul(n.saturating_sub(1)))
+            .saturating_sub(self.tolerance_ns)
+            .saturating_sub(now)
+    }
+
     /// The burst (capacity in tokens) this bucket was built with.
     pub fn burst(&self) -> u64 {
         self.tolerance_ns
@@ -124,6 +148,58 @@ mod tests {
             "a fresh source must get exactly `burst` tokens at once"
         );
         assert_eq!(g.burst(), 10);
+    }
+
+    #[test]
+    fn cost_n_draws_n_tokens_and_matches_check_for_one() {
+        // 5/s, burst 10: a cost of 5 passes twice at one instant, then waits for 5 tokens.
+        let g = Gcra::new(5, NS_PER_SEC, 10).unwrap();
+        let now = 40 * NS_PER_SEC;
+        let mut tat = 0;
+        let mut admitted = 0;
+        for _ in 0..10 {
+            if let Some(n) = g.check_n(tat, now, 5) {
+                tat = n;
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 2);
+        assert_eq!(
+            g.wait_n(tat, now, 5),
+            NS_PER_SEC,
+            "5 tokens at 5/s: one second"
+        );
+        assert!(g.check_n(tat, now + NS_PER_SEC - 1, 5).is_none());
+        assert!(g.check_n(tat, now + NS_PER_SEC, 5).is_some());
+        assert_eq!(g.wait_n(tat, now, 1), NS_PER_SEC / 5);
+        // More than the burst never passes.
+        assert!(g.check_n(0, now, 11).is_none());
+        // Cost 1 is check, state for state.
+        let mut t1 = 0;
+        let mut t2 = 0;
+        for i in 0..50u64 {
+            let at = now + i * 37 * MS;
+            let (a, b) = (g.check(t1, at), g.check_n(t2, at, 1));
+            assert_eq!(a, b, "at step {i}");
+            if let Some(a) = a {
+                t1 = a;
+                t2 = a;
+            }
+        }
+        // A daily rate: no overflow, 86,400 s of nanoseconds per token.
+        let d = Gcra::new(20, 86_400 * NS_PER_SEC, 20).unwrap();
+        assert_eq!(d.burst(), 20);
+        let mut tat = 0;
+        let admitted = (0..25)
+            .filter(|_| match d.check(tat, now) {
+                Some(n) => {
+                    tat = n;
+                    true
+                }
+                None => false,
+            })
+            .count();
+        assert_eq!(admitted, 20);
     }
 
     #[test]

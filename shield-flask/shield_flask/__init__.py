@@ -12,7 +12,7 @@ import os
 import threading
 import time
 
-from flask import current_app, g, has_app_context, has_request_context, request
+from flask import abort, current_app, g, has_app_context, has_request_context, request
 
 from .client import Connections, ShieldError
 
@@ -137,6 +137,7 @@ class Shield:
         app.extensions["shield"] = self
         app.before_request(self._before_request)
         app.after_request(self._after_request)
+        app.teardown_request(self._teardown_request)
         return self
 
     def exempt(self, view):
@@ -217,7 +218,47 @@ class Shield:
             msg["port"] = int(port) if port is not None else None
         except ValueError:
             msg["port"] = None
-        msg["cost"] = 1
+        # No `cost`: the daemon draws the endpoint's own `cost` (default 1).
+        return self._decide(msg)
+
+    def charge(self, n):
+        """Draws `n` more tokens for the current request from its endpoint's buckets (for a
+        route whose cost depends on the input); call it in the view before the work. The
+        request already drew the endpoint's `cost` when it arrived, so it costs that plus
+        `n` in all. Over the limit (or banned) it aborts the request with the same 429 (403)
+        problem response as an over-limit arrival; while the daemon is unreachable,
+        on_error decides (open: returns None, closed: aborts with 503). Returns the
+        daemon's decision (a dict) when allowed, or None when nothing was charged (the
+        request matches no endpoint, the view is exempt, or the daemon is unreachable).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"charge() takes a whole number of tokens >= 1, not {n!r}")
+        view = current_app.view_functions.get(request.endpoint)
+        if view is not None and getattr(view, "_shield_exempt", False):
+            return None
+        first = getattr(g, "_shield_decision", None)
+        if first is not None and not first.get("endpoint"):
+            return None  # no endpoint: not counted
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
+        msg.update(self._request_fields(None))
+        port = request.environ.get("SERVER_PORT")
+        try:
+            msg["port"] = int(port) if port is not None else None
+        except ValueError:
+            msg["port"] = None
+        msg["cost"] = n
+        msg["charge"] = True  # the request is admitted already: no in-flight slot
+        refusal = self._decide(msg)
+        if refusal is not None:
+            abort(refusal)
+        decision = getattr(g, "_shield_decision", None)
+        if decision is None or decision is first or not decision.get("endpoint"):
+            return None
+        return decision
+
+    def _decide(self, msg):
+        """One decide round trip; the problem response to send, or None to go on."""
         try:
             reply = self._call(msg)
             if not reply.get("ok"):
@@ -234,6 +275,10 @@ class Shield:
             return None
         self._recovered()
         g._shield_decision = reply
+        slot = reply.get("slot")
+        if slot is not None:
+            # A `concurrency = N` endpoint: the slot is released when the request ends.
+            g._shield_slots = getattr(g, "_shield_slots", []) + [slot]
         if reply.get("allow", True):
             return None
         status = reply.get("status")
@@ -255,6 +300,26 @@ class Shield:
                 f"{_sf_string(decision['endpoint'])};r={remaining};t={reset}"
             )
         return response
+
+    def _teardown_request(self, exc):
+        """Releases the request's in-flight slots (after the response, also after an
+        exception). A release that cannot be sent closes this thread's connection: the
+        daemon releases every slot of a closed connection, so none is ever lost."""
+        slots = getattr(g, "_shield_slots", None)
+        if not slots:
+            return
+        g._shield_slots = []
+        for slot in slots:
+            try:
+                reply = self._call({"op": "release", "slot": slot})
+                if not reply.get("ok"):
+                    raise ShieldError(f"the daemon answered: {reply.get('error')}")
+            except (OSError, ShieldError):
+                self._conns.discard()
+                return
+            except BaseException:
+                self._conns.discard()
+                raise
 
     def _problem(self, status, detail, endpoint, retry_after):
         body = {

@@ -128,4 +128,6 @@ class FakeDaemon:
             reply = {"ok": True, "generation": self.generation, "signal": req["signal"], "client": req.get("peer")}
             reply.update(self.report(req))
             return reply
-        return {"ok": False, "error": "the app socket accepts only hello, decide and report"}
+        if op == "release":
+            return {"ok": True, "generation": self.generation, "released": True}
+        return {"ok": False, "error": "the app socket accepts only hello, decide, report and release"}

@@ -90,6 +90,145 @@ class Base(unittest.TestCase):
         self.addCleanup(self.daemon.stop)
 
 
+def cost_decider(burst=10, endpoint_cost=1):
+    """Token arithmetic like the daemon's (no refill): `cost` absent = the endpoint's."""
+    state = {"left": burst}
+
+    def decide(req):
+        if req["rule"] != "/export":
+            return {"endpoint": None, "allow": True}
+        cost = req.get("cost", endpoint_cost)
+        base = {"endpoint": "export", "client": req["peer"], "limit": burst, "reset": 60, "policy": '"export";q=10;w=60'}
+        if cost <= state["left"]:
+            state["left"] -= cost
+            return dict(base, allow=True, remaining=state["left"])
+        return dict(base, allow=False, status=429, retry_after=6, remaining=0, detail=f"costs {cost}")
+
+    return decide
+
+
+class Charge(Base):
+    def make(self):
+        app, shield = make_app(self.daemon.path)
+        done = []
+
+        @app.post("/export")
+        def export():
+            from flask import request as rq
+
+            shield.charge(int(rq.args.get("rows", "1")))
+            done.append(rq.args.get("rows"))
+            return "exported"
+
+        @app.post("/free")
+        def free():
+            self.assertIsNone(shield.charge(3))
+            return "free"
+
+        return app, done
+
+    def test_charge_draws_more_tokens_before_the_work_and_aborts_over_the_limit(self):
+        self.daemon.decide = cost_decider(burst=10)
+        app, done = self.make()
+        client = app.test_client()
+        r = client.post("/export?rows=4")  # 1 on arrival + 4 charged: 5 left
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.headers["RateLimit"], '"export";r=5;t=60')
+        arrival, charged = self.daemon.of("decide")
+        self.assertNotIn("cost", arrival)
+        self.assertEqual(charged["cost"], 4)
+        self.assertEqual((charged["rule"], charged["method"]), ("/export", "POST"))
+        r = client.post("/export?rows=5")  # 1 on arrival leaves 4: the charge of 5 is refused
+        self.assertEqual(r.status_code, 429)
+        self.assertEqual(r.headers["Content-Type"], "application/problem+json")
+        self.assertEqual(r.headers["Retry-After"], "6")
+        self.assertEqual(r.headers["RateLimit"], '"export";r=0;t=60')
+        self.assertEqual(json.loads(r.data)["detail"], "costs 5")
+        self.assertEqual(done, ["4"], "the refused request's work must not run")
+
+    def test_charge_on_an_unmatched_route_sends_nothing_and_bad_counts_raise(self):
+        self.daemon.decide = cost_decider()
+        app, _ = self.make()
+        client = app.test_client()
+        self.assertEqual(client.post("/free").status_code, 200)
+        self.assertEqual(len(self.daemon.of("decide")), 1, "no charge for a request without endpoint")
+        with app.test_request_context("/export", method="POST"):
+            _, shield = app, app.extensions["shield"]
+            for bad in (0, -1, 1.5, True, "2"):
+                with self.assertRaises(ValueError):
+                    shield.charge(bad)
+
+
+class InFlight(Base):
+    """`concurrency = N` endpoints: the decide reply's slot is released when the request ends."""
+
+    def make(self):
+        app, shield = make_app(self.daemon.path)
+        seen = []
+
+        def decide(req):
+            if req["rule"] != "/slow":
+                return {"endpoint": None, "allow": True}
+            seen.append(req)
+            if req.get("charge"):
+                return {"allow": True, "endpoint": "slow"}
+            return {"allow": True, "endpoint": "slow", "slot": 40 + len(seen)}
+
+        self.daemon.decide = decide
+
+        @app.get("/slow")
+        def slow():
+            from flask import g as fg, request as rq
+
+            # Released after the response: not yet while the view runs.
+            mine = fg._shield_slots[-1]
+            self.assertNotIn(mine, [m["slot"] for m in self.daemon.of("release")])
+            if rq.args.get("charge"):
+                shield.charge(2)
+            if rq.args.get("boom"):
+                raise RuntimeError("the view failed")
+            return "done"
+
+        return app, seen
+
+    def test_the_slot_is_released_after_the_response(self):
+        app, seen = self.make()
+        r = app.test_client().get("/slow")
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual([m["slot"] for m in self.daemon.of("release")], [41])
+
+    def test_the_slot_is_released_after_an_exception(self):
+        app, _ = self.make()
+        app.testing = False  # a real 500, as under gunicorn
+        r = app.test_client().get("/slow?boom=1")
+        self.assertEqual(r.status_code, 500)
+        self.assertEqual([m["slot"] for m in self.daemon.of("release")], [41])
+
+    def test_a_charge_takes_no_slot_and_unmatched_requests_release_nothing(self):
+        app, seen = self.make()
+        client = app.test_client()
+        self.assertEqual(client.get("/slow?charge=1").status_code, 200)
+        self.assertEqual(seen[1].get("charge"), True)
+        self.assertEqual([m["slot"] for m in self.daemon.of("release")], [41])
+        self.assertEqual(client.get("/users/1").status_code, 200)
+        self.assertEqual(len(self.daemon.of("release")), 1)
+
+    def test_a_release_that_fails_closes_the_connection_so_the_daemon_frees_the_slot(self):
+        app, _ = self.make()
+        real = self.daemon._reply
+
+        def no_release(req):
+            if req.get("op") == "release":
+                return {"ok": False, "error": "boom"}
+            return real(req)
+
+        self.daemon._reply = no_release
+        client = app.test_client()
+        self.assertEqual(client.get("/slow").status_code, 200)
+        self.assertEqual(client.get("/slow").status_code, 200)
+        self.assertEqual(len(self.daemon.connections()), 2, "the failed release's connection was replaced")
+
+
 class Decisions(Base):
     def test_allowed_request_sends_the_decide_fields_and_gets_ratelimit_headers(self):
         self.daemon.decide = login_decider()
@@ -117,7 +256,6 @@ class Decisions(Base):
                 "port": 80,
                 "headers": {"X-Api-Key": "abc"},
                 "user": None,
-                "cost": 1,
             },
         )
 

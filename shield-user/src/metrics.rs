@@ -261,12 +261,29 @@ fn render_app(reg: &mut Registry, app: &crate::app::AppCounters) {
     let limited = Family::<Labels, Counter>::default();
     let banned = Family::<Labels, Counter>::default();
     let errors = Counter::<u64>::default();
+    let in_flight = Family::<Labels, Gauge>::default();
+    let quota_used = Family::<Labels, Gauge>::default();
     for r in app.snapshot() {
         let labels = l(&[("kind", &r.kind), ("name", &r.name)]);
         allowed.get_or_create(&labels).inc_by(r.allowed);
         limited.get_or_create(&labels).inc_by(r.limited);
         banned.get_or_create(&labels).inc_by(r.banned);
+        if r.kind == "endpoint" {
+            let e = l(&[("name", &r.name)]);
+            in_flight.get_or_create(&e).set(r.in_flight as i64);
+            quota_used.get_or_create(&e).set(r.quota_used as i64);
+        }
     }
+    reg.register(
+        "shield_app_in_flight",
+        "Requests of the endpoint in flight now (every key; counted for concurrency = N endpoints)",
+        in_flight,
+    );
+    reg.register(
+        "shield_app_quota_used",
+        "Tokens used in the current quota window (every key; quota endpoints)",
+        quota_used,
+    );
     errors.inc_by(app.errors.load(Ordering::Relaxed));
     reg.register(
         "shield_app_allowed",
@@ -317,6 +334,8 @@ mod tests {
         let login = app.of(Kind::Endpoint, "login");
         login.allowed.fetch_add(5, Ordering::Relaxed);
         login.limited.fetch_add(2, Ordering::Relaxed);
+        login.in_flight.store(3, Ordering::Relaxed);
+        login.quota_used.store(17, Ordering::Relaxed);
         app.of(Kind::Signal, "login_failed")
             .banned
             .fetch_add(1, Ordering::Relaxed);
@@ -330,6 +349,8 @@ mod tests {
             "shield_app_limited_total{kind=\"endpoint\",name=\"login\"} 2",
             "shield_app_banned_total{kind=\"signal\",name=\"login_failed\"} 1",
             "shield_app_errors_total 1",
+            "shield_app_in_flight{name=\"login\"} 3",
+            "shield_app_quota_used{name=\"login\"} 17",
         ] {
             assert!(out.contains(line), "/metrics lacks {line:?}:\n{out}");
         }

@@ -49,7 +49,7 @@ fn check_rejects_a_bad_policy_with_its_location() {
         "nothing on stdout for an invalid policy: {out}"
     );
     assert!(
-        err.contains("bad.toml:5:24: the unit must be s, min or h"),
+        err.contains("bad.toml:5:24: the unit must be s, min, h or d"),
         "error must name file:line:column and what was expected: {err}"
     );
 }
@@ -112,9 +112,28 @@ fn bad_arguments_are_refused_before_anything_happens() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid value 'fast'"), "{err}");
-    let (code, _, err) = shield(&["run", "--policy", "x.toml"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--iface"), "{err}");
+    // Without --iface: app-only mode, which needs [app] in the policy.
+    let dir = std::env::temp_dir().join(format!("shield-cli-noapp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("p.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [80]\nconnections = { rate = \"5/s\" }\n",
+    )
+    .expect("write");
+    let (code, _, err) = shield(&[
+        "run",
+        "--policy",
+        file.to_str().expect("utf-8"),
+        "--socket",
+        dir.join("c.sock").to_str().expect("utf-8"),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("give at least one --iface") && err.contains("has no [app]"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -57,6 +57,15 @@ methods = ["GET"]
 path = "/api/limited"
 key = "ip"
 limit = {{ rate = "{n}/h", burst = {n} }}
+
+# The cost-weighted route (shield only): the same N tokens, 5 per request.
+[[endpoint]]
+name = "report"
+methods = ["GET"]
+path = "/api/report"
+key = "ip"
+cost = {COST}
+limit = {{ rate = "{n}/h", burst = {n} }}
 "#,
         socket.display()
     )
@@ -168,7 +177,10 @@ fn wrk(client: &Netns, path: &str, secs: u32) -> Result<Load> {
 
 /// Admission: `total` GETs of /api/limited from one client, each on a new connection (so
 /// the kernel spreads them over the workers), 8 at a time: (200s, 429s, others).
-fn admitted(client: &Netns, total: u32) -> Result<(u32, u32, u32)> {
+/// The cost of the cost-weighted route's endpoint.
+const COST: u32 = 5;
+
+fn admitted(client: &Netns, path: &'static str, total: u32) -> Result<(u32, u32, u32)> {
     client.run_in(move || {
         let (ok, limited, other, next) = (
             AtomicU32::new(0),
@@ -184,7 +196,7 @@ fn admitted(client: &Netns, total: u32) -> Result<(u32, u32, u32)> {
                             IpAddr::V4(ATTACKER_V4),
                             SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
                             "GET",
-                            "/api/limited",
+                            path,
                             &[],
                             "",
                             Duration::from_secs(5),
@@ -394,6 +406,7 @@ pub fn section6(quick: bool) -> String {
             admit: Err(missing.clone().unwrap_or_default()),
         })
         .collect();
+    let mut weighted: Option<Result<(u32, u32, u32), String>> = None;
     for round in 0..ROUNDS {
         for ((name, limiter, missing), case) in plan.iter().zip(cases.iter_mut()) {
             if missing.is_some() {
@@ -417,8 +430,12 @@ pub fn section6(quick: bool) -> String {
                 case.admit = if matches!(limiter, Limiter::None) {
                     Err("no limiter".into())
                 } else {
-                    admitted(client, total).map_err(|e| format!("{e:#}"))
+                    admitted(client, "/api/limited", total).map_err(|e| format!("{e:#}"))
                 };
+                if matches!(limiter, Limiter::Shield { .. }) {
+                    weighted =
+                        Some(admitted(client, "/api/report", total).map_err(|e| format!("{e:#}")));
+                }
             }
             drop(app);
         }
@@ -459,6 +476,23 @@ pub fn section6(quick: bool) -> String {
         };
         let _ = writeln!(md, "| {} | {load} | {admit} |", c.name);
     }
+    let _ = writeln!(
+        md,
+        "\nCost-weighted route (shield only, first round, after the admission run): {total} GETs of `/api/report`, whose endpoint has `cost = {COST}` under the same N = {n}, same client pattern: {}.",
+        match &weighted {
+            Some(Ok((ok, _, other))) => format!(
+                "admitted {ok} (N / cost = {}){}",
+                n / COST,
+                if *other > 0 {
+                    format!(", {other} failed")
+                } else {
+                    String::new()
+                }
+            ),
+            Some(Err(e)) => format!("not measured: {e}"),
+            None => "not measured (the shield case did not run)".to_string(),
+        }
+    );
     match &latency {
         Ok((p50, p99)) => {
             let _ = writeln!(

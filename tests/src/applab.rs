@@ -24,12 +24,18 @@ pub const PASSWORD: &str = "correct horse";
 /// policies here), `GET /api/limited` (the bench's limited route), `GET /api/checked` (the
 /// bench's route under a limit never reached: every request pays for a decision),
 /// `GET /api/me` (the user comes from the `X-Demo-User` header through shield's user loader),
-/// `GET /health` (exempt),
+/// `GET /api/report` (the cost-weighted route: its endpoint's `cost` in the policies),
+/// `GET /api/daily` (the quota route), `GET /api/slow?gate=DIR` (writes `DIR/in-<pid>-<thread>` holding its worker's pid, then
+/// waits until `DIR/open` exists, at most 60 s: a request held in flight for as long as a
+/// test wants), `POST /api/export?rows=N` (charges N more tokens with `shield.charge(N)` before the
+/// work, when N > 0), `GET /health` (exempt),
 /// `GET /shield/errors` (exempt: this worker's `shield.errors`). `APP_LIMITER` picks the
 /// limiter: `shield` (SHIELD_SOCKET, SHIELD_ON_ERROR), `limiter-memory`, `limiter-redis`
 /// (REDIS_URL; both Flask-Limiter with `APP_LIMIT_N` per hour on /api/limited, keyed by the
 /// TCP peer), or `none`.
 pub const APP_PY: &str = r#"import os
+import threading
+import time
 
 from flask import Flask, jsonify, request
 
@@ -97,6 +103,36 @@ def me():
     return jsonify(user=request.headers.get("X-Demo-User"))
 
 
+@app.get("/api/report")
+def report_route():
+    return jsonify(report="expensive")
+
+
+@app.get("/api/daily")
+def daily_route():
+    return jsonify(ok=True)
+
+
+@app.get("/api/slow")
+def slow_route():
+    gate = request.args.get("gate")
+    if gate:
+        with open(os.path.join(gate, f"in-{os.getpid()}-{threading.get_ident()}"), "w") as f:
+            f.write(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(gate, "open")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return jsonify(pid=os.getpid())
+
+
+@app.post("/api/export")
+def export_route():
+    rows = int(request.args.get("rows", "0"))
+    if shield is not None and rows > 0:
+        shield.charge(rows)
+    return jsonify(exported=rows)
+
+
 @app.get("/api/checked")
 @checked
 def checked_route():
@@ -133,7 +169,8 @@ pub enum Limiter {
     None,
 }
 
-/// The app under gunicorn: `workers` processes × 4 threads (gthread, keep-alive).
+/// The app under gunicorn: `workers` processes × 4 threads (gthread, keep-alive; or
+/// `start_threads`).
 pub struct App {
     child: Option<Child>,
     dir: PathBuf,
@@ -142,6 +179,18 @@ pub struct App {
 
 impl App {
     pub fn start(ns: &Netns, port: u16, workers: u32, limiter: &Limiter) -> Result<App> {
+        App::start_threads(ns, port, workers, 4, limiter)
+    }
+
+    /// Like `start`, with `threads` gthreads per worker (a gthread worker may accept every
+    /// connection of a burst: enough threads let a test hold that many in the view).
+    pub fn start_threads(
+        ns: &Netns,
+        port: u16,
+        workers: u32,
+        threads: u32,
+        limiter: &Limiter,
+    ) -> Result<App> {
         let dir = std::env::temp_dir().join(unique("shield-app-"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("app.py"), APP_PY)?;
@@ -154,7 +203,7 @@ impl App {
             "--worker-class",
             "gthread",
             "--threads",
-            "4",
+            &threads.to_string(),
             "--log-level",
             "warning",
         ])

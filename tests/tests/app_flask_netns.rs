@@ -11,6 +11,7 @@ use std::{
 
 use serde_json::Value;
 use shield_tests::applab::{self, App, Limiter, PASSWORD, Response, login_form};
+use shield_tests::netlab::Daemon;
 use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_V4, unique};
 use shield_tests::nslab::{NsLab, counter};
 
@@ -68,6 +69,39 @@ path = "/api/me"
 key = "user"
 limit = {{ rate = "1/min", burst = 2 }}
 
+# Cost-weighted (issue 18): one request draws 5 tokens of 10.
+[[endpoint]]
+name = "report"
+methods = ["GET"]
+path = "/api/report"
+cost = 5
+limit = {{ rate = "1/min", burst = 10 }}
+
+# Cost per request: the view calls shield.charge(rows).
+[[endpoint]]
+name = "export"
+methods = ["POST"]
+path = "/api/export"
+limit = {{ rate = "1/d", burst = 10 }}
+
+# A daily quota per API key (issue 18): 20 a UTC day.
+[[endpoint]]
+name = "daily"
+methods = ["GET"]
+path = "/api/daily"
+key = "header:X-Api-Key"
+quota = {{ limit = 20, per = "1d" }}
+limit = {{ rate = "100/s", burst = 100 }}
+
+# In-flight cap (issue 18): 2 requests at once per API key, across every worker.
+[[endpoint]]
+name = "slow"
+methods = ["GET"]
+path = "/api/slow"
+key = "header:X-Api-Key"
+concurrency = 2
+limit = {{ rate = "100/s", burst = 100 }}
+
 [[signal]]
 name = "login_failed"
 key = "ip"
@@ -109,7 +143,10 @@ impl Lab {
             on_error: on_error.into(),
         };
         self.app = Some(
-            App::start(&self.lab.topo.server, PORT, WORKERS, &limiter).expect("starting the app"),
+            // 8 threads per worker: the in-flight test holds 8 requests in the view at once,
+            // which gthread may all hand to one worker.
+            App::start_threads(&self.lab.topo.server, PORT, WORKERS, 8, &limiter)
+                .expect("starting the app"),
         );
     }
 
@@ -396,6 +433,377 @@ fn an_api_key_endpoint_limits_per_key_whatever_the_address() {
 }
 
 #[test]
+fn a_cost_weighted_endpoint_and_a_per_request_charge_draw_their_tokens() {
+    let lab = Lab::new("open");
+    // cost = 5 under a burst of 10: exactly 2 of 6 from one client, across 4 workers.
+    let statuses: Vec<(u16, Option<String>)> = (0..6)
+        .map(|_| {
+            let r = lab
+                .req(LEGIT_V4, "GET", "/api/report", &[], "")
+                .expect("answered");
+            (r.status, r.header("RateLimit").map(str::to_string))
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [200, 200, 429, 429, 429, 429],
+        "{statuses:?}\n{}",
+        lab.app_log()
+    );
+    assert_eq!(statuses[0].1.as_deref(), Some("\"report\";r=5;t=300"));
+    let r = lab
+        .req(LEGIT_V4, "GET", "/api/report", &[], "")
+        .expect("answered");
+    let body = assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    let retry: u64 = r
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=300).contains(&retry),
+        "5 tokens at 1/min: at most 300 s, got {retry}"
+    );
+    assert_eq!(body["retry_after"], retry);
+    // Another client has its own 10 tokens.
+    let r = lab
+        .req(ATTACKER_V4, "GET", "/api/report", &[], "")
+        .expect("answered");
+    assert_eq!(r.status, 200, "{r:?}");
+    // shield.charge(6) in the view: 1 on arrival + 6 = 7 of 10 (a daily rate: 1/d).
+    let r = lab
+        .req(LEGIT_V4, "POST", "/api/export?rows=6", &[], "")
+        .expect("answered");
+    assert_eq!(r.status, 200, "{r:?}\n{}", lab.app_log());
+    assert_eq!(r.json()["exported"], 6);
+    let (rem, t) = r
+        .header("RateLimit")
+        .and_then(|v| v.strip_prefix("\"export\";r="))
+        .and_then(|v| v.split_once(";t="))
+        .map(|(a, b)| (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()))
+        .unwrap_or_else(|| panic!("RateLimit of export: {r:?}"));
+    assert_eq!(rem, 3, "{r:?}");
+    assert_eq!(t, 7 * 86_400, "7 tokens at 1/d come back in 7 days");
+    // The next one: 1 on arrival leaves 2, the charge of 6 is refused by a 429 from the view.
+    let r = lab
+        .req(LEGIT_V4, "POST", "/api/export?rows=6", &[], "")
+        .expect("answered");
+    let body = assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    assert_eq!(body["endpoint"], "export");
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("per day"),
+        "{body}"
+    );
+    // 2 tokens remain: a request without a charge still passes twice, then not.
+    let s: Vec<u16> = (0..3)
+        .map(|_| {
+            lab.req(LEGIT_V4, "POST", "/api/export", &[], "")
+                .expect("answered")
+                .status
+        })
+        .collect();
+    assert_eq!(s, [200, 200, 429]);
+    // `shield check` shows the cost.
+    let out = std::process::Command::new(shield_tests::shield_bin())
+        .arg("check")
+        .arg(&lab.lab.policy)
+        .output()
+        .expect("shield check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("report") && l.contains("1/min burst 10") && l.contains(" 5 ")),
+        "the matrix shows report's cost 5:\n{text}"
+    );
+}
+
+/// The endpoint's row of `shield stats --json` (the daemon's app counters).
+fn app_row(lab: &Lab, name: &str) -> Value {
+    let (ok, out, err) = lab.lab.shield(&[
+        "stats",
+        "--json",
+        "--bpffs",
+        lab.lab.bpffs.path.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("stats --json");
+    v["app"]["endpoints"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no app endpoint {name} in stats: {v}"))
+}
+
+/// Seconds to the next 00:00 UTC.
+fn to_utc_midnight() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    86_400 - now % 86_400
+}
+
+#[test]
+fn a_daily_quota_admits_exactly_its_limit_and_survives_a_daemon_restart() {
+    let mut lab = Lab::new("open");
+    let state = std::env::temp_dir().join(unique("shield-state-"));
+    let restart = |lab: &mut Lab| {
+        lab.lab.daemon = None; // SIGTERM: the app task writes the quota file on its way out
+        let audit = lab.lab.audit.to_str().expect("utf-8").to_string();
+        lab.lab.daemon = Some(
+            Daemon::start(
+                &shield_tests::shield_bin(),
+                &lab.lab.topo.server,
+                &lab.lab.policy,
+                &lab.lab.bpffs.path,
+                &[
+                    "--audit-log",
+                    &audit,
+                    "--state-dir",
+                    state.to_str().expect("utf-8"),
+                ],
+            )
+            .expect("restarting shield run"),
+        );
+    };
+    restart(&mut lab);
+    let get = |lab: &Lab| {
+        lab.req(LEGIT_V4, "GET", "/api/daily", &[("X-Api-Key", "k1")], "")
+            .expect("answered")
+    };
+    for i in 0..15u64 {
+        let r = get(&lab);
+        assert_eq!(r.status, 200, "request {i}: {r:?}\n{}", lab.app_log());
+        let rl = r.header("RateLimit").unwrap_or_default().to_string();
+        let want = format!("\"daily\";r={};t=", 19 - i);
+        assert!(rl.starts_with(&want), "request {i}: {rl:?}, want {want}…");
+        let t: u64 = rl[want.len()..].parse().expect("t");
+        assert!(
+            t.abs_diff(to_utc_midnight()) <= 2,
+            "t = seconds to 00:00 UTC: {t}"
+        );
+        assert_eq!(
+            r.header("RateLimit-Policy"),
+            Some("\"daily\";q=100;w=1, \"daily-quota\";q=20;w=86400")
+        );
+    }
+    restart(&mut lab);
+    let saved = std::fs::read_to_string(state.join("app-quotas.json")).expect("quota file");
+    assert!(saved.contains("\"used\":15"), "{saved}");
+    // shield_flask reconnects to the new daemon; 5 more, then the quota is used up.
+    for i in 15..20 {
+        let r = get(&lab);
+        assert_eq!(
+            r.status,
+            200,
+            "request {i} after the restart: {r:?}\n{}",
+            lab.app_log()
+        );
+    }
+    let r = get(&lab);
+    let body = assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    let retry: u64 = r
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(
+        retry.abs_diff(to_utc_midnight()) <= 2,
+        "retry at 00:00 UTC: {retry}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("quota of 20 per day"),
+        "{body}"
+    );
+    let daily = app_row(&lab, "daily");
+    assert_eq!(
+        daily["quota_used"], 20,
+        "shield stats --json: quota used {daily}"
+    );
+    // Another key has its own 20.
+    let r = lab
+        .req(LEGIT_V4, "GET", "/api/daily", &[("X-Api-Key", "k2")], "")
+        .expect("answered");
+    assert_eq!(r.status, 200, "{r:?}");
+    lab.lab.daemon = None;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A gate directory for `/api/slow`: requests wait in the app until `open()`.
+struct Gate(PathBuf);
+
+impl Gate {
+    fn new() -> Gate {
+        let d = std::env::temp_dir().join(unique("shield-gate-"));
+        std::fs::create_dir_all(&d).expect("gate dir");
+        Gate(d)
+    }
+    /// Workers' pids of the requests inside the view now.
+    fn inside(&self) -> Vec<i32> {
+        std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("in-"))
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn open(&self) {
+        std::fs::write(self.0.join("open"), "").expect("opening the gate");
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+type Pending = std::thread::JoinHandle<anyhow::Result<Option<Response>>>;
+
+/// `GET /api/slow` held at `gate`, with API key `key`, on a thread of its own.
+fn slow(lab: &Lab, key: &str, gate: &Gate) -> Pending {
+    let path = format!("/api/slow?gate={}", gate.0.display());
+    let key = key.to_string();
+    lab.lab
+        .topo
+        .client
+        .spawn_in(move || {
+            applab::http(
+                IpAddr::V4(LEGIT_V4),
+                SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+                "GET",
+                &path,
+                &[("X-Api-Key", key.as_str())],
+                "",
+                Duration::from_secs(90),
+            )
+        })
+        .expect("client namespace")
+}
+
+/// Waits until `inside + answered == n` (requests either in the view or answered).
+fn settle(gate: &Gate, pending: &[Pending], n: usize) -> (usize, usize) {
+    let deadline = Instant::now() + BAN_WITHIN;
+    loop {
+        let inside = gate.inside().len();
+        let answered = pending.iter().filter(|p| p.is_finished()).count();
+        if inside + answered >= n || Instant::now() > deadline {
+            return (inside, answered);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn concurrency_caps_in_flight_requests_per_key_and_a_killed_worker_gives_its_slots_back() {
+    let lab = Lab::new("open");
+    // 8 at once from one key: 2 in the view, 6 refused at once (429, Retry-After 1).
+    let gate = Gate::new();
+    let pending: Vec<Pending> = (0..8).map(|_| slow(&lab, "one", &gate)).collect();
+    let (inside, answered) = settle(&gate, &pending, 8);
+    assert_eq!(
+        (inside, answered),
+        (2, 6),
+        "2 in flight, 6 refused\n{}",
+        lab.app_log()
+    );
+    assert_eq!(
+        app_row(&lab, "slow")["in_flight"],
+        2,
+        "shield stats --json: 2 in flight"
+    );
+    let refused: Vec<Response> = pending
+        .into_iter()
+        .filter(|p| p.is_finished())
+        .map(|p| p.join().expect("thread").expect("netns").expect("answered"))
+        .collect();
+    for r in &refused {
+        let body = assert_problem(r, 429, "rate-limited", "Too Many Requests");
+        assert_eq!(r.header("Retry-After"), Some("1"), "{r:?}");
+        assert_eq!(body["retry_after"], 1);
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("slow allows 2 requests in flight at once"),
+            "{body}"
+        );
+    }
+    gate.open();
+    // 8 at once from 8 keys: all 8 in the view together, then all 200.
+    let gate = Gate::new();
+    let pending: Vec<Pending> = (0..8)
+        .map(|i| slow(&lab, &format!("key-{i}"), &gate))
+        .collect();
+    let (inside, answered) = settle(&gate, &pending, 8);
+    assert_eq!((inside, answered), (8, 0), "8 keys: all in flight at once");
+    gate.open();
+    for p in pending {
+        let r = p.join().expect("thread").expect("netns").expect("answered");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // A worker killed mid-request: its connection to the daemon closes, its slots return.
+    let gate = Gate::new();
+    let pending: Vec<Pending> = (0..2).map(|_| slow(&lab, "victim", &gate)).collect();
+    assert_eq!(settle(&gate, &pending, 2), (2, 0));
+    let third = slow(&lab, "victim", &gate);
+    let r = third
+        .join()
+        .expect("thread")
+        .expect("netns")
+        .expect("answered");
+    assert_eq!(r.status, 429, "the victim key is full: {r:?}");
+    let mut pids = gate.inside();
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in &pids {
+        // SAFETY: a gunicorn worker of this test's app (its pid written by the view).
+        assert_eq!(unsafe { libc::kill(*pid, libc::SIGKILL) }, 0, "kill {pid}");
+    }
+    for p in pending {
+        let r = p.join().expect("thread").expect("netns");
+        assert!(
+            r.is_none(),
+            "a killed worker's request gets no answer: {r:?}"
+        );
+    }
+    // The slots come back (the daemon saw the connections close): 2 in flight again. The
+    // daemon reads the closed connections as the kernel closes them; a try that raced it
+    // is let through and repeated (a leaked slot would fail every try until the bound).
+    let deadline = Instant::now() + BAN_WITHIN;
+    loop {
+        let gate = Gate::new();
+        let pending: Vec<Pending> = (0..2).map(|_| slow(&lab, "victim", &gate)).collect();
+        let got = settle(&gate, &pending, 2);
+        gate.open();
+        let statuses: Vec<u16> = pending
+            .into_iter()
+            .map(|p| {
+                p.join()
+                    .expect("thread")
+                    .expect("netns")
+                    .expect("answered")
+                    .status
+            })
+            .collect();
+        if got == (2, 0) {
+            assert_eq!(statuses, [200, 200]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the kill ({pids:?}) the victim key never had its 2 slots again: {got:?} {statuses:?}\n{}",
+            lab.app_log()
+        );
+    }
+}
+
+#[test]
 fn a_user_endpoint_limits_per_user_and_falls_back_to_the_address() {
     let lab = Lab::new("open");
     let me = |src: Ipv4Addr, user: Option<&str>| {
@@ -455,4 +863,193 @@ fn daemon_stopped_on_error_open_allows_and_closed_refuses() {
     }
     // Exempt views do not need the daemon.
     assert_eq!(lab.get(ATTACKER_V4, "/health"), Some(200));
+}
+
+/// The app-only daemon (`shield run --policy` without `--iface`) as user `nobody`: stopped
+/// and its directory removed on drop.
+struct Unprivileged {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn the_app_only_daemon_runs_as_an_unprivileged_user_and_limits_and_bans_at_l7() {
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    shield_tests::require_root();
+    const NOBODY: u32 = 65534;
+    let topo = shield_tests::netlab::Topology::new().expect("namespaces");
+    let dir = std::env::temp_dir().join(unique("shield-apponly-"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let socket = dir.join("app.sock");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+[defaults]
+ipv4_prefix = 32
+
+[app]
+socket = "{}"
+
+[[endpoint]]
+name = "login"
+methods = ["POST"]
+path = "/login"
+limit = {{ rate = "5/min", burst = 5 }}
+escalation = {{ strikes = 3, window = "10m", ban = "15m", scope = "host" }}
+"#,
+            socket.display()
+        ),
+    )
+    .expect("policy");
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
+    let child = std::process::Command::new(shield_tests::shield_bin())
+        .arg("run")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--socket")
+        .arg(dir.join("control.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--audit-log")
+        .arg(dir.join("audit.jsonl"))
+        .args(["--metrics", "off"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting shield run as nobody");
+    let mut daemon = Unprivileged {
+        child,
+        dir: dir.clone(),
+    };
+    let daemon_log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    // Ready when the app socket answers hello.
+    let deadline = Instant::now() + BAN_WITHIN;
+    loop {
+        if let Ok(mut c) = shield_tests::app_client::AppClient::connect(&socket)
+            && c.hello().is_ok()
+        {
+            break;
+        }
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("shield run (app-only) exited: {status}\n{}", daemon_log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app socket never answered\n{}",
+            daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Unprivileged: user nobody, no capability at all.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert!(field("Uid:").starts_with("65534"), "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    let meta = std::fs::metadata(&socket).expect("app socket");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o660));
+    assert!(daemon_log().contains("app-only mode"), "{}", daemon_log());
+
+    let limiter = Limiter::Shield {
+        socket: socket.clone(),
+        on_error: "closed".into(),
+    };
+    let _app = App::start(&topo.server, PORT, WORKERS, &limiter).expect("starting the app");
+    let login = |src: Ipv4Addr| {
+        let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), PORT);
+        topo.client
+            .run_in(move || {
+                applab::http(
+                    IpAddr::V4(src),
+                    dst,
+                    "POST",
+                    "/login",
+                    &[],
+                    &login_form(PASSWORD),
+                    Duration::from_secs(2),
+                )
+            })
+            .expect("client namespace")
+            .expect("answered (no XDP: nothing is dropped)")
+    };
+    for i in 0..5 {
+        let r = login(LEGIT_V4);
+        assert_eq!(r.status, 200, "login {i}: {r:?}\n{}", daemon_log());
+    }
+    let r = login(LEGIT_V4);
+    assert_problem(&r, 429, "rate-limited", "Too Many Requests");
+    // Limited in 3 different seconds: banned, at L7 (a 403), since there is no XDP.
+    let deadline = Instant::now() + BAN_WITHIN;
+    let banned = loop {
+        let r = login(LEGIT_V4);
+        if r.status == 403 {
+            break r;
+        }
+        assert_eq!(r.status, 429, "{r:?}");
+        assert!(Instant::now() < deadline, "never banned\n{}", daemon_log());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_problem(&banned, 403, "banned", "Forbidden");
+    let r = login(ATTACKER_V4);
+    assert_eq!(r.status, 200, "another client: {r:?}");
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"app_ban\"") && l.contains("\"enforced\":\"l7\"")),
+        "audit app_ban enforced l7:\n{audit}"
+    );
+    // `shield stats --json` works without pinned maps: the app counters from the daemon.
+    let out = std::process::Command::new(shield_tests::shield_bin())
+        .args([
+            "stats",
+            "--json",
+            "--bpffs",
+            "/nonexistent-bpffs",
+            "--socket",
+        ])
+        .arg(dir.join("control.sock"))
+        .output()
+        .expect("shield stats");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stats --json");
+    let login = &v["app"]["endpoints"][0];
+    assert_eq!(login["name"], "login", "{v}");
+    assert!(login["limited"].as_u64().unwrap_or(0) >= 2, "{v}");
+    assert_eq!(login["banned"], 1, "{v}");
 }

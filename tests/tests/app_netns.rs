@@ -144,7 +144,7 @@ fn decide_limits_exactly_bans_at_the_nic_and_refuses_control_verbs() {
     let r = c.raw(r#"{"op":"reload"}"#).expect("reply");
     assert_eq!(
         r["error"],
-        "the app socket accepts only hello, decide and report"
+        "the app socket accepts only hello, decide, report and release"
     );
     let d = login(&mut c, legit, None);
     assert_eq!(d["remaining"], 2, "bad requests changed no state: {d}");

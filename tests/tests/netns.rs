@@ -349,6 +349,12 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
     );
     assert!(stdout.contains("bans issued: 3"), "{stdout}");
     assert!(
+        stdout.contains(
+            "cost-weighted GET /api/report (cost 5, burst 10), 4 in a row: 2 admitted, 2 × 429"
+        ),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("198.51.100.3/32 for 15.0s (3 strikes, scope host)"),
         "{stdout}"
     );

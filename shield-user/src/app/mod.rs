@@ -26,6 +26,7 @@ use crate::{
     policy::{BanScope, Cidr, Endpoint, KeyKind, Limit, OnError, Policy, Signal, buckets},
 };
 use protocol::{Decision, Hello, Reported};
+use serde::{Deserialize, Serialize};
 
 /// Most keys one endpoint or signal tracks at once: keys come from requests (a header's
 /// value), so the table is bounded; past it, idle keys are dropped first, and a new key
@@ -59,6 +60,10 @@ pub struct Counts {
     pub allowed: AtomicU64,
     pub limited: AtomicU64,
     pub banned: AtomicU64,
+    /// Gauge: requests in flight now (`concurrency = N` endpoints), every key.
+    pub in_flight: AtomicU64,
+    /// Gauge: tokens used in the current quota window (`quota` endpoints), every key.
+    pub quota_used: AtomicU64,
 }
 
 /// `endpoint` or `signal`.
@@ -94,6 +99,10 @@ pub struct CountsRow {
     pub allowed: u64,
     pub limited: u64,
     pub banned: u64,
+    #[serde(default)]
+    pub in_flight: u64,
+    #[serde(default)]
+    pub quota_used: u64,
 }
 
 impl AppCounters {
@@ -122,6 +131,8 @@ impl AppCounters {
                 allowed: c.allowed.load(Ordering::Relaxed),
                 limited: c.limited.load(Ordering::Relaxed),
                 banned: c.banned.load(Ordering::Relaxed),
+                in_flight: c.in_flight.load(Ordering::Relaxed),
+                quota_used: c.quota_used.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -141,6 +152,8 @@ pub struct AppPolicy {
     pub floor: BanFloor,
     /// Every header named by a `key = "header:NAME"`, as written, once.
     pub key_headers: Vec<String>,
+    /// An XDP program enforces host bans (false in app-only mode: every ban is an L7 ban).
+    pub has_xdp: bool,
 }
 
 impl AppPolicy {
@@ -176,6 +189,7 @@ impl AppPolicy {
                 ipv6: p.min_ban_ipv6_prefix,
             },
             key_headers,
+            has_xdp: true,
         }
     }
 }
@@ -294,6 +308,8 @@ pub fn resolve_client(peer: IpAddr, xff: Option<&str>, trusted: &[Cidr]) -> Clie
 pub struct Clock {
     start: std::time::Instant,
     pub frozen: Option<u64>,
+    /// Wall-clock seconds since the Unix epoch, for tests (quota windows).
+    pub wall_frozen: Option<u64>,
 }
 
 impl Default for Clock {
@@ -301,11 +317,21 @@ impl Default for Clock {
         Clock {
             start: std::time::Instant::now(),
             frozen: None,
+            wall_frozen: None,
         }
     }
 }
 
 impl Clock {
+    /// Wall-clock seconds since the Unix epoch (UTC): quota windows are calendar windows.
+    pub fn wall_secs(&self) -> u64 {
+        self.wall_frozen.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+    }
+
     pub fn now(&self) -> u64 {
         self.frozen.unwrap_or_else(|| {
             NS_PER_SEC.saturating_add(
@@ -433,7 +459,8 @@ impl Table {
         let per = match r.period_secs {
             1 => "second",
             60 => "minute",
-            _ => "hour",
+            3600 => "hour",
+            _ => "day",
         };
         let what = match self.kind {
             Kind::Endpoint => "requests",
@@ -464,6 +491,9 @@ impl Table {
     }
 }
 
+/// The largest `cost` a `decide` may name.
+pub const MAX_COST: u64 = 100_000_000;
+
 /// Whole seconds in `ns`, rounded up.
 fn secs_up(ns: u64) -> u64 {
     ns.div_ceil(NS_PER_SEC)
@@ -476,6 +506,16 @@ fn standing(g: &Gcra, tat: u64, now: u64) -> (u64, u64) {
     }
     let left = (now + g.tolerance_ns + g.interval_ns).saturating_sub(tat) / g.interval_ns;
     (left.min(g.burst()), secs_up(tat.saturating_sub(now)))
+}
+
+/// One key's quota use, as kept in `--state-dir`/`app-quotas.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQuota {
+    pub endpoint: String,
+    pub key: String,
+    /// The window's start, unix seconds (UTC).
+    pub window_start: u64,
+    pub used: u64,
 }
 
 /// An L7 ban.
@@ -496,6 +536,15 @@ pub struct Limiter {
     bans: HashMap<IpAddr, Vec<L7Ban>>,
     /// Last `app_limited` second per client.
     last_limited: HashMap<IpAddr, u64>,
+    /// Requests in flight per (endpoint name, key), for `concurrency = N` endpoints.
+    in_flight: HashMap<(String, String), u64>,
+    /// Every slot taken and not yet released: its (endpoint name, key).
+    slots: HashMap<u64, (String, String)>,
+    next_slot: u64,
+    /// Quota use per (endpoint name, key): (window start, unix seconds; tokens used).
+    quotas: HashMap<(String, String), (u64, u64)>,
+    /// Quota use changed since the last `take_quotas_dirty`.
+    quotas_dirty: bool,
     pub counters: Arc<AppCounters>,
     pub clock: Clock,
 }
@@ -508,6 +557,11 @@ impl Limiter {
             signals: Vec::new(),
             bans: HashMap::new(),
             last_limited: HashMap::new(),
+            in_flight: HashMap::new(),
+            slots: HashMap::new(),
+            next_slot: 1,
+            quotas: HashMap::new(),
+            quotas_dirty: false,
             counters,
             clock: Clock::default(),
         };
@@ -579,6 +633,7 @@ impl Limiter {
             .collect();
         self.counters.retain(&live);
         self.policy = policy;
+        self.refresh_gauges();
     }
 
     pub fn hello(&self) -> Hello {
@@ -665,7 +720,7 @@ impl Limiter {
         })
     }
 
-    /// `decide`.
+    /// `decide` of a request arriving (`charge` false).
     #[expect(clippy::too_many_arguments, reason = "the fields of one request")]
     pub fn decide(
         &mut self,
@@ -676,8 +731,135 @@ impl Limiter {
         xff: Option<&str>,
         headers: Option<&HashMap<String, String>>,
         user: Option<&str>,
+        cost: Option<u64>,
         effects: &mut Vec<Effect>,
     ) -> Result<Decision, String> {
+        self.decide_full(
+            method, rule, path, peer, xff, headers, user, cost, false, effects,
+        )
+    }
+
+    /// Every key's quota use in its current window (for the state file).
+    pub fn quotas_snapshot(&self) -> Vec<SavedQuota> {
+        let wall = self.clock.wall_secs();
+        let mut v: Vec<SavedQuota> = self
+            .quotas
+            .iter()
+            .filter(|((name, _), (start, _))| {
+                self.policy
+                    .endpoints
+                    .iter()
+                    .find(|e| &e.name == name)
+                    .and_then(|e| e.quota)
+                    .is_some_and(|q| start + q.per_secs > wall)
+            })
+            .map(|((endpoint, key), (window_start, used))| SavedQuota {
+                endpoint: endpoint.clone(),
+                key: key.clone(),
+                window_start: *window_start,
+                used: *used,
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.endpoint, &a.key).cmp(&(&b.endpoint, &b.key)));
+        v
+    }
+
+    /// Quota use read back at start (entries of another window are dropped when read).
+    pub fn load_quotas(&mut self, saved: Vec<SavedQuota>) {
+        for q in saved {
+            self.quotas
+                .insert((q.endpoint, q.key), (q.window_start, q.used));
+        }
+        self.refresh_gauges();
+    }
+
+    /// Sets the in-flight and quota gauges from the tables (after a load, a tick, a reload).
+    fn refresh_gauges(&self) {
+        for t in &self.endpoints {
+            t.counts
+                .in_flight
+                .store(self.in_flight_of(&t.name), Ordering::Relaxed);
+            t.counts
+                .quota_used
+                .store(self.quota_used_of(&t.name), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether quota use changed since the last call.
+    pub fn take_quotas_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.quotas_dirty)
+    }
+
+    /// Tokens used in the current window by endpoint `name` (every key).
+    pub fn quota_used_of(&self, name: &str) -> u64 {
+        let wall = self.clock.wall_secs();
+        let Some(q) = self
+            .policy
+            .endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.quota)
+        else {
+            return 0;
+        };
+        let window = wall / q.per_secs * q.per_secs;
+        self.quotas
+            .iter()
+            .filter(|((n, _), (w, _))| n == name && *w == window)
+            .map(|(_, (_, u))| *u)
+            .sum()
+    }
+
+    /// Requests of endpoint `name` in flight now (every key).
+    pub fn in_flight_of(&self, name: &str) -> u64 {
+        self.in_flight
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, c)| *c)
+            .sum()
+    }
+
+    /// Ends the request holding `slot` (its response ended, or its connection closed).
+    /// False when no such slot is held (released already).
+    pub fn release(&mut self, slot: u64) -> bool {
+        let Some(k) = self.slots.remove(&slot) else {
+            return false;
+        };
+        if let Some(c) = self.in_flight.get_mut(&k) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.in_flight.remove(&k);
+            }
+        }
+        let n = self.in_flight_of(&k.0);
+        if let Some(t) = self.endpoints.iter().find(|t| t.name == k.0) {
+            t.counts.in_flight.store(n, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// `decide`; `charge`: more tokens for a request already admitted (`shield.charge(n)`):
+    /// no in-flight check, no slot.
+    #[expect(clippy::too_many_arguments, reason = "the fields of one request")]
+    pub fn decide_full(
+        &mut self,
+        method: &str,
+        rule: Option<&str>,
+        path: &str,
+        peer: Option<&str>,
+        xff: Option<&str>,
+        headers: Option<&HashMap<String, String>>,
+        user: Option<&str>,
+        cost: Option<u64>,
+        charge: bool,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Decision, String> {
+        if cost == Some(0) || cost.is_some_and(|c| c > MAX_COST) {
+            return Err(self.error(format!(
+                "cost must be between 1 and {MAX_COST} tokens, got {}",
+                cost.unwrap_or(0)
+            )));
+        }
         let generation = self.policy.generation;
         let Some(idx) = self
             .policy
@@ -715,8 +897,123 @@ impl Limiter {
                 ..Decision::default()
             });
         }
+        let cost = cost.unwrap_or(self.policy.endpoints[idx].cost);
+        let t = &self.endpoints[idx];
+        let most = if t.sustained.is_enabled() {
+            t.rate.burst().min(t.sustained.burst())
+        } else {
+            t.rate.burst()
+        };
+        if cost > most {
+            // Never passes, whatever the wait: no strike, no retry hint that lies.
+            t.counts.limited.fetch_add(1, Ordering::Relaxed);
+            return Ok(Decision {
+                ok: true,
+                allow: false,
+                status: Some(429),
+                generation,
+                endpoint: Some(name.clone()),
+                client: Some(client.addr.to_string()),
+                retry_after: Some(1),
+                limit: Some(t.limit.burst),
+                remaining: Some(0),
+                reset: Some(1),
+                policy: Some(t.policy_field()),
+                detail: Some(format!(
+                    "this request costs {cost} tokens, more than {name} ever holds ({most}): it cannot pass"
+                )),
+                slot: None,
+            });
+        }
         let key = self.key_of(&self.endpoints[idx].key, client.addr, headers, user);
-        let judged = self.judge(Kind::Endpoint, idx, &key, client, now, effects);
+        let cap = self.policy.endpoints[idx].concurrency.filter(|_| !charge);
+        let slot_key = (name.clone(), key.clone());
+        if let Some(cap) = cap {
+            let now_in = self.in_flight.get(&slot_key).copied().unwrap_or(0);
+            if now_in >= cap {
+                let t = &self.endpoints[idx];
+                t.counts.limited.fetch_add(1, Ordering::Relaxed);
+                return Ok(Decision {
+                    ok: true,
+                    allow: false,
+                    status: Some(429),
+                    generation,
+                    endpoint: Some(name.clone()),
+                    client: Some(client.addr.to_string()),
+                    retry_after: Some(1),
+                    detail: Some(format!(
+                        "{name} allows {cap} request{} in flight at once per {}, and {now_in} are; retry in 1 s",
+                        if cap == 1 { "" } else { "s" },
+                        t.key
+                    )),
+                    ..Decision::default()
+                });
+            }
+        }
+        let quota = self.policy.endpoints[idx].quota;
+        let mut quota_left = None;
+        if let Some(q) = quota {
+            let wall = self.clock.wall_secs();
+            let window = wall / q.per_secs * q.per_secs;
+            let used = match self.quotas.get(&slot_key) {
+                Some((w, u)) if *w == window => *u,
+                _ => 0,
+            };
+            let reset = (window + q.per_secs).saturating_sub(wall).max(1);
+            if used.saturating_add(cost) > q.limit {
+                let t = &self.endpoints[idx];
+                t.counts.limited.fetch_add(1, Ordering::Relaxed);
+                return Ok(Decision {
+                    ok: true,
+                    allow: false,
+                    status: Some(429),
+                    generation,
+                    endpoint: Some(name.clone()),
+                    client: Some(client.addr.to_string()),
+                    retry_after: Some(reset),
+                    limit: Some(q.limit),
+                    remaining: Some(0),
+                    reset: Some(reset),
+                    policy: Some(format!(
+                        "{}, \"{name}-quota\";q={};w={}",
+                        t.policy_field(),
+                        q.limit,
+                        q.per_secs
+                    )),
+                    detail: Some(format!(
+                        "{name}'s quota of {q} per {} is used up ({used} used); it resets in {reset} s",
+                        t.key
+                    )),
+                    slot: None,
+                });
+            }
+            quota_left = Some((window, used, reset, q));
+        }
+        let judged = self.judge(Kind::Endpoint, idx, &key, cost, client, now, effects);
+        if let (Judged::Allowed { .. }, Some((window, used, _, _))) = (&judged, quota_left) {
+            self.quotas
+                .insert(slot_key.clone(), (window, used.saturating_add(cost)));
+            self.quotas_dirty = true;
+            let n = self.quota_used_of(&name);
+            self.endpoints[idx]
+                .counts
+                .quota_used
+                .store(n, Ordering::Relaxed);
+        }
+        let slot = match (&judged, cap) {
+            (Judged::Allowed { .. }, Some(_)) => {
+                let id = self.next_slot;
+                self.next_slot += 1;
+                *self.in_flight.entry(slot_key.clone()).or_insert(0) += 1;
+                self.slots.insert(id, slot_key);
+                self.endpoints[idx]
+                    .counts
+                    .in_flight
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(id)
+            }
+            _ => None,
+        };
         let t = &self.endpoints[idx];
         let mut d = Decision {
             ok: true,
@@ -725,13 +1022,31 @@ impl Limiter {
             endpoint: Some(name),
             client: Some(client.addr.to_string()),
             limit: Some(t.limit.burst),
-            policy: Some(t.policy_field()),
+            policy: Some(match quota {
+                Some(q) => format!(
+                    "{}, \"{}-quota\";q={};w={}",
+                    t.policy_field(),
+                    t.name,
+                    q.limit,
+                    q.per_secs
+                ),
+                None => t.policy_field(),
+            }),
             ..Decision::default()
         };
         match judged {
             Judged::Allowed { remaining, reset } => {
                 d.remaining = Some(remaining);
                 d.reset = Some(reset);
+                d.slot = slot;
+                if let Some((_, used, qreset, q)) = quota_left {
+                    let left = q.limit.saturating_sub(used.saturating_add(cost));
+                    if left < remaining {
+                        d.remaining = Some(left);
+                        d.reset = Some(qreset);
+                        d.limit = Some(q.limit);
+                    }
+                }
             }
             Judged::Limited { retry_after } => {
                 d.allow = false;
@@ -766,7 +1081,7 @@ impl Limiter {
             Some(k) => format!("key:{k}"),
             None => self.key_of(&self.signals[idx].key, client.addr, headers, user),
         };
-        let judged = self.judge(Kind::Signal, idx, &key, client, now, effects);
+        let judged = self.judge(Kind::Signal, idx, &key, 1, client, now, effects);
         Ok(Reported {
             ok: true,
             generation: self.policy.generation,
@@ -778,12 +1093,14 @@ impl Limiter {
         })
     }
 
-    /// One token from `key` of table `idx`; over the limit: a strike, maybe a ban.
+    /// `cost` tokens from `key` of table `idx`; over the limit: a strike, maybe a ban.
+    #[expect(clippy::too_many_arguments, reason = "one judgement's inputs")]
     fn judge(
         &mut self,
         kind: Kind,
         idx: usize,
         key: &str,
+        cost: u64,
         client: Client,
         now: u64,
         effects: &mut Vec<Effect>,
@@ -812,8 +1129,8 @@ impl Limiter {
             }
         }
         let st = t.states.entry(key.to_string()).or_insert(SourceState::NEW);
-        let a = t.rate.check(st.tat[0], now);
-        let b = t.sustained.check(st.tat[1], now);
+        let a = t.rate.check_n(st.tat[0], now, cost);
+        let b = t.sustained.check_n(st.tat[1], now, cost);
         if let (Some(a), Some(b)) = (a, b) {
             st.tat[0] = a;
             st.tat[1] = b;
@@ -824,13 +1141,7 @@ impl Limiter {
             return Judged::Allowed { remaining, reset };
         }
         // Refused: when the refusing bucket(s) admit the next token.
-        let wait = |g: &Gcra, tat: u64, ok: bool| {
-            if ok {
-                0
-            } else {
-                tat.saturating_sub(g.tolerance_ns).saturating_sub(now)
-            }
-        };
+        let wait = |g: &Gcra, tat: u64, ok: bool| if ok { 0 } else { g.wait_n(tat, now, cost) };
         let retry_after = secs_up(wait(&t.rate, st.tat[0], a.is_some()).max(wait(
             &t.sustained,
             st.tat[1],
@@ -935,8 +1246,12 @@ impl Limiter {
             duration: Duration::from_nanos(out.ban_ns),
             level: out.level,
             // A prefix that holds a trusted proxy is banned at L7 only: at XDP it would
-            // cut the proxy, and every client behind it, off the host.
-            xdp: scope == BanScope::Host && !client.via_proxy && !self.holds_a_proxy(&source),
+            // cut the proxy, and every client behind it, off the host. An app-only daemon
+            // has no XDP: every ban is an L7 one.
+            xdp: scope == BanScope::Host
+                && !client.via_proxy
+                && self.policy.has_xdp
+                && !self.holds_a_proxy(&source),
             endpoint,
             reason: what,
         }));
@@ -970,6 +1285,21 @@ impl Limiter {
         });
         let second = now / NS_PER_SEC;
         self.last_limited.retain(|_, s| *s + 1 >= second);
+        // Quota use of a window that ended (or of an endpoint that has no quota now).
+        let wall = self.clock.wall_secs();
+        let per: HashMap<&str, u64> = self
+            .policy
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.name.as_str(), e.quota?.per_secs)))
+            .collect();
+        let before = self.quotas.len();
+        self.quotas
+            .retain(|(n, _), (w, _)| per.get(n.as_str()).is_some_and(|p| *w + p > wall));
+        if self.quotas.len() != before {
+            self.quotas_dirty = true;
+        }
+        self.refresh_gauges();
     }
 
     /// Keys tracked now (all tables).

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 /// The longest request line, in bytes (without its newline).
 pub const MAX_APP_LINE: usize = 64 * 1024;
 /// Every operation the app socket serves.
-pub const APP_OPS: [&str; 3] = ["hello", "decide", "report"];
+pub const APP_OPS: [&str; 4] = ["hello", "decide", "report", "release"];
 /// The error for any other operation (control verbs included).
-pub const ONLY_APP_OPS: &str = "the app socket accepts only hello, decide and report";
+pub const ONLY_APP_OPS: &str = "the app socket accepts only hello, decide, report and release";
 
 /// One request, as sent by the client (fields of every op; absent ones are `None`).
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +35,12 @@ pub struct AppRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub cost: Option<u64>,
+    /// `decide` for more tokens of a request already admitted (`shield.charge(n)`).
+    #[serde(default)]
+    pub charge: Option<bool>,
+    /// `release`: the slot a `decide` reply gave.
+    #[serde(default)]
+    pub slot: Option<u64>,
     #[serde(default)]
     pub signal: Option<String>,
     #[serde(default)]
@@ -90,6 +96,10 @@ pub struct Decision {
     pub policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// An in-flight slot (a `concurrency = N` endpoint): held by this connection until a
+    /// `release` of it or the connection's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
 }
 
 /// `report`.

@@ -51,6 +51,7 @@ fn login(l: &mut Limiter, peer: &str, xff: Option<&str>, fx: &mut Vec<Effect>) -
         xff,
         None,
         None,
+        None,
         fx,
     )
     .expect("decide")
@@ -61,9 +62,19 @@ fn endpoints_match_by_method_and_rule_or_prefix_in_file_order() {
     let mut l = limiter();
     let mut fx = Vec::new();
     let mut ep = |m: &str, rule: Option<&str>, path: &str| {
-        l.decide(m, rule, path, Some("192.0.2.1"), None, None, None, &mut fx)
-            .expect("decide")
-            .endpoint
+        l.decide(
+            m,
+            rule,
+            path,
+            Some("192.0.2.1"),
+            None,
+            None,
+            None,
+            None,
+            &mut fx,
+        )
+        .expect("decide")
+        .endpoint
     };
     assert_eq!(ep("POST", Some("/login"), "/login"), Some("login".into()));
     assert_eq!(ep("post", Some("/login"), "/login"), Some("login".into()));
@@ -147,6 +158,7 @@ fn sustained_limit_shows_in_policy_and_binds() {
                 None,
                 Some(&h),
                 None,
+                None,
                 &mut fx,
             )
             .expect("decide");
@@ -166,6 +178,7 @@ fn sustained_limit_shows_in_policy_and_binds() {
             Some("192.0.2.1"),
             None,
             Some(&hdr("k2")),
+            None,
             None,
             &mut fx,
         )
@@ -256,6 +269,7 @@ fn strikes_ban_a_direct_client_at_xdp_and_a_proxied_one_at_l7_only() {
             None,
             None,
             None,
+            None,
             &mut fx,
         )
         .expect("decide");
@@ -340,6 +354,7 @@ fn rule_scope_bans_the_endpoint_only_and_user_keys_fall_back_to_ip() {
             None,
             None,
             user,
+            None,
             fx,
         )
         .expect("decide")
@@ -448,6 +463,7 @@ fn bad_requests_are_errors_and_change_nothing() {
                 None,
                 None,
                 None,
+                None,
                 &mut fx
             )
             .is_err()
@@ -467,86 +483,252 @@ fn hello_names_key_headers_once() {
 }
 
 #[test]
-fn long_keys_from_requests_are_stored_as_digests_and_still_limit() {
-    // Header values and user names come from the request, up to a whole 64 KiB line:
-    // the table must not keep them as they are (200,000 × 64 KiB would be 13 GB).
-    let mut l = limiter();
+fn cost_draws_tokens_from_the_endpoints_buckets() {
+    let p = parse_str(
+        "t.toml",
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "export"
+path = "/export"
+cost = 5
+limit = { rate = "5/s", burst = 10 }
+[[endpoint]]
+name = "q"
+path = "/q"
+limit = { rate = "10/d", burst = 10 }
+"#,
+    )
+    .expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+    l.clock.frozen = Some(100 * NS_PER_SEC);
     let mut fx = Vec::new();
-    let long = "k".repeat(60_000);
-    let other = format!("{}x", "k".repeat(59_999));
-    let mut search = |l: &mut Limiter, key: &str, peer: &str| {
-        let h = HashMap::from([("x-api-key".to_string(), key.to_string())]);
+    let mut at = |l: &mut Limiter, path: &str, cost: Option<u64>| {
         l.decide(
             "GET",
-            Some("/search/<int:id>"),
-            "/search/1",
-            Some(peer),
+            Some(path),
+            path,
+            Some("192.0.2.9"),
             None,
-            Some(&h),
             None,
+            None,
+            cost,
             &mut fx,
         )
         .expect("decide")
     };
-    // Burst 2 per key, whatever the address.
-    assert!(search(&mut l, &long, "192.0.2.1").allow);
-    assert!(search(&mut l, &long, "192.0.2.2").allow);
-    assert_eq!(search(&mut l, &long, "192.0.2.3").status, Some(429));
-    assert!(search(&mut l, &other, "192.0.2.3").allow, "another key");
-    let t = &l.endpoints[1];
-    assert_eq!(t.name, "search");
-    assert_eq!(t.states.len(), 2);
-    for k in t.states.keys() {
-        assert!(k.len() <= 7 + 64, "a stored key of {} bytes", k.len());
-    }
-    // A short key is kept as written.
-    let mut fx2 = Vec::new();
-    let h = HashMap::from([("X-Api-Key".to_string(), "abc".to_string())]);
-    l.decide(
-        "GET",
-        Some("/search/<int:id>"),
-        "/search/1",
-        Some("192.0.2.9"),
-        None,
-        Some(&h),
-        None,
-        &mut fx2,
-    )
-    .expect("decide");
-    assert!(l.endpoints[1].states.contains_key("header:abc"));
+    // cost 5 under burst 10: exactly 2, then 429 with a retry of one second (5 tokens at 5/s).
+    let d: Vec<Decision> = (0..4).map(|_| at(&mut l, "/export", None)).collect();
+    assert_eq!(
+        d.iter().map(|d| d.allow).collect::<Vec<_>>(),
+        [true, true, false, false]
+    );
+    assert_eq!((d[0].remaining, d[1].remaining), (Some(5), Some(0)));
+    assert_eq!((d[2].status, d[2].retry_after), (Some(429), Some(1)));
+    // A request naming its own cost: 1 passes one token later.
+    l.clock.frozen = Some(100 * NS_PER_SEC + NS_PER_SEC / 5);
+    assert!(at(&mut l, "/export", Some(1)).allow);
+    assert!(!at(&mut l, "/export", Some(1)).allow);
+    // A cost above what the bucket ever holds: refused, says why, no strike.
+    let big = at(&mut l, "/q", Some(11));
+    assert_eq!(big.status, Some(429));
+    assert!(
+        big.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("costs 11 tokens"),
+        "{big:?}"
+    );
+    // A daily rate: 3 + 7 = 10 pass, then a wait of 86,400 / 10 s for one token.
+    assert!(at(&mut l, "/q", Some(3)).allow);
+    assert!(at(&mut l, "/q", Some(7)).allow);
+    let over = at(&mut l, "/q", None);
+    assert_eq!(over.retry_after, Some(8640));
+    assert!(
+        over.detail.as_deref().unwrap_or("").contains("per day"),
+        "{over:?}"
+    );
+    assert!(
+        l.decide(
+            "GET",
+            Some("/q"),
+            "/q",
+            Some("192.0.2.9"),
+            None,
+            None,
+            None,
+            Some(0),
+            &mut Vec::new()
+        )
+        .is_err()
+    );
 }
 
 #[test]
-fn a_full_table_is_swept_at_most_once_a_second_and_keeps_limited_keys() {
-    let mut l = limiter();
+fn concurrency_caps_requests_in_flight_per_key_and_release_frees_a_slot() {
+    let p = parse_str(
+        "t.toml",
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "slow"
+path = "/slow"
+key = "header:X-Api-Key"
+concurrency = 2
+limit = { rate = "100/s", burst = 100 }
+"#,
+    )
+    .expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+    l.clock.frozen = Some(100 * NS_PER_SEC);
     let mut fx = Vec::new();
-    // A limited client, then the table filled with keys that are not idle.
-    for _ in 0..5 {
-        assert!(login(&mut l, "192.0.2.77", None, &mut fx).allow);
-    }
-    assert_eq!(login(&mut l, "192.0.2.77", None, &mut fx).status, Some(429));
-    let now = l.clock.now();
-    let busy = SourceState {
-        tat: [now + 3600 * NS_PER_SEC, 0, 0, 0],
-        ..SourceState::NEW
+    let mut go = |l: &mut Limiter, key: &str, charge: bool| {
+        let h: HashMap<String, String> = [("X-Api-Key".to_string(), key.to_string())].into();
+        l.decide_full(
+            "GET",
+            Some("/slow"),
+            "/slow",
+            Some("192.0.2.9"),
+            None,
+            Some(&h),
+            None,
+            None,
+            charge,
+            &mut fx,
+        )
+        .expect("decide")
     };
-    let t = &mut l.endpoints[0];
-    for i in 0..MAX_KEYS - t.states.len() {
-        t.states.insert(format!("ip:fill-{i}"), busy);
+    let a = go(&mut l, "k1", false);
+    let b = go(&mut l, "k1", false);
+    assert!(a.allow && b.allow);
+    let (sa, sb) = (a.slot.expect("a slot"), b.slot.expect("a slot"));
+    assert_ne!(sa, sb);
+    let c = go(&mut l, "k1", false);
+    assert_eq!(
+        (c.allow, c.status, c.retry_after),
+        (false, Some(429), Some(1))
+    );
+    assert!(
+        c.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("slow allows 2 requests in flight at once per header:X-Api-Key"),
+        "{c:?}"
+    );
+    assert_eq!(c.slot, None);
+    // Another key has its own slots; a charge takes none.
+    assert!(go(&mut l, "k2", false).slot.is_some());
+    let ch = go(&mut l, "k1", true);
+    assert!(ch.allow && ch.slot.is_none(), "{ch:?}");
+    assert_eq!(l.in_flight_of("slow"), 3);
+    let gauge = |l: &Limiter| {
+        l.counters
+            .snapshot()
+            .into_iter()
+            .find(|r| r.name == "slow")
+            .map(|r| r.in_flight)
+    };
+    assert_eq!(gauge(&l), Some(3), "stats/metrics see 3 in flight");
+    assert!(l.release(sa));
+    assert!(!l.release(sa), "a slot is released once");
+    assert_eq!(gauge(&l), Some(2));
+    assert!(go(&mut l, "k1", false).allow);
+    assert!(!go(&mut l, "k1", false).allow);
+}
+
+#[test]
+fn a_daily_quota_admits_its_limit_in_a_utc_day_and_is_saved_and_read_back() {
+    let p = parse_str(
+        "t.toml",
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "daily"
+path = "/d"
+key = "header:X-Api-Key"
+cost = 2
+quota = { limit = 20, per = "1d" }
+limit = { rate = "100/s", burst = 100 }
+"#,
+    )
+    .expect("valid policy");
+    let day = 20_000 * 86_400;
+    let mk = || {
+        let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+        l.clock.frozen = Some(100 * NS_PER_SEC);
+        l.clock.wall_frozen = Some(day + 86_400 - 3600); // 23:00 UTC
+        l
+    };
+    let mut l = mk();
+    let go = |l: &mut Limiter, key: &str| {
+        let h: HashMap<String, String> = [("X-Api-Key".to_string(), key.to_string())].into();
+        l.decide(
+            "GET",
+            Some("/d"),
+            "/d",
+            Some("192.0.2.9"),
+            None,
+            Some(&h),
+            None,
+            None,
+            &mut Vec::new(),
+        )
+        .expect("decide")
+    };
+    // cost 2, quota 20: 10 requests.
+    let first = go(&mut l, "k");
+    assert_eq!(
+        (first.remaining, first.reset, first.limit),
+        (Some(18), Some(3600), Some(20))
+    );
+    assert_eq!(
+        first.policy.as_deref(),
+        Some("\"daily\";q=100;w=1, \"daily-quota\";q=20;w=86400")
+    );
+    for _ in 0..8 {
+        assert!(go(&mut l, "k").allow);
     }
-    let before = t.sweeps;
-    // A flood of new clients: each is let through uncounted (an app error), but the
-    // full table is walked once for them, not once per request.
-    for i in 0..1000u32 {
-        let peer = std::net::Ipv4Addr::from(0xC633_0000 + i).to_string();
-        assert!(login(&mut l, &peer, None, &mut fx).allow);
-    }
-    assert_eq!(l.endpoints[0].sweeps - before, 1);
-    l.clock.frozen = Some(now + NS_PER_SEC);
-    login(&mut l, "198.51.200.1", None, &mut fx);
-    assert_eq!(l.endpoints[0].sweeps - before, 2, "a second later: again");
-    // The limited client was not evicted: still limited.
-    assert_eq!(login(&mut l, "192.0.2.77", None, &mut fx).status, Some(429));
+    assert!(l.take_quotas_dirty());
+    // Saved and read back by a new limiter (a daemon restart).
+    let saved = l.quotas_snapshot();
+    assert_eq!(
+        saved,
+        vec![SavedQuota {
+            endpoint: "daily".into(),
+            key: "header:k".into(),
+            window_start: day,
+            used: 18
+        }]
+    );
+    let mut l = mk();
+    l.load_quotas(saved);
+    assert!(go(&mut l, "k").allow, "the 10th");
+    let over = go(&mut l, "k");
+    assert_eq!((over.status, over.retry_after), (Some(429), Some(3600)));
+    assert!(
+        over.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("quota of 20 per day"),
+        "{over:?}"
+    );
+    assert!(go(&mut l, "other").allow, "another key has its own quota");
+    assert_eq!(l.quota_used_of("daily"), 22);
+    let used = l
+        .counters
+        .snapshot()
+        .into_iter()
+        .find(|r| r.name == "daily")
+        .map(|r| r.quota_used);
+    assert_eq!(used, Some(22), "stats/metrics see the quota used");
+    // 00:00 UTC: a new window.
+    l.clock.wall_frozen = Some(day + 86_400);
+    l.tick();
+    assert_eq!(l.quotas_snapshot(), vec![]);
+    assert_eq!(go(&mut l, "k").remaining, Some(18));
 }
 
 #[test]
@@ -593,6 +775,39 @@ escalation = { strikes = 1, window = "10m", ban = "15m" }
 }
 
 #[test]
+fn a_full_table_is_swept_at_most_once_a_second_and_keeps_limited_keys() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    // A limited client, then the table filled with keys that are not idle.
+    for _ in 0..5 {
+        assert!(login(&mut l, "192.0.2.77", None, &mut fx).allow);
+    }
+    assert_eq!(login(&mut l, "192.0.2.77", None, &mut fx).status, Some(429));
+    let now = l.clock.now();
+    let busy = SourceState {
+        tat: [now + 3600 * NS_PER_SEC, 0, 0, 0],
+        ..SourceState::NEW
+    };
+    let t = &mut l.endpoints[0];
+    for i in 0..MAX_KEYS - t.states.len() {
+        t.states.insert(format!("ip:fill-{i}"), busy);
+    }
+    let before = t.sweeps;
+    // A flood of new clients: each is let through uncounted (an app error), but the
+    // full table is walked once for them, not once per request.
+    for i in 0..1000u32 {
+        let peer = std::net::Ipv4Addr::from(0xC633_0000 + i).to_string();
+        assert!(login(&mut l, &peer, None, &mut fx).allow);
+    }
+    assert_eq!(l.endpoints[0].sweeps - before, 1);
+    l.clock.frozen = Some(now + NS_PER_SEC);
+    login(&mut l, "198.51.200.1", None, &mut fx);
+    assert_eq!(l.endpoints[0].sweeps - before, 2, "a second later: again");
+    // The limited client was not evicted: still limited.
+    assert_eq!(login(&mut l, "192.0.2.77", None, &mut fx).status, Some(429));
+}
+
+#[test]
 fn a_unix_socket_peer_is_this_host_and_its_forwarded_client_is_limited() {
     // gunicorn on a Unix socket behind nginx: REMOTE_ADDR is "".
     let mut l = limiter();
@@ -616,6 +831,7 @@ fn a_unix_socket_peer_is_this_host_and_its_forwarded_client_is_limited() {
             Some("/login"),
             "/login",
             Some("not-an-ip"),
+            None,
             None,
             None,
             None,
@@ -650,4 +866,56 @@ fn forwarded_entries_with_a_port_or_brackets_name_the_client() {
         let d = login(&mut l, "127.0.0.1", Some(bad), &mut fx);
         assert_eq!(d.client.as_deref(), Some("127.0.0.1"), "{bad}");
     }
+}
+
+#[test]
+fn long_keys_from_requests_are_stored_as_digests_and_still_limit() {
+    // Header values and user names come from the request, up to a whole 64 KiB line:
+    // the table must not keep them as they are (200,000 × 64 KiB would be 13 GB).
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let long = "k".repeat(60_000);
+    let other = format!("{}x", "k".repeat(59_999));
+    let mut search = |l: &mut Limiter, key: &str, peer: &str| {
+        let h = HashMap::from([("x-api-key".to_string(), key.to_string())]);
+        l.decide(
+            "GET",
+            Some("/search/<int:id>"),
+            "/search/1",
+            Some(peer),
+            None,
+            Some(&h),
+            None,
+            None,
+            &mut fx,
+        )
+        .expect("decide")
+    };
+    // Burst 2 per key, whatever the address.
+    assert!(search(&mut l, &long, "192.0.2.1").allow);
+    assert!(search(&mut l, &long, "192.0.2.2").allow);
+    assert_eq!(search(&mut l, &long, "192.0.2.3").status, Some(429));
+    assert!(search(&mut l, &other, "192.0.2.3").allow, "another key");
+    let t = &l.endpoints[1];
+    assert_eq!(t.name, "search");
+    assert_eq!(t.states.len(), 2);
+    for k in t.states.keys() {
+        assert!(k.len() <= 7 + 64, "a stored key of {} bytes", k.len());
+    }
+    // A short key is kept as written.
+    let mut fx2 = Vec::new();
+    let h = HashMap::from([("X-Api-Key".to_string(), "abc".to_string())]);
+    l.decide(
+        "GET",
+        Some("/search/<int:id>"),
+        "/search/1",
+        Some("192.0.2.9"),
+        None,
+        Some(&h),
+        None,
+        None,
+        &mut fx2,
+    )
+    .expect("decide");
+    assert!(l.endpoints[1].states.contains_key("header:abc"));
 }

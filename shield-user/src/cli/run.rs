@@ -12,8 +12,10 @@ use shield_user::{
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Interface to protect; repeat for several (each once).
-    #[arg(long = "iface", short = 'i', required = true, value_name = "IFACE", value_parser = loader::iface_arg)]
+    /// Interface to protect; repeat for several (each once). Without any: app-only mode, the
+    /// application layer alone (the policy needs `[app]`; no XDP, no bpffs, no root needed
+    /// beyond access to the sockets' paths; bans enforced at L7 as 403s).
+    #[arg(long = "iface", short = 'i', value_name = "IFACE", value_parser = loader::iface_arg)]
     pub ifaces: Vec<String>,
     /// Policy file (see `shield check`).
     #[arg(long, short = 'p', value_name = "FILE")]

@@ -33,7 +33,12 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
         anyhow::ensure!(!json, "--watch prints tables; use --json without --watch");
         return watch_stats(&bpffs, iface.as_deref(), secs.max(1), &socket);
     }
-    let ifaces = interfaces(&bpffs, iface.as_deref())?;
+    let ifaces = match interfaces(&bpffs, iface.as_deref()) {
+        Ok(v) => v,
+        // An app-only daemon (`shield run` without --iface): no pinned maps, its counters.
+        Err(_) if iface.is_none() && app_counters(&socket).is_ok() => Vec::new(),
+        Err(e) => return Err(e),
+    };
     let mut all = stats::Stats {
         interfaces: Vec::new(),
         fleet: shield_user::control::call::<shield_user::control::FleetReply>(
@@ -86,7 +91,11 @@ fn app_json(a: &control::AppStats) -> serde_json::Value {
             .iter()
             .filter(|r| r.kind == kind)
             .map(|r| {
-                serde_json::json!({"name": r.name, "allowed": r.allowed, "limited": r.limited, "banned": r.banned})
+                if r.kind == "endpoint" {
+                    serde_json::json!({"name": r.name, "allowed": r.allowed, "limited": r.limited, "banned": r.banned, "in_flight": r.in_flight, "quota_used": r.quota_used})
+                } else {
+                    serde_json::json!({"name": r.name, "allowed": r.allowed, "limited": r.limited, "banned": r.banned})
+                }
             })
             .collect::<Vec<_>>()
     };
@@ -109,13 +118,13 @@ fn app_table(app: &Result<control::AppStats, String>) -> String {
     };
     let mut out = format!("app layer on {socket}: {} errors\n", a.errors);
     out.push_str(&format!(
-        "  {:<9} {:<24} {:>12} {:>12} {:>8}\n",
-        "KIND", "NAME", "ALLOWED", "LIMITED", "BANNED"
+        "  {:<9} {:<24} {:>12} {:>12} {:>8} {:>9} {:>10}\n",
+        "KIND", "NAME", "ALLOWED", "LIMITED", "BANNED", "IN FLIGHT", "QUOTA USED"
     ));
     for r in &a.rows {
         out.push_str(&format!(
-            "  {:<9} {:<24} {:>12} {:>12} {:>8}\n",
-            r.kind, r.name, r.allowed, r.limited, r.banned
+            "  {:<9} {:<24} {:>12} {:>12} {:>8} {:>9} {:>10}\n",
+            r.kind, r.name, r.allowed, r.limited, r.banned, r.in_flight, r.quota_used
         ));
     }
     out

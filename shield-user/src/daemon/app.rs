@@ -11,6 +11,7 @@ use std::{
     ffi::CString,
     io,
     os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -28,7 +29,7 @@ use super::{
 };
 use crate::{
     app::{
-        AppCounters, AppPolicy, Effect, Limiter,
+        AppCounters, AppPolicy, Effect, Limiter, SavedQuota,
         protocol::{self, AppRequest, Decision, Hello, MAX_APP_LINE, Reported, error_line},
     },
     policy::{AppConfig, Cidr},
@@ -83,7 +84,10 @@ pub(crate) fn bind(app: &AppConfig) -> io::Result<Bound> {
     };
     let bound = bind_socket(&app.socket, 0o660, "set another [app] socket in the policy")?;
     if let Some(gid) = gid {
-        std::os::unix::fs::chown(&app.socket, Some(0), Some(gid))?;
+        // Not root (app-only mode as a user): keep our own uid, set the group if we may.
+        // SAFETY: geteuid has no preconditions.
+        let owner = (unsafe { libc::geteuid() } == 0).then_some(0);
+        std::os::unix::fs::chown(&app.socket, owner, Some(gid))?;
     }
     if let Some(dir) = app.socket.parent()
         && let Ok(meta) = std::fs::metadata(dir)
@@ -101,7 +105,11 @@ pub(crate) fn bind(app: &AppConfig) -> io::Result<Bound> {
     Ok(bound)
 }
 
-/// The app task: accepts clients, applies new policies, ticks.
+/// The app task: accepts clients, applies new policies, ticks, saves quota use.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the app task's channels and settings"
+)]
 pub(super) async fn serve(
     mut bound: Bound,
     policy: AppPolicy,
@@ -110,6 +118,7 @@ pub(super) async fn serve(
     counters: Arc<AppCounters>,
     owner: mpsc::Sender<Msg>,
     mut stop: watch::Receiver<bool>,
+    state_dir: PathBuf,
 ) {
     let Some(std_listener) = bound.listener.take() else {
         return;
@@ -124,7 +133,21 @@ pub(super) async fn serve(
             return;
         }
     };
-    let limiter: Shared = Arc::new(Mutex::new(Limiter::new(policy, counters.clone())));
+    let mut l = Limiter::new(policy, counters.clone());
+    match read_quotas(&state_dir) {
+        Ok(saved) if !saved.is_empty() => {
+            info!(
+                "{}: quota use of {} key(s) read back",
+                state_dir.join(QUOTAS_FILE).display(),
+                saved.len()
+            );
+            l.load_quotas(saved);
+            l.tick(); // drops windows that ended while the daemon was stopped
+        }
+        Ok(_) => {}
+        Err(e) => warn!("{e}: quotas start from zero"),
+    }
+    let limiter: Shared = Arc::new(Mutex::new(l));
     let accept = tokio::spawn(accept(
         listener,
         limiter.clone(),
@@ -144,7 +167,16 @@ pub(super) async fn serve(
                 let p = policies.borrow_and_update().clone();
                 lock(&limiter).set_policy(p);
             }
-            _ = tick.tick() => lock(&limiter).tick(),
+            _ = tick.tick() => {
+                let saved = {
+                    let mut l = lock(&limiter);
+                    l.tick();
+                    l.take_quotas_dirty().then(|| l.quotas_snapshot())
+                };
+                if let Some(saved) = saved {
+                    save_quotas(&state_dir, saved).await;
+                }
+            }
             Some(cidr) = unbans.recv() => {
                 let n = lock(&limiter).unban(&cidr);
                 if n > 0 {
@@ -155,7 +187,46 @@ pub(super) async fn serve(
     }
     accept.abort();
     let _ = accept.await;
+    let saved = lock(&limiter).quotas_snapshot();
+    save_quotas(&state_dir, saved).await;
     drop(bound);
+}
+
+/// The quota state file in `--state-dir`.
+pub(crate) const QUOTAS_FILE: &str = "app-quotas.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedQuotas {
+    version: u32,
+    quotas: Vec<SavedQuota>,
+}
+
+/// Reads `DIR/app-quotas.json` (none: nothing used).
+fn read_quotas(dir: &Path) -> Result<Vec<SavedQuota>, String> {
+    let path = dir.join(QUOTAS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<SavedQuotas>(&bytes)
+            .map(|s| s.quotas)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the quota use atomically (fleet's state writer), off the runtime's threads.
+async fn save_quotas(dir: &Path, quotas: Vec<SavedQuota>) {
+    let dir = dir.to_path_buf();
+    let done = tokio::task::spawn_blocking(move || {
+        let text =
+            serde_json::to_vec(&SavedQuotas { version: 1, quotas }).map_err(|e| e.to_string())?;
+        crate::fleet::state::write_file(&dir, QUOTAS_FILE, &text)
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("saving quota use: {e}"),
+        Err(e) => warn!("saving quota use: {e}"),
+    }
 }
 
 /// The limiter; a client task that panicked while holding it left consistent state
@@ -176,7 +247,12 @@ fn send_owner(owner: &mpsc::Sender<Msg>, msg: Msg) {
 }
 
 /// One request's reply line (with its newline).
-fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect>) -> String {
+fn answer_line(
+    limiter: &mut Limiter,
+    req: &AppRequest,
+    held: &mut Vec<u64>,
+    effects: &mut Vec<Effect>,
+) -> String {
     fn line<T: serde::Serialize>(v: &T) -> String {
         match serde_json::to_string(v) {
             Ok(s) => s + "\n",
@@ -186,18 +262,13 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
     match req.op.as_str() {
         "hello" => line::<Hello>(&limiter.hello()),
         "decide" => {
-            if req.cost.is_some_and(|c| c != 1) {
-                return error_line(
-                    "`cost` other than 1 is not supported by this daemon (leave it out or send 1)",
-                );
-            }
             let Some(method) = req.method.as_deref() else {
                 return error_line("decide needs `method`");
             };
             let Some(path) = req.path.as_deref() else {
                 return error_line("decide needs `path`");
             };
-            match limiter.decide(
+            match limiter.decide_full(
                 method,
                 req.rule.as_deref(),
                 path,
@@ -205,9 +276,15 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
                 req.xff.as_deref(),
                 req.headers.as_ref(),
                 req.user.as_deref(),
+                req.cost,
+                req.charge == Some(true),
                 effects,
             ) {
-                Ok(d) => line::<Decision>(&d),
+                Ok(d) => {
+                    // The slot belongs to this connection: released with it.
+                    held.extend(d.slot);
+                    line::<Decision>(&d)
+                }
                 Err(e) => error_line(&e),
             }
         }
@@ -227,6 +304,23 @@ fn answer_line(limiter: &mut Limiter, req: &AppRequest, effects: &mut Vec<Effect
                 Ok(r) => line::<Reported>(&r),
                 Err(e) => error_line(&e),
             }
+        }
+        "release" => {
+            let Some(slot) = req.slot else {
+                return error_line("release needs `slot` (from a decide reply)");
+            };
+            // Only a slot this connection holds: another worker's slots are not ours.
+            let released = match held.iter().position(|s| *s == slot) {
+                Some(i) => {
+                    held.swap_remove(i);
+                    limiter.release(slot)
+                }
+                None => false,
+            };
+            format!(
+                "{}\n",
+                serde_json::json!({"ok": true, "generation": limiter.generation(), "released": released})
+            )
         }
         _ => error_line(protocol::ONLY_APP_OPS),
     }
@@ -274,11 +368,30 @@ async fn accept(
     }
 }
 
+/// One connection; the in-flight slots it took and did not release are released when it
+/// ends, however it ends (a worker killed mid-request closes its connections).
 async fn client(
     conn: tokio::net::UnixStream,
     limiter: &Shared,
     owner: &mpsc::Sender<Msg>,
     counters: &AppCounters,
+) {
+    let mut held = Vec::new();
+    serve_client(conn, limiter, owner, counters, &mut held).await;
+    if !held.is_empty() {
+        let mut l = lock(limiter);
+        for slot in held {
+            l.release(slot);
+        }
+    }
+}
+
+async fn serve_client(
+    conn: tokio::net::UnixStream,
+    limiter: &Shared,
+    owner: &mpsc::Sender<Msg>,
+    counters: &AppCounters,
+    held: &mut Vec<u64>,
 ) {
     let mut effects = Vec::new();
     let (read, mut write) = conn.into_split();
@@ -313,7 +426,7 @@ async fn client(
                 error_line(&e)
             }
             Ok(req) => {
-                let line = answer_line(&mut lock(limiter), &req, &mut effects);
+                let line = answer_line(&mut lock(limiter), &req, held, &mut effects);
                 for e in effects.drain(..) {
                     send_owner(owner, Msg::App(e));
                 }

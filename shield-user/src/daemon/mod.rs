@@ -278,9 +278,12 @@ fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
 }
 
 pub fn run(opts: &RunOptions) -> Result<()> {
-    loader::require_root()?;
+    // No --iface: app-only mode (the application layer alone, no XDP, no bpffs, no root).
+    let app_only = opts.ifaces.is_empty();
+    if !app_only {
+        loader::require_root()?;
+    }
     raise_fd_limit();
-    anyhow::ensure!(!opts.ifaces.is_empty(), "give at least one --iface");
     // Every check before anything changes: names, duplicates, existence, the policy, the
     // audit log, the interface locks and both listeners. Attaching comes last.
     let mut seen = std::collections::HashSet::new();
@@ -293,6 +296,16 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         loader::if_index(iface)?;
     }
     let policy = policy::load(&opts.policy)?;
+    anyhow::ensure!(
+        !app_only || policy.app.is_some(),
+        "give at least one --iface (without one, shield run serves the application layer only, and {} has no [app])",
+        opts.policy.display()
+    );
+    if app_only {
+        info!(
+            "app-only mode: no --iface, the application layer alone (no XDP; bans are enforced at L7 as 403s)"
+        );
+    }
     for w in policy::warnings(&policy) {
         warn!("{}: {w}", opts.policy.display());
     }
@@ -314,7 +327,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     );
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
     let mut mount = MountGuard(None);
-    if loader::ensure_bpffs(&opts.bpffs)? {
+    if !app_only && loader::ensure_bpffs(&opts.bpffs)? {
         mount.0 = Some(opts.bpffs.clone());
         warn_if_private_mounts(&opts.bpffs);
     }

@@ -172,7 +172,8 @@ pub(super) async fn serve(
     let control_task = tokio::spawn(control::serve(socket, tx.clone(), stop_rx.clone()));
     let (mut app_policy, mut app_unban) = (None, None);
     if let Some(bound) = app_socket {
-        let first = crate::app::AppPolicy::new(&policy, generation);
+        let mut first = crate::app::AppPolicy::new(&policy, generation);
+        first.has_xdp = !instances.is_empty();
         let (ptx, prx) = watch::channel(first.clone());
         let (utx, urx) = mpsc::unbounded_channel();
         app_policy = Some(ptx);
@@ -185,6 +186,7 @@ pub(super) async fn serve(
             app_counters.clone(),
             tx.clone(),
             stop_rx.clone(),
+            state_dir.clone(),
         )));
     }
     let _watcher = watch_file(&path, tx.clone());
@@ -508,7 +510,9 @@ impl Owner {
                 self.generation = generation;
                 self.matrix = policy::matrix_table(&policy);
                 if let Some(tx) = &self.app_policy {
-                    let _ = tx.send(crate::app::AppPolicy::new(&policy, generation));
+                    let mut p = crate::app::AppPolicy::new(&policy, generation);
+                    p.has_xdp = !self.instances.is_empty();
+                    let _ = tx.send(p);
                 }
                 self.policy = policy;
                 for inst in &mut self.instances {

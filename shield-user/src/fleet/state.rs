@@ -75,14 +75,19 @@ fn check_dir(dir: &Path) -> Result<(), String> {
 
 /// Writes `bans` to `DIR/bans.json` atomically (0600).
 pub fn write(dir: &Path, bans: &[SavedBan]) -> Result<(), String> {
-    let path = dir.join(BANS_FILE);
-    let tmp: PathBuf = dir.join(format!(".{BANS_FILE}.tmp"));
     let text = serde_json::to_vec(&Saved {
         version: 1,
         bans: bans.to_vec(),
     })
     .map_err(|e| e.to_string())?;
+    write_file(dir, BANS_FILE, &text)
+}
+
+/// Writes `DIR/NAME` atomically (0600): a temporary file, synced, renamed over the old one.
+pub fn write_file(dir: &Path, name: &str, text: &[u8]) -> Result<(), String> {
     check_dir(dir)?;
+    let path = dir.join(name);
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
     let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
     // A new file, never one found there (a symbolic link would send the write elsewhere).
     match std::fs::remove_file(&tmp) {
@@ -96,7 +101,7 @@ pub fn write(dir: &Path, bans: &[SavedBan]) -> Result<(), String> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(err)?;
-    f.write_all(&text).map_err(err)?;
+    f.write_all(text).map_err(err)?;
     f.sync_all().map_err(err)?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(err)?;

@@ -64,6 +64,32 @@ impl fmt::Display for KeyKind {
     }
 }
 
+/// `quota = { limit, per }`: at most `limit` tokens per key in each window of `per_secs`;
+/// windows start at multiples of `per_secs` since the Unix epoch (UTC): a `"1d"` quota resets
+/// at 00:00 UTC, a `"1h"` one on the hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u64,
+    pub per_secs: u64,
+}
+
+impl fmt::Display for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per = match self.per_secs {
+            86_400 => "day".to_string(),
+            3600 => "hour".to_string(),
+            s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+            s if s % 3600 == 0 => format!("{} h", s / 3600),
+            s => format!("{} min", s / 60),
+        };
+        write!(f, "{} per {per} (resets at 00:00 UTC", self.limit)?;
+        if self.per_secs < 86_400 {
+            write!(f, " and every {} s after", self.per_secs)?;
+        }
+        f.write_str(")")
+    }
+}
+
 /// `[[endpoint]]`: a limit on the requests of one route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -75,6 +101,13 @@ pub struct Endpoint {
     pub prefix: bool,
     pub key: KeyKind,
     pub limit: Limit,
+    /// Tokens one request draws from the key's buckets (`cost = N`, default 1; a request
+    /// may name its own with `cost` in `decide`).
+    pub cost: u64,
+    /// At most this many requests of one key in flight at once (`concurrency = N`).
+    pub concurrency: Option<u64>,
+    /// A fixed-window quota per key (`quota = { limit = N, per = "1d" }`).
+    pub quota: Option<Quota>,
     pub escalation: Option<Escalation>,
 }
 

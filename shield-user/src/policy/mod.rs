@@ -65,7 +65,7 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// `count` tokens per `period_secs` seconds, as written in the file (`"5/s"`, `"600/min"`).
+/// `count` tokens per `period_secs` seconds, as written in the file (`"5/s"`, `"600/min"`, `"1000/h"`, `"10000/d"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
     pub count: u64,
@@ -77,7 +77,8 @@ impl fmt::Display for Rate {
         let unit = match self.period_secs {
             1 => "s",
             60 => "min",
-            _ => "h",
+            3600 => "h",
+            _ => "d",
         };
         write!(f, "{}/{unit}", self.count)
     }

@@ -988,7 +988,7 @@ fn rate(cx: &Ctx, s: &Field<String>, key: &str) -> Result<Rate, PolicyError> {
         cx.err(
             s.span(),
             format!(
-                "{why}: expected a rate like \"20/s\", \"600/min\" or \"1000/h\", got {}",
+                "{why}: expected a rate like \"20/s\", \"600/min\", \"1000/h\" or \"10000/d\", got {}",
                 quote(text)
             ),
         )
@@ -1002,7 +1002,8 @@ fn rate(cx: &Ctx, s: &Field<String>, key: &str) -> Result<Rate, PolicyError> {
         "s" => 1,
         "min" => 60,
         "h" => 3600,
-        _ => return Err(bad("the unit must be s, min or h")),
+        "d" => 86_400,
+        _ => return Err(bad("the unit must be s, min, h or d")),
     };
     if count == 0 {
         return Err(bad(

@@ -227,6 +227,10 @@ fn app_tables(policy: &Policy, out: &mut String) {
                     e.path_text(),
                     e.key.to_string(),
                     limit_text(&Some(e.limit)),
+                    e.cost.to_string(),
+                    e.concurrency
+                        .map_or_else(|| "-".to_string(), |c| format!("{c} per key")),
+                    e.quota.map_or_else(|| "-".to_string(), |q| q.to_string()),
                     esc(e.escalation.as_ref(), true),
                 ]
             })
@@ -238,6 +242,9 @@ fn app_tables(policy: &Policy, out: &mut String) {
                 "PATH",
                 "KEY",
                 "LIMIT (per key)",
+                "COST",
+                "IN FLIGHT",
+                "QUOTA (per key)",
                 "ESCALATION",
             ],
             &rows,

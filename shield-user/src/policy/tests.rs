@@ -25,7 +25,8 @@ fn example_policy_is_valid_and_complete() {
     assert_eq!(p.deny.len(), 2);
     let app = p.app.as_ref().expect("the example documents [app]");
     assert_eq!(app.group.as_deref(), Some("www-data"));
-    assert_eq!(p.endpoints.len(), 2);
+    assert_eq!(p.endpoints.len(), 3);
+    assert_eq!(p.endpoints[1].cost, 50, "the example documents `cost`");
     assert_eq!(p.signals[0].name, "login_failed");
     let api = &p.rules[0];
     assert_eq!(api.name, "api");
@@ -398,7 +399,7 @@ const BAD: &[(&str, &str, usize, usize, &str)] = &[
         "[[rule]]\nname='a'\nprotocol='tcp'\nconnections={rate='5/day'}\n",
         4,
         19,
-        "unit must be s, min or h",
+        "unit must be s, min, h or d",
     ),
     (
         "zero rate",
@@ -1485,6 +1486,98 @@ limit = { rate = "10/h", burst = 5 }
     ] {
         assert!(m.contains(needle), "matrix lacks {needle:?}:\n{m}");
     }
+}
+
+#[test]
+fn cost_and_daily_rates() {
+    let p = ok(r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [443]
+connections = { rate = "20/s", burst = 40, sustained = "50000/d" }
+[app]
+[[endpoint]]
+name = "export"
+path = "/export"
+cost = 5
+limit = { rate = "600/h", burst = 10, sustained = "1000/d" }
+[[endpoint]]
+name = "cheap"
+path = "/cheap"
+concurrency = 3
+quota = { limit = 10000, per = "1d" }
+limit = { rate = "10/s" }
+"#);
+    assert_eq!(
+        (p.endpoints[0].concurrency, p.endpoints[1].concurrency),
+        (None, Some(3))
+    );
+    assert_eq!(p.endpoints[0].cost, 5);
+    assert_eq!(p.endpoints[1].cost, 1, "cost defaults to 1");
+    assert_eq!(
+        p.endpoints[0].limit.sustained,
+        Some(Rate {
+            count: 1000,
+            period_secs: 86_400
+        })
+    );
+    // XDP buckets for a daily rate: 86,400 s / 50,000 in nanoseconds, no overflow.
+    let c = compile(&p);
+    let api = &c.rules[1];
+    assert_eq!(
+        api.buckets[B_CONN_SUSTAINED].interval_ns,
+        86_400 * NS_PER_SEC / 50_000
+    );
+    let m = matrix_table(&p);
+    for needle in [
+        "max 50000/d",
+        "600/h burst 10, max 1000/d",
+        "COST",
+        "IN FLIGHT",
+        "3 per key",
+        "10000 per day (resets at 00:00 UTC)",
+        "export",
+    ] {
+        assert!(m.contains(needle), "matrix lacks {needle:?}:\n{m}");
+    }
+    for (text, needle) in [
+        (
+            "cost = 11",
+            "cost must be between 1 and the limit's burst (10)",
+        ),
+        ("cost = 0", "cost must be between 1"),
+        ("cost = '5'", "cost"),
+        (
+            "concurrency = 0",
+            "concurrency must be between 1 and 1000000",
+        ),
+        (
+            "quota = { limit = 5, per = '7h' }",
+            "quota per must be a whole number of seconds from 1m to 31d that divides a day",
+        ),
+        (
+            "quota = { limit = 0, per = '1d' }",
+            "quota limit must be between 1",
+        ),
+        ("quota = { limit = 5 }", "per"),
+    ] {
+        let e = parse_str(
+            "t.toml",
+            &format!(
+                "[app]\n[[endpoint]]\nname='a'\npath='/a'\nlimit={{rate='1/d', burst=10}}\n{text}\n"
+            ),
+        )
+        .expect_err(text);
+        assert!(e.message.contains(needle), "{text}: {e}");
+        assert_eq!(e.line, 6, "{text}: {e}");
+    }
+    let e = parse_str(
+        "t.toml",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nports=[1]\nconnections={rate='5/w'}\n",
+    )
+    .expect_err("unit w");
+    assert!(e.message.contains("the unit must be s, min, h or d"), "{e}");
 }
 
 #[test]

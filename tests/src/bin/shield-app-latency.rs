@@ -124,6 +124,7 @@ fn in_process(policy: &str, n: u32) -> Result<()> {
                 req.xff.as_deref(),
                 req.headers.as_ref(),
                 req.user.as_deref(),
+                req.cost,
                 &mut effects,
             )
             .map_err(anyhow::Error::msg)?;

@@ -89,6 +89,8 @@ struct Tally {
     denied: Connects,
     partner: Connects,
     stuffer: Stuffing,
+    /// `GET /api/report` (cost 5 of a burst of 10): (admitted, 429s).
+    report: (u32, u32),
 }
 
 /// What the credential stuffer got: answers by status, and attempts dropped (no answer).
@@ -285,6 +287,8 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
             all.stuffer.limited += got.stuffer.limited;
             all.stuffer.other += got.stuffer.other;
             all.stuffer.dropped += got.stuffer.dropped;
+            all.report.0 += got.report.0;
+            all.report.1 += got.report.1;
             drop(all);
             if let Some(rest) = end.checked_duration_since(Instant::now()) {
                 std::thread::sleep(rest);
@@ -336,9 +340,24 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
         if app_socket.is_some() {
             // Wrong passwords, 10 per second on fresh connections: the login endpoint's
             // burst, then 429s; limited in 3 different seconds → banned at the NIC.
-            step("6. credential stuffing on POST /login", 6, &|| Tally {
-                stuffer: stuff(v4, 60, Duration::from_millis(100), t),
-                ..Tally::default()
+            // Before it, an expensive route: `cost = 5` under a burst of 10, 4 requests from
+            // one legit client in a row: 2 admitted, 2 × 429.
+            step("6. credential stuffing on POST /login", 6, &|| {
+                let mut report = (0, 0);
+                for _ in 0..4 {
+                    match applab::http(IpAddr::V4(LEGIT_V4), v4, "GET", "/api/report", &[], "", t)
+                        .map(|r| r.status)
+                    {
+                        Some(200) => report.0 += 1,
+                        Some(429) => report.1 += 1,
+                        _ => {}
+                    }
+                }
+                Tally {
+                    stuffer: stuff(v4, 60, Duration::from_millis(100), t),
+                    report,
+                    ..Tally::default()
+                }
             })?;
         }
         Ok(())
@@ -426,6 +445,12 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
             } else {
                 String::new()
             }
+        );
+    }
+    if app_socket.is_some() {
+        println!(
+            "cost-weighted GET /api/report (cost 5, burst 10), 4 in a row: {} admitted, {} × 429",
+            t.report.0, t.report.1
         );
     }
     println!("bans issued: {}", bans.len());

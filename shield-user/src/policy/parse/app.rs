@@ -4,16 +4,21 @@ use std::{collections::HashSet, path::PathBuf};
 
 use serde::Deserialize;
 
-use super::{Ctx, Field, LIMIT, RawEscalation, RawLimit, TEXT, Typed, cidrs, escalation, limit};
+use super::{
+    Ctx, Field, LIMIT, RawEscalation, RawLimit, TEXT, Typed, cidrs, escalation, limit,
+    parse_duration,
+};
 use crate::policy::{
     BanScope, PolicyError,
-    app::{AppConfig, DEFAULT_APP_SOCKET, Endpoint, KeyKind, OnError, Signal},
+    app::{AppConfig, DEFAULT_APP_SOCKET, Endpoint, KeyKind, OnError, Quota, Signal},
     value::{Found, Shape, Shaped, quote},
 };
 use shield_common::RULE_NAME_LEN;
 
 /// The most `[[endpoint]]` and `[[signal]]` tables each.
 pub const MAX_APP_TABLES: usize = 1024;
+/// The largest `concurrency`.
+const MAX_CONCURRENCY: i64 = 1_000_000;
 /// The longest endpoint path.
 const MAX_PATH: usize = 1024;
 
@@ -34,6 +39,9 @@ pub(super) struct RawEndpoint {
     path: Field<String>,
     key: Option<Field<String>>,
     limit: Field<RawLimit>,
+    cost: Option<Field<i64>>,
+    concurrency: Option<Field<i64>>,
+    quota: Option<Field<RawQuota>>,
     escalation: Option<Field<RawEscalation>>,
 }
 
@@ -44,6 +52,58 @@ pub(super) struct RawSignal {
     key: Option<Field<String>>,
     limit: Field<RawLimit>,
     escalation: Option<Field<RawEscalation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQuota {
+    limit: Field<i64>,
+    per: Field<String>,
+}
+
+impl Shaped for RawQuota {
+    const SHAPE: Shape = Shape::Table;
+}
+
+const QUOTA: &str = "a table like { limit = 10000, per = \"1d\" }";
+
+/// `quota = { limit = N, per = "1d" }`: fixed windows aligned on UTC (a period that
+/// divides a day, or whole days).
+fn quota(cx: &Ctx, raw: &Field<RawQuota>, burst_cost: u64) -> Result<Quota, PolicyError> {
+    let q = cx.get(raw, "quota", QUOTA)?;
+    let q = q.get_ref();
+    let l = cx.get(&q.limit, "quota limit", "a whole number")?;
+    let limit = *l.get_ref();
+    if !(1..=1_000_000_000_000).contains(&limit) {
+        return Err(cx.err(
+            l.span(),
+            format!("quota limit must be between 1 and 1000000000000, got {limit}"),
+        ));
+    }
+    if (limit as u64) < burst_cost {
+        return Err(cx.err(
+            l.span(),
+            format!("quota limit {limit} is below the endpoint's cost {burst_cost}: no request could pass"),
+        ));
+    }
+    let p = cx.get(&q.per, "quota per", "a duration like \"1h\" or \"1d\"")?;
+    let secs = parse_duration(p.get_ref())
+        .ok()
+        .map(|d| d.as_secs())
+        .filter(|s| *s >= 60 && *s <= 31 * 86_400 && (86_400 % *s == 0 || *s % 86_400 == 0));
+    let Some(per_secs) = secs else {
+        return Err(cx.err(
+            p.span(),
+            format!(
+                "quota per must be a whole number of seconds from 1m to 31d that divides a day (\"1h\", \"15m\") or is whole days (\"1d\", \"7d\"), so windows start at UTC midnight; got {}",
+                quote(p.get_ref())
+            ),
+        ));
+    };
+    Ok(Quota {
+        limit: limit as u64,
+        per_secs,
+    })
 }
 
 impl Shaped for RawApp {
@@ -305,14 +365,57 @@ pub(super) fn endpoint(
     }
     let key = key(cx, e.key.as_ref())?;
     let limit = limit(cx, cx.get(&e.limit, "limit", LIMIT)?.value)?;
+    let cost = match &e.cost {
+        Some(c) => {
+            let c = cx.get(c, "cost", "a whole number of tokens, like 5")?;
+            let v = *c.get_ref();
+            let most = limit
+                .sustained
+                .map_or(limit.burst, |s| s.count.min(limit.burst));
+            if v < 1 || v as u64 > most {
+                return Err(cx.err(
+                    c.span(),
+                    format!(
+                        "cost must be between 1 and the limit's burst{} ({most}): a request costing more could never pass; got {v}",
+                        if limit.sustained.is_some() { " and sustained count" } else { "" }
+                    ),
+                ));
+            }
+            v as u64
+        }
+        None => 1,
+    };
+    let concurrency = match &e.concurrency {
+        Some(c) => {
+            let c = cx.get(c, "concurrency", "a whole number of requests, like 2")?;
+            let v = *c.get_ref();
+            if !(1..=MAX_CONCURRENCY).contains(&v) {
+                return Err(cx.err(
+                    c.span(),
+                    format!(
+                        "concurrency must be between 1 and {MAX_CONCURRENCY} requests in flight per key, got {v}"
+                    ),
+                ));
+            }
+            Some(v as u64)
+        }
+        None => None,
+    };
+    let quota = match &e.quota {
+        Some(q) => Some(quota(cx, q, cost)?),
+        None => None,
+    };
     let escalation = app_escalation(cx, e.escalation.as_ref(), true)?;
     Ok(Endpoint {
+        quota,
+        concurrency,
         name,
         methods,
         path: path.to_string(),
         prefix,
         key,
         limit,
+        cost,
         escalation,
     })
 }
