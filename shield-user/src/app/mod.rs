@@ -751,7 +751,7 @@ impl Limiter {
                     .iter()
                     .find(|e| &e.name == name)
                     .and_then(|e| e.quota)
-                    .is_some_and(|q| start + q.per_secs > wall)
+                    .is_some_and(|q| start.saturating_add(q.per_secs) > wall)
             })
             .map(|((endpoint, key), (window_start, used))| SavedQuota {
                 endpoint: endpoint.clone(),
@@ -766,9 +766,18 @@ impl Limiter {
 
     /// Quota use read back at start (entries of another window are dropped when read).
     pub fn load_quotas(&mut self, saved: Vec<SavedQuota>) {
-        for q in saved {
+        let room = MAX_KEYS.saturating_mul(
+            self.policy
+                .endpoints
+                .iter()
+                .filter(|e| e.quota.is_some())
+                .count(),
+        );
+        for q in saved.into_iter().take(room) {
+            // A file of an older version may hold keys as long as the request sent them.
+            let key = stored_key(&q.key).into_owned();
             self.quotas
-                .insert((q.endpoint, q.key), (q.window_start, q.used));
+                .insert((q.endpoint, key), (q.window_start, q.used));
         }
         self.refresh_gauges();
     }
@@ -927,7 +936,9 @@ impl Limiter {
         }
         let key = self.key_of(&self.endpoints[idx].key, client.addr, headers, user);
         let cap = self.policy.endpoints[idx].concurrency.filter(|_| !charge);
-        let slot_key = (name.clone(), key.clone());
+        // As the tables store it: a key from the request is at most `MAX_KEY_LEN` bytes
+        // here too (the quota table lives a whole window and goes to disk every second).
+        let slot_key = (name.clone(), stored_key(&key).into_owned());
         if let Some(cap) = cap {
             let now_in = self.in_flight.get(&slot_key).copied().unwrap_or(0);
             if now_in >= cap {
@@ -959,6 +970,35 @@ impl Limiter {
                 Some((w, u)) if *w == window => *u,
                 _ => 0,
             };
+            // Keys come from requests: the table is bounded like the buckets' (a new key
+            // that finds no room is refused, not let through uncounted: a quota is a cap).
+            let quota_endpoints = self
+                .policy
+                .endpoints
+                .iter()
+                .filter(|e| e.quota.is_some())
+                .count();
+            if !self.quotas.contains_key(&slot_key)
+                && self.quotas.len() >= MAX_KEYS.saturating_mul(quota_endpoints)
+            {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let t = &self.endpoints[idx];
+                t.counts.limited.fetch_add(1, Ordering::Relaxed);
+                let reset = (window + q.per_secs).saturating_sub(wall).max(1);
+                return Ok(Decision {
+                    ok: true,
+                    allow: false,
+                    status: Some(429),
+                    generation,
+                    endpoint: Some(name.clone()),
+                    client: Some(client.addr.to_string()),
+                    retry_after: Some(reset),
+                    detail: Some(format!(
+                        "{name}'s quota table is full ({MAX_KEYS} keys per quota endpoint this window); a new key is refused until it resets in {reset} s"
+                    )),
+                    ..Decision::default()
+                });
+            }
             let reset = (window + q.per_secs).saturating_sub(wall).max(1);
             if used.saturating_add(cost) > q.limit {
                 let t = &self.endpoints[idx];
@@ -994,11 +1034,12 @@ impl Limiter {
             self.quotas
                 .insert(slot_key.clone(), (window, used.saturating_add(cost)));
             self.quotas_dirty = true;
-            let n = self.quota_used_of(&name);
+            // Not summed again over every key (one decision would cost O(keys)): the
+            // once-a-second tick sets the gauge from the table.
             self.endpoints[idx]
                 .counts
                 .quota_used
-                .store(n, Ordering::Relaxed);
+                .fetch_add(cost, Ordering::Relaxed);
         }
         let slot = match (&judged, cap) {
             (Judged::Allowed { .. }, Some(_)) => {
@@ -1294,8 +1335,10 @@ impl Limiter {
             .filter_map(|e| Some((e.name.as_str(), e.quota?.per_secs)))
             .collect();
         let before = self.quotas.len();
-        self.quotas
-            .retain(|(n, _), (w, _)| per.get(n.as_str()).is_some_and(|p| *w + p > wall));
+        self.quotas.retain(|(n, _), (w, _)| {
+            per.get(n.as_str())
+                .is_some_and(|p| *w <= wall && w.saturating_add(*p) > wall)
+        });
         if self.quotas.len() != before {
             self.quotas_dirty = true;
         }

@@ -919,3 +919,74 @@ fn long_keys_from_requests_are_stored_as_digests_and_still_limit() {
     .expect("decide");
     assert!(l.endpoints[1].states.contains_key("header:abc"));
 }
+
+#[test]
+fn quota_keys_are_stored_short_bounded_and_a_tampered_window_is_dropped() {
+    let p = parse_str(
+        "t.toml",
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "daily"
+path = "/d"
+key = "header:X-Api-Key"
+quota = { limit = 5, per = "1d" }
+limit = { rate = "1000000/s", burst = 1000000 }
+"#,
+    )
+    .expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+    l.clock.frozen = Some(100 * NS_PER_SEC);
+    l.clock.wall_frozen = Some(20_000 * 86_400 + 60);
+    let go = |l: &mut Limiter, key: &str| {
+        let h: HashMap<String, String> = [("X-Api-Key".to_string(), key.to_string())].into();
+        l.decide(
+            "GET",
+            Some("/d"),
+            "/d",
+            Some("192.0.2.9"),
+            None,
+            Some(&h),
+            None,
+            None,
+            &mut Vec::new(),
+        )
+        .expect("decide")
+    };
+    // A 60 KB key from a request is kept as its digest in the quota table (and the file).
+    assert!(go(&mut l, &"q".repeat(60_000)).allow);
+    let saved = l.quotas_snapshot();
+    assert_eq!(saved.len(), 1);
+    assert!(saved[0].key.len() <= 7 + 64, "{} bytes", saved[0].key.len());
+    // Bounded: past MAX_KEYS keys in a window, a new key is refused (a quota is a cap),
+    // one already counted goes on.
+    for i in 1..MAX_KEYS {
+        l.quotas.insert(
+            ("daily".into(), format!("header:filler{i}")),
+            (20_000 * 86_400, 1),
+        );
+    }
+    let full = go(&mut l, "new-key");
+    assert_eq!(full.status, Some(429), "{full:?}");
+    assert!(
+        full.detail
+            .unwrap_or_default()
+            .contains("quota table is full")
+    );
+    assert_eq!(l.quotas.len(), MAX_KEYS);
+    assert!(go(&mut l, "filler7").allow, "a key already counted");
+    // A window start from a damaged file (u64::MAX) neither panics nor stays.
+    l.load_quotas(vec![SavedQuota {
+        endpoint: "daily".into(),
+        key: "header:x".into(),
+        window_start: u64::MAX,
+        used: 1,
+    }]);
+    let _ = l.quotas_snapshot();
+    l.tick();
+    assert!(
+        !l.quotas
+            .contains_key(&("daily".to_string(), "header:x".to_string()))
+    );
+}

@@ -201,16 +201,36 @@ struct SavedQuotas {
     quotas: Vec<SavedQuota>,
 }
 
-/// Reads `DIR/app-quotas.json` (none: nothing used).
+/// Reads `DIR/app-quotas.json` (none: nothing used). The directory must be ours alone, as
+/// for `bans.json` (anyone who can write in it could plant the use of their choosing: a
+/// victim's key used up for the day), and the file a regular one, never followed through
+/// a link (`/dev/zero`, a FIFO: a daemon that never starts).
 fn read_quotas(dir: &Path) -> Result<Vec<SavedQuota>, String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
     let path = dir.join(QUOTAS_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice::<SavedQuotas>(&bytes)
-            .map(|s| s.quotas)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    if !dir.exists() {
+        return Ok(Vec::new());
     }
+    crate::fleet::state::check_dir(dir)?;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(&e)),
+    };
+    let meta = f.metadata().map_err(|e| err(&e))?;
+    if !meta.is_file() {
+        return Err(err(&"not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(|e| err(&e))?;
+    serde_json::from_slice::<SavedQuotas>(&bytes)
+        .map(|s| s.quotas)
+        .map_err(|e| err(&e))
 }
 
 /// Writes the quota use atomically (fleet's state writer), off the runtime's threads.
@@ -457,5 +477,39 @@ pub(crate) fn needs_restart(old: Option<&AppConfig>, new: Option<&AppConfig>) ->
             n.group.as_deref().unwrap_or("root")
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("shield-appq-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        crate::fleet::state::ensure_dir(&d).expect("dir");
+        d
+    }
+
+    const ONE: &str = r#"{"version":1,"quotas":[{"endpoint":"e","key":"header:victim","window_start":0,"used":99}]}"#;
+
+    #[test]
+    fn quota_use_is_read_only_from_a_directory_of_ours_and_a_regular_file() {
+        let d = dir("ok");
+        assert_eq!(read_quotas(&d).expect("no file"), Vec::new());
+        std::fs::write(d.join(QUOTAS_FILE), ONE).expect("write");
+        assert_eq!(read_quotas(&d).expect("read").len(), 1);
+        // A directory others may write in: their file is not believed.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = read_quotas(&d).expect_err("planted use");
+        assert!(e.contains("writable by others"), "{e}");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        // A link (to /dev/zero: a read that never ends) is not followed.
+        std::fs::remove_file(d.join(QUOTAS_FILE)).expect("rm");
+        std::os::unix::fs::symlink("/dev/zero", d.join(QUOTAS_FILE)).expect("link");
+        assert!(read_quotas(&d).is_err());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -57,7 +57,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), String> {
 
 /// The directory must be ours alone: anyone else who can write in it can plant the file
 /// read at start (bans of their choosing) or a link where we write.
-fn check_dir(dir: &Path) -> Result<(), String> {
+pub fn check_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(dir).map_err(|e| format!("--state-dir {}: {e}", dir.display()))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
