@@ -1052,4 +1052,18 @@ escalation = {{ strikes = 3, window = "10m", ban = "15m", scope = "host" }}
     assert_eq!(login["name"], "login", "{v}");
     assert!(login["limited"].as_u64().unwrap_or(0) >= 2, "{v}");
     assert_eq!(login["banned"], 1, "{v}");
+    // `shield ban` has no interface to ban on: refused in plain words, never a silent
+    // success that protects nothing.
+    let out = std::process::Command::new(shield_tests::shield_bin())
+        .args(["ban", "192.0.2.77", "--for", "1m", "--socket"])
+        .arg(dir.join("control.sock"))
+        .output()
+        .expect("shield ban");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("app-only mode"),
+        "shield ban against an app-only daemon: {:?}\nstdout: {}\nstderr: {err}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -67,7 +67,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Load the XDP program, fill its maps from the policy and attach it (needs root).
+    /// Load the XDP program, fill its maps from the policy and attach it (needs root);
+    /// without --iface, serve the application layer alone (app-only mode, no root).
     ///
     /// Runs in the foreground until SIGTERM or Ctrl-C, then detaches. Maps are pinned under
     /// <bpffs>/shield/<iface>/ so `shield stats` works while it runs and after it stops, and

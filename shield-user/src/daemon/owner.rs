@@ -33,6 +33,9 @@ use crate::{
 
 mod fleet_hooks;
 
+/// `shield ban` against an app-only daemon (no `--iface`): refused, never a silent no-op.
+const APP_ONLY_BAN: &str = "this daemon runs in app-only mode (no --iface): there is no interface to ban on; the application layer bans at L7 by itself (escalation); run shield with --iface for manual bans";
+
 /// What the start hands to the run loop.
 pub(super) struct Start {
     pub instances: Vec<Instance>,
@@ -628,6 +631,10 @@ impl Owner {
         reason: Option<&str>,
         force: bool,
     ) -> Result<Reply, String> {
+        if self.instances.is_empty() {
+            // App-only mode: no NIC; a ban that reported success would protect nothing.
+            return Err(APP_ONLY_BAN.into());
+        }
         let cidr = parse_cidr(source).map_err(|e| format!("source \"{source}\": {e}"))?;
         let dur = parse_duration(duration).map_err(|e| format!("duration \"{duration}\": {e}"))?;
         let max = Duration::from_nanos(shield_common::judge::MAX_BAN_NS);
