@@ -155,6 +155,7 @@ pub(super) async fn serve(
         counters.clone(),
         stop.clone(),
     ));
+    let mut save_error = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -174,7 +175,7 @@ pub(super) async fn serve(
                     l.take_quotas_dirty().then(|| l.quotas_snapshot())
                 };
                 if let Some(saved) = saved {
-                    save_quotas(&state_dir, saved).await;
+                    save_and_log(&state_dir, saved, &mut save_error).await;
                 }
             }
             Some(cidr) = unbans.recv() => {
@@ -188,7 +189,7 @@ pub(super) async fn serve(
     accept.abort();
     let _ = accept.await;
     let saved = lock(&limiter).quotas_snapshot();
-    save_quotas(&state_dir, saved).await;
+    save_and_log(&state_dir, saved, &mut save_error).await;
     drop(bound);
 }
 
@@ -234,18 +235,42 @@ fn read_quotas(dir: &Path) -> Result<Vec<SavedQuota>, String> {
 }
 
 /// Writes the quota use atomically (fleet's state writer), off the runtime's threads.
-async fn save_quotas(dir: &Path, quotas: Vec<SavedQuota>) {
+async fn save_quotas(dir: &Path, quotas: Vec<SavedQuota>) -> Result<(), String> {
     let dir = dir.to_path_buf();
-    let done = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let text =
             serde_json::to_vec(&SavedQuotas { version: 1, quotas }).map_err(|e| e.to_string())?;
         crate::fleet::state::write_file(&dir, QUOTAS_FILE, &text)
     })
-    .await;
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!("saving quota use: {e}"),
-        Err(e) => warn!("saving quota use: {e}"),
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// What to log of a save: a failure once (not every second quota use changes, which would
+/// flood the log while the state directory stays unusable), and the recovery.
+fn save_news(last: &mut Option<String>, done: Result<(), String>) -> Option<(bool, String)> {
+    match (done, last.take()) {
+        (Ok(()), None) => None,
+        (Ok(()), Some(_)) => Some((false, "quota use saved again".to_string())),
+        (Err(e), Some(prev)) if prev == e => {
+            *last = Some(prev);
+            None
+        }
+        (Err(e), _) => {
+            *last = Some(e.clone());
+            Some((
+                true,
+                format!("saving quota use: {e} (said once until it changes)"),
+            ))
+        }
+    }
+}
+
+async fn save_and_log(dir: &Path, quotas: Vec<SavedQuota>, last: &mut Option<String>) {
+    match save_news(last, save_quotas(dir, quotas).await) {
+        Some((true, line)) => warn!("{line}"),
+        Some((false, line)) => info!("{line}"),
+        None => {}
     }
 }
 
@@ -494,6 +519,25 @@ mod tests {
     }
 
     const ONE: &str = r#"{"version":1,"quotas":[{"endpoint":"e","key":"header:victim","window_start":0,"used":99}]}"#;
+
+    #[test]
+    fn a_failing_save_is_logged_once_until_it_changes_or_recovers() {
+        let mut last = None;
+        let e = || Err::<(), _>("--state-dir x is writable by others".to_string());
+        assert!(save_news(&mut last, e()).is_some_and(|(warn, _)| warn));
+        for _ in 0..5 {
+            assert_eq!(save_news(&mut last, e()), None, "said once");
+        }
+        let other = Err("disk full".to_string());
+        assert!(
+            save_news(&mut last, other).is_some_and(|(warn, l)| warn && l.contains("disk full"))
+        );
+        assert_eq!(
+            save_news(&mut last, Ok(())),
+            Some((false, "quota use saved again".to_string()))
+        );
+        assert_eq!(save_news(&mut last, Ok(())), None);
+    }
 
     #[test]
     fn quota_use_is_read_only_from_a_directory_of_ours_and_a_regular_file() {
