@@ -287,19 +287,7 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child (gunicorn's master stops its workers).
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::netlab::stop_gunicorn(self.child.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

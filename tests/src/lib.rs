@@ -359,17 +359,7 @@ impl Harness {
 
     /// Runs the shield program once on `frame`; returns the XDP action.
     pub fn run(&self, frame: &[u8]) -> u32 {
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self
-            .program(PROGRAM_NAME)
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        r.return_value
+        self.run_out(frame).0
     }
 
     /// Runs `program` `repeat` times on `frame`: (action, kernel-measured ns per run).

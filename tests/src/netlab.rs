@@ -719,21 +719,25 @@ impl Gunicorn {
     }
 }
 
+/// Stops a gunicorn master: SIGTERM (it stops its workers), up to 5 s, then SIGKILL.
+pub fn stop_gunicorn(child: Option<std::process::Child>) {
+    let Some(mut c) = child else { return };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
 impl Drop for Gunicorn {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child (gunicorn's master stops its workers).
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_gunicorn(self.child.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

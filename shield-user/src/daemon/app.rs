@@ -120,18 +120,8 @@ pub(super) async fn serve(
     mut stop: watch::Receiver<bool>,
     state_dir: PathBuf,
 ) {
-    let Some(std_listener) = bound.listener.take() else {
+    let Some(listener) = super::control::tokio_listener(&mut bound, "app socket") else {
         return;
-    };
-    let listener = match std_listener
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixListener::from_std(std_listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            warn!("app socket {}: {e}", bound.path.display());
-            return;
-        }
     };
     let mut l = Limiter::new(policy, counters.clone());
     match read_quotas(&state_dir) {

@@ -96,6 +96,17 @@ pub(crate) fn bind_socket(path: &Path, mode: u32, elsewhere: &str) -> io::Result
     Ok(bound)
 }
 
+/// The bound socket's listener on the tokio reactor (`None`: already taken, or it cannot
+/// be registered, which is logged as `what`'s).
+pub(super) fn tokio_listener(bound: &mut Bound, what: &str) -> Option<tokio::net::UnixListener> {
+    let std_listener = bound.listener.take()?;
+    std_listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(std_listener))
+        .map_err(|e| warn!("{what} {}: {e}", bound.path.display()))
+        .ok()
+}
+
 /// Accepts clients until `stop`; at most `MAX_CLIENTS` at once (one more is told so and
 /// closed).
 pub(super) async fn serve(
@@ -103,18 +114,8 @@ pub(super) async fn serve(
     tx: mpsc::Sender<Msg>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(std_listener) = bound.listener.take() else {
+    let Some(listener) = tokio_listener(&mut bound, "control socket") else {
         return;
-    };
-    let listener = match std_listener
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixListener::from_std(std_listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            warn!("control socket {}: {e}", bound.path.display());
-            return;
-        }
     };
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
