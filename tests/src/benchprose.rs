@@ -31,6 +31,49 @@ pub fn not_measured(reason: &str) -> String {
     format!("not measured: {}", reason.trim())
 }
 
+/// One row of section 2b: a path's median ratio to its baseline and its target.
+pub struct PathRow {
+    pub path: String,
+    pub ratio: Option<f64>,
+    pub target: f64,
+    /// Why the path was not measured.
+    pub not_measured: Option<String>,
+}
+
+/// Section 2b's reading: which paths meet their targets and which miss them, by how much.
+pub fn paths_reading(rows: &[PathRow]) -> String {
+    let measured: Vec<(&PathRow, f64)> = rows
+        .iter()
+        .filter_map(|r| r.ratio.filter(|_| r.not_measured.is_none()).map(|x| (r, x)))
+        .collect();
+    let mut s = String::from("\n");
+    if measured.is_empty() {
+        s.push_str("No path was measured in this run.");
+    } else {
+        let (meet, miss): (Vec<_>, Vec<_>) = measured.iter().partition(|(r, x)| *x >= r.target);
+        let _ = write!(
+            s,
+            "{} of {} measured paths meet their target in this run.",
+            meet.len(),
+            measured.len()
+        );
+        if !miss.is_empty() {
+            let list: Vec<String> = miss
+                .iter()
+                .map(|(r, x)| format!("{} ({x:.2}× against {:.2}×)", r.path, r.target))
+                .collect();
+            let _ = write!(s, " Missed: {}.", list.join(", "));
+        }
+    }
+    let unmeasured: Vec<(String, String)> = rows
+        .iter()
+        .filter_map(|r| r.not_measured.clone().map(|why| (r.path.clone(), why)))
+        .collect();
+    s.push_str(&unmeasured_sentence(&unmeasured));
+    s.push_str("\n\n");
+    s
+}
+
 /// The unmeasured cases as a closing sentence ("" when every case ran).
 fn unmeasured_sentence(unmeasured: &[(String, String)]) -> String {
     if unmeasured.is_empty() {
@@ -307,6 +350,27 @@ pub fn cost_reading(rows: &[(String, f64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_reading_names_each_miss_and_what_did_not_run() {
+        let row = |path: &str, ratio: Option<f64>, target: f64, why: Option<&str>| PathRow {
+            path: path.into(),
+            ratio,
+            target,
+            not_measured: why.map(String::from),
+        };
+        let r = paths_reading(&[
+            row("over limit", Some(0.91), 0.85, None),
+            row("budget", Some(0.80), 0.85, None),
+            row("cookie", None, 0.7, Some("veth refused XDP_TX")),
+        ]);
+        assert!(r.contains("1 of 2 measured paths meet"), "{r}");
+        assert!(r.contains("budget (0.80× against 0.85×)"), "{r}");
+        assert!(!r.contains("over limit ("), "{r}");
+        assert!(r.contains("cookie (not measured: veth refused XDP_TX)"), "{r}");
+        let none = paths_reading(&[row("x", None, 1.0, Some("no root"))]);
+        assert!(none.contains("No path was measured"), "{none}");
+    }
 
     fn case(name: &str, pps: Option<f64>, ok: u64, failed: u64, p99: f64) -> ServiceCase {
         ServiceCase {

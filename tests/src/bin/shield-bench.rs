@@ -613,6 +613,10 @@ enum Filter {
     ShieldSyncookie,
     /// A trivial XDP_TX program, native: the cookie path's ceiling.
     TrivialTx,
+    /// Native shield with a host ban on the flooding source (section 2b).
+    ShieldBanned,
+    /// Native shield with the flood's sources on the deny list (section 2b).
+    ShieldDenied,
 }
 
 impl Filter {
@@ -627,6 +631,8 @@ impl Filter {
             Filter::Hashlimit => "iptables hashlimit (raw PREROUTING)",
             Filter::ShieldNative => "shield, native XDP",
             Filter::ShieldGeneric => "shield, generic XDP",
+            Filter::ShieldBanned => "shield, source banned (host ban), native XDP",
+            Filter::ShieldDenied => "shield, sources deny-listed, native XDP",
         }
     }
 }
@@ -660,6 +666,8 @@ fn native(f: Filter) -> bool {
             | Filter::TrivialDrop
             | Filter::ShieldSyncookie
             | Filter::TrivialTx
+            | Filter::ShieldBanned
+            | Filter::ShieldDenied
     )
 }
 
@@ -670,6 +678,8 @@ fn is_shield(f: Filter) -> bool {
             | Filter::ShieldGeneric
             | Filter::ShieldUnverified
             | Filter::ShieldSyncookie
+            | Filter::ShieldBanned
+            | Filter::ShieldDenied
     )
 }
 
@@ -695,7 +705,21 @@ fn flood(
     sources: u32,
     frames: u32,
 ) -> Result<(f64, f64, ProgFigures), String> {
-    flood_with(filter, mode, sources, frames, Legit::None).map(|(a, b, c, _)| (a, b, c))
+    flood_with(filter, mode, sources, frames, Legit::None).map(|f| (f.pps, f.dropped_pct, f.prog))
+}
+
+/// What one flood measured.
+struct Flood {
+    /// The generator's rate.
+    pps: f64,
+    /// Share dropped (of what reached the XDP program, for XDP filters).
+    dropped_pct: f64,
+    prog: ProgFigures,
+    wrk: Option<Wrk>,
+    /// Frames an XDP filter handled per second (reached its program); `None` without one.
+    handled_per_s: Option<f64>,
+    /// Packets the server's IP layer received per second (`Ip: InReceives`).
+    delivered_per_s: f64,
 }
 
 /// An XDP filter's own figures: (ns per packet, % of the generated frames that reached it).
@@ -774,7 +798,7 @@ fn flood_with(
     sources: u32,
     frames: u32,
     legit: Legit,
-) -> Result<(f64, f64, ProgFigures, Option<Wrk>), String> {
+) -> Result<Flood, String> {
     let wrk_secs = match legit {
         Legit::Wrk(secs) => Some(secs),
         _ => None,
@@ -804,15 +828,29 @@ fn flood_with(
     let dir = loader::pin_dir(&bpffs.path, "flood");
     let mut rx = loader::load(&dir, 262_144).map_err(|e| e.to_string())?;
     let cookie_policy = format!("{FLOOD_POLICY_UNVERIFIED}challenge = \"syncookie\"\n");
+    let deny_policy = format!("{}{FLOOD_POLICY}", deny_list());
     let text = match filter {
         Filter::ShieldUnverified => FLOOD_POLICY_UNVERIFIED,
         Filter::ShieldSyncookie => &cookie_policy,
+        Filter::ShieldDenied => &deny_policy,
         _ => FLOOD_POLICY,
     };
     let p = policy::parse_str("flood.toml", text).map_err(|e| e.to_string())?;
     loader::PolicyMaps::open(&dir)
         .and_then(|mut m| m.install(&policy::compile(&p), 1, 0).map(|_| ()))
         .map_err(|e| e.to_string())?;
+    if filter == Filter::ShieldBanned {
+        // The one-source shape's address, banned from the whole host as `shield ban` does.
+        let mut bans = shield_user::bans::BanMaps::open(&dir).map_err(|e| e.to_string())?;
+        bans.ban(
+            policy::parse_cidr(BANNED_SOURCE)?,
+            Duration::from_secs(3600),
+            None,
+            Some("bench"),
+        )
+        .map_err(|e| e.to_string())?;
+        bans.set_bans_flag(true).map_err(|e| e.to_string())?;
+    }
     let prog_name = match filter {
         Filter::TrivialDrop => DROP_PROGRAM_NAME,
         Filter::TrivialTx => TX_PROGRAM_NAME,
@@ -961,6 +999,7 @@ fn flood_with(
             .map_err(|e| format!("{e:#}"))?;
     }
     let before = run_stats(rx_fd);
+    let ip_before = ip_in_receives(&server)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let wrk_out = std::sync::Mutex::new(None);
     let elapsed = topo
@@ -1029,6 +1068,7 @@ fn flood_with(
     };
     std::thread::sleep(Duration::from_millis(300));
     let after = run_stats(rx_fd);
+    let ip_after = ip_in_receives(&server)?;
     drop(stats);
     drop(pass_obj);
     let prog_ns = (after.1 > before.1 && (is_shield(filter) || is_trivial(filter)))
@@ -1038,7 +1078,9 @@ fn flood_with(
         Filter::ShieldNative
         | Filter::ShieldGeneric
         | Filter::ShieldUnverified
-        | Filter::ShieldSyncookie => {
+        | Filter::ShieldSyncookie
+        | Filter::ShieldBanned
+        | Filter::ShieldDenied => {
             let s =
                 shield_user::stats::read_iface(&bpffs.path, "flood").map_err(|e| e.to_string())?;
             // Answered with a cookie: kept from the kernel like a drop.
@@ -1048,6 +1090,8 @@ fn flood_with(
                     r.counters["conn_limit"].packets
                         + r.counters["unverified_limit"].packets
                         + r.counters["syncookie"].packets
+                        + r.counters["ban"].packets
+                        + r.counters["deny"].packets
                 })
                 .sum::<u64>() as f64
         }
@@ -1113,7 +1157,32 @@ fn flood_with(
     } else {
         100.0 * dropped / sent
     };
-    Ok((sent / elapsed, pct, prog, wrk))
+    Ok(Flood {
+        pps: sent / elapsed,
+        dropped_pct: pct,
+        handled_per_s: prog.map(|_| seen / elapsed),
+        prog,
+        wrk,
+        delivered_per_s: ip_after.saturating_sub(ip_before) as f64 / elapsed,
+    })
+}
+
+/// The server namespace's `Ip: InReceives` (datagrams its IP layer received).
+fn ip_in_receives(netns: &str) -> Result<u64, String> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", netns, "cat", "/proc/net/snmp"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next(), ip.next());
+    names
+        .zip(values)
+        .and_then(|(n, v)| {
+            let col = n.split_whitespace().position(|w| w == "InReceives")?;
+            v.split_whitespace().nth(col)?.parse().ok()
+        })
+        .ok_or_else(|| format!("no Ip InReceives in {netns}'s /proc/net/snmp"))
 }
 
 /// Known clients of section 3b: `KNOWN_CLIENTS` addresses, so that 40 requests/s stay
@@ -1290,7 +1359,12 @@ fn section3(o: &Opts, report: &mut String) {
                 continue;
             }
             match flood_with(f, mode, n, 0, Legit::Wrk(secs)) {
-                Ok((pps, dropped, _, Some(w))) => row(&name, Some((pps, dropped)), Ok(w)),
+                Ok(Flood {
+                    pps,
+                    dropped_pct,
+                    wrk: Some(w),
+                    ..
+                }) => row(&name, Some((pps, dropped_pct)), Ok(w)),
                 Ok(_) => row(&name, None, Err("no wrk output".into())),
                 Err(e) => row(&name, None, Err(e)),
             }
@@ -1358,7 +1432,9 @@ The same lab; {KNOWN_CLIENTS} known clients, which each made a request before th
         Filter::ShieldUnverified,
     ] {
         match flood_with(f, 2, 0, 0, Legit::Paced(count)) {
-            Ok((pps, _, _, Some(w))) => paced_row(f.name(), Some(pps), Ok(w)),
+            Ok(Flood {
+                pps, wrk: Some(w), ..
+            }) => paced_row(f.name(), Some(pps), Ok(w)),
             Ok(_) => paced_row(f.name(), None, Err("no measurement".into())),
             Err(e) => paced_row(f.name(), None, Err(e)),
         }
@@ -1514,6 +1590,177 @@ fn section2(o: &Opts, report: &mut String, chart: &mut Vec<FloodResult>) {
     report.push_str(&benchprose::flood_reading(&figures, 0.5));
 }
 
+/// The one-source shape's address (the generator's frame as built), banned in section 2b.
+const BANNED_SOURCE: &str = "198.51.100.3/32";
+
+/// Section 2b's deny list: the flood's 10/8 among 1,000 prefixes (a blocklist feed's size).
+fn deny_list() -> String {
+    let mut list = String::from("[lists]\ndeny = [\"10.0.0.0/8\"");
+    for i in 0..999 {
+        let _ = write!(list, ", \"172.{}.{}.0/24\"", 16 + i / 256, i % 256);
+    }
+    list.push_str("]\n");
+    list
+}
+
+/// A path of the program, the flood that takes it, and what it is held against.
+struct PathCase {
+    path: &'static str,
+    shape: &'static str,
+    mode: u32,
+    sources: u32,
+    filter: Filter,
+    baseline: Filter,
+    target: f64,
+}
+
+fn section2b(o: &Opts, report: &mut String) {
+    let frames = if o.quick { 1_000_000 } else { 4_000_000 };
+    let rounds = if o.quick { 3 } else { 5 };
+    eprintln!("bench: 2b. every path against its ceiling ({rounds} rounds of {frames} SYNs)");
+    let cases = [
+        PathCase {
+            path: "source over its limit",
+            shape: "one source",
+            mode: 0,
+            sources: 1,
+            filter: Filter::ShieldNative,
+            baseline: Filter::TrivialDrop,
+            target: 0.85,
+        },
+        PathCase {
+            path: "banned source (host ban)",
+            shape: "one source",
+            mode: 0,
+            sources: 1,
+            filter: Filter::ShieldBanned,
+            baseline: Filter::TrivialDrop,
+            target: 0.85,
+        },
+        PathCase {
+            path: "deny-listed source (1,000 prefixes)",
+            shape: "random sources (10/8)",
+            mode: 2,
+            sources: 0,
+            filter: Filter::ShieldDenied,
+            baseline: Filter::TrivialDrop,
+            target: 0.85,
+        },
+        PathCase {
+            path: "over the `unverified` budget",
+            shape: "random sources (10/8)",
+            mode: 2,
+            sources: 0,
+            filter: Filter::ShieldUnverified,
+            baseline: Filter::TrivialDrop,
+            target: 0.85,
+        },
+        PathCase {
+            path: "cookie SYN-ACK (`challenge = \"syncookie\"`)",
+            shape: "random sources (10/8)",
+            mode: 2,
+            sources: 0,
+            filter: Filter::ShieldSyncookie,
+            baseline: Filter::TrivialTx,
+            target: 0.7,
+        },
+        PathCase {
+            path: "passed: rule without a budget",
+            shape: "random sources (10/8)",
+            mode: 2,
+            sources: 0,
+            filter: Filter::ShieldNative,
+            baseline: Filter::None,
+            target: 1.0,
+        },
+    ];
+    let _ = writeln!(report, "## 2b. Every path against its ceiling\n");
+    let _ = writeln!(
+        report,
+        "Each path's flood ({frames} SYNs, section 2's generator and limits) alternates with its baseline in the same run, {rounds} rounds; the ratio is the median of the rounds' ratios. A drop or answer path is held against the trivial program that does the same at no cost (`XDP_DROP`, or `XDP_TX` for cookies), in frames its program handled per second (frames the veth ring dropped before any program ran are not counted for either); the pass path is held against no filter at all, in packets the server's IP layer received per second (`Ip: InReceives`). Program ns: `kernel.bpf_stats_enabled` run time per packet (it adds its own clock reads to every run, the trivial programs' included).\n"
+    );
+    let _ = writeln!(
+        report,
+        "| path | flood | baseline | shield M/s | baseline M/s | ratio | target | program ns (shield / baseline) |"
+    );
+    let _ = writeln!(report, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let mut rows = Vec::new();
+    for c in &cases {
+        // The rate a case is compared by: handled by the XDP program, or delivered to IP.
+        let rate = |f: &Flood| {
+            if c.baseline == Filter::None {
+                f.delivered_per_s
+            } else {
+                f.handled_per_s.unwrap_or(0.0)
+            }
+        };
+        let mut ratios = Vec::new();
+        let (mut shield, mut base, mut ns, mut base_ns) = (vec![], vec![], vec![], vec![]);
+        let mut failed = None;
+        for _ in 0..rounds {
+            let pair = flood_with(c.baseline, c.mode, c.sources, frames, Legit::None).and_then(
+                |b| {
+                    flood_with(c.filter, c.mode, c.sources, frames, Legit::None)
+                        .map(|s| (s, b))
+                },
+            );
+            match pair {
+                Ok((s, b)) if rate(&b) > 0.0 => {
+                    ratios.push(rate(&s) / rate(&b));
+                    shield.push(rate(&s));
+                    base.push(rate(&b));
+                    ns.extend(s.prog.map(|p| p.0));
+                    base_ns.extend(b.prog.map(|p| p.0));
+                }
+                Ok(_) => failed = Some("the baseline measured no packets".to_string()),
+                Err(e) => failed = Some(e),
+            }
+        }
+        let row = benchprose::PathRow {
+            path: c.path.to_string(),
+            ratio: (!ratios.is_empty()).then(|| median(ratios)),
+            target: c.target,
+            not_measured: failed.filter(|_| shield.is_empty()),
+        };
+        match (&row.not_measured, row.ratio) {
+            (None, Some(r)) => {
+                let ns_cell = |v: Vec<f64>| {
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("{:.0}", median(v))
+                    }
+                };
+                let _ = writeln!(
+                    report,
+                    "| {} | {} | {} | {:.2} M | {:.2} M | {r:.2} | {:.2} | {} / {} |",
+                    c.path,
+                    c.shape,
+                    c.baseline.name(),
+                    median(shield) / 1e6,
+                    median(base) / 1e6,
+                    c.target,
+                    ns_cell(ns),
+                    ns_cell(base_ns),
+                );
+            }
+            (reason, _) => {
+                let _ = writeln!(
+                    report,
+                    "| {} | {} | {} | {} | | | {:.2} | |",
+                    c.path,
+                    c.shape,
+                    c.baseline.name(),
+                    benchprose::not_measured(reason.as_deref().unwrap_or("no round ran")),
+                    c.target
+                );
+            }
+        }
+        rows.push(row);
+    }
+    report.push_str(&benchprose::paths_reading(&rows));
+}
+
 /// A bar chart of packets/s per filter and shape.
 fn svg_chart(rows: &[FloodResult]) -> String {
     let max = rows.iter().map(|r| r.pps).fold(1.0, f64::max);
@@ -1570,17 +1817,17 @@ fn main() {
                 if let Some(bad) = o
                     .only
                     .iter()
-                    .find(|s| !["1", "2", "3", "3b", "4", "5", "6", "7"].contains(&s.as_str()))
+                    .find(|s| !["1", "2", "2b", "3", "3b", "4", "5", "6", "7"].contains(&s.as_str()))
                 {
                     eprintln!(
-                        "shield-bench: --only takes sections 1, 2, 3, 3b, 4, 5, 6; got {bad:?}"
+                        "shield-bench: --only takes sections 1, 2, 2b, 3, 3b, 4, 5, 6, 7; got {bad:?}"
                     );
                     std::process::exit(2);
                 }
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,3,3b,4,5,6,7]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter),\n  7 fleet propagation (a real Redis, three daemons)"
+                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,2b,3,3b,4,5,6,7]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 2b every path against its ceiling, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter),\n  7 fleet propagation (a real Redis, three daemons)"
                 );
                 return;
             }
@@ -1632,6 +1879,9 @@ fn main() {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default()
         );
+    }
+    if o.runs("2b") {
+        section2b(&o, &mut report);
     }
     if o.runs("3") {
         section3(&o, &mut report);
