@@ -30,9 +30,12 @@ pub const MAP_RULE_STATS: &str = "SHIELD_RSTATS";
 pub const MAP_ATTACK: &str = "SHIELD_ATTACK";
 /// Per rule: the GCRA TAT of its `resets` cap (RSTs sent for `over_limit = "reset"`).
 pub const MAP_RESETS: &str = "SHIELD_RESETS";
+/// Per CPU: the refusal cache (`Refused`, shield-ebpf/src/refused.rs). Pinned so that
+/// `shield stats` counts the refusals it holds into each source's `limited`.
+pub const MAP_REFUSED: &str = "SHIELD_REFUSED";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 21] = [
+pub const ALL_MAPS: [&str; 22] = [
     MAP_CONTROL,
     MAP_CONFIG,
     MAP_PORTS,
@@ -54,11 +57,12 @@ pub const ALL_MAPS: [&str; 21] = [
     MAP_RULE_STATS,
     MAP_ATTACK,
     MAP_RESETS,
+    MAP_REFUSED,
 ];
 
 /// (map, key size, value size) of every pinned map but the ring buffer: a pin left by a
 /// version with another layout must not be adopted.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 20] = {
+pub const MAP_LAYOUTS: [(&str, usize, usize); 21] = {
     use core::mem::size_of;
     /// An LPM trie key: the u32 prefix length, then the data.
     const fn lpm(n: usize) -> usize {
@@ -89,6 +93,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 20] = {
         (MAP_RULE_STATS, 4, 8),
         (MAP_ATTACK, 4, 8),
         (MAP_RESETS, 4, 8),
+        (MAP_REFUSED, 4, size_of::<Refused>()),
     ]
 };
 
@@ -408,7 +413,34 @@ impl RuleConfig {
 
 // ---- Per-source state (SHIELD_SOURCES, LRU) ----
 
+/// Entries per CPU of the refusal cache (direct-mapped by a hash of the source key).
+pub const REFUSED_SLOTS: u32 = 1024;
+
+/// A refusal cache entry (`MAP_REFUSED`): the data path refuses packets of `key` of the
+/// same class for `ConnLimit`/`PktLimit` without judging them while its clock is before
+/// `until_ns` under policy `generation`, and counts them in `pending` until they are added
+/// to the source's `SourceState::limited` (see shield-ebpf/src/refused.rs).
 #[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Refused {
+    pub key: SourceKey,
+    /// `GlobalConfig::generation` of the policy the refusal was judged under.
+    pub generation: u32,
+    /// The refusal holds while the clock is before this.
+    pub until_ns: u64,
+    /// Packets this entry refused, not yet in the source's `limited`.
+    pub pending: u32,
+    /// The class refused: connection attempts (1) or other packets (0).
+    pub conn_attempt: u8,
+    /// The `Reason` code (`ConnLimit` or `PktLimit`).
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Refused>() == 40);
+
+/// 4-byte aligned (offsets and size as without it): the data path copies and compares keys
+/// in words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceKey {
     /// Rule id the state belongs to.
@@ -599,6 +631,8 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SourceState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Refused {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counter {}
     // SAFETY: as above.

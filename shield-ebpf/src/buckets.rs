@@ -6,12 +6,23 @@ use crate::*;
 /// `judge_source` for the program: the source key in scalars, as a global BPF function
 /// takes them (see `shield_judge`); `half` is the active half the rule was read from.
 #[inline(always)]
-pub(crate) fn judge(half: u32, key: &SourceKey, conn_attempt: bool, now: u64, seed: u64) -> Reason {
+pub(crate) fn judge(
+    half: u32,
+    key: &SourceKey,
+    conn_attempt: bool,
+    now: u64,
+    seed: u64,
+    pending: u32,
+) -> Reason {
     let at = u64::from(key.rule)
         | u64::from(key.family) << 16
         | u64::from(key.prefix_len) << 24
         | u64::from(half & 1) << 32
         | u64::from(conn_attempt) << 33;
+    if let Some(io) = SHIELD_JUDGE_IO.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot from a successful lookup; this run's alone.
+        unsafe { *io = [u64::from(pending), 0] };
+    }
     let a = key.addr;
     let lo = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
     let hi = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
@@ -32,7 +43,9 @@ pub(crate) fn judge(half: u32, key: &SourceKey, conn_attempt: bool, now: u64, se
 /// 320,000 verifier instructions once SYN cookies and resets were both in). A global
 /// function takes scalars only (at most five): `at` holds the key's rule (bits 0-15),
 /// family (16-23) and prefix length (24-31), the active half (bit 32) and whether this is a
-/// connection attempt (bit 33); `lo`/`hi` the masked address's bytes 0-7 and 8-15. The
+/// connection attempt (bit 33), and refusals the refusal cache made of this source that
+/// its `limited` does not hold yet (bits 34-63, see refused.rs); `lo`/`hi` the masked
+/// address's bytes 0-7 and 8-15. The
 /// rule is read again from the same half; the key is rebuilt in a per-CPU slot. Returns
 /// the `Reason`'s code.
 #[inline(never)]
@@ -59,6 +72,22 @@ pub extern "C" fn shield_judge(at: u64, lo: u64, hi: u64, now: u64, seed: u64) -
         ],
     };
     judge_source(rule, key, (at >> 33) & 1 != 0, now, seed) as u32
+}
+
+/// `shield_judge`'s side channel with its caller (per CPU, this run's alone): in slot 0,
+/// refusals the refusal cache made of this source that its `limited` does not hold yet;
+/// out slot 1, until when a refusal holds (0: not to be cached). See refused.rs.
+#[map]
+pub(crate) static SHIELD_JUDGE_IO: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The refusal `shield_judge` left in `SHIELD_JUDGE_IO` to cache, if any.
+#[inline(always)]
+pub(crate) fn judged_until() -> u64 {
+    match SHIELD_JUDGE_IO.get_ptr(0) {
+        // SAFETY: per-CPU slot from a successful lookup.
+        Some(io) => unsafe { (*io)[1] },
+        None => 0,
+    }
 }
 
 /// Judges a packet by its source's own limits. A known source is updated in place (no
@@ -93,6 +122,16 @@ fn judge_source(
             (scratch, true)
         }
     };
+    if let Some(io) = SHIELD_JUDGE_IO.get_ptr(0) {
+        // SAFETY: per-CPU slot from a successful lookup.
+        let pending = unsafe { (*io)[0] };
+        if pending != 0 {
+            // SAFETY: a map value (or the per-CPU scratch slot), 8-byte aligned field.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*state).limited, pending)
+            };
+        }
+    }
     // SAFETY: a map value from a successful lookup, valid for the rest of this run (RCU).
     let reason = decide(rule, key, unsafe { &mut *state }, now, conn_attempt);
     if fresh {
@@ -153,12 +192,13 @@ pub(crate) fn draw(bucket: &Gcra, p: *mut u64, now: u64) -> bool {
 /// back below `now` means a full bucket, as before the draw). So CPUs racing on one source
 /// never admit more than its limit between them.
 #[inline(always)]
+/// On a refusal, also when the bucket that refused has its next token (`Refusal::retry_ns`).
 pub(crate) fn judge_shared(
     rule: &RuleConfig,
     state: &mut SourceState,
     now: u64,
     conn_attempt: bool,
-) -> Reason {
+) -> Refusal {
     let tat = state.tat.as_mut_ptr();
     let mut taken = 0u32;
     for i in 0..BUCKETS {
@@ -185,13 +225,29 @@ pub(crate) fn judge_shared(
         }
         // SAFETY: a field of the same map value, 8-byte aligned.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut state.limited, 1) };
-        return if conn_bucket {
-            Reason::ConnLimit
-        } else {
-            Reason::PktLimit
+        // SAFETY: i < BUCKETS, as above. (After CAS_TRIES lost attempts the bucket may
+        // conform now: the time is then not in the future, and nothing is cached.)
+        let tat_i = unsafe { core::ptr::read_volatile(tat.add(i)) };
+        return Refusal {
+            reason: if conn_bucket {
+                Reason::ConnLimit
+            } else {
+                Reason::PktLimit
+            },
+            retry_ns: tat_i.saturating_sub(bucket.tolerance_ns),
         };
     }
-    Reason::Pass
+    Refusal {
+        reason: Reason::Pass,
+        retry_ns: 0,
+    }
+}
+
+/// `judge_shared`'s answer.
+pub(crate) struct Refusal {
+    pub(crate) reason: Reason,
+    /// When the bucket that refused conforms again (0 for `Pass`).
+    pub(crate) retry_ns: u64,
 }
 
 /// Judges a packet against the source's buckets; on a refusal, counts strikes, issues the
@@ -205,11 +261,37 @@ pub(crate) fn decide(
     now: u64,
     conn_attempt: bool,
 ) -> Reason {
-    let monitor = rule.flags & RULE_MONITOR != 0;
-    let reason = judge_shared(rule, state, now, conn_attempt);
+    let refusal = judge_shared(rule, state, now, conn_attempt);
+    let reason = refusal.reason;
     if !reason.is_drop() {
         return reason;
     }
+    let reason = report_refusal(rule, key, state, now, conn_attempt, reason);
+    if rule.flags & RULE_RESET == 0 {
+        // Until the refusing bucket's next token, and at most to the next report second.
+        let last = state.last_report_ns;
+        let until = refusal
+            .retry_ns
+            .min(last.saturating_add(shield_common::bucket::NS_PER_SEC));
+        if let Some(io) = SHIELD_JUDGE_IO.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot from a successful lookup; this run's alone.
+            unsafe { (*io)[1] = until };
+        }
+    }
+    reason
+}
+
+/// A refusal's consequences: the RST note, the report, strikes and the ban.
+#[inline(always)]
+fn report_refusal(
+    rule: &RuleConfig,
+    key: &SourceKey,
+    state: &mut SourceState,
+    now: u64,
+    conn_attempt: bool,
+    reason: Reason,
+) -> Reason {
+    let monitor = rule.flags & RULE_MONITOR != 0;
     if conn_attempt && rule.flags & (RULE_RESET | RULE_MONITOR) == RULE_RESET {
         reset::note(rule, key, now, reason);
     }

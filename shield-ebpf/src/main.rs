@@ -9,6 +9,8 @@
 // BPF atomics: `AtomicU64`'s compare_exchange is not offered for bpfel-unknown-none, but
 // the intrinsics lower to BPF_CMPXCHG / BPF_ADD with BPF_FETCH (kernel 5.12+).
 #![feature(core_intrinsics)]
+// Word loads from the frame at any alignment (`parse::load32`).
+#![feature(asm_experimental_arch)]
 #![expect(
     internal_features,
     reason = "core::intrinsics atomics: the only CAS on bpf"
@@ -52,6 +54,7 @@ mod buckets;
 mod counters;
 mod maps;
 mod parse;
+mod refused;
 mod reset;
 mod syncookie;
 mod unverified;
@@ -97,9 +100,12 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         rare(shield_common::RARE_NOT_LOADED);
         return Ok(xdp_action::XDP_PASS);
     }
-    // Filled by `parse` (no zero-fill: only read once it says PARSED_IP).
-    let mut slot = core::mem::MaybeUninit::<Packet>::uninit();
-    match parse(ctx.ctx, slot.as_mut_ptr()) {
+    // Filled by `parse` (only read once it says PARSED_IP). In a per-CPU map slot, not on
+    // the stack: the program's frame shares the 512-byte BPF stack with its calls.
+    let Some(slot) = SHIELD_PACKET.get_ptr_mut(0) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    match parse(ctx.ctx, slot) {
         PARSED_IP => {}
         PARSED_NOT_IP => {
             count(0, Reason::Pass, len);
@@ -115,8 +121,9 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         }
         _ => return Err(()),
     }
-    // SAFETY: `parse` wrote a whole `Packet` when it returned PARSED_IP.
-    let pkt = unsafe { slot.assume_init() };
+    // SAFETY: `parse` wrote a whole `Packet` when it returned PARSED_IP; the per-CPU slot
+    // is this run's alone.
+    let pkt = unsafe { &*slot };
     let global_monitor = flags & CFG_MONITOR != 0;
     let bans = flags & CFG_BANS != 0;
     let now = if ctl.clock_frozen != 0 {
@@ -248,7 +255,17 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     }
 
     let reason = if needs_state(rule, pkt.conn_attempt) {
-        judge(half, &key, pkt.conn_attempt, now, seed)
+        match refused::lookup(&key, cfg.generation, pkt.conn_attempt, now) {
+            refused::Cached::Refused(reason) => reason,
+            refused::Cached::Judge(pending) => {
+                let reason = judge(half, &key, pkt.conn_attempt, now, seed, pending);
+                let until = judged_until();
+                if reason.is_drop() && until > now {
+                    refused::note(&key, cfg.generation, pkt.conn_attempt, reason, until);
+                }
+                reason
+            }
+        }
     } else {
         Reason::Pass
     };

@@ -92,3 +92,7 @@ pub(crate) static SHIELD_JUDGE_KEY: PerCpuArray<SourceKey> = PerCpuArray::with_m
 /// Diagnostics: events lost, failed inserts (`DIAG_*`).
 #[map]
 pub(crate) static SHIELD_DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIAG_SLOTS, 0);
+
+/// The packet as `parse` read it (keeps it off the program's stack frame).
+#[map]
+pub(crate) static SHIELD_PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);

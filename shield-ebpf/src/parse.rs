@@ -68,10 +68,12 @@ pub(crate) fn transport_min(proto: u8) -> usize {
     }
 }
 
+/// 8-byte aligned, the address first: it is written and copied in words, not bytes.
+#[repr(C, align(8))]
 pub(crate) struct Packet {
-    pub(crate) family: u8,
     /// Network-order source address, IPv4 in the first 4 bytes.
     pub(crate) src: [u8; 16],
+    pub(crate) family: u8,
     /// Offset of the IP header (socket lookups read the destination from there).
     pub(crate) l3_off: u16,
     pub(crate) sport: u16,
@@ -236,6 +238,30 @@ pub(crate) fn header<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, ()> {
     Ok(unsafe { core::ptr::read_unaligned(p) })
 }
 
+/// One 32-bit load from the frame at `p`, bytes as they lie (network order kept), at any
+/// alignment: the verifier allows unaligned packet reads where the CPU does (x86), while
+/// LLVM splits an unaligned read into byte loads for bpf. The caller checked the bounds.
+#[inline(always)]
+pub(crate) fn load32(p: *const u8) -> u32 {
+    let v: u32;
+    // SAFETY: a load of 4 bytes the caller checked are inside the packet.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u32 *)({1} + 0)",
+            lateout(reg) v,
+            in(reg) p,
+            options(readonly, nostack, preserves_flags)
+        )
+    };
+    v
+}
+
+/// The 4 bytes `load32` read, in memory order.
+#[inline(always)]
+pub(crate) fn bytes4(v: u32) -> [u8; 4] {
+    v.to_ne_bytes()
+}
+
 /// Reads `N` bytes at `off` (unaligned, bounds-checked).
 #[inline(always)]
 pub(crate) fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], ()> {
@@ -290,22 +316,33 @@ pub(crate) fn parse_frame(ctx: &XdpContext) -> Result<Option<Packet>, i32> {
 
 #[inline(always)]
 pub(crate) fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
-    let ip: Ipv4Hdr = header(ctx, off)?;
-    if ip.version_ihl >> 4 != 4 {
+    // The header in four word loads (fields as `Ipv4Hdr` names them).
+    let ip = ptr_at::<Ipv4Hdr>(ctx, off)? as *const u8;
+    // SAFETY: `ptr_at` checked the 20 bytes of the header.
+    let (w0, w1, w2, saddr) = unsafe {
+        (
+            bytes4(load32(ip)),
+            bytes4(load32(ip.add(4))),
+            bytes4(load32(ip.add(8))),
+            load32(ip.add(12)),
+        )
+    };
+    let version_ihl = w0[0];
+    if version_ihl >> 4 != 4 {
         return Err(());
     }
     // IHL is 4 bits: at most 60 bytes, at least 20.
-    let hlen = ((ip.version_ihl & 0x0f) as usize) * 4;
+    let hlen = ((version_ihl & 0x0f) as usize) * 4;
     if hlen < 20 {
         return Err(());
     }
-    let total_len = be16(ip.total_len) as usize;
+    let total_len = be16([w0[2], w0[3]]) as usize;
     if total_len < hlen {
         return Err(());
     }
-    let frag = be16(ip.flags_frag_off);
-    let a = ip.saddr;
-    let src = [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let frag = be16([w1[2], w1[3]]);
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&bytes4(saddr));
 
     // Options must be present in full.
     let _: [u8; 1] = bytes(ctx, off + hlen - 1)?;
@@ -319,7 +356,7 @@ pub(crate) fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         conn_attempt: false,
         tcp_data: false,
     };
-    let proto = ip.protocol;
+    let proto = w2[1];
     let frag_off = frag & 0x1fff;
     let more_fragments = frag & 0x2000 != 0;
     // Non-first fragments carry no transport header: judged on the source only. RFC 1858:
@@ -342,12 +379,28 @@ pub(crate) fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
 
 #[inline(always)]
 pub(crate) fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
-    let ip: Ipv6Hdr = header(ctx, off)?;
-    if ip.version_tc_flow[0] >> 4 != 6 {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, off)? as *const u8;
+    // SAFETY: `ptr_at` checked the 40 bytes of the header; the source is at 8..24.
+    let (w0, w1, s) = unsafe {
+        (
+            bytes4(load32(ip)),
+            bytes4(load32(ip.add(4))),
+            [
+                load32(ip.add(8)),
+                load32(ip.add(12)),
+                load32(ip.add(16)),
+                load32(ip.add(20)),
+            ],
+        )
+    };
+    if w0[0] >> 4 != 6 {
         return Err(());
     }
-    let src = ip.saddr;
-    let payload_len = be16(ip.payload_len) as usize;
+    let mut src = [0u8; 16];
+    for (i, w) in s.iter().enumerate() {
+        src[4 * i..4 * i + 4].copy_from_slice(&bytes4(*w));
+    }
+    let payload_len = be16([w1[0], w1[1]]) as usize;
     let mut pkt = Packet {
         family: FAMILY_V6,
         src,
@@ -358,7 +411,7 @@ pub(crate) fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         conn_attempt: false,
         tcp_data: false,
     };
-    let mut next = ip.next_header;
+    let mut next = w1[2];
     let mut l4off = off + 40;
     let mut first_fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
@@ -427,16 +480,20 @@ pub(crate) fn parse_l4(
 ) -> Result<(), ()> {
     match proto {
         IPPROTO_TCP => {
-            let tcp: TcpHdr = header(ctx, off)?;
-            if tcp.data_offset >> 4 < 5 {
+            let tcp = ptr_at::<TcpHdr>(ctx, off)? as *const u8;
+            // SAFETY: `ptr_at` checked the 20 bytes of the header: ports at 0..4, data
+            // offset and flags at 12..14.
+            let (ports, w3) = unsafe { (bytes4(load32(tcp)), bytes4(load32(tcp.add(12)))) };
+            let (data_offset, flags) = (w3[0], w3[1]);
+            if data_offset >> 4 < 5 {
                 return Err(());
             }
             pkt.l4 = L4_TCP;
-            pkt.sport = be16(tcp.source);
-            pkt.dport = be16(tcp.dest);
-            pkt.conn_attempt = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let doff = (tcp.data_offset >> 4) as usize * 4;
-            pkt.tcp_data = tcp.flags & TCP_SYN == 0 && l4_len > doff;
+            pkt.sport = be16([ports[0], ports[1]]);
+            pkt.dport = be16([ports[2], ports[3]]);
+            pkt.conn_attempt = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let doff = (data_offset >> 4) as usize * 4;
+            pkt.tcp_data = flags & TCP_SYN == 0 && l4_len > doff;
         }
         IPPROTO_UDP => {
             let udp: UdpHdr = header(ctx, off)?;

@@ -13,10 +13,10 @@ use serde::Serialize;
 use shield_common::{
     CFG_LOADED, CFG_MONITOR, Counter, DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST,
     DIAG_SOURCE_INSERT_FAILED, DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS,
-    DIAG_VERIFIED_INSERT_FAILED, MAP_ATTACK, MAP_BUDGET, MAP_COUNTERS, MAP_DIAG, MAP_RULE_STATS,
-    MAP_SOURCES, MAP_VERIFIED, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED,
-    RS_VERIFIED_CONNS, RULE_MONITOR, Reason, RuleConfig, SourceKey, SourceState, addr::FAMILY_V4,
-    counter_index, judge::still_verified, rule_stat_index,
+    DIAG_VERIFIED_INSERT_FAILED, MAP_ATTACK, MAP_BUDGET, MAP_COUNTERS, MAP_DIAG, MAP_REFUSED,
+    MAP_RULE_STATS, MAP_SOURCES, MAP_VERIFIED, REFUSED_SLOTS, RS_PROMOTED, RS_UNTRACKED,
+    RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS, RULE_MONITOR, Reason, RuleConfig, SourceKey,
+    SourceState, addr::FAMILY_V4, counter_index, judge::still_verified, rule_stat_index,
 };
 
 use crate::loader::{LoaderError, open_pinned, rule_name};
@@ -240,12 +240,14 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
 
     let mut tracked = 0u64;
     let mut limited: Vec<(SourceKey, u64)> = Vec::new();
+    let pending = refused_pending(&dir)?;
     for entry in sources.iter() {
         // An entry evicted between listing and lookup is simply skipped.
         let Ok((key, state)) = entry else { continue };
         tracked += 1;
-        if state.limited > 0 {
-            limited.push((key, state.limited));
+        let n = state.limited + pending.get(&key).copied().unwrap_or(0);
+        if n > 0 {
+            limited.push((key, n));
         }
     }
     limited.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
@@ -476,4 +478,30 @@ pub fn fleet_line(f: &crate::fleet::Status) -> String {
             String::new()
         },
     )
+}
+
+/// Refusals the data path's refusal cache holds per source (summed over CPUs), not yet
+/// added to the source's `SourceState::limited` (see shield-ebpf/src/refused.rs). A pin
+/// left by a version without the cache: none.
+pub fn refused_pending(
+    dir: &std::path::Path,
+) -> Result<std::collections::HashMap<SourceKey, u64>, LoaderError> {
+    let mut out = std::collections::HashMap::new();
+    if !dir.join(MAP_REFUSED).exists() {
+        return Ok(out);
+    }
+    let map: PerCpuArray<MapData, shield_common::Refused> =
+        PerCpuArray::try_from(open_pinned(dir, MAP_REFUSED)?).map_err(|source| {
+            LoaderError::Map {
+                map: MAP_REFUSED,
+                source,
+            }
+        })?;
+    for i in 0..REFUSED_SLOTS {
+        let Ok(values) = map.get(&i, 0) else { continue };
+        for e in values.iter().filter(|e| e.pending != 0) {
+            *out.entry(e.key).or_insert(0) += u64::from(e.pending);
+        }
+    }
+    Ok(out)
 }

@@ -355,8 +355,11 @@ fn compare_state(h: &Harness, pol: &model::Policy, m: &Model, now: u64) -> Vec<S
         s
     };
     let mut seen = 0;
-    for (k, v) in sources.iter().flatten() {
+    // Refusals the refusal cache holds are the source's too (`limited`).
+    let pending = shield_user::stats::refused_pending(&dir).expect("refusal cache");
+    for (k, mut v) in sources.iter().flatten() {
         seen += 1;
+        v.limited += pending.get(&k).copied().unwrap_or(0);
         match m.sources.get(&k) {
             Some(mv) if norm(mv) == norm(&v) => {}
             other => out.push(format!(

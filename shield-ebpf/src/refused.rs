@@ -1,0 +1,110 @@
+//! A per-CPU cache of recent refusals by a source's own limits, so that a flood from one
+//! source over its limit is dropped without its state lookup and judgement.
+//!
+//! `decide` notes a refusal with the time until which the judgement cannot change: when
+//! the bucket that refused has its next token (no packet of the class it applies to can
+//! be admitted before, on any CPU, so the buckets judged before it only gain tokens), and
+//! no later than the next report second (the first refusal of each second goes through
+//! `decide` to be reported and struck). A packet of the same source, rule, class and
+//! policy generation before then gets the same reason without a lookup. What the cache
+//! refuses is counted in the entry (`pending`) and added to the source's `limited` when
+//! the source is next judged or its entry is taken by another source, so at most the
+//! last second's refusals of a source on each CPU are not in its `limited` yet.
+//!
+//! Races: another CPU giving back a draw it took just before the refusal (its packet
+//! refused by a later bucket) can make a token available up to one interval before the
+//! entry says; packets in that window are refused as the bucket's state said when read.
+//! Rules with `over_limit = "reset"` are not cached (the RST path needs `decide`).
+
+use shield_common::{REFUSED_SLOTS, Refused};
+
+use crate::*;
+
+#[map]
+static SHIELD_REFUSED: PerCpuArray<Refused> = PerCpuArray::with_max_entries(REFUSED_SLOTS, 0);
+
+/// The key as five words (`SourceKey` is 4-byte aligned, 20 bytes).
+#[inline(always)]
+fn words(key: &SourceKey) -> [u32; 5] {
+    // SAFETY: `SourceKey` is plain data of 20 bytes, 4-byte aligned.
+    unsafe { core::ptr::read(key as *const SourceKey as *const [u32; 5]) }
+}
+
+#[inline(always)]
+fn slot(w: &[u32; 5]) -> u32 {
+    let h = (w[0] ^ w[1].rotate_left(7) ^ w[2].rotate_left(13) ^ w[3].rotate_left(19) ^ w[4])
+        .wrapping_mul(0x9e37_79b1);
+    h >> (32 - REFUSED_SLOTS.trailing_zeros())
+}
+
+/// What the cache says of a packet about to be judged.
+pub(crate) enum Cached {
+    /// Refused for this reason (counted in the entry).
+    Refused(Reason),
+    /// Judge it; these refusals of the same source are to be added to its `limited`.
+    Judge(u32),
+}
+
+/// Not inlined: its own (small) stack frame, not the program's.
+#[inline(never)]
+pub(crate) fn lookup(key: &SourceKey, generation: u32, conn_attempt: bool, now: u64) -> Cached {
+    let w = words(key);
+    let Some(e) = SHIELD_REFUSED.get_ptr_mut(slot(&w)) else {
+        return Cached::Judge(0);
+    };
+    // SAFETY: per-CPU slot from a successful lookup; nothing else runs on this CPU meanwhile.
+    let e = unsafe { &mut *e };
+    if words(&e.key) != w || e.generation != generation {
+        return Cached::Judge(0);
+    }
+    if now < e.until_ns && e.conn_attempt == conn_attempt as u8 {
+        e.pending += 1;
+        return Cached::Refused(if e.reason == Reason::PktLimit as u8 {
+            Reason::PktLimit
+        } else {
+            Reason::ConnLimit
+        });
+    }
+    // Lapsed (or the other class): the source is judged, and takes its pending count.
+    let pending = e.pending;
+    e.pending = 0;
+    Cached::Judge(pending)
+}
+
+/// Notes a refusal of `key` (see the module's text); an entry of another source with
+/// refusals pending hands them to that source's state first. Not inlined: its own
+/// stack frame, not `decide`'s.
+#[inline(never)]
+pub(crate) fn note(
+    key: &SourceKey,
+    generation: u32,
+    conn_attempt: bool,
+    reason: Reason,
+    until_ns: u64,
+) {
+    let w = words(key);
+    let Some(e) = SHIELD_REFUSED.get_ptr_mut(slot(&w)) else {
+        return;
+    };
+    // SAFETY: as in `lookup`.
+    let e = unsafe { &mut *e };
+    if e.pending != 0 && words(&e.key) != w {
+        if let Some(state) = SHIELD_SOURCES.get_ptr_mut(&e.key) {
+            // SAFETY: a map value from a successful lookup; shared by every CPU.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    &mut (*state).limited,
+                    u64::from(e.pending),
+                )
+            };
+        }
+        e.pending = 0;
+    } else if words(&e.key) != w {
+        e.pending = 0;
+    }
+    e.key = *key;
+    e.generation = generation;
+    e.until_ns = until_ns;
+    e.conn_attempt = conn_attempt as u8;
+    e.reason = reason as u8;
+}
