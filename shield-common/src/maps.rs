@@ -33,9 +33,11 @@ pub const MAP_RESETS: &str = "SHIELD_RESETS";
 /// Per CPU: the refusal cache (`Refused`, shield-ebpf/src/refused.rs). Pinned so that
 /// `shield stats` counts the refusals it holds into each source's `limited`.
 pub const MAP_REFUSED: &str = "SHIELD_REFUSED";
+/// The verified set's filter (`vfilter_bit`).
+pub const MAP_VFILTER: &str = "SHIELD_VFILTER";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 22] = [
+pub const ALL_MAPS: [&str; 23] = [
     MAP_CONTROL,
     MAP_CONFIG,
     MAP_PORTS,
@@ -58,11 +60,12 @@ pub const ALL_MAPS: [&str; 22] = [
     MAP_ATTACK,
     MAP_RESETS,
     MAP_REFUSED,
+    MAP_VFILTER,
 ];
 
 /// (map, key size, value size) of every pinned map but the ring buffer: a pin left by a
 /// version with another layout must not be adopted.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 21] = {
+pub const MAP_LAYOUTS: [(&str, usize, usize); 22] = {
     use core::mem::size_of;
     /// An LPM trie key: the u32 prefix length, then the data.
     const fn lpm(n: usize) -> usize {
@@ -94,6 +97,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 21] = {
         (MAP_ATTACK, 4, 8),
         (MAP_RESETS, 4, 8),
         (MAP_REFUSED, 4, size_of::<Refused>()),
+        (MAP_VFILTER, 4, 8),
     ]
 };
 
@@ -244,6 +248,30 @@ pub const MAX_VERIFIED: u32 = 65_536;
 pub const DEFAULT_VERIFIED_TTL_NS: u64 = 15 * 60 * 1_000_000_000;
 /// A verified source's proof is refreshed at most this often (one map write).
 pub const VERIFIED_REFRESH_NS: u64 = 1_000_000_000;
+/// Words of the verified set's filter (`MAP_VFILTER`): 2^20 bits, 128 KiB.
+pub const VFILTER_WORDS: u32 = 16_384;
+
+/// Where a verified-set key has its bit in the filter in front of the set: (word, mask).
+/// A source is looked up in the set only when its bit is set, so a spoofed flood of new
+/// addresses costs one array read per SYN instead of a hash lookup. Bits are set wherever
+/// a key enters the set (and again when a proof of a key already in it is seen); a bit
+/// left by a key that expired or was evicted only costs that lookup. The daemon rebuilds
+/// the filter from the set now and then (`vfilter_rebuild`).
+#[inline(always)]
+pub fn vfilter_bit(key: &SourceKey) -> (u32, u64) {
+    let a = key.addr;
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let h = (w(0)
+        ^ w(4).rotate_left(5)
+        ^ w(8).rotate_left(11)
+        ^ w(12).rotate_left(17)
+        ^ u32::from(key.family) << 24
+        ^ u32::from(key.prefix_len))
+    .wrapping_mul(0x9e37_79b1)
+        >> 12;
+    ((h >> 6) % VFILTER_WORDS, 1u64 << (h & 63))
+}
+
 /// Prefix lengths of verified-set keys: a host for IPv4, a /64 (one subscriber) for IPv6.
 pub const VERIFIED_V4_PREFIX: u8 = 32;
 pub const VERIFIED_V6_PREFIX: u8 = 64;

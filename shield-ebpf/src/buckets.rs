@@ -6,23 +6,12 @@ use crate::*;
 /// `judge_source` for the program: the source key in scalars, as a global BPF function
 /// takes them (see `shield_judge`); `half` is the active half the rule was read from.
 #[inline(always)]
-pub(crate) fn judge(
-    half: u32,
-    key: &SourceKey,
-    conn_attempt: bool,
-    now: u64,
-    seed: u64,
-    pending: u32,
-) -> Reason {
+pub(crate) fn judge(half: u32, key: &SourceKey, conn_attempt: bool, now: u64, seed: u64) -> Reason {
     let at = u64::from(key.rule)
         | u64::from(key.family) << 16
         | u64::from(key.prefix_len) << 24
         | u64::from(half & 1) << 32
         | u64::from(conn_attempt) << 33;
-    if let Some(io) = SHIELD_JUDGE_IO.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot from a successful lookup; this run's alone.
-        unsafe { *io = [u64::from(pending), 0] };
-    }
     let a = key.addr;
     let lo = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
     let hi = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
@@ -43,11 +32,10 @@ pub(crate) fn judge(
 /// 320,000 verifier instructions once SYN cookies and resets were both in). A global
 /// function takes scalars only (at most five): `at` holds the key's rule (bits 0-15),
 /// family (16-23) and prefix length (24-31), the active half (bit 32) and whether this is a
-/// connection attempt (bit 33), and refusals the refusal cache made of this source that
-/// its `limited` does not hold yet (bits 34-63, see refused.rs); `lo`/`hi` the masked
-/// address's bytes 0-7 and 8-15. The
-/// rule is read again from the same half; the key is rebuilt in a per-CPU slot. Returns
-/// the `Reason`'s code.
+/// connection attempt (bit 33); `lo`/`hi` the masked address's bytes 0-7 and 8-15. The
+/// rule is read again from the same half; the key is rebuilt in a per-CPU slot. A source
+/// the refusal cache holds is refused from it (refused.rs); a refusal judged here is noted
+/// in it. Returns the `Reason`'s code.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn shield_judge(at: u64, lo: u64, hi: u64, now: u64, seed: u64) -> u32 {
@@ -71,21 +59,33 @@ pub extern "C" fn shield_judge(at: u64, lo: u64, hi: u64, now: u64, seed: u64) -
             h[6], h[7],
         ],
     };
-    judge_source(rule, key, (at >> 33) & 1 != 0, now, seed) as u32
+    let conn_attempt = (at >> 33) & 1 != 0;
+    // A source refused a moment ago is refused again without its state (refused.rs).
+    let generation = SHIELD_CONFIG.get(half).map_or(0, |c| c.generation);
+    let pending = match refused::lookup(key, generation, conn_attempt, now) {
+        refused::Cached::Refused(reason) => return reason as u32,
+        refused::Cached::Judge(pending) => pending,
+    };
+    let reason = judge_source(rule, key, conn_attempt, now, seed, pending);
+    if reason.is_drop() {
+        let until = judged_until();
+        if until > now {
+            refused::note(key, generation, conn_attempt, reason, until);
+        }
+    }
+    reason as u32
 }
 
-/// `shield_judge`'s side channel with its caller (per CPU, this run's alone): in slot 0,
-/// refusals the refusal cache made of this source that its `limited` does not hold yet;
-/// out slot 1, until when a refusal holds (0: not to be cached). See refused.rs.
+/// Written by `decide` on every refusal: until when it holds (0: not to be cached; see
+/// refused.rs). Per CPU, this run's alone.
 #[map]
-pub(crate) static SHIELD_JUDGE_IO: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+static SHIELD_REFUSED_UNTIL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// The refusal `shield_judge` left in `SHIELD_JUDGE_IO` to cache, if any.
 #[inline(always)]
-pub(crate) fn judged_until() -> u64 {
-    match SHIELD_JUDGE_IO.get_ptr(0) {
+fn judged_until() -> u64 {
+    match SHIELD_REFUSED_UNTIL.get_ptr(0) {
         // SAFETY: per-CPU slot from a successful lookup.
-        Some(io) => unsafe { (*io)[1] },
+        Some(p) => unsafe { *p },
         None => 0,
     }
 }
@@ -101,6 +101,7 @@ fn judge_source(
     conn_attempt: bool,
     now: u64,
     seed: u64,
+    pending: u32,
 ) -> Reason {
     let rule_id = key.rule as u32;
     let (state, fresh) = match SHIELD_SOURCES.get_ptr_mut(key) {
@@ -122,15 +123,14 @@ fn judge_source(
             (scratch, true)
         }
     };
-    if let Some(io) = SHIELD_JUDGE_IO.get_ptr(0) {
-        // SAFETY: per-CPU slot from a successful lookup.
-        let pending = unsafe { (*io)[0] };
-        if pending != 0 {
-            // SAFETY: a map value (or the per-CPU scratch slot), 8-byte aligned field.
-            unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*state).limited, pending)
-            };
-        }
+    if pending != 0 {
+        // SAFETY: a map value (or the per-CPU scratch slot), 8-byte aligned field.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &mut (*state).limited,
+                u64::from(pending),
+            )
+        };
     }
     // SAFETY: a map value from a successful lookup, valid for the rest of this run (RCU).
     let reason = decide(rule, key, unsafe { &mut *state }, now, conn_attempt);
@@ -267,16 +267,21 @@ pub(crate) fn decide(
         return reason;
     }
     let reason = report_refusal(rule, key, state, now, conn_attempt, reason);
-    if rule.flags & RULE_RESET == 0 {
-        // Until the refusing bucket's next token, and at most to the next report second.
-        let last = state.last_report_ns;
-        let until = refusal
-            .retry_ns
-            .min(last.saturating_add(shield_common::bucket::NS_PER_SEC));
-        if let Some(io) = SHIELD_JUDGE_IO.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot from a successful lookup; this run's alone.
-            unsafe { (*io)[1] = until };
-        }
+    // Until the refusing bucket's next token, and at most to the next report second; 0
+    // (nothing cached) for a rule that answers with RSTs. Written on every refusal: the
+    // caller reads it after each one.
+    let until = if rule.flags & RULE_RESET == 0 {
+        refusal.retry_ns.min(
+            state
+                .last_report_ns
+                .saturating_add(shield_common::bucket::NS_PER_SEC),
+        )
+    } else {
+        0
+    };
+    if let Some(p) = SHIELD_REFUSED_UNTIL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot from a successful lookup; this run's alone.
+        unsafe { *p = until };
     }
     reason
 }

@@ -39,7 +39,7 @@ use shield_common::{
     MAX_BANS, MAX_LIST_PREFIXES, MAX_VERIFIED, PORT_INDEX_ICMP, PORT_TABLE_LEN, PROTO_SLOT_TCP,
     PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS,
     RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_RESET, RULE_SLOTS, RULE_STAT_SLOTS, Reason,
-    RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS,
+    RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS, VFILTER_WORDS,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
     counter_index,
     judge::{Outcome, escalate_claimed, needs_state, report_due, still_verified, verified_key},
@@ -255,17 +255,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     }
 
     let reason = if needs_state(rule, pkt.conn_attempt) {
-        match refused::lookup(&key, cfg.generation, pkt.conn_attempt, now) {
-            refused::Cached::Refused(reason) => reason,
-            refused::Cached::Judge(pending) => {
-                let reason = judge(half, &key, pkt.conn_attempt, now, seed, pending);
-                let until = judged_until();
-                if reason.is_drop() && until > now {
-                    refused::note(&key, cfg.generation, pkt.conn_attempt, reason, until);
-                }
-                reason
-            }
-        }
+        judge(half, &key, pkt.conn_attempt, now, seed)
     } else {
         Reason::Pass
     };

@@ -67,6 +67,10 @@ pub(crate) static SHIELD_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_CEL
 pub(crate) static SHIELD_VERIFIED: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(MAX_VERIFIED, 0);
 
+/// The verified set's filter: a bit per key hash (`shield_common::vfilter_bit`).
+#[map]
+pub(crate) static SHIELD_VFILTER: Array<u64> = Array::with_max_entries(VFILTER_WORDS, 0);
+
 /// `unverified` budget per rule: its GCRA TAT.
 #[map]
 pub(crate) static SHIELD_BUDGET: Array<u64> = Array::with_max_entries(RULE_SLOTS, 0);

@@ -45,8 +45,7 @@ pub(crate) enum Cached {
     Judge(u32),
 }
 
-/// Not inlined: its own (small) stack frame, not the program's.
-#[inline(never)]
+#[inline(always)]
 pub(crate) fn lookup(key: &SourceKey, generation: u32, conn_attempt: bool, now: u64) -> Cached {
     let w = words(key);
     let Some(e) = SHIELD_REFUSED.get_ptr_mut(slot(&w)) else {
@@ -73,7 +72,7 @@ pub(crate) fn lookup(key: &SourceKey, generation: u32, conn_attempt: bool, now: 
 
 /// Notes a refusal of `key` (see the module's text); an entry of another source with
 /// refusals pending hands them to that source's state first. Not inlined: its own
-/// stack frame, not `decide`'s.
+/// stack frame.
 #[inline(never)]
 pub(crate) fn note(
     key: &SourceKey,

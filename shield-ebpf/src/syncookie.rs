@@ -516,6 +516,7 @@ pub extern "C" fn shield_check_ack(raw: *mut xdp_md, at: u32, now: u64, ttl: u64
     if SHIELD_VERIFIED.insert(vkey, now, 0).is_err() {
         diag(DIAG_VERIFIED_INSERT_FAILED);
     } else {
+        vfilter_set(&vkey);
         diag(DIAG_VERIFICATIONS);
     }
     1

@@ -86,8 +86,36 @@ pub(crate) fn count_in(c: &Cells, shift: u8) {
     }
 }
 
+/// Whether `vkey` may be in the verified set (its filter bit is set).
+#[inline(always)]
+fn vfilter_has(vkey: &SourceKey) -> bool {
+    let (word, mask) = shield_common::vfilter_bit(vkey);
+    match SHIELD_VFILTER.get(word) {
+        Some(w) => *w & mask != 0,
+        None => true,
+    }
+}
+
+/// Sets `vkey`'s filter bit (a read first: a set bit leaves the shared line clean).
+#[inline(always)]
+pub(crate) fn vfilter_set(vkey: &SourceKey) {
+    let (word, mask) = shield_common::vfilter_bit(vkey);
+    if let Some(w) = SHIELD_VFILTER.get_ptr_mut(word) {
+        // SAFETY: an array slot from a successful lookup, 8-byte aligned; other CPUs may
+        // set other bits of it at the same time, hence the atomic OR.
+        unsafe {
+            if *w & mask == 0 {
+                core::intrinsics::atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w, mask);
+            }
+        }
+    }
+}
+
 #[inline(always)]
 pub(crate) fn is_verified(vkey: &SourceKey, now: u64, ttl: u64) -> bool {
+    if !vfilter_has(vkey) {
+        return false;
+    }
     match SHIELD_VERIFIED.get_ptr(vkey) {
         // SAFETY: pointer from a successful lookup, valid during this run (RCU).
         Some(t) => still_verified(unsafe { *t }, now, ttl),
@@ -126,12 +154,15 @@ pub(crate) fn prove(ctx: &XdpContext, pkt: &Packet, vkey: &SourceKey, now: u64) 
             // SAFETY: as above.
             unsafe { *t = now };
         }
+        // (A filter rebuild may have missed a key that entered the set meanwhile.)
+        vfilter_set(vkey);
         return;
     }
     if established(ctx, pkt) {
         if SHIELD_VERIFIED.insert(vkey, now, 0).is_err() {
             diag(DIAG_VERIFIED_INSERT_FAILED);
         } else {
+            vfilter_set(vkey);
             diag(DIAG_VERIFICATIONS);
         }
     }

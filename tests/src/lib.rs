@@ -355,6 +355,7 @@ impl Harness {
         let mut set: aya::maps::HashMap<_, shield_common::SourceKey, u64> =
             aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("verified set");
         set.insert(key, now, 0).expect("verifying a source");
+        shield_user::loader::vfilter_add(&dir, &key).expect("the verified set's filter");
     }
 
     /// Runs the shield program once on `frame`; returns the XDP action.

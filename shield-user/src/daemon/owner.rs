@@ -17,7 +17,7 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     InstallDone, Instance, app, control, events, http, ids_of, install_all, reloaded,
@@ -114,7 +114,12 @@ struct Owner {
     app_counters: Arc<crate::app::AppCounters>,
     /// App bans that came while a reload held the maps.
     app_bans: Vec<crate::app::AppBan>,
+    /// When the verified set's filters were last rebuilt (`VFILTER_REBUILD`).
+    vfilter_at: Instant,
 }
+
+/// How often the filters in front of the verified sets are rebuilt from the sets.
+const VFILTER_REBUILD: Duration = Duration::from_secs(300);
 
 /// Runs the daemon until SIGTERM/SIGINT, then detaches cleanly.
 pub(super) async fn serve(
@@ -232,6 +237,7 @@ pub(super) async fn serve(
         app_unban,
         app_counters,
         app_bans: Vec::new(),
+        vfilter_at: Instant::now(),
     };
     owner.restore_state(&restore);
     // The fleet's bans are in force before this host says it is ready.
@@ -809,6 +815,10 @@ impl Owner {
             self.maybe_save_state();
         }
         let escalates = self.policy.rules.iter().any(|r| r.escalation.is_some());
+        let rebuild = !reloading && self.vfilter_at.elapsed() >= VFILTER_REBUILD;
+        if rebuild {
+            self.vfilter_at = Instant::now();
+        }
         for inst in &mut self.instances {
             if self.lost.contains_key(&inst.iface) {
                 continue;
@@ -833,6 +843,14 @@ impl Owner {
                 .map_or(0, |c| c.clock_offset_ns);
             sweep(inst, &mut self.audit, escalates);
             watch_attacks(inst, &mut self.audit, &mut self.attacks);
+            if rebuild {
+                match crate::loader::vfilter_rebuild(&inst.dir) {
+                    Ok(n) => {
+                        debug!(iface = %inst.iface, "verified-set filter rebuilt: {n} stale bits cleared")
+                    }
+                    Err(e) => warn!(iface = %inst.iface, "verified-set filter: {e}"),
+                }
+            }
         }
     }
 }

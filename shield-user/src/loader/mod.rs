@@ -27,8 +27,10 @@ use shield_common::{
 use crate::policy::CompiledPolicy;
 
 mod detach;
+mod vfilter;
 
 pub use detach::{Detached, detach_pinned};
+pub use vfilter::{vfilter_add, vfilter_rebuild};
 
 /// Where bpffs is normally mounted.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";

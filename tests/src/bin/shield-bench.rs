@@ -269,7 +269,7 @@ fn section1(o: &Opts, report: &mut String) {
     add(
         &mut h,
         "allow-list hit",
-        Pkt::new("198.51.100.7", L4::syn(8080)),
+        Pkt::new("10.20.0.7", L4::syn(8080)),
         false,
     );
     add(
