@@ -126,12 +126,6 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let pkt = unsafe { &*slot };
     let global_monitor = flags & CFG_MONITOR != 0;
     let bans = flags & CFG_BANS != 0;
-    let now = if ctl.clock_frozen != 0 {
-        ctl.clock_offset_ns
-    } else {
-        // SAFETY: the helper takes no arguments and only reads the clock.
-        unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(ctl.clock_offset_ns)
-    };
 
     // O(1) rule lookup: one array slot per protocol and port. A packet without a port (a
     // non-first fragment, ESP, GRE, …) has no slot in the table: it belongs to no rule.
@@ -167,6 +161,13 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     if pkt.l4 == L4_HIDDEN {
         return Ok(verdict(0, Reason::HiddenHeader, global_monitor, len));
     }
+    // The clock, read once the lists (which do not need it) are behind.
+    let now = if ctl.clock_frozen != 0 {
+        ctl.clock_offset_ns
+    } else {
+        // SAFETY: the helper takes no arguments and only reads the clock.
+        unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(ctl.clock_offset_ns)
+    };
     // Host-scope bans cover every port, matched or not. A monitor-mode ban exempts
     // nothing: it only turns the pass the normal judgement gives into `would_ban`.
     let mut watched = false;
