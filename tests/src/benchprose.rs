@@ -367,7 +367,10 @@ mod tests {
         assert!(r.contains("1 of 2 measured paths meet"), "{r}");
         assert!(r.contains("budget (0.80× against 0.85×)"), "{r}");
         assert!(!r.contains("over limit ("), "{r}");
-        assert!(r.contains("cookie (not measured: veth refused XDP_TX)"), "{r}");
+        assert!(
+            r.contains("cookie (not measured: veth refused XDP_TX)"),
+            "{r}"
+        );
         let none = paths_reading(&[row("x", None, 1.0, Some("no root"))]);
         assert!(none.contains("No path was measured"), "{none}");
     }

@@ -1683,7 +1683,10 @@ fn section2b(o: &Opts, report: &mut String) {
         report,
         "| path | flood | baseline | shield M/s | baseline M/s | ratio | target | program ns (shield / baseline) |"
     );
-    let _ = writeln!(report, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        report,
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    );
     let mut rows = Vec::new();
     for c in &cases {
         // The rate a case is compared by: handled by the XDP program, or delivered to IP.
@@ -1698,12 +1701,10 @@ fn section2b(o: &Opts, report: &mut String) {
         let (mut shield, mut base, mut ns, mut base_ns) = (vec![], vec![], vec![], vec![]);
         let mut failed = None;
         for _ in 0..rounds {
-            let pair = flood_with(c.baseline, c.mode, c.sources, frames, Legit::None).and_then(
-                |b| {
-                    flood_with(c.filter, c.mode, c.sources, frames, Legit::None)
-                        .map(|s| (s, b))
-                },
-            );
+            let pair =
+                flood_with(c.baseline, c.mode, c.sources, frames, Legit::None).and_then(|b| {
+                    flood_with(c.filter, c.mode, c.sources, frames, Legit::None).map(|s| (s, b))
+                });
             match pair {
                 Ok((s, b)) if rate(&b) > 0.0 => {
                     ratios.push(rate(&s) / rate(&b));
@@ -1814,11 +1815,9 @@ fn main() {
             "--only" => {
                 let list = args.next().unwrap_or_default();
                 o.only = list.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = o
-                    .only
-                    .iter()
-                    .find(|s| !["1", "2", "2b", "3", "3b", "4", "5", "6", "7"].contains(&s.as_str()))
-                {
+                if let Some(bad) = o.only.iter().find(|s| {
+                    !["1", "2", "2b", "3", "3b", "4", "5", "6", "7"].contains(&s.as_str())
+                }) {
                     eprintln!(
                         "shield-bench: --only takes sections 1, 2, 2b, 3, 3b, 4, 5, 6, 7; got {bad:?}"
                     );
