@@ -126,7 +126,7 @@ fn scratch() -> Option<&'static mut Headers> {
 #[inline(always)]
 fn load_headers(raw: *mut xdp_md, l3_off: u32, family: u8, h: &mut Headers) -> Option<u32> {
     let off = l3_off & 0x3f;
-    // SAFETY: the destinations are stack buffers of at least the lengths given.
+    // SAFETY: the destinations are scratch buffers of at least the lengths given.
     unsafe {
         if family == FAMILY_V4 {
             if bpf_xdp_load_bytes(raw, off, h.ip.as_mut_ptr() as *mut _, 20) != 0 {
@@ -167,7 +167,7 @@ fn fold(mut acc: u32) -> u16 {
 }
 
 /// Whether the `n` bytes at packet pointer `p` are inside the frame. A check on `p`
-/// itself: the verifier then knows the range of `p`, and of every pointer it derives.
+/// itself: the verifier then knows the range of `p` (and of pointers a constant away).
 #[inline(always)]
 fn within(p: *const u8, n: usize, data_end: usize) -> bool {
     p as usize + n <= data_end
@@ -475,7 +475,8 @@ fn answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u64) -> Result<(), ()> {
     // longer than the SYN's frame (growing a frame is not possible on every driver):
     // options that do not fit are left out, the timestamp block (and with it SACK and
     // window scaling) first, then the MSS (the client then assumes 536). Written over the
-    // SYN before the frame is trimmed: they lie inside what is kept.
+    // SYN before the frame is trimmed: they lie inside what is kept. The program is not
+    // `xdp.frags`: the frame is all in data..data_end.
     let frame_len = ctx.data_end() - ctx.data();
     let room = frame_len as i64 - th as i64;
     let mut opt = [0u32; 5];
