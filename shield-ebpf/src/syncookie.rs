@@ -25,8 +25,7 @@ use aya_ebpf::{
     helpers::generated::{
         bpf_sk_lookup_tcp, bpf_sk_release, bpf_tcp_raw_check_syncookie_ipv4,
         bpf_tcp_raw_check_syncookie_ipv6, bpf_tcp_raw_gen_syncookie_ipv4,
-        bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
 };
 use shield_common::{RULE_SYNCOOKIE, SYNCOOKIE_WSCALE};
@@ -99,15 +98,14 @@ const OPT_WS: u32 = 1 << 8;
 const OPT_SACK: u32 = 1 << 9;
 const OPT_TS: u32 = 1 << 10;
 
-/// The IP and TCP headers of a handshake segment, copied out of the frame, and the reply's.
+/// The IP and TCP headers of a handshake segment, copied out of the frame (the ACK check,
+/// and the SYN options' general parser).
 /// In a per-CPU map slot, not on the stack: the BPF stack of a call chain is 512 bytes.
 #[repr(C)]
 struct Headers {
     ip: [u8; 40],
     /// 64 so that an index masked with 63 is always inside.
     tcp: [u8; 64],
-    reply_ip: [u8; 40],
-    reply_tcp: [u8; 64],
 }
 
 #[map]
@@ -128,7 +126,7 @@ fn scratch() -> Option<&'static mut Headers> {
 #[inline(always)]
 fn load_headers(raw: *mut xdp_md, l3_off: u32, family: u8, h: &mut Headers) -> Option<u32> {
     let off = l3_off & 0x3f;
-    // SAFETY: the destinations are stack buffers of at least the lengths given.
+    // SAFETY: the destinations are scratch buffers of at least the lengths given.
     unsafe {
         if family == FAMILY_V4 {
             if bpf_xdp_load_bytes(raw, off, h.ip.as_mut_ptr() as *mut _, 20) != 0 {
@@ -154,21 +152,13 @@ fn load_headers(raw: *mut xdp_md, l3_off: u32, family: u8, h: &mut Headers) -> O
     }
 }
 
-/// One's-complement sum of big-endian 16-bit words of `b[start..start + 2 * words]`.
+/// The ones' complement sum (RFC 1071) of a big-endian 32-bit word's two halves.
 #[inline(always)]
-fn sum16<const N: usize>(b: &[u8; N], start: usize, words: usize, mut acc: u32) -> u32 {
-    for i in 0..N / 2 {
-        if i >= words {
-            break;
-        }
-        let at = start + 2 * i;
-        if at + 1 < N {
-            acc += u32::from(b[at]) << 8 | u32::from(b[at + 1]);
-        }
-    }
-    acc
+fn halves(w: u32) -> u32 {
+    (w >> 16) + (w & 0xffff)
 }
 
+/// Folds the carries and complements: the checksum to write.
 #[inline(always)]
 fn fold(mut acc: u32) -> u16 {
     acc = (acc & 0xffff) + (acc >> 16);
@@ -176,44 +166,132 @@ fn fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
-/// Turns the SYN in the frame into a cookie SYN-ACK for XDP_TX: 1 done, 0 not answerable
-/// (the frame may have been changed: it is dropped then). Not inlined: its own stack frame.
-#[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u64) -> i32 {
-    let (l3_off, family) = (at & 0xff, (at >> 8) as u8);
-    let mss = if family == FAMILY_V4 {
-        mss as u16
-    } else {
-        (mss as u16).saturating_sub(20)
-    };
-    let ms = (now / 1_000_000) as u32;
-    let raw = core::hint::black_box(raw);
-    let Some(h) = scratch() else {
-        return 0;
-    };
-    let Some(th) = load_headers(raw, l3_off, family, h) else {
-        return 0;
-    };
-    if h.tcp[13] & HANDSHAKE_FLAGS != TCP_SYN {
-        return 0;
+/// Whether the `n` bytes at packet pointer `p` are inside the frame. A check on `p`
+/// itself: the verifier then knows the range of `p` (and of pointers a constant away).
+#[inline(always)]
+fn within(p: *const u8, n: usize, data_end: usize) -> bool {
+    p as usize + n <= data_end
+}
+
+/// Swaps the `N` bytes at `a` with the `N` at `b` (packet memory) one pair at a time, and
+/// returns the ones' complement sum of both as big-endian 16-bit words (`N` even), not
+/// folded. Volatile: the optimiser must not load every byte first and keep them all
+/// (an IPv6 header's addresses spilled past the 512-byte stack of the call chain).
+///
+/// # Safety
+/// Both ranges are inside the frame.
+#[inline(always)]
+unsafe fn swap_sum<const N: usize>(a: *mut u8, b: *mut u8) -> u32 {
+    let mut s = 0u32;
+    let mut i = 0;
+    while i < N {
+        // SAFETY: the caller's.
+        let (x, y) = unsafe {
+            let (pa, pb) = (a.add(i), b.add(i));
+            let (x, y) = (pa.read_volatile(), pb.read_volatile());
+            pa.write_volatile(y);
+            pb.write_volatile(x);
+            (x, y)
+        };
+        let w = u32::from(x) + u32::from(y);
+        s += if i % 2 == 0 { w << 8 } else { w };
+        i += 1;
     }
+    s
+}
+
+/// Writes `v` big-endian at packet pointer `p` (4 bytes, inside the frame).
+///
+/// # Safety
+/// The 4 bytes at `p` are inside the frame (`within` said so for `p`).
+#[inline(always)]
+unsafe fn put32(p: *mut u8, v: u32) {
+    // SAFETY: the caller's; a byte array (alignment 1).
+    unsafe { (p as *mut [u8; 4]).write_unaligned(v.to_be_bytes()) };
+}
+
+/// The kernel's SYN cookie for the SYN whose IP header is at `ip` and whose TCP header of
+/// `len` (20 or 40) bytes is at `tcp`, read in place (the helper takes packet memory):
+/// negative if there is none.
+///
+/// # Safety
+/// `ip` holds a whole IPv4 (`v4`) or IPv6 header and `tcp` `len` bytes, inside the frame.
+#[inline(always)]
+unsafe fn cookie_in_place(v4: bool, ip: *mut u8, tcp: *mut u8, len: u32) -> i64 {
+    // SAFETY: the caller's.
+    unsafe {
+        if v4 {
+            bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut iphdr, tcp as *mut tcphdr, len)
+        } else {
+            bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, tcp as *mut tcphdr, len)
+        }
+    }
+}
+
+/// Records what the SYN's options hold in the per-CPU slot: the answer reads them back
+/// from there (see `shield_answer_syn`).
+#[inline(always)]
+fn note_options(found: *mut [u32; 3], tsval: u32, bits: u32) {
+    // SAFETY: per-CPU slot from a successful lookup; this program alone writes it.
+    // Volatile: read back, they are numbers the verifier does not tell apart by value.
+    unsafe {
+        core::ptr::addr_of_mut!((*found)[0]).write_volatile(tsval);
+        core::ptr::addr_of_mut!((*found)[1]).write_volatile(bits);
+    }
+}
+
+/// The Linux SYN's 20 option bytes (`tcp_syn_options`: MSS, SACK permitted, timestamps,
+/// NOP, window scale) after the 20-byte header at `tcp`, recognised with a few byte
+/// compares: its window scale and timestamp value, or `None` for any other layout.
+///
+/// # Safety
+/// The 40 bytes at `tcp` are inside the frame.
+#[inline(always)]
+unsafe fn linux_options(tcp: *const u8) -> Option<(u8, u32)> {
+    // SAFETY: the caller's; read one byte at a time.
+    let o = unsafe { &*(tcp.add(20) as *const [u8; 20]) };
+    if o[0] == 2
+        && o[1] == 4
+        && o[4] == 4
+        && o[5] == 2
+        && o[6] == 8
+        && o[7] == 10
+        && o[16] == 1
+        && o[17] == 3
+        && o[18] == 3
+    {
+        Some((o[19], u32::from_be_bytes([o[8], o[9], o[10], o[11]])))
+    } else {
+        None
+    }
+}
+
+/// Any other SYN with options: its headers copied into scratch, the cookie computed there,
+/// the options walked by a bounded loop (written to `found`). The cookie (negative: none).
+#[inline(always)]
+fn general_options(raw: *mut xdp_md, l3: u32, family: u8, found: *mut [u32; 3]) -> i64 {
+    let Some(h) = scratch() else {
+        return -1;
+    };
+    let Some(th) = load_headers(raw, l3, family, h) else {
+        return -1;
+    };
     let th_len = u32::from(h.tcp[12] >> 4) * 4;
     if th_len < 20 {
-        return 0;
+        return -1;
     }
     // Opaque to the optimiser, so that the checks the verifier needs stay in the code.
     let opt_len = core::hint::black_box(th_len - 20);
     if opt_len != 0 {
         if opt_len > 40 {
-            return 0;
+            return -1;
         }
         // SAFETY: 20 + opt_len <= 60 bytes of the 64-byte buffer.
         if unsafe {
             bpf_xdp_load_bytes(raw, th + 20, h.tcp.as_mut_ptr().add(20) as *mut _, opt_len)
         } != 0
         {
-            return 0;
+            return -1;
         }
     }
     let th_len = 20 + opt_len;
@@ -235,16 +313,11 @@ pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u6
         }
     };
     if cookie < 0 {
-        return 0;
+        return -1;
     }
-    let cookie = cookie as u32;
-
     // The client's options: window scale, SACK permitted, timestamp value. The loop writes
     // what it finds to a map slot rather than to locals: the verifier then does not follow
     // every combination of options through every later branch.
-    let Some(found) = SHIELD_SYN_OPTS.get_ptr_mut(0) else {
-        return 0;
-    };
     // SAFETY: per-CPU slot from a successful lookup; this program alone writes it.
     unsafe { found.write_volatile([0, 0, 20]) };
     // The offset lives in the map slot too: read back, it is a number the verifier does
@@ -294,7 +367,100 @@ pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u6
         // SAFETY: as above.
         unsafe { at.write_volatile((i + l) as u32) };
     }
-    // SAFETY: as above.
+    cookie
+}
+
+/// Turns the SYN in the frame into a cookie SYN-ACK for XDP_TX: 1 done, 0 not answerable
+/// (the frame may have been changed: it is dropped then). Not inlined: its own stack frame.
+///
+/// The hot path works on the frame in place (bounds-checked direct access, as the kernel's
+/// `xdp_synproxy` selftest): the cookie helper reads the headers where they are, the reply
+/// is written over them, the checksums are summed from the values written, and the frame
+/// is trimmed only when the reply is shorter than it. A SYN without options and the Linux
+/// SYN's exact option layout are recognised without a loop; any other layout is walked
+/// by the general parser on a copy.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u64) -> i32 {
+    match answer_syn(raw, at, mss, now) {
+        Ok(()) => 1,
+        Err(()) => 0,
+    }
+}
+
+/// `shield_answer_syn`'s body. Every packet pointer is taken once, bounds-checked on
+/// itself, and kept: a pointer recomputed later from `data` would be one whose range
+/// the verifier no longer knows (LLVM drops a check that an earlier one implies).
+#[inline(always)]
+fn answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u64) -> Result<(), ()> {
+    let (l3, family) = ((at & 0x3f) as usize, (at >> 8) as u8);
+    let v4 = family == FAMILY_V4;
+    let mss = if v4 {
+        mss as u16
+    } else {
+        (mss as u16).saturating_sub(20)
+    };
+    let ms = (now / 1_000_000) as u32;
+    // Opaque to the optimiser: it must not split the context into data/data_end values
+    // the verifier cannot follow.
+    let raw = core::hint::black_box(raw);
+    let ctx = XdpContext::new(raw);
+    let found = SHIELD_SYN_OPTS.get_ptr_mut(0).ok_or(())?;
+
+    // The SYN's headers, checked in place: IPv4 without options, not fragmented; IPv6
+    // whose next header is TCP; exactly SYN of the handshake flags.
+    let eth = ptr_at::<EthHdr>(&ctx, 0)? as *mut EthHdr;
+    let (ip, th) = if v4 {
+        let p = ptr_at::<Ipv4Hdr>(&ctx, l3)?;
+        // SAFETY: `ptr_at` checked the 20 bytes; byte fields (alignment 1).
+        let h = unsafe { &*p };
+        if h.version_ihl != 0x45
+            || h.flags_frag_off[0] & 0x3f != 0
+            || h.flags_frag_off[1] != 0
+            || h.protocol != IPPROTO_TCP
+        {
+            return Err(());
+        }
+        (p as *mut u8, l3 + 20)
+    } else {
+        let p = ptr_at::<Ipv6Hdr>(&ctx, l3)?;
+        // SAFETY: as above, 40 bytes.
+        if unsafe { (*p).next_header } != IPPROTO_TCP {
+            return Err(());
+        }
+        (p as *mut u8, l3 + 40)
+    };
+    let tcp = ptr_at::<TcpHdr>(&ctx, th)? as *mut u8;
+    // SAFETY: `ptr_at` checked the 20 bytes; byte fields (alignment 1).
+    let syn = unsafe { &*(tcp as *const TcpHdr) };
+    if syn.flags & HANDSHAKE_FLAGS != TCP_SYN {
+        return Err(());
+    }
+    let data_end = ctx.data_end();
+    let doff = syn.data_offset >> 4;
+    // SAFETY (cookie_in_place, linux_options): the IP header was checked whole above, the
+    // TCP header's 20 bytes too, and the 40 of the second arm by `within`.
+    let cookie = if doff == 5 {
+        note_options(found, 0, 0);
+        unsafe { cookie_in_place(v4, ip, tcp, 20) }
+    } else if doff == 10
+        && within(tcp, 40, data_end)
+        && let Some((ws, tsval)) = unsafe { linux_options(tcp) }
+    {
+        note_options(
+            found,
+            tsval,
+            OPT_WS | OPT_SACK | OPT_TS | u32::from(ws.min(14)),
+        );
+        unsafe { cookie_in_place(v4, ip, tcp, 40) }
+    } else {
+        general_options(raw, l3 as u32, family, found)
+    };
+    if cookie < 0 {
+        return Err(());
+    }
+    let cookie = cookie as u32;
+    // SAFETY: fields of the per-CPU slot looked up above.
     let (tsval, bits) = unsafe {
         (
             core::ptr::addr_of!((*found)[0]).read_volatile(),
@@ -305,27 +471,18 @@ pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u6
     let sack = bits & OPT_SACK != 0;
     let ts = (bits & OPT_TS != 0).then_some(tsval);
 
-    let seq = u32::from_be_bytes([h.tcp[4], h.tcp[5], h.tcp[6], h.tcp[7]]);
-    let (sport, dport) = ([h.tcp[0], h.tcp[1]], [h.tcp[2], h.tcp[3]]);
-    // The reply's TCP header, options as Linux lays them out.
-    h.reply_tcp = [0; 64];
-    let t = &mut h.reply_tcp;
-    t[0..2].copy_from_slice(&dport);
-    t[2..4].copy_from_slice(&sport);
-    t[4..8].copy_from_slice(&cookie.to_be_bytes());
-    t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
-    // Window 0, as SYNPROXY's own SYN-ACK: the client waits for the window SYNPROXY sends
-    // once the local socket has answered.
-    t[13] = TCP_SYN | TCP_ACK;
-    // The reply is never longer than the SYN's frame (growing a frame is not possible on
-    // every driver): options that do not fit are left out, the timestamp block (and with
-    // it SACK and window scaling) first, then the MSS (the client then assumes 536).
-    // SAFETY: reads the frame's length only.
-    let frame_len = unsafe { bpf_xdp_get_buff_len(raw) } as i64;
-    let room = frame_len - i64::from(th);
+    // The reply's options, as Linux lays them out, big-endian words. The reply is never
+    // longer than the SYN's frame (growing a frame is not possible on every driver):
+    // options that do not fit are left out, the timestamp block (and with it SACK and
+    // window scaling) first, then the MSS (the client then assumes 536). Written over the
+    // SYN before the frame is trimmed: they lie inside what is kept. The program is not
+    // `xdp.frags`: the frame is all in data..data_end.
+    let frame_len = ctx.data_end() - ctx.data();
+    let room = frame_len as i64 - th as i64;
+    let mut opt = [0u32; 5];
     let mut tlen = 20usize;
     if room >= 24 {
-        t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+        opt[0] = 0x0204_0000 | u32::from(mss);
         tlen = 24;
     }
     if let (Some(tsval), true) = (ts, room >= 36) {
@@ -334,86 +491,90 @@ pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u6
         if sack {
             ours |= 1 << 4;
         }
-        let lead = if sack { [4, 2] } else { [1, 1] };
-        t[24..26].copy_from_slice(&lead);
-        t[26..28].copy_from_slice(&[8, 10]);
-        t[28..32].copy_from_slice(&ours.to_be_bytes());
-        t[32..36].copy_from_slice(&tsval.to_be_bytes());
+        opt[1] = if sack { 0x0402_080a } else { 0x0101_080a };
+        opt[2] = ours;
+        opt[3] = tsval;
         tlen = 36;
         if ws.is_some() {
-            t[36..40].copy_from_slice(&[1, 3, 3, SYNCOOKIE_WSCALE]);
+            opt[4] = 0x0103_0300 | u32::from(SYNCOOKIE_WSCALE);
             tlen = 40;
         }
     }
-    t[12] = ((tlen / 4) as u8) << 4;
 
-    // The reply's IP header, addresses swapped; the pseudo-header sum for TCP.
-    h.reply_ip = [0; 40];
-    let ip = &mut h.reply_ip;
-    let ip_len: u32;
-    let pseudo;
-    if family == FAMILY_V4 {
-        ip_len = 20;
+    // SAFETY (the writes below): through the pointers checked above, over the bytes they
+    // were checked for (the options' by `within`).
+    // MACs, addresses and ports swapped in place; the sums of the addresses and ports.
+    unsafe { swap_sum::<6>(eth as *mut u8, (eth as *mut u8).add(6)) };
+    let pseudo = if v4 {
+        let addrs = unsafe { swap_sum::<4>(ip.add(12), ip.add(16)) };
         let total = (20 + tlen) as u16;
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&total.to_be_bytes());
-        ip[6] = 0x40; // DF
-        ip[8] = 64;
-        ip[9] = 6;
-        let (src, dst) = (
-            [h.ip[12], h.ip[13], h.ip[14], h.ip[15]],
-            [h.ip[16], h.ip[17], h.ip[18], h.ip[19]],
-        );
-        ip[12..16].copy_from_slice(&dst);
-        ip[16..20].copy_from_slice(&src);
-        let c = fold(sum16(ip, 0, 10, 0));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        pseudo = sum16(ip, 12, 4, 6 + tlen as u32);
+        // Version/IHL, total length, DF, TTL 64 and TCP: the words that are not zero.
+        let c = fold(0x4500 + u32::from(total) + 0x4000 + 0x4006 + addrs);
+        let [t0, t1] = total.to_be_bytes();
+        let [c0, c1] = c.to_be_bytes();
+        let head = [0x45, 0, t0, t1, 0, 0, 0x40, 0, 64, IPPROTO_TCP, c0, c1];
+        unsafe { (ip as *mut [u8; 12]).write_unaligned(head) };
+        addrs
     } else {
-        ip_len = 40;
-        ip[0] = 0x60;
-        ip[4..6].copy_from_slice(&(tlen as u16).to_be_bytes());
-        ip[6] = 6;
-        ip[7] = 64;
-        let mut k = 0;
-        while k < 16 {
-            ip[8 + k] = h.ip[24 + k];
-            ip[24 + k] = h.ip[8 + k];
-            k += 1;
-        }
-        pseudo = sum16(ip, 8, 16, 6 + tlen as u32);
-    }
-    let c = fold(sum16(t, 0, tlen / 2, pseudo));
-    t[16..18].copy_from_slice(&c.to_be_bytes());
+        let addrs = unsafe { swap_sum::<16>(ip.add(8), ip.add(24)) };
+        let head = [0x60, 0, 0, 0, 0, tlen as u8, IPPROTO_TCP, 64];
+        unsafe { (ip as *mut [u8; 8]).write_unaligned(head) };
+        addrs
+    };
 
-    let want = i64::from(th) + tlen as i64;
-    // SAFETY: the buffers hold the lengths given; the frame is resized before the writes,
-    // each of which the helper bounds-checks against the frame.
+    // The reply's TCP header after the ports. Window 0, as SYNPROXY's own SYN-ACK: the
+    // client waits for the window SYNPROXY sends once the local socket has answered.
+    let ports = unsafe { swap_sum::<2>(tcp, tcp.add(2)) };
+    let seq = unsafe { (tcp.add(4) as *const [u8; 4]).read_unaligned() };
+    let ack = u32::from_be_bytes(seq).wrapping_add(1);
+    let doff_flags = ((tlen as u32 / 4) << 12) | u32::from(TCP_SYN | TCP_ACK);
+    let mut acc = pseudo
+        + u32::from(IPPROTO_TCP)
+        + tlen as u32
+        + ports
+        + halves(cookie)
+        + halves(ack)
+        + doff_flags;
+    for w in opt {
+        acc += halves(w);
+    }
     unsafe {
-        let mut macs = [0u8; 12];
-        if bpf_xdp_load_bytes(raw, 0, macs.as_mut_ptr() as *mut _, 12) != 0 {
-            return 0;
+        put32(tcp.add(4), cookie);
+        put32(tcp.add(8), ack);
+        put32(tcp.add(12), doff_flags << 16);
+        put32(tcp.add(16), u32::from(fold(acc)) << 16);
+    }
+    if tlen >= 24 {
+        if !within(tcp, 24, data_end) {
+            return Err(());
         }
-        let mut swapped = [0u8; 12];
-        swapped[0..6].copy_from_slice(&macs[6..12]);
-        swapped[6..12].copy_from_slice(&macs[0..6]);
-        if bpf_xdp_adjust_tail(raw, (want - frame_len) as i32) != 0 {
-            return 0;
+        unsafe { put32(tcp.add(20), opt[0]) };
+    }
+    if tlen >= 36 {
+        if !within(tcp, 36, data_end) {
+            return Err(());
         }
-        if bpf_xdp_store_bytes(raw, 0, swapped.as_mut_ptr() as *mut _, 12) != 0
-            || bpf_xdp_store_bytes(raw, l3_off & 0x3f, ip.as_mut_ptr() as *mut _, ip_len) != 0
-        {
-            return 0;
-        }
-        let tl = core::hint::black_box(tlen as u32);
-        if tl > 40 {
-            return 0;
-        }
-        if tl < 20 || bpf_xdp_store_bytes(raw, th, t.as_mut_ptr() as *mut _, tl) != 0 {
-            return 0;
+        unsafe {
+            put32(tcp.add(24), opt[1]);
+            put32(tcp.add(28), opt[2]);
+            put32(tcp.add(32), opt[3]);
         }
     }
-    1
+    if tlen == 40 {
+        if !within(tcp, 40, data_end) {
+            return Err(());
+        }
+        unsafe { put32(tcp.add(36), opt[4]) };
+    }
+    let want = th + tlen;
+    if want != frame_len {
+        // SAFETY: the helper checks the context and the delta itself; no packet pointer
+        // is used after it.
+        if unsafe { bpf_xdp_adjust_tail(raw, want as i32 - frame_len as i32) } != 0 {
+            return Err(());
+        }
+    }
+    Ok(())
 }
 
 /// A bare ACK (no SYN, RST, FIN, no data) from a source that is not verified, that no

@@ -314,3 +314,149 @@ fn what_the_cookie_path_does_not_answer_is_dropped_as_before() {
     assert_eq!(count(&h, Reason::WouldDrop), 1);
     assert_eq!(count(&h, Reason::SynCookie), 0);
 }
+
+/// The reply options an IPv4 SYN with timestamps gets: MSS 1400, SACK-permitted or two
+/// NOPs, the timestamps (ours carrying `low_bits`, the client's echoed), window scale 7
+/// if `wscale`.
+fn check_ts_options(got: &[u8], sack: bool, low_bits: u32, tsval: u32, wscale: bool) {
+    check_ts_options_mss(got, 1400, sack, low_bits, tsval, wscale);
+}
+
+/// `check_ts_options` with the MSS given (IPv6: the policy's less 20).
+fn check_ts_options_mss(got: &[u8], mss: u16, sack: bool, low_bits: u32, tsval: u32, wscale: bool) {
+    let [m0, m1] = mss.to_be_bytes();
+    assert_eq!(&got[0..4], &[2, 4, m0, m1], "MSS: {got:?}");
+    let lead: [u8; 2] = if sack { [4, 2] } else { [1, 1] };
+    assert_eq!(&got[4..6], &lead, "SACK-permitted or NOPs: {got:?}");
+    assert_eq!(&got[6..8], &[8, 10], "timestamps: {got:?}");
+    let ours = u32::from_be_bytes(got[8..12].try_into().expect("4"));
+    assert_eq!(
+        ours & 0x3f,
+        low_bits,
+        "the timestamp's low bits: window scale and SACK"
+    );
+    assert_eq!(
+        u32::from_be_bytes(got[12..16].try_into().expect("4")),
+        tsval,
+        "echoes the client's timestamp"
+    );
+    if wscale {
+        assert_eq!(&got[16..], &[1, 3, 3, 7], "window scale: {got:?}");
+    } else {
+        assert_eq!(got.len(), 16, "no window scale: {got:?}");
+    }
+}
+
+/// Answers `frame` (over the budget) and checks the SYN-ACK; its ACK (the cookie + 1)
+/// must pass: the cookie is the kernel's for this SYN.
+fn answer(h: &Harness, frame: &[u8], client: IpAddr, seq: u32) -> (SynAck, usize) {
+    let (action, out) = h.run_out(frame);
+    assert_eq!(action, XDP_TX, "over the budget: answered from XDP");
+    let sa = check_syn_ack(&out, client, seq);
+    let good = tcp_frame(client, 0x10, sa.ack, sa.seq.wrapping_add(1), &[]);
+    assert_eq!(h.run(&good), XDP_PASS, "the ACK to this SYN-ACK's cookie");
+    (sa, out.len())
+}
+
+#[test]
+fn option_layouts_other_than_linux_get_the_options_they_asked_for() {
+    let h = Harness::new(POLICY);
+    assert_eq!(
+        h.run(&tcp_frame(
+            "192.0.2.70".parse().expect("ip"),
+            0x02,
+            1,
+            0,
+            &[]
+        )),
+        XDP_PASS
+    );
+    let ts: u32 = 0x0a0b_0c0d;
+    let t = ts.to_be_bytes();
+    // Windows: MSS, NOP, window scale 8, NOP, NOP, SACK-permitted; no timestamps, so only
+    // the MSS, and the frame trimmed to it (12 option bytes in, 4 out).
+    let c: IpAddr = "192.0.2.71".parse().expect("ip");
+    let windows = [2, 4, 5, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2];
+    let (sa, len) = answer(&h, &tcp_frame(c, 0x02, 11, 0, &windows), c, 11);
+    assert_eq!(sa.options, vec![2, 4, 0x05, 0x78]);
+    assert_eq!(len, 14 + 20 + 24, "trimmed to the reply");
+    // Linux with SACK off: the Linux option length, another layout (NOPs where SACK was).
+    let c: IpAddr = "192.0.2.72".parse().expect("ip");
+    let mut no_sack = vec![2, 4, 5, 0xb4, 1, 1, 8, 10];
+    no_sack.extend_from_slice(&t);
+    no_sack.extend_from_slice(&[0, 0, 0, 0, 1, 3, 3, 7]);
+    let (sa, len) = answer(&h, &tcp_frame(c, 0x02, 12, 0, &no_sack), c, 12);
+    check_ts_options(&sa.options, false, 7, ts, true);
+    assert_eq!(len, 14 + 20 + 40);
+    // macOS: MSS, NOP, window scale 6, NOP, NOP, timestamps, SACK-permitted, EOL (24
+    // bytes); the reply keeps Linux's order in 20.
+    let c: IpAddr = "192.0.2.73".parse().expect("ip");
+    let mut mac = vec![2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10];
+    mac.extend_from_slice(&t);
+    mac.extend_from_slice(&[0, 0, 0, 0, 4, 2, 0, 0]);
+    let (sa, len) = answer(&h, &tcp_frame(c, 0x02, 13, 0, &mac), c, 13);
+    check_ts_options(&sa.options, true, 6 | 1 << 4, ts, true);
+    assert_eq!(len, 14 + 20 + 40, "trimmed from 44 option bytes to 40");
+    // Timestamps and SACK without window scaling: 0xf in the low bits, no window scale
+    // option, the SYN's own length (16 option bytes in, 16 out).
+    let c: IpAddr = "192.0.2.74".parse().expect("ip");
+    let mut no_ws = vec![2, 4, 5, 0xb4, 4, 2, 8, 10];
+    no_ws.extend_from_slice(&t);
+    no_ws.extend_from_slice(&[0, 0, 0, 0]);
+    let (sa, len) = answer(&h, &tcp_frame(c, 0x02, 14, 0, &no_ws), c, 14);
+    check_ts_options(&sa.options, true, 0xf | 1 << 4, ts, false);
+    assert_eq!(len, 14 + 20 + 36);
+    // The Linux layout itself (recognised without the options loop) with a window scale
+    // above RFC 7323's 14: clamped to 14, as the loop does.
+    let c: IpAddr = "192.0.2.75".parse().expect("ip");
+    let mut big_ws = linux_options(ts);
+    big_ws[19] = 15;
+    let (sa, _) = answer(&h, &tcp_frame(c, 0x02, 15, 0, &big_ws), c, 15);
+    check_ts_options(&sa.options, true, 14 | 1 << 4, ts, true);
+    assert_eq!(count(&h, Reason::SynCookie), 5);
+}
+
+#[test]
+fn frames_longer_than_the_syn_are_trimmed_to_the_reply_and_vlan_tags_kept() {
+    let h = Harness::new(POLICY);
+    assert_eq!(
+        h.run(&tcp_frame(
+            "192.0.2.80".parse().expect("ip"),
+            0x02,
+            1,
+            0,
+            &[]
+        )),
+        XDP_PASS
+    );
+    // A SYN without options padded to Ethernet's 60 bytes: the padding leaves room for
+    // the MSS option, and the frame ends with the reply (58 bytes).
+    let c: IpAddr = "192.0.2.81".parse().expect("ip");
+    let mut padded = tcp_frame(c, 0x02, 21, 0, &[]);
+    padded.resize(60, 0);
+    let (sa, len) = answer(&h, &padded, c, 21);
+    assert_eq!(sa.options, vec![2, 4, 0x05, 0x78]);
+    assert_eq!(len, 58);
+    // The Linux layout with 8 bytes of trailing padding: the same 40 option bytes, the
+    // padding cut off.
+    let c: IpAddr = "192.0.2.82".parse().expect("ip");
+    let mut linux_padded = tcp_frame(c, 0x02, 22, 0, &linux_options(9));
+    linux_padded.extend_from_slice(&[0; 8]);
+    let (sa, len) = answer(&h, &linux_padded, c, 22);
+    check_ts_options(&sa.options, true, 7 | 1 << 4, 9, true);
+    assert_eq!(len, 14 + 20 + 40);
+    // IPv6 behind an 802.1Q tag (the IP header at 18): answered, the tag kept as it was.
+    let c: IpAddr = "2001:db8:83::1".parse().expect("ip");
+    let mut tagged = tcp_frame(c, 0x02, 23, 0, &linux_options(10));
+    let tag = [0x81, 0x00, 0x00, 0x64];
+    tagged.splice(12..12, tag);
+    let (action, out) = h.run_out(&tagged);
+    assert_eq!(action, XDP_TX, "a tagged SYN over the budget: answered");
+    assert_eq!(&out[12..16], &tag, "the VLAN tag kept");
+    let mut untagged = out.clone();
+    untagged.drain(12..16);
+    let sa = check_syn_ack(&untagged, c, 23);
+    check_ts_options_mss(&sa.options, 1380, true, 7 | 1 << 4, 10, true);
+    assert_eq!(out.len(), 18 + 40 + 40, "the SYN's own length");
+    assert_eq!(count(&h, Reason::SynCookie), 3);
+}
