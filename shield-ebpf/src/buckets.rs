@@ -12,9 +12,11 @@ pub(crate) fn judge(half: u32, key: &SourceKey, conn_attempt: bool, now: u64, se
         | u64::from(key.prefix_len) << 24
         | u64::from(half & 1) << 32
         | u64::from(conn_attempt) << 33;
-    let a = key.addr;
-    let lo = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-    let hi = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    // SAFETY: `SourceKey` is 20 bytes of plain data, 4-byte aligned: the address is its
+    // words 1-4.
+    let w = unsafe { core::ptr::read(key as *const SourceKey as *const [u32; 5]) };
+    let lo = u64::from(w[1]) | u64::from(w[2]) << 32;
+    let hi = u64::from(w[3]) | u64::from(w[4]) << 32;
     // Only these three come back from `judge_source`.
     let code = shield_judge(at, lo, hi, now, seed);
     if code == Reason::ConnLimit as u32 {
@@ -47,17 +49,19 @@ pub extern "C" fn shield_judge(at: u64, lo: u64, hi: u64, now: u64, seed: u64) -
     let Some(slot) = SHIELD_JUDGE_KEY.get_ptr_mut(0) else {
         return Reason::Pass as u32;
     };
-    let (l, h) = (lo.to_ne_bytes(), hi.to_ne_bytes());
-    // SAFETY: per-CPU slot from a successful lookup; nothing else uses it during this run.
-    let key = unsafe { &mut *slot };
-    *key = SourceKey {
-        rule: rule_id as u16,
-        family: (at >> 16) as u8,
-        prefix_len: (at >> 24) as u8,
-        addr: [
-            l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], h[0], h[1], h[2], h[3], h[4], h[5],
-            h[6], h[7],
-        ],
+    // In words: `at`'s low 32 bits are the key's first word (rule, family, prefix length,
+    // little-endian), `lo`/`hi` its address.
+    // SAFETY: per-CPU slot from a successful lookup, nothing else uses it during this run;
+    // `SourceKey` is 20 bytes of plain data, 4-byte aligned.
+    let key = unsafe {
+        (slot as *mut [u32; 5]).write([
+            at as u32,
+            lo as u32,
+            (lo >> 32) as u32,
+            hi as u32,
+            (hi >> 32) as u32,
+        ]);
+        &*slot
     };
     let conn_attempt = (at >> 33) & 1 != 0;
     // A source refused a moment ago is refused again without its state (refused.rs).

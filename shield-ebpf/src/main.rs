@@ -40,7 +40,7 @@ use shield_common::{
     PROTO_SLOT_UDP, RS_PROMOTED, RS_UNTRACKED, RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS,
     RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_RESET, RULE_SLOTS, RULE_STAT_SLOTS, Reason,
     RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS, VFILTER_WORDS,
-    addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
+    addr::{FAMILY_V4, FAMILY_V6},
     counter_index,
     judge::{Outcome, escalate_claimed, needs_state, report_due, still_verified, verified_key},
     port_index, rule_stat_index,
@@ -208,7 +208,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         rule: rule_id as u16,
         family: pkt.family,
         prefix_len: prefix,
-        addr: mask_prefix(pkt.src, prefix),
+        addr: masked(&pkt.src, prefix),
     };
     if bans && let Some(ban) = SHIELD_RBANS.get_ptr(key) {
         // SAFETY: pointer from a successful lookup, valid during this run (RCU).
@@ -236,7 +236,18 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let mut charge = false;
     let proves = rule.unverified.interval_ns != 0 || rule.flags & RULE_RESET != 0;
     if proves && pkt.l4 == L4_TCP {
-        let vkey = verified_key(pkt.family, pkt.src);
+        // `verified_key`, masked in words.
+        let vprefix = if pkt.family == FAMILY_V4 {
+            shield_common::VERIFIED_V4_PREFIX
+        } else {
+            shield_common::VERIFIED_V6_PREFIX
+        };
+        let vkey = SourceKey {
+            rule: 0,
+            family: pkt.family,
+            prefix_len: vprefix,
+            addr: masked(&pkt.src, vprefix),
+        };
         if pkt.conn_attempt && rule.unverified.interval_ns != 0 {
             if is_verified(&vkey, now, verified_ttl) {
                 rule_stat(rule_id, RS_VERIFIED_CONNS);
@@ -285,6 +296,31 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // The rule's flag holds its effective mode (its own `mode`, else the global one), so
     // that a rule can be enforced while the rest of the policy is still monitored.
     Ok(verdict(rule_id, reason, monitor, len))
+}
+
+/// `shield_common::addr::mask_prefix` in 32-bit words (the packet's address is 8-byte
+/// aligned): the same bytes, a few instructions instead of byte shuffles.
+#[inline(always)]
+fn masked(src: &[u8; 16], prefix: u8) -> [u8; 16] {
+    // SAFETY: `Packet::src` is the first field of an 8-byte aligned struct.
+    let w = unsafe { core::ptr::read(src as *const [u8; 16] as *const [u32; 4]) };
+    let p = u32::from(prefix);
+    let mask = |i: u32| -> u32 {
+        let bits = p.saturating_sub(32 * i).min(32);
+        if bits == 0 {
+            0
+        } else {
+            (u32::MAX << (32 - bits)).to_be()
+        }
+    };
+    let out = [
+        w[0] & mask(0),
+        w[1] & mask(1),
+        w[2] & mask(2),
+        w[3] & mask(3),
+    ];
+    // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(out) }
 }
 
 #[cfg(not(test))]
