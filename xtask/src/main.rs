@@ -46,12 +46,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Benchmarks (root): per-packet cost against a trivial program and xdp-filter, floods,
-    /// memory and control-plane scale, the fuzzer, the application layer and the fleet;
+    /// every path against its ceiling, memory and control-plane scale, the fuzzer, the application layer and the fleet;
     /// writes BENCHMARKS.md. `--quick`: shorter runs.
     Bench {
         #[arg(long)]
         quick: bool,
-        /// Only these sections, comma-separated (1, 2, 3, 3b, 4, 5, 6, 7), into the `--out` file.
+        /// Only these sections, comma-separated (1, 2, 2b, 3, 3b, 4, 5, 6, 7), into the `--out` file.
         #[arg(long)]
         only: Option<String>,
         /// Report file (default BENCHMARKS.md).
