@@ -452,7 +452,8 @@ pub const REFUSED_SLOTS: u32 = 1024;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Refused {
     pub key: SourceKey,
-    /// `GlobalConfig::generation` of the policy the refusal was judged under.
+    /// The policy generation the refusal was judged under, its low 30 bits (shield-ebpf's
+    /// `refused::tag`).
     pub generation: u32,
     /// The refusal holds while the clock is before this.
     pub until_ns: u64,

@@ -6,12 +6,20 @@ use crate::*;
 /// `judge_source` for the program: the source key in scalars, as a global BPF function
 /// takes them (see `shield_judge`); `half` is the active half the rule was read from.
 #[inline(always)]
-pub(crate) fn judge(half: u32, key: &SourceKey, conn_attempt: bool, now: u64, seed: u64) -> Reason {
+pub(crate) fn judge(
+    half: u32,
+    generation: u32,
+    key: &SourceKey,
+    conn_attempt: bool,
+    now: u64,
+    seed: u64,
+) -> Reason {
     let at = u64::from(key.rule)
         | u64::from(key.family) << 16
         | u64::from(key.prefix_len) << 24
         | u64::from(half & 1) << 32
-        | u64::from(conn_attempt) << 33;
+        | u64::from(conn_attempt) << 33
+        | u64::from(refused::tag(generation)) << 34;
     // SAFETY: `SourceKey` is 20 bytes of plain data, 4-byte aligned: the address is its
     // words 1-4.
     let w = unsafe { core::ptr::read(key as *const SourceKey as *const [u32; 5]) };
@@ -34,7 +42,8 @@ pub(crate) fn judge(half: u32, key: &SourceKey, conn_attempt: bool, now: u64, se
 /// 320,000 verifier instructions once SYN cookies and resets were both in). A global
 /// function takes scalars only (at most five): `at` holds the key's rule (bits 0-15),
 /// family (16-23) and prefix length (24-31), the active half (bit 32) and whether this is a
-/// connection attempt (bit 33); `lo`/`hi` the masked address's bytes 0-7 and 8-15. The
+/// connection attempt (bit 33), the policy generation's refusal-cache tag (bits 34-63);
+/// `lo`/`hi` the masked address's bytes 0-7 and 8-15. The
 /// rule is read again from the same half; the key is rebuilt in a per-CPU slot. A source
 /// the refusal cache holds is refused from it (refused.rs); a refusal judged here is noted
 /// in it. Returns the `Reason`'s code.
@@ -43,38 +52,39 @@ pub(crate) fn judge(half: u32, key: &SourceKey, conn_attempt: bool, now: u64, se
 pub extern "C" fn shield_judge(at: u64, lo: u64, hi: u64, now: u64, seed: u64) -> u32 {
     let rule_id = (at & 0xffff) as u32;
     let half = ((at >> 32) & 1) as u32;
+    let conn_attempt = (at >> 33) & 1 != 0;
+    let tag = (at >> 34) as u32;
+    // In words: `at`'s low 32 bits are the key's first word (rule, family, prefix length,
+    // little-endian), `lo`/`hi` its address.
+    let w = [
+        at as u32,
+        lo as u32,
+        (lo >> 32) as u32,
+        hi as u32,
+        (hi >> 32) as u32,
+    ];
+    // A source refused a moment ago is refused again without its state (refused.rs).
+    let pending = match refused::lookup(&w, tag, conn_attempt, now) {
+        refused::Cached::Refused(reason) => return reason as u32,
+        refused::Cached::Judge(pending) => pending,
+    };
     let Some(rule) = SHIELD_RULES.get(half * RULE_SLOTS + rule_id) else {
         return Reason::Pass as u32;
     };
     let Some(slot) = SHIELD_JUDGE_KEY.get_ptr_mut(0) else {
         return Reason::Pass as u32;
     };
-    // In words: `at`'s low 32 bits are the key's first word (rule, family, prefix length,
-    // little-endian), `lo`/`hi` its address.
     // SAFETY: per-CPU slot from a successful lookup, nothing else uses it during this run;
     // `SourceKey` is 20 bytes of plain data, 4-byte aligned.
     let key = unsafe {
-        (slot as *mut [u32; 5]).write([
-            at as u32,
-            lo as u32,
-            (lo >> 32) as u32,
-            hi as u32,
-            (hi >> 32) as u32,
-        ]);
+        (slot as *mut [u32; 5]).write(w);
         &*slot
-    };
-    let conn_attempt = (at >> 33) & 1 != 0;
-    // A source refused a moment ago is refused again without its state (refused.rs).
-    let generation = SHIELD_CONFIG.get(half).map_or(0, |c| c.generation);
-    let pending = match refused::lookup(key, generation, conn_attempt, now) {
-        refused::Cached::Refused(reason) => return reason as u32,
-        refused::Cached::Judge(pending) => pending,
     };
     let reason = judge_source(rule, key, conn_attempt, now, seed, pending);
     if reason.is_drop() {
         let until = judged_until();
         if until > now {
-            refused::note(key, generation, conn_attempt, reason, until);
+            refused::note(key, tag, conn_attempt, reason, until);
         }
     }
     reason as u32

@@ -267,7 +267,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     }
 
     let reason = if needs_state(rule, pkt.conn_attempt) {
-        judge(half, &key, pkt.conn_attempt, now, seed)
+        judge(half, cfg.generation, &key, pkt.conn_attempt, now, seed)
     } else {
         Reason::Pass
     };

@@ -45,15 +45,22 @@ pub(crate) enum Cached {
     Judge(u32),
 }
 
+/// A policy generation as the cache tags entries with it: its low 30 bits (they travel in
+/// `shield_judge`'s packed argument; 2^30 reloads apart is the only collision).
 #[inline(always)]
-pub(crate) fn lookup(key: &SourceKey, generation: u32, conn_attempt: bool, now: u64) -> Cached {
-    let w = words(key);
-    let Some(e) = SHIELD_REFUSED.get_ptr_mut(slot(&w)) else {
+pub(crate) fn tag(generation: u32) -> u32 {
+    generation & 0x3fff_ffff
+}
+
+/// `w`: the key's words (see `words`); `tag`: the policy generation's (`tag`).
+#[inline(always)]
+pub(crate) fn lookup(w: &[u32; 5], tag: u32, conn_attempt: bool, now: u64) -> Cached {
+    let Some(e) = SHIELD_REFUSED.get_ptr_mut(slot(w)) else {
         return Cached::Judge(0);
     };
     // SAFETY: per-CPU slot from a successful lookup; nothing else runs on this CPU meanwhile.
     let e = unsafe { &mut *e };
-    if words(&e.key) != w || e.generation != generation {
+    if words(&e.key) != *w || e.generation != tag {
         return Cached::Judge(0);
     }
     if now < e.until_ns && e.conn_attempt == conn_attempt as u8 {
