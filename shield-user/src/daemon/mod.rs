@@ -245,8 +245,14 @@ pub(crate) fn reloaded(
 /// what an earlier (adopted) run set up.
 fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
     for mut inst in instances.into_iter().rev() {
-        if inst.attached != Attached::Adopted && inst.link.is_some() {
-            inst.detach();
+        if inst.attached != Attached::Adopted {
+            if inst.link.is_some() {
+                inst.detach();
+            } else if let Err(e) = crate::synproxy::remove(&inst.iface) {
+                // The policy was installed (and its syncookie table set up) but the
+                // program never attached: nothing answers cookies, so the table goes too.
+                warn!(iface = %inst.iface, "cannot remove the syncookie nftables table: {e}");
+            }
         }
         if inst.attached == Attached::Adopted
             && let Some(prog) = &inst.previous_program
