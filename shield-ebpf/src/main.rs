@@ -147,11 +147,11 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     } else {
         (CFG_ALLOW_V6, CFG_DENY_V6)
     };
-    if flags & allow_flag != 0 && listed(&pkt, list_half, true) {
+    if flags & allow_flag != 0 && listed(pkt, list_half, true) {
         count(rule_id, Reason::Allow, len);
         return Ok(xdp_action::XDP_PASS);
     }
-    if flags & deny_flag != 0 && listed(&pkt, list_half, false) {
+    if flags & deny_flag != 0 && listed(pkt, list_half, false) {
         return Ok(verdict(rule_id, Reason::Deny, global_monitor, len));
     }
     // Like the deny list, follows the global mode.
@@ -172,7 +172,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // nothing: it only turns the pass the normal judgement gives into `would_ban`.
     let mut watched = false;
     if bans {
-        match host_ban(&pkt, now) {
+        match host_ban(pkt, now) {
             BAN_HIT_DROP => {
                 count(rule_id, Reason::Ban, len);
                 return Ok(xdp_action::XDP_DROP);
@@ -212,7 +212,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     };
     if bans && let Some(ban) = SHIELD_RBANS.get_ptr(key) {
         // SAFETY: pointer from a successful lookup, valid during this run (RCU).
-        match ban_hit(unsafe { &*ban }, now, &pkt) {
+        match ban_hit(unsafe { &*ban }, now, pkt) {
             BAN_HIT_DROP => {
                 count(rule_id, Reason::Ban, len);
                 return Ok(xdp_action::XDP_DROP);
@@ -254,13 +254,13 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
             } else if budget_left(rule_id, &rule.unverified, now) {
                 charge = true;
             } else {
-                let action = syncookie::over_budget(ctx, &pkt, rule_id, rule, monitor, len, now);
+                let action = syncookie::over_budget(ctx, pkt, rule_id, rule, monitor, len, now);
                 return Ok(action);
             }
         } else if pkt.tcp_data {
-            prove(ctx, &pkt, &vkey, now);
+            prove(ctx, pkt, &vkey, now);
         } else if let Some(action) =
-            syncookie::bare_ack(ctx, &pkt, rule_id, rule, monitor, now, verified_ttl, len)
+            syncookie::bare_ack(ctx, pkt, rule_id, rule, monitor, now, verified_ttl, len)
         {
             return Ok(action);
         }

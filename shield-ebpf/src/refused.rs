@@ -95,7 +95,10 @@ pub(crate) fn note(
     // SAFETY: as in `lookup`.
     let e = unsafe { &mut *e };
     if e.pending != 0 && words(&e.key) != w {
-        if let Some(state) = SHIELD_SOURCES.get_ptr_mut(&e.key) {
+        // By reference: a copy of the key would go on the stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let state = SHIELD_SOURCES.get_ptr_mut(&e.key);
+        if let Some(state) = state {
             // SAFETY: a map value from a successful lookup; shared by every CPU.
             unsafe {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
