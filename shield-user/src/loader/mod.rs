@@ -30,7 +30,7 @@ mod detach;
 mod vfilter;
 
 pub use detach::{Detached, detach_pinned};
-pub use vfilter::{vfilter_add, vfilter_rebuild};
+pub use vfilter::{vfilter_add, vfilter_adopt, vfilter_rebuild};
 
 /// Where bpffs is normally mounted.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -402,6 +402,10 @@ pub fn load_with_log_level(
     aya::maps::ProgramArray::try_from(tails)
         .and_then(|mut t| t.set(0, &fd, 0))
         .map_err(map_err(shield_common::MAP_TAILS))?;
+    // An adopted verified set: its keys' bits set before the program runs, so that no
+    // source in it is taken for unverified (a set left by a version without the filter,
+    // bits lost to a rebuild racing the data path, a daemon stopped mid-rebuild).
+    vfilter_adopt(pin_dir)?;
     Ok(ebpf)
 }
 

@@ -21,6 +21,34 @@ pub fn vfilter_add(dir: &Path, key: &SourceKey) -> Result<(), LoaderError> {
     f.set(word, old | mask, 0).map_err(map_err(MAP_VFILTER))
 }
 
+/// Sets the bit of every key in the verified set (clearing none): run when the program
+/// is loaded, so that a set adopted from the pins is wholly in its filter before the
+/// program runs (a set left by a version without the filter, or bits lost to a rebuild
+/// racing the data path; a bit the data path sets between this read and write can be lost
+/// the same way, and its next proof sets it again). Returns how many bits it set.
+pub fn vfilter_adopt(dir: &Path) -> Result<u64, LoaderError> {
+    let set: HashMap<MapData, SourceKey, u64> =
+        HashMap::try_from(open_pinned(dir, MAP_VERIFIED)?).map_err(map_err(MAP_VERIFIED))?;
+    let mut want = std::collections::BTreeMap::<u32, u64>::new();
+    for key in set.keys().flatten() {
+        let (word, mask) = vfilter_bit(&key);
+        *want.entry(word).or_insert(0) |= mask;
+    }
+    if want.is_empty() {
+        return Ok(0);
+    }
+    let mut f = filter(dir)?;
+    let mut set_bits = 0u64;
+    for (word, mask) in want {
+        let old = f.get(&word, 0).map_err(map_err(MAP_VFILTER))?;
+        if old & mask != mask {
+            set_bits += u64::from((mask & !old).count_ones());
+            f.set(word, old | mask, 0).map_err(map_err(MAP_VFILTER))?;
+        }
+    }
+    Ok(set_bits)
+}
+
 /// Rewrites the filter from the keys in the verified set: the words that change, only.
 /// Returns how many bits were cleared. A key the data path inserts while this runs may
 /// lose its bit; its next proof (any data segment) sets it again, and until then it is
