@@ -5,8 +5,8 @@
 //! its next token time to the nanosecond, admitted at once by a reload that raises its
 //! limit (also a reload back to the half it was refused under), and never makes another
 //! source refused: not a source of the other class, not an IPv6 source whose address
-//! bytes equal an IPv4 one's, not sources sharing its cache slot. Needs root (fails,
-//! never skips, without it).
+//! bytes equal an IPv4 one's, not sources sharing its cache slot; refusals on two CPUs
+//! are each counted once. Needs root and 2 CPUs (fails, never skips, without them).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -262,4 +262,42 @@ fn sources_sharing_cache_slots_are_judged_by_their_own_limits_and_counted_once()
     for (k, l) in &limited {
         assert_eq!(*l, 4, "{k:?}: four refusals, counted once each");
     }
+}
+
+#[test]
+fn refusals_on_two_cpus_are_counted_once_each() {
+    // Before `harness` pins this thread (the count follows the thread's affinity).
+    let cpus = shield_tests::synflood::cpus();
+    assert!(
+        cpus >= 2,
+        "this test needs 2 CPUs (the cache is per CPU); found {cpus}"
+    );
+    let h = harness();
+    let f = ack("192.0.2.7", 8080);
+    let per_cpu = 2_000;
+    let results: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|cpu| {
+                let (h, f) = (&h, &f);
+                s.spawn(move || {
+                    shield_tests::synflood::pin_to(cpu);
+                    burst(h, f, per_cpu)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect()
+    });
+    let passed: usize = results.iter().map(|r| r.0).sum();
+    let dropped: usize = results.iter().map(|r| r.1).sum();
+    assert_eq!(passed, 5, "burst 5 between both CPUs: {results:?}");
+    assert_eq!(dropped, 2 * per_cpu - 5);
+    assert_eq!(h.count("api", Reason::PktLimit).packets, dropped as u64);
+    assert_eq!(
+        limited(&h, "api", "192.0.2.7/32"),
+        dropped as u64,
+        "limited holds both CPUs' refusals, each once"
+    );
 }
