@@ -30,8 +30,8 @@ pub fn vfilter_adopt(dir: &Path) -> Result<u64, LoaderError> {
     let set: HashMap<MapData, SourceKey, u64> =
         HashMap::try_from(open_pinned(dir, MAP_VERIFIED)?).map_err(map_err(MAP_VERIFIED))?;
     let mut want = std::collections::BTreeMap::<u32, u64>::new();
-    for key in set.keys().flatten() {
-        let (word, mask) = vfilter_bit(&key);
+    for key in set.keys() {
+        let (word, mask) = vfilter_bit(&key.map_err(map_err(MAP_VERIFIED))?);
         *want.entry(word).or_insert(0) |= mask;
     }
     if want.is_empty() {
@@ -57,8 +57,10 @@ pub fn vfilter_rebuild(dir: &Path) -> Result<u64, LoaderError> {
     let set: HashMap<MapData, SourceKey, u64> =
         HashMap::try_from(open_pinned(dir, MAP_VERIFIED)?).map_err(map_err(MAP_VERIFIED))?;
     let mut want = vec![0u64; VFILTER_WORDS as usize];
-    for key in set.keys().flatten() {
-        let (word, mask) = vfilter_bit(&key);
+    // A listing that fails part-way stops the rebuild: the bits of the keys it did not
+    // reach would be cleared, and those sources taken for unverified.
+    for key in set.keys() {
+        let (word, mask) = vfilter_bit(&key.map_err(map_err(MAP_VERIFIED))?);
         want[word as usize] |= mask;
     }
     let mut f = filter(dir)?;
