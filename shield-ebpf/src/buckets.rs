@@ -84,7 +84,8 @@ pub extern "C" fn shield_judge(at: u64, lo: u64, hi: u64, now: u64, seed: u64) -
     if reason.is_drop() {
         let until = judged_until();
         if until > now {
-            refused::note(key, tag, conn_attempt, reason, until);
+            let how = u32::from(conn_attempt) | (reason as u32) << 8;
+            refused::note(key, tag, how, until, now);
         }
     }
     reason as u32

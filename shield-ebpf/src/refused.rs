@@ -77,23 +77,24 @@ pub(crate) fn lookup(w: &[u32; 5], tag: u32, conn_attempt: bool, now: u64) -> Ca
     Cached::Judge(pending)
 }
 
-/// Notes a refusal of `key` (see the module's text); an entry of another source with
-/// refusals pending hands them to that source's state first. Not inlined: its own
-/// stack frame.
+/// Notes a refusal of `key` (see the module's text): `how` is the class (bit 0, a
+/// connection attempt) and the `Reason` code (bits 8-15). An entry of another source that
+/// still holds is left alone; one that lapsed, with refusals pending, hands them to that
+/// source's state first. Not inlined: its own stack frame.
 #[inline(never)]
-pub(crate) fn note(
-    key: &SourceKey,
-    generation: u32,
-    conn_attempt: bool,
-    reason: Reason,
-    until_ns: u64,
-) {
+pub(crate) fn note(key: &SourceKey, generation: u32, how: u32, until_ns: u64, now: u64) {
+    let (conn_attempt, reason) = (how & 1 != 0, (how >> 8) as u8);
     let w = words(key);
     let Some(e) = SHIELD_REFUSED.get_ptr_mut(slot(&w)) else {
         return;
     };
     // SAFETY: as in `lookup`.
     let e = unsafe { &mut *e };
+    // Another source's entry that still holds keeps its slot: more refused sources than
+    // slots, sent in turn, would otherwise take each other's entries before any is hit.
+    if words(&e.key) != w && e.generation == generation && now < e.until_ns {
+        return;
+    }
     if e.pending != 0 && words(&e.key) != w {
         // By reference: a copy of the key would go on the stack.
         #[allow(clippy::needless_borrows_for_generic_args)]
@@ -115,5 +116,5 @@ pub(crate) fn note(
     e.generation = generation;
     e.until_ns = until_ns;
     e.conn_attempt = conn_attempt as u8;
-    e.reason = reason as u8;
+    e.reason = reason;
 }
