@@ -193,7 +193,7 @@ pub fn render(src: &Sources) -> String {
     );
     reg.register(
         "shield_under_attack",
-        "1 while the rule's unverified budget is dropping connection attempts (ends after 10 s without a drop)",
+        "1 while the rule's unverified budget is overrun: connection attempts dropped over it, or answered with SYN cookies (ends after 10 s without either)",
         under_attack,
     );
     reg.register(

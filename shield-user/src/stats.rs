@@ -62,7 +62,7 @@ pub struct UnverifiedStats {
     pub dropped: u64,
     /// Connection attempts from verified sources (never drawn from the budget).
     pub verified_conns: u64,
-    /// The daemon considers the rule under attack (drops within the last 10 s).
+    /// The daemon considers the rule under attack (drops, or cookie answers, within the last 10 s).
     pub under_attack: bool,
     /// When the running attack started (RFC 3339), if one is running.
     pub attack_since: Option<String>,
@@ -318,8 +318,11 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
     })
 }
 
-/// `(rule id, name, unverified_limit packets)` of the rules in force that have an
-/// `unverified` budget: what the daemon's attack tracking reads each second.
+/// `(rule id, name, attempts over the budget)` of the rules in force that have an
+/// `unverified` budget: what the daemon's attack tracking reads each second. Over the budget
+/// means dropped (`unverified_limit`) or, with `challenge = "syncookie"`, answered with a
+/// cookie (`syncookie`): either way the budget is overrun, so a rule with the challenge is
+/// seen under attack too.
 pub fn unverified_drops(
     dir: &Path,
     tables: &crate::loader::PolicyMaps,
@@ -332,10 +335,14 @@ pub fn unverified_drops(
         if !cfg.unverified.is_enabled() {
             continue;
         }
-        let per_cpu = counters
-            .get(&counter_index(id, Reason::UnverifiedLimit), 0)
-            .map_err(err(MAP_COUNTERS))?;
-        out.push((id, rule_name(&cfg), per_cpu.iter().map(|c| c.packets).sum()));
+        let mut over = 0u64;
+        for reason in [Reason::UnverifiedLimit, Reason::SynCookie] {
+            let per_cpu = counters
+                .get(&counter_index(id, reason), 0)
+                .map_err(err(MAP_COUNTERS))?;
+            over = over.wrapping_add(per_cpu.iter().map(|c| c.packets).sum());
+        }
+        out.push((id, rule_name(&cfg), over));
     }
     Ok(out)
 }

@@ -216,6 +216,30 @@ challenge = "syncookie"
         .clone();
     eprintln!("{codes:?}");
     assert!(codes.iter().all(|c| *c == Some(200)), "{codes:?}");
+    // Answering over the budget with cookies is an attack on it as much as dropping: the
+    // daemon's once-a-second tracking reports it (stats, audit), waited for, not slept on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = lab.stats();
+        let rule = s["interfaces"][0]["rules"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "api").cloned())
+            .expect("api");
+        if rule["unverified"]["under_attack"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "19 cookie answers over the budget never put the rule under attack: {rule}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        lab.audit_lines()
+            .iter()
+            .any(|l| l["event"] == "attack_start" && l["rule"] == "api"),
+        "no attack_start in the audit log"
+    );
     // A clean stop removes the table and puts conntrack's setting back.
     lab.daemon().stop().expect("stopping the daemon");
     let table = in_server(&["nft", "list", "table", "inet", "shield_syncookie_shield0"]);

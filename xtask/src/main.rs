@@ -49,12 +49,15 @@ enum Task {
     /// every path against its ceiling, memory and control-plane scale, the fuzzer, the application layer and the fleet;
     /// writes BENCHMARKS.md. `--quick`: shorter runs.
     Bench {
+        /// Shorter runs (fewer frames and rounds; the fuzzer 1,000,000 frames instead of 10,000,000).
         #[arg(long)]
         quick: bool,
-        /// Only these sections, comma-separated (1, 2, 2b, 3, 3b, 4, 5, 6, 7), into the `--out` file.
+        /// Only these sections, comma-separated (1, 2, 2b, 3, 3b, 4, 5, 6, 7). The `--out` file is
+        /// replaced by a report of these sections alone: give `--out` another file to keep
+        /// BENCHMARKS.md whole.
         #[arg(long)]
         only: Option<String>,
-        /// Report file (default BENCHMARKS.md).
+        /// Report file, replaced (section 2 also writes benchmarks-flood.svg beside it).
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: String,
     },

@@ -83,7 +83,10 @@ pub enum Command {
     /// Removes only shield's own pins, by name, from <bpffs>/shield/<IFACE>/ on a bpffs
     /// mount, then the directory if nothing else is in it; anything else is left in place
     /// and named. Also removes the interface's nftables table `inet shield_syncookie_IFACE`
-    /// (kept for `challenge = "syncookie"`), if there is one. A running daemon notices, says
+    /// (kept for `challenge = "syncookie"`), if there is one (and restores
+    /// `net.netfilter.nf_conntrack_tcp_loose` when it was the last); the table is in the
+    /// interface's network namespace, so run `detach` there (`ip netns exec NS shield detach
+    /// IFACE`). A running daemon notices, says
     /// so, and refuses reloads and bans until it is restarted; stop it too (`systemctl stop
     /// shield`).
     Detach(detach::DetachArgs),

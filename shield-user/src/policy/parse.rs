@@ -676,6 +676,14 @@ fn parse_rule(
                     ),
                 ));
             }
+            if protocol != Protocol::Tcp {
+                return Err(cx.err(
+                    c.span(),
+                    format!(
+                        "challenge = \"syncookie\" answers TCP connection attempts and is only valid on tcp rules (with an `unverified` budget), not {protocol}"
+                    ),
+                ));
+            }
             if unverified.is_none() {
                 return Err(cx.err(
                     c.span(),

@@ -124,6 +124,13 @@ pub fn matrix_table(policy: &Policy) -> String {
                 mss.saturating_sub(20),
                 crate::synproxy::TABLE
             );
+            if r.mode == super::Mode::Monitor {
+                let _ = writeln!(
+                    out,
+                    "{}: monitor mode: nothing is answered yet (over-budget SYNs pass, counted as would_drop), but the nftables table is installed: every connection to the rule's ports goes through SYNPROXY",
+                    r.name
+                );
+            }
         }
     }
     for r in &policy.rules {

@@ -171,6 +171,13 @@ const BAD: &[(&str, &str, usize, usize, &str)] = &[
         "give the rule an `unverified` budget",
     ),
     (
+        "syncookie challenge on a udp rule",
+        "[[rule]]\nname='a'\nprotocol='udp'\nchallenge='syncookie'\n",
+        4,
+        11,
+        "only valid on tcp rules (with an `unverified` budget), not udp",
+    ),
+    (
         "unknown challenge",
         "[[rule]]\nname='a'\nprotocol='tcp'\nunverified={rate='10/s'}\nchallenge='captcha'\n",
         5,
@@ -1637,5 +1644,22 @@ fn over_limit_reset_is_for_tcp_rules_with_a_limit() {
     assert!(
         e.contains("needs a `connections` or `packets` limit"),
         "{e}"
+    );
+}
+
+#[test]
+fn syncookie_matrix_says_what_monitor_mode_still_changes() {
+    let text = "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000]\n{MODE}unverified={rate='10/s'}\nchallenge='syncookie'\n";
+    let enforced = matrix_table(&ok(&text.replace("{MODE}", "")));
+    assert!(
+        enforced.contains("api: over that budget, XDP answers with SYN cookies (MSS 1460"),
+        "{enforced}"
+    );
+    assert!(!enforced.contains("monitor mode"), "{enforced}");
+    let monitored = matrix_table(&ok(&text.replace("{MODE}", "mode='monitor'\n")));
+    assert!(
+        monitored.contains("api: monitor mode: nothing is answered yet")
+            && monitored.contains("the nftables table is installed"),
+        "{monitored}"
     );
 }

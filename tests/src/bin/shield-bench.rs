@@ -1845,7 +1845,7 @@ fn main() {
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,2b,3,3b,4,5,6,7]   (root; SHIELD_BIN: the shield binary)\n  1 per-packet cost, 2 veth flood capacity, 2b every path against its ceiling, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter),\n  7 fleet propagation (a real Redis, three daemons)"
+                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,2b,3,3b,4,5,6,7]   (root; SHIELD_BIN: the shield binary)\n  --quick shorter runs; --out the report file (default BENCHMARKS.md), replaced by the sections run\n  1 per-packet cost, 2 veth flood capacity, 2b every path against its ceiling, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter),\n  7 fleet propagation (a real Redis, three daemons)"
                 );
                 return;
             }
