@@ -26,6 +26,28 @@ pub fn mask_prefix(addr: [u8; 16], prefix: u8) -> [u8; 16] {
     ]
 }
 
+/// `mask_prefix` on the address as four 32-bit words in memory order (`u32::from_ne_bytes`
+/// of each 4 bytes): the same bytes in a few word operations, for a data path that holds
+/// the address word-aligned.
+#[inline(always)]
+pub fn mask_prefix_words(w: [u32; 4], prefix: u8) -> [u32; 4] {
+    let p = prefix as u32;
+    let mask = |i: u32| -> u32 {
+        let bits = p.saturating_sub(32 * i).min(32);
+        if bits == 0 {
+            0
+        } else {
+            (u32::MAX << (32 - bits)).to_be()
+        }
+    };
+    [
+        w[0] & mask(0),
+        w[1] & mask(1),
+        w[2] & mask(2),
+        w[3] & mask(3),
+    ]
+}
+
 /// The top `bits` bits set (0..=64, larger saturates).
 #[inline(always)]
 const fn mask64(bits: u32) -> u64 {
@@ -47,6 +69,25 @@ pub const fn v4_key(a: [u8; 4]) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_masking_gives_the_same_bytes() {
+        let a: [u8; 16] = [
+            0x20, 0x01, 0x0d, 0xb8, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10, 0xff, 0x0f,
+            0xf0, 0x5a,
+        ];
+        let words = |b: [u8; 16]| {
+            [0, 1, 2, 3]
+                .map(|i| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+        };
+        for prefix in 0..=255u8 {
+            assert_eq!(
+                mask_prefix_words(words(a), prefix),
+                words(mask_prefix(a, prefix)),
+                "prefix {prefix}"
+            );
+        }
+    }
 
     #[test]
     fn ipv4_prefixes() {

@@ -56,14 +56,20 @@ fn refuse(state: &mut SourceState, _now: u64, reason: Reason) -> Reason {
     reason
 }
 
-/// Key of a source in the verified set: the host for IPv4, its /64 for IPv6.
+/// The prefix length a source of `family` is verified by: a host for IPv4, a /64 for IPv6.
 #[inline(always)]
-pub fn verified_key(family: u8, src: [u8; 16]) -> SourceKey {
-    let prefix = if family == FAMILY_V4 {
+pub fn verified_prefix(family: u8) -> u8 {
+    if family == FAMILY_V4 {
         VERIFIED_V4_PREFIX
     } else {
         VERIFIED_V6_PREFIX
-    };
+    }
+}
+
+/// Key of a source in the verified set: the host for IPv4, its /64 for IPv6.
+#[inline(always)]
+pub fn verified_key(family: u8, src: [u8; 16]) -> SourceKey {
+    let prefix = verified_prefix(family);
     SourceKey {
         rule: 0,
         family,

@@ -42,7 +42,10 @@ use shield_common::{
     RuleConfig, SourceKey, SourceState, VERIFIED_REFRESH_NS, VFILTER_WORDS,
     addr::{FAMILY_V4, FAMILY_V6},
     counter_index,
-    judge::{Outcome, escalate_claimed, needs_state, report_due, still_verified, verified_key},
+    judge::{
+        Outcome, escalate_claimed, needs_state, report_due, still_verified, verified_key,
+        verified_prefix,
+    },
     port_index, rule_stat_index,
     sketch::{
         self, Admission, CLASS_CONN, CLASS_PKT, SKETCH_CELLS, admission, cell_index, promoted_state,
@@ -237,11 +240,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let proves = rule.unverified.interval_ns != 0 || rule.flags & RULE_RESET != 0;
     if proves && pkt.l4 == L4_TCP {
         // `verified_key`, masked in words.
-        let vprefix = if pkt.family == FAMILY_V4 {
-            shield_common::VERIFIED_V4_PREFIX
-        } else {
-            shield_common::VERIFIED_V6_PREFIX
-        };
+        let vprefix = verified_prefix(pkt.family);
         let vkey = SourceKey {
             rule: 0,
             family: pkt.family,
@@ -298,27 +297,13 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     Ok(verdict(rule_id, reason, monitor, len))
 }
 
-/// `shield_common::addr::mask_prefix` in 32-bit words (the packet's address is 8-byte
-/// aligned): the same bytes, a few instructions instead of byte shuffles.
+/// `shield_common::addr::mask_prefix` in 32-bit words (`mask_prefix_words`): the packet's
+/// address is 8-byte aligned, so it is read and masked as words, not bytes.
 #[inline(always)]
 fn masked(src: &[u8; 16], prefix: u8) -> [u8; 16] {
     // SAFETY: `Packet::src` is the first field of an 8-byte aligned struct.
     let w = unsafe { core::ptr::read(src as *const [u8; 16] as *const [u32; 4]) };
-    let p = u32::from(prefix);
-    let mask = |i: u32| -> u32 {
-        let bits = p.saturating_sub(32 * i).min(32);
-        if bits == 0 {
-            0
-        } else {
-            (u32::MAX << (32 - bits)).to_be()
-        }
-    };
-    let out = [
-        w[0] & mask(0),
-        w[1] & mask(1),
-        w[2] & mask(2),
-        w[3] & mask(3),
-    ];
+    let out = shield_common::addr::mask_prefix_words(w, prefix);
     // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(out) }
 }

@@ -60,6 +60,9 @@ pub struct UnverifiedStats {
     /// Connection attempts from unverified sources dropped over the budget
     /// (the `unverified_limit` counter).
     pub dropped: u64,
+    /// Connection attempts from unverified sources over the budget answered with a SYN
+    /// cookie instead (`challenge = "syncookie"`; the `syncookie` counter).
+    pub answered: u64,
     /// Connection attempts from verified sources (never drawn from the budget).
     pub verified_conns: u64,
     /// The daemon considers the rule under attack (drops, or cookie answers, within the last 10 s).
@@ -219,6 +222,7 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
                 tokens_left: g.burst().saturating_sub(used),
                 admitted: rstat(id, RS_UNVERIFIED_ADMITTED)?,
                 dropped: counts[Reason::UnverifiedLimit.name()].packets,
+                answered: counts[Reason::SynCookie.name()].packets,
                 verified_conns: rstat(id, RS_VERIFIED_CONNS)?,
                 under_attack: since != 0,
                 attack_since,
@@ -426,9 +430,15 @@ pub fn render_table(stats: &Stats) -> String {
                 Some(t) => format!("UNDER ATTACK since {t}"),
                 None => "calm".to_string(),
             };
+            // Shown once a rule has answered any: a cookie flood is not "dropped 0".
+            let answered = if u.answered > 0 {
+                format!(", answered with SYN cookies {}", u.answered)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {}: unverified budget {}/s burst {} ({} left): admitted {}, dropped {}, verified connections {}, promoted sources {}; {state}",
+                "  {}: unverified budget {}/s burst {} ({} left): admitted {}, dropped {}{answered}, verified connections {}, promoted sources {}; {state}",
                 rule.name,
                 u.rate_per_sec,
                 u.burst,

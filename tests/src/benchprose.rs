@@ -323,6 +323,7 @@ pub fn flood_reading(f: &FloodFigures, budget_target: f64) -> String {
         peer("nftables", f.random_nft),
         peer("hashlimit", f.random_hashlimit)
     );
+    s.push_str("\n\n");
     s
 }
 
@@ -343,7 +344,7 @@ pub fn cost_reading(rows: &[(String, f64)]) -> String {
     } else {
         s.push_str(" No path was measured in this run.");
     }
-    s.push_str(" The allowed path includes the per-source state update; xdp-filter's pass path does no per-source work.\n");
+    s.push_str(" The allowed path includes the per-source state update; xdp-filter's pass path does no per-source work.\n\n");
     s
 }
 

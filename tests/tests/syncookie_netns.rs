@@ -250,6 +250,11 @@ challenge = "syncookie"
         api["counters"]["syncookie"]["packets"].as_u64() >= Some(19),
         "{api}"
     );
+    // `shield stats` says so on the budget's line, not only in the counters.
+    assert_eq!(
+        api["unverified"]["answered"], api["counters"]["syncookie"]["packets"],
+        "{api}"
+    );
 }
 
 /// A start that fails after the policy was installed (here: the program cannot attach in
