@@ -123,9 +123,12 @@ fn judge_source(
         // Shared by every CPU: `decide` updates it with atomic compare-and-exchange.
         Some(state) => (state, false),
         None => {
-            let mut drawn = [0u64; 2];
+            // Written by `untracked` when it promotes the source (the only case it is read):
+            // no zero-fill, which bpf makes a call to a byte-loop `memset` on every
+            // untracked packet.
+            let mut drawn = core::mem::MaybeUninit::<[u64; 2]>::uninit();
             let h = sketch::hash(key, seed);
-            if !untracked(rule, h, conn_attempt, now, &mut drawn) {
+            if !untracked(rule, h, conn_attempt, now, drawn.as_mut_ptr()) {
                 rule_stat(rule_id, RS_UNTRACKED);
                 return Reason::Pass;
             }
@@ -134,7 +137,8 @@ fn judge_source(
                 return Reason::Pass;
             };
             // SAFETY: per-CPU slot from a successful lookup.
-            unsafe { *scratch = promoted_state(rule, drawn, now) };
+            // (`untracked` returned true: it wrote `drawn`.)
+            unsafe { *scratch = promoted_state(rule, drawn.assume_init(), now) };
             (scratch, true)
         }
     };

@@ -30,6 +30,13 @@ fn words(key: &SourceKey) -> [u32; 5] {
     unsafe { core::ptr::read(key as *const SourceKey as *const [u32; 5]) }
 }
 
+/// Whether two keys' words are equal: a fold of XORs (an array `==` becomes a call to a
+/// byte-loop `bcmp` on bpf).
+#[inline(always)]
+fn same(a: &[u32; 5], b: &[u32; 5]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+}
+
 #[inline(always)]
 fn slot(w: &[u32; 5]) -> u32 {
     let h = (w[0] ^ w[1].rotate_left(7) ^ w[2].rotate_left(13) ^ w[3].rotate_left(19) ^ w[4])
@@ -60,7 +67,7 @@ pub(crate) fn lookup(w: &[u32; 5], tag: u32, conn_attempt: bool, now: u64) -> Ca
     };
     // SAFETY: per-CPU slot from a successful lookup; nothing else runs on this CPU meanwhile.
     let e = unsafe { &mut *e };
-    if words(&e.key) != *w || e.generation != tag {
+    if !same(&words(&e.key), w) || e.generation != tag {
         return Cached::Judge(0);
     }
     if now < e.until_ns && e.conn_attempt == conn_attempt as u8 {
@@ -92,10 +99,10 @@ pub(crate) fn note(key: &SourceKey, generation: u32, how: u32, until_ns: u64, no
     let e = unsafe { &mut *e };
     // Another source's entry that still holds keeps its slot: more refused sources than
     // slots, sent in turn, would otherwise take each other's entries before any is hit.
-    if words(&e.key) != w && e.generation == generation && now < e.until_ns {
+    if !same(&words(&e.key), &w) && e.generation == generation && now < e.until_ns {
         return;
     }
-    if e.pending != 0 && words(&e.key) != w {
+    if e.pending != 0 && !same(&words(&e.key), &w) {
         // By reference: a copy of the key would go on the stack.
         #[allow(clippy::needless_borrows_for_generic_args)]
         let state = SHIELD_SOURCES.get_ptr_mut(&e.key);
@@ -109,7 +116,7 @@ pub(crate) fn note(key: &SourceKey, generation: u32, how: u32, until_ns: u64, no
             };
         }
         e.pending = 0;
-    } else if words(&e.key) != w {
+    } else if !same(&words(&e.key), &w) {
         e.pending = 0;
     }
     e.key = *key;

@@ -26,14 +26,14 @@ pub(crate) fn cells(class: usize, h: u64, now: u64, shift: u8) -> Option<Cells> 
 
 /// The sketch's answer for a source without state (`h`: its sketch hash): `false` when it
 /// stays untracked (the packet is counted in the sketch), `true` when it is promoted, with
-/// the backlogs to draw in `drawn`. Not inlined: its own stack frame.
+/// the backlogs to draw written to `drawn` (only then). Not inlined: its own stack frame.
 #[inline(never)]
 pub(crate) fn untracked(
     rule: &RuleConfig,
     h: u64,
     conn_attempt: bool,
     now: u64,
-    drawn: &mut [u64; 2],
+    drawn: *mut [u64; 2],
 ) -> bool {
     let sk = rule.sketch;
     let active = [conn_attempt && rule.has_conn_limit(), rule.has_pkt_limit()];
@@ -63,7 +63,8 @@ pub(crate) fn untracked(
             {
                 d[CLASS_CONN] = sketch::drawn(c.backlog, sk[CLASS_CONN].slack);
             }
-            *drawn = d;
+            // SAFETY: the caller's slot for the two backlogs, written here before it reads it.
+            unsafe { drawn.write(d) };
             true
         }
         Admission::Untracked => {
