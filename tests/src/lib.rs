@@ -358,6 +358,16 @@ impl Harness {
         shield_user::loader::vfilter_add(&dir, &key).expect("the verified set's filter");
     }
 
+    /// `new`, with the data path's clock frozen at `now` (tests that play time exactly).
+    pub fn frozen(policy_toml: &str, now: u64) -> Harness {
+        let h = Harness::new(policy_toml);
+        loader::PolicyMaps::open(&loader::pin_dir(&h.bpffs.path, HARNESS_IFACE))
+            .expect("policy maps")
+            .freeze_clock(now)
+            .expect("freezing the clock");
+        h
+    }
+
     /// Runs the shield program once on `frame`; returns the XDP action.
     pub fn run(&self, frame: &[u8]) -> u32 {
         self.run_out(frame).0

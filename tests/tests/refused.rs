@@ -75,15 +75,7 @@ fn harness() -> Harness {
     // One CPU for the whole test: the cache is per CPU, and the cases below are about
     // entries meeting in one CPU's slots.
     shield_tests::synflood::pin_to(0);
-    let h = Harness::new(POLICY);
-    shield_user::loader::PolicyMaps::open(&shield_user::loader::pin_dir(
-        &h.bpffs.path,
-        shield_tests::HARNESS_IFACE,
-    ))
-    .expect("policy maps")
-    .freeze_clock(T0)
-    .expect("freezing the clock");
-    h
+    Harness::frozen(POLICY, T0)
 }
 
 fn ack(src: &str, port: u16) -> Vec<u8> {

@@ -167,15 +167,7 @@ fn assert_rst(out: &[u8], src: IpAddr, dst: IpAddr, dport: u16, data: u32) {
 }
 
 fn harness() -> Harness {
-    let h = Harness::new(POLICY);
-    shield_user::loader::PolicyMaps::open(&shield_user::loader::pin_dir(
-        &h.bpffs.path,
-        shield_tests::HARNESS_IFACE,
-    ))
-    .expect("policy maps")
-    .freeze_clock(T0)
-    .expect("freezing the clock");
-    h
+    Harness::frozen(POLICY, T0)
 }
 
 fn rst_round(src: &str, dst: &str) {

@@ -22,12 +22,7 @@ unverified = { rate = "1/h", burst = 1 }
 const T0: u64 = 5_000 * 1_000_000_000;
 
 fn harness() -> Harness {
-    let h = Harness::new(POLICY);
-    loader::PolicyMaps::open(&loader::pin_dir(&h.bpffs.path, HARNESS_IFACE))
-        .expect("policy maps")
-        .freeze_clock(T0)
-        .expect("freezing the clock");
-    h
+    Harness::frozen(POLICY, T0)
 }
 
 fn key(src: &str) -> SourceKey {

@@ -26,12 +26,7 @@ unverified = { rate = "1/h", burst = 1 }
 "#;
 
 fn harness() -> Harness {
-    let h = Harness::new(POLICY);
-    loader::PolicyMaps::open(&loader::pin_dir(&h.bpffs.path, HARNESS_IFACE))
-        .expect("policy maps")
-        .freeze_clock(T0)
-        .expect("freezing the clock");
-    h
+    Harness::frozen(POLICY, T0)
 }
 
 /// Writes `src` into the pinned verified set only, as a version of shield without the
