@@ -344,6 +344,11 @@ pub const RULE_SYNCOOKIE: u32 = 1 << 8;
 pub const DEFAULT_SYNCOOKIE_MSS: u16 = 1460;
 /// The window scale a cookie SYN-ACK advertises (and the nftables `synproxy` statement).
 pub const SYNCOOKIE_WSCALE: u8 = 7;
+/// `RuleConfig::flags`, with `RULE_SYNCOOKIE`: the cookie SYN-ACK offers timestamps, and
+/// with them SACK and window scaling (which the timestamp carries). Set by the loader only
+/// on kernels where SYNPROXY can use them (see shield-user/src/synproxy.rs,
+/// `timestamps_work`); without it the SYN-ACK carries the MSS alone.
+pub const RULE_SYNCOOKIE_TS: u32 = 1 << 9;
 
 /// Bucket indexes in `RuleConfig::buckets` and `SourceState::tat`.
 pub const B_CONN: usize = 0;

@@ -7,8 +7,9 @@
 //!
 //! Options the cookie SYN-ACK carries, as SYNPROXY reads them back from the ACK: the MSS
 //! (the policy's; the cookie itself encodes the client's, in 4 steps), and, only when the
-//! client sent timestamps, SACK-permitted and window scaling, remembered in the low 6 bits
-//! of our timestamp (bits 0-3: the client's window scale, 0xf none; bit 4: SACK). Without
+//! rule has `RULE_SYNCOOKIE_TS` (the kernel's SYNPROXY can use timestamps) and the client
+//! sent timestamps, SACK-permitted and window scaling, remembered in the low 6 bits of our
+//! timestamp (bits 0-3: the client's window scale, 0xf none; bit 4: SACK). Without
 //! timestamps a connection gets neither (the cookie has no room for them).
 //!
 //! Answered: IPv4 without options, not fragmented, and IPv6 whose next header is TCP, with
@@ -28,7 +29,7 @@ use aya_ebpf::{
         bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
 };
-use shield_common::{RULE_SYNCOOKIE, SYNCOOKIE_WSCALE};
+use shield_common::{RULE_SYNCOOKIE, RULE_SYNCOOKIE_TS, SYNCOOKIE_WSCALE};
 
 use crate::*;
 
@@ -57,12 +58,19 @@ pub(crate) fn over_budget(
 ) -> u32 {
     if rule.flags & RULE_SYNCOOKIE != 0
         && !monitor
-        && shield_answer_syn(ctx.ctx, where_(pkt), u32::from(rule.mss), now) == 1
+        && shield_answer_syn(ctx.ctx, where_(pkt), mss_arg(rule), now) == 1
     {
         count(rule_id, Reason::SynCookie, len);
         return xdp_action::XDP_TX;
     }
     verdict(rule_id, Reason::UnverifiedLimit, monitor, len)
+}
+
+/// `shield_answer_syn`'s `mss` argument: the rule's MSS (bits 0-15) and whether the reply
+/// may offer timestamps (bit 16, `RULE_SYNCOOKIE_TS`).
+#[inline(always)]
+fn mss_arg(rule: &RuleConfig) -> u32 {
+    u32::from(rule.mss) | u32::from(rule.flags & RULE_SYNCOOKIE_TS != 0) << 16
 }
 
 /// A TCP segment that is neither a connection attempt nor data, to a `syncookie` rule:
@@ -393,6 +401,8 @@ pub extern "C" fn shield_answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u6
 /// the verifier no longer knows (LLVM drops a check that an earlier one implies).
 #[inline(always)]
 fn answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u64) -> Result<(), ()> {
+    let offer_ts = mss >> 16 & 1 != 0;
+    let mss = mss & 0xffff;
     let (l3, family) = ((at & 0x3f) as usize, (at >> 8) as u8);
     let v4 = family == FAMILY_V4;
     let mss = if v4 {
@@ -469,7 +479,7 @@ fn answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u64) -> Result<(), ()> {
     };
     let ws = (bits & OPT_WS != 0).then_some((bits & 0xf) as u8);
     let sack = bits & OPT_SACK != 0;
-    let ts = (bits & OPT_TS != 0).then_some(tsval);
+    let ts = (offer_ts && bits & OPT_TS != 0).then_some(tsval);
 
     // The reply's options, as Linux lays them out, big-endian words. The reply is never
     // longer than the SYN's frame (growing a frame is not possible on every driver):

@@ -63,9 +63,23 @@ fn dport_match(policy: &Policy, rule: usize) -> Option<String> {
     }
 }
 
+/// Whether this kernel's SYNPROXY can complete connections with TCP timestamps. Kernels
+/// that check the echoed timestamp of the ACK that completes a handshake (Linux 6.15 and
+/// later, counted in `TcpExtTSEcrRejected`) reject the ACK SYNPROXY sends the local socket
+/// after a cookie with timestamps: every such connection then waits for the client's next
+/// segment, and about 1 in 100 (when the server's millisecond clock ticks during the
+/// handshake, under load more) for the listener's SYN-ACK retransmission, 1 s and more.
+/// There, cookies (XDP's and SYNPROXY's) carry the MSS alone: no timestamps, so no window
+/// scaling or SACK on connections made through a cookie.
+pub fn timestamps_work() -> bool {
+    !std::fs::read_to_string("/proc/net/netstat").is_ok_and(|s| s.contains("TSEcrRejected"))
+}
+
 /// The nftables table for `iface` (`None`: no rule uses the challenge). `loose`: the
-/// `nf_conntrack_tcp_loose` value to put back when it goes.
-pub fn ruleset(iface: &str, policy: &Policy, loose: &str) -> Option<String> {
+/// `nf_conntrack_tcp_loose` value to put back when it goes; `timestamps`: whether the
+/// `synproxy` statement offers timestamps (and with them window scaling and SACK: see
+/// `timestamps_work`).
+pub fn ruleset(iface: &str, policy: &Policy, loose: &str, timestamps: bool) -> Option<String> {
     let mut pre = String::new();
     let mut input = String::new();
     for (i, r) in policy.rules.iter().enumerate() {
@@ -77,10 +91,17 @@ pub fn ruleset(iface: &str, policy: &Policy, loose: &str) -> Option<String> {
         };
         let on = format!("iifname \"{iface}\" {dport}");
         pre += &format!("\t\t{on} tcp flags & (fin | syn | rst | ack) == syn notrack\n");
+        let options = if timestamps {
+            format!(
+                " wscale {} timestamp sack-perm",
+                shield_common::SYNCOOKIE_WSCALE
+            )
+        } else {
+            String::new()
+        };
         let proxy = |family: &str, mss: u16| {
             format!(
-                "\t\t{on} meta nfproto {family} ct state invalid,untracked synproxy mss {mss} wscale {} timestamp sack-perm\n",
-                shield_common::SYNCOOKIE_WSCALE
+                "\t\t{on} meta nfproto {family} ct state invalid,untracked synproxy mss {mss}{options}\n"
             )
         };
         input += &proxy("ipv4", mss);
@@ -151,7 +172,7 @@ pub fn apply(iface: &str, policy: &Policy) -> Result<bool, String> {
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|_| "1".into()),
     };
-    let Some(table) = ruleset(iface, policy, &loose) else {
+    let Some(table) = ruleset(iface, policy, &loose, timestamps_work()) else {
         remove(iface)?;
         return Ok(false);
     };
@@ -193,7 +214,7 @@ mod tests {
             "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000, '9000-9010']\nunverified={rate='10/s'}\nchallenge='syncookie'\nmss=1400\n[[rule]]\nname='ssh'\nprotocol='tcp'\nports=[22]\nconnections={rate='1/s'}\n",
         )
         .expect("policy");
-        let t = ruleset("eth0.100", &p, "1").expect("a table");
+        let t = ruleset("eth0.100", &p, "1", true).expect("a table");
         assert!(
             t.starts_with("table inet shield_syncookie_eth0_100 {"),
             "{t}"
@@ -212,6 +233,13 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("22"), "{t}");
+        // Where SYNPROXY cannot use timestamps: the MSS alone.
+        let t = ruleset("eth0.100", &p, "1", false).expect("a table");
+        assert!(
+            t.contains("meta nfproto ipv4 ct state invalid,untracked synproxy mss 1400\n"),
+            "{t}"
+        );
+        assert!(!t.contains("timestamp"), "{t}");
     }
 
     #[test]
@@ -221,7 +249,7 @@ mod tests {
             "[[rule]]\nname='any'\nprotocol='tcp'\nunverified={rate='10/s'}\nchallenge='syncookie'\n[[rule]]\nname='ssh'\nprotocol='tcp'\nports=[22]\nconnections={rate='1/s'}\n",
         )
         .expect("policy");
-        let t = ruleset("eth0", &p, "1").expect("a table");
+        let t = ruleset("eth0", &p, "1", true).expect("a table");
         assert!(t.contains("tcp dport != { 22 }"), "{t}");
         assert!(t.contains("synproxy mss 1460"), "{t}");
     }
@@ -233,6 +261,6 @@ mod tests {
             "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000]\nunverified={rate='10/s'}\n",
         )
         .expect("policy");
-        assert!(ruleset("eth0", &p, "1").is_none());
+        assert!(ruleset("eth0", &p, "1", true).is_none());
     }
 }

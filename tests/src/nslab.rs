@@ -118,6 +118,27 @@ impl NsLab {
         )
     }
 
+    /// A trivial XDP_PASS program on the client's veth, native: veth takes the frames the
+    /// server side XDP_TXes (cookie SYN-ACKs) only with an XDP program (its NAPI ring) on.
+    /// Detached when the returned object drops.
+    pub fn pass_program_on_client(&self) -> aya::Ebpf {
+        let mut obj = crate::load_bench_object();
+        self.topo
+            .client
+            .run_in(|| {
+                let p: &mut aya::programs::Xdp = obj
+                    .program_mut(shield_common::BASELINE_PROGRAM_NAME)
+                    .expect("the trivial pass program")
+                    .try_into()
+                    .expect("an XDP program");
+                p.load().expect("loading the pass program");
+                p.attach(crate::netlab::CLIENT_IF, aya::programs::XdpMode::Driver)
+                    .expect("attaching the pass program to the client veth");
+            })
+            .expect("client namespace");
+        obj
+    }
+
     /// `shield stats --json`, parsed.
     pub fn stats(&self) -> Value {
         let out = Command::new(shield_bin())

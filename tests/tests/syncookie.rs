@@ -19,6 +19,15 @@ challenge = "syncookie"
 mss = 1400
 "#;
 
+/// The harness with the cookie SYN-ACK offering timestamps (`RULE_SYNCOOKIE_TS`) or not,
+/// whatever this kernel's SYNPROXY can use: both paths are tested here on any kernel.
+fn harness(timestamps: bool) -> Harness {
+    let mut h = Harness::new(POLICY);
+    h.tables.syncookie_timestamps = timestamps;
+    h.reload(POLICY, 2);
+    h
+}
+
 const SERVER_V4: [u8; 4] = [198, 51, 100, 1];
 const SERVER_V6: &str = "2001:db8:5::1";
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
@@ -196,7 +205,7 @@ fn count(h: &Harness, r: Reason) -> u64 {
 
 #[test]
 fn over_the_budget_a_syn_gets_a_cookie_syn_ack_and_its_ack_verifies_the_source() {
-    let h = Harness::new(POLICY);
+    let h = harness(true);
     let first: IpAddr = "192.0.2.50".parse().expect("ip");
     let client: IpAddr = "192.0.2.51".parse().expect("ip");
     // The budget's one token.
@@ -262,6 +271,38 @@ fn over_the_budget_a_syn_gets_a_cookie_syn_ack_and_its_ack_verifies_the_source()
         h.run(&tcp_frame(other, 0x02, 5, 0, &linux_options(5))),
         XDP_TX
     );
+}
+
+/// Where the kernel's SYNPROXY cannot use timestamps (`synproxy::timestamps_work`, Linux
+/// 6.15 and later): whatever the SYN offers, the SYN-ACK carries the MSS alone, the frame
+/// is trimmed to it, and the ACK to its cookie verifies the source.
+#[test]
+fn without_timestamps_every_syn_ack_carries_the_mss_alone() {
+    let h = harness(false);
+    assert_eq!(
+        h.run(&tcp_frame(
+            "192.0.2.60".parse().expect("ip"),
+            0x02,
+            1,
+            0,
+            &[]
+        )),
+        XDP_PASS
+    );
+    let c: IpAddr = "192.0.2.61".parse().expect("ip");
+    let (sa, len) = answer(&h, &tcp_frame(c, 0x02, 31, 0, &linux_options(3)), c, 31);
+    assert_eq!(sa.options, vec![2, 4, 0x05, 0x78], "the Linux layout: MSS only");
+    assert_eq!(len, 14 + 20 + 24, "trimmed to the reply");
+    let c: IpAddr = "192.0.2.62".parse().expect("ip");
+    let mut mac = vec![2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10];
+    mac.extend_from_slice(&7u32.to_be_bytes());
+    mac.extend_from_slice(&[0, 0, 0, 0, 4, 2, 0, 0]);
+    let (sa, _) = answer(&h, &tcp_frame(c, 0x02, 32, 0, &mac), c, 32);
+    assert_eq!(sa.options, vec![2, 4, 0x05, 0x78], "the macOS layout: MSS only");
+    let c: IpAddr = "2001:db8:84::1".parse().expect("ip");
+    let (sa, _) = answer(&h, &tcp_frame(c, 0x02, 33, 0, &linux_options(4)), c, 33);
+    assert_eq!(sa.options, vec![2, 4, 0x05, 0x64], "IPv6: MSS only");
+    assert_eq!(count(&h, Reason::SynCookie), 3);
 }
 
 #[test]
@@ -360,7 +401,7 @@ fn answer(h: &Harness, frame: &[u8], client: IpAddr, seq: u32) -> (SynAck, usize
 
 #[test]
 fn option_layouts_other_than_linux_get_the_options_they_asked_for() {
-    let h = Harness::new(POLICY);
+    let h = harness(true);
     assert_eq!(
         h.run(&tcp_frame(
             "192.0.2.70".parse().expect("ip"),
@@ -418,7 +459,7 @@ fn option_layouts_other_than_linux_get_the_options_they_asked_for() {
 
 #[test]
 fn frames_longer_than_the_syn_are_trimmed_to_the_reply_and_vlan_tags_kept() {
-    let h = Harness::new(POLICY);
+    let h = harness(true);
     assert_eq!(
         h.run(&tcp_frame(
             "192.0.2.80".parse().expect("ip"),

@@ -21,7 +21,8 @@ use aya::{
 use shield_common::{
     ALL_MAPS, CFG_LOADED, Control, GlobalConfig, LINK_PIN, LIST_KEY_V4, LIST_KEY_V6, ListValue,
     MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONTROL, MAP_DENY_V4, MAP_DENY_V6, MAP_PORTS,
-    MAP_RULES, MAP_SOURCES, PORT_TABLE_LEN, PROGRAM_NAME, RULE_PRESENT, RULE_SLOTS, RuleConfig,
+    MAP_RULES, MAP_SOURCES, PORT_TABLE_LEN, PROGRAM_NAME, RULE_PRESENT, RULE_SLOTS, RULE_SYNCOOKIE,
+    RULE_SYNCOOKIE_TS, RuleConfig,
 };
 
 use crate::policy::CompiledPolicy;
@@ -434,6 +435,9 @@ pub struct PolicyMaps {
     /// daemon sets it for its start and calls `settle` once the start succeeded.
     pub keep_old_lists: bool,
     stale_lists: Option<u8>,
+    /// Whether `syncookie` rules' cookie SYN-ACKs offer timestamps (`RULE_SYNCOOKIE_TS`):
+    /// `synproxy::timestamps_work()` when opened.
+    pub syncookie_timestamps: bool,
 }
 
 /// A policy's four lists, as compiled.
@@ -497,6 +501,7 @@ impl PolicyMaps {
             sketch_seed: 0,
             keep_old_lists: false,
             stale_lists: None,
+            syncookie_timestamps: crate::synproxy::timestamps_work(),
         };
         maps.sketch_seed = match maps.active() {
             Ok((_, cfg)) if cfg.sketch_seed != 0 => cfg.sketch_seed,
@@ -610,6 +615,10 @@ impl PolicyMaps {
 
         // Rules: 256 slots, always written in full.
         for (id, r) in policy.rules.iter().enumerate() {
+            let mut r = *r;
+            if self.syncookie_timestamps && r.flags & RULE_SYNCOOKIE != 0 {
+                r.flags |= RULE_SYNCOOKIE_TS;
+            }
             self.rules
                 .set(half * RULE_SLOTS + id as u32, r, 0)
                 .map_err(map_err(MAP_RULES))?;

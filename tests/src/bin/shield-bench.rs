@@ -625,6 +625,8 @@ enum Filter {
     ShieldSyncookie,
     /// A trivial XDP_TX program, native: the cookie path's ceiling.
     TrivialTx,
+    /// A trivial XDP_PASS program, native: the pass path's ceiling for any XDP program.
+    TrivialPass,
     /// Native shield with a host ban on the flooding source (section 2b).
     ShieldBanned,
     /// Native shield with the flood's sources on the deny list (section 2b).
@@ -638,6 +640,7 @@ impl Filter {
             Filter::TrivialDrop => "trivial XDP_DROP, native (ceiling)",
             Filter::ShieldSyncookie => "shield + budget + `syncookie` (SYN-ACKs), native XDP",
             Filter::TrivialTx => "trivial XDP_TX, native (cookie ceiling)",
+            Filter::TrivialPass => "trivial XDP_PASS, native",
             Filter::None => "no filter",
             Filter::Nft => "nftables meter (netdev ingress)",
             Filter::Hashlimit => "iptables hashlimit (raw PREROUTING)",
@@ -678,6 +681,7 @@ fn native(f: Filter) -> bool {
             | Filter::TrivialDrop
             | Filter::ShieldSyncookie
             | Filter::TrivialTx
+            | Filter::TrivialPass
             | Filter::ShieldBanned
             | Filter::ShieldDenied
     )
@@ -697,7 +701,7 @@ fn is_shield(f: Filter) -> bool {
 
 /// A trivial program of the test object, not shield.
 fn is_trivial(f: Filter) -> bool {
-    matches!(f, Filter::TrivialDrop | Filter::TrivialTx)
+    matches!(f, Filter::TrivialDrop | Filter::TrivialTx | Filter::TrivialPass)
 }
 
 struct FloodResult {
@@ -866,6 +870,7 @@ fn flood_with(
     let prog_name = match filter {
         Filter::TrivialDrop => DROP_PROGRAM_NAME,
         Filter::TrivialTx => TX_PROGRAM_NAME,
+        Filter::TrivialPass => BASELINE_PROGRAM_NAME,
         _ => PROGRAM_NAME,
     };
     let mode_x = if native(filter) {
@@ -1107,7 +1112,7 @@ fn flood_with(
                 })
                 .sum::<u64>() as f64
         }
-        Filter::TrivialDrop | Filter::TrivialTx => (after.1 - before.1) as f64,
+        Filter::TrivialDrop | Filter::TrivialTx | Filter::TrivialPass => (after.1 - before.1) as f64,
         Filter::Nft => {
             let o = Command::new("ip")
                 .args([
@@ -1676,6 +1681,15 @@ fn section2b(o: &Opts, report: &mut String) {
             filter: Filter::ShieldSyncookie,
             baseline: Filter::TrivialTx,
             target: 0.7,
+        },
+        PathCase {
+            path: "passed: trivial XDP_PASS",
+            shape: "random sources (10/8)",
+            mode: 2,
+            sources: 0,
+            filter: Filter::TrivialPass,
+            baseline: Filter::None,
+            target: 1.0,
         },
         PathCase {
             path: "passed: rule without a budget",
