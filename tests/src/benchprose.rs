@@ -38,14 +38,17 @@ pub struct PathRow {
     pub target: f64,
     /// Why the path was not measured.
     pub not_measured: Option<String>,
+    /// A reference row (a trivial program, not a shield path): reported, never held
+    /// against its target.
+    pub reference: bool,
 }
 
 /// Section 2b's reading: which paths meet their targets and which miss them, by how much.
 pub fn paths_reading(rows: &[PathRow]) -> String {
-    let measured: Vec<(&PathRow, f64)> = rows
+    let (references, measured): (Vec<(&PathRow, f64)>, Vec<(&PathRow, f64)>) = rows
         .iter()
         .filter_map(|r| r.ratio.filter(|_| r.not_measured.is_none()).map(|x| (r, x)))
-        .collect();
+        .partition(|(r, _)| r.reference);
     let mut s = String::from("\n");
     if measured.is_empty() {
         s.push_str("No path was measured in this run.");
@@ -64,6 +67,13 @@ pub fn paths_reading(rows: &[PathRow]) -> String {
                 .collect();
             let _ = write!(s, " Missed: {}.", list.join(", "));
         }
+    }
+    for (r, x) in references {
+        let _ = write!(
+            s,
+            " For reference, not a shield path: {} at {x:.2}×.",
+            r.path
+        );
     }
     let unmeasured: Vec<(String, String)> = rows
         .iter()
@@ -359,6 +369,7 @@ mod tests {
             ratio,
             target,
             not_measured: why.map(String::from),
+            reference: false,
         };
         let r = paths_reading(&[
             row("over limit", Some(0.91), 0.85, None),
@@ -372,6 +383,18 @@ mod tests {
             r.contains("cookie (not measured: veth refused XDP_TX)"),
             "{r}"
         );
+        // A reference row is reported, never counted as a path that meets or misses.
+        let trivial = PathRow {
+            reference: true,
+            ..row("trivial pass", Some(0.97), 1.0, None)
+        };
+        let r = paths_reading(&[row("over limit", Some(0.91), 0.85, None), trivial]);
+        assert!(r.contains("1 of 1 measured paths meet"), "{r}");
+        assert!(
+            r.contains("not a shield path: trivial pass at 0.97×"),
+            "{r}"
+        );
+        assert!(!r.contains("Missed"), "{r}");
         let none = paths_reading(&[row("x", None, 1.0, Some("no root"))]);
         assert!(none.contains("No path was measured"), "{none}");
     }

@@ -291,14 +291,22 @@ fn without_timestamps_every_syn_ack_carries_the_mss_alone() {
     );
     let c: IpAddr = "192.0.2.61".parse().expect("ip");
     let (sa, len) = answer(&h, &tcp_frame(c, 0x02, 31, 0, &linux_options(3)), c, 31);
-    assert_eq!(sa.options, vec![2, 4, 0x05, 0x78], "the Linux layout: MSS only");
+    assert_eq!(
+        sa.options,
+        vec![2, 4, 0x05, 0x78],
+        "the Linux layout: MSS only"
+    );
     assert_eq!(len, 14 + 20 + 24, "trimmed to the reply");
     let c: IpAddr = "192.0.2.62".parse().expect("ip");
     let mut mac = vec![2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10];
     mac.extend_from_slice(&7u32.to_be_bytes());
     mac.extend_from_slice(&[0, 0, 0, 0, 4, 2, 0, 0]);
     let (sa, _) = answer(&h, &tcp_frame(c, 0x02, 32, 0, &mac), c, 32);
-    assert_eq!(sa.options, vec![2, 4, 0x05, 0x78], "the macOS layout: MSS only");
+    assert_eq!(
+        sa.options,
+        vec![2, 4, 0x05, 0x78],
+        "the macOS layout: MSS only"
+    );
     let c: IpAddr = "2001:db8:84::1".parse().expect("ip");
     let (sa, _) = answer(&h, &tcp_frame(c, 0x02, 33, 0, &linux_options(4)), c, 33);
     assert_eq!(sa.options, vec![2, 4, 0x05, 0x64], "IPv6: MSS only");

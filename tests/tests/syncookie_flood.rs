@@ -69,12 +69,8 @@ fn new_clients(lab: &NsLab) -> Vec<Get> {
                                 .step_by(WORKERS as usize)
                                 .map(|i| {
                                     let t = Instant::now();
-                                    let (connected, code) = http_get_timed(
-                                        client(i),
-                                        dst,
-                                        "/",
-                                        Duration::from_secs(1),
-                                    );
+                                    let (connected, code) =
+                                        http_get_timed(client(i), dst, "/", Duration::from_secs(1));
                                     Get {
                                         src: client(i),
                                         connected,
