@@ -43,9 +43,12 @@ pub struct PathRow {
     pub reference: bool,
 }
 
+/// A measured row and its ratio.
+type Measured<'a> = (&'a PathRow, f64);
+
 /// Section 2b's reading: which paths meet their targets and which miss them, by how much.
 pub fn paths_reading(rows: &[PathRow]) -> String {
-    let (references, measured): (Vec<(&PathRow, f64)>, Vec<(&PathRow, f64)>) = rows
+    let (references, measured): (Vec<Measured>, Vec<Measured>) = rows
         .iter()
         .filter_map(|r| r.ratio.filter(|_| r.not_measured.is_none()).map(|x| (r, x)))
         .partition(|(r, _)| r.reference);
