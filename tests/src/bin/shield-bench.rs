@@ -1,4 +1,4 @@
-//! `shield-bench [--quick] [--out FILE]`: the benchmarks behind `cargo xtask bench` (root).
+//! `shield-bench [--quick] [--out FILE] [--only SECTIONS]`: the benchmarks behind `cargo xtask bench` (root).
 //!
 //! 1. Per-packet cost (BPF_PROG_TEST_RUN): every path of the shield program and a trivial
 //!    XDP_PASS program in the same run, medians, ratios; xdp-filter (xdp-tools) as a peer
@@ -35,12 +35,22 @@ use shield_tests::{
 };
 use shield_user::{bans::BanMaps, loader, policy};
 
+/// The benchmarks behind `cargo xtask bench` (needs root). Writes a Markdown report.
+#[derive(clap::Parser)]
+#[command(name = "shield-bench", after_help = SECTIONS)]
 struct Opts {
+    /// Shorter runs (fewer rounds and packets): a quick check, not the record.
+    #[arg(long)]
     quick: bool,
+    /// The report file; the sections run replace their part of it.
+    #[arg(long, value_name = "FILE", default_value = "BENCHMARKS.md")]
     out: PathBuf,
-    /// Sections to run (`--only 1,3b`); empty: all.
+    /// Sections to run, comma-separated (default: all).
+    #[arg(long, value_name = "SECTIONS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(["1", "2", "2b", "3", "3b", "4", "5", "6", "7"]))]
     only: Vec<String>,
 }
+
+const SECTIONS: &str = "Sections: 1 per-packet cost, 2 veth flood capacity, 2b every path against its ceiling, 3 API under wrk while flooded, 3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale, 5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter), 7 fleet propagation (a real Redis, three daemons). Environment: SHIELD_BIN, the shield binary to measure.";
 
 impl Opts {
     fn runs(&self, section: &str) -> bool {
@@ -1844,40 +1854,7 @@ fn svg_chart(rows: &[FloodResult]) -> String {
 }
 
 fn main() {
-    let mut o = Opts {
-        quick: false,
-        out: PathBuf::from("BENCHMARKS.md"),
-        only: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--out" => o.out = PathBuf::from(args.next().expect("--out FILE")),
-            "--only" => {
-                let list = args.next().unwrap_or_default();
-                o.only = list.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = o.only.iter().find(|s| {
-                    !["1", "2", "2b", "3", "3b", "4", "5", "6", "7"].contains(&s.as_str())
-                }) {
-                    eprintln!(
-                        "shield-bench: --only takes sections 1, 2, 2b, 3, 3b, 4, 5, 6, 7; got {bad:?}"
-                    );
-                    std::process::exit(2);
-                }
-            }
-            "-h" | "--help" => {
-                eprintln!(
-                    "usage: shield-bench [--quick] [--out FILE] [--only 1,2,2b,3,3b,4,5,6,7]   (root; SHIELD_BIN: the shield binary)\n  --quick shorter runs; --out the report file (default BENCHMARKS.md), replaced by the sections run\n  1 per-packet cost, 2 veth flood capacity, 2b every path against its ceiling, 3 API under wrk while flooded,\n  3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale,\n  5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter),\n  7 fleet propagation (a real Redis, three daemons)"
-                );
-                return;
-            }
-            other => {
-                eprintln!("shield-bench: unknown argument {other}");
-                std::process::exit(2);
-            }
-        }
-    }
+    let o = <Opts as clap::Parser>::parse();
     require_root();
     let started = Instant::now();
     let mut report = String::new();
