@@ -120,6 +120,55 @@ challenge = "syncookie"
     );
 }
 
+/// IPv6 end to end: new clients over the budget get the XDP cookie SYN-ACK (the policy's
+/// MSS less 20), SYNPROXY's IPv6 statement completes their connections to the API.
+#[test]
+fn ipv6_clients_complete_their_connections_through_the_cookie_path() {
+    let policy = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#;
+    let lab = NsLab::new(policy, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    // Each in its own /64: sources are keyed (and verified) by /64.
+    let client6 = |i: u32| {
+        IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(netlab::POOL_V6.0) + ((1000 + u128::from(i)) << 64) + 1,
+        ))
+    };
+    for i in 0..10 {
+        lab.topo
+            .add_client_addr(client6(i))
+            .expect("client address");
+    }
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V6(netlab::SERVER_V6), 8000);
+    let codes: Vec<Option<u16>> = lab
+        .topo
+        .client
+        .run_in(move || {
+            (0..10)
+                .map(|i| http_get(client6(i), dst, "/api/items", Duration::from_secs(3)))
+                .collect()
+        })
+        .expect("client namespace");
+    assert!(codes.iter().all(|c| *c == Some(200)), "{codes:?}");
+    let stats = lab.stats();
+    let api = stats["interfaces"][0]["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "api").cloned())
+        .expect("api");
+    // One client took the budget's token; the nine others came through a cookie.
+    assert!(
+        api["counters"]["syncookie"]["packets"].as_u64() >= Some(9),
+        "{api}"
+    );
+}
+
 /// A start that fails after the policy was installed (here: the program cannot attach in
 /// native mode to the second interface, a bridge) leaves no syncookie nftables table behind
 /// on any interface, and conntrack's setting as it was.
