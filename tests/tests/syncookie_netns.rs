@@ -192,3 +192,71 @@ challenge = "syncookie"
     assert_eq!(after.stdout, before.stdout, "nf_conntrack_tcp_loose");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The TCP options a connection from `src` to `dst` negotiated, from the client's side
+/// (`TCP_INFO`'s `tcpi_options`: 1 timestamps, 2 SACK, 4 window scaling), with the
+/// client's window scale (`tcpi_snd_wscale`). Runs in the calling thread's namespace.
+fn negotiated(src: IpAddr, dst: SocketAddr) -> (u8, u8) {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::os::fd::AsRawFd as _;
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+        .expect("bind");
+    s.connect_timeout(&SockAddr::from(dst), Duration::from_secs(3))
+        .expect("the connection completes");
+    // SAFETY: a zeroed tcp_info and its size, filled by the kernel.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    (info.tcpi_options, info.tcpi_snd_rcv_wscale & 0xf)
+}
+
+/// Every connection to a syncookie rule's ports goes through SYNPROXY (SYNs are `notrack`),
+/// the ones under the budget too: where the kernel's SYNPROXY cannot use timestamps
+/// (`synproxy::timestamps_work`), such a connection has no timestamps, SACK or window
+/// scaling, whether or not its SYN was over the budget; elsewhere it has all three.
+#[test]
+fn under_the_budget_connections_get_what_synproxy_offers() {
+    let policy = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+unverified = { rate = "100/s", burst = 100 }
+challenge = "syncookie"
+"#;
+    let lab = NsLab::new(policy, &[8000]);
+    lab.topo.add_client_addr(client(0)).expect("client address");
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let (options, wscale) = lab
+        .topo
+        .client
+        .run_in(move || negotiated(client(0), dst))
+        .expect("client namespace");
+    let stats = lab.stats();
+    assert_eq!(
+        shield_tests::nslab::counter(&stats, "api", "syncookie"),
+        0,
+        "under the budget: no XDP cookie"
+    );
+    eprintln!("options {options:#x} wscale {wscale}");
+    if shield_user::synproxy::timestamps_work() {
+        assert_eq!(
+            options & 7,
+            7,
+            "timestamps, SACK, window scaling: {options:#x}"
+        );
+        assert_eq!(wscale, shield_common::SYNCOOKIE_WSCALE);
+    } else {
+        assert_eq!(options & 7, 0, "none of them: {options:#x}");
+    }
+}
