@@ -222,41 +222,49 @@ fn negotiated(src: IpAddr, dst: SocketAddr) -> (u8, u8) {
 
 /// Every connection to a syncookie rule's ports goes through SYNPROXY (SYNs are `notrack`),
 /// the ones under the budget too: where the kernel's SYNPROXY cannot use timestamps
-/// (`synproxy::timestamps_work`), such a connection has no timestamps, SACK or window
-/// scaling, whether or not its SYN was over the budget; elsewhere it has all three.
+/// (`synproxy::timestamps_work`), a connection has no timestamps, SACK or window scaling,
+/// whether its SYN was under the budget (SYNPROXY's cookie) or over it (the XDP cookie);
+/// elsewhere it has all three either way. The XDP SYN-ACK and the `synproxy` statement
+/// agree: a client never gets window scaling from one and not the other.
 #[test]
-fn under_the_budget_connections_get_what_synproxy_offers() {
+fn connections_get_the_same_options_under_and_over_the_budget() {
     let policy = r#"
 [[rule]]
 name = "api"
 protocol = "tcp"
 ports = [8000]
-unverified = { rate = "100/s", burst = 100 }
+unverified = { rate = "1/h", burst = 1 }
 challenge = "syncookie"
 "#;
     let lab = NsLab::new(policy, &[8000]);
     lab.topo.add_client_addr(client(0)).expect("client address");
+    lab.topo.add_client_addr(client(1)).expect("client address");
+    let _pass = lab.pass_program_on_client();
     let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let (options, wscale) = lab
+    let under = lab
         .topo
         .client
         .run_in(move || negotiated(client(0), dst))
         .expect("client namespace");
-    let stats = lab.stats();
-    assert_eq!(
-        shield_tests::nslab::counter(&stats, "api", "syncookie"),
-        0,
-        "under the budget: no XDP cookie"
-    );
-    eprintln!("options {options:#x} wscale {wscale}");
-    if shield_user::synproxy::timestamps_work() {
-        assert_eq!(
-            options & 7,
-            7,
-            "timestamps, SACK, window scaling: {options:#x}"
-        );
-        assert_eq!(wscale, shield_common::SYNCOOKIE_WSCALE);
-    } else {
-        assert_eq!(options & 7, 0, "none of them: {options:#x}");
+    let cookies = |lab: &NsLab| shield_tests::nslab::counter(&lab.stats(), "api", "syncookie");
+    assert_eq!(cookies(&lab), 0, "the budget's one token: no XDP cookie");
+    let over = lab
+        .topo
+        .client
+        .run_in(move || negotiated(client(1), dst))
+        .expect("client namespace");
+    assert_eq!(cookies(&lab), 1, "over the budget: the XDP cookie");
+    eprintln!("under the budget {under:x?}, over it {over:x?}");
+    for (what, (options, wscale)) in [("under the budget", under), ("over it", over)] {
+        if shield_user::synproxy::timestamps_work() {
+            assert_eq!(
+                options & 7,
+                7,
+                "{what}: timestamps, SACK, window scaling: {options:#x}"
+            );
+            assert_eq!(wscale, shield_common::SYNCOOKIE_WSCALE, "{what}");
+        } else {
+            assert_eq!(options & 7, 0, "{what}: none of them: {options:#x}");
+        }
     }
 }
