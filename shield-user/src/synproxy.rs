@@ -155,8 +155,11 @@ fn remembered(iface: &str) -> Option<String> {
 }
 
 /// Puts `iface`'s table in line with `policy`: created or replaced (atomically) when a rule
-/// uses the challenge, removed when none does. Returns whether a table is in place.
-pub fn apply(iface: &str, policy: &Policy) -> Result<bool, String> {
+/// uses the challenge, removed when none does. `timestamps`: whether the `synproxy`
+/// statement offers timestamps; the daemon passes the interface's
+/// `PolicyMaps::syncookie_timestamps`, so the statement and the XDP SYN-ACK follow one
+/// reading of `timestamps_work`. Returns whether a table is in place.
+pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, String> {
     let wants = policy
         .rules
         .iter()
@@ -172,7 +175,7 @@ pub fn apply(iface: &str, policy: &Policy) -> Result<bool, String> {
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|_| "1".into()),
     };
-    let Some(table) = ruleset(iface, policy, &loose, timestamps_work()) else {
+    let Some(table) = ruleset(iface, policy, &loose, timestamps) else {
         remove(iface)?;
         return Ok(false);
     };

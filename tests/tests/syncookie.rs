@@ -509,3 +509,68 @@ fn frames_longer_than_the_syn_are_trimmed_to_the_reply_and_vlan_tags_kept() {
     assert_eq!(out.len(), 18 + 40 + 40, "the SYN's own length");
     assert_eq!(count(&h, Reason::SynCookie), 3);
 }
+
+/// Without `RULE_SYNCOOKIE_TS`, every layout the options loop reads (Windows, Linux without
+/// SACK, macOS, timestamps without window scaling, a window scale above 14, trailing
+/// padding, a VLAN tag) gets the MSS alone in a frame trimmed to it, and its ACK verifies
+/// the source: nothing of the timestamp block leaks into the reply.
+#[test]
+fn without_timestamps_odd_layouts_get_the_mss_alone() {
+    let h = harness(false);
+    let first: IpAddr = "192.0.2.90".parse().expect("ip");
+    assert_eq!(h.run(&tcp_frame(first, 0x02, 1, 0, &[])), XDP_PASS);
+    let t = 0x0a0b_0c0du32.to_be_bytes();
+    let ts_block = |lead: [u8; 2], tail: &[u8]| {
+        let mut o = vec![2, 4, 5, 0xb4];
+        o.extend_from_slice(&lead);
+        o.extend_from_slice(&[8, 10]);
+        o.extend_from_slice(&t);
+        o.extend_from_slice(&[0, 0, 0, 0]);
+        o.extend_from_slice(tail);
+        o
+    };
+    let mut mac = vec![2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10];
+    mac.extend_from_slice(&t);
+    mac.extend_from_slice(&[0, 0, 0, 0, 4, 2, 0, 0]);
+    let mut big_ws = linux_options(5);
+    big_ws[19] = 15;
+    let layouts: [(&str, Vec<u8>, usize); 6] = [
+        ("windows", vec![2, 4, 5, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2], 0),
+        ("linux without SACK", ts_block([1, 1], &[1, 3, 3, 7]), 0),
+        ("macOS", mac, 0),
+        (
+            "timestamps without window scaling",
+            ts_block([4, 2], &[]),
+            0,
+        ),
+        ("window scale 15", big_ws, 0),
+        ("linux with trailing padding", linux_options(6), 8),
+    ];
+    for (i, (what, options, pad)) in layouts.into_iter().enumerate() {
+        let c = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 91 + i as u8));
+        let seq = 40 + i as u32;
+        let mut frame = tcp_frame(c, 0x02, seq, 0, &options);
+        frame.resize(frame.len() + pad, 0);
+        let (sa, len) = answer(&h, &frame, c, seq);
+        assert_eq!(sa.options, vec![2, 4, 0x05, 0x78], "{what}: the MSS alone");
+        assert_eq!(len, 14 + 20 + 24, "{what}: trimmed to the reply");
+    }
+    // IPv6 behind an 802.1Q tag: the tag kept, the MSS alone.
+    let c: IpAddr = "2001:db8:85::1".parse().expect("ip");
+    let mut tagged = tcp_frame(c, 0x02, 50, 0, &linux_options(11));
+    let tag = [0x81, 0x00, 0x00, 0x64];
+    tagged.splice(12..12, tag);
+    let (action, out) = h.run_out(&tagged);
+    assert_eq!(action, XDP_TX, "a tagged SYN over the budget: answered");
+    assert_eq!(&out[12..16], &tag, "the VLAN tag kept");
+    let mut untagged = out.clone();
+    untagged.drain(12..16);
+    let sa = check_syn_ack(&untagged, c, 50);
+    assert_eq!(
+        sa.options,
+        vec![2, 4, 0x05, 0x64],
+        "IPv6, tagged: the MSS alone"
+    );
+    assert_eq!(out.len(), 18 + 40 + 24, "trimmed to the reply");
+    assert_eq!(count(&h, Reason::SynCookie), 7);
+}

@@ -18,7 +18,7 @@ use std::{
 
 use shield_tests::{
     netlab::{self, Gunicorn, POOL_V4, SERVER_V4, http_get_timed},
-    nslab::NsLab,
+    nslab::{NsLab, counter},
     synflood::{Generator, MODE_RANDOM, cpus, mac_of, pin_to, run_idle, syn_frame},
 };
 
@@ -91,6 +91,15 @@ fn new_clients(lab: &NsLab) -> Vec<Get> {
         .expect("client namespace")
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// One run's figures.
 struct Run {
     /// GETs answered within 1 s.
@@ -125,10 +134,26 @@ fn run(policy: &str) -> Run {
                 })
                 .expect("client namespace")
         });
-        // Let the budget run dry first.
-        std::thread::sleep(Duration::from_millis(500));
+        // The flood stops however this thread leaves the scope: the scope joins the flood
+        // thread even when a panic unwinds through it, and the flood runs until told.
+        let stopping = StopOnDrop(&stop);
+        // The new clients come once the flood has run the budget dry (the program answers
+        // or drops attempts over it), not after a time that is long enough on some machine.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats = lab.stats();
+            if counter(&stats, "api", "syncookie") + counter(&stats, "api", "unverified_limit") > 0
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the flood did not run the budget dry within 30 s: {stats}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let gets = new_clients(&lab);
-        stop.store(true, Ordering::Relaxed);
+        drop(stopping);
         (flood.join().expect("flood thread"), gets)
     });
     let (sent, secs) = flood.expect("flood");

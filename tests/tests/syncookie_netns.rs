@@ -241,3 +241,79 @@ challenge = "syncookie"
     assert_eq!(after.stdout, before.stdout, "nf_conntrack_tcp_loose");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The TCP options a connection from `src` to `dst` negotiated, from the client's side
+/// (`TCP_INFO`'s `tcpi_options`: 1 timestamps, 2 SACK, 4 window scaling), with the
+/// client's window scale (`tcpi_snd_wscale`). Runs in the calling thread's namespace.
+fn negotiated(src: IpAddr, dst: SocketAddr) -> (u8, u8) {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::os::fd::AsRawFd as _;
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+        .expect("bind");
+    s.connect_timeout(&SockAddr::from(dst), Duration::from_secs(3))
+        .expect("the connection completes");
+    // SAFETY: a zeroed tcp_info and its size, filled by the kernel.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    (info.tcpi_options, info.tcpi_snd_rcv_wscale & 0xf)
+}
+
+/// Every connection to a syncookie rule's ports goes through SYNPROXY (SYNs are `notrack`),
+/// the ones under the budget too: where the kernel's SYNPROXY cannot use timestamps
+/// (`synproxy::timestamps_work`), a connection has no timestamps, SACK or window scaling,
+/// whether its SYN was under the budget (SYNPROXY's cookie) or over it (the XDP cookie);
+/// elsewhere it has all three either way. The XDP SYN-ACK and the `synproxy` statement
+/// agree: a client never gets window scaling from one and not the other.
+#[test]
+fn connections_get_the_same_options_under_and_over_the_budget() {
+    let policy = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#;
+    let lab = NsLab::new(policy, &[8000]);
+    lab.topo.add_client_addr(client(0)).expect("client address");
+    lab.topo.add_client_addr(client(1)).expect("client address");
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let under = lab
+        .topo
+        .client
+        .run_in(move || negotiated(client(0), dst))
+        .expect("client namespace");
+    let cookies = |lab: &NsLab| shield_tests::nslab::counter(&lab.stats(), "api", "syncookie");
+    assert_eq!(cookies(&lab), 0, "the budget's one token: no XDP cookie");
+    let over = lab
+        .topo
+        .client
+        .run_in(move || negotiated(client(1), dst))
+        .expect("client namespace");
+    assert_eq!(cookies(&lab), 1, "over the budget: the XDP cookie");
+    eprintln!("under the budget {under:x?}, over it {over:x?}");
+    for (what, (options, wscale)) in [("under the budget", under), ("over it", over)] {
+        if shield_user::synproxy::timestamps_work() {
+            assert_eq!(
+                options & 7,
+                7,
+                "{what}: timestamps, SACK, window scaling: {options:#x}"
+            );
+            assert_eq!(wscale, shield_common::SYNCOOKIE_WSCALE, "{what}");
+        } else {
+            assert_eq!(options & 7, 0, "{what}: none of them: {options:#x}");
+        }
+    }
+}

@@ -190,7 +190,9 @@ pub(crate) fn install_all(
     };
     for (iface, m) in maps.iter_mut() {
         // Before the program may answer with cookies: SYNPROXY must be there for the ACKs.
-        crate::synproxy::apply(iface, policy).map_err(|e| format!("{iface}: syncookie: {e}"))?;
+        // The statement offers timestamps exactly where the XDP SYN-ACK does.
+        crate::synproxy::apply(iface, policy, m.tables.syncookie_timestamps)
+            .map_err(|e| format!("{iface}: syncookie: {e}"))?;
         let extra = if m.bans.any() { CFG_BANS } else { 0 };
         let d = m
             .tables
