@@ -257,7 +257,7 @@ impl Topology {
                     ],
                 )?;
                 let all = if i == 0 {
-                    format!("{:x}", (1u64 << queues.min(63)) - 1)
+                    format!("{:x}", (1u64 << crate::synflood::cpus().min(63)) - 1)
                 } else {
                     "0".to_string()
                 };

@@ -124,6 +124,13 @@ pub fn matrix_table(policy: &Policy) -> String {
                 mss.saturating_sub(20),
                 crate::synproxy::TABLE
             );
+            if !crate::synproxy::timestamps_work() {
+                let _ = writeln!(
+                    out,
+                    "{}: on this host's kernel SYNPROXY cannot use TCP timestamps (Linux 6.15+), so connections to the rule's ports get no window scaling or SACK",
+                    r.name
+                );
+            }
             if r.mode == super::Mode::Monitor {
                 let _ = writeln!(
                     out,

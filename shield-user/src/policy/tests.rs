@@ -1656,6 +1656,12 @@ fn syncookie_matrix_says_what_monitor_mode_still_changes() {
         "{enforced}"
     );
     assert!(!enforced.contains("monitor mode"), "{enforced}");
+    // What this host's kernel takes away, said where it applies.
+    assert_eq!(
+        enforced.contains("get no window scaling or SACK"),
+        !crate::synproxy::timestamps_work(),
+        "{enforced}"
+    );
     let monitored = matrix_table(&ok(&text.replace("{MODE}", "mode='monitor'\n")));
     assert!(
         monitored.contains("api: monitor mode: nothing is answered yet")
