@@ -35,9 +35,12 @@ pub const MAP_RESETS: &str = "SHIELD_RESETS";
 pub const MAP_REFUSED: &str = "SHIELD_REFUSED";
 /// The verified set's filter (`vfilter_bit`).
 pub const MAP_VFILTER: &str = "SHIELD_VFILTER";
+/// How many bans may exist, per rule (rule scope) and for the host scope: the data path
+/// looks bans up only where some may exist (see `BAN_COUNT_USER`).
+pub const MAP_BAN_COUNT: &str = "SHIELD_BANCOUNT";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 23] = [
+pub const ALL_MAPS: [&str; 24] = [
     MAP_CONTROL,
     MAP_CONFIG,
     MAP_PORTS,
@@ -61,11 +64,12 @@ pub const ALL_MAPS: [&str; 23] = [
     MAP_RESETS,
     MAP_REFUSED,
     MAP_VFILTER,
+    MAP_BAN_COUNT,
 ];
 
 /// (map, key size, value size) of every pinned map but the ring buffer: a pin left by a
 /// version with another layout must not be adopted.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 22] = {
+pub const MAP_LAYOUTS: [(&str, usize, usize); 23] = {
     use core::mem::size_of;
     /// An LPM trie key: the u32 prefix length, then the data.
     const fn lpm(n: usize) -> usize {
@@ -97,6 +101,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 22] = {
         (MAP_ATTACK, 4, 8),
         (MAP_RESETS, 4, 8),
         (MAP_REFUSED, 4, size_of::<Refused>()),
+        (MAP_BAN_COUNT, 4, 8),
         (MAP_VFILTER, 4, 8),
     ]
 };
@@ -708,3 +713,19 @@ mod tests {
         }
     }
 }
+
+// ---- Ban counts (MAP_BAN_COUNT) ----
+
+/// `MAP_BAN_COUNT`'s slot for host-scope bans (rule ids take slots 0..RULE_SLOTS).
+pub const BAN_COUNT_HOST: u32 = RULE_SLOTS;
+/// Offset of user space's slots in `MAP_BAN_COUNT`. Slot `s` (a rule id or
+/// `BAN_COUNT_HOST`) counts the bans the data path inserted (it adds 1 atomically before
+/// every insert, and never removes one); slot `BAN_COUNT_USER + s` the daemon's own inserts
+/// less every removal (it alone writes it: +1 before inserting a key that was not there,
+/// -1 after a removal that found it), wrapping. Their wrapping sum is never below the
+/// bans stored, so the data path skips the lookups when it is 0. Rewritten at every load
+/// (`loader::ban_counts_adopt`: the data path's slot read first, then the maps) so that
+/// pins from a version without the map, or an overcount, are set right.
+pub const BAN_COUNT_USER: u32 = RULE_SLOTS + 1;
+/// Slots of `MAP_BAN_COUNT`.
+pub const BAN_COUNT_SLOTS: u32 = 2 * (RULE_SLOTS + 1);

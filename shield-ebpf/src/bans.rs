@@ -121,3 +121,26 @@ pub(crate) fn listed(pkt: &Packet, half: u8, allow: bool) -> bool {
         trie.get(&key).is_some()
     }
 }
+
+/// Whether bans of `slot` (a rule id, or `BAN_COUNT_HOST`) may exist: the data path's and
+/// user space's counts (`shield_common::BAN_COUNT_USER`) do not add up to 0. A slot that
+/// cannot be read says they may.
+#[inline(always)]
+pub(crate) fn may_exist(slot: u32) -> bool {
+    let ours = SHIELD_BANCOUNT.get(slot).copied().unwrap_or(1);
+    let users = SHIELD_BANCOUNT
+        .get(slot.wrapping_add(shield_common::BAN_COUNT_USER))
+        .copied()
+        .unwrap_or(1);
+    ours.wrapping_add(users) != 0
+}
+
+/// Counts a ban of `slot` about to be inserted (before the insert: the count is never
+/// below the bans stored).
+#[inline(always)]
+pub(crate) fn count_insert(slot: u32) {
+    if let Some(p) = SHIELD_BANCOUNT.get_ptr_mut(slot) {
+        // SAFETY: an array slot from a successful lookup, 8-byte aligned.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+    }
+}

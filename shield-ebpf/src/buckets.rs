@@ -345,6 +345,11 @@ fn report_refusal(
             prefix_len: key.prefix_len,
             _pad: [0; 3],
         };
+        count_insert(if host {
+            shield_common::BAN_COUNT_HOST
+        } else {
+            u32::from(key.rule)
+        });
         let inserted = if host {
             insert_host_ban(key, &ban)
         } else {

@@ -174,7 +174,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // Host-scope bans cover every port, matched or not. A monitor-mode ban exempts
     // nothing: it only turns the pass the normal judgement gives into `would_ban`.
     let mut watched = false;
-    if bans {
+    if bans && may_exist(shield_common::BAN_COUNT_HOST) {
         match host_ban(pkt, now) {
             BAN_HIT_DROP => {
                 count(rule_id, Reason::Ban, len);
@@ -213,7 +213,10 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
         prefix_len: prefix,
         addr: masked(&pkt.src, prefix),
     };
-    if bans && let Some(ban) = SHIELD_RBANS.get_ptr(key) {
+    if bans
+        && may_exist(rule_id)
+        && let Some(ban) = SHIELD_RBANS.get_ptr(key)
+    {
         // SAFETY: pointer from a successful lookup, valid during this run (RCU).
         match ban_hit(unsafe { &*ban }, now, pkt) {
             BAN_HIT_DROP => {

@@ -54,6 +54,11 @@ pub(crate) static SHIELD_HBAN6: LpmTrie<[u8; 16], BanValue> =
 pub(crate) static SHIELD_RBANS: HashMap<SourceKey, BanValue> =
     HashMap::with_max_entries(MAX_BANS, 0);
 
+/// How many bans may exist per rule and for the host (`shield_common::BAN_COUNT_USER`).
+#[map]
+pub(crate) static SHIELD_BANCOUNT: Array<u64> =
+    Array::with_max_entries(shield_common::BAN_COUNT_SLOTS, 0);
+
 #[map]
 pub(crate) static SHIELD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 

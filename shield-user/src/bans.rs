@@ -7,12 +7,12 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use serde::{Deserialize, Serialize};
 use shield_common::{
-    BAN_MANUAL, BAN_MONITOR, BAN_NOTE_MAX, BanNote, BanNoteKey, BanValue, CFG_BANS, MAP_BAN_NOTES,
-    MAP_HOST_BANS_V4, MAP_HOST_BANS_V6, MAP_RULE_BANS, MAX_BANS, NOTE_HOST, NOTE_RULE, RuleConfig,
-    SourceKey,
+    BAN_COUNT_HOST, BAN_COUNT_USER, BAN_MANUAL, BAN_MONITOR, BAN_NOTE_MAX, BanNote, BanNoteKey,
+    BanValue, CFG_BANS, MAP_BAN_COUNT, MAP_BAN_NOTES, MAP_HOST_BANS_V4, MAP_HOST_BANS_V6,
+    MAP_RULE_BANS, MAX_BANS, NOTE_HOST, NOTE_RULE, RuleConfig, SourceKey,
     addr::{FAMILY_V4, FAMILY_V6, mask_prefix},
 };
 
@@ -41,6 +41,10 @@ pub enum BanError {
     },
     #[error("the ban table is full ({0} entries)")]
     Full(u32),
+    #[error(
+        "the ban count map ({MAP_BAN_COUNT}) is not pinned: the program was loaded by an older shield; restart the daemon with this version"
+    )]
+    NoCounts,
     #[error("cannot create the ban notes map {path}: {source}")]
     Notes {
         path: std::path::PathBuf,
@@ -263,6 +267,9 @@ pub struct BanMaps {
     rules_bans: HashMap<MapData, SourceKey, BanValue>,
     /// Reasons of manual bans (absent until a daemon created it).
     notes: Option<HashMap<MapData, BanNoteKey, BanNote>>,
+    /// How many bans may exist (`shield_common::BAN_COUNT_USER`); absent under pins of an
+    /// older version, where bans can be listed but not changed.
+    counts: Option<Array<MapData, u64>>,
     tables: crate::loader::PolicyMaps,
 }
 
@@ -278,6 +285,9 @@ impl BanMaps {
             host6: LpmTrie::try_from(open_pinned(pin_dir, MAP_HOST_BANS_V6)?)?,
             rules_bans: HashMap::try_from(open_pinned(pin_dir, MAP_RULE_BANS)?)?,
             notes,
+            counts: open_pinned(pin_dir, MAP_BAN_COUNT)
+                .ok()
+                .and_then(|m| Array::try_from(m).ok()),
             tables: crate::loader::PolicyMaps::open(pin_dir)?,
         })
     }
@@ -602,6 +612,10 @@ impl BanMaps {
         if let Some(v) = existing {
             value = v;
         } else {
+            if stored.is_none() {
+                // Counted before it is stored: the count is never below the bans stored.
+                self.count(key, 1)?;
+            }
             match key {
                 BanKey::Host4(a, l) => self.host4.insert(&Key::new(u32::from(l), a), value, 0),
                 BanKey::Host6(a, l) => self.host6.insert(&Key::new(u32::from(l), a), value, 0),
@@ -656,8 +670,24 @@ impl BanMaps {
         match r {
             // Already gone (expired and swept concurrently): fine.
             Err(MapError::KeyNotFound) => Ok(()),
-            other => Ok(other?),
+            // Uncounted once it is gone.
+            Ok(()) => self.count(key, -1),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Adds `delta` to user space's count of `key`'s slot (`BAN_COUNT_USER`; wrapping).
+    fn count(&mut self, key: BanKey, delta: i64) -> Result<(), BanError> {
+        let slot = match key {
+            BanKey::Host4(..) | BanKey::Host6(..) => BAN_COUNT_HOST,
+            BanKey::Rule(k) => u32::from(k.rule),
+            BanKey::None => return Ok(()),
+        };
+        let counts = self.counts.as_mut().ok_or(BanError::NoCounts)?;
+        let i = BAN_COUNT_USER + slot;
+        let v = counts.get(&i, 0)?;
+        counts.set(i, v.wrapping_add(delta as u64), 0)?;
+        Ok(())
     }
 
     /// Removes expired bans; returns them (for `ban_end` audit lines).

@@ -43,6 +43,17 @@ pub struct PathRow {
     pub reference: bool,
 }
 
+/// A ratio as the reading shows it: two decimals, or three where two would round a miss up
+/// to its target (0.848 against 0.85 reads "0.848", not "0.85" and missed).
+pub fn ratio_text(ratio: f64, target: f64) -> String {
+    let two = format!("{ratio:.2}");
+    if ratio < target && two == format!("{target:.2}") {
+        format!("{ratio:.3}")
+    } else {
+        two
+    }
+}
+
 /// A measured row and its ratio.
 type Measured<'a> = (&'a PathRow, f64);
 
@@ -66,7 +77,14 @@ pub fn paths_reading(rows: &[PathRow]) -> String {
         if !miss.is_empty() {
             let list: Vec<String> = miss
                 .iter()
-                .map(|(r, x)| format!("{} ({x:.2}× against {:.2}×)", r.path, r.target))
+                .map(|(r, x)| {
+                    format!(
+                        "{} ({}× against {:.2}×)",
+                        r.path,
+                        ratio_text(*x, r.target),
+                        r.target
+                    )
+                })
                 .collect();
             let _ = write!(s, " Missed: {}.", list.join(", "));
         }
@@ -398,6 +416,10 @@ mod tests {
             "{r}"
         );
         assert!(!r.contains("Missed"), "{r}");
+        // A miss that two decimals would round up to its target shows three.
+        let r = paths_reading(&[row("budget", Some(0.848), 0.85, None)]);
+        assert!(r.contains("budget (0.848× against 0.85×)"), "{r}");
+        assert_eq!(ratio_text(0.851, 0.85), "0.85");
         let none = paths_reading(&[row("x", None, 1.0, Some("no root"))]);
         assert!(none.contains("No path was measured"), "{none}");
     }

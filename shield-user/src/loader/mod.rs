@@ -27,9 +27,11 @@ use shield_common::{
 
 use crate::policy::CompiledPolicy;
 
+mod ban_count;
 mod detach;
 mod vfilter;
 
+pub use ban_count::ban_counts_adopt;
 pub use detach::{Detached, detach_pinned};
 pub use vfilter::{vfilter_add, vfilter_adopt, vfilter_rebuild};
 
@@ -407,6 +409,8 @@ pub fn load_with_log_level(
     // source in it is taken for unverified (a set left by a version without the filter,
     // bits lost to a rebuild racing the data path, a daemon stopped mid-rebuild).
     vfilter_adopt(pin_dir)?;
+    // The bans adopted from the pins, counted before the program can skip their lookups.
+    ban_counts_adopt(pin_dir)?;
     Ok(ebpf)
 }
 

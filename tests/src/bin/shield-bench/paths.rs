@@ -158,12 +158,13 @@ pub(crate) fn section2b(o: &Opts, report: &mut String) {
                 };
                 let _ = writeln!(
                     report,
-                    "| {} | {} | {} | {:.2} M | {:.2} M | {r:.2} | {target_cell} | {} / {} |",
+                    "| {} | {} | {} | {:.2} M | {:.2} M | {} | {target_cell} | {} / {} |",
                     c.path,
                     c.shape,
                     c.baseline.name(),
                     median(shield) / 1e6,
                     median(base) / 1e6,
+                    benchprose::ratio_text(r, c.target),
                     ns_cell(ns),
                     ns_cell(base_ns),
                 );
