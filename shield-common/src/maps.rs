@@ -688,6 +688,22 @@ mod pod {
     unsafe impl aya::Pod for BanNote {}
 }
 
+// ---- Ban counts (MAP_BAN_COUNT) ----
+
+/// `MAP_BAN_COUNT`'s slot for host-scope bans (rule ids take slots 0..RULE_SLOTS).
+pub const BAN_COUNT_HOST: u32 = RULE_SLOTS;
+/// Offset of user space's slots in `MAP_BAN_COUNT`. Slot `s` (a rule id or
+/// `BAN_COUNT_HOST`) counts the bans the data path inserted (it adds 1 atomically before
+/// every insert, and never removes one); slot `BAN_COUNT_USER + s` the daemon's own inserts
+/// less every removal (it alone writes it: +1 before inserting a key that was not there,
+/// -1 after a removal that found it), wrapping. Their wrapping sum is never below the
+/// bans stored, so the data path skips the lookups when it is 0. Rewritten at every load
+/// (`loader::ban_counts_adopt`: the data path's slot read first, then the maps) so that
+/// pins from a version without the map, or an overcount, are set right.
+pub const BAN_COUNT_USER: u32 = RULE_SLOTS + 1;
+/// Slots of `MAP_BAN_COUNT`.
+pub const BAN_COUNT_SLOTS: u32 = 2 * (RULE_SLOTS + 1);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -713,19 +729,3 @@ mod tests {
         }
     }
 }
-
-// ---- Ban counts (MAP_BAN_COUNT) ----
-
-/// `MAP_BAN_COUNT`'s slot for host-scope bans (rule ids take slots 0..RULE_SLOTS).
-pub const BAN_COUNT_HOST: u32 = RULE_SLOTS;
-/// Offset of user space's slots in `MAP_BAN_COUNT`. Slot `s` (a rule id or
-/// `BAN_COUNT_HOST`) counts the bans the data path inserted (it adds 1 atomically before
-/// every insert, and never removes one); slot `BAN_COUNT_USER + s` the daemon's own inserts
-/// less every removal (it alone writes it: +1 before inserting a key that was not there,
-/// -1 after a removal that found it), wrapping. Their wrapping sum is never below the
-/// bans stored, so the data path skips the lookups when it is 0. Rewritten at every load
-/// (`loader::ban_counts_adopt`: the data path's slot read first, then the maps) so that
-/// pins from a version without the map, or an overcount, are set right.
-pub const BAN_COUNT_USER: u32 = RULE_SLOTS + 1;
-/// Slots of `MAP_BAN_COUNT`.
-pub const BAN_COUNT_SLOTS: u32 = 2 * (RULE_SLOTS + 1);
