@@ -490,11 +490,22 @@ impl BanMaps {
             .collect()
     }
 
-    /// The ban stored under `key`, if any.
+    /// The ban stored under `key`, if any. A trie's lookup answers with the longest
+    /// stored prefix covering the key (a /24 for a /32 inside it), so only a ban of the
+    /// key's own prefix length is taken (one that names another says none: counted again,
+    /// never below the bans stored).
     fn stored(&self, key: BanKey) -> Option<BanValue> {
         match key {
-            BanKey::Host4(a, l) => self.host4.get(&Key::new(u32::from(l), a), 0).ok(),
-            BanKey::Host6(a, l) => self.host6.get(&Key::new(u32::from(l), a), 0).ok(),
+            BanKey::Host4(a, l) => self
+                .host4
+                .get(&Key::new(u32::from(l), a), 0)
+                .ok()
+                .filter(|v| v.prefix_len == l),
+            BanKey::Host6(a, l) => self
+                .host6
+                .get(&Key::new(u32::from(l), a), 0)
+                .ok()
+                .filter(|v| v.prefix_len == l),
             BanKey::Rule(k) => self.rules_bans.get(&k, 0).ok(),
             BanKey::None => None,
         }

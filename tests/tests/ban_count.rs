@@ -159,3 +159,55 @@ fn bans_adopted_from_older_pins_are_counted_at_load() {
     h.ebpf = loader::load(&dir, 262_144).expect("loading again");
     assert_eq!(count(&h, id).2, 1);
 }
+
+/// A ban on a prefix inside a broader stored one (a /32 banned while its /24 is): the
+/// trie's lookup answers with the /24, which is not the /32's key. The /32 is a ban of its
+/// own, counted and kept when the /24 goes (unbanned, or ending first).
+#[test]
+fn a_ban_nested_in_a_stored_broader_one_is_counted_and_stays_enforced() {
+    for (outer, inner, src) in [
+        ("198.51.100.0/24", "198.51.100.7/32", "198.51.100.7"),
+        ("2001:db8::/48", "2001:db8::7/128", "2001:db8::7"),
+    ] {
+        let h = Harness::new(&policy("rule"));
+        let dir = loader::pin_dir(&h.bpffs.path, HARNESS_IFACE);
+        let mut maps = BanMaps::open(&dir).expect("ban maps");
+        let ping = Pkt::new(src, L4::Echo).bytes();
+        // The /24 ends first, the /32 later; then the /24 is lifted.
+        maps.ban(parse_cidr(outer).unwrap(), 60 * SEC, None, None)
+            .expect("outer ban");
+        let out = maps
+            .ban(parse_cidr(inner).unwrap(), 600 * SEC, None, None)
+            .expect("inner ban");
+        assert!(!out.kept_longer, "{inner}: a ban of its own");
+        assert_eq!(
+            count(&h, BAN_COUNT_HOST).2,
+            2,
+            "{inner}: two bans, two counted"
+        );
+        maps.unban(parse_cidr(outer).unwrap()).expect("unban outer");
+        assert_eq!(
+            maps.active().len(),
+            1,
+            "{inner}: the nested ban is still stored"
+        );
+        assert_eq!(count(&h, BAN_COUNT_HOST).2, 1, "{inner}: and counted");
+        assert_eq!(h.run(&ping), XDP_DROP, "{inner}: and enforced");
+
+        // The /24 ends later than the /32 asked for: the /32 is still stored on its own
+        // key (an unban of the /24 must not lift it).
+        maps.ban(parse_cidr(outer).unwrap(), 3600 * SEC, None, None)
+            .expect("outer ban again");
+        maps.unban(parse_cidr(inner).unwrap()).expect("unban inner");
+        maps.ban(parse_cidr(inner).unwrap(), 60 * SEC, None, None)
+            .expect("inner ban again");
+        maps.unban(parse_cidr(outer).unwrap())
+            .expect("unban outer again");
+        assert_eq!(
+            h.run(&ping),
+            XDP_DROP,
+            "{inner}: the ban asked for is enforced once the broader one is lifted"
+        );
+        assert_eq!(count(&h, BAN_COUNT_HOST).2, 1, "{inner}: counted");
+    }
+}
