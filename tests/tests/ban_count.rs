@@ -211,3 +211,38 @@ fn a_ban_nested_in_a_stored_broader_one_is_counted_and_stays_enforced() {
         assert_eq!(count(&h, BAN_COUNT_HOST).2, 1, "{inner}: counted");
     }
 }
+
+/// An upgrade over an older version's pins: its program (no count map) stays attached and
+/// keeps banning between the new program's load (which counts the bans) and its attach.
+/// Those bans are stored uncounted; the attach counts them again before it returns, so the
+/// new program looks them up. The older program is played by the first load with its count
+/// pin removed (it counts into a map no other program reads).
+#[test]
+fn bans_inserted_by_the_older_program_before_the_attach_are_counted() {
+    let mut h = Harness::new(&policy("rule"));
+    let id = rule_id(&h);
+    let dir = loader::pin_dir(&h.bpffs.path, HARNESS_IFACE);
+    std::fs::remove_file(dir.join(MAP_BAN_COUNT)).expect("removing the count pin");
+    let mut new = loader::load(&dir, 262_144).expect("loading over the older pins");
+    // The older program, still attached, bans a source after the load counted.
+    let syn = Pkt::new("192.0.2.44", L4::syn(8080)).bytes();
+    offend(&mut h, &syn);
+    assert_eq!(h.bans().len(), 1, "banned by the older program");
+    let ns = shield_tests::netlab::Netns::new("sbc").expect("a namespace");
+    ns.ip(&[
+        "link", "add", "sbc0", "type", "veth", "peer", "name", "sbc1",
+    ])
+    .expect("a veth pair in the namespace");
+    ns.ip(&["link", "set", "sbc0", "up"]).expect("up");
+    let attached = ns
+        .run_in(|| {
+            loader::attach(&mut new, "sbc0", loader::AttachMode::Generic, &dir)
+                .map(|(link, _)| link)
+        })
+        .expect("in the namespace")
+        .expect("attaching the new program");
+    assert_eq!(count(&h, id).2, 1, "the older program's ban counted");
+    h.ebpf = new;
+    assert_eq!(h.run(&syn), XDP_DROP, "enforced by the new program");
+    drop(attached);
+}
