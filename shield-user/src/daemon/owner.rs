@@ -243,7 +243,7 @@ pub(super) async fn serve(
     // The fleet's bans are in force before this host says it is ready.
     let fleet_task = owner.start_fleet(&tx, &stop_rx).await;
     info!(
-        "running; control socket {}{}{}; SIGHUP or a change of {} reloads; SIGTERM or Ctrl-C detaches",
+        "running; control socket {}{}{}; SIGHUP or a change of {} reloads; SIGTERM or Ctrl-C {}",
         socket_path.display(),
         metrics_addr
             .map(|m| format!(", metrics http://{m}/metrics"))
@@ -254,7 +254,13 @@ pub(super) async fn serve(
             .as_ref()
             .map(|a| format!(", app socket {}", a.socket.display()))
             .unwrap_or_default(),
-        owner.path.display()
+        owner.path.display(),
+        // App-only mode has no program to detach.
+        if owner.instances.is_empty() {
+            "stops"
+        } else {
+            "detaches"
+        }
     );
     // systemd Type=notify: ready once attached and listening (a no-op elsewhere).
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

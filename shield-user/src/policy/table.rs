@@ -127,7 +127,7 @@ pub fn matrix_table(policy: &Policy) -> String {
             if !crate::synproxy::timestamps_work() {
                 let _ = writeln!(
                     out,
-                    "{}: on this host's kernel SYNPROXY cannot use TCP timestamps (Linux 6.15+), so connections to the rule's ports get no window scaling or SACK",
+                    "{}: on this host's kernel SYNPROXY cannot use TCP timestamps (Linux 6.15+), so connections to the rule's ports (all of them, attack or not) get no window scaling or SACK (a 64 KiB window at most; docs/operations.md, \"SYN cookies\")",
                     r.name
                 );
             }

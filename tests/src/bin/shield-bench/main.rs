@@ -50,7 +50,8 @@ struct Opts {
     /// Shorter runs (fewer rounds and packets): a quick check, not the record.
     #[arg(long)]
     quick: bool,
-    /// The report file; the sections run replace their part of it.
+    /// The report file, replaced whole by a report of the sections run (with --only, name
+    /// another file to keep BENCHMARKS.md whole).
     #[arg(long, value_name = "FILE", default_value = "BENCHMARKS.md")]
     out: PathBuf,
     /// Sections to run, comma-separated (default: all).
