@@ -22,8 +22,9 @@ fn escalation_text(e: Option<&super::Escalation>) -> String {
     match e {
         None => "-".to_string(),
         Some(e) => format!(
-            "{} strikes/{} -> ban {} x{} max {}, {} scope, forget {}",
+            "{} strike{}/{} -> ban {} x{} max {}, {} scope, forget {}",
             e.strikes,
+            if e.strikes == 1 { "" } else { "s" },
             d(e.window),
             d(e.ban),
             e.backoff,
@@ -127,7 +128,7 @@ pub fn matrix_table(policy: &Policy) -> String {
             if !crate::synproxy::timestamps_work() {
                 let _ = writeln!(
                     out,
-                    "{}: on this host's kernel SYNPROXY cannot use TCP timestamps (Linux 6.15+), so connections to the rule's ports (all of them, attack or not) get no window scaling or SACK (a 64 KiB window at most; docs/operations.md, \"SYN cookies\")",
+                    "{}: on this host's kernel SYNPROXY cannot use TCP timestamps (Linux 6.15+, or /proc/net/netstat unreadable), so connections to the rule's ports (all of them, attack or not) get no window scaling or SACK (a 64 KiB window at most; docs/operations.md, \"SYN cookies\")",
                     r.name
                 );
             }
