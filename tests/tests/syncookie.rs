@@ -28,6 +28,16 @@ fn harness(timestamps: bool) -> Harness {
     h
 }
 
+/// A bare SYN from `src` takes the budget's one token (passed): later new sources are over it.
+fn take_the_token(h: &Harness, src: &str) {
+    let src: IpAddr = src.parse().expect("ip");
+    assert_eq!(
+        h.run(&tcp_frame(src, 0x02, 1, 0, &[])),
+        XDP_PASS,
+        "the budget's token"
+    );
+}
+
 const SERVER_V4: [u8; 4] = [198, 51, 100, 1];
 const SERVER_V6: &str = "2001:db8:5::1";
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
@@ -279,16 +289,7 @@ fn over_the_budget_a_syn_gets_a_cookie_syn_ack_and_its_ack_verifies_the_source()
 #[test]
 fn without_timestamps_every_syn_ack_carries_the_mss_alone() {
     let h = harness(false);
-    assert_eq!(
-        h.run(&tcp_frame(
-            "192.0.2.60".parse().expect("ip"),
-            0x02,
-            1,
-            0,
-            &[]
-        )),
-        XDP_PASS
-    );
+    take_the_token(&h, "192.0.2.60");
     let c: IpAddr = "192.0.2.61".parse().expect("ip");
     let (sa, len) = answer(&h, &tcp_frame(c, 0x02, 31, 0, &linux_options(3)), c, 31);
     assert_eq!(
@@ -410,16 +411,7 @@ fn answer(h: &Harness, frame: &[u8], client: IpAddr, seq: u32) -> (SynAck, usize
 #[test]
 fn option_layouts_other_than_linux_get_the_options_they_asked_for() {
     let h = harness(true);
-    assert_eq!(
-        h.run(&tcp_frame(
-            "192.0.2.70".parse().expect("ip"),
-            0x02,
-            1,
-            0,
-            &[]
-        )),
-        XDP_PASS
-    );
+    take_the_token(&h, "192.0.2.70");
     let ts: u32 = 0x0a0b_0c0d;
     let t = ts.to_be_bytes();
     // Windows: MSS, NOP, window scale 8, NOP, NOP, SACK-permitted; no timestamps, so only
@@ -468,16 +460,7 @@ fn option_layouts_other_than_linux_get_the_options_they_asked_for() {
 #[test]
 fn frames_longer_than_the_syn_are_trimmed_to_the_reply_and_vlan_tags_kept() {
     let h = harness(true);
-    assert_eq!(
-        h.run(&tcp_frame(
-            "192.0.2.80".parse().expect("ip"),
-            0x02,
-            1,
-            0,
-            &[]
-        )),
-        XDP_PASS
-    );
+    take_the_token(&h, "192.0.2.80");
     // A SYN without options padded to Ethernet's 60 bytes: the padding leaves room for
     // the MSS option, and the frame ends with the reply (58 bytes).
     let c: IpAddr = "192.0.2.81".parse().expect("ip");

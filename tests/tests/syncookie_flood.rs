@@ -158,14 +158,7 @@ fn run(policy: &str) -> Run {
     });
     let (sent, secs) = flood.expect("flood");
     eprintln!("flood: {sent} SYNs in {secs:.2} s");
-    let stats = lab.stats();
-    let cookies = stats["interfaces"][0]["rules"]
-        .as_array()
-        .expect("rules")
-        .iter()
-        .find(|r| r["name"] == "api")
-        .and_then(|r| r["counters"]["syncookie"]["packets"].as_u64())
-        .unwrap_or(0);
+    let cookies = counter(&lab.stats(), "api", "syncookie");
     Run {
         in_time: gets.iter().filter(|g| g.in_time()).count(),
         late: gets

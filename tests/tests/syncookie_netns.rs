@@ -13,6 +13,33 @@ use shield_tests::{
     nslab::NsLab,
 };
 
+/// A budget of one token an hour, then cookies.
+const POLICY: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#;
+
+/// `ARGS` run in the namespace `ns`.
+fn run_in(ns: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// Rule `api` as `shield stats --json` shows it.
+fn api_rule(lab: &NsLab) -> serde_json::Value {
+    lab.stats()["interfaces"][0]["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "api").cloned())
+        .expect("rule api in the stats")
+}
+
 fn client(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(POOL_V4.0) + 1000 + i))
 }
@@ -21,25 +48,11 @@ fn client(i: u32) -> IpAddr {
 /// XDP cookie path, and SYNPROXY completes its connection to the API.
 #[test]
 fn the_cookie_path_completes_connections_to_the_api() {
-    let policy = r#"
-[[rule]]
-name = "api"
-protocol = "tcp"
-ports = [8000]
-unverified = { rate = "1/h", burst = 1 }
-challenge = "syncookie"
-"#;
-    let mut lab = NsLab::new(policy, &[]);
+    let mut lab = NsLab::new(POLICY, &[]);
     let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
     // The host side the daemon set up: its nftables table and conntrack's strict mode.
     let server = lab.topo.server.name.clone();
-    let in_server = |args: &[&str]| {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &server])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    };
+    let in_server = |args: &[&str]| run_in(&server, args);
     let table = in_server(&["nft", "list", "table", "inet", "shield_syncookie_shield0"]);
     let text = String::from_utf8_lossy(&table.stdout);
     // Timestamps (and with them window scaling and SACK) only where SYNPROXY can use them.
@@ -69,25 +82,14 @@ challenge = "syncookie"
                 .collect()
         })
         .expect("client namespace");
-    let stats = lab.stats();
-    let api = stats["interfaces"][0]["rules"]
-        .as_array()
-        .expect("rules")
-        .iter()
-        .find(|r| r["name"] == "api")
-        .expect("api")
-        .clone();
+    let api = api_rule(&lab);
     eprintln!("{codes:?}");
     assert!(codes.iter().all(|c| *c == Some(200)), "{codes:?}");
     // Answering over the budget with cookies is an attack on it as much as dropping: the
     // daemon's once-a-second tracking reports it (stats, audit), waited for, not slept on.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let s = lab.stats();
-        let rule = s["interfaces"][0]["rules"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["name"] == "api").cloned())
-            .expect("api");
+        let rule = api_rule(&lab);
         if rule["unverified"]["under_attack"] == true {
             break;
         }
@@ -124,15 +126,7 @@ challenge = "syncookie"
 /// MSS less 20), SYNPROXY's IPv6 statement completes their connections to the API.
 #[test]
 fn ipv6_clients_complete_their_connections_through_the_cookie_path() {
-    let policy = r#"
-[[rule]]
-name = "api"
-protocol = "tcp"
-ports = [8000]
-unverified = { rate = "1/h", burst = 1 }
-challenge = "syncookie"
-"#;
-    let lab = NsLab::new(policy, &[]);
+    let lab = NsLab::new(POLICY, &[]);
     let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
     // Each in its own /64: sources are keyed (and verified) by /64.
     let client6 = |i: u32| {
@@ -157,11 +151,7 @@ challenge = "syncookie"
         })
         .expect("client namespace");
     assert!(codes.iter().all(|c| *c == Some(200)), "{codes:?}");
-    let stats = lab.stats();
-    let api = stats["interfaces"][0]["rules"]
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["name"] == "api").cloned())
-        .expect("api");
+    let api = api_rule(&lab);
     // One client took the budget's token; the nine others came through a cookie.
     assert!(
         api["counters"]["syncookie"]["packets"].as_u64() >= Some(9),
@@ -175,28 +165,14 @@ challenge = "syncookie"
 #[test]
 fn a_failed_start_leaves_no_syncookie_table() {
     shield_tests::require_root();
-    let policy = r#"
-[[rule]]
-name = "api"
-protocol = "tcp"
-ports = [8000]
-unverified = { rate = "1/h", burst = 1 }
-challenge = "syncookie"
-"#;
     let topo = netlab::Topology::new().expect("building namespaces");
     let bpffs = netlab::TempBpffs::new().expect("private bpffs");
     let dir = std::env::temp_dir().join(netlab::unique("shield-failstart-"));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let path = dir.join("policy.toml");
-    std::fs::write(&path, policy).expect("policy");
+    std::fs::write(&path, POLICY).expect("policy");
     let server = topo.server.name.clone();
-    let in_server = |args: &[&str]| {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &server])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    };
+    let in_server = |args: &[&str]| run_in(&server, args);
     // A bridge has no native XDP: attaching there fails after the install.
     let made = in_server(&["ip", "link", "add", "dum0", "type", "bridge"]);
     assert!(
@@ -277,15 +253,7 @@ fn negotiated(src: IpAddr, dst: SocketAddr) -> (u8, u8) {
 /// agree: a client never gets window scaling from one and not the other.
 #[test]
 fn connections_get_the_same_options_under_and_over_the_budget() {
-    let policy = r#"
-[[rule]]
-name = "api"
-protocol = "tcp"
-ports = [8000]
-unverified = { rate = "1/h", burst = 1 }
-challenge = "syncookie"
-"#;
-    let lab = NsLab::new(policy, &[8000]);
+    let lab = NsLab::new(POLICY, &[8000]);
     lab.topo.add_client_addr(client(0)).expect("client address");
     lab.topo.add_client_addr(client(1)).expect("client address");
     let _pass = lab.pass_program_on_client();
