@@ -139,6 +139,43 @@ impl NsLab {
         obj
     }
 
+    /// Runs `during` while the client namespace floods the server's TCP port `dport` with
+    /// random 10/8 spoofed SYNs at the generator's full rate (on the last CPU, at
+    /// SCHED_IDLE: the attacker's own CPU time is not the host's). The flood stops however
+    /// `during` ends, a panic included. Returns (SYNs sent, seconds) and what `during` gave.
+    pub fn flood_while<R: Send>(&self, dport: u16, during: impl FnOnce() -> R) -> ((u64, f64), R) {
+        use crate::synflood::{Generator, MODE_RANDOM, cpus, mac_of, pin_to, run_idle, syn_frame};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Stops the flood when dropped (also while unwinding).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop = AtomicBool::new(false);
+        let mac = mac_of(&self.topo.server.name, crate::netlab::SERVER_IF).expect("server MAC");
+        let frame = syn_frame(mac, [10, 0, 0, 1], SERVER_V4.octets(), dport);
+        let generator = Generator::new(MODE_RANDOM, 0).expect("generator");
+        let (flood, out) = std::thread::scope(|s| {
+            let flood = s.spawn(|| {
+                self.topo
+                    .client
+                    .run_in(|| {
+                        pin_to(cpus() - 1);
+                        run_idle();
+                        generator.flood_until(&frame, &stop, None)
+                    })
+                    .expect("client namespace")
+            });
+            let stopping = StopOnDrop(&stop);
+            let out = during();
+            drop(stopping);
+            (flood.join().expect("flood thread"), out)
+        });
+        (flood.expect("flood"), out)
+    }
+
     /// `shield stats --json`, parsed.
     pub fn stats(&self) -> Value {
         let out = Command::new(shield_bin())

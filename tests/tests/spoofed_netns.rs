@@ -5,15 +5,14 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use shield_tests::netlab::{self, Gunicorn, LEGIT_V4, SERVER_V4, http_get};
+use shield_tests::netlab::{Gunicorn, LEGIT_V4, SERVER_V4, http_get};
 use shield_tests::{
     nslab::NsLab,
-    synflood::{Generator, MODE_RANDOM, cpus, mac_of, pin_to, run_idle, syn_frame},
+    synflood::{cpus, pin_to},
 };
 
 const POLICY: &str = r#"
@@ -113,30 +112,11 @@ fn known_clients_keep_working_through_a_random_source_syn_flood() {
     );
 
     // The flood: random 10/8 sources, at the generator's full rate.
-    let stop = AtomicBool::new(false);
-    let mac = mac_of(&lab.topo.server.name, netlab::SERVER_IF).expect("server MAC");
-    let frame = syn_frame(mac, [10, 0, 0, 1], SERVER_V4.octets(), 8000);
-    let generator = Generator::new(MODE_RANDOM, 0).expect("generator");
-    let (flood, during) = std::thread::scope(|s| {
-        let flood = s.spawn(|| {
-            lab.topo
-                .client
-                .run_in(|| {
-                    // The flood and the legit client apart, and the generator at
-                    // SCHED_IDLE: the attacker's own CPU time is not the host's.
-                    pin_to(cpus() - 1);
-                    run_idle();
-                    generator.flood_until(&frame, &stop, None)
-                })
-                .expect("client namespace")
-        });
+    let ((sent, secs), during) = lab.flood_while(8000, || {
         // Let the budget run dry first.
         std::thread::sleep(Duration::from_millis(500));
-        let during = timed_gets(&lab, 200, Duration::from_millis(25));
-        stop.store(true, Ordering::Relaxed);
-        (flood.join().expect("flood thread"), during)
+        timed_gets(&lab, 200, Duration::from_millis(25))
     });
-    let (sent, secs) = flood.expect("flood");
     let after = lab.stats();
     let (ok, p99_flood) = summary(&during);
     let u0 = &api(&before)["unverified"];

@@ -12,14 +12,13 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use shield_tests::{
-    netlab::{self, Gunicorn, POOL_V4, SERVER_V4, http_get_timed},
+    netlab::{Gunicorn, POOL_V4, SERVER_V4, http_get_timed},
     nslab::{NsLab, counter},
-    synflood::{Generator, MODE_RANDOM, cpus, mac_of, pin_to, run_idle, syn_frame},
+    synflood::{cpus, pin_to},
 };
 
 const BUDGET: &str = r#"
@@ -91,15 +90,6 @@ fn new_clients(lab: &NsLab) -> Vec<Get> {
         .expect("client namespace")
 }
 
-/// Sets the flag when dropped.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// One run's figures.
 struct Run {
     /// GETs answered within 1 s.
@@ -119,24 +109,7 @@ fn run(policy: &str) -> Run {
         lab.topo.add_client_addr(client(i)).expect("client address");
     }
     let _pass = lab.pass_program_on_client();
-    let stop = AtomicBool::new(false);
-    let mac = mac_of(&lab.topo.server.name, netlab::SERVER_IF).expect("server MAC");
-    let frame = syn_frame(mac, [10, 0, 0, 1], SERVER_V4.octets(), 8000);
-    let generator = Generator::new(MODE_RANDOM, 0).expect("generator");
-    let (flood, gets) = std::thread::scope(|s| {
-        let flood = s.spawn(|| {
-            lab.topo
-                .client
-                .run_in(|| {
-                    pin_to(cpus() - 1);
-                    run_idle();
-                    generator.flood_until(&frame, &stop, None)
-                })
-                .expect("client namespace")
-        });
-        // The flood stops however this thread leaves the scope: the scope joins the flood
-        // thread even when a panic unwinds through it, and the flood runs until told.
-        let stopping = StopOnDrop(&stop);
+    let ((sent, secs), gets) = lab.flood_while(8000, || {
         // The new clients come once the flood has run the budget dry (the program answers
         // or drops attempts over it), not after a time that is long enough on some machine.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -152,11 +125,8 @@ fn run(policy: &str) -> Run {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let gets = new_clients(&lab);
-        drop(stopping);
-        (flood.join().expect("flood thread"), gets)
+        new_clients(&lab)
     });
-    let (sent, secs) = flood.expect("flood");
     eprintln!("flood: {sent} SYNs in {secs:.2} s");
     let cookies = counter(&lab.stats(), "api", "syncookie");
     Run {
