@@ -4,8 +4,8 @@
 //! A random-source flood sends one or two packets per source. Giving each of them exact
 //! state costs an LRU insert and an eviction per packet and pushes real clients' state out.
 //! Instead, a source that has no state yet is counted in a fixed-size sketch (two rows of
-//! `SKETCH_WIDTH` cells per class: connection attempts, packets). A cell is a leaky counter
-//! kept as a time (like a GCRA TAT): `max(cell, now) + 2^shift` per packet, so the backlog
+//! `SKETCH_WIDTH` cells per class: connection attempts, packets; a source's two cells
+//! share a cache line). A cell is a leaky counter kept as a time (like a GCRA TAT): `max(cell, now) + 2^shift` per packet, so the backlog
 //! `(cell - now) >> shift` is the number of recent packets not yet leaked away. Count-min
 //! reads the smallest of the source's cells (collisions only ever overestimate) and updates
 //! conservatively (cells never rise above that estimate plus one packet).
@@ -22,8 +22,10 @@ use crate::{
     SourceState,
 };
 
-/// Cells per row (a power of two).
-pub const SKETCH_WIDTH_BITS: u32 = 16;
+/// Cells per row (a power of two): 2^18, so that a random-source flood of about 2 million
+/// packets a second still leaves room under a `5/s` limit (each packet adds to one cell of
+/// its class's `SKETCH_ROWS * SKETCH_WIDTH`, and a cell leaks one packet per `2^shift`).
+pub const SKETCH_WIDTH_BITS: u32 = 18;
 pub const SKETCH_WIDTH: u32 = 1 << SKETCH_WIDTH_BITS;
 /// Rows per class (count-min depth).
 pub const SKETCH_ROWS: u32 = 2;
@@ -32,17 +34,31 @@ pub const SKETCH_ROWS: u32 = 2;
 pub const CLASS_CONN: usize = 0;
 pub const CLASS_PKT: usize = 1;
 pub const SKETCH_CLASSES: u32 = 2;
-/// Cells in `SHIELD_SKETCH` (u64 each: 2 MiB).
+/// Cells in `SHIELD_SKETCH` (u64 each: 8 MiB).
 pub const SKETCH_CELLS: u32 = SKETCH_CLASSES * SKETCH_ROWS * SKETCH_WIDTH;
+/// Cells in a cache line (64 bytes): a source's cells in both rows share one line, so a
+/// packet costs one cache miss, not one per row. The map is page-aligned (mmapable) so
+/// that its lines are the CPU's.
+pub const SKETCH_LINE: u32 = 8;
 /// Most packets a source may send untracked. Small, so that a collision (which promotes a
 /// source early and charges it the estimated backlog) costs a real client little.
 pub const MAX_SLACK: u8 = 4;
 
-/// Index in `SHIELD_SKETCH` of `row`'s cell for a hash.
+/// Index in `SHIELD_SKETCH` of `row`'s cell for a hash. The hash's low bits pick a line of
+/// the class, its high half a cell of the line for each row: two different cells, so the
+/// estimate is still the smaller of two counters that other sources share independently.
 #[inline(always)]
 pub const fn cell_index(class: usize, row: u32, hash: u64) -> u32 {
-    let col = ((hash >> (32 * row)) as u32) & (SKETCH_WIDTH - 1);
-    ((class as u32) * SKETCH_ROWS + row) * SKETCH_WIDTH + col
+    let lines = SKETCH_ROWS * SKETCH_WIDTH / SKETCH_LINE;
+    let line = (hash as u32) & (lines - 1);
+    let first = ((hash >> 32) as u32) & (SKETCH_LINE - 1);
+    let cell = if row == 0 {
+        first
+    } else {
+        // 1..=7 cells on (mod 8): never the first row's cell.
+        (first + 1 + ((hash >> 35) as u32) % (SKETCH_LINE - 1)) & (SKETCH_LINE - 1)
+    };
+    (class as u32) * SKETCH_ROWS * SKETCH_WIDTH + line * SKETCH_LINE + cell
 }
 
 /// splitmix64's finaliser: a cheap, well-mixed 64-bit hash step (multiplies, no division).

@@ -119,7 +119,14 @@ fn judge_source(
     pending: u32,
 ) -> Reason {
     let rule_id = key.rule as u32;
-    let (state, fresh) = match SHIELD_SOURCES.get_ptr_mut(key) {
+    // Only a source whose filter bit is set can have state: the others skip the lookup.
+    let (word, mask) = shield_common::sfilter_bit(key);
+    let found = if sfilter_has(word, mask) {
+        SHIELD_SOURCES.get_ptr_mut(key)
+    } else {
+        None
+    };
+    let (state, fresh) = match found {
         // Shared by every CPU: `decide` updates it with atomic compare-and-exchange.
         Some(state) => (state, false),
         None => {
@@ -156,6 +163,8 @@ fn judge_source(
     if fresh {
         // A failed insert (memory pressure) only loses this source's history. By reference:
         // a copy of the state would go back on the stack this slot keeps it off.
+        // The bit first: a key in the table always has its bit (see `sfilter_bit`).
+        sfilter_set(word, mask);
         // SAFETY: as above.
         #[allow(clippy::needless_borrows_for_generic_args)]
         let inserted = SHIELD_SOURCES.insert(key, unsafe { &*state }, 0);
@@ -167,6 +176,34 @@ fn judge_source(
         rule_stat(rule_id, RS_PROMOTED);
     }
     reason
+}
+
+/// Whether a key whose filter bit is (`word`, `mask`) may be in the source table: its bit
+/// is set in either half of the filter (the daemon rebuilds one while the other holds).
+#[inline(always)]
+fn sfilter_has(word: u32, mask: u64) -> bool {
+    let half = |i: u32| match SHIELD_SFILTER.get(i) {
+        Some(w) => *w & mask != 0,
+        None => true,
+    };
+    half(word) || half(SFILTER_WORDS + word)
+}
+
+/// Sets a key's filter bit in both halves (a read first: a set bit leaves the shared line
+/// clean).
+#[inline(always)]
+fn sfilter_set(word: u32, mask: u64) {
+    for i in [word, SFILTER_WORDS + word] {
+        if let Some(w) = SHIELD_SFILTER.get_ptr_mut(i) {
+            // SAFETY: an array slot from a successful lookup, 8-byte aligned; other CPUs
+            // and the daemon may set or clear other bits of it at the same time.
+            unsafe {
+                if *w & mask == 0 {
+                    core::intrinsics::atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w, mask);
+                }
+            }
+        }
+    }
 }
 
 /// Attempts of a compare-and-exchange before the packet is judged over the limit. Each

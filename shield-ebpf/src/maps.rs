@@ -63,8 +63,10 @@ pub(crate) static SHIELD_BANCOUNT: Array<u64> =
 pub(crate) static SHIELD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Count-min sketch of untracked sources' backlogs (see `shield_common::sketch`).
+/// Mmapable: its values start on a page, so that a source's cells share a cache line.
 #[map]
-pub(crate) static SHIELD_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_CELLS, 0);
+pub(crate) static SHIELD_SKETCH: Array<u64> =
+    Array::with_max_entries(SKETCH_CELLS, shield_common::SKETCH_MAP_FLAGS);
 
 /// Sources proven real (key: `verified_key`, value: clock of the last proof). Only proven
 /// sources are inserted, so a spoofed flood cannot evict them.
@@ -75,6 +77,12 @@ pub(crate) static SHIELD_VERIFIED: LruHashMap<SourceKey, u64> =
 /// The verified set's filter: a bit per key hash (`shield_common::vfilter_bit`).
 #[map]
 pub(crate) static SHIELD_VFILTER: Array<u64> = Array::with_max_entries(VFILTER_WORDS, 0);
+
+/// The source table's filter, two halves (`shield_common::sfilter_bit`). Mmapable: the
+/// daemon sets and clears bits with atomic operations on shared memory.
+#[map]
+pub(crate) static SHIELD_SFILTER: Array<u64> =
+    Array::with_max_entries(2 * SFILTER_WORDS, shield_common::SFILTER_MAP_FLAGS);
 
 /// `unverified` budget per rule: its GCRA TAT.
 #[map]

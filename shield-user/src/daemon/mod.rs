@@ -97,6 +97,8 @@ struct Instance {
     set_aside: bool,
     /// The program an adopted link ran before this start (kept alive to be put back).
     previous_program: Option<std::os::fd::OwnedFd>,
+    /// The rebuild of the source table's filter (`loader::SfilterRebuild`).
+    sfilter: crate::loader::SfilterRebuild,
     /// The interface's exclusive lock (see `loader::lock_iface`), held for the daemon's life.
     _lock: std::fs::File,
     _ebpf: Ebpf,
@@ -579,6 +581,7 @@ fn bring_up(
             previous_half,
             set_aside,
             previous_program,
+            sfilter: crate::loader::SfilterRebuild::new(),
             _lock: lock_file,
             _ebpf: ebpf,
         });

@@ -849,6 +849,11 @@ impl Owner {
                 .map_or(0, |c| c.clock_offset_ns);
             sweep(inst, &mut self.audit, escalates);
             watch_attacks(inst, &mut self.audit, &mut self.attacks);
+            match inst.sfilter.step(&inst.dir, false) {
+                Ok(crate::loader::SfilterStep::Idle) => {}
+                Ok(step) => debug!(iface = %inst.iface, "source-table filter: {step:?}"),
+                Err(e) => warn!(iface = %inst.iface, "source-table filter: {e}"),
+            }
             if rebuild {
                 match crate::loader::vfilter_rebuild(&inst.dir) {
                     Ok(n) => {

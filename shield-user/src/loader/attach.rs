@@ -64,8 +64,9 @@ pub(super) fn adopt(program: &mut Xdp, link_pin: &Path) -> Option<FdLink> {
 /// Attaches the program to `iface` through a bpf link pinned at `<pin_dir>/link`, so the
 /// protection outlives the daemon (crash, `kill -9`, upgrade). If an earlier run left its
 /// link pinned, this program takes it over instead. In `Auto`, native first, then generic.
-/// The ban counts are set again once attached (`ban_counts_adopt`): call it when no
-/// `BanMaps` of `pin_dir` changes bans.
+/// The ban counts and the source table's filter bits are set again once attached
+/// (`ban_counts_adopt`, `sfilter_adopt`): call it when no `BanMaps` of `pin_dir` changes
+/// bans.
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
@@ -97,6 +98,7 @@ pub fn attach(
     {
         // Counted again now that the earlier program no longer runs (see below).
         ban_counts_adopt(pin_dir)?;
+        sfilter_adopt(pin_dir)?;
         return Ok((link, Attached::Adopted));
     }
     let try_mode = |program: &mut Xdp, m: XdpMode, name: &'static str| {
@@ -140,7 +142,9 @@ pub fn attach(
     // An earlier program left attached (an older version's, without the count map) bans
     // uncounted between the load's count and this attach: count again now that this
     // program runs in its place. (Nothing else writes user space's counts during a start.)
+    // So with the source table's filter bits (an older program inserts without them).
     ban_counts_adopt(pin_dir)?;
+    sfilter_adopt(pin_dir)?;
     Ok((FdLink::from(pinned), attached))
 }
 

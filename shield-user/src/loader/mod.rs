@@ -30,12 +30,14 @@ use crate::policy::CompiledPolicy;
 mod attach;
 mod ban_count;
 mod detach;
+mod sfilter;
 mod tables;
 mod vfilter;
 
 pub use attach::*;
 pub use ban_count::ban_counts_adopt;
 pub use detach::{Detached, detach_pinned};
+pub use sfilter::{SFILTER_SETTLE, SfilterRebuild, SfilterStep, sfilter_adopt, sfilter_bits};
 pub use tables::*;
 pub use vfilter::{vfilter_add, vfilter_adopt, vfilter_rebuild};
 
@@ -346,7 +348,7 @@ pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Ebpf, LoaderError> {
 
 /// Loads the program with its maps pinned under `pin_dir`. Maps already pinned there are
 /// adopted (counters and limiter state survive a restart), except a source table of
-/// another capacity, which is replaced. `log_level` (`program_log_level`) is written into
+/// another capacity or a sketch of another size, which are replaced. `log_level` (`program_log_level`) is written into
 /// the object before load: the data path skips disabled log statements for the cost of
 /// one global read.
 pub fn load_with_log_level(
@@ -358,14 +360,33 @@ pub fn load_with_log_level(
         path: pin_dir.to_path_buf(),
         source,
     })?;
-    let sources_pin = pin_dir.join(MAP_SOURCES);
-    if let Ok(old) = MapData::from_pin(&sources_pin) {
-        let same = old.info().is_ok_and(|i| i.max_entries() == max_sources);
-        if !same {
-            std::fs::remove_file(&sources_pin).map_err(|source| LoaderError::PinDir {
-                path: sources_pin.clone(),
-                source,
-            })?;
+    // Tables whose size this build sets and whose contents may be lost: one of another
+    // size (or, for the sketch, other flags) is replaced.
+    for (map, entries, flags) in [
+        (MAP_SOURCES, max_sources, None),
+        (
+            shield_common::MAP_SKETCH,
+            shield_common::sketch::SKETCH_CELLS,
+            Some(shield_common::SKETCH_MAP_FLAGS),
+        ),
+        // Its contents are rebuilt from the source table (`sfilter_adopt`).
+        (
+            shield_common::MAP_SFILTER,
+            2 * shield_common::SFILTER_WORDS,
+            Some(shield_common::SFILTER_MAP_FLAGS),
+        ),
+    ] {
+        let pin = pin_dir.join(map);
+        if let Ok(old) = MapData::from_pin(&pin) {
+            let same = old.info().is_ok_and(|i| {
+                i.max_entries() == entries && flags.is_none_or(|f| i.map_flags() == f)
+            });
+            if !same {
+                std::fs::remove_file(&pin).map_err(|source| LoaderError::PinDir {
+                    path: pin.clone(),
+                    source,
+                })?;
+            }
         }
     }
     for (map, key, value) in shield_common::MAP_LAYOUTS {
@@ -415,6 +436,9 @@ pub fn load_with_log_level(
     vfilter_adopt(pin_dir)?;
     // The bans adopted from the pins, counted before the program can skip their lookups.
     ban_counts_adopt(pin_dir)?;
+    // Likewise the source table's keys: their filter bits set before the program can skip
+    // their lookups.
+    sfilter_adopt(pin_dir)?;
     Ok(ebpf)
 }
 
