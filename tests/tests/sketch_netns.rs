@@ -139,9 +139,11 @@ fn sketch_saturation_on_a_veth_flood() {
         }
     }
     for (name, pps, (rate, share, lost)) in &lines {
-        // A fast rule's sketch leaks a packet per 17 ms per cell: it saturates near
-        // 3.9 Mpps, beyond this generator; a slow one's (268 ms) near 244,000/s.
-        let saturates = if *name == "fast" { 3.9e6 } else { 2.44e5 };
+        // Each cell leaks a packet per 2^shift ns: 2^24 (17 ms) for the fast rule, 2^28
+        // (268 ms) for the slow one. A flood saturates the sketch near
+        // SKETCH_WIDTH x 10^9 / 2^shift packets/s: about 15.6 Mpps and 977,000/s.
+        let shift = if *name == "fast" { 24 } else { 28 };
+        let saturates = f64::from(shield_common::sketch::SKETCH_WIDTH) * 1e9 / (1u64 << shift) as f64;
         if *rate < saturates * 0.6 {
             assert!(
                 *share < 0.01 && *lost == 0,
