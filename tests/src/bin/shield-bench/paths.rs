@@ -106,7 +106,10 @@ pub(crate) fn section2b(o: &Opts, report: &mut String) {
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut rows = Vec::new();
-    for c in &cases {
+    for c in cases
+        .iter()
+        .filter(|c| std::env::var("CASE").map_or(true, |k| c.path.contains(&k)))
+    {
         // The rate a case is compared by: handled by the XDP program, or delivered to IP.
         let rate = |f: &Flood| {
             if c.baseline == Filter::None {
