@@ -143,7 +143,8 @@ fn sketch_saturation_on_a_veth_flood() {
         // (268 ms) for the slow one. A flood saturates the sketch near
         // SKETCH_WIDTH x 10^9 / 2^shift packets/s: about 15.6 Mpps and 977,000/s.
         let shift = if *name == "fast" { 24 } else { 28 };
-        let saturates = f64::from(shield_common::sketch::SKETCH_WIDTH) * 1e9 / (1u64 << shift) as f64;
+        let saturates =
+            f64::from(shield_common::sketch::SKETCH_WIDTH) * 1e9 / (1u64 << shift) as f64;
         if *rate < saturates * 0.6 {
             assert!(
                 *share < 0.01 && *lost == 0,

@@ -525,22 +525,6 @@ pub(crate) fn flood_with(
     std::thread::sleep(Duration::from_millis(300));
     let after = run_stats(rx_fd);
     let ip_after = ip_in_receives(&server)?;
-    if is_shield(filter) && std::env::var("DBG").is_ok() {
-        let m = shield_user::loader::open_pinned(&dir, shield_common::MAP_RULE_STATS).unwrap();
-        let a: aya::maps::PerCpuArray<aya::maps::MapData, u64> =
-            aya::maps::PerCpuArray::try_from(m).unwrap();
-        let g = |s| -> u64 {
-            a.get(&shield_common::rule_stat_index(1, s), 0)
-                .unwrap()
-                .iter()
-                .sum()
-        };
-        eprintln!(
-            "DBG promoted {} untracked {}",
-            g(shield_common::RS_PROMOTED),
-            g(shield_common::RS_UNTRACKED)
-        );
-    }
     drop(stats);
     drop(pass_obj);
     let prog_ns = (after.1 > before.1 && (is_shield(filter) || is_trivial(filter)))

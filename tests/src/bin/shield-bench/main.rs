@@ -57,6 +57,10 @@ struct Opts {
     /// Sections to run, comma-separated (default: all).
     #[arg(long, value_name = "SECTIONS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(["1", "2", "2b", "3", "3b", "4", "5", "6", "7"]))]
     only: Vec<String>,
+    /// Section 2b: only the paths whose name contains this text (for example "without a
+    /// budget"); the others are left out of the report.
+    #[arg(long, value_name = "TEXT")]
+    path: Option<String>,
 }
 
 const SECTIONS: &str = "Sections: 1 per-packet cost, 2 veth flood capacity, 2b every path against its ceiling, 3 API under wrk while flooded, 3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale, 5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter), 7 fleet propagation (a real Redis, three daemons). Environment: SHIELD_BIN, the shield binary to measure.";

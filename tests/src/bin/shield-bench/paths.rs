@@ -108,7 +108,7 @@ pub(crate) fn section2b(o: &Opts, report: &mut String) {
     let mut rows = Vec::new();
     for c in cases
         .iter()
-        .filter(|c| std::env::var("CASE").map_or(true, |k| c.path.contains(&k)))
+        .filter(|c| o.path.as_ref().is_none_or(|p| c.path.contains(p.as_str())))
     {
         // The rate a case is compared by: handled by the XDP program, or delivered to IP.
         let rate = |f: &Flood| {
