@@ -379,9 +379,35 @@ pub fn cost_reading(rows: &[(String, f64)]) -> String {
     s
 }
 
+/// The line in a report after which hand-written notes (before/after comparisons, runs of
+/// older builds) are kept when the report is written again.
+pub const NOTES_MARKER: &str =
+    "<!-- shield-bench keeps everything below this line when it rewrites this file -->";
+
+/// `report` followed by the notes kept from `old` (the file it replaces): from
+/// `NOTES_MARKER` to the end, when `old` has it.
+pub fn keep_notes(report: &str, old: &str) -> String {
+    match old.find(NOTES_MARKER) {
+        Some(at) => format!("{}\n{}", report.trim_end(), &old[at..]),
+        None => report.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewriting_a_report_keeps_the_notes_below_the_marker() {
+        let old =
+            format!("# old\n\nold figures\n\n{NOTES_MARKER}\n\n## Before and after\n\nkept\n");
+        let new = keep_notes("# new\n\nnew figures\n", &old);
+        assert!(new.starts_with("# new\n\nnew figures\n"));
+        assert!(!new.contains("old figures"));
+        assert!(new.ends_with(&format!("{NOTES_MARKER}\n\n## Before and after\n\nkept\n")));
+        // A file without the marker (or none at all) is replaced whole.
+        assert_eq!(keep_notes("# new\n", "# old\n"), "# new\n");
+    }
 
     #[test]
     fn paths_reading_names_each_miss_and_what_did_not_run() {

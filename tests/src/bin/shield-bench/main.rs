@@ -50,8 +50,9 @@ struct Opts {
     /// Shorter runs (fewer rounds and packets): a quick check, not the record.
     #[arg(long)]
     quick: bool,
-    /// The report file, replaced whole by a report of the sections run (with --only, name
-    /// another file to keep BENCHMARKS.md whole).
+    /// The report file, replaced by a report of the sections run (with --only, name another
+    /// file to keep BENCHMARKS.md whole); hand-written notes below the file's
+    /// `<!-- shield-bench keeps ... -->` line are kept.
     #[arg(long, value_name = "FILE", default_value = "BENCHMARKS.md")]
     out: PathBuf,
     /// Sections to run, comma-separated (default: all).
@@ -147,6 +148,9 @@ fn main() {
         "_Run took {:.0} s._",
         started.elapsed().as_secs_f64()
     );
+    // Hand-written notes below the marker survive the rewrite.
+    let old = std::fs::read_to_string(&o.out).unwrap_or_default();
+    let report = shield_tests::benchprose::keep_notes(&report, &old);
     std::fs::write(&o.out, &report).expect("writing the report");
     print!("{report}");
     eprintln!("bench: wrote {}", o.out.display());
