@@ -174,3 +174,135 @@ fn keys_adopted_from_pins_without_bits_get_them_at_load() {
         "its state is found again"
     );
 }
+
+/// The keys in the table whose bit is set in neither half (the invariant's breaches).
+fn keys_without_a_bit(h: &Harness) -> Vec<SourceKey> {
+    let f: Array<_, u64> = Array::try_from(Map::Array(
+        MapData::from_pin(dir(h).join(MAP_SFILTER)).expect("pin"),
+    ))
+    .expect("filter");
+    let table = sources(h);
+    let mut missing = Vec::new();
+    // A listing can end early (a key it stands on evicted); what it lists is checked.
+    for key in table.keys().flatten() {
+        let (word, mask) = sfilter_bit(&key);
+        let set = [word, SFILTER_WORDS + word]
+            .iter()
+            .any(|i| f.get(i, 0).expect("filter word") & mask != 0);
+        if !set {
+            missing.push(key);
+        }
+    }
+    missing
+}
+
+/// A table large enough that nothing is evicted during the test: a key that leaves it
+/// could not be told from one taken for new.
+const STRESS_POLICY: &str = r#"
+[defaults]
+max_sources = 131072
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [7070]
+connections = { rate = "1/s", burst = 3 }
+"#;
+
+/// Sources promoted before the rebuilds start and left quiet: only the filter's halves
+/// keep their bits.
+const RESIDENTS: u32 = 64;
+
+fn resident(i: u32) -> String {
+    format!("198.18.0.{i}")
+}
+
+/// Promotions on two threads (BPF_PROG_TEST_RUN runs on the calling CPU) while this thread
+/// clears and fills halves as the daemon does, forced (no spacing), and every sixth round (half 1)
+/// abandons a cleared half as a daemon killed mid-rebuild would, then starts again as a
+/// restarted daemon does (`sfilter_adopt`, a fresh `SfilterRebuild`). A key read from the
+/// table after its insert had its bit set before it (the data path's order) and only this
+/// thread clears bits, so a key found without a bit in either half is a breach; and the
+/// sources promoted before are still over their limit at the end, not taken for new.
+#[test]
+fn every_key_keeps_a_bit_through_concurrent_promotions_and_restarts() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let mut h = Harness::frozen(STRESS_POLICY, T0);
+    let d = dir(&h);
+    for i in 1..=RESIDENTS {
+        over_limit(&h, &resident(i));
+    }
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let mut breaches = Vec::new();
+    let (mut filled, mut incomplete) = (0, 0);
+    std::thread::scope(|s| {
+        for t in 1..=2u32 {
+            let (h, stop, sent) = (&h, &stop, &sent);
+            s.spawn(move || {
+                let mut i = 0u32;
+                // At most 2 x 20,000 sources: the table never evicts.
+                while !stop.load(Relaxed) && i < 20_000 {
+                    let src = format!("10.{t}.{}.{}", i >> 8, i & 255);
+                    for _ in 0..3 {
+                        h.run(&syn(&src));
+                    }
+                    sent.fetch_add(1, Relaxed);
+                    i += 1;
+                    // Spread over the rounds below.
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+            });
+        }
+        let mut rebuild = loader::SfilterRebuild::new();
+        for round in 0..30 {
+            let step = rebuild.step(&d, true).expect("clearing a half");
+            breaches.extend(
+                keys_without_a_bit(&h)
+                    .into_iter()
+                    .map(|k| (round, "cleared", k)),
+            );
+            if round % 6 == 5 {
+                // Killed with the half cleared; the restarted daemon adopts the pins.
+                loader::sfilter_adopt(&d).expect("adopting");
+                rebuild = loader::SfilterRebuild::new();
+                continue;
+            }
+            std::thread::sleep(loader::SFILTER_SETTLE);
+            match rebuild.step(&d, false).expect("filling") {
+                SfilterStep::Filled { .. } => filled += 1,
+                SfilterStep::Incomplete { .. } => incomplete += 1,
+                other => panic!("round {round}: after {step:?}, {other:?}"),
+            }
+            breaches.extend(
+                keys_without_a_bit(&h)
+                    .into_iter()
+                    .map(|k| (round, "filled", k)),
+            );
+        }
+        stop.store(true, Relaxed);
+    });
+    let stats = h.stats();
+    eprintln!(
+        "{} sources promoted meanwhile, {filled} halves filled, {incomplete} incomplete, {} evictions",
+        sent.load(Relaxed),
+        stats.source_evictions
+    );
+    assert!(
+        sent.load(Relaxed) > 1_000,
+        "the promoting threads ran ({} sources)",
+        sent.load(Relaxed)
+    );
+    assert_eq!(stats.source_evictions, 0, "the table evicted nothing");
+    assert_eq!(filled, 25, "every rebuild not abandoned completed");
+    assert_eq!(breaches, [], "keys in the table without a filter bit");
+    // A reload, so that the refusal cache does not answer for the state.
+    h.reload(STRESS_POLICY, 2);
+    for i in 1..=RESIDENTS {
+        assert_eq!(
+            h.run(&syn(&resident(i))),
+            XDP_DROP,
+            "{}: still over its limit",
+            resident(i)
+        );
+    }
+}
