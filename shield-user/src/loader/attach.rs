@@ -97,8 +97,7 @@ pub fn attach(
         && let Some(link) = adopt(program, &link_pin)
     {
         // Counted again now that the earlier program no longer runs (see below).
-        ban_counts_adopt(pin_dir)?;
-        sfilter_adopt(pin_dir)?;
+        settle_then_adopt(pin_dir)?;
         return Ok((link, Attached::Adopted));
     }
     let try_mode = |program: &mut Xdp, m: XdpMode, name: &'static str| {
@@ -143,9 +142,19 @@ pub fn attach(
     // uncounted between the load's count and this attach: count again now that this
     // program runs in its place. (Nothing else writes user space's counts during a start.)
     // So with the source table's filter bits (an older program inserts without them).
+    settle_then_adopt(pin_dir)?;
+    Ok((FdLink::from(pinned), attached))
+}
+
+/// Once this program runs in place of an earlier one: waits until a run of the earlier
+/// program that started before the switch has finished (`SFILTER_SETTLE`, far longer than
+/// any run), then counts the bans and sets the source table's filter bits again, so that
+/// nothing the earlier program inserted is left uncounted or without its bit.
+fn settle_then_adopt(pin_dir: &Path) -> Result<(), LoaderError> {
+    std::thread::sleep(SFILTER_SETTLE);
     ban_counts_adopt(pin_dir)?;
     sfilter_adopt(pin_dir)?;
-    Ok((FdLink::from(pinned), attached))
+    Ok(())
 }
 
 /// BPF_OBJ_GET: a new fd for the object pinned at `pin` (aya opens no pinned links by fd).

@@ -9,8 +9,9 @@
 //! complete, holds the invariant: it clears the half, waits until every packet judged
 //! before the clear has finished (its insert done), then sets the bit of every key in the
 //! table. A key inserted after the clear set its own bit; one inserted before is found by
-//! the listing. A rebuild that cannot finish its listing leaves its half incomplete, and
-//! the other half is not cleared until this one is complete.
+//! the listing (`BPF_MAP_LOOKUP_BATCH`, a bucket at a time under its lock, so a key present
+//! throughout is never skipped). A rebuild whose listing fails leaves its half cleared, to
+//! be filled at the next step, and the other half is not cleared until this one is full.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -19,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::MapData;
 use shield_common::{MAP_SFILTER, MAP_SOURCES, SFILTER_WORDS, SourceKey, SourceState, sfilter_bit};
 
 use super::{LoaderError, map_err};
@@ -83,47 +84,121 @@ impl Drop for Words {
     }
 }
 
-/// Sets the bits of every key in the source table into `halves` (atomic ORs). The listing
-/// of a table that changes under it can start over (a key removed while it is the cursor);
-/// past four times the table's size it gives up: `None`.
-fn add_keys(dir: &Path, w: &Words, halves: &[usize]) -> Result<Option<u64>, LoaderError> {
+/// `bpf_attr` for `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h, `batch`).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Every key in the source table, listed with `BPF_MAP_LOOKUP_BATCH` (aya has no batch
+/// call): the kernel copies a bucket at a time under its lock, so a key present for the
+/// whole listing is always in it, however the table churns meanwhile (one key at a time,
+/// `get_next_key` can skip buckets when its cursor is evicted and reused). A key inserted
+/// or removed during the listing may or may not be in it.
+fn table_keys(dir: &Path) -> Result<Vec<SourceKey>, LoaderError> {
     let data = MapData::from_pin(dir.join(MAP_SOURCES)).map_err(map_err(MAP_SOURCES))?;
-    let bound = data
-        .info()
-        .map(|i| 4 * u64::from(i.max_entries()))
-        .unwrap_or(u64::MAX);
-    let table: HashMap<MapData, SourceKey, SourceState> =
-        HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(MAP_SOURCES))?;
-    let mut seen = 0u64;
-    for key in table.keys() {
-        let key = key.map_err(map_err(MAP_SOURCES))?;
-        seen += 1;
-        if seen > bound {
-            return Ok(None);
+    let fd = data.fd().as_fd().as_raw_fd();
+    let (ksz, vsz) = (size_of::<SourceKey>(), size_of::<SourceState>());
+    let mut room = 4096usize;
+    let mut keys = Vec::new();
+    let mut token = 0u32;
+    let mut first = true;
+    loop {
+        let mut kbuf = vec![0u8; room * ksz];
+        let mut vbuf = vec![0u8; room * vsz];
+        let mut next = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token as *const u32 as u64
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: kbuf.as_mut_ptr() as u64,
+            values: vbuf.as_mut_ptr() as u64,
+            count: room as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is the command's attribute block, of its size; the buffers hold
+        // `count` keys and values, the batch tokens are u32 (a hash table's bucket index).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let err = (r < 0).then(std::io::Error::last_os_error);
+        if err.as_ref().and_then(|e| e.raw_os_error()) == Some(libc::ENOSPC) {
+            // One bucket holds more keys than the buffer: a larger one, same batch.
+            room *= 2;
+            continue;
         }
-        let (word, mask) = sfilter_bit(&key);
+        if let Some(e) = err.as_ref()
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            return Err(LoaderError::Map {
+                map: MAP_SOURCES,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0)),
+                }),
+            });
+        }
+        for k in kbuf.chunks_exact(ksz).take(attr.count as usize) {
+            // SAFETY: `ksz` bytes the kernel wrote as a key of this table: a plain-data
+            // `SourceKey`, read unaligned.
+            keys.push(unsafe { std::ptr::read_unaligned(k.as_ptr() as *const SourceKey) });
+        }
+        if err.is_some() {
+            // ENOENT: the last buckets are listed.
+            return Ok(keys);
+        }
+        token = next;
+        first = false;
+    }
+}
+
+/// Sets the bits of every key in the source table into `halves` (atomic ORs). Returns how
+/// many keys it listed.
+fn add_keys(dir: &Path, w: &Words, halves: &[usize]) -> Result<u64, LoaderError> {
+    let keys = table_keys(dir)?;
+    for key in &keys {
+        let (word, mask) = sfilter_bit(key);
         for &h in halves {
             w.half(h)[word as usize].fetch_or(mask, Ordering::Relaxed);
         }
     }
-    Ok(Some(seen))
+    Ok(keys.len() as u64)
 }
 
 /// Sets the bit of every key in the pinned source table, in both halves: run when the
 /// program is loaded (a table left by a version without the filter, or a daemon stopped
 /// mid-rebuild) and again once attached (an earlier program that does not set bits may run
-/// until then). If the table cannot be listed to its end, every bit is set: each source
-/// is then looked up, as before the filter, until the rebuilds clear what is stale.
-/// Returns the keys listed.
+/// until then). If the table cannot be listed, every bit is set (each source is then looked
+/// up, as before the filter, until the rebuilds clear what is stale) and the error is
+/// returned. Returns the keys listed.
 pub fn sfilter_adopt(dir: &Path) -> Result<u64, LoaderError> {
     let w = Words::open(dir)?;
-    match add_keys(dir, &w, &[0, 1])? {
-        Some(n) => Ok(n),
-        None => {
+    match add_keys(dir, &w, &[0, 1]) {
+        Ok(n) => Ok(n),
+        Err(e) => {
             for word in w.words() {
                 word.store(u64::MAX, Ordering::Relaxed);
             }
-            Ok(0)
+            Err(e)
         }
     }
 }
@@ -175,9 +250,6 @@ pub enum SfilterStep {
     Cleared { half: usize, bits: u64 },
     /// This half is complete again, with the bits of `keys` keys.
     Filled { half: usize, keys: u64 },
-    /// The listing did not reach the table's end: the half stays incomplete, to be filled
-    /// at the next step.
-    Incomplete { half: usize },
 }
 
 impl SfilterRebuild {
@@ -200,15 +272,13 @@ impl SfilterRebuild {
             if at.elapsed() < SFILTER_SETTLE {
                 return Ok(SfilterStep::Idle);
             }
-            return Ok(match add_keys(dir, &w, &[half])? {
-                Some(keys) => {
-                    self.cleared = None;
-                    self.next = 1 - half;
-                    self.listed = keys;
-                    SfilterStep::Filled { half, keys }
-                }
-                None => SfilterStep::Incomplete { half },
-            });
+            // A listing that fails leaves the half cleared (the other one holds), to be
+            // filled at the next step.
+            let keys = add_keys(dir, &w, &[half])?;
+            self.cleared = None;
+            self.next = 1 - half;
+            self.listed = keys;
+            return Ok(SfilterStep::Filled { half, keys });
         }
         let union: u64 = (0..SFILTER_WORDS as usize)
             .map(|i| {
