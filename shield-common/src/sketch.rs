@@ -5,10 +5,11 @@
 //! state costs an LRU insert and an eviction per packet and pushes real clients' state out.
 //! Instead, a source that has no state yet is counted in a fixed-size sketch (two rows of
 //! `SKETCH_WIDTH` cells per class: connection attempts, packets; a source's two cells
-//! share a cache line). A cell is a leaky counter kept as a time (like a GCRA TAT): `max(cell, now) + 2^shift` per packet, so the backlog
-//! `(cell - now) >> shift` is the number of recent packets not yet leaked away. Count-min
-//! reads the smallest of the source's cells (collisions only ever overestimate) and updates
-//! conservatively (cells never rise above that estimate plus one packet).
+//! share a cache line). A cell is a leaky counter kept as a time (like a GCRA TAT):
+//! `max(cell, now) + 2^shift` per packet, so the backlog `(cell - now) >> shift` is the
+//! number of recent packets not yet leaked away. Count-min reads the smallest of the
+//! source's cells (collisions only ever overestimate) and updates conservatively (cells
+//! never rise above that estimate plus one packet).
 //!
 //! A source stays untracked while its backlog is below the rule's `slack`; the packet that
 //! reaches it is *promoted*: exact per-source state is created with the backlog already
@@ -22,9 +23,9 @@ use crate::{
     SourceState,
 };
 
-/// Cells per row (a power of two): 2^18, so that a random-source flood of about 2 million
-/// packets a second still leaves room under a `5/s` limit (each packet adds to one cell of
-/// its class's `SKETCH_ROWS * SKETCH_WIDTH`, and a cell leaks one packet per `2^shift`).
+/// Cells per row (a power of two): 2^18, so that a random-source flood saturates the
+/// sketch of a `5/s` rule (a cell leaks one packet per 2^28 ns) only above about
+/// `SKETCH_WIDTH * 10^9 / 2^28`, 977,000 packets a second (README, "the sketch").
 pub const SKETCH_WIDTH_BITS: u32 = 18;
 pub const SKETCH_WIDTH: u32 = 1 << SKETCH_WIDTH_BITS;
 /// Rows per class (count-min depth).

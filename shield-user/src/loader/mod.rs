@@ -348,9 +348,10 @@ pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Ebpf, LoaderError> {
 
 /// Loads the program with its maps pinned under `pin_dir`. Maps already pinned there are
 /// adopted (counters and limiter state survive a restart), except a source table of
-/// another capacity or a sketch of another size, which are replaced. `log_level` (`program_log_level`) is written into
-/// the object before load: the data path skips disabled log statements for the cost of
-/// one global read.
+/// another capacity, and a sketch or source-table filter of another size, which are
+/// replaced (an upgrade from a narrower sketch starts the new one empty).
+/// `log_level` (`program_log_level`) is written into the object before load: the data
+/// path skips disabled log statements for the cost of one global read.
 pub fn load_with_log_level(
     pin_dir: &Path,
     max_sources: u32,
