@@ -57,7 +57,14 @@ enum Task {
         /// BENCHMARKS.md whole.
         #[arg(long)]
         only: Option<String>,
-        /// Report file, replaced (section 2 also writes benchmarks-flood.svg beside it).
+        /// Section 2b: only the paths whose name contains this text (for example "without a
+        /// budget"); the others are left out of the report, which says so. Text in no path's
+        /// name is refused, as is --path with an --only that leaves 2b out.
+        #[arg(long, value_name = "TEXT")]
+        path: Option<String>,
+        /// Report file, replaced except for the hand-written notes below its
+        /// `<!-- shield-bench keeps ... -->` line (section 2 also writes benchmarks-flood.svg
+        /// beside it).
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: String,
     },
@@ -562,7 +569,12 @@ fn main() -> Result<()> {
                 .env("SHIELD_BIN", &bin)
                 .env("SHIELD_DEB", &deb))
         }
-        Task::Bench { quick, only, out } => {
+        Task::Bench {
+            quick,
+            only,
+            path,
+            out,
+        } => {
             bootstrap()?;
             for p in BENCH_PACKAGES {
                 if output("dpkg-query", &["-W", "-f=${Status}", p])
@@ -594,6 +606,9 @@ fn main() -> Result<()> {
             }
             if let Some(only) = only {
                 c.args(["--only", &only]);
+            }
+            if let Some(path) = path {
+                c.args(["--path", &path]);
             }
             run(&mut c)
         }
