@@ -388,7 +388,7 @@ pub const NOTES_MARKER: &str =
 /// `NOTES_MARKER` to the end, when `old` has it.
 pub fn keep_notes(report: &str, old: &str) -> String {
     match old.find(NOTES_MARKER) {
-        Some(at) => format!("{}\n{}", report.trim_end(), &old[at..]),
+        Some(at) => format!("{}\n\n{}", report.trim_end(), &old[at..]),
         None => report.to_string(),
     }
 }

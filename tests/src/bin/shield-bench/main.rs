@@ -59,7 +59,8 @@ struct Opts {
     #[arg(long, value_name = "SECTIONS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(["1", "2", "2b", "3", "3b", "4", "5", "6", "7"]))]
     only: Vec<String>,
     /// Section 2b: only the paths whose name contains this text (for example "without a
-    /// budget"); the others are left out of the report.
+    /// budget"); the others are left out of the report, which says so. Text in no path's
+    /// name is refused, as is --path with an --only that leaves 2b out.
     #[arg(long, value_name = "TEXT")]
     path: Option<String>,
 }
@@ -79,6 +80,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let o = <Opts as clap::Parser>::parse();
+    if let Some(p) = &o.path {
+        // Refused before anything runs: a --path that selects nothing would run the other
+        // sections and write a report with an empty section 2b.
+        let names: Vec<&str> = path_cases().iter().map(|c| c.path).collect();
+        if !o.runs("2b") {
+            eprintln!("shield-bench: --path selects paths of section 2b, which --only leaves out");
+            std::process::exit(2);
+        }
+        if !names.iter().any(|n| n.contains(p.as_str())) {
+            eprintln!(
+                "shield-bench: --path \"{p}\" is in no section 2b path's name; the paths are: {}",
+                names.join("; ")
+            );
+            std::process::exit(2);
+        }
+    }
     require_root();
     let started = Instant::now();
     let mut report = String::new();
@@ -99,8 +116,17 @@ fn main() {
     let _ = writeln!(report, "# shield benchmarks\n");
     let _ = writeln!(
         report,
-        "Written by `cargo xtask bench{}` on {}: kernel {kernel}, {} CPUs ({cpu}). Ratios measured side by side in the same run are the result; absolute figures depend on the machine (shared and noisy here). On veth the generator and the receive path share the CPU that sends, so section 2's packets/s is the whole path's cost, not a NIC's line rate.\n",
+        "Written by `cargo xtask bench{}{}{}` on {}: kernel {kernel}, {} CPUs ({cpu}). Ratios measured side by side in the same run are the result; absolute figures depend on the machine (shared and noisy here). On veth the generator and the receive path share the CPU that sends, so section 2's packets/s is the whole path's cost, not a NIC's line rate.\n",
         if o.quick { " --quick" } else { "" },
+        if o.only.is_empty() {
+            String::new()
+        } else {
+            format!(" --only {}", o.only.join(","))
+        },
+        o.path
+            .as_ref()
+            .map(|p| format!(" --path \"{p}\""))
+            .unwrap_or_default(),
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );

@@ -14,11 +14,9 @@ pub(crate) struct PathCase {
     pub(crate) target: f64,
 }
 
-pub(crate) fn section2b(o: &Opts, report: &mut String) {
-    let frames = if o.quick { 1_000_000 } else { 4_000_000 };
-    let rounds = if o.quick { 3 } else { 5 };
-    eprintln!("bench: 2b. every path against its ceiling ({rounds} rounds of {frames} SYNs)");
-    let cases = [
+/// Every path section 2b measures, in its table's order.
+pub(crate) fn path_cases() -> [PathCase; 8] {
+    [
         PathCase {
             path: "source over its limit",
             shape: "one source",
@@ -91,12 +89,25 @@ pub(crate) fn section2b(o: &Opts, report: &mut String) {
             baseline: Filter::None,
             target: 1.0,
         },
-    ];
+    ]
+}
+
+pub(crate) fn section2b(o: &Opts, report: &mut String) {
+    let frames = if o.quick { 1_000_000 } else { 4_000_000 };
+    let rounds = if o.quick { 3 } else { 5 };
+    eprintln!("bench: 2b. every path against its ceiling ({rounds} rounds of {frames} SYNs)");
+    let cases = path_cases();
     let _ = writeln!(report, "## 2b. Every path against its ceiling\n");
     let _ = writeln!(
         report,
         "Each path's flood ({frames} SYNs, section 2's generator and limits) alternates with its baseline in the same run, {rounds} rounds; the ratio is the median of the rounds' ratios. A drop or answer path is held against the trivial program that does the same at no cost (`XDP_DROP`, or `XDP_TX` for cookies), in frames its program handled per second (frames the veth ring dropped before any program ran are not counted for either); the pass path is held against no filter at all, in packets the server's IP layer received per second (`Ip: InReceives`). Program ns: `kernel.bpf_stats_enabled` run time per packet (it adds its own clock reads to every run, the trivial programs' included).\n"
     );
+    if let Some(p) = &o.path {
+        let _ = writeln!(
+            report,
+            "This run measured only the paths whose name contains \"{p}\" (`--path`).\n"
+        );
+    }
     let _ = writeln!(
         report,
         "| path | flood | baseline | shield M/s | baseline M/s | ratio | target | program ns (shield / baseline) |"
