@@ -336,7 +336,7 @@ mod tests {
                 Reason::Pass
             );
         }
-        // 200,000 sources over 0.2 s into 65,536 cells per row: a few collide enough.
+        // 200,000 sources over 0.2 s into 262,144 cells per row: a few collide enough.
         assert!(
             m.promotions < 200,
             "{} of 200,000 one-packet sources promoted",
