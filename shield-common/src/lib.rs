@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod bucket;
+pub mod filters;
 pub mod judge;
 pub mod maps;
 #[cfg(not(target_arch = "bpf"))]
@@ -17,5 +18,6 @@ pub mod reset;
 pub mod sketch;
 
 pub use bucket::Gcra;
+pub use filters::*;
 pub use maps::*;
 pub use reason::Reason;

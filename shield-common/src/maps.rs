@@ -21,9 +21,9 @@ pub const MAP_RULE_BANS: &str = "SHIELD_RBANS";
 pub const MAP_EVENTS: &str = "SHIELD_EVENTS";
 pub const MAP_DIAG: &str = "SHIELD_DIAG";
 pub const MAP_SKETCH: &str = "SHIELD_SKETCH";
-/// `SHIELD_SKETCH`'s map flags: `BPF_F_MMAPABLE`, which page-aligns its values (see
+/// `SHIELD_SKETCH`'s map flags: mmapable, which page-aligns its values (see
 /// `sketch::SKETCH_LINE`).
-pub const SKETCH_MAP_FLAGS: u32 = 1 << 10;
+pub const SKETCH_MAP_FLAGS: u32 = crate::filters::BPF_F_MMAPABLE;
 pub const MAP_VERIFIED: &str = "SHIELD_VERIFIED";
 pub const MAP_BUDGET: &str = "SHIELD_BUDGET";
 pub const MAP_RULE_STATS: &str = "SHIELD_RSTATS";
@@ -260,65 +260,6 @@ pub const MAX_VERIFIED: u32 = 65_536;
 pub const DEFAULT_VERIFIED_TTL_NS: u64 = 15 * 60 * 1_000_000_000;
 /// A verified source's proof is refreshed at most this often (one map write).
 pub const VERIFIED_REFRESH_NS: u64 = 1_000_000_000;
-/// Words of the verified set's filter (`MAP_VFILTER`): 2^20 bits, 128 KiB.
-pub const VFILTER_WORDS: u32 = 16_384;
-
-/// Where a verified-set key has its bit in the filter in front of the set: (word, mask).
-/// A source is looked up in the set only when its bit is set, so a spoofed flood of new
-/// addresses costs one array read per SYN instead of a hash lookup. Bits are set wherever
-/// a key enters the set (and again when a proof of a key already in it is seen); a bit
-/// left by a key that expired or was evicted only costs that lookup. The daemon rebuilds
-/// the filter from the set now and then (`vfilter_rebuild`).
-#[inline(always)]
-pub fn vfilter_bit(key: &SourceKey) -> (u32, u64) {
-    let a = key.addr;
-    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    let h = (w(0)
-        ^ w(4).rotate_left(5)
-        ^ w(8).rotate_left(11)
-        ^ w(12).rotate_left(17)
-        ^ u32::from(key.family) << 24
-        ^ u32::from(key.prefix_len))
-    .wrapping_mul(0x9e37_79b1)
-        >> 12;
-    ((h >> 6) % VFILTER_WORDS, 1u64 << (h & 63))
-}
-
-/// Words in each half of the per-source table's filter (`MAP_SFILTER`): 2^20 bits, 128 KiB.
-pub const SFILTER_WORDS: u32 = 16_384;
-/// `MAP_SFILTER`'s map flags: `BPF_F_MMAPABLE`, so that the daemon sets and clears its bits
-/// with atomic operations on shared memory, as the data path does (a read and a write
-/// through the bpf syscall could undo a bit the data path set between them).
-pub const SFILTER_MAP_FLAGS: u32 = 1 << 10;
-
-/// Where a per-source key has its bit in each half of the filter in front of the source
-/// table: (word, mask); the word of the second half is `SFILTER_WORDS + word`.
-///
-/// A source is looked up in the table only when its bit is set in either half, so a
-/// random-source flood of untracked sources costs two reads of a 256 KiB array instead of
-/// a hash lookup in a table of hundreds of thousands of buckets. The invariant: every key
-/// in the table has its bit set in at least one half. The data path sets the bit in both
-/// halves before it inserts a key; the daemon sets the bits of the keys it adopts from the
-/// pins; and it rebuilds one half at a time while the other holds the invariant: clear
-/// it, let in-flight packets finish, then set the bit of every key in the table
-/// (`loader::sfilter`). Unseeded: a key chosen to share a victim's bit costs an extra
-/// lookup, never a verdict.
-#[inline(always)]
-pub fn sfilter_bit(key: &SourceKey) -> (u32, u64) {
-    let a = key.addr;
-    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    let h = (w(0)
-        ^ w(4).rotate_left(7)
-        ^ w(8).rotate_left(13)
-        ^ w(12).rotate_left(19)
-        ^ u32::from(key.rule).rotate_left(23)
-        ^ u32::from(key.family) << 24
-        ^ u32::from(key.prefix_len))
-    .wrapping_mul(0x85eb_ca6b);
-    let h = (h ^ (h >> 15)).wrapping_mul(0xc2b2_ae35) >> 12;
-    ((h >> 6) % SFILTER_WORDS, 1u64 << (h & 63))
-}
-
 /// Prefix lengths of verified-set keys: a host for IPv4, a /64 (one subscriber) for IPv6.
 pub const VERIFIED_V4_PREFIX: u8 = 32;
 pub const VERIFIED_V6_PREFIX: u8 = 64;
