@@ -25,6 +25,14 @@ use shield_common::{MAP_SFILTER, MAP_SOURCES, SFILTER_WORDS, SourceKey, SourceSt
 
 use super::{LoaderError, map_err};
 
+/// A failed system call on `map`, as the loader reports map errors.
+fn sys_err(map: &'static str, call: &'static str, io_error: std::io::Error) -> LoaderError {
+    LoaderError::Map {
+        map,
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    }
+}
+
 /// The filter's words, both halves, shared with the data path.
 struct Words {
     ptr: *mut AtomicU64,
@@ -50,13 +58,11 @@ impl Words {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(LoaderError::Map {
-                map: MAP_SFILTER,
-                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "mmap",
-                    io_error: std::io::Error::last_os_error(),
-                }),
-            });
+            return Err(sys_err(
+                MAP_SFILTER,
+                "mmap",
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(Words {
             ptr: ptr.cast(),
@@ -149,13 +155,8 @@ fn table_keys(dir: &Path) -> Result<Vec<SourceKey>, LoaderError> {
         if let Some(e) = err.as_ref()
             && e.raw_os_error() != Some(libc::ENOENT)
         {
-            return Err(LoaderError::Map {
-                map: MAP_SOURCES,
-                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_map_lookup_batch",
-                    io_error: std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0)),
-                }),
-            });
+            let e = std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0));
+            return Err(sys_err(MAP_SOURCES, "bpf_map_lookup_batch", e));
         }
         for k in kbuf.chunks_exact(ksz).take(attr.count as usize) {
             // SAFETY: `ksz` bytes the kernel wrote as a key of this table: a plain-data
@@ -267,11 +268,17 @@ impl SfilterRebuild {
     /// next half when `force`, or when the filter holds more than twice the bits the last
     /// listing's keys need (plus 4,096) and no half was cleared in `SFILTER_SPACING`.
     pub fn step(&mut self, dir: &Path, force: bool) -> Result<SfilterStep, LoaderError> {
+        // Most ticks have nothing to do: decided before the filter is mapped.
+        let spaced = self
+            .last_clear
+            .is_none_or(|at| at.elapsed() >= SFILTER_SPACING);
+        match self.cleared {
+            Some((_, at)) if at.elapsed() < SFILTER_SETTLE => return Ok(SfilterStep::Idle),
+            None if !force && !spaced => return Ok(SfilterStep::Idle),
+            _ => {}
+        }
         let w = Words::open(dir)?;
-        if let Some((half, at)) = self.cleared {
-            if at.elapsed() < SFILTER_SETTLE {
-                return Ok(SfilterStep::Idle);
-            }
+        if let Some((half, _)) = self.cleared {
             // A listing that fails leaves the half cleared (the other one holds), to be
             // filled at the next step.
             let keys = add_keys(dir, &w, &[half])?;
@@ -287,10 +294,7 @@ impl SfilterRebuild {
                 u64::from((a | b).count_ones())
             })
             .sum();
-        let spaced = self
-            .last_clear
-            .is_none_or(|at| at.elapsed() >= SFILTER_SPACING);
-        if !force && (!spaced || union <= 2 * self.listed + 4096) {
+        if !force && union <= 2 * self.listed + 4096 {
             return Ok(SfilterStep::Idle);
         }
         let half = self.next;
