@@ -24,7 +24,9 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
         xdp_action,
     },
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_sk_lookup_tcp, bpf_sk_release},
+    helpers::generated::{
+        bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_sk_lookup_tcp, bpf_sk_release,
+    },
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -54,6 +56,7 @@ use shield_common::{
 
 mod bans;
 mod buckets;
+mod clock;
 mod counters;
 mod maps;
 mod parse;
@@ -64,6 +67,7 @@ mod unverified;
 
 use bans::*;
 use buckets::*;
+use clock::coarse_now;
 use counters::*;
 use maps::*;
 use parse::*;
@@ -168,8 +172,7 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let now = if ctl.clock_frozen != 0 {
         ctl.clock_offset_ns
     } else {
-        // SAFETY: the helper takes no arguments and only reads the clock.
-        unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(ctl.clock_offset_ns)
+        coarse_now().wrapping_add(ctl.clock_offset_ns)
     };
     // Host-scope bans cover every port, matched or not. A monitor-mode ban exempts
     // nothing: it only turns the pass the normal judgement gives into `would_ban`.

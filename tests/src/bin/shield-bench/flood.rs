@@ -609,9 +609,7 @@ pub(crate) fn flood_with(
     };
     let has_prog = is_shield(filter) || is_trivial(filter);
     let prog_ns = match legit {
-        Legit::Wrk(_) => {
-            (has_prog && after.1 > before.1).then(|| per_run(before, after))
-        }
+        Legit::Wrk(_) => (has_prog && after.1 > before.1).then(|| per_run(before, after)),
         // A quarter as many frames again, with the stats on.
         Legit::None if has_prog => {
             let stats = BpfStats::on();
