@@ -272,7 +272,10 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     }
 
     let reason = if needs_state(rule, pkt.conn_attempt) {
-        judge(half, cfg.generation, &key, pkt.conn_attempt, now, seed)
+        match refused::hit(&key, refused::tag(cfg.generation), pkt.conn_attempt, now) {
+            Some(reason) => reason,
+            None => judge(half, cfg.generation, &key, pkt.conn_attempt, now, seed),
+        }
     } else {
         Reason::Pass
     };
