@@ -23,6 +23,7 @@ pub(crate) fn coarse_now() -> u64 {
     // SAFETY: the helpers take no arguments and only read the clocks.
     let jiffies = unsafe { bpf_jiffies64() };
     let Some(c) = SHIELD_CLOCK.get_ptr_mut(0) else {
+        // SAFETY: as above.
         return unsafe { bpf_ktime_get_coarse_ns() };
     };
     // SAFETY: per-CPU slot from a successful lookup; nothing else runs on this CPU

@@ -25,7 +25,7 @@ fn syn(src: &str) -> Vec<u8> {
 fn a_refused_source_is_admitted_again_once_its_interval_has_passed_on_the_live_clock() {
     let h = Harness::new(POLICY);
     let frame = syn("198.51.100.9");
-    let mut refused_checked = 0;
+    let (mut refused_checked, mut late_passes) = (0, 0);
     for round in 0..5 {
         let start = Instant::now();
         assert_eq!(h.run(&frame), XDP_PASS, "round {round}: first SYN");
@@ -33,10 +33,13 @@ fn a_refused_source_is_admitted_again_once_its_interval_has_passed_on_the_live_c
         // not a time that runs ahead.
         for _ in 0..1000 {
             let action = h.run(&frame);
-            // The interval is 100 ms; a run this late may rightly find a new token.
+            // The interval is 100 ms; a run this late (a slow machine) may rightly find a
+            // new token, less two coarse ticks by which the first SYN's time may lag.
             if start.elapsed() < Duration::from_millis(60) {
                 assert_eq!(action, XDP_DROP, "round {round}: within the interval");
                 refused_checked += 1;
+            } else if action == XDP_PASS {
+                late_passes += 1;
             }
         }
         // Two coarse ticks of slack (8 ms at HZ=250, 20 ms at HZ=100) past the interval.
@@ -44,7 +47,7 @@ fn a_refused_source_is_admitted_again_once_its_interval_has_passed_on_the_live_c
     }
     // The first SYN of every round passed: the clock moved 150 ms each time on whichever
     // CPU ran it. A stuck per-CPU clock would have refused rounds 1-4.
-    assert_eq!(h.count("api", Reason::Pass).packets, 5);
+    assert_eq!(h.count("api", Reason::Pass).packets, 5 + late_passes);
     assert!(
         refused_checked > 0,
         "every run came 60 ms or more after its round's first: the machine is too slow to check the refusals"

@@ -421,9 +421,9 @@ pub(crate) fn flood_with(
     } else {
         syn_frame(mac, [198, 51, 100, 3], [198, 51, 100, 1], dport)
     };
-    // Section 3's program ns come from its own run; section 2's rates are measured with the
-    // stats off (they add clock reads to every run of a program, which no filter does not
-    // pay), and their program ns from a shorter flood with the stats on, below.
+    // Section 3's program ns come from its own run. Sections 2 and 2b measure rates with
+    // the stats off (they add clock reads to every run of a program, which the no-filter
+    // baseline never pays) and take program ns from a shorter flood with them on, below.
     let stats = matches!(legit, Legit::Wrk(_)).then(BpfStats::on);
     let rx_fd = {
         let prog: &Xdp = drop_obj
@@ -880,4 +880,16 @@ pub(crate) fn svg_chart(rows: &[FloodResult]) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"{}\" font-family=\"sans-serif\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"10\" y=\"22\" font-size=\"16\">SYN flood into a veth: packets/s the receive path sustains (higher is better)</text>{body}</svg>\n",
         y + 10.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_frames_add_up_every_receive_queue_and_nothing_else() {
+        let text = "NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_packets: 176131\n     rx_queue_0_xdp_bytes: 9511020\n     rx_queue_0_xdp_drops: 176118\n     rx_queue_1_xdp_packets: 19\n     tx_queue_0_xdp_xmit: 130496\n";
+        assert_eq!(sum_xdp_packets(text), 176_150);
+        assert_eq!(sum_xdp_packets("no statistics\n"), 0);
+    }
 }
