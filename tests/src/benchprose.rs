@@ -308,7 +308,7 @@ pub fn flood_reading(f: &FloodFigures, budget_target: f64) -> String {
             let r = pps / ceiling.max(1.0);
             let _ = write!(
                 s,
-                " With `unverified = {{ rate = \"2000/s\", burst = 4000 }}` the budget drops {dropped:.1} % of the flood, its program handling {:.2} M packets/s, {r:.2}× the trivial XDP_DROP ceiling ({:.2} M) in the same run ({} the target of {budget_target}×; section 2b measures it in alternating rounds){}.",
+                " With `unverified = {{ rate = \"2000/s\", burst = 4000 }}` the budget drops {dropped:.1} % of the flood, its program handling {:.2} M packets/s, {r:.2}× the trivial XDP_DROP ceiling ({:.2} M) in the same run ({} the target of {budget_target}× in this one flood; section 2b, in alternating rounds, is the measure against the target){}.",
                 pps / 1e6,
                 ceiling / 1e6,
                 if r >= budget_target { "meets" } else { "misses" },
@@ -358,7 +358,8 @@ pub fn flood_reading(f: &FloodFigures, budget_target: f64) -> String {
     s
 }
 
-/// Section 1's reading: the spread of shield / trivial and the dearest path.
+/// Section 1's reading: the spread of shield / trivial over the IP paths (the caller leaves
+/// out the non-IP frame, which the program passes before any parsing) and the dearest path.
 pub fn cost_reading(rows: &[(String, f64)]) -> String {
     let mut s = String::from(
         "\nReading it: the program is several BPF functions (the parser, the per-rule judgement, the sketch, the proof of verification, the refusal path), because the spoofed-flood defences do not fit the 512-byte BPF stack as one function. The cookie SYN-ACK has no row: BPF_PROG_TEST_RUN repeats a run on the frame the previous run rewrote, so from the second run on it would time a SYN-ACK, not a SYN; its cost per SYN is in section 2b.",
@@ -369,7 +370,7 @@ pub fn cost_reading(rows: &[(String, f64)]) -> String {
     ) {
         let _ = write!(
             s,
-            " In this run shield costs {:.2}× ({}) to {:.2}× ({}) the trivial program.",
+            " In this run shield costs {:.2}× ({}) to {:.2}× ({}) the trivial program on IP frames (the non-IP frame, passed before any parsing, aside).",
             lo.1, lo.0, hi.1, hi.0
         );
     } else {
@@ -581,7 +582,10 @@ mod tests {
     #[test]
     fn cost_reading_names_the_spread() {
         let r = cost_reading(&[("a".into(), 1.5), ("b".into(), 12.0)]);
-        assert!(r.contains("1.50× (a) to 12.00× (b)"), "{r}");
+        assert!(
+            r.contains("1.50× (a) to 12.00× (b) the trivial program on IP frames"),
+            "{r}"
+        );
         assert!(cost_reading(&[]).contains("No path was measured"));
     }
 }
