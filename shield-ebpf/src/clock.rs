@@ -9,7 +9,12 @@
 //! tick: 4 ms at HZ=250), except in the window where the tick has moved `jiffies` but not
 //! the time yet: a CPU reading then keeps the older time until the next tick, so a reading
 //! may lag by up to two ticks instead of one. Limits are judged on the clock of the CPU
-//! that handles the packet, which may be a tick off another CPU's, as before.
+//! that handles the packet, which may then be a tick behind another CPU's for up to a tick
+//! (without the cache, only for the moment of the update): state another CPU stamped may
+//! lie a tick after `now`, so every comparison with it saturates or is ordered (see
+//! `shield_common::reset::reset_due`). The pair is written jiffies first: only a run that
+//! interrupts another on the same CPU between the two stores (BPF_PROG_TEST_RUN runs with
+//! softirqs on; XDP itself does not) could read a new jiffies with an old time.
 
 use crate::*;
 
