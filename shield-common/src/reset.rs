@@ -20,11 +20,15 @@ pub const fn reset_stamp(now: u64) -> u32 {
 }
 
 /// Whether a source last answered at `last` (a `reset_stamp`, 0 = never) may get a RST at
-/// `now`. The stamp wraps every 2^52 ns (52 days): a source answered exactly a multiple of
-/// that ago is refused one RST for a second, which only costs it a SYN retransmission.
+/// `now`. A stamp up to a second *after* `now` is not due either: the data path's clock is
+/// read per CPU (a CPU may be a tick or two behind the one that stamped), and a stamp
+/// "in the future" is one that was just written, not one from 52 days ago. The stamp wraps
+/// every 2^52 ns (52 days): a source answered within a second of a multiple of that ago is
+/// refused one RST for up to two seconds, which only costs it a SYN retransmission.
 #[inline(always)]
 pub const fn reset_due(last: u32, now: u64) -> bool {
-    last == 0 || reset_stamp(now).wrapping_sub(last) >= RESET_EVERY_UNITS
+    let since = reset_stamp(now).wrapping_sub(last);
+    last == 0 || (since >= RESET_EVERY_UNITS && since <= u32::MAX - RESET_EVERY_UNITS)
 }
 
 #[cfg(test)]
@@ -50,6 +54,22 @@ mod tests {
             assert!(t - a >= NS_PER_SEC, "RSTs {} ns apart", t - a);
             assert!(t - a < NS_PER_SEC + (3 << 20), "waited {} ns", t - a);
         }
+    }
+
+    #[test]
+    fn a_clock_behind_the_stamp_is_not_due() {
+        // Another CPU stamped at t0; this one's clock is up to two 4 ms ticks behind.
+        let t0 = 5_000 * NS_PER_SEC + 123;
+        let last = reset_stamp(t0);
+        for behind in [1u64, 1 << 20, 4_000_000, 8_000_000, NS_PER_SEC - (2 << 20)] {
+            assert!(
+                !reset_due(last, t0 - behind),
+                "{behind} ns behind the stamp"
+            );
+        }
+        // Far from the stamp either way (the wrap), it is due again.
+        assert!(reset_due(last, t0 + 2 * NS_PER_SEC));
+        assert!(reset_due(last, t0 + (1 << 51)));
     }
 
     #[test]

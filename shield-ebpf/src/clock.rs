@@ -9,7 +9,13 @@
 //! tick: 4 ms at HZ=250), except in the window where the tick has moved `jiffies` but not
 //! the time yet: a CPU reading then keeps the older time until the next tick, so a reading
 //! may lag by up to two ticks instead of one. Limits are judged on the clock of the CPU
-//! that handles the packet, which may be a tick off another CPU's, as before.
+//! that handles the packet, which may then be a tick behind another CPU's for up to a tick
+//! (without the cache, only for the moment of the update): state another CPU stamped may
+//! lie a tick after `now`, so every comparison with it saturates or is ordered (see
+//! `shield_common::reset::reset_due`). The pair is written time first, then jiffies: a run
+//! that interrupts another on the same CPU between the two stores (BPF_PROG_TEST_RUN runs
+//! with softirqs on; XDP itself does not) reads the old jiffies, so it calls the helper
+//! itself rather than take a new jiffies with an old time.
 
 use crate::*;
 
@@ -34,6 +40,10 @@ pub(crate) fn coarse_now() -> u64 {
     }
     // SAFETY: as above.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    *c = [jiffies, now];
+    // SAFETY: the slot's two words, in this order (see the module's text).
+    unsafe {
+        core::ptr::write_volatile(&mut c[1], now);
+        core::ptr::write_volatile(&mut c[0], jiffies);
+    }
     now
 }

@@ -2,11 +2,16 @@
 //! jiffy per CPU): a source refused for its rate is admitted again once its interval has
 //! passed, in real time, however many packets came between. BPF_PROG_TEST_RUN on the real
 //! object with the clock running (not frozen); needs root (fails, never skips, without it).
+//!
+//! Each CPU keeps its own (jiffies, time) pair, so one CPU's `now` may be up to a tick
+//! behind another's for a tick (the CPU that read in the moment the tick had moved
+//! `jiffies` but not the time). State one CPU stamped is then judged by a CPU whose `now`
+//! is earlier than the stamp: played here with the frozen clock stepped back a few ms.
 
 use std::time::{Duration, Instant};
 
 use shield_common::Reason;
-use shield_tests::{Harness, L4, Pkt, XDP_DROP, XDP_PASS};
+use shield_tests::{Harness, L4, Pkt, XDP_DROP, XDP_PASS, XDP_TX};
 
 /// One connection per 100 ms, no burst: the sketch tracks the source from its first SYN.
 const POLICY: &str = r#"
@@ -52,4 +57,41 @@ fn a_refused_source_is_admitted_again_once_its_interval_has_passed_on_the_live_c
         refused_checked > 0,
         "every run came 60 ms or more after its round's first: the machine is too slow to check the refusals"
     );
+}
+
+/// A verified source, one connection a minute, refused SYNs answered with a RST.
+const RESET_POLICY: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [7071]
+connections = { rate = "1/min", burst = 1 }
+over_limit = "reset"
+"#;
+
+#[test]
+fn a_cpu_whose_clock_is_a_tick_behind_sends_no_second_rst_within_the_second() {
+    const T0: u64 = 5_000_000_000_000;
+    let mut h = Harness::frozen(RESET_POLICY, T0);
+    let src = "192.0.2.77";
+    h.verify(src.parse().unwrap(), T0);
+    let frame = Pkt::new(src, L4::syn(7071)).bytes();
+    assert_eq!(
+        h.run(&frame),
+        XDP_PASS,
+        "the first connection is within the limit"
+    );
+    assert_eq!(h.run(&frame), XDP_TX, "over the limit: answered with a RST");
+    // The next SYN handled by a CPU whose clock is 4 ms (a tick at HZ=250) behind: the
+    // source was answered within the second, so it is dropped, not answered again.
+    h.tables
+        .freeze_clock(T0 - 4_000_000)
+        .expect("stepping the frozen clock");
+    assert_eq!(
+        h.run(&frame),
+        XDP_DROP,
+        "one RST a second per source, also on a CPU whose clock lags"
+    );
+    assert_eq!(h.count("api", Reason::Reset).packets, 1);
+    assert_eq!(h.count("api", Reason::ConnLimit).packets, 1);
 }
