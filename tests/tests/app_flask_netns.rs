@@ -248,6 +248,28 @@ fn app_bans(lab: &NsLab, addr: Ipv4Addr) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until the daemon has put `addr`'s app ban into the data path: its owner writes the
+/// `app_ban` audit line once the host ban is in the maps. Until then the ban is the app
+/// layer's alone, and `decide` answers the client 403 (docs/operations.md: "`decide`
+/// answers 403 meanwhile"). A generous bound, for a loaded machine.
+fn wait_for_nic_ban(lab: &NsLab, addr: Ipv4Addr) {
+    let started = Instant::now();
+    while app_bans(lab, addr).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no app_ban audit line for {addr} after 30 s: {:?}",
+            lab.audit_lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `r` is the app layer's 403 for a banned client (the moment between the ban's
+/// decision and its host ban in the data path).
+fn banned_at_l7(r: &Response) -> bool {
+    r.status == 403 && r.body.contains("/problems/banned")
+}
+
 #[test]
 fn login_burst_then_429s_then_dropped_at_the_nic_and_failed_logins_ban() {
     let lab = Lab::new("open");
@@ -290,7 +312,8 @@ fn login_burst_then_429s_then_dropped_at_the_nic_and_failed_logins_ban() {
     loop {
         match lab.login(ATTACKER_V4, &[]) {
             Some(r) if r.status == 429 => limited += 1,
-            Some(r) => panic!("expected 429 or a drop, got {r:?}"),
+            Some(r) if banned_at_l7(&r) => break,
+            Some(r) => panic!("expected 429, a 403 for the ban or a drop, got {r:?}"),
             None => break,
         }
         assert!(
@@ -309,6 +332,7 @@ fn login_burst_then_429s_then_dropped_at_the_nic_and_failed_logins_ban() {
         started.elapsed().as_secs_f64()
     );
     assert!(limited >= 3, "banned after only {limited} 429s");
+    wait_for_nic_ban(&lab.lab, ATTACKER_V4);
     // Every TCP connection of the banned client is dropped (any path, host scope), by the
     // XDP program: its `ban` drops grow.
     let dropped_before = counter(&lab.lab.stats(), "api", "ban");
@@ -333,7 +357,8 @@ fn login_burst_then_429s_then_dropped_at_the_nic_and_failed_logins_ban() {
     loop {
         match lab.req(GUESSER, "POST", "/login", &[], &login_form("hunter2")) {
             Some(r) if r.status == 401 => failed += 1,
-            Some(r) => panic!("expected 401 or a drop, got {r:?}"),
+            Some(r) if banned_at_l7(&r) => break,
+            Some(r) => panic!("expected 401, a 403 for the ban or a drop, got {r:?}"),
             None => break,
         }
         assert!(
@@ -342,6 +367,7 @@ fn login_burst_then_429s_then_dropped_at_the_nic_and_failed_logins_ban() {
         );
     }
     assert_eq!(failed, 4, "failed logins answered before the ban");
+    wait_for_nic_ban(&lab.lab, GUESSER);
     assert_eq!(lab.get(GUESSER, "/api/items"), None);
     assert_eq!(lab.get(LEGIT_V4, "/api/items"), Some(200));
     assert!(
