@@ -34,12 +34,14 @@ use shield_user::{bans::BanMaps, loader, policy};
 mod api;
 mod cost;
 mod flood;
+mod kstats;
 mod paths;
 mod scale;
 
 use api::*;
 use cost::*;
 use flood::*;
+use kstats::*;
 use paths::*;
 use scale::*;
 
