@@ -67,7 +67,7 @@ struct Opts {
     path: Option<String>,
 }
 
-const SECTIONS: &str = "Sections: 1 per-packet cost, 2 veth flood capacity, 2b every path against its ceiling, 3 API under wrk while flooded, 3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale, 5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter), 7 fleet propagation (a real Redis, three daemons). Environment: SHIELD_BIN, the shield binary to measure.";
+const SECTIONS: &str = "Sections: 1 per-packet cost, 2 veth flood capacity, 2b every path against its ceiling, 3 API under wrk while flooded, 3b known clients during a full-rate spoofed flood, 4 memory and control-plane scale, 5 reliability (the differential fuzzer), 6 application layer (shield_flask vs Flask-Limiter), 7 fleet propagation (a real Redis, three daemons). Environment: SHIELD_BIN, the shield binary for the sections that start a daemon (`shield run`: 4's daemon RSS, 6, 7; default target/debug/shield). Sections 1, 2, 2b, 3 and 3b load the XDP object built into shield-bench itself: to measure another build's data path, build shield-bench from it.";
 
 impl Opts {
     fn runs(&self, section: &str) -> bool {
