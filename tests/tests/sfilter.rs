@@ -196,17 +196,11 @@ fn keys_without_a_bit(h: &Harness) -> Vec<SourceKey> {
     missing
 }
 
-/// A table large enough that nothing is evicted during the test: a key that leaves it
-/// could not be told from one taken for new.
-const STRESS_POLICY: &str = r#"
-[defaults]
-max_sources = 131072
-[[rule]]
-name = "api"
-protocol = "tcp"
-ports = [7070]
-connections = { rate = "1/s", burst = 3 }
-"#;
+/// `POLICY` with a table large enough that nothing is evicted during the test: a key that
+/// leaves it could not be told from one taken for new.
+fn stress_policy() -> String {
+    format!("[defaults]\nmax_sources = 131072\n{POLICY}")
+}
 
 /// Sources promoted before the rebuilds start and left quiet: only the filter's halves
 /// keep their bits.
@@ -226,7 +220,8 @@ fn resident(i: u32) -> String {
 #[test]
 fn every_key_keeps_a_bit_through_concurrent_promotions_and_restarts() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-    let mut h = Harness::frozen(STRESS_POLICY, T0);
+    let policy = stress_policy();
+    let mut h = Harness::frozen(&policy, T0);
     let d = dir(&h);
     for i in 1..=RESIDENTS {
         over_limit(&h, &resident(i));
@@ -295,7 +290,7 @@ fn every_key_keeps_a_bit_through_concurrent_promotions_and_restarts() {
     assert_eq!(filled, 25, "every rebuild not abandoned completed");
     assert_eq!(breaches, [], "keys in the table without a filter bit");
     // A reload, so that the refusal cache does not answer for the state.
-    h.reload(STRESS_POLICY, 2);
+    h.reload(&policy, 2);
     for i in 1..=RESIDENTS {
         assert_eq!(
             h.run(&syn(&resident(i))),
