@@ -32,6 +32,7 @@ use shield_tests::{
 use shield_user::{bans::BanMaps, loader, policy};
 
 mod api;
+mod capacity;
 mod cost;
 mod flood;
 mod kstats;
@@ -39,6 +40,7 @@ mod paths;
 mod scale;
 
 use api::*;
+use capacity::*;
 use cost::*;
 use flood::*;
 use kstats::*;
