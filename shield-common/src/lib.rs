@@ -7,6 +7,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 pub mod addr;
+pub mod bans;
 pub mod bucket;
 pub mod filters;
 pub mod judge;
@@ -17,6 +18,7 @@ pub mod reason;
 pub mod reset;
 pub mod sketch;
 
+pub use bans::*;
 pub use bucket::Gcra;
 pub use filters::*;
 pub use maps::*;

@@ -388,7 +388,9 @@ fn report_refusal(
             u32::from(key.rule)
         });
         let inserted = if host {
-            insert_host_ban(key, &ban)
+            let r = insert_host_ban(key, &ban);
+            bump_epoch();
+            r
         } else {
             SHIELD_RBANS.insert(*key, ban, 0)
         };

@@ -178,7 +178,14 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     // nothing: it only turns the pass the normal judgement gives into `would_ban`.
     let mut watched = false;
     if bans && may_exist(shield_common::BAN_COUNT_HOST) {
-        match host_ban(pkt, now) {
+        let epoch = host_epoch();
+        if let Some(e) = epoch
+            && banned_cached(pkt, e, now)
+        {
+            count(rule_id, Reason::Ban, len);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        match host_ban(pkt, now, epoch.unwrap_or(0), epoch.is_some()) {
             BAN_HIT_DROP => {
                 count(rule_id, Reason::Ban, len);
                 return Ok(xdp_action::XDP_DROP);

@@ -368,10 +368,10 @@ impl BanMaps {
         }
     }
 
-    /// The data path's clock now (including the test offset).
+    /// The data path's clock now (including the test offset, or the frozen test clock).
     pub fn now(&self) -> u64 {
-        let offset = self.tables.control().map_or(0, |c| c.clock_offset_ns);
-        crate::loader::mono_coarse_ns().wrapping_add(offset)
+        let mono = crate::loader::mono_coarse_ns();
+        self.tables.control().map_or(mono, |c| c.now(mono))
     }
 
     /// The name of rule `id` in the running policy (empty for 0).
@@ -634,6 +634,7 @@ impl BanMaps {
                 BanKey::None => Ok(()),
             }
             .map_err(full)?;
+            self.moved(key)?;
         }
         // The first reason given stays with a ban: a kept ban keeps its reason, and an
         // extension without a reason keeps the one it had.
@@ -682,9 +683,23 @@ impl BanMaps {
             // Already gone (expired and swept concurrently): fine.
             Err(MapError::KeyNotFound) => Ok(()),
             // Uncounted once it is gone.
-            Ok(()) => self.count(key, -1),
+            Ok(()) => {
+                self.count(key, -1)?;
+                self.moved(key)
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// After a host ban was inserted or removed: moves the host bans' epoch, so that the
+    /// data path's cache of host-ban drops lets go of what it held
+    /// (`shield_common::BAN_EPOCH`).
+    fn moved(&mut self, key: BanKey) -> Result<(), BanError> {
+        if matches!(key, BanKey::Host4(..) | BanKey::Host6(..)) {
+            let counts = self.counts.as_mut().ok_or(BanError::NoCounts)?;
+            crate::loader::bump_ban_epoch(counts)?;
+        }
+        Ok(())
     }
 
     /// Adds `delta` to user space's count of `key`'s slot (`BAN_COUNT_USER`; wrapping).

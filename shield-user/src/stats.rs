@@ -179,7 +179,7 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         aya::maps::Array::try_from(open_pinned(&dir, MAP_BUDGET)?).map_err(err(MAP_BUDGET))?;
     let attack: aya::maps::Array<MapData, u64> =
         aya::maps::Array::try_from(open_pinned(&dir, MAP_ATTACK)?).map_err(err(MAP_ATTACK))?;
-    let now = crate::loader::mono_coarse_ns().wrapping_add(tables.control()?.clock_offset_ns);
+    let now = tables.control()?.now(crate::loader::mono_coarse_ns());
     let wall_now = std::time::SystemTime::now();
 
     let mut rule_cfgs: Vec<(u32, RuleConfig)> = Vec::new();

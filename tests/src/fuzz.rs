@@ -1,8 +1,9 @@
 //! The differential fuzzer behind `cargo xtask fuzz`: random policies, random and malformed
 //! frames and clock steps, run through the real XDP program (BPF_PROG_TEST_RUN, frozen
-//! test clock) and through the reference model (`shield_common::model`); verdicts (and the
-//! bytes of every RST) are compared frame by frame, counters and map state (per-source state, bans) every 1,000
-//! frames and at the end.
+//! test clock) and through the reference model (`shield_common::model`), with an
+//! operator's manual host bans and unbans now and then; verdicts (and the bytes of every
+//! RST) are compared frame by frame, counters and map state (per-source state, bans) every
+//! 1,000 frames and at the end.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -10,11 +11,14 @@ use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray};
 use shield_common::{
     BanValue, Counter, MAP_COUNTERS, MAP_HOST_BANS_V4, MAP_HOST_BANS_V6, MAP_RULE_BANS,
     MAP_SOURCES, Reason, SourceKey, SourceState,
-    addr::FAMILY_V4,
+    addr::{FAMILY_V4, FAMILY_V6},
     counter_index,
     model::{self, Model},
 };
-use shield_user::{loader, policy};
+use shield_user::{
+    bans::{BanMaps, BanSpec},
+    loader, policy,
+};
 
 use crate::{HARNESS_IFACE, Harness, L4, Pkt};
 
@@ -318,6 +322,91 @@ fn verify_some(rng: &mut Rng, h: &Harness, m: &mut Model, now: u64) {
     }
 }
 
+/// The operator's move, now and then between frames: a manual host ban of a source's
+/// prefix (full, monitor-only or attempts-only, as the fleet can issue) or the lifting of
+/// one, through `BanMaps` as the daemon does it, mirrored in the model (`ban_spec` keeps a
+/// stored full ban that ends no earlier; `unban` also lifts rule bans on the same prefix).
+/// Returns the source the ban was drawn for, so that the next frames come from it (they
+/// fill the per-CPU cache of host-ban drops, then meet its invalidation). `sources`: each
+/// stored ban's.
+fn operate(
+    rng: &mut Rng,
+    maps: &mut BanMaps,
+    m: &mut Model,
+    now: u64,
+    sources: &mut HashMap<(u8, u8, [u8; 16]), std::net::IpAddr>,
+) -> std::net::IpAddr {
+    use shield_common::{BAN_ATTEMPTS, BAN_MANUAL, BAN_MONITOR};
+    use std::net::IpAddr;
+    let mut stored: Vec<(u8, u8, [u8; 16])> = m.host_bans.keys().copied().collect();
+    stored.sort();
+    if !stored.is_empty() && rng.chance(40) {
+        let (family, len, addr) = *rng.pick(&stored);
+        let ip = if family == FAMILY_V4 {
+            IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+        } else {
+            IpAddr::from(addr)
+        };
+        maps.unban(policy::Cidr { addr: ip, len }).expect("unban");
+        m.host_bans.remove(&(family, len, addr));
+        m.rule_bans
+            .retain(|k, _| !(k.family == family && k.prefix_len == len && k.addr == addr));
+        return sources.remove(&(family, len, addr)).unwrap_or(ip);
+    }
+    let ip: IpAddr = source(rng).parse().expect("an address");
+    let (family, len, addr) = match ip {
+        IpAddr::V4(a) => {
+            let len = *rng.pick(&[32u8, 30, 24, 16]);
+            let key = shield_common::addr::v4_key(a.octets());
+            (FAMILY_V4, len, shield_common::addr::mask_prefix(key, len))
+        }
+        IpAddr::V6(a) => {
+            let len = *rng.pick(&[128u8, 64, 48]);
+            (
+                FAMILY_V6,
+                len,
+                shield_common::addr::mask_prefix(a.octets(), len),
+            )
+        }
+    };
+    let cidr_ip = if family == FAMILY_V4 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(addr)
+    };
+    let dur_ns = *rng.pick(&[1u64, 5, 60, 600]) * 1_000_000_000;
+    let flags = *rng.pick(&[BAN_MANUAL, BAN_MANUAL | BAN_MONITOR, BAN_ATTEMPTS]);
+    maps.ban_spec(&BanSpec {
+        cidr: policy::Cidr { addr: cidr_ip, len },
+        dur: std::time::Duration::from_nanos(dur_ns),
+        scope: policy::BanScope::Host,
+        rule: None,
+        flags,
+        level: 0,
+        reason: None,
+    })
+    .expect("a manual host ban");
+    let value = BanValue {
+        expires_ns: now + dur_ns,
+        duration_ns: dur_ns,
+        rule: 0,
+        flags,
+        level: 0,
+        prefix_len: len,
+        _pad: [0; 3],
+    };
+    let key = (family, len, addr);
+    let kept = m
+        .host_bans
+        .get(&key)
+        .is_some_and(|v| v.flags & BAN_MONITOR == 0 && v.expires_ns >= value.expires_ns);
+    if !kept {
+        m.host_bans.insert(key, value);
+    }
+    sources.insert(key, ip);
+    ip
+}
+
 /// Differences between the kernel's maps and the model at `now`.
 fn compare_state(h: &Harness, pol: &model::Policy, m: &Model, now: u64) -> Vec<String> {
     let dir = loader::pin_dir(&h.bpffs.path, HARNESS_IFACE);
@@ -444,6 +533,8 @@ pub fn run(seed: u64, frames: u64) -> Summary {
     let mut clock = loader::PolicyMaps::open(&dir).expect("policy maps");
     let mut now = 1_000 * 1_000_000_000u64;
     clock.freeze_clock(now).expect("freezing the clock");
+    let mut maps = BanMaps::open(&dir).expect("ban maps");
+    let mut ban_sources = HashMap::new();
     let mut m = Model::new();
     let mut generation = 1;
     while done < frames {
@@ -460,7 +551,13 @@ pub fn run(seed: u64, frames: u64) -> Summary {
                 .collect();
             let c = policy::compile_with_ids(&parsed, &previous);
             generation += 1;
-            h.tables.install(&c, generation, 0).expect("reload");
+            // As the daemon: the ban lookups stay on while bans are stored.
+            let extra = if maps.any() {
+                shield_common::CFG_BANS
+            } else {
+                0
+            };
+            h.tables.install(&c, generation, extra).expect("reload");
             pol = model_policy(&h, c);
         }
         let batch = (frames - done).min(2_000);
@@ -488,6 +585,12 @@ pub fn run(seed: u64, frames: u64) -> Summary {
                 ]);
                 clock.advance_clock(step).expect("clock");
                 now += step;
+            }
+            if rng.below(300) == 0 {
+                let src = operate(&mut rng, &mut maps, &mut m, now, &mut ban_sources);
+                // A ban turns the ban lookups on in the config in force.
+                pol.flags = h.tables.active().expect("active config").1.flags;
+                last = Some(Pkt::new(&src.to_string(), L4::Echo).bytes());
             }
             // Runs of one frame (a source over its limit, strikes, bans), else a new one.
             let f = match &last {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData};
 use shield_common::{
-    BAN_COUNT_HOST, BAN_COUNT_USER, BanValue, MAP_BAN_COUNT, MAP_HOST_BANS_V4, MAP_HOST_BANS_V6,
-    MAP_RULE_BANS, RULE_SLOTS, SourceKey,
+    BAN_COUNT_HOST, BAN_COUNT_USER, BAN_EPOCH, BanValue, MAP_BAN_COUNT, MAP_HOST_BANS_V4,
+    MAP_HOST_BANS_V6, MAP_RULE_BANS, RULE_SLOTS, SourceKey,
 };
 
 use super::{LoaderError, map_err, open_pinned};
@@ -44,11 +44,22 @@ pub fn ban_counts_adopt(dir: &Path) -> Result<u64, LoaderError> {
         LpmTrie::try_from(open_pinned(dir, MAP_HOST_BANS_V6)?)
             .map_err(map_err(MAP_HOST_BANS_V6))?;
     stored[BAN_COUNT_HOST as usize] = host4.keys().count() as u64 + host6.keys().count() as u64;
-    for slot in 0..slots {
+    // Slot BAN_EPOCH (rule 0 has no bans) holds the host bans' epoch: moved on, never
+    // rewritten (a cache entry of a program still running must not match again).
+    for slot in (0..slots).filter(|s| *s != BAN_EPOCH as usize) {
         let users = stored[slot].wrapping_sub(ours[slot]);
         counts
             .set(BAN_COUNT_USER + slot as u32, users, 0)
             .map_err(map_err(MAP_BAN_COUNT))?;
     }
+    bump_ban_epoch(&mut counts).map_err(map_err(MAP_BAN_COUNT))?;
     Ok(stored.iter().sum())
+}
+
+/// Adds 1 to user space's half of the host bans' epoch (`shield_common::BAN_EPOCH`; the
+/// daemon is its one writer).
+pub fn bump_ban_epoch(counts: &mut Array<MapData, u64>) -> Result<(), aya::maps::MapError> {
+    let i = BAN_COUNT_USER + BAN_EPOCH;
+    let v = counts.get(&i, 0)?;
+    counts.set(i, v.wrapping_add(1), 0)
 }

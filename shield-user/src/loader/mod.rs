@@ -35,7 +35,7 @@ mod tables;
 mod vfilter;
 
 pub use attach::*;
-pub use ban_count::ban_counts_adopt;
+pub use ban_count::{ban_counts_adopt, bump_ban_epoch};
 pub use detach::{Detached, detach_pinned};
 pub use sfilter::{SFILTER_SETTLE, SfilterRebuild, SfilterStep, sfilter_adopt, sfilter_bits};
 pub use tables::*;
