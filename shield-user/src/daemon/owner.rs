@@ -651,10 +651,10 @@ impl Owner {
         let dur = parse_duration(duration).map_err(|e| format!("duration \"{duration}\": {e}"))?;
         let max = Duration::from_nanos(shield_common::judge::MAX_BAN_NS);
         if dur < Duration::from_secs(1) || dur > max {
+            // Named as typed: "0s" must not come back as "0ms".
             return Err(format!(
-                "duration must be between 1s and {}, got {}",
-                format_duration(max),
-                format_duration(dur)
+                "duration \"{duration}\": must be between 1s and {}",
+                format_duration(max)
             ));
         }
         // No control characters and no bidirectional overrides (U+202A-U+202E,
