@@ -88,10 +88,15 @@ pub fn random_policy(rng: &mut Rng) -> String {
     if rng.chance(20) {
         s.push_str("[defaults]\nmode = \"monitor\"\n");
     }
+    // IPv4: prefixes inside a /16 (the lists' summary asks the trie) and covering /16s
+    // (the summary answers alone), nested in each other.
     let lists = [
         "192.0.2.0/28",
         "198.51.100.0/24",
         "203.0.113.2/32",
+        "203.0.0.0/16",
+        "10.0.0.0/8",
+        "10.1.3.0/24",
         "2001:db8:dead::/48",
         "2001:db8:1:3::/64",
     ];

@@ -20,9 +20,9 @@ use aya::{
 };
 use shield_common::{
     ALL_MAPS, CFG_LOADED, Control, GlobalConfig, LINK_PIN, LIST_KEY_V4, LIST_KEY_V6, ListValue,
-    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONTROL, MAP_DENY_V4, MAP_DENY_V6, MAP_PORTS,
-    MAP_RULES, MAP_SOURCES, PORT_TABLE_LEN, PROGRAM_NAME, RULE_PRESENT, RULE_SLOTS, RULE_SYNCOOKIE,
-    RULE_SYNCOOKIE_TS, RuleConfig,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONTROL, MAP_DENY_V4, MAP_DENY_V6,
+    MAP_LIST_SUMMARY, MAP_PORTS, MAP_RULES, MAP_SOURCES, PORT_TABLE_LEN, PROGRAM_NAME,
+    RULE_PRESENT, RULE_SLOTS, RULE_SYNCOOKIE, RULE_SYNCOOKIE_TS, RuleConfig,
 };
 
 use crate::policy::CompiledPolicy;
@@ -440,6 +440,8 @@ pub fn load_with_log_level(
     // Likewise the source table's keys: their filter bits set before the program can skip
     // their lookups.
     sfilter_adopt(pin_dir)?;
+    // And the lists' summaries, written from the tries before the program can trust them.
+    PolicyMaps::open(pin_dir)?.rebuild_summaries()?;
     Ok(ebpf)
 }
 

@@ -16,6 +16,9 @@ pub struct PolicyMaps {
     allow6: LpmTrie<MapData, [u8; LIST_KEY_V6], ListValue>,
     deny4: LpmTrie<MapData, [u8; LIST_KEY_V4], ListValue>,
     deny6: LpmTrie<MapData, [u8; LIST_KEY_V6], ListValue>,
+    /// The IPv4 lists' summary by /16 (`shield_common::lsum_slot`); absent under pins of a
+    /// version without it, whose program does not read it.
+    summary: Option<Array<MapData, u64>>,
     /// What each half's port table holds, when known (lets a reload write only changes).
     ports_cache: [Option<Vec<u32>>; 2],
     /// The lists each list half holds, when known.
@@ -89,6 +92,9 @@ impl PolicyMaps {
             allow6: typed(pin_dir, MAP_ALLOW_V6)?,
             deny4: typed(pin_dir, MAP_DENY_V4)?,
             deny6: typed(pin_dir, MAP_DENY_V6)?,
+            summary: open_pinned(pin_dir, MAP_LIST_SUMMARY)
+                .ok()
+                .and_then(|m| Array::try_from(m).ok()),
             ports_cache: [None, None],
             lists_cache: [None, None],
             sketch_seed: 0,
@@ -280,6 +286,53 @@ impl PolicyMaps {
         })
     }
 
+    /// Writes list half `half`'s IPv4 summaries from its lists (before any config points
+    /// at the half, or with the lists it holds already).
+    fn write_summary(&mut self, half: u8, lists: &Lists) -> Result<(), LoaderError> {
+        let Some(summary) = self.summary.as_mut() else {
+            return Ok(());
+        };
+        for (deny, list) in [(false, &lists.allow_v4), (true, &lists.deny_v4)] {
+            let (base, _) = shield_common::lsum_slot(half, deny, 0, 0);
+            for (i, w) in shield_common::lsum_build(list).into_iter().enumerate() {
+                summary
+                    .set(base + i as u32, w, 0)
+                    .map_err(map_err(MAP_LIST_SUMMARY))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites both list halves' summaries from the tries (at every program load: pins of
+    /// a version without the summary, or one that changed the lists without it, leave it
+    /// empty or stale). The IPv6 lists are not read.
+    pub fn rebuild_summaries(&mut self) -> Result<(), LoaderError> {
+        if self.summary.is_none() {
+            return Ok(());
+        }
+        let mut halves = [Lists::default(), Lists::default()];
+        for (t, name, deny) in [
+            (&self.allow4, MAP_ALLOW_V4, false),
+            (&self.deny4, MAP_DENY_V4, true),
+        ] {
+            for k in t.keys() {
+                let k = k.map_err(map_err(name))?;
+                let d = k.data();
+                let entry = ([d[1], d[2], d[3], d[4]], (k.prefix_len() - 8) as u8);
+                let lists = &mut halves[usize::from(d[0] & 1)];
+                if deny {
+                    lists.deny_v4.push(entry);
+                } else {
+                    lists.allow_v4.push(entry);
+                }
+            }
+        }
+        for (half, lists) in halves.iter().enumerate() {
+            self.write_summary(half as u8, lists)?;
+        }
+        Ok(())
+    }
+
     fn read_lists(&self, half: u8) -> Result<Lists, LoaderError> {
         fn read<const N: usize, const A: usize>(
             t: &LpmTrie<MapData, [u8; N], ListValue>,
@@ -350,6 +403,6 @@ impl PolicyMaps {
         write(&mut self.allow6, half, &want.allow_v6, MAP_ALLOW_V6)?;
         write(&mut self.deny4, half, &want.deny_v4, MAP_DENY_V4)?;
         write(&mut self.deny6, half, &want.deny_v6, MAP_DENY_V6)?;
-        Ok(())
+        self.write_summary(half, want)
     }
 }
