@@ -357,6 +357,17 @@ pub fn load_with_log_level(
     max_sources: u32,
     log_level: u8,
 ) -> Result<Ebpf, LoaderError> {
+    load_with_tables(pin_dir, max_sources, log_level).map(|(ebpf, _)| ebpf)
+}
+
+/// `load_with_log_level`, also handing back the policy tables it opened to summarise the
+/// lists: they know what each list half holds, so the daemon's first `install` does not
+/// list the tries a second time.
+pub fn load_with_tables(
+    pin_dir: &Path,
+    max_sources: u32,
+    log_level: u8,
+) -> Result<(Ebpf, PolicyMaps), LoaderError> {
     std::fs::create_dir_all(pin_dir).map_err(|source| LoaderError::PinDir {
         path: pin_dir.to_path_buf(),
         source,
@@ -441,8 +452,12 @@ pub fn load_with_log_level(
     // their lookups.
     sfilter_adopt(pin_dir)?;
     // And the lists' summaries, written from the tries before the program can trust them.
-    PolicyMaps::open(pin_dir)?.rebuild_summaries()?;
-    Ok(ebpf)
+    let mut tables = PolicyMaps::open(pin_dir)?;
+    // Pinned by this load: a summary that cannot be opened now must not be left stale by
+    // the list writes of the tables handed back.
+    tables.require_summary(pin_dir)?;
+    tables.rebuild_summaries()?;
+    Ok((ebpf, tables))
 }
 
 /// `--fresh`: removes the pinned maps (not the link, which the new program takes over).
