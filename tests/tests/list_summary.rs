@@ -133,6 +133,11 @@ const EDGES: [(&str, &str, &[Case]); 6] = [
             ("10.1.127.255", XDP_DROP, "the deny /17's last address"),
             ("10.1.128.0", XDP_PASS, "the other half of the /17's block"),
             ("10.0.255.255", XDP_PASS, "the block before the /17's"),
+            (
+                "::ffff:203.0.113.9",
+                XDP_PASS,
+                "IPv4-mapped IPv6: an IPv6 source, not on the IPv4 lists",
+            ),
         ],
     ),
     (
