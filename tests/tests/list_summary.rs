@@ -262,3 +262,34 @@ fn the_tables_a_load_hands_back_know_what_each_list_half_holds() {
     assert_eq!(ping(&h, "172.16.5.9"), XDP_DROP, "the /24 stays");
     assert_eq!(ping(&h, "10.9.1.1"), XDP_PASS, "the allow /16");
 }
+
+#[test]
+fn a_summary_pinned_with_another_size_is_replaced_at_load() {
+    let mut h = Harness::new(&policy(DENY));
+    let dir = loader::pin_dir(&h.bpffs.path, HARNESS_IFACE);
+    let id = || {
+        MapData::from_pin(dir.join(MAP_LIST_SUMMARY))
+            .and_then(|m| m.info())
+            .map(|i| i.id())
+            .expect("the summary pin's id")
+    };
+    let before = id();
+    h.ebpf = loader::load(&dir, 262_144).expect("loading again");
+    assert_eq!(id(), before, "a summary of this version's size is adopted");
+    // A version whose summary has another size (here: a 256-word array of the same key and
+    // value sizes, the budget map pinned under the summary's name).
+    std::fs::remove_file(dir.join(MAP_LIST_SUMMARY)).expect("removing the summary pin");
+    MapData::from_pin(dir.join(shield_common::MAP_BUDGET))
+        .expect("the budget pin")
+        .pin(dir.join(MAP_LIST_SUMMARY))
+        .expect("pinning a 256-word array as the summary");
+    h.ebpf = loader::load(&dir, 262_144)
+        .unwrap_or_else(|e| panic!("loading over a summary of another size: {e}"));
+    assert_eq!(
+        summary(&h).len(),
+        LSUM_WORDS,
+        "the summary has this version's size"
+    );
+    assert_ne!(id(), before, "a new summary map");
+    assert_expected(&h, "after the load");
+}

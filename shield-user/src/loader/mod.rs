@@ -348,8 +348,9 @@ pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Ebpf, LoaderError> {
 
 /// Loads the program with its maps pinned under `pin_dir`. Maps already pinned there are
 /// adopted (counters and limiter state survive a restart), except a source table of
-/// another capacity, and a sketch or source-table filter of another size, which are
-/// replaced (an upgrade from a narrower sketch starts the new one empty).
+/// another capacity, and a sketch, source-table filter or lists' summary of another size,
+/// which are replaced (an upgrade from a narrower sketch starts the new one empty; the
+/// filter and the summary are rebuilt).
 /// `log_level` (`program_log_level`) is written into the object before load: the data
 /// path skips disabled log statements for the cost of one global read.
 pub fn load_with_log_level(
@@ -387,6 +388,8 @@ pub fn load_with_tables(
             2 * shield_common::SFILTER_WORDS,
             Some(shield_common::SFILTER_MAP_FLAGS),
         ),
+        // Its contents are rebuilt from the list tries (`rebuild_summaries`).
+        (MAP_LIST_SUMMARY, shield_common::LSUM_WORDS, Some(0)),
     ] {
         let pin = pin_dir.join(map);
         if let Ok(old) = MapData::from_pin(&pin) {
