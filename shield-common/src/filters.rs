@@ -78,3 +78,107 @@ pub fn sfilter_bit(key: &SourceKey) -> (u32, u64) {
     let h = (h ^ (h >> 15)).wrapping_mul(0xc2b2_ae35) >> 12;
     bit(h, SFILTER_WORDS)
 }
+
+/// Words of one IPv4 list's summary in `MAP_LIST_SUMMARY`: two bits for each of the 65,536
+/// /16 blocks.
+pub const LSUM_WORDS_PER_LIST: u32 = 2_048;
+/// Words of `MAP_LIST_SUMMARY`: a summary per list half and list (allow, deny), 64 KiB.
+pub const LSUM_WORDS: u32 = 4 * LSUM_WORDS_PER_LIST;
+/// A /16 block's state: no prefix of the list lies in it or covers it (not listed).
+pub const LSUM_NONE: u64 = 0;
+/// A prefix of the list of length 16 or less covers the whole block (listed).
+pub const LSUM_ALL: u64 = 1;
+/// Longer prefixes of the list lie in the block: the trie says.
+pub const LSUM_SOME: u64 = 2;
+
+/// Where the 2-bit state of the /16 block `a0.a1` is in the summary of list half `half`'s
+/// allow or deny list: (word, shift).
+///
+/// The summary answers most IPv4 lookups of the allow and deny lists with one read of a
+/// 64 KiB array instead of an LPM trie lookup (a helper call and a walk): an address in a
+/// block no prefix touches is not listed, one in a block a short prefix covers is; only
+/// blocks that hold longer prefixes ask the trie. The daemon writes a half's summary with
+/// that half's tries, before any config points at it, and rebuilds both from the tries at
+/// every program load (`loader::PolicyMaps::rebuild_summaries`).
+#[inline(always)]
+pub fn lsum_slot(half: u8, deny: bool, a0: u8, a1: u8) -> (u32, u32) {
+    let block = u32::from(a0) << 8 | u32::from(a1);
+    let list = (u32::from(half & 1) << 1 | deny as u32) * LSUM_WORDS_PER_LIST;
+    (list + (block >> 5), (block & 31) * 2)
+}
+
+/// One IPv4 list's summary (`LSUM_WORDS_PER_LIST` words; see `lsum_slot`).
+#[cfg(not(target_arch = "bpf"))]
+pub fn lsum_build(list: &[([u8; 4], u8)]) -> Vec<u64> {
+    let mut state = vec![LSUM_NONE; 1 << 16];
+    for (a, len) in list {
+        let block = usize::from(a[0]) << 8 | usize::from(a[1]);
+        if *len <= 16 {
+            let n = 1usize << (16 - len);
+            let start = block & !(n - 1);
+            state[start..start + n].fill(LSUM_ALL);
+        } else if state[block] != LSUM_ALL {
+            state[block] = LSUM_SOME;
+        }
+    }
+    state
+        .chunks(32)
+        .map(|c| c.iter().enumerate().fold(0, |w, (i, s)| w | s << (2 * i)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(words: &[u64], a0: u8, a1: u8) -> u64 {
+        let (w, shift) = lsum_slot(0, false, a0, a1);
+        (words[w as usize] >> shift) & 3
+    }
+
+    #[test]
+    fn the_list_summary_says_listed_not_listed_or_ask_the_trie() {
+        let words = lsum_build(&[
+            ([10, 0, 0, 0], 8),
+            ([172, 16, 5, 0], 24),
+            ([192, 168, 0, 0], 16),
+            ([192, 168, 7, 0], 24),
+            ([203, 0, 113, 9], 32),
+        ]);
+        assert_eq!(words.len(), LSUM_WORDS_PER_LIST as usize);
+        for a1 in [0, 77, 255] {
+            assert_eq!(state(&words, 10, a1), LSUM_ALL, "10/8 covers 10.{a1}/16");
+        }
+        assert_eq!(state(&words, 11, 0), LSUM_NONE);
+        assert_eq!(state(&words, 9, 255), LSUM_NONE);
+        assert_eq!(
+            state(&words, 172, 16),
+            LSUM_SOME,
+            "a /24 inside: ask the trie"
+        );
+        assert_eq!(state(&words, 172, 17), LSUM_NONE);
+        assert_eq!(state(&words, 192, 168), LSUM_ALL, "the /16 covers its /24");
+        assert_eq!(state(&words, 203, 0), LSUM_SOME);
+        // Order does not matter: the /24 before the /16 that covers it.
+        let words = lsum_build(&[([192, 168, 7, 0], 24), ([192, 168, 0, 0], 16)]);
+        assert_eq!(state(&words, 192, 168), LSUM_ALL);
+        assert!(
+            lsum_build(&[([0; 4], 0)])
+                .iter()
+                .all(|w| *w == 0x5555_5555_5555_5555)
+        );
+        assert!(lsum_build(&[]).iter().all(|w| *w == 0));
+    }
+
+    #[test]
+    fn each_half_and_list_has_its_own_summary() {
+        let mut seen = std::collections::HashSet::new();
+        for half in 0..2 {
+            for deny in [false, true] {
+                let (w, shift) = lsum_slot(half, deny, 255, 255);
+                assert!(w < LSUM_WORDS && shift == 62);
+                assert!(seen.insert(w / LSUM_WORDS_PER_LIST));
+            }
+        }
+    }
+}

@@ -44,9 +44,11 @@ pub const MAP_VFILTER: &str = "SHIELD_VFILTER";
 pub const MAP_BAN_COUNT: &str = "SHIELD_BANCOUNT";
 /// The filter in front of the per-source table (`sfilter_bit`).
 pub const MAP_SFILTER: &str = "SHIELD_SFILTER";
+/// The IPv4 allow and deny lists' summary by /16 block (`lsum_slot`).
+pub const MAP_LIST_SUMMARY: &str = "SHIELD_LSUM";
 
 /// Every map the program defines, for pinning and for `shield stats`.
-pub const ALL_MAPS: [&str; 25] = [
+pub const ALL_MAPS: [&str; 26] = [
     MAP_CONTROL,
     MAP_CONFIG,
     MAP_PORTS,
@@ -72,11 +74,12 @@ pub const ALL_MAPS: [&str; 25] = [
     MAP_VFILTER,
     MAP_BAN_COUNT,
     MAP_SFILTER,
+    MAP_LIST_SUMMARY,
 ];
 
 /// (map, key size, value size) of every pinned map but the ring buffer: a pin left by a
 /// version with another layout must not be adopted.
-pub const MAP_LAYOUTS: [(&str, usize, usize); 24] = {
+pub const MAP_LAYOUTS: [(&str, usize, usize); 25] = {
     use core::mem::size_of;
     /// An LPM trie key: the u32 prefix length, then the data.
     const fn lpm(n: usize) -> usize {
@@ -111,6 +114,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 24] = {
         (MAP_BAN_COUNT, 4, 8),
         (MAP_VFILTER, 4, 8),
         (MAP_SFILTER, 4, 8),
+        (MAP_LIST_SUMMARY, 4, 8),
     ]
 };
 

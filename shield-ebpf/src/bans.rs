@@ -192,6 +192,15 @@ pub(crate) fn ban_hit(ban: &BanValue, now: u64, pkt: &Packet) -> u8 {
 pub(crate) fn listed(pkt: &Packet, half: u8, allow: bool) -> bool {
     let a = pkt.src;
     if pkt.family == FAMILY_V4 {
+        // Most addresses are answered by the summary of their /16 block, without the trie.
+        let (word, shift) = shield_common::lsum_slot(half, !allow, a[0], a[1]);
+        if let Some(w) = SHIELD_LSUM.get(word) {
+            match (*w >> shift) & 3 {
+                shield_common::LSUM_NONE => return false,
+                shield_common::LSUM_ALL => return true,
+                _ => {}
+            }
+        }
         let key = Key {
             prefix_len: 40,
             data: [half, a[0], a[1], a[2], a[3]],

@@ -84,6 +84,10 @@ pub(crate) static SHIELD_VFILTER: Array<u64> = Array::with_max_entries(VFILTER_W
 pub(crate) static SHIELD_SFILTER: Array<u64> =
     Array::with_max_entries(2 * SFILTER_WORDS, shield_common::SFILTER_MAP_FLAGS);
 
+/// The IPv4 lists' summary by /16 block (`shield_common::lsum_slot`).
+#[map]
+pub(crate) static SHIELD_LSUM: Array<u64> = Array::with_max_entries(shield_common::LSUM_WORDS, 0);
+
 /// `unverified` budget per rule: its GCRA TAT.
 #[map]
 pub(crate) static SHIELD_BUDGET: Array<u64> = Array::with_max_entries(RULE_SLOTS, 0);

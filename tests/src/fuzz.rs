@@ -51,12 +51,19 @@ impl Rng {
 const PORTS: [u16; 6] = [22, 53, 80, 443, 8080, 9000];
 
 /// Sources: a few IPv4 /24s and IPv6 /64s, so that sources repeat, share prefixes, and
-/// meet the lists.
+/// meet the lists (100.64.1.x: a /16 block no list prefix touches).
 fn source(rng: &mut Rng) -> String {
     if rng.chance(70) {
         format!(
             "{}.{}",
-            rng.pick(&["192.0.2", "198.51.100", "203.0.113", "10.1.2", "10.1.3"]),
+            rng.pick(&[
+                "192.0.2",
+                "198.51.100",
+                "203.0.113",
+                "10.1.2",
+                "10.1.3",
+                "100.64.1"
+            ]),
             rng.below(8) + 1
         )
     } else {
@@ -88,10 +95,19 @@ pub fn random_policy(rng: &mut Rng) -> String {
     if rng.chance(20) {
         s.push_str("[defaults]\nmode = \"monitor\"\n");
     }
+    // IPv4: prefixes inside a /16 (the lists' summary asks the trie) and covering /16s
+    // (the summary answers alone), nested in each other; /15 and /7 whose sources are not
+    // in their first /16 block, a /17 over two /24s.
     let lists = [
         "192.0.2.0/28",
         "198.51.100.0/24",
         "203.0.113.2/32",
+        "203.0.0.0/16",
+        "10.0.0.0/8",
+        "10.1.3.0/24",
+        "10.0.0.0/15",
+        "10.1.0.0/17",
+        "198.0.0.0/7",
         "2001:db8:dead::/48",
         "2001:db8:1:3::/64",
     ];
@@ -298,7 +314,14 @@ fn model_policy(h: &Harness, c: policy::CompiledPolicy) -> model::Policy {
 /// established connection would do, which the frames here never carry.
 fn verify_some(rng: &mut Rng, h: &Harness, m: &mut Model, now: u64) {
     let mut v: Vec<std::net::IpAddr> = Vec::new();
-    for net in ["192.0.2", "198.51.100", "203.0.113", "10.1.2", "10.1.3"] {
+    for net in [
+        "192.0.2",
+        "198.51.100",
+        "203.0.113",
+        "10.1.2",
+        "10.1.3",
+        "100.64.1",
+    ] {
         for host in 1..=8 {
             v.push(format!("{net}.{host}").parse().expect("address"));
         }

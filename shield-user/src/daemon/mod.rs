@@ -608,14 +608,15 @@ fn open_iface(
     previous_ids: &mut HashMap<String, u32>,
     generation: &mut u32,
 ) -> Result<Opened> {
-    let mut ebpf = loader::load_with_log_level(
+    // The tables come from the load, which listed the tries: they know what each list half
+    // holds.
+    let (mut ebpf, mut tables) = loader::load_with_tables(
         dir,
         policy.max_sources,
         loader::program_log_level(log_level),
     )
     .with_context(|| format!("loading shield for {iface}"))?;
     BanMaps::ensure_notes(dir).context("creating the ban notes map")?;
-    let mut tables = PolicyMaps::open(dir).context("opening the policy tables")?;
     // Until the start succeeds, a list swap keeps the old lists (see `undo_start`).
     tables.keep_old_lists = true;
     let mut previous_half = None;

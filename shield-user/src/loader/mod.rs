@@ -20,9 +20,9 @@ use aya::{
 };
 use shield_common::{
     ALL_MAPS, CFG_LOADED, Control, GlobalConfig, LINK_PIN, LIST_KEY_V4, LIST_KEY_V6, ListValue,
-    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONTROL, MAP_DENY_V4, MAP_DENY_V6, MAP_PORTS,
-    MAP_RULES, MAP_SOURCES, PORT_TABLE_LEN, PROGRAM_NAME, RULE_PRESENT, RULE_SLOTS, RULE_SYNCOOKIE,
-    RULE_SYNCOOKIE_TS, RuleConfig,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONFIG, MAP_CONTROL, MAP_DENY_V4, MAP_DENY_V6,
+    MAP_LIST_SUMMARY, MAP_PORTS, MAP_RULES, MAP_SOURCES, PORT_TABLE_LEN, PROGRAM_NAME,
+    RULE_PRESENT, RULE_SLOTS, RULE_SYNCOOKIE, RULE_SYNCOOKIE_TS, RuleConfig,
 };
 
 use crate::policy::CompiledPolicy;
@@ -348,8 +348,9 @@ pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Ebpf, LoaderError> {
 
 /// Loads the program with its maps pinned under `pin_dir`. Maps already pinned there are
 /// adopted (counters and limiter state survive a restart), except a source table of
-/// another capacity, and a sketch or source-table filter of another size, which are
-/// replaced (an upgrade from a narrower sketch starts the new one empty).
+/// another capacity, and a sketch, source-table filter or lists' summary of another size,
+/// which are replaced (an upgrade from a narrower sketch starts the new one empty; the
+/// filter and the summary are rebuilt).
 /// `log_level` (`program_log_level`) is written into the object before load: the data
 /// path skips disabled log statements for the cost of one global read.
 pub fn load_with_log_level(
@@ -357,6 +358,17 @@ pub fn load_with_log_level(
     max_sources: u32,
     log_level: u8,
 ) -> Result<Ebpf, LoaderError> {
+    load_with_tables(pin_dir, max_sources, log_level).map(|(ebpf, _)| ebpf)
+}
+
+/// `load_with_log_level`, also handing back the policy tables it opened to summarise the
+/// lists: they know what each list half holds, so the daemon's first `install` does not
+/// list the tries a second time.
+pub fn load_with_tables(
+    pin_dir: &Path,
+    max_sources: u32,
+    log_level: u8,
+) -> Result<(Ebpf, PolicyMaps), LoaderError> {
     std::fs::create_dir_all(pin_dir).map_err(|source| LoaderError::PinDir {
         path: pin_dir.to_path_buf(),
         source,
@@ -376,6 +388,8 @@ pub fn load_with_log_level(
             2 * shield_common::SFILTER_WORDS,
             Some(shield_common::SFILTER_MAP_FLAGS),
         ),
+        // Its contents are rebuilt from the list tries (`rebuild_summaries`).
+        (MAP_LIST_SUMMARY, shield_common::LSUM_WORDS, Some(0)),
     ] {
         let pin = pin_dir.join(map);
         if let Ok(old) = MapData::from_pin(&pin) {
@@ -440,7 +454,13 @@ pub fn load_with_log_level(
     // Likewise the source table's keys: their filter bits set before the program can skip
     // their lookups.
     sfilter_adopt(pin_dir)?;
-    Ok(ebpf)
+    // And the lists' summaries, written from the tries before the program can trust them.
+    let mut tables = PolicyMaps::open(pin_dir)?;
+    // Pinned by this load: a summary that cannot be opened now must not be left stale by
+    // the list writes of the tables handed back.
+    tables.require_summary(pin_dir)?;
+    tables.rebuild_summaries()?;
+    Ok((ebpf, tables))
 }
 
 /// `--fresh`: removes the pinned maps (not the link, which the new program takes over).
