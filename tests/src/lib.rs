@@ -6,6 +6,7 @@ pub mod acceptance;
 pub mod app_client;
 pub mod appbench;
 pub mod applab;
+pub mod bancache;
 pub mod benchprose;
 pub mod fleetlab;
 pub mod fuzz;

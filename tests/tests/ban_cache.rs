@@ -8,21 +8,15 @@
 //! needed), an attempts-only ban (never cached: the connection's segments still pass), and
 //! an IPv6 address whose first bytes are a banned IPv4 address's. Needs root.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use aya::maps::{Array, MapData, PerCpuArray};
-use shield_common::{
-    BAN_ATTEMPTS, BAN_COUNT_USER, BAN_EPOCH, BAN_HIT_SLOTS, BAN_MANUAL, BAN_MONITOR, BanHit,
-    MAP_BAN_COUNT, MAP_BAN_HITS, Reason,
-    addr::{FAMILY_V4, FAMILY_V6},
+use shield_common::{BAN_ATTEMPTS, BAN_MANUAL, BAN_MONITOR, Reason};
+use shield_tests::{
+    HARNESS_IFACE, Harness, L4, Pkt, XDP_DROP, XDP_PASS,
+    bancache::{ban_for, cached_on, epoch},
+    synflood::pin_to,
 };
-use shield_tests::{HARNESS_IFACE, Harness, L4, Pkt, XDP_DROP, XDP_PASS, synflood::pin_to};
-use shield_user::{
-    bans::{BanMaps, BanSpec},
-    loader,
-    policy::{BanScope, parse_cidr},
-};
+use shield_user::{bans::BanMaps, loader, policy::parse_cidr};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -49,53 +43,9 @@ fn harness() -> (Harness, BanMaps) {
     (h, maps)
 }
 
-/// The host bans' epoch as the data path reads it.
-fn epoch(h: &Harness) -> u64 {
-    let dir = loader::pin_dir(&h.bpffs.path, HARNESS_IFACE);
-    let c: Array<MapData, u64> =
-        Array::try_from(loader::open_pinned(&dir, MAP_BAN_COUNT).expect("ban counts"))
-            .expect("an array");
-    let ours = c.get(&BAN_EPOCH, 0).expect("data path's half");
-    let users = c.get(&(BAN_COUNT_USER + BAN_EPOCH), 0).expect("user half");
-    ours.wrapping_add(users)
-}
-
-/// Whether CPU 0's cache holds a drop of `src` that the data path would trust now (the
-/// epoch it was noted under is the current one).
+/// Whether CPU 0's cache holds a drop of `src` that the data path would trust now.
 fn cached(h: &Harness, src: &str) -> bool {
-    let ip: IpAddr = src.parse().expect("an address");
-    let (family, bytes) = match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (FAMILY_V4, b)
-        }
-        IpAddr::V6(a) => (FAMILY_V6, a.octets()),
-    };
-    let words: [u32; 4] = std::array::from_fn(|i| {
-        u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"))
-    });
-    let now = epoch(h);
-    let map: PerCpuArray<&MapData, BanHit> =
-        PerCpuArray::try_from(h.ebpf.map(MAP_BAN_HITS).expect("the ban-hit cache"))
-            .expect("a per-CPU array");
-    (0..BAN_HIT_SLOTS).any(|i| {
-        let e = &map.get(&i, 0).expect("a slot")[0];
-        e.addr == words && e.family == family && e.epoch == now && e.until_ns != 0
-    })
-}
-
-fn ban_for(maps: &mut BanMaps, cidr: &str, dur: Duration, flags: u8) {
-    maps.ban_spec(&BanSpec {
-        cidr: parse_cidr(cidr).expect("a CIDR"),
-        dur,
-        scope: BanScope::Host,
-        rule: None,
-        flags,
-        level: 0,
-        reason: None,
-    })
-    .expect("a host ban");
+    cached_on(&h.ebpf, h, &[src.to_string()], 0) > 0
 }
 
 /// Drops `frame` a few times, the last ones from the cache.

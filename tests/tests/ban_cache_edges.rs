@@ -9,28 +9,24 @@
 //! (a restart: the old program's cache must follow the new daemon's unban). In each, what
 //! the very next packet meets is what the bans stored say. Needs root and 2 CPUs.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use shield_common::{
-    BAN_ATTEMPTS, BAN_COUNT_USER, BAN_EPOCH, BAN_HIT_SLOTS, BAN_MANUAL, BAN_MONITOR, BanHit,
-    HOST_BAN_WALK, MAP_BAN_COUNT, MAP_BAN_HITS, PROGRAM_NAME,
-    addr::{FAMILY_V4, FAMILY_V6},
+    BAN_ATTEMPTS, BAN_HIT_SLOTS, BAN_MANUAL, BAN_MONITOR, HOST_BAN_WALK, PROGRAM_NAME,
 };
 use shield_tests::{
     HARNESS_IFACE, Harness, L4, Pkt, XDP_DROP, XDP_PASS,
+    bancache::{ban_for, cached_on},
     synflood::{cpus, pin_to},
 };
 use shield_user::{
-    bans::{BanMaps, BanSpec},
-    bans::{Cuts, Origin},
+    bans::{BanMaps, Cuts, Origin},
     loader,
-    policy::{BanScope, parse_cidr},
+    policy::parse_cidr,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -62,67 +58,11 @@ fn harness() -> (Harness, BanMaps) {
     (h, maps)
 }
 
-fn ban_for(maps: &mut BanMaps, cidr: &str, dur: Duration, flags: u8) {
-    maps.ban_spec(&BanSpec {
-        cidr: parse_cidr(cidr).expect("a CIDR"),
-        dur,
-        scope: BanScope::Host,
-        rule: None,
-        flags,
-        level: 0,
-        reason: None,
-    })
-    .expect("a host ban");
-}
-
 fn unban(maps: &mut BanMaps, cidr: &str) {
     let gone = maps
         .unban(parse_cidr(cidr).expect("a CIDR"))
         .expect("unban");
     assert!(!gone.is_empty(), "{cidr} was banned");
-}
-
-/// The host bans' epoch as the data path reads it.
-fn epoch(h: &Harness) -> u64 {
-    let dir = loader::pin_dir(&h.bpffs.path, HARNESS_IFACE);
-    let c: Array<MapData, u64> =
-        Array::try_from(loader::open_pinned(&dir, MAP_BAN_COUNT).expect("ban counts"))
-            .expect("an array");
-    let ours = c.get(&BAN_EPOCH, 0).expect("data path's half");
-    let users = c.get(&(BAN_COUNT_USER + BAN_EPOCH), 0).expect("user half");
-    ours.wrapping_add(users)
-}
-
-fn words(src: &str) -> (u8, [u32; 4]) {
-    let (family, bytes) = match src.parse::<IpAddr>().expect("an address") {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (FAMILY_V4, b)
-        }
-        IpAddr::V6(a) => (FAMILY_V6, a.octets()),
-    };
-    (
-        family,
-        std::array::from_fn(|i| {
-            u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"))
-        }),
-    )
-}
-
-/// How many of `srcs` CPU `cpu`'s cache of `ebpf` holds as drops it would trust now.
-fn cached_on(ebpf: &Ebpf, h: &Harness, srcs: &[String], cpu: usize) -> usize {
-    let now = epoch(h);
-    let map: PerCpuArray<&MapData, BanHit> =
-        PerCpuArray::try_from(ebpf.map(MAP_BAN_HITS).expect("the ban-hit cache"))
-            .expect("a per-CPU array");
-    let want: Vec<(u8, [u32; 4])> = srcs.iter().map(|s| words(s)).collect();
-    (0..BAN_HIT_SLOTS)
-        .filter(|i| {
-            let e = &map.get(i, 0).expect("a slot")[cpu];
-            e.epoch == now && e.until_ns != 0 && want.contains(&(e.family, e.addr))
-        })
-        .count()
 }
 
 /// Runs `ebpf`'s shield program once (another object than the harness' own).
