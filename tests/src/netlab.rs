@@ -350,8 +350,9 @@ impl Topology {
     }
 }
 
-/// A TCP server accepting and closing connections on every address of its namespace
-/// (IPv4 and IPv6), stopped on drop.
+/// A TCP server accepting connections on every address of its namespace (IPv4 and IPv6),
+/// stopped on drop. `start` closes each connection at once; `holding` keeps each one open,
+/// reading and discarding what the client sends, until the client closes it.
 pub struct TcpServer {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Result<Result<()>>>>,
@@ -359,7 +360,19 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
+    /// A server that closes every connection as soon as it accepts it.
     pub fn start(ns: &Netns, port: u16) -> Result<TcpServer> {
+        TcpServer::serve(ns, port, false)
+    }
+
+    /// A server that keeps every connection open until its client closes it: a client's
+    /// later segments reach an established socket, as with a real service (a connection
+    /// closed at once answers them with a RST).
+    pub fn holding(ns: &Netns, port: u16) -> Result<TcpServer> {
+        TcpServer::serve(ns, port, true)
+    }
+
+    fn serve(ns: &Netns, port: u16, hold: bool) -> Result<TcpServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU32::new(0));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -387,17 +400,32 @@ impl TcpServer {
                     return Err(e.into());
                 }
             };
+            let mut held: Vec<Socket> = Vec::new();
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         accepted2.fetch_add(1, Ordering::Relaxed);
-                        drop(conn);
+                        if hold {
+                            conn.set_nonblocking(true)?;
+                            held.push(conn);
+                        }
+                        continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e.into()),
                 }
+                // Read what held clients sent; keep a connection until its client closes.
+                held.retain(|c| {
+                    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+                    loop {
+                        match c.recv(&mut buf) {
+                            Ok(0) => return false,
+                            Ok(_) => continue,
+                            Err(e) => return e.kind() == io::ErrorKind::WouldBlock,
+                        }
+                    }
+                });
+                std::thread::sleep(Duration::from_millis(2));
             }
             Ok(())
         })?;

@@ -42,6 +42,22 @@ impl NsLab {
 
     /// As `new`, with `queues` veth queues (see `Topology::with_queues`).
     pub fn with_queues(policy: &str, ports: &[u16], queues: u32) -> NsLab {
+        NsLab::build(policy, ports, queues, TcpServer::start)
+    }
+
+    /// As `new`, with servers that keep each connection open until the client closes it
+    /// (`TcpServer::holding`): for tests whose clients send data on an established
+    /// connection.
+    pub fn holding(policy: &str, ports: &[u16]) -> NsLab {
+        NsLab::build(policy, ports, 1, TcpServer::holding)
+    }
+
+    fn build(
+        policy: &str,
+        ports: &[u16],
+        queues: u32,
+        server: fn(&crate::netlab::Netns, u16) -> anyhow::Result<TcpServer>,
+    ) -> NsLab {
         require_root();
         let path = std::env::temp_dir().join(format!("{}.toml", unique("shield-policy-")));
         std::fs::write(&path, policy).expect("writing the test policy");
@@ -50,7 +66,7 @@ impl NsLab {
         let topo = Topology::with_queues(queues).expect("building namespaces");
         let servers = ports
             .iter()
-            .map(|p| TcpServer::start(&topo.server, *p).expect("starting a server"))
+            .map(|p| server(&topo.server, *p).expect("starting a server"))
             .collect();
         let mut lab = NsLab {
             daemon: None,

@@ -78,7 +78,9 @@ fn open_with_data(src: IpAddr, port: u16) -> std::io::Result<TcpStream> {
 
 #[test]
 fn a_verified_client_over_its_limit_is_refused_at_once_and_monitor_mode_never_resets() {
-    let lab = NsLab::new(POLICY, &[API, WATCHED]);
+    // Servers that keep connections open: the first connection's later segments must reach
+    // an established socket (a server that closes at once answers them with a RST).
+    let lab = NsLab::holding(POLICY, &[API, WATCHED]);
     let legit = IpAddr::V4(LEGIT_V4);
     let client = &lab.topo.client;
     // A veth flushes XDP_TX'd frames to its peer only when the peer runs an XDP program
