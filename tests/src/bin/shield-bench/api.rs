@@ -263,7 +263,7 @@ The same lab; {KNOWN_CLIENTS} known clients, which each made a request before th
         99.0,
         Some(2.0),
     ));
-    report.push_str("The namespace test `spoofed_netns` checks the same scenario against the real daemon, asserting >= 99 % success and a p99 within 2× of the unloaded one.\n\n");
+    report.push_str("The namespace test `spoofed_netns` checks the same scenario against the real daemon, asserting >= 99 % success and no retransmission (a p99 under 200 ms); the p99 ratio against 2× is this table's.\n\n");
 }
 
 pub(crate) const READING_SECTION3: &str = "The veth has one queue per CPU, so the legit flow and the flood land in different receive rings, as on a multi-queue NIC with RSS; with a single queue (an earlier version of this section), native XDP showed a 29-64 ms p99 because the legit flow waited behind flood batches in the one ring veth uses for XDP. On a VM without hardware performance counters, `bpftool prog profile` and `perf` cycle counts cannot run (no `cpu` PMU): `kernel.bpf_stats_enabled` run time is the profile it offers. A host with more cores and a real NIC is needed for this section's headline; the tool runs unchanged there.\n\n";
