@@ -112,7 +112,14 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let Some(slot) = SHIELD_PACKET.get_ptr_mut(0) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    match parse(ctx.ctx, slot) {
+    let parsed = if let Some(p) = parse_plain_v4_tcp(ctx) {
+        // SAFETY: the per-CPU slot holds one Packet.
+        unsafe { slot.write(p) };
+        PARSED_IP
+    } else {
+        parse(ctx.ctx, slot)
+    };
+    match parsed {
         PARSED_IP => {}
         PARSED_NOT_IP => {
             count(0, Reason::Pass, len);

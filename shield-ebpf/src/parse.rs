@@ -272,6 +272,7 @@ pub(crate) fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8;
 
 /// Fills `out` from the frame; returns a `PARSED_*` code. Not inlined: the parser's
 /// temporaries get their own stack frame, released before the rest of the program runs.
+/// The program calls it only for frames `parse_plain_v4_tcp` does not take.
 #[inline(never)]
 pub(crate) fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: *mut Packet) -> i32 {
     // Opaque to the optimiser: it must not split the context into data/data_end arguments
@@ -286,6 +287,61 @@ pub(crate) fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: *mut Packet) -> i
         Ok(None) => PARSED_NOT_IP,
         Err(code) => code,
     }
+}
+
+/// The frame most floods and most traffic are: untagged Ethernet, IPv4 without options,
+/// not a fragment, TCP. Read with one bounds check and six word loads; `None` for any
+/// other frame (or an invalid one: a TCP data offset under 5, an IP total length under
+/// the header's), which `parse` then judges. What it returns is what `parse_frame`
+/// returns for the same frame.
+///
+/// Inlined into the program, unlike `parse`: a BPF-to-BPF call and its return cost about
+/// 10 ns here (every return goes through the kernel's return thunk, as on CPUs with the
+/// SRSO "Safe RET" mitigation), more than this parse itself. BPF_PROG_TEST_RUN of a SYN
+/// over the `unverified` budget: 56-57 ns through `parse`, 47 ns with this path.
+#[inline(always)]
+pub(crate) fn parse_plain_v4_tcp(ctx: &XdpContext) -> Option<Packet> {
+    // Ethernet (14) + IPv4 without options (20) + TCP without options (20).
+    let f = ptr_at::<[u8; ETH_HLEN + 40]>(ctx, 0).ok()? as *const u8;
+    // SAFETY: `ptr_at` checked the 54 bytes: the ethertype and the IP header's first
+    // bytes at 12..16, total length at 16..18, flags and fragment offset at 20..22,
+    // protocol at 23, source at 26..30, ports at 34..38, data offset and flags at 46..48.
+    let (w3, w4, w5, saddr, ports, t3) = unsafe {
+        (
+            bytes4(load32(f.add(12))),
+            bytes4(load32(f.add(16))),
+            bytes4(load32(f.add(20))),
+            load32(f.add(26)),
+            bytes4(load32(f.add(34))),
+            bytes4(load32(f.add(46))),
+        )
+    };
+    // IPv4, version 4 with a 20-byte header, TCP, neither a fragment nor a first one.
+    if be16([w3[0], w3[1]]) != ETH_P_IPV4
+        || w3[2] != 0x45
+        || w5[3] != IPPROTO_TCP
+        || be16([w5[0], w5[1]]) & 0x3fff != 0
+    {
+        return None;
+    }
+    let total_len = be16([w4[0], w4[1]]) as usize;
+    let (data_offset, flags) = (t3[0], t3[1]);
+    if total_len < 20 || data_offset >> 4 < 5 {
+        return None;
+    }
+    let doff = (data_offset >> 4) as usize * 4;
+    Some(Packet {
+        family: FAMILY_V4,
+        // In words: a byte-wise copy into a zeroed array becomes a call to `memset`.
+        // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
+        src: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([saddr, 0, 0, 0]) },
+        l3_off: ETH_HLEN as u16,
+        sport: be16([ports[0], ports[1]]),
+        l4: L4_TCP,
+        dport: be16([ports[2], ports[3]]),
+        conn_attempt: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        tcp_data: flags & TCP_SYN == 0 && total_len - 20 > doff,
+    })
 }
 
 #[inline(always)]
