@@ -133,8 +133,9 @@ fn known_clients_keep_working_through_a_random_source_syn_flood() {
         ok >= 198,
         "known client: {ok}/200 requests answered during the flood (need >= 99 %)"
     );
-    // No request of the known client waited on a retransmission: a dropped SYN costs 1 s,
-    // a dropped segment at least the 200 ms minimum RTO. (The p99 against the unloaded
+    // At most 1 % of the known client's requests (2 of 200, above the p99) waited on a
+    // retransmission: a dropped SYN costs 1 s, a dropped segment at least the 200 ms
+    // minimum RTO. (The p99 against the unloaded
     // one, target 2x, is a speed figure: `cargo xtask bench` section 3b reports it. As an
     // assertion here it failed on a noisy shared machine with nothing dropped.)
     assert!(
