@@ -55,12 +55,14 @@ impl Tracker {
         // A counter below the last value: the maps were recreated. Start over.
         let dropped_now = total > e.last_total;
         let reset = total < e.last_total;
+        let before = e.last_total;
         e.last_total = total;
         match (&mut e.attack, dropped_now) {
             (None, true) => {
                 e.attack = Some(Attack {
                     start_ns: now_ns,
-                    start_total: total,
+                    // The drops this tick saw are the attack's first.
+                    start_total: before,
                     last_drop_ns: now_ns,
                 });
                 Some(Change::Start)
@@ -74,8 +76,8 @@ impl Tracker {
                 e.attack = None;
                 Some(Change::End {
                     secs: now_ns.saturating_sub(a.start_ns) as f64 / 1e9,
-                    // Counted from the tick that saw the first drop (its own drops included
-                    // as far as the counter moved since then).
+                    // Counted from the last total before the tick that saw the first
+                    // drop: every drop of the attack, that tick's included.
                     dropped: total.saturating_sub(a.start_total),
                 })
             }
@@ -123,8 +125,9 @@ mod tests {
             end,
             Some(Change::End {
                 secs: 11.0,
-                dropped: 4_100
-            })
+                dropped: 4_500
+            }),
+            "every drop since the last quiet total (500), the first tick's 400 included"
         );
         assert_eq!(t.since("r"), None);
         assert_eq!(t.observe("r", 5_001, 114 * S), Some(Change::Start));
