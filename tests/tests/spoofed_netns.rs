@@ -184,8 +184,10 @@ fn known_clients_keep_working_through_a_random_source_syn_flood() {
         );
         std::thread::sleep(Duration::from_millis(250));
     };
+    // Every drop of the attack, its first tick's included (the counters' figure is from
+    // before the flood to just after it; the attack ends later).
     assert!(
-        n(&end["dropped"]) >= dropped / 2,
+        n(&end["dropped"]) >= dropped,
         "attack_end reports {} dropped, the counters {dropped}",
         end["dropped"]
     );
