@@ -209,7 +209,8 @@ pub fn random_policy(rng: &mut Rng) -> String {
 }
 
 /// A random frame: mostly well-formed TCP/UDP/ICMP of both families with VLAN tags, IPv4
-/// options, IPv6 extension chains and fragments; then truncations, flipped bytes and
+/// options, IPv6 extension chains and fragments; IPv4 header fields at their edges
+/// (`edit_v4`); Ethernet's padding to 60 bytes; then truncations, flipped bytes and
 /// random bytes.
 pub fn random_frame(rng: &mut Rng) -> Vec<u8> {
     if rng.chance(3) {
@@ -264,6 +265,17 @@ pub fn random_frame(rng: &mut Rng) -> Vec<u8> {
         p = p.first_fragment(rng.below(24) as usize);
     }
     let mut f = p.bytes();
+    if !v6 && rng.chance(25) {
+        for _ in 0..(rng.below(3) + 1) {
+            edit_v4(rng, &mut f, 14 + 4 * p.vlans.len());
+        }
+    }
+    // Ethernet's minimum frame (60 bytes without the FCS): a short packet arrives padded,
+    // so only the IP length says where it ends (a tiny first fragment in a 60-byte frame
+    // holds a whole TCP header's worth of bytes).
+    if rng.chance(20) && f.len() < 60 {
+        f.resize(60, 0);
+    }
     if rng.chance(5) {
         let cut = 14 + rng.below((f.len() - 14) as u64) as usize;
         f.truncate(cut);
@@ -275,6 +287,57 @@ pub fn random_frame(rng: &mut Rng) -> Vec<u8> {
         }
     }
     f
+}
+
+/// One edit of an IPv4 frame's header fields at the edges the parsers decide on (the
+/// inline parse of plain IPv4 TCP frames, `parse_plain_v4_tcp`, and the general one): the
+/// flags and fragment offset, the total length, a payload (a data segment), the TCP data
+/// offset and flags. `l3`: the IP header's offset.
+fn edit_v4(rng: &mut Rng, f: &mut Vec<u8>, l3: usize) {
+    if f.len() < l3 + 20 {
+        return;
+    }
+    let th = l3 + usize::from(f[l3] & 0x0f) * 4;
+    let total = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]);
+    let set_total = |f: &mut Vec<u8>, v: u16| f[l3 + 2..l3 + 4].copy_from_slice(&v.to_be_bytes());
+    match rng.below(6) {
+        // Reserved, don't-fragment and more-fragments flags, alone or together.
+        0 => f[l3 + 6] |= *rng.pick(&[0x80, 0x40, 0x20, 0xc0, 0x60, 0xe0]),
+        // Fragment offsets: 1 (RFC 1858), its neighbours, the largest; any flags.
+        1 => {
+            let off = *rng.pick(&[0u16, 1, 2, 0x100, 0x1fff]);
+            let flags = (rng.below(8) as u16) << 13;
+            f[l3 + 6..l3 + 8].copy_from_slice(&(off | flags).to_be_bytes());
+        }
+        // Total lengths around the headers' and past the frame.
+        2 => {
+            let v = *rng.pick(&[0u16, 19, 20, 21, 39, 40, 41, 59, 60, 0xffff]);
+            let v = if rng.chance(30) {
+                total.wrapping_add(rng.below(8) as u16)
+            } else {
+                v
+            };
+            set_total(f, v);
+        }
+        // A payload the IP length counts: a data segment (or a fragment's rest).
+        3 => {
+            let n = 1 + rng.below(44) as usize;
+            f.extend((0..n).map(|_| rng.next_u64() as u8));
+            set_total(f, total.wrapping_add(n as u16));
+        }
+        // TCP data offsets 0..15 (options the frame may cut).
+        4 => {
+            if let Some(b) = f.get_mut(th + 12) {
+                *b = (rng.below(16) as u8) << 4 | (*b & 0x0f);
+            }
+        }
+        // Any TCP flags byte (SYN, ACK, RST, FIN together).
+        _ => {
+            if let Some(b) = f.get_mut(th + 13) {
+                *b = rng.next_u64() as u8;
+            }
+        }
+    }
 }
 
 fn hex(f: &[u8]) -> String {
