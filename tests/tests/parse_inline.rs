@@ -1,0 +1,81 @@
+//! `BPF_PROG_TEST_RUN` of the inline parse (`parse_plain_v4_tcp`): the program parses an
+//! untagged IPv4 TCP frame without options or fragmentation itself and leaves every other
+//! frame to the general parser; frames on either side of each of that path's conditions
+//! get the general parser's verdicts. Needs root (fails, never skips, without it).
+
+use shield_common::Reason::*;
+use shield_tests::{Harness, L4, Pkt, XDP_DROP, XDP_PASS};
+
+/// Rule `api`: tcp/8080 connections 1/s burst 3.
+const BASE: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "1/s", burst = 3 }
+"#;
+
+/// The program parses an untagged IPv4 TCP frame without options or fragmentation inline
+/// and leaves every other frame to the general parser: frames on either side of each of
+/// that path's conditions get the general parser's verdict.
+#[test]
+fn frames_at_the_edges_of_the_plain_ipv4_tcp_path_are_judged_as_any_other() {
+    let h = Harness::new(BASE);
+    let syn = || Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    let with = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut f = syn();
+        edit(&mut f);
+        f
+    };
+    // Judged by rule `api` (3 within its burst, then a 4th over it).
+    let judged = [
+        ("plain", syn()),
+        // Don't-fragment and the reserved flag: not a fragment.
+        ("DF", with(&|f| f[20] = 0x40)),
+        ("reserved flag", with(&|f| f[20] = 0x80)),
+        // A first fragment holding the whole TCP header: judged like a whole packet.
+        ("first fragment", with(&|f| f[20] = 0x20)),
+    ];
+    for (i, (what, f)) in judged.iter().enumerate() {
+        let want = if i < 3 { XDP_PASS } else { XDP_DROP };
+        assert_eq!(h.run(f), want, "{what}");
+    }
+    assert_eq!(h.count("api", Pass).packets, 3);
+    assert_eq!(h.count("api", ConnLimit).packets, 1);
+    // IP lengths: 20 (no TCP header inside the IP length, one in the frame) is judged by
+    // the rule (over its limit now); 19 is malformed.
+    assert_eq!(
+        h.run(&with(&|f| f[16..18].copy_from_slice(&20u16.to_be_bytes()))),
+        XDP_DROP
+    );
+    assert_eq!(h.count("api", ConnLimit).packets, 2);
+    let malformed = [
+        (
+            "IP length 19",
+            with(&|f| f[16..18].copy_from_slice(&19u16.to_be_bytes())),
+        ),
+        ("TCP data offset 4", with(&|f| f[46] = 0x40)),
+        ("one byte short of the TCP header", syn()[..53].to_vec()),
+    ];
+    for (what, f) in &malformed {
+        assert_eq!(h.run(f), XDP_PASS, "{what}");
+    }
+    assert_eq!(h.count("(none)", Malformed).packets, 3);
+    // Fragments at offset 1 (RFC 1858), and IPv4 options: the general parser's verdicts.
+    assert_eq!(
+        h.run(&with(&|f| f[21] = 1)),
+        XDP_DROP,
+        "TCP fragment at offset 1"
+    );
+    // A first fragment whose IP length leaves the TCP header short (RFC 1858's tiny
+    // fragment), though the frame holds it.
+    let tiny = with(&|f| {
+        f[20] = 0x20;
+        f[16..18].copy_from_slice(&39u16.to_be_bytes());
+    });
+    assert_eq!(h.run(&tiny), XDP_DROP, "tiny first fragment");
+    assert_eq!(h.count("(none)", BadFragment).packets, 2);
+    let opts = Pkt::new("192.0.2.9", L4::syn(8080)).options(1).bytes();
+    assert_eq!(h.run(&opts), XDP_PASS, "IPv4 options");
+    assert_eq!(h.count("api", Pass).packets, 4);
+}
