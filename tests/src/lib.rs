@@ -13,6 +13,7 @@ pub mod fuzz;
 pub mod netlab;
 pub mod nslab;
 pub mod synflood;
+pub mod traffic;
 
 use std::{
     net::IpAddr,
