@@ -272,7 +272,8 @@ pub(crate) fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8;
 
 /// Fills `out` from the frame; returns a `PARSED_*` code. Not inlined: the parser's
 /// temporaries get their own stack frame, released before the rest of the program runs.
-/// The program calls it only for frames `parse_plain_v4_tcp` does not take.
+/// The program calls it only for frames `parse_plain_v4_tcp` and `parse_plain_v6_tcp` do
+/// not take.
 #[inline(never)]
 pub(crate) fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: *mut Packet) -> i32 {
     // Opaque to the optimiser: it must not split the context into data/data_end arguments
@@ -341,6 +342,53 @@ pub(crate) fn parse_plain_v4_tcp(ctx: &XdpContext) -> Option<Packet> {
         dport: be16([ports[2], ports[3]]),
         conn_attempt: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         tcp_data: flags & TCP_SYN == 0 && total_len - 20 > doff,
+    })
+}
+
+/// `parse_plain_v4_tcp` for IPv6: untagged Ethernet, IPv6 whose next header is TCP (no
+/// extension header, so not a fragment). One bounds check over 74 bytes and eight word
+/// loads; `None` for any other frame (or a TCP data offset under 5), which `parse` then
+/// judges. What it returns is what `parse_frame` returns for the same frame.
+#[inline(always)]
+pub(crate) fn parse_plain_v6_tcp(ctx: &XdpContext) -> Option<Packet> {
+    // Ethernet (14) + IPv6 (40) + TCP without options (20).
+    let f = ptr_at::<[u8; ETH_HLEN + 60]>(ctx, 0).ok()? as *const u8;
+    // SAFETY: `ptr_at` checked the 74 bytes: the ethertype and the version at 12..16,
+    // payload length and next header at 18..21, source at 22..38, ports at 54..58, data
+    // offset and flags at 66..68.
+    let (w3, w4, s, ports, t3) = unsafe {
+        (
+            bytes4(load32(f.add(12))),
+            bytes4(load32(f.add(18))),
+            [
+                load32(f.add(22)),
+                load32(f.add(26)),
+                load32(f.add(30)),
+                load32(f.add(34)),
+            ],
+            bytes4(load32(f.add(54))),
+            bytes4(load32(f.add(66))),
+        )
+    };
+    if be16([w3[0], w3[1]]) != ETH_P_IPV6 || w3[2] >> 4 != 6 || w4[2] != IPPROTO_TCP {
+        return None;
+    }
+    let payload_len = be16([w4[0], w4[1]]) as usize;
+    let (data_offset, flags) = (t3[0], t3[1]);
+    if data_offset >> 4 < 5 {
+        return None;
+    }
+    let doff = (data_offset >> 4) as usize * 4;
+    Some(Packet {
+        family: FAMILY_V6,
+        // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
+        src: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(s) },
+        l3_off: ETH_HLEN as u16,
+        sport: be16([ports[0], ports[1]]),
+        l4: L4_TCP,
+        dport: be16([ports[2], ports[3]]),
+        conn_attempt: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        tcp_data: flags & TCP_SYN == 0 && payload_len > doff,
     })
 }
 

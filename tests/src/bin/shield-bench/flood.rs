@@ -56,7 +56,7 @@ pub(crate) const FLOOD_POLICY: &str = r#"
 name = "api"
 protocol = "tcp"
 ports = [8000, 8080]
-connections = { rate = "5/s", burst = 10 }
+connections = { rate = "100000/s", burst = 10 }
 "#;
 
 /// `FLOOD_POLICY` with an aggregate budget for connection attempts from unverified sources.
@@ -65,7 +65,7 @@ pub(crate) const FLOOD_POLICY_UNVERIFIED: &str = r#"
 name = "api"
 protocol = "tcp"
 ports = [8000, 8080]
-connections = { rate = "5/s", burst = 10 }
+connections = { rate = "100000/s", burst = 10 }
 unverified = { rate = "2000/s", burst = 4000 }
 "#;
 
@@ -76,7 +76,7 @@ pub(crate) const FLOOD_POLICY_ESCALATING: &str = r#"
 name = "api"
 protocol = "tcp"
 ports = [8000, 8080]
-connections = { rate = "5/s", burst = 10 }
+connections = { rate = "100000/s", burst = 10 }
 unverified = { rate = "2000/s", burst = 4000 }
 escalation = { strikes = 3, window = "10m", ban = "15m" }
 "#;

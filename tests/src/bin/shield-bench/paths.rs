@@ -15,13 +15,22 @@ pub(crate) struct PathCase {
 }
 
 /// Every path section 2b measures, in its table's order.
-pub(crate) fn path_cases() -> [PathCase; 8] {
+pub(crate) fn path_cases() -> [PathCase; 9] {
     [
         PathCase {
             path: "source over its limit",
             shape: "one source",
             mode: 0,
             sources: 1,
+            filter: Filter::ShieldNative,
+            baseline: Filter::TrivialDrop,
+            target: 0.85,
+        },
+        PathCase {
+            path: "IPv6 source over its limit (one /64)",
+            shape: "IPv6 /64 rotation",
+            mode: 3,
+            sources: 0,
             filter: Filter::ShieldNative,
             baseline: Filter::TrivialDrop,
             target: 0.85,
