@@ -192,8 +192,8 @@ pub fn random_policy(rng: &mut Rng) -> String {
 }
 
 /// A random frame: mostly well-formed TCP/UDP/ICMP of both families with VLAN tags, IPv4
-/// options, IPv6 extension chains and fragments; IPv4 header fields at their edges
-/// (`edit_v4`); Ethernet's padding to 60 bytes; then truncations, flipped bytes and
+/// options, IPv6 extension chains and fragments; IP header fields at their edges (`edit_v4`,
+/// `edit_v6`); Ethernet's padding to 60 bytes; then truncations, flipped bytes and
 /// random bytes.
 pub fn random_frame(rng: &mut Rng) -> Vec<u8> {
     if rng.chance(3) {
@@ -251,6 +251,11 @@ pub fn random_frame(rng: &mut Rng) -> Vec<u8> {
     if !v6 && rng.chance(25) {
         for _ in 0..(rng.below(3) + 1) {
             edit_v4(rng, &mut f, 14 + 4 * p.vlans.len());
+        }
+    }
+    if v6 && rng.chance(25) {
+        for _ in 0..(rng.below(3) + 1) {
+            edit_v6(rng, &mut f, 14 + 4 * p.vlans.len());
         }
     }
     // Ethernet's minimum frame (60 bytes without the FCS): a short packet arrives padded,
@@ -315,6 +320,54 @@ fn edit_v4(rng: &mut Rng, f: &mut Vec<u8>, l3: usize) {
             }
         }
         // Any TCP flags byte (SYN, ACK, RST, FIN together).
+        _ => {
+            if let Some(b) = f.get_mut(th + 13) {
+                *b = rng.next_u64() as u8;
+            }
+        }
+    }
+}
+
+/// One edit of an IPv6 frame's fields at the edges the parsers decide on (the inline parse
+/// of plain IPv6 TCP frames, `parse_plain_v6_tcp`, and the general one): the version, the
+/// next header, the payload length, a payload (a data segment), the TCP data offset and
+/// flags. `l3`: the IP header's offset.
+fn edit_v6(rng: &mut Rng, f: &mut Vec<u8>, l3: usize) {
+    if f.len() < l3 + 40 {
+        return;
+    }
+    // The TCP header, where the next header says it follows the fixed header.
+    let th = l3 + 40;
+    let payload = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]);
+    let set_payload = |f: &mut Vec<u8>, v: u16| f[l3 + 4..l3 + 6].copy_from_slice(&v.to_be_bytes());
+    match rng.below(6) {
+        // Another version in the IPv6 ethertype.
+        0 => f[l3] = (*rng.pick(&[0u8, 4, 7, 15]) << 4) | (f[l3] & 0x0f),
+        // Another next header where TCP was (or TCP where an extension header was).
+        1 => f[l3 + 6] = *rng.pick(&[6u8, 0, 17, 44, 58, 59]),
+        // Payload lengths around the TCP header's and past the frame.
+        2 => {
+            let v = *rng.pick(&[0u16, 19, 20, 21, 40, 0xffff]);
+            let v = if rng.chance(30) {
+                payload.wrapping_add(rng.below(8) as u16)
+            } else {
+                v
+            };
+            set_payload(f, v);
+        }
+        // A payload the IP length counts: a data segment.
+        3 => {
+            let n = 1 + rng.below(44) as usize;
+            f.extend((0..n).map(|_| rng.next_u64() as u8));
+            set_payload(f, payload.wrapping_add(n as u16));
+        }
+        // TCP data offsets 0..15 (options the frame may cut).
+        4 => {
+            if let Some(b) = f.get_mut(th + 12) {
+                *b = (rng.below(16) as u8) << 4 | (*b & 0x0f);
+            }
+        }
+        // Any TCP flags byte.
         _ => {
             if let Some(b) = f.get_mut(th + 13) {
                 *b = rng.next_u64() as u8;
