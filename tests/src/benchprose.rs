@@ -362,7 +362,7 @@ pub fn flood_reading(f: &FloodFigures, budget_target: f64) -> String {
 /// out the non-IP frame, which the program passes before any parsing) and the dearest path.
 pub fn cost_reading(rows: &[(String, f64)]) -> String {
     let mut s = String::from(
-        "\nReading it: the program is several BPF functions (the general parser, the per-rule judgement, the sketch, the proof of verification, the refusal path), because the spoofed-flood defences do not fit the 512-byte BPF stack as one function; an untagged IPv4 TCP frame without options or fragmentation (every IPv4 row here) is parsed inline, without the general parser's call. The cookie SYN-ACK has no row: BPF_PROG_TEST_RUN repeats a run on the frame the previous run rewrote, so from the second run on it would time a SYN-ACK, not a SYN; its cost per SYN is in section 2b.",
+        "\nReading it: the program is several BPF functions (the general parser, the per-rule judgement, the sketch, the proof of verification, the refusal path), because the spoofed-flood defences do not fit the 512-byte BPF stack as one function; an untagged IPv4 TCP frame without options or fragmentation (every IPv4 row here) and an untagged IPv6 frame whose next header is TCP (not the IPv6 row here, whose extension headers take the general parser) are parsed inline, without the general parser's call. The cookie SYN-ACK has no row: BPF_PROG_TEST_RUN repeats a run on the frame the previous run rewrote, so from the second run on it would time a SYN-ACK, not a SYN; its cost per SYN is in section 2b.",
     );
     if let (Some(lo), Some(hi)) = (
         rows.iter().min_by(|a, b| a.1.total_cmp(&b.1)),
