@@ -1,0 +1,232 @@
+//! The owner's bans: `shield ban`, `unban` and `bans` on the maps it owns, and the bans the
+//! application layer asks for (on every interface, never shorter than one in force).
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tracing::warn;
+
+use super::Owner;
+use crate::{
+    audit::rfc3339,
+    bans::{BanFloor, check_manual_ban},
+    control::{BanList, BanResult, Banned, Reply, Request, Unbanned},
+    daemon::upkeep::ban_json,
+    policy::{format_duration, parse_cidr, parse_duration},
+};
+
+/// `shield ban` against an app-only daemon (no `--iface`): refused, never a silent no-op.
+const APP_ONLY_BAN: &str = "this daemon runs in app-only mode (no --iface): there is no interface to ban on; the application layer bans at L7 by itself (escalation); run shield with --iface for manual bans";
+
+impl Owner {
+    /// Ban, unban and the ban list: the owner's maps, at once.
+    pub(super) fn maps_request(&mut self, req: Request) -> Result<Reply, String> {
+        self.intact()?;
+        match req {
+            Request::Bans {} => {
+                let mut bans = Vec::new();
+                for inst in &self.instances {
+                    let Some(m) = &inst.maps else { continue };
+                    for mut b in m.bans.active() {
+                        b.iface = inst.iface.clone();
+                        b.origin_host = Some(self.origin_host_of(&b));
+                        bans.push(b);
+                    }
+                }
+                Ok(Reply::Bans(BanList { bans }))
+            }
+            Request::Ban {
+                source,
+                duration,
+                rule,
+                reason,
+                force,
+            } => self.ban(
+                &source,
+                &duration,
+                rule.as_deref(),
+                reason.as_deref(),
+                force,
+            ),
+            Request::Unban { source } => {
+                let cidr = parse_cidr(&source).map_err(|e| format!("source \"{source}\": {e}"))?;
+                let mut removed = Vec::new();
+                for inst in &mut self.instances {
+                    let Some(m) = inst.maps.as_mut() else {
+                        continue;
+                    };
+                    for mut b in m.bans.unban(cidr).map_err(|e| e.to_string())? {
+                        b.iface = inst.iface.clone();
+                        self.audit
+                            .write(ban_json("unban", &inst.iface, &b, b.comment.as_ref()));
+                        removed.push(b);
+                    }
+                }
+                self.issued_unban(&cidr.to_string());
+                if let Some(tx) = &self.app_unban {
+                    let _ = tx.send(cidr);
+                }
+                Ok(Reply::Unbanned(Unbanned { removed }))
+            }
+            other => Err(format!("internal: {other:?} is not a maps request")),
+        }
+    }
+
+    pub(super) fn ban(
+        &mut self,
+        source: &str,
+        duration: &str,
+        rule: Option<&str>,
+        reason: Option<&str>,
+        force: bool,
+    ) -> Result<Reply, String> {
+        if self.instances.is_empty() {
+            // App-only mode: no NIC; a ban that reported success would protect nothing.
+            return Err(APP_ONLY_BAN.into());
+        }
+        let cidr = parse_cidr(source).map_err(|e| format!("source \"{source}\": {e}"))?;
+        let dur = parse_duration(duration).map_err(|e| format!("duration \"{duration}\": {e}"))?;
+        let max = Duration::from_nanos(shield_common::judge::MAX_BAN_NS);
+        if dur < Duration::from_secs(1) || dur > max {
+            // Named as typed: "0s" must not come back as "0ms".
+            return Err(format!(
+                "duration \"{duration}\": must be between 1s and {}",
+                format_duration(max)
+            ));
+        }
+        // No control characters and no bidirectional overrides (U+202A-U+202E,
+        // U+2066-U+2069): a reason must not reorder or break what `shield bans` shows.
+        if reason.is_some_and(|r| {
+            r.chars().any(|c| {
+                c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            })
+        }) {
+            return Err(
+                "reason must be printable text (no control characters or line breaks)".into(),
+            );
+        }
+        if reason.is_some_and(|r| r.len() > shield_common::BAN_NOTE_MAX) {
+            return Err(format!(
+                "reason is longer than {} bytes",
+                shield_common::BAN_NOTE_MAX
+            ));
+        }
+        let floor = BanFloor {
+            ipv4: self.policy.min_ban_ipv4_prefix,
+            ipv6: self.policy.min_ban_ipv6_prefix,
+        };
+        let warnings = check_manual_ban(&cidr, &self.policy.allow, floor, force)?;
+        let mut bans = Vec::new();
+        let mut issued = Vec::new();
+        let mut inst_first = true;
+        for inst in &mut self.instances {
+            let Some(m) = inst.maps.as_mut() else {
+                continue;
+            };
+            let outcome = m
+                .bans
+                .ban(cidr, dur, rule, reason)
+                .map_err(|e| e.to_string())?;
+            let mut b = outcome.entry;
+            b.iface = inst.iface.clone();
+            let mut line = ban_json("ban", &inst.iface, &b, b.comment.as_ref());
+            line["reason"] = "manual".into();
+            line["expires"] =
+                rfc3339(SystemTime::now() + Duration::from_secs_f64(b.remaining_secs)).into();
+            if outcome.kept_longer {
+                line["event"] = "ban_kept".into();
+                line["requested_secs"] = dur.as_secs_f64().into();
+            }
+            self.audit.write(line);
+            if inst_first {
+                issued.push(b.clone());
+                inst_first = false;
+            }
+            bans.push(BanResult {
+                ban: b,
+                kept_longer: outcome.kept_longer,
+            });
+        }
+        for b in &issued {
+            self.issued_ban(b);
+        }
+        Ok(Reply::Banned(Banned { bans, warnings }))
+    }
+
+    /// What the app task reports: audit lines, and bans for the data path (queued while a
+    /// reload holds the maps).
+    pub(super) fn app_effect(&mut self, e: crate::app::Effect, reloading: bool) {
+        use crate::app::Effect;
+        match e {
+            Effect::Limited {
+                kind,
+                name,
+                client,
+                retry_after,
+            } => self.audit.write(json!({
+                "event": "app_limited", "origin": "app", kind.as_str(): name,
+                "client": client.to_string(), "retry_after": retry_after,
+            })),
+            Effect::BanSkipped {
+                kind,
+                name,
+                client,
+                why,
+            } => {
+                warn!("{} `{name}`: no ban on {client}: {why}", kind.as_str());
+                self.audit.write(json!({
+                    "event": "app_ban_skipped", "origin": "app", kind.as_str(): name,
+                    "client": client.to_string(), "why": why,
+                }));
+            }
+            Effect::Ban(b) if b.xdp && reloading => self.app_bans.push(b),
+            Effect::Ban(b) => self.app_ban(b),
+        }
+    }
+
+    /// An app ban: the audit line, and for a direct client a host ban on every interface
+    /// (never shorter than one in force).
+    pub(super) fn app_ban(&mut self, b: crate::app::AppBan) {
+        let mut line = json!({
+            "event": "app_ban", "origin": "app", b.kind.as_str(): b.name,
+            "source": b.source.to_string(), "ban_secs": b.duration.as_secs_f64(),
+            "level": b.level, "enforced": if b.xdp { "xdp" } else { "l7" },
+            "scope": if b.endpoint.is_some() { "rule" } else { "host" },
+            "expires": rfc3339(SystemTime::now() + b.duration),
+        });
+        if !b.xdp {
+            self.audit.write(line);
+            return;
+        }
+        let mut ifaces = Vec::new();
+        let mut issued = None;
+        for inst in &mut self.instances {
+            let Some(m) = inst.maps.as_mut() else {
+                continue;
+            };
+            match m.bans.ban_as(
+                b.source,
+                b.duration,
+                None,
+                Some(&b.reason),
+                crate::bans::Origin::App,
+            ) {
+                Ok(o) => {
+                    ifaces.push(json!({"iface": inst.iface, "kept_longer": o.kept_longer}));
+                    if issued.is_none() {
+                        let mut e = o.entry;
+                        e.iface = inst.iface.clone();
+                        issued = Some(e);
+                    }
+                }
+                Err(e) => warn!(iface = %inst.iface, "app ban on {}: {e}", b.source),
+            }
+        }
+        line["ifaces"] = ifaces.into();
+        self.audit.write(line);
+        // Published to the fleet (and saved in --state-dir) like any ban this host issues.
+        if let Some(e) = issued {
+            self.issued_ban(&e);
+        }
+    }
+}
