@@ -51,12 +51,16 @@ impl Filter {
 /// Section 3's flood rate (below what every filter sustains in section 2).
 pub(crate) const FLOOD_PPS: u32 = 1_500_000;
 
+/// The per-source limit of every filter sections 2, 2b and 3 compare: shield's rule
+/// (`FLOOD_POLICY*`), the nftables meter (`NFT_METER`) and iptables hashlimit
+/// (`HASHLIMIT_ARGS`): 5 SYNs/s, burst 10. The prose of those sections says so; a unit test
+/// holds the three to it.
 pub(crate) const FLOOD_POLICY: &str = r#"
 [[rule]]
 name = "api"
 protocol = "tcp"
 ports = [8000, 8080]
-connections = { rate = "100000/s", burst = 10 }
+connections = { rate = "5/s", burst = 10 }
 "#;
 
 /// `FLOOD_POLICY` with an aggregate budget for connection attempts from unverified sources.
@@ -65,7 +69,7 @@ pub(crate) const FLOOD_POLICY_UNVERIFIED: &str = r#"
 name = "api"
 protocol = "tcp"
 ports = [8000, 8080]
-connections = { rate = "100000/s", burst = 10 }
+connections = { rate = "5/s", burst = 10 }
 unverified = { rate = "2000/s", burst = 4000 }
 "#;
 
@@ -76,10 +80,41 @@ pub(crate) const FLOOD_POLICY_ESCALATING: &str = r#"
 name = "api"
 protocol = "tcp"
 ports = [8000, 8080]
-connections = { rate = "100000/s", burst = 10 }
+connections = { rate = "5/s", burst = 10 }
 unverified = { rate = "2000/s", burst = 4000 }
 escalation = { strikes = 3, window = "10m", ban = "15m" }
 "#;
+
+/// The nftables meter of section 2 (`FLOOD_POLICY`'s limit).
+pub(crate) const NFT_METER: &str = "add table netdev shield_bench; add chain netdev shield_bench in { type filter hook ingress device shield0 priority 0; }; add rule netdev shield_bench in tcp flags & (syn|ack) == syn meter syn4 size 65535 { ip saddr limit rate over 5/second burst 10 packets } counter drop";
+
+/// The iptables hashlimit of section 2 (`FLOOD_POLICY`'s limit).
+pub(crate) const HASHLIMIT_ARGS: [&str; 24] = [
+    "iptables",
+    "-t",
+    "raw",
+    "-A",
+    "PREROUTING",
+    "-p",
+    "tcp",
+    "--syn",
+    "-m",
+    "hashlimit",
+    "--hashlimit-above",
+    "5/sec",
+    "--hashlimit-burst",
+    "10",
+    "--hashlimit-mode",
+    "srcip",
+    "--hashlimit-name",
+    "synflood",
+    "--hashlimit-htable-size",
+    "65536",
+    "--hashlimit-htable-max",
+    "262144",
+    "-j",
+    "DROP",
+];
 
 pub(crate) fn native(f: Filter) -> bool {
     matches!(
@@ -341,36 +376,8 @@ pub(crate) fn flood_with(
             .map_err(|e| format!("{e:#}"))??;
     }
     match filter {
-        Filter::Nft => sh(&[
-            "nft",
-            "add table netdev shield_bench; add chain netdev shield_bench in { type filter hook ingress device shield0 priority 0; }; add rule netdev shield_bench in tcp flags & (syn|ack) == syn meter syn4 size 65535 { ip saddr limit rate over 5/second burst 10 packets } counter drop",
-        ])?,
-        Filter::Hashlimit => sh(&[
-            "iptables",
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "--syn",
-            "-m",
-            "hashlimit",
-            "--hashlimit-above",
-            "5/sec",
-            "--hashlimit-burst",
-            "10",
-            "--hashlimit-mode",
-            "srcip",
-            "--hashlimit-name",
-            "synflood",
-            "--hashlimit-htable-size",
-            "65536",
-            "--hashlimit-htable-max",
-            "262144",
-            "-j",
-            "DROP",
-        ])?,
+        Filter::Nft => sh(&["nft", NFT_METER])?,
+        Filter::Hashlimit => sh(&HASHLIMIT_ARGS)?,
         _ => {}
     }
     let _server_listener = TcpServer::start(&topo.server, 8080).map_err(|e| format!("{e:#}"))?;
@@ -630,4 +637,39 @@ pub(crate) fn deny_list() -> String {
     }
     list.push_str("]\n");
     list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Section 2 compares filters at one limit and its prose says which: shield's flood
+    /// policies (every rule a flood section installs) limit a source as the nftables meter
+    /// and hashlimit do, 5 SYNs/s with a burst of 10. A drop row ("source over its limit")
+    /// measures a drop path only while the flood is far over that limit.
+    #[test]
+    fn every_filter_of_the_flood_sections_limits_a_source_alike() {
+        for text in [
+            FLOOD_POLICY,
+            FLOOD_POLICY_UNVERIFIED,
+            FLOOD_POLICY_ESCALATING,
+        ] {
+            let p = policy::parse_str("flood.toml", text).expect("flood policy parses");
+            let c = p.rules[0].connections.expect("a connections limit");
+            assert_eq!(
+                (c.rate.count, c.rate.period_secs, c.burst),
+                (5, 1, 10),
+                "{text}"
+            );
+        }
+        assert!(NFT_METER.contains("limit rate over 5/second burst 10 packets"));
+        let arg = |name: &str| {
+            let i = HASHLIMIT_ARGS.iter().position(|a| *a == name).expect(name);
+            HASHLIMIT_ARGS[i + 1]
+        };
+        assert_eq!(
+            (arg("--hashlimit-above"), arg("--hashlimit-burst")),
+            ("5/sec", "10")
+        );
+    }
 }
