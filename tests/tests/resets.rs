@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use shield_common::Reason;
-use shield_tests::{Harness, XDP_DROP, XDP_PASS, XDP_TX};
+use shield_tests::{Harness, L4, Pkt, XDP_DROP, XDP_PASS, XDP_TX};
 
 const POLICY: &str = r#"
 [[rule]]
@@ -243,6 +243,39 @@ fn never_for_unverified_sources_monitor_rules_or_syns_with_ip_options() {
     h.advance(std::time::Duration::from_secs(1));
     let plain = syn(known, dst, 8080, &[], 0);
     assert_eq!(h.run(&plain), XDP_TX);
+}
+
+#[test]
+fn never_for_ipv6_syns_behind_extension_headers() {
+    let mut h = harness();
+    let known: IpAddr = "2001:db8:77::20".parse().unwrap();
+    h.verify(known, T0);
+    let src = "2001:db8:77::20";
+    // Judged by the rule like any SYN (the first within the limit), but never answered: the
+    // reply would have to carry or strip the headers.
+    let hop = Pkt::new(src, L4::syn(8080)).ext(&[0]).bytes();
+    assert_eq!(
+        h.run(&hop),
+        XDP_PASS,
+        "the first connection is within the limit"
+    );
+    assert_eq!(
+        h.run(&hop),
+        XDP_DROP,
+        "a SYN behind a hop-by-hop header is dropped, not answered"
+    );
+    let fragment = Pkt::new(src, L4::syn(8080)).first_fragment(20).bytes();
+    assert_eq!(
+        h.run(&fragment),
+        XDP_DROP,
+        "a SYN behind a fragment header is dropped, not answered"
+    );
+    assert_eq!(h.count("api", Reason::Reset).packets, 0);
+    assert_eq!(h.count("api", Reason::ConnLimit).packets, 2);
+    // The same source's plain SYN is answered.
+    let dst: IpAddr = "2001:db8:1:1::1".parse().unwrap();
+    assert_eq!(h.run(&syn(known, dst, 8080, &[], 0)), XDP_TX);
+    assert_eq!(h.count("api", Reason::Reset).packets, 1);
 }
 
 #[test]
