@@ -247,7 +247,7 @@ fn never_for_unverified_sources_monitor_rules_or_syns_with_ip_options() {
 
 #[test]
 fn never_for_ipv6_syns_behind_extension_headers() {
-    let mut h = harness();
+    let h = harness();
     let known: IpAddr = "2001:db8:77::20".parse().unwrap();
     h.verify(known, T0);
     let src = "2001:db8:77::20";
