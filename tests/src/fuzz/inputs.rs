@@ -279,15 +279,13 @@ pub fn random_frame(rng: &mut Rng) -> Vec<u8> {
 
 /// One edit of an IPv4 frame's header fields at the edges the parsers decide on (the
 /// inline parse of plain IPv4 TCP frames, `parse_plain_v4_tcp`, and the general one): the
-/// flags and fragment offset, the total length, a payload (a data segment), the TCP data
-/// offset and flags. `l3`: the IP header's offset.
+/// flags and fragment offset, then (`edit_length_or_tcp`) the total length, a payload (a
+/// data segment), the TCP data offset and flags. `l3`: the IP header's offset.
 fn edit_v4(rng: &mut Rng, f: &mut Vec<u8>, l3: usize) {
     if f.len() < l3 + 20 {
         return;
     }
     let th = l3 + usize::from(f[l3] & 0x0f) * 4;
-    let total = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]);
-    let set_total = |f: &mut Vec<u8>, v: u16| f[l3 + 2..l3 + 4].copy_from_slice(&v.to_be_bytes());
     match rng.below(6) {
         // Reserved, don't-fragment and more-fragments flags, alone or together.
         0 => f[l3 + 6] |= *rng.pick(&[0x80, 0x40, 0x20, 0xc0, 0x60, 0xe0]),
@@ -297,77 +295,67 @@ fn edit_v4(rng: &mut Rng, f: &mut Vec<u8>, l3: usize) {
             let flags = (rng.below(8) as u16) << 13;
             f[l3 + 6..l3 + 8].copy_from_slice(&(off | flags).to_be_bytes());
         }
-        // Total lengths around the headers' and past the frame.
-        2 => {
-            let v = *rng.pick(&[0u16, 19, 20, 21, 39, 40, 41, 59, 60, 0xffff]);
-            let v = if rng.chance(30) {
-                total.wrapping_add(rng.below(8) as u16)
-            } else {
-                v
-            };
-            set_total(f, v);
-        }
-        // A payload the IP length counts: a data segment (or a fragment's rest).
-        3 => {
-            let n = 1 + rng.below(44) as usize;
-            f.extend((0..n).map(|_| rng.next_u64() as u8));
-            set_total(f, total.wrapping_add(n as u16));
-        }
-        // TCP data offsets 0..15 (options the frame may cut).
-        4 => {
-            if let Some(b) = f.get_mut(th + 12) {
-                *b = (rng.below(16) as u8) << 4 | (*b & 0x0f);
-            }
-        }
-        // Any TCP flags byte (SYN, ACK, RST, FIN together).
-        _ => {
-            if let Some(b) = f.get_mut(th + 13) {
-                *b = rng.next_u64() as u8;
-            }
+        // Total lengths around the headers' and past the frame; a payload; the TCP header.
+        k => {
+            let lengths = [0u16, 19, 20, 21, 39, 40, 41, 59, 60, 0xffff];
+            edit_length_or_tcp(rng, f, k, l3 + 2, &lengths, th);
         }
     }
 }
 
 /// One edit of an IPv6 frame's fields at the edges the parsers decide on (the inline parse
 /// of plain IPv6 TCP frames, `parse_plain_v6_tcp`, and the general one): the version, the
-/// next header, the payload length, a payload (a data segment), the TCP data offset and
-/// flags. `l3`: the IP header's offset.
+/// next header, then (`edit_length_or_tcp`) the payload length, a payload (a data segment),
+/// the TCP data offset and flags. `l3`: the IP header's offset.
 fn edit_v6(rng: &mut Rng, f: &mut Vec<u8>, l3: usize) {
     if f.len() < l3 + 40 {
         return;
     }
-    // The TCP header, where the next header says it follows the fixed header.
-    let th = l3 + 40;
-    let payload = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]);
-    let set_payload = |f: &mut Vec<u8>, v: u16| f[l3 + 4..l3 + 6].copy_from_slice(&v.to_be_bytes());
     match rng.below(6) {
         // Another version in the IPv6 ethertype.
         0 => f[l3] = (*rng.pick(&[0u8, 4, 7, 15]) << 4) | (f[l3] & 0x0f),
         // Another next header where TCP was (or TCP where an extension header was).
         1 => f[l3 + 6] = *rng.pick(&[6u8, 0, 17, 44, 58, 59]),
-        // Payload lengths around the TCP header's and past the frame.
+        // Payload lengths around the TCP header's and past the frame; the TCP header where
+        // the next header says it follows the fixed header.
+        k => edit_length_or_tcp(rng, f, k, l3 + 4, &[0, 19, 20, 21, 40, 0xffff], l3 + 40),
+    }
+}
+
+/// The edits IPv4 and IPv6 share, by `kind` (2-5): the IP length field at `len_at` set to
+/// one of `lengths` or a little past its value; a payload the IP length counts (a data
+/// segment, or a fragment's rest); a TCP data offset 0..15 (options the frame may cut); any
+/// TCP flags byte (SYN, ACK, RST, FIN together). `th`: the TCP header's offset.
+fn edit_length_or_tcp(
+    rng: &mut Rng,
+    f: &mut Vec<u8>,
+    kind: u64,
+    len_at: usize,
+    lengths: &[u16],
+    th: usize,
+) {
+    let len = u16::from_be_bytes([f[len_at], f[len_at + 1]]);
+    let set_len = |f: &mut Vec<u8>, v: u16| f[len_at..len_at + 2].copy_from_slice(&v.to_be_bytes());
+    match kind {
         2 => {
-            let v = *rng.pick(&[0u16, 19, 20, 21, 40, 0xffff]);
+            let v = *rng.pick(lengths);
             let v = if rng.chance(30) {
-                payload.wrapping_add(rng.below(8) as u16)
+                len.wrapping_add(rng.below(8) as u16)
             } else {
                 v
             };
-            set_payload(f, v);
+            set_len(f, v);
         }
-        // A payload the IP length counts: a data segment.
         3 => {
             let n = 1 + rng.below(44) as usize;
             f.extend((0..n).map(|_| rng.next_u64() as u8));
-            set_payload(f, payload.wrapping_add(n as u16));
+            set_len(f, len.wrapping_add(n as u16));
         }
-        // TCP data offsets 0..15 (options the frame may cut).
         4 => {
             if let Some(b) = f.get_mut(th + 12) {
                 *b = (rng.below(16) as u8) << 4 | (*b & 0x0f);
             }
         }
-        // Any TCP flags byte.
         _ => {
             if let Some(b) = f.get_mut(th + 13) {
                 *b = rng.next_u64() as u8;
