@@ -86,13 +86,28 @@ fn line_diff(old: &str, new: &str) -> String {
         if i < a.len() && j < b.len() && a[i] == b[j] {
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push_str(&format!("+ {}\n", b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // The running line first, then what replaces it, as `diff -u` writes them.
             out.push_str(&format!("- {}\n", a[i]));
             i += 1;
+        } else {
+            out.push_str(&format!("+ {}\n", b[j]));
+            j += 1;
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_diff;
+
+    #[test]
+    fn a_changed_line_shows_the_running_one_first() {
+        let old = "HEAD\napi 5/s\ndns 200/s\n";
+        let new = "HEAD\napi 8/s\ndns 200/s\nicmp 10/s\n";
+        assert_eq!(line_diff(old, new), "- api 5/s\n+ api 8/s\n+ icmp 10/s\n");
+        assert_eq!(line_diff(new, old), "- api 8/s\n+ api 5/s\n- icmp 10/s\n");
+        assert_eq!(line_diff(old, old), "");
+    }
 }
