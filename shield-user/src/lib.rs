@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bans;
 pub mod control;
 pub mod daemon;
+pub mod exposition;
 pub mod fleet;
 pub mod loader;
 pub mod logging;

@@ -1,4 +1,5 @@
-//! Prometheus metrics at `/metrics` (text format by prometheus-client, HTTP by tiny_http),
+//! Prometheus metrics at `/metrics` (OpenMetrics text by prometheus-client, served by
+//! `daemon::http` as OpenMetrics or the classic format: `exposition`),
 //! read from the pinned maps at each scrape, plus the daemon's own counters.
 
 use std::{
@@ -46,7 +47,7 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// Renders every metric in the Prometheus text format.
+/// Renders every metric as OpenMetrics text (`exposition` turns it into the classic format).
 pub fn render(src: &Sources) -> String {
     let mut reg = Registry::default();
     let packets = Family::<Labels, Counter>::default();

@@ -623,3 +623,66 @@ fn tune_explains_itself_and_refuses_bad_arguments_clearly() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// Serves one control connection on `socket`: reads the request line, answers `reply`,
+/// and hands the request back.
+fn fake_daemon(socket: &Path, reply: &'static str) -> std::thread::JoinHandle<String> {
+    use std::io::{BufRead as _, Write as _};
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind a test socket");
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("the command connects");
+        let mut request = String::new();
+        std::io::BufReader::new(&stream)
+            .read_line(&mut request)
+            .expect("a request line");
+        (&stream)
+            .write_all(format!("{reply}\n").as_bytes())
+            .expect("reply");
+        request
+    })
+}
+
+#[test]
+fn reload_says_whether_the_new_policy_took_over_or_nothing_changed() {
+    let dir = TempDir::new("reload");
+    let socket = dir.0.join("control.sock");
+    let sock = socket.to_str().expect("utf-8 path");
+
+    let daemon = fake_daemon(
+        &socket,
+        r#"{"ok":false,"error":"p.toml:14:39: burst must be a whole number, got the text \"10\""}"#,
+    );
+    let (code, out, err) = shield(&["reload", "--socket", sock]);
+    assert_eq!(
+        daemon.join().expect("fake daemon").trim(),
+        r#"{"cmd":"reload"}"#
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("reload refused, nothing changed: p.toml:14:39: burst must be a whole number"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+
+    std::fs::remove_file(&socket).expect("remove the socket");
+    let daemon = fake_daemon(
+        &socket,
+        r#"{"ok":true,"generation":7,"rules":3,"allow":1,"deny":2,"port_slots_written":0,"lists_swapped":false,"took_ms":26.3}"#,
+    );
+    let (code, out, err) = shield(&["reload", "--socket", sock]);
+    daemon.join().expect("fake daemon");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "reloaded: generation 7, 3 rules, 1 allow and 2 deny prefixes, 26.3 ms\n"
+    );
+
+    // No daemon: not a refusal, and not said to be one.
+    std::fs::remove_file(&socket).expect("remove the socket");
+    let (code, _, err) = shield(&["reload", "--socket", sock]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not running") && !err.contains("refused"),
+        "{err}"
+    );
+}

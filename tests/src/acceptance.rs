@@ -9,6 +9,10 @@
 //! dropped and `would_drop` counts what would have been. Per list: allow is never limited,
 //! deny always dropped. Long waits (refills, ban durations) advance the data path's test
 //! clock instead of sleeping.
+//!
+//! The lab's daemon runs a copy of the policy cut off from the host it runs on (`isolated`):
+//! without `[fleet]` (its namespace has no route to the fleet's Redis: it never tries) and with its
+//! `[app]` socket moved to a temporary path (so the suite runs beside a production daemon).
 
 use std::{
     collections::HashSet,
@@ -86,6 +90,26 @@ impl Drop for Lab {
 }
 
 /// A port of the rule's endpoint, or a port no rule claims (`None` for ICMP).
+/// The policy text the lab's daemon runs: `[fleet]` left out, so that the lab never tries the
+/// Redis the policy names (nor publishes its test bans, were it reachable); `[app]`'s socket
+/// moved to `app_socket` and its `group` dropped, so that the lab binds its own socket
+/// whatever runs on the host. A policy with neither is returned as written.
+pub fn isolated(original: &str, app_socket: &Path) -> Result<String, String> {
+    let mut t: toml::Table = toml::from_str(original).map_err(|e| e.to_string())?;
+    if !t.contains_key("fleet") && !t.contains_key("app") {
+        return Ok(original.to_owned());
+    }
+    t.remove("fleet");
+    if let Some(app) = t.get_mut("app").and_then(toml::Value::as_table_mut) {
+        app.insert(
+            "socket".into(),
+            toml::Value::String(app_socket.to_string_lossy().into_owned()),
+        );
+        app.remove("group");
+    }
+    toml::to_string(&t).map_err(|e| e.to_string())
+}
+
 fn port_of(policy: &Policy, rule: &Rule) -> Option<u16> {
     match rule.protocol {
         Protocol::Icmp => None,
@@ -121,7 +145,12 @@ fn per_sec(r: policy::Rate) -> f64 {
 impl Lab {
     pub fn new(bin: &Path, policy_path: &Path) -> Result<Lab, String> {
         let policy = policy::load(policy_path).map_err(|e| e.to_string())?;
-        let original = std::fs::read_to_string(policy_path).map_err(|e| e.to_string())?;
+        let app_socket =
+            std::env::temp_dir().join(format!("{}.sock", unique("shield-acceptance-app-")));
+        let original = isolated(
+            &std::fs::read_to_string(policy_path).map_err(|e| e.to_string())?,
+            &app_socket,
+        )?;
         let copy =
             std::env::temp_dir().join(format!("{}.toml", unique("shield-acceptance-policy-")));
         std::fs::write(&copy, &original).map_err(|e| e.to_string())?;
@@ -500,4 +529,58 @@ pub fn check_policy_file(bin: &Path, policy: &Path) {
         policy.display()
     );
     eprintln!("{}: {total} checks passed", policy.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_labs_copy_never_talks_to_the_fleet_or_takes_the_hosts_app_socket() {
+        let text = r#"
+[app]
+socket = "/run/shield/app.sock"
+group = "www-data"
+on_error = "open"
+
+[[endpoint]]
+name = "login"
+path = "/login"
+limit = { rate = "5/min", burst = 5 }
+
+[fleet]
+redis = "redis://:secret@10.0.0.5:6379/0"
+host = "api-1"
+
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "5/s", burst = 10 }
+"#;
+        let sock = Path::new("/tmp/shield-acceptance-app-1.sock");
+        let out = isolated(text, sock).expect("valid TOML");
+        let t: toml::Table = toml::from_str(&out).expect("TOML");
+        assert!(!t.contains_key("fleet"), "{out}");
+        assert_eq!(
+            t["app"]["socket"].as_str(),
+            Some("/tmp/shield-acceptance-app-1.sock")
+        );
+        assert!(t["app"].get("group").is_none(), "{out}");
+        assert_eq!(t["app"]["on_error"].as_str(), Some("open"));
+        assert_eq!(t["endpoint"][0]["name"].as_str(), Some("login"));
+        assert_eq!(t["rule"][0]["connections"]["burst"].as_integer(), Some(10));
+        // Still a policy the daemon accepts.
+        let dir = std::env::temp_dir().join(unique("shield-acceptance-isolated-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("p.toml");
+        std::fs::write(&file, &out).expect("write");
+        let p = policy::load(&file);
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = p.expect("the isolated copy is a valid policy");
+        assert!(p.fleet.is_none());
+        // Neither table: the text as written, comments and all.
+        let plain = "# rules only\n[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\n";
+        assert_eq!(isolated(plain, sock).expect("valid"), plain);
+    }
 }

@@ -1,7 +1,8 @@
 //! The Grafana dashboard (deploy/grafana/shield.json) and the Prometheus alert rules
 //! (deploy/prometheus/shield-rules.yml): promtool accepts the rules and their unit tests
 //! pass, and every metric the dashboard's and the rules' expressions name is exported by a
-//! real daemon's /metrics.
+//! real daemon's /metrics, which `promtool check metrics` accepts (the classic text format,
+//! served to clients that do not ask for OpenMetrics; Prometheus's `Accept` gets OpenMetrics).
 //!
 //! Tolerated when absent, and only this: `up` (Prometheus's own scrape health, never
 //! exported by a target). The daemon runs with `[app]` and `[fleet]` (a Redis that is not
@@ -257,22 +258,28 @@ fn the_metric_name_extraction_reads_promql() {
     );
 }
 
-/// Series names (sample lines, not `# TYPE` families) a running daemon serves.
-fn scrape_names(lab: &NsLab) -> BTreeSet<String> {
-    let body = lab
+/// `GET /metrics` of the lab's daemon, with `extra` header lines: (head, body).
+fn scrape(lab: &NsLab, extra: &str) -> (String, String) {
+    let response = lab
         .topo
         .server
         .run_in(|| {
             let mut s = TcpStream::connect("127.0.0.1:9477").expect("metrics port");
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: x\r\n{extra}\r\n").as_bytes())
                 .expect("request");
             let mut out = String::new();
             s.read_to_string(&mut out).expect("response");
             out
         })
         .expect("server namespace");
-    let (head, body) = body.split_once("\r\n\r\n").expect("HTTP response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
     assert!(head.contains(" 200 "), "{head}");
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Series names (sample lines, not `# TYPE` families) a running daemon serves.
+fn scrape_names(lab: &NsLab) -> BTreeSet<String> {
+    let (_, body) = scrape(lab, "");
     body.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| l.split(['{', ' ']).next().expect("sample name").to_string())
@@ -333,6 +340,50 @@ unverified = {{ rate = "1000/s", burst = 1000 }}
         lab.connect(IpAddr::V4(ATTACKER_V4), API, 40, Duration::from_millis(5));
     }
     let exported = scrape_names(&lab);
+
+    // The format follows the scraper: curl and promtool get the classic text format, which
+    // `promtool check metrics` accepts without a word (served as OpenMetrics, it reported
+    // every counter as having no help text); Prometheus, which asks for OpenMetrics, gets it.
+    let (head, classic) = scrape(&lab, "");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(
+        classic.contains("# TYPE shield_packets_total counter") && !classic.contains("# EOF"),
+        "{classic}"
+    );
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package prometheus)");
+    lint.stdin
+        .take()
+        .expect("stdin")
+        .write_all(classic.as_bytes())
+        .expect("feed promtool");
+    let lint = lint.wait_with_output().expect("promtool check metrics");
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool check metrics on /metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let (head, openmetrics) = scrape(
+        &lab,
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(
+        openmetrics.ends_with("# EOF\n") && openmetrics.contains("# TYPE shield_packets counter"),
+        "{openmetrics}"
+    );
 
     let mut missing = Vec::new();
     let mut used = BTreeSet::new();

@@ -644,6 +644,23 @@ fn stats_watch_prints_per_second_rates() {
     let blocks = text.matches("--- ").count();
     assert!(blocks >= 2, "--watch must refresh every second: {text}");
     assert!(text.contains("PACKETS/S"), "{text}");
+    // The first refresh has no earlier reading: its rows show no rate, not a made-up 0.0.
+    let first = text.split("--- ").nth(1).unwrap_or("");
+    assert!(
+        first.contains("per-second rates from the next refresh")
+            && first
+                .lines()
+                .any(|l| l.contains("conn_limit") && l.split_whitespace().last() == Some("-")),
+        "the first refresh must show no rate: {first}"
+    );
+    assert!(
+        !text
+            .split("--- ")
+            .nth(2)
+            .unwrap_or("")
+            .contains("next refresh"),
+        "{text}"
+    );
     // 20 SYNs refused in one refresh interval: a conn_limit rate of about 20/s.
     let rate = text
         .lines()

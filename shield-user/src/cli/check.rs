@@ -67,7 +67,20 @@ fn print_warnings(file: &std::path::Path, p: &policy::Policy) {
     }
 }
 
-/// Lines only in `old` (-) and only in `new` (+), in order (LCS on lines; tables are small).
+/// The column header of a matrix table (`RULE  PROTO …`, `ENDPOINT  METHODS …`,
+/// `SIGNAL  KEY …`): printed above the first changed row under it, so the row can be read.
+fn is_table_header(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    matches!(
+        (words.next(), words.next()),
+        (Some("RULE"), Some("PROTO"))
+            | (Some("ENDPOINT"), Some("METHODS"))
+            | (Some("SIGNAL"), Some("KEY"))
+    )
+}
+
+/// Lines only in `old` (-) and only in `new` (+), in order (LCS on lines; tables are small),
+/// each table's column header (unchanged, two spaces in) above its first changed row.
 fn line_diff(old: &str, new: &str) -> String {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
@@ -82,17 +95,60 @@ fn line_diff(old: &str, new: &str) -> String {
         }
     }
     let (mut i, mut j, mut out) = (0, 0, String::new());
+    // The header of the table being walked, until a changed row of it has printed it.
+    let mut header: Option<&str> = None;
     while i < a.len() || j < b.len() {
         if i < a.len() && j < b.len() && a[i] == b[j] {
+            if is_table_header(a[i]) {
+                header = Some(a[i]);
+            }
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push_str(&format!("+ {}\n", b[j]));
-            j += 1;
-        } else {
+            continue;
+        }
+        if let Some(h) = header.take() {
+            out.push_str(&format!("  {h}\n"));
+        }
+        if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // The running line first, then what replaces it, as `diff -u` writes them.
             out.push_str(&format!("- {}\n", a[i]));
             i += 1;
+        } else {
+            out.push_str(&format!("+ {}\n", b[j]));
+            j += 1;
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_diff;
+
+    #[test]
+    fn a_changed_line_shows_the_running_one_first() {
+        let old = "HEAD\napi 5/s\ndns 200/s\n";
+        let new = "HEAD\napi 8/s\ndns 200/s\nicmp 10/s\n";
+        assert_eq!(line_diff(old, new), "- api 5/s\n+ api 8/s\n+ icmp 10/s\n");
+        assert_eq!(line_diff(new, old), "- api 8/s\n+ api 5/s\n- icmp 10/s\n");
+        assert_eq!(line_diff(old, old), "");
+    }
+
+    #[test]
+    fn changed_rows_come_under_their_tables_header() {
+        let old = "defaults: enforce\nRULE  PROTO  PORTS\napi   tcp    8080\ndns   udp    53\n\
+                   ENDPOINT  METHODS  PATH\nlogin     POST     /login\nSIGNAL  KEY\nfailed  ip\n";
+        let new = "defaults: enforce\nRULE  PROTO  PORTS\napi   tcp    8081\ndns   udp    53\n\
+                   ENDPOINT  METHODS  PATH\nlogin     POST     /login\nSIGNAL  KEY\nfailed  user\n";
+        assert_eq!(
+            line_diff(old, new),
+            "  RULE  PROTO  PORTS\n- api   tcp    8080\n+ api   tcp    8081\n\
+             \x20 SIGNAL  KEY\n- failed  ip\n+ failed  user\n"
+        );
+        // A changed line outside the tables has no header.
+        assert_eq!(
+            line_diff("defaults: enforce\n", "defaults: monitor\n"),
+            "- defaults: enforce\n+ defaults: monitor\n"
+        );
+    }
 }

@@ -44,7 +44,7 @@ use shield_user::{control, loader};
 ///
 /// Application layer (`[app]`, `[[endpoint]]`, `[[signal]]` in the policy): `shield run`
 /// serves the app socket (0660 root:`[app] group`) that the web app's middleware asks for a
-/// decision per request (hello, decide, report only); repeat offenders are banned at the
+/// decision per request (hello, decide, report, release only); repeat offenders are banned at the
 /// NIC (origin app) or, behind a trusted proxy, with 403s. docs/operations.md has it all.
 ///
 /// Control socket (`--socket`, default /run/shield/shield.sock, root only): line-delimited

@@ -150,13 +150,24 @@ fn watch_stats(
                 "  {:<20} {:>12} {:>14}\n",
                 "RULE", "REASON", "PACKETS/S"
             ));
+            if first {
+                // No earlier reading yet: a rate here would be a made-up 0.0.
+                out.push_str(&format!(
+                    "  (reasons counted so far; per-second rates from the next refresh, in {secs} s)\n"
+                ));
+            }
             for r in &s.rules {
                 for (reason, c) in &r.counters {
                     let key = (i.clone(), r.name.clone(), *reason);
                     let prev = before.insert(key, c.packets).unwrap_or(c.packets);
                     let rate = c.packets.saturating_sub(prev) as f64 / secs as f64;
                     if c.packets > 0 && (rate > 0.0 || first) {
-                        out.push_str(&format!("  {:<20} {:>12} {:>14.1}\n", r.name, reason, rate));
+                        let rate = if first {
+                            "-".to_string()
+                        } else {
+                            format!("{rate:.1}")
+                        };
+                        out.push_str(&format!("  {:<20} {:>12} {:>14}\n", r.name, reason, rate));
                     }
                 }
             }

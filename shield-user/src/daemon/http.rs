@@ -9,7 +9,10 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::metrics::{Sources, render};
+use crate::{
+    exposition,
+    metrics::{Sources, render},
+};
 
 /// A connection gets this long for its requests (a stalled client cannot pile up).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +75,12 @@ async fn respond<B>(
     cache: Arc<Rendered>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = if req.uri().path() == "/metrics" {
+        // Prometheus asks for OpenMetrics; curl and promtool get the classic text format.
+        let accept = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         // One rendering at a time (the lock is held across it), reused for a second.
         let mut last = cache.lock().await;
         let text = match last.as_ref() {
@@ -87,9 +96,10 @@ async fn respond<B>(
             }
         };
         drop(last);
+        let (content_type, body) = exposition::negotiate(accept.as_deref(), &text);
         Response::builder()
-            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(text.as_str().to_owned())))
+            .header("Content-Type", content_type)
+            .body(Full::new(Bytes::from(body)))
     } else {
         Response::builder()
             .status(404)

@@ -239,8 +239,14 @@ pub(crate) fn reloaded(
         deny: policy.deny.len(),
         port_slots_written: done.ports_written,
         lists_swapped: done.lists_swapped,
-        took_ms: took.as_secs_f64() * 1000.0,
+        took_ms: millis(took),
     }
+}
+
+/// A duration in milliseconds to the microsecond, so that the audit line and the reply say
+/// `34.275`, not the float noise of `as_secs_f64() * 1000.0` (`34.275327000000004`).
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Undoes what a failed start did, interface by interface: detaches a program this start
@@ -712,5 +718,24 @@ fn wall_of(ts_ns: u64, mono_now: u64, wall_now: SystemTime) -> SystemTime {
         wall_now
             .checked_sub(Duration::from_nanos(mono_now - ts_ns))
             .unwrap_or(wall_now)
+    }
+}
+
+#[cfg(test)]
+mod millis_tests {
+    use super::*;
+
+    #[test]
+    fn reload_times_are_whole_microseconds_without_float_noise() {
+        let json = |d| serde_json::json!({ "took_ms": millis(d) }).to_string();
+        assert_eq!(
+            json(Duration::from_nanos(34_275_327)),
+            r#"{"took_ms":34.275}"#
+        );
+        assert_eq!(
+            json(Duration::from_nanos(346_572_213)),
+            r#"{"took_ms":346.572}"#
+        );
+        assert_eq!(json(Duration::from_secs(5)), r#"{"took_ms":5000.0}"#);
     }
 }
