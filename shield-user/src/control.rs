@@ -72,10 +72,25 @@ pub enum Request {
     AppStats {},
 }
 
-/// `ping`.
+/// `ping`: the daemon is up (it answers once its program is attached and the control socket
+/// listens), and which interfaces it protects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pong {
     pub pong: bool,
+    /// Every interface the daemon runs on (none: app-only mode).
+    #[serde(default)]
+    pub interfaces: Vec<PingIface>,
+}
+
+/// One interface of `Pong`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingIface {
+    pub iface: String,
+    /// The daemon's program still runs there.
+    pub protected: bool,
+    /// Why not (`shield detach`, the interface gone or renamed), when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
 }
 
 /// `reload`: what the install did.
@@ -293,11 +308,24 @@ mod tests {
 
     #[test]
     fn replies_round_trip_through_their_types() {
-        let r = Reply::Pong(Pong { pong: true });
+        let r = Reply::Pong(Pong {
+            pong: true,
+            interfaces: vec![PingIface {
+                iface: "eth0".into(),
+                protected: true,
+                lost: None,
+            }],
+        });
         let line = encode(&Ok(r));
-        assert_eq!(line, "{\"ok\":true,\"pong\":true}\n");
+        assert_eq!(
+            line,
+            "{\"interfaces\":[{\"iface\":\"eth0\",\"protected\":true}],\"ok\":true,\"pong\":true}\n"
+        );
         let p: Pong = serde_json::from_str(&line).expect("pong");
-        assert!(p.pong);
+        assert!(p.pong && p.interfaces[0].protected);
+        // An older daemon's reply (no interfaces) still reads.
+        let p: Pong = serde_json::from_str("{\"ok\":true,\"pong\":true}").expect("old pong");
+        assert!(p.pong && p.interfaces.is_empty());
         assert_eq!(
             encode(&Err("no".into())),
             "{\"error\":\"no\",\"ok\":false}\n"

@@ -467,6 +467,11 @@ fn states_are_honest_after_a_stop_a_detach_and_without_permission() {
     assert!(err.contains("permission denied"), "{err}");
     assert!(!err.contains("not running"), "{err}");
 
+    // Ready and protecting: `shield ping` exits 0 and names the interface.
+    let (code, out, err) = ping(&socket, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("{SERVER_IF}: protected")), "{out}");
+
     // `shield detach` behind the daemon's back: it notices once, and refuses to pretend.
     let (ok, _, err) = lab.shield(&["detach", SERVER_IF, "--bpffs", &bpffs]);
     assert!(ok, "{err}");
@@ -479,6 +484,25 @@ fn states_are_honest_after_a_stop_a_detach_and_without_permission() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `ping` says the interface is no longer protected (exit 2), and `stats`, whose pins
+    // are gone, says why instead of printing what little is left.
+    let (code, out, err) = ping(&socket, &[]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        out.contains(&format!("{SERVER_IF}: NOT PROTECTED")) && out.contains("was detached"),
+        "{out}"
+    );
+    let stats = Command::new(shield_bin())
+        .args(["stats", "--bpffs", &bpffs, "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("stats");
+    let err = String::from_utf8_lossy(&stats.stderr);
+    assert!(!stats.status.success(), "{err}");
+    assert!(
+        err.contains("no longer protects its interfaces") && err.contains("was detached"),
+        "{err}"
+    );
     for args in [
         vec!["reload"],
         vec!["ban", "192.0.2.10", "--for", "1m"],
@@ -535,6 +559,27 @@ fn states_are_honest_after_a_stop_a_detach_and_without_permission() {
         err.contains("detached") && err.contains("not enforced"),
         "{err}"
     );
+    // No daemon: `ping` exits 1, at once or after --wait.
+    for wait in [&[][..], &["--wait", "1"][..]] {
+        let (code, out, err) = ping(&socket, wait);
+        assert_eq!(code, Some(1), "{wait:?}: {out}{err}");
+        assert!(err.contains("not running"), "{wait:?}: {err}");
+    }
+}
+
+/// `shield ping --socket SOCKET EXTRA…`: exit code, stdout, stderr.
+fn ping(socket: &std::path::Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(shield_bin())
+        .args(["ping", "--socket"])
+        .arg(socket)
+        .args(extra)
+        .output()
+        .expect("shield ping");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! else `cargo xtask package` is run here.
 
 use std::{
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -166,6 +167,13 @@ fn the_package_installs_runs_and_removes_cleanly() {
         conffiles.contains("/etc/shield/policy.toml"),
         "conffiles: {conffiles}"
     );
+    // Root's alone: a `[fleet]` Redis URL in it may hold a password.
+    let mode = std::fs::metadata("/etc/shield/policy.toml")
+        .expect("stat /etc/shield/policy.toml")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o600, "/etc/shield/policy.toml mode {mode:o}");
     let o = run("/usr/bin/shield", &["check", "/etc/shield/policy.toml"]);
     assert!(o.status.success(), "shield check: {}", text(&o));
     assert!(text(&o).contains("monitor"), "{}", text(&o));

@@ -6,6 +6,7 @@ mod bans;
 mod check;
 mod detach;
 mod help;
+mod ping;
 mod reload;
 mod run;
 mod stats;
@@ -129,6 +130,15 @@ pub enum Command {
     /// kept) for `shield check --diff FILE` and a reload. Needs root and the running daemon
     /// (for its policy); run it in the interface's network namespace.
     Tune(tune::TuneArgs),
+    /// Whether the daemon is up and protects every interface it runs on (for scripts).
+    ///
+    /// Exit 0: it answers and its program runs on each of its interfaces (or it serves the
+    /// application layer alone); 2: it answers, but an interface lost its program (`shield
+    /// detach`, the interface gone or renamed: each is named with why); 1: no daemon answers
+    /// on the socket (after --wait), or the socket refuses the caller. A daemon answers once
+    /// its program is attached and its control socket listens, so `shield ping --wait 30`
+    /// after starting it waits for it to be ready.
+    Ping(ping::PingArgs),
     /// Print this help, or the help of the given command (`shield help ban`).
     Help(help::HelpArgs),
     /// Write the man pages and shell completions (for packaging; `cargo xtask package`).
@@ -169,6 +179,7 @@ impl Command {
             Command::Check(a) => check::run(a),
             Command::Stats(a) => stats::run(a),
             Command::Tune(a) => tune::run(a),
+            Command::Ping(a) => ping::run(a),
             Command::Help(a) => help::run(a),
             Command::GenerateAssets(a) => assets::run(a),
         }

@@ -35,9 +35,24 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
     }
     let ifaces = match interfaces(&bpffs, iface.as_deref()) {
         Ok(v) => v,
-        // An app-only daemon (`shield run` without --iface): no pinned maps, its counters.
-        Err(_) if iface.is_none() && app_counters(&socket).is_ok() => Vec::new(),
-        Err(e) => return Err(e),
+        Err(e) => match daemon_interfaces(&socket) {
+            // An app-only daemon (`shield run` without --iface): no pinned maps, its counters.
+            Some(d) if d.is_empty() && iface.is_none() && app_counters(&socket).is_ok() => {
+                Vec::new()
+            }
+            // A daemon that lost its interfaces (`shield detach` removed the pins): say so.
+            Some(d) if d.iter().any(|i| i.lost.is_some()) => {
+                let why: Vec<String> = d
+                    .iter()
+                    .filter_map(|i| i.lost.as_ref().map(|w| format!("{}: {w}", i.iface)))
+                    .collect();
+                return Err(e.context(format!(
+                    "the running daemon no longer protects its interfaces ({}); restart `shield run`",
+                    why.join("; ")
+                )));
+            }
+            _ => return Err(e),
+        },
     };
     let mut all = stats::Stats {
         interfaces: Vec::new(),
@@ -71,6 +86,13 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
         print!("{}", app_table(&app));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The interfaces the daemon answering on `socket` runs on (`ping`), if one answers.
+fn daemon_interfaces(socket: &std::path::Path) -> Option<Vec<control::PingIface>> {
+    control::call::<control::Pong>(socket, &control::Request::Ping {})
+        .ok()
+        .map(|p| p.interfaces)
 }
 
 /// The app layer's counters from the daemon (they are not in pinned maps), or why not.

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     audit::AuditLog,
-    control::{Pong, Reply, Request, RunningPolicy},
+    control::{PingIface, Pong, Reply, Request, RunningPolicy},
     metrics::{DaemonCounters, Sources},
     policy,
 };
@@ -398,7 +398,22 @@ impl Owner {
     fn request(&mut self, req: Request, answer: Answer, job: &mut Option<JoinHandle<JobOut>>) {
         match req {
             Request::Ping {} => {
-                let _ = answer.send(Ok(Reply::Pong(Pong { pong: true })));
+                let interfaces = self
+                    .instances
+                    .iter()
+                    .map(|i| {
+                        let lost = self.lost.get(&i.iface).cloned();
+                        PingIface {
+                            iface: i.iface.clone(),
+                            protected: lost.is_none(),
+                            lost,
+                        }
+                    })
+                    .collect();
+                let _ = answer.send(Ok(Reply::Pong(Pong {
+                    pong: true,
+                    interfaces,
+                })));
             }
             Request::Policy {} => {
                 let _ = answer.send(Ok(Reply::Policy(RunningPolicy {

@@ -146,7 +146,12 @@ impl Owner {
             "event": "reload", "trigger": trigger, "policy": self.path.display().to_string(),
             "result": "error", "error": e,
         }));
-        warn!("reload ({trigger}) rejected, previous policy stays in force: {e}");
+        if self.lost.is_empty() {
+            warn!("reload ({trigger}) rejected, previous policy stays in force: {e}");
+        } else {
+            // Nothing is in force where the program was lost: do not say it stays.
+            warn!("reload ({trigger}) refused: {e}");
+        }
     }
 }
 
