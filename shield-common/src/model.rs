@@ -96,7 +96,7 @@ pub enum Transport {
         syn_only: bool,
         data: bool,
         /// No IPv4 options or IPv6 extension headers, not a fragment: a SYN that can be
-        /// answered with a RST.
+        /// answered with a RST (if neither RST nor FIN is set).
         plain: bool,
     },
     Udp {
@@ -207,8 +207,9 @@ fn v4(f: &[u8], off: usize) -> Option<Parsed> {
         p.transport = Transport::BadFragment;
         return Some(p);
     }
-    p.transport = transport(f, off + hlen, total - hlen, proto)?;
-    plain(&mut p, hlen == 20 && frag & 0xbfff == 0);
+    p.transport = transport(f, off + hlen, total - hlen, !more, proto)?;
+    // DF and the reserved flag: still plain (not a fragment).
+    plain(&mut p, hlen == 20 && frag & 0x3fff == 0);
     Some(p)
 }
 
@@ -271,17 +272,25 @@ fn v6(f: &[u8], off: usize) -> Option<Parsed> {
         p.transport = Transport::BadFragment;
         return Some(p);
     }
-    p.transport = transport(f, at, len, next)?;
+    p.transport = transport(f, at, len, !first_fragment, next)?;
     plain(&mut p, ip[6] == 6);
     Some(p)
 }
 
-fn transport(f: &[u8], at: usize, len: usize, proto: u8) -> Option<Transport> {
+/// The transport header at `at`, `len` bytes before the IP payload ends. `whole`: not a
+/// first fragment. A whole packet's transport header (TCP: as long as its data offset
+/// says) must lie inside the IP payload, as the kernel requires: one the IP length leaves
+/// out (bytes in the Ethernet padding) is malformed. A first fragment needs only `needed`
+/// bytes (its TCP options may follow in the next fragment).
+fn transport(f: &[u8], at: usize, len: usize, whole: bool, proto: u8) -> Option<Transport> {
+    if whole && len < needed(proto) {
+        return None;
+    }
     Some(match proto {
         6 => {
             let t = get(f, at, 20)?;
             let doff = usize::from(t[12] >> 4);
-            if doff < 5 {
+            if doff < 5 || (whole && len < doff * 4) {
                 return None;
             }
             Transport::Tcp {
@@ -580,8 +589,10 @@ impl Model {
             other => other,
         };
         // `over_limit = "reset"`: a refused SYN of a verified source, once a second per
-        // source, within the rule's `resets` cap, if it carries no IP options/extensions.
-        let plain_syn = matches!(p.transport, Transport::Tcp { plain: true, .. });
+        // source, within the rule's `resets` cap, if it carries no IP options/extensions
+        // and is a connection request to a listener (neither RST nor FIN set).
+        let plain_syn = matches!(p.transport, Transport::Tcp { plain: true, .. })
+            && handshake(frame).is_some_and(|h| h.flags & 0x05 == 0);
         if matches!(reason, Reason::ConnLimit | Reason::PktLimit)
             && conn
             && plain_syn
@@ -837,6 +848,25 @@ mod tests {
             })
         ));
         assert_eq!(parse(&full[..20]), Frame::Malformed);
+        // Not a fragment, IP length 20: the TCP header lies past the IP packet (in what
+        // would be Ethernet padding): malformed, as the kernel discards it.
+        let mut padded = full.clone();
+        padded[14 + 6] = 0;
+        padded[14 + 3] = 20;
+        assert_eq!(parse(&padded), Frame::Malformed);
+        // So is a data offset past the IP payload; a first fragment's may be (its options
+        // follow in the next fragment).
+        let mut options_cut = full.clone();
+        options_cut[14 + 20 + 12] = 10 << 4;
+        assert!(matches!(
+            parse(&options_cut),
+            Frame::Ip(Parsed {
+                transport: Transport::Tcp { dport: 8080, .. },
+                ..
+            })
+        ));
+        options_cut[14 + 6] = 0;
+        assert_eq!(parse(&options_cut), Frame::Malformed);
         let mut arp = full.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(parse(&arp), Frame::NotIp);
