@@ -150,7 +150,9 @@ fn is_ext(proto: u8) -> bool {
 }
 
 /// Parses a frame: Ethernet, up to two VLAN tags, IPv4 (options, fragments) or IPv6 (up to
-/// 8 extension headers), then the transport header the rules need.
+/// 8 extension headers), then the transport header the rules need. Malformed: a frame
+/// shorter than its IP length, or a whole packet whose transport header the IP length
+/// leaves out (see `transport`).
 pub fn parse(f: &[u8]) -> Frame {
     let Some(eth) = get(f, 0, 14) else {
         return Frame::Malformed;
@@ -183,7 +185,8 @@ fn v4(f: &[u8], off: usize) -> Option<Parsed> {
     }
     let hlen = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(be16(&ip[2..]));
-    if hlen < 20 || total < hlen {
+    // A frame shorter than its IP length is truncated: the kernel drops it.
+    if hlen < 20 || total < hlen || off + total > f.len() {
         return None;
     }
     get(f, off, hlen)?;
@@ -232,6 +235,9 @@ fn v6(f: &[u8], off: usize) -> Option<Parsed> {
         transport: Transport::None,
     };
     let end = off + 40 + usize::from(be16(&ip[4..]));
+    if end > f.len() {
+        return None;
+    }
     let mut next = ip[6];
     let mut at = off + 40;
     let mut first_fragment = false;

@@ -309,3 +309,53 @@ fn a_syn_with_the_ipv4_reserved_flag_is_answered_by_both_paths() {
     );
     assert_eq!(h.count("cookie", Reason::SynCookie).packets, 1);
 }
+
+/// A frame shorter than its IP length (IPv4 total length, IPv6 payload length) is a
+/// truncated packet the kernel drops before any transport sees it: malformed, never
+/// judged against its source nor answered, whatever headers the frame holds.
+#[test]
+fn a_frame_shorter_than_its_ip_length_is_malformed_never_judged_nor_answered() {
+    let h = Harness::frozen(POLICY, T0);
+    let long = |src: &str, dport: u16, by: u16| {
+        let mut f = Pkt::new(src, L4::syn(dport)).bytes();
+        let at = if src.contains(':') { V6_LEN } else { V4_LEN };
+        let len = u16::from_be_bytes([f[at], f[at + 1]]);
+        set16(&mut f, at, len + by);
+        f
+    };
+    for src in ["192.0.2.60", "2001:db8:60::1"] {
+        assert_eq!(h.run(&Pkt::new(src, L4::syn(8080)).bytes()), XDP_PASS);
+        for by in [1u16, 1000] {
+            assert_eq!(
+                h.run(&long(src, 8080, by)),
+                XDP_PASS,
+                "{src}: {by} bytes short"
+            );
+        }
+        // Through the general parser too (a VLAN tag, an IPv4 option or an extension
+        // header take a frame off the inline paths).
+        let mut tagged = Pkt::new(src, L4::syn(8080)).vlans(&[7]).bytes();
+        let at = if src.contains(':') {
+            V6_LEN + 4
+        } else {
+            V4_LEN + 4
+        };
+        set16(&mut tagged, at, 2000);
+        assert_eq!(h.run(&tagged), XDP_PASS, "{src}: tagged, short");
+    }
+    assert_eq!(h.count("(none)", Reason::Malformed).packets, 6);
+    assert_eq!(h.count("api", Reason::ConnLimit).packets, 0);
+    // Over the `syncookie` budget: no SYN-ACK for it.
+    assert_eq!(
+        h.run(&Pkt::new("203.0.113.60", L4::syn(8443)).bytes()),
+        XDP_PASS
+    );
+    assert_eq!(h.run(&long("203.0.113.61", 8443, 1)), XDP_PASS);
+    assert_eq!(h.count("cookie", Reason::SynCookie).packets, 0);
+    assert_eq!(h.count("(none)", Reason::Malformed).packets, 7);
+    // The whole frame is judged (and answered) as before.
+    assert_eq!(
+        h.run(&Pkt::new("203.0.113.61", L4::syn(8443)).bytes()),
+        XDP_TX
+    );
+}
