@@ -8,7 +8,7 @@
 //!
 //! Not modelled: socket lookups (the fuzzer's frames never match an established socket:
 //! sources are verified only by the fuzzer writing the verified set, in both), SYN
-//! cookies' values (the fuzzer's ACKs never carry a valid one: every bare ACK of an
+//! cookies' values (the fuzzer's ACKs never carry a valid one: every segment with ACK of an
 //! unverified source that a `syncookie` rule checks is `bad_cookie`), map capacities (the
 //! fuzzer stays far below them) and the bytes of a RST (`over_limit = "reset"`: the verdict
 //! `TX` is modelled, the reply's bytes are checked by the PROG_RUN tests and the fuzzer).
@@ -41,9 +41,6 @@ pub struct Handshake {
     pub flags: u8,
     /// The whole TCP header (`doff` words) is inside the frame.
     pub whole_header: bool,
-    /// Bytes of payload by the IP length fields (negative when they are smaller than the
-    /// headers).
-    pub payload: i32,
 }
 
 /// SYN, ACK, RST, FIN: the flags that tell handshake segments apart.
@@ -60,20 +57,20 @@ pub fn handshake(f: &[u8]) -> Option<Handshake> {
         ethertype = be16(get(f, off + 2, 2)?);
         off += 4;
     }
-    let (th, ip_payload) = match ethertype {
+    let th = match ethertype {
         0x0800 => {
             let ip = get(f, off, 20)?;
             if ip[0] != 0x45 || ip[6] & 0x3f != 0 || ip[7] != 0 || ip[9] != 6 {
                 return None;
             }
-            (off + 20, i32::from(be16(&ip[2..])) - 20)
+            off + 20
         }
         0x86dd => {
             let ip = get(f, off, 40)?;
             if ip[6] != 6 {
                 return None;
             }
-            (off + 40, i32::from(be16(&ip[4..])))
+            off + 40
         }
         _ => return None,
     };
@@ -82,7 +79,6 @@ pub fn handshake(f: &[u8]) -> Option<Handshake> {
     Some(Handshake {
         flags: tcp[13],
         whole_header: th + doff <= f.len(),
-        payload: ip_payload - doff as i32,
     })
 }
 
@@ -559,19 +555,15 @@ impl Model {
                 return self.verdict(rule_id, Reason::UnverifiedLimit, monitor, len);
             }
         }
-        // `syncookie`: a bare ACK from an unverified source that no socket holds must carry
-        // a valid cookie; the fuzzer's never do.
-        let data = matches!(p.transport, Transport::Tcp { data: true, .. });
+        // `syncookie`: a segment with ACK and without SYN (data, FIN or RST or not) from an
+        // unverified source that no socket holds must carry a valid cookie, as SYNPROXY
+        // requires; the fuzzer's never do.
         if cookies
             && !is_verified
             && rule.unverified.is_enabled()
             && matches!(p.transport, Transport::Tcp { .. })
             && !conn
-            && !data
-            && matches!(
-                handshake(frame),
-                Some(h) if h.flags & HANDSHAKE_FLAGS == 0x10 && h.payload <= 0
-            )
+            && matches!(handshake(frame), Some(h) if h.flags & 0x12 == 0x10)
         {
             return self.verdict(rule_id, Reason::BadCookie, monitor, len);
         }

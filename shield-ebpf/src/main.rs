@@ -279,12 +279,17 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
                 let action = syncookie::over_budget(ctx, pkt, rule_id, rule, monitor, len, now);
                 return Ok(action);
             }
-        } else if pkt.tcp_data {
-            prove(ctx, pkt, &vkey, now);
-        } else if let Some(action) =
-            syncookie::bare_ack(ctx, pkt, rule_id, rule, monitor, now, verified_ttl, len)
-        {
-            return Ok(action);
+        } else {
+            if pkt.tcp_data {
+                prove(ctx, pkt, &vkey, now);
+            }
+            // Then, data or not, a segment with ACK of a source still unverified must
+            // carry a valid cookie to a `syncookie` rule (as SYNPROXY requires).
+            if let Some(action) =
+                syncookie::bare_ack(ctx, pkt, rule_id, rule, monitor, now, verified_ttl, len)
+            {
+                return Ok(action);
+            }
         }
     }
 

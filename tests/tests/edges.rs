@@ -359,3 +359,82 @@ fn a_frame_shorter_than_its_ip_length_is_malformed_never_judged_nor_answered() {
         XDP_TX
     );
 }
+
+/// A segment with ACK from an unverified source, no socket, to a `syncookie` rule: `flags`,
+/// sequence `seq`, acknowledging `ack`, with `payload`.
+fn ack_segment(src: &str, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Pkt::new(src, L4::Tcp { dport: 8443, flags }).bytes();
+    let (th, len_at) = if src.contains(':') {
+        (54, V6_LEN)
+    } else {
+        (34, V4_LEN)
+    };
+    f[th + 4..th + 8].copy_from_slice(&seq.to_be_bytes());
+    f[th + 8..th + 12].copy_from_slice(&ack.to_be_bytes());
+    f.extend_from_slice(payload);
+    let len = u16::from_be_bytes([f[len_at], f[len_at + 1]]);
+    set16(&mut f, len_at, len + payload.len() as u16);
+    f
+}
+
+/// Netfilter's SYNPROXY (`synproxy` in shield's nftables table) takes every segment with
+/// ACK (and no SYN) that no connection holds for a handshake's last ACK and checks its
+/// cookie, data, FIN or RST or not: so does XDP. A spoofed flood cannot slip past the
+/// cookie check with a byte of payload or a FIN, while a real client's ACK carrying data
+/// with a valid cookie verifies it as a bare one does.
+fn ack_cookie_round(src: &str, other: &str) {
+    let h = Harness::frozen(POLICY, T0);
+    assert_eq!(h.run(&Pkt::new(other, L4::syn(8443)).bytes()), XDP_PASS);
+    let forged = [
+        ("bare ACK", 0x10u8, &b""[..]),
+        ("ACK with data", 0x10, &b"GET / HTTP/1.0\r\n\r\n"[..]),
+        ("PSH+ACK with data", 0x18, &b"x"[..]),
+        ("FIN+ACK", 0x11, &b""[..]),
+        ("RST+ACK", 0x14, &b""[..]),
+    ];
+    for (i, (what, flags, payload)) in forged.iter().enumerate() {
+        assert_eq!(
+            h.run(&ack_segment(src, *flags, 1, 0x1234_5678, payload)),
+            XDP_DROP,
+            "{src}: {what} with a bad cookie"
+        );
+        assert_eq!(
+            h.count("cookie", Reason::BadCookie).packets,
+            i as u64 + 1,
+            "{what}"
+        );
+    }
+    // Segments without ACK are not a handshake's last ACK: judged as before.
+    assert_eq!(
+        h.run(&ack_segment(src, 0x04, 1, 0, &[])),
+        XDP_PASS,
+        "bare RST"
+    );
+    // A real client: its SYN over the budget gets a cookie; its ACK carries data.
+    let (action, out) = h.run_out(&Pkt::new(src, L4::syn(8443)).bytes());
+    assert_eq!(action, XDP_TX);
+    let th = if src.contains(':') { 54 } else { 34 };
+    let cookie = u32::from_be_bytes([out[th + 4], out[th + 5], out[th + 6], out[th + 7]]);
+    let before = h.stats().verifications;
+    assert_eq!(
+        h.run(&ack_segment(src, 0x18, 1, cookie.wrapping_add(1), b"GET /")),
+        XDP_PASS,
+        "{src}: data with a valid cookie"
+    );
+    assert_eq!(
+        h.stats().verifications,
+        before + 1,
+        "a valid cookie verifies"
+    );
+    assert_eq!(h.count("cookie", Reason::BadCookie).packets, 5);
+}
+
+#[test]
+fn every_ack_of_an_unverified_source_needs_a_valid_cookie_v4() {
+    ack_cookie_round("203.0.113.90", "203.0.113.91");
+}
+
+#[test]
+fn every_ack_of_an_unverified_source_needs_a_valid_cookie_v6() {
+    ack_cookie_round("2001:db8:90::1", "2001:db8:91::1");
+}
