@@ -8,7 +8,7 @@
 //!
 //! Not modelled: socket lookups (the fuzzer's frames never match an established socket:
 //! sources are verified only by the fuzzer writing the verified set, in both), SYN
-//! cookies' values (the fuzzer's ACKs never carry a valid one: every bare ACK of an
+//! cookies' values (the fuzzer's ACKs never carry a valid one: every segment with ACK of an
 //! unverified source that a `syncookie` rule checks is `bad_cookie`), map capacities (the
 //! fuzzer stays far below them) and the bytes of a RST (`over_limit = "reset"`: the verdict
 //! `TX` is modelled, the reply's bytes are checked by the PROG_RUN tests and the fuzzer).
@@ -41,9 +41,6 @@ pub struct Handshake {
     pub flags: u8,
     /// The whole TCP header (`doff` words) is inside the frame.
     pub whole_header: bool,
-    /// Bytes of payload by the IP length fields (negative when they are smaller than the
-    /// headers).
-    pub payload: i32,
 }
 
 /// SYN, ACK, RST, FIN: the flags that tell handshake segments apart.
@@ -60,20 +57,20 @@ pub fn handshake(f: &[u8]) -> Option<Handshake> {
         ethertype = be16(get(f, off + 2, 2)?);
         off += 4;
     }
-    let (th, ip_payload) = match ethertype {
+    let th = match ethertype {
         0x0800 => {
             let ip = get(f, off, 20)?;
             if ip[0] != 0x45 || ip[6] & 0x3f != 0 || ip[7] != 0 || ip[9] != 6 {
                 return None;
             }
-            (off + 20, i32::from(be16(&ip[2..])) - 20)
+            off + 20
         }
         0x86dd => {
             let ip = get(f, off, 40)?;
             if ip[6] != 6 {
                 return None;
             }
-            (off + 40, i32::from(be16(&ip[4..])))
+            off + 40
         }
         _ => return None,
     };
@@ -82,7 +79,6 @@ pub fn handshake(f: &[u8]) -> Option<Handshake> {
     Some(Handshake {
         flags: tcp[13],
         whole_header: th + doff <= f.len(),
-        payload: ip_payload - doff as i32,
     })
 }
 
@@ -96,7 +92,7 @@ pub enum Transport {
         syn_only: bool,
         data: bool,
         /// No IPv4 options or IPv6 extension headers, not a fragment: a SYN that can be
-        /// answered with a RST.
+        /// answered with a RST (if neither RST nor FIN is set).
         plain: bool,
     },
     Udp {
@@ -150,7 +146,9 @@ fn is_ext(proto: u8) -> bool {
 }
 
 /// Parses a frame: Ethernet, up to two VLAN tags, IPv4 (options, fragments) or IPv6 (up to
-/// 8 extension headers), then the transport header the rules need.
+/// 8 extension headers), then the transport header the rules need. Malformed: a frame
+/// shorter than its IP length, or a whole packet whose transport header the IP length
+/// leaves out (see `transport`).
 pub fn parse(f: &[u8]) -> Frame {
     let Some(eth) = get(f, 0, 14) else {
         return Frame::Malformed;
@@ -183,7 +181,8 @@ fn v4(f: &[u8], off: usize) -> Option<Parsed> {
     }
     let hlen = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(be16(&ip[2..]));
-    if hlen < 20 || total < hlen {
+    // A frame shorter than its IP length is truncated: the kernel drops it.
+    if hlen < 20 || total < hlen || off + total > f.len() {
         return None;
     }
     get(f, off, hlen)?;
@@ -207,8 +206,9 @@ fn v4(f: &[u8], off: usize) -> Option<Parsed> {
         p.transport = Transport::BadFragment;
         return Some(p);
     }
-    p.transport = transport(f, off + hlen, total - hlen, proto)?;
-    plain(&mut p, hlen == 20 && frag & 0xbfff == 0);
+    p.transport = transport(f, off + hlen, total - hlen, !more, proto)?;
+    // DF and the reserved flag: still plain (not a fragment).
+    plain(&mut p, hlen == 20 && frag & 0x3fff == 0);
     Some(p)
 }
 
@@ -231,6 +231,9 @@ fn v6(f: &[u8], off: usize) -> Option<Parsed> {
         transport: Transport::None,
     };
     let end = off + 40 + usize::from(be16(&ip[4..]));
+    if end > f.len() {
+        return None;
+    }
     let mut next = ip[6];
     let mut at = off + 40;
     let mut first_fragment = false;
@@ -271,17 +274,25 @@ fn v6(f: &[u8], off: usize) -> Option<Parsed> {
         p.transport = Transport::BadFragment;
         return Some(p);
     }
-    p.transport = transport(f, at, len, next)?;
+    p.transport = transport(f, at, len, !first_fragment, next)?;
     plain(&mut p, ip[6] == 6);
     Some(p)
 }
 
-fn transport(f: &[u8], at: usize, len: usize, proto: u8) -> Option<Transport> {
+/// The transport header at `at`, `len` bytes before the IP payload ends. `whole`: not a
+/// first fragment. A whole packet's transport header (TCP: as long as its data offset
+/// says) must lie inside the IP payload, as the kernel requires: one the IP length leaves
+/// out (bytes in the Ethernet padding) is malformed. A first fragment needs only `needed`
+/// bytes (its TCP options may follow in the next fragment).
+fn transport(f: &[u8], at: usize, len: usize, whole: bool, proto: u8) -> Option<Transport> {
+    if whole && len < needed(proto) {
+        return None;
+    }
     Some(match proto {
         6 => {
             let t = get(f, at, 20)?;
             let doff = usize::from(t[12] >> 4);
-            if doff < 5 {
+            if doff < 5 || (whole && len < doff * 4) {
                 return None;
             }
             Transport::Tcp {
@@ -544,19 +555,15 @@ impl Model {
                 return self.verdict(rule_id, Reason::UnverifiedLimit, monitor, len);
             }
         }
-        // `syncookie`: a bare ACK from an unverified source that no socket holds must carry
-        // a valid cookie; the fuzzer's never do.
-        let data = matches!(p.transport, Transport::Tcp { data: true, .. });
+        // `syncookie`: a segment with ACK and without SYN (data, FIN or RST or not) from an
+        // unverified source that no socket holds must carry a valid cookie, as SYNPROXY
+        // requires; the fuzzer's never do.
         if cookies
             && !is_verified
             && rule.unverified.is_enabled()
             && matches!(p.transport, Transport::Tcp { .. })
             && !conn
-            && !data
-            && matches!(
-                handshake(frame),
-                Some(h) if h.flags & HANDSHAKE_FLAGS == 0x10 && h.payload <= 0
-            )
+            && matches!(handshake(frame), Some(h) if h.flags & 0x12 == 0x10)
         {
             return self.verdict(rule_id, Reason::BadCookie, monitor, len);
         }
@@ -580,8 +587,10 @@ impl Model {
             other => other,
         };
         // `over_limit = "reset"`: a refused SYN of a verified source, once a second per
-        // source, within the rule's `resets` cap, if it carries no IP options/extensions.
-        let plain_syn = matches!(p.transport, Transport::Tcp { plain: true, .. });
+        // source, within the rule's `resets` cap, if it carries no IP options/extensions
+        // and is a connection request to a listener (neither RST nor FIN set).
+        let plain_syn = matches!(p.transport, Transport::Tcp { plain: true, .. })
+            && handshake(frame).is_some_and(|h| h.flags & 0x05 == 0);
         if matches!(reason, Reason::ConnLimit | Reason::PktLimit)
             && conn
             && plain_syn
@@ -837,6 +846,25 @@ mod tests {
             })
         ));
         assert_eq!(parse(&full[..20]), Frame::Malformed);
+        // Not a fragment, IP length 20: the TCP header lies past the IP packet (in what
+        // would be Ethernet padding): malformed, as the kernel discards it.
+        let mut padded = full.clone();
+        padded[14 + 6] = 0;
+        padded[14 + 3] = 20;
+        assert_eq!(parse(&padded), Frame::Malformed);
+        // So is a data offset past the IP payload; a first fragment's may be (its options
+        // follow in the next fragment).
+        let mut options_cut = full.clone();
+        options_cut[14 + 20 + 12] = 10 << 4;
+        assert!(matches!(
+            parse(&options_cut),
+            Frame::Ip(Parsed {
+                transport: Transport::Tcp { dport: 8080, .. },
+                ..
+            })
+        ));
+        options_cut[14 + 6] = 0;
+        assert_eq!(parse(&options_cut), Frame::Malformed);
         let mut arp = full.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(parse(&arp), Frame::NotIp);

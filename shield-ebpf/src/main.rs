@@ -112,7 +112,10 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
     let Some(slot) = SHIELD_PACKET.get_ptr_mut(0) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    let parsed = if let Some(p) = parse_plain_v4_tcp(ctx).or_else(|| parse_plain_v6_tcp(ctx)) {
+    let frame_len = len as usize;
+    let parsed = if let Some(p) =
+        parse_plain_v4_tcp(ctx, frame_len).or_else(|| parse_plain_v6_tcp(ctx, frame_len))
+    {
         // SAFETY: the per-CPU slot holds one Packet.
         unsafe { slot.write(p) };
         PARSED_IP
@@ -276,12 +279,17 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
                 let action = syncookie::over_budget(ctx, pkt, rule_id, rule, monitor, len, now);
                 return Ok(action);
             }
-        } else if pkt.tcp_data {
-            prove(ctx, pkt, &vkey, now);
-        } else if let Some(action) =
-            syncookie::bare_ack(ctx, pkt, rule_id, rule, monitor, now, verified_ttl, len)
-        {
-            return Ok(action);
+        } else {
+            if pkt.tcp_data {
+                prove(ctx, pkt, &vkey, now);
+            }
+            // Then, data or not, a segment with ACK of a source still unverified must
+            // carry a valid cookie to a `syncookie` rule (as SYNPROXY requires).
+            if let Some(action) =
+                syncookie::bare_ack(ctx, pkt, rule_id, rule, monitor, now, verified_ttl, len)
+            {
+                return Ok(action);
+            }
         }
     }
 

@@ -292,16 +292,19 @@ pub(crate) fn parse(raw: *mut aya_ebpf::bindings::xdp_md, out: *mut Packet) -> i
 
 /// The frame most floods and most traffic are: untagged Ethernet, IPv4 without options,
 /// not a fragment, TCP. Read with one bounds check and six word loads; `None` for any
-/// other frame (or an invalid one: a TCP data offset under 5, an IP total length under
-/// the header's), which `parse` then judges. What it returns is what `parse_frame`
+/// other frame (or an invalid one: a TCP data offset under 5, an IP total length too short
+/// for the IP and TCP headers), which `parse` then judges. What it returns is what `parse_frame`
 /// returns for the same frame.
 ///
 /// Inlined into the program, unlike `parse`: a BPF-to-BPF call and its return cost about
 /// 10 ns here (every return goes through the kernel's return thunk, as on CPUs with the
 /// SRSO "Safe RET" mitigation), more than this parse itself. BPF_PROG_TEST_RUN of a SYN
 /// over the `unverified` budget: 56-57 ns through `parse`, 47 ns with this path.
+///
+/// `frame_len`: the frame's length. A frame shorter than its IP length is a truncated
+/// packet the kernel drops (`parse` counts it as malformed), whatever headers it holds.
 #[inline(always)]
-pub(crate) fn parse_plain_v4_tcp(ctx: &XdpContext) -> Option<Packet> {
+pub(crate) fn parse_plain_v4_tcp(ctx: &XdpContext, frame_len: usize) -> Option<Packet> {
     // Ethernet (14) + IPv4 without options (20) + TCP without options (20).
     let f = ptr_at::<[u8; ETH_HLEN + 40]>(ctx, 0).ok()? as *const u8;
     // SAFETY: `ptr_at` checked the 54 bytes: the ethertype and the IP header's first
@@ -327,10 +330,12 @@ pub(crate) fn parse_plain_v4_tcp(ctx: &XdpContext) -> Option<Packet> {
     }
     let total_len = be16([w4[0], w4[1]]) as usize;
     let (data_offset, flags) = (t3[0], t3[1]);
-    if total_len < 20 || data_offset >> 4 < 5 {
+    let doff = (data_offset >> 4) as usize * 4;
+    // The TCP header (its data offset) inside the IP packet, the IP packet inside the
+    // frame: else the kernel discards it.
+    if doff < 20 || total_len < 20 + doff || ETH_HLEN + total_len > frame_len {
         return None;
     }
-    let doff = (data_offset >> 4) as usize * 4;
     Some(Packet {
         family: FAMILY_V4,
         // In words: a byte-wise copy into a zeroed array becomes a call to `memset`.
@@ -347,10 +352,10 @@ pub(crate) fn parse_plain_v4_tcp(ctx: &XdpContext) -> Option<Packet> {
 
 /// `parse_plain_v4_tcp` for IPv6: untagged Ethernet, IPv6 whose next header is TCP (no
 /// extension header, so not a fragment). One bounds check over 74 bytes and eight word
-/// loads; `None` for any other frame (or a TCP data offset under 5), which `parse` then
-/// judges. What it returns is what `parse_frame` returns for the same frame.
+/// loads; `None` for any other frame (or a TCP data offset under 5, or past the payload
+/// length, or a frame shorter than the payload length), which `parse` then judges. What it returns is what `parse_frame` returns for the same frame.
 #[inline(always)]
-pub(crate) fn parse_plain_v6_tcp(ctx: &XdpContext) -> Option<Packet> {
+pub(crate) fn parse_plain_v6_tcp(ctx: &XdpContext, frame_len: usize) -> Option<Packet> {
     // Ethernet (14) + IPv6 (40) + TCP without options (20).
     let f = ptr_at::<[u8; ETH_HLEN + 60]>(ctx, 0).ok()? as *const u8;
     // SAFETY: `ptr_at` checked the 74 bytes: the ethertype and the version at 12..16,
@@ -375,10 +380,10 @@ pub(crate) fn parse_plain_v6_tcp(ctx: &XdpContext) -> Option<Packet> {
     }
     let payload_len = be16([w4[0], w4[1]]) as usize;
     let (data_offset, flags) = (t3[0], t3[1]);
-    if data_offset >> 4 < 5 {
+    let doff = (data_offset >> 4) as usize * 4;
+    if doff < 20 || payload_len < doff || ETH_HLEN + 40 + payload_len > frame_len {
         return None;
     }
-    let doff = (data_offset >> 4) as usize * 4;
     Some(Packet {
         family: FAMILY_V6,
         // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
@@ -441,7 +446,8 @@ pub(crate) fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         return Err(());
     }
     let total_len = be16([w0[2], w0[3]]) as usize;
-    if total_len < hlen {
+    // A frame shorter than its IP length: truncated, the kernel drops it.
+    if total_len < hlen || off + total_len > ctx.data_end() - ctx.data() {
         return Err(());
     }
     let frag = be16([w1[2], w1[3]]);
@@ -477,7 +483,14 @@ pub(crate) fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         pkt.l4 = L4_BAD_FRAGMENT;
         return Ok(pkt);
     }
-    parse_l4(ctx, off + hlen, total_len - hlen, proto, &mut pkt)?;
+    parse_l4(
+        ctx,
+        off + hlen,
+        total_len - hlen,
+        !more_fragments,
+        proto,
+        &mut pkt,
+    )?;
     Ok(pkt)
 }
 
@@ -505,6 +518,10 @@ pub(crate) fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         src[4 * i..4 * i + 4].copy_from_slice(&bytes4(*w));
     }
     let payload_len = be16([w1[0], w1[1]]) as usize;
+    // A frame shorter than its payload length: truncated, the kernel drops it.
+    if off + 40 + payload_len > ctx.data_end() - ctx.data() {
+        return Err(());
+    }
     let mut pkt = Packet {
         family: FAMILY_V6,
         src,
@@ -569,19 +586,29 @@ pub(crate) fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, ()> {
         pkt.l4 = L4_BAD_FRAGMENT;
         return Ok(pkt);
     }
-    parse_l4(ctx, l4off, l4_len, next, &mut pkt)?;
+    parse_l4(ctx, l4off, l4_len, !first_fragment, next, &mut pkt)?;
     Ok(pkt)
 }
 
+/// `l4_len`: bytes from the transport header to the end of the IP payload. `whole`: not
+/// a first fragment (later ones never get here). The transport header of a whole packet
+/// must lie inside its IP payload (TCP: its data offset's length; UDP 8 bytes; ICMP 4): the
+/// kernel discards a packet whose header the IP length leaves out, so a "header" in the
+/// frame's Ethernet padding is malformed, never judged (nor answered). A first fragment's
+/// header may end in the next fragment (its options): it needs only the bytes
+/// `transport_min` says, checked by the callers.
 #[inline(always)]
-/// `l4_len`: bytes from the transport header to the end of the IP payload.
 pub(crate) fn parse_l4(
     ctx: &XdpContext,
     off: usize,
     l4_len: usize,
+    whole: bool,
     proto: u8,
     pkt: &mut Packet,
 ) -> Result<(), ()> {
+    if whole && l4_len < transport_min(proto) {
+        return Err(());
+    }
     match proto {
         IPPROTO_TCP => {
             let tcp = ptr_at::<TcpHdr>(ctx, off)? as *const u8;
@@ -589,14 +616,14 @@ pub(crate) fn parse_l4(
             // offset and flags at 12..14.
             let (ports, w3) = unsafe { (bytes4(load32(tcp)), bytes4(load32(tcp.add(12)))) };
             let (data_offset, flags) = (w3[0], w3[1]);
-            if data_offset >> 4 < 5 {
+            let doff = (data_offset >> 4) as usize * 4;
+            if doff < 20 || (whole && l4_len < doff) {
                 return Err(());
             }
             pkt.l4 = L4_TCP;
             pkt.sport = be16([ports[0], ports[1]]);
             pkt.dport = be16([ports[2], ports[3]]);
             pkt.conn_attempt = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let doff = (data_offset >> 4) as usize * 4;
             pkt.tcp_data = flags & TCP_SYN == 0 && l4_len > doff;
         }
         IPPROTO_UDP => {

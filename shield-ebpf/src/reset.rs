@@ -4,7 +4,8 @@
 //! RFC 9293 3.10.7.1 (a segment without ACK) sequence 0 and ACK = its sequence plus its
 //! length (the SYN counts one). Only SYNs without IPv4 options or IPv6 extension headers are
 //! answered (real clients send none; the others are dropped as before), so the reply is
-//! always 40 or 60 bytes after the link header.
+//! always 40 or 60 bytes after the link header; and only SYNs a listener takes for a
+//! connection request (neither RST nor FIN set), as the cookie path.
 //!
 //! main.rs hands a refused SYN of a rule with `over_limit = "reset"` (never a ban, a
 //! deny-listed source or an `unverified` budget refusal: those are judged before) to its
@@ -30,6 +31,8 @@ pub(crate) static SHIELD_RESETS: Array<u64> = Array::with_max_entries(RULE_SLOTS
 pub(crate) static SHIELD_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 const TCP_RST_ACK: u8 = 0x14;
+const TCP_RST: u8 = 0x04;
+const TCP_FIN: u8 = 0x01;
 const TTL: u8 = 64;
 /// IPv4 "don't fragment".
 const IP_DF: u16 = 0x4000;
@@ -149,10 +152,11 @@ fn answer(ctx: &XdpContext, args: &ResetArgs) -> bool {
         let Ok(ip) = header::<Ipv4Hdr>(ctx, l3) else {
             return false;
         };
-        // No options; not a fragment (DF alone is fine).
+        // No options; not a fragment (DF and the reserved flag are fine: the kernel's
+        // listener does not look at them, and the cookie path answers them too).
         if ip.version_ihl != 0x45
             || ip.protocol != IPPROTO_TCP
-            || be16(ip.flags_frag_off) & !IP_DF != 0
+            || be16(ip.flags_frag_off) & 0x3fff != 0
         {
             return false;
         }
@@ -174,6 +178,12 @@ fn answer(ctx: &XdpContext, args: &ResetArgs) -> bool {
     let Ok(syn) = header::<TcpHdr>(ctx, l4) else {
         return false;
     };
+    // A SYN with RST or FIN set is no connection request: the kernel's listener discards
+    // it without a word (tcp_rcv_state_process, TCP_LISTEN), and a RST never answers a RST
+    // (RFC 9293). The cookie path answers the same SYNs (`HANDSHAKE_FLAGS`).
+    if syn.flags & (TCP_RST | TCP_FIN) != 0 {
+        return false;
+    }
     let data = payload.saturating_sub(u16::from(syn.data_offset >> 4) * 4);
     let ack = u32::from_be_bytes(syn.seq)
         .wrapping_add(1)

@@ -73,9 +73,10 @@ fn mss_arg(rule: &RuleConfig) -> u32 {
     u32::from(rule.mss) | u32::from(rule.flags & RULE_SYNCOOKIE_TS != 0) << 16
 }
 
-/// A TCP segment that is neither a connection attempt nor data, to a `syncookie` rule:
-/// `Some(drop)` for a bare ACK from an unverified source that no socket holds and whose
-/// cookie is not valid (see `shield_check_ack`); `None`: judged as any other segment.
+/// A TCP segment that is not a connection attempt, to a `syncookie` rule: `Some(drop)` for
+/// a segment with ACK (and without SYN; with data, FIN or RST or not) from an unverified
+/// source that no socket holds and whose cookie is not valid (see `shield_check_ack`);
+/// `None`: judged as any other segment.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -587,10 +588,13 @@ fn answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u64) -> Result<(), ()> {
     Ok(())
 }
 
-/// A bare ACK (no SYN, RST, FIN, no data) from a source that is not verified, that no
-/// socket other than a listener holds: 0 when its SYN cookie is not valid (drop it); 1
-/// otherwise (a valid cookie verifies the source). Frames the cookie path does not handle
-/// (IPv4 options or fragments, IPv6 extension headers) and every other segment: 1.
+/// A segment with ACK and without SYN (data, FIN or RST or not) from a source that is not
+/// verified, that no socket other than a listener holds: 0 when its SYN cookie is not valid
+/// (drop it); 1 otherwise (a valid cookie verifies the source). Netfilter's SYNPROXY takes
+/// every such segment for a handshake's last ACK and checks its cookie alike: a bare ACK
+/// alone here would let a spoofed flood past with a byte of data or a FIN. Frames the
+/// cookie path does not handle (IPv4 options or fragments, IPv6 extension headers) and
+/// every other segment: 1.
 /// A global function: the verifier checks it once, not once per path that calls it.
 #[inline(never)]
 #[unsafe(no_mangle)]
@@ -603,16 +607,7 @@ pub extern "C" fn shield_check_ack(raw: *mut xdp_md, at: u32, now: u64, ttl: u64
     if load_headers(raw, l3_off, family, h).is_none() {
         return 1;
     }
-    if h.tcp[13] & HANDSHAKE_FLAGS != TCP_ACK {
-        return 1;
-    }
-    let doff = i32::from(h.tcp[12] >> 4) * 4;
-    let payload = if family == FAMILY_V4 {
-        i32::from(u16::from_be_bytes([h.ip[2], h.ip[3]])) - 20
-    } else {
-        i32::from(u16::from_be_bytes([h.ip[4], h.ip[5]]))
-    };
-    if payload - doff > 0 {
+    if h.tcp[13] & (TCP_SYN | TCP_ACK) != TCP_ACK {
         return 1;
     }
     let mut src = [0u8; 16];

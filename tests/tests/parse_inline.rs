@@ -43,14 +43,17 @@ fn frames_at_the_edges_of_the_plain_ipv4_tcp_path_are_judged_as_any_other() {
     }
     assert_eq!(h.count("api", Pass).packets, 3);
     assert_eq!(h.count("api", ConnLimit).packets, 1);
-    // IP lengths: 20 (no TCP header inside the IP length, one in the frame) is judged by
-    // the rule (over its limit now); 19 is malformed.
-    assert_eq!(
-        h.run(&with(&|f| f[16..18].copy_from_slice(&20u16.to_be_bytes()))),
-        XDP_DROP
-    );
-    assert_eq!(h.count("api", ConnLimit).packets, 2);
+    // IP lengths 20-39 leave the TCP header out of the IP packet (the frame holds it; the
+    // kernel would discard the packet): malformed like 19, never judged by the rule.
     let malformed = [
+        (
+            "IP length 20",
+            with(&|f| f[16..18].copy_from_slice(&20u16.to_be_bytes())),
+        ),
+        (
+            "IP length 39",
+            with(&|f| f[16..18].copy_from_slice(&39u16.to_be_bytes())),
+        ),
         (
             "IP length 19",
             with(&|f| f[16..18].copy_from_slice(&19u16.to_be_bytes())),
@@ -61,7 +64,8 @@ fn frames_at_the_edges_of_the_plain_ipv4_tcp_path_are_judged_as_any_other() {
     for (what, f) in &malformed {
         assert_eq!(h.run(f), XDP_PASS, "{what}");
     }
-    assert_eq!(h.count("(none)", Malformed).packets, 3);
+    assert_eq!(h.count("(none)", Malformed).packets, 5);
+    assert_eq!(h.count("api", ConnLimit).packets, 1);
     // Fragments at offset 1 (RFC 1858), and IPv4 options: the general parser's verdicts.
     assert_eq!(
         h.run(&with(&|f| f[21] = 1)),
@@ -95,16 +99,12 @@ fn frames_at_the_edges_of_the_plain_ipv6_tcp_path_are_judged_as_any_other() {
         f
     };
     // Judged by rule `api`: inline, behind a hop-by-hop header, as a first fragment that
-    // holds the whole TCP header, with a payload length that leaves out the TCP header (the
-    // frame holds it), then over the burst of 3.
+    // holds the whole TCP header, then over the burst of 3.
     let judged = [
         ("plain", syn(1).bytes()),
         ("hop-by-hop header", syn(2).ext(&[0]).bytes()),
         ("first fragment", syn(3).first_fragment(20).bytes()),
-        (
-            "payload length 0",
-            with(&|f| f[18..20].copy_from_slice(&0u16.to_be_bytes())),
-        ),
+        ("plain, over the burst", syn(4).bytes()),
     ];
     for (i, (what, f)) in judged.iter().enumerate() {
         let want = if i < 3 { XDP_PASS } else { XDP_DROP };
@@ -112,7 +112,17 @@ fn frames_at_the_edges_of_the_plain_ipv6_tcp_path_are_judged_as_any_other() {
     }
     assert_eq!(h.count("api", Pass).packets, 3);
     assert_eq!(h.count("api", ConnLimit).packets, 1);
+    // A payload length that leaves out the TCP header (the frame holds it; the kernel
+    // would discard the packet) is malformed, as a short or bad header is.
     let malformed = [
+        (
+            "payload length 0",
+            with(&|f| f[18..20].copy_from_slice(&0u16.to_be_bytes())),
+        ),
+        (
+            "payload length 19",
+            with(&|f| f[18..20].copy_from_slice(&19u16.to_be_bytes())),
+        ),
         ("version 4 in an IPv6 frame", with(&|f| f[14] = 0x40)),
         ("TCP data offset 4", with(&|f| f[66] = 0x40)),
         (
@@ -123,7 +133,8 @@ fn frames_at_the_edges_of_the_plain_ipv6_tcp_path_are_judged_as_any_other() {
     for (what, f) in &malformed {
         assert_eq!(h.run(f), XDP_PASS, "{what}");
     }
-    assert_eq!(h.count("(none)", Malformed).packets, 3);
+    assert_eq!(h.count("(none)", Malformed).packets, 5);
+    assert_eq!(h.count("api", ConnLimit).packets, 1);
     // Not TCP: UDP on the rule's port passes untracked by a tcp rule.
     let udp = Pkt::new("2001:db8:1::1", L4::Udp { dport: 8080 }).bytes();
     assert_eq!(h.run(&udp), XDP_PASS, "UDP");
