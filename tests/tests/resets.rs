@@ -191,7 +191,9 @@ fn rst_round(src: &str, dst: &str) {
     assert_eq!(h.count("api", Reason::Reset).packets, 1);
     assert_eq!(h.count("api", Reason::ConnLimit).packets, 1);
     // A second later it gets one again; a SYN carrying data is acknowledged with its data.
-    h.advance(std::time::Duration::from_millis(1001));
+    // (The spacing is RESET_EVERY_UNITS, 1.0014 s, plus up to a unit of a stamp's rounding:
+    // 1.1 s is past it wherever the frozen clock falls.)
+    h.advance(std::time::Duration::from_millis(1100));
     let with_data = syn(src, dst, 8080, b"hello", 0);
     let (action, out) = h.run_out(&with_data);
     assert_eq!(action, XDP_TX);
