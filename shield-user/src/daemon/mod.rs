@@ -335,6 +335,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         "--state-dir {} is not a directory",
         opts.state_dir.display()
     );
+    // Held until the daemon ends (a second daemon on this directory is refused here).
+    let mut state_lock =
+        crate::fleet::state::lock_dir(&opts.state_dir).map_err(anyhow::Error::msg)?;
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
     let mut mount = MountGuard(None);
     if !app_only && loader::ensure_bpffs(&opts.bpffs)? {
@@ -506,6 +509,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     // the bans do not survive a reboot, which is said, not fatal.
     if let Err(e) = crate::fleet::state::ensure_dir(&opts.state_dir) {
         warn!("{e}: the active bans are not kept on disk");
+    } else if state_lock.is_none() {
+        // Created just now: locked now (a daemon that created it at the same moment is
+        // only warned about, this one is attached already).
+        match crate::fleet::state::lock_dir(&opts.state_dir) {
+            Ok(l) => state_lock = l,
+            Err(e) => warn!("{e}"),
+        }
     }
     // Pins gone (a reboot, or removed): the bans saved in --state-dir come back.
     let restore = instances
@@ -528,7 +538,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         app: app_socket,
         app_counters,
     };
-    runtime.block_on(owner::serve(state, socket, metrics_listener))
+    let served = runtime.block_on(owner::serve(state, socket, metrics_listener));
+    drop(state_lock);
+    served
 }
 
 /// Loads the program on every locked interface (adopting pinned maps unless `--fresh`),

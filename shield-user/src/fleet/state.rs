@@ -42,6 +42,36 @@ pub struct Saved {
     pub bans: Vec<SavedBan>,
 }
 
+/// Locks `--state-dir` for this daemon's life: an exclusive `flock` on the directory itself
+/// (no file of ours in it; the kernel releases it on exit, even on `kill -9`). Two daemons
+/// sharing one directory would write the same `bans.json` (and `quotas.json`), each over
+/// the other's, and a reboot would bring back only the last writer's bans. `Ok(None)`: the
+/// directory cannot be opened (it does not exist yet: it is created once the start
+/// succeeded, then locked; or it is not ours: `ensure_dir` says so, and nothing is kept).
+pub fn lock_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
+    let Ok(file) = std::fs::File::open(dir) else {
+        return Ok(None);
+    };
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(format!(
+                "another shield daemon uses --state-dir {} (each daemon writes its own bans.json there, over the other's); give each daemon a --state-dir of its own",
+                dir.display()
+            ));
+        }
+        return Err(format!("--state-dir {}: locking it: {err}", dir.display()));
+    }
+    Ok(Some(file))
+}
+
 /// Creates the directory (0700) if it is missing.
 pub fn ensure_dir(dir: &Path) -> Result<(), String> {
     std::fs::DirBuilder::new()
