@@ -285,3 +285,51 @@ fn silent_connections_cannot_lock_the_scraper_out_of_metrics() {
     assert!(post.starts_with("HTTP/1.1 405"), "POST /metrics: {post}");
     assert!(post.to_lowercase().contains("allow: get, head"), "{post}");
 }
+
+/// A stopping daemon removed whatever was at its `--socket` path by then: a file someone
+/// put there, or the socket of a daemon started since on that path. It now removes only
+/// the socket it made.
+#[test]
+fn a_stopping_daemon_removes_only_the_socket_it_made() {
+    require_root();
+    let mut scratch = Scratch(Vec::new());
+    let policy = policy_file(&mut scratch);
+    let topo = Topology::new().expect("namespaces");
+    let bpffs = TempBpffs::new().expect("bpffs");
+    let mut daemon = Daemon::start(
+        &shield_bin(),
+        &topo.server,
+        &policy,
+        &bpffs.path,
+        &["--metrics", "off"],
+    )
+    .expect("daemon");
+    let socket = daemon.socket.clone();
+    scratch.0.push(socket.clone());
+    std::fs::remove_file(&socket).expect("removing the socket");
+    std::fs::write(&socket, "not shield's\n").expect("a file in its place");
+    let (status, log) = daemon.stop().expect("stop");
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&socket).ok().as_deref(),
+        Some("not shield's\n"),
+        "the file at the socket path must be left alone: {log}"
+    );
+
+    // Its own socket it does remove.
+    std::fs::remove_file(&socket).expect("removing the file");
+    let mut daemon = Daemon::start(
+        &shield_bin(),
+        &topo.server,
+        &policy,
+        &bpffs.path,
+        &["--metrics", "off"],
+    )
+    .expect("daemon");
+    let socket = daemon.socket.clone();
+    scratch.0.push(socket.clone());
+    assert!(socket.exists(), "the daemon made its socket");
+    let (status, log) = daemon.stop().expect("stop");
+    assert!(status.success(), "{log}");
+    assert!(!socket.exists(), "a clean stop removes its socket: {log}");
+}
