@@ -333,3 +333,85 @@ fn a_stopping_daemon_removes_only_the_socket_it_made() {
     assert!(status.success(), "{log}");
     assert!(!socket.exists(), "a clean stop removes its socket: {log}");
 }
+
+/// `shield tune --write` at a directory failed only after the whole observation (10
+/// minutes by default), at a FIFO it blocked for good, at /dev/null it "wrote" the policy.
+/// Refused before observing now.
+#[test]
+fn tune_write_refuses_what_is_not_a_file_before_observing() {
+    require_root();
+    let mut scratch = Scratch(Vec::new());
+    let policy = policy_file(&mut scratch);
+    let topo = Topology::new().expect("namespaces");
+    let bpffs = TempBpffs::new().expect("bpffs");
+    let daemon = Daemon::start(
+        &shield_bin(),
+        &topo.server,
+        &policy,
+        &bpffs.path,
+        &["--metrics", "off"],
+    )
+    .expect("daemon");
+    let dir = std::env::temp_dir().join(unique("scl-dir-"));
+    std::fs::create_dir(&dir).expect("a directory");
+    scratch.0.push(dir.clone());
+    let fifo = std::env::temp_dir().join(unique("scl-fifo-"));
+    scratch.0.push(fifo.clone());
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    for (out, kind) in [
+        (dir.as_path(), "a directory"),
+        (fifo.as_path(), "a FIFO"),
+        (Path::new("/dev/null"), "a character device"),
+    ] {
+        let mut child = topo
+            .server
+            .command(&shield_bin())
+            .args(["tune", "--iface", shield_tests::netlab::SERVER_IF])
+            .args(["--for", "2s", "--bpffs"])
+            .arg(&bpffs.path)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("--write")
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("shield tune");
+        let started = Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().expect("output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "--write {}: {text}",
+            out.display()
+        );
+        assert!(
+            text.contains(&format!("it is {kind}")) && text.contains("not a regular file"),
+            "--write {}: {text}",
+            out.display()
+        );
+        assert!(
+            !text.contains("wrote") && !text.contains("rule api"),
+            "refused before observing: {text}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(&dir).expect("dir").next().is_none(),
+        "nothing written in the directory"
+    );
+}

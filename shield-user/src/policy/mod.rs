@@ -264,7 +264,8 @@ pub enum LoadError {
     Invalid(#[from] PolicyError),
 }
 
-fn file_kind(t: std::fs::FileType) -> &'static str {
+/// What a path that is not a regular file is, for error messages ("a directory", …).
+pub fn file_kind(t: std::fs::FileType) -> &'static str {
     if t.is_dir() {
         "a directory"
     } else if t.is_fifo() {
