@@ -335,9 +335,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         "--state-dir {} is not a directory",
         opts.state_dir.display()
     );
-    // Held until the daemon ends (a second daemon on this directory is refused here).
-    let mut state_lock =
-        crate::fleet::state::lock_dir(&opts.state_dir).map_err(anyhow::Error::msg)?;
+    // A running daemon holds it: refused here (the lock itself is taken once started).
+    crate::fleet::state::probe_dir(&opts.state_dir).map_err(anyhow::Error::msg)?;
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
     let mut mount = MountGuard(None);
     if !app_only && loader::ensure_bpffs(&opts.bpffs)? {
@@ -507,14 +506,18 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .context("starting the tokio runtime")?;
     // Created once the start succeeded (a failed start leaves nothing behind); without it
     // the bans do not survive a reboot, which is said, not fatal.
+    // Then locked for the daemon's life. Another daemon that took it meanwhile (started at
+    // the same moment) keeps it: this one, attached already, runs without it.
+    let mut state_lock = None;
     if let Err(e) = crate::fleet::state::ensure_dir(&opts.state_dir) {
         warn!("{e}: the active bans are not kept on disk");
-    } else if state_lock.is_none() {
-        // Created just now: locked now (a daemon that created it at the same moment is
-        // only warned about, this one is attached already).
+    } else {
         match crate::fleet::state::lock_dir(&opts.state_dir) {
             Ok(l) => state_lock = l,
-            Err(e) => warn!("{e}"),
+            Err(e) => {
+                crate::fleet::state::in_use_elsewhere();
+                warn!("{e}: this daemon's active bans are not kept on disk");
+            }
         }
     }
     // Pins gone (a reboot, or removed): the bans saved in --state-dir come back.
