@@ -343,6 +343,14 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
             both.len() - SHOWN_OVERLAPS
         ));
     }
+    for c in &policy.allow {
+        if c.len == 0 {
+            let family = if c.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            out.push(format!(
+                "the allow list holds {c}: no {family} source is ever limited, denied or banned"
+            ));
+        }
+    }
     for c in &policy.deny {
         if c.len == 0 {
             let family = if c.addr.is_ipv4() { "IPv4" } else { "IPv6" };
