@@ -54,6 +54,7 @@ pub struct RunArgs {
     pub log_format: logging::LogFormat,
     /// Directory for the active bans on disk (created 0700): written atomically on change
     /// (at most once a second), restored at start when the pinned maps are gone (a reboot).
+    /// One daemon's: locked while it runs (a second daemon given the same one is refused).
     #[arg(long, value_name = "DIR", default_value = shield_user::fleet::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }

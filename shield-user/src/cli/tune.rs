@@ -34,7 +34,8 @@ pub struct TuneArgs {
     #[arg(long)]
     pub json: bool,
     /// Also write the running policy with the suggestions applied to FILE (comments kept);
-    /// `shield check --diff FILE` then shows the change against the running policy.
+    /// `shield check --diff FILE` then shows the change against the running policy. A
+    /// regular file (or a new one), never the running policy file: checked before observing.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
     #[command(flatten)]
@@ -117,6 +118,17 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
                 } else {
                     ""
                 }
+            );
+        }
+        // A directory would fail only after the observation, a FIFO would block for good,
+        // a device would swallow the policy.
+        if let Ok(m) = std::fs::metadata(out)
+            && !m.is_file()
+        {
+            bail!(
+                "--write {}: it is {}, not a regular file; give the path of a file for the suggested policy",
+                out.display(),
+                policy::file_kind(m.file_type())
             );
         }
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())

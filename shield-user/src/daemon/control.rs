@@ -23,15 +23,29 @@ use crate::control::{CLIENT_TIMEOUT, MAX_CLIENTS, MAX_LINE, encode, parse_reques
 
 /// A bound control socket that serves nothing yet: the daemon binds it before it attaches
 /// anything (a socket in use fails the start with nothing changed) and serves it once the
-/// maps are ready. Dropping it removes the socket file.
+/// maps are ready. Dropping it removes the socket file, if the path still holds the
+/// socket this daemon made.
 pub(crate) struct Bound {
     pub(super) path: PathBuf,
     pub(super) listener: Option<UnixListener>,
+    /// (device, inode) of the socket file bound.
+    pub(super) made: Option<(u64, u64)>,
+}
+
+/// (device, inode) of what is at `path` itself (a link is not followed).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl Drop for Bound {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Never what someone put at the path since (another daemon's socket, a file).
+        if self.made.is_some() && file_id(&self.path) == self.made {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -91,6 +105,7 @@ pub(crate) fn bind_socket(path: &Path, mode: u32, elsewhere: &str) -> io::Result
     let bound = Bound {
         path: path.to_path_buf(),
         listener: Some(listener),
+        made: file_id(path),
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(bound)

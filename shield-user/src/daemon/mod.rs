@@ -341,6 +341,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         "--state-dir {} is not a directory",
         opts.state_dir.display()
     );
+    // A running daemon holds it: refused here (the lock itself is taken once started).
+    crate::fleet::state::probe_dir(&opts.state_dir).map_err(anyhow::Error::msg)?;
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
     let mut mount = MountGuard(None);
     if !app_only && loader::ensure_bpffs(&opts.bpffs)? {
@@ -510,8 +512,19 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .context("starting the tokio runtime")?;
     // Created once the start succeeded (a failed start leaves nothing behind); without it
     // the bans do not survive a reboot, which is said, not fatal.
+    // Then locked for the daemon's life. Another daemon that took it meanwhile (started at
+    // the same moment) keeps it: this one, attached already, runs without it.
+    let mut state_lock = None;
     if let Err(e) = crate::fleet::state::ensure_dir(&opts.state_dir) {
         warn!("{e}: the active bans are not kept on disk");
+    } else {
+        match crate::fleet::state::lock_dir(&opts.state_dir) {
+            Ok(l) => state_lock = l,
+            Err(e) => {
+                crate::fleet::state::in_use_elsewhere();
+                warn!("{e}: this daemon's active bans are not kept on disk");
+            }
+        }
     }
     // Pins gone (a reboot, or removed): the bans saved in --state-dir come back.
     let restore = instances
@@ -534,7 +547,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         app: app_socket,
         app_counters,
     };
-    runtime.block_on(owner::serve(state, socket, metrics_listener))
+    let served = runtime.block_on(owner::serve(state, socket, metrics_listener));
+    drop(state_lock);
+    served
 }
 
 /// Loads the program on every locked interface (adopting pinned maps unless `--fresh`),

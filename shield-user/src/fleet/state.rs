@@ -6,6 +6,7 @@ use std::{
     io::Write as _,
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,63 @@ pub struct Saved {
     pub bans: Vec<SavedBan>,
 }
 
+/// Set when another daemon holds `--state-dir` (two started at the same moment): this one
+/// then neither writes nor reads its files.
+static IN_USE_ELSEWHERE: AtomicBool = AtomicBool::new(false);
+
+/// Locks `--state-dir` for this daemon's life: an exclusive `flock` on the directory itself
+/// (no file of ours in it; the kernel releases it on exit, even on `kill -9`). Two daemons
+/// sharing one directory would write the same `bans.json` (and `app-quotas.json`), each
+/// over the other's, and a reboot would bring back only the last writer's bans. `Ok(None)`:
+/// the directory cannot be opened (it does not exist yet, or it is not ours: `ensure_dir`
+/// says so, and nothing is kept). Taken once the start succeeded; before that, `probe_dir`.
+pub fn lock_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
+    let Ok(file) = std::fs::File::open(dir) else {
+        return Ok(None);
+    };
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(format!(
+                "another shield daemon uses --state-dir {} (each daemon writes its own bans.json there, over the other's); give each daemon a --state-dir of its own",
+                dir.display()
+            ));
+        }
+        return Err(format!("--state-dir {}: locking it: {err}", dir.display()));
+    }
+    Ok(Some(file))
+}
+
+/// Checks, before the start changes anything, that no running daemon holds `--state-dir`:
+/// the lock is taken and let go at once, so starts that fail never hold it (a start holds
+/// it only once it succeeded).
+pub fn probe_dir(dir: &Path) -> Result<(), String> {
+    lock_dir(dir).map(drop)
+}
+
+/// Another daemon holds `--state-dir`: from now on this process neither writes nor reads
+/// its files (each attempt fails with this reason).
+pub fn in_use_elsewhere() {
+    IN_USE_ELSEWHERE.store(true, Ordering::Relaxed);
+}
+
+fn refuse_if_in_use_elsewhere(dir: &Path) -> Result<(), String> {
+    if IN_USE_ELSEWHERE.load(Ordering::Relaxed) {
+        return Err(format!(
+            "--state-dir {} belongs to another shield daemon: not used",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Creates the directory (0700) if it is missing.
 pub fn ensure_dir(dir: &Path) -> Result<(), String> {
     std::fs::DirBuilder::new()
@@ -58,6 +116,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), String> {
 /// The directory must be ours alone: anyone else who can write in it can plant the file
 /// read at start (bans of their choosing) or a link where we write.
 pub fn check_dir(dir: &Path) -> Result<(), String> {
+    refuse_if_in_use_elsewhere(dir)?;
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(dir).map_err(|e| format!("--state-dir {}: {e}", dir.display()))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -245,6 +304,26 @@ mod tests {
             "{\"version\":1,\"bans\":[{trunc"
         );
         assert_eq!(read(&dir).expect("read"), vec![ban()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_state_dir_is_one_daemons() {
+        let dir = test_dir("lock");
+        probe_dir(&dir).expect("free: the probe passes");
+        probe_dir(&dir).expect("the probe let go of it");
+        let held = lock_dir(&dir)
+            .expect("lock")
+            .expect("an existing directory");
+        let e = probe_dir(&dir).expect_err("held: the probe fails");
+        assert!(e.contains("another shield daemon uses --state-dir"), "{e}");
+        assert!(lock_dir(&dir).is_err(), "held: a second lock fails");
+        drop(held);
+        probe_dir(&dir).expect("let go: free again");
+        assert!(
+            lock_dir(&dir.join("missing")).expect("no error").is_none(),
+            "a missing directory is locked once created"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -264,7 +264,8 @@ pub enum LoadError {
     Invalid(#[from] PolicyError),
 }
 
-fn file_kind(t: std::fs::FileType) -> &'static str {
+/// What a path that is not a regular file is, for error messages ("a directory", …).
+pub fn file_kind(t: std::fs::FileType) -> &'static str {
     if t.is_dir() {
         "a directory"
     } else if t.is_fifo() {
@@ -341,6 +342,14 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
             "… and {} more prefixes on both lists",
             both.len() - SHOWN_OVERLAPS
         ));
+    }
+    for c in &policy.allow {
+        if c.len == 0 {
+            let family = if c.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            out.push(format!(
+                "the allow list holds {c}: no {family} source is ever limited, denied or banned"
+            ));
+        }
     }
     for c in &policy.deny {
         if c.len == 0 {

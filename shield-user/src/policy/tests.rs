@@ -1669,3 +1669,23 @@ fn syncookie_matrix_says_what_monitor_mode_still_changes() {
         "{monitored}"
     );
 }
+
+#[test]
+fn an_allow_list_of_everything_is_warned_about() {
+    // allow beats every limit, deny and ban: 0.0.0.0/0 there turns shield off for IPv4
+    // (as the deny list's 0.0.0.0/0 drops everything, which is warned about).
+    let p = ok(&format!(
+        "[lists]\nallow = ['0.0.0.0/0', '::/0']\n{TCP}ports = [80]\nconnections = {{ rate = '5/s' }}\n"
+    ));
+    let w = warnings(&p);
+    for want in [
+        "the allow list holds 0.0.0.0/0: no IPv4 source is ever limited, denied or banned",
+        "the allow list holds ::/0: no IPv6 source is ever limited, denied or banned",
+    ] {
+        assert!(w.iter().any(|g| g == want), "missing {want:?} in {w:#?}");
+    }
+    let narrow = ok(&format!(
+        "[lists]\nallow = ['10.0.0.0/8']\n{TCP}ports = [80]\nconnections = {{ rate = '5/s' }}\n"
+    ));
+    assert!(warnings(&narrow).is_empty(), "{:?}", warnings(&narrow));
+}
