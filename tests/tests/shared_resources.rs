@@ -1,5 +1,6 @@
-//! The control plane as an attacker and a demanding operator try it, with the real
-//! `shield run` in network namespaces: what a whole-product review found and fixed.
+//! What a daemon shares with others on the host, held against misuse, with the real
+//! `shield run` in network namespaces: its `--state-dir`, its metrics port, its socket
+//! path, and the file `shield tune --write` writes.
 //! Needs root.
 
 use std::{
