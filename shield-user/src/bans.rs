@@ -652,6 +652,16 @@ impl BanMaps {
 
     /// Removes every ban on exactly `cidr` (host scope, and rule scope for any rule).
     pub fn unban(&mut self, cidr: Cidr) -> Result<Vec<BanEntry>, BanError> {
+        self.unban_where(cidr, |_| true)
+    }
+
+    /// Removes the bans on exactly `cidr` that `lift` accepts (a fleet unban lifts only
+    /// the bans issued before it).
+    pub fn unban_where(
+        &mut self,
+        cidr: Cidr,
+        mut lift: impl FnMut(&BanEntry) -> bool,
+    ) -> Result<Vec<BanEntry>, BanError> {
         let mut removed = Vec::new();
         for b in self.list() {
             let matches = match (b.key, cidr.addr) {
@@ -660,7 +670,7 @@ impl BanMaps {
                 (BanKey::Rule(k), c) => ip_of(k.family, k.addr) == c && k.prefix_len == cidr.len,
                 _ => false,
             };
-            if matches {
+            if matches && lift(&b) {
                 self.remove(b.key)?;
                 removed.push(BanEntry {
                     remaining_secs: 0.0,

@@ -493,3 +493,92 @@ fn the_fleet_link_runs_over_tls() {
         "the password never shows: {log}"
     );
 }
+
+/// An unban as host `host` would publish it, sent at `sent_ms`.
+fn unban_message(source: &str, host: &str, sent_ms: u64) -> shield_user::fleet::Message {
+    shield_user::fleet::Message {
+        op: shield_user::fleet::Op::Unban,
+        source: source.to_string(),
+        scope: shield_user::policy::BanScope::Host,
+        rule: String::new(),
+        expires_ms: 0,
+        duration_secs: 0.0,
+        level: 0,
+        origin: "manual".into(),
+        cuts: String::new(),
+        origin_host: host.to_string(),
+        reason: None,
+        sent_ms,
+    }
+}
+
+#[test]
+fn an_unban_lifts_only_the_bans_issued_before_it() {
+    // A validly signed unban from ten minutes ago arrives now: replayed by whoever can write
+    // to Redis (the signature holds, the key is not needed), or read late by a host catching
+    // up after a partition. It must not lift a ban issued after it, here or received.
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemon");
+    let h = &lab.hosts[0];
+    wait_until("the link is up", Duration::from_secs(10), || {
+        h.fleet()["connected"] == true
+    });
+    let now = shield_user::fleet::now_ms();
+    let old = now - 600_000;
+    let publish = |m: &shield_user::fleet::Message| {
+        lab.redis
+            .pipeline(&lab.publish_cmds(m, None, false))
+            .expect("XADD");
+    };
+
+    // A ban this host issues now, then the old unban.
+    let (ok, _, err) = h.shield(&["ban", "203.0.113.61", "--for", "10m"]);
+    assert!(ok, "{err}");
+    // A ban received from the fleet, issued now on another host, then the old unban.
+    publish(&ban_message("203.0.113.62/32", "h9", 600));
+    wait_until(
+        "the received ban is installed",
+        Duration::from_secs(5),
+        || h.banned("203.0.113.62/32"),
+    );
+    publish(&unban_message("203.0.113.61/32", "h9", old));
+    publish(&unban_message("203.0.113.62/32", "h9", old));
+    // Catching up: a ban issued 20 minutes ago (still running) and an unban issued after
+    // it, both read now: the unban lifts it although it was installed here just now.
+    let mut late = ban_message("203.0.113.63/32", "h9", 3600);
+    late.sent_ms = now - 1_200_000;
+    late.expires_ms = late.sent_ms + 3_600_000;
+    publish(&late);
+    publish(&unban_message("203.0.113.63/32", "h9", old));
+    // A fresh unban, last in the stream: once it has acted, every message before it has.
+    let (ok, _, err) = h.shield(&["ban", "203.0.113.64", "--for", "10m"]);
+    assert!(ok, "{err}");
+    publish(&unban_message(
+        "203.0.113.64/32",
+        "h9",
+        shield_user::fleet::now_ms(),
+    ));
+    wait_until(
+        "the fresh unban lifts its ban",
+        Duration::from_secs(5),
+        || !h.banned("203.0.113.64/32"),
+    );
+    assert!(
+        h.banned("203.0.113.61/32"),
+        "an unban from 10 minutes ago lifted a ban this host issued now"
+    );
+    assert!(
+        h.banned("203.0.113.62/32"),
+        "an unban from 10 minutes ago lifted a ban the fleet issued now"
+    );
+    assert!(
+        !h.banned("203.0.113.63/32"),
+        "an unban issued after a ban (both read late) must lift it"
+    );
+    let kept: Vec<_> = h
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "fleet_unban" && l["kept"].as_u64() == Some(1))
+        .collect();
+    assert_eq!(kept.len(), 2, "audit says which bans were kept: {kept:#?}");
+}

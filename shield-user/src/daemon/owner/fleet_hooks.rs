@@ -39,11 +39,29 @@ pub(in crate::daemon) struct Link {
     max_per_minute: u32,
     /// Bans installed from the fleet (`SOURCE|SCOPE|RULE` → the host that issued them).
     origins: HashMap<String, String>,
+    /// When each of them was issued on its host (unix ms): what a received unban is
+    /// compared with (installed here later, in a catch-up, it was still issued then).
+    issued: HashMap<String, u64>,
     ticks: u64,
 }
 
 fn field(source: &str, scope: BanScope, rule: &str) -> String {
     format!("{source}|{}|{rule}", scope.as_str())
+}
+
+/// A received unban lifts the bans issued up to this long after it was sent (the hosts'
+/// clocks differ a little): an unban replayed from Redis, or read late after a partition,
+/// never lifts a ban issued after it.
+pub(in crate::daemon) const UNBAN_SKEW_MS: u64 = 5_000;
+
+/// When a received ban was issued on its host (unix ms).
+fn issued_ms(m: &Message) -> u64 {
+    if m.sent_ms > 0 {
+        m.sent_ms
+    } else {
+        m.expires_ms
+            .saturating_sub((m.duration_secs.max(0.0) * 1000.0) as u64)
+    }
 }
 
 /// The ban an EV_BAN event reports, as `shield bans` would list it.
@@ -126,6 +144,7 @@ impl Owner {
             breaker: Breaker::new(cfg.max_bans_per_minute),
             max_per_minute: cfg.max_bans_per_minute,
             origins: std::mem::take(&mut self.pending_origins),
+            issued: HashMap::new(),
             ticks: 0,
         });
         // Connect and read: bounded by the client's timeouts (2 s + 3 s).
@@ -165,6 +184,7 @@ impl Owner {
             return;
         }
         link.origins.remove(&field(&b.source, b.scope, &b.rule));
+        link.issued.remove(&field(&b.source, b.scope, &b.rule));
         let m = Message {
             op: Op::Ban,
             source: b.source.clone(),
@@ -195,6 +215,7 @@ impl Owner {
         };
         let pat = format!("{source}|");
         link.origins.retain(|f, _| !f.starts_with(&pat));
+        link.issued.retain(|f, _| !f.starts_with(&pat));
         let m = Message {
             op: Op::Unban,
             source: source.to_string(),
@@ -363,8 +384,10 @@ impl Owner {
         // This host's own bans (back from Redis after a reboot) stay local bans.
         if m.origin_host == self.host {
             link.origins.remove(&m.field());
+            link.issued.remove(&m.field());
         } else {
             link.origins.insert(m.field(), m.origin_host.clone());
+            link.issued.insert(m.field(), issued_ms(&m));
         }
         self.state_dirty = true;
         let mut line = json!({
@@ -389,24 +412,57 @@ impl Owner {
         self.audit.write(line);
     }
 
-    /// An unban received from the fleet: lifted here, not published again.
+    /// An unban received from the fleet: lifted here, not published again. It lifts only
+    /// the bans issued before it was sent (give or take `UNBAN_SKEW_MS`): a ban issued
+    /// after it (here, or on another host) stays. A resync's unbans (no `sent_ms`) lift
+    /// every ban of the source.
     fn fleet_unban(&mut self, m: &Message) {
         let Ok(cidr) = parse_cidr(&m.source) else {
             return;
         };
-        let mut removed = 0;
+        let now = now_ms();
+        let cutoff = (m.sent_ms > 0).then(|| m.sent_ms.saturating_add(UNBAN_SKEW_MS));
+        let issued = self.fleet.as_ref().map(|l| &l.issued);
+        let mut lifted = Vec::new();
+        let mut kept = 0;
         for inst in &mut self.instances {
             let Some(maps) = inst.maps.as_mut() else {
                 continue;
             };
-            match maps.bans.unban(cidr) {
-                Ok(r) => removed += r.len(),
+            let lift = |b: &BanEntry| {
+                let Some(cutoff) = cutoff else {
+                    return true;
+                };
+                let f = field(&b.source, b.scope, &b.rule);
+                // A ban installed from the fleet: when its host issued it; else when it
+                // was issued here (its duration minus what is left of it).
+                let at = issued.and_then(|i| i.get(&f)).copied().unwrap_or_else(|| {
+                    let ran = (b.duration_secs - b.remaining_secs).max(0.0);
+                    now.saturating_sub((ran * 1000.0) as u64)
+                });
+                let lift = at <= cutoff;
+                if !lift {
+                    kept += 1;
+                }
+                lift
+            };
+            match maps.bans.unban_where(cidr, lift) {
+                Ok(r) => lifted.extend(r.into_iter().map(|b| field(&b.source, b.scope, &b.rule))),
                 Err(e) => warn!(iface = %inst.iface, "fleet: unban of {}: {e}", m.source),
             }
         }
+        let removed = lifted.len();
         if let Some(link) = self.fleet.as_mut() {
-            let pat = format!("{}|", m.source);
-            link.origins.retain(|f, _| !f.starts_with(&pat));
+            for f in &lifted {
+                link.origins.remove(f);
+                link.issued.remove(f);
+            }
+        }
+        if kept > 0 {
+            info!(
+                "fleet: the unban of {} from {} was sent before {kept} ban(s) of it were issued: they stay",
+                m.source, m.origin_host
+            );
         }
         self.state_dirty = true;
         if m.sent_ms > 0 {
@@ -420,6 +476,7 @@ impl Owner {
             "source": m.source,
             "origin_host": m.origin_host,
             "removed": removed,
+            "kept": kept,
         }));
     }
 
@@ -441,6 +498,7 @@ impl Owner {
             // Maps a reload holds are back within the reload: prune only with all of them.
             if self.instances.iter().all(|i| i.maps.is_some()) {
                 link.origins.retain(|f, _| live.contains(f));
+                link.issued.retain(|f, _| live.contains(f));
             }
         }
         if link.breaker.poll_close(now_ms()) {
