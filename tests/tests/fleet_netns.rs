@@ -582,3 +582,64 @@ fn an_unban_lifts_only_the_bans_issued_before_it() {
         .collect();
     assert_eq!(kept.len(), 2, "audit says which bans were kept: {kept:#?}");
 }
+
+#[test]
+fn a_fleet_holding_more_bans_than_the_table_fills_it_quietly_and_says_so() {
+    // Several hosts under a large attack can hold more bans together than one host's table
+    // (65,536): a host starting then installs what fits and counts the rest, without a
+    // log line per ban, and a ban that cannot fit says the table is full.
+    const N: u32 = 70_000;
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    let seed: Vec<Vec<String>> = (0..N)
+        .flat_map(|i| {
+            let m = ban_message(
+                &format!("100.{}.{}.{}/32", 64 + i / 65536, (i / 256) % 256, i % 256),
+                "h9",
+                3600,
+            );
+            lab.publish_cmds(&m, None, true).into_iter().take(1) // the hash only
+        })
+        .collect();
+    for chunk in seed.chunks(5000) {
+        lab.redis.pipeline(chunk).expect("seeding Redis");
+    }
+    lab.start_all().expect("starting the daemon");
+    let h = &lab.hosts[0];
+    wait_until(
+        "every seeded ban is handled",
+        Duration::from_secs(60),
+        || {
+            let f = h.fleet();
+            f["installed"].as_u64().unwrap_or(0) + f["refused_table_full"].as_u64().unwrap_or(0)
+                >= u64::from(N)
+        },
+    );
+    let f = h.fleet();
+    let full = f["refused_table_full"]
+        .as_u64()
+        .expect("refused_table_full");
+    assert!(
+        full >= u64::from(N) - 65_536,
+        "bans past the table are counted: {f}"
+    );
+    assert!(
+        h.metrics()
+            .contains("shield_fleet_refused_total{reason=\"table_full\"}"),
+        "/metrics says why"
+    );
+    let log = h.daemon.as_ref().expect("daemon").log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("ban table is full"))
+        .count();
+    assert!(
+        (1..=2).contains(&lines),
+        "the full table is logged once a minute, not once per ban: {lines} lines"
+    );
+    let (ok, _, err) = h.shield(&["ban", "203.0.113.5", "--for", "1m"]);
+    assert!(!ok, "a ban past the full table cannot be stored");
+    assert!(
+        err.contains("the ban table is full"),
+        "and says so in plain words: {err}"
+    );
+}

@@ -43,6 +43,9 @@ pub(in crate::daemon) struct Link {
     /// compared with (installed here later, in a catch-up, it was still issued then).
     issued: HashMap<String, u64>,
     ticks: u64,
+    /// When "the ban table is full" was last logged (at most once a minute: a storm of
+    /// received bans past the table logged one line per ban, 34,000 lines in 2 s).
+    full_logged: Option<Instant>,
 }
 
 fn field(source: &str, scope: BanScope, rule: &str) -> String {
@@ -146,15 +149,18 @@ impl Owner {
             origins: std::mem::take(&mut self.pending_origins),
             issued: HashMap::new(),
             ticks: 0,
+            full_logged: None,
         });
         // Connect and read: bounded by the client's timeouts (2 s + 3 s).
         match tokio::time::timeout(Duration::from_secs(8), ready_rx).await {
             Ok(Ok(bans)) => {
                 let n = bans.len();
+                let before = self.counters.fleet.installed.load(Ordering::Relaxed);
                 for b in bans {
                     self.fleet_apply(b, false);
                 }
-                info!("fleet: {n} active fleet bans in force before ready");
+                let installed = self.counters.fleet.installed.load(Ordering::Relaxed) - before;
+                info!("fleet: {installed} of the fleet's {n} active bans in force before ready");
             }
             _ => warn!(
                 "fleet: starting without the fleet's bans (Redis not reachable); they are installed when the link comes up"
@@ -363,15 +369,32 @@ impl Owner {
             reason: m.reason.as_deref(),
         };
         let mut installed = false;
+        let mut full = None;
         for inst in &mut self.instances {
             let Some(maps) = inst.maps.as_mut() else {
                 continue;
             };
             match maps.bans.ban_spec(&spec) {
                 Ok(_) => installed = true,
+                Err(e @ crate::bans::BanError::Full(_)) => full = Some(e),
                 Err(e) => {
                     warn!(iface = %inst.iface, "fleet: the ban of {} from {}: {e}", m.source, m.origin_host);
                 }
+            }
+        }
+        if let Some(e) = full {
+            fc.refused_full.fetch_add(1, Ordering::Relaxed);
+            if link
+                .full_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                link.full_logged = Some(Instant::now());
+                warn!(
+                    "fleet: {e}: received bans are not installed (the ban of {} from {}; {} so far, shield_fleet_refused_total{{reason=\"table_full\"}}; said once a minute)",
+                    m.source,
+                    m.origin_host,
+                    fc.refused_full.load(Ordering::Relaxed)
+                );
             }
         }
         if !installed {
