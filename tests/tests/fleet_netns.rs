@@ -643,3 +643,76 @@ fn a_fleet_holding_more_bans_than_the_table_fills_it_quietly_and_says_so() {
         "and says so in plain words: {err}"
     );
 }
+
+/// One request line on the app socket, its reply.
+fn app_call(socket: &std::path::Path, line: &str) -> serde_json::Value {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("app socket");
+    s.write_all(format!("{line}\n").as_bytes()).expect("write");
+    let mut reply = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut reply)
+        .expect("reply");
+    serde_json::from_str(&reply).expect("JSON reply")
+}
+
+#[test]
+fn an_unban_from_the_fleet_lifts_this_hosts_l7_bans_too() {
+    // A customer behind a CDN, banned at L7 (403) by the app layer of every host it hit:
+    // `shield unban` on one host lifts it on every host, the app layer's bans included.
+    let socket = std::env::temp_dir().join(format!("sap-app-{}.sock", std::process::id()));
+    let policy = format!(
+        r#"{POLICY}
+[app]
+socket = "{}"
+trusted_proxies = ["127.0.0.1/32"]
+
+[[endpoint]]
+name = "login"
+path = "/login"
+limit = {{ rate = "100/s", burst = 100 }}
+
+[[signal]]
+name = "login_failed"
+limit = {{ rate = "1/h", burst = 1 }}
+escalation = {{ strikes = 1, window = "1h", ban = "1h" }}
+"#,
+        socket.display()
+    );
+    let mut lab = FleetLab::new(1, API, 600, &policy).expect("fleet lab");
+    lab.start_all().expect("starting the daemon");
+    let h = &lab.hosts[0];
+    wait_until("the link is up", Duration::from_secs(10), || {
+        h.fleet()["connected"] == true
+    });
+    let via_cdn = r#""peer":"127.0.0.1","xff":"203.0.113.70""#;
+    for _ in 0..3 {
+        app_call(
+            &socket,
+            &format!(r#"{{"op":"report","signal":"login_failed",{via_cdn}}}"#),
+        );
+    }
+    let decide =
+        format!(r#"{{"op":"decide","method":"GET","rule":"/login","path":"/login",{via_cdn}}}"#);
+    let d = app_call(&socket, &decide);
+    assert_eq!(d["status"], 403, "banned at L7: {d}");
+    // Another host's operator unbans it (a fresh, signed fleet unban).
+    let mut unban = ban_message("203.0.113.70/32", "h9", 0);
+    unban.op = shield_user::fleet::Op::Unban;
+    unban.expires_ms = 0;
+    lab.redis
+        .pipeline(&lab.publish_cmds(&unban, None, false))
+        .expect("XADD");
+    wait_until(
+        "the fleet's unban is applied",
+        Duration::from_secs(5),
+        || {
+            h.audit_lines()
+                .iter()
+                .any(|l| l["event"] == "fleet_unban" && l["source"] == "203.0.113.70/32")
+        },
+    );
+    wait_until("the L7 ban is lifted", Duration::from_secs(5), || {
+        app_call(&socket, &decide)["allow"] == true
+    });
+}

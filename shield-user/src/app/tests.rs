@@ -1050,3 +1050,27 @@ limit = { rate = "1/min", burst = 1 }
     // HEAD is GET's only: a POST-only endpoint is not matched by HEAD.
     assert_eq!(ask(&mut l, "HEAD", "/upload").endpoint, None);
 }
+
+#[test]
+fn a_fleet_unban_lifts_the_l7_bans_issued_before_it_only() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let cidr = crate::policy::parse_cidr("192.0.2.0/24").expect("cidr");
+    let ban = |l: &mut Limiter, peer: &str, fx: &mut Vec<Effect>| {
+        for _ in 0..3 {
+            l.report("login_failed", Some(peer), None, None, None, None, fx)
+                .expect("report");
+        }
+    };
+    ban(&mut l, "192.0.2.7", &mut fx);
+    let unban_sent = l.clock.now();
+    l.clock.frozen = Some(unban_sent + 60 * NS_PER_SEC);
+    ban(&mut l, "192.0.2.8", &mut fx);
+    assert_eq!(login(&mut l, "192.0.2.8", None, &mut fx).status, Some(403));
+    // The unban was sent before 192.0.2.8's ban: only 192.0.2.7 is freed.
+    assert_eq!(l.unban_before(&cidr, unban_sent), 1);
+    assert!(login(&mut l, "192.0.2.7", None, &mut fx).allow);
+    assert_eq!(login(&mut l, "192.0.2.8", None, &mut fx).status, Some(403));
+    assert_eq!(l.unban_before(&cidr, l.clock.now()), 1);
+    assert!(login(&mut l, "192.0.2.8", None, &mut fx).allow);
+}

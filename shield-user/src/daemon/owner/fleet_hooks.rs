@@ -475,6 +475,14 @@ impl Owner {
             }
         }
         let removed = lifted.len();
+        // The app layer's L7 bans of this host too, as `shield unban` here lifts them (not
+        // for a resync's unbans: those are fleet bans gone from the hash).
+        if let Some(tx) = self.app_unban.as_ref().filter(|_| cutoff.is_some()) {
+            let _ = tx.send(crate::daemon::app::AppUnban {
+                cidr,
+                before_ms: cutoff,
+            });
+        }
         if let Some(link) = self.fleet.as_mut() {
             for f in &lifted {
                 link.origins.remove(f);
