@@ -32,9 +32,12 @@ _TITLES = {429: "Too Many Requests", 403: "Forbidden", 503: "Service Unavailable
 _TYPES = {429: "rate-limited", 403: "banned", 503: "unavailable"}
 
 
+#: Sizes below are of a field's JSON text as sent (ASCII, with its quotes): JSON writes a
+#: non-ASCII character as \\uXXXX (6 bytes; 12 for an emoji), so counting characters let a
+#: client's long path and X-Forwarded-For push the line past the daemon's 64 KiB, and the
+#: request went to on_error (waved through under "open") instead of being decided.
 #: Longest header value, user or key sent as it is; a longer one is sent as its SHA-256
-#: (the daemon keeps keys that way too), so a client's huge header cannot push the request
-#: line past the daemon's 64 KiB and have on_error decide instead.
+#: (the daemon keeps keys that way too).
 MAX_KEY_FIELD = 1024
 #: Longest X-Forwarded-For sent: its rightmost entries (the ones the daemon walks, from
 #: the right, past the trusted proxies) are kept, whole.
@@ -47,6 +50,33 @@ def _digest(value):
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _size(value):
+    """Bytes of `value`'s JSON text, as the client sends it."""
+    return len(json.dumps(value))
+
+
+def _char_size(ch):
+    """Bytes one character takes inside a JSON string (ensure_ascii, as sent)."""
+    o = ord(ch)
+    if ch in '"\\\b\f\n\r\t':
+        return 2
+    if o < 0x20:
+        return 6
+    if o < 0x7F:
+        return 1
+    return 6 if o < 0x10000 else 12
+
+
+def _cut(value, limit):
+    """The longest start of `value` whose JSON text is at most `limit` bytes."""
+    size = 2
+    for i, ch in enumerate(value):
+        size += _char_size(ch)
+        if size > limit:
+            return value[:i]
+    return value
+
+
 def _fit(msg):
     """Bounds the fields of `msg` a client controls, so that every request fits in one
     line the daemon reads: an oversized request is still decided, never waved through by
@@ -54,25 +84,25 @@ def _fit(msg):
     headers = msg.get("headers")
     if isinstance(headers, dict):
         for name, value in list(headers.items()):
-            if isinstance(value, str) and len(value) > MAX_KEY_FIELD:
+            if isinstance(value, str) and _size(value) > MAX_KEY_FIELD:
                 headers[name] = _digest(value)
     for field in ("user", "key"):
         value = msg.get(field)
-        if isinstance(value, str) and len(value) > MAX_KEY_FIELD:
+        if isinstance(value, str) and _size(value) > MAX_KEY_FIELD:
             msg[field] = _digest(value)
     xff = msg.get("xff")
-    if isinstance(xff, str) and len(xff) > MAX_XFF:
-        kept, size = [], 0
+    if isinstance(xff, str) and _size(xff) > MAX_XFF:
+        kept, size = [], 2
         for entry in reversed(xff.split(",")):
-            size += len(entry) + 1
+            size += _size(entry) - 2 + 1
             if size > MAX_XFF:
                 break
             kept.append(entry)
         msg["xff"] = ",".join(reversed(kept))
     for field in ("path", "rule"):
         value = msg.get(field)
-        if isinstance(value, str) and len(value) > MAX_PATH:
-            msg[field] = value[:MAX_PATH]
+        if isinstance(value, str) and _size(value) > MAX_PATH:
+            msg[field] = _cut(value, MAX_PATH)
     return msg
 
 

@@ -636,6 +636,39 @@ class Hostile(Base):
         client.post("/login", headers={"X-Api-Key": key}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
         self.assertEqual(self.daemon.of("decide")[1]["headers"]["X-Api-Key"], sent)
 
+    def test_a_request_of_escaped_characters_still_fits_the_line_and_is_decided(self):
+        # JSON escapes a non-ASCII character as \\uXXXX (6 bytes; 12 for an emoji): 4,096
+        # emoji in the path and 4,096 latin-1 characters in X-Forwarded-For made a 72 KB
+        # line, which the client refused to send, and on_error "open" waved it through.
+        def decide(req):
+            if not req["path"].startswith("/files/"):
+                return {"endpoint": None, "allow": True}
+            return {"allow": False, "status": 429, "endpoint": "files", "retry_after": 3, "detail": "over"}
+
+        self.daemon.decide = decide
+        app, shield = make_app(self.daemon.path, on_error="open")
+
+        @app.get("/files/<path:name>")
+        def files(name):
+            return "the whole file"
+
+        client = app.test_client()
+        path = "/files/" + "\U0001F600" * 5000
+        xff = ", ".join(["\xff" * 60] * 100) + ", 198.51.100.7"
+        key = "\xe9" * 1000
+        r = client.get(path, headers={"X-Forwarded-For": xff, "X-Api-Key": key},
+                       environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        self.assertEqual(r.status_code, 429, r.data[:200])
+        self.assertEqual(shield.errors, 0)
+        (decide_req,) = self.daemon.of("decide")
+        line = json.dumps(decide_req).encode()
+        self.assertLessEqual(len(line), 64 * 1024)
+        self.assertTrue(decide_req["path"].startswith("/files/\U0001F600"), decide_req["path"][:20])
+        self.assertTrue(decide_req["xff"].endswith(" 198.51.100.7"), decide_req["xff"][-40:])
+        # A short key is sent as it is.
+        r = client.get("/files/a", headers={"X-Api-Key": "\xe9" * 10}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        self.assertEqual(self.daemon.of("decide")[1]["headers"]["X-Api-Key"], "\xe9" * 10)
+
     def test_garbage_numbers_in_a_reply_never_make_a_500(self):
         replies = iter([
             {"allow": True, "endpoint": "login", "policy": LOGIN_POLICY, "remaining": "abc", "reset": [1]},

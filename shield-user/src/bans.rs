@@ -380,10 +380,10 @@ impl BanMaps {
             return String::new();
         }
         self.tables
-            .current_rules()
+            .current_rule(u32::from(id))
             .ok()
-            .and_then(|rules| rules.into_iter().find(|(i, _)| *i == u32::from(id)))
-            .map_or_else(|| format!("#{id}"), |(_, r)| crate::loader::rule_name(&r))
+            .flatten()
+            .map_or_else(|| format!("#{id}"), |r| crate::loader::rule_name(&r))
     }
 
     /// Finds a rule by name: (id, its config).
@@ -411,7 +411,12 @@ impl BanMaps {
     }
 
     fn entry(&self, key: BanKey, v: &BanValue, now: u64) -> BanEntry {
-        let names = self.rule_names();
+        // Only this ban's rule (reading every rule slot for each ban made installing a
+        // fleet's 65,536 bans take 19 s of the owner's time).
+        let mut names = std::collections::HashMap::new();
+        if v.rule != 0 {
+            names.insert(v.rule, self.rule_name(v.rule));
+        }
         self.entry_named(key, v, now, &names)
     }
 
@@ -652,6 +657,16 @@ impl BanMaps {
 
     /// Removes every ban on exactly `cidr` (host scope, and rule scope for any rule).
     pub fn unban(&mut self, cidr: Cidr) -> Result<Vec<BanEntry>, BanError> {
+        self.unban_where(cidr, |_| true)
+    }
+
+    /// Removes the bans on exactly `cidr` that `lift` accepts (a fleet unban lifts only
+    /// the bans issued before it).
+    pub fn unban_where(
+        &mut self,
+        cidr: Cidr,
+        mut lift: impl FnMut(&BanEntry) -> bool,
+    ) -> Result<Vec<BanEntry>, BanError> {
         let mut removed = Vec::new();
         for b in self.list() {
             let matches = match (b.key, cidr.addr) {
@@ -660,7 +675,7 @@ impl BanMaps {
                 (BanKey::Rule(k), c) => ip_of(k.family, k.addr) == c && k.prefix_len == cidr.len,
                 _ => false,
             };
-            if matches {
+            if matches && lift(&b) {
                 self.remove(b.key)?;
                 removed.push(BanEntry {
                     remaining_secs: 0.0,
@@ -791,7 +806,10 @@ impl BanMaps {
 /// E2BIG from an insert means the map is full.
 fn full(e: MapError) -> BanError {
     match &e {
-        MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+        // E2BIG from a hash map, ENOSPC from an LPM trie (the host bans).
+        MapError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) =>
+        {
             BanError::Full(shield_common::MAX_BANS)
         }
         _ => BanError::Map(e),

@@ -493,3 +493,226 @@ fn the_fleet_link_runs_over_tls() {
         "the password never shows: {log}"
     );
 }
+
+/// An unban as host `host` would publish it, sent at `sent_ms`.
+fn unban_message(source: &str, host: &str, sent_ms: u64) -> shield_user::fleet::Message {
+    shield_user::fleet::Message {
+        op: shield_user::fleet::Op::Unban,
+        source: source.to_string(),
+        scope: shield_user::policy::BanScope::Host,
+        rule: String::new(),
+        expires_ms: 0,
+        duration_secs: 0.0,
+        level: 0,
+        origin: "manual".into(),
+        cuts: String::new(),
+        origin_host: host.to_string(),
+        reason: None,
+        sent_ms,
+    }
+}
+
+#[test]
+fn an_unban_lifts_only_the_bans_issued_before_it() {
+    // A validly signed unban from ten minutes ago arrives now: replayed by whoever can write
+    // to Redis (the signature holds, the key is not needed), or read late by a host catching
+    // up after a partition. It must not lift a ban issued after it, here or received.
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemon");
+    let h = &lab.hosts[0];
+    wait_until("the link is up", Duration::from_secs(10), || {
+        h.fleet()["connected"] == true
+    });
+    let now = shield_user::fleet::now_ms();
+    let old = now - 600_000;
+    let publish = |m: &shield_user::fleet::Message| {
+        lab.redis
+            .pipeline(&lab.publish_cmds(m, None, false))
+            .expect("XADD");
+    };
+
+    // A ban this host issues now, then the old unban.
+    let (ok, _, err) = h.shield(&["ban", "203.0.113.61", "--for", "10m"]);
+    assert!(ok, "{err}");
+    // A ban received from the fleet, issued now on another host, then the old unban.
+    publish(&ban_message("203.0.113.62/32", "h9", 600));
+    wait_until(
+        "the received ban is installed",
+        Duration::from_secs(5),
+        || h.banned("203.0.113.62/32"),
+    );
+    publish(&unban_message("203.0.113.61/32", "h9", old));
+    publish(&unban_message("203.0.113.62/32", "h9", old));
+    // Catching up: a ban issued 20 minutes ago (still running) and an unban issued after
+    // it, both read now: the unban lifts it although it was installed here just now.
+    let mut late = ban_message("203.0.113.63/32", "h9", 3600);
+    late.sent_ms = now - 1_200_000;
+    late.expires_ms = late.sent_ms + 3_600_000;
+    publish(&late);
+    publish(&unban_message("203.0.113.63/32", "h9", old));
+    // A fresh unban, last in the stream: once it has acted, every message before it has.
+    let (ok, _, err) = h.shield(&["ban", "203.0.113.64", "--for", "10m"]);
+    assert!(ok, "{err}");
+    publish(&unban_message(
+        "203.0.113.64/32",
+        "h9",
+        shield_user::fleet::now_ms(),
+    ));
+    wait_until(
+        "the fresh unban lifts its ban",
+        Duration::from_secs(5),
+        || !h.banned("203.0.113.64/32"),
+    );
+    assert!(
+        h.banned("203.0.113.61/32"),
+        "an unban from 10 minutes ago lifted a ban this host issued now"
+    );
+    assert!(
+        h.banned("203.0.113.62/32"),
+        "an unban from 10 minutes ago lifted a ban the fleet issued now"
+    );
+    assert!(
+        !h.banned("203.0.113.63/32"),
+        "an unban issued after a ban (both read late) must lift it"
+    );
+    let kept: Vec<_> = h
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "fleet_unban" && l["kept"].as_u64() == Some(1))
+        .collect();
+    assert_eq!(kept.len(), 2, "audit says which bans were kept: {kept:#?}");
+}
+
+#[test]
+fn a_fleet_holding_more_bans_than_the_table_fills_it_quietly_and_says_so() {
+    // Several hosts under a large attack can hold more bans together than one host's table
+    // (65,536): a host starting then installs what fits and counts the rest, without a
+    // log line per ban, and a ban that cannot fit says the table is full.
+    const N: u32 = 70_000;
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    let seed: Vec<Vec<String>> = (0..N)
+        .flat_map(|i| {
+            let m = ban_message(
+                &format!("100.{}.{}.{}/32", 64 + i / 65536, (i / 256) % 256, i % 256),
+                "h9",
+                3600,
+            );
+            lab.publish_cmds(&m, None, true).into_iter().take(1) // the hash only
+        })
+        .collect();
+    for chunk in seed.chunks(5000) {
+        lab.redis.pipeline(chunk).expect("seeding Redis");
+    }
+    lab.start_all().expect("starting the daemon");
+    let h = &lab.hosts[0];
+    wait_until(
+        "every seeded ban is handled",
+        Duration::from_secs(60),
+        || {
+            let f = h.fleet();
+            f["installed"].as_u64().unwrap_or(0) + f["refused_table_full"].as_u64().unwrap_or(0)
+                >= u64::from(N)
+        },
+    );
+    let f = h.fleet();
+    let full = f["refused_table_full"]
+        .as_u64()
+        .expect("refused_table_full");
+    assert!(
+        full >= u64::from(N) - 65_536,
+        "bans past the table are counted: {f}"
+    );
+    assert!(
+        h.metrics()
+            .contains("shield_fleet_refused_total{reason=\"table_full\"}"),
+        "/metrics says why"
+    );
+    let log = h.daemon.as_ref().expect("daemon").log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("ban table is full"))
+        .count();
+    assert!(
+        (1..=2).contains(&lines),
+        "the full table is logged once a minute, not once per ban: {lines} lines"
+    );
+    let (ok, _, err) = h.shield(&["ban", "203.0.113.5", "--for", "1m"]);
+    assert!(!ok, "a ban past the full table cannot be stored");
+    assert!(
+        err.contains("the ban table is full"),
+        "and says so in plain words: {err}"
+    );
+}
+
+/// One request line on the app socket, its reply.
+fn app_call(socket: &std::path::Path, line: &str) -> serde_json::Value {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("app socket");
+    s.write_all(format!("{line}\n").as_bytes()).expect("write");
+    let mut reply = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut reply)
+        .expect("reply");
+    serde_json::from_str(&reply).expect("JSON reply")
+}
+
+#[test]
+fn an_unban_from_the_fleet_lifts_this_hosts_l7_bans_too() {
+    // A customer behind a CDN, banned at L7 (403) by the app layer of every host it hit:
+    // `shield unban` on one host lifts it on every host, the app layer's bans included.
+    let socket = std::env::temp_dir().join(format!("sap-app-{}.sock", std::process::id()));
+    let policy = format!(
+        r#"{POLICY}
+[app]
+socket = "{}"
+trusted_proxies = ["127.0.0.1/32"]
+
+[[endpoint]]
+name = "login"
+path = "/login"
+limit = {{ rate = "100/s", burst = 100 }}
+
+[[signal]]
+name = "login_failed"
+limit = {{ rate = "1/h", burst = 1 }}
+escalation = {{ strikes = 1, window = "1h", ban = "1h" }}
+"#,
+        socket.display()
+    );
+    let mut lab = FleetLab::new(1, API, 600, &policy).expect("fleet lab");
+    lab.start_all().expect("starting the daemon");
+    let h = &lab.hosts[0];
+    wait_until("the link is up", Duration::from_secs(10), || {
+        h.fleet()["connected"] == true
+    });
+    let via_cdn = r#""peer":"127.0.0.1","xff":"203.0.113.70""#;
+    for _ in 0..3 {
+        app_call(
+            &socket,
+            &format!(r#"{{"op":"report","signal":"login_failed",{via_cdn}}}"#),
+        );
+    }
+    let decide =
+        format!(r#"{{"op":"decide","method":"GET","rule":"/login","path":"/login",{via_cdn}}}"#);
+    let d = app_call(&socket, &decide);
+    assert_eq!(d["status"], 403, "banned at L7: {d}");
+    // Another host's operator unbans it (a fresh, signed fleet unban).
+    let mut unban = ban_message("203.0.113.70/32", "h9", 0);
+    unban.op = shield_user::fleet::Op::Unban;
+    unban.expires_ms = 0;
+    lab.redis
+        .pipeline(&lab.publish_cmds(&unban, None, false))
+        .expect("XADD");
+    wait_until(
+        "the fleet's unban is applied",
+        Duration::from_secs(5),
+        || {
+            h.audit_lines()
+                .iter()
+                .any(|l| l["event"] == "fleet_unban" && l["source"] == "203.0.113.70/32")
+        },
+    );
+    wait_until("the L7 ban is lifted", Duration::from_secs(5), || {
+        app_call(&socket, &decide)["allow"] == true
+    });
+}

@@ -522,6 +522,8 @@ pub struct SavedQuota {
 #[derive(Clone, Debug)]
 struct L7Ban {
     until: u64,
+    /// When it was issued or last extended (`Clock::now`).
+    since: u64,
     /// `None`: every endpoint; `Some`: that endpoint only.
     endpoint: Option<String>,
     what: String,
@@ -1270,11 +1272,13 @@ impl Limiter {
             Some(b) => {
                 if until > b.until {
                     b.until = until;
+                    b.since = now;
                     b.what = what.clone();
                 }
             }
             None => list.push(L7Ban {
                 until,
+                since: now,
                 endpoint: endpoint.clone(),
                 what: what.clone(),
             }),
@@ -1296,6 +1300,21 @@ impl Limiter {
             endpoint,
             reason: what,
         }));
+    }
+
+    /// An unban from the fleet: lifts the L7 bans inside `cidr` issued (or last extended)
+    /// at or before `before` (`Clock::now` time); returns how many clients were freed.
+    pub fn unban_before(&mut self, cidr: &Cidr, before: u64) -> usize {
+        let mut freed = 0;
+        self.bans.retain(|ip, v| {
+            if !contains(cidr, *ip) {
+                return true;
+            }
+            v.retain(|b| b.since > before);
+            freed += usize::from(v.is_empty());
+            !v.is_empty()
+        });
+        freed
     }
 
     /// Whether prefix `source` overlaps a trusted proxy's range.

@@ -990,3 +990,87 @@ limit = { rate = "1000000/s", burst = 1000000 }
             .contains_key(&("daily".to_string(), "header:x".to_string()))
     );
 }
+
+#[test]
+fn a_head_request_counts_against_an_endpoint_that_lists_get() {
+    // Flask answers HEAD with the GET view (the whole view runs, only the body is dropped):
+    // a HEAD flood on a `methods = ["GET"]` endpoint must draw from the same buckets.
+    let p = parse_str(
+        "t.toml",
+        r#"
+[app]
+socket = "/tmp/x.sock"
+
+[[endpoint]]
+name = "report"
+methods = ["GET"]
+path = "/report/<int:id>"
+limit = { rate = "1/min", burst = 2 }
+
+[[endpoint]]
+name = "upload"
+methods = ["POST"]
+path = "/upload"
+limit = { rate = "1/min", burst = 1 }
+"#,
+    )
+    .expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
+    l.clock.frozen = Some(100 * NS_PER_SEC);
+    let mut fx = Vec::new();
+    let mut ask = |l: &mut Limiter, m: &str, rule: &str| {
+        l.decide(
+            m,
+            Some(rule),
+            rule,
+            Some("192.0.2.1"),
+            None,
+            None,
+            None,
+            None,
+            &mut fx,
+        )
+        .expect("decide")
+    };
+    let a = ask(&mut l, "HEAD", "/report/<int:id>");
+    assert_eq!(
+        a.endpoint.as_deref(),
+        Some("report"),
+        "HEAD runs the GET view"
+    );
+    assert!(a.allow);
+    let b = ask(&mut l, "GET", "/report/<int:id>");
+    assert!(b.allow, "the burst is 2");
+    let c = ask(&mut l, "head", "/report/<int:id>");
+    assert_eq!(
+        (c.allow, c.status),
+        (false, Some(429)),
+        "a third request, HEAD or GET, is over the burst"
+    );
+    // HEAD is GET's only: a POST-only endpoint is not matched by HEAD.
+    assert_eq!(ask(&mut l, "HEAD", "/upload").endpoint, None);
+}
+
+#[test]
+fn a_fleet_unban_lifts_the_l7_bans_issued_before_it_only() {
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    let cidr = crate::policy::parse_cidr("192.0.2.0/24").expect("cidr");
+    let ban = |l: &mut Limiter, peer: &str, fx: &mut Vec<Effect>| {
+        for _ in 0..3 {
+            l.report("login_failed", Some(peer), None, None, None, None, fx)
+                .expect("report");
+        }
+    };
+    ban(&mut l, "192.0.2.7", &mut fx);
+    let unban_sent = l.clock.now();
+    l.clock.frozen = Some(unban_sent + 60 * NS_PER_SEC);
+    ban(&mut l, "192.0.2.8", &mut fx);
+    assert_eq!(login(&mut l, "192.0.2.8", None, &mut fx).status, Some(403));
+    // The unban was sent before 192.0.2.8's ban: only 192.0.2.7 is freed.
+    assert_eq!(l.unban_before(&cidr, unban_sent), 1);
+    assert!(login(&mut l, "192.0.2.7", None, &mut fx).allow);
+    assert_eq!(login(&mut l, "192.0.2.8", None, &mut fx).status, Some(403));
+    assert_eq!(l.unban_before(&cidr, l.clock.now()), 1);
+    assert!(login(&mut l, "192.0.2.8", None, &mut fx).allow);
+}

@@ -41,6 +41,15 @@ pub const MAX_APP_CLIENTS: usize = 1024;
 const IDLE: Duration = Duration::from_secs(300);
 /// Once a request line has started, the rest of it must come within this.
 const LINE_DEADLINE: Duration = Duration::from_secs(5);
+/// An unban for the app layer's L7 bans.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AppUnban {
+    pub cidr: Cidr,
+    /// A fleet unban: only the L7 bans issued up to then (unix ms; see
+    /// `owner::fleet_hooks::UNBAN_SKEW_MS`). `None` (`shield unban` here): every one.
+    pub before_ms: Option<u64>,
+}
+
 /// The limiter, shared by the client tasks and the app task (never by the owner).
 type Shared = Arc<Mutex<Limiter>>;
 
@@ -114,7 +123,7 @@ pub(super) async fn serve(
     mut bound: Bound,
     policy: AppPolicy,
     mut policies: watch::Receiver<AppPolicy>,
-    mut unbans: mpsc::UnboundedReceiver<Cidr>,
+    mut unbans: mpsc::UnboundedReceiver<AppUnban>,
     counters: Arc<AppCounters>,
     owner: mpsc::Sender<Msg>,
     mut stop: watch::Receiver<bool>,
@@ -168,8 +177,19 @@ pub(super) async fn serve(
                     save_and_log(&state_dir, saved, &mut save_error).await;
                 }
             }
-            Some(cidr) = unbans.recv() => {
-                let n = lock(&limiter).unban(&cidr);
+            Some(AppUnban { cidr, before_ms }) = unbans.recv() => {
+                let n = {
+                    let mut l = lock(&limiter);
+                    match before_ms {
+                        None => l.unban(&cidr),
+                        Some(ms) => {
+                            // Wall-clock ms to the limiter's monotonic clock.
+                            let ago = crate::fleet::now_ms().saturating_sub(ms);
+                            let before = l.clock.now().saturating_sub(ago.saturating_mul(1_000_000));
+                            l.unban_before(&cidr, before)
+                        }
+                    }
+                };
                 if n > 0 {
                     info!("unban {cidr}: {n} client(s) freed from the app layer's L7 bans");
                 }

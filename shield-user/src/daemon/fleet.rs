@@ -311,13 +311,8 @@ impl Task {
             if let Ok(mut l) = last_id.lock() {
                 *l = Some(tail);
             }
-            match self.ready.take() {
-                Some(ready) => {
-                    let _ = ready.send(bans);
-                }
-                None => {
-                    let _ = self.owner.send(Msg::Fleet(Inbound::Resync(bans))).await;
-                }
+            if let Some(bans) = hand_over(self.ready.take(), bans) {
+                let _ = self.owner.send(Msg::Fleet(Inbound::Resync(bans))).await;
             }
         }
         // What this host issued while the link was down, in order.
@@ -392,6 +387,20 @@ impl Task {
     }
 }
 
+/// The first snapshot goes to the start-up, which waits for it before ready; it returns the
+/// bans the owner must get as a resync instead: every later snapshot, and the first one
+/// when the start-up stopped waiting (a slow Redis: the snapshot came after its 8 s; they
+/// were dropped, and the fleet's bans never installed on this host until a resync).
+fn hand_over(
+    ready: Option<oneshot::Sender<Vec<Message>>>,
+    bans: Vec<Message>,
+) -> Option<Vec<Message>> {
+    match ready {
+        Some(ready) => ready.send(bans).err(),
+        None => Some(bans),
+    }
+}
+
 /// What the stream reader needs.
 struct Reader {
     signer: Signer,
@@ -449,4 +458,48 @@ fn refused(counters: &DaemonCounters, what: &str, e: &Refusal) {
             .fetch_add(1, Ordering::Relaxed);
     }
     warn!("fleet: refused {what}: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(source: &str) -> Message {
+        Message {
+            op: Op::Ban,
+            source: source.into(),
+            scope: crate::policy::BanScope::Host,
+            rule: String::new(),
+            expires_ms: u64::MAX / 2,
+            duration_secs: 60.0,
+            level: 0,
+            origin: "manual".into(),
+            cuts: "everything".into(),
+            origin_host: "h9".into(),
+            reason: None,
+            sent_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_the_start_up_stopped_waiting_for_goes_to_the_owner_as_a_resync() {
+        // The start-up waits: it gets the bans.
+        let (tx, mut rx) = oneshot::channel();
+        assert_eq!(hand_over(Some(tx), vec![ban("192.0.2.1/32")]), None);
+        assert_eq!(rx.try_recv().expect("sent").len(), 1);
+        // It stopped waiting (Redis answered after its timeout): never dropped.
+        let (tx, rx) = oneshot::channel::<Vec<Message>>();
+        drop(rx);
+        let late = hand_over(Some(tx), vec![ban("192.0.2.2/32")]);
+        assert_eq!(
+            late.map(|b| b[0].source.clone()),
+            Some("192.0.2.2/32".to_string()),
+            "a late first snapshot is installed through a resync"
+        );
+        // Later sessions: a resync.
+        assert_eq!(
+            hand_over(None, vec![ban("192.0.2.3/32")]).map(|b| b.len()),
+            Some(1)
+        );
+    }
 }

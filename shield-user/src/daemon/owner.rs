@@ -108,7 +108,7 @@ struct Owner {
     /// The app task's policy (`[app]` at start), and its counters.
     app_policy: Option<watch::Sender<crate::app::AppPolicy>>,
     /// `shield unban` also lifts the app layer's L7 bans.
-    app_unban: Option<mpsc::UnboundedSender<policy::Cidr>>,
+    app_unban: Option<mpsc::UnboundedSender<app::AppUnban>>,
     app_counters: Arc<crate::app::AppCounters>,
     /// App bans that came while a reload held the maps.
     app_bans: Vec<crate::app::AppBan>,

@@ -42,6 +42,8 @@ pub struct Counters {
     pub refused_wide: AtomicU64,
     /// Refused: the ban would cover one of this host's `[app] trusted_proxies`.
     pub refused_proxy: AtomicU64,
+    /// Not installed: this host's ban table is full.
+    pub refused_full: AtomicU64,
     pub circuit_open: AtomicBool,
     /// Lag of the last received change (publish to install), microseconds.
     pub lag_us: AtomicU64,
@@ -128,6 +130,8 @@ pub struct Status {
     pub refused_too_wide: u64,
     #[serde(default)]
     pub refused_trusted_proxy: u64,
+    #[serde(default)]
+    pub refused_table_full: u64,
     pub circuit_open: bool,
     pub lag_seconds: f64,
     pub queued: u64,
@@ -149,6 +153,7 @@ impl Counters {
             skipped_unknown_rule: r(&self.skipped_rule),
             refused_too_wide: r(&self.refused_wide),
             refused_trusted_proxy: r(&self.refused_proxy),
+            refused_table_full: r(&self.refused_full),
             circuit_open: self.circuit_open.load(Ordering::Relaxed),
             lag_seconds: r(&self.lag_us) as f64 / 1e6,
             queued: r(&self.queued),
@@ -200,6 +205,7 @@ impl Counters {
             ("unknown_rule", s.skipped_unknown_rule),
             ("too_wide", s.refused_too_wide),
             ("trusted_proxy", s.refused_trusted_proxy),
+            ("table_full", s.refused_table_full),
         ] {
             refused
                 .get_or_create(&vec![("reason".to_string(), why.to_string())])

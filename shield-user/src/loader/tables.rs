@@ -125,6 +125,20 @@ impl PolicyMaps {
         ))
     }
 
+    /// Rule `id` of the policy in force (two map reads, not the whole table: a ban
+    /// names its rule once per ban, and a ban storm installs tens of thousands).
+    pub fn current_rule(&self, id: u32) -> Result<Option<RuleConfig>, LoaderError> {
+        let (half, cfg) = self.active()?;
+        if cfg.flags & CFG_LOADED == 0 || id == 0 || id >= RULE_SLOTS {
+            return Ok(None);
+        }
+        let r = self
+            .rules
+            .get(&(half * RULE_SLOTS + id), 0)
+            .map_err(map_err(MAP_RULES))?;
+        Ok((r.flags & RULE_PRESENT != 0).then_some(r))
+    }
+
     /// Rules of the policy in force: (id, config), for stable ids across reloads/restarts.
     pub fn current_rules(&self) -> Result<Vec<(u32, RuleConfig)>, LoaderError> {
         let (half, cfg) = self.active()?;

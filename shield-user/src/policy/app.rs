@@ -114,8 +114,12 @@ pub struct Endpoint {
 impl Endpoint {
     /// Whether a request (`method`, Flask rule `rule` or null, `path`) belongs here.
     pub fn matches(&self, method: &str, rule: Option<&str>, path: &str) -> bool {
-        let method_ok =
-            self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+        // HEAD is GET without the body: Flask (Werkzeug) runs the GET view for it, so an
+        // endpoint that lists GET covers HEAD too (else a HEAD flood runs the view unlimited).
+        let listed = |want: &str| self.methods.iter().any(|m| m.eq_ignore_ascii_case(want));
+        let method_ok = self.methods.is_empty()
+            || listed(method)
+            || (method.eq_ignore_ascii_case("HEAD") && listed("GET"));
         let path_ok = if self.prefix {
             path.starts_with(&self.path)
         } else {

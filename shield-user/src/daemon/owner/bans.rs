@@ -64,7 +64,10 @@ impl Owner {
                 }
                 self.issued_unban(&cidr.to_string());
                 if let Some(tx) = &self.app_unban {
-                    let _ = tx.send(cidr);
+                    let _ = tx.send(crate::daemon::app::AppUnban {
+                        cidr,
+                        before_ms: None,
+                    });
                 }
                 Ok(Reply::Unbanned(Unbanned { removed }))
             }

@@ -39,11 +39,32 @@ pub(in crate::daemon) struct Link {
     max_per_minute: u32,
     /// Bans installed from the fleet (`SOURCE|SCOPE|RULE` → the host that issued them).
     origins: HashMap<String, String>,
+    /// When each of them was issued on its host (unix ms): what a received unban is
+    /// compared with (installed here later, in a catch-up, it was still issued then).
+    issued: HashMap<String, u64>,
     ticks: u64,
+    /// When "the ban table is full" was last logged (at most once a minute: a storm of
+    /// received bans past the table logged one line per ban, 34,000 lines in 2 s).
+    full_logged: Option<Instant>,
 }
 
 fn field(source: &str, scope: BanScope, rule: &str) -> String {
     format!("{source}|{}|{rule}", scope.as_str())
+}
+
+/// A received unban lifts the bans issued up to this long after it was sent (the hosts'
+/// clocks differ a little): an unban replayed from Redis, or read late after a partition,
+/// never lifts a ban issued after it.
+pub(in crate::daemon) const UNBAN_SKEW_MS: u64 = 5_000;
+
+/// When a received ban was issued on its host (unix ms).
+fn issued_ms(m: &Message) -> u64 {
+    if m.sent_ms > 0 {
+        m.sent_ms
+    } else {
+        m.expires_ms
+            .saturating_sub((m.duration_secs.max(0.0) * 1000.0) as u64)
+    }
 }
 
 /// The ban an EV_BAN event reports, as `shield bans` would list it.
@@ -126,16 +147,20 @@ impl Owner {
             breaker: Breaker::new(cfg.max_bans_per_minute),
             max_per_minute: cfg.max_bans_per_minute,
             origins: std::mem::take(&mut self.pending_origins),
+            issued: HashMap::new(),
             ticks: 0,
+            full_logged: None,
         });
         // Connect and read: bounded by the client's timeouts (2 s + 3 s).
         match tokio::time::timeout(Duration::from_secs(8), ready_rx).await {
             Ok(Ok(bans)) => {
                 let n = bans.len();
+                let before = self.counters.fleet.installed.load(Ordering::Relaxed);
                 for b in bans {
                     self.fleet_apply(b, false);
                 }
-                info!("fleet: {n} active fleet bans in force before ready");
+                let installed = self.counters.fleet.installed.load(Ordering::Relaxed) - before;
+                info!("fleet: {installed} of the fleet's {n} active bans in force before ready");
             }
             _ => warn!(
                 "fleet: starting without the fleet's bans (Redis not reachable); they are installed when the link comes up"
@@ -165,6 +190,7 @@ impl Owner {
             return;
         }
         link.origins.remove(&field(&b.source, b.scope, &b.rule));
+        link.issued.remove(&field(&b.source, b.scope, &b.rule));
         let m = Message {
             op: Op::Ban,
             source: b.source.clone(),
@@ -195,6 +221,7 @@ impl Owner {
         };
         let pat = format!("{source}|");
         link.origins.retain(|f, _| !f.starts_with(&pat));
+        link.issued.retain(|f, _| !f.starts_with(&pat));
         let m = Message {
             op: Op::Unban,
             source: source.to_string(),
@@ -342,15 +369,32 @@ impl Owner {
             reason: m.reason.as_deref(),
         };
         let mut installed = false;
+        let mut full = None;
         for inst in &mut self.instances {
             let Some(maps) = inst.maps.as_mut() else {
                 continue;
             };
             match maps.bans.ban_spec(&spec) {
                 Ok(_) => installed = true,
+                Err(e @ crate::bans::BanError::Full(_)) => full = Some(e),
                 Err(e) => {
                     warn!(iface = %inst.iface, "fleet: the ban of {} from {}: {e}", m.source, m.origin_host);
                 }
+            }
+        }
+        if let Some(e) = full {
+            fc.refused_full.fetch_add(1, Ordering::Relaxed);
+            if link
+                .full_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                link.full_logged = Some(Instant::now());
+                warn!(
+                    "fleet: {e}: received bans are not installed (the ban of {} from {}; {} so far, shield_fleet_refused_total{{reason=\"table_full\"}}; said once a minute)",
+                    m.source,
+                    m.origin_host,
+                    fc.refused_full.load(Ordering::Relaxed)
+                );
             }
         }
         if !installed {
@@ -363,8 +407,10 @@ impl Owner {
         // This host's own bans (back from Redis after a reboot) stay local bans.
         if m.origin_host == self.host {
             link.origins.remove(&m.field());
+            link.issued.remove(&m.field());
         } else {
             link.origins.insert(m.field(), m.origin_host.clone());
+            link.issued.insert(m.field(), issued_ms(&m));
         }
         self.state_dirty = true;
         let mut line = json!({
@@ -389,24 +435,65 @@ impl Owner {
         self.audit.write(line);
     }
 
-    /// An unban received from the fleet: lifted here, not published again.
+    /// An unban received from the fleet: lifted here, not published again. It lifts only
+    /// the bans issued before it was sent (give or take `UNBAN_SKEW_MS`): a ban issued
+    /// after it (here, or on another host) stays. A resync's unbans (no `sent_ms`) lift
+    /// every ban of the source.
     fn fleet_unban(&mut self, m: &Message) {
         let Ok(cidr) = parse_cidr(&m.source) else {
             return;
         };
-        let mut removed = 0;
+        let now = now_ms();
+        let cutoff = (m.sent_ms > 0).then(|| m.sent_ms.saturating_add(UNBAN_SKEW_MS));
+        let issued = self.fleet.as_ref().map(|l| &l.issued);
+        let mut lifted = Vec::new();
+        let mut kept = 0;
         for inst in &mut self.instances {
             let Some(maps) = inst.maps.as_mut() else {
                 continue;
             };
-            match maps.bans.unban(cidr) {
-                Ok(r) => removed += r.len(),
+            let lift = |b: &BanEntry| {
+                let Some(cutoff) = cutoff else {
+                    return true;
+                };
+                let f = field(&b.source, b.scope, &b.rule);
+                // A ban installed from the fleet: when its host issued it; else when it
+                // was issued here (its duration minus what is left of it).
+                let at = issued.and_then(|i| i.get(&f)).copied().unwrap_or_else(|| {
+                    let ran = (b.duration_secs - b.remaining_secs).max(0.0);
+                    now.saturating_sub((ran * 1000.0) as u64)
+                });
+                let lift = at <= cutoff;
+                if !lift {
+                    kept += 1;
+                }
+                lift
+            };
+            match maps.bans.unban_where(cidr, lift) {
+                Ok(r) => lifted.extend(r.into_iter().map(|b| field(&b.source, b.scope, &b.rule))),
                 Err(e) => warn!(iface = %inst.iface, "fleet: unban of {}: {e}", m.source),
             }
         }
+        let removed = lifted.len();
+        // The app layer's L7 bans of this host too, as `shield unban` here lifts them (not
+        // for a resync's unbans: those are fleet bans gone from the hash).
+        if let Some(tx) = self.app_unban.as_ref().filter(|_| cutoff.is_some()) {
+            let _ = tx.send(crate::daemon::app::AppUnban {
+                cidr,
+                before_ms: cutoff,
+            });
+        }
         if let Some(link) = self.fleet.as_mut() {
-            let pat = format!("{}|", m.source);
-            link.origins.retain(|f, _| !f.starts_with(&pat));
+            for f in &lifted {
+                link.origins.remove(f);
+                link.issued.remove(f);
+            }
+        }
+        if kept > 0 {
+            info!(
+                "fleet: the unban of {} from {} was sent before {kept} ban(s) of it were issued: they stay",
+                m.source, m.origin_host
+            );
         }
         self.state_dirty = true;
         if m.sent_ms > 0 {
@@ -420,6 +507,7 @@ impl Owner {
             "source": m.source,
             "origin_host": m.origin_host,
             "removed": removed,
+            "kept": kept,
         }));
     }
 
@@ -441,6 +529,7 @@ impl Owner {
             // Maps a reload holds are back within the reload: prune only with all of them.
             if self.instances.iter().all(|i| i.maps.is_some()) {
                 link.origins.retain(|f, _| live.contains(f));
+                link.issued.retain(|f, _| live.contains(f));
             }
         }
         if link.breaker.poll_close(now_ms()) {
