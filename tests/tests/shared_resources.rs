@@ -78,13 +78,15 @@ fn shield(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("running shield");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    (out.status.success(), text(&out))
+}
+
+/// A finished command's stdout and stderr, one after the other.
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     )
 }
 
@@ -163,11 +165,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_the_saved_bans_stay() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = second.wait_with_output().expect("second daemon output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text(&out);
     assert!(
         !answered,
         "a second daemon on the same --state-dir must not run: {text}"
@@ -390,11 +388,7 @@ fn tune_write_refuses_what_is_not_a_file_before_observing() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let o = child.wait_with_output().expect("output");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let text = text(&o);
         assert_eq!(
             o.status.code(),
             Some(1),

@@ -36,8 +36,13 @@ escalation = { strikes = 1, window = "1h", ban = "1h" }
 "#;
 
 fn limiter() -> Limiter {
-    let p = parse_str("t.toml", POLICY).expect("valid policy");
-    let mut l = Limiter::new(AppPolicy::new(&p, 7), Arc::default());
+    limiter_with(POLICY, 7)
+}
+
+/// A limiter of `policy` (its policy generation `generation`) on a clock frozen at 100 s.
+fn limiter_with(policy: &str, generation: u32) -> Limiter {
+    let p = parse_str("t.toml", policy).expect("valid policy");
+    let mut l = Limiter::new(AppPolicy::new(&p, generation), Arc::default());
     l.clock.frozen = Some(100 * NS_PER_SEC);
     l
 }
@@ -484,8 +489,7 @@ fn hello_names_key_headers_once() {
 
 #[test]
 fn cost_draws_tokens_from_the_endpoints_buckets() {
-    let p = parse_str(
-        "t.toml",
+    let mut l = limiter_with(
         r#"
 [app]
 socket = "/tmp/x.sock"
@@ -499,10 +503,8 @@ name = "q"
 path = "/q"
 limit = { rate = "10/d", burst = 10 }
 "#,
-    )
-    .expect("valid policy");
-    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
-    l.clock.frozen = Some(100 * NS_PER_SEC);
+        1,
+    );
     let mut fx = Vec::new();
     let mut at = |l: &mut Limiter, path: &str, cost: Option<u64>| {
         l.decide(
@@ -567,8 +569,7 @@ limit = { rate = "10/d", burst = 10 }
 
 #[test]
 fn concurrency_caps_requests_in_flight_per_key_and_release_frees_a_slot() {
-    let p = parse_str(
-        "t.toml",
+    let mut l = limiter_with(
         r#"
 [app]
 socket = "/tmp/x.sock"
@@ -579,10 +580,8 @@ key = "header:X-Api-Key"
 concurrency = 2
 limit = { rate = "100/s", burst = 100 }
 "#,
-    )
-    .expect("valid policy");
-    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
-    l.clock.frozen = Some(100 * NS_PER_SEC);
+        1,
+    );
     let mut fx = Vec::new();
     let mut go = |l: &mut Limiter, key: &str, charge: bool| {
         let h: HashMap<String, String> = [("X-Api-Key".to_string(), key.to_string())].into();
@@ -748,9 +747,7 @@ path = "/login"
 limit = { rate = "5/min", burst = 1 }
 escalation = { strikes = 1, window = "10m", ban = "15m" }
 "#;
-    let p = parse_str("t.toml", policy).expect("valid policy");
-    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
-    l.clock.frozen = Some(100 * NS_PER_SEC);
+    let mut l = limiter_with(policy, 1);
     let mut fx = Vec::new();
     // 10.1.0.5 talks to the host directly; its /24 holds the proxy 10.1.0.1.
     assert!(login(&mut l, "10.1.0.5", None, &mut fx).allow);
@@ -922,8 +919,7 @@ fn long_keys_from_requests_are_stored_as_digests_and_still_limit() {
 
 #[test]
 fn quota_keys_are_stored_short_bounded_and_a_tampered_window_is_dropped() {
-    let p = parse_str(
-        "t.toml",
+    let mut l = limiter_with(
         r#"
 [app]
 socket = "/tmp/x.sock"
@@ -934,10 +930,8 @@ key = "header:X-Api-Key"
 quota = { limit = 5, per = "1d" }
 limit = { rate = "1000000/s", burst = 1000000 }
 "#,
-    )
-    .expect("valid policy");
-    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
-    l.clock.frozen = Some(100 * NS_PER_SEC);
+        1,
+    );
     l.clock.wall_frozen = Some(20_000 * 86_400 + 60);
     let go = |l: &mut Limiter, key: &str| {
         let h: HashMap<String, String> = [("X-Api-Key".to_string(), key.to_string())].into();
@@ -995,8 +989,7 @@ limit = { rate = "1000000/s", burst = 1000000 }
 fn a_head_request_counts_against_an_endpoint_that_lists_get() {
     // Flask answers HEAD with the GET view (the whole view runs, only the body is dropped):
     // a HEAD flood on a `methods = ["GET"]` endpoint must draw from the same buckets.
-    let p = parse_str(
-        "t.toml",
+    let mut l = limiter_with(
         r#"
 [app]
 socket = "/tmp/x.sock"
@@ -1013,10 +1006,8 @@ methods = ["POST"]
 path = "/upload"
 limit = { rate = "1/min", burst = 1 }
 "#,
-    )
-    .expect("valid policy");
-    let mut l = Limiter::new(AppPolicy::new(&p, 1), Arc::default());
-    l.clock.frozen = Some(100 * NS_PER_SEC);
+        1,
+    );
     let mut fx = Vec::new();
     let mut ask = |l: &mut Limiter, m: &str, rule: &str| {
         l.decide(
