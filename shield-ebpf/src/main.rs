@@ -280,13 +280,14 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
                 return Ok(action);
             }
         } else {
-            if pkt.tcp_data {
-                prove(ctx, pkt, &vkey, now);
-            }
-            // Then, data or not, a segment with ACK of a source still unverified must
+            // Data proves its source; a source verified after that needs no cookie check
+            // (which would look the set up again).
+            let verified = pkt.tcp_data && prove(ctx, pkt, &vkey, now, verified_ttl);
+            // Else, data or not, a segment with ACK of a source still unverified must
             // carry a valid cookie to a `syncookie` rule (as SYNPROXY requires).
-            if let Some(action) =
-                syncookie::bare_ack(ctx, pkt, rule_id, rule, monitor, now, verified_ttl, len)
+            if !verified
+                && let Some(action) =
+                    syncookie::bare_ack(ctx, pkt, rule_id, rule, monitor, now, verified_ttl, len)
             {
                 return Ok(action);
             }

@@ -145,19 +145,21 @@ pub(crate) fn take_budget(rule_id: u32, budget: &Gcra, now: u64) -> bool {
 
 /// A data segment of a source that is not (or no longer freshly) verified: if the kernel
 /// holds an established socket for its 4-tuple, the source completed a handshake and is
-/// real. Proofs are refreshed at most once per `VERIFIED_REFRESH_NS`.
+/// real. Proofs are refreshed at most once per `VERIFIED_REFRESH_NS`. Returns whether the
+/// source is verified after it (its proof within `ttl`, as `is_verified` says).
 #[inline(never)]
-pub(crate) fn prove(ctx: &XdpContext, pkt: &Packet, vkey: &SourceKey, now: u64) {
+pub(crate) fn prove(ctx: &XdpContext, pkt: &Packet, vkey: &SourceKey, now: u64, ttl: u64) -> bool {
     if let Some(t) = SHIELD_VERIFIED.get_ptr_mut(vkey) {
         // SAFETY: pointer from a successful lookup, valid during this run (RCU).
-        let last = unsafe { *t };
+        let mut last = unsafe { *t };
         if now.saturating_sub(last) >= VERIFIED_REFRESH_NS && established(ctx, pkt) {
             // SAFETY: as above.
             unsafe { *t = now };
+            last = now;
         }
         // (A filter rebuild may have missed a key that entered the set meanwhile.)
         vfilter_set(vkey);
-        return;
+        return still_verified(last, now, ttl);
     }
     if established(ctx, pkt) {
         if SHIELD_VERIFIED.insert(vkey, now, 0).is_err() {
@@ -165,8 +167,10 @@ pub(crate) fn prove(ctx: &XdpContext, pkt: &Packet, vkey: &SourceKey, now: u64) 
         } else {
             vfilter_set(vkey);
             diag(DIAG_VERIFICATIONS);
+            return true;
         }
     }
+    false
 }
 
 /// Whether this host has an established TCP socket for the packet's 4-tuple.
