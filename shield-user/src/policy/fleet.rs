@@ -13,6 +13,10 @@ use super::{
 /// Bounds of `max_bans_per_minute`.
 pub const MAX_BANS_PER_MINUTE: i64 = 1_000_000;
 
+/// The default `max_bans`: three quarters of the ban table, so a quarter (16,384 entries)
+/// always stays for this host's own bans (manual, automatic, application layer).
+pub const DEFAULT_MAX_BANS: u32 = shield_common::MAX_BANS / 4 * 3;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fleet {
     /// `redis://` or `rediss://` (TLS) URL; the password from it or `SHIELD_REDIS_PASSWORD`.
@@ -25,6 +29,9 @@ pub struct Fleet {
     pub key_file: Option<PathBuf>,
     /// Circuit breaker for bans received from the fleet.
     pub max_bans_per_minute: u32,
+    /// How many received bans this host holds at once; the rest of its ban table stays
+    /// for its own bans.
+    pub max_bans: u32,
 }
 
 type F<T> = Spanned<Typed<T>>;
@@ -37,6 +44,7 @@ pub(super) struct RawFleet {
     prefix: Option<F<String>>,
     key_file: Option<F<String>>,
     max_bans_per_minute: Option<F<i64>>,
+    max_bans: Option<F<i64>>,
 }
 
 impl Shaped for RawFleet {
@@ -150,19 +158,36 @@ pub(super) fn parse(err: Err, raw: &RawFleet) -> Result<Fleet, PolicyError> {
         }
         None => 600,
     };
+    let max_bans = match &raw.max_bans {
+        Some(m) => {
+            let v = *get(err, m, "max_bans", "a whole number")?;
+            let most = i64::from(shield_common::MAX_BANS);
+            if !(1..=most).contains(&v) {
+                return Err(err(
+                    m.span(),
+                    format!(
+                        "fleet.max_bans must be between 1 and {most} (the ban table's size), got {v}"
+                    ),
+                ));
+            }
+            v as u32
+        }
+        None => DEFAULT_MAX_BANS,
+    };
     Ok(Fleet {
         redis: redis.clone(),
         host,
         prefix,
         key_file,
         max_bans_per_minute,
+        max_bans,
     })
 }
 
 /// `[fleet]` as `shield check` shows it (the password never).
 pub fn describe(f: &Fleet) -> String {
     format!(
-        "fleet: redis {}, host {}, prefix {}, {}, at most {} received bans a minute\n",
+        "fleet: redis {}, host {}, prefix {}, {}, at most {} received bans a minute, at most {} held\n",
         crate::fleet::redact_url(&f.redis),
         f.host,
         f.prefix,
@@ -170,6 +195,7 @@ pub fn describe(f: &Fleet) -> String {
             Some(k) => format!("signed with {}", k.display()),
             None => "unsigned (no key_file)".into(),
         },
-        f.max_bans_per_minute
+        f.max_bans_per_minute,
+        f.max_bans
     )
 }

@@ -1266,6 +1266,10 @@ fn fleet_section_is_parsed_with_defaults() {
         Some(std::path::PathBuf::from("/etc/shield/fleet.key"))
     );
     assert_eq!(f.max_bans_per_minute, 600);
+    // Three quarters of the ban table by default: a quarter stays for this host's own bans.
+    assert_eq!(f.max_bans, 49_152);
+    let p = ok("[fleet]\nredis = \"redis://h:1/0\"\nmax_bans = 1000\n");
+    assert_eq!(p.fleet.expect("fleet").max_bans, 1000);
     assert!(ok("").fleet.is_none());
     // `shield check` shows it without the password.
     let shown = describe_fleet(&f);
@@ -1298,6 +1302,14 @@ fn bad_fleet_values_are_located() {
         (
             "[fleet]\nredis = \"redis://h:1/0\"\nmax_bans_per_minute = \"5\"\n",
             "t.toml:3:23: fleet.max_bans_per_minute must be a whole number",
+        ),
+        (
+            "[fleet]\nredis = \"redis://h:1/0\"\nmax_bans = 65537\n",
+            "t.toml:3:12: fleet.max_bans must be between 1 and 65536 (the ban table's size), got 65537",
+        ),
+        (
+            "[fleet]\nredis = \"redis://h:1/0\"\nmax_bans = 0\n",
+            "t.toml:3:12: fleet.max_bans must be between 1 and 65536",
         ),
         (
             "[fleet]\nredis = \"redis://:secret@h:notaport/0\"\n",

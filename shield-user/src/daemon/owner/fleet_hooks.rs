@@ -46,6 +46,27 @@ pub(in crate::daemon) struct Link {
     /// When "the ban table is full" was last logged (at most once a minute: a storm of
     /// received bans past the table logged one line per ban, 34,000 lines in 2 s).
     full_logged: Option<Instant>,
+    /// `[fleet] max_bans`: received bans held at once (`origins` counts them).
+    max_bans: usize,
+    /// When `origins` was last pruned because it reached `max_bans` (at most once a
+    /// second: a prune reads every ban table).
+    pruned: Option<Instant>,
+}
+
+/// Forgets the origins of received bans no longer in force. Maps a reload holds are back
+/// within the reload: prune only with all of them.
+fn prune_origins(link: &mut Link, instances: &[Instance]) {
+    if link.origins.is_empty() || instances.iter().any(|i| i.maps.is_none()) {
+        return;
+    }
+    let live: HashSet<String> = instances
+        .iter()
+        .filter_map(|i| i.maps.as_ref())
+        .flat_map(|m| m.bans.active())
+        .map(|b| field(&b.source, b.scope, &b.rule))
+        .collect();
+    link.origins.retain(|f, _| live.contains(f));
+    link.issued.retain(|f, _| live.contains(f));
 }
 
 fn field(source: &str, scope: BanScope, rule: &str) -> String {
@@ -150,6 +171,8 @@ impl Owner {
             issued: HashMap::new(),
             ticks: 0,
             full_logged: None,
+            max_bans: cfg.max_bans as usize,
+            pruned: None,
         });
         // Connect and read: bounded by the client's timeouts (2 s + 3 s).
         match tokio::time::timeout(Duration::from_secs(8), ready_rx).await {
@@ -359,6 +382,38 @@ impl Owner {
             );
             return;
         }
+        // A quarter of the table (by default) stays for this host's own bans: a fleet
+        // holding more bans than that must not stop this host from banning.
+        let f = m.field();
+        if m.origin_host != self.host
+            && !link.origins.contains_key(&f)
+            && link.origins.len() >= link.max_bans
+        {
+            if link
+                .pruned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                link.pruned = Some(Instant::now());
+                prune_origins(link, &self.instances);
+            }
+            if link.origins.len() >= link.max_bans {
+                fc.refused_full.fetch_add(1, Ordering::Relaxed);
+                if link
+                    .full_logged
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    link.full_logged = Some(Instant::now());
+                    warn!(
+                        "fleet: this host holds {} received bans, its [fleet] max_bans: received bans are not installed, the rest of the ban table stays for this host's own bans (the ban of {} from {}; {} so far, shield_fleet_refused_total{{reason=\"table_full\"}}; said once a minute)",
+                        link.origins.len(),
+                        m.source,
+                        m.origin_host,
+                        fc.refused_full.load(Ordering::Relaxed)
+                    );
+                }
+                return;
+            }
+        }
         let spec = BanSpec {
             cidr,
             dur: remaining,
@@ -518,19 +573,8 @@ impl Owner {
             return;
         };
         link.ticks = link.ticks.wrapping_add(1);
-        if link.ticks % 60 == 0 && !link.origins.is_empty() {
-            let live: HashSet<String> = self
-                .instances
-                .iter()
-                .filter_map(|i| i.maps.as_ref())
-                .flat_map(|m| m.bans.active())
-                .map(|b| field(&b.source, b.scope, &b.rule))
-                .collect();
-            // Maps a reload holds are back within the reload: prune only with all of them.
-            if self.instances.iter().all(|i| i.maps.is_some()) {
-                link.origins.retain(|f, _| live.contains(f));
-                link.issued.retain(|f, _| live.contains(f));
-            }
+        if link.ticks % 60 == 0 {
+            prune_origins(link, &self.instances);
         }
         if link.breaker.poll_close(now_ms()) {
             self.counters
