@@ -25,6 +25,7 @@ use crate::control::{CLIENT_TIMEOUT, MAX_CLIENTS, MAX_LINE, encode, parse_reques
 /// anything (a socket in use fails the start with nothing changed) and serves it once the
 /// maps are ready. Dropping it removes the socket file, if the path still holds the
 /// socket this daemon made.
+#[derive(Debug)]
 pub(crate) struct Bound {
     pub(super) path: PathBuf,
     pub(super) listener: Option<UnixListener>,
@@ -101,14 +102,68 @@ pub(crate) fn bind_socket(path: &Path, mode: u32, elsewhere: &str) -> io::Result
             }
         },
     }
-    let listener = UnixListener::bind(path)?;
-    let bound = Bound {
+    // Bound under a private name, given its mode, then moved into place: under the path
+    // the socket never has the mode the umask would give it (a local user could connect
+    // between a bind and a chmod). The move never replaces what appeared there since.
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_os_string());
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".{}.new", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    if std::fs::symlink_metadata(&tmp)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        std::fs::remove_file(&tmp)?;
+    }
+    let listener = UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| rename_noreplace(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{} appeared while shield was binding it; refusing to replace it ({elsewhere})",
+                    path.display()
+                ),
+            )
+        } else {
+            e
+        });
+    }
+    Ok(Bound {
         path: path.to_path_buf(),
         listener: Some(listener),
         made: file_id(path),
+    })
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(bound)
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated strings for the duration of the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The bound socket's listener on the tokio reactor (`None`: already taken, or it cannot
@@ -211,5 +266,106 @@ async fn client(conn: tokio::net::UnixStream, tx: mpsc::Sender<Msg>) {
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("shield-bind-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_socket_appears_at_its_path_with_its_mode_and_nothing_else_is_left() {
+        let d = dir("mode");
+        let path = d.join("control.sock");
+        // A socket left under the private name by a daemon killed while binding.
+        let stale = d.join(format!(".control.sock.{}.new", std::process::id()));
+        drop(UnixListener::bind(&stale).expect("stale"));
+        let bound = bind_socket(&path, 0o600, "elsewhere").expect("bind");
+        let mode = std::fs::symlink_metadata(&path)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        assert_eq!(names(&d), ["control.sock"], "no private name left behind");
+        UnixStream::connect(&path).expect("the socket listens at its path");
+        // A second daemon is refused, the first one's socket untouched.
+        let e = bind_socket(&path, 0o600, "elsewhere").expect_err("second daemon");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        assert_eq!(names(&d), ["control.sock"]);
+        drop(bound);
+        assert!(
+            names(&d).is_empty(),
+            "the socket is removed with its daemon"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_socket_never_shows_under_its_path_with_another_mode() {
+        // Whoever watches the path (a local user waiting to connect) only ever sees the
+        // final mode: the umask's (0755 under root's usual 022) never shows there.
+        let d = dir("window");
+        let path = d.join("app.sock");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut seen, mut other) = (0u64, Vec::new());
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(m) = std::fs::symlink_metadata(&path) {
+                        seen += 1;
+                        let mode = m.permissions().mode() & 0o7777;
+                        if mode != 0o660 {
+                            other.push(format!("{mode:o}"));
+                        }
+                    }
+                }
+                (seen, other)
+            })
+        };
+        for _ in 0..300 {
+            drop(bind_socket(&path, 0o660, "elsewhere").expect("bind"));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (seen, other) = watcher.join().expect("watcher");
+        assert!(seen > 0, "the watcher saw the socket");
+        assert!(other.is_empty(), "modes seen at the path: {other:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_move_into_place_never_replaces_what_is_there() {
+        let d = dir("noreplace");
+        let (from, to) = (d.join("a"), d.join("b"));
+        std::fs::write(&from, "new").expect("write");
+        std::fs::write(&to, "someone else's").expect("write");
+        let e = rename_noreplace(&from, &to).expect_err("exists");
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            std::fs::read_to_string(&to).expect("read"),
+            "someone else's"
+        );
+        std::fs::remove_file(&to).expect("rm");
+        rename_noreplace(&from, &to).expect("free path");
+        assert_eq!(std::fs::read_to_string(&to).expect("read"), "new");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
