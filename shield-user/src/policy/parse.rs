@@ -1128,11 +1128,12 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     let addr: IpAddr = a.parse().map_err(|_| "not an IP address".to_string())?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
-        Some(l) => l
-            .parse::<u8>()
-            .ok()
+        // Digits only, no leading zero: `/08` (octal to some tools) and `/+8` are refused.
+        Some(l) => Some(l)
+            .filter(|l| l.bytes().all(|b| b.is_ascii_digit()) && (l == &"0" || !l.starts_with('0')))
+            .and_then(|l| l.parse::<u8>().ok())
             .filter(|l| *l <= max)
-            .ok_or_else(|| format!("prefix length must be 0 to {max}"))?,
+            .ok_or_else(|| format!("prefix length must be 0 to {max} (digits, no leading zero)"))?,
         None => max,
     };
     let masked = mask_ip(addr, len);

@@ -276,6 +276,20 @@ const BAD: &[(&str, &str, usize, usize, &str)] = &[
         "prefix length must be 0 to 32",
     ),
     (
+        "leading zero in a prefix length",
+        "[lists]\ndeny = ['10.0.0.0/08']\n",
+        2,
+        9,
+        "prefix length must be 0 to 32 (digits, no leading zero)",
+    ),
+    (
+        "signed prefix length",
+        "[lists]\ndeny = ['10.0.0.0/+8']\n",
+        2,
+        9,
+        "prefix length must be 0 to 32",
+    ),
+    (
         "not an address",
         "[lists]\ndeny = ['example.com']\n",
         2,
