@@ -67,6 +67,14 @@ impl Default for BanFloor {
 }
 
 /// Whether prefix `outer` contains prefix `inner` (same family, `outer` no longer).
+/// What a ban's reason may not hold: control characters, line and paragraph separators
+/// (U+2028, U+2029: line breaks to many log readers) and bidirectional overrides
+/// (U+202A-U+202E, U+2066-U+2069): a reason must not reorder or break what `shield bans`
+/// and the logs show.
+pub fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 pub(crate) fn covers(outer: &Cidr, inner: &Cidr) -> bool {
     match (outer.addr, inner.addr) {
         (IpAddr::V4(o), IpAddr::V4(i)) if outer.len <= inner.len => {

@@ -199,6 +199,18 @@ fn manual_ban_and_unban_take_effect_at_once() {
         out.contains("2001:db8:1:1::2/128") && out.contains("manual") && out.contains("ticket 42"),
         "{out}"
     );
+    // A reason that would break or reorder what `shield bans` and the logs show (a line
+    // feed, U+2028 line separator, a bidirectional override) is refused; nothing is banned.
+    for reason in ["a\nb", "a\u{2028}b", "a\u{202e}b"] {
+        let (ok, _, err) = lab.shield(&["ban", "192.0.2.77", "--for", "1m", "--reason", reason]);
+        assert!(!ok, "reason {reason:?} accepted");
+        assert!(err.contains("reason must be printable text"), "{err}");
+    }
+    let (_, out, _) = lab.shield(&["bans"]);
+    assert!(
+        !out.contains("192.0.2.77"),
+        "a refused ban is not stored: {out}"
+    );
 
     let (ok, out, err) = lab.shield(&["unban", &format!("{LEGIT_V6}/128")]);
     assert!(ok, "{err}");

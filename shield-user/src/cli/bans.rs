@@ -250,7 +250,11 @@ fn bans_table(bans: &[BanEntry], own_host: Option<&str>) -> String {
                     ""
                 })
                 .chars()
-                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .map(|c| if shield_user::bans::unprintable(c) {
+                    '\u{fffd}'
+                } else {
+                    c
+                })
                 .collect::<String>()
         );
     }

@@ -97,13 +97,7 @@ impl Owner {
                 format_duration(max)
             ));
         }
-        // No control characters and no bidirectional overrides (U+202A-U+202E,
-        // U+2066-U+2069): a reason must not reorder or break what `shield bans` shows.
-        if reason.is_some_and(|r| {
-            r.chars().any(|c| {
-                c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-            })
-        }) {
+        if reason.is_some_and(|r| r.chars().any(crate::bans::unprintable)) {
             return Err(
                 "reason must be printable text (no control characters or line breaks)".into(),
             );
