@@ -250,6 +250,32 @@ fn the_package_installs_runs_and_removes_cleanly() {
     );
     assert!(o.status.success(), "bash completion: {}", text(&o));
 
+    // The installed docs link to what is installed: every link that is not a web link or
+    // an anchor resolves to a file on this system (the source tree's docs/, deploy/ and
+    // shield-flask/ paths are rewritten, files not installed named as text).
+    for doc in [
+        "/usr/share/doc/shield/README.md",
+        "/usr/share/doc/shield/operations.md",
+    ] {
+        let text = std::fs::read_to_string(doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        let mut links = 0;
+        for part in text.split("](").skip(1) {
+            let target = part.split(')').next().unwrap_or_default();
+            if target.contains("://") || target.starts_with('#') {
+                continue;
+            }
+            let file = target.split('#').next().unwrap_or_default();
+            let path = Path::new("/usr/share/doc/shield").join(file);
+            assert!(
+                path.is_file(),
+                "{doc}: link to {target}: {} is not installed",
+                path.display()
+            );
+            links += 1;
+        }
+        assert!(links > 0, "{doc} links to other installed files");
+    }
+
     // The Python package for Flask, when this checkout has one.
     let flask = root().join("shield-flask/pyproject.toml").is_file();
     let packaged = contents.contains("usr/share/shield/shield-flask/pyproject.toml");

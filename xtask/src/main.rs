@@ -421,6 +421,19 @@ fn package() -> Result<PathBuf> {
         step("no shield-flask/ in this checkout: the package carries no Python package");
     }
 
+    step("rewriting the docs' links for where the package installs them");
+    let doc = stage.join("doc");
+    std::fs::create_dir_all(&doc)?;
+    for (from, base, to) in [
+        ("README.md", "", "README.md"),
+        ("docs/operations.md", "docs/", "operations.md"),
+    ] {
+        let text = std::fs::read_to_string(root().join(from))
+            .with_context(|| format!("reading {from}"))?;
+        let text = installed_links(&text, base, with_flask).with_context(|| format!("{from}"))?;
+        std::fs::write(doc.join(to), text)?;
+    }
+
     step("building the Debian package (cargo deb --no-build)");
     let out_dir = root().join("target/debian");
     std::fs::create_dir_all(&out_dir)?;
@@ -452,6 +465,83 @@ fn package() -> Result<PathBuf> {
         .args(["--fail-on", "error", "--tag-display-limit", "0"])
         .arg(&deb))?;
     Ok(deb)
+}
+
+/// Where the package installs a file of the source tree (paths from the root), `None` for
+/// what it does not install.
+fn installed_path(path: &str, with_flask: bool) -> Option<&'static str> {
+    Some(match path {
+        "README.md" => "README.md",
+        "docs/operations.md" => "operations.md",
+        "policy/example.toml" => "example.toml",
+        "deploy/grafana/shield.json" => "/usr/share/shield/grafana/shield.json",
+        "deploy/prometheus/shield-rules.yml" => "/usr/share/shield/prometheus/shield-rules.yml",
+        "shield-flask/README.md" if with_flask => "/usr/share/shield/shield-flask/README.md",
+        _ => return None,
+    })
+}
+
+/// A Markdown file of the source tree (under `base`, e.g. "docs/") as installed in
+/// /usr/share/doc/shield: its links to other files point where the package puts them
+/// (their text too, when it names the path); a link to a file the package does not install
+/// becomes plain text that says where it is. Web links and anchors are kept.
+fn installed_links(text: &str, base: &str, with_flask: bool) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("](") {
+        let Some(open) = rest[..at].rfind('[') else {
+            out.push_str(&rest[..at + 2]);
+            rest = &rest[at + 2..];
+            continue;
+        };
+        let Some(close) = rest[at + 2..].find(')') else {
+            break;
+        };
+        let label = &rest[open + 1..at];
+        let target = &rest[at + 2..at + 2 + close];
+        let after = &rest[at + 3 + close..];
+        out.push_str(&rest[..open]);
+        rest = after;
+        if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+            out.push_str(&format!("[{label}]({target})"));
+            continue;
+        }
+        let (file, anchor) = target.split_once('#').map_or((target, ""), |(f, a)| (f, a));
+        // Resolve against `base` (only `../` and plain names occur in our docs).
+        let mut dir: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+        for part in file.split('/') {
+            match part {
+                ".." => {
+                    dir.pop()
+                        .with_context(|| format!("link {target} leaves the tree"))?;
+                }
+                "." | "" => {}
+                p => dir.push(p),
+            }
+        }
+        let path = dir.join("/");
+        let shown = label.trim_matches('`');
+        let named = shown == file || shown == path;
+        match installed_path(&path, with_flask) {
+            Some(to) => {
+                let label = if named {
+                    label.replace(shown, to)
+                } else {
+                    label.to_string()
+                };
+                let anchor = if anchor.is_empty() {
+                    String::new()
+                } else {
+                    format!("#{anchor}")
+                };
+                out.push_str(&format!("[{label}]({to}{anchor})"));
+            }
+            None if named => out.push_str(&format!("{label} (in shield's source tree)")),
+            None => out.push_str(&format!("{label} ({path} in shield's source tree)")),
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Copies a Python project's sources: everything but caches, build output, virtualenvs and
