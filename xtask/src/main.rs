@@ -430,7 +430,7 @@ fn package() -> Result<PathBuf> {
     ] {
         let text = std::fs::read_to_string(root().join(from))
             .with_context(|| format!("reading {from}"))?;
-        let text = installed_links(&text, base, with_flask).with_context(|| format!("{from}"))?;
+        let text = installed_links(&text, base, with_flask).context(from)?;
         std::fs::write(doc.join(to), text)?;
     }
 
