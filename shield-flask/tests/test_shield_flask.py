@@ -5,6 +5,8 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -969,4 +971,112 @@ class Gevent(Base):
         self.assertEqual(self.daemon.peak, 32, "the default pool: 32 connections at most, all used")
         released = releases_on_their_connections(self.daemon)
         self.assertEqual(sorted(slot for slot, _, _ in released), list(range(1500)))
+        self.assertEqual([r for r in released if r[1] != r[2]], [], "a release went to another connection")
+
+GUNICORN_APP = """
+import os
+
+from flask import Flask
+
+from shield_flask import Shield
+
+app = Flask(__name__)
+app.config.update(SHIELD_SOCKET=os.environ["SHIELD_SOCKET"], SHIELD_TIMEOUT=30, SHIELD_ON_ERROR="closed")
+shield = Shield(app)
+
+# --preload: the master connects before it forks the workers, which must not use its connection.
+with app.test_request_context("/"):
+    assert shield.report("login_failed", key="preloaded") is not None
+
+
+@app.get("/items/<int:n>")
+def item(n):
+    return str(shield.errors)
+
+
+@app.get("/health")
+@shield.exempt
+def health():
+    return "ok"
+"""
+
+
+def unix_get(path, target, timeout=60):
+    """GET `target` over HTTP/1.0 on the Unix socket `path`: (status line, headers, body)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *headers = head.decode("latin-1").split("\r\n")
+    return status, dict(h.split(": ", 1) for h in headers if ": " in h), body.decode()
+
+
+class GunicornGevent(Base):
+    def test_gevent_workers_with_preload_each_stay_within_their_pool(self):
+        gunicorn = shutil.which("gunicorn")
+        if gunicorn is None or importlib.util.find_spec("gevent") is None:
+            self.fail("gunicorn or python3-gevent is missing: run `cargo xtask bootstrap` (it installs both)")
+        self.daemon.decide = slot_decider(hold=0.005)
+        work = tempfile.mkdtemp(prefix="shield-flask-gunicorn-")
+        self.addCleanup(shutil.rmtree, work, True)
+        with open(os.path.join(work, "app.py"), "w") as f:
+            f.write(GUNICORN_APP)
+        http = os.path.join(work, "http.sock")
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=package, SHIELD_SOCKET=self.daemon.path)
+        log = open(os.path.join(work, "gunicorn.log"), "w")
+        self.addCleanup(log.close)
+        server = subprocess.Popen(
+            [gunicorn, "--worker-class", "gevent", "--preload", "--workers", "2", "--worker-connections", "1000",
+             "--backlog", "2048", "--bind", f"unix:{http}", "--chdir", work, "app:app"],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+
+        def stop():
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+        self.addCleanup(stop)
+
+        def up():
+            if server.poll() is not None:
+                raise AssertionError(f"gunicorn exited: {open(log.name).read()}")
+            try:
+                return unix_get(http, "/health", timeout=1)[0].endswith(" 200 OK")
+            except OSError:
+                return False
+
+        wait_for(up, "gunicorn's /health", seconds=30)
+        clients = 600
+        barrier = threading.Barrier(clients)
+        results = []
+
+        def one(n):
+            barrier.wait()
+            status, headers, body = unix_get(http, f"/items/{n}")
+            results.append((status.split(" ", 1)[1], headers.get("RateLimit"), body))
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(len(results), clients)
+        self.assertEqual(set(results), {("200 OK", '"api";r=1;t=1', "0")}, "every request decided, no worker error")
+        self.assertEqual(len(self.daemon.of("decide")), clients)
+        self.assertLessEqual(self.daemon.peak, 2 * 32 + 1, "at most 32 connections per worker, and the master's")
+        self.assertEqual(self.daemon.ops(1), ["hello", "report"], "the master's connection, never used by a worker")
+        released = releases_on_their_connections(self.daemon)
+        self.assertEqual(sorted(slot for slot, _, _ in released), list(range(clients)))
         self.assertEqual([r for r in released if r[1] != r[2]], [], "a release went to another connection")
