@@ -45,6 +45,8 @@ class Connection:
         self.closed = False  # dropped from the pool (closed, or inherited across a fork)
         self.doomed = False  # to be dropped when checked in
         self.ready = None  # a Condition on the pool's lock: checked in, or dropped
+        self.waiters = 0  # releases waiting for this very connection (checkout_this)
+        self.handoff = False  # checked in to one of them: still busy, theirs to take
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -154,7 +156,11 @@ class Pool:
                             f"no connection to the daemon came free within {timeout:g} s "
                             f"(all {size} of this process in use)"
                         )
-                    self._free.wait(remaining)
+                    try:
+                        self._free.wait(remaining)
+                    except BaseException:
+                        self._free.notify()  # interrupted: a wake-up it took goes to another
+                        raise
                     waited = True
         finally:
             for conn in stale:
@@ -180,12 +186,19 @@ class Pool:
     def checkout_this(self, conn, timeout):
         """`conn` itself (an in-flight slot is released on the connection that took it),
         waiting at most `timeout` seconds while another round trip uses it (then
-        PoolTimeout); None when it was dropped meanwhile (the daemon released its slots)."""
+        PoolTimeout); None when it was dropped meanwhile (the daemon released its slots).
+        A connection checked in while a release waits for it goes to that release, before
+        any round trip waiting for whichever connection (it would otherwise be taken again
+        and again under load)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
                 if conn.closed or conn.ready is None or conn.pid != self.pid:
                     return None
+                if conn.handoff:
+                    conn.handoff = False
+                    conn.timeout = timeout
+                    return conn
                 if not conn.busy:
                     self._idle.remove(conn)
                     conn.busy = True
@@ -196,20 +209,36 @@ class Pool:
                     raise PoolTimeout(
                         f"the connection holding an in-flight slot did not come free within {timeout:g} s"
                     )
-                conn.ready.wait(remaining)
+                conn.waiters += 1
+                try:
+                    conn.ready.wait(remaining)
+                except BaseException:
+                    # Interrupted (a greenlet killed): a connection handed to the waiting
+                    # releases and taken by none of them goes back to the pool.
+                    conn.waiters -= 1
+                    if conn.handoff and not conn.waiters:
+                        conn.handoff = False
+                        conn.busy = False
+                        self._idle.append(conn)
+                        self._free.notify()
+                    raise
+                conn.waiters -= 1
 
     def checkin(self, conn, broken=False):
         """Gives back a checked-out connection; `broken` (an error on it: its state is
         unknown) closes it instead."""
         with self._lock:
-            conn.busy = False
             drop = broken or conn.doomed
             if drop:
+                conn.busy = False
                 self._forget(conn)
+            elif conn.waiters:
+                conn.handoff = True  # stays busy: a waiting release takes it
+                conn.ready.notify_all()
             else:
+                conn.busy = False
                 self._idle.append(conn)
                 self._free.notify()
-                conn.ready.notify_all()
         if drop:
             conn.close()
 

@@ -815,6 +815,48 @@ class Pooling(Base):
         self.assertEqual(self.daemon.of("release"), [{"op": "release", "slot": 7}])
         self.assertEqual(shield.errors, 0)
 
+    def test_a_release_waiting_for_its_connection_goes_before_requests_waiting_for_any(self):
+        app, shield = make_app(self.daemon.path, timeout=5, pool_size=1)
+        in_view, view_may_end, reply_may_go = threading.Event(), threading.Event(), threading.Event()
+
+        @app.get("/items/<int:n>")
+        def item(n):
+            in_view.set()
+            view_may_end.wait(10)
+            return "item"
+
+        def decide(req):
+            if req["rule"] == "/items/<int:n>":
+                return {"allow": True, "endpoint": "api", "slot": 7}
+            if req["path"] == "/users/1":
+                reply_may_go.wait(10)  # holds the only connection
+            return {"endpoint": None, "allow": True}
+
+        self.daemon.decide = decide
+        statuses = {}
+
+        def get(path):
+            statuses[path] = app.test_client().get(path).status_code
+
+        threads = [threading.Thread(target=get, args=("/items/7",))]
+        threads[0].start()
+        in_view.wait(5)
+        threads.append(threading.Thread(target=get, args=("/users/1",)))
+        threads[1].start()
+        wait_for(lambda: len(self.daemon.ops(1)) == 3, "/users/1's decide on the only connection")
+        threads.append(threading.Thread(target=get, args=("/users/2",)))
+        threads[2].start()  # waits for any connection
+        time.sleep(0.2)
+        view_may_end.set()  # its release waits for connection 1, behind /users/2
+        time.sleep(0.2)
+        reply_may_go.set()
+        for t in threads:
+            t.join()
+        self.assertEqual(statuses, {"/items/7": 200, "/users/1": 200, "/users/2": 200})
+        self.assertEqual(self.daemon.ops(1), ["hello", "decide", "decide", "release", "decide"])
+        self.assertEqual([r["path"] for r in self.daemon.of("decide")], ["/items/7", "/users/1", "/users/2"])
+        self.assertEqual(shield.errors, 0)
+
     def test_a_slot_whose_connection_was_dropped_sends_no_release(self):
         self.daemon.decide = slot_decider()
         app, shield = make_app(self.daemon.path)
