@@ -912,6 +912,28 @@ class Pooling(Base):
         self.assertEqual(other, 3 - timed_out)
         self.assertEqual(self.daemon.ops(other).count("hello"), 1)
 
+    def test_after_a_daemon_restart_every_dead_idle_connection_is_skipped(self):
+        app, shield = make_app(self.daemon.path, timeout=5, pool_size=4)
+        four = threading.Barrier(4)
+
+        def decide(req):
+            if req["path"] != "/users/9":
+                four.wait(5)  # four requests at once: four connections
+            return dict(API_DECISION)
+
+        self.daemon.decide = decide
+        threads = [threading.Thread(target=app.test_client().get, args=(f"/users/{i}",)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(self.daemon.connections(), [1, 2, 3, 4])
+        self.daemon.close_all()  # a restart (or 300 s of silence): all four idle ones are dead
+        r = app.test_client().get("/users/9")
+        self.assertEqual((r.status_code, r.headers.get("RateLimit")), (200, '"api";r=1;t=1'))
+        self.assertEqual(self.daemon.ops(5), ["hello", "decide"])
+        self.assertEqual(shield.errors, 0)
+
     def test_waiting_longer_than_the_timeout_for_a_connection_applies_on_error(self):
         self.daemon.on_error = "closed"
         # A back-off far longer than the test: a full pool is not a stuck daemon, no back-off.
