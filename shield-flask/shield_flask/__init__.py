@@ -14,7 +14,7 @@ import time
 
 from flask import abort, current_app, g, has_app_context, has_request_context, request
 
-from .client import Connections, ShieldError
+from .client import Pool, ShieldError
 
 __all__ = ["Shield", "ShieldError", "PROBLEM_BASE"]
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ PROBLEM_BASE = "https://shield.dev/problems/"
 DEFAULT_SOCKET = "/run/shield/app.sock"
 DEFAULT_TIMEOUT = 0.5
 DEFAULT_BACKOFF = 1.0
+DEFAULT_POOL_SIZE = 32
 
 _TITLES = {429: "Too Many Requests", 403: "Forbidden", 503: "Service Unavailable"}
 _TYPES = {429: "rate-limited", 403: "banned", 503: "unavailable"}
@@ -125,12 +126,20 @@ class Shield:
     Config: `SHIELD_SOCKET` (default /run/shield/app.sock), `SHIELD_ON_ERROR` ("open" or
     "closed": what to do while the daemon is unreachable before any hello succeeded; after
     one, the daemon's `[app] on_error` rules), `SHIELD_TIMEOUT` (seconds per round trip,
-    default 0.5), `SHIELD_BACKOFF` (seconds during which, after a timed-out round trip, this
-    process applies on_error without asking the daemon; default 1.0, 0 turns it off).
+    default 0.5; also the longest wait for a free connection of the pool),
+    `SHIELD_BACKOFF` (seconds during which, after a timed-out round trip, this process
+    applies on_error without asking the daemon; default 1.0, 0 turns it off),
+    `SHIELD_POOL_SIZE` (the most connections to the daemon this process opens, shared by
+    its threads or greenlets; default 32).
+
+    Every round trip borrows a connection of the process's pool and gives it back after the
+    reply; when all are in use it waits (cooperatively under gevent or eventlet) at most
+    SHIELD_TIMEOUT, then applies on_error (counted in `errors`). A request's in-flight slot
+    is released on the connection that took it.
     """
 
     def __init__(self, app=None):
-        self._conns = Connections()
+        self._pool = None  # this process's Pool, made on first use (see _connections)
         self._lock = threading.Lock()
         self._errors = 0
         self._outage = False
@@ -154,6 +163,7 @@ class Shield:
         app.config.setdefault("SHIELD_ON_ERROR", "open")
         app.config.setdefault("SHIELD_TIMEOUT", DEFAULT_TIMEOUT)
         app.config.setdefault("SHIELD_BACKOFF", DEFAULT_BACKOFF)
+        app.config.setdefault("SHIELD_POOL_SIZE", DEFAULT_POOL_SIZE)
         if app.config["SHIELD_ON_ERROR"] not in ("open", "closed"):
             raise ValueError(
                 f"SHIELD_ON_ERROR must be \"open\" or \"closed\", not {app.config['SHIELD_ON_ERROR']!r}"
@@ -164,6 +174,9 @@ class Shield:
         backoff = app.config["SHIELD_BACKOFF"]
         if not isinstance(backoff, (int, float)) or isinstance(backoff, bool) or backoff < 0:
             raise ValueError(f"SHIELD_BACKOFF must be a number of seconds >= 0, not {backoff!r}")
+        size = app.config["SHIELD_POOL_SIZE"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"SHIELD_POOL_SIZE must be a whole number of connections >= 1, not {size!r}")
         app.extensions["shield"] = self
         app.before_request(self._before_request)
         app.after_request(self._after_request)
@@ -290,7 +303,7 @@ class Shield:
     def _decide(self, msg):
         """One decide round trip; the problem response to send, or None to go on."""
         try:
-            reply = self._call(msg)
+            reply, conn = self._exchange(msg)
             if not reply.get("ok"):
                 raise ShieldError(f"the daemon answered: {reply.get('error')}")
         except (OSError, ShieldError) as e:
@@ -307,8 +320,9 @@ class Shield:
         g._shield_decision = reply
         slot = reply.get("slot")
         if slot is not None:
-            # A `concurrency = N` endpoint: the slot is released when the request ends.
-            g._shield_slots = getattr(g, "_shield_slots", []) + [slot]
+            # A `concurrency = N` endpoint: the slot is released when the request ends, on
+            # the connection that took it (the only one the daemon takes its release on).
+            g._shield_slots = getattr(g, "_shield_slots", []) + [(slot, conn)]
         if reply.get("allow", True):
             return None
         status = reply.get("status")
@@ -333,22 +347,23 @@ class Shield:
 
     def _teardown_request(self, exc):
         """Releases the request's in-flight slots (after the response, also after an
-        exception). A release that cannot be sent closes this thread's connection: the
-        daemon releases every slot of a closed connection, so none is ever lost."""
+        exception), each on the connection that took it, waiting for it if another request
+        is using it. A connection dropped meanwhile took its slots with it (the daemon
+        releases every slot of a closed connection); a release that cannot be sent closes
+        its connection (when it comes back, if in use), so no slot is ever lost."""
         slots = getattr(g, "_shield_slots", None)
         if not slots:
             return
         g._shield_slots = []
-        for slot in slots:
+        for slot, conn in slots:
             try:
-                reply = self._call({"op": "release", "slot": slot})
-                if not reply.get("ok"):
+                reply, used = self._exchange({"op": "release", "slot": slot}, conn)
+                if used is not None and not reply.get("ok"):
                     raise ShieldError(f"the daemon answered: {reply.get('error')}")
             except (OSError, ShieldError):
-                self._conns.discard()
-                return
+                self._connections().drop(conn)
             except BaseException:
-                self._conns.discard()
+                self._connections().drop(conn)
                 raise
 
     def _problem(self, status, detail, endpoint, retry_after):
@@ -393,43 +408,85 @@ class Shield:
                 headers[name] = value
         return headers
 
+    def _connections(self):
+        """This process's pool: made on first use, and again in a child after a fork (the
+        parent's connections are never used there: their inherited descriptors are
+        closed). Made in the worker, after gevent or eventlet patched `threading`."""
+        pool = self._pool
+        if pool is not None and pool.pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pool is pool:
+                self._pool = Pool()
+            new = self._pool
+        if pool is not None:
+            pool.abandon()
+        return new
+
     def _call(self, msg):
-        """One round trip on this thread's connection: hello on connect and whenever a
-        reply carries another generation; one retry on a fresh connection when a reused
-        one turns out closed (the daemon restarted)."""
+        """One round trip on a connection of the pool; the reply."""
+        return self._exchange(msg)[0]
+
+    def _exchange(self, msg, held=None):
+        """One round trip on a connection checked out of this process's pool for it (or on
+        `held`, a slot's connection); returns the reply and that connection, or
+        (None, None) when `held` was dropped meanwhile. Hello on connect and whenever a
+        reply carries another generation; a reused connection found closed (the daemon
+        restarted) is dropped and the request retried on another."""
         app = current_app
         path = app.config["SHIELD_SOCKET"]
         timeout = float(app.config["SHIELD_TIMEOUT"])
-        if time.monotonic() < self._skip_until:
+        size = app.config["SHIELD_POOL_SIZE"]
+        if self._backing_off():
             # A round trip timed out moments ago: a stuck daemon would hold every worker
             # thread for the whole timeout; apply on_error at once until the back-off ends.
-            raise ShieldError("a round trip timed out moments ago; not asking during the back-off")
-        for attempt in (0, 1):
-            conn = self._conns.get(path, timeout)
-            self._on_error = conn.on_error or self._on_error
-            if "headers" in msg and has_request_context():
-                msg["headers"] = self._key_headers(conn.key_headers)
-            _fit(msg)
+            raise ShieldError(self._backing_off())
+        pool = self._connections()
+        while True:
+            # Each retry follows a dead reused connection, dropped: at most size + 1 tries.
+            if held is None:
+                # Waiting for a connection, stop when another round trip timed out meanwhile.
+                conn = pool.checkout(path, timeout, size, self._backing_off)
+            else:
+                conn = pool.checkout_this(held, timeout)
+                if conn is None:
+                    return None, None
             reused = conn.used
             try:
+                # Everything from here to the check-in gives the connection back, however
+                # it ends: one lost while checked out would shrink the pool for good.
+                self._on_error = conn.on_error or self._on_error
+                if "headers" in msg and has_request_context():
+                    msg["headers"] = self._key_headers(conn.key_headers)
+                _fit(msg)
                 reply = conn.call(msg)
             except (ConnectionResetError, BrokenPipeError) as e:
-                self._conns.discard()
-                if reused and attempt == 0:
+                pool.checkin(conn, broken=True)
+                if reused and held is None:
                     continue
                 raise ShieldError(str(e)) from None
             except BaseException:
-                self._conns.discard()
+                pool.checkin(conn, broken=True)
                 raise
+            broken = False
             generation = reply.get("generation")
             if generation is not None and generation != conn.generation:
                 try:
                     conn.hello()
                     self._on_error = conn.on_error or self._on_error
                 except (OSError, ShieldError):
-                    self._conns.discard()
-            return reply
-        raise ShieldError("unreachable")  # the loop returns or raises
+                    broken = True
+                except BaseException:
+                    pool.checkin(conn, broken=True)
+                    raise
+            pool.checkin(conn, broken)
+            return reply, conn
+
+    def _backing_off(self):
+        """Why the daemon is not asked now (a round trip timed out moments ago), or None."""
+        if time.monotonic() < self._skip_until:
+            return "a round trip timed out moments ago; not asking during the back-off"
+        return None
 
     def _failed(self, error):
         if isinstance(error, TimeoutError) and has_app_context():

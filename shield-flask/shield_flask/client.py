@@ -1,16 +1,19 @@
 """The app socket client: newline-delimited JSON to `shield run` over a Unix stream socket.
 
-One `Connection` is one persistent socket; `Connections` hands each (process, thread) its
-own, so no socket is ever shared between threads or across a fork (gunicorn `--preload`
-forks workers from a master that may already have connected).
+A `Connection` is one persistent socket; a `Pool` is a process's bounded set of them,
+shared by its threads (or greenlets, under gevent or eventlet: the pool waits with
+`threading` primitives, which their monkey-patching makes cooperative). A connection is
+used by one round trip at a time, and never across a fork (gunicorn `--preload` forks
+workers from a master that may already have connected): a child opens its own.
 """
 
 import json
 import os
 import socket
 import threading
+import time
 
-__all__ = ["Connection", "Connections", "ShieldError", "MAX_LINE"]
+__all__ = ["Connection", "Pool", "PoolTimeout", "ShieldError", "MAX_LINE"]
 
 #: The daemon refuses request lines longer than this (64 KiB).
 MAX_LINE = 64 * 1024
@@ -20,8 +23,13 @@ class ShieldError(Exception):
     """The daemon could not be asked or answered with an error."""
 
 
+class PoolTimeout(ShieldError):
+    """No connection of the pool came free within the timeout (every one was in use)."""
+
+
 class Connection:
-    """One connection to the app socket. Not thread-safe: one per thread."""
+    """One connection to the app socket. Not thread-safe: a `Pool` lends it to one round
+    trip at a time."""
 
     def __init__(self, path, timeout):
         self.path = path
@@ -32,6 +40,13 @@ class Connection:
         self.key_headers = []
         self.version = None
         self.used = False
+        # Kept by the pool, under its lock.
+        self.busy = False  # checked out
+        self.closed = False  # dropped from the pool (closed, or inherited across a fork)
+        self.doomed = False  # to be dropped when checked in
+        self.ready = None  # a Condition on the pool's lock: checked in, or dropped
+        self.waiters = 0  # releases waiting for this very connection (checkout_this)
+        self.handoff = False  # checked in to one of them: still busy, theirs to take
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -91,42 +106,168 @@ class Connection:
         return reply
 
 
-class Connections:
-    """Per-(pid, thread) persistent connections, each greeted with hello on connect."""
+class Pool:
+    """At most `size` connections to the app socket for this process (per `checkout`),
+    each greeted with hello on connect. A round trip checks one out (an idle one, else a
+    new one while fewer than `size` are open, else it waits for one to come back) and
+    checks it back in after the reply. A pool belongs to the process that made it (`pid`).
+    """
 
     def __init__(self):
-        self._local = threading.local()
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._free = threading.Condition(self._lock)  # a connection came back, or room
+        self._idle = []  # checked in, the most recently used last
+        self._open = set()  # every connection of the pool, idle or checked out
+        self._connecting = 0  # connects under way (they count against the size)
 
-    def get(self, path, timeout):
-        """This thread's connection (connecting and saying hello if needed)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and (conn.pid != os.getpid() or conn.path != path):
-            # Inherited across a fork, or the socket path changed: never reuse it.
-            self._drop(conn)
-            conn = None
-        if conn is None:
-            conn = Connection(path, timeout)
-            try:
-                conn.hello()
-            except BaseException:
+    def checkout(self, path, timeout, size, give_up=None):
+        """A connection to `path` for one round trip; waits at most `timeout` seconds for
+        one to come free (then PoolTimeout). Connect and hello errors are raised as they
+        are (the room is given back). `give_up()`, asked after each wait, may return a
+        reason to stop waiting (raised as ShieldError)."""
+        deadline = time.monotonic() + timeout
+        stale = []
+        waited = False
+        try:
+            with self._lock:
+                while True:
+                    reason = give_up() if waited and give_up is not None else None
+                    if reason:
+                        self._free.notify()
+                        raise ShieldError(reason)
+                    while self._idle:
+                        conn = self._idle.pop()
+                        if conn.path == path:
+                            conn.busy = True
+                            conn.timeout = timeout
+                            return conn
+                        # The socket path changed: never reuse it.
+                        self._forget(conn)
+                        stale.append(conn)
+                    if len(self._open) + self._connecting < size:
+                        self._connecting += 1
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        # A wake-up this waiter took but cannot use goes to another.
+                        self._free.notify()
+                        raise PoolTimeout(
+                            f"no connection to the daemon came free within {timeout:g} s "
+                            f"(all {size} of this process in use)"
+                        )
+                    try:
+                        self._free.wait(remaining)
+                    except BaseException:
+                        self._free.notify()  # interrupted: a wake-up it took goes to another
+                        raise
+                    waited = True
+        finally:
+            for conn in stale:
                 conn.close()
-                raise
-            self._local.conn = conn
-        conn.timeout = timeout
+        conn = None
+        try:
+            conn = Connection(path, timeout)
+            conn.hello()
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            with self._lock:
+                self._connecting -= 1
+                self._free.notify()
+            raise
+        with self._lock:
+            self._connecting -= 1
+            conn.busy = True
+            conn.ready = threading.Condition(self._lock)
+            self._open.add(conn)
         return conn
 
-    def discard(self):
-        """Closes this thread's connection (after an error: its state is unknown)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            self._drop(conn)
+    def checkout_this(self, conn, timeout):
+        """`conn` itself (an in-flight slot is released on the connection that took it),
+        waiting at most `timeout` seconds while another round trip uses it (then
+        PoolTimeout); None when it was dropped meanwhile (the daemon released its slots).
+        A connection checked in while a release waits for it goes to that release, before
+        any round trip waiting for whichever connection (it would otherwise be taken again
+        and again under load)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if conn.closed or conn.ready is None or conn.pid != self.pid:
+                    return None
+                if conn.handoff:
+                    conn.handoff = False
+                    conn.timeout = timeout
+                    return conn
+                if not conn.busy:
+                    self._idle.remove(conn)
+                    conn.busy = True
+                    conn.timeout = timeout
+                    return conn
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PoolTimeout(
+                        f"the connection holding an in-flight slot did not come free within {timeout:g} s"
+                    )
+                conn.waiters += 1
+                try:
+                    conn.ready.wait(remaining)
+                except BaseException:
+                    # Interrupted (a greenlet killed): a connection handed to the waiting
+                    # releases and taken by none of them goes back to the pool.
+                    conn.waiters -= 1
+                    if conn.handoff and not conn.waiters:
+                        conn.handoff = False
+                        conn.busy = False
+                        self._idle.append(conn)
+                        self._free.notify()
+                    raise
+                conn.waiters -= 1
 
-    def _drop(self, conn):
-        self._local.conn = None
-        if conn.pid == os.getpid():
+    def checkin(self, conn, broken=False):
+        """Gives back a checked-out connection; `broken` (an error on it: its state is
+        unknown) closes it instead."""
+        with self._lock:
+            drop = broken or conn.doomed
+            if drop:
+                conn.busy = False
+                self._forget(conn)
+            elif conn.waiters:
+                conn.handoff = True  # stays busy: a waiting release takes it
+                conn.ready.notify_all()
+            else:
+                conn.busy = False
+                self._idle.append(conn)
+                self._free.notify()
+        if drop:
             conn.close()
-        else:
-            # A copy from before a fork: close our descriptor only (close, not shutdown).
+
+    def drop(self, conn):
+        """Closes `conn` (checked out by someone else: when it comes back), so that the
+        daemon releases its slots; nothing if it is closed already."""
+        with self._lock:
+            if conn.closed or conn.ready is None or conn.pid != self.pid:
+                return
+            if conn.busy:
+                conn.doomed = True
+                return
+            self._idle.remove(conn)
+            self._forget(conn)
+        conn.close()
+
+    def _forget(self, conn):
+        # Under the lock: out of the pool; room for another; its waiters look again.
+        conn.closed = True
+        self._open.discard(conn)
+        self._free.notify()
+        if conn.ready is not None:
+            conn.ready.notify_all()
+
+    def abandon(self):
+        """In a child of the process that made this pool: closes the inherited descriptors
+        (close, never shutdown: the parent's connections live on). Takes no lock (one held
+        by another of the parent's threads at the fork would never be released here)."""
+        for conn in list(self._open):
             try:
                 conn.close()
             except OSError:

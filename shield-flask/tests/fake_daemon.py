@@ -1,7 +1,8 @@
 """A fake `shield run` app socket for the package's tests: speaks the app protocol (one
 JSON request line, one reply line) on a temporary Unix socket, records what it received,
 and lets a test script its replies, close every connection (a daemon restart), change
-the policy generation or hold replies back (a stuck daemon)."""
+the policy generation or hold replies back (a stuck daemon). `peak` is the most
+connections it ever had open at once."""
 
 import json
 import os
@@ -25,6 +26,8 @@ class FakeDaemon:
         self._lock = threading.Lock()
         self._conns = []
         self._count = 0
+        self._open = 0
+        self.peak = 0
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self.path)
         self._listener.listen(64)
@@ -81,6 +84,8 @@ class FakeDaemon:
             with self._lock:
                 self._count += 1
                 number = self._count
+                self._open += 1
+                self.peak = max(self.peak, self._open)
                 self._conns.append(conn)
             threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
 
@@ -102,6 +107,8 @@ class FakeDaemon:
         except OSError:
             pass
         finally:
+            with self._lock:
+                self._open -= 1
             try:
                 reader.close()
                 conn.close()

@@ -92,9 +92,10 @@ enum Task {
 /// Debian packages: llvm-22-dev (+ the libraries bpf-linker links with) to build
 /// bpf-linker; iproute2 and util-linux (setpriv) for the namespace tests; systemd
 /// (systemd-analyze) to check the unit; python3-flask and gunicorn for the demo API;
-/// hping3 for SYN floods in the acceptance suite; lintian to check the Debian package;
-/// prometheus for `promtool check rules` on deploy/prometheus/shield-rules.yml (its service
-/// is not wanted: see `quiet_prometheus`).
+/// python3-gevent for shield-flask's test of its connection pool under gevent; hping3 for
+/// SYN floods in the acceptance suite; lintian to check the Debian package; prometheus for
+/// `promtool check rules` on deploy/prometheus/shield-rules.yml (its service is not wanted:
+/// see `quiet_prometheus`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -104,6 +105,7 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "systemd",
     "python3-flask",
+    "python3-gevent",
     "gunicorn",
     "hping3",
     "lintian",
