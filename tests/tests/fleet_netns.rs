@@ -732,3 +732,121 @@ escalation = {{ strikes = 1, window = "1h", ban = "1h" }}
         app_call(&socket, &decide)["allow"] == true
     });
 }
+
+/// Appends `max_bans = N` to host `i`'s `[fleet]` (the last table of its policy).
+fn set_max_bans(lab: &FleetLab, i: usize, n: u32) {
+    let h = &lab.hosts[i];
+    let mut text = std::fs::read_to_string(&h.policy).expect("policy");
+    text.push_str(&format!("max_bans = {n}\n"));
+    std::fs::write(&h.policy, text).expect("policy");
+}
+
+/// Seeds the fleet's hash (not the stream) with hour-long bans of `100.P.0.i/32` from h9.
+fn seed_hash(lab: &FleetLab, p: u8, n: u32) {
+    let cmds: Vec<Vec<String>> = (0..n)
+        .flat_map(|i| {
+            let m = ban_message(&format!("100.{p}.{}.{}/32", i / 256, i % 256), "h9", 3600);
+            lab.publish_cmds(&m, None, true).into_iter().take(1)
+        })
+        .collect();
+    lab.redis.pipeline(&cmds).expect("seeding Redis");
+}
+
+fn handled(h: &Host, n: u64) {
+    wait_until(
+        "every seeded ban is handled",
+        Duration::from_secs(60),
+        || {
+            let f = h.fleet();
+            f["installed"].as_u64().unwrap_or(0) + f["refused_table_full"].as_u64().unwrap_or(0)
+                >= n
+        },
+    );
+}
+
+fn bans_under(h: &Host, prefix: &str) -> Vec<serde_json::Value> {
+    h.bans()
+        .into_iter()
+        .filter(|b| b["source"].as_str().is_some_and(|s| s.starts_with(prefix)))
+        .collect()
+}
+
+#[test]
+fn a_restart_keeping_the_pins_still_counts_the_received_bans_it_holds() {
+    // `systemctl restart shield` keeps the pinned ban tables: the received bans in them
+    // still take the fleet's share. A restart must not forget them and install max_bans
+    // more on top (the fleet then holds more than its share of the table).
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    set_max_bans(&lab, 0, 100);
+    seed_hash(&lab, 64, 100);
+    lab.start_all().expect("starting the daemon");
+    handled(&lab.hosts[0], 100);
+    assert_eq!(bans_under(&lab.hosts[0], "100.64.").len(), 100);
+    let file = lab.hosts[0].state.join("bans.json");
+    wait_until(
+        "bans.json holds the fleet's bans",
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&file).is_ok_and(|t| t.matches("\"h9\"").count() == 100),
+    );
+    let h = &mut lab.hosts[0];
+    let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
+    assert!(status.success());
+    h.daemon = None;
+    // Meanwhile the fleet banned 100 other sources (and the first 100 left its hash).
+    lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
+    seed_hash(&lab, 65, 100);
+    lab.hosts[0].start().expect("restart, pins kept");
+    let h = &lab.hosts[0];
+    handled(h, 100);
+    let held = bans_under(h, "100.6");
+    assert_eq!(
+        held.len(),
+        100,
+        "the fleet holds at most max_bans after a restart: {} of 100.64, {} of 100.65",
+        bans_under(h, "100.64.").len(),
+        bans_under(h, "100.65.").len()
+    );
+    assert!(
+        held.iter().all(|b| b["origin_host"] == "h9"),
+        "the bans held are still the fleet's: {:?}",
+        held.first()
+    );
+    assert_eq!(h.fleet()["refused_table_full"].as_u64(), Some(100));
+}
+
+#[test]
+fn a_received_ban_of_a_source_this_host_banned_needs_no_room_at_max_bans() {
+    // At max_bans, a received ban of a source this host banned itself takes no new
+    // entry: it is applied as without the limit (the longer ban stays), not refused as if
+    // the table were full.
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    set_max_bans(&lab, 0, 100);
+    seed_hash(&lab, 64, 100);
+    lab.start_all().expect("starting the daemon");
+    let h = &lab.hosts[0];
+    handled(h, 100);
+    let (ok, _, err) = h.shield(&["ban", "203.0.113.7", "--for", "1m"]);
+    assert!(ok, "{err}");
+    let m = ban_message("203.0.113.7/32", "h2", 3600);
+    lab.redis
+        .pipeline(&lab.publish_cmds(&m, None, true))
+        .expect("publishing");
+    wait_until(
+        "the received ban is handled",
+        Duration::from_secs(10),
+        || {
+            count(h, "fleet_ban", "203.0.113.7/32") > 0
+                || h.fleet()["refused_table_full"].as_u64() > Some(0)
+        },
+    );
+    let f = h.fleet();
+    assert_eq!(f["refused_table_full"].as_u64(), Some(0), "{f}");
+    let b = bans_under(h, "203.0.113.7/");
+    assert_eq!(b.len(), 1);
+    assert!(
+        b[0]["remaining_secs"].as_f64() > Some(3000.0),
+        "the fleet's longer ban is in force: {:?}",
+        b[0]
+    );
+    assert_eq!(bans_under(h, "100.64.").len(), 100);
+}

@@ -54,7 +54,7 @@ pub(crate) struct AppUnban {
 type Shared = Arc<Mutex<Limiter>>;
 
 /// The gid of group `name` (getgrnam_r: files, LDAP, whatever NSS is configured with).
-fn group_id(name: &str) -> io::Result<libc::gid_t> {
+pub(super) fn group_id(name: &str) -> io::Result<libc::gid_t> {
     let cname = CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name holds NUL"))?;
     let mut buf = vec![0u8; 16 * 1024];

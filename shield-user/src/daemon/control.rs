@@ -352,6 +352,75 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_path_of_107_bytes_binds() {
+        // The policy takes an app socket path of up to 107 bytes (a Unix socket address's
+        // size): the private name it is bound under must fit too.
+        let d = dir("long");
+        let pad = 107 - d.as_os_str().len() - "/".len() - "app.sock".len();
+        let sub = d.join("d".repeat(pad - 1));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let path = sub.join("app.sock");
+        assert_eq!(path.as_os_str().len(), 107);
+        let bound = bind_socket(&path, 0o660, "elsewhere").expect("a 107-byte path binds");
+        UnixStream::connect(&path).expect("the socket listens at its path");
+        assert_eq!(names(&sub), ["app.sock"], "no private name left behind");
+        drop(bound);
+        // A name too short for a private one beside it, in a path of 107 bytes: said
+        // plainly, nothing left behind.
+        let sub2 = d.join("e".repeat(pad + "app.sock".len() - 2));
+        std::fs::create_dir_all(&sub2).expect("mkdir");
+        let path = sub2.join("a");
+        assert_eq!(path.as_os_str().len(), 107);
+        let e = bind_socket(&path, 0o600, "elsewhere").expect_err("no room");
+        assert!(
+            e.to_string().contains(&*path.to_string_lossy()) && e.to_string().contains("too long"),
+            "{e}"
+        );
+        assert!(names(&sub2).is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_app_socket_never_shows_under_its_path_without_its_group() {
+        // `[app] group`: the web server's group must find the socket connectable as soon
+        // as it is at its path (not root's group until a chown after the move).
+        let d = dir("group");
+        let path = d.join("app.sock");
+        let cfg = crate::policy::AppConfig {
+            socket: path.clone(),
+            group: Some("nogroup".into()),
+            trusted_proxies: Vec::new(),
+            on_error: crate::policy::OnError::Open,
+        };
+        let gid = super::super::app::group_id("nogroup").expect("nogroup");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::MetadataExt as _;
+                let (mut seen, mut other) = (0u64, Vec::new());
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(m) = std::fs::symlink_metadata(&path) {
+                        seen += 1;
+                        if m.gid() != gid && !other.contains(&m.gid()) {
+                            other.push(m.gid());
+                        }
+                    }
+                }
+                (seen, other)
+            })
+        };
+        for _ in 0..300 {
+            drop(super::super::app::bind(&cfg).expect("bind"));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (seen, other) = watcher.join().expect("watcher");
+        assert!(seen > 0, "the watcher saw the socket");
+        assert!(other.is_empty(), "groups seen at the path: {other:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn the_move_into_place_never_replaces_what_is_there() {
         let d = dir("noreplace");
         let (from, to) = (d.join("a"), d.join("b"));
