@@ -393,7 +393,8 @@ impl Owner {
         };
         // A quarter of the table (by default) stays for this host's own bans: a fleet
         // holding more bans than that must not stop this host from banning. A ban stored
-        // already (renewed, or this host's own of the same source) takes no new entry.
+        // already on every interface (this host's own of the same source) takes no new
+        // entry; one stored on some only (an automatic ban of one interface) would.
         let f = m.field();
         if m.origin_host != self.host
             && !link.origins.contains_key(&f)
@@ -402,7 +403,7 @@ impl Owner {
                 .instances
                 .iter()
                 .filter_map(|i| i.maps.as_ref())
-                .any(|mp| mp.bans.holds(&spec))
+                .all(|mp| mp.bans.holds(&spec))
         {
             if link
                 .pruned
