@@ -627,11 +627,7 @@ impl BanMaps {
                 let id = rule
                     .and_then(|name| self.rule(name).ok())
                     .map_or(0, |(id, _)| id);
-                let key = match cidr.addr {
-                    IpAddr::V4(a) => BanKey::Host4(a.octets(), cidr.len),
-                    IpAddr::V6(a) => BanKey::Host6(a.octets(), cidr.len),
-                };
-                (key, id)
+                (host_key(cidr), id)
             }
             (BanScope::Rule, Some(name)) => {
                 let (id, r) = self.rule(name)?;
@@ -665,11 +661,17 @@ impl BanMaps {
     /// Whether a ban in force is stored under `spec`'s key (a ban of it takes no new
     /// entry).
     pub fn holds(&self, spec: &BanSpec) -> bool {
+        let key = match (spec.scope, spec.rule) {
+            // Without the rule's id (reading the rules table for it, per ban received at
+            // the limit, would cost more than the lookup).
+            (BanScope::Host, _) | (BanScope::Rule, None) => host_key(spec.cidr),
+            _ => match self.spec_key(spec) {
+                Ok((k, _)) => k,
+                Err(_) => return false,
+            },
+        };
         let now = self.now();
-        self.spec_key(spec)
-            .ok()
-            .and_then(|(k, _)| self.stored(k))
-            .is_some_and(|v| v.expires_ns > now)
+        self.stored(key).is_some_and(|v| v.expires_ns > now)
     }
 
     /// Removes every ban on exactly `cidr` (host scope, and rule scope for any rule).
@@ -817,6 +819,14 @@ impl BanMaps {
             self.remove(b.key)?;
         }
         Ok(orphans.len())
+    }
+}
+
+/// The key of a host-scope ban of `cidr`.
+fn host_key(cidr: Cidr) -> BanKey {
+    match cidr.addr {
+        IpAddr::V4(a) => BanKey::Host4(a.octets(), cidr.len),
+        IpAddr::V6(a) => BanKey::Host6(a.octets(), cidr.len),
     }
 }
 
