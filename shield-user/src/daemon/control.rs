@@ -137,7 +137,8 @@ pub(crate) fn bind_socket(
                 &tmp,
                 (unsafe { libc::geteuid() } == 0).then_some(0),
                 Some(g),
-            ),
+            )
+            .map_err(|e| io::Error::new(e.kind(), format!("giving it group id {g}: {e}"))),
             None => Ok(()),
         })
         .and_then(|()| {
