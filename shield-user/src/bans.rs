@@ -586,45 +586,8 @@ impl BanMaps {
             prefix_len: cidr.len,
             _pad: [0; 3],
         };
-        let key = match (spec.scope, spec.rule) {
-            (BanScope::Host, rule) | (BanScope::Rule, rule @ None) => {
-                if let Some(name) = rule
-                    && let Ok((id, _)) = self.rule(name)
-                {
-                    value.rule = id;
-                }
-                match cidr.addr {
-                    IpAddr::V4(a) => BanKey::Host4(a.octets(), cidr.len),
-                    IpAddr::V6(a) => BanKey::Host6(a.octets(), cidr.len),
-                }
-            }
-            (BanScope::Rule, Some(name)) => {
-                let (id, r) = self.rule(name)?;
-                let (family, prefix, fname, addr) = match cidr.addr {
-                    IpAddr::V4(a) => (
-                        FAMILY_V4,
-                        r.v4_prefix,
-                        "IPv4",
-                        shield_common::addr::v4_key(a.octets()),
-                    ),
-                    IpAddr::V6(a) => (FAMILY_V6, r.v6_prefix, "IPv6", a.octets()),
-                };
-                if cidr.len != prefix {
-                    return Err(BanError::RulePrefix {
-                        rule: name.to_string(),
-                        family: fname,
-                        prefix,
-                    });
-                }
-                value.rule = id;
-                BanKey::Rule(SourceKey {
-                    rule: id,
-                    family,
-                    prefix_len: prefix,
-                    addr: mask_prefix(addr, prefix),
-                })
-            }
-        };
+        let (key, rule_id) = self.spec_key(spec)?;
+        value.rule = rule_id;
         let stored = self.stored(key);
         if stored.is_some_and(|v| v.expires_ns <= now) {
             // An expired ban not swept yet: its reason is not this ban's.
@@ -661,6 +624,62 @@ impl BanMaps {
             entry: self.entry(key, &value, now),
             kept_longer,
         })
+    }
+
+    /// The key `spec` is stored under, and its rule's id (0: none; a host-scope ban
+    /// naming a rule this host does not have is a plain host ban).
+    fn spec_key(&self, spec: &BanSpec) -> Result<(BanKey, u16), BanError> {
+        let cidr = spec.cidr;
+        Ok(match (spec.scope, spec.rule) {
+            (BanScope::Host, rule) | (BanScope::Rule, rule @ None) => {
+                let id = rule
+                    .and_then(|name| self.rule(name).ok())
+                    .map_or(0, |(id, _)| id);
+                (host_key(cidr), id)
+            }
+            (BanScope::Rule, Some(name)) => {
+                let (id, r) = self.rule(name)?;
+                let (family, prefix, fname, addr) = match cidr.addr {
+                    IpAddr::V4(a) => (
+                        FAMILY_V4,
+                        r.v4_prefix,
+                        "IPv4",
+                        shield_common::addr::v4_key(a.octets()),
+                    ),
+                    IpAddr::V6(a) => (FAMILY_V6, r.v6_prefix, "IPv6", a.octets()),
+                };
+                if cidr.len != prefix {
+                    return Err(BanError::RulePrefix {
+                        rule: name.to_string(),
+                        family: fname,
+                        prefix,
+                    });
+                }
+                let key = BanKey::Rule(SourceKey {
+                    rule: id,
+                    family,
+                    prefix_len: prefix,
+                    addr: mask_prefix(addr, prefix),
+                });
+                (key, id)
+            }
+        })
+    }
+
+    /// Whether a ban in force is stored under `spec`'s key (a ban of it takes no new
+    /// entry).
+    pub fn holds(&self, spec: &BanSpec) -> bool {
+        let key = match (spec.scope, spec.rule) {
+            // Without the rule's id (reading the rules table for it, per ban received at
+            // the limit, would cost more than the lookup).
+            (BanScope::Host, _) | (BanScope::Rule, None) => host_key(spec.cidr),
+            _ => match self.spec_key(spec) {
+                Ok((k, _)) => k,
+                Err(_) => return false,
+            },
+        };
+        let now = self.now();
+        self.stored(key).is_some_and(|v| v.expires_ns > now)
     }
 
     /// Removes every ban on exactly `cidr` (host scope, and rule scope for any rule).
@@ -808,6 +827,14 @@ impl BanMaps {
             self.remove(b.key)?;
         }
         Ok(orphans.len())
+    }
+}
+
+/// The key of a host-scope ban of `cidr`.
+fn host_key(cidr: Cidr) -> BanKey {
+    match cidr.addr {
+        IpAddr::V4(a) => BanKey::Host4(a.octets(), cidr.len),
+        IpAddr::V6(a) => BanKey::Host6(a.octets(), cidr.len),
     }
 }
 

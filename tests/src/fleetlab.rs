@@ -319,6 +319,8 @@ pub struct Host {
     pub state: PathBuf,
     /// Environment for the daemon (`SSL_CERT_FILE` for a TLS lab).
     pub env: Vec<(String, String)>,
+    /// More arguments for `shield run` (another `--iface`).
+    pub args: Vec<String>,
 }
 
 impl Drop for Host {
@@ -347,6 +349,7 @@ impl Host {
             audit: std::env::temp_dir().join(format!("{}.jsonl", unique("shield-fleet-audit-"))),
             state: std::env::temp_dir().join(unique("shield-fleet-state-")),
             env: Vec::new(),
+            args: Vec::new(),
         })
     }
 
@@ -359,12 +362,17 @@ impl Host {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         self.daemon = Some(Daemon::start_env(
             &shield_bin(),
             &self.topo.server,
             &self.policy,
             &self.bpffs.path,
-            &["--audit-log", &audit, "--state-dir", &state],
+            &[
+                &["--audit-log", &audit, "--state-dir", &state][..],
+                &args[..],
+            ]
+            .concat(),
             &env,
         )?);
         Ok(())

@@ -54,7 +54,7 @@ pub(crate) struct AppUnban {
 type Shared = Arc<Mutex<Limiter>>;
 
 /// The gid of group `name` (getgrnam_r: files, LDAP, whatever NSS is configured with).
-fn group_id(name: &str) -> io::Result<libc::gid_t> {
+pub(super) fn group_id(name: &str) -> io::Result<libc::gid_t> {
     let cname = CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name holds NUL"))?;
     let mut buf = vec![0u8; 16 * 1024];
@@ -91,13 +91,12 @@ pub(crate) fn bind(app: &AppConfig) -> io::Result<Bound> {
         Some(g) => Some(group_id(g)?),
         None => None,
     };
-    let bound = bind_socket(&app.socket, 0o660, "set another [app] socket in the policy")?;
-    if let Some(gid) = gid {
-        // Not root (app-only mode as a user): keep our own uid, set the group if we may.
-        // SAFETY: geteuid has no preconditions.
-        let owner = (unsafe { libc::geteuid() } == 0).then_some(0);
-        std::os::unix::fs::chown(&app.socket, owner, Some(gid))?;
-    }
+    let bound = bind_socket(
+        &app.socket,
+        0o660,
+        gid,
+        "set another [app] socket in the policy",
+    )?;
     if let Some(dir) = app.socket.parent()
         && let Ok(meta) = std::fs::metadata(dir)
     {

@@ -53,12 +53,18 @@ impl Drop for Bound {
 /// Binds `path` (its directory is created 0700; a stale socket is replaced; a live one
 /// means another daemon: error).
 pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
-    bind_socket(path, 0o600, "give --socket another path")
+    bind_socket(path, 0o600, None, "give --socket another path")
 }
 
-/// `bind` for any of the daemon's sockets: `mode` for the socket file, `elsewhere` says
-/// how to pick another path (the app socket's is in the policy).
-pub(crate) fn bind_socket(path: &Path, mode: u32, elsewhere: &str) -> io::Result<Bound> {
+/// `bind` for any of the daemon's sockets: `mode` for the socket file, `gid` its group
+/// (owner root when the daemon is root, else its own user), `elsewhere` says how to pick
+/// another path (the app socket's is in the policy).
+pub(crate) fn bind_socket(
+    path: &Path,
+    mode: u32,
+    gid: Option<libc::gid_t>,
+    elsewhere: &str,
+) -> io::Result<Bound> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()
@@ -102,24 +108,45 @@ pub(crate) fn bind_socket(path: &Path, mode: u32, elsewhere: &str) -> io::Result
             }
         },
     }
-    // Bound under a private name, given its mode, then moved into place: under the path
-    // the socket never has the mode the umask would give it (a local user could connect
-    // between a bind and a chmod). The move never replaces what appeared there since.
-    let name = path
-        .file_name()
-        .map_or_else(Default::default, |n| n.to_os_string());
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(&name);
-    tmp_name.push(format!(".{}.new", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    // Bound under a private name, given its mode and group, then moved into place: under
+    // the path the socket never has the mode the umask would give it, nor root's group (a
+    // local user could connect between a bind and a chmod; the app's group could not
+    // between a move and a chown). The move never replaces what appeared there since.
+    let tmp = private_name(path)?;
     if std::fs::symlink_metadata(&tmp)
         .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
     {
         std::fs::remove_file(&tmp)?;
     }
-    let listener = UnixListener::bind(&tmp)?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .and_then(|()| rename_noreplace(&tmp, path));
+    let listener = UnixListener::bind(&tmp).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "binding {} (to move it to {}): {e}",
+                tmp.display(),
+                path.display()
+            ),
+        )
+    })?;
+    let mut made = None;
+    let placed = set_mode_nofollow(&tmp, mode)
+        .and_then(|()| match gid {
+            // Not root (app-only mode as a user): keep our own uid, set the group if we may.
+            // SAFETY: geteuid has no preconditions.
+            Some(g) => std::os::unix::fs::lchown(
+                &tmp,
+                (unsafe { libc::geteuid() } == 0).then_some(0),
+                Some(g),
+            )
+            .map_err(|e| io::Error::new(e.kind(), format!("giving it group id {g}: {e}"))),
+            None => Ok(()),
+        })
+        .and_then(|()| {
+            // What is moved keeps its inode: what `Drop` removes is this, never a file put
+            // at the path after the move.
+            made = file_id(&tmp);
+            rename_noreplace(&tmp, path)
+        });
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
         return Err(if e.kind() == io::ErrorKind::AlreadyExists {
@@ -137,8 +164,62 @@ pub(crate) fn bind_socket(path: &Path, mode: u32, elsewhere: &str) -> io::Result
     Ok(Bound {
         path: path.to_path_buf(),
         listener: Some(listener),
-        made: file_id(path),
+        made,
     })
+}
+
+/// The longest path a Unix socket address holds (`sun_path`, 108 bytes with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// The private name a socket is bound under beside `path`: `.NAME.PID.new`, or `.PID` when
+/// that would not fit in a socket address (a path of up to 107 bytes is accepted).
+fn private_name(path: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = path.file_name().unwrap_or_default();
+    let pid = std::process::id();
+    let mut long = std::ffi::OsString::from(".");
+    long.push(name);
+    long.push(format!(".{pid}.new"));
+    let fits = |n: &std::ffi::OsStr| {
+        path.as_os_str().len() - name.len() + n.len() <= SUN_PATH_MAX
+            && !path.with_file_name(n).as_os_str().as_bytes().contains(&0)
+    };
+    if fits(&long) {
+        return Ok(path.with_file_name(long));
+    }
+    let short = std::ffi::OsString::from(format!(".{pid}"));
+    if fits(&short) {
+        return Ok(path.with_file_name(short));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{}: too long to bind beside it under a private name (at most {SUN_PATH_MAX} bytes with `.{pid}` for its last part); give a shorter path or a longer name",
+            path.display()
+        ),
+    ))
+}
+
+/// chmod that fails on a symbolic link instead of changing what it points to (someone
+/// able to write in the socket's directory could put one at the private name).
+fn set_mode_nofollow(p: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let r = unsafe {
+        libc::fchmodat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
@@ -291,6 +372,47 @@ mod tests {
         v
     }
 
+    /// Binds with `bind` again and again (each socket held 100 µs) while a thread watches
+    /// `path`: what `odd` says of what it saw there (at least 300 binds, and the socket
+    /// seen at its path at least 50 times).
+    fn watch_binds(
+        path: &Path,
+        odd: impl Fn(&std::fs::Metadata) -> Option<String> + Send + 'static,
+        mut bind: impl FnMut() -> Bound,
+    ) -> Vec<String> {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicU64::new(0));
+        let watcher = {
+            let (path, done, seen) = (path.to_path_buf(), done.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut other = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(m) = std::fs::symlink_metadata(&path) {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        if let Some(o) = odd(&m).filter(|o| !other.contains(o)) {
+                            other.push(o);
+                        }
+                    }
+                }
+                other
+            })
+        };
+        let mut binds = 0;
+        while binds < 300 || seen.load(Ordering::Relaxed) < 50 {
+            assert!(binds < 50_000, "the watcher never saw the socket");
+            let b = bind();
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            drop(b);
+            binds += 1;
+        }
+        done.store(true, Ordering::Relaxed);
+        watcher.join().expect("watcher")
+    }
+
     #[test]
     fn a_socket_appears_at_its_path_with_its_mode_and_nothing_else_is_left() {
         let d = dir("mode");
@@ -298,7 +420,7 @@ mod tests {
         // A socket left under the private name by a daemon killed while binding.
         let stale = d.join(format!(".control.sock.{}.new", std::process::id()));
         drop(UnixListener::bind(&stale).expect("stale"));
-        let bound = bind_socket(&path, 0o600, "elsewhere").expect("bind");
+        let bound = bind_socket(&path, 0o600, None, "elsewhere").expect("bind");
         let mode = std::fs::symlink_metadata(&path)
             .expect("stat")
             .permissions()
@@ -307,7 +429,7 @@ mod tests {
         assert_eq!(names(&d), ["control.sock"], "no private name left behind");
         UnixStream::connect(&path).expect("the socket listens at its path");
         // A second daemon is refused, the first one's socket untouched.
-        let e = bind_socket(&path, 0o600, "elsewhere").expect_err("second daemon");
+        let e = bind_socket(&path, 0o600, None, "elsewhere").expect_err("second daemon");
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
         assert_eq!(names(&d), ["control.sock"]);
         drop(bound);
@@ -322,40 +444,104 @@ mod tests {
     fn the_socket_never_shows_under_its_path_with_another_mode() {
         // Whoever watches the path (a local user waiting to connect) only ever sees the
         // final mode: the umask's (0755 under root's usual 022) never shows there.
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
         let d = dir("window");
         let path = d.join("app.sock");
-        let done = std::sync::Arc::new(AtomicBool::new(false));
-        let seen = std::sync::Arc::new(AtomicU64::new(0));
-        let watcher = {
-            let (path, done, seen) = (path.clone(), done.clone(), seen.clone());
-            std::thread::spawn(move || {
-                let mut other = Vec::new();
-                while !done.load(Relaxed) {
-                    if let Ok(m) = std::fs::symlink_metadata(&path) {
-                        seen.fetch_add(1, Relaxed);
-                        let mode = m.permissions().mode() & 0o7777;
-                        if mode != 0o660 {
-                            other.push(format!("{mode:o}"));
-                        }
-                    }
-                }
-                other
-            })
-        };
-        // Bind until the watcher has looked often enough (it shares two CPUs with the
-        // other tests), at least 300 times.
-        let start = std::time::Instant::now();
-        let mut binds = 0;
-        while binds < 300 || (seen.load(Relaxed) < 1_000 && start.elapsed().as_secs() < 30) {
-            drop(bind_socket(&path, 0o660, "elsewhere").expect("bind"));
-            binds += 1;
-        }
-        done.store(true, Relaxed);
-        let other = watcher.join().expect("watcher");
-        let seen = seen.load(Relaxed);
-        assert!(seen > 0, "the watcher saw the socket ({binds} binds)");
+        let other = watch_binds(
+            &path,
+            |m| {
+                Some(m.permissions().mode() & 0o7777)
+                    .filter(|&m| m != 0o660)
+                    .map(|m| format!("{m:o}"))
+            },
+            || bind_socket(&path, 0o660, None, "elsewhere").expect("bind"),
+        );
         assert!(other.is_empty(), "modes seen at the path: {other:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_socket_path_of_107_bytes_binds() {
+        // The policy takes an app socket path of up to 107 bytes (a Unix socket address's
+        // size): the private name it is bound under must fit too.
+        let d = dir("long");
+        let pad = 107 - d.as_os_str().len() - "/".len() - "app.sock".len();
+        let sub = d.join("d".repeat(pad - 1));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let path = sub.join("app.sock");
+        assert_eq!(path.as_os_str().len(), 107);
+        let bound = bind_socket(&path, 0o660, None, "elsewhere").expect("a 107-byte path binds");
+        UnixStream::connect(&path).expect("the socket listens at its path");
+        assert_eq!(names(&sub), ["app.sock"], "no private name left behind");
+        drop(bound);
+        // A name too short for a private one beside it, in a path of 107 bytes: said
+        // plainly, nothing left behind.
+        let sub2 = d.join("e".repeat(pad + "app.sock".len() - 2));
+        std::fs::create_dir_all(&sub2).expect("mkdir");
+        let path = sub2.join("a");
+        assert_eq!(path.as_os_str().len(), 107);
+        let e = bind_socket(&path, 0o600, None, "elsewhere").expect_err("no room");
+        assert!(
+            e.to_string().contains(&*path.to_string_lossy()) && e.to_string().contains("too long"),
+            "{e}"
+        );
+        assert!(names(&sub2).is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_app_socket_never_shows_under_its_path_without_its_group() {
+        // `[app] group`: the web server's group must find the socket connectable as soon
+        // as it is at its path (not root's group until a chown after the move).
+        let d = dir("group");
+        let path = d.join("app.sock");
+        let cfg = crate::policy::AppConfig {
+            socket: path.clone(),
+            group: Some("nogroup".into()),
+            trusted_proxies: Vec::new(),
+            on_error: crate::policy::OnError::Open,
+        };
+        let gid = super::super::app::group_id("nogroup").expect("nogroup");
+        let other = watch_binds(
+            &path,
+            move |m| {
+                use std::os::unix::fs::MetadataExt as _;
+                (m.gid() != gid).then(|| m.gid().to_string())
+            },
+            || super::super::app::bind(&cfg).expect("bind"),
+        );
+        assert!(other.is_empty(), "groups seen at the path: {other:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_link_at_the_private_name_is_never_followed() {
+        // Someone who can write in the socket's directory puts a link at the private name:
+        // the bind fails, saying where, and what the link points to keeps its mode and
+        // group (a chmod or chown through it would hand a file to the app's group).
+        use std::os::unix::fs::MetadataExt as _;
+        let d = dir("link");
+        let target = d.join("target");
+        std::fs::write(&target, "secret").expect("write");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let path = d.join("app.sock");
+        let private = private_name(&path).expect("private name");
+        std::os::unix::fs::symlink(&target, &private).expect("symlink");
+        let e = bind_socket(&path, 0o666, Some(65534), "elsewhere").expect_err("a link there");
+        assert!(e.to_string().contains(&*private.to_string_lossy()), "{e}");
+        let m = std::fs::metadata(&target).expect("stat");
+        assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(m.gid(), 0);
+        assert!(!path.exists());
+        // And the chmod itself refuses a link.
+        assert!(set_mode_nofollow(&private, 0o666).is_err());
+        assert_eq!(
+            std::fs::metadata(&target)
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o600
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -382,12 +382,28 @@ impl Owner {
             );
             return;
         }
+        let spec = BanSpec {
+            cidr,
+            dur: remaining,
+            scope: m.scope,
+            rule,
+            flags: flags_of(&m.origin, &m.cuts),
+            level: m.level,
+            reason: m.reason.as_deref(),
+        };
         // A quarter of the table (by default) stays for this host's own bans: a fleet
-        // holding more bans than that must not stop this host from banning.
+        // holding more bans than that must not stop this host from banning. A ban stored
+        // already on every interface (this host's own of the same source) takes no new
+        // entry; one stored on some only (an automatic ban of one interface) would.
         let f = m.field();
         if m.origin_host != self.host
             && !link.origins.contains_key(&f)
             && link.origins.len() >= link.max_bans
+            && !self
+                .instances
+                .iter()
+                .filter_map(|i| i.maps.as_ref())
+                .all(|mp| mp.bans.holds(&spec))
         {
             if link
                 .pruned
@@ -414,15 +430,6 @@ impl Owner {
                 return;
             }
         }
-        let spec = BanSpec {
-            cidr,
-            dur: remaining,
-            scope: m.scope,
-            rule,
-            flags: flags_of(&m.origin, &m.cuts),
-            level: m.level,
-            reason: m.reason.as_deref(),
-        };
         let mut installed = false;
         let mut full = None;
         for inst in &mut self.instances {
@@ -589,8 +596,10 @@ impl Owner {
 
     /// At start, for interfaces whose pinned maps were gone: the bans saved in
     /// `--state-dir` that have not ended.
+    /// With `[fleet]`, also the origins of the received bans still in the tables (kept in
+    /// the pins across a restart): they stay the fleet's, counted against `max_bans`.
     pub(super) fn restore_state(&mut self, ifaces: &[String]) {
-        if ifaces.is_empty() {
+        if ifaces.is_empty() && self.policy.fleet.is_none() {
             return;
         }
         let saved = match state::read(&self.state_dir) {
@@ -636,24 +645,34 @@ impl Owner {
         if saved.is_empty() {
             return;
         }
-        info!(
-            "restored {restored} bans from {} (the pinned maps were gone)",
-            self.state_dir.join(state::BANS_FILE).display()
-        );
-        self.audit.write(json!({
-            "event": "restore",
-            "bans": restored,
-            "from": self.state_dir.join(state::BANS_FILE).display().to_string(),
-        }));
-        // Keep the origins of restored fleet bans for `shield bans`.
+        if !ifaces.is_empty() {
+            info!(
+                "restored {restored} bans from {} (the pinned maps were gone)",
+                self.state_dir.join(state::BANS_FILE).display()
+            );
+            self.audit.write(json!({
+                "event": "restore",
+                "bans": restored,
+                "from": self.state_dir.join(state::BANS_FILE).display().to_string(),
+            }));
+            self.state_dirty = true;
+        }
+        // The origins of the fleet's bans in force (restored, or kept in the pins): for
+        // `shield bans`, and counted against `max_bans`.
+        let live: HashSet<String> = self
+            .instances
+            .iter()
+            .filter_map(|i| i.maps.as_ref())
+            .flat_map(|m| m.bans.active())
+            .map(|b| field(&b.source, b.scope, &b.rule))
+            .collect();
         self.pending_origins = saved
             .into_iter()
             .filter_map(|b| {
-                b.origin_host
-                    .map(|h| (field(&b.source, b.scope, &b.rule), h))
+                let f = field(&b.source, b.scope, &b.rule);
+                b.origin_host.filter(|_| live.contains(&f)).map(|h| (f, h))
             })
             .collect();
-        self.state_dirty = true;
     }
 
     pub(super) fn maybe_save_state(&mut self) {
