@@ -673,6 +673,32 @@ pub fn ban_message(source: &str, host: &str, secs: u64) -> shield_user::fleet::M
     }
 }
 
+/// How many audit lines of `event` name `source`.
+pub fn audit_count(h: &Host, event: &str, source: &str) -> usize {
+    h.audit_lines()
+        .iter()
+        .filter(|l| l["event"] == event && l["source"] == source)
+        .count()
+}
+
+/// An unban as host `host` would publish it, sent at `sent_ms`.
+pub fn unban_message(source: &str, host: &str, sent_ms: u64) -> shield_user::fleet::Message {
+    shield_user::fleet::Message {
+        op: shield_user::fleet::Op::Unban,
+        source: source.to_string(),
+        scope: shield_user::policy::BanScope::Host,
+        rule: String::new(),
+        expires_ms: 0,
+        duration_secs: 0.0,
+        level: 0,
+        origin: "manual".into(),
+        cuts: String::new(),
+        origin_host: host.to_string(),
+        reason: None,
+        sent_ms,
+    }
+}
+
 /// Removes a pin directory's files (what a reboot does to bpffs).
 pub fn remove_pins(bpffs: &Path, iface: &str) -> Result<()> {
     let dir = shield_user::loader::pin_dir(bpffs, iface);

@@ -6,7 +6,10 @@
 use std::{net::IpAddr, time::Duration};
 
 use shield_tests::{
-    fleetlab::{FleetLab, Host, ban_message, percentile, remove_pins, wait_until},
+    fleetlab::{
+        FleetLab, Host, audit_count, ban_message, percentile, remove_pins, unban_message,
+        wait_until,
+    },
     netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF},
     require_root,
 };
@@ -41,13 +44,6 @@ fn fleet_ban_lags(h: &Host, source_prefix: &str) -> Vec<f64> {
         })
         .filter_map(|l| l["lag_ms"].as_f64())
         .collect()
-}
-
-fn count(h: &Host, event: &str, source: &str) -> usize {
-    h.audit_lines()
-        .iter()
-        .filter(|l| l["event"] == event && l["source"] == source)
-        .count()
 }
 
 #[test]
@@ -99,13 +95,13 @@ fn bans_are_shared_exactly_across_three_hosts_through_redis() {
     let attack = h1.connect(src, API, 300, Duration::from_millis(10));
     assert!(attack.failed > 200, "host 1 limits then bans: {attack:?}");
     wait_until("host 1 bans the attacker", Duration::from_secs(10), || {
-        count(h1, "ban", &attacker) == 1
+        audit_count(h1, "ban", &attacker) == 1
     });
     for h in [h2, h3] {
         wait_until(
             &format!("{} installs host 1's ban", h.name),
             Duration::from_secs(5),
-            || count(h, "fleet_ban", &attacker) == 1,
+            || audit_count(h, "fleet_ban", &attacker) == 1,
         );
         let lag = fleet_ban_lags(h, &attacker);
         assert!(
@@ -186,7 +182,7 @@ fn bans_are_shared_exactly_across_three_hosts_through_redis() {
             Duration::from_secs(5),
             || !h.banned(&attacker),
         );
-        assert!(count(h, "fleet_unban", &attacker) == 1);
+        assert!(audit_count(h, "fleet_unban", &attacker) == 1);
     }
     assert!(!h3.banned(&attacker));
     assert_eq!(
@@ -494,24 +490,6 @@ fn the_fleet_link_runs_over_tls() {
     );
 }
 
-/// An unban as host `host` would publish it, sent at `sent_ms`.
-fn unban_message(source: &str, host: &str, sent_ms: u64) -> shield_user::fleet::Message {
-    shield_user::fleet::Message {
-        op: shield_user::fleet::Op::Unban,
-        source: source.to_string(),
-        scope: shield_user::policy::BanScope::Host,
-        rule: String::new(),
-        expires_ms: 0,
-        duration_secs: 0.0,
-        level: 0,
-        origin: "manual".into(),
-        cuts: String::new(),
-        origin_host: host.to_string(),
-        reason: None,
-        sent_ms,
-    }
-}
-
 #[test]
 fn an_unban_lifts_only_the_bans_issued_before_it() {
     // A validly signed unban from ten minutes ago arrives now: replayed by whoever can write
@@ -581,83 +559,6 @@ fn an_unban_lifts_only_the_bans_issued_before_it() {
         .filter(|l| l["event"] == "fleet_unban" && l["kept"].as_u64() == Some(1))
         .collect();
     assert_eq!(kept.len(), 2, "audit says which bans were kept: {kept:#?}");
-}
-
-#[test]
-fn a_fleet_holding_more_bans_than_the_table_leaves_room_for_this_hosts_own() {
-    // Several hosts under a large attack can hold more bans together than one host's table
-    // (65,536): a host starting then installs what its `max_bans` allows (default 49,152,
-    // three quarters of the table) and counts the rest, without a log line per ban; the
-    // last quarter stays for its own bans, so `shield ban` still works.
-    const N: u32 = 70_000;
-    const HELD: u64 = 49_152;
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    let seed: Vec<Vec<String>> = (0..N)
-        .flat_map(|i| {
-            let m = ban_message(
-                &format!("100.{}.{}.{}/32", 64 + i / 65536, (i / 256) % 256, i % 256),
-                "h9",
-                3600,
-            );
-            lab.publish_cmds(&m, None, true).into_iter().take(1) // the hash only
-        })
-        .collect();
-    for chunk in seed.chunks(5000) {
-        lab.redis.pipeline(chunk).expect("seeding Redis");
-    }
-    lab.start_all().expect("starting the daemon");
-    let h = &lab.hosts[0];
-    wait_until(
-        "every seeded ban is handled",
-        Duration::from_secs(120),
-        || {
-            let f = h.fleet();
-            f["installed"].as_u64().unwrap_or(0) + f["refused_table_full"].as_u64().unwrap_or(0)
-                >= u64::from(N)
-        },
-    );
-    let f = h.fleet();
-    assert!(
-        f["refused_table_full"].as_u64() >= Some(u64::from(N) - HELD),
-        "the bans past max_bans are counted: {f}"
-    );
-    let bans_under = |prefix: &str| {
-        h.bans()
-            .into_iter()
-            .filter(|b| b["source"].as_str().is_some_and(|s| s.starts_with(prefix)))
-            .count()
-    };
-    let held = bans_under("100.");
-    assert_eq!(
-        held as u64, HELD,
-        "the host holds exactly max_bans received bans"
-    );
-    assert!(
-        h.metrics()
-            .contains("shield_fleet_refused_total{reason=\"table_full\"}"),
-        "/metrics says why"
-    );
-    let log = h.daemon.as_ref().expect("daemon").log_text();
-    let lines = log
-        .lines()
-        .filter(|l| l.contains("its [fleet] max_bans"))
-        .count();
-    assert!(
-        (1..=2).contains(&lines),
-        "the full share is logged once a minute, not once per ban: {lines} lines"
-    );
-    // This host's own bans still fit: manual ones here (automatic and app bans use the
-    // same table).
-    for i in 0..100 {
-        let src = format!("203.0.113.{i}");
-        let (ok, _, err) = h.shield(&["ban", &src, "--for", "1m"]);
-        assert!(ok, "a local ban past the fleet's share is stored: {err}");
-    }
-    assert_eq!(
-        bans_under("203.0.113."),
-        100,
-        "this host's own bans are in force"
-    );
 }
 
 /// One request line on the app socket, its reply.
@@ -731,243 +632,4 @@ escalation = {{ strikes = 1, window = "1h", ban = "1h" }}
     wait_until("the L7 ban is lifted", Duration::from_secs(5), || {
         app_call(&socket, &decide)["allow"] == true
     });
-}
-
-/// Appends `max_bans = N` to host `i`'s `[fleet]` (the last table of its policy).
-fn set_max_bans(lab: &FleetLab, i: usize, n: u32) {
-    let h = &lab.hosts[i];
-    let mut text = std::fs::read_to_string(&h.policy).expect("policy");
-    text.push_str(&format!("max_bans = {n}\n"));
-    std::fs::write(&h.policy, text).expect("policy");
-}
-
-/// Seeds the fleet's hash (not the stream) with hour-long bans of `100.P.0.i/32` from h9.
-fn seed_hash(lab: &FleetLab, p: u8, n: u32) {
-    let cmds: Vec<Vec<String>> = (0..n)
-        .flat_map(|i| {
-            let m = ban_message(&format!("100.{p}.{}.{}/32", i / 256, i % 256), "h9", 3600);
-            lab.publish_cmds(&m, None, true).into_iter().take(1)
-        })
-        .collect();
-    lab.redis.pipeline(&cmds).expect("seeding Redis");
-}
-
-fn handled(h: &Host, n: u64) {
-    wait_until(
-        "every seeded ban is handled",
-        Duration::from_secs(60),
-        || {
-            let f = h.fleet();
-            f["installed"].as_u64().unwrap_or(0) + f["refused_table_full"].as_u64().unwrap_or(0)
-                >= n
-        },
-    );
-}
-
-fn bans_under(h: &Host, prefix: &str) -> Vec<serde_json::Value> {
-    h.bans()
-        .into_iter()
-        .filter(|b| b["source"].as_str().is_some_and(|s| s.starts_with(prefix)))
-        .collect()
-}
-
-#[test]
-fn a_restart_keeping_the_pins_still_counts_the_received_bans_it_holds() {
-    // `systemctl restart shield` keeps the pinned ban tables: the received bans in them
-    // still take the fleet's share. A restart must not forget them and install max_bans
-    // more on top (the fleet then holds more than its share of the table).
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    set_max_bans(&lab, 0, 100);
-    seed_hash(&lab, 64, 100);
-    lab.start_all().expect("starting the daemon");
-    handled(&lab.hosts[0], 100);
-    assert_eq!(bans_under(&lab.hosts[0], "100.64.").len(), 100);
-    let file = lab.hosts[0].state.join("bans.json");
-    wait_until(
-        "bans.json holds the fleet's bans",
-        Duration::from_secs(5),
-        || std::fs::read_to_string(&file).is_ok_and(|t| t.matches("\"h9\"").count() == 100),
-    );
-    let h = &mut lab.hosts[0];
-    let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
-    assert!(status.success());
-    h.daemon = None;
-    // Meanwhile the fleet banned 100 other sources (and the first 100 left its hash).
-    lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
-    seed_hash(&lab, 65, 100);
-    lab.hosts[0].start().expect("restart, pins kept");
-    let h = &lab.hosts[0];
-    handled(h, 100);
-    let held = bans_under(h, "100.6");
-    assert_eq!(
-        held.len(),
-        100,
-        "the fleet holds at most max_bans after a restart: {} of 100.64, {} of 100.65",
-        bans_under(h, "100.64.").len(),
-        bans_under(h, "100.65.").len()
-    );
-    assert!(
-        held.iter().all(|b| b["origin_host"] == "h9"),
-        "the bans held are still the fleet's: {:?}",
-        held.first()
-    );
-    assert_eq!(h.fleet()["refused_table_full"].as_u64(), Some(100));
-}
-
-#[test]
-fn a_received_ban_of_a_source_this_host_banned_needs_no_room_at_max_bans() {
-    // At max_bans, a received ban of a source this host banned itself takes no new
-    // entry: it is applied as without the limit (the longer ban stays), not refused as if
-    // the table were full.
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    set_max_bans(&lab, 0, 100);
-    seed_hash(&lab, 64, 100);
-    lab.start_all().expect("starting the daemon");
-    let h = &lab.hosts[0];
-    handled(h, 100);
-    let (ok, _, err) = h.shield(&["ban", "203.0.113.7", "--for", "1m"]);
-    assert!(ok, "{err}");
-    let m = ban_message("203.0.113.7/32", "h2", 3600);
-    lab.redis
-        .pipeline(&lab.publish_cmds(&m, None, true))
-        .expect("publishing");
-    wait_until(
-        "the received ban is handled",
-        Duration::from_secs(10),
-        || {
-            count(h, "fleet_ban", "203.0.113.7/32") > 0
-                || h.fleet()["refused_table_full"].as_u64() > Some(0)
-        },
-    );
-    let f = h.fleet();
-    assert_eq!(f["refused_table_full"].as_u64(), Some(0), "{f}");
-    let b = bans_under(h, "203.0.113.7/");
-    assert_eq!(b.len(), 1);
-    assert!(
-        b[0]["remaining_secs"].as_f64() > Some(3000.0),
-        "the fleet's longer ban is in force: {:?}",
-        b[0]
-    );
-    assert_eq!(bans_under(h, "100.64.").len(), 100);
-}
-
-#[test]
-fn received_bans_that_end_or_are_lifted_make_room_at_max_bans() {
-    // At max_bans, room comes back: at once for a ban the fleet lifts (and a renewal
-    // needs none), within about a second for bans that expired.
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    set_max_bans(&lab, 0, 10);
-    let cmds: Vec<Vec<String>> = (0..10)
-        .flat_map(|i| {
-            // Five end in 3 s, five in an hour.
-            let secs = if i < 5 { 3 } else { 3600 };
-            let m = ban_message(&format!("100.64.0.{i}/32"), "h9", secs);
-            lab.publish_cmds(&m, None, true).into_iter().take(1)
-        })
-        .collect();
-    lab.redis.pipeline(&cmds).expect("seeding Redis");
-    lab.start_all().expect("starting the daemon");
-    let h = &lab.hosts[0];
-    handled(h, 10);
-    let publish = |m: &shield_user::fleet::Message| {
-        lab.redis
-            .pipeline(&lab.publish_cmds(m, None, false))
-            .expect("XADD");
-    };
-    let refused = || h.fleet()["refused_table_full"].as_u64().unwrap_or(0);
-    // Full: a new one is refused; a renewal of one held is not.
-    publish(&ban_message("100.65.0.1/32", "h9", 3600));
-    wait_until("refused at max_bans", Duration::from_secs(5), || {
-        refused() == 1
-    });
-    publish(&ban_message("100.64.0.9/32", "h9", 7200));
-    wait_until("the renewal is applied", Duration::from_secs(5), || {
-        bans_under(h, "100.64.0.9/")
-            .first()
-            .is_some_and(|b| b["remaining_secs"].as_f64() > Some(3700.0))
-    });
-    assert_eq!(refused(), 1, "a renewal takes no room");
-    // The fleet lifts one: a new ban fits at once.
-    publish(&unban_message(
-        "100.64.0.8/32",
-        "h9",
-        shield_user::fleet::now_ms(),
-    ));
-    publish(&ban_message("100.65.0.2/32", "h9", 3600));
-    wait_until(
-        "installed in the room an unban made",
-        Duration::from_secs(5),
-        || h.banned("100.65.0.2/32"),
-    );
-    assert_eq!(refused(), 1);
-    // Five end: five new ones fit (room seen within about a second of the end).
-    std::thread::sleep(Duration::from_secs(4));
-    for i in 10..15 {
-        publish(&ban_message(&format!("100.65.0.{i}/32"), "h9", 3600));
-    }
-    wait_until(
-        "installed in the room ended bans left",
-        Duration::from_secs(5),
-        || bans_under(h, "100.65.0.1").len() == 5,
-    );
-    publish(&ban_message("100.65.0.99/32", "h9", 3600));
-    wait_until("full again", Duration::from_secs(5), || refused() == 2);
-    assert_eq!(bans_under(h, "100.6").len(), 10, "never more than max_bans");
-}
-
-#[test]
-fn at_max_bans_a_ban_held_on_one_interface_only_is_not_installed_on_the_others() {
-    // A host on two interfaces: an automatic ban of the attacker on one of them, then
-    // the fleet bans the attacker. The other interface's table has no entry for it: at
-    // max_bans, the received ban would make the fleet hold more than its share there.
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    set_max_bans(&lab, 0, 10);
-    seed_hash(&lab, 64, 10);
-    {
-        let h = &mut lab.hosts[0];
-        let ns = &h.topo.server;
-        ns.ip(&[
-            "link", "add", "atka", "type", "veth", "peer", "name", "atkb",
-        ])
-        .expect("veth");
-        ns.ip(&["link", "set", "atka", "up"]).expect("up");
-        ns.ip(&["link", "set", "atkb", "up"]).expect("up");
-        h.args = vec!["--iface".into(), "atka".into()];
-    }
-    lab.start_all().expect("starting the daemon");
-    let h = &lab.hosts[0];
-    handled(h, 10);
-    let on = |iface: &str| {
-        h.bans()
-            .into_iter()
-            .filter(|b| b["iface"] == iface)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(on("atka").len(), 10, "the fleet's bans on both interfaces");
-    let attacker = format!("{ATTACKER_V4}/32");
-    let attack = h.connect(IpAddr::V4(ATTACKER_V4), API, 300, Duration::from_millis(10));
-    assert!(attack.failed > 200, "limited then banned: {attack:?}");
-    wait_until("the automatic ban", Duration::from_secs(5), || {
-        on(SERVER_IF).iter().any(|b| b["source"] == attacker)
-    });
-    assert!(!on("atka").iter().any(|b| b["source"] == attacker));
-    let m = ban_message(&attacker, "h2", 3600);
-    lab.redis
-        .pipeline(&lab.publish_cmds(&m, None, true))
-        .expect("publishing");
-    wait_until(
-        "the received ban is handled",
-        Duration::from_secs(10),
-        || {
-            count(h, "fleet_ban", &attacker) > 0
-                || h.fleet()["refused_table_full"].as_u64() > Some(0)
-        },
-    );
-    let held = on("atka");
-    assert_eq!(
-        held.len(),
-        10,
-        "the fleet holds max_bans on the other interface: {:?}",
-        held.iter().map(|b| &b["source"]).collect::<Vec<_>>()
-    );
 }
