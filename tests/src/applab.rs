@@ -16,6 +16,28 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::netlab::{Netns, unique};
 
+/// `shield stats --json` of a daemon without pinned maps (app-only): what its control socket
+/// in `dir` (`dir/control.sock`) answers, the app counters included. Panics on failure.
+pub fn app_only_stats(dir: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(crate::shield_bin())
+        .args([
+            "stats",
+            "--json",
+            "--bpffs",
+            "/nonexistent-bpffs",
+            "--socket",
+        ])
+        .arg(dir.join("control.sock"))
+        .output()
+        .expect("shield stats");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stats --json")
+}
+
 /// The password `POST /login` accepts; anything else is a failed login, reported to
 /// shield as the `login_failed` signal.
 pub const PASSWORD: &str = "correct horse";

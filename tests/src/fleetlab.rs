@@ -632,6 +632,23 @@ impl FleetLab {
     }
 }
 
+/// The port of the fleet tests' API (the rule of `POLICY`).
+pub const API: u16 = 8080;
+
+/// The fleet tests' policy (without `[fleet]`, which `FleetLab` adds per host): an allow
+/// list, and a rule whose flood bans host-wide after 3 strikes.
+pub const POLICY: &str = r#"
+[lists]
+allow = ["198.51.100.2/32"]
+
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "5/s", burst = 10 }
+escalation = { strikes = 3, window = "1m", ban = "5m", scope = "host" }
+"#;
+
 /// Waits until `f` holds, up to `limit` (a generous bound: readiness, not speed).
 pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

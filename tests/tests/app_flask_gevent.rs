@@ -119,24 +119,7 @@ fn sockets(pid: u32) -> usize {
 }
 
 fn endpoint_stats(dir: &Path) -> Value {
-    let out = Command::new(shield_tests::shield_bin())
-        .args([
-            "stats",
-            "--json",
-            "--bpffs",
-            "/nonexistent-bpffs",
-            "--socket",
-        ])
-        .arg(dir.join("control.sock"))
-        .output()
-        .expect("shield stats");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("stats --json");
-    v["app"]["endpoints"][0].clone()
+    shield_tests::applab::app_only_stats(dir)["app"]["endpoints"][0].clone()
 }
 
 #[test]

@@ -1057,23 +1057,7 @@ escalation = {{ strikes = 3, window = "10m", ban = "15m", scope = "host" }}
         "audit app_ban enforced l7:\n{audit}"
     );
     // `shield stats --json` works without pinned maps: the app counters from the daemon.
-    let out = std::process::Command::new(shield_tests::shield_bin())
-        .args([
-            "stats",
-            "--json",
-            "--bpffs",
-            "/nonexistent-bpffs",
-            "--socket",
-        ])
-        .arg(dir.join("control.sock"))
-        .output()
-        .expect("shield stats");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("stats --json");
+    let v = shield_tests::applab::app_only_stats(&dir);
     let login = &v["app"]["endpoints"][0];
     assert_eq!(login["name"], "login", "{v}");
     assert!(login["limited"].as_u64().unwrap_or(0) >= 2, "{v}");

@@ -7,23 +7,9 @@
 use std::{net::IpAddr, time::Duration};
 
 use shield_tests::{
-    fleetlab::{FleetLab, Host, audit_count, ban_message, unban_message, wait_until},
+    fleetlab::{API, FleetLab, Host, POLICY, audit_count, ban_message, unban_message, wait_until},
     netlab::{ATTACKER_V4, SERVER_IF},
 };
-
-const API: u16 = 8080;
-
-const POLICY: &str = r#"
-[lists]
-allow = ["198.51.100.2/32"]
-
-[[rule]]
-name = "api"
-protocol = "tcp"
-ports = [8080]
-connections = { rate = "5/s", burst = 10 }
-escalation = { strikes = 3, window = "1m", ban = "5m", scope = "host" }
-"#;
 
 #[test]
 fn a_fleet_holding_more_bans_than_the_table_leaves_room_for_this_hosts_own() {

@@ -7,26 +7,12 @@ use std::{net::IpAddr, time::Duration};
 
 use shield_tests::{
     fleetlab::{
-        FleetLab, Host, audit_count, ban_message, percentile, remove_pins, unban_message,
-        wait_until,
+        API, FleetLab, Host, POLICY, audit_count, ban_message, percentile, remove_pins,
+        unban_message, wait_until,
     },
     netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF},
     require_root,
 };
-
-const API: u16 = 8080;
-
-const POLICY: &str = r#"
-[lists]
-allow = ["198.51.100.2/32"]
-
-[[rule]]
-name = "api"
-protocol = "tcp"
-ports = [8080]
-connections = { rate = "5/s", burst = 10 }
-escalation = { strikes = 3, window = "1m", ban = "5m", scope = "host" }
-"#;
 
 /// Generous, and the issue's own bound: a ban issued on one host is in force on the others
 /// within 1 s.

@@ -5,7 +5,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -51,6 +54,24 @@ pub(in crate::daemon) struct Link {
     /// When `origins` was last pruned because it reached `max_bans` (at most once a
     /// second: a prune reads every ban table).
     pruned: Option<Instant>,
+}
+
+impl Link {
+    /// Counts a received ban refused for want of room (`why`), said at most once a minute:
+    /// a storm of received bans past the table logged one line per ban, 34,000 in 2 s.
+    fn refused_full(&mut self, counter: &AtomicU64, why: &str, m: &Message) {
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if self
+            .full_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.full_logged = Some(Instant::now());
+            warn!(
+                "fleet: {why}: received bans are not installed (the ban of {} from {}; {n} so far, shield_fleet_refused_total{{reason=\"table_full\"}}; said once a minute)",
+                m.source, m.origin_host,
+            );
+        }
+    }
 }
 
 /// Forgets the origins of received bans no longer in force. Maps a reload holds are back
@@ -413,20 +434,11 @@ impl Owner {
                 prune_origins(link, &self.instances);
             }
             if link.origins.len() >= link.max_bans {
-                fc.refused_full.fetch_add(1, Ordering::Relaxed);
-                if link
-                    .full_logged
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-                {
-                    link.full_logged = Some(Instant::now());
-                    warn!(
-                        "fleet: this host holds {} received bans, its [fleet] max_bans: received bans are not installed, the rest of the ban table stays for this host's own bans (the ban of {} from {}; {} so far, shield_fleet_refused_total{{reason=\"table_full\"}}; said once a minute)",
-                        link.origins.len(),
-                        m.source,
-                        m.origin_host,
-                        fc.refused_full.load(Ordering::Relaxed)
-                    );
-                }
+                let why = format!(
+                    "this host holds {} received bans, its [fleet] max_bans (the rest of the ban table stays for its own bans)",
+                    link.origins.len()
+                );
+                link.refused_full(&fc.refused_full, &why, &m);
                 return;
             }
         }
@@ -445,19 +457,7 @@ impl Owner {
             }
         }
         if let Some(e) = full {
-            fc.refused_full.fetch_add(1, Ordering::Relaxed);
-            if link
-                .full_logged
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-            {
-                link.full_logged = Some(Instant::now());
-                warn!(
-                    "fleet: {e}: received bans are not installed (the ban of {} from {}; {} so far, shield_fleet_refused_total{{reason=\"table_full\"}}; said once a minute)",
-                    m.source,
-                    m.origin_host,
-                    fc.refused_full.load(Ordering::Relaxed)
-                );
-            }
+            link.refused_full(&fc.refused_full, &e.to_string(), &m);
         }
         if !installed {
             if m.scope == BanScope::Rule {
