@@ -295,16 +295,20 @@ fn a_stopping_daemon_removes_only_the_socket_it_made() {
     let policy = policy_file(&mut scratch);
     let topo = Topology::new().expect("namespaces");
     let bpffs = TempBpffs::new().expect("bpffs");
-    let mut daemon = Daemon::start(
-        &shield_bin(),
-        &topo.server,
-        &policy,
-        &bpffs.path,
-        &["--metrics", "off"],
-    )
-    .expect("daemon");
+    let start = |scratch: &mut Scratch| {
+        let d = Daemon::start(
+            &shield_bin(),
+            &topo.server,
+            &policy,
+            &bpffs.path,
+            &["--metrics", "off"],
+        )
+        .expect("daemon");
+        scratch.0.push(d.socket.clone());
+        d
+    };
+    let mut daemon = start(&mut scratch);
     let socket = daemon.socket.clone();
-    scratch.0.push(socket.clone());
     std::fs::remove_file(&socket).expect("removing the socket");
     std::fs::write(&socket, "not shield's\n").expect("a file in its place");
     let (status, log) = daemon.stop().expect("stop");
@@ -317,16 +321,8 @@ fn a_stopping_daemon_removes_only_the_socket_it_made() {
 
     // Its own socket it does remove.
     std::fs::remove_file(&socket).expect("removing the file");
-    let mut daemon = Daemon::start(
-        &shield_bin(),
-        &topo.server,
-        &policy,
-        &bpffs.path,
-        &["--metrics", "off"],
-    )
-    .expect("daemon");
+    let mut daemon = start(&mut scratch);
     let socket = daemon.socket.clone();
-    scratch.0.push(socket.clone());
     assert!(socket.exists(), "the daemon made its socket");
     let (status, log) = daemon.stop().expect("stop");
     assert!(status.success(), "{log}");

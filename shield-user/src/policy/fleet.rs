@@ -63,6 +63,28 @@ fn get<'a, T>(err: Err, f: &'a F<T>, key: &str, expected: &str) -> Result<&'a T,
     }
 }
 
+/// A whole number from 1 to `most` (`note` after the bound in the error), else `default`.
+fn count(
+    err: Err,
+    f: &Option<F<i64>>,
+    key: &str,
+    most: i64,
+    note: &str,
+    default: u32,
+) -> Result<u32, PolicyError> {
+    let Some(f) = f else {
+        return Ok(default);
+    };
+    let v = *get(err, f, key, "a whole number")?;
+    if !(1..=most).contains(&v) {
+        return Err(err(
+            f.span(),
+            format!("fleet.{key} must be between 1 and {most}{note}, got {v}"),
+        ));
+    }
+    Ok(v as u32)
+}
+
 /// This machine's host name (the default `host`).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -143,37 +165,22 @@ pub(super) fn parse(err: Err, raw: &RawFleet) -> Result<Fleet, PolicyError> {
         }
         None => None,
     };
-    let max_bans_per_minute = match &raw.max_bans_per_minute {
-        Some(m) => {
-            let v = *get(err, m, "max_bans_per_minute", "a whole number")?;
-            if !(1..=MAX_BANS_PER_MINUTE).contains(&v) {
-                return Err(err(
-                    m.span(),
-                    format!(
-                        "fleet.max_bans_per_minute must be between 1 and {MAX_BANS_PER_MINUTE}, got {v}"
-                    ),
-                ));
-            }
-            v as u32
-        }
-        None => 600,
-    };
-    let max_bans = match &raw.max_bans {
-        Some(m) => {
-            let v = *get(err, m, "max_bans", "a whole number")?;
-            let most = i64::from(shield_common::MAX_BANS);
-            if !(1..=most).contains(&v) {
-                return Err(err(
-                    m.span(),
-                    format!(
-                        "fleet.max_bans must be between 1 and {most} (the ban table's size), got {v}"
-                    ),
-                ));
-            }
-            v as u32
-        }
-        None => DEFAULT_MAX_BANS,
-    };
+    let max_bans_per_minute = count(
+        err,
+        &raw.max_bans_per_minute,
+        "max_bans_per_minute",
+        MAX_BANS_PER_MINUTE,
+        "",
+        600,
+    )?;
+    let max_bans = count(
+        err,
+        &raw.max_bans,
+        "max_bans",
+        i64::from(shield_common::MAX_BANS),
+        " (the ban table's size)",
+        DEFAULT_MAX_BANS,
+    )?;
     Ok(Fleet {
         redis: redis.clone(),
         host,
