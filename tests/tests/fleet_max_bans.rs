@@ -147,17 +147,16 @@ fn a_restart_keeping_the_pins_still_counts_the_received_bans_it_holds() {
     let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
     assert!(status.success());
     h.daemon = None;
-    // Meanwhile the fleet banned 100 other sources (and the first 100 left its hash).
-    lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
+    // Meanwhile the fleet banned 100 other sources (the first 100 stay in its hash).
     seed_hash(&lab, 65, 100);
     lab.hosts[0].start().expect("restart, pins kept");
     let h = &lab.hosts[0];
     handled(h, 100);
     let held = bans_under(h, "100.6");
     assert_eq!(
-        held.len(),
-        100,
-        "the fleet holds at most max_bans after a restart: {} of 100.64, {} of 100.65",
+        (held.len(), bans_under(h, "100.64.").len()),
+        (100, 100),
+        "the fleet holds at most max_bans after a restart, the ones it held: {} of 100.64, {} of 100.65",
         bans_under(h, "100.64.").len(),
         bans_under(h, "100.65.").len()
     );
@@ -167,6 +166,92 @@ fn a_restart_keeping_the_pins_still_counts_the_received_bans_it_holds() {
         held.first()
     );
     assert_eq!(h.fleet()["refused_table_full"].as_u64(), Some(100));
+}
+
+#[test]
+fn received_bans_that_left_the_fleet_while_stopped_are_lifted_at_start() {
+    // A fleet ban lifted (or ended) while this daemon was stopped is not in the fleet's
+    // hash when it starts again: the start lifts it before ready, whether the pins kept it
+    // or `--state-dir` restored it, and its room goes to the fleet's current bans. Before,
+    // it stayed until the next resync (a Redis outage), holding room at max_bans. This
+    // host's own ban of such a source stays.
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    set_max_bans(&lab, 0, 10);
+    seed_hash(&lab, 64, 10);
+    lab.start_all().expect("starting the daemon");
+    handled(&lab.hosts[0], 10);
+    let (ok, _, err) = lab.hosts[0].shield(&["ban", "100.64.0.3", "--for", "10m"]);
+    assert!(ok, "{err}");
+    // And one from a rule's ports, of a source the fleet bans from the whole host.
+    let (ok, _, err) = lab.hosts[0].shield(&["ban", "100.64.0.5", "--rule", "api", "--for", "10m"]);
+    assert!(ok, "{err}");
+    let file = lab.hosts[0].state.join("bans.json");
+    let saved = |n: usize| {
+        wait_until(
+            "bans.json holds the fleet's bans",
+            Duration::from_secs(5),
+            || std::fs::read_to_string(&file).is_ok_and(|t| t.matches("\"h9\"").count() == n),
+        )
+    };
+    saved(9);
+    let stop = |h: &mut Host| {
+        let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
+        assert!(status.success());
+        h.daemon = None;
+    };
+    stop(&mut lab.hosts[0]);
+    // Meanwhile the fleet lifted its bans and banned 10 other sources.
+    lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
+    seed_hash(&lab, 65, 10);
+    lab.hosts[0].start().expect("restart, pins kept");
+    let h = &lab.hosts[0];
+    let own: Vec<_> = bans_under(h, "100.64.")
+        .iter()
+        .map(|b| {
+            (
+                b["source"].clone(),
+                b["scope"].clone(),
+                b["origin_host"].clone(),
+            )
+        })
+        .collect();
+    let name = serde_json::Value::from(h.name.clone());
+    assert_eq!(
+        own,
+        vec![
+            ("100.64.0.3/32".into(), "host".into(), name.clone()),
+            ("100.64.0.5/32".into(), "rule".into(), name)
+        ],
+        "at ready, only this host's own bans are left of the fleet's lifted bans"
+    );
+    assert_eq!(
+        bans_under(h, "100.65.").len(),
+        10,
+        "the lifted bans' room went to the fleet's current ones"
+    );
+    assert_eq!(h.fleet()["refused_table_full"].as_u64(), Some(0));
+    assert_eq!(audit_count(h, "fleet_unban", "100.64.0.0/32"), 1);
+    assert_eq!(audit_count(h, "fleet_unban", "100.64.0.3/32"), 0);
+
+    // A reboot (pins gone) while the fleet lifted everything: the bans `--state-dir`
+    // restores from the fleet are lifted at start too; the own one is restored and stays.
+    saved(10);
+    stop(&mut lab.hosts[0]);
+    shield_tests::fleetlab::remove_pins(&lab.hosts[0].bpffs.path, SERVER_IF).expect("pins");
+    lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
+    lab.hosts[0].start().expect("restart, pins gone");
+    let h = &lab.hosts[0];
+    let left: Vec<_> = bans_under(h, "100.6")
+        .iter()
+        .map(|b| b["source"].clone())
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            serde_json::Value::from("100.64.0.3/32"),
+            serde_json::Value::from("100.64.0.5/32")
+        ]
+    );
 }
 
 #[test]

@@ -199,12 +199,10 @@ impl Owner {
         match tokio::time::timeout(Duration::from_secs(8), ready_rx).await {
             Ok(Ok(bans)) => {
                 let n = bans.len();
-                let before = self.counters.fleet.installed.load(Ordering::Relaxed);
-                for b in bans {
-                    self.fleet_apply(b, false);
-                }
-                let installed = self.counters.fleet.installed.load(Ordering::Relaxed) - before;
-                info!("fleet: {installed} of the fleet's {n} active bans in force before ready");
+                let (installed, lifted) = self.fleet_resync(bans);
+                info!(
+                    "fleet: {installed} of the fleet's {n} active bans in force before ready; {lifted} held here lifted (gone from the fleet while this daemon was stopped)"
+                );
             }
             _ => warn!(
                 "fleet: starting without the fleet's bans (Redis not reachable); they are installed when the link comes up"
@@ -292,44 +290,9 @@ impl Owner {
                 Op::Unban => self.fleet_unban(&m),
             },
             Inbound::Resync(bans) => {
-                let present: HashSet<String> = bans.iter().map(Message::field).collect();
                 let n = bans.len();
-                for b in bans {
-                    self.fleet_apply(b, false);
-                }
-                // Fleet bans lifted while the link was down.
-                let stale: HashSet<String> = self
-                    .fleet
-                    .as_ref()
-                    .map(|l| {
-                        l.origins
-                            .keys()
-                            .filter(|f| !present.contains(*f))
-                            .filter_map(|f| f.split('|').next().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for source in &stale {
-                    let m = Message {
-                        op: Op::Unban,
-                        source: source.clone(),
-                        scope: BanScope::Host,
-                        rule: String::new(),
-                        expires_ms: 0,
-                        duration_secs: 0.0,
-                        level: 0,
-                        origin: String::new(),
-                        cuts: String::new(),
-                        origin_host: "resync".into(),
-                        reason: None,
-                        sent_ms: 0,
-                    };
-                    self.fleet_unban(&m);
-                }
-                info!(
-                    "fleet: resynced from the fleet's hash: {n} active bans, {} lifted",
-                    stale.len()
-                );
+                let (_, lifted) = self.fleet_resync(bans);
+                info!("fleet: resynced from the fleet's hash: {n} active bans, {lifted} lifted");
             }
             Inbound::Link(up) => {
                 self.audit.write(json!({
@@ -338,6 +301,69 @@ impl Owner {
                 }));
             }
         }
+    }
+
+    /// Puts the fleet's hash (`bans`: every active fleet ban) in force here. The fleet bans
+    /// this host holds that are not in it (lifted or ended while the link was down, or
+    /// while this daemon was stopped) are lifted first, so that their room goes to the
+    /// bans that are. Returns (bans installed, bans lifted).
+    fn fleet_resync(&mut self, bans: Vec<Message>) -> (u64, usize) {
+        let present: HashSet<String> = bans.iter().map(Message::field).collect();
+        let lifted = self.lift_gone(&present);
+        let before = self.counters.fleet.installed.load(Ordering::Relaxed);
+        for b in bans {
+            self.fleet_apply(b, false);
+        }
+        let installed = self.counters.fleet.installed.load(Ordering::Relaxed) - before;
+        (installed, lifted)
+    }
+
+    /// Lifts the received bans held here that are not in `present` (fields of the fleet's
+    /// hash). Only those: this host's own bans of the same sources stay.
+    fn lift_gone(&mut self, present: &HashSet<String>) -> usize {
+        let Some(link) = self.fleet.as_mut() else {
+            return 0;
+        };
+        let gone: HashSet<String> = link
+            .origins
+            .keys()
+            .filter(|f| !present.contains(*f))
+            .cloned()
+            .collect();
+        for f in &gone {
+            link.origins.remove(f);
+            link.issued.remove(f);
+        }
+        let sources: HashSet<&str> = gone.iter().filter_map(|f| f.split('|').next()).collect();
+        let mut removed: HashMap<&str, usize> = HashMap::new();
+        for inst in &mut self.instances {
+            let Some(maps) = inst.maps.as_mut() else {
+                continue;
+            };
+            for &source in &sources {
+                let Ok(cidr) = parse_cidr(source) else {
+                    continue;
+                };
+                let gone_here = |b: &BanEntry| gone.contains(&field(&b.source, b.scope, &b.rule));
+                match maps.bans.unban_where(cidr, gone_here) {
+                    Ok(r) => *removed.entry(source).or_default() += r.len(),
+                    Err(e) => warn!(iface = %inst.iface, "fleet: unban of {source}: {e}"),
+                }
+            }
+        }
+        for (source, n) in &removed {
+            self.audit.write(json!({
+                "event": "fleet_unban",
+                "source": source,
+                "origin_host": "resync",
+                "removed": n,
+                "kept": 0,
+            }));
+        }
+        if !gone.is_empty() {
+            self.state_dirty = true;
+        }
+        removed.values().sum()
     }
 
     /// Installs a ban received from the fleet (`live`: from the stream, through the
