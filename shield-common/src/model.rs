@@ -8,8 +8,8 @@
 //!
 //! Not modelled: socket lookups (the fuzzer's frames never match an established socket:
 //! sources are verified only by the fuzzer writing the verified set, in both), SYN
-//! cookies' values (the fuzzer's ACKs never carry a valid one: every segment with ACK of an
-//! unverified source that a `syncookie` rule checks is `bad_cookie`), map capacities (the
+//! cookies' values (the fuzzer's ACKs never carry a valid one: every segment without SYN of
+//! an unverified source that a `syncookie` rule checks is `bad_cookie`), map capacities (the
 //! fuzzer stays far below them) and the bytes of a RST (`over_limit = "reset"`: the verdict
 //! `TX` is modelled, the reply's bytes are checked by the PROG_RUN tests and the fuzzer).
 
@@ -555,15 +555,15 @@ impl Model {
                 return self.verdict(rule_id, Reason::UnverifiedLimit, monitor, len);
             }
         }
-        // `syncookie`: a segment with ACK and without SYN (data, FIN or RST or not) from an
-        // unverified source that no socket holds must carry a valid cookie, as SYNPROXY
+        // `syncookie`: a segment without SYN (data, FIN or RST or not) from an unverified
+        // source that no socket holds must carry ACK and a valid cookie, as SYNPROXY
         // requires; the fuzzer's never do.
         if cookies
             && !is_verified
             && rule.unverified.is_enabled()
             && matches!(p.transport, Transport::Tcp { .. })
             && !conn
-            && matches!(handshake(frame), Some(h) if h.flags & 0x12 == 0x10)
+            && matches!(handshake(frame), Some(h) if h.flags & 0x02 == 0)
         {
             return self.verdict(rule_id, Reason::BadCookie, monitor, len);
         }

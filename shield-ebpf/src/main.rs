@@ -283,8 +283,8 @@ fn try_shield(ctx: &XdpContext, len: u64) -> Result<u32, ()> {
             // Data proves its source; a source verified after that needs no cookie check
             // (which would look the set up again).
             let verified = pkt.tcp_data && prove(ctx, pkt, &vkey, now, verified_ttl);
-            // Else, data or not, a segment with ACK of a source still unverified must
-            // carry a valid cookie to a `syncookie` rule (as SYNPROXY requires).
+            // Else, data or not, a segment without SYN of a source still unverified must
+            // carry ACK and a valid cookie to a `syncookie` rule (as SYNPROXY requires).
             if !verified
                 && let Some(action) =
                     syncookie::bare_ack(ctx, pkt, rule_id, rule, monitor, now, verified_ttl, len)

@@ -74,8 +74,8 @@ fn mss_arg(rule: &RuleConfig) -> u32 {
 }
 
 /// A TCP segment that is not a connection attempt, to a `syncookie` rule: `Some(drop)` for
-/// a segment with ACK (and without SYN; with data, FIN or RST or not) from an unverified
-/// source that no socket holds and whose cookie is not valid (see `shield_check_ack`);
+/// a segment without SYN (with data, FIN or RST or not) from an unverified source that no
+/// socket holds, without ACK or whose cookie is not valid (see `shield_check_ack`);
 /// `None`: judged as any other segment.
 #[inline(always)]
 #[expect(
@@ -588,11 +588,12 @@ fn answer_syn(raw: *mut xdp_md, at: u32, mss: u32, now: u64) -> Result<(), ()> {
     Ok(())
 }
 
-/// A segment with ACK and without SYN (data, FIN or RST or not) from a source that is not
-/// verified, that no socket other than a listener holds: 0 when its SYN cookie is not valid
-/// (drop it); 1 otherwise (a valid cookie verifies the source). Netfilter's SYNPROXY takes
-/// every such segment for a handshake's last ACK and checks its cookie alike: a bare ACK
-/// alone here would let a spoofed flood past with a byte of data or a FIN. Frames the
+/// A segment without SYN (data, FIN or RST or not) from a source that is not verified,
+/// that no socket other than a listener holds: 0 when it has no ACK or its SYN cookie is
+/// not valid (drop it); 1 otherwise (a valid cookie verifies the source). Netfilter's
+/// SYNPROXY takes every segment with ACK for a handshake's last ACK and checks its cookie
+/// alike: a bare ACK alone here would let a spoofed flood past with a byte of data or a
+/// FIN. Frames the
 /// cookie path does not handle (IPv4 options or fragments, IPv6 extension headers) and
 /// every other segment: 1.
 /// A global function: the verifier checks it once, not once per path that calls it.
@@ -607,7 +608,8 @@ pub extern "C" fn shield_check_ack(raw: *mut xdp_md, at: u32, now: u64, ttl: u64
     if load_headers(raw, l3_off, family, h).is_none() {
         return 1;
     }
-    if h.tcp[13] & (TCP_SYN | TCP_ACK) != TCP_ACK {
+    // A SYN (or SYN-ACK) is judged elsewhere.
+    if h.tcp[13] & TCP_SYN != 0 {
         return 1;
     }
     let mut src = [0u8; 16];
@@ -661,6 +663,13 @@ pub extern "C" fn shield_check_ack(raw: *mut xdp_md, at: u32, now: u64, ttl: u64
     };
     if connected {
         return 1;
+    }
+    // Without ACK (a bare RST or FIN, no flags at all): not a handshake's last ACK, so no
+    // cookie to check, and without a connection no segment the host can take (every
+    // segment after a SYN carries ACK; a listener discards the rest). Dropped here rather
+    // than costing the host a conntrack lookup each.
+    if h.tcp[13] & TCP_ACK == 0 {
+        return 0;
     }
     // SAFETY: the helper reads a whole iphdr / ipv6hdr and a 20-byte tcphdr from the buffers.
     let r = unsafe {

@@ -380,8 +380,9 @@ fn ack_segment(src: &str, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<
 /// Netfilter's SYNPROXY (`synproxy` in shield's nftables table) takes every segment with
 /// ACK (and no SYN) that no connection holds for a handshake's last ACK and checks its
 /// cookie, data, FIN or RST or not: so does XDP. A spoofed flood cannot slip past the
-/// cookie check with a byte of payload or a FIN, while a real client's ACK carrying data
-/// with a valid cookie verifies it as a bare one does.
+/// cookie check with a byte of payload or a FIN, nor by leaving ACK out (a bare RST or
+/// FIN), while a real client's ACK carrying data with a valid cookie verifies it as a bare
+/// one does.
 fn ack_cookie_round(src: &str, other: &str) {
     let h = Harness::frozen(POLICY, T0);
     assert_eq!(h.run(&Pkt::new(other, L4::syn(8443)).bytes()), XDP_PASS);
@@ -404,12 +405,28 @@ fn ack_cookie_round(src: &str, other: &str) {
             "{what}"
         );
     }
-    // Segments without ACK are not a handshake's last ACK: judged as before.
-    assert_eq!(
-        h.run(&ack_segment(src, 0x04, 1, 0, &[])),
-        XDP_PASS,
-        "bare RST"
-    );
+    // Segments without ACK carry no cookie, and without a connection the host takes none
+    // of them (a listener discards them): dropped alike, not passed to cost a conntrack
+    // lookup each.
+    let ackless = [
+        ("bare RST", 0x04u8, &b""[..]),
+        ("bare FIN", 0x01, &b""[..]),
+        ("no flags", 0x00, &b""[..]),
+        ("PSH with data", 0x08, &b"x"[..]),
+    ];
+    for (i, (what, flags, payload)) in ackless.iter().enumerate() {
+        assert_eq!(
+            h.run(&ack_segment(src, *flags, 1, 0, payload)),
+            XDP_DROP,
+            "{src}: {what} from an unverified source"
+        );
+        assert_eq!(
+            h.count("cookie", Reason::BadCookie).packets,
+            (forged.len() + i + 1) as u64,
+            "{what}"
+        );
+    }
+    let dropped = (forged.len() + ackless.len()) as u64;
     // A real client: its SYN over the budget gets a cookie; its ACK carries data.
     let (action, out) = h.run_out(&Pkt::new(src, L4::syn(8443)).bytes());
     assert_eq!(action, XDP_TX);
@@ -426,15 +443,23 @@ fn ack_cookie_round(src: &str, other: &str) {
         before + 1,
         "a valid cookie verifies"
     );
-    assert_eq!(h.count("cookie", Reason::BadCookie).packets, 5);
+    // A verified source's segments without ACK are the host's to judge.
+    for (what, flags, payload) in ackless {
+        assert_eq!(
+            h.run(&ack_segment(src, flags, 1, 0, payload)),
+            XDP_PASS,
+            "{src}: {what} from a verified source"
+        );
+    }
+    assert_eq!(h.count("cookie", Reason::BadCookie).packets, dropped);
 }
 
 #[test]
-fn every_ack_of_an_unverified_source_needs_a_valid_cookie_v4() {
+fn every_segment_without_syn_of_an_unverified_source_needs_a_valid_cookie_v4() {
     ack_cookie_round("203.0.113.90", "203.0.113.91");
 }
 
 #[test]
-fn every_ack_of_an_unverified_source_needs_a_valid_cookie_v6() {
+fn every_segment_without_syn_of_an_unverified_source_needs_a_valid_cookie_v6() {
     ack_cookie_round("2001:db8:90::1", "2001:db8:91::1");
 }
