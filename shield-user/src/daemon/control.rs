@@ -113,6 +113,7 @@ pub(crate) fn bind_socket(
     // local user could connect between a bind and a chmod; the app's group could not
     // between a move and a chown). The move never replaces what appeared there since.
     let tmp = private_name(path)?;
+    remove_leftovers(path);
     if std::fs::symlink_metadata(&tmp)
         .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
     {
@@ -198,6 +199,50 @@ fn private_name(path: &Path) -> io::Result<PathBuf> {
             path.display()
         ),
     ))
+}
+
+/// Removes the private names (`.NAME.PID.new`) that daemons killed between a bind and its
+/// move left beside `path`: socket files only, of a process that is gone, that nobody
+/// listens on. (A short `.PID` name, used only for paths near the socket address's limit,
+/// cannot be told from another program's file: left alone.)
+fn remove_leftovers(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|f| f.strip_suffix(".new"))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let p = e.path();
+        let socket = std::fs::symlink_metadata(&p)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+        if gone
+            && socket
+            && UnixStream::connect(&p).is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+        {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 /// chmod that fails on a symbolic link instead of changing what it points to (someone
@@ -361,6 +406,39 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("mkdir");
         d
+    }
+
+    #[test]
+    fn private_names_a_killed_daemon_left_are_removed_and_nothing_else() {
+        let d = dir("leftovers");
+        let path = d.join("shield.sock");
+        // A process that is gone, and one that is not (our parent; our own private name
+        // is bind_socket's to replace).
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        child.wait().expect("wait");
+        let (dead, live) = (child.id(), std::os::unix::process::parent_id());
+        let sock = |n: String| {
+            let l = UnixListener::bind(d.join(&n)).expect("bind");
+            drop(l);
+            n
+        };
+        let left = sock(format!(".shield.sock.{dead}.new"));
+        let live_one = sock(format!(".shield.sock.{live}.new"));
+        let other = sock(format!(".other.sock.{dead}.new"));
+        let not_socket = format!(".shield.sock.{}.new", dead + 1);
+        std::fs::write(d.join(&not_socket), b"x").expect("file");
+        let b = bind_socket(&path, 0o600, None, "--socket").expect("bind");
+        let seen = names(&d);
+        assert!(
+            !seen.contains(&left),
+            "the dead daemon's leftover is removed: {seen:?}"
+        );
+        for kept in [&live_one, &other, &not_socket] {
+            assert!(seen.contains(kept), "{kept} stays: {seen:?}");
+        }
+        assert!(seen.contains(&"shield.sock".to_string()));
+        drop(b);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     fn names(d: &Path) -> Vec<String> {
