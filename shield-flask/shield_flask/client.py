@@ -106,6 +106,22 @@ class Connection:
         return reply
 
 
+def _wait(condition, timeout):
+    """`condition.wait(timeout)` that returns or raises with its lock held. A greenlet
+    killed while it takes the lock back at the end of a wait (gevent raises GreenletExit
+    there) would otherwise run its clean-up without the lock, and release it on the way
+    out while another holds it."""
+    try:
+        return condition.wait(timeout)
+    except BaseException:
+        while not condition._is_owned():
+            try:
+                condition.acquire()
+            except BaseException:  # killed again: the first exception still goes up
+                pass
+        raise
+
+
 class Pool:
     """At most `size` connections to the app socket for this process (per `checkout`),
     each greeted with hello on connect. A round trip checks one out (an idle one, else a
@@ -115,7 +131,8 @@ class Pool:
 
     def __init__(self):
         self.pid = os.getpid()
-        self._lock = threading.Lock()
+        # Reentrant for its owner check (see `_wait`), never taken twice.
+        self._lock = threading.RLock()
         self._free = threading.Condition(self._lock)  # a connection came back, or room
         self._idle = []  # checked in, the most recently used last
         self._open = set()  # every connection of the pool, idle or checked out
@@ -157,7 +174,7 @@ class Pool:
                             f"(all {size} of this process in use)"
                         )
                     try:
-                        self._free.wait(remaining)
+                        _wait(self._free, remaining)
                     except BaseException:
                         self._free.notify()  # interrupted: a wake-up it took goes to another
                         raise
@@ -211,7 +228,7 @@ class Pool:
                     )
                 conn.waiters += 1
                 try:
-                    conn.ready.wait(remaining)
+                    _wait(conn.ready, remaining)
                 except BaseException:
                     # Interrupted (a greenlet killed): a connection handed to the waiting
                     # releases and taken by none of them goes back to the pool.

@@ -357,6 +357,86 @@ class Gevent(Base):
         self.assertEqual(sorted(slot for slot, _, _ in released), list(range(1500)))
         self.assertEqual([r for r in released if r[1] != r[2]], [], "a release went to another connection")
 
+GEVENT_KILLED_WAITER = r"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import json
+import sys
+
+import gevent
+
+from shield_flask.client import Pool, PoolTimeout
+
+path = sys.argv[1]
+pool = Pool()
+conn = pool.checkout(path, 5, 1)  # a pool of one, in use
+took = []
+waiter = gevent.spawn(lambda: took.append(pool.checkout_this(conn, 5)))  # a release waiting for it
+gevent.sleep(0.05)
+waiting = conn.waiters
+pool.checkin(conn)  # handed to the waiting release...
+with pool._lock:  # ...which wakes and waits for the pool's lock back...
+    gevent.sleep(0.05)
+    waiter.kill(block=False)  # ...and is killed there, before it takes it
+waiter.join()
+try:
+    again = pool.checkout(path, 0.5, 1)
+    out = {"same": again is conn, "timeout": None}
+except PoolTimeout as e:
+    out = {"same": False, "timeout": str(e)}
+out.update(waiting=waiting, took=len(took), died_of=type(waiter.exception or waiter.value).__name__)
+# The same for a round trip waiting for any connection of the full pool.
+other = gevent.spawn(pool.checkout, path, 5, 1)
+gevent.sleep(0.05)
+pool.checkin(again)
+with pool._lock:
+    gevent.sleep(0.05)
+    other.kill(block=False)
+other.join()
+out["other_died_of"] = type(other.exception or other.value).__name__
+try:
+    out["other_same"] = pool.checkout(path, 0.5, 1) is conn
+except PoolTimeout:
+    out["other_same"] = False
+print(json.dumps(out))
+"""
+
+
+class KilledWaiter(Base):
+    def test_greenlets_killed_as_they_wake_leave_the_pool_whole(self):
+        # gevent kills greenlets (a worker's graceful timeout, an app's own timeouts). One
+        # killed as it wakes from a wait in the pool, while it takes the pool's lock back,
+        # must die of the kill: its clean-up must run with the lock (it ran without it and
+        # then released the lock another held: RuntimeError), and a release handed its
+        # connection must give it back (with a pool of one, every later request would
+        # wait SHIELD_TIMEOUT and fail).
+        if importlib.util.find_spec("gevent") is None:
+            self.fail(
+                f"{sys.executable} cannot import gevent: run `cargo xtask bootstrap` (it installs python3-gevent)"
+            )
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        run = subprocess.run(
+            [sys.executable, "-c", GEVENT_KILLED_WAITER, self.daemon.path],
+            env=dict(os.environ, PYTHONPATH=package),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(run.returncode, 0, run.stderr)
+        out = json.loads(run.stdout)
+        self.assertEqual((out["waiting"], out["took"]), (1, 0), "the scenario ran as meant")
+        # Killed as it took the pool's lock back: it dies of the kill, without the lock's
+        # errors (its clean-up ran without the lock, and released it on the way out).
+        self.assertEqual((out["died_of"], out["other_died_of"]), ("GreenletExit",) * 2, run.stderr)
+        self.assertTrue(out["other_same"], "the pool still lends its one connection")
+        self.assertNotIn("Error", run.stderr)
+        self.assertIsNone(out["timeout"], "the connection handed to the killed release never came back")
+        self.assertTrue(out["same"], "the next round trip gets the same connection (no second one opened)")
+        self.assertEqual(self.daemon.connections(), [1])
+
+
 GUNICORN_APP = """
 import os
 
