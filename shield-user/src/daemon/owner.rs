@@ -33,6 +33,7 @@ use crate::{
 mod bans;
 mod fleet_hooks;
 mod reload;
+mod state_dir;
 
 /// What the start hands to the run loop.
 pub(super) struct Start {

@@ -1,7 +1,7 @@
-//! The owner's side of the fleet and of `--state-dir`: every ban and unban this host issues
-//! goes through `issued_ban` / `issued_unban` (published, and saved); bans received from
-//! the fleet are installed by `fleet_apply` (same expiry, never shorter, allow list,
-//! unknown rules, circuit breaker), never published again.
+//! The owner's side of the fleet: every ban and unban this host issues goes through
+//! `issued_ban` / `issued_unban` (published, and saved in `--state-dir`: state_dir.rs);
+//! bans received from the fleet are installed by `fleet_apply` (same expiry, never
+//! shorter, allow list, unknown rules, circuit breaker), never published again.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,10 +28,7 @@ use crate::{
         Instance,
         fleet::{Inbound, Task},
     },
-    fleet::{
-        Breaker, Gate, Message, Op, Screened, Signer, now_ms,
-        state::{self, SavedBan},
-    },
+    fleet::{Breaker, Gate, Message, Op, Screened, Signer, now_ms},
     policy::{BanScope, parse_cidr},
 };
 
@@ -90,7 +87,7 @@ fn prune_origins(link: &mut Link, instances: &[Instance]) {
     link.issued.retain(|f, _| live.contains(f));
 }
 
-fn field(source: &str, scope: BanScope, rule: &str) -> String {
+pub(super) fn field(source: &str, scope: BanScope, rule: &str) -> String {
     format!("{source}|{}|{rule}", scope.as_str())
 }
 
@@ -140,7 +137,7 @@ pub(in crate::daemon) fn entry_of_event(inst: &Instance, ev: &Event, mono_now: u
     }
 }
 
-fn flags_of(origin: &str, cuts: &str) -> u8 {
+pub(super) fn flags_of(origin: &str, cuts: &str) -> u8 {
     let mut f = 0;
     if origin == Origin::Manual.as_str() {
         f |= BAN_MANUAL;
@@ -618,129 +615,5 @@ impl Owner {
             self.audit
                 .write(json!({"event": "fleet_circuit", "state": "closed"}));
         }
-    }
-
-    /// At start, for interfaces whose pinned maps were gone: the bans saved in
-    /// `--state-dir` that have not ended.
-    /// With `[fleet]`, also the origins of the received bans still in the tables (kept in
-    /// the pins across a restart): they stay the fleet's, counted against `max_bans`.
-    pub(super) fn restore_state(&mut self, ifaces: &[String]) {
-        if ifaces.is_empty() && self.policy.fleet.is_none() {
-            return;
-        }
-        let saved = match state::read(&self.state_dir) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("--state-dir: cannot restore bans: {e}");
-                return;
-            }
-        };
-        let now = now_ms();
-        let mut restored = 0;
-        for b in &saved {
-            if !ifaces.contains(&b.iface) || b.expires_ms <= now {
-                continue;
-            }
-            let Ok(cidr) = parse_cidr(&b.source) else {
-                continue;
-            };
-            let Some(maps) = self
-                .instances
-                .iter_mut()
-                .find(|i| i.iface == b.iface)
-                .and_then(|i| i.maps.as_mut())
-            else {
-                continue;
-            };
-            let spec = BanSpec {
-                cidr,
-                dur: Duration::from_millis(b.expires_ms - now),
-                scope: b.scope,
-                rule: (!b.rule.is_empty()).then_some(b.rule.as_str()),
-                flags: flags_of(&b.origin, &b.cuts),
-                level: b.level,
-                reason: b.reason.as_deref(),
-            };
-            match maps.bans.ban_spec(&spec) {
-                Ok(_) => restored += 1,
-                Err(e) => {
-                    warn!(iface = %b.iface, "--state-dir: ban of {} not restored: {e}", b.source)
-                }
-            }
-        }
-        if saved.is_empty() {
-            return;
-        }
-        if !ifaces.is_empty() {
-            info!(
-                "restored {restored} bans from {} (the pinned maps were gone)",
-                self.state_dir.join(state::BANS_FILE).display()
-            );
-            self.audit.write(json!({
-                "event": "restore",
-                "bans": restored,
-                "from": self.state_dir.join(state::BANS_FILE).display().to_string(),
-            }));
-            self.state_dirty = true;
-        }
-        // The origins of the fleet's bans in force (restored, or kept in the pins): for
-        // `shield bans`, and counted against `max_bans`.
-        let live: HashSet<String> = self
-            .instances
-            .iter()
-            .filter_map(|i| i.maps.as_ref())
-            .flat_map(|m| m.bans.active())
-            .map(|b| field(&b.source, b.scope, &b.rule))
-            .collect();
-        self.pending_origins = saved
-            .into_iter()
-            .filter_map(|b| {
-                let f = field(&b.source, b.scope, &b.rule);
-                b.origin_host.filter(|_| live.contains(&f)).map(|h| (f, h))
-            })
-            .collect();
-    }
-
-    pub(super) fn maybe_save_state(&mut self) {
-        if self.state_dirty
-            && self
-                .state_written
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            self.save_state();
-        }
-    }
-
-    /// Writes the active bans to `--state-dir` (atomically).
-    pub(super) fn save_state(&mut self) {
-        let now = now_ms();
-        let mut out = Vec::new();
-        for inst in &self.instances {
-            let Some(m) = &inst.maps else { continue };
-            for b in m.bans.active() {
-                if b.monitor {
-                    continue;
-                }
-                let host = self.origin_host_of(&b);
-                out.push(SavedBan {
-                    iface: inst.iface.clone(),
-                    source: b.source.clone(),
-                    scope: b.scope,
-                    rule: b.rule.clone(),
-                    origin: b.origin.as_str().to_string(),
-                    cuts: b.cuts.as_str().to_string(),
-                    level: b.level,
-                    duration_secs: b.duration_secs,
-                    expires_ms: now + (b.remaining_secs * 1000.0) as u64,
-                    reason: b.comment.clone(),
-                    origin_host: (host != self.host).then_some(host),
-                });
-            }
-        }
-        if let Err(e) = state::write(&self.state_dir, &out) {
-            warn!("--state-dir: {e}");
-        }
-        self.state_dirty = false;
-        self.state_written = Some(Instant::now());
     }
 }
