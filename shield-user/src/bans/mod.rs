@@ -8,7 +8,6 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
-use serde::{Deserialize, Serialize};
 use shield_common::{
     BAN_COUNT_HOST, BAN_COUNT_USER, BAN_MANUAL, BAN_MONITOR, BAN_NOTE_MAX, BanNote, BanNoteKey,
     BanValue, CFG_BANS, MAP_BAN_COUNT, MAP_BAN_NOTES, MAP_HOST_BANS_V4, MAP_HOST_BANS_V6,
@@ -22,6 +21,14 @@ use crate::{
     loader::{LoaderError, open_pinned},
     policy::{BanScope, Cidr},
 };
+
+mod check;
+mod entry;
+
+pub(crate) use check::covers;
+pub use check::{BanFloor, check_manual_ban, unprintable};
+use entry::ip_of;
+pub use entry::{BanEntry, BanKey, BanOutcome, BanSpec, Cuts, Origin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BanError {
@@ -50,223 +57,6 @@ pub enum BanError {
         path: std::path::PathBuf,
         source: MapError,
     },
-}
-
-/// Shortest prefixes a manual ban may cover without `--force` (the policy's
-/// `min_ban_ipv4_prefix` and `min_ban_ipv6_prefix`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BanFloor {
-    pub ipv4: u8,
-    pub ipv6: u8,
-}
-
-impl Default for BanFloor {
-    fn default() -> BanFloor {
-        BanFloor { ipv4: 8, ipv6: 32 }
-    }
-}
-
-/// Whether prefix `outer` contains prefix `inner` (same family, `outer` no longer).
-/// What a ban's reason may not hold: control characters, line and paragraph separators
-/// (U+2028, U+2029: line breaks to many log readers) and bidirectional overrides
-/// (U+202A-U+202E, U+2066-U+2069): a reason must not reorder or break what `shield bans`
-/// and the logs show.
-pub fn unprintable(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-pub(crate) fn covers(outer: &Cidr, inner: &Cidr) -> bool {
-    match (outer.addr, inner.addr) {
-        (IpAddr::V4(o), IpAddr::V4(i)) if outer.len <= inner.len => {
-            let m = u32::MAX.checked_shl(32 - u32::from(outer.len)).unwrap_or(0);
-            u32::from(o) & m == u32::from(i) & m
-        }
-        (IpAddr::V6(o), IpAddr::V6(i)) if outer.len <= inner.len => {
-            let m = u128::MAX
-                .checked_shl(128 - u32::from(outer.len))
-                .unwrap_or(0);
-            u128::from(o) & m == u128::from(i) & m
-        }
-        _ => false,
-    }
-}
-
-/// Checks a manual ban against the policy before anything is written: a prefix shorter
-/// than `floor` is refused unless `force` (a typo like `0.0.0.0/0` would cut off the
-/// world); a source wholly inside an allow-listed prefix is refused (allow beats every
-/// ban in the data path, so the ban would do nothing). Returns warnings for a ban that
-/// holds allow-listed prefixes (those stay reachable).
-pub fn check_manual_ban(
-    cidr: &Cidr,
-    allow: &[Cidr],
-    floor: BanFloor,
-    force: bool,
-) -> Result<Vec<String>, String> {
-    let (min, family) = if cidr.addr.is_ipv4() {
-        (floor.ipv4, "IPv4")
-    } else {
-        (floor.ipv6, "IPv6")
-    };
-    if cidr.len < min && !force {
-        return Err(format!(
-            "refusing to ban {cidr}: it is wider than /{min}, the shortest {family} prefix a ban may cover without --force (a ban this wide can cut off a large part of the internet; the policy's [defaults] min_ban_{}_prefix sets the limit)",
-            family.to_lowercase()
-        ));
-    }
-    if let Some(a) = allow.iter().find(|a| covers(a, cidr)) {
-        return Err(format!(
-            "refusing to ban {cidr}: it is on the allow list ({a}), and allow-listed sources are never dropped, so the ban would do nothing; remove it from [lists] allow first"
-        ));
-    }
-    let inside: Vec<&Cidr> = allow.iter().filter(|a| covers(cidr, a)).collect();
-    Ok(match inside.as_slice() {
-        [] => Vec::new(),
-        [one] => vec![format!(
-            "the allow-listed {one} inside {cidr} stays reachable (allow beats bans)"
-        )],
-        [first, rest @ ..] => vec![format!(
-            "{} allow-listed prefixes inside {cidr} (e.g. {first}) stay reachable (allow beats bans)",
-            rest.len() + 1
-        )],
-    })
-}
-
-/// What `BanMaps::ban` did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BanOutcome {
-    pub entry: BanEntry,
-    /// The source was already banned at least as long: that ban was kept as it was (a new
-    /// ban never shortens one in force).
-    pub kept_longer: bool,
-}
-
-/// A ban to install (`BanMaps::ban_spec`).
-#[derive(Debug, Clone)]
-pub struct BanSpec<'a> {
-    pub cidr: Cidr,
-    pub dur: Duration,
-    pub scope: BanScope,
-    pub rule: Option<&'a str>,
-    /// `BAN_MANUAL`, `BAN_ATTEMPTS` (cuts new connections only).
-    pub flags: u8,
-    pub level: u8,
-    pub reason: Option<&'a str>,
-}
-
-/// Who issued a ban.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// `shield ban` (the control socket).
-    Manual,
-    /// A rule's escalation, in the data path.
-    Automatic,
-    /// An `[[endpoint]]` or `[[signal]]` escalation (the app socket).
-    App,
-}
-
-impl Origin {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Origin::Manual => "manual",
-            Origin::Automatic => "automatic",
-            Origin::App => "app",
-        }
-    }
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<&str> for Origin {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-/// What a ban drops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cuts {
-    /// Every packet of the source (manual bans: the operator's evidence).
-    #[default]
-    Everything,
-    /// Connection attempts and datagrams; segments of established TCP connections pass
-    /// (automatic bans: evidence a spoofer can forge).
-    NewConnections,
-}
-
-impl Cuts {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Cuts::Everything => "everything",
-            Cuts::NewConnections => "new_connections",
-        }
-    }
-}
-
-impl PartialEq<&str> for Cuts {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-/// One active ban, as `shield bans` shows it (and the control socket sends it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BanEntry {
-    /// Interface whose maps hold it (filled in by the daemon).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub iface: String,
-    /// Address/prefix banned.
-    pub source: String,
-    /// `host` (every port) or `rule` (the rule's ports).
-    pub scope: BanScope,
-    /// Rule that issued it or that it applies to; empty for a manual host ban.
-    pub rule: String,
-    pub origin: Origin,
-    /// Issued in monitor mode: counted as `would_ban`, nothing dropped.
-    pub monitor: bool,
-    /// What the ban drops: `everything` (manual bans), or `new_connections` (automatic
-    /// bans, issued on evidence a spoofer can forge: connection attempts and datagrams are
-    /// dropped, segments of established TCP connections pass).
-    #[serde(default)]
-    pub cuts: Cuts,
-    pub duration_secs: f64,
-    pub remaining_secs: f64,
-    /// How many bans this source had before on the backoff ladder (0 = first).
-    pub level: u8,
-    /// Operator's reason for a manual ban (kept in the pinned notes map).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-    /// The fleet host that issued it (`[fleet]`; this host's name for its own bans).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin_host: Option<String>,
-    #[serde(skip)]
-    pub key: BanKey,
-    /// Id of the rule that issued it (0: a manual host ban).
-    #[serde(skip)]
-    pub rule_id: u16,
-}
-
-/// Where a ban lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BanKey {
-    #[default]
-    None,
-    Host4([u8; 4], u8),
-    Host6([u8; 16], u8),
-    Rule(SourceKey),
-}
-
-fn ip_of(family: u8, addr: [u8; 16]) -> IpAddr {
-    if family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(addr))
-    }
 }
 
 pub struct BanMaps {
