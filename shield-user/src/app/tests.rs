@@ -1,5 +1,6 @@
 use super::*;
 use crate::policy::parse_str;
+use protocol::Decision;
 
 const POLICY: &str = r#"
 [lists]
