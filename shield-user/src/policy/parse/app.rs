@@ -5,8 +5,10 @@ use std::{collections::HashSet, path::PathBuf};
 use serde::Deserialize;
 
 use super::{
-    Ctx, Field, LIMIT, RawEscalation, RawLimit, TEXT, Typed, cidrs, escalation, limit,
-    parse_duration,
+    Ctx, Field, LIMIT, RawEscalation, RawLimit, TEXT, Typed,
+    lists::cidrs,
+    rule::escalation,
+    units::{limit, parse_duration},
 };
 use crate::policy::{
     BanScope, PolicyError,

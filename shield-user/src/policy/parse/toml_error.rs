@@ -1,0 +1,154 @@
+//! The TOML parser's and serde's errors in the words of the policy file.
+
+use super::{Ctx, MAX_BURST, MAX_MAX_SOURCES, MAX_STRIKES, MIN_MAX_SOURCES};
+use crate::policy::{PolicyError, value::quote};
+
+/// The smallest and largest value of an integer key, for "KEY must be at most …" when the
+/// number is too large for TOML itself.
+fn integer_range(key: &str) -> Option<(i64, i64)> {
+    Some(match key {
+        "ipv4_prefix" => (1, 32),
+        "ipv6_prefix" => (1, 128),
+        "max_sources" => (MIN_MAX_SOURCES, MAX_MAX_SOURCES),
+        "burst" => (1, MAX_BURST as i64),
+        "strikes" => (1, MAX_STRIKES),
+        "backoff" => (1, i64::from(shield_common::judge::MAX_BACKOFF)),
+        "ports" => (1, i64::from(u16::MAX)),
+        _ => return None,
+    })
+}
+
+/// The bare key assigned just before byte `at` (`burst = 9999…` → `burst`), if any.
+fn key_before(text: &str, at: usize) -> Option<&str> {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = text[..at].trim_end_matches([' ', '\t', '-', '+']);
+    // Inside a list (`ports = [80, 99999…]`): the key the list belongs to.
+    let before = before.trim_end_matches(|c: char| c != '=' && c != '\n' && c != '{');
+    let before = before.strip_suffix('=')?.trim_end_matches([' ', '\t']);
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    let key = &before[start..];
+    (!key.is_empty()).then_some(key)
+}
+
+/// Shortens every `…`-quoted piece of a TOML parser message (it may quote input, such as
+/// a duplicate key) to 64 characters, `…` and its length, and escapes control characters.
+fn shorten_backticked(message: &str) -> String {
+    let mut out = String::new();
+    let mut after_quote = String::new();
+    for (i, piece) in message.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+            out.push_str(&after_quote);
+            after_quote.clear();
+        }
+        if i % 2 == 0 {
+            out.push_str(piece);
+            continue;
+        }
+        let shown = match piece.char_indices().nth(64) {
+            Some((at, _)) => {
+                after_quote = format!(" ({} bytes)", piece.len());
+                &piece[..at]
+            }
+            None => piece,
+        };
+        out.extend(shown.chars().flat_map(char::escape_debug));
+        if !after_quote.is_empty() {
+            out.push('…');
+        }
+    }
+    out
+}
+
+/// A key name for a message: `name`, or quoted and shortened if it is long or odd.
+fn key_text(key: &str) -> String {
+    if key.len() <= 64 && key.chars().all(|c| !c.is_control() && c != '`') {
+        format!("`{key}`")
+    } else {
+        quote(key)
+    }
+}
+
+/// The `[[TABLE]]` whose header comes last before byte `at` (`rule`, `endpoint`, …).
+fn table_before(text: &str, at: usize) -> Option<&str> {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text[..at]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("[[").and_then(|r| r.split_once("]]")))
+        .map(|(name, _)| name.trim())
+}
+
+/// A TOML or serde error in the words of the policy file.
+pub(super) fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
+    let span = e.span().unwrap_or(0..0);
+    let message = e.message().trim();
+    let words = if let Some(rest) = message.strip_prefix("unknown field `") {
+        // "unknown field `KEY`, expected one of `a`, `b`": KEY may be anything.
+        let (key, expected) = match rest.rfind("`, expected ") {
+            Some(i) => (&rest[..i], &rest[i + "`, expected ".len()..]),
+            None => (rest.trim_end_matches('`'), "no keys here"),
+        };
+        if key == "$__toml_private_datetime" {
+            // A date where a table goes reaches the table's own fields as this private key.
+            match key_before(cx.text, span.start) {
+                Some(k) => format!("{} must be a table, got a date", key_text(k)),
+                None => "a date is not valid here; expected a table".to_string(),
+            }
+        } else {
+            // The wording serde uses (and scripts and tests may match): the keys are named.
+            format!("unknown field {}, expected {expected}", key_text(key))
+        }
+    } else if let Some(rest) = message.strip_prefix("missing field `") {
+        let key = rest.trim_end_matches('`');
+        match (key, table_before(cx.text, span.end)) {
+            ("name", Some(kind @ ("endpoint" | "signal"))) => {
+                format!("this `[[{kind}]]` has no `name`; every {kind} needs a unique `name`")
+            }
+            ("path", _) => {
+                "this `[[endpoint]]` has no `path`; give a Flask rule like \"/login\" or a prefix like \"/api/*\"".to_string()
+            }
+            ("limit", _) => {
+                "this table has no `limit`; every `[[endpoint]]` and `[[signal]]` needs one like { rate = \"5/min\", burst = 5 }".to_string()
+            }
+            ("name" | "protocol", _) => {
+                format!("this `[[rule]]` has no `{key}`; every rule needs `name` and `protocol`")
+            }
+            ("rate", _) => "this limit has no `rate`; a limit needs a rate like \"5/s\"".to_string(),
+            ("strikes" | "window" | "ban", _) => format!(
+                "this `escalation` has no `{key}`; `strikes`, `window` and `ban` are required"
+            ),
+            _ => format!("missing key `{key}`"),
+        }
+    } else if message.contains("number too large to fit")
+        || message.contains("number too small to fit")
+    {
+        let large = message.contains("too large");
+        let key = key_before(cx.text, span.start);
+        match key.and_then(|k| integer_range(k).map(|range| (k, range))) {
+            Some(("ports", _)) => "a port must be between 1 and 65535".to_string(),
+            Some((k, (_, max))) if large => format!("{k} must be at most {max}"),
+            Some((k, (min, _))) => format!("{k} must be at least {min}"),
+            None => format!(
+                "{}this number is out of range (whole numbers in a policy are {} {})",
+                key.map_or(String::new(), |k| format!("{}: ", key_text(k))),
+                if large { "at most" } else { "at least" },
+                if large { i64::MAX } else { i64::MIN }
+            ),
+        }
+    } else if message == "recursion limit exceeded" {
+        "lists or tables are nested too deep".to_string()
+    } else {
+        shorten_backticked(&message.replace('\n', "; "))
+    };
+    cx.err(span, words)
+}
