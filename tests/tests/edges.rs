@@ -463,3 +463,58 @@ fn every_segment_without_syn_of_an_unverified_source_needs_a_valid_cookie_v4() {
 fn every_segment_without_syn_of_an_unverified_source_needs_a_valid_cookie_v6() {
     ack_cookie_round("2001:db8:90::1", "2001:db8:91::1");
 }
+
+/// Segments without ACK are dropped only where the cookie check applies: a `syncookie`
+/// rule in monitor mode passes them (counted `would_drop`), a rule without the challenge
+/// (here one whose RSTs prove sources) passes them, a VLAN tag changes nothing, and frames
+/// the cookie path does not handle (an IPv4 option, a fragment, an IPv6 extension header)
+/// pass as before.
+#[test]
+fn segments_without_ack_are_dropped_only_by_an_enforcing_syncookie_rule() {
+    let seg = |src: &str, dport: u16, flags: u8| Pkt::new(src, L4::Tcp { dport, flags });
+    let monitor = Harness::frozen(&format!("[defaults]\nmode = \"monitor\"\n{POLICY}"), T0);
+    for (i, flags) in [0x04u8, 0x01, 0x00].into_iter().enumerate() {
+        let src = format!("203.0.113.{}", 100 + i);
+        assert_eq!(monitor.run(&seg(&src, 8443, flags).bytes()), XDP_PASS);
+    }
+    assert_eq!(monitor.count("cookie", Reason::WouldDrop).packets, 3);
+    assert_eq!(monitor.count("cookie", Reason::BadCookie).packets, 0);
+
+    let h = Harness::frozen(POLICY, T0);
+    for src in ["203.0.113.110", "2001:db8:110::1"] {
+        for flags in [0x04u8, 0x01, 0x00] {
+            assert_eq!(
+                h.run(&seg(src, 8080, flags).bytes()),
+                XDP_PASS,
+                "{src}: flags {flags:#x} to a rule without the challenge"
+            );
+        }
+    }
+    assert_eq!(h.count("api", Reason::BadCookie).packets, 0);
+    let tagged = [
+        seg("203.0.113.111", 8443, 0x04).vlans(&[7]).bytes(),
+        seg("2001:db8:111::1", 8443, 0x01).vlans(&[7, 8]).bytes(),
+    ];
+    for f in &tagged {
+        assert_eq!(h.run(f), XDP_DROP, "behind VLAN tags");
+    }
+    assert_eq!(h.count("cookie", Reason::BadCookie).packets, 2);
+    let unhandled = [
+        (
+            "an IPv4 option",
+            seg("203.0.113.112", 8443, 0x04).options(1).bytes(),
+        ),
+        (
+            "a fragment",
+            seg("203.0.113.113", 8443, 0x04).first_fragment(20).bytes(),
+        ),
+        (
+            "an extension header",
+            seg("2001:db8:112::1", 8443, 0x04).ext(&[0]).bytes(),
+        ),
+    ];
+    for (what, f) in &unhandled {
+        assert_eq!(h.run(f), XDP_PASS, "{what}: as before the challenge");
+    }
+    assert_eq!(h.count("cookie", Reason::BadCookie).packets, 2);
+}

@@ -255,6 +255,63 @@ fn received_bans_that_left_the_fleet_while_stopped_are_lifted_at_start() {
 }
 
 #[test]
+fn a_start_whose_key_reads_none_of_the_hash_lifts_nothing() {
+    // A host restarted with a key the fleet does not use (the key rotated on this host
+    // first, or a typo) refuses every field of the hash as badly signed: it cannot tell
+    // whether the bans it holds left the hash, and they did not. operations.md says its
+    // messages are refused, not that it drops the fleet's bans: the start lifts none of
+    // them (only fields missing from the hash are gone), and says why in the counters.
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    seed_hash(&lab, 64, 10);
+    lab.start_all().expect("starting the daemon");
+    handled(&lab.hosts[0], 10);
+    assert_eq!(bans_under(&lab.hosts[0], "100.64.").len(), 10);
+    let file = lab.hosts[0].state.join("bans.json");
+    wait_until(
+        "bans.json holds the fleet's bans",
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&file).is_ok_and(|t| t.matches("\"h9\"").count() == 10),
+    );
+    let h = &mut lab.hosts[0];
+    let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
+    assert!(status.success());
+    h.daemon = None;
+    // This host alone gets another key.
+    let other = std::env::temp_dir().join(format!("atk-other-key-{}", std::process::id()));
+    std::fs::write(&other, "f".repeat(64)).expect("key file");
+    let policy = std::fs::read_to_string(&h.policy).expect("policy");
+    let lab_key = lab.key_file.display().to_string();
+    assert!(policy.contains(&lab_key));
+    std::fs::write(
+        &h.policy,
+        policy.replace(&lab_key, &other.display().to_string()),
+    )
+    .expect("policy");
+    let started = lab.hosts[0].start();
+    let _ = std::fs::remove_file(&other);
+    started.expect("restart, pins kept, another key");
+    let h = &lab.hosts[0];
+    assert!(
+        h.fleet()["refused_signature"].as_u64() >= Some(10),
+        "the hash is refused as badly signed: {}",
+        h.fleet()
+    );
+    assert_eq!(
+        bans_under(h, "100.64.").len(),
+        10,
+        "the fleet bans held stay: they are still in the fleet's hash"
+    );
+    assert_eq!(
+        h.audit_lines()
+            .iter()
+            .filter(|l| l["event"] == "fleet_unban")
+            .count(),
+        0,
+        "nothing was lifted"
+    );
+}
+
+#[test]
 fn a_received_ban_of_a_source_this_host_banned_needs_no_room_at_max_bans() {
     // At max_bans, a received ban of a source this host banned itself takes no new
     // entry: it is applied as without the limit (the longer ban stays), not refused as if

@@ -6,7 +6,7 @@
 //! on it.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
@@ -38,7 +38,7 @@ pub(super) enum Inbound {
     Change(Message),
     /// Every active ban in the fleet (after a reconnect whose stream position was trimmed
     /// away): install them, and lift fleet bans that are no longer there.
-    Resync(Vec<Message>),
+    Resync(Snapshot),
     /// The link went up or down.
     Link(bool),
 }
@@ -92,6 +92,16 @@ until cur == '0'
 return n
 ";
 
+/// The fleet's hash as a session read it.
+pub(super) struct Snapshot {
+    /// Its active bans (signatures checked).
+    pub bans: Vec<Message>,
+    /// The fields whose value this host could not read (refused: a key that differs from
+    /// the fleet's, a forged or damaged value). They are still in the hash: a fleet ban
+    /// this host holds of one of them has not left the fleet, and is not lifted.
+    pub unreadable: HashSet<String>,
+}
+
 pub(super) struct Task {
     pub cfg: Fleet,
     pub signer: Signer,
@@ -99,7 +109,7 @@ pub(super) struct Task {
     pub owner: mpsc::Sender<Msg>,
     pub out: mpsc::Receiver<Message>,
     /// The first session's snapshot of the fleet's bans (dropped if the first connect fails).
-    pub ready: Option<oneshot::Sender<Vec<Message>>>,
+    pub ready: Option<oneshot::Sender<Snapshot>>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -201,23 +211,30 @@ impl Task {
         Ok((w, r))
     }
 
-    /// Every unexpired ban in the hash (signatures checked) and the stream's last id read
-    /// before it (changes after that id are replayed: applying one twice changes nothing).
+    /// Every unexpired ban in the hash (signatures checked), the fields refused, and the
+    /// stream's last id read before it (changes after that id are replayed: applying one
+    /// twice changes nothing).
     async fn snapshot(
         &self,
         con: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<(Vec<Message>, String)> {
+    ) -> redis::RedisResult<(Snapshot, String)> {
         let (bans, events) = self.keys();
         let tail: StreamRangeReply = con.xrevrange_count(&events, "+", "-", 1).await?;
         let tail = tail.ids.first().map_or("0-0".to_string(), |i| i.id.clone());
         let all: Vec<(String, String)> = con.hgetall(&bans).await?;
         let now = now_ms();
-        let mut out = Vec::new();
+        let mut out = Snapshot {
+            bans: Vec::new(),
+            unreadable: HashSet::new(),
+        };
         for (field, value) in all {
             match self.signer.open_stored(&value) {
-                Ok(m) if m.op == Op::Ban && m.remaining(now).is_some() => out.push(m),
+                Ok(m) if m.op == Op::Ban && m.remaining(now).is_some() => out.bans.push(m),
                 Ok(_) => {}
-                Err(e) => refused(&self.counters, &field, &e),
+                Err(e) => {
+                    refused(&self.counters, &field, &e);
+                    out.unreadable.insert(field);
+                }
             }
         }
         Ok((out, tail))
@@ -301,9 +318,9 @@ impl Task {
             None => false,
         };
         if !replay {
-            let (mut bans, tail) = self.snapshot(&mut w).await?;
+            let (mut snap, tail) = self.snapshot(&mut w).await?;
             // A source this host unbanned while the link was down stays unbanned here.
-            bans.retain(|b| {
+            snap.bans.retain(|b| {
                 !queue
                     .iter()
                     .any(|q| q.op == Op::Unban && q.source == b.source)
@@ -311,8 +328,8 @@ impl Task {
             if let Ok(mut l) = last_id.lock() {
                 *l = Some(tail);
             }
-            if let Some(bans) = hand_over(self.ready.take(), bans) {
-                let _ = self.owner.send(Msg::Fleet(Inbound::Resync(bans))).await;
+            if let Some(snap) = hand_over(self.ready.take(), snap) {
+                let _ = self.owner.send(Msg::Fleet(Inbound::Resync(snap))).await;
             }
         }
         // What this host issued while the link was down, in order.
@@ -391,13 +408,10 @@ impl Task {
 /// bans the owner must get as a resync instead: every later snapshot, and the first one
 /// when the start-up stopped waiting (a slow Redis: the snapshot came after its 8 s; they
 /// were dropped, and the fleet's bans never installed on this host until a resync).
-fn hand_over(
-    ready: Option<oneshot::Sender<Vec<Message>>>,
-    bans: Vec<Message>,
-) -> Option<Vec<Message>> {
+fn hand_over(ready: Option<oneshot::Sender<Snapshot>>, snap: Snapshot) -> Option<Snapshot> {
     match ready {
-        Some(ready) => ready.send(bans).err(),
-        None => Some(bans),
+        Some(ready) => ready.send(snap).err(),
+        None => Some(snap),
     }
 }
 
@@ -481,24 +495,31 @@ mod tests {
         }
     }
 
+    fn snap(source: &str) -> Snapshot {
+        Snapshot {
+            bans: vec![ban(source)],
+            unreadable: HashSet::new(),
+        }
+    }
+
     #[test]
     fn a_snapshot_the_start_up_stopped_waiting_for_goes_to_the_owner_as_a_resync() {
         // The start-up waits: it gets the bans.
         let (tx, mut rx) = oneshot::channel();
-        assert_eq!(hand_over(Some(tx), vec![ban("192.0.2.1/32")]), None);
-        assert_eq!(rx.try_recv().expect("sent").len(), 1);
+        assert!(hand_over(Some(tx), snap("192.0.2.1/32")).is_none());
+        assert_eq!(rx.try_recv().expect("sent").bans.len(), 1);
         // It stopped waiting (Redis answered after its timeout): never dropped.
-        let (tx, rx) = oneshot::channel::<Vec<Message>>();
+        let (tx, rx) = oneshot::channel::<Snapshot>();
         drop(rx);
-        let late = hand_over(Some(tx), vec![ban("192.0.2.2/32")]);
+        let late = hand_over(Some(tx), snap("192.0.2.2/32"));
         assert_eq!(
-            late.map(|b| b[0].source.clone()),
+            late.map(|s| s.bans[0].source.clone()),
             Some("192.0.2.2/32".to_string()),
             "a late first snapshot is installed through a resync"
         );
         // Later sessions: a resync.
         assert_eq!(
-            hand_over(None, vec![ban("192.0.2.3/32")]).map(|b| b.len()),
+            hand_over(None, snap("192.0.2.3/32")).map(|s| s.bans.len()),
             Some(1)
         );
     }

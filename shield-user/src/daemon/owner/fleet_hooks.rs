@@ -26,7 +26,7 @@ use crate::{
     bans::{BanEntry, BanKey, BanSpec, Cuts, Origin},
     daemon::{
         Instance,
-        fleet::{Inbound, Task},
+        fleet::{Inbound, Snapshot, Task},
     },
     fleet::{Breaker, Gate, Message, Op, Screened, Signer, now_ms},
     policy::{BanScope, parse_cidr},
@@ -194,9 +194,9 @@ impl Owner {
         });
         // Connect and read: bounded by the client's timeouts (2 s + 3 s).
         match tokio::time::timeout(Duration::from_secs(8), ready_rx).await {
-            Ok(Ok(bans)) => {
-                let n = bans.len();
-                let (installed, lifted) = self.fleet_resync(bans);
+            Ok(Ok(snap)) => {
+                let n = snap.bans.len();
+                let (installed, lifted) = self.fleet_resync(snap);
                 info!(
                     "fleet: {installed} of the fleet's {n} active bans in force before ready; {lifted} held here lifted (gone from the fleet while this daemon was stopped)"
                 );
@@ -286,9 +286,9 @@ impl Owner {
                 Op::Ban => self.fleet_apply(m, true),
                 Op::Unban => self.fleet_unban(&m),
             },
-            Inbound::Resync(bans) => {
-                let n = bans.len();
-                let (_, lifted) = self.fleet_resync(bans);
+            Inbound::Resync(snap) => {
+                let n = snap.bans.len();
+                let (_, lifted) = self.fleet_resync(snap);
                 info!("fleet: resynced from the fleet's hash: {n} active bans, {lifted} lifted");
             }
             Inbound::Link(up) => {
@@ -300,12 +300,16 @@ impl Owner {
         }
     }
 
-    /// Puts the fleet's hash (`bans`: every active fleet ban) in force here. The fleet bans
-    /// this host holds that are not in it (lifted or ended while the link was down, or
-    /// while this daemon was stopped) are lifted first, so that their room goes to the
-    /// bans that are. Returns (bans installed, bans lifted).
-    fn fleet_resync(&mut self, bans: Vec<Message>) -> (u64, usize) {
-        let present: HashSet<String> = bans.iter().map(Message::field).collect();
+    /// Puts the fleet's hash (`snap.bans`: every active fleet ban) in force here. The
+    /// fleet bans this host holds that are not in it (lifted or ended while the link was
+    /// down, or while this daemon was stopped) are lifted first, so that their room goes
+    /// to the bans that are. A field this host could not read (`snap.unreadable`: a key
+    /// that differs, a forged value) is still in the hash: its ban stays. Returns (bans
+    /// installed, bans lifted).
+    fn fleet_resync(&mut self, snap: Snapshot) -> (u64, usize) {
+        let Snapshot { bans, unreadable } = snap;
+        let mut present = unreadable;
+        present.extend(bans.iter().map(Message::field));
         let lifted = self.lift_gone(&present);
         let before = self.counters.fleet.installed.load(Ordering::Relaxed);
         for b in bans {
