@@ -350,19 +350,23 @@ fn a_received_ban_of_a_source_this_host_banned_needs_no_room_at_max_bans() {
 
 #[test]
 fn received_bans_that_end_or_are_lifted_make_room_at_max_bans() {
+    const SHORT: u64 = 20;
+    const WAIT: Duration = Duration::from_secs(30);
     // At max_bans, room comes back: at once for a ban the fleet lifts (and a renewal
-    // needs none), within about a second for bans that expired.
+    // needs none), within about a second for bans that expired. The waits are generous
+    // (a loaded machine), the short bans long enough to outlast a slow start.
     let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
     set_max_bans(&lab, 0, 10);
     let cmds: Vec<Vec<String>> = (0..10)
         .flat_map(|i| {
-            // Five end in 3 s, five in an hour.
-            let secs = if i < 5 { 3 } else { 3600 };
+            // Five end in 20 s, five in an hour.
+            let secs = if i < 5 { SHORT } else { 3600 };
             let m = ban_message(&format!("100.64.0.{i}/32"), "h9", secs);
             lab.publish_cmds(&m, None, true).into_iter().take(1)
         })
         .collect();
     lab.redis.pipeline(&cmds).expect("seeding Redis");
+    let seeded = std::time::Instant::now();
     lab.start_all().expect("starting the daemon");
     let h = &lab.hosts[0];
     handled(h, 10);
@@ -374,11 +378,9 @@ fn received_bans_that_end_or_are_lifted_make_room_at_max_bans() {
     let refused = || h.fleet()["refused_table_full"].as_u64().unwrap_or(0);
     // Full: a new one is refused; a renewal of one held is not.
     publish(&ban_message("100.65.0.1/32", "h9", 3600));
-    wait_until("refused at max_bans", Duration::from_secs(5), || {
-        refused() == 1
-    });
+    wait_until("refused at max_bans", WAIT, || refused() == 1);
     publish(&ban_message("100.64.0.9/32", "h9", 7200));
-    wait_until("the renewal is applied", Duration::from_secs(5), || {
+    wait_until("the renewal is applied", WAIT, || {
         bans_under(h, "100.64.0.9/")
             .first()
             .is_some_and(|b| b["remaining_secs"].as_f64() > Some(3700.0))
@@ -391,24 +393,25 @@ fn received_bans_that_end_or_are_lifted_make_room_at_max_bans() {
         shield_user::fleet::now_ms(),
     ));
     publish(&ban_message("100.65.0.2/32", "h9", 3600));
-    wait_until(
-        "installed in the room an unban made",
-        Duration::from_secs(5),
-        || h.banned("100.65.0.2/32"),
-    );
+    wait_until("installed in the room an unban made", WAIT, || {
+        h.banned("100.65.0.2/32")
+    });
     assert_eq!(refused(), 1);
     // Five end: five new ones fit (room seen within about a second of the end).
-    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        seeded.elapsed() < Duration::from_secs(SHORT),
+        "the short bans ended before the steps that needed them held ({:?}): a very slow start",
+        seeded.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(SHORT + 1).saturating_sub(seeded.elapsed()));
     for i in 10..15 {
         publish(&ban_message(&format!("100.65.0.{i}/32"), "h9", 3600));
     }
-    wait_until(
-        "installed in the room ended bans left",
-        Duration::from_secs(5),
-        || bans_under(h, "100.65.0.1").len() == 5,
-    );
+    wait_until("installed in the room ended bans left", WAIT, || {
+        bans_under(h, "100.65.0.1").len() == 5
+    });
     publish(&ban_message("100.65.0.99/32", "h9", 3600));
-    wait_until("full again", Duration::from_secs(5), || refused() == 2);
+    wait_until("full again", WAIT, || refused() == 2);
     assert_eq!(bans_under(h, "100.6").len(), 10, "never more than max_bans");
 }
 
