@@ -386,25 +386,34 @@ fn ack_segment(src: &str, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<
 fn ack_cookie_round(src: &str, other: &str) {
     let h = Harness::frozen(POLICY, T0);
     assert_eq!(h.run(&Pkt::new(other, L4::syn(8443)).bytes()), XDP_PASS);
-    let forged = [
-        ("bare ACK", 0x10u8, &b""[..]),
-        ("ACK with data", 0x10, &b"GET / HTTP/1.0\r\n\r\n"[..]),
-        ("PSH+ACK with data", 0x18, &b"x"[..]),
-        ("FIN+ACK", 0x11, &b""[..]),
-        ("RST+ACK", 0x14, &b""[..]),
-    ];
-    for (i, (what, flags, payload)) in forged.iter().enumerate() {
-        assert_eq!(
-            h.run(&ack_segment(src, *flags, 1, 0x1234_5678, payload)),
-            XDP_DROP,
-            "{src}: {what} with a bad cookie"
-        );
-        assert_eq!(
-            h.count("cookie", Reason::BadCookie).packets,
-            i as u64 + 1,
-            "{what}"
-        );
-    }
+    // Each dropped as `bad_cookie`, counted one by one.
+    let mut dropped = 0;
+    let mut all_dropped = |shapes: &[(&str, u8, &[u8])], ack: u32, why: &str| {
+        for (what, flags, payload) in shapes {
+            assert_eq!(
+                h.run(&ack_segment(src, *flags, 1, ack, payload)),
+                XDP_DROP,
+                "{src}: {what} {why}"
+            );
+            dropped += 1;
+            assert_eq!(
+                h.count("cookie", Reason::BadCookie).packets,
+                dropped,
+                "{what}"
+            );
+        }
+    };
+    all_dropped(
+        &[
+            ("bare ACK", 0x10u8, &b""[..]),
+            ("ACK with data", 0x10, &b"GET / HTTP/1.0\r\n\r\n"[..]),
+            ("PSH+ACK with data", 0x18, &b"x"[..]),
+            ("FIN+ACK", 0x11, &b""[..]),
+            ("RST+ACK", 0x14, &b""[..]),
+        ],
+        0x1234_5678,
+        "with a bad cookie",
+    );
     // Segments without ACK carry no cookie, and without a connection the host takes none
     // of them (a listener discards them): dropped alike, not passed to cost a conntrack
     // lookup each.
@@ -414,19 +423,7 @@ fn ack_cookie_round(src: &str, other: &str) {
         ("no flags", 0x00, &b""[..]),
         ("PSH with data", 0x08, &b"x"[..]),
     ];
-    for (i, (what, flags, payload)) in ackless.iter().enumerate() {
-        assert_eq!(
-            h.run(&ack_segment(src, *flags, 1, 0, payload)),
-            XDP_DROP,
-            "{src}: {what} from an unverified source"
-        );
-        assert_eq!(
-            h.count("cookie", Reason::BadCookie).packets,
-            (forged.len() + i + 1) as u64,
-            "{what}"
-        );
-    }
-    let dropped = (forged.len() + ackless.len()) as u64;
+    all_dropped(&ackless, 0, "from an unverified source");
     // A real client: its SYN over the budget gets a cookie; its ACK carries data.
     let (action, out) = h.run_out(&Pkt::new(src, L4::syn(8443)).bytes());
     assert_eq!(action, XDP_TX);

@@ -126,6 +126,24 @@ fn bans_under(h: &Host, prefix: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits until `--state-dir`'s bans.json holds `n` bans received from h9 (it is written
+/// within a second of a change).
+fn saved_from_h9(h: &Host, n: usize) {
+    let file = h.state.join("bans.json");
+    wait_until(
+        "bans.json holds the fleet's bans",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&file).is_ok_and(|t| t.matches("\"h9\"").count() == n),
+    );
+}
+
+/// Stops the host's daemon cleanly (its pins stay).
+fn stop(h: &mut Host) {
+    let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
+    assert!(status.success());
+    h.daemon = None;
+}
+
 #[test]
 fn a_restart_keeping_the_pins_still_counts_the_received_bans_it_holds() {
     // `systemctl restart shield` keeps the pinned ban tables: the received bans in them
@@ -137,16 +155,8 @@ fn a_restart_keeping_the_pins_still_counts_the_received_bans_it_holds() {
     lab.start_all().expect("starting the daemon");
     handled(&lab.hosts[0], 100);
     assert_eq!(bans_under(&lab.hosts[0], "100.64.").len(), 100);
-    let file = lab.hosts[0].state.join("bans.json");
-    wait_until(
-        "bans.json holds the fleet's bans",
-        Duration::from_secs(5),
-        || std::fs::read_to_string(&file).is_ok_and(|t| t.matches("\"h9\"").count() == 100),
-    );
-    let h = &mut lab.hosts[0];
-    let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
-    assert!(status.success());
-    h.daemon = None;
+    saved_from_h9(&lab.hosts[0], 100);
+    stop(&mut lab.hosts[0]);
     // Meanwhile the fleet banned 100 other sources (the first 100 stay in its hash).
     seed_hash(&lab, 65, 100);
     lab.hosts[0].start().expect("restart, pins kept");
@@ -185,20 +195,7 @@ fn received_bans_that_left_the_fleet_while_stopped_are_lifted_at_start() {
     // And one from a rule's ports, of a source the fleet bans from the whole host.
     let (ok, _, err) = lab.hosts[0].shield(&["ban", "100.64.0.5", "--rule", "api", "--for", "10m"]);
     assert!(ok, "{err}");
-    let file = lab.hosts[0].state.join("bans.json");
-    let saved = |n: usize| {
-        wait_until(
-            "bans.json holds the fleet's bans",
-            Duration::from_secs(5),
-            || std::fs::read_to_string(&file).is_ok_and(|t| t.matches("\"h9\"").count() == n),
-        )
-    };
-    saved(9);
-    let stop = |h: &mut Host| {
-        let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
-        assert!(status.success());
-        h.daemon = None;
-    };
+    saved_from_h9(&lab.hosts[0], 9);
     stop(&mut lab.hosts[0]);
     // Meanwhile the fleet lifted its bans and banned 10 other sources.
     lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
@@ -235,7 +232,7 @@ fn received_bans_that_left_the_fleet_while_stopped_are_lifted_at_start() {
 
     // A reboot (pins gone) while the fleet lifted everything: the bans `--state-dir`
     // restores from the fleet are lifted at start too; the own one is restored and stays.
-    saved(10);
+    saved_from_h9(&lab.hosts[0], 10);
     stop(&mut lab.hosts[0]);
     shield_tests::fleetlab::remove_pins(&lab.hosts[0].bpffs.path, SERVER_IF).expect("pins");
     lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
@@ -266,18 +263,11 @@ fn a_start_whose_key_reads_none_of_the_hash_lifts_nothing() {
     lab.start_all().expect("starting the daemon");
     handled(&lab.hosts[0], 10);
     assert_eq!(bans_under(&lab.hosts[0], "100.64.").len(), 10);
-    let file = lab.hosts[0].state.join("bans.json");
-    wait_until(
-        "bans.json holds the fleet's bans",
-        Duration::from_secs(5),
-        || std::fs::read_to_string(&file).is_ok_and(|t| t.matches("\"h9\"").count() == 10),
-    );
+    saved_from_h9(&lab.hosts[0], 10);
+    stop(&mut lab.hosts[0]);
     let h = &mut lab.hosts[0];
-    let (status, _) = h.daemon.as_mut().expect("daemon").stop().expect("stop");
-    assert!(status.success());
-    h.daemon = None;
     // This host alone gets another key.
-    let other = std::env::temp_dir().join(format!("atk-other-key-{}", std::process::id()));
+    let other = std::env::temp_dir().join(format!("shield-other-key-{}", std::process::id()));
     std::fs::write(&other, "f".repeat(64)).expect("key file");
     let policy = std::fs::read_to_string(&h.policy).expect("policy");
     let lab_key = lab.key_file.display().to_string();
