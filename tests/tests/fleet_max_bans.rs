@@ -252,6 +252,40 @@ fn received_bans_that_left_the_fleet_while_stopped_are_lifted_at_start() {
 }
 
 #[test]
+fn a_start_lifts_thousands_of_gone_bans_in_one_pass() {
+    // A fleet that lifted a large attack's bans while this host was down: the start lifts
+    // every one of them before ready. One source at a time, each lift read the whole ban
+    // table again (20,000 x 20,000 entries: the start stalled for many minutes); now each
+    // interface's tables are read once.
+    const N: u32 = 20_000;
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    seed_hash(&lab, 64, N);
+    lab.start_all().expect("starting the daemon");
+    handled(&lab.hosts[0], u64::from(N));
+    saved_from_h9(&lab.hosts[0], N as usize);
+    stop(&mut lab.hosts[0]);
+    lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
+    let started = std::time::Instant::now();
+    lab.hosts[0].start().expect("restart, pins kept");
+    eprintln!(
+        "ready after lifting {N} gone bans in {:?}",
+        started.elapsed()
+    );
+    let h = &lab.hosts[0];
+    assert_eq!(
+        bans_under(h, "100.64.").len(),
+        0,
+        "every gone ban lifted at ready"
+    );
+    let lines = h
+        .audit_lines()
+        .iter()
+        .filter(|l| l["event"] == "fleet_unban" && l["origin_host"] == "resync")
+        .count();
+    assert_eq!(lines, N as usize, "one audit line per lifted source");
+}
+
+#[test]
 fn a_start_whose_key_reads_none_of_the_hash_lifts_nothing() {
     // A host restarted with a key the fleet does not use (the key rotated on this host
     // first, or a typo) refuses every field of the hash as badly signed: it cannot tell

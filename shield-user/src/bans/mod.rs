@@ -484,15 +484,26 @@ impl BanMaps {
         cidr: Cidr,
         mut lift: impl FnMut(&BanEntry) -> bool,
     ) -> Result<Vec<BanEntry>, BanError> {
-        let mut removed = Vec::new();
-        for b in self.list() {
-            let matches = match (b.key, cidr.addr) {
+        self.unban_all_where(|b| {
+            let on_cidr = match (b.key, cidr.addr) {
                 (BanKey::Host4(a, l), IpAddr::V4(c)) => a == c.octets() && l == cidr.len,
                 (BanKey::Host6(a, l), IpAddr::V6(c)) => a == c.octets() && l == cidr.len,
                 (BanKey::Rule(k), c) => ip_of(k.family, k.addr) == c && k.prefix_len == cidr.len,
                 _ => false,
             };
-            if matches && lift(&b) {
+            on_cidr && lift(b)
+        })
+    }
+
+    /// Removes every ban `lift` accepts, in one pass over the tables (lifting many bans
+    /// one source at a time would read the tables once per source).
+    pub fn unban_all_where(
+        &mut self,
+        mut lift: impl FnMut(&BanEntry) -> bool,
+    ) -> Result<Vec<BanEntry>, BanError> {
+        let mut removed = Vec::new();
+        for b in self.list() {
+            if lift(&b) {
                 self.remove(b.key)?;
                 removed.push(BanEntry {
                     remaining_secs: 0.0,

@@ -335,20 +335,21 @@ impl Owner {
             link.origins.remove(f);
             link.issued.remove(f);
         }
-        let sources: HashSet<&str> = gone.iter().filter_map(|f| f.split('|').next()).collect();
-        let mut removed: HashMap<&str, usize> = HashMap::new();
+        // One pass over each interface's tables, however many bans are gone.
+        let mut removed: HashMap<String, usize> = HashMap::new();
         for inst in &mut self.instances {
             let Some(maps) = inst.maps.as_mut() else {
                 continue;
             };
-            for &source in &sources {
-                let Ok(cidr) = parse_cidr(source) else {
-                    continue;
-                };
-                let gone_here = |b: &BanEntry| gone.contains(&field(&b.source, b.scope, &b.rule));
-                match maps.bans.unban_where(cidr, gone_here) {
-                    Ok(r) => *removed.entry(source).or_default() += r.len(),
-                    Err(e) => warn!(iface = %inst.iface, "fleet: unban of {source}: {e}"),
+            let gone_here = |b: &BanEntry| gone.contains(&field(&b.source, b.scope, &b.rule));
+            match maps.bans.unban_all_where(gone_here) {
+                Ok(r) => {
+                    for b in r {
+                        *removed.entry(b.source).or_default() += 1;
+                    }
+                }
+                Err(e) => {
+                    warn!(iface = %inst.iface, "fleet: lifting the bans gone from the fleet: {e}")
                 }
             }
         }
