@@ -119,6 +119,19 @@ fn handled(h: &Host, n: u64) {
     );
 }
 
+/// One host holding `n` hour-long fleet bans of `100.64.x.y/32` from h9 (seeded in the
+/// hash before it starts), with `max_bans` set when given.
+fn holding(n: u32, max_bans: Option<u32>) -> FleetLab {
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    if let Some(m) = max_bans {
+        set_max_bans(&lab, 0, m);
+    }
+    seed_hash(&lab, 64, n);
+    lab.start_all().expect("starting the daemon");
+    handled(&lab.hosts[0], u64::from(n));
+    lab
+}
+
 fn bans_under(h: &Host, prefix: &str) -> Vec<serde_json::Value> {
     h.bans()
         .into_iter()
@@ -149,11 +162,7 @@ fn a_restart_keeping_the_pins_still_counts_the_received_bans_it_holds() {
     // `systemctl restart shield` keeps the pinned ban tables: the received bans in them
     // still take the fleet's share. A restart must not forget them and install max_bans
     // more on top (the fleet then holds more than its share of the table).
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    set_max_bans(&lab, 0, 100);
-    seed_hash(&lab, 64, 100);
-    lab.start_all().expect("starting the daemon");
-    handled(&lab.hosts[0], 100);
+    let mut lab = holding(100, Some(100));
     assert_eq!(bans_under(&lab.hosts[0], "100.64.").len(), 100);
     saved_from_h9(&lab.hosts[0], 100);
     stop(&mut lab.hosts[0]);
@@ -185,11 +194,7 @@ fn received_bans_that_left_the_fleet_while_stopped_are_lifted_at_start() {
     // or `--state-dir` restored it, and its room goes to the fleet's current bans. Before,
     // it stayed until the next resync (a Redis outage), holding room at max_bans. This
     // host's own ban of such a source stays.
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    set_max_bans(&lab, 0, 10);
-    seed_hash(&lab, 64, 10);
-    lab.start_all().expect("starting the daemon");
-    handled(&lab.hosts[0], 10);
+    let mut lab = holding(10, Some(10));
     let (ok, _, err) = lab.hosts[0].shield(&["ban", "100.64.0.3", "--for", "10m"]);
     assert!(ok, "{err}");
     // And one from a rule's ports, of a source the fleet bans from the whole host.
@@ -258,10 +263,7 @@ fn a_start_lifts_thousands_of_gone_bans_in_one_pass() {
     // table again (20,000 x 20,000 entries: the start stalled for many minutes); now each
     // interface's tables are read once.
     const N: u32 = 20_000;
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    seed_hash(&lab, 64, N);
-    lab.start_all().expect("starting the daemon");
-    handled(&lab.hosts[0], u64::from(N));
+    let mut lab = holding(N, None);
     saved_from_h9(&lab.hosts[0], N as usize);
     stop(&mut lab.hosts[0]);
     lab.redis.cmd(&["DEL", &lab.bans_key()]).expect("DEL");
@@ -292,10 +294,7 @@ fn a_start_whose_key_reads_none_of_the_hash_lifts_nothing() {
     // whether the bans it holds left the hash, and they did not. operations.md says its
     // messages are refused, not that it drops the fleet's bans: the start lifts none of
     // them (only fields missing from the hash are gone), and says why in the counters.
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    seed_hash(&lab, 64, 10);
-    lab.start_all().expect("starting the daemon");
-    handled(&lab.hosts[0], 10);
+    let mut lab = holding(10, None);
     assert_eq!(bans_under(&lab.hosts[0], "100.64.").len(), 10);
     saved_from_h9(&lab.hosts[0], 10);
     stop(&mut lab.hosts[0]);
@@ -340,12 +339,8 @@ fn a_received_ban_of_a_source_this_host_banned_needs_no_room_at_max_bans() {
     // At max_bans, a received ban of a source this host banned itself takes no new
     // entry: it is applied as without the limit (the longer ban stays), not refused as if
     // the table were full.
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    set_max_bans(&lab, 0, 100);
-    seed_hash(&lab, 64, 100);
-    lab.start_all().expect("starting the daemon");
+    let lab = holding(100, Some(100));
     let h = &lab.hosts[0];
-    handled(h, 100);
     let (ok, _, err) = h.shield(&["ban", "203.0.113.7", "--for", "1m"]);
     assert!(ok, "{err}");
     let m = ban_message("203.0.113.7/32", "h2", 3600);
