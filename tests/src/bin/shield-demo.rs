@@ -236,7 +236,8 @@ fn live_line(
 
 fn run(shield: &Path, policy_path: &Path) -> Result<Ended> {
     netlab::require_privileges()?;
-    let p = policy::load(policy_path)?;
+    // Its message already holds its cause: `{e:#}` would print that twice.
+    let p = policy::load(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
