@@ -308,14 +308,41 @@ fn render_app(reg: &mut Registry, app: &crate::app::AppCounters) {
     );
 }
 
-/// `--metrics`: an `IP:PORT` (never a host name: no DNS lookup at start) or `off`.
+/// `--metrics`: an `IP:PORT` (never a host name: no DNS lookup at start) or `off`. A refusal
+/// says what is wrong: no port, a bad port, no address, or not an address at all.
 pub fn parse_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    const EXPECTED: &str = "expected IP:PORT (e.g. 127.0.0.1:9477 or [::1]:9477) or `off`";
     if s == "off" {
         return Ok(None);
     }
-    s.parse().map(Some).map_err(|_| {
-        "expected IP:PORT (e.g. 127.0.0.1:9477 or [::1]:9477) or `off`; host names are not accepted".to_string()
-    })
+    if let Ok(addr) = s.parse() {
+        return Ok(Some(addr));
+    }
+    let is_ip = |t: &str| {
+        t.strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(t)
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    };
+    if is_ip(s) {
+        return Err(format!(
+            "{s} has no port (an IPv6 address takes brackets before its port: [::1]:9477); {EXPECTED}"
+        ));
+    }
+    if s.parse::<u16>().is_ok() {
+        return Err(format!(
+            "{s} has no address (127.0.0.1:{s} serves on loopback only); {EXPECTED}"
+        ));
+    }
+    if let Some((ip, port)) = s.rsplit_once(':')
+        && is_ip(ip)
+    {
+        return Err(format!(
+            "port \"{port}\" is not a number from 0 to 65535; {EXPECTED}"
+        ));
+    }
+    Err(format!("{EXPECTED}; host names are not accepted"))
 }
 
 /// Binds the metrics address before anything is attached, so a port in use fails the
@@ -328,6 +355,31 @@ pub fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String>
 mod tests {
     use super::*;
     use crate::app::{AppCounters, Kind};
+
+    #[test]
+    fn a_refused_metrics_address_says_what_is_wrong() {
+        assert_eq!(parse_addr("off"), Ok(None));
+        assert_eq!(
+            parse_addr("[::1]:9477"),
+            Ok(Some("[::1]:9477".parse().expect("addr")))
+        );
+        for (bad, says) in [
+            ("127.0.0.1", "127.0.0.1 has no port"),
+            ("::1", "::1 has no port (an IPv6 address takes brackets"),
+            ("[::1]", "[::1] has no port"),
+            ("9477", "9477 has no address (127.0.0.1:9477"),
+            (
+                "127.0.0.1:80000",
+                "port \"80000\" is not a number from 0 to 65535",
+            ),
+            ("[::1]:http", "port \"http\" is not a number"),
+            ("localhost:9477", "host names are not accepted"),
+        ] {
+            let err = parse_addr(bad).expect_err(bad);
+            assert!(err.contains(says), "--metrics {bad}: {err}");
+            assert!(err.contains("expected IP:PORT"), "--metrics {bad}: {err}");
+        }
+    }
 
     #[test]
     fn app_series_carry_kind_and_name() {

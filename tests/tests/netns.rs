@@ -364,3 +364,128 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
         "{stderr}"
     );
 }
+
+/// A Ctrl-C in the middle of the demo: it says so at once, prints no summary (the daemon
+/// stops at the Ctrl-C, so the phase's figures would not be shield's), exits 130 and leaves
+/// nothing behind: namespaces, the daemon, its audit log in /tmp and the `[app] socket`
+/// directory the daemon created for it.
+#[test]
+fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
+    use std::io::{BufRead as _, Read as _};
+    require_root();
+    let demo_policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
+    let app_dir = std::env::temp_dir().join(shield_tests::netlab::unique("shield-demo-app-"));
+    let text = std::fs::read_to_string(&demo_policy)
+        .expect("reading policy/demo.toml")
+        .replace(
+            "/run/shield-demo/app.sock",
+            &app_dir.join("app.sock").to_string_lossy(),
+        );
+    assert!(text.contains(&*app_dir.to_string_lossy()), "{text}");
+    let policy = std::env::temp_dir().join(format!(
+        "{}.toml",
+        shield_tests::netlab::unique("shield-demo-policy-")
+    ));
+    std::fs::write(&policy, text).expect("writing the policy");
+
+    /// Stops the demo the way a terminal's Ctrl-C does if the test fails before it does.
+    struct Interrupt(std::process::Child);
+    impl Drop for Interrupt {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut demo = Interrupt(
+        Command::new(env!("CARGO_BIN_EXE_shield-demo"))
+            .arg("--shield")
+            .arg(shield_bin())
+            .arg("--policy")
+            .arg(&policy)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running shield-demo"),
+    );
+    let pid = demo.0.id();
+    let mut stderr_pipe = demo.0.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut stdout = String::new();
+    let mut lines = std::io::BufReader::new(demo.0.stdout.take().expect("stdout")).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("reading the demo's output");
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if line.starts_with("demo: ── 2.") {
+            break;
+        }
+    }
+    assert!(
+        stdout.contains("demo: ── 2."),
+        "the demo never reached phase 2:\n{stdout}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        app_dir.exists(),
+        "the daemon creates the [app] socket's directory {}",
+        app_dir.display()
+    );
+    let interrupted = std::time::Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
+    for line in lines {
+        stdout.push_str(&line.expect("reading the demo's output"));
+        stdout.push('\n');
+    }
+    let status = demo.0.wait().expect("waiting for the demo");
+    let took = interrupted.elapsed();
+    let stderr = stderr.join().expect("stderr reader");
+    let _ = std::fs::remove_file(&policy);
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "an interrupted demo must not exit as a success\n{stdout}\n{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the demo took {took:?} to stop after SIGINT"
+    );
+    assert!(
+        stderr.contains("demo: stopping (Ctrl-C)")
+            && stderr.contains("demo: interrupted in phase 2 of 6")
+            && stderr.contains("namespaces, processes and bpffs removed"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("CLIENT")),
+        "an interrupted demo prints no summary:\n{stdout}"
+    );
+    assert!(
+        !app_dir.exists(),
+        "the [app] socket's directory {} is left behind",
+        app_dir.display()
+    );
+    let tmp_left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("listing the temp dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("shield-demo-audit-{pid}x")))
+        .collect();
+    assert!(tmp_left.is_empty(), "left in /tmp: {tmp_left:?}");
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.contains(&format!("{pid}x")),
+        "the demo's namespaces are left:\n{netns}"
+    );
+}

@@ -163,6 +163,19 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Replaces xtask with `cmd` (for the last step of `run` and `demo`): a Ctrl-C then reaches
+/// only the program that handles it (the demo, or `shield run`, cleans up and exits), and the
+/// shell prompt comes back once it is done, not while it still cleans up and prints.
+fn exec(cmd: &mut Command) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let shown = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Err(cmd.exec()).with_context(|| format!("cannot start {shown}"))
+}
+
 fn output(program: &str, args: &[&str]) -> Option<String> {
     Command::new(program)
         .args(args)
@@ -375,20 +388,22 @@ fn build(release: bool) -> Result<PathBuf> {
 /// The demo: `shield-demo` from the tests crate (not shipped), with `shield` as its daemon.
 fn demo(shield: &Path) -> Result<()> {
     step("running the demo (Ctrl-C stops it and cleans up)");
-    run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "shield-tests",
-            "--bin",
-            "shield-demo",
-            "--",
-            "--policy",
-            "policy/demo.toml",
-            "--shield",
-        ])
-        .arg(shield))
+    exec(
+        cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--package",
+                "shield-tests",
+                "--bin",
+                "shield-demo",
+                "--",
+                "--policy",
+                "policy/demo.toml",
+                "--shield",
+            ])
+            .arg(shield),
+    )
 }
 
 fn main() -> Result<()> {
@@ -413,10 +428,12 @@ fn main() -> Result<()> {
                 step("no interface given: running the demo instead (throwaway namespaces)");
                 return demo(&bin);
             }
-            run(Command::new(&bin)
-                .current_dir(root())
-                .arg("run")
-                .args(&args))
+            exec(
+                Command::new(&bin)
+                    .current_dir(root())
+                    .arg("run")
+                    .args(&args),
+            )
         }
         Task::Demo => {
             bootstrap()?;

@@ -143,6 +143,14 @@ pub fn list(a: BansArgs) -> Result<ExitCode> {
             {
                 own_host = Some(f.fleet.host);
             }
+            // An app-only daemon bans at L7 alone: "no active bans" would hide its 403s.
+            if let Ok(pong) = control::call::<control::Pong>(&socket, &Request::Ping {})
+                && pong.interfaces.is_empty()
+            {
+                eprintln!(
+                    "shield: this daemon runs in app-only mode (no --iface): it holds no ban at the NIC; its application layer's bans (403s) are in the audit log (`app_ban`) and counted by `shield stats` (BANNED)"
+                );
+            }
             list.bans
         }
         Err(e) if !e.daemon_absent() => return Err(e.into()),

@@ -53,7 +53,9 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     match shield_bin(args.shield).and_then(|bin| run(&bin, &args.policy)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Ended::Played) => ExitCode::SUCCESS,
+        // 128 + SIGINT, as a shell reports a program a Ctrl-C ended.
+        Ok(Ended::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("shield-demo: error: {e:#}");
             ExitCode::FAILURE
@@ -76,6 +78,30 @@ fn shield_bin(given: Option<PathBuf>) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// How the demo ended: every phase played, or stopped by Ctrl-C (SIGINT) or SIGTERM.
+enum Ended {
+    Played,
+    Interrupted,
+}
+
+/// What the demo leaves outside its namespaces, removed on every way out (an error
+/// included): its audit log, and the `[app] socket`'s directory when the daemon created it
+/// for this run (the daemon removes the socket itself; a directory that was there before,
+/// or that holds anything else, is left).
+struct Leftovers {
+    audit: PathBuf,
+    created_dir: Option<PathBuf>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.audit);
+        if let Some(dir) = &self.created_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// Port the demo API listens on (policy/demo.toml protects it).
@@ -208,9 +234,10 @@ fn live_line(
     )
 }
 
-fn run(shield: &Path, policy_path: &Path) -> Result<()> {
+fn run(shield: &Path, policy_path: &Path) -> Result<Ended> {
     netlab::require_privileges()?;
-    let p = policy::load(policy_path)?;
+    // Its message already holds its cause: `{e:#}` would print that twice.
+    let p = policy::load(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -233,6 +260,15 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     let audit =
         std::env::temp_dir().join(format!("{}.jsonl", netlab::unique("shield-demo-audit-")));
     let audit_arg = audit.to_string_lossy().into_owned();
+    // Declared before the daemon, so dropped after it (the daemon removes its socket first).
+    let leftovers = Leftovers {
+        audit: audit.clone(),
+        created_dir: app_socket
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|dir| !dir.exists())
+            .map(Path::to_path_buf),
+    };
     let daemon = Daemon::start(
         shield,
         &topo.server,
@@ -264,6 +300,9 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
     let t_legit = Duration::from_millis(900);
     let tally = Mutex::new(Tally::default());
     let phase = Mutex::new("legit traffic");
+    // Phases started so far (1-6): an interrupted demo prints no figure of a phase that
+    // shield did not judge to the end.
+    let reached = std::sync::atomic::AtomicUsize::new(0);
     let started = Instant::now();
     let done = AtomicBool::new(false);
 
@@ -274,6 +313,7 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
                 return Ok(());
             }
             *phase.lock().unwrap_or_else(|e| e.into_inner()) = name;
+            reached.fetch_add(1, Ordering::Relaxed);
             println!("demo: ── {name}");
             let end = Instant::now() + Duration::from_secs(secs);
             let got = client.run_in(f)?;
@@ -387,7 +427,13 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
         });
         let view = s.spawn(|| {
             let mut last = Vec::new();
-            while !done.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+            while !done.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    eprintln!(
+                        "demo: stopping (Ctrl-C): the current phase's clients finish their last attempts (up to 10 s), then everything is removed"
+                    );
+                    break;
+                }
                 std::thread::sleep(Duration::from_secs(1));
                 let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
                 let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
@@ -406,6 +452,25 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
         result
     })?;
 
+    if stop.load(Ordering::Relaxed) {
+        drop(api);
+        drop(daemon);
+        drop(topo);
+        drop(bpffs);
+        drop(leftovers);
+        let when = match reached.load(Ordering::Relaxed) {
+            0 => "before the first phase".to_string(),
+            n => format!(
+                "in phase {n} of {}",
+                if app_socket.is_some() { 6 } else { 5 }
+            ),
+        };
+        eprintln!(
+            "demo: interrupted {when} after {:.0} s: no summary (a Ctrl-C at the terminal stops the daemon at once, so what the clients got since is not shield's doing); namespaces, processes and bpffs removed",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(Ended::Interrupted);
+    }
     let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
     let bans: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
         .unwrap_or_default()
@@ -479,12 +544,14 @@ fn run(shield: &Path, policy_path: &Path) -> Result<()> {
             b["ban_secs"],
         );
     }
-    let _ = std::fs::remove_file(&audit);
     drop(api);
     drop(daemon);
+    drop(topo);
+    drop(bpffs);
+    drop(leftovers);
     eprintln!(
         "demo: done in {:.0} s; namespaces, processes and bpffs removed",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(Ended::Played)
 }

@@ -213,6 +213,22 @@ escalation = {{ strikes = 3, window = "10m", ban = "15m", scope = "host" }}
     assert_eq!(login["name"], "login", "{v}");
     assert!(login["limited"].as_u64().unwrap_or(0) >= 2, "{v}");
     assert_eq!(login["banned"], 1, "{v}");
+    // `shield bans` lists NIC bans: it says where this daemon's bans are instead of a bare
+    // "no active bans" while a client gets 403s.
+    let out = std::process::Command::new(shield_tests::shield_bin())
+        .args(["bans", "--socket"])
+        .arg(dir.join("control.sock"))
+        .output()
+        .expect("shield bans");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && err.contains("app-only mode (no --iface): it holds no ban at the NIC")
+            && err.contains("`app_ban`"),
+        "shield bans against an app-only daemon: {:?}\nstdout: {}\nstderr: {err}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
     // `shield ban` has no interface to ban on: refused in plain words, never a silent
     // success that protects nothing.
     let out = std::process::Command::new(shield_tests::shield_bin())
