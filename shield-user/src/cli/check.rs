@@ -54,7 +54,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("shield: {e}");
+            eprintln!("shield: error: {e}");
             Ok(ExitCode::FAILURE)
         }
     }

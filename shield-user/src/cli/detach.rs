@@ -28,8 +28,9 @@ pub fn run(a: DetachArgs) -> Result<ExitCode> {
             shield_user::synproxy::table_name(&iface)
         ),
         // The table lives in the interface's network namespace: from another one it cannot be
-        // seen, so say where to look rather than stay silent.
-        Ok(false) if matches!(loader::if_index_now(&iface), Ok(None)) => eprintln!(
+        // seen, so say where to look rather than stay silent (unless nothing of shield was
+        // found for that name at all: a typo needs only the error below).
+        Ok(false) if done.found && matches!(loader::if_index_now(&iface), Ok(None)) => eprintln!(
             "shield: note: {iface} is not in this network namespace: its nftables table for `challenge = \"syncookie\"`, if it has one, is in the interface's namespace, out of sight here; run `ip netns exec NS shield detach {iface} …` there to remove it"
         ),
         Ok(false) => {}

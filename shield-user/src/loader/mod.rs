@@ -49,7 +49,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
     #[error(
-        "shield must run as root (it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach XDP programs); try: sudo shield …"
+        "shield must run as root (it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN for XDP programs and their pinned maps); try: sudo shield …"
     )]
     NotRoot,
     #[error("interface `{0}` does not exist (see `ip link`)")]
