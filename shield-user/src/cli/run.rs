@@ -31,7 +31,8 @@ pub struct RunArgs {
     /// Audit log: JSON lines, one per event (limited, ban, would_ban, ban_failed, ban_kept,
     /// ban_end, unban, reload, attack_start, attack_end, lost, fleet_ban, fleet_unban,
     /// fleet_link, fleet_circuit, restore, start, stop, app_limited, app_ban,
-    /// app_ban_skipped; see `shield --help`); `-` for stdout. A regular file of its own.
+    /// app_ban_skipped; see `shield --help`); `-` for stdout. A regular file of its own
+    /// (never the policy or the fleet's key file).
     /// Reopened on SIGUSR1.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<String>,
