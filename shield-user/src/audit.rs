@@ -5,7 +5,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
     path::PathBuf,
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 /// Every `event` the daemon writes, for the help and the docs (tested against both).
@@ -28,8 +28,16 @@ pub const EVENTS: [&str; 16] = [
     "app_ban_skipped",
 ];
 
-/// Where audit lines go.
-pub enum AuditLog {
+/// Where audit lines go, and what is known of the lines that could not be written.
+pub struct AuditLog {
+    sink: Sink,
+    /// Lines lost since the last one written (a full disk, a closed stdout).
+    lost: u64,
+    /// When the daemon's log last said the audit log cannot be written.
+    warned: Option<Instant>,
+}
+
+enum Sink {
     /// No `--audit-log`: lines are dropped.
     Off,
     /// `--audit-log -`.
@@ -37,25 +45,43 @@ pub enum AuditLog {
     File {
         path: PathBuf,
         file: File,
+        /// A line was cut short and could not be taken back: the next one starts on a
+        /// line of its own.
+        torn: bool,
     },
 }
+
+/// While the audit log cannot be written, the daemon's log says so at most this often
+/// (a full disk under a flood would otherwise add a log line per lost audit line).
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl AuditLog {
     /// `None` → off, `-` → stdout, else a file opened for appending (created 0600).
     pub fn open(target: Option<&str>) -> io::Result<AuditLog> {
-        match target {
-            None => Ok(AuditLog::Off),
-            Some("-") => Ok(AuditLog::Stdout),
+        let sink = match target {
+            None => Sink::Off,
+            Some("-") => Sink::Stdout,
             Some(path) => {
                 let path = PathBuf::from(path);
                 let file = open_append(&path)?;
-                Ok(AuditLog::File { path, file })
+                Sink::File {
+                    path,
+                    file,
+                    torn: false,
+                }
             }
-        }
+        };
+        Ok(AuditLog {
+            sink,
+            lost: 0,
+            warned: None,
+        })
     }
 
-    /// Writes one line and flushes it. Errors are reported once per call, never fatal:
-    /// a full disk must not stop the shield.
+    /// Writes one line and flushes it. Errors are never fatal (a full disk must not stop
+    /// the shield) and never leave part of a line in the file; the daemon's log says
+    /// the first one, then at most once a minute, and how many lines were lost once
+    /// lines go through again.
     pub fn write(&mut self, mut line: serde_json::Value) {
         if let Some(obj) = line.as_object_mut()
             && !obj.contains_key("ts")
@@ -63,28 +89,80 @@ impl AuditLog {
             obj.insert("ts".into(), rfc3339(SystemTime::now()).into());
         }
         let text = format!("{line}\n");
-        let result = match self {
-            AuditLog::Off => Ok(()),
-            AuditLog::Stdout => {
+        let result = match &mut self.sink {
+            Sink::Off => Ok(()),
+            Sink::Stdout => {
                 let mut out = io::stdout().lock();
                 out.write_all(text.as_bytes()).and_then(|()| out.flush())
             }
-            AuditLog::File { file, .. } => {
-                file.write_all(text.as_bytes()).and_then(|()| file.flush())
-            }
+            Sink::File { file, torn, .. } => append_line(file, torn, text.as_bytes()),
         };
-        if let Err(e) = result {
-            tracing::warn!("cannot write the audit log: {e}");
+        match result {
+            Ok(()) if self.lost > 0 => {
+                tracing::warn!(
+                    "the audit log is written again; {} audit lines could not be written",
+                    self.lost
+                );
+                self.lost = 0;
+                self.warned = None;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.lost += 1;
+                if self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    self.warned = Some(Instant::now());
+                    tracing::warn!(
+                        "cannot write the audit log: {e}; {} audit lines could not be written so far (said again at most once a minute)",
+                        self.lost
+                    );
+                }
+            }
         }
     }
 
     /// Reopens the file at its path (after logrotate moved it).
     pub fn reopen(&mut self) -> io::Result<()> {
-        if let AuditLog::File { path, file } = self {
+        if let Sink::File { path, file, torn } = &mut self.sink {
             *file = open_append(path)?;
+            *torn = false;
         }
         Ok(())
     }
+}
+
+/// Appends `line` whole or not at all: a write cut short (a full disk takes what fits,
+/// then fails) is taken back by truncating what it added, else the next line starts with a
+/// newline of its own (never glued to the fragment).
+fn append_line(file: &mut File, torn: &mut bool, line: &[u8]) -> io::Result<()> {
+    if *torn {
+        file.write_all(b"\n")?;
+        *torn = false;
+    }
+    let mut done = 0;
+    while done < line.len() {
+        match file.write(&line[done..]) {
+            Ok(0) => return Err(cut(file, torn, done, io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(cut(file, torn, done, e)),
+        }
+    }
+    Ok(())
+}
+
+/// After `written` bytes of a line went in and the rest failed with `e`: takes them back
+/// (appended, so they are the file's last bytes), or marks the file torn. Returns `e`.
+fn cut(file: &mut File, torn: &mut bool, written: usize, e: io::Error) -> io::Error {
+    if written > 0 {
+        let back = file.metadata().map(|m| m.len()).and_then(|len| {
+            match len.checked_sub(written as u64) {
+                Some(to) => file.set_len(to),
+                None => Err(io::ErrorKind::InvalidData.into()),
+            }
+        });
+        *torn = back.is_err();
+    }
+    e
 }
 
 /// Opens (or creates, 0600) a regular file for appending. Never blocks on a FIFO (opened

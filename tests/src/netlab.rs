@@ -382,6 +382,31 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Daemon> {
+        Daemon::spawn(bin, ns, None, policy, bpffs, extra, env)
+    }
+
+    /// As `start`, with `cwd` as the daemon's working directory (a relative `policy` is
+    /// then the operator's `shield run --policy policy.toml` from that directory).
+    pub fn start_in(
+        bin: &Path,
+        ns: &Netns,
+        cwd: &Path,
+        policy: &Path,
+        bpffs: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
+        Daemon::spawn(bin, ns, Some(cwd), policy, bpffs, extra, &[])
+    }
+
+    fn spawn(
+        bin: &Path,
+        ns: &Netns,
+        cwd: Option<&Path>,
+        policy: &Path,
+        bpffs: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let name = unique("shield-daemon-");
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let socket = std::env::temp_dir().join(format!("{name}.sock"));
@@ -389,8 +414,11 @@ impl Daemon {
         // Never the default /var/lib/shield: a state dir of its own unless given one.
         let own_state = (!extra.contains(&"--state-dir"))
             .then(|| std::env::temp_dir().join(format!("{name}.state")));
-        let child = ns
-            .command(bin)
+        let mut cmd = ns.command(bin);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let child = cmd
             .arg("run")
             .args(["--iface", SERVER_IF, "--bpffs"])
             .arg(bpffs)

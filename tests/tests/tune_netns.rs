@@ -188,3 +188,89 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// A directory under the temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> TempDir {
+        let d = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn tune_never_writes_over_a_policy_the_daemon_was_given_by_a_relative_path() {
+    // The operator starts `shield run --policy policy.toml` in the policy's directory, and
+    // later runs `shield tune --write /that/dir/policy.toml` from a directory that holds a
+    // policy.toml of its own (an old copy). The running policy must be recognised (refused
+    // at once, untouched) and tune must read the policy in force, not the copy.
+    shield_tests::require_root();
+    let (etc, home) = (TempDir::new("at3-etc-"), TempDir::new("at3-home-"));
+    let running = etc.0.join("policy.toml");
+    std::fs::write(&running, POLICY).expect("policy");
+    std::fs::write(
+        home.0.join("policy.toml"),
+        "[[rule]]\nname = \"old-copy\"\nprotocol = \"tcp\"\nports = [9090]\nconnections = { rate = \"5/s\", burst = 5 }\n",
+    )
+    .expect("old copy");
+    let topo = shield_tests::netlab::Topology::new().expect("namespaces");
+    let bpffs = shield_tests::netlab::TempBpffs::new().expect("bpffs");
+    let daemon = shield_tests::netlab::Daemon::start_in(
+        &shield_bin(),
+        &topo.server,
+        &etc.0,
+        std::path::Path::new("policy.toml"),
+        &bpffs.path,
+        &[],
+    )
+    .expect("shield run --policy policy.toml");
+    let tune = |args: &[&str]| {
+        let mut cmd = topo.server.command(&shield_bin());
+        cmd.current_dir(&home.0)
+            .args([
+                "tune",
+                "--iface",
+                shield_tests::netlab::SERVER_IF,
+                "--for",
+                "1s",
+            ])
+            .args(args)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("--bpffs")
+            .arg(&bpffs.path);
+        cmd.output().expect("shield tune")
+    };
+    let before = std::fs::read(&running).expect("policy");
+    let out = tune(&["--write", running.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let after = std::fs::read(&running).expect("policy");
+    assert_eq!(
+        String::from_utf8_lossy(&after),
+        String::from_utf8_lossy(&before),
+        "shield tune --write replaced the running policy (exit {:?}, stderr: {err})",
+        out.status.code()
+    );
+    assert!(
+        !out.status.success() && err.contains("the running policy file"),
+        "--write over the running policy was not refused: {err}"
+    );
+    // And what tune observes against is the policy in force.
+    let out = tune(&["--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "shield tune: {err}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("tune --json is JSON");
+    assert_eq!(
+        report["rules"][0]["name"], "api",
+        "tune read another file than the running policy: {report}"
+    );
+    drop(daemon);
+}

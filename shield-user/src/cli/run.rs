@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
 use shield_user::{
     control, daemon,
@@ -17,7 +17,9 @@ pub struct RunArgs {
     /// beyond access to the sockets' paths; bans enforced at L7 as 403s).
     #[arg(long = "iface", short = 'i', value_name = "IFACE", value_parser = loader::iface_arg)]
     pub ifaces: Vec<String>,
-    /// Policy file (see `shield check`).
+    /// Policy file (see `shield check`). A relative path is taken from the working
+    /// directory once, at start: the daemon reports it absolute (`shield tune` and `shield
+    /// check --diff`, run from anywhere, name the same file).
     #[arg(long, short = 'p', value_name = "FILE")]
     pub policy: PathBuf,
     /// auto: native (driver) XDP, else generic with a warning; native or generic: only that.
@@ -29,7 +31,8 @@ pub struct RunArgs {
     /// Audit log: JSON lines, one per event (limited, ban, would_ban, ban_failed, ban_kept,
     /// ban_end, unban, reload, attack_start, attack_end, lost, fleet_ban, fleet_unban,
     /// fleet_link, fleet_circuit, restore, start, stop, app_limited, app_ban,
-    /// app_ban_skipped; see `shield --help`); `-` for stdout. A regular file of its own.
+    /// app_ban_skipped; see `shield --help`); `-` for stdout. A regular file of its own
+    /// (never the policy or the fleet's key file).
     /// Reopened on SIGUSR1.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<String>,
@@ -71,7 +74,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     logging::init(&a.log_level, a.log_format).map_err(anyhow::Error::msg)?;
     daemon::run(&daemon::RunOptions {
         ifaces: a.ifaces,
-        policy: a.policy,
+        // The path the daemon reports (the control socket's `policy`): `shield tune` reads
+        // the running policy there and refuses to `--write` over it, from its own directory.
+        policy: std::path::absolute(&a.policy)
+            .with_context(|| format!("--policy {}", a.policy.display()))?,
         xdp_mode: a.xdp_mode,
         bpffs: a.bpffs,
         audit_log: a.audit_log,

@@ -251,6 +251,15 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             "--audit-log {} is the policy file or the control socket; give the audit log a file of its own",
             log.display()
         );
+        // The whole key file is the key: a line appended would change it at the next start,
+        // and the fleet would refuse this host's bans (and it the fleet's).
+        if let Some(k) = policy.fleet.as_ref().and_then(|f| f.key_file.as_ref()) {
+            anyhow::ensure!(
+                !crate::audit::same_file(log, k),
+                "--audit-log {} is the fleet key file ([fleet] key_file); give the audit log a file of its own",
+                log.display()
+            );
+        }
     }
     if let Some(k) = policy.fleet.as_ref().and_then(|f| f.key_file.as_ref()) {
         crate::fleet::read_key(k).map_err(anyhow::Error::msg)?;

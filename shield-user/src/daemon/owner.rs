@@ -64,13 +64,32 @@ pub(super) enum Msg {
     Request(Request, Answer),
     /// Events drained from interface `.0`'s ring buffer.
     Events(usize, Vec<Event>),
-    /// The policy file was written (debounced by the owner).
-    FileChanged,
+    /// The policy file changed (debounced by the owner).
+    FileChanged(FileChange),
     /// From the fleet task.
     Fleet(super::fleet::Inbound),
     /// A ban or an audit line from the app task.
     App(crate::app::Effect),
 }
+
+/// What the policy file's watch saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FileChange {
+    /// Bytes written into it: a writer may still be at it (it closes the file when done).
+    Writing,
+    /// A writer closed it.
+    Closed,
+    /// Created, renamed into place, removed, its mode or owner changed.
+    Other,
+}
+
+/// A reload waits this long after the last change of the policy file that ends a write
+/// (editors write in several steps).
+const SETTLE: Duration = Duration::from_millis(300);
+/// And at most this long after the last write into it while a writer still has it open: a
+/// file read before its writer closes it may be a prefix that parses (fewer rules), and
+/// installing that drops the missing rules' state and bans.
+const WRITE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What a reload job gives back: the maps it borrowed, and the policy it installed.
 struct JobOut {
@@ -268,6 +287,8 @@ pub(super) async fn serve(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut job: Option<JoinHandle<JobOut>> = None;
     let mut change_at: Option<tokio::time::Instant> = None;
+    // Written into and not closed since: only its close (or WRITE_PATIENCE) ends the wait.
+    let mut writing = false;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -282,9 +303,22 @@ pub(super) async fn serve(
                 Some(Msg::Request(req, answer)) => owner.request(req, answer, &mut job),
                 Some(Msg::Events(idx, evs)) => owner.events(idx, &evs),
                 Some(Msg::App(e)) => owner.app_effect(e, job.is_some()),
-                // Debounced: editors write in several steps.
-                Some(Msg::FileChanged) => {
-                    change_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+                // Debounced: editors write in several steps; a write in place is read
+                // once its writer closed the file.
+                Some(Msg::FileChanged(change)) => {
+                    let now = tokio::time::Instant::now();
+                    match change {
+                        FileChange::Writing => {
+                            writing = true;
+                            change_at = Some(now + WRITE_PATIENCE);
+                        }
+                        FileChange::Closed => {
+                            writing = false;
+                            change_at = Some(now + SETTLE);
+                        }
+                        FileChange::Other if !writing => change_at = Some(now + SETTLE),
+                        FileChange::Other => {}
+                    }
                 }
                 Some(Msg::Fleet(m)) => owner.fleet_inbound(m),
                 None => break,
@@ -296,6 +330,7 @@ pub(super) async fn serve(
                 }
             }, if change_at.is_some() => {
                 change_at = None;
+                writing = false;
                 owner.reload("file change", None, &mut job);
             }
             out = async {
@@ -344,7 +379,7 @@ pub(super) async fn serve(
                 Some(Msg::Request(_, answer)) => {
                     let _ = answer.send(Err("the daemon is shutting down".into()));
                 }
-                Some(Msg::FileChanged | Msg::Fleet(_)) => {}
+                Some(Msg::FileChanged(_) | Msg::Fleet(_)) => {}
                 Some(Msg::App(e)) => owner.app_effect(e, pending.is_some()),
                 None => {}
             },
@@ -359,7 +394,7 @@ pub(super) async fn serve(
             Msg::Request(_, answer) => {
                 let _ = answer.send(Err("the daemon is shutting down".into()));
             }
-            Msg::FileChanged | Msg::Fleet(_) => {}
+            Msg::FileChanged(_) | Msg::Fleet(_) => {}
             Msg::App(e) => owner.app_effect(e, false),
         }
     }
@@ -540,8 +575,9 @@ impl Owner {
     }
 }
 
-/// Watches the policy file's directory; sends `FileChanged` when the file is written,
-/// created or renamed into place. `None` (with a warning) if inotify is unavailable.
+/// Watches the policy file's directory; sends `FileChanged` when the file is written into,
+/// closed after a write, created, renamed into place, removed or its metadata change.
+/// `None` (with a warning) if inotify is unavailable.
 fn watch_file(path: &std::path::Path, tx: mpsc::Sender<Msg>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let file = path.file_name()?.to_owned();
@@ -550,15 +586,22 @@ fn watch_file(path: &std::path::Path, tx: mpsc::Sender<Msg>) -> Option<notify::R
         _ => PathBuf::from("."),
     };
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && !ev.kind.is_access()
-            && ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(file.as_os_str()))
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        let Ok(ev) = res else { return };
+        let change = match ev.kind {
+            EventKind::Modify(ModifyKind::Data(_)) => FileChange::Writing,
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => FileChange::Closed,
+            EventKind::Access(_) => return,
+            _ => FileChange::Other,
+        };
+        if ev
+            .paths
+            .iter()
+            .any(|p| p.file_name() == Some(file.as_os_str()))
         {
-            // Full queue: a change is already pending, which is all this says.
-            let _ = tx.try_send(Msg::FileChanged);
+            // Full queue: a change is already pending (the reload still comes, at the
+            // latest WRITE_PATIENCE after the last write).
+            let _ = tx.try_send(Msg::FileChanged(change));
         }
     })
     .map_err(|e| warn!("cannot watch the policy file: {e} (SIGHUP and `shield reload` still work)"))

@@ -417,3 +417,57 @@ fn run_never_replaces_or_hides_what_is_not_its_own() {
     assert!(nonempty.join("important.conf").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_audit_log_given_the_fleet_key_file_is_refused_and_the_key_kept() {
+    // A slip of the operator: `--audit-log` names the fleet's key file. Appended to, the
+    // key changes silently at the next start (the whole file is the key): this host's
+    // bans are then refused by the fleet and the fleet's by it.
+    let mut lab = NsLab::new(POLICY, &[API]);
+    lab.daemon().stop().expect("stop");
+    lab_stop_and_clear(&lab);
+    let dir = RemoveOnDrop(std::env::temp_dir().join(unique("at3-fleet-")));
+    std::fs::create_dir_all(&dir.0).expect("mkdir");
+    let key = dir.0.join("fleet.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("key");
+    let policy = dir.0.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "{POLICY}\n[fleet]\nredis = \"redis://127.0.0.1:46391/0\"\nhost = \"at3\"\nkey_file = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .expect("policy");
+    let sock = dir.0.join("control.sock");
+    let state = dir.0.join("state");
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let (bpffs, key_s) = (s(&lab.bpffs.path), s(&key));
+    let (code, out, _) = second_run(
+        &lab,
+        &[
+            "--iface",
+            SERVER_IF,
+            "--policy",
+            &s(&policy),
+            "--bpffs",
+            &bpffs,
+            "--socket",
+            &s(&sock),
+            "--state-dir",
+            &s(&state),
+            "--metrics",
+            "off",
+            "--audit-log",
+            &key_s,
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key).expect("key"),
+        "0123456789abcdef0123456789abcdef\n",
+        "the fleet key file was written to (exit {code:?}): {out}"
+    );
+    assert_eq!(code, Some(1), "the start must fail: {out}");
+    assert!(out.contains("fleet key file"), "{out}");
+    assert!(!xdp_on_server(&lab), "a refused start attaches nothing");
+}
