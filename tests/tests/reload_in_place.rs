@@ -7,8 +7,11 @@
 use std::{io::Write as _, time::Duration};
 
 use serde_json::Value;
-use shield_tests::{nslab::NsLab, require_root};
+use shield_tests::{fleetlab::wait_until, nslab::NsLab, require_root};
 use shield_user::control::{self, Request, RunningPolicy};
+
+/// How long a reload may take on a loaded machine (it is waited for, not timed).
+const LIMIT: Duration = Duration::from_secs(60);
 
 const HEAD: &str = r#"
 [[rule]]
@@ -64,7 +67,10 @@ fn a_policy_written_in_place_with_a_pause_is_installed_only_once_whole() {
     std::thread::sleep(Duration::from_millis(1500));
     f.write_all(TAIL.as_bytes()).expect("second part");
     drop(f);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The reload of the whole file: waited for (its speed is not what is tested).
+    wait_until("the reload of the whole file", LIMIT, || {
+        generation(&lab) > before
+    });
     let reloads: Vec<Value> = lab
         .audit_lines()
         .into_iter()
@@ -89,10 +95,14 @@ fn a_policy_written_in_place_with_a_pause_is_installed_only_once_whole() {
     let tmp = lab.policy.with_extension("new");
     std::fs::write(&tmp, format!("{full}{third}")).expect("new file");
     std::fs::rename(&tmp, &lab.policy).expect("rename over the policy");
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_until("the reload of a renamed-in policy", LIMIT, || {
+        generation(&lab) > before + 1
+    });
     assert_eq!(generation(&lab), before + 2, "a renamed-in policy reloads");
     std::fs::write(&lab.policy, &full).expect("write in place");
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_until("the reload of a policy written in place", LIMIT, || {
+        generation(&lab) > before + 2
+    });
     assert_eq!(
         generation(&lab),
         before + 3,
