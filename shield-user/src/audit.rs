@@ -9,7 +9,7 @@ use std::{
 };
 
 /// Every `event` the daemon writes, for the help and the docs (tested against both).
-pub const EVENTS: [&str; 16] = [
+pub const EVENTS: [&str; 21] = [
     "limited",
     "ban",
     "would_ban",
@@ -26,6 +26,11 @@ pub const EVENTS: [&str; 16] = [
     "app_limited",
     "app_ban",
     "app_ban_skipped",
+    "restore",
+    "fleet_link",
+    "fleet_ban",
+    "fleet_unban",
+    "fleet_circuit",
 ];
 
 /// Where audit lines go, and what is known of the lines that could not be written.

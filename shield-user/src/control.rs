@@ -23,13 +23,14 @@ use crate::bans::BanEntry;
 
 pub const DEFAULT_SOCKET: &str = "/run/shield/shield.sock";
 /// Every command the socket serves (the `cmd` of a request), for the help and its test.
-pub const COMMANDS: [&str; 7] = [
+pub const COMMANDS: [&str; 8] = [
     "ban",
     "unban",
     "bans",
     "ping",
     "reload",
     "policy",
+    "fleet",
     "app_stats",
 ];
 pub const MAX_LINE: usize = 64 * 1024;
