@@ -359,6 +359,12 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
             ));
         }
     }
+    if policy.rules.is_empty() && policy.deny.is_empty() && policy.app.is_none() {
+        out.push(
+            "the policy has no rule, no deny list and no [app]: nothing is limited; only bans (`shield ban`, the fleet's) are enforced"
+                .to_string(),
+        );
+    }
     for r in &policy.rules {
         if r.connections.is_none() && r.packets.is_none() && r.unverified.is_none() {
             out.push(format!(

@@ -245,3 +245,19 @@ fn an_allow_list_of_everything_is_warned_about() {
     ));
     assert!(warnings(&narrow).is_empty(), "{:?}", warnings(&narrow));
 }
+
+#[test]
+fn a_policy_that_limits_nothing_is_warned_about() {
+    let want = "the policy has no rule, no deny list and no [app]: nothing is limited; only bans (`shield ban`, the fleet's) are enforced";
+    for text in ["", "# nothing yet\n", "[lists]\nallow = ['10.0.0.0/8']\n"] {
+        let w = warnings(&ok(text));
+        assert!(w.iter().any(|g| g == want), "{text:?}: {w:#?}");
+    }
+    for text in [
+        format!("{TCP}ports = [80]\nconnections = {{ rate = '5/s' }}\n"),
+        "[lists]\ndeny = ['10.0.0.0/8']\n".to_string(),
+    ] {
+        let w = warnings(&ok(&text));
+        assert!(!w.iter().any(|g| g == want), "{text:?}: {w:#?}");
+    }
+}
