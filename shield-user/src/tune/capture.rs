@@ -20,7 +20,10 @@ impl Tap {
         // SAFETY: a NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
         if index == 0 {
-            return Err(io::Error::last_os_error());
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface {iface} in this network namespace (see `ip link`)"),
+            ));
         }
         // SAFETY: plain socket(2).
         let raw = unsafe {
