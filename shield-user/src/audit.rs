@@ -171,7 +171,9 @@ fn cut(file: &mut File, torn: &mut bool, written: usize, e: io::Error) -> io::Er
 }
 
 /// Opens (or creates, 0600) a regular file for appending. Never blocks on a FIFO (opened
-/// non-blocking, then refused) and never writes into a device or a socket.
+/// non-blocking, then refused), never writes into a device or a socket, and never follows
+/// a symbolic link at the path itself (`O_NOFOLLOW`): a link planted there, at start or
+/// before a reopen, would otherwise have the daemon append as root to the file it names.
 fn open_append(path: &PathBuf) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let err = |e: io::Error| io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()));
@@ -181,16 +183,31 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
             "not a regular file (the audit log must be a file, or `-` for stdout)",
         ))
     };
-    if std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
-        return Err(not_regular());
+    let symlink = || {
+        err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a symbolic link, which the audit log never follows (give the path of the file itself)",
+        ))
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => return Err(symlink()),
+        Ok(m) if !m.file_type().is_file() => return Err(not_regular()),
+        _ => {}
     }
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
         .open(path)
-        .map_err(err)?;
+        .map_err(|e| {
+            // A link put there since the check above.
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                symlink()
+            } else {
+                err(e)
+            }
+        })?;
     if !file.metadata().map_err(err)?.file_type().is_file() {
         return Err(not_regular());
     }
@@ -227,5 +244,40 @@ mod events_tests {
                 "README's audit log table lacks `{e}`"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::AuditLog;
+
+    /// A link at the audit log's path (at start, or planted before a logrotate reopen) is
+    /// refused, and the file it names gets nothing.
+    #[test]
+    fn a_symbolic_link_at_the_audit_path_is_refused_and_its_target_untouched() {
+        let dir = std::env::temp_dir().join(format!("shield-audit-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let link = dir.join("audit.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = AuditLog::open(Some(link.to_str().unwrap()))
+            .err()
+            .expect("a link is refused");
+        assert!(e.to_string().contains("a symbolic link"), "{e}");
+
+        std::fs::remove_file(&link).unwrap();
+        let mut log = AuditLog::open(Some(link.to_str().unwrap())).expect("a plain file");
+        log.write(serde_json::json!({"event": "start"}));
+        // logrotate-like: the file moved away, a link planted in its place.
+        std::fs::rename(&link, dir.join("audit.jsonl.1")).unwrap();
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = log.reopen().err().expect("a link is refused at reopen");
+        assert!(e.to_string().contains("a symbolic link"), "{e}");
+        log.write(serde_json::json!({"event": "stop"}));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let rotated = std::fs::read_to_string(dir.join("audit.jsonl.1")).unwrap();
+        assert_eq!(rotated.lines().count(), 2, "{rotated}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -343,6 +343,9 @@ fn run_never_replaces_or_hides_what_is_not_its_own() {
     std::fs::create_dir_all(&nonempty).expect("dir");
     std::fs::write(nonempty.join("important.conf"), "x").expect("file");
     let sock = dir.join("ok.sock");
+    // A link at the audit log's path, to a file the daemon must never append to.
+    let link = dir.join("audit-link.jsonl");
+    std::os::unix::fs::symlink(&precious, &link).expect("symlink");
     let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--socket".into(), s(&precious)], "is not a socket"),
@@ -363,6 +366,10 @@ fn run_never_replaces_or_hides_what_is_not_its_own() {
         (
             vec!["--socket".into(), s(&sock), "--audit-log".into(), s(&fifo)],
             "not a regular file",
+        ),
+        (
+            vec!["--socket".into(), s(&sock), "--audit-log".into(), s(&link)],
+            "a symbolic link",
         ),
     ];
     for (args, needle) in cases {
