@@ -272,7 +272,7 @@ mod open_tests {
         // logrotate-like: the file moved away, a link planted in its place.
         std::fs::rename(&link, dir.join("audit.jsonl.1")).unwrap();
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        let e = log.reopen().err().expect("a link is refused at reopen");
+        let e = log.reopen().expect_err("a link is refused at reopen");
         assert!(e.to_string().contains("a symbolic link"), "{e}");
         log.write(serde_json::json!({"event": "stop"}));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
