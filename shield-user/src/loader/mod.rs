@@ -38,7 +38,9 @@ mod vfilter;
 pub use attach::*;
 pub use ban_count::{ban_counts_adopt, bump_ban_epoch};
 pub use detach::{Detached, detach_pinned};
-pub use sfilter::{SFILTER_SETTLE, SfilterRebuild, SfilterStep, sfilter_adopt, sfilter_bits};
+pub use sfilter::{
+    SFILTER_SETTLE, SfilterRebuild, SfilterStep, forget_rules, sfilter_adopt, sfilter_bits,
+};
 pub use tables::*;
 pub use vfilter::{vfilter_add, vfilter_adopt, vfilter_rebuild};
 

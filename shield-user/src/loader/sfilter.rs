@@ -49,6 +49,32 @@ fn table_keys(dir: &Path) -> Result<Vec<SourceKey>, LoaderError> {
     list_keys(dir, MAP_SOURCES, size_of::<SourceState>())
 }
 
+/// Removes from the source table every key of the rules `ids`: their limiter state
+/// (buckets, strikes, escalation level). For rule ids that no policy in force uses, about
+/// to be given to new rules (`PolicyMaps::install`): no packet is judged by them meanwhile,
+/// so none can put state back. Their filter bits stay until a rebuild clears them. Returns
+/// how many keys it removed.
+pub fn forget_rules(dir: &Path, ids: &[u16]) -> Result<u64, LoaderError> {
+    let mut table: aya::maps::HashMap<aya::maps::MapData, SourceKey, SourceState> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
+            aya::maps::MapData::from_pin(dir.join(MAP_SOURCES))
+                .map_err(super::map_err(MAP_SOURCES))?,
+        ))
+        .map_err(super::map_err(MAP_SOURCES))?;
+    let mut removed = 0;
+    for key in table_keys(dir)?.iter().filter(|k| ids.contains(&k.rule)) {
+        match table.remove(key) {
+            Ok(()) => removed += 1,
+            // Evicted since the listing: gone as well.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(super::map_err(MAP_SOURCES)(e)),
+        }
+    }
+    Ok(removed)
+}
+
 /// Sets the bits of every key in the source table into `halves` (atomic ORs). Returns how
 /// many keys it listed.
 fn add_keys(dir: &Path, w: &Words, halves: &[usize]) -> Result<u64, LoaderError> {
