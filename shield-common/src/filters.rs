@@ -24,13 +24,17 @@ fn bit(h: u32, words: u32) -> (u32, u64) {
 
 /// Words of the verified set's filter (`MAP_VFILTER`): 2^20 bits, 128 KiB.
 pub const VFILTER_WORDS: u32 = 16_384;
+/// `MAP_VFILTER`'s map flags: `BPF_F_MMAPABLE`, so that the daemon sets and clears its bits
+/// with atomic operations on shared memory, as the data path does (as `SFILTER_MAP_FLAGS`).
+pub const VFILTER_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
 
 /// Where a verified-set key has its bit in the filter in front of the set: (word, mask).
 /// A source is looked up in the set only when its bit is set, so a spoofed flood of new
 /// addresses costs one array read per SYN instead of a hash lookup. Bits are set wherever
 /// a key enters the set (and again when a proof of a key already in it is seen); a bit
 /// left by a key that expired or was evicted only costs that lookup. The daemon rebuilds
-/// the filter from the set now and then (`vfilter_rebuild`).
+/// the filter from the set now and then (`loader::vfilter_rebuild`), clearing stale bits
+/// with atomic operations and never the bit of a key in the set.
 #[inline(always)]
 pub fn vfilter_bit(key: &SourceKey) -> (u32, u64) {
     let w = words(key);

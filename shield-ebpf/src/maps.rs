@@ -74,9 +74,11 @@ pub(crate) static SHIELD_SKETCH: Array<u64> =
 pub(crate) static SHIELD_VERIFIED: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(MAX_VERIFIED, 0);
 
-/// The verified set's filter: a bit per key hash (`shield_common::vfilter_bit`).
+/// The verified set's filter: a bit per key hash (`shield_common::vfilter_bit`). Mmapable:
+/// the daemon sets and clears bits with atomic operations on shared memory.
 #[map]
-pub(crate) static SHIELD_VFILTER: Array<u64> = Array::with_max_entries(VFILTER_WORDS, 0);
+pub(crate) static SHIELD_VFILTER: Array<u64> =
+    Array::with_max_entries(VFILTER_WORDS, shield_common::VFILTER_MAP_FLAGS);
 
 /// The source table's filter, two halves (`shield_common::sfilter_bit`). Mmapable: the
 /// daemon sets and clears bits with atomic operations on shared memory.

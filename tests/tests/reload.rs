@@ -223,3 +223,54 @@ fn a_vlan_interface_name_pins_locks_and_detaches() {
     assert!(done.found && done.left.is_empty(), "{done:?}");
     assert!(!dir.exists());
 }
+
+/// A rule removed by one reload and a new rule added by a later one: the new rule may take
+/// the removed rule's id (only the policy in force reserves its ids), but not its state. A
+/// source `login` held far over its limit must get the new rule's own limit at once, not
+/// the removed rule's debt (here an hour of it).
+#[test]
+fn a_new_rule_on_a_removed_rules_id_starts_without_its_state() {
+    const LOGIN: &str = r#"
+[[rule]]
+name = "login"
+protocol = "tcp"
+ports = [7000]
+connections = { rate = "1/h", burst = 1 }
+"#;
+    const OTHER: &str = r#"
+[[rule]]
+name = "other"
+protocol = "tcp"
+ports = [7001]
+connections = { rate = "10/s", burst = 10 }
+"#;
+    let with_api = format!(
+        "{OTHER}\n[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [7002]\nconnections = {{ rate = \"10/s\", burst = 10 }}\n"
+    );
+    let mut h = Harness::frozen(LOGIN, 5_000 * 1_000_000_000);
+    let login = Pkt::new("192.0.2.7", L4::syn(7000)).bytes();
+    assert_eq!(h.run(&login), XDP_PASS);
+    assert_eq!(h.run(&login), XDP_DROP, "login's one connection an hour");
+    h.reload(OTHER, 2);
+    h.reload(&with_api, 3);
+    let ids: std::collections::HashMap<String, u32> = h
+        .tables
+        .current_rules()
+        .expect("rules")
+        .into_iter()
+        .map(|(id, r)| (shield_user::loader::rule_name(&r), id))
+        .collect();
+    assert_eq!(
+        ids["api"], 1,
+        "api takes the id login had (the lowest free one)"
+    );
+    let api = Pkt::new("192.0.2.7", L4::syn(7002)).bytes();
+    for i in 0..10 {
+        assert_eq!(
+            h.run(&api),
+            XDP_PASS,
+            "api's connection {i} of its burst of 10"
+        );
+    }
+    assert_eq!(h.run(&api), XDP_DROP, "the eleventh");
+}

@@ -64,8 +64,8 @@ pub(super) fn adopt(program: &mut Xdp, link_pin: &Path) -> Option<FdLink> {
 /// Attaches the program to `iface` through a bpf link pinned at `<pin_dir>/link`, so the
 /// protection outlives the daemon (crash, `kill -9`, upgrade). If an earlier run left its
 /// link pinned, this program takes it over instead. In `Auto`, native first, then generic.
-/// The ban counts and the source table's filter bits are set again once attached
-/// (`ban_counts_adopt`, `sfilter_adopt`): call it when no `BanMaps` of `pin_dir` changes
+/// The ban counts and the filters' bits are set again once attached
+/// (`ban_counts_adopt`, `sfilter_adopt`, `vfilter_adopt`): call it when no `BanMaps` of `pin_dir` changes
 /// bans.
 pub fn attach(
     ebpf: &mut Ebpf,
@@ -141,19 +141,22 @@ pub fn attach(
     // An earlier program left attached (an older version's, without the count map) bans
     // uncounted between the load's count and this attach: count again now that this
     // program runs in its place. (Nothing else writes user space's counts during a start.)
-    // So with the source table's filter bits (an older program inserts without them).
+    // So with the filters' bits (an older program inserts without them, or into a filter
+    // this load replaced).
     settle_then_adopt(pin_dir)?;
     Ok((FdLink::from(pinned), attached))
 }
 
 /// Once this program runs in place of an earlier one: waits until a run of the earlier
 /// program that started before the switch has finished (`SFILTER_SETTLE`, far longer than
-/// any run), then counts the bans and sets the source table's filter bits again, so that
-/// nothing the earlier program inserted is left uncounted or without its bit.
+/// any run), then counts the bans and sets the bits of the source table's and the verified
+/// set's filters again, so that nothing the earlier program inserted is left uncounted or
+/// without its bit.
 fn settle_then_adopt(pin_dir: &Path) -> Result<(), LoaderError> {
     std::thread::sleep(SFILTER_SETTLE);
     ban_counts_adopt(pin_dir)?;
     sfilter_adopt(pin_dir)?;
+    vfilter_adopt(pin_dir)?;
     Ok(())
 }
 

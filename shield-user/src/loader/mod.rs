@@ -30,6 +30,7 @@ use crate::policy::CompiledPolicy;
 mod attach;
 mod ban_count;
 mod detach;
+mod mapped;
 mod sfilter;
 mod tables;
 mod vfilter;
@@ -37,7 +38,9 @@ mod vfilter;
 pub use attach::*;
 pub use ban_count::{ban_counts_adopt, bump_ban_epoch};
 pub use detach::{Detached, detach_pinned};
-pub use sfilter::{SFILTER_SETTLE, SfilterRebuild, SfilterStep, sfilter_adopt, sfilter_bits};
+pub use sfilter::{
+    SFILTER_SETTLE, SfilterRebuild, SfilterStep, forget_rules, sfilter_adopt, sfilter_bits,
+};
 pub use tables::*;
 pub use vfilter::{vfilter_add, vfilter_adopt, vfilter_rebuild};
 
@@ -382,6 +385,12 @@ pub fn load_with_tables(
             shield_common::sketch::SKETCH_CELLS,
             Some(shield_common::SKETCH_MAP_FLAGS),
         ),
+        // Its contents are rebuilt from the verified set (`vfilter_adopt`).
+        (
+            shield_common::MAP_VFILTER,
+            shield_common::VFILTER_WORDS,
+            Some(shield_common::VFILTER_MAP_FLAGS),
+        ),
         // Its contents are rebuilt from the source table (`sfilter_adopt`).
         (
             shield_common::MAP_SFILTER,
@@ -447,7 +456,7 @@ pub fn load_with_tables(
         .map_err(map_err(shield_common::MAP_TAILS))?;
     // An adopted verified set: its keys' bits set before the program runs, so that no
     // source in it is taken for unverified (a set left by a version without the filter,
-    // bits lost to a rebuild racing the data path, a daemon stopped mid-rebuild).
+    // a filter this load replaced).
     vfilter_adopt(pin_dir)?;
     // The bans adopted from the pins, counted before the program can skip their lookups.
     ban_counts_adopt(pin_dir)?;

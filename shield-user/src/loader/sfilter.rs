@@ -14,67 +14,28 @@
 //! be filled at the next step, and the other half is not cleared until this one is full.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
-use aya::maps::MapData;
 use shield_common::{MAP_SFILTER, MAP_SOURCES, SFILTER_WORDS, SourceKey, SourceState, sfilter_bit};
 
-use super::{LoaderError, map_err};
-
-/// A failed system call on `map`, as the loader reports map errors.
-fn sys_err(map: &'static str, call: &'static str, io_error: std::io::Error) -> LoaderError {
-    LoaderError::Map {
-        map,
-        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
-    }
-}
+use super::{
+    LoaderError,
+    mapped::{Words as Mapped, table_keys as list_keys},
+};
 
 /// The filter's words, both halves, shared with the data path.
-struct Words {
-    ptr: *mut AtomicU64,
-    len: usize,
-    _map: MapData,
-}
+struct Words(Mapped);
 
 impl Words {
     fn open(dir: &Path) -> Result<Self, LoaderError> {
-        let map = MapData::from_pin(dir.join(MAP_SFILTER)).map_err(map_err(MAP_SFILTER))?;
-        let len = 2 * SFILTER_WORDS as usize;
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: a shared mapping of the array's values (BPF_F_MMAPABLE, 8-byte values,
-        // page-aligned), of exactly its size; unmapped in `drop`.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(sys_err(
-                MAP_SFILTER,
-                "mmap",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Words {
-            ptr: ptr.cast(),
-            len,
-            _map: map,
-        })
+        Mapped::open(dir, MAP_SFILTER, 2 * SFILTER_WORDS as usize).map(Words)
     }
 
     fn words(&self) -> &[AtomicU64] {
-        // SAFETY: `len` words mapped in `open`, alive until `drop`; AtomicU64 has u64's
-        // layout, and every access (here and in the data path) is atomic.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        self.0.words()
     }
 
     fn half(&self, half: usize) -> &[AtomicU64] {
@@ -83,93 +44,35 @@ impl Words {
     }
 }
 
-impl Drop for Words {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len * 8) };
-    }
-}
-
-/// `bpf_attr` for `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h, `batch`).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// Every key in the source table, listed with `BPF_MAP_LOOKUP_BATCH` (aya has no batch
-/// call): the kernel copies a bucket at a time under its lock, so a key present for the
-/// whole listing is always in it, however the table churns meanwhile (one key at a time,
-/// `get_next_key` can skip buckets when its cursor is evicted and reused). A key inserted
-/// or removed during the listing may or may not be in it.
+/// Every key in the source table (see `mapped::table_keys`).
 fn table_keys(dir: &Path) -> Result<Vec<SourceKey>, LoaderError> {
-    let data = MapData::from_pin(dir.join(MAP_SOURCES)).map_err(map_err(MAP_SOURCES))?;
-    let fd = data.fd().as_fd().as_raw_fd();
-    let (ksz, vsz) = (size_of::<SourceKey>(), size_of::<SourceState>());
-    let mut room = 4096usize;
-    let mut keys = Vec::new();
-    let mut token = 0u32;
-    let mut first = true;
-    loop {
-        let mut kbuf = vec![0u8; room * ksz];
-        let mut vbuf = vec![0u8; room * vsz];
-        let mut next = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token as *const u32 as u64
-            },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: kbuf.as_mut_ptr() as u64,
-            values: vbuf.as_mut_ptr() as u64,
-            count: room as u32,
-            map_fd: fd as u32,
-            ..Default::default()
-        };
-        // SAFETY: `attr` is the command's attribute block, of its size; the buffers hold
-        // `count` keys and values, the batch tokens are u32 (a hash table's bucket index).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let err = (r < 0).then(std::io::Error::last_os_error);
-        if err.as_ref().and_then(|e| e.raw_os_error()) == Some(libc::ENOSPC) {
-            // One bucket holds more keys than the buffer: a larger one, same batch.
-            room *= 2;
-            continue;
+    list_keys(dir, MAP_SOURCES, size_of::<SourceState>())
+}
+
+/// Removes from the source table every key of the rules `ids`: their limiter state
+/// (buckets, strikes, escalation level). For rule ids that no policy in force uses, about
+/// to be given to new rules (`PolicyMaps::install`): no packet is judged by them meanwhile,
+/// so none can put state back. Their filter bits stay until a rebuild clears them. Returns
+/// how many keys it removed.
+pub fn forget_rules(dir: &Path, ids: &[u16]) -> Result<u64, LoaderError> {
+    let mut table: aya::maps::HashMap<aya::maps::MapData, SourceKey, SourceState> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
+            aya::maps::MapData::from_pin(dir.join(MAP_SOURCES))
+                .map_err(super::map_err(MAP_SOURCES))?,
+        ))
+        .map_err(super::map_err(MAP_SOURCES))?;
+    let mut removed = 0;
+    for key in table_keys(dir)?.iter().filter(|k| ids.contains(&k.rule)) {
+        match table.remove(key) {
+            Ok(()) => removed += 1,
+            // Evicted since the listing: gone as well.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(super::map_err(MAP_SOURCES)(e)),
         }
-        if let Some(e) = err.as_ref()
-            && e.raw_os_error() != Some(libc::ENOENT)
-        {
-            let e = std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0));
-            return Err(sys_err(MAP_SOURCES, "bpf_map_lookup_batch", e));
-        }
-        for k in kbuf.chunks_exact(ksz).take(attr.count as usize) {
-            // SAFETY: `ksz` bytes the kernel wrote as a key of this table: a plain-data
-            // `SourceKey`, read unaligned.
-            keys.push(unsafe { std::ptr::read_unaligned(k.as_ptr() as *const SourceKey) });
-        }
-        if err.is_some() {
-            // ENOENT: the last buckets are listed.
-            return Ok(keys);
-        }
-        token = next;
-        first = false;
     }
+    Ok(removed)
 }
 
 /// Sets the bits of every key in the source table into `halves` (atomic ORs). Returns how

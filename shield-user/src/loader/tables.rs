@@ -34,6 +34,8 @@ pub struct PolicyMaps {
     /// Whether `syncookie` rules' cookie SYN-ACKs offer timestamps (`RULE_SYNCOOKIE_TS`):
     /// `synproxy::timestamps_work()` when opened.
     pub syncookie_timestamps: bool,
+    /// The pin directory (the source table, for `forget_rules`).
+    dir: PathBuf,
 }
 
 /// One list's prefixes: (address, length).
@@ -104,6 +106,7 @@ impl PolicyMaps {
             keep_old_lists: false,
             stale_lists: None,
             syncookie_timestamps: crate::synproxy::timestamps_work(),
+            dir: pin_dir.to_path_buf(),
         };
         maps.sketch_seed = match maps.active() {
             Ok((_, cfg)) if cfg.sketch_seed != 0 => cfg.sketch_seed,
@@ -228,6 +231,34 @@ impl PolicyMaps {
         let (active, active_cfg) = self.active()?;
         let loaded = active_cfg.flags & CFG_LOADED != 0;
         let half = if loaded { 1 - active } else { active };
+
+        // A rule on an id the policy in force does not give its name (a new rule, perhaps
+        // on the id of a rule removed by an earlier reload) starts without state: what
+        // the source table still holds under that id was judged by another rule's limits.
+        // Nothing is judged under such an id until the flip below, so nothing comes back
+        // (unless all 255 ids are taken and a new rule gets the id of one this install
+        // removes: what that rule judges until the flip may leave some state).
+        let mut fresh = Vec::new();
+        for (id, r) in policy.rules.iter().enumerate().skip(1) {
+            if r.flags & RULE_PRESENT == 0 {
+                continue;
+            }
+            let old = if loaded {
+                Some(
+                    self.rules
+                        .get(&(active * RULE_SLOTS + id as u32), 0)
+                        .map_err(map_err(MAP_RULES))?,
+                )
+            } else {
+                None
+            };
+            if old.is_none_or(|o| o.flags & RULE_PRESENT == 0 || o.name != r.name) {
+                fresh.push(id as u16);
+            }
+        }
+        if !fresh.is_empty() {
+            super::forget_rules(&self.dir, &fresh)?;
+        }
 
         // Rules: 256 slots, always written in full.
         for (id, r) in policy.rules.iter().enumerate() {
