@@ -11,7 +11,7 @@
 
 use std::{io::Write as _, path::Path, process::Command};
 
-use crate::policy::{Policy, PortRange, Protocol};
+use crate::policy::{Limit, Mode, Policy, PortRange, Protocol, Rate, Rule};
 
 /// Table names start with this; the interface name follows (`.` and `-` as `_`).
 pub const TABLE: &str = "shield_syncookie_IFACE";
@@ -83,6 +83,7 @@ pub fn timestamps_work() -> bool {
 pub fn ruleset(iface: &str, policy: &Policy, loose: &str, timestamps: bool) -> Option<String> {
     let mut pre = String::new();
     let mut input = String::new();
+    let mut sets = String::new();
     for (i, r) in policy.rules.iter().enumerate() {
         let (Some(mss), Protocol::Tcp) = (r.syncookie_mss, r.protocol) else {
             continue;
@@ -105,6 +106,11 @@ pub fn ruleset(iface: &str, policy: &Policy, loose: &str, timestamps: bool) -> O
                 "\t\t{on} meta nfproto {family} ct state invalid,untracked synproxy mss {mss}{options}\n"
             )
         };
+        if let (Some(limit), Mode::Enforce) = (&r.connections, r.mode) {
+            let (s, rules) = completion_meters(i, &on, r, limit);
+            sets += &s;
+            input += &rules;
+        }
         input += &proxy("ipv4", mss);
         input += &proxy("ipv6", mss.saturating_sub(20));
         input += &format!("\t\t{on} ct state invalid drop\n");
@@ -114,8 +120,70 @@ pub fn ruleset(iface: &str, policy: &Policy, loose: &str, timestamps: bool) -> O
     }
     let name = table_name(iface);
     Some(format!(
-        "table inet {name} {{\n\tcomment \"{COMMENT}{loose}\"\n\tchain syncookie_pre {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n{pre}\t}}\n\tchain syncookie_in {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n}}\n"
+        "table inet {name} {{\n\tcomment \"{COMMENT}{loose}\"\n{sets}\tchain syncookie_pre {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n{pre}\t}}\n\tchain syncookie_in {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n}}\n"
     ))
+}
+
+/// Sources a rule's completion meters hold (per family); a source beyond them is not
+/// metered here (XDP's limits still judge its SYNs).
+pub const METER_SOURCES: u32 = 65_536;
+
+/// The `connections` limit of rule `i` (enforced) on the handshakes that complete through
+/// SYNPROXY: a segment with ACK and without SYN or RST that conntrack does not know is a
+/// handshake's last ACK (or garbage, which SYNPROXY drops anyway). XDP judges a source's
+/// SYNs by the same limit, but answers an unverified source's SYNs over the `unverified`
+/// budget with cookies before any per-source state is read, and the ACK completing such a
+/// handshake is no connection attempt there: without this meter a real source could open
+/// as many connections as it sent SYNs while the budget is spent. Per source key (the
+/// rule's prefixes), a token bucket of the limit's burst and rate (and one of its
+/// `sustained` window), in a dynamic set whose entries last until a full bucket would
+/// refill. Returns (the sets, the rules to put before the `synproxy` statements).
+fn completion_meters(i: usize, on: &str, r: &Rule, limit: &Limit) -> (String, String) {
+    let unit = |rate: &Rate| match rate.period_secs {
+        1 => "second",
+        60 => "minute",
+        3600 => "hour",
+        _ => "day",
+    };
+    // Seconds a bucket of `burst` tokens at `rate` takes to refill from empty.
+    let refill = |rate: &Rate, burst: u64| {
+        (burst.saturating_mul(rate.period_secs)).div_ceil(rate.count.max(1))
+    };
+    let mut buckets = vec![(limit.rate, limit.burst.max(1))];
+    if let Some(s) = limit.sustained {
+        buckets.push((s, s.count.max(1)));
+    }
+    let v4_mask = std::net::Ipv4Addr::from(
+        u32::MAX
+            .checked_shl(32 - u32::from(r.ipv4_prefix))
+            .unwrap_or(0),
+    );
+    let v6_mask = std::net::Ipv6Addr::from(
+        u128::MAX
+            .checked_shl(128 - u32::from(r.ipv6_prefix))
+            .unwrap_or(0),
+    );
+    let families = [
+        ("ipv4", "ipv4_addr", format!("ip saddr and {v4_mask}")),
+        ("ipv6", "ipv6_addr", format!("ip6 saddr and {v6_mask}")),
+    ];
+    let (mut sets, mut rules) = (String::new(), String::new());
+    for (b, (rate, burst)) in buckets.iter().enumerate() {
+        let timeout = refill(rate, *burst).saturating_add(1);
+        for (family, ty, key) in &families {
+            let set = format!("conn_{i}_{b}_{family}");
+            sets += &format!(
+                "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SOURCES}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}s\n\t}}\n"
+            );
+            rules += &format!(
+                "\t\t{on} meta nfproto {family} ct state invalid,untracked tcp flags & (syn | rst | ack) == ack update @{set} {{ {key} limit rate over {}/{} burst {burst} packets }} counter drop comment \"over connections of rule {}\"\n",
+                rate.count,
+                unit(rate),
+                r.name,
+            );
+        }
+    }
+    (sets, rules)
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
@@ -256,6 +324,40 @@ mod tests {
         let t = ruleset("eth0", &p, "1", true).expect("a table");
         assert!(t.contains("tcp dport != { 22 }"), "{t}");
         assert!(t.contains("synproxy mss 1460"), "{t}");
+    }
+
+    /// A syncookie rule's `connections` limit meters the handshakes SYNPROXY completes, per
+    /// source key, before its `synproxy` statements; a monitored rule's does not.
+    #[test]
+    fn an_enforced_connection_limit_meters_completed_handshakes() {
+        let p = crate::policy::parse_str(
+            "p.toml",
+            "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000]\nipv4_prefix=24\nipv6_prefix=48\nconnections={rate='5/s', burst=20, sustained='600/h'}\nunverified={rate='10/s'}\nchallenge='syncookie'\n[[rule]]\nname='web'\nprotocol='tcp'\nports=[80]\nmode='monitor'\nconnections={rate='1/s'}\nunverified={rate='10/s'}\nchallenge='syncookie'\n",
+        )
+        .expect("policy");
+        let t = ruleset("eth0", &p, "1", false).expect("a table");
+        let meter = "iifname \"eth0\" tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked tcp flags & (syn | rst | ack) == ack update @conn_0_0_ipv4 { ip saddr and 255.255.255.0 limit rate over 5/second burst 20 packets } counter drop";
+        assert!(t.contains(meter), "{t}");
+        assert!(
+            t.contains("update @conn_0_0_ipv6 { ip6 saddr and ffff:ffff:ffff:: limit rate over 5/second burst 20 packets }"),
+            "{t}"
+        );
+        // The sustained window, a bucket of its own: 600 an hour, 600 at most at once.
+        assert!(
+            t.contains("update @conn_0_1_ipv4 { ip saddr and 255.255.255.0 limit rate over 600/hour burst 600 packets }"),
+            "{t}"
+        );
+        // Entries last until a full bucket refills (20 at 5/s: 4 s; 600 at 600/h: 1 h).
+        assert!(t.contains("set conn_0_0_ipv4 {\n\t\ttype ipv4_addr\n\t\tsize 65536\n\t\tflags dynamic,timeout\n\t\ttimeout 5s\n"), "{t}");
+        assert!(t.contains("set conn_0_1_ipv6 {\n\t\ttype ipv6_addr\n\t\tsize 65536\n\t\tflags dynamic,timeout\n\t\ttimeout 3601s\n"), "{t}");
+        // Before the rule's synproxy statements, so that a refused handshake never completes.
+        let at = |needle: &str| t.find(needle).expect(needle);
+        assert!(
+            at(meter)
+                < at("tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked synproxy")
+        );
+        // A monitored rule only counts `would_drop` in XDP: nothing metered here.
+        assert!(!t.contains("conn_1_"), "{t}");
     }
 
     #[test]

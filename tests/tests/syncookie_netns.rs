@@ -365,3 +365,80 @@ fn a_spoofed_flood_without_ack_is_dropped_while_real_clients_connect_and_close()
         "every spoofed segment, and nothing of the real clients, is dropped: {api}"
     );
 }
+
+/// A source's own limit of 2 connections, and a budget of one token an hour, then cookies.
+const LIMITED: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+connections = { rate = "1/h", burst = 2 }
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#;
+
+/// While the budget is spent, XDP answers an unverified source's SYNs with cookies before
+/// any per-source state is read, and the ACK completing such a handshake is no connection
+/// attempt there: a real source sending its SYNs at once got a cookie for each and
+/// completed them all (10 of 10 against a limit of 2 in the PROG_RUN version of this
+/// attack). The daemon's nftables table meters the handshakes that complete by the rule's
+/// `connections` limit, so the source gets 2 connections, as it would without cookies.
+#[test]
+fn connections_through_cookies_are_held_to_the_sources_own_limit() {
+    let lab = NsLab::new(LIMITED, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    lab.topo
+        .add_client_addr(client(200))
+        .expect("client address");
+    lab.topo
+        .add_client_addr(client(201))
+        .expect("client address");
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let (first, codes): (Option<u16>, Vec<Option<u16>>) = lab
+        .topo
+        .client
+        .run_in(move || {
+            // Another client takes the budget's one token.
+            let first = http_get(client(200), dst, "/api/items", Duration::from_secs(3));
+            // Ten connections of one source at once (threads share the namespace).
+            let start = std::sync::Arc::new(std::sync::Barrier::new(10));
+            let threads: Vec<_> = (0..10)
+                .map(|_| {
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        http_get(client(201), dst, "/api/items", Duration::from_secs(2))
+                    })
+                })
+                .collect();
+            let codes = threads
+                .into_iter()
+                .map(|t| t.join().expect("client thread"))
+                .collect();
+            (first, codes)
+        })
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    let api = api_rule(&lab);
+    assert!(
+        api["counters"]["syncookie"]["packets"].as_u64() >= Some(1),
+        "the source's SYNs met the cookie path: {api}"
+    );
+    let served = codes.iter().filter(|c| **c == Some(200)).count();
+    assert_eq!(served, 2, "connections of a source limited to 2: {codes:?}");
+    // The refusals are counted where an operator looks for them: the table's counters.
+    let server = lab.topo.server.name.clone();
+    let table = run_in(
+        &server,
+        &["nft", "list", "table", "inet", "shield_syncookie_shield0"],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    let dropped: u64 = text
+        .lines()
+        .filter(|l| l.contains("over connections of rule api") && l.contains("ip saddr"))
+        .filter_map(|l| l.split("counter packets ").nth(1))
+        .filter_map(|c| c.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(dropped >= 8, "the meter's counter: {text}");
+}
