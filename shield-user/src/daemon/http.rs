@@ -60,14 +60,15 @@ const ASKED_GRACE: Duration = Duration::from_secs(1);
 /// How much of a connection's unread bytes is looked at for the end of a request head; a
 /// head longer than this that is still unread counts as not whole.
 const PEEK_BYTES: usize = 4096;
-/// A new connection waits up to this long for its first bytes before it asks for a place, so
-/// that it has sent its request when it gets one (a client may be preempted between its
-/// connect and its write, for many milliseconds on a loaded machine; placed before its
-/// request came, it would be idle). Connections that send at once go first: silent ones
-/// queue for a place this much later.
+/// A new connection waits up to this long for its whole request head (or its client's close)
+/// before it asks for a place, so that it has sent its request when it gets one (a client
+/// may be preempted between its connect and its write, for many milliseconds on a loaded
+/// machine; placed before its request came, it would be idle). Connections that send at
+/// once go first: silent ones queue for a place this much later.
 const FIRST_BYTES_WAIT: Duration = Duration::from_millis(250);
-/// Connections that may wait for their first bytes at once (each holds a descriptor: 4,096
-/// covers a flood of 16,000 silent connections a second); more ask for a place at once.
+/// Connections that may wait for their request at once (each holds two descriptors, its own
+/// and a duplicate to peek with; 4,096 covers a flood of 16,000 silent connections a
+/// second); more ask for a place at once.
 const MAX_UNHEARD: usize = 4096;
 /// How often a waiting connection looks again for an idle one to close.
 const IDLE_CHECK: Duration = Duration::from_millis(10);
