@@ -129,8 +129,9 @@ pub fn ruleset(iface: &str, policy: &Policy, loose: &str, timestamps: bool) -> O
 pub const METER_SOURCES: u32 = 65_536;
 
 /// The `connections` limit of rule `i` (enforced) on the handshakes that complete through
-/// SYNPROXY: a segment with ACK and without SYN or RST that conntrack does not know is a
-/// handshake's last ACK (or garbage, which SYNPROXY drops anyway). XDP judges a source's
+/// SYNPROXY: a segment with ACK and without SYN that conntrack does not know is a
+/// handshake's last ACK (or garbage, which SYNPROXY drops anyway): SYNPROXY opens the
+/// connection on a valid cookie whatever else the segment carries, RST, FIN or data. XDP judges a source's
 /// SYNs by the same limit, but answers an unverified source's SYNs over the `unverified`
 /// budget with cookies before any per-source state is read, and the ACK completing such a
 /// handshake is no connection attempt there: without this meter a real source could open
@@ -169,14 +170,14 @@ fn completion_meters(i: usize, on: &str, r: &Rule, limit: &Limit) -> (String, St
     ];
     let (mut sets, mut rules) = (String::new(), String::new());
     for (b, (rate, burst)) in buckets.iter().enumerate() {
-        let timeout = refill(rate, *burst).saturating_add(1);
+        let timeout = nft_duration(refill(rate, *burst).saturating_add(1));
         for (family, ty, key) in &families {
             let set = format!("conn_{i}_{b}_{family}");
             sets += &format!(
-                "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SOURCES}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}s\n\t}}\n"
+                "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SOURCES}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}\n\t}}\n"
             );
             rules += &format!(
-                "\t\t{on} meta nfproto {family} ct state invalid,untracked tcp flags & (syn | rst | ack) == ack update @{set} {{ {key} limit rate over {}/{} burst {burst} packets }} counter drop comment \"over connections of rule {}\"\n",
+                "\t\t{on} meta nfproto {family} ct state invalid,untracked tcp flags & (syn | ack) == ack update @{set} {{ {key} limit rate over {}/{} burst {burst} packets }} counter drop comment \"over connections of rule {}\"\n",
                 rate.count,
                 unit(rate),
                 r.name,
@@ -184,6 +185,18 @@ fn completion_meters(i: usize, on: &str, r: &Rule, limit: &Limit) -> (String, St
         }
     }
     (sets, rules)
+}
+
+/// `secs` as an nftables duration, whole days apart (`2000d1s`): nft refuses a number of
+/// seconds of 9 digits or more ("value too large"), and a limit the parser accepts can take
+/// years to refill (2,000 at 1/d: 5.5 years; 53,375 at 1/d, the most there is).
+fn nft_duration(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    match (days, rest) {
+        (0, s) => format!("{s}s"),
+        (d, 0) => format!("{d}d"),
+        (d, s) => format!("{d}d{s}s"),
+    }
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
@@ -336,7 +349,7 @@ mod tests {
         )
         .expect("policy");
         let t = ruleset("eth0", &p, "1", false).expect("a table");
-        let meter = "iifname \"eth0\" tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked tcp flags & (syn | rst | ack) == ack update @conn_0_0_ipv4 { ip saddr and 255.255.255.0 limit rate over 5/second burst 20 packets } counter drop";
+        let meter = "iifname \"eth0\" tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked tcp flags & (syn | ack) == ack update @conn_0_0_ipv4 { ip saddr and 255.255.255.0 limit rate over 5/second burst 20 packets } counter drop";
         assert!(t.contains(meter), "{t}");
         assert!(
             t.contains("update @conn_0_0_ipv6 { ip6 saddr and ffff:ffff:ffff:: limit rate over 5/second burst 20 packets }"),
@@ -358,6 +371,22 @@ mod tests {
         );
         // A monitored rule only counts `would_drop` in XDP: nothing metered here.
         assert!(!t.contains("conn_1_"), "{t}");
+    }
+
+    /// A limit the parser accepts that takes years to refill: the entry timeout is written
+    /// in days, as nft parses it (seconds of 9 digits are "value too large").
+    #[test]
+    fn a_meter_timeout_of_years_is_written_in_days() {
+        let p = crate::policy::parse_str(
+            "p.toml",
+            "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000]\nconnections={rate='1/d', burst=2000}\nunverified={rate='10/s'}\nchallenge='syncookie'\n",
+        )
+        .expect("policy");
+        let t = ruleset("eth0", &p, "1", false).expect("a table");
+        assert!(t.contains("\t\ttimeout 2000d1s\n"), "{t}");
+        assert_eq!(nft_duration(86_400), "1d");
+        assert_eq!(nft_duration(99_999), "1d13599s");
+        assert_eq!(nft_duration(86_399), "86399s");
     }
 
     #[test]

@@ -442,3 +442,140 @@ fn connections_through_cookies_are_held_to_the_sources_own_limit() {
         .sum();
     assert!(dropped >= 8, "the meter's counter: {text}");
 }
+
+/// Completes `N` handshakes to `DST:PORT` from `SRC` with raw segments: every SYN first, then
+/// for each cookie SYN-ACK the segment `FLAGS` (`ack` or `rst-ack`) that SYNPROXY takes for
+/// the handshake's last ACK. The client's own kernel, which knows none of these
+/// connections, is kept from resetting them (its bare RSTs dropped at output). Prints the
+/// number of SYN-ACKs received.
+const RAW_HANDSHAKES: &str = r#"
+import socket, struct, subprocess, sys, time
+src, dst, dport, n, flags = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+subprocess.run(["nft", "-f", "-"], check=True, text=True, input=
+    "table ip mtr_raw {\n chain out {\n type filter hook output priority 0;\n tcp flags == rst drop\n }\n}\n")
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def seg(sport, seq, ack, fl, opts=b""):
+    h = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (5 + len(opts) // 4) << 4, fl, 64240, 0, 0) + opts
+    ph = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(h))
+    c = csum(ph + h)
+    return h[:16] + struct.pack("!H", c) + h[18:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+s.bind((src, 0))
+s.settimeout(0.2)
+ports = {40000 + i: 1000 * (i + 1) for i in range(n)}
+for p, isn in ports.items():
+    s.sendto(seg(p, isn, 0, 0x02, b"\x02\x04\x05\xb4"), (dst, 0))
+got = {}
+end = time.time() + 3
+while time.time() < end and len(got) < n:
+    try: pkt = s.recv(2048)
+    except socket.timeout: continue
+    ihl = (pkt[0] & 15) * 4
+    if socket.inet_ntoa(pkt[12:16]) != dst: continue
+    sp, dp, seq, ack, _, fl = struct.unpack("!HHIIBB", pkt[ihl:ihl + 14])
+    if sp == dport and dp in ports and fl & 0x12 == 0x12 and ack == ports[dp] + 1:
+        got[dp] = seq
+last = 0x10 if flags == "ack" else 0x14
+for p, seq in got.items():
+    s.sendto(seg(p, ports[p] + 1, seq + 1, last), (dst, 0))
+print(len(got))
+"#;
+
+/// A source's sockets the server holds established on port 8000.
+fn established_from(lab: &NsLab, src: IpAddr) -> usize {
+    let out = run_in(
+        &lab.topo.server.name,
+        &[
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "( sport = :8000 )",
+            "dst",
+            &src.to_string(),
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// SYNPROXY opens a connection for an ACK with a valid cookie whatever else it carries,
+/// RST included (XDP passes it too: it checks the cookie, not the flags). A source that
+/// ends its handshakes with RST+ACK instead of ACK must meet the same meter.
+#[test]
+fn handshakes_ended_with_rst_ack_are_held_to_the_sources_own_limit() {
+    let lab = NsLab::new(LIMITED, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    lab.topo
+        .add_client_addr(client(200))
+        .expect("client address");
+    lab.topo
+        .add_client_addr(client(202))
+        .expect("client address");
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let first = lab
+        .topo
+        .client
+        .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    let script = "/tmp/mtr-raw-handshakes.py";
+    std::fs::write(script, RAW_HANDSHAKES).expect("writing the raw client");
+    let out = run_in(
+        &lab.topo.client.name,
+        &[
+            "python3",
+            script,
+            &client(202).to_string(),
+            &SERVER_V4.to_string(),
+            "8000",
+            "10",
+            "rst-ack",
+        ],
+    );
+    let _ = std::fs::remove_file(script);
+    let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        answered,
+        "10",
+        "every SYN answered with a cookie: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let held = established_from(&lab, client(202));
+    assert_eq!(held, 2, "connections of a source limited to 2");
+}
+
+/// A limit whose full bucket takes more than 10^8 seconds to refill (2,000 connections,
+/// then one a day: about 5.5 years), which the parser accepts: the daemon still starts,
+/// with the meter's entries lasting that long (nft refuses a timeout written as 10^8 or
+/// more seconds, "value too large").
+#[test]
+fn a_limit_that_refills_over_years_still_gets_its_meter() {
+    let lab = NsLab::new(
+        r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+connections = { rate = "1/d", burst = 2000 }
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#,
+        &[],
+    );
+    let table = run_in(
+        &lab.topo.server.name,
+        &["nft", "list", "table", "inet", "shield_syncookie_shield0"],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("limit rate over 1/day burst 2000 packets")
+            && text.contains("timeout 2000d1s"),
+        "the meter, its entries kept 2,000 days and a second: {text}"
+    );
+}
