@@ -236,11 +236,17 @@ fn remembered(iface: &str) -> Option<String> {
     Some(out[at..].chars().take_while(char::is_ascii_digit).collect())
 }
 
+/// The table text this process last put in place, per interface.
+static APPLIED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// Puts `iface`'s table in line with `policy`: created or replaced (atomically) when a rule
 /// uses the challenge, removed when none does. `timestamps`: whether the `synproxy`
 /// statement offers timestamps; the daemon passes the interface's
 /// `PolicyMaps::syncookie_timestamps`, so the statement and the XDP SYN-ACK follow one
-/// reading of `timestamps_work`. Returns whether a table is in place.
+/// reading of `timestamps_work`. A table in place with the very text this process put there
+/// last is left alone (a reload that changes nothing it holds keeps the meters' entries,
+/// which a replaced table starts without). Returns whether a table is in place.
 pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, String> {
     let wants = policy
         .rules
@@ -251,7 +257,9 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
         return Ok(false);
     }
     // The value before any table of ours: kept across replacements.
-    let loose = match remembered(iface) {
+    let remembered = remembered(iface);
+    let has_table = remembered.is_some();
+    let loose = match remembered {
         Some(v) if !v.is_empty() => v,
         _ => std::fs::read_to_string(LOOSE)
             .map(|v| v.trim().to_string())
@@ -262,10 +270,18 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
         return Ok(false);
     };
     let name = table_name(iface);
-    // Declaring the table first makes the delete valid whether or not it exists: the
-    // whole file is one transaction, so traffic sees the old table or the new one.
-    let script = format!("table inet {name}\ndelete table inet {name}\n{table}");
-    nft(&["-f", "-"], Some(&script))?;
+    let mut applied = APPLIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // The same text as the table in place: left as it is, with its meters' entries.
+    if !has_table || applied.get(iface) != Some(&table) {
+        // Declaring the table first makes the delete valid whether or not it exists: the
+        // whole file is one transaction, so traffic sees the old table or the new one.
+        let script = format!("table inet {name}\ndelete table inet {name}\n{table}");
+        applied.remove(iface);
+        nft(&["-f", "-"], Some(&script))?;
+        applied.insert(iface.to_string(), table);
+    }
     if Path::new(LOOSE).exists() {
         std::fs::write(LOOSE, "0").map_err(|e| format!("setting {LOOSE} to 0: {e}"))?;
     }
@@ -275,6 +291,10 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
 /// Removes `iface`'s table if there is one and puts the remembered
 /// `nf_conntrack_tcp_loose` back; returns whether a table was there.
 pub fn remove(iface: &str) -> Result<bool, String> {
+    APPLIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(iface);
     let Some(loose) = remembered(iface) else {
         return Ok(false);
     };

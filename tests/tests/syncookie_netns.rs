@@ -579,3 +579,43 @@ challenge = "syncookie"
         "the meter, its entries kept 2,000 days and a second: {text}"
     );
 }
+
+/// A reload that leaves the table's text as it was (here the same policy) leaves the table,
+/// and with it the meter's entries: a source that used its 2 connections gets no third one
+/// from an operator's (or a cron job's) reload.
+#[test]
+fn a_reload_that_changes_nothing_keeps_the_meters_count() {
+    let lab = NsLab::new(LIMITED, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    lab.topo
+        .add_client_addr(client(200))
+        .expect("client address");
+    lab.topo
+        .add_client_addr(client(203))
+        .expect("client address");
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let get = move |src: IpAddr| move || http_get(src, dst, "/api/items", Duration::from_secs(2));
+    let first = lab
+        .topo
+        .client
+        .run_in(get(client(200)))
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    for i in 0..2 {
+        let code = lab
+            .topo
+            .client
+            .run_in(get(client(203)))
+            .expect("client namespace");
+        assert_eq!(code, Some(200), "connection {i} of 2");
+    }
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "shield reload: {err}");
+    let third = lab
+        .topo
+        .client
+        .run_in(get(client(203)))
+        .expect("client namespace");
+    assert_eq!(third, None, "a third connection after the reload");
+}
