@@ -169,20 +169,45 @@ fn completion_meters(i: usize, on: &str, r: &Rule, limit: &Limit) -> (String, St
         ("ipv6", "ipv6_addr", format!("ip6 saddr and {v6_mask}")),
     ];
     let (mut sets, mut rules) = (String::new(), String::new());
+    // The handshakes charged in the last 2 s (source, ports and cookie): a client's first
+    // data, sent right behind its ACK, meets conntrack's entry still in SYN_SENT, which
+    // calls it invalid, and would be charged as a second connection. `add` (not `update`):
+    // the entry goes 2 s after the charge whatever follows, while conntrack holds the
+    // connection's own entry longer (a reset one 10 s), so no new handshake on the same
+    // ports and cookie can complete uncharged.
+    let flows = |family: &str| {
+        let ip = if family == "ipv4" { "ip" } else { "ip6" };
+        (
+            format!("seen_{i}_{family}"),
+            format!("{ip} saddr . tcp sport . tcp dport . tcp ackseq"),
+        )
+    };
+    for (family, _, _) in &families {
+        let (set, flow) = flows(family);
+        sets += &format!(
+            "\tset {set} {{\n\t\ttypeof {flow}\n\t\tsize {METER_SOURCES}\n\t\tflags dynamic,timeout\n\t\ttimeout 2s\n\t}}\n"
+        );
+    }
+    let last_ack = "ct state invalid,untracked tcp flags & (syn | ack) == ack";
     for (b, (rate, burst)) in buckets.iter().enumerate() {
         let timeout = nft_duration(refill(rate, *burst).saturating_add(1));
         for (family, ty, key) in &families {
             let set = format!("conn_{i}_{b}_{family}");
+            let (seen, flow) = flows(family);
             sets += &format!(
                 "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SOURCES}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}\n\t}}\n"
             );
             rules += &format!(
-                "\t\t{on} meta nfproto {family} ct state invalid,untracked tcp flags & (syn | ack) == ack update @{set} {{ {key} limit rate over {}/{} burst {burst} packets }} counter drop comment \"over connections of rule {}\"\n",
+                "\t\t{on} meta nfproto {family} {last_ack} {flow} != @{seen} update @{set} {{ {key} limit rate over {}/{} burst {burst} packets }} counter drop comment \"over connections of rule {}\"\n",
                 rate.count,
                 unit(rate),
                 r.name,
             );
         }
+    }
+    for (family, _, _) in &families {
+        let (seen, flow) = flows(family);
+        rules += &format!("\t\t{on} meta nfproto {family} {last_ack} add @{seen} {{ {flow} }}\n");
     }
     (sets, rules)
 }
@@ -369,7 +394,7 @@ mod tests {
         )
         .expect("policy");
         let t = ruleset("eth0", &p, "1", false).expect("a table");
-        let meter = "iifname \"eth0\" tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked tcp flags & (syn | ack) == ack update @conn_0_0_ipv4 { ip saddr and 255.255.255.0 limit rate over 5/second burst 20 packets } counter drop";
+        let meter = "iifname \"eth0\" tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked tcp flags & (syn | ack) == ack ip saddr . tcp sport . tcp dport . tcp ackseq != @seen_0_ipv4 update @conn_0_0_ipv4 { ip saddr and 255.255.255.0 limit rate over 5/second burst 20 packets } counter drop";
         assert!(t.contains(meter), "{t}");
         assert!(
             t.contains("update @conn_0_0_ipv6 { ip6 saddr and ffff:ffff:ffff:: limit rate over 5/second burst 20 packets }"),
@@ -388,6 +413,15 @@ mod tests {
         assert!(
             at(meter)
                 < at("tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked synproxy")
+        );
+        // A handshake is charged once: its flow is remembered 2 s (after the meters, before
+        // synproxy), and a segment of a remembered flow skips the meters.
+        let seen = "tcp flags & (syn | ack) == ack add @seen_0_ipv4 { ip saddr . tcp sport . tcp dport . tcp ackseq }";
+        assert!(t.contains("set seen_0_ipv6 {\n\t\ttypeof ip6 saddr . tcp sport . tcp dport . tcp ackseq\n\t\tsize 65536\n\t\tflags dynamic,timeout\n\t\ttimeout 2s\n"), "{t}");
+        assert!(at("update @conn_0_1_ipv6") < at(seen), "{t}");
+        assert!(
+            at(seen) < at("meta nfproto ipv4 ct state invalid,untracked synproxy"),
+            "{t}"
         );
         // A monitored rule only counts `would_drop` in XDP: nothing metered here.
         assert!(!t.contains("conn_1_"), "{t}");

@@ -445,7 +445,7 @@ fn connections_through_cookies_are_held_to_the_sources_own_limit() {
 
 /// Completes `N` handshakes to `DST:PORT` from `SRC` with raw segments: every SYN first, then
 /// for each cookie SYN-ACK the segment `FLAGS` (`ack` or `rst-ack`) that SYNPROXY takes for
-/// the handshake's last ACK. The client's own kernel, which knows none of these
+/// the handshake's last ACK (`ack-data`: an ACK, and right behind it a request). The client's own kernel, which knows none of these
 /// connections, is kept from resetting them (its bare RSTs dropped at output). Prints the
 /// number of SYN-ACKs received.
 const RAW_HANDSHAKES: &str = r#"
@@ -479,9 +479,11 @@ while time.time() < end and len(got) < n:
     sp, dp, seq, ack, _, fl = struct.unpack("!HHIIBB", pkt[ihl:ihl + 14])
     if sp == dport and dp in ports and fl & 0x12 == 0x12 and ack == ports[dp] + 1:
         got[dp] = seq
-last = 0x10 if flags == "ack" else 0x14
+last = 0x10 if flags in ("ack", "ack-data") else 0x14
 for p, seq in got.items():
     s.sendto(seg(p, ports[p] + 1, seq + 1, last), (dst, 0))
+    if flags == "ack-data":
+        s.sendto(seg(p, ports[p] + 1, seq + 1, 0x18) + b"GET / HTTP/1.0\r\n\r\n", (dst, 0))
 print(len(got))
 "#;
 
@@ -618,4 +620,55 @@ fn a_reload_that_changes_nothing_keeps_the_meters_count() {
         .run_in(get(client(203)))
         .expect("client namespace");
     assert_eq!(third, None, "a third connection after the reload");
+}
+
+/// A client that speaks first sends its data right behind the ACK ending its handshake; the
+/// data can reach the host before SYNPROXY has the connection from the listener, while
+/// conntrack still calls the flow's segments invalid. That is one connection, not two: a
+/// source limited to 2 that opens 2 this way gets both (it got 1, its first data charged).
+#[test]
+fn a_clients_data_right_behind_its_ack_is_not_a_second_connection() {
+    let lab = NsLab::new(LIMITED, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    lab.topo
+        .add_client_addr(client(200))
+        .expect("client address");
+    lab.topo
+        .add_client_addr(client(204))
+        .expect("client address");
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let first = lab
+        .topo
+        .client
+        .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    let script = "/tmp/mtr-raw-handshakes-data.py";
+    std::fs::write(script, RAW_HANDSHAKES).expect("writing the raw client");
+    let out = run_in(
+        &lab.topo.client.name,
+        &[
+            "python3",
+            script,
+            &client(204).to_string(),
+            &SERVER_V4.to_string(),
+            "8000",
+            "2",
+            "ack-data",
+        ],
+    );
+    let _ = std::fs::remove_file(script);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2",
+        "both SYNs answered with a cookie: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        established_from(&lab, client(204)),
+        2,
+        "connections of a source limited to 2 that opened 2"
+    );
 }
