@@ -525,13 +525,12 @@ fn handshakes_ended_with_rst_ack_are_held_to_the_sources_own_limit() {
         .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
         .expect("client namespace");
     assert_eq!(first, Some(200), "the first client takes the token");
-    let script = "/tmp/mtr-raw-handshakes.py";
-    std::fs::write(script, RAW_HANDSHAKES).expect("writing the raw client");
     let out = run_in(
         &lab.topo.client.name,
         &[
             "python3",
-            script,
+            "-c",
+            RAW_HANDSHAKES,
             &client(202).to_string(),
             &SERVER_V4.to_string(),
             "8000",
@@ -539,7 +538,6 @@ fn handshakes_ended_with_rst_ack_are_held_to_the_sources_own_limit() {
             "rst-ack",
         ],
     );
-    let _ = std::fs::remove_file(script);
     let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(
         answered,
@@ -644,13 +642,12 @@ fn a_clients_data_right_behind_its_ack_is_not_a_second_connection() {
         .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
         .expect("client namespace");
     assert_eq!(first, Some(200), "the first client takes the token");
-    let script = "/tmp/mtr-raw-handshakes-data.py";
-    std::fs::write(script, RAW_HANDSHAKES).expect("writing the raw client");
     let out = run_in(
         &lab.topo.client.name,
         &[
             "python3",
-            script,
+            "-c",
+            RAW_HANDSHAKES,
             &client(204).to_string(),
             &SERVER_V4.to_string(),
             "8000",
@@ -658,7 +655,6 @@ fn a_clients_data_right_behind_its_ack_is_not_a_second_connection() {
             "ack-data",
         ],
     );
-    let _ = std::fs::remove_file(script);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "2",
