@@ -280,4 +280,31 @@ mod open_tests {
         assert_eq!(rotated.lines().count(), 2, "{rotated}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Only the last component is refused: a log in a directory reached through a link
+    /// opens, and reopens onto the file logrotate's `create` puts in place of the old one.
+    #[test]
+    fn a_linked_directory_is_followed_and_a_created_file_reopened() {
+        let dir = std::env::temp_dir().join(format!("shield-audit-dirlink-{}", std::process::id()));
+        let real = dir.join("real");
+        std::fs::create_dir_all(&real).unwrap();
+        let via = dir.join("via");
+        std::os::unix::fs::symlink(&real, &via).unwrap();
+        let path = via.join("audit.jsonl");
+        let mut log =
+            AuditLog::open(Some(path.to_str().unwrap())).expect("a file in a linked directory");
+        log.write(serde_json::json!({"event": "start"}));
+        std::fs::rename(real.join("audit.jsonl"), real.join("audit.jsonl.1")).unwrap();
+        std::fs::write(real.join("audit.jsonl"), "").unwrap();
+        log.reopen().expect("the created file");
+        log.write(serde_json::json!({"event": "stop"}));
+        let now = std::fs::read_to_string(real.join("audit.jsonl")).unwrap();
+        let old = std::fs::read_to_string(real.join("audit.jsonl.1")).unwrap();
+        assert_eq!(
+            (old.lines().count(), now.lines().count()),
+            (1, 1),
+            "{old}{now}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -129,8 +129,9 @@ pub fn ruleset(iface: &str, policy: &Policy, loose: &str, timestamps: bool) -> O
 pub const METER_SOURCES: u32 = 65_536;
 
 /// The `connections` limit of rule `i` (enforced) on the handshakes that complete through
-/// SYNPROXY: a segment with ACK and without SYN or RST that conntrack does not know is a
-/// handshake's last ACK (or garbage, which SYNPROXY drops anyway). XDP judges a source's
+/// SYNPROXY: a segment with ACK and without SYN that conntrack does not know is a
+/// handshake's last ACK (or garbage, which SYNPROXY drops anyway): SYNPROXY opens the
+/// connection on a valid cookie whatever else the segment carries, RST, FIN or data. XDP judges a source's
 /// SYNs by the same limit, but answers an unverified source's SYNs over the `unverified`
 /// budget with cookies before any per-source state is read, and the ACK completing such a
 /// handshake is no connection attempt there: without this meter a real source could open
@@ -168,22 +169,59 @@ fn completion_meters(i: usize, on: &str, r: &Rule, limit: &Limit) -> (String, St
         ("ipv6", "ipv6_addr", format!("ip6 saddr and {v6_mask}")),
     ];
     let (mut sets, mut rules) = (String::new(), String::new());
+    // The handshakes charged in the last 2 s (source, ports and cookie): a client's first
+    // data, sent right behind its ACK, meets conntrack's entry still in SYN_SENT, which
+    // calls it invalid, and would be charged as a second connection. `add` (not `update`):
+    // the entry goes 2 s after the charge whatever follows, while conntrack holds the
+    // connection's own entry longer (a reset one 10 s), so no new handshake on the same
+    // ports and cookie can complete uncharged.
+    let flows = |family: &str| {
+        let ip = if family == "ipv4" { "ip" } else { "ip6" };
+        (
+            format!("seen_{i}_{family}"),
+            format!("{ip} saddr . tcp sport . tcp dport . tcp ackseq"),
+        )
+    };
+    for (family, _, _) in &families {
+        let (set, flow) = flows(family);
+        sets += &format!(
+            "\tset {set} {{\n\t\ttypeof {flow}\n\t\tsize {METER_SOURCES}\n\t\tflags dynamic,timeout\n\t\ttimeout 2s\n\t}}\n"
+        );
+    }
+    let last_ack = "ct state invalid,untracked tcp flags & (syn | ack) == ack";
     for (b, (rate, burst)) in buckets.iter().enumerate() {
-        let timeout = refill(rate, *burst).saturating_add(1);
+        let timeout = nft_duration(refill(rate, *burst).saturating_add(1));
         for (family, ty, key) in &families {
             let set = format!("conn_{i}_{b}_{family}");
+            let (seen, flow) = flows(family);
             sets += &format!(
-                "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SOURCES}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}s\n\t}}\n"
+                "\tset {set} {{\n\t\ttype {ty}\n\t\tsize {METER_SOURCES}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}\n\t}}\n"
             );
             rules += &format!(
-                "\t\t{on} meta nfproto {family} ct state invalid,untracked tcp flags & (syn | rst | ack) == ack update @{set} {{ {key} limit rate over {}/{} burst {burst} packets }} counter drop comment \"over connections of rule {}\"\n",
+                "\t\t{on} meta nfproto {family} {last_ack} {flow} != @{seen} update @{set} {{ {key} limit rate over {}/{} burst {burst} packets }} counter drop comment \"over connections of rule {}\"\n",
                 rate.count,
                 unit(rate),
                 r.name,
             );
         }
     }
+    for (family, _, _) in &families {
+        let (seen, flow) = flows(family);
+        rules += &format!("\t\t{on} meta nfproto {family} {last_ack} add @{seen} {{ {flow} }}\n");
+    }
     (sets, rules)
+}
+
+/// `secs` as an nftables duration, whole days apart (`2000d1s`): nft refuses a number of
+/// seconds of 9 digits or more ("value too large"), and a limit the parser accepts can take
+/// years to refill (2,000 at 1/d: 5.5 years; 53,375 at 1/d, the most there is).
+fn nft_duration(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    match (days, rest) {
+        (0, s) => format!("{s}s"),
+        (d, 0) => format!("{d}d"),
+        (d, s) => format!("{d}d{s}s"),
+    }
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
@@ -223,11 +261,17 @@ fn remembered(iface: &str) -> Option<String> {
     Some(out[at..].chars().take_while(char::is_ascii_digit).collect())
 }
 
+/// The table text this process last put in place, per interface.
+static APPLIED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// Puts `iface`'s table in line with `policy`: created or replaced (atomically) when a rule
 /// uses the challenge, removed when none does. `timestamps`: whether the `synproxy`
 /// statement offers timestamps; the daemon passes the interface's
 /// `PolicyMaps::syncookie_timestamps`, so the statement and the XDP SYN-ACK follow one
-/// reading of `timestamps_work`. Returns whether a table is in place.
+/// reading of `timestamps_work`. A table in place with the very text this process put there
+/// last is left alone (a reload that changes nothing it holds keeps the meters' entries,
+/// which a replaced table starts without). Returns whether a table is in place.
 pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, String> {
     let wants = policy
         .rules
@@ -238,7 +282,9 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
         return Ok(false);
     }
     // The value before any table of ours: kept across replacements.
-    let loose = match remembered(iface) {
+    let remembered = remembered(iface);
+    let has_table = remembered.is_some();
+    let loose = match remembered {
         Some(v) if !v.is_empty() => v,
         _ => std::fs::read_to_string(LOOSE)
             .map(|v| v.trim().to_string())
@@ -249,10 +295,18 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
         return Ok(false);
     };
     let name = table_name(iface);
-    // Declaring the table first makes the delete valid whether or not it exists: the
-    // whole file is one transaction, so traffic sees the old table or the new one.
-    let script = format!("table inet {name}\ndelete table inet {name}\n{table}");
-    nft(&["-f", "-"], Some(&script))?;
+    let mut applied = APPLIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // The same text as the table in place: left as it is, with its meters' entries.
+    if !has_table || applied.get(iface) != Some(&table) {
+        // Declaring the table first makes the delete valid whether or not it exists: the
+        // whole file is one transaction, so traffic sees the old table or the new one.
+        let script = format!("table inet {name}\ndelete table inet {name}\n{table}");
+        applied.remove(iface);
+        nft(&["-f", "-"], Some(&script))?;
+        applied.insert(iface.to_string(), table);
+    }
     if Path::new(LOOSE).exists() {
         std::fs::write(LOOSE, "0").map_err(|e| format!("setting {LOOSE} to 0: {e}"))?;
     }
@@ -262,6 +316,10 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
 /// Removes `iface`'s table if there is one and puts the remembered
 /// `nf_conntrack_tcp_loose` back; returns whether a table was there.
 pub fn remove(iface: &str) -> Result<bool, String> {
+    APPLIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(iface);
     let Some(loose) = remembered(iface) else {
         return Ok(false);
     };
@@ -336,7 +394,7 @@ mod tests {
         )
         .expect("policy");
         let t = ruleset("eth0", &p, "1", false).expect("a table");
-        let meter = "iifname \"eth0\" tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked tcp flags & (syn | rst | ack) == ack update @conn_0_0_ipv4 { ip saddr and 255.255.255.0 limit rate over 5/second burst 20 packets } counter drop";
+        let meter = "iifname \"eth0\" tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked tcp flags & (syn | ack) == ack ip saddr . tcp sport . tcp dport . tcp ackseq != @seen_0_ipv4 update @conn_0_0_ipv4 { ip saddr and 255.255.255.0 limit rate over 5/second burst 20 packets } counter drop";
         assert!(t.contains(meter), "{t}");
         assert!(
             t.contains("update @conn_0_0_ipv6 { ip6 saddr and ffff:ffff:ffff:: limit rate over 5/second burst 20 packets }"),
@@ -356,8 +414,33 @@ mod tests {
             at(meter)
                 < at("tcp dport { 8000 } meta nfproto ipv4 ct state invalid,untracked synproxy")
         );
+        // A handshake is charged once: its flow is remembered 2 s (after the meters, before
+        // synproxy), and a segment of a remembered flow skips the meters.
+        let seen = "tcp flags & (syn | ack) == ack add @seen_0_ipv4 { ip saddr . tcp sport . tcp dport . tcp ackseq }";
+        assert!(t.contains("set seen_0_ipv6 {\n\t\ttypeof ip6 saddr . tcp sport . tcp dport . tcp ackseq\n\t\tsize 65536\n\t\tflags dynamic,timeout\n\t\ttimeout 2s\n"), "{t}");
+        assert!(at("update @conn_0_1_ipv6") < at(seen), "{t}");
+        assert!(
+            at(seen) < at("meta nfproto ipv4 ct state invalid,untracked synproxy"),
+            "{t}"
+        );
         // A monitored rule only counts `would_drop` in XDP: nothing metered here.
         assert!(!t.contains("conn_1_"), "{t}");
+    }
+
+    /// A limit the parser accepts that takes years to refill: the entry timeout is written
+    /// in days, as nft parses it (seconds of 9 digits are "value too large").
+    #[test]
+    fn a_meter_timeout_of_years_is_written_in_days() {
+        let p = crate::policy::parse_str(
+            "p.toml",
+            "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000]\nconnections={rate='1/d', burst=2000}\nunverified={rate='10/s'}\nchallenge='syncookie'\n",
+        )
+        .expect("policy");
+        let t = ruleset("eth0", &p, "1", false).expect("a table");
+        assert!(t.contains("\t\ttimeout 2000d1s\n"), "{t}");
+        assert_eq!(nft_duration(86_400), "1d");
+        assert_eq!(nft_duration(99_999), "1d13599s");
+        assert_eq!(nft_duration(86_399), "86399s");
     }
 
     #[test]

@@ -442,3 +442,229 @@ fn connections_through_cookies_are_held_to_the_sources_own_limit() {
         .sum();
     assert!(dropped >= 8, "the meter's counter: {text}");
 }
+
+/// Completes `N` handshakes to `DST:PORT` from `SRC` with raw segments: every SYN first, then
+/// for each cookie SYN-ACK the segment `FLAGS` (`ack` or `rst-ack`) that SYNPROXY takes for
+/// the handshake's last ACK (`ack-data`: an ACK, and right behind it a request). The client's own kernel, which knows none of these
+/// connections, is kept from resetting them (its bare RSTs dropped at output). Prints the
+/// number of SYN-ACKs received.
+const RAW_HANDSHAKES: &str = r#"
+import socket, struct, subprocess, sys, time
+src, dst, dport, n, flags = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+subprocess.run(["nft", "-f", "-"], check=True, text=True, input=
+    "table ip mtr_raw {\n chain out {\n type filter hook output priority 0;\n tcp flags == rst drop\n }\n}\n")
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def seg(sport, seq, ack, fl, opts=b""):
+    h = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (5 + len(opts) // 4) << 4, fl, 64240, 0, 0) + opts
+    ph = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(h))
+    c = csum(ph + h)
+    return h[:16] + struct.pack("!H", c) + h[18:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+s.bind((src, 0))
+s.settimeout(0.2)
+ports = {40000 + i: 1000 * (i + 1) for i in range(n)}
+for p, isn in ports.items():
+    s.sendto(seg(p, isn, 0, 0x02, b"\x02\x04\x05\xb4"), (dst, 0))
+got = {}
+end = time.time() + 3
+while time.time() < end and len(got) < n:
+    try: pkt = s.recv(2048)
+    except socket.timeout: continue
+    ihl = (pkt[0] & 15) * 4
+    if socket.inet_ntoa(pkt[12:16]) != dst: continue
+    sp, dp, seq, ack, _, fl = struct.unpack("!HHIIBB", pkt[ihl:ihl + 14])
+    if sp == dport and dp in ports and fl & 0x12 == 0x12 and ack == ports[dp] + 1:
+        got[dp] = seq
+last = 0x10 if flags in ("ack", "ack-data") else 0x14
+for p, seq in got.items():
+    s.sendto(seg(p, ports[p] + 1, seq + 1, last), (dst, 0))
+    if flags == "ack-data":
+        s.sendto(seg(p, ports[p] + 1, seq + 1, 0x18) + b"GET / HTTP/1.0\r\n\r\n", (dst, 0))
+print(len(got))
+"#;
+
+/// A source's sockets the server holds established on port 8000.
+fn established_from(lab: &NsLab, src: IpAddr) -> usize {
+    let out = run_in(
+        &lab.topo.server.name,
+        &[
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "( sport = :8000 )",
+            "dst",
+            &src.to_string(),
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// SYNPROXY opens a connection for an ACK with a valid cookie whatever else it carries,
+/// RST included (XDP passes it too: it checks the cookie, not the flags). A source that
+/// ends its handshakes with RST+ACK instead of ACK must meet the same meter.
+#[test]
+fn handshakes_ended_with_rst_ack_are_held_to_the_sources_own_limit() {
+    let lab = NsLab::new(LIMITED, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    lab.topo
+        .add_client_addr(client(200))
+        .expect("client address");
+    lab.topo
+        .add_client_addr(client(202))
+        .expect("client address");
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let first = lab
+        .topo
+        .client
+        .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    let out = run_in(
+        &lab.topo.client.name,
+        &[
+            "python3",
+            "-c",
+            RAW_HANDSHAKES,
+            &client(202).to_string(),
+            &SERVER_V4.to_string(),
+            "8000",
+            "10",
+            "rst-ack",
+        ],
+    );
+    let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        answered,
+        "10",
+        "every SYN answered with a cookie: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let held = established_from(&lab, client(202));
+    assert_eq!(held, 2, "connections of a source limited to 2");
+}
+
+/// A limit whose full bucket takes more than 10^8 seconds to refill (2,000 connections,
+/// then one a day: about 5.5 years), which the parser accepts: the daemon still starts,
+/// with the meter's entries lasting that long (nft refuses a timeout written as 10^8 or
+/// more seconds, "value too large").
+#[test]
+fn a_limit_that_refills_over_years_still_gets_its_meter() {
+    let lab = NsLab::new(
+        r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+connections = { rate = "1/d", burst = 2000 }
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#,
+        &[],
+    );
+    let table = run_in(
+        &lab.topo.server.name,
+        &["nft", "list", "table", "inet", "shield_syncookie_shield0"],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("limit rate over 1/day burst 2000 packets")
+            && text.contains("timeout 2000d1s"),
+        "the meter, its entries kept 2,000 days and a second: {text}"
+    );
+}
+
+/// A reload that leaves the table's text as it was (here the same policy) leaves the table,
+/// and with it the meter's entries: a source that used its 2 connections gets no third one
+/// from an operator's (or a cron job's) reload.
+#[test]
+fn a_reload_that_changes_nothing_keeps_the_meters_count() {
+    let lab = NsLab::new(LIMITED, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    lab.topo
+        .add_client_addr(client(200))
+        .expect("client address");
+    lab.topo
+        .add_client_addr(client(203))
+        .expect("client address");
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let get = move |src: IpAddr| move || http_get(src, dst, "/api/items", Duration::from_secs(2));
+    let first = lab
+        .topo
+        .client
+        .run_in(get(client(200)))
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    for i in 0..2 {
+        let code = lab
+            .topo
+            .client
+            .run_in(get(client(203)))
+            .expect("client namespace");
+        assert_eq!(code, Some(200), "connection {i} of 2");
+    }
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "shield reload: {err}");
+    let third = lab
+        .topo
+        .client
+        .run_in(get(client(203)))
+        .expect("client namespace");
+    assert_eq!(third, None, "a third connection after the reload");
+}
+
+/// A client that speaks first sends its data right behind the ACK ending its handshake; the
+/// data can reach the host before SYNPROXY has the connection from the listener, while
+/// conntrack still calls the flow's segments invalid. That is one connection, not two: a
+/// source limited to 2 that opens 2 this way gets both (it got 1, its first data charged).
+#[test]
+fn a_clients_data_right_behind_its_ack_is_not_a_second_connection() {
+    let lab = NsLab::new(LIMITED, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    lab.topo
+        .add_client_addr(client(200))
+        .expect("client address");
+    lab.topo
+        .add_client_addr(client(204))
+        .expect("client address");
+    let _pass = lab.pass_program_on_client();
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let first = lab
+        .topo
+        .client
+        .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    let out = run_in(
+        &lab.topo.client.name,
+        &[
+            "python3",
+            "-c",
+            RAW_HANDSHAKES,
+            &client(204).to_string(),
+            &SERVER_V4.to_string(),
+            "8000",
+            "2",
+            "ack-data",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2",
+        "both SYNs answered with a cookie: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        established_from(&lab, client(204)),
+        2,
+        "connections of a source limited to 2 that opened 2"
+    );
+}
