@@ -314,7 +314,7 @@ pub fn run(seed: u64, frames: u64) -> Summary {
         if done > 0 {
             toml = random_policy(&mut rng);
             let parsed = policy::parse_str("fuzz.toml", &toml).expect("a valid random policy");
-            let previous = h
+            let previous: HashMap<String, u32> = h
                 .tables
                 .current_rules()
                 .expect("rules")
@@ -322,6 +322,20 @@ pub fn run(seed: u64, frames: u64) -> Summary {
                 .map(|(id, r)| (shield_user::loader::rule_name(&r), id))
                 .collect();
             let c = policy::compile_with_ids(&parsed, &previous);
+            // As the daemon: a rule on an id the policy in force does not give its name (a
+            // rule added, perhaps on a removed rule's id) starts without per-source state.
+            let fresh: Vec<u16> = c
+                .rules
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(id, r)| {
+                    r.flags & shield_common::RULE_PRESENT != 0
+                        && previous.get(&shield_user::loader::rule_name(r)) != Some(&(*id as u32))
+                })
+                .map(|(id, _)| id as u16)
+                .collect();
+            m.sources.retain(|k, _| !fresh.contains(&k.rule));
             generation += 1;
             // As the daemon: the ban lookups stay on while bans are stored.
             let extra = if maps.any() {
