@@ -273,4 +273,68 @@ connections = { rate = "10/s", burst = 10 }
         );
     }
     assert_eq!(h.run(&api), XDP_DROP, "the eleventh");
+    // Its counters are its own: login's pass and refusal are not api's.
+    assert_eq!(h.count("api", Reason::Pass).packets, 10, "api's passes");
+    assert_eq!(
+        h.count("api", Reason::ConnLimit).packets,
+        1,
+        "api's refusals"
+    );
+}
+
+/// The same for what is kept per rule rather than per source: a new rule on a removed
+/// rule's id starts with its own `unverified` budget full (not spent by the removed rule's
+/// unverified sources an hour ahead) and its figures at zero.
+#[test]
+fn a_new_rule_on_a_removed_rules_id_starts_with_its_own_budget_and_figures() {
+    const GUARD: &str = r#"
+[[rule]]
+name = "guard"
+protocol = "tcp"
+ports = [7000]
+connections = { rate = "10/s", burst = 10 }
+unverified = { rate = "1/h", burst = 1 }
+"#;
+    const OTHER: &str = r#"
+[[rule]]
+name = "other"
+protocol = "tcp"
+ports = [7001]
+connections = { rate = "10/s", burst = 10 }
+"#;
+    let with_api = format!(
+        "{OTHER}\n[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [7002]\nconnections = {{ rate = \"10/s\", burst = 10 }}\nunverified = {{ rate = \"10/s\", burst = 10 }}\n"
+    );
+    let mut h = Harness::frozen(GUARD, 5_000 * 1_000_000_000);
+    let syn = |src: &str, port| Pkt::new(src, L4::syn(port)).bytes();
+    assert_eq!(
+        h.run(&syn("192.0.2.1", 7000)),
+        XDP_PASS,
+        "guard's one token"
+    );
+    assert_eq!(
+        h.run(&syn("192.0.2.2", 7000)),
+        XDP_DROP,
+        "over guard's budget"
+    );
+    h.reload(OTHER, 2);
+    h.reload(&with_api, 3);
+    let stats = h.stats();
+    let api = stats.rules.iter().find(|r| r.name == "api").expect("api");
+    assert_eq!(api.id, 1, "api takes the id guard had");
+    for i in 0..10 {
+        let src = format!("192.0.2.{}", 10 + i);
+        assert_eq!(
+            h.run(&syn(&src, 7002)),
+            XDP_PASS,
+            "api's budget token {i} of 10"
+        );
+    }
+    assert_eq!(h.run(&syn("192.0.2.30", 7002)), XDP_DROP, "the eleventh");
+    let stats = h.stats();
+    let api = stats.rules.iter().find(|r| r.name == "api").expect("api");
+    let u = api.unverified.as_ref().expect("api's budget in stats");
+    assert_eq!((u.admitted, u.dropped), (10, 1), "api's budget figures");
+    assert_eq!(api.counters[Reason::Pass.name()].packets, 10);
+    assert!(!u.under_attack, "guard's attack is not api's");
 }

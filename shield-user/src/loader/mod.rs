@@ -30,6 +30,7 @@ use crate::policy::CompiledPolicy;
 mod attach;
 mod ban_count;
 mod detach;
+mod forget;
 mod mapped;
 mod sfilter;
 mod tables;
@@ -38,9 +39,8 @@ mod vfilter;
 pub use attach::*;
 pub use ban_count::{ban_counts_adopt, bump_ban_epoch};
 pub use detach::{Detached, detach_pinned};
-pub use sfilter::{
-    SFILTER_SETTLE, SfilterRebuild, SfilterStep, forget_rules, sfilter_adopt, sfilter_bits,
-};
+pub use forget::forget_rules;
+pub use sfilter::{SFILTER_SETTLE, SfilterRebuild, SfilterStep, sfilter_adopt, sfilter_bits};
 pub use tables::*;
 pub use vfilter::{vfilter_add, vfilter_adopt, vfilter_rebuild};
 

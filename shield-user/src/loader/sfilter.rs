@@ -45,77 +45,8 @@ impl Words {
 }
 
 /// Every key in the source table (see `mapped::table_keys`).
-fn table_keys(dir: &Path) -> Result<Vec<SourceKey>, LoaderError> {
+pub(super) fn table_keys(dir: &Path) -> Result<Vec<SourceKey>, LoaderError> {
     list_keys(dir, MAP_SOURCES, size_of::<SourceState>())
-}
-
-/// Removes from the source table every key of the rules `ids`: their limiter state
-/// (buckets, strikes, escalation level). For rule ids that no policy in force uses, about
-/// to be given to new rules (`PolicyMaps::install`): no packet is judged by them meanwhile,
-/// so none can put state back. Their filter bits stay until a rebuild clears them. Returns
-/// how many keys it removed. The refusal cache's entries of those rules go too: their
-/// pending refusals were judged by the old rule and would be added to the new rule's state.
-pub fn forget_rules(dir: &Path, ids: &[u16]) -> Result<u64, LoaderError> {
-    forget_refusals(dir, ids)?;
-    let mut table: aya::maps::HashMap<aya::maps::MapData, SourceKey, SourceState> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
-            aya::maps::MapData::from_pin(dir.join(MAP_SOURCES))
-                .map_err(super::map_err(MAP_SOURCES))?,
-        ))
-        .map_err(super::map_err(MAP_SOURCES))?;
-    let mut removed = 0;
-    for key in table_keys(dir)?.iter().filter(|k| ids.contains(&k.rule)) {
-        match table.remove(key) {
-            Ok(()) => removed += 1,
-            // Evicted since the listing: gone as well.
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(super::map_err(MAP_SOURCES)(e)),
-        }
-    }
-    Ok(removed)
-}
-
-/// Empties the refusal cache's entries (on every CPU) of the rules `ids`. Only slots that
-/// hold one are written back; an entry of another source that a CPU changed in such a slot
-/// meanwhile loses at most its cached refusal and its pending count (under a second's).
-fn forget_refusals(dir: &Path, ids: &[u16]) -> Result<(), LoaderError> {
-    use shield_common::{MAP_REFUSED, REFUSED_SLOTS, Refused};
-    if !dir.join(MAP_REFUSED).exists() {
-        return Ok(());
-    }
-    let mut cache: aya::maps::PerCpuArray<aya::maps::MapData, Refused> =
-        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
-            aya::maps::MapData::from_pin(dir.join(MAP_REFUSED))
-                .map_err(super::map_err(MAP_REFUSED))?,
-        ))
-        .map_err(super::map_err(MAP_REFUSED))?;
-    for i in 0..REFUSED_SLOTS {
-        let values = cache.get(&i, 0).map_err(super::map_err(MAP_REFUSED))?;
-        if !values.iter().any(|e| ids.contains(&e.key.rule)) {
-            continue;
-        }
-        let kept: Vec<Refused> = values
-            .iter()
-            .map(|e| {
-                if ids.contains(&e.key.rule) {
-                    Refused::default()
-                } else {
-                    *e
-                }
-            })
-            .collect();
-        cache
-            .set(
-                i,
-                aya::maps::PerCpuValues::try_from(kept)
-                    .map_err(|e| super::mapped::sys_err(MAP_REFUSED, "per-CPU values", e))?,
-                0,
-            )
-            .map_err(super::map_err(MAP_REFUSED))?;
-    }
-    Ok(())
 }
 
 /// Sets the bits of every key in the source table into `halves` (atomic ORs). Returns how

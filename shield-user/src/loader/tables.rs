@@ -234,7 +234,7 @@ impl PolicyMaps {
 
         // A rule on an id the policy in force does not give its name (a new rule, perhaps
         // on the id of a rule removed by an earlier reload) starts without state: what
-        // the source table still holds under that id was judged by another rule's limits.
+        // the maps still hold under that id (sources, counters, budget) is another rule's.
         // Nothing is judged under such an id until the flip below, so nothing comes back
         // (unless all 255 ids are taken and a new rule gets the id of one this install
         // removes: what that rule judges until the flip may leave some state).

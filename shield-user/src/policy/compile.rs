@@ -63,8 +63,8 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
 /// force), so its limiter state, bans and counters carry over a reload or restart; a new
 /// rule takes the lowest id no current or previous rule uses (so that the rules a reload
 /// removes leave their ids alone for a while), else the lowest free one. A new rule never
-/// inherits a removed rule's per-source state: `PolicyMaps::install` removes what the
-/// table holds under an id it gives to a new name.
+/// inherits what a removed rule left under its id (per-source state, counters, budget):
+/// `PolicyMaps::install` forgets it before it gives the id to a new name.
 pub fn assign_ids(policy: &Policy, previous: &HashMap<String, u32>) -> Vec<u32> {
     let max = RULE_SLOTS - 1;
     let mut used: HashSet<u32> = HashSet::new();
