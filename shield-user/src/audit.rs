@@ -201,8 +201,11 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| {
-            // A link put there since the check above.
-            if e.raw_os_error() == Some(libc::ELOOP) {
+            // A link put there since the check above (not a loop of links in a parent
+            // directory, which ELOOP also reports: that one keeps the system's message).
+            let last_is_link =
+                || std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            if e.raw_os_error() == Some(libc::ELOOP) && last_is_link() {
                 symlink()
             } else {
                 err(e)
@@ -278,6 +281,26 @@ mod open_tests {
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
         let rotated = std::fs::read_to_string(dir.join("audit.jsonl.1")).unwrap();
         assert_eq!(rotated.lines().count(), 2, "{rotated}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A loop of links in a parent directory is not called a link at the log's path.
+    #[test]
+    fn a_link_loop_in_a_parent_directory_keeps_the_systems_message() {
+        let dir = std::env::temp_dir().join(format!("shield-audit-loop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(dir.join("b"), dir.join("a")).unwrap();
+        std::os::unix::fs::symlink(dir.join("a"), dir.join("b")).unwrap();
+        let path = dir.join("a").join("audit.jsonl");
+        let e = AuditLog::open(Some(path.to_str().unwrap()))
+            .err()
+            .expect("a loop cannot be opened");
+        let text = e.to_string();
+        assert!(!text.contains("never follows"), "{text}");
+        assert!(
+            text.contains("symbolic links"),
+            "the system's ELOOP text: {text}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
