@@ -224,6 +224,33 @@ fn a_vlan_interface_name_pins_locks_and_detaches() {
     assert!(!dir.exists());
 }
 
+/// A rule of another port, for the reloads below that remove the rule in force on port 7000.
+const OTHER: &str = r#"
+[[rule]]
+name = "other"
+protocol = "tcp"
+ports = [7001]
+connections = { rate = "10/s", burst = 10 }
+"#;
+
+/// Removes the harness's rule of id 1 (a reload to `OTHER` alone), then adds a new rule
+/// `api` on port 7002 (`connections` 10/s, burst 10, plus `api_extra`) with a second one,
+/// and checks that `api` took id 1: the lowest free id, now that the policy in force no
+/// longer reserves it.
+fn remove_then_add_api_on_its_id(h: &mut Harness, api_extra: &str) {
+    h.reload(OTHER, 2);
+    let with_api = format!(
+        "{OTHER}\n[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [7002]\nconnections = {{ rate = \"10/s\", burst = 10 }}\n{api_extra}\n"
+    );
+    h.reload(&with_api, 3);
+    let api = h.stats().rules.into_iter().find(|r| r.name == "api");
+    assert_eq!(
+        api.map(|r| r.id),
+        Some(1),
+        "api takes the removed rule's id"
+    );
+}
+
 /// A rule removed by one reload and a new rule added by a later one: the new rule may take
 /// the removed rule's id (only the policy in force reserves its ids), but not its state. A
 /// source `login` held far over its limit must get the new rule's own limit at once, not
@@ -237,33 +264,11 @@ protocol = "tcp"
 ports = [7000]
 connections = { rate = "1/h", burst = 1 }
 "#;
-    const OTHER: &str = r#"
-[[rule]]
-name = "other"
-protocol = "tcp"
-ports = [7001]
-connections = { rate = "10/s", burst = 10 }
-"#;
-    let with_api = format!(
-        "{OTHER}\n[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [7002]\nconnections = {{ rate = \"10/s\", burst = 10 }}\n"
-    );
     let mut h = Harness::frozen(LOGIN, 5_000 * 1_000_000_000);
     let login = Pkt::new("192.0.2.7", L4::syn(7000)).bytes();
     assert_eq!(h.run(&login), XDP_PASS);
     assert_eq!(h.run(&login), XDP_DROP, "login's one connection an hour");
-    h.reload(OTHER, 2);
-    h.reload(&with_api, 3);
-    let ids: std::collections::HashMap<String, u32> = h
-        .tables
-        .current_rules()
-        .expect("rules")
-        .into_iter()
-        .map(|(id, r)| (shield_user::loader::rule_name(&r), id))
-        .collect();
-    assert_eq!(
-        ids["api"], 1,
-        "api takes the id login had (the lowest free one)"
-    );
+    remove_then_add_api_on_its_id(&mut h, "");
     let api = Pkt::new("192.0.2.7", L4::syn(7002)).bytes();
     for i in 0..10 {
         assert_eq!(
@@ -295,16 +300,6 @@ ports = [7000]
 connections = { rate = "10/s", burst = 10 }
 unverified = { rate = "1/h", burst = 1 }
 "#;
-    const OTHER: &str = r#"
-[[rule]]
-name = "other"
-protocol = "tcp"
-ports = [7001]
-connections = { rate = "10/s", burst = 10 }
-"#;
-    let with_api = format!(
-        "{OTHER}\n[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [7002]\nconnections = {{ rate = \"10/s\", burst = 10 }}\nunverified = {{ rate = \"10/s\", burst = 10 }}\n"
-    );
     let mut h = Harness::frozen(GUARD, 5_000 * 1_000_000_000);
     let syn = |src: &str, port| Pkt::new(src, L4::syn(port)).bytes();
     assert_eq!(
@@ -317,11 +312,7 @@ connections = { rate = "10/s", burst = 10 }
         XDP_DROP,
         "over guard's budget"
     );
-    h.reload(OTHER, 2);
-    h.reload(&with_api, 3);
-    let stats = h.stats();
-    let api = stats.rules.iter().find(|r| r.name == "api").expect("api");
-    assert_eq!(api.id, 1, "api takes the id guard had");
+    remove_then_add_api_on_its_id(&mut h, r#"unverified = { rate = "10/s", burst = 10 }"#);
     for i in 0..10 {
         let src = format!("192.0.2.{}", 10 + i);
         assert_eq!(
