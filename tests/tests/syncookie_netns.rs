@@ -377,6 +377,47 @@ unverified = { rate = "1/h", burst = 1 }
 challenge = "syncookie"
 "#;
 
+/// The demo API in the lab (port 8000 of `SERVER_V4`).
+const API: SocketAddr = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+
+/// A lab whose budget is spent: the daemon on `policy` (a rule `api` whose `unverified`
+/// budget holds one token), the demo API, the client addresses `sources` and the pass
+/// program on the client, and the budget's token taken by another client (`client(200)`),
+/// so that the new SYNs of `sources` meet the cookie path. Derefs to the lab.
+struct SpentLab {
+    // Drop order: the pass program, the API, then the lab.
+    _pass: aya::Ebpf,
+    _api: Gunicorn,
+    lab: NsLab,
+}
+
+impl std::ops::Deref for SpentLab {
+    type Target = NsLab;
+    fn deref(&self) -> &NsLab {
+        &self.lab
+    }
+}
+
+fn spent_lab(policy: &str, sources: &[IpAddr]) -> SpentLab {
+    let lab = NsLab::new(policy, &[]);
+    let api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    for src in [client(200)].iter().chain(sources) {
+        lab.topo.add_client_addr(*src).expect("client address");
+    }
+    let pass = lab.pass_program_on_client();
+    let first = lab
+        .topo
+        .client
+        .run_in(move || http_get(client(200), API, "/api/items", Duration::from_secs(3)))
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    SpentLab {
+        _pass: pass,
+        _api: api,
+        lab,
+    }
+}
+
 /// While the budget is spent, XDP answers an unverified source's SYNs with cookies before
 /// any per-source state is read, and the ACK completing such a handshake is no connection
 /// attempt there: a real source sending its SYNs at once got a cookie for each and
@@ -385,22 +426,11 @@ challenge = "syncookie"
 /// `connections` limit, so the source gets 2 connections, as it would without cookies.
 #[test]
 fn connections_through_cookies_are_held_to_the_sources_own_limit() {
-    let lab = NsLab::new(LIMITED, &[]);
-    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    lab.topo
-        .add_client_addr(client(200))
-        .expect("client address");
-    lab.topo
-        .add_client_addr(client(201))
-        .expect("client address");
-    let _pass = lab.pass_program_on_client();
-    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let (first, codes): (Option<u16>, Vec<Option<u16>>) = lab
+    let lab = spent_lab(LIMITED, &[client(201)]);
+    let codes: Vec<Option<u16>> = lab
         .topo
         .client
         .run_in(move || {
-            // Another client takes the budget's one token.
-            let first = http_get(client(200), dst, "/api/items", Duration::from_secs(3));
             // Ten connections of one source at once (threads share the namespace).
             let start = std::sync::Arc::new(std::sync::Barrier::new(10));
             let threads: Vec<_> = (0..10)
@@ -408,18 +438,16 @@ fn connections_through_cookies_are_held_to_the_sources_own_limit() {
                     let start = start.clone();
                     std::thread::spawn(move || {
                         start.wait();
-                        http_get(client(201), dst, "/api/items", Duration::from_secs(2))
+                        http_get(client(201), API, "/api/items", Duration::from_secs(2))
                     })
                 })
                 .collect();
-            let codes = threads
+            threads
                 .into_iter()
                 .map(|t| t.join().expect("client thread"))
-                .collect();
-            (first, codes)
+                .collect()
         })
         .expect("client namespace");
-    assert_eq!(first, Some(200), "the first client takes the token");
     let api = api_rule(&lab);
     assert!(
         api["counters"]["syncookie"]["packets"].as_u64() >= Some(1),
@@ -428,19 +456,25 @@ fn connections_through_cookies_are_held_to_the_sources_own_limit() {
     let served = codes.iter().filter(|c| **c == Some(200)).count();
     assert_eq!(served, 2, "connections of a source limited to 2: {codes:?}");
     // The refusals are counted where an operator looks for them: the table's counters.
-    let server = lab.topo.server.name.clone();
+    let (dropped, text) = meter_drops(&lab, "ip saddr");
+    assert!(dropped >= 8, "the meter's counter: {text}");
+}
+
+/// The packets the table's `over connections of rule api` rules keyed by `key` (`ip saddr`,
+/// `ip6 saddr`) counted, and the table's text.
+fn meter_drops(lab: &NsLab, key: &str) -> (u64, String) {
     let table = run_in(
-        &server,
+        &lab.topo.server.name,
         &["nft", "list", "table", "inet", "shield_syncookie_shield0"],
     );
-    let text = String::from_utf8_lossy(&table.stdout);
-    let dropped: u64 = text
+    let text = String::from_utf8_lossy(&table.stdout).into_owned();
+    let dropped = text
         .lines()
-        .filter(|l| l.contains("over connections of rule api") && l.contains("ip saddr"))
+        .filter(|l| l.contains("over connections of rule api") && l.contains(key))
         .filter_map(|l| l.split("counter packets ").nth(1))
         .filter_map(|c| c.split(' ').next()?.parse::<u64>().ok())
         .sum();
-    assert!(dropped >= 8, "the meter's counter: {text}");
+    (dropped, text)
 }
 
 /// Completes `N` handshakes to `DST:PORT` from `SRC` with raw segments: every SYN first, then
@@ -487,6 +521,30 @@ for p, seq in got.items():
 print(len(got))
 "#;
 
+/// Runs `RAW_HANDSHAKES` in the client namespace: `n` handshakes from `src` to the API
+/// ended with `flags`, then half a second for SYNPROXY to hand the connections over.
+/// Returns what it printed (the SYN-ACKs received) and its stderr.
+fn raw_handshakes(lab: &NsLab, src: IpAddr, n: u32, flags: &str) -> (String, String) {
+    let out = run_in(
+        &lab.topo.client.name,
+        &[
+            "python3",
+            "-c",
+            RAW_HANDSHAKES,
+            &src.to_string(),
+            &API.ip().to_string(),
+            &API.port().to_string(),
+            &n.to_string(),
+            flags,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A source's sockets the server holds established on port 8000.
 fn established_from(lab: &NsLab, src: IpAddr) -> usize {
     let out = run_in(
@@ -509,43 +567,9 @@ fn established_from(lab: &NsLab, src: IpAddr) -> usize {
 /// ends its handshakes with RST+ACK instead of ACK must meet the same meter.
 #[test]
 fn handshakes_ended_with_rst_ack_are_held_to_the_sources_own_limit() {
-    let lab = NsLab::new(LIMITED, &[]);
-    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    lab.topo
-        .add_client_addr(client(200))
-        .expect("client address");
-    lab.topo
-        .add_client_addr(client(202))
-        .expect("client address");
-    let _pass = lab.pass_program_on_client();
-    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let first = lab
-        .topo
-        .client
-        .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
-        .expect("client namespace");
-    assert_eq!(first, Some(200), "the first client takes the token");
-    let out = run_in(
-        &lab.topo.client.name,
-        &[
-            "python3",
-            "-c",
-            RAW_HANDSHAKES,
-            &client(202).to_string(),
-            &SERVER_V4.to_string(),
-            "8000",
-            "10",
-            "rst-ack",
-        ],
-    );
-    let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(
-        answered,
-        "10",
-        "every SYN answered with a cookie: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let lab = spent_lab(LIMITED, &[client(202)]);
+    let (answered, err) = raw_handshakes(&lab, client(202), 10, "rst-ack");
+    assert_eq!(answered, "10", "every SYN answered with a cookie: {err}");
     let held = established_from(&lab, client(202));
     assert_eq!(held, 2, "connections of a source limited to 2");
 }
@@ -585,38 +609,15 @@ challenge = "syncookie"
 /// from an operator's (or a cron job's) reload.
 #[test]
 fn a_reload_that_changes_nothing_keeps_the_meters_count() {
-    let lab = NsLab::new(LIMITED, &[]);
-    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    lab.topo
-        .add_client_addr(client(200))
-        .expect("client address");
-    lab.topo
-        .add_client_addr(client(203))
-        .expect("client address");
-    let _pass = lab.pass_program_on_client();
-    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let get = move |src: IpAddr| move || http_get(src, dst, "/api/items", Duration::from_secs(2));
-    let first = lab
-        .topo
-        .client
-        .run_in(get(client(200)))
-        .expect("client namespace");
-    assert_eq!(first, Some(200), "the first client takes the token");
+    let lab = spent_lab(LIMITED, &[client(203)]);
+    let get = || http_get(client(203), API, "/api/items", Duration::from_secs(2));
     for i in 0..2 {
-        let code = lab
-            .topo
-            .client
-            .run_in(get(client(203)))
-            .expect("client namespace");
+        let code = lab.topo.client.run_in(get).expect("client namespace");
         assert_eq!(code, Some(200), "connection {i} of 2");
     }
     let (ok, _, err) = lab.shield(&["reload"]);
     assert!(ok, "shield reload: {err}");
-    let third = lab
-        .topo
-        .client
-        .run_in(get(client(203)))
-        .expect("client namespace");
+    let third = lab.topo.client.run_in(get).expect("client namespace");
     assert_eq!(third, None, "a third connection after the reload");
 }
 
@@ -626,42 +627,9 @@ fn a_reload_that_changes_nothing_keeps_the_meters_count() {
 /// source limited to 2 that opens 2 this way gets both (it got 1, its first data charged).
 #[test]
 fn a_clients_data_right_behind_its_ack_is_not_a_second_connection() {
-    let lab = NsLab::new(LIMITED, &[]);
-    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    lab.topo
-        .add_client_addr(client(200))
-        .expect("client address");
-    lab.topo
-        .add_client_addr(client(204))
-        .expect("client address");
-    let _pass = lab.pass_program_on_client();
-    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let first = lab
-        .topo
-        .client
-        .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
-        .expect("client namespace");
-    assert_eq!(first, Some(200), "the first client takes the token");
-    let out = run_in(
-        &lab.topo.client.name,
-        &[
-            "python3",
-            "-c",
-            RAW_HANDSHAKES,
-            &client(204).to_string(),
-            &SERVER_V4.to_string(),
-            "8000",
-            "2",
-            "ack-data",
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "2",
-        "both SYNs answered with a cookie: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let lab = spent_lab(LIMITED, &[client(204)]);
+    let (answered, err) = raw_handshakes(&lab, client(204), 2, "ack-data");
+    assert_eq!(answered, "2", "both SYNs answered with a cookie: {err}");
     assert_eq!(
         established_from(&lab, client(204)),
         2,
