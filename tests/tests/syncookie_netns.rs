@@ -44,6 +44,13 @@ fn client(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(POOL_V4.0) + 1000 + i))
 }
 
+/// An IPv6 client, each in its own /64 (sources are keyed, and verified, by /64).
+fn client6(i: u32) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::from(
+        u128::from(netlab::POOL_V6.0) + ((1000 + u128::from(i)) << 64) + 1,
+    ))
+}
+
 /// Without a flood, a budget of one: every new client after the first is answered by the
 /// XDP cookie path, and SYNPROXY completes its connection to the API.
 #[test]
@@ -128,12 +135,6 @@ fn the_cookie_path_completes_connections_to_the_api() {
 fn ipv6_clients_complete_their_connections_through_the_cookie_path() {
     let lab = NsLab::new(POLICY, &[]);
     let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    // Each in its own /64: sources are keyed (and verified) by /64.
-    let client6 = |i: u32| {
-        IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(netlab::POOL_V6.0) + ((1000 + u128::from(i)) << 64) + 1,
-        ))
-    };
     for i in 0..10 {
         lab.topo
             .add_client_addr(client6(i))
@@ -427,27 +428,7 @@ fn spent_lab(policy: &str, sources: &[IpAddr]) -> SpentLab {
 #[test]
 fn connections_through_cookies_are_held_to_the_sources_own_limit() {
     let lab = spent_lab(LIMITED, &[client(201)]);
-    let codes: Vec<Option<u16>> = lab
-        .topo
-        .client
-        .run_in(move || {
-            // Ten connections of one source at once (threads share the namespace).
-            let start = std::sync::Arc::new(std::sync::Barrier::new(10));
-            let threads: Vec<_> = (0..10)
-                .map(|_| {
-                    let start = start.clone();
-                    std::thread::spawn(move || {
-                        start.wait();
-                        http_get(client(201), API, "/api/items", Duration::from_secs(2))
-                    })
-                })
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| t.join().expect("client thread"))
-                .collect()
-        })
-        .expect("client namespace");
+    let codes = at_once(&lab, client(201), 10);
     let api = api_rule(&lab);
     assert!(
         api["counters"]["syncookie"]["packets"].as_u64() >= Some(1),
@@ -458,6 +439,35 @@ fn connections_through_cookies_are_held_to_the_sources_own_limit() {
     // The refusals are counted where an operator looks for them: the table's counters.
     let (dropped, text) = meter_drops(&lab, "ip saddr");
     assert!(dropped >= 8, "the meter's counter: {text}");
+}
+
+/// `n` connections of `src` to the API at once (threads share the client namespace), on
+/// `SERVER_V6` for an IPv6 `src`: their status codes.
+fn at_once(lab: &NsLab, src: IpAddr, n: usize) -> Vec<Option<u16>> {
+    let dst = if src.is_ipv4() {
+        API
+    } else {
+        SocketAddr::new(IpAddr::V6(netlab::SERVER_V6), API.port())
+    };
+    lab.topo
+        .client
+        .run_in(move || {
+            let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        http_get(src, dst, "/api/items", Duration::from_secs(2))
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("client thread"))
+                .collect()
+        })
+        .expect("client namespace")
 }
 
 /// The packets the table's `over connections of rule api` rules keyed by `key` (`ip saddr`,
@@ -572,6 +582,78 @@ fn handshakes_ended_with_rst_ack_are_held_to_the_sources_own_limit() {
     assert_eq!(answered, "10", "every SYN answered with a cookie: {err}");
     let held = established_from(&lab, client(202));
     assert_eq!(held, 2, "connections of a source limited to 2");
+}
+
+/// The meter on IPv6, keyed by the rule's `ipv6_prefix` (a /64): a source never verified
+/// opens 10 connections at once while the budget is spent. Its first SYN gets an XDP cookie
+/// (its later ones too while no ACK has verified the /64, then XDP's own limit judges them);
+/// the meter holds the source to 2 connections (5 of 10 in a run without it), its refusals
+/// in the IPv6 rule's counter.
+#[test]
+fn ipv6_connections_through_cookies_are_held_to_the_sources_own_limit() {
+    let lab = spent_lab(LIMITED, &[client6(200)]);
+    let codes = at_once(&lab, client6(200), 10);
+    let cookies = shield_tests::nslab::counter(&lab.stats(), "api", "syncookie");
+    assert!(
+        cookies >= 1,
+        "the source's SYNs met the cookie path: {cookies}"
+    );
+    let served = codes.iter().filter(|c| **c == Some(200)).count();
+    assert_eq!(
+        served, 2,
+        "connections of an IPv6 source limited to 2: {codes:?}"
+    );
+    let (dropped, text) = meter_drops(&lab, "ip6 saddr");
+    assert!(dropped >= 1, "the IPv6 meter's counter: {text}");
+}
+
+/// `LIMITED` with sources keyed by their /24.
+const LIMITED_24: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+ipv4_prefix = 24
+connections = { rate = "1/h", burst = 2 }
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#;
+
+/// With `ipv4_prefix = 24` the meter keys a source by its /24: four addresses of one /24,
+/// each connecting once (each never verified, so each SYN gets a cookie), together get the
+/// /24's 2 connections (4 without the meter); an address of another /24 then has its own 2
+/// (of 3 attempts: after its first, XDP's own limit admits its SYNs and the meter alone
+/// refuses the third).
+#[test]
+fn addresses_of_one_24_share_the_meters_limit() {
+    let addr = |net: u8, host: u8| IpAddr::V4(Ipv4Addr::new(100, 64, net, host));
+    let shared: Vec<IpAddr> = (1..=4).map(|h| addr(24, h)).collect();
+    let other = addr(25, 1);
+    let lab = spent_lab(LIMITED_24, &[shared.as_slice(), &[other]].concat());
+    let get = |src: IpAddr| http_get(src, API, "/api/items", Duration::from_secs(2));
+    let (codes, others) = lab
+        .topo
+        .client
+        .run_in(move || {
+            let codes: Vec<Option<u16>> = shared.iter().map(|s| get(*s)).collect();
+            let others: Vec<Option<u16>> = (0..3).map(|_| get(other)).collect();
+            (codes, others)
+        })
+        .expect("client namespace");
+    let cookies = shield_tests::nslab::counter(&lab.stats(), "api", "syncookie");
+    assert!(
+        cookies >= 5,
+        "a cookie for each address's first SYN: {cookies}"
+    );
+    let served = |c: &[Option<u16>]| c.iter().filter(|c| **c == Some(200)).count();
+    assert_eq!(
+        served(&codes),
+        2,
+        "four addresses of a /24 limited to 2: {codes:?}"
+    );
+    assert_eq!(served(&others), 2, "an address of another /24: {others:?}");
+    let (dropped, text) = meter_drops(&lab, "ip saddr");
+    assert!(dropped >= 3, "the meter's counter: {text}");
 }
 
 /// A limit whose full bucket takes more than 10^8 seconds to refill (2,000 connections,
