@@ -44,6 +44,13 @@ fn client(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(POOL_V4.0) + 1000 + i))
 }
 
+/// An IPv6 client, each in its own /64 (sources are keyed, and verified, by /64).
+fn client6(i: u32) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::from(
+        u128::from(netlab::POOL_V6.0) + ((1000 + u128::from(i)) << 64) + 1,
+    ))
+}
+
 /// Without a flood, a budget of one: every new client after the first is answered by the
 /// XDP cookie path, and SYNPROXY completes its connection to the API.
 #[test]
@@ -128,12 +135,6 @@ fn the_cookie_path_completes_connections_to_the_api() {
 fn ipv6_clients_complete_their_connections_through_the_cookie_path() {
     let lab = NsLab::new(POLICY, &[]);
     let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    // Each in its own /64: sources are keyed (and verified) by /64.
-    let client6 = |i: u32| {
-        IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(netlab::POOL_V6.0) + ((1000 + u128::from(i)) << 64) + 1,
-        ))
-    };
     for i in 0..10 {
         lab.topo
             .add_client_addr(client6(i))
@@ -377,6 +378,47 @@ unverified = { rate = "1/h", burst = 1 }
 challenge = "syncookie"
 "#;
 
+/// The demo API in the lab (port 8000 of `SERVER_V4`).
+const API: SocketAddr = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+
+/// A lab whose budget is spent: the daemon on `policy` (a rule `api` whose `unverified`
+/// budget holds one token), the demo API, the client addresses `sources` and the pass
+/// program on the client, and the budget's token taken by another client (`client(200)`),
+/// so that the new SYNs of `sources` meet the cookie path. Derefs to the lab.
+struct SpentLab {
+    // Drop order: the pass program, the API, then the lab.
+    _pass: aya::Ebpf,
+    _api: Gunicorn,
+    lab: NsLab,
+}
+
+impl std::ops::Deref for SpentLab {
+    type Target = NsLab;
+    fn deref(&self) -> &NsLab {
+        &self.lab
+    }
+}
+
+fn spent_lab(policy: &str, sources: &[IpAddr]) -> SpentLab {
+    let lab = NsLab::new(policy, &[]);
+    let api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    for src in [client(200)].iter().chain(sources) {
+        lab.topo.add_client_addr(*src).expect("client address");
+    }
+    let pass = lab.pass_program_on_client();
+    let first = lab
+        .topo
+        .client
+        .run_in(move || http_get(client(200), API, "/api/items", Duration::from_secs(3)))
+        .expect("client namespace");
+    assert_eq!(first, Some(200), "the first client takes the token");
+    SpentLab {
+        _pass: pass,
+        _api: api,
+        lab,
+    }
+}
+
 /// While the budget is spent, XDP answers an unverified source's SYNs with cookies before
 /// any per-source state is read, and the ACK completing such a handshake is no connection
 /// attempt there: a real source sending its SYNs at once got a cookie for each and
@@ -385,41 +427,8 @@ challenge = "syncookie"
 /// `connections` limit, so the source gets 2 connections, as it would without cookies.
 #[test]
 fn connections_through_cookies_are_held_to_the_sources_own_limit() {
-    let lab = NsLab::new(LIMITED, &[]);
-    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    lab.topo
-        .add_client_addr(client(200))
-        .expect("client address");
-    lab.topo
-        .add_client_addr(client(201))
-        .expect("client address");
-    let _pass = lab.pass_program_on_client();
-    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let (first, codes): (Option<u16>, Vec<Option<u16>>) = lab
-        .topo
-        .client
-        .run_in(move || {
-            // Another client takes the budget's one token.
-            let first = http_get(client(200), dst, "/api/items", Duration::from_secs(3));
-            // Ten connections of one source at once (threads share the namespace).
-            let start = std::sync::Arc::new(std::sync::Barrier::new(10));
-            let threads: Vec<_> = (0..10)
-                .map(|_| {
-                    let start = start.clone();
-                    std::thread::spawn(move || {
-                        start.wait();
-                        http_get(client(201), dst, "/api/items", Duration::from_secs(2))
-                    })
-                })
-                .collect();
-            let codes = threads
-                .into_iter()
-                .map(|t| t.join().expect("client thread"))
-                .collect();
-            (first, codes)
-        })
-        .expect("client namespace");
-    assert_eq!(first, Some(200), "the first client takes the token");
+    let lab = spent_lab(LIMITED, &[client(201)]);
+    let codes = at_once(&lab, client(201), 10);
     let api = api_rule(&lab);
     assert!(
         api["counters"]["syncookie"]["packets"].as_u64() >= Some(1),
@@ -428,19 +437,54 @@ fn connections_through_cookies_are_held_to_the_sources_own_limit() {
     let served = codes.iter().filter(|c| **c == Some(200)).count();
     assert_eq!(served, 2, "connections of a source limited to 2: {codes:?}");
     // The refusals are counted where an operator looks for them: the table's counters.
-    let server = lab.topo.server.name.clone();
+    let (dropped, text) = meter_drops(&lab, "ip saddr");
+    assert!(dropped >= 8, "the meter's counter: {text}");
+}
+
+/// `n` connections of `src` to the API at once (threads share the client namespace), on
+/// `SERVER_V6` for an IPv6 `src`: their status codes.
+fn at_once(lab: &NsLab, src: IpAddr, n: usize) -> Vec<Option<u16>> {
+    let dst = if src.is_ipv4() {
+        API
+    } else {
+        SocketAddr::new(IpAddr::V6(netlab::SERVER_V6), API.port())
+    };
+    lab.topo
+        .client
+        .run_in(move || {
+            let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        http_get(src, dst, "/api/items", Duration::from_secs(2))
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("client thread"))
+                .collect()
+        })
+        .expect("client namespace")
+}
+
+/// The packets the table's `over connections of rule api` rules keyed by `key` (`ip saddr`,
+/// `ip6 saddr`) counted, and the table's text.
+fn meter_drops(lab: &NsLab, key: &str) -> (u64, String) {
     let table = run_in(
-        &server,
+        &lab.topo.server.name,
         &["nft", "list", "table", "inet", "shield_syncookie_shield0"],
     );
-    let text = String::from_utf8_lossy(&table.stdout);
-    let dropped: u64 = text
+    let text = String::from_utf8_lossy(&table.stdout).into_owned();
+    let dropped = text
         .lines()
-        .filter(|l| l.contains("over connections of rule api") && l.contains("ip saddr"))
+        .filter(|l| l.contains("over connections of rule api") && l.contains(key))
         .filter_map(|l| l.split("counter packets ").nth(1))
         .filter_map(|c| c.split(' ').next()?.parse::<u64>().ok())
         .sum();
-    assert!(dropped >= 8, "the meter's counter: {text}");
+    (dropped, text)
 }
 
 /// Completes `N` handshakes to `DST:PORT` from `SRC` with raw segments: every SYN first, then
@@ -487,6 +531,30 @@ for p, seq in got.items():
 print(len(got))
 "#;
 
+/// Runs `RAW_HANDSHAKES` in the client namespace: `n` handshakes from `src` to the API
+/// ended with `flags`, then half a second for SYNPROXY to hand the connections over.
+/// Returns what it printed (the SYN-ACKs received) and its stderr.
+fn raw_handshakes(lab: &NsLab, src: IpAddr, n: u32, flags: &str) -> (String, String) {
+    let out = run_in(
+        &lab.topo.client.name,
+        &[
+            "python3",
+            "-c",
+            RAW_HANDSHAKES,
+            &src.to_string(),
+            &API.ip().to_string(),
+            &API.port().to_string(),
+            &n.to_string(),
+            flags,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A source's sockets the server holds established on port 8000.
 fn established_from(lab: &NsLab, src: IpAddr) -> usize {
     let out = run_in(
@@ -509,45 +577,83 @@ fn established_from(lab: &NsLab, src: IpAddr) -> usize {
 /// ends its handshakes with RST+ACK instead of ACK must meet the same meter.
 #[test]
 fn handshakes_ended_with_rst_ack_are_held_to_the_sources_own_limit() {
-    let lab = NsLab::new(LIMITED, &[]);
-    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    lab.topo
-        .add_client_addr(client(200))
-        .expect("client address");
-    lab.topo
-        .add_client_addr(client(202))
-        .expect("client address");
-    let _pass = lab.pass_program_on_client();
-    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let first = lab
-        .topo
-        .client
-        .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
-        .expect("client namespace");
-    assert_eq!(first, Some(200), "the first client takes the token");
-    let out = run_in(
-        &lab.topo.client.name,
-        &[
-            "python3",
-            "-c",
-            RAW_HANDSHAKES,
-            &client(202).to_string(),
-            &SERVER_V4.to_string(),
-            "8000",
-            "10",
-            "rst-ack",
-        ],
-    );
-    let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(
-        answered,
-        "10",
-        "every SYN answered with a cookie: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let lab = spent_lab(LIMITED, &[client(202)]);
+    let (answered, err) = raw_handshakes(&lab, client(202), 10, "rst-ack");
+    assert_eq!(answered, "10", "every SYN answered with a cookie: {err}");
     let held = established_from(&lab, client(202));
     assert_eq!(held, 2, "connections of a source limited to 2");
+}
+
+/// The meter on IPv6, keyed by the rule's `ipv6_prefix` (a /64): a source never verified
+/// opens 10 connections at once while the budget is spent. Its first SYN gets an XDP cookie
+/// (its later ones too while no ACK has verified the /64, then XDP's own limit judges them);
+/// the meter holds the source to 2 connections (5 of 10 in a run without it), its refusals
+/// in the IPv6 rule's counter.
+#[test]
+fn ipv6_connections_through_cookies_are_held_to_the_sources_own_limit() {
+    let lab = spent_lab(LIMITED, &[client6(200)]);
+    let codes = at_once(&lab, client6(200), 10);
+    let cookies = shield_tests::nslab::counter(&lab.stats(), "api", "syncookie");
+    assert!(
+        cookies >= 1,
+        "the source's SYNs met the cookie path: {cookies}"
+    );
+    let served = codes.iter().filter(|c| **c == Some(200)).count();
+    assert_eq!(
+        served, 2,
+        "connections of an IPv6 source limited to 2: {codes:?}"
+    );
+    let (dropped, text) = meter_drops(&lab, "ip6 saddr");
+    assert!(dropped >= 1, "the IPv6 meter's counter: {text}");
+}
+
+/// `LIMITED` with sources keyed by their /24.
+const LIMITED_24: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8000]
+ipv4_prefix = 24
+connections = { rate = "1/h", burst = 2 }
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#;
+
+/// With `ipv4_prefix = 24` the meter keys a source by its /24: four addresses of one /24,
+/// each connecting once (each never verified, so each SYN gets a cookie), together get the
+/// /24's 2 connections (4 without the meter); an address of another /24 then has its own 2
+/// (of 3 attempts: after its first, XDP's own limit admits its SYNs and the meter alone
+/// refuses the third).
+#[test]
+fn addresses_of_one_24_share_the_meters_limit() {
+    let addr = |net: u8, host: u8| IpAddr::V4(Ipv4Addr::new(100, 64, net, host));
+    let shared: Vec<IpAddr> = (1..=4).map(|h| addr(24, h)).collect();
+    let other = addr(25, 1);
+    let lab = spent_lab(LIMITED_24, &[shared.as_slice(), &[other]].concat());
+    let get = |src: IpAddr| http_get(src, API, "/api/items", Duration::from_secs(2));
+    let (codes, others) = lab
+        .topo
+        .client
+        .run_in(move || {
+            let codes: Vec<Option<u16>> = shared.iter().map(|s| get(*s)).collect();
+            let others: Vec<Option<u16>> = (0..3).map(|_| get(other)).collect();
+            (codes, others)
+        })
+        .expect("client namespace");
+    let cookies = shield_tests::nslab::counter(&lab.stats(), "api", "syncookie");
+    assert!(
+        cookies >= 5,
+        "a cookie for each address's first SYN: {cookies}"
+    );
+    let served = |c: &[Option<u16>]| c.iter().filter(|c| **c == Some(200)).count();
+    assert_eq!(
+        served(&codes),
+        2,
+        "four addresses of a /24 limited to 2: {codes:?}"
+    );
+    assert_eq!(served(&others), 2, "an address of another /24: {others:?}");
+    let (dropped, text) = meter_drops(&lab, "ip saddr");
+    assert!(dropped >= 3, "the meter's counter: {text}");
 }
 
 /// A limit whose full bucket takes more than 10^8 seconds to refill (2,000 connections,
@@ -585,38 +691,15 @@ challenge = "syncookie"
 /// from an operator's (or a cron job's) reload.
 #[test]
 fn a_reload_that_changes_nothing_keeps_the_meters_count() {
-    let lab = NsLab::new(LIMITED, &[]);
-    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    lab.topo
-        .add_client_addr(client(200))
-        .expect("client address");
-    lab.topo
-        .add_client_addr(client(203))
-        .expect("client address");
-    let _pass = lab.pass_program_on_client();
-    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let get = move |src: IpAddr| move || http_get(src, dst, "/api/items", Duration::from_secs(2));
-    let first = lab
-        .topo
-        .client
-        .run_in(get(client(200)))
-        .expect("client namespace");
-    assert_eq!(first, Some(200), "the first client takes the token");
+    let lab = spent_lab(LIMITED, &[client(203)]);
+    let get = || http_get(client(203), API, "/api/items", Duration::from_secs(2));
     for i in 0..2 {
-        let code = lab
-            .topo
-            .client
-            .run_in(get(client(203)))
-            .expect("client namespace");
+        let code = lab.topo.client.run_in(get).expect("client namespace");
         assert_eq!(code, Some(200), "connection {i} of 2");
     }
     let (ok, _, err) = lab.shield(&["reload"]);
     assert!(ok, "shield reload: {err}");
-    let third = lab
-        .topo
-        .client
-        .run_in(get(client(203)))
-        .expect("client namespace");
+    let third = lab.topo.client.run_in(get).expect("client namespace");
     assert_eq!(third, None, "a third connection after the reload");
 }
 
@@ -626,42 +709,9 @@ fn a_reload_that_changes_nothing_keeps_the_meters_count() {
 /// source limited to 2 that opens 2 this way gets both (it got 1, its first data charged).
 #[test]
 fn a_clients_data_right_behind_its_ack_is_not_a_second_connection() {
-    let lab = NsLab::new(LIMITED, &[]);
-    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
-    lab.topo
-        .add_client_addr(client(200))
-        .expect("client address");
-    lab.topo
-        .add_client_addr(client(204))
-        .expect("client address");
-    let _pass = lab.pass_program_on_client();
-    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
-    let first = lab
-        .topo
-        .client
-        .run_in(move || http_get(client(200), dst, "/api/items", Duration::from_secs(3)))
-        .expect("client namespace");
-    assert_eq!(first, Some(200), "the first client takes the token");
-    let out = run_in(
-        &lab.topo.client.name,
-        &[
-            "python3",
-            "-c",
-            RAW_HANDSHAKES,
-            &client(204).to_string(),
-            &SERVER_V4.to_string(),
-            "8000",
-            "2",
-            "ack-data",
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "2",
-        "both SYNs answered with a cookie: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let lab = spent_lab(LIMITED, &[client(204)]);
+    let (answered, err) = raw_handshakes(&lab, client(204), 2, "ack-data");
+    assert_eq!(answered, "2", "both SYNs answered with a cookie: {err}");
     assert_eq!(
         established_from(&lab, client(204)),
         2,
