@@ -437,8 +437,12 @@ fn connections_through_cookies_are_held_to_the_sources_own_limit() {
     let served = codes.iter().filter(|c| **c == Some(200)).count();
     assert_eq!(served, 2, "connections of a source limited to 2: {codes:?}");
     // The refusals are counted where an operator looks for them: the table's counters.
+    // How many depends on how many SYNs met a cookie before the first ACK verified the
+    // source (a loaded machine spreads the "simultaneous" SYNs out; then XDP's own limit
+    // refuses the later ones); the handshakes past the limit always meet the meter, as
+    // SYNPROXY answers every SYN to the port. `handshakes_ended_with_ack_or_rst_ack…` below sends every SYN first.
     let (dropped, text) = meter_drops(&lab, "ip saddr");
-    assert!(dropped >= 8, "the meter's counter: {text}");
+    assert!(dropped >= 1, "the meter's counter: {text}");
 }
 
 /// `n` connections of `src` to the API at once (threads share the client namespace), on
@@ -572,16 +576,30 @@ fn established_from(lab: &NsLab, src: IpAddr) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-/// SYNPROXY opens a connection for an ACK with a valid cookie whatever else it carries,
-/// RST included (XDP passes it too: it checks the cookie, not the flags). A source that
-/// ends its handshakes with RST+ACK instead of ACK must meet the same meter.
+/// Every SYN first, then every ACK: all 10 handshakes of a source go through XDP cookies,
+/// whatever the machine's load, and exactly its limit complete. SYNPROXY opens a
+/// connection for an ACK with a valid cookie whatever else it carries, RST included (XDP
+/// passes it too: it checks the cookie, not the flags): a source that ends its handshakes
+/// with RST+ACK instead of ACK meets the same meter.
 #[test]
-fn handshakes_ended_with_rst_ack_are_held_to_the_sources_own_limit() {
-    let lab = spent_lab(LIMITED, &[client(202)]);
-    let (answered, err) = raw_handshakes(&lab, client(202), 10, "rst-ack");
-    assert_eq!(answered, "10", "every SYN answered with a cookie: {err}");
-    let held = established_from(&lab, client(202));
-    assert_eq!(held, 2, "connections of a source limited to 2");
+fn handshakes_ended_with_ack_or_rst_ack_are_held_to_the_sources_own_limit() {
+    let lab = spent_lab(LIMITED, &[client(202), client(205)]);
+    for (src, ending) in [(client(205), "ack"), (client(202), "rst-ack")] {
+        let (before, _) = meter_drops(&lab, "ip saddr");
+        let (answered, err) = raw_handshakes(&lab, src, 10, ending);
+        assert_eq!(
+            answered, "10",
+            "{ending}: every SYN answered with a cookie: {err}"
+        );
+        let held = established_from(&lab, src);
+        assert_eq!(held, 2, "{ending}: connections of a source limited to 2");
+        let (after, text) = meter_drops(&lab, "ip saddr");
+        assert_eq!(
+            after - before,
+            8,
+            "{ending}: the meter refused the other 8: {text}"
+        );
+    }
 }
 
 /// The meter on IPv6, keyed by the rule's `ipv6_prefix` (a /64): a source never verified
