@@ -371,7 +371,7 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
 /// directory the daemon created for it.
 #[test]
 fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
-    use std::io::{BufRead as _, Read as _};
+    use std::io::BufRead as _;
     require_root();
     let demo_policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
     let app_dir = std::env::temp_dir().join(shield_tests::netlab::unique("shield-demo-app-"));
@@ -411,11 +411,20 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
             .expect("running shield-demo"),
     );
     let pid = demo.0.id();
-    let mut stderr_pipe = demo.0.stderr.take().expect("stderr");
+    let stderr_pipe = demo.0.stderr.take().expect("stderr");
+    // The text, and when the "stopping" acknowledgement arrived.
     let stderr = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = stderr_pipe.read_to_string(&mut s);
-        s
+        let mut acknowledged = None;
+        for line in std::io::BufReader::new(stderr_pipe).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("demo: stopping (Ctrl-C)") {
+                acknowledged.get_or_insert_with(std::time::Instant::now);
+            }
+            s.push_str(&line);
+            s.push('\n');
+        }
+        (s, acknowledged)
     });
     let mut stdout = String::new();
     let mut lines = std::io::BufReader::new(demo.0.stdout.take().expect("stdout")).lines();
@@ -431,7 +440,19 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
         stdout.contains("demo: ── 2."),
         "the demo never reached phase 2:\n{stdout}"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Two seconds into phase 2, right after a live line (read as it comes): the view then
+    // has a whole second to wait before its next one, and the acknowledgement must not
+    // wait for it.
+    let mut live = 0;
+    for line in lines.by_ref() {
+        let line = line.expect("reading the demo's output");
+        stdout.push_str(&line);
+        stdout.push('\n');
+        live += usize::from(line.starts_with('['));
+        if live == 2 {
+            break;
+        }
+    }
     assert!(
         app_dir.exists(),
         "the daemon creates the [app] socket's directory {}",
@@ -446,12 +467,17 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
     }
     let status = demo.0.wait().expect("waiting for the demo");
     let took = interrupted.elapsed();
-    let stderr = stderr.join().expect("stderr reader");
+    let (stderr, acknowledged) = stderr.join().expect("stderr reader");
     let _ = std::fs::remove_file(&policy);
     assert_eq!(
         status.code(),
         Some(130),
         "an interrupted demo must not exit as a success\n{stdout}\n{stderr}"
+    );
+    let acknowledged = acknowledged.map(|at| at.duration_since(interrupted));
+    assert!(
+        acknowledged.is_some_and(|a| a < Duration::from_millis(300)),
+        "the Ctrl-C is acknowledged at once, not at the next live line: {acknowledged:?}\n{stderr}"
     );
     assert!(
         took < Duration::from_secs(15),

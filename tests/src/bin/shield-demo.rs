@@ -441,20 +441,35 @@ fn run(shield: &Path, policy_path: &Path, stop: &Arc<AtomicBool>) -> Result<Ende
         });
         let view = s.spawn(|| {
             let mut last = Vec::new();
-            while !done.load(Ordering::Relaxed) {
+            let mut next = Instant::now() + Duration::from_secs(1);
+            // A Ctrl-C is acknowledged within 20 ms, also when it ends the phases before
+            // the next live line would be due (it used to wait for that line, up to 1 s,
+            // and a Ctrl-C between phases was never acknowledged).
+            loop {
                 if stop.load(Ordering::Relaxed) {
                     eprintln!(
                         "demo: stopping (Ctrl-C): the current phase's clients finish their last attempts (up to 10 s), then everything is removed"
                     );
                     break;
                 }
-                std::thread::sleep(Duration::from_secs(1));
-                let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
-                let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
-                println!(
-                    "{}",
-                    live_line(&bpffs.path, &daemon.socket, started, name, &t, &mut last)
-                );
+                // The phases ended: one last line when it is due, as before.
+                let ended = done.load(Ordering::Relaxed);
+                if ended {
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                if ended || Instant::now() >= next {
+                    next += Duration::from_secs(1);
+                    let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
+                    let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
+                    println!(
+                        "{}",
+                        live_line(&bpffs.path, &daemon.socket, started, name, &t, &mut last)
+                    );
+                }
+                if ended {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
         });
         let result = run_phases();
