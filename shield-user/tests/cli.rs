@@ -144,6 +144,13 @@ fn stats_without_pinned_maps_says_what_is_missing() {
         err.contains("no shield maps pinned under /nonexistent-bpffs/shield"),
         "{err}"
     );
+    // Not bpffs here: the usual cause is a daemon that mounted it inside `ip netns exec`;
+    // the remedy is a mount this shell shares, named with the path given.
+    assert!(
+        err.contains("/nonexistent-bpffs is not a bpffs mount here")
+            && err.contains("mount bpffs from this shell first (`mount -t bpf bpf /nonexistent-bpffs`), then start the daemon with `--bpffs /nonexistent-bpffs`"),
+        "{err}"
+    );
 }
 
 /// A temporary directory removed on drop.

@@ -371,7 +371,7 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
 /// directory the daemon created for it.
 #[test]
 fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
-    use std::io::{BufRead as _, Read as _};
+    use std::io::BufRead as _;
     require_root();
     let demo_policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
     let app_dir = std::env::temp_dir().join(shield_tests::netlab::unique("shield-demo-app-"));
@@ -411,11 +411,20 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
             .expect("running shield-demo"),
     );
     let pid = demo.0.id();
-    let mut stderr_pipe = demo.0.stderr.take().expect("stderr");
+    let stderr_pipe = demo.0.stderr.take().expect("stderr");
+    // The text, and when the "stopping" acknowledgement arrived.
     let stderr = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = stderr_pipe.read_to_string(&mut s);
-        s
+        let mut acknowledged = None;
+        for line in std::io::BufReader::new(stderr_pipe).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("demo: stopping (Ctrl-C)") {
+                acknowledged.get_or_insert_with(std::time::Instant::now);
+            }
+            s.push_str(&line);
+            s.push('\n');
+        }
+        (s, acknowledged)
     });
     let mut stdout = String::new();
     let mut lines = std::io::BufReader::new(demo.0.stdout.take().expect("stdout")).lines();
@@ -431,7 +440,19 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
         stdout.contains("demo: ── 2."),
         "the demo never reached phase 2:\n{stdout}"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Two seconds into phase 2, right after a live line (read as it comes): the view then
+    // has a whole second to wait before its next one, and the acknowledgement must not
+    // wait for it.
+    let mut live = 0;
+    for line in lines.by_ref() {
+        let line = line.expect("reading the demo's output");
+        stdout.push_str(&line);
+        stdout.push('\n');
+        live += usize::from(line.starts_with('['));
+        if live == 2 {
+            break;
+        }
+    }
     assert!(
         app_dir.exists(),
         "the daemon creates the [app] socket's directory {}",
@@ -446,12 +467,17 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
     }
     let status = demo.0.wait().expect("waiting for the demo");
     let took = interrupted.elapsed();
-    let stderr = stderr.join().expect("stderr reader");
+    let (stderr, acknowledged) = stderr.join().expect("stderr reader");
     let _ = std::fs::remove_file(&policy);
     assert_eq!(
         status.code(),
         Some(130),
         "an interrupted demo must not exit as a success\n{stdout}\n{stderr}"
+    );
+    let acknowledged = acknowledged.map(|at| at.duration_since(interrupted));
+    assert!(
+        acknowledged.is_some_and(|a| a < Duration::from_millis(300)),
+        "the Ctrl-C is acknowledged at once, not at the next live line: {acknowledged:?}\n{stderr}"
     );
     assert!(
         took < Duration::from_secs(15),
@@ -479,6 +505,144 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
         .filter(|n| n.starts_with(&format!("shield-demo-audit-{pid}x")))
         .collect();
     assert!(tmp_left.is_empty(), "left in /tmp: {tmp_left:?}");
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.contains(&format!("{pid}x")),
+        "the demo's namespaces are left:\n{netns}"
+    );
+}
+
+/// A Ctrl-C at the terminal while the demo is still building its lab: the terminal sends
+/// SIGINT to the whole process group, so the daemon, still starting (filling its maps, its
+/// signal handlers not yet installed), dies of it. The demo says it was interrupted, exits
+/// 130 (not an error about the daemon) and removes the `[app] socket` the daemon had bound
+/// and the directory it created (before, both were left behind and the demo exited 1 with
+/// "shield run exited early (signal: 2 (SIGINT))"). A deny list of 60,000 addresses keeps the
+/// daemon in its start for a second or more after it bound the app socket.
+#[test]
+fn a_ctrl_c_while_the_demo_builds_its_lab_leaves_nothing_behind() {
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
+    require_root();
+    let demo_policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
+    let app_dir = std::env::temp_dir().join(shield_tests::netlab::unique("shield-demo-app-"));
+    let app_socket = app_dir.join("app.sock");
+    let deny: String = (0..60_000u32)
+        .map(|i| format!("\"100.100.{}.{}/32\", ", i / 256, i % 256))
+        .collect();
+    let text = std::fs::read_to_string(&demo_policy)
+        .expect("reading policy/demo.toml")
+        .replace("/run/shield-demo/app.sock", &app_socket.to_string_lossy())
+        .replacen("deny  = [", &format!("deny  = [{deny}"), 1);
+    assert!(
+        text.contains(&*app_dir.to_string_lossy()) && text.contains("\"100.100.0.0/32\""),
+        "policy/demo.toml changed shape: its [app] socket or deny list was not rewritten"
+    );
+    let policy = std::env::temp_dir().join(format!(
+        "{}.toml",
+        shield_tests::netlab::unique("shield-demo-policy-")
+    ));
+    std::fs::write(&policy, text).expect("writing the policy");
+    struct Removed(std::path::PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _policy_file = Removed(policy.clone());
+    /// The socket and directory a failing demo leaves (the assertions below see them first).
+    struct RemovedDir(std::path::PathBuf);
+    impl Drop for RemovedDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0.join("app.sock"));
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _app_dir = RemovedDir(app_dir.clone());
+
+    /// Stops the demo's process group if the test fails before it does.
+    struct Group(std::process::Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                // SAFETY: kill(2) on our own child's process group.
+                unsafe { libc::kill(-(self.0.id() as libc::pid_t), libc::SIGINT) };
+                let _ = self.0.wait();
+            }
+        }
+    }
+    // A process group of its own, as a shell gives a foreground job.
+    let mut demo = Group(
+        Command::new(env!("CARGO_BIN_EXE_shield-demo"))
+            .arg("--shield")
+            .arg(shield_bin())
+            .arg("--policy")
+            .arg(&policy)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("running shield-demo"),
+    );
+    let pid = demo.0.id();
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let stdout = read(demo.0.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(demo.0.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !app_socket.exists() {
+        if let Ok(Some(status)) = demo.0.try_wait() {
+            panic!(
+                "the demo ended ({status}) before the daemon bound its [app] socket:\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never bound the [app] socket {}",
+            app_socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child's process group (the terminal's Ctrl-C).
+    assert_eq!(
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGINT) },
+        0
+    );
+    let status = demo.0.wait().expect("waiting for the demo");
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    assert!(
+        !stderr.contains("protecting shield0"),
+        "the daemon had finished its start before the Ctrl-C: this test did not test a Ctrl-C during it\n{stderr}"
+    );
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "a Ctrl-C while the lab is built is an interruption, not an error\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("demo: interrupted (Ctrl-C) while building the lab")
+            && stderr.contains("namespaces, processes and bpffs removed")
+            && !stderr.contains("error"),
+        "{stderr}"
+    );
+    assert!(
+        !app_socket.exists() && !app_dir.exists(),
+        "the [app] socket {} or its directory is left behind",
+        app_socket.display()
+    );
     let netns = Command::new("ip")
         .args(["netns", "list"])
         .output()

@@ -242,7 +242,7 @@ pub(super) fn not_bpffs_hint(bpffs: &std::path::Path) -> String {
         return String::new();
     }
     format!(
-        "; {} is not a bpffs mount here: a daemon that mounted it inside another mount namespace (`ip netns exec`, a container) pins where this shell cannot see, so run this command in that namespace or mount bpffs there before starting the daemon",
+        "; {0} is not a bpffs mount here: a daemon that mounted it itself inside another mount namespace (`ip netns exec`, a container) pins where this shell cannot see (and every `ip netns exec` gets a mount namespace of its own, so a later one does not see them either): mount bpffs from this shell first (`mount -t bpf bpf {0}`), then start the daemon with `--bpffs {0}`",
         bpffs.display()
     )
 }

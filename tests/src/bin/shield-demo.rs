@@ -52,10 +52,20 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match shield_bin(args.shield).and_then(|bin| run(&bin, &args.policy)) {
+    let stop = Arc::new(AtomicBool::new(false));
+    match shield_bin(args.shield).and_then(|bin| run(&bin, &args.policy, &stop)) {
         Ok(Ended::Played) => ExitCode::SUCCESS,
         // 128 + SIGINT, as a shell reports a program a Ctrl-C ended.
         Ok(Ended::Interrupted) => ExitCode::from(130),
+        // A Ctrl-C at the terminal also reaches the daemon, gunicorn and `ip`: while the lab
+        // is being built, one of them dies of it and the step fails. That is the
+        // interruption, not an error; everything built so far is removed by now.
+        Err(_) if stop.load(Ordering::Relaxed) => {
+            eprintln!(
+                "demo: interrupted (Ctrl-C) while building the lab: no summary; namespaces, processes and bpffs removed"
+            );
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("shield-demo: error: {e:#}");
             ExitCode::FAILURE
@@ -88,17 +98,23 @@ enum Ended {
 
 /// What the demo leaves outside its namespaces, removed on every way out (an error
 /// included): its audit log, and the `[app] socket`'s directory when the daemon created it
-/// for this run (the daemon removes the socket itself; a directory that was there before,
-/// or that holds anything else, is left).
+/// for this run, with the socket if it is still there (a stopping daemon removes it, one
+/// that a Ctrl-C ended during its start cannot). A directory that was there before, or that
+/// holds anything else, is left.
 struct Leftovers {
     audit: PathBuf,
-    created_dir: Option<PathBuf>,
+    /// The `[app] socket` and its directory, when that directory did not exist before.
+    created_dir: Option<(PathBuf, PathBuf)>,
 }
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
+        use std::os::unix::fs::FileTypeExt as _;
         let _ = std::fs::remove_file(&self.audit);
-        if let Some(dir) = &self.created_dir {
+        if let Some((socket, dir)) = &self.created_dir {
+            if std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(socket);
+            }
             let _ = std::fs::remove_dir(dir);
         }
     }
@@ -234,11 +250,10 @@ fn live_line(
     )
 }
 
-fn run(shield: &Path, policy_path: &Path) -> Result<Ended> {
+fn run(shield: &Path, policy_path: &Path, stop: &Arc<AtomicBool>) -> Result<Ended> {
     netlab::require_privileges()?;
     // Its message already holds its cause: `{e:#}` would print that twice.
     let p = policy::load(policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
@@ -263,11 +278,10 @@ fn run(shield: &Path, policy_path: &Path) -> Result<Ended> {
     // Declared before the daemon, so dropped after it (the daemon removes its socket first).
     let leftovers = Leftovers {
         audit: audit.clone(),
-        created_dir: app_socket
-            .as_deref()
-            .and_then(Path::parent)
-            .filter(|dir| !dir.exists())
-            .map(Path::to_path_buf),
+        created_dir: app_socket.as_deref().and_then(|socket| {
+            let dir = socket.parent().filter(|dir| !dir.exists())?;
+            Some((socket.to_path_buf(), dir.to_path_buf()))
+        }),
     };
     let daemon = Daemon::start(
         shield,
@@ -427,20 +441,35 @@ fn run(shield: &Path, policy_path: &Path) -> Result<Ended> {
         });
         let view = s.spawn(|| {
             let mut last = Vec::new();
-            while !done.load(Ordering::Relaxed) {
+            let mut next = Instant::now() + Duration::from_secs(1);
+            // A Ctrl-C is acknowledged within 20 ms, also when it ends the phases before
+            // the next live line would be due (it used to wait for that line, up to 1 s,
+            // and a Ctrl-C between phases was never acknowledged).
+            loop {
                 if stop.load(Ordering::Relaxed) {
                     eprintln!(
                         "demo: stopping (Ctrl-C): the current phase's clients finish their last attempts (up to 10 s), then everything is removed"
                     );
                     break;
                 }
-                std::thread::sleep(Duration::from_secs(1));
-                let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
-                let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
-                println!(
-                    "{}",
-                    live_line(&bpffs.path, &daemon.socket, started, name, &t, &mut last)
-                );
+                // The phases ended: one last line when it is due, as before.
+                let ended = done.load(Ordering::Relaxed);
+                if ended {
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                if ended || Instant::now() >= next {
+                    next += Duration::from_secs(1);
+                    let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
+                    let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
+                    println!(
+                        "{}",
+                        live_line(&bpffs.path, &daemon.socket, started, name, &t, &mut last)
+                    );
+                }
+                if ended {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
         });
         let result = run_phases();
