@@ -219,6 +219,19 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         loader::require_root()?;
     }
     raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("shield")
+        .build()
+        .context("starting the tokio runtime")?;
+    // Before anything changes: a Ctrl-C or SIGTERM during the start no longer kills the
+    // process half-way (sockets bound, perhaps attached); it is looked at before attaching
+    // (then the start is undone) and otherwise stops the daemon as soon as it serves.
+    let mut stop = {
+        let _context = runtime.enter();
+        owner::StopSignals::register()?
+    };
     // Every check before anything changes: names, duplicates, existence, the policy, the
     // audit log, the interface locks and both listeners. Attaching comes last.
     let mut seen = std::collections::HashSet::new();
@@ -373,6 +386,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         }));
     }
     let ids = ids_of(&policy, &ids);
+    if let Some(sig) = runtime.block_on(stop.pending()) {
+        undo_start(instances, &created);
+        info!("{sig} during the start: stopped before attaching, nothing changed");
+        return Ok(());
+    }
     for i in 0..instances.len() {
         let inst = &mut instances[i];
         match loader::attach(&mut inst._ebpf, &inst.iface, opts.xdp_mode, &inst.dir) {
@@ -432,12 +450,6 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     );
 
     let app_counters = Arc::new(crate::app::AppCounters::default());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("shield")
-        .build()
-        .context("starting the tokio runtime")?;
     // Created once the start succeeded (a failed start leaves nothing behind); without it
     // the bans do not survive a reboot, which is said, not fatal.
     // Then locked for the daemon's life. Another daemon that took it meanwhile (started at
@@ -474,6 +486,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         restore,
         app: app_socket,
         app_counters,
+        stop,
     };
     let served = runtime.block_on(owner::serve(state, socket, metrics_listener));
     drop(state_lock);

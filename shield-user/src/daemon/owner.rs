@@ -54,6 +54,37 @@ pub(super) struct Start {
     /// The bound app socket when the policy has `[app]`.
     pub app: Option<control::Bound>,
     pub app_counters: Arc<crate::app::AppCounters>,
+    /// SIGTERM and SIGINT, taken over at the top of `run`: one that came during the start
+    /// stops the daemon as soon as it serves.
+    pub stop: StopSignals,
+}
+
+/// SIGTERM and SIGINT as streams. Registered before anything changes (their default action,
+/// which kills the process, is replaced for its whole life), so that a stop during the start
+/// is kept for the run loop instead of killing a daemon that may have attached already.
+pub(super) struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Registers both; needs the runtime's context (`Runtime::enter`).
+    pub(super) fn register() -> Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    /// The name of a stop signal that came and was not taken yet, taking it.
+    pub(super) async fn pending(&mut self) -> Option<&'static str> {
+        tokio::select! {
+            biased;
+            Some(()) = self.term.recv() => Some("SIGTERM"),
+            Some(()) = self.int.recv() => Some("SIGINT"),
+            () = std::future::ready(()) => None,
+        }
+    }
 }
 
 pub(super) type Answer = oneshot::Sender<Result<Reply, String>>;
@@ -159,6 +190,7 @@ pub(super) async fn serve(
         restore,
         app: app_socket,
         app_counters,
+        stop: StopSignals { mut term, mut int },
     } = start;
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -216,8 +248,6 @@ pub(super) async fn serve(
         )));
     }
     let _watcher = watch_file(&path, tx.clone());
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
 

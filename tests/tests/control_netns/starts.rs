@@ -478,3 +478,89 @@ fn an_audit_log_given_the_fleet_key_file_is_refused_and_the_key_kept() {
     assert!(out.contains("fleet key file"), "{out}");
     assert!(!xdp_on_server(&lab), "a refused start attaches nothing");
 }
+
+/// A Ctrl-C or SIGTERM while `shield run` is still starting (here loading 300,000 deny
+/// prefixes, after its sockets are bound) used to kill it by the signal's default action:
+/// no log line, no undo, its control socket left behind (and, in the moment between
+/// attaching and the run loop, a program attached with nobody to detach it). The signals
+/// are taken over before anything changes: the start is undone before attaching, and the
+/// daemon exits 0 on its own, leaving nothing.
+#[test]
+fn a_stop_during_the_start_undoes_it_and_leaves_nothing() {
+    let mut lab = NsLab::new(POLICY, &[API]);
+    lab.daemon().stop().expect("stop");
+    lab_stop_and_clear(&lab);
+    let deny: Vec<String> = (0u32..300_000)
+        .map(|i| format!("\"{}.{}.{}.0/24\"", 11 + (i >> 16), (i >> 8) & 255, i & 255))
+        .collect();
+    let big = policy_file(&format!(
+        "[lists]\ndeny = [{}]\n{}",
+        deny.join(","),
+        POLICY.replace("[lists]\nallow = [\"10.77.0.0/16\"]\n", "")
+    ));
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let sock = std::env::temp_dir().join(format!("{}.sock", unique("shield-stop-")));
+        let _remove = RemoveOnDrop(sock.clone());
+        let mut child = lab
+            .topo
+            .server
+            .command(&shield_bin())
+            .args([
+                "run",
+                "--iface",
+                SERVER_IF,
+                "--bpffs",
+                &bpffs,
+                "--metrics",
+                "off",
+            ])
+            .arg("--policy")
+            .arg(&big.0)
+            .arg("--socket")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting shield run");
+        // The socket is bound before the program is loaded and the maps filled.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !sock.exists() && child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "{name}: no socket after 60 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: kill(2) on the child's pid, which has not been reaped.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name} during the start: a clean exit, not death by the signal ({:?}): {text}",
+            out.status
+        );
+        assert!(
+            text.contains(&format!("{name} during the start")),
+            "{name}: says what happened: {text}"
+        );
+        assert!(!sock.exists(), "{name}: the control socket is removed");
+        assert!(!xdp_on_server(&lab), "{name}: nothing attached");
+        assert!(
+            !lab.bpffs.path.join("shield").join(SERVER_IF).exists(),
+            "{name}: no pins left"
+        );
+    }
+}
