@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 
@@ -78,19 +79,34 @@ def _cut(value, limit):
     return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value):
+    """Whether `value` holds a surrogate code point (U+D800 to U+DFFF): Python's json reads
+    "\\ud800" from a request body and writes it back as such, and the daemon refuses a line
+    holding one (a JSON string must be Unicode text)."""
+    return _SURROGATE.search(value) is not None
+
+
 def _fit(msg):
     """Bounds the fields of `msg` a client controls, so that every request fits in one
     line the daemon reads: an oversized request is still decided, never waved through by
-    on_error."""
+    on_error. A key with a lone surrogate is sent as its SHA-256 and other fields get
+    U+FFFD for it, for the same reason (the daemon refuses such a line)."""
     headers = msg.get("headers")
     if isinstance(headers, dict):
         for name, value in list(headers.items()):
-            if isinstance(value, str) and _size(value) > MAX_KEY_FIELD:
+            if isinstance(value, str) and (_size(value) > MAX_KEY_FIELD or _lone_surrogate(value)):
                 headers[name] = _digest(value)
     for field in ("user", "key"):
         value = msg.get(field)
-        if isinstance(value, str) and _size(value) > MAX_KEY_FIELD:
+        if isinstance(value, str) and (_size(value) > MAX_KEY_FIELD or _lone_surrogate(value)):
             msg[field] = _digest(value)
+    for field in ("xff", "path", "rule", "method", "peer", "signal"):
+        value = msg.get(field)
+        if isinstance(value, str) and _lone_surrogate(value):
+            msg[field] = _SURROGATE.sub("\ufffd", value)
     xff = msg.get("xff")
     if isinstance(xff, str) and _size(xff) > MAX_XFF:
         kept, size = [], 2

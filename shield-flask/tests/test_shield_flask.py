@@ -682,6 +682,37 @@ class Hostile(Base):
         r = client.get("/files/a", headers={"X-Api-Key": "\xe9" * 10}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
         self.assertEqual(self.daemon.of("decide")[1]["headers"]["X-Api-Key"], "\xe9" * 10)
 
+    def test_an_identity_with_a_lone_surrogate_is_still_decided_and_reported(self):
+        # Python's json takes "\ud800" from a request body; the daemon (serde_json) refuses
+        # a line holding it. An identity read from the JSON body made every decision an
+        # error (on_error "open": waved through) and every report uncounted (never banned).
+        self.daemon.decide = login_decider(limit=0)
+        reported = []
+        self.daemon.report = lambda req: reported.append(req) or {"counted": True, "limited": True, "banned": False}
+        holder = {}
+
+        def before():
+            from flask import request as rq
+
+            holder["shield"].identify(user=(rq.get_json(silent=True) or {}).get("user"))
+
+        app, shield = make_app(self.daemon.path, on_error="open", before=before)
+        holder["shield"] = shield
+        client = app.test_client()
+        for user in ("\ud800alice", "\udfff" * 3000):
+            r = client.post("/login", data=json.dumps({"user": user}), content_type="application/json",
+                            environ_base={"REMOTE_ADDR": "127.0.0.1"})
+            self.assertEqual(r.status_code, 429, r.data)
+        self.assertEqual(shield.errors, 0)
+        first, second = (d["user"] for d in self.daemon.of("decide"))
+        self.assertTrue(first.startswith("sha256:") and first != second, (first, second))
+        with app.test_request_context("/login", method="POST"):
+            shield.identify(user="\ud83dbob")
+            reply = shield.report("login_failed", key="\udc00acct")
+        self.assertEqual(reply and reply["counted"], True)
+        self.assertEqual(shield.errors, 0)
+        self.assertTrue(reported[0]["user"].startswith("sha256:") and reported[0]["key"].startswith("sha256:"))
+
     def test_garbage_numbers_in_a_reply_never_make_a_500(self):
         replies = iter([
             {"allow": True, "endpoint": "login", "policy": LOGIN_POLICY, "remaining": "abc", "reset": [1]},
