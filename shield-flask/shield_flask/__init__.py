@@ -44,6 +44,9 @@ MAX_KEY_FIELD = 1024
 #: Longest X-Forwarded-For sent: its rightmost entries (the ones the daemon walks, from
 #: the right, past the trusted proxies) are kept, whole.
 MAX_XFF = 4096
+#: The largest cost a decision can draw (the daemon's largest burst): `charge(n)` sends a
+#: larger n as MAX_COST + 1, which the daemon refuses with a 429 (it never passes).
+MAX_COST = 100_000_000
 #: Longest path sent (only a prefix endpoint looks at it; rules are short).
 MAX_PATH = 4096
 
@@ -289,6 +292,7 @@ class Shield:
         on_error decides (open: returns None, closed: aborts with 503). Returns the
         daemon's decision (a dict) when allowed, or None when nothing was charged (the
         request matches no endpoint, the view is exempt, or the daemon is unreachable).
+        An `n` past 100,000,000 (more than any endpoint holds) is refused with a 429.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"charge() takes a whole number of tokens >= 1, not {n!r}")
@@ -306,7 +310,9 @@ class Shield:
             msg["port"] = int(port) if port is not None else None
         except ValueError:
             msg["port"] = None
-        msg["cost"] = n
+        # Past the largest cost (what no endpoint ever holds) the daemon answers 429; a
+        # count past its u64 would be an error, left to on_error.
+        msg["cost"] = min(n, MAX_COST + 1)
         msg["charge"] = True  # the request is admitted already: no in-flight slot
         refusal = self._decide(msg)
         if refusal is not None:

@@ -115,6 +115,11 @@ class FakeDaemon:
                     # takes "\ud800", the daemon refuses the whole line.
                     conn.sendall(b'{"ok":false,"error":"bad request: lone leading surrogate in hex escape"}\n')
                     continue
+                cost = req.get("cost")
+                if cost is not None and not (isinstance(cost, int) and 0 <= cost < 2**64):
+                    # As the daemon: `cost` is a u64.
+                    conn.sendall(b'{"ok":false,"error":"bad request: invalid value: expected u64"}\n')
+                    continue
                 with self._lock:
                     self.requests.append((number, req))
                 self.release.wait()

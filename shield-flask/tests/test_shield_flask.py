@@ -148,6 +148,21 @@ class Charge(Base):
         self.assertEqual(json.loads(r.data)["detail"], "costs 5")
         self.assertEqual(done, ["4"], "the refused request's work must not run")
 
+    def test_a_charge_past_the_largest_cost_is_refused_not_waved_through(self):
+        # charge(len(rows)) with rows from the request: a count past u64 made the daemon
+        # refuse the line, and on_error "open" let the work run uncharged.
+        self.daemon.decide = cost_decider(burst=10)
+        app, done = self.make()
+        client = app.test_client()
+        shield = app.extensions["shield"]
+        for rows in (10**30, 2**64, 100_000_001):
+            r = client.post(f"/export?rows={rows}")
+            self.assertEqual(r.status_code, 429, r.data)
+        self.assertEqual(done, [], "the refused requests' work must not run")
+        self.assertEqual(shield.errors, 0)
+        charged = [d["cost"] for d in self.daemon.of("decide") if "cost" in d]
+        self.assertEqual(charged, [100_000_001] * 3)
+
     def test_charge_on_an_unmatched_route_sends_nothing_and_bad_counts_raise(self):
         self.daemon.decide = cost_decider()
         app, _ = self.make()
