@@ -126,6 +126,17 @@ def _fit(msg):
     return msg
 
 
+def _server_port(environ):
+    """SERVER_PORT as a port number, or None. gunicorn on a Unix socket takes it from the
+    Host header, which the client writes: "x:99999" is no port (the daemon reads a u16 and
+    would refuse the line, leaving the request to on_error)."""
+    try:
+        port = int(environ.get("SERVER_PORT"))
+    except (TypeError, ValueError):
+        return None
+    return port if 0 <= port <= 65535 else None
+
+
 def _count(value):
     """A non-negative whole number from a reply field; anything else is 0."""
     try:
@@ -275,11 +286,7 @@ class Shield:
         rule = request.url_rule.rule if request.url_rule is not None else None
         msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
         msg.update(self._request_fields(None))
-        port = request.environ.get("SERVER_PORT")
-        try:
-            msg["port"] = int(port) if port is not None else None
-        except ValueError:
-            msg["port"] = None
+        msg["port"] = _server_port(request.environ)
         # No `cost`: the daemon draws the endpoint's own `cost` (default 1).
         return self._decide(msg)
 
@@ -305,11 +312,7 @@ class Shield:
         rule = request.url_rule.rule if request.url_rule is not None else None
         msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
         msg.update(self._request_fields(None))
-        port = request.environ.get("SERVER_PORT")
-        try:
-            msg["port"] = int(port) if port is not None else None
-        except ValueError:
-            msg["port"] = None
+        msg["port"] = _server_port(request.environ)
         # Past the largest cost (what no endpoint ever holds) the daemon answers 429; a
         # count past its u64 would be an error, left to on_error.
         msg["cost"] = min(n, MAX_COST + 1)

@@ -115,6 +115,11 @@ class FakeDaemon:
                     # takes "\ud800", the daemon refuses the whole line.
                     conn.sendall(b'{"ok":false,"error":"bad request: lone leading surrogate in hex escape"}\n')
                     continue
+                port = req.get("port")
+                if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
+                    # As the daemon: `port` is a u16.
+                    conn.sendall(b'{"ok":false,"error":"bad request: invalid value: expected u16"}\n')
+                    continue
                 cost = req.get("cost")
                 if cost is not None and not (isinstance(cost, int) and 0 <= cost < 2**64):
                     # As the daemon: `cost` is a u64.

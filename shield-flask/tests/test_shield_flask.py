@@ -728,6 +728,21 @@ class Hostile(Base):
         self.assertEqual(shield.errors, 0)
         self.assertTrue(reported[0]["user"].startswith("sha256:") and reported[0]["key"].startswith("sha256:"))
 
+    def test_a_host_header_port_out_of_range_is_still_decided(self):
+        # gunicorn on a Unix socket (behind nginx, `proxy_set_header Host $http_host`) takes
+        # SERVER_PORT from the Host header: "Host: x:99999" made a port the daemon's u16
+        # refuses, and on_error "open" waved the request through.
+        self.daemon.decide = login_decider(limit=0)
+        app, shield = make_app(self.daemon.path, on_error="open")
+        client = app.test_client()
+        for port in ("99999", "-1", "8000x", ""):
+            r = client.post("/login", environ_base={"REMOTE_ADDR": "127.0.0.1"}, environ_overrides={"SERVER_PORT": port})
+            self.assertEqual(r.status_code, 429, (port, r.data))
+        self.assertEqual(shield.errors, 0)
+        self.assertEqual([d["port"] for d in self.daemon.of("decide")], [None] * 4)
+        client.post("/login", environ_base={"REMOTE_ADDR": "127.0.0.1"}, environ_overrides={"SERVER_PORT": "8000"})
+        self.assertEqual(self.daemon.of("decide")[-1]["port"], 8000)
+
     def test_garbage_numbers_in_a_reply_never_make_a_500(self):
         replies = iter([
             {"allow": True, "endpoint": "login", "policy": LOGIN_POLICY, "remaining": "abc", "reset": [1]},
