@@ -477,7 +477,17 @@ async fn serve_client(
         let mut limited = (&mut reader).take(MAX_APP_LINE as u64 + 1);
         match timeout(LINE_DEADLINE, limited.read_until(b'\n', &mut line)).await {
             Ok(Ok(_)) => {}
-            _ => return,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // A line begun and not finished (a byte at a time): said, then closed.
+                counters.count_error();
+                let why = format!(
+                    "request line not finished within {} s",
+                    LINE_DEADLINE.as_secs()
+                );
+                let _ = timeout(LINE_DEADLINE, write.write_all(error_line(&why).as_bytes())).await;
+                return;
+            }
         }
         if line.last() != Some(&b'\n') {
             counters.count_error();
@@ -562,6 +572,40 @@ mod tests {
             Some((false, "quota use saved again".to_string()))
         );
         assert_eq!(save_news(&mut last, Ok(())), None);
+    }
+
+    #[test]
+    fn a_line_not_finished_in_time_gets_an_error_before_the_close() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let p = crate::policy::parse_str("t.toml", "[app]\nsocket = \"/tmp/x.sock\"\n")
+                .expect("policy");
+            let counters = Arc::new(AppCounters::default());
+            let limiter: Shared = Arc::new(Mutex::new(Limiter::new(
+                AppPolicy::new(&p, 1),
+                counters.clone(),
+            )));
+            let (owner, _rx) = mpsc::channel(8);
+            let (ours, theirs) = tokio::net::UnixStream::pair().expect("pair");
+            let served =
+                tokio::spawn(async move { client(ours, &limiter, &owner, &counters).await });
+            let (mut read, mut write) = theirs.into_split();
+            write.write_all(b"{\"op\":\"hel").await.expect("write");
+            let mut got = String::new();
+            timeout(LINE_DEADLINE * 2, read.read_to_string(&mut got))
+                .await
+                .expect("closed within the deadline")
+                .expect("read");
+            assert_eq!(
+                got,
+                error_line("request line not finished within 5 s"),
+                "an error, then the close"
+            );
+            served.await.expect("client task");
+        });
     }
 
     #[test]
