@@ -96,11 +96,15 @@ impl Limiter {
         }
         let cost = cost.unwrap_or(self.policy.endpoints[idx].cost);
         let t = &self.endpoints[idx];
-        let most = if t.sustained.is_enabled() {
+        let mut most = if t.sustained.is_enabled() {
             t.rate.burst().min(t.sustained.burst())
         } else {
             t.rate.burst()
         };
+        // A quota smaller than that: no window ever holds more.
+        if let Some(q) = self.policy.endpoints[idx].quota {
+            most = most.min(q.limit);
+        }
         if cost > most {
             // Never passes, whatever the wait: no strike, no retry hint that lies.
             t.counts.limited.fetch_add(1, Ordering::Relaxed);
