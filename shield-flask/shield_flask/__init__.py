@@ -254,7 +254,7 @@ class Shield:
         for a daemon error: it is logged and counted in `errors`.
         """
         msg = {"op": "report", "signal": str(signal)}
-        msg.update(self._request_fields(user))
+        msg.update(self._request_fields(None if user is None else str(user)))
         msg["key"] = None if key is None else str(key)
         try:
             reply = self._call(msg)

@@ -115,6 +115,10 @@ class FakeDaemon:
                     # takes "\ud800", the daemon refuses the whole line.
                     conn.sendall(b'{"ok":false,"error":"bad request: lone leading surrogate in hex escape"}\n')
                     continue
+                if any(req.get(f) is not None and not isinstance(req.get(f), str) for f in ("user", "key")):
+                    # As the daemon: `user` and `key` are strings.
+                    conn.sendall(b'{"ok":false,"error":"bad request: invalid type: expected a string"}\n')
+                    continue
                 port = req.get("port")
                 if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
                     # As the daemon: `port` is a u16.

@@ -613,6 +613,17 @@ class Reports(Base):
         (report,) = self.daemon.of("report")
         self.assertEqual((report["key"], report["user"]), ("acct-9", "bob"))
 
+    def test_report_takes_a_user_that_is_not_a_string_as_identify_does(self):
+        # report(user=current_user.id), an int: sent as a JSON number, the daemon refused the
+        # report (a string is expected), so the signal never counted and never banned.
+        app, shield = make_app(self.daemon.path)
+        with app.test_request_context("/login", method="POST"):
+            reply = shield.report("login_failed", user=42)
+        self.assertEqual(reply and reply["counted"], True)
+        self.assertEqual(shield.errors, 0)
+        (report,) = self.daemon.of("report")
+        self.assertEqual(report["user"], "42")
+
     def test_unknown_signal_is_logged_and_counted_never_raised(self):
         app, shield = make_app(self.daemon.path)
         with app.test_request_context("/"):
