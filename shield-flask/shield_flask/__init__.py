@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 
@@ -43,6 +44,9 @@ MAX_KEY_FIELD = 1024
 #: Longest X-Forwarded-For sent: its rightmost entries (the ones the daemon walks, from
 #: the right, past the trusted proxies) are kept, whole.
 MAX_XFF = 4096
+#: The largest cost a decision can draw (the daemon's largest burst): `charge(n)` sends a
+#: larger n as MAX_COST + 1, which the daemon refuses with a 429 (it never passes).
+MAX_COST = 100_000_000
 #: Longest path sent (only a prefix endpoint looks at it; rules are short).
 MAX_PATH = 4096
 
@@ -78,19 +82,34 @@ def _cut(value, limit):
     return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value):
+    """Whether `value` holds a surrogate code point (U+D800 to U+DFFF): Python's json reads
+    "\\ud800" from a request body and writes it back as such, and the daemon refuses a line
+    holding one (a JSON string must be Unicode text)."""
+    return _SURROGATE.search(value) is not None
+
+
 def _fit(msg):
     """Bounds the fields of `msg` a client controls, so that every request fits in one
     line the daemon reads: an oversized request is still decided, never waved through by
-    on_error."""
+    on_error. A key with a lone surrogate is sent as its SHA-256 and other fields get
+    U+FFFD for it, for the same reason (the daemon refuses such a line)."""
     headers = msg.get("headers")
     if isinstance(headers, dict):
         for name, value in list(headers.items()):
-            if isinstance(value, str) and _size(value) > MAX_KEY_FIELD:
+            if isinstance(value, str) and (_size(value) > MAX_KEY_FIELD or _lone_surrogate(value)):
                 headers[name] = _digest(value)
     for field in ("user", "key"):
         value = msg.get(field)
-        if isinstance(value, str) and _size(value) > MAX_KEY_FIELD:
+        if isinstance(value, str) and (_size(value) > MAX_KEY_FIELD or _lone_surrogate(value)):
             msg[field] = _digest(value)
+    for field in ("xff", "path", "rule", "method", "peer", "signal"):
+        value = msg.get(field)
+        if isinstance(value, str) and _lone_surrogate(value):
+            msg[field] = _SURROGATE.sub("\ufffd", value)
     xff = msg.get("xff")
     if isinstance(xff, str) and _size(xff) > MAX_XFF:
         kept, size = [], 2
@@ -105,6 +124,17 @@ def _fit(msg):
         if isinstance(value, str) and _size(value) > MAX_PATH:
             msg[field] = _cut(value, MAX_PATH)
     return msg
+
+
+def _server_port(environ):
+    """SERVER_PORT as a port number, or None. gunicorn on a Unix socket takes it from the
+    Host header, which the client writes: "x:99999" is no port (the daemon reads a u16 and
+    would refuse the line, leaving the request to on_error)."""
+    try:
+        port = int(environ.get("SERVER_PORT"))
+    except (TypeError, ValueError):
+        return None
+    return port if 0 <= port <= 65535 else None
 
 
 def _count(value):
@@ -224,7 +254,7 @@ class Shield:
         for a daemon error: it is logged and counted in `errors`.
         """
         msg = {"op": "report", "signal": str(signal)}
-        msg.update(self._request_fields(user))
+        msg.update(self._request_fields(None if user is None else str(user)))
         msg["key"] = None if key is None else str(key)
         try:
             reply = self._call(msg)
@@ -256,11 +286,7 @@ class Shield:
         rule = request.url_rule.rule if request.url_rule is not None else None
         msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
         msg.update(self._request_fields(None))
-        port = request.environ.get("SERVER_PORT")
-        try:
-            msg["port"] = int(port) if port is not None else None
-        except ValueError:
-            msg["port"] = None
+        msg["port"] = _server_port(request.environ)
         # No `cost`: the daemon draws the endpoint's own `cost` (default 1).
         return self._decide(msg)
 
@@ -273,6 +299,7 @@ class Shield:
         on_error decides (open: returns None, closed: aborts with 503). Returns the
         daemon's decision (a dict) when allowed, or None when nothing was charged (the
         request matches no endpoint, the view is exempt, or the daemon is unreachable).
+        An `n` past 100,000,000 (more than any endpoint holds) is refused with a 429.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"charge() takes a whole number of tokens >= 1, not {n!r}")
@@ -285,12 +312,10 @@ class Shield:
         rule = request.url_rule.rule if request.url_rule is not None else None
         msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
         msg.update(self._request_fields(None))
-        port = request.environ.get("SERVER_PORT")
-        try:
-            msg["port"] = int(port) if port is not None else None
-        except ValueError:
-            msg["port"] = None
-        msg["cost"] = n
+        msg["port"] = _server_port(request.environ)
+        # Past the largest cost (what no endpoint ever holds) the daemon answers 429; a
+        # count past its u64 would be an error, left to on_error.
+        msg["cost"] = min(n, MAX_COST + 1)
         msg["charge"] = True  # the request is admitted already: no in-flight slot
         refusal = self._decide(msg)
         if refusal is not None:

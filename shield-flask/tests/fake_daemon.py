@@ -11,6 +11,18 @@ import tempfile
 import threading
 
 
+def _has_lone_surrogate(value):
+    """Whether a parsed JSON value holds a string with a lone surrogate (a pair escaped as
+    two \\uXXXX is one character once parsed)."""
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 class FakeDaemon:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="shield-flask-test-")
@@ -97,6 +109,25 @@ class FakeDaemon:
                     req = json.loads(line)
                 except ValueError:
                     conn.sendall(b'{"ok":false,"error":"bad JSON"}\n')
+                    continue
+                if _has_lone_surrogate(req):
+                    # As the daemon (serde_json): a string must be Unicode; Python's json
+                    # takes "\ud800", the daemon refuses the whole line.
+                    conn.sendall(b'{"ok":false,"error":"bad request: lone leading surrogate in hex escape"}\n')
+                    continue
+                if any(req.get(f) is not None and not isinstance(req.get(f), str) for f in ("user", "key")):
+                    # As the daemon: `user` and `key` are strings.
+                    conn.sendall(b'{"ok":false,"error":"bad request: invalid type: expected a string"}\n')
+                    continue
+                port = req.get("port")
+                if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
+                    # As the daemon: `port` is a u16.
+                    conn.sendall(b'{"ok":false,"error":"bad request: invalid value: expected u16"}\n')
+                    continue
+                cost = req.get("cost")
+                if cost is not None and not (isinstance(cost, int) and 0 <= cost < 2**64):
+                    # As the daemon: `cost` is a u64.
+                    conn.sendall(b'{"ok":false,"error":"bad request: invalid value: expected u64"}\n')
                     continue
                 with self._lock:
                     self.requests.append((number, req))

@@ -148,6 +148,21 @@ class Charge(Base):
         self.assertEqual(json.loads(r.data)["detail"], "costs 5")
         self.assertEqual(done, ["4"], "the refused request's work must not run")
 
+    def test_a_charge_past_the_largest_cost_is_refused_not_waved_through(self):
+        # charge(len(rows)) with rows from the request: a count past u64 made the daemon
+        # refuse the line, and on_error "open" let the work run uncharged.
+        self.daemon.decide = cost_decider(burst=10)
+        app, done = self.make()
+        client = app.test_client()
+        shield = app.extensions["shield"]
+        for rows in (10**30, 2**64, 100_000_001):
+            r = client.post(f"/export?rows={rows}")
+            self.assertEqual(r.status_code, 429, r.data)
+        self.assertEqual(done, [], "the refused requests' work must not run")
+        self.assertEqual(shield.errors, 0)
+        charged = [d["cost"] for d in self.daemon.of("decide") if "cost" in d]
+        self.assertEqual(charged, [100_000_001] * 3)
+
     def test_charge_on_an_unmatched_route_sends_nothing_and_bad_counts_raise(self):
         self.daemon.decide = cost_decider()
         app, _ = self.make()
@@ -598,6 +613,17 @@ class Reports(Base):
         (report,) = self.daemon.of("report")
         self.assertEqual((report["key"], report["user"]), ("acct-9", "bob"))
 
+    def test_report_takes_a_user_that_is_not_a_string_as_identify_does(self):
+        # report(user=current_user.id), an int: sent as a JSON number, the daemon refused the
+        # report (a string is expected), so the signal never counted and never banned.
+        app, shield = make_app(self.daemon.path)
+        with app.test_request_context("/login", method="POST"):
+            reply = shield.report("login_failed", user=42)
+        self.assertEqual(reply and reply["counted"], True)
+        self.assertEqual(shield.errors, 0)
+        (report,) = self.daemon.of("report")
+        self.assertEqual(report["user"], "42")
+
     def test_unknown_signal_is_logged_and_counted_never_raised(self):
         app, shield = make_app(self.daemon.path)
         with app.test_request_context("/"):
@@ -681,6 +707,52 @@ class Hostile(Base):
         # A short key is sent as it is.
         r = client.get("/files/a", headers={"X-Api-Key": "\xe9" * 10}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
         self.assertEqual(self.daemon.of("decide")[1]["headers"]["X-Api-Key"], "\xe9" * 10)
+
+    def test_an_identity_with_a_lone_surrogate_is_still_decided_and_reported(self):
+        # Python's json takes "\ud800" from a request body; the daemon (serde_json) refuses
+        # a line holding it. An identity read from the JSON body made every decision an
+        # error (on_error "open": waved through) and every report uncounted (never banned).
+        self.daemon.decide = login_decider(limit=0)
+        reported = []
+        self.daemon.report = lambda req: reported.append(req) or {"counted": True, "limited": True, "banned": False}
+        holder = {}
+
+        def before():
+            from flask import request as rq
+
+            holder["shield"].identify(user=(rq.get_json(silent=True) or {}).get("user"))
+
+        app, shield = make_app(self.daemon.path, on_error="open", before=before)
+        holder["shield"] = shield
+        client = app.test_client()
+        for user in ("\ud800alice", "\udfff" * 3000):
+            r = client.post("/login", data=json.dumps({"user": user}), content_type="application/json",
+                            environ_base={"REMOTE_ADDR": "127.0.0.1"})
+            self.assertEqual(r.status_code, 429, r.data)
+        self.assertEqual(shield.errors, 0)
+        first, second = (d["user"] for d in self.daemon.of("decide"))
+        self.assertTrue(first.startswith("sha256:") and first != second, (first, second))
+        with app.test_request_context("/login", method="POST"):
+            shield.identify(user="\ud83dbob")
+            reply = shield.report("login_failed", key="\udc00acct")
+        self.assertEqual(reply and reply["counted"], True)
+        self.assertEqual(shield.errors, 0)
+        self.assertTrue(reported[0]["user"].startswith("sha256:") and reported[0]["key"].startswith("sha256:"))
+
+    def test_a_host_header_port_out_of_range_is_still_decided(self):
+        # gunicorn on a Unix socket (behind nginx, `proxy_set_header Host $http_host`) takes
+        # SERVER_PORT from the Host header: "Host: x:99999" made a port the daemon's u16
+        # refuses, and on_error "open" waved the request through.
+        self.daemon.decide = login_decider(limit=0)
+        app, shield = make_app(self.daemon.path, on_error="open")
+        client = app.test_client()
+        for port in ("99999", "-1", "8000x", ""):
+            r = client.post("/login", environ_base={"REMOTE_ADDR": "127.0.0.1"}, environ_overrides={"SERVER_PORT": port})
+            self.assertEqual(r.status_code, 429, (port, r.data))
+        self.assertEqual(shield.errors, 0)
+        self.assertEqual([d["port"] for d in self.daemon.of("decide")], [None] * 4)
+        client.post("/login", environ_base={"REMOTE_ADDR": "127.0.0.1"}, environ_overrides={"SERVER_PORT": "8000"})
+        self.assertEqual(self.daemon.of("decide")[-1]["port"], 8000)
 
     def test_garbage_numbers_in_a_reply_never_make_a_500(self):
         replies = iter([

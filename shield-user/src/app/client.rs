@@ -29,9 +29,15 @@ pub fn masked(ip: IpAddr, len: u8) -> IpAddr {
 }
 
 /// An address from a request (`peer`): IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a
-/// dual-stack listener reports) as IPv4, the form XDP sees.
+/// dual-stack listener reports) as IPv4, the form XDP sees; a link-local IPv6 address with
+/// its zone (`fe80::1%eth0`: Python's socket module, so gunicorn's `REMOTE_ADDR`, names a
+/// peer on the link so) as the address.
 pub(super) fn parse_ip(text: &str) -> Option<IpAddr> {
-    let ip: IpAddr = text.trim().parse().ok()?;
+    let ip: IpAddr = match text.trim().split_once('%') {
+        Some((addr, zone)) if !zone.is_empty() => IpAddr::V6(addr.parse().ok()?),
+        Some(_) => return None,
+        None => text.trim().parse().ok()?,
+    };
     Some(unmapped(ip))
 }
 

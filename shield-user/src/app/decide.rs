@@ -10,7 +10,7 @@ use shield_common::{
 };
 
 use super::{
-    Client, Effect, Kind, Limiter, MAX_COST, MAX_KEYS,
+    Client, Effect, Kind, Limiter, MAX_KEYS,
     protocol::{Decision, Reported},
     secs_up, standing, stored_key,
 };
@@ -51,11 +51,11 @@ impl Limiter {
         charge: bool,
         effects: &mut Vec<Effect>,
     ) -> Result<Decision, String> {
-        if cost == Some(0) || cost.is_some_and(|c| c > MAX_COST) {
-            return Err(self.error(format!(
-                "cost must be between 1 and {MAX_COST} tokens, got {}",
-                cost.unwrap_or(0)
-            )));
+        // A cost past MAX_COST (no bucket holds more: MAX_BURST) is refused below as one
+        // that never passes, a 429: an error would be left to on_error ("open": the work
+        // done uncharged), and a client may choose the cost (`shield.charge(len(rows))`).
+        if cost == Some(0) {
+            return Err(self.error("cost must be a whole number of tokens >= 1, got 0"));
         }
         let generation = self.policy.generation;
         let Some(idx) = self
@@ -96,11 +96,15 @@ impl Limiter {
         }
         let cost = cost.unwrap_or(self.policy.endpoints[idx].cost);
         let t = &self.endpoints[idx];
-        let most = if t.sustained.is_enabled() {
+        let mut most = if t.sustained.is_enabled() {
             t.rate.burst().min(t.sustained.burst())
         } else {
             t.rate.burst()
         };
+        // A quota smaller than that: no window ever holds more.
+        if let Some(q) = self.policy.endpoints[idx].quota {
+            most = most.min(q.limit);
+        }
         if cost > most {
             // Never passes, whatever the wait: no strike, no retry hint that lies.
             t.counts.limited.fetch_add(1, Ordering::Relaxed);

@@ -317,7 +317,8 @@ impl Table {
     }
 }
 
-/// The largest `cost` a `decide` may name.
+/// The largest `cost` that may pass (the largest burst, `policy::MAX_BURST`): a `decide`
+/// naming more gets a 429 that says it never passes.
 pub const MAX_COST: u64 = 100_000_000;
 
 /// Whole seconds in `ns`, rounded up.

@@ -139,6 +139,21 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        // A lone surrogate is not Unicode text: refused, in words (shield_flask sends a key
+        // holding one as its SHA-256, so that such a request is still decided).
+        for lone in [
+            &br#"{"op":"decide","user":"\ud800x"}"#[..],
+            br#"{"op":"decide","user":"\udc00"}"#,
+        ] {
+            let e = parse(lone).unwrap_err();
+            assert!(
+                e.starts_with("bad request: ") && e.contains("escape"),
+                "{e}"
+            );
+        }
+        let r =
+            parse(br#"{"op":"decide","user":"\ud83d\ude00"}"#).expect("a pair is one character");
+        assert_eq!(r.user.as_deref(), Some("\u{1f600}"));
         let r = parse(br#"{"op":"decide","method":"GET","future_field":[1]}"#)
             .expect("unknown fields are ignored");
         assert_eq!(r.method.as_deref(), Some("GET"));

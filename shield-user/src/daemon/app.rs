@@ -91,6 +91,22 @@ pub(crate) fn bind(app: &AppConfig) -> io::Result<Bound> {
         Some(g) => Some(group_id(g)?),
         None => None,
     };
+    // Anyone who may write in the directory, without the sticky bit, may also unlink the
+    // live socket and bind their own: the middleware would follow it (every decision, and
+    // the headers it sends, named by that process's hello: Authorization, Cookie).
+    if let Some(dir) = app.socket.parent()
+        && let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o1002 == 0o002
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: the app socket's directory is writable by every user and not sticky: anyone could replace the socket (set another [app] socket in the policy, e.g. the default {})",
+                dir.display(),
+                crate::policy::DEFAULT_APP_SOCKET
+            ),
+        ));
+    }
     let bound = bind_socket(
         &app.socket,
         0o660,
@@ -461,7 +477,17 @@ async fn serve_client(
         let mut limited = (&mut reader).take(MAX_APP_LINE as u64 + 1);
         match timeout(LINE_DEADLINE, limited.read_until(b'\n', &mut line)).await {
             Ok(Ok(_)) => {}
-            _ => return,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // A line begun and not finished (a byte at a time): said, then closed.
+                counters.count_error();
+                let why = format!(
+                    "request line not finished within {} s",
+                    LINE_DEADLINE.as_secs()
+                );
+                let _ = timeout(LINE_DEADLINE, write.write_all(error_line(&why).as_bytes())).await;
+                return;
+            }
         }
         if line.last() != Some(&b'\n') {
             counters.count_error();
@@ -546,6 +572,67 @@ mod tests {
             Some((false, "quota use saved again".to_string()))
         );
         assert_eq!(save_news(&mut last, Ok(())), None);
+    }
+
+    #[test]
+    fn a_line_not_finished_in_time_gets_an_error_before_the_close() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let p = crate::policy::parse_str("t.toml", "[app]\nsocket = \"/tmp/x.sock\"\n")
+                .expect("policy");
+            let counters = Arc::new(AppCounters::default());
+            let limiter: Shared = Arc::new(Mutex::new(Limiter::new(
+                AppPolicy::new(&p, 1),
+                counters.clone(),
+            )));
+            let (owner, _rx) = mpsc::channel(8);
+            let (ours, theirs) = tokio::net::UnixStream::pair().expect("pair");
+            let served =
+                tokio::spawn(async move { client(ours, &limiter, &owner, &counters).await });
+            let (mut read, mut write) = theirs.into_split();
+            write.write_all(b"{\"op\":\"hel").await.expect("write");
+            let mut got = String::new();
+            timeout(LINE_DEADLINE * 2, read.read_to_string(&mut got))
+                .await
+                .expect("closed within the deadline")
+                .expect("read");
+            assert_eq!(
+                got,
+                error_line("request line not finished within 5 s"),
+                "an error, then the close"
+            );
+            served.await.expect("client task");
+        });
+    }
+
+    #[test]
+    fn an_app_socket_in_a_directory_anyone_may_replace_it_in_is_refused() {
+        // A directory every user may write in, without the sticky bit: anyone could unlink
+        // the live socket and bind their own, then answer every decision (allow all, or
+        // refuse all) and name the headers shield_flask sends (Authorization, Cookie).
+        let d = std::env::temp_dir().join(format!("shield-appsock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).expect("dir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let app = AppConfig {
+            socket: d.join("app.sock"),
+            group: None,
+            trusted_proxies: Vec::new(),
+            on_error: crate::policy::OnError::Open,
+        };
+        let Err(e) = bind(&app) else {
+            panic!("bound in a directory anyone may write in");
+        };
+        assert!(e.to_string().contains("writable by every user"), "{e}");
+        assert!(!app.socket.exists(), "nothing bound");
+        // Sticky (as /tmp): others cannot remove our socket; bound.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let bound = bind(&app).expect("a sticky directory");
+        drop(bound);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

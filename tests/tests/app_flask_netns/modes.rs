@@ -74,7 +74,10 @@ fn the_app_only_daemon_runs_as_an_unprivileged_user_and_limits_and_bans_at_l7() 
     let topo = shield_tests::netlab::Topology::new().expect("namespaces");
     let dir = std::env::temp_dir().join(unique("shield-apponly-"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // The daemon's own directory (one every user may write in is refused: anyone could
+    // replace the app socket there).
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let socket = dir.join("app.sock");
     let policy = dir.join("policy.toml");
     std::fs::write(

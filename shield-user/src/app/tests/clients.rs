@@ -102,3 +102,41 @@ fn forwarded_entries_with_a_port_or_brackets_name_the_client() {
         assert_eq!(d.client.as_deref(), Some("127.0.0.1"), "{bad}");
     }
 }
+
+#[test]
+fn a_link_local_peer_with_its_zone_is_limited_not_an_error() {
+    // Python's socket module names a link-local IPv6 peer with its zone, and gunicorn's
+    // REMOTE_ADDR is that text: refused as "not an IP address", every request of a client
+    // on the link was an error, waved through by on_error "open".
+    let mut l = limiter();
+    let mut fx = Vec::new();
+    for i in 0..6 {
+        let peer = if i % 2 == 0 {
+            "fe80::7%eth0"
+        } else {
+            "fe80::7%2"
+        };
+        let d = login(&mut l, peer, None, &mut fx);
+        assert_eq!(d.client.as_deref(), Some("fe80::7"), "{peer}");
+        assert_eq!(d.allow, i < 5, "request {i}: {d:?}");
+    }
+    assert_eq!(l.counters.errors.load(Ordering::Relaxed), 0);
+    // A zone on an IPv4 address, or an empty one, is still garbage.
+    for bad in ["192.0.2.1%eth0", "fe80::7%", "%eth0"] {
+        assert!(
+            l.decide(
+                "POST",
+                Some("/login"),
+                "/login",
+                Some(bad),
+                None,
+                None,
+                None,
+                None,
+                &mut fx
+            )
+            .is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -272,3 +272,50 @@ fn long_keys_from_requests_are_stored_as_digests_and_still_limit() {
     .expect("decide");
     assert!(l.endpoints[1].states.contains_key("header:abc"));
 }
+
+#[test]
+fn a_cost_past_the_largest_is_a_429_that_cannot_pass_not_an_error() {
+    // `shield.charge(len(rows))` with rows from the request: a client sending more rows
+    // than MAX_COST made the decision an error, which on_error "open" waved through
+    // (the work done, nothing charged). Such a cost never passes: a 429 like any cost
+    // above the endpoint's burst.
+    let mut l = limiter_with(
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "export"
+path = "/export"
+limit = { rate = "100000000/s", burst = 100000000 }
+"#,
+        1,
+    );
+    let mut fx = Vec::new();
+    let mut at = |l: &mut Limiter, cost: u64| {
+        l.decide(
+            "POST",
+            Some("/export"),
+            "/export",
+            Some("192.0.2.9"),
+            None,
+            None,
+            None,
+            Some(cost),
+            &mut fx,
+        )
+    };
+    for cost in [MAX_COST + 1, u64::MAX] {
+        let d = at(&mut l, cost).expect("decided, not an error");
+        assert_eq!((d.allow, d.status), (false, Some(429)), "{cost}: {d:?}");
+        assert!(
+            d.detail.as_deref().unwrap_or("").contains("cannot pass"),
+            "{d:?}"
+        );
+    }
+    assert_eq!(l.counters.errors.load(Ordering::Relaxed), 0);
+    // Nothing was drawn: the whole burst is still there.
+    let d = at(&mut l, MAX_COST).expect("decide");
+    assert_eq!((d.allow, d.remaining), (true, Some(0)), "{d:?}");
+    // A cost of 0 is still an error.
+    assert!(at(&mut l, 0).is_err());
+}

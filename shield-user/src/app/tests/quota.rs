@@ -232,3 +232,46 @@ limit = { rate = "1000000/s", burst = 1000000 }
             .contains_key(&("daily".to_string(), "header:x".to_string()))
     );
 }
+
+#[test]
+fn a_cost_above_the_quota_says_it_cannot_pass() {
+    // Quota 4 a day: a request costing 5 never passes, in any window. It was told the
+    // quota "is used up (0 used)" and to retry at the reset, when it would fail again.
+    let mut l = limiter_with(
+        r#"
+[app]
+socket = "/tmp/x.sock"
+[[endpoint]]
+name = "daily"
+path = "/d"
+limit = { rate = "100/s", burst = 100 }
+quota = { limit = 4, per = "1d" }
+"#,
+        1,
+    );
+    let mut fx = Vec::new();
+    let mut go = |l: &mut Limiter, cost: u64| {
+        l.decide(
+            "GET",
+            Some("/d"),
+            "/d",
+            Some("192.0.2.9"),
+            None,
+            None,
+            None,
+            Some(cost),
+            &mut fx,
+        )
+        .expect("decide")
+    };
+    let d = go(&mut l, 5);
+    assert_eq!((d.allow, d.status), (false, Some(429)));
+    assert!(
+        d.detail.as_deref().unwrap_or("").contains("cannot pass"),
+        "{d:?}"
+    );
+    // Nothing drawn: the whole quota is left.
+    let d = go(&mut l, 4);
+    assert!(d.allow, "{d:?}");
+    assert_eq!(l.quota_used_of("daily"), 4);
+}
