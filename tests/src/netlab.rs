@@ -605,7 +605,9 @@ impl Gunicorn {
     }
 }
 
-/// Stops a gunicorn master: SIGTERM (it stops its workers), up to 5 s, then SIGKILL.
+/// Stops a gunicorn master: SIGTERM (it stops its workers), up to 5 s, then SIGKILL to its
+/// workers and to it (killing the master alone left its workers running, orphaned, for
+/// minutes: a worker busy with a kept-alive connection outlives a 5 s wait).
 pub fn stop_gunicorn(child: Option<std::process::Child>) {
     let Some(mut c) = child else { return };
     // SAFETY: signalling our own child.
@@ -613,12 +615,34 @@ pub fn stop_gunicorn(child: Option<std::process::Child>) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = c.try_wait() {
-            break;
+            return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    for worker in children_of(c.id()) {
+        // SAFETY: kill(2) on a process whose parent is our unreaped child.
+        unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    }
     let _ = c.kill();
     let _ = c.wait();
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // `pid (comm) state ppid …`: comm may hold spaces, so split after its `)`.
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
 }
 
 impl Drop for Gunicorn {
