@@ -7,7 +7,9 @@
 //! sets `net.netfilter.nf_conntrack_tcp_loose` to 0 while a table exists (SYNPROXY needs
 //! conntrack to refuse mid-stream pickups), remembering the previous value in the table's
 //! comment and putting it back when the last table goes. Created at start and reload when a
-//! rule uses the challenge, removed when none does, at shutdown and by `shield detach`.
+//! rule uses the challenge, removed when none does, at shutdown and by `shield detach`; a
+//! start that does not finish puts back the table that was there before it (`snapshot`,
+//! `restore`).
 
 use std::{io::Write as _, path::Path, process::Command};
 
@@ -311,6 +313,43 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
         std::fs::write(LOOSE, "0").map_err(|e| format!("setting {LOOSE} to 0: {e}"))?;
     }
     Ok(true)
+}
+
+/// `iface`'s table as it is now (definitions only: no set entries, no counters), for
+/// `restore`; `None` where there is none (or nft cannot list it).
+pub fn snapshot(iface: &str) -> Option<String> {
+    nft(
+        &["-s", "-t", "list", "table", "inet", &table_name(iface)],
+        None,
+    )
+    .ok()
+}
+
+/// Puts back `iface`'s table as `snapshot` saw it (`None`: no table), undoing what a start
+/// that did not finish changed: an earlier run's program still in force keeps the table it
+/// needs. A table that did not change is left alone (its meters' entries with it).
+pub fn restore(iface: &str, saved: Option<&str>) -> Result<(), String> {
+    let Some(saved) = saved else {
+        return remove(iface).map(drop);
+    };
+    if snapshot(iface).as_deref() == Some(saved) {
+        return Ok(());
+    }
+    APPLIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(iface);
+    let name = table_name(iface);
+    nft(
+        &["-f", "-"],
+        Some(&format!(
+            "table inet {name}\ndelete table inet {name}\n{saved}"
+        )),
+    )?;
+    if Path::new(LOOSE).exists() {
+        std::fs::write(LOOSE, "0").map_err(|e| format!("setting {LOOSE} to 0: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Removes `iface`'s table if there is one and puts the remembered

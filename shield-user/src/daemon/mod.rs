@@ -98,6 +98,8 @@ struct Instance {
     set_aside: bool,
     /// The program an adopted link ran before this start (kept alive to be put back).
     previous_program: Option<std::os::fd::OwnedFd>,
+    /// The interface's syncookie nftables table before this start (`synproxy::snapshot`).
+    previous_syncookie: Option<String>,
     /// The rebuild of the source table's filter (`loader::SfilterRebuild`).
     sfilter: crate::loader::SfilterRebuild,
     /// The interface's exclusive lock (see `loader::lock_iface`), held for the daemon's life.
@@ -174,14 +176,15 @@ impl Instance {
 /// what an earlier (adopted) run set up.
 fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
     for mut inst in instances.into_iter().rev() {
-        if inst.attached != Attached::Adopted {
-            if inst.link.is_some() {
-                inst.detach();
-            } else if let Err(e) = crate::synproxy::remove(&inst.iface) {
-                // The policy was installed (and its syncookie table set up) but the
-                // program never attached: nothing answers cookies, so the table goes too.
-                warn!(iface = %inst.iface, "cannot remove the syncookie nftables table: {e}");
-            }
+        if inst.attached != Attached::Adopted && inst.link.is_some() {
+            inst.detach();
+        }
+        // The syncookie table as it was before the install: none where there was none (the
+        // program never attached, nothing answers cookies), and the one an earlier run's
+        // program, still in force (adopted, or left attached by an undo before attaching:
+        // a crash's link), needs.
+        if let Err(e) = crate::synproxy::restore(&inst.iface, inst.previous_syncookie.as_deref()) {
+            warn!(iface = %inst.iface, "cannot put the syncookie nftables table back: {e}");
         }
         if inst.attached == Attached::Adopted
             && let Some(prog) = &inst.previous_program
@@ -508,6 +511,7 @@ fn bring_up(
         // start fails after taking the link over.
         let previous_program = loader::pinned_link_facts(&dir.join(shield_common::LINK_PIN))
             .and_then(|f| loader::prog_fd_by_id(f.prog_id));
+        let previous_syncookie = crate::synproxy::snapshot(&iface);
         let set_aside = opts.fresh
             && loader::set_aside_map_pins(&dir)
                 .with_context(|| format!("--fresh: setting aside the maps in {}", dir.display()))?;
@@ -543,6 +547,7 @@ fn bring_up(
             previous_half,
             set_aside,
             previous_program,
+            previous_syncookie,
             sfilter: crate::loader::SfilterRebuild::new(),
             _lock: lock_file,
             _ebpf: ebpf,

@@ -479,6 +479,65 @@ fn an_audit_log_given_the_fleet_key_file_is_refused_and_the_key_kept() {
     assert!(!xdp_on_server(&lab), "a refused start attaches nothing");
 }
 
+/// `policy` (300,000 deny prefixes added before it, so that the start takes seconds) with
+/// `shield run` started by hand in the lab's server namespace on the lab's bpffs, and `sig`
+/// sent once its control socket is bound: the exit status, stdout + stderr, and whether the
+/// control socket was left.
+fn stopped_during_the_start(lab: &NsLab, policy: &str, sig: i32) -> (Option<i32>, String, bool) {
+    let deny: Vec<String> = (0u32..300_000)
+        .map(|i| format!("\"{}.{}.{}.0/24\"", 11 + (i >> 16), (i >> 8) & 255, i & 255))
+        .collect();
+    let big = policy_file(&format!("[lists]\ndeny = [{}]\n{policy}", deny.join(",")));
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("at4-stop-")));
+    let _remove = RemoveOnDrop(sock.clone());
+    let mut child = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args([
+            "run",
+            "--iface",
+            SERVER_IF,
+            "--bpffs",
+            &bpffs,
+            "--metrics",
+            "off",
+        ])
+        .arg("--policy")
+        .arg(&big.0)
+        .arg("--socket")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting shield run");
+    // The socket is bound before the program is loaded and the maps filled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sock.exists() && child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "no socket after 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on the child's pid, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text, sock.exists())
+}
+
 /// A Ctrl-C or SIGTERM while `shield run` is still starting (here loading 300,000 deny
 /// prefixes, after its sockets are bound) used to kill it by the signal's default action:
 /// no log line, no undo, its control socket left behind (and, in the moment between
@@ -490,77 +549,77 @@ fn a_stop_during_the_start_undoes_it_and_leaves_nothing() {
     let mut lab = NsLab::new(POLICY, &[API]);
     lab.daemon().stop().expect("stop");
     lab_stop_and_clear(&lab);
-    let deny: Vec<String> = (0u32..300_000)
-        .map(|i| format!("\"{}.{}.{}.0/24\"", 11 + (i >> 16), (i >> 8) & 255, i & 255))
-        .collect();
-    let big = policy_file(&format!(
-        "[lists]\ndeny = [{}]\n{}",
-        deny.join(","),
-        POLICY.replace("[lists]\nallow = [\"10.77.0.0/16\"]\n", "")
-    ));
-    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let policy = POLICY.replace("[lists]\nallow = [\"10.77.0.0/16\"]\n", "");
     for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
-        let sock = std::env::temp_dir().join(format!("{}.sock", unique("shield-stop-")));
-        let _remove = RemoveOnDrop(sock.clone());
-        let mut child = lab
-            .topo
-            .server
-            .command(&shield_bin())
-            .args([
-                "run",
-                "--iface",
-                SERVER_IF,
-                "--bpffs",
-                &bpffs,
-                "--metrics",
-                "off",
-            ])
-            .arg("--policy")
-            .arg(&big.0)
-            .arg("--socket")
-            .arg(&sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting shield run");
-        // The socket is bound before the program is loaded and the maps filled.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !sock.exists() && child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "{name}: no socket after 60 s");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // SAFETY: kill(2) on the child's pid, which has not been reaped.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().expect("wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child.wait_with_output().expect("output");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, text, sock_left) = stopped_during_the_start(&lab, &policy, sig);
         assert_eq!(
-            out.status.code(),
+            code,
             Some(0),
-            "{name} during the start: a clean exit, not death by the signal ({:?}): {text}",
-            out.status
+            "{name} during the start: a clean exit, not death by the signal: {text}"
         );
         assert!(
             text.contains(&format!("{name} during the start")),
             "{name}: says what happened: {text}"
         );
-        assert!(!sock.exists(), "{name}: the control socket is removed");
+        assert!(!sock_left, "{name}: the control socket is removed");
         assert!(!xdp_on_server(&lab), "{name}: nothing attached");
         assert!(
             !lab.bpffs.path.join("shield").join(SERVER_IF).exists(),
             "{name}: no pins left"
         );
     }
+}
+
+/// A stop during a start over the pins of a crashed run (`kill -9`: its program still
+/// protects the interface through the pinned link, with its syncookie nftables table)
+/// undoes the start without taking that protection apart: the undo removed the table the
+/// start had just put in place (the one the crashed run's program needs: without SYNPROXY
+/// the ACKs of its cookies meet no listener's handshake), leaving the program answering
+/// cookies that no connection could complete.
+#[test]
+fn a_stop_during_a_start_over_a_crashed_run_keeps_its_syncookie_table() {
+    const COOKIE: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "50/s", burst = 100 }
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#;
+    let mut lab = NsLab::new(COOKIE, &[API]);
+    let ns = lab.topo.server.name.clone();
+    let table = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(["nft", "-s", "-t", "list", "table", "inet"])
+            .arg(format!(
+                "shield_syncookie_{}",
+                SERVER_IF.replace(['-', '.'], "_")
+            ))
+            .output()
+            .expect("nft list table");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let crashed = table();
+    assert!(
+        crashed.contains("dport 8080"),
+        "the lab's daemon set its table up: {crashed}"
+    );
+    lab.daemon().kill9().expect("kill -9");
+    // The start that is stopped protects one more port: its table differs.
+    let other = COOKIE.replace("ports = [8080]", "ports = [8080, 9090]");
+    let (code, text, sock_left) = stopped_during_the_start(&lab, &other, libc::SIGTERM);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("SIGTERM during the start"), "{text}");
+    assert!(!sock_left, "the control socket is removed");
+    assert!(
+        xdp_on_server(&lab),
+        "the crashed run's program still attached"
+    );
+    assert_eq!(
+        table(),
+        crashed,
+        "the crashed run's syncookie table is kept as it was (daemon said: {text})"
+    );
 }
