@@ -95,9 +95,26 @@ impl Tracker {
         self.rules.get(key)?.attack.map(|a| a.start_ns)
     }
 
-    /// Forgets rules no longer in the policy.
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
-        self.rules.retain(|k, _| keep(k));
+    /// Forgets rules no longer in the policy. Returns the attacks that were running on them,
+    /// ended at `now_ns` by the rule's removal (`dropped`: up to the last total seen), by key.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool, now_ns: u64) -> Vec<(String, Change)> {
+        let mut ended = Vec::new();
+        self.rules.retain(|k, e| {
+            if keep(k) {
+                return true;
+            }
+            if let Some(a) = e.attack {
+                ended.push((
+                    k.clone(),
+                    Change::End {
+                        secs: now_ns.saturating_sub(a.start_ns) as f64 / 1e9,
+                        dropped: e.last_total.saturating_sub(a.start_total),
+                    },
+                ));
+            }
+            false
+        });
+        ended
     }
 }
 
@@ -131,6 +148,34 @@ mod tests {
         );
         assert_eq!(t.since("r"), None);
         assert_eq!(t.observe("r", 5_001, 114 * S), Some(Change::Start));
+    }
+
+    /// A rule removed by a reload while under attack: its `attack_start` gets its
+    /// `attack_end` (it was forgotten without one, an attack that never ended in the audit).
+    #[test]
+    fn a_rule_removed_under_attack_ends_its_attack() {
+        let mut t = Tracker::default();
+        t.observe("eth0|gone", 100, S);
+        t.observe("eth0|calm", 7, S);
+        assert_eq!(t.observe("eth0|gone", 400, 2 * S), Some(Change::Start));
+        assert_eq!(t.observe("eth0|gone", 900, 3 * S), None);
+        let ended = t.retain(|k| k != "eth0|gone", 5 * S);
+        assert_eq!(
+            ended,
+            vec![(
+                "eth0|gone".to_string(),
+                Change::End {
+                    secs: 3.0,
+                    dropped: 800
+                }
+            )]
+        );
+        assert!(!t.knows("eth0|gone"));
+        assert!(t.knows("eth0|calm"));
+        assert!(
+            t.retain(|k| k != "eth0|calm", 6 * S).is_empty(),
+            "no attack: nothing ends"
+        );
     }
 
     #[test]

@@ -154,9 +154,23 @@ pub(super) fn watch_attacks(
     };
     let now = crate::loader::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
     let prefix = format!("{}|", inst.iface);
-    tracker.retain(|k| {
-        !k.starts_with(&prefix) || totals.iter().any(|(_, n, _)| k == format!("{prefix}{n}"))
-    });
+    let removed = tracker.retain(
+        |k| !k.starts_with(&prefix) || totals.iter().any(|(_, n, _)| k == format!("{prefix}{n}")),
+        now,
+    );
+    // A rule removed by a reload ends its attack: no attack_start stays without its end.
+    for (key, change) in removed {
+        if let crate::attack::Change::End { secs, dropped } = change {
+            audit.write(json!({
+                "event": "attack_end",
+                "iface": inst.iface,
+                "rule": key.strip_prefix(&prefix).unwrap_or(&key),
+                "duration_secs": (secs * 10.0).round() / 10.0,
+                "dropped": dropped,
+                "ended": "rule removed",
+            }));
+        }
+    }
     for (id, name, total) in totals {
         let key = format!("{prefix}{name}");
         let first = !tracker.knows(&key);

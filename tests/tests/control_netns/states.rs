@@ -404,3 +404,59 @@ fn a_metrics_flood_neither_stalls_the_daemon_nor_makes_it_lose_its_interface() {
         0
     );
 }
+
+/// A rule under attack (its `unverified` budget dropping) that a reload removes: the audit
+/// log's `attack_start` gets its `attack_end` (`"ended": "rule removed"`). The daemon
+/// forgot the attack with the rule, leaving an attack that never ended in the audit log.
+#[test]
+fn a_rule_removed_under_attack_ends_its_attack_in_the_audit_log() {
+    const GUARDED: &str = r#"
+[[rule]]
+name = "guarded"
+protocol = "tcp"
+ports = [8081]
+connections = { rate = "50/s", burst = 100 }
+unverified = { rate = "1/h", burst = 1 }
+"#;
+    let mut lab = NsLab::new(GUARDED, &[API]);
+    let attacker: IpAddr = ATTACKER_V4.into();
+    // One token an hour, and nothing listens on 8081 (no handshake verifies the attacker):
+    // its SYNs after its first are dropped.
+    let _ = lab.connect(attacker, 8081, 5, Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab
+        .audit_lines()
+        .iter()
+        .any(|l| l["event"] == "attack_start" && l["rule"] == "guarded")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no attack_start: {:?}",
+            lab.audit_lines()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&lab.policy, OTHER_POLICY).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    // Well within the 10 s an attack takes to end by itself.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let end = loop {
+        if let Some(l) = lab
+            .audit_lines()
+            .into_iter()
+            .find(|l| l["event"] == "attack_end" && l["rule"] == "guarded")
+        {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no attack_end for the removed rule: {:?}",
+            lab.audit_lines()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(end["ended"], "rule removed", "{end}");
+    assert!(end["dropped"].as_u64().is_some_and(|d| d >= 1), "{end}");
+    let _ = lab.daemon().stop();
+}
