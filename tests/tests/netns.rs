@@ -365,6 +365,86 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
     );
 }
 
+/// policy/demo.toml rewritten for a test: its `[app] socket` in a directory of its own under
+/// /tmp, and `extra_deny` more addresses (100.100.x.y/32) at the head of its deny list. The
+/// policy file, the socket and that directory go on drop.
+struct DemoPolicy {
+    path: std::path::PathBuf,
+    app_dir: std::path::PathBuf,
+}
+
+impl DemoPolicy {
+    fn new(extra_deny: u32) -> DemoPolicy {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
+        let app_dir = std::env::temp_dir().join(shield_tests::netlab::unique("shield-demo-app-"));
+        let deny: String = (0..extra_deny)
+            .map(|i| format!("\"100.100.{}.{}/32\", ", i / 256, i % 256))
+            .collect();
+        let text = std::fs::read_to_string(&demo)
+            .expect("reading policy/demo.toml")
+            .replace(
+                "/run/shield-demo/app.sock",
+                &app_dir.join("app.sock").to_string_lossy(),
+            )
+            .replacen("deny  = [", &format!("deny  = [{deny}"), 1);
+        assert!(
+            text.contains(&*app_dir.to_string_lossy())
+                && (extra_deny == 0 || text.contains("\"100.100.0.0/32\"")),
+            "policy/demo.toml changed shape: its [app] socket or deny list was not rewritten"
+        );
+        let path = std::env::temp_dir().join(format!(
+            "{}.toml",
+            shield_tests::netlab::unique("shield-demo-policy-")
+        ));
+        std::fs::write(&path, text).expect("writing the policy");
+        DemoPolicy { path, app_dir }
+    }
+
+    fn app_socket(&self) -> std::path::PathBuf {
+        self.app_dir.join("app.sock")
+    }
+}
+
+impl Drop for DemoPolicy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.app_socket());
+        let _ = std::fs::remove_dir(&self.app_dir);
+    }
+}
+
+/// shield-demo on `policy`, its output piped, in a process group of its own (as a shell runs
+/// a foreground job); a Ctrl-C to that group on drop if it still runs (a failed test).
+struct Demo(std::process::Child);
+
+impl Demo {
+    fn start(policy: &Path) -> Demo {
+        use std::os::unix::process::CommandExt as _;
+        Demo(
+            Command::new(env!("CARGO_BIN_EXE_shield-demo"))
+                .arg("--shield")
+                .arg(shield_bin())
+                .arg("--policy")
+                .arg(policy)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .process_group(0)
+                .spawn()
+                .expect("running shield-demo"),
+        )
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own child's process group.
+            unsafe { libc::kill(-(self.0.id() as libc::pid_t), libc::SIGINT) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A Ctrl-C in the middle of the demo: it says so at once, prints no summary (the daemon
 /// stops at the Ctrl-C, so the phase's figures would not be shield's), exits 130 and leaves
 /// nothing behind: namespaces, the daemon, its audit log in /tmp and the `[app] socket`
@@ -373,43 +453,9 @@ fn demo_lab_protects_the_flask_api_and_cleans_up() {
 fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
     use std::io::BufRead as _;
     require_root();
-    let demo_policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
-    let app_dir = std::env::temp_dir().join(shield_tests::netlab::unique("shield-demo-app-"));
-    let text = std::fs::read_to_string(&demo_policy)
-        .expect("reading policy/demo.toml")
-        .replace(
-            "/run/shield-demo/app.sock",
-            &app_dir.join("app.sock").to_string_lossy(),
-        );
-    assert!(text.contains(&*app_dir.to_string_lossy()), "{text}");
-    let policy = std::env::temp_dir().join(format!(
-        "{}.toml",
-        shield_tests::netlab::unique("shield-demo-policy-")
-    ));
-    std::fs::write(&policy, text).expect("writing the policy");
-
-    /// Stops the demo the way a terminal's Ctrl-C does if the test fails before it does.
-    struct Interrupt(std::process::Child);
-    impl Drop for Interrupt {
-        fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                // SAFETY: kill(2) on our own child's pid.
-                unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
-                let _ = self.0.wait();
-            }
-        }
-    }
-    let mut demo = Interrupt(
-        Command::new(env!("CARGO_BIN_EXE_shield-demo"))
-            .arg("--shield")
-            .arg(shield_bin())
-            .arg("--policy")
-            .arg(&policy)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("running shield-demo"),
-    );
+    let policy = DemoPolicy::new(0);
+    let app_dir = policy.app_dir.clone();
+    let mut demo = Demo::start(&policy.path);
     let pid = demo.0.id();
     let stderr_pipe = demo.0.stderr.take().expect("stderr");
     // The text, and when the "stopping" acknowledgement arrived.
@@ -468,7 +514,6 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
     let status = demo.0.wait().expect("waiting for the demo");
     let took = interrupted.elapsed();
     let (stderr, acknowledged) = stderr.join().expect("stderr reader");
-    let _ = std::fs::remove_file(&policy);
     assert_eq!(
         status.code(),
         Some(130),
@@ -517,8 +562,9 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
 }
 
 /// A Ctrl-C at the terminal while the demo is still building its lab: the terminal sends
-/// SIGINT to the whole process group, so the daemon, still starting (filling its maps, its
-/// signal handlers not yet installed), dies of it. The demo says it was interrupted, exits
+/// SIGINT to the whole process group, so the daemon, still starting (filling its maps),
+/// gets it too (it undoes its start; before shield run took the signal over at its top, it
+/// died of it). The demo says it was interrupted, exits
 /// 130 (not an error about the daemon) and removes the `[app] socket` the daemon had bound
 /// and the directory it created (before, both were left behind and the demo exited 1 with
 /// "shield run exited early (signal: 2 (SIGINT))"). A deny list of 60,000 addresses keeps the
@@ -526,68 +572,10 @@ fn an_interrupted_demo_says_so_and_leaves_nothing_behind() {
 #[test]
 fn a_ctrl_c_while_the_demo_builds_its_lab_leaves_nothing_behind() {
     use std::io::Read as _;
-    use std::os::unix::process::CommandExt as _;
     require_root();
-    let demo_policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/demo.toml");
-    let app_dir = std::env::temp_dir().join(shield_tests::netlab::unique("shield-demo-app-"));
-    let app_socket = app_dir.join("app.sock");
-    let deny: String = (0..60_000u32)
-        .map(|i| format!("\"100.100.{}.{}/32\", ", i / 256, i % 256))
-        .collect();
-    let text = std::fs::read_to_string(&demo_policy)
-        .expect("reading policy/demo.toml")
-        .replace("/run/shield-demo/app.sock", &app_socket.to_string_lossy())
-        .replacen("deny  = [", &format!("deny  = [{deny}"), 1);
-    assert!(
-        text.contains(&*app_dir.to_string_lossy()) && text.contains("\"100.100.0.0/32\""),
-        "policy/demo.toml changed shape: its [app] socket or deny list was not rewritten"
-    );
-    let policy = std::env::temp_dir().join(format!(
-        "{}.toml",
-        shield_tests::netlab::unique("shield-demo-policy-")
-    ));
-    std::fs::write(&policy, text).expect("writing the policy");
-    struct Removed(std::path::PathBuf);
-    impl Drop for Removed {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let _policy_file = Removed(policy.clone());
-    /// The socket and directory a failing demo leaves (the assertions below see them first).
-    struct RemovedDir(std::path::PathBuf);
-    impl Drop for RemovedDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(self.0.join("app.sock"));
-            let _ = std::fs::remove_dir(&self.0);
-        }
-    }
-    let _app_dir = RemovedDir(app_dir.clone());
-
-    /// Stops the demo's process group if the test fails before it does.
-    struct Group(std::process::Child);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                // SAFETY: kill(2) on our own child's process group.
-                unsafe { libc::kill(-(self.0.id() as libc::pid_t), libc::SIGINT) };
-                let _ = self.0.wait();
-            }
-        }
-    }
-    // A process group of its own, as a shell gives a foreground job.
-    let mut demo = Group(
-        Command::new(env!("CARGO_BIN_EXE_shield-demo"))
-            .arg("--shield")
-            .arg(shield_bin())
-            .arg("--policy")
-            .arg(&policy)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("running shield-demo"),
-    );
+    let policy = DemoPolicy::new(60_000);
+    let (app_dir, app_socket) = (policy.app_dir.clone(), policy.app_socket());
+    let mut demo = Demo::start(&policy.path);
     let pid = demo.0.id();
     let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {

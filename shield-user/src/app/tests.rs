@@ -71,6 +71,29 @@ fn login(l: &mut Limiter, peer: &str, xff: Option<&str>, fx: &mut Vec<Effect>) -
     .expect("decide")
 }
 
+/// A `method` request to `path` (its Flask rule the same) from `peer`, costing `cost`
+/// (`None`: the endpoint's own), with no forwarding, headers or user.
+fn request(
+    l: &mut Limiter,
+    method: &str,
+    path: &str,
+    peer: &str,
+    cost: Option<u64>,
+    fx: &mut Vec<Effect>,
+) -> Result<Decision, String> {
+    l.decide(
+        method,
+        Some(path),
+        path,
+        Some(peer),
+        None,
+        None,
+        None,
+        cost,
+        fx,
+    )
+}
+
 fn parse_cidr_ok(s: &str) -> Cidr {
     crate::policy::parse_cidr(s).expect("cidr")
 }

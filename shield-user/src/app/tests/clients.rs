@@ -60,20 +60,7 @@ fn a_unix_socket_peer_is_this_host_and_its_forwarded_client_is_limited() {
     assert!(other.allow, "another client behind the same proxy");
     assert_eq!(l.counters.errors.load(Ordering::Relaxed), 0);
     // Garbage is still an error.
-    assert!(
-        l.decide(
-            "POST",
-            Some("/login"),
-            "/login",
-            Some("not-an-ip"),
-            None,
-            None,
-            None,
-            None,
-            &mut fx
-        )
-        .is_err()
-    );
+    assert!(request(&mut l, "POST", "/login", "not-an-ip", None, &mut fx).is_err());
 }
 
 #[test]
@@ -124,18 +111,7 @@ fn a_link_local_peer_with_its_zone_is_limited_not_an_error() {
     // A zone on an IPv4 address, or an empty one, is still garbage.
     for bad in ["192.0.2.1%eth0", "fe80::7%", "%eth0"] {
         assert!(
-            l.decide(
-                "POST",
-                Some("/login"),
-                "/login",
-                Some(bad),
-                None,
-                None,
-                None,
-                None,
-                &mut fx
-            )
-            .is_err(),
+            request(&mut l, "POST", "/login", bad, None, &mut fx).is_err(),
             "{bad}"
         );
     }

@@ -128,18 +128,7 @@ limit = { rate = "10/d", burst = 10 }
     );
     let mut fx = Vec::new();
     let mut at = |l: &mut Limiter, path: &str, cost: Option<u64>| {
-        l.decide(
-            "GET",
-            Some(path),
-            path,
-            Some("192.0.2.9"),
-            None,
-            None,
-            None,
-            cost,
-            &mut fx,
-        )
-        .expect("decide")
+        request(l, "GET", path, "192.0.2.9", cost, &mut fx).expect("decide")
     };
     // cost 5 under burst 10: exactly 2, then 429 with a retry of one second (5 tokens at 5/s).
     let d: Vec<Decision> = (0..4).map(|_| at(&mut l, "/export", None)).collect();
@@ -292,17 +281,7 @@ limit = { rate = "100000000/s", burst = 100000000 }
     );
     let mut fx = Vec::new();
     let mut at = |l: &mut Limiter, cost: u64| {
-        l.decide(
-            "POST",
-            Some("/export"),
-            "/export",
-            Some("192.0.2.9"),
-            None,
-            None,
-            None,
-            Some(cost),
-            &mut fx,
-        )
+        request(l, "POST", "/export", "192.0.2.9", Some(cost), &mut fx)
     };
     for cost in [MAX_COST + 1, u64::MAX] {
         let d = at(&mut l, cost).expect("decided, not an error");

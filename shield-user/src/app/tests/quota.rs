@@ -251,18 +251,7 @@ quota = { limit = 4, per = "1d" }
     );
     let mut fx = Vec::new();
     let mut go = |l: &mut Limiter, cost: u64| {
-        l.decide(
-            "GET",
-            Some("/d"),
-            "/d",
-            Some("192.0.2.9"),
-            None,
-            None,
-            None,
-            Some(cost),
-            &mut fx,
-        )
-        .expect("decide")
+        request(l, "GET", "/d", "192.0.2.9", Some(cost), &mut fx).expect("decide")
     };
     let d = go(&mut l, 5);
     assert_eq!((d.allow, d.status), (false, Some(429)));
