@@ -323,7 +323,8 @@ pub fn run(seed: u64, frames: u64) -> Summary {
                 .collect();
             let c = policy::compile_with_ids(&parsed, &previous);
             // As the daemon: a rule on an id the policy in force does not give its name (a
-            // rule added, perhaps on a removed rule's id) starts without per-source state.
+            // rule added, perhaps on a removed rule's id) starts without per-source state or
+            // figures (counters, its budget's and its RST cap's buckets).
             let fresh: Vec<u16> = c
                 .rules
                 .iter()
@@ -336,6 +337,16 @@ pub fn run(seed: u64, frames: u64) -> Summary {
                 .map(|(id, _)| id as u16)
                 .collect();
             m.sources.retain(|k, _| !fresh.contains(&k.rule));
+            let forgotten = |id: &u32| u16::try_from(*id).is_ok_and(|id| fresh.contains(&id));
+            // What the model counted under them still tells the run's coverage.
+            m.counters.retain(|(id, r), (n, _)| {
+                if forgotten(id) {
+                    *summary.by_reason.entry(r.name()).or_default() += *n;
+                }
+                !forgotten(id)
+            });
+            m.budget.retain(|id, _| !forgotten(id));
+            m.resets.retain(|id, _| !forgotten(id));
             generation += 1;
             // As the daemon: the ban lookups stay on while bans are stored.
             let extra = if maps.any() {
