@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     InstallDone, Instance, app, control, events, http,
-    upkeep::{event_json, sweep, watch_attacks},
+    upkeep::{end_attacks, event_json, sweep, watch_attacks},
 };
 use crate::{
     audit::AuditLog,
@@ -432,6 +432,10 @@ pub(super) async fn serve(
         let _ = answer.send(Err("the daemon is shutting down".into()));
     }
     for inst in &mut owner.instances {
+        // Attacks still running end with the daemon (the next one starts calm).
+        if !owner.lost.contains_key(&inst.iface) {
+            end_attacks(inst, &mut owner.audit, &mut owner.attacks, "daemon stopped");
+        }
         inst.detach();
         if !owner.lost.contains_key(&inst.iface) {
             info!(iface = %inst.iface, "detached from {}", inst.iface);
@@ -575,6 +579,8 @@ impl Owner {
                 );
                 self.audit
                     .write(json!({"event": "lost", "iface": inst.iface, "reason": why}));
+                // No longer watched: its attacks end here, not never.
+                end_attacks(inst, &mut self.audit, &mut self.attacks, "interface lost");
                 self.lost.insert(inst.iface.clone(), why);
                 continue;
             }

@@ -137,6 +137,42 @@ pub(super) fn sweep(inst: &mut Instance, audit: &mut AuditLog, escalates: bool) 
     }
 }
 
+/// Ends every attack still running on `inst` (the daemon stops, or lost the interface), so
+/// that no `attack_start` stays without its `attack_end`. `why` goes into `ended`.
+pub(super) fn end_attacks(
+    inst: &Instance,
+    audit: &mut AuditLog,
+    tracker: &mut crate::attack::Tracker,
+    why: &str,
+) {
+    let now = crate::loader::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
+    let prefix = format!("{}|", inst.iface);
+    let ended = tracker.retain(|k| !k.starts_with(&prefix), now);
+    write_ended(audit, &inst.iface, ended, why);
+}
+
+/// Writes an `attack_end` with `ended: why` for each attack `Tracker::retain` ended.
+fn write_ended(
+    audit: &mut AuditLog,
+    iface: &str,
+    ended: Vec<(String, crate::attack::Change)>,
+    why: &str,
+) {
+    let prefix = format!("{iface}|");
+    for (key, change) in ended {
+        if let crate::attack::Change::End { secs, dropped } = change {
+            audit.write(json!({
+                "event": "attack_end",
+                "iface": iface,
+                "rule": key.strip_prefix(&prefix).unwrap_or(&key),
+                "duration_secs": (secs * 10.0).round() / 10.0,
+                "dropped": dropped,
+                "ended": why,
+            }));
+        }
+    }
+}
+
 /// Logs the start and end of attacks on rules' `unverified` budgets and records them in the
 /// maps for `shield stats`.
 pub(super) fn watch_attacks(
@@ -159,18 +195,7 @@ pub(super) fn watch_attacks(
         now,
     );
     // A rule removed by a reload ends its attack: no attack_start stays without its end.
-    for (key, change) in removed {
-        if let crate::attack::Change::End { secs, dropped } = change {
-            audit.write(json!({
-                "event": "attack_end",
-                "iface": inst.iface,
-                "rule": key.strip_prefix(&prefix).unwrap_or(&key),
-                "duration_secs": (secs * 10.0).round() / 10.0,
-                "dropped": dropped,
-                "ended": "rule removed",
-            }));
-        }
-    }
+    write_ended(audit, &inst.iface, removed, "rule removed");
     for (id, name, total) in totals {
         let key = format!("{prefix}{name}");
         let first = !tracker.knows(&key);

@@ -405,12 +405,7 @@ fn a_metrics_flood_neither_stalls_the_daemon_nor_makes_it_lose_its_interface() {
     );
 }
 
-/// A rule under attack (its `unverified` budget dropping) that a reload removes: the audit
-/// log's `attack_start` gets its `attack_end` (`"ended": "rule removed"`). The daemon
-/// forgot the attack with the rule, leaving an attack that never ended in the audit log.
-#[test]
-fn a_rule_removed_under_attack_ends_its_attack_in_the_audit_log() {
-    const GUARDED: &str = r#"
+const GUARDED: &str = r#"
 [[rule]]
 name = "guarded"
 protocol = "tcp"
@@ -418,7 +413,10 @@ ports = [8081]
 connections = { rate = "50/s", burst = 100 }
 unverified = { rate = "1/h", burst = 1 }
 "#;
-    let mut lab = NsLab::new(GUARDED, &[API]);
+
+/// A lab whose rule `guarded` is under attack: the audit log has its `attack_start`.
+fn guarded_under_attack() -> NsLab {
+    let lab = NsLab::new(GUARDED, &[API]);
     let attacker: IpAddr = ATTACKER_V4.into();
     // One token an hour, and nothing listens on 8081 (no handshake verifies the attacker):
     // its SYNs after its first are dropped.
@@ -436,27 +434,81 @@ unverified = { rate = "1/h", burst = 1 }
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::fs::write(&lab.policy, OTHER_POLICY).expect("policy");
-    let (ok, _, err) = lab.shield(&["reload"]);
-    assert!(ok, "{err}");
-    // Well within the 10 s an attack takes to end by itself.
+    lab
+}
+
+/// The `attack_end` of `guarded`, waited for up to 4 s: well within the 10 s an attack
+/// takes to end by itself.
+fn guarded_attack_end(lab: &NsLab) -> Value {
     let deadline = Instant::now() + Duration::from_secs(4);
-    let end = loop {
+    loop {
         if let Some(l) = lab
             .audit_lines()
             .into_iter()
             .find(|l| l["event"] == "attack_end" && l["rule"] == "guarded")
         {
-            break l;
+            return l;
         }
         assert!(
             Instant::now() < deadline,
-            "no attack_end for the removed rule: {:?}",
+            "no attack_end for guarded: {:?}",
             lab.audit_lines()
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+/// A rule under attack (its `unverified` budget dropping) that a reload removes: the audit
+/// log's `attack_start` gets its `attack_end` (`"ended": "rule removed"`). The daemon
+/// forgot the attack with the rule, leaving an attack that never ended in the audit log.
+#[test]
+fn a_rule_removed_under_attack_ends_its_attack_in_the_audit_log() {
+    let mut lab = guarded_under_attack();
+    std::fs::write(&lab.policy, OTHER_POLICY).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    let end = guarded_attack_end(&lab);
     assert_eq!(end["ended"], "rule removed", "{end}");
     assert!(end["dropped"].as_u64().is_some_and(|d| d >= 1), "{end}");
     let _ = lab.daemon().stop();
+}
+
+/// A daemon stopped, or detached behind its back, while a rule is under attack: the attack
+/// ends in the audit log (`"ended": "daemon stopped"`, before the `stop` line; `"interface
+/// lost"`). It used to stay open: an `attack_start` without its end.
+#[test]
+fn an_attack_running_when_the_daemon_stops_or_loses_its_interface_ends_in_the_audit_log() {
+    let mut lab = guarded_under_attack();
+    let (status, log) = lab.daemon().stop().expect("stop");
+    assert!(status.success(), "{log}");
+    let lines = lab.audit_lines();
+    let end = lines
+        .iter()
+        .position(|l| l["event"] == "attack_end" && l["rule"] == "guarded")
+        .unwrap_or_else(|| panic!("no attack_end at the stop: {lines:?}"));
+    assert_eq!(lines[end]["ended"], "daemon stopped", "{}", lines[end]);
+    assert!(
+        lines[end]["dropped"].as_u64().is_some_and(|d| d >= 1),
+        "{}",
+        lines[end]
+    );
+    let stop = lines.iter().rposition(|l| l["event"] == "stop");
+    assert!(
+        stop.is_some_and(|s| s > end),
+        "the end before `stop`: {lines:?}"
+    );
+
+    let mut lab = guarded_under_attack();
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let (ok, _, err) = lab.shield(&["detach", SERVER_IF, "--bpffs", &bpffs]);
+    assert!(ok, "{err}");
+    let end = guarded_attack_end(&lab);
+    assert_eq!(end["ended"], "interface lost", "{end}");
+    let (_, log) = lab.daemon().stop().expect("stop");
+    let ends = lab
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "attack_end")
+        .count();
+    assert_eq!(ends, 1, "one end, not a second at the stop: {log}");
 }
