@@ -11,7 +11,7 @@
 //! start that does not finish puts back the table that was there before it (`snapshot`,
 //! `restore`).
 
-use std::{io::Write as _, path::Path, process::Command};
+use std::{io::Write as _, os::unix::process::CommandExt as _, path::Path, process::Command};
 
 use crate::policy::{Limit, Mode, Policy, PortRange, Protocol, Rate, Rule};
 
@@ -228,6 +228,10 @@ fn nft_duration(secs: u64) -> String {
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut c = Command::new("nft");
+    // In a process group of its own: a terminal's Ctrl-C goes to the foreground group, and
+    // must reach shield (which finishes what it changes, then stops), not kill nft half-way
+    // through a start or a reload.
+    c.process_group(0);
     c.args(args)
         .stdin(if stdin.is_some() {
             std::process::Stdio::piped()
@@ -248,10 +252,16 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
+        // Killed (a signal), nft says nothing: say how it ended instead.
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
         Err(format!(
             "nft {}: {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            if err.is_empty() {
+                out.status.to_string()
+            } else {
+                err
+            }
         ))
     }
 }

@@ -16,13 +16,14 @@ pub(crate) struct InstallDone {
     pub ports_written: usize,
     pub lists_swapped: bool,
     /// Monitor-mode bans dropped because their rule is now enforced (or gone), by
-    /// interface: their sources are judged by the enforced rule from now on.
+    /// interface: their sources are judged by the enforced rule from now on. Filled by
+    /// `drop_stale_bans`, after the install.
     pub monitor_bans_dropped: Vec<(String, crate::bans::BanEntry)>,
 }
 
 /// Installs `compiled` as `generation` on every interface: each inactive half is written,
-/// then flipped. Keeps the data path's ban lookups on where bans exist and drops rule bans
-/// of rules that are gone.
+/// then flipped. Keeps the data path's ban lookups on where bans exist (the bans the new
+/// policy leaves stale go in `drop_stale_bans`).
 pub(crate) fn install_all(
     maps: &mut [(String, IfaceMaps)],
     policy: &policy::Policy,
@@ -46,13 +47,40 @@ pub(crate) fn install_all(
             .map_err(|e| format!("{iface}: {e}"))?;
         done.ports_written += d.ports_written;
         done.lists_swapped |= d.lists_swapped;
-        let _ = m.bans.drop_orphans();
-        if let Ok(dropped) = m.bans.drop_enforced_monitor_bans() {
-            done.monitor_bans_dropped
-                .extend(dropped.into_iter().map(|b| (iface.clone(), b)));
-        }
     }
     Ok(done)
+}
+
+/// Removes the bans the policy just installed leaves stale: rule bans of rules it no longer
+/// has, and monitor bans of rules it enforces (returned, by interface, for their
+/// `ban_end`). Run once the install is committed: a reload's at once, a start's once
+/// attached, since an undone start gives adopted maps back their policy, which still needs
+/// those bans.
+pub(crate) fn drop_stale_bans<'a>(
+    maps: impl IntoIterator<Item = (&'a str, &'a mut IfaceMaps)>,
+) -> Vec<(String, crate::bans::BanEntry)> {
+    let mut monitor = Vec::new();
+    for (iface, m) in maps {
+        let _ = m.bans.drop_orphans();
+        if let Ok(dropped) = m.bans.drop_enforced_monitor_bans() {
+            monitor.extend(dropped.into_iter().map(|b| (iface.to_string(), b)));
+        }
+    }
+    monitor
+}
+
+/// The `ban_end` lines of monitor bans `drop_stale_bans` dropped (their rule is enforced).
+pub(crate) fn monitor_bans_ended(
+    audit: &mut crate::audit::AuditLog,
+    dropped: &[(String, crate::bans::BanEntry)],
+) {
+    for (iface, b) in dropped {
+        let mut line = super::upkeep::ban_json("ban_end", iface, b, None);
+        line["level"] = b.level.into();
+        line["monitor"] = true.into();
+        line["ended"] = "rule enforced".into();
+        audit.write(line);
+    }
 }
 
 /// Rule name → id of `policy`, keeping the ids of `previous` for names that stay.

@@ -15,7 +15,9 @@ mod events;
 mod fleet;
 
 pub use events::rare_conditions;
-pub(crate) use install::{InstallDone, ids_of, install_all, reloaded};
+pub(crate) use install::{
+    InstallDone, drop_stale_bans, ids_of, install_all, monitor_bans_ended, reloaded,
+};
 mod http;
 mod install;
 mod owner;
@@ -381,13 +383,6 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     };
     let first = reloaded(&policy, generation, &done, started.elapsed());
     let mut audit = audit;
-    for (iface, b) in &done.monitor_bans_dropped {
-        audit.write(serde_json::json!({
-            "event": "ban_end", "origin": b.origin, "iface": iface, "source": b.source,
-            "scope": b.scope, "rule": b.rule, "ban_secs": b.duration_secs, "level": b.level,
-            "monitor": true, "ended": "rule enforced",
-        }));
-    }
     let ids = ids_of(&policy, &ids);
     if let Some(sig) = runtime.block_on(stop.pending()) {
         undo_start(instances, &created);
@@ -409,6 +404,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             }
         }
     }
+    // Attached: the policy is in force for good, and the bans it leaves stale go.
+    let dropped = drop_stale_bans(
+        instances
+            .iter_mut()
+            .filter_map(|i| i.maps.as_mut().map(|m| (i.iface.as_str(), m))),
+    );
+    monitor_bans_ended(&mut audit, &dropped);
     for inst in &mut instances {
         if let Some(m) = inst.maps.as_mut()
             && let Err(e) = m.tables.settle()

@@ -623,3 +623,217 @@ challenge = "syncookie"
         "the crashed run's syncookie table is kept as it was (daemon said: {text})"
     );
 }
+
+/// The bans of a crashed run whose restart is undone stay with the policy that is back in
+/// force. The start over its pins installs a policy that enforces the monitored rule
+/// `watched` and drops the rule `gone`: the install used to remove `watched`'s monitor bans
+/// and `gone`'s rule bans at once, so the undo gave the maps back their policy without
+/// them (and the audit log already said the monitor ban ended). They go once a start
+/// attaches, with the monitor ban's `ban_end` (`"ended": "rule enforced"`).
+#[test]
+fn a_start_undone_over_a_crashed_run_keeps_its_bans() {
+    const WATCHED: &str = r#"
+[[rule]]
+name = "watched"
+protocol = "tcp"
+ports = [8080]
+mode = "monitor"
+connections = { rate = "1/h", burst = 1 }
+escalation = { strikes = 1, window = "1h", ban = "1h" }
+
+[[rule]]
+name = "gone"
+protocol = "tcp"
+ports = [9090]
+connections = { rate = "50/s", burst = 100 }
+"#;
+    let mut lab = NsLab::new(WATCHED, &[API]);
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    // Bans read from the pins, daemon or not: (rule, monitor) of each.
+    let bans = || {
+        let out = Command::new(shield_bin())
+            .args(["bans", "--json", "--bpffs", &bpffs])
+            .output()
+            .expect("shield bans");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        });
+        let mut b: Vec<(String, bool)> = v["bans"]
+            .as_array()
+            .expect("bans")
+            .iter()
+            .map(|b| {
+                let rule = b["rule"].as_str().unwrap_or_default().to_string();
+                (rule, b["monitor"].as_bool().unwrap_or(false))
+            })
+            .collect();
+        b.sort();
+        b
+    };
+    let attacker: IpAddr = ATTACKER_V4.into();
+    let _ = lab.connect(attacker, API, 3, Duration::from_millis(50));
+    let (ok, _, err) = lab.shield(&["ban", "192.0.2.50", "--for", "1h", "--rule", "gone"]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let crashed = loop {
+        let b = bans();
+        if b.len() == 2 {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a monitor ban and a rule ban: {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        crashed,
+        [("gone".to_string(), false), ("watched".to_string(), true)]
+    );
+    lab.daemon().kill9().expect("kill -9");
+
+    let next = r#"
+[[rule]]
+name = "watched"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "1/h", burst = 1 }
+escalation = { strikes = 1, window = "1h", ban = "1h" }
+"#;
+    let (code, text, _) = stopped_during_the_start(&lab, next, libc::SIGTERM);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("SIGTERM during the start"), "{text}");
+    assert_eq!(bans(), crashed, "the undone start kept the bans ({text})");
+    assert!(
+        !lab.audit_lines().iter().any(|l| l["event"] == "ban_end"),
+        "no ban ended: {:?}",
+        lab.audit_lines()
+    );
+
+    // A start that attaches: the policy is in force, the stale bans go.
+    std::fs::write(&lab.policy, next).expect("policy");
+    lab.start();
+    assert_eq!(bans(), [], "the bans the policy left stale are gone");
+    let ended: Vec<Value> = lab
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "ban_end")
+        .collect();
+    assert!(
+        ended.len() == 1
+            && ended[0]["rule"] == "watched"
+            && ended[0]["monitor"] == true
+            && ended[0]["ended"] == "rule enforced",
+        "{ended:?}"
+    );
+    lab.daemon().stop().expect("stop");
+}
+
+/// A terminal's Ctrl-C reaches every process of the foreground group: with `nft` run as
+/// shield's child in that group, it killed `nft` half-way through the start (here while
+/// it puts the syncookie table in place), and the start failed with an `nft` error instead
+/// of stopping cleanly. `nft` now runs in a group of its own: the start finishes what it
+/// changes, then stops as for any stop during the start. The `nft` here is a wrapper that
+/// marks the moment and waits 2 s before running the real one.
+#[test]
+fn a_ctrl_c_to_the_terminals_group_during_the_start_stops_it_cleanly() {
+    const COOKIE: &str = r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "50/s", burst = 100 }
+unverified = { rate = "1/h", burst = 1 }
+challenge = "syncookie"
+"#;
+    let mut lab = NsLab::new(POLICY, &[API]);
+    lab.daemon().stop().expect("stop");
+    lab_stop_and_clear(&lab);
+    let dir = RemoveOnDrop(std::env::temp_dir().join(unique("at5-nft-")));
+    std::fs::create_dir(&dir.0).expect("wrapper dir");
+    let marker = dir.0.join("applying");
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nft (Debian package nftables) is needed");
+    let wrapper = dir.0.join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -f ]; then touch '{}'; sleep 2; fi\nexec {real} \"$@\"\n",
+            marker.display()
+        ),
+    )
+    .expect("wrapper");
+    let mut perms = std::fs::metadata(&wrapper).expect("wrapper").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&wrapper, perms).expect("chmod");
+    let policy = policy_file(COOKIE);
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("at5-stop-")));
+    let _remove = RemoveOnDrop(sock.clone());
+    let path = format!(
+        "{}:{}",
+        dir.0.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
+    let mut child = std::os::unix::process::CommandExt::process_group(
+        lab.topo.server.command(&shield_bin()).env("PATH", path),
+        0,
+    )
+    .args([
+        "run",
+        "--iface",
+        SERVER_IF,
+        "--bpffs",
+        &bpffs,
+        "--metrics",
+        "off",
+    ])
+    .arg("--policy")
+    .arg(&policy.0)
+    .arg("--socket")
+    .arg(&sock)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("starting shield run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() && child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "nft -f never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on the child's process group (its pid: it leads the group).
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "a clean stop: {text}");
+    assert!(text.contains("SIGINT during the start"), "{text}");
+    assert!(!sock.exists(), "the control socket is removed");
+    assert!(!xdp_on_server(&lab), "nothing attached");
+    let table = lab
+        .topo
+        .server
+        .command(std::path::Path::new(real))
+        .args(["list", "tables"])
+        .output()
+        .expect("nft list tables");
+    let tables = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        !tables.contains("shield_syncookie"),
+        "no table left: {tables}"
+    );
+}

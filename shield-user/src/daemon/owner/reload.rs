@@ -15,7 +15,9 @@ use tracing::{info, warn};
 use super::{Answer, JobOut, Owner, join_error};
 use crate::{
     control::{Reply, Request},
-    daemon::{InstallDone, app, ids_of, install_all, reloaded, upkeep::ban_json},
+    daemon::{
+        InstallDone, app, drop_stale_bans, ids_of, install_all, monitor_bans_ended, reloaded,
+    },
     policy,
 };
 
@@ -86,7 +88,7 @@ impl Owner {
             .unwrap_or(("control socket", Vec::new()));
         let reply = match out.result {
             Ok((policy, done, took, generation)) => {
-                self.monitor_bans_ended(&done);
+                monitor_bans_ended(&mut self.audit, &done.monitor_bans_dropped);
                 let summary = reloaded(&policy, generation, &done, took);
                 self.ids = ids_of(&policy, &self.ids);
                 self.generation = generation;
@@ -126,17 +128,6 @@ impl Owner {
         };
         for a in answers {
             let _ = a.send(reply.clone());
-        }
-    }
-
-    /// `ban_end` lines for monitor bans an install dropped (their rule is enforced now).
-    pub(super) fn monitor_bans_ended(&mut self, done: &InstallDone) {
-        for (iface, b) in &done.monitor_bans_dropped {
-            let mut line = ban_json("ban_end", iface, b, None);
-            line["level"] = b.level.into();
-            line["monitor"] = true.into();
-            line["ended"] = "rule enforced".into();
-            self.audit.write(line);
         }
     }
 
@@ -189,6 +180,7 @@ fn reload_job(
     }
     let compiled = policy::compile_with_ids(&policy, ids);
     let generation = generation.wrapping_add(1).max(1);
-    let done = install_all(maps, &policy, &compiled, generation)?;
+    let mut done = install_all(maps, &policy, &compiled, generation)?;
+    done.monitor_bans_dropped = drop_stale_bans(maps.iter_mut().map(|(i, m)| (i.as_str(), m)));
     Ok((policy, done, started.elapsed(), generation))
 }
