@@ -29,24 +29,26 @@ fn a_failed_start_leaves_no_syncookie_table() {
             .success()
     );
     let before = in_server(&["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"]);
-    let out = in_server(&[
-        shield_tests::shield_bin().to_str().expect("utf-8"),
-        "run",
-        "--iface",
-        netlab::SERVER_IF,
-        "--iface",
-        "dum0",
-        "--xdp-mode",
-        "native",
-        "--policy",
-        path.to_str().expect("utf-8"),
-        "--bpffs",
-        bpffs.path.to_str().expect("utf-8"),
-        "--socket",
-        dir.join("ctl.sock").to_str().expect("utf-8"),
-        "--metrics",
-        "off",
-    ]);
+    let out = HandRun::start(
+        &topo.server,
+        &[
+            "--iface",
+            netlab::SERVER_IF,
+            "--iface",
+            "dum0",
+            "--xdp-mode",
+            "native",
+            "--policy",
+            path.to_str().expect("utf-8"),
+            "--bpffs",
+            bpffs.path.to_str().expect("utf-8"),
+            "--socket",
+            dir.join("ctl.sock").to_str().expect("utf-8"),
+            "--metrics",
+            "off",
+        ],
+    )
+    .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the start should fail: {stderr}");
     assert!(stderr.contains("dum0"), "{stderr}");

@@ -12,7 +12,7 @@ use std::{
 
 use shield_tests::{
     netlab::{self, Gunicorn, POOL_V4, SERVER_V4, http_get},
-    nslab::NsLab,
+    nslab::{HandRun, NsLab},
 };
 
 /// A budget of one token an hour, then cookies.
