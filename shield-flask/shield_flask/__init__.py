@@ -283,12 +283,8 @@ class Shield:
             user = self._user_loader()
             if user is not None:
                 self.identify(user)
-        rule = request.url_rule.rule if request.url_rule is not None else None
-        msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
-        msg.update(self._request_fields(None))
-        msg["port"] = _server_port(request.environ)
         # No `cost`: the daemon draws the endpoint's own `cost` (default 1).
-        return self._decide(msg)
+        return self._decide(self._decide_msg())
 
     def charge(self, n):
         """Draws `n` more tokens for the current request from its endpoint's buckets (for a
@@ -309,10 +305,7 @@ class Shield:
         first = getattr(g, "_shield_decision", None)
         if first is not None and not first.get("endpoint"):
             return None  # no endpoint: not counted
-        rule = request.url_rule.rule if request.url_rule is not None else None
-        msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
-        msg.update(self._request_fields(None))
-        msg["port"] = _server_port(request.environ)
+        msg = self._decide_msg()
         # Past the largest cost (what no endpoint ever holds) the daemon answers 429; a
         # count past its u64 would be an error, left to on_error.
         msg["cost"] = min(n, MAX_COST + 1)
@@ -324,6 +317,15 @@ class Shield:
         if decision is None or decision is first or not decision.get("endpoint"):
             return None
         return decision
+
+    def _decide_msg(self):
+        """The current request's decide line: rule, method, path, the request fields and
+        the server port (the arrival's decision sends it as is, a charge adds its cost)."""
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        msg = {"op": "decide", "method": request.method, "rule": rule, "path": request.path}
+        msg.update(self._request_fields(None))
+        msg["port"] = _server_port(request.environ)
+        return msg
 
     def _decide(self, msg):
         """One decide round trip; the problem response to send, or None to go on."""

@@ -18,7 +18,7 @@ from flask import Flask
 
 from fake_daemon import FakeDaemon
 from shield_flask import Shield
-from test_shield_flask import Base, make_app
+from helpers import Base, make_app
 
 
 def wait_for(condition, what, seconds=10):

@@ -1,16 +1,19 @@
 //! A namespace lab for the daemon tests: server and client namespaces, TCP servers on the
 //! given ports, a private bpffs, the real `shield run` with an audit log, and helpers that
-//! run `shield` the way a user does. Everything is removed on drop.
+//! run `shield` the way a user does. Everything is removed on drop. `HandRun` starts
+//! `shield run` by hand, outside the lab's guard, for the runs a test expects to be refused,
+//! to fail or to be stopped.
 
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::Command,
-    time::Duration,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use crate::netlab::{
-    Connects, Daemon, SERVER_V4, SERVER_V6, TcpServer, TempBpffs, Topology, connect_many, unique,
+    Connects, Daemon, Netns, SERVER_V4, SERVER_V6, TcpServer, TempBpffs, Topology, connect_many,
+    unique,
 };
 use serde_json::Value;
 
@@ -218,6 +221,85 @@ impl NsLab {
             })
             .collect()
     }
+}
+
+/// `shield run ARGS` started by hand in the namespace `ns` (the lab's server namespace, say),
+/// not through `Daemon`, which waits until it serves: a run the test expects to be refused,
+/// to fail or to be stopped. Its stdin is /dev/null, its stdout and stderr piped. Killed and
+/// reaped on drop if it still runs, so a test that fails while it runs leaves no daemon
+/// behind.
+pub struct HandRun {
+    child: Option<Child>,
+}
+
+impl HandRun {
+    pub fn start(ns: &Netns, args: &[&str]) -> HandRun {
+        let child = ns
+            .command(&shield_bin())
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting shield run by hand");
+        HandRun { child: Some(child) }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the run not yet finished")
+    }
+
+    /// Whether it has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child().try_wait().expect("wait").is_none()
+    }
+
+    /// Sends it the signal `sig`.
+    pub fn signal(&mut self, sig: i32) {
+        let pid = self.child().id();
+        // SAFETY: kill(2) on our child's pid, which has not been reaped.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// Waits for it to exit by itself, killing it after `within` (its status then says so):
+    /// its status and output.
+    pub fn finish(mut self, within: Duration) -> Output {
+        let mut child = self.child.take().expect("the run not yet finished");
+        let deadline = Instant::now() + within;
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("output")
+    }
+
+    /// Waits for it to exit, as long as it takes: its status and output.
+    pub fn output(mut self) -> Output {
+        let child = self.child.take().expect("the run not yet finished");
+        child.wait_with_output().expect("output")
+    }
+}
+
+impl Drop for HandRun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A run's stdout, then its stderr, as text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Packets counted for `rule` × `reason` in `shield stats --json` output (0 if absent).

@@ -10,7 +10,10 @@ use std::{
 
 use serde_json::Value;
 use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF, unique};
-use shield_tests::{nslab::NsLab, shield_bin};
+use shield_tests::{
+    nslab::{HandRun, NsLab, output_text},
+    shield_bin,
+};
 
 const API: u16 = 8080;
 
@@ -37,35 +40,8 @@ connections = { rate = "1/s", burst = 1 }
 /// guard): the exit status, stdout + stderr, and how long it took. Killed after 30 s.
 fn second_run(lab: &NsLab, args: &[&str]) -> (Option<i32>, String, Duration) {
     let started = Instant::now();
-    let mut child = lab
-        .topo
-        .server
-        .command(&shield_bin())
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting a second shield run");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("output");
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        started.elapsed(),
-    )
+    let out = HandRun::start(&lab.topo.server, args).finish(Duration::from_secs(30));
+    (out.status.code(), output_text(&out), started.elapsed())
 }
 
 /// Removes a file the test made, on every exit path.

@@ -491,51 +491,30 @@ fn stopped_during_the_start(lab: &NsLab, policy: &str, sig: i32) -> (Option<i32>
     let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("at4-stop-")));
     let _remove = RemoveOnDrop(sock.clone());
-    let mut child = lab
-        .topo
-        .server
-        .command(&shield_bin())
-        .args([
-            "run",
+    let mut run = HandRun::start(
+        &lab.topo.server,
+        &[
             "--iface",
             SERVER_IF,
             "--bpffs",
             &bpffs,
             "--metrics",
             "off",
-        ])
-        .arg("--policy")
-        .arg(&big.0)
-        .arg("--socket")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting shield run");
+            "--policy",
+            big.0.to_str().expect("utf-8"),
+            "--socket",
+            sock.to_str().expect("utf-8"),
+        ],
+    );
     // The socket is bound before the program is loaded and the maps filled.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !sock.exists() && child.try_wait().expect("wait").is_none() {
+    while !sock.exists() && run.running() {
         assert!(Instant::now() < deadline, "no socket after 60 s");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // SAFETY: kill(2) on the child's pid, which has not been reaped.
-    unsafe { libc::kill(child.id() as i32, sig) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text, sock.exists())
+    run.signal(sig);
+    let out = run.finish(Duration::from_secs(60));
+    (out.status.code(), output_text(&out), sock.exists())
 }
 
 /// A Ctrl-C or SIGTERM while `shield run` is still starting (here loading 300,000 deny
