@@ -234,8 +234,15 @@ pub struct HandRun {
 
 impl HandRun {
     pub fn start(ns: &Netns, args: &[&str]) -> HandRun {
-        let child = ns
-            .command(&shield_bin())
+        HandRun::start_with(ns, args, |_| {})
+    }
+
+    /// As `start`, with `setup` applied to the command first (an environment, a process
+    /// group of its own).
+    pub fn start_with(ns: &Netns, args: &[&str], setup: impl FnOnce(&mut Command)) -> HandRun {
+        let mut c = ns.command(&shield_bin());
+        setup(&mut c);
+        let child = c
             .arg("run")
             .args(args)
             .stdin(Stdio::null())
@@ -260,6 +267,14 @@ impl HandRun {
         let pid = self.child().id();
         // SAFETY: kill(2) on our child's pid, which has not been reaped.
         unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// Sends the signal `sig` to its process group, as a terminal's Ctrl-C does (started
+    /// with a group of its own: `Command::process_group(0)` in `start_with`).
+    pub fn signal_group(&mut self, sig: i32) {
+        let pid = self.child().id();
+        // SAFETY: kill(2) on the group our unreaped child leads.
+        unsafe { libc::kill(-(pid as i32), sig) };
     }
 
     /// Waits for it to exit by itself, killing it after `within` (its status then says so):

@@ -83,3 +83,4 @@ fn lab_stop_and_clear(lab: &NsLab) {
 
 mod starts;
 mod states;
+mod stops;
