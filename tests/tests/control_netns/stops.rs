@@ -15,19 +15,17 @@ unverified = { rate = "1/h", burst = 1 }
 challenge = "syncookie"
 "#;
 
-/// `policy` (300,000 deny prefixes added before it, so that the start takes seconds) with
-/// `shield run` started by hand in the lab's server namespace on the lab's bpffs, and `sig`
-/// sent once its control socket is bound: the exit status, stdout + stderr, and whether the
-/// control socket was left.
-fn stopped_during_the_start(lab: &NsLab, policy: &str, sig: i32) -> (Option<i32>, String, bool) {
-    let deny: Vec<String> = (0u32..300_000)
-        .map(|i| format!("\"{}.{}.{}.0/24\"", 11 + (i >> 16), (i >> 8) & 255, i & 255))
-        .collect();
-    let big = policy_file(&format!("[lists]\ndeny = [{}]\n{policy}", deny.join(",")));
+/// `shield run` on `policy` started by hand (`HandRun::start_with`, `setup` applied) in the
+/// lab's server namespace on the lab's bpffs, with a control socket of its own: the run, that
+/// socket's path, and its guard.
+fn start_by_hand(
+    lab: &NsLab,
+    policy: &std::path::Path,
+    setup: impl FnOnce(&mut Command),
+) -> (HandRun, std::path::PathBuf, RemoveOnDrop) {
     let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("at4-stop-")));
-    let _remove = RemoveOnDrop(sock.clone());
-    let mut run = HandRun::start(
+    let run = HandRun::start_with(
         &lab.topo.server,
         &[
             "--iface",
@@ -37,11 +35,25 @@ fn stopped_during_the_start(lab: &NsLab, policy: &str, sig: i32) -> (Option<i32>
             "--metrics",
             "off",
             "--policy",
-            big.0.to_str().expect("utf-8"),
+            policy.to_str().expect("utf-8"),
             "--socket",
             sock.to_str().expect("utf-8"),
         ],
+        setup,
     );
+    (run, sock.clone(), RemoveOnDrop(sock))
+}
+
+/// `policy` (300,000 deny prefixes added before it, so that the start takes seconds) with
+/// `shield run` started by hand in the lab's server namespace on the lab's bpffs, and `sig`
+/// sent once its control socket is bound: the exit status, stdout + stderr, and whether the
+/// control socket was left.
+fn stopped_during_the_start(lab: &NsLab, policy: &str, sig: i32) -> (Option<i32>, String, bool) {
+    let deny: Vec<String> = (0u32..300_000)
+        .map(|i| format!("\"{}.{}.{}.0/24\"", 11 + (i >> 16), (i >> 8) & 255, i & 255))
+        .collect();
+    let big = policy_file(&format!("[lists]\ndeny = [{}]\n{policy}", deny.join(",")));
+    let (mut run, sock, _remove) = start_by_hand(lab, &big.0, |_| {});
     // The socket is bound before the program is loaded and the maps filled.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !sock.exists() && run.running() {
@@ -266,32 +278,14 @@ fn a_ctrl_c_to_the_terminals_group_during_the_start_stops_it_cleanly() {
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&wrapper, perms).expect("chmod");
     let policy = policy_file(COOKIE);
-    let sock = std::env::temp_dir().join(format!("{}.sock", unique("at5-stop-")));
-    let _remove = RemoveOnDrop(sock.clone());
     let path = format!(
         "{}:{}",
         dir.0.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
-    let mut run = HandRun::start_with(
-        &lab.topo.server,
-        &[
-            "--iface",
-            SERVER_IF,
-            "--bpffs",
-            &bpffs,
-            "--metrics",
-            "off",
-            "--policy",
-            policy.0.to_str().expect("utf-8"),
-            "--socket",
-            sock.to_str().expect("utf-8"),
-        ],
-        |c| {
-            std::os::unix::process::CommandExt::process_group(c.env("PATH", path), 0);
-        },
-    );
+    let (mut run, sock, _remove) = start_by_hand(&lab, &policy.0, |c| {
+        std::os::unix::process::CommandExt::process_group(c.env("PATH", path), 0);
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     while !marker.exists() && run.running() {
         assert!(Instant::now() < deadline, "nft -f never ran");
