@@ -274,3 +274,52 @@ fn tune_never_writes_over_a_policy_the_daemon_was_given_by_a_relative_path() {
     );
     drop(daemon);
 }
+
+#[test]
+fn a_policy_changed_while_tune_observes_is_not_overwritten_by_its_write() {
+    // The operator adds a rule while tune observes; the file tune would write is the old
+    // policy with suggestions, so installing it would silently drop the new rule. Tune
+    // refuses to write it (the report is still printed) and says why.
+    let lab = NsLab::new(POLICY, &[API]);
+    let written = std::env::temp_dir().join(format!("{}.toml", unique("shield-tuned-")));
+    let _cleanup = Cleanup(written.clone());
+    let tune = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args(["tune", "--iface", shield_tests::netlab::SERVER_IF])
+        .args(["--for", "4s", "--json", "--write"])
+        .arg(&written)
+        .arg("--socket")
+        .arg(lab.socket())
+        .arg("--bpffs")
+        .arg(&lab.bpffs.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting shield tune");
+    thread::sleep(Duration::from_secs(1));
+    let changed = format!(
+        "{POLICY}\n[[rule]]\nname = \"ssh\"\nprotocol = \"tcp\"\nports = [22]\nconnections = {{ rate = \"1/s\", burst = 3 }}\n"
+    );
+    std::fs::write(&lab.policy, &changed).expect("editing the policy");
+    let done = tune.wait_with_output().expect("shield tune");
+    let err = String::from_utf8_lossy(&done.stderr);
+    let file = std::fs::read_to_string(&written).ok();
+    assert!(
+        !(file.is_some() && !file.as_deref().unwrap_or("").contains("ssh")),
+        "tune --write wrote the policy as it was before the change (the new rule lost):\n{}",
+        file.unwrap_or_default()
+    );
+    assert!(
+        !done.status.success() && err.contains("changed while"),
+        "tune did not say the policy changed while it observed (exit {:?}): {err}",
+        done.status.code()
+    );
+    let report: Value = serde_json::from_slice(&done.stdout).expect("the report is still printed");
+    assert_eq!(report["rules"][0]["name"], "api", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(&lab.policy).expect("policy"),
+        changed
+    );
+}
