@@ -307,8 +307,8 @@ fn a_policy_changed_while_tune_observes_is_not_overwritten_by_its_write() {
     let err = String::from_utf8_lossy(&done.stderr);
     let file = std::fs::read_to_string(&written).ok();
     assert!(
-        !(file.is_some() && !file.as_deref().unwrap_or("").contains("ssh")),
-        "tune --write wrote the policy as it was before the change (the new rule lost):\n{}",
+        file.is_none(),
+        "tune --write wrote a file made from the policy as it was before the change (installed, it would drop the new rule):\n{}",
         file.unwrap_or_default()
     );
     assert!(
