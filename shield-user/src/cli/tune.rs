@@ -202,11 +202,12 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
         // edit, a reload), that file would silently undo the change once installed.
         let now: Result<control::RunningPolicy> =
             control::call(&a.socket.socket, &Request::Policy {}).map_err(anyhow::Error::from);
+        let now_text = std::fs::read_to_string(&path);
         let same = match &now {
             Ok(p) => {
                 p.path == running.path
                     && p.generation == running.generation
-                    && std::fs::read_to_string(&path).is_ok_and(|t| t == text)
+                    && now_text.as_ref().is_ok_and(|t| *t == text)
             }
             Err(_) => false,
         };
@@ -217,7 +218,13 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
                 match now {
                     Ok(p) if p.generation != running.generation =>
                         format!("generation {} became {}", running.generation, p.generation),
-                    Ok(_) => format!("{} was edited", path.display()),
+                    Ok(p) if p.path != running.path => {
+                        format!("the daemon now runs {}", p.path)
+                    }
+                    Ok(_) => match now_text {
+                        Ok(_) => format!("{} was edited", path.display()),
+                        Err(e) => format!("{}: {e}", path.display()),
+                    },
                     Err(e) => format!("the daemon no longer answers: {e:#}"),
                 }
             );
