@@ -323,3 +323,82 @@ fn a_policy_changed_while_tune_observes_is_not_overwritten_by_its_write() {
         changed
     );
 }
+
+#[test]
+fn tune_without_iface_observes_the_daemons_interface_not_a_stopped_ones_pins() {
+    // A daemon stopped on another interface leaves its pins (a restart adopts them); the
+    // running daemon protects one interface, so that is the one tune observes by default.
+    let lab = NsLab::new(POLICY, &[API]);
+    for args in [
+        &[
+            "link", "add", "stale0", "type", "veth", "peer", "name", "stale1",
+        ][..],
+        &["link", "set", "stale0", "up"],
+        &["link", "set", "stale1", "up"],
+    ] {
+        lab.topo.server.ip(args).expect("a second interface");
+    }
+    let dir = TempDir::new("op7-stale-");
+    let socket = dir.0.join("stale.sock");
+    let mut other = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args(["run", "--iface", "stale0", "--xdp-mode", "generic"])
+        .args(["--metrics", "off", "--policy"])
+        .arg(&lab.policy)
+        .arg("--bpffs")
+        .arg(&lab.bpffs.path)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("shield run on stale0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Ready once `shield ping` says it protects stale0.
+    let ready = || {
+        lab.topo
+            .server
+            .command(&shield_bin())
+            .arg("ping")
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline && other.try_wait().expect("wait").is_none(),
+            "the second daemon did not start"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM: a clean stop, its pins stay.
+    unsafe { libc::kill(other.id() as i32, libc::SIGTERM) };
+    assert!(other.wait().expect("wait").success(), "the stop failed");
+    assert!(
+        lab.bpffs.path.join("shield/stale0").exists(),
+        "the stopped daemon's pins are gone: nothing to test"
+    );
+    let out = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args(["tune", "--for", "1s", "--json", "--socket"])
+        .arg(lab.socket())
+        .arg("--bpffs")
+        .arg(&lab.bpffs.path)
+        .output()
+        .expect("shield tune");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "shield tune without --iface refused with one interface protected: {err}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("tune --json is JSON");
+    assert_eq!(report["iface"], shield_tests::netlab::SERVER_IF, "{report}");
+}

@@ -78,12 +78,15 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
     let iface = match a.iface {
         Some(i) => i,
         None => {
-            let all = stats::pinned_ifaces(&bpffs);
+            // The interfaces the daemon runs on: pins left by a daemon stopped on another
+            // interface (kept for its restart) are not candidates.
+            let pong: control::Pong = control::call(&a.socket.socket, &Request::Ping {})
+                .context("asking the running daemon for its interfaces (shield tune observes a running shield)")?;
+            let all: Vec<String> = pong.interfaces.into_iter().map(|i| i.iface).collect();
             match all.as_slice() {
                 [one] => one.clone(),
                 [] => bail!(
-                    "no interface has shield's pins under {} (is `shield run` running? pass --bpffs if it pins elsewhere)",
-                    bpffs.display()
+                    "the daemon protects no interface (app-only mode): there is no XDP traffic to observe"
                 ),
                 _ => bail!(
                     "shield protects several interfaces ({}): choose one with --iface",
