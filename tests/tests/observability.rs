@@ -258,6 +258,34 @@ fn the_metric_name_extraction_reads_promql() {
     );
 }
 
+#[test]
+fn the_dashboards_drop_filters_name_every_reason_the_data_path_drops() {
+    // A panel of drops filters `reason=~"a|b|…"`: a dropping reason left out (a SYN-cookie
+    // rule's `bad_cookie` ACK flood) would be missing from "drops/s" during that attack.
+    let dropping: BTreeSet<&str> = shield_common::Reason::ALL
+        .iter()
+        .filter(|r| r.is_drop())
+        .map(|r| r.name())
+        .collect();
+    let mut filters = 0;
+    for (place, e) in expressions() {
+        for part in e.split("reason=~\"").skip(1) {
+            let listed: BTreeSet<&str> = part.split('"').next().unwrap_or("").split('|').collect();
+            // The drop filters are the ones that list `deny`; others (`would_drop|would_ban`)
+            // are about monitor mode.
+            if listed.contains("deny") {
+                filters += 1;
+                let missing: Vec<_> = dropping.difference(&listed).collect();
+                assert!(
+                    missing.is_empty() && listed.is_subset(&dropping),
+                    "{place}: the drop filter {listed:?} misses {missing:?} or lists a reason that does not drop: {e}"
+                );
+            }
+        }
+    }
+    assert!(filters >= 3, "the dashboard's drop panels were not found");
+}
+
 /// `GET /metrics` of the lab's daemon, with `extra` header lines: (head, body).
 fn scrape(lab: &NsLab, extra: &str) -> (String, String) {
     let response = lab

@@ -274,3 +274,131 @@ fn tune_never_writes_over_a_policy_the_daemon_was_given_by_a_relative_path() {
     );
     drop(daemon);
 }
+
+#[test]
+fn a_policy_changed_while_tune_observes_is_not_overwritten_by_its_write() {
+    // The operator adds a rule while tune observes; the file tune would write is the old
+    // policy with suggestions, so installing it would silently drop the new rule. Tune
+    // refuses to write it (the report is still printed) and says why.
+    let lab = NsLab::new(POLICY, &[API]);
+    let written = std::env::temp_dir().join(format!("{}.toml", unique("shield-tuned-")));
+    let _cleanup = Cleanup(written.clone());
+    let tune = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args(["tune", "--iface", shield_tests::netlab::SERVER_IF])
+        .args(["--for", "4s", "--json", "--write"])
+        .arg(&written)
+        .arg("--socket")
+        .arg(lab.socket())
+        .arg("--bpffs")
+        .arg(&lab.bpffs.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting shield tune");
+    thread::sleep(Duration::from_secs(1));
+    let changed = format!(
+        "{POLICY}\n[[rule]]\nname = \"ssh\"\nprotocol = \"tcp\"\nports = [22]\nconnections = {{ rate = \"1/s\", burst = 3 }}\n"
+    );
+    std::fs::write(&lab.policy, &changed).expect("editing the policy");
+    let done = tune.wait_with_output().expect("shield tune");
+    let err = String::from_utf8_lossy(&done.stderr);
+    let file = std::fs::read_to_string(&written).ok();
+    assert!(
+        file.is_none(),
+        "tune --write wrote a file made from the policy as it was before the change (installed, it would drop the new rule):\n{}",
+        file.unwrap_or_default()
+    );
+    assert!(
+        !done.status.success() && err.contains("changed while"),
+        "tune did not say the policy changed while it observed (exit {:?}): {err}",
+        done.status.code()
+    );
+    let report: Value = serde_json::from_slice(&done.stdout).expect("the report is still printed");
+    assert_eq!(report["rules"][0]["name"], "api", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(&lab.policy).expect("policy"),
+        changed
+    );
+}
+
+#[test]
+fn tune_without_iface_observes_the_daemons_interface_not_a_stopped_ones_pins() {
+    // A daemon stopped on another interface leaves its pins (a restart adopts them); the
+    // running daemon protects one interface, so that is the one tune observes by default.
+    let lab = NsLab::new(POLICY, &[API]);
+    for args in [
+        &[
+            "link", "add", "stale0", "type", "veth", "peer", "name", "stale1",
+        ][..],
+        &["link", "set", "stale0", "up"],
+        &["link", "set", "stale1", "up"],
+    ] {
+        lab.topo.server.ip(args).expect("a second interface");
+    }
+    let dir = TempDir::new("op7-stale-");
+    let socket = dir.0.join("stale.sock");
+    let mut other = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args(["run", "--iface", "stale0", "--xdp-mode", "generic"])
+        .args(["--metrics", "off", "--policy"])
+        .arg(&lab.policy)
+        .arg("--bpffs")
+        .arg(&lab.bpffs.path)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("shield run on stale0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Ready once `shield ping` says it protects stale0.
+    let ready = || {
+        lab.topo
+            .server
+            .command(&shield_bin())
+            .arg("ping")
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline && other.try_wait().expect("wait").is_none(),
+            "the second daemon did not start"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM: a clean stop, its pins stay.
+    unsafe { libc::kill(other.id() as i32, libc::SIGTERM) };
+    assert!(other.wait().expect("wait").success(), "the stop failed");
+    assert!(
+        lab.bpffs.path.join("shield/stale0").exists(),
+        "the stopped daemon's pins are gone: nothing to test"
+    );
+    let out = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args(["tune", "--for", "1s", "--json", "--socket"])
+        .arg(lab.socket())
+        .arg("--bpffs")
+        .arg(&lab.bpffs.path)
+        .output()
+        .expect("shield tune");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "shield tune without --iface refused with one interface protected: {err}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("tune --json is JSON");
+    assert_eq!(report["iface"], shield_tests::netlab::SERVER_IF, "{report}");
+}

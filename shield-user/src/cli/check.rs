@@ -80,14 +80,22 @@ fn is_table_header(line: &str) -> bool {
 }
 
 /// Lines only in `old` (-) and only in `new` (+), in order (LCS on lines; tables are small),
-/// each table's column header (unchanged, two spaces in) above its first changed row.
+/// each table's column header (unchanged, two spaces in; the new one) above its first changed
+/// row. Lines compare with their runs of spaces collapsed: a column widened by one row's new
+/// value leaves the other rows unchanged.
 fn line_diff(old: &str, new: &str) -> String {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
+    let words = |ls: &[&str]| -> Vec<String> {
+        ls.iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let (wa, wb) = (words(&a), words(&b));
     let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
+            lcs[i][j] = if wa[i] == wb[j] {
                 lcs[i + 1][j + 1] + 1
             } else {
                 lcs[i + 1][j].max(lcs[i][j + 1])
@@ -98,9 +106,9 @@ fn line_diff(old: &str, new: &str) -> String {
     // The header of the table being walked, until a changed row of it has printed it.
     let mut header: Option<&str> = None;
     while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            if is_table_header(a[i]) {
-                header = Some(a[i]);
+        if i < a.len() && j < b.len() && wa[i] == wb[j] {
+            if is_table_header(b[j]) {
+                header = Some(b[j]);
             }
             i += 1;
             j += 1;
@@ -132,6 +140,32 @@ mod tests {
         assert_eq!(line_diff(old, new), "- api 5/s\n+ api 8/s\n+ icmp 10/s\n");
         assert_eq!(line_diff(new, old), "- api 8/s\n+ api 5/s\n- icmp 10/s\n");
         assert_eq!(line_diff(old, old), "");
+    }
+
+    #[test]
+    fn a_wider_column_does_not_mark_unchanged_rows() {
+        // `shield tune` writes a longer limit for one rule: the matrix's columns widen, but
+        // only that rule changed, so only its row is in the diff.
+        let matrix = |web: &str| {
+            let text = format!(
+                "[[rule]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [8080]\nconnections = {web}\n\n\
+                 [[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\npackets = {{ rate = \"50/s\", burst = 100 }}\n"
+            );
+            shield_user::policy::matrix_table(
+                &shield_user::policy::parse_str("p.toml", &text).unwrap(),
+            )
+        };
+        let old = matrix("{ rate = \"100/s\", burst = 200 }");
+        let new = matrix("{ rate = \"14/s\", burst = 28, sustained = \"707/min\" }");
+        assert_ne!(old.lines().nth(1), new.lines().nth(1), "the columns widen");
+        let d = line_diff(&old, &new);
+        let changed: Vec<&str> = d.lines().filter(|l| !l.starts_with("  ")).collect();
+        assert_eq!(changed.len(), 2, "only web's row, - and +:\n{d}");
+        assert!(
+            changed[0].starts_with("- web") && changed[1].starts_with("+ web"),
+            "{d}"
+        );
+        assert!(d.starts_with("  RULE"), "the header above the row:\n{d}");
     }
 
     #[test]

@@ -127,8 +127,9 @@ pub enum Command {
     /// the --percentile P of sources untouched, with headroom x1.5: rate = the P-th
     /// percentile's busiest second x1.5, burst = twice the rate, sustained = its busiest
     /// minute x1.5. --write FILE writes the running policy with them applied (comments
-    /// kept) for `shield check --diff FILE` and a reload. Needs root and the running daemon
-    /// (for its policy); run it in the interface's network namespace.
+    /// kept) for `shield check --diff FILE` and a reload (not written when the running
+    /// policy changed while tune observed). Needs root and the running daemon (for its
+    /// policy); run it in the interface's network namespace.
     Tune(tune::TuneArgs),
     /// Whether the daemon is up and protects every interface it runs on (for scripts).
     ///

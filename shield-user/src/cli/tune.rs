@@ -36,6 +36,7 @@ pub struct TuneArgs {
     /// Also write the running policy with the suggestions applied to FILE (comments kept);
     /// `shield check --diff FILE` then shows the change against the running policy. A
     /// regular file (or a new one), never the running policy file: checked before observing.
+    /// Not written when the running policy changed while tune observed.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
     #[command(flatten)]
@@ -77,12 +78,15 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
     let iface = match a.iface {
         Some(i) => i,
         None => {
-            let all = stats::pinned_ifaces(&bpffs);
+            // The interfaces the daemon runs on: pins left by a daemon stopped on another
+            // interface (kept for its restart) are not candidates.
+            let pong: control::Pong = control::call(&a.socket.socket, &Request::Ping {})
+                .context("asking the running daemon for its interfaces (shield tune observes a running shield)")?;
+            let all: Vec<String> = pong.interfaces.into_iter().map(|i| i.iface).collect();
             match all.as_slice() {
                 [one] => one.clone(),
                 [] => bail!(
-                    "no interface has shield's pins under {} (is `shield run` running? pass --bpffs if it pins elsewhere)",
-                    bpffs.display()
+                    "the daemon protects no interface (app-only mode): there is no XDP traffic to observe"
                 ),
                 _ => bail!(
                     "shield protects several interfaces ({}): choose one with --iface",
@@ -197,6 +201,37 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
         print!("{}", tune::render(&report));
     }
     if let Some(out) = a.write {
+        // The suggestions go into the policy read at the start: if it changed since (an
+        // edit, a reload), that file would silently undo the change once installed.
+        let now: Result<control::RunningPolicy> =
+            control::call(&a.socket.socket, &Request::Policy {}).map_err(anyhow::Error::from);
+        let now_text = std::fs::read_to_string(&path);
+        let same = match &now {
+            Ok(p) => {
+                p.path == running.path
+                    && p.generation == running.generation
+                    && now_text.as_ref().is_ok_and(|t| *t == text)
+            }
+            Err(_) => false,
+        };
+        if !same {
+            bail!(
+                "--write {}: not written: the running policy changed while tune observed ({}); the suggestions above were made against the old one: run shield tune again",
+                out.display(),
+                match now {
+                    Ok(p) if p.generation != running.generation =>
+                        format!("generation {} became {}", running.generation, p.generation),
+                    Ok(p) if p.path != running.path => {
+                        format!("the daemon now runs {}", p.path)
+                    }
+                    Ok(_) => match now_text {
+                        Ok(_) => format!("{} was edited", path.display()),
+                        Err(e) => format!("{}: {e}", path.display()),
+                    },
+                    Err(e) => format!("the daemon no longer answers: {e:#}"),
+                }
+            );
+        }
         let written = tune::apply(&running.path, &text, &report).map_err(anyhow::Error::msg)?;
         std::fs::write(&out, written).with_context(|| format!("writing {}", out.display()))?;
         if !a.json {

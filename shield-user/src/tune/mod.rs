@@ -498,7 +498,18 @@ pub fn apply(file: &str, text: &str, r: &Report) -> Result<String, String> {
                 if let Some(m) = s.sustained {
                     it.insert("sustained", format!("{m}/min").into());
                 }
-                t.insert(key, toml_edit::value(it));
+                // In place when the key is there: its comments (the lines before it, the
+                // end of its line) stay; `insert` would replace them with the key.
+                match t.get_mut(key).and_then(toml_edit::Item::as_value_mut) {
+                    Some(v) => {
+                        let decor = v.decor().clone();
+                        *v = toml_edit::Value::InlineTable(it);
+                        *v.decor_mut() = decor;
+                    }
+                    None => {
+                        t.insert(key, toml_edit::value(it));
+                    }
+                }
             }
         }
     }
@@ -593,6 +604,33 @@ mod tests {
         let r2 = o2.report("eth0", 10 * NS, 90.0, &HashMap::new());
         assert_eq!(r2.rules[0].current.sources_touched, 1, "only the flooder");
         assert!(render(&r).contains("suggested: connections = { rate = \"3/s\", burst = 6 }"));
+    }
+
+    #[test]
+    fn write_keeps_the_comments_around_a_replaced_limit() {
+        // The operator's notes on the limit itself (the line before it and at its end) and
+        // the other rule's formatting survive; only the values change.
+        let text = "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [ 8080,\n  8081, # admin\n]\n# guessed after the March incident\nconnections = {rate=\"100/s\",burst=200}   # see ticket 42\n\n[[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\npackets = { rate = \"50/s\", burst = 100 } # untouched\n";
+        let p = crate::policy::parse_str("t.toml", text).unwrap();
+        let mut o = Observer::new(p);
+        for sec in 0..3u64 {
+            o.feed(&frame([10, 0, 0, 1], 8080, 0x02), sec * NS);
+        }
+        let r = o.report("eth0", 3 * NS, 99.0, &HashMap::new());
+        let written = apply("t.toml", text, &r).unwrap();
+        for kept in [
+            "# guessed after the March incident\nconnections = ",
+            "}   # see ticket 42\n",
+            "  8081, # admin\n",
+            "packets = { rate = \"50/s\", burst = 100 } # untouched\n",
+        ] {
+            assert!(written.contains(kept), "lost {kept:?}:\n{written}");
+        }
+        assert!(!written.contains("100/s"), "not applied:\n{written}");
+        let l = crate::policy::parse_str("w.toml", &written).unwrap().rules[0]
+            .connections
+            .unwrap();
+        assert_eq!((l.rate.count, l.burst), (2, 4), "{written}");
     }
 
     #[test]
