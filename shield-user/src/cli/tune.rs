@@ -233,7 +233,8 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
             );
         }
         let written = tune::apply(&running.path, &text, &report).map_err(anyhow::Error::msg)?;
-        std::fs::write(&out, written).with_context(|| format!("writing {}", out.display()))?;
+        tune::replace_file(&out, written.as_bytes())
+            .with_context(|| format!("writing {} (left as it was)", out.display()))?;
         if !a.json {
             println!(
                 "\nwrote {} (the running policy with the suggestions); compare: shield check --diff {}",

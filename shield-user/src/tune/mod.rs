@@ -32,6 +32,9 @@ use shield_common::{
 use crate::policy::{CompiledPolicy, Limit, Policy, Protocol, Rate};
 
 pub mod capture;
+mod write;
+
+pub use write::replace_file;
 
 /// Bytes of each frame copied from the tap: enough for Ethernet, IPv4 with options or IPv6
 /// with its extension headers, and the transport header.
