@@ -90,12 +90,13 @@ impl Reason {
         }
     }
 
-    /// Whether packets counted under this reason were dropped by the data path.
     /// The reason for a numeric code (events carry codes).
     pub fn from_code(code: u32) -> Option<Reason> {
         Reason::ALL.get(code as usize).copied()
     }
 
+    /// Whether packets counted under this reason were dropped by the data path (a cookie
+    /// answer counts: the SYN never reaches the kernel).
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
