@@ -95,8 +95,7 @@ impl Reason {
         Reason::ALL.get(code as usize).copied()
     }
 
-    /// Whether packets counted under this reason were dropped by the data path (a cookie
-    /// answer counts: the SYN never reaches the kernel).
+    /// Whether packets counted under this reason were dropped by the data path.
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
