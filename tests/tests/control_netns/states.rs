@@ -497,6 +497,19 @@ fn an_attack_running_when_the_daemon_stops_or_loses_its_interface_ends_in_the_au
         stop.is_some_and(|s| s > end),
         "the end before `stop`: {lines:?}"
     );
+    // `shield stats` (from the pins, NOT ATTACHED) agrees with the audit log: calm.
+    let stats = lab.stats();
+    let guarded = stats["interfaces"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["name"] == "guarded")
+        .cloned()
+        .unwrap_or_else(|| panic!("no rule guarded: {stats}"));
+    assert_eq!(
+        guarded["unverified"]["under_attack"], false,
+        "the attack ended with the daemon: {guarded}"
+    );
 
     let mut lab = guarded_under_attack();
     let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
