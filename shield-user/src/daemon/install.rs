@@ -52,7 +52,7 @@ pub(crate) fn install_all(
 }
 
 /// Removes the bans the policy just installed leaves stale: rule bans of rules it no longer
-/// has, and monitor bans of rules it enforces (returned, by interface, for their
+/// has (or whose id it gave to a new rule), and monitor bans of rules it enforces (returned, by interface, for their
 /// `ban_end`). Run once the install is committed: a reload's at once, a start's once
 /// attached, since an undone start gives adopted maps back their policy, which still needs
 /// those bans.
@@ -61,7 +61,8 @@ pub(crate) fn drop_stale_bans<'a>(
 ) -> Vec<(String, crate::bans::BanEntry)> {
     let mut monitor = Vec::new();
     for (iface, m) in maps {
-        let _ = m.bans.drop_orphans();
+        let fresh = m.tables.take_fresh_ids();
+        let _ = m.bans.drop_orphans(&fresh);
         if let Ok(dropped) = m.bans.drop_enforced_monitor_bans() {
             monitor.extend(dropped.into_iter().map(|b| (iface.to_string(), b)));
         }

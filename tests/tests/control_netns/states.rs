@@ -525,3 +525,56 @@ fn an_attack_running_when_the_daemon_stops_or_loses_its_interface_ends_in_the_au
         .count();
     assert_eq!(ends, 1, "one end, not a second at the stop: {log}");
 }
+
+/// The rule bans `shield bans --json` lists, as (source, rule).
+fn rule_bans(lab: &NsLab) -> Vec<(String, String)> {
+    let (ok, out, err) = lab.shield(&["bans", "--json"]);
+    assert!(ok, "shield bans: {err}");
+    let v: Value = serde_json::from_str(&out).expect("bans --json is JSON");
+    v.as_array()
+        .or_else(|| v["bans"].as_array())
+        .expect("a list of bans")
+        .iter()
+        .filter(|b| b["scope"] == "rule")
+        .map(|b| {
+            let s = |f: &str| b[f].as_str().unwrap_or_default().to_string();
+            (s("source"), s("rule"))
+        })
+        .collect()
+}
+
+/// With all 255 rule ids taken, a reload that replaces a rule by a new one gives the new
+/// rule the removed rule's id. The removed rule's bans go with it: they were kept under the
+/// id (it is in use again), and the new rule started with the old one's banned sources.
+#[test]
+fn a_new_rule_on_a_removed_rules_id_starts_without_its_bans() {
+    let policy = |last: &str| {
+        let mut p: String = (1..255)
+            .map(|i| {
+                format!(
+                    "[[rule]]\nname = \"r{i}\"\nprotocol = \"tcp\"\nports = [{}]\nconnections = {{ rate = \"50/s\", burst = 100 }}\n",
+                    10_000 + i
+                )
+            })
+            .collect();
+        p += &format!(
+            "[[rule]]\nname = \"{last}\"\nprotocol = \"tcp\"\nports = [9000]\nconnections = {{ rate = \"50/s\", burst = 100 }}\n"
+        );
+        p
+    };
+    let lab = NsLab::new(&policy("gone"), &[API]);
+    let (ok, _, err) = lab.shield(&["ban", "192.0.2.9", "--for", "1h", "--rule", "gone"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        rule_bans(&lab),
+        vec![("192.0.2.9/32".to_string(), "gone".to_string())]
+    );
+    std::fs::write(&lab.policy, policy("new")).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        rule_bans(&lab),
+        vec![],
+        "the removed rule's ban went with it, not to the rule on its id"
+    );
+}
