@@ -578,3 +578,43 @@ fn a_new_rule_on_a_removed_rules_id_starts_without_its_bans() {
         "the removed rule's ban went with it, not to the rule on its id"
     );
 }
+
+/// A reload that drops a removed rule's bans saves `--state-dir` as any other ban change
+/// does (within a second). It did not: the file kept them until the next change, and a
+/// crash or a reboot meanwhile restored them (with the rule back, a ban the reload ended).
+#[test]
+fn a_reload_that_drops_bans_saves_them_dropped_in_the_state_dir() {
+    let two = format!(
+        "{POLICY}\n[[rule]]\nname = \"gone\"\nprotocol = \"tcp\"\nports = [9000]\nconnections = {{ rate = \"50/s\", burst = 100 }}\n"
+    );
+    let lab = NsLab::new(&two, &[API]);
+    let saved = lab.socket().with_extension("state").join("bans.json");
+    let (ok, _, err) = lab.shield(&["ban", "192.0.2.9", "--for", "1h", "--rule", "gone"]);
+    assert!(ok, "{err}");
+    let holds = || {
+        std::fs::read_to_string(&saved)
+            .unwrap_or_default()
+            .contains("192.0.2.9")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !holds() {
+        assert!(
+            Instant::now() < deadline,
+            "the ban never saved in {saved:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&lab.policy, POLICY).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    assert_eq!(rule_bans(&lab), vec![], "dropped with its rule");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holds() {
+        assert!(
+            Instant::now() < deadline,
+            "the state dir still holds the dropped ban 5 s after the reload: {:?}",
+            std::fs::read_to_string(&saved)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -89,6 +89,8 @@ impl Owner {
         let reply = match out.result {
             Ok((policy, done, took, generation)) => {
                 monitor_bans_ended(&mut self.audit, &done.monitor_bans_dropped);
+                // The install may have dropped bans (`drop_stale_bans`): saved as any change.
+                self.state_dirty = true;
                 let summary = reloaded(&policy, generation, &done, took);
                 self.ids = ids_of(&policy, &self.ids);
                 self.generation = generation;
