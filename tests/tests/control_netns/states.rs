@@ -618,3 +618,34 @@ fn a_reload_that_drops_bans_saves_them_dropped_in_the_state_dir() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A reload that removes a monitor rule ends its monitor bans in the audit log, the
+/// rule-scope ones too (`ban_end`, `"monitor": true`): those went silently with the rule's
+/// other rule bans, and their `would_ban` had no end.
+#[test]
+fn a_removed_monitor_rules_rule_bans_end_in_the_audit_log() {
+    let watched = format!(
+        "{POLICY}\n[[rule]]\nname = \"watched\"\nprotocol = \"tcp\"\nports = [8081]\nmode = \"monitor\"\nconnections = {{ rate = \"1/h\", burst = 1 }}\nescalation = {{ strikes = 1, window = \"1h\", ban = \"1h\", scope = \"rule\" }}\n"
+    );
+    let lab = NsLab::new(&watched, &[API]);
+    let attacker: IpAddr = ATTACKER_V4.into();
+    let _ = lab.connect(attacker, 8081, 3, Duration::from_millis(50));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rule_bans(&lab).is_empty() {
+        assert!(Instant::now() < deadline, "no monitor ban on watched");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&lab.policy, POLICY).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    assert_eq!(rule_bans(&lab), vec![], "dropped with its rule");
+    let ended: Vec<Value> = lab
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "ban_end")
+        .collect();
+    assert!(
+        ended.len() == 1 && ended[0]["rule"] == "watched" && ended[0]["monitor"] == true,
+        "one ban_end for the monitor ban: {ended:?}"
+    );
+}
