@@ -611,8 +611,10 @@ impl BanMaps {
         Ok(dropped)
     }
 
-    /// Removes rule-scope bans of rules no longer in the policy (after a reload).
-    pub fn drop_orphans(&mut self) -> Result<usize, BanError> {
+    /// Removes rule-scope bans of rules no longer in the policy (after a reload), and those
+    /// under `fresh` ids: ids a new rule took from a removed one (all 255 taken), whose
+    /// bans are the removed rule's.
+    pub fn drop_orphans(&mut self, fresh: &[u16]) -> Result<usize, BanError> {
         let live: Vec<u32> = self
             .tables
             .current_rules()?
@@ -622,7 +624,10 @@ impl BanMaps {
         let orphans: Vec<BanEntry> = self
             .list()
             .into_iter()
-            .filter(|b| matches!(b.key, BanKey::Rule(k) if !live.contains(&u32::from(k.rule))))
+            .filter(|b| {
+                matches!(b.key, BanKey::Rule(k)
+                    if !live.contains(&u32::from(k.rule)) || fresh.contains(&k.rule))
+            })
             .collect();
         for b in &orphans {
             self.remove(b.key)?;

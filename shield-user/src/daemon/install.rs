@@ -52,19 +52,32 @@ pub(crate) fn install_all(
 }
 
 /// Removes the bans the policy just installed leaves stale: rule bans of rules it no longer
-/// has, and monitor bans of rules it enforces (returned, by interface, for their
-/// `ban_end`). Run once the install is committed: a reload's at once, a start's once
-/// attached, since an undone start gives adopted maps back their policy, which still needs
-/// those bans.
+/// has (or whose id it gave to a new rule), and monitor bans of rules it enforces or removed
+/// (returned, by interface, for their `ban_end`; a removed rule named as in `previous`, the
+/// ids of the policy before). Run once the install is committed: a reload's at once, a
+/// start's once attached, since an undone start gives adopted maps back their policy, which
+/// still needs those bans.
 pub(crate) fn drop_stale_bans<'a>(
     maps: impl IntoIterator<Item = (&'a str, &'a mut IfaceMaps)>,
+    previous: &HashMap<String, u32>,
 ) -> Vec<(String, crate::bans::BanEntry)> {
     let mut monitor = Vec::new();
     for (iface, m) in maps {
-        let _ = m.bans.drop_orphans();
+        // Monitor bans first: a removed rule's rule-scope ones get their `ban_end` too.
         if let Ok(dropped) = m.bans.drop_enforced_monitor_bans() {
-            monitor.extend(dropped.into_iter().map(|b| (iface.to_string(), b)));
+            monitor.extend(dropped.into_iter().map(|mut b| {
+                // Listed under the policy now in force, which has no name for a removed id.
+                if b.rule == format!("#{}", b.rule_id)
+                    && let Some((name, _)) =
+                        previous.iter().find(|(_, id)| **id == u32::from(b.rule_id))
+                {
+                    b.rule = name.clone();
+                }
+                (iface.to_string(), b)
+            }));
         }
+        let fresh = m.tables.take_fresh_ids();
+        let _ = m.bans.drop_orphans(&fresh);
     }
     monitor
 }

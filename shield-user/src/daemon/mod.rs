@@ -383,7 +383,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     };
     let first = reloaded(&policy, generation, &done, started.elapsed());
     let mut audit = audit;
-    let ids = ids_of(&policy, &ids);
+    let previous_ids = ids;
+    let ids = ids_of(&policy, &previous_ids);
     if let Some(sig) = runtime.block_on(stop.pending()) {
         undo_start(instances, &created);
         info!("{sig} during the start: stopped before attaching, nothing changed");
@@ -409,6 +410,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         instances
             .iter_mut()
             .filter_map(|i| i.maps.as_mut().map(|m| (i.iface.as_str(), m))),
+        &previous_ids,
     );
     monitor_bans_ended(&mut audit, &dropped);
     for inst in &mut instances {

@@ -137,8 +137,17 @@ pub(super) fn sweep(inst: &mut Instance, audit: &mut AuditLog, escalates: bool) 
     }
 }
 
+/// The attack tracker's key prefix of `iface`'s rules: `/` ends the name, since interface
+/// names cannot hold one (they can hold `|`: with that as the end, `eth0`'s prefix was also
+/// `eth0|x`'s, whose attacks `eth0`'s checks then ended or forgot).
+fn attack_prefix(iface: &str) -> String {
+    format!("{iface}/")
+}
+
 /// Ends every attack still running on `inst` (the daemon stops, or lost the interface), so
-/// that no `attack_start` stays without its `attack_end`. `why` goes into `ended`.
+/// that no `attack_start` stays without its `attack_end`. `why` goes into `ended`. The maps
+/// say so too: `shield stats` reads them after the stop (from the pins), and a new daemon
+/// only clears them at its first check.
 pub(super) fn end_attacks(
     inst: &Instance,
     audit: &mut AuditLog,
@@ -146,8 +155,15 @@ pub(super) fn end_attacks(
     why: &str,
 ) {
     let now = crate::loader::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
-    let prefix = format!("{}|", inst.iface);
+    let prefix = attack_prefix(&inst.iface);
     let ended = tracker.retain(|k| !k.starts_with(&prefix), now);
+    for (key, _) in &ended {
+        let name = key.strip_prefix(&prefix).unwrap_or(key);
+        // A lost interface's pins may be gone: nothing to clear then.
+        if let Some((&id, _)) = inst.names.iter().find(|(_, n)| *n == name) {
+            let _ = crate::stats::set_attack(&inst.dir, u32::from(id), 0);
+        }
+    }
     write_ended(audit, &inst.iface, ended, why);
 }
 
@@ -158,7 +174,7 @@ fn write_ended(
     ended: Vec<(String, crate::attack::Change)>,
     why: &str,
 ) {
-    let prefix = format!("{iface}|");
+    let prefix = attack_prefix(iface);
     for (key, change) in ended {
         if let crate::attack::Change::End { secs, dropped } = change {
             audit.write(json!({
@@ -189,7 +205,7 @@ pub(super) fn watch_attacks(
         }
     };
     let now = crate::loader::mono_coarse_ns().wrapping_add(inst.clock_offset_ns);
-    let prefix = format!("{}|", inst.iface);
+    let prefix = attack_prefix(&inst.iface);
     let removed = tracker.retain(
         |k| !k.starts_with(&prefix) || totals.iter().any(|(_, n, _)| k == format!("{prefix}{n}")),
         now,
@@ -226,5 +242,18 @@ pub(super) fn watch_attacks(
             warn!(iface = %inst.iface, "{e}");
         }
         audit.write(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attack_prefix;
+
+    #[test]
+    fn an_interfaces_attack_prefix_is_not_another_interfaces() {
+        // `|` may be in an interface name; `/` may not.
+        let other = format!("{}api", attack_prefix("eth0|x"));
+        assert!(!other.starts_with(&attack_prefix("eth0")), "{other}");
+        assert!(other.starts_with(&attack_prefix("eth0|x")), "{other}");
     }
 }

@@ -31,6 +31,9 @@ pub struct PolicyMaps {
     /// daemon sets it for its start and calls `settle` once the start succeeded.
     pub keep_old_lists: bool,
     stale_lists: Option<u8>,
+    /// The ids the last install gave to new rules (see `install`): rule bans still held
+    /// under them are another rule's, for the daemon to drop (`take_fresh_ids`).
+    fresh_ids: Vec<u16>,
     /// Whether `syncookie` rules' cookie SYN-ACKs offer timestamps (`RULE_SYNCOOKIE_TS`):
     /// `synproxy::timestamps_work()` when opened.
     pub syncookie_timestamps: bool,
@@ -105,6 +108,7 @@ impl PolicyMaps {
             sketch_seed: 0,
             keep_old_lists: false,
             stale_lists: None,
+            fresh_ids: Vec::new(),
             syncookie_timestamps: crate::synproxy::timestamps_work(),
             dir: pin_dir.to_path_buf(),
         };
@@ -187,6 +191,12 @@ impl PolicyMaps {
         Ok(())
     }
 
+    /// The ids the last install gave to rules new to them (their rule bans, if any, are
+    /// the removed rule's that had the id), taken.
+    pub fn take_fresh_ids(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.fresh_ids)
+    }
+
     /// After a successful start: stop keeping the old lists, and empty them.
     pub fn settle(&mut self) -> Result<(), LoaderError> {
         self.keep_old_lists = false;
@@ -259,6 +269,7 @@ impl PolicyMaps {
         if !fresh.is_empty() {
             super::forget_rules(&self.dir, &fresh)?;
         }
+        self.fresh_ids = fresh;
 
         // Rules: 256 slots, always written in full.
         for (id, r) in policy.rules.iter().enumerate() {

@@ -497,6 +497,19 @@ fn an_attack_running_when_the_daemon_stops_or_loses_its_interface_ends_in_the_au
         stop.is_some_and(|s| s > end),
         "the end before `stop`: {lines:?}"
     );
+    // `shield stats` (from the pins, NOT ATTACHED) agrees with the audit log: calm.
+    let stats = lab.stats();
+    let guarded = stats["interfaces"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["name"] == "guarded")
+        .cloned()
+        .unwrap_or_else(|| panic!("no rule guarded: {stats}"));
+    assert_eq!(
+        guarded["unverified"]["under_attack"], false,
+        "the attack ended with the daemon: {guarded}"
+    );
 
     let mut lab = guarded_under_attack();
     let bpffs = lab.bpffs.path.to_str().expect("utf-8").to_string();
@@ -511,4 +524,128 @@ fn an_attack_running_when_the_daemon_stops_or_loses_its_interface_ends_in_the_au
         .filter(|l| l["event"] == "attack_end")
         .count();
     assert_eq!(ends, 1, "one end, not a second at the stop: {log}");
+}
+
+/// The rule bans `shield bans --json` lists, as (source, rule).
+fn rule_bans(lab: &NsLab) -> Vec<(String, String)> {
+    let (ok, out, err) = lab.shield(&["bans", "--json"]);
+    assert!(ok, "shield bans: {err}");
+    let v: Value = serde_json::from_str(&out).expect("bans --json is JSON");
+    v.as_array()
+        .or_else(|| v["bans"].as_array())
+        .expect("a list of bans")
+        .iter()
+        .filter(|b| b["scope"] == "rule")
+        .map(|b| {
+            let s = |f: &str| b[f].as_str().unwrap_or_default().to_string();
+            (s("source"), s("rule"))
+        })
+        .collect()
+}
+
+/// With all 255 rule ids taken, a reload that replaces a rule by a new one gives the new
+/// rule the removed rule's id. The removed rule's bans go with it: they were kept under the
+/// id (it is in use again), and the new rule started with the old one's banned sources.
+#[test]
+fn a_new_rule_on_a_removed_rules_id_starts_without_its_bans() {
+    let policy = |last: &str| {
+        let mut p: String = (1..255)
+            .map(|i| {
+                format!(
+                    "[[rule]]\nname = \"r{i}\"\nprotocol = \"tcp\"\nports = [{}]\nconnections = {{ rate = \"50/s\", burst = 100 }}\n",
+                    10_000 + i
+                )
+            })
+            .collect();
+        p += &format!(
+            "[[rule]]\nname = \"{last}\"\nprotocol = \"tcp\"\nports = [9000]\nconnections = {{ rate = \"50/s\", burst = 100 }}\n"
+        );
+        p
+    };
+    let lab = NsLab::new(&policy("gone"), &[API]);
+    let (ok, _, err) = lab.shield(&["ban", "192.0.2.9", "--for", "1h", "--rule", "gone"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        rule_bans(&lab),
+        vec![("192.0.2.9/32".to_string(), "gone".to_string())]
+    );
+    std::fs::write(&lab.policy, policy("new")).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        rule_bans(&lab),
+        vec![],
+        "the removed rule's ban went with it, not to the rule on its id"
+    );
+}
+
+/// A reload that drops a removed rule's bans saves `--state-dir` as any other ban change
+/// does (within a second). It did not: the file kept them until the next change, and a
+/// crash or a reboot meanwhile restored them (with the rule back, a ban the reload ended).
+#[test]
+fn a_reload_that_drops_bans_saves_them_dropped_in_the_state_dir() {
+    let two = format!(
+        "{POLICY}\n[[rule]]\nname = \"gone\"\nprotocol = \"tcp\"\nports = [9000]\nconnections = {{ rate = \"50/s\", burst = 100 }}\n"
+    );
+    let lab = NsLab::new(&two, &[API]);
+    let saved = lab.socket().with_extension("state").join("bans.json");
+    let (ok, _, err) = lab.shield(&["ban", "192.0.2.9", "--for", "1h", "--rule", "gone"]);
+    assert!(ok, "{err}");
+    let holds = || {
+        std::fs::read_to_string(&saved)
+            .unwrap_or_default()
+            .contains("192.0.2.9")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !holds() {
+        assert!(
+            Instant::now() < deadline,
+            "the ban never saved in {saved:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&lab.policy, POLICY).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    assert_eq!(rule_bans(&lab), vec![], "dropped with its rule");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holds() {
+        assert!(
+            Instant::now() < deadline,
+            "the state dir still holds the dropped ban 5 s after the reload: {:?}",
+            std::fs::read_to_string(&saved)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A reload that removes a monitor rule ends its monitor bans in the audit log, the
+/// rule-scope ones too (`ban_end`, `"monitor": true`): those went silently with the rule's
+/// other rule bans, and their `would_ban` had no end.
+#[test]
+fn a_removed_monitor_rules_rule_bans_end_in_the_audit_log() {
+    let watched = format!(
+        "{POLICY}\n[[rule]]\nname = \"watched\"\nprotocol = \"tcp\"\nports = [8081]\nmode = \"monitor\"\nconnections = {{ rate = \"1/h\", burst = 1 }}\nescalation = {{ strikes = 1, window = \"1h\", ban = \"1h\", scope = \"rule\" }}\n"
+    );
+    let lab = NsLab::new(&watched, &[API]);
+    let attacker: IpAddr = ATTACKER_V4.into();
+    let _ = lab.connect(attacker, 8081, 3, Duration::from_millis(50));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rule_bans(&lab).is_empty() {
+        assert!(Instant::now() < deadline, "no monitor ban on watched");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&lab.policy, POLICY).expect("policy");
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "{err}");
+    assert_eq!(rule_bans(&lab), vec![], "dropped with its rule");
+    let ended: Vec<Value> = lab
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "ban_end")
+        .collect();
+    assert!(
+        ended.len() == 1 && ended[0]["rule"] == "watched" && ended[0]["monitor"] == true,
+        "one ban_end for the monitor ban: {ended:?}"
+    );
 }

@@ -89,6 +89,8 @@ impl Owner {
         let reply = match out.result {
             Ok((policy, done, took, generation)) => {
                 monitor_bans_ended(&mut self.audit, &done.monitor_bans_dropped);
+                // The install may have dropped bans (`drop_stale_bans`): saved as any change.
+                self.state_dirty = true;
                 let summary = reloaded(&policy, generation, &done, took);
                 self.ids = ids_of(&policy, &self.ids);
                 self.generation = generation;
@@ -181,6 +183,6 @@ fn reload_job(
     let compiled = policy::compile_with_ids(&policy, ids);
     let generation = generation.wrapping_add(1).max(1);
     let mut done = install_all(maps, &policy, &compiled, generation)?;
-    done.monitor_bans_dropped = drop_stale_bans(maps.iter_mut().map(|(i, m)| (i.as_str(), m)));
+    done.monitor_bans_dropped = drop_stale_bans(maps.iter_mut().map(|(i, m)| (i.as_str(), m)), ids);
     Ok((policy, done, started.elapsed(), generation))
 }
