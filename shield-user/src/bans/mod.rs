@@ -613,8 +613,8 @@ impl BanMaps {
 
     /// Removes rule-scope bans of rules no longer in the policy (after a reload), and those
     /// under `fresh` ids: ids a new rule took from a removed one (all 255 taken), whose
-    /// bans are the removed rule's.
-    pub fn drop_orphans(&mut self, fresh: &[u16]) -> Result<usize, BanError> {
+    /// bans are the removed rule's. Returns them.
+    pub fn drop_orphans(&mut self, fresh: &[u16]) -> Result<Vec<BanEntry>, BanError> {
         let live: Vec<u32> = self
             .tables
             .current_rules()?
@@ -632,7 +632,7 @@ impl BanMaps {
         for b in &orphans {
             self.remove(b.key)?;
         }
-        Ok(orphans.len())
+        Ok(orphans)
     }
 }
 

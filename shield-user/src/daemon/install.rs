@@ -15,10 +15,10 @@ use crate::{
 pub(crate) struct InstallDone {
     pub ports_written: usize,
     pub lists_swapped: bool,
-    /// Monitor-mode bans dropped because their rule is now enforced (or gone), by
-    /// interface: their sources are judged by the enforced rule from now on. Filled by
-    /// `drop_stale_bans`, after the install.
-    pub monitor_bans_dropped: Vec<(String, crate::bans::BanEntry)>,
+    /// Bans the install left stale, by interface: monitor bans of rules now enforced (their
+    /// sources are judged by the enforced rule from now on), and bans of removed rules.
+    /// Filled by `drop_stale_bans`, after the install.
+    pub bans_dropped: Vec<StaleBan>,
 }
 
 /// Installs `compiled` as `generation` on every interface: each inactive half is written,
@@ -33,7 +33,7 @@ pub(crate) fn install_all(
     let mut done = InstallDone {
         ports_written: 0,
         lists_swapped: false,
-        monitor_bans_dropped: Vec::new(),
+        bans_dropped: Vec::new(),
     };
     for (iface, m) in maps.iter_mut() {
         // Before the program may answer with cookies: SYNPROXY must be there for the ACKs.
@@ -51,6 +51,14 @@ pub(crate) fn install_all(
     Ok(done)
 }
 
+/// A ban `drop_stale_bans` removed, for its `ban_end`.
+pub(crate) struct StaleBan {
+    pub iface: String,
+    pub ban: crate::bans::BanEntry,
+    /// `ended`: "rule enforced" (a monitor ban of a rule now enforced) or "rule removed".
+    pub ended: &'static str,
+}
+
 /// Removes the bans the policy just installed leaves stale: rule bans of rules it no longer
 /// has (or whose id it gave to a new rule), and monitor bans of rules it enforces or removed
 /// (returned, by interface, for their `ban_end`; a removed rule named as in `previous`, the
@@ -60,38 +68,51 @@ pub(crate) fn install_all(
 pub(crate) fn drop_stale_bans<'a>(
     maps: impl IntoIterator<Item = (&'a str, &'a mut IfaceMaps)>,
     previous: &HashMap<String, u32>,
-) -> Vec<(String, crate::bans::BanEntry)> {
-    let mut monitor = Vec::new();
+) -> Vec<StaleBan> {
+    let mut stale = Vec::new();
+    // Listed under the policy now in force, which has no name for a removed id (or, for an
+    // id a new rule took, the new rule's name).
+    let named = |mut b: crate::bans::BanEntry, iface: &str, fresh: &[u16]| {
+        let mut ended = "rule enforced";
+        if b.rule == format!("#{}", b.rule_id) || fresh.contains(&b.rule_id) {
+            ended = "rule removed";
+            if let Some((name, _)) = previous.iter().find(|(_, id)| **id == u32::from(b.rule_id)) {
+                b.rule = name.clone();
+            }
+        }
+        StaleBan {
+            iface: iface.to_string(),
+            ban: b,
+            ended,
+        }
+    };
     for (iface, m) in maps {
-        // Monitor bans first: a removed rule's rule-scope ones get their `ban_end` too.
+        let fresh = m.tables.take_fresh_ids();
+        // Monitor bans first: a removed rule's rule-scope ones are monitor bans too.
         if let Ok(dropped) = m.bans.drop_enforced_monitor_bans() {
-            monitor.extend(dropped.into_iter().map(|mut b| {
-                // Listed under the policy now in force, which has no name for a removed id.
-                if b.rule == format!("#{}", b.rule_id)
-                    && let Some((name, _)) =
-                        previous.iter().find(|(_, id)| **id == u32::from(b.rule_id))
-                {
-                    b.rule = name.clone();
-                }
-                (iface.to_string(), b)
+            stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
+        }
+        if let Ok(dropped) = m.bans.drop_orphans(&fresh) {
+            // Every one of them is a removed rule's.
+            stale.extend(dropped.into_iter().map(|b| {
+                let mut s = named(b, iface, &fresh);
+                s.ended = "rule removed";
+                s
             }));
         }
-        let fresh = m.tables.take_fresh_ids();
-        let _ = m.bans.drop_orphans(&fresh);
     }
-    monitor
+    stale
 }
 
-/// The `ban_end` lines of monitor bans `drop_stale_bans` dropped (their rule is enforced).
-pub(crate) fn monitor_bans_ended(
-    audit: &mut crate::audit::AuditLog,
-    dropped: &[(String, crate::bans::BanEntry)],
-) {
-    for (iface, b) in dropped {
-        let mut line = super::upkeep::ban_json("ban_end", iface, b, None);
-        line["level"] = b.level.into();
-        line["monitor"] = true.into();
-        line["ended"] = "rule enforced".into();
+/// The `ban_end` lines of the bans `drop_stale_bans` removed.
+pub(crate) fn stale_bans_ended(audit: &mut crate::audit::AuditLog, dropped: &[StaleBan]) {
+    for s in dropped {
+        let mut line = super::upkeep::ban_json("ban_end", &s.iface, &s.ban, None);
+        line["level"] = s.ban.level.into();
+        if s.ban.monitor {
+            line["monitor"] = true.into();
+        }
+        line["ended"] = s.ended.into();
         audit.write(line);
     }
 }

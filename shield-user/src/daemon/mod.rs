@@ -16,7 +16,7 @@ mod fleet;
 
 pub use events::rare_conditions;
 pub(crate) use install::{
-    InstallDone, drop_stale_bans, ids_of, install_all, monitor_bans_ended, reloaded,
+    InstallDone, drop_stale_bans, ids_of, install_all, reloaded, stale_bans_ended,
 };
 mod http;
 mod install;
@@ -412,7 +412,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             .filter_map(|i| i.maps.as_mut().map(|m| (i.iface.as_str(), m))),
         &previous_ids,
     );
-    monitor_bans_ended(&mut audit, &dropped);
+    stale_bans_ended(&mut audit, &dropped);
     for inst in &mut instances {
         if let Some(m) = inst.maps.as_mut()
             && let Err(e) = m.tables.settle()

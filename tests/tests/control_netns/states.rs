@@ -577,6 +577,19 @@ fn a_new_rule_on_a_removed_rules_id_starts_without_its_bans() {
         vec![],
         "the removed rule's ban went with it, not to the rule on its id"
     );
+    // Its end names the removed rule, not the new one on its id.
+    let ended: Vec<Value> = lab
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "ban_end")
+        .collect();
+    assert!(
+        ended.len() == 1
+            && ended[0]["rule"] == "gone"
+            && ended[0]["source"] == "192.0.2.9/32"
+            && ended[0]["ended"] == "rule removed",
+        "{ended:?}"
+    );
 }
 
 /// A reload that drops a removed rule's bans saves `--state-dir` as any other ban change
@@ -645,7 +658,10 @@ fn a_removed_monitor_rules_rule_bans_end_in_the_audit_log() {
         .filter(|l| l["event"] == "ban_end")
         .collect();
     assert!(
-        ended.len() == 1 && ended[0]["rule"] == "watched" && ended[0]["monitor"] == true,
+        ended.len() == 1
+            && ended[0]["rule"] == "watched"
+            && ended[0]["monitor"] == true
+            && ended[0]["ended"] == "rule removed",
         "one ban_end for the monitor ban: {ended:?}"
     );
 }

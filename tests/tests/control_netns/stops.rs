@@ -147,7 +147,7 @@ fn a_stop_during_a_start_over_a_crashed_run_keeps_its_syncookie_table() {
 /// `watched` and drops the rule `gone`: the install used to remove `watched`'s monitor bans
 /// and `gone`'s rule bans at once, so the undo gave the maps back their policy without
 /// them (and the audit log already said the monitor ban ended). They go once a start
-/// attaches, with the monitor ban's `ban_end` (`"ended": "rule enforced"`).
+/// attaches, each with its `ban_end` (`"ended": "rule enforced"`, `"rule removed"`).
 #[test]
 fn a_start_undone_over_a_crashed_run_keeps_its_bans() {
     const WATCHED: &str = r#"
@@ -232,17 +232,23 @@ escalation = { strikes = 1, window = "1h", ban = "1h" }
     std::fs::write(&lab.policy, next).expect("policy");
     lab.start();
     assert_eq!(bans(), [], "the bans the policy left stale are gone");
-    let ended: Vec<Value> = lab
+    // Each with its `ban_end`: the monitor ban's rule is enforced, the rule ban's removed.
+    let mut ended: Vec<(String, bool, String)> = lab
         .audit_lines()
         .into_iter()
         .filter(|l| l["event"] == "ban_end")
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (s("rule"), l["monitor"] == true, s("ended"))
+        })
         .collect();
-    assert!(
-        ended.len() == 1
-            && ended[0]["rule"] == "watched"
-            && ended[0]["monitor"] == true
-            && ended[0]["ended"] == "rule enforced",
-        "{ended:?}"
+    ended.sort();
+    assert_eq!(
+        ended,
+        [
+            ("gone".into(), false, "rule removed".into()),
+            ("watched".into(), true, "rule enforced".into())
+        ]
     );
     lab.daemon().stop().expect("stop");
 }

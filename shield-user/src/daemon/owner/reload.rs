@@ -15,9 +15,7 @@ use tracing::{info, warn};
 use super::{Answer, JobOut, Owner, join_error};
 use crate::{
     control::{Reply, Request},
-    daemon::{
-        InstallDone, app, drop_stale_bans, ids_of, install_all, monitor_bans_ended, reloaded,
-    },
+    daemon::{InstallDone, app, drop_stale_bans, ids_of, install_all, reloaded, stale_bans_ended},
     policy,
 };
 
@@ -88,7 +86,7 @@ impl Owner {
             .unwrap_or(("control socket", Vec::new()));
         let reply = match out.result {
             Ok((policy, done, took, generation)) => {
-                monitor_bans_ended(&mut self.audit, &done.monitor_bans_dropped);
+                stale_bans_ended(&mut self.audit, &done.bans_dropped);
                 // The install may have dropped bans (`drop_stale_bans`): saved as any change.
                 self.state_dirty = true;
                 let summary = reloaded(&policy, generation, &done, took);
@@ -183,6 +181,6 @@ fn reload_job(
     let compiled = policy::compile_with_ids(&policy, ids);
     let generation = generation.wrapping_add(1).max(1);
     let mut done = install_all(maps, &policy, &compiled, generation)?;
-    done.monitor_bans_dropped = drop_stale_bans(maps.iter_mut().map(|(i, m)| (i.as_str(), m)), ids);
+    done.bans_dropped = drop_stale_bans(maps.iter_mut().map(|(i, m)| (i.as_str(), m)), ids);
     Ok((policy, done, started.elapsed(), generation))
 }
