@@ -221,6 +221,25 @@ impl NsLab {
             })
             .collect()
     }
+
+    /// The audit log's lines of `event`, in order.
+    pub fn audit_events(&self, event: &str) -> Vec<Value> {
+        self.audit_lines()
+            .into_iter()
+            .filter(|l| l["event"] == event)
+            .collect()
+    }
+
+    /// The bans `shield bans --json` lists (through the running daemon).
+    pub fn bans(&self) -> Vec<Value> {
+        let (ok, out, err) = self.shield(&["bans", "--json"]);
+        assert!(ok, "shield bans: {err}");
+        let v: Value = serde_json::from_str(&out).expect("bans --json is JSON");
+        v.as_array()
+            .or_else(|| v["bans"].as_array())
+            .expect("a list of bans")
+            .clone()
+    }
 }
 
 /// `shield run ARGS` started by hand in the namespace `ns` (the lab's server namespace, say),

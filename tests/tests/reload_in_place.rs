@@ -36,15 +36,7 @@ fn generation(lab: &NsLab) -> u32 {
 }
 
 fn admin_bans(lab: &NsLab) -> usize {
-    let (ok, out, err) = lab.shield(&["bans", "--json"]);
-    assert!(ok, "shield bans: {err}");
-    let v: Value = serde_json::from_str(&out).expect("bans --json is JSON");
-    v.as_array()
-        .or_else(|| v["bans"].as_array())
-        .expect("a list of bans")
-        .iter()
-        .filter(|b| b["rule"] == "admin")
-        .count()
+    lab.bans().iter().filter(|b| b["rule"] == "admin").count()
 }
 
 #[test]

@@ -92,13 +92,9 @@ pub(crate) fn drop_stale_bans<'a>(
         if let Ok(dropped) = m.bans.drop_enforced_monitor_bans() {
             stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
         }
+        // A removed rule's every one (its id is not live, or a new rule took it).
         if let Ok(dropped) = m.bans.drop_orphans(&fresh) {
-            // Every one of them is a removed rule's.
-            stale.extend(dropped.into_iter().map(|b| {
-                let mut s = named(b, iface, &fresh);
-                s.ended = "rule removed";
-                s
-            }));
+            stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
         }
     }
     stale

@@ -179,11 +179,7 @@ fn states_are_honest_after_a_stop_a_detach_and_without_permission() {
         "said once, not every second: {log}"
     );
     assert!(!log.contains("BPF_OBJ_GET"), "{log}");
-    let lost = lab
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "lost")
-        .count();
+    let lost = lab.audit_events("lost").len();
     assert_eq!(lost, 1);
     lab.daemon().stop().expect("stop");
 
@@ -396,13 +392,7 @@ fn a_metrics_flood_neither_stalls_the_daemon_nor_makes_it_lose_its_interface() {
     let _ = holder.join();
     let log = lab.daemon().log_text();
     assert!(!log.contains("no longer"), "a false `lost`: {log}");
-    assert_eq!(
-        lab.audit_lines()
-            .iter()
-            .filter(|l| l["event"] == "lost")
-            .count(),
-        0
-    );
+    assert_eq!(lab.audit_events("lost").len(), 0);
 }
 
 const GUARDED: &str = r#"
@@ -518,22 +508,13 @@ fn an_attack_running_when_the_daemon_stops_or_loses_its_interface_ends_in_the_au
     let end = guarded_attack_end(&lab);
     assert_eq!(end["ended"], "interface lost", "{end}");
     let (_, log) = lab.daemon().stop().expect("stop");
-    let ends = lab
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "attack_end")
-        .count();
+    let ends = lab.audit_events("attack_end").len();
     assert_eq!(ends, 1, "one end, not a second at the stop: {log}");
 }
 
 /// The rule bans `shield bans --json` lists, as (source, rule).
 fn rule_bans(lab: &NsLab) -> Vec<(String, String)> {
-    let (ok, out, err) = lab.shield(&["bans", "--json"]);
-    assert!(ok, "shield bans: {err}");
-    let v: Value = serde_json::from_str(&out).expect("bans --json is JSON");
-    v.as_array()
-        .or_else(|| v["bans"].as_array())
-        .expect("a list of bans")
+    lab.bans()
         .iter()
         .filter(|b| b["scope"] == "rule")
         .map(|b| {
@@ -578,11 +559,7 @@ fn a_new_rule_on_a_removed_rules_id_starts_without_its_bans() {
         "the removed rule's ban went with it, not to the rule on its id"
     );
     // Its end names the removed rule, not the new one on its id.
-    let ended: Vec<Value> = lab
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "ban_end")
-        .collect();
+    let ended: Vec<Value> = lab.audit_events("ban_end");
     assert!(
         ended.len() == 1
             && ended[0]["rule"] == "gone"
@@ -652,11 +629,7 @@ fn a_removed_monitor_rules_rule_bans_end_in_the_audit_log() {
     let (ok, _, err) = lab.shield(&["reload"]);
     assert!(ok, "{err}");
     assert_eq!(rule_bans(&lab), vec![], "dropped with its rule");
-    let ended: Vec<Value> = lab
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "ban_end")
-        .collect();
+    let ended: Vec<Value> = lab.audit_events("ban_end");
     assert!(
         ended.len() == 1
             && ended[0]["rule"] == "watched"

@@ -234,9 +234,8 @@ escalation = { strikes = 1, window = "1h", ban = "1h" }
     assert_eq!(bans(), [], "the bans the policy left stale are gone");
     // Each with its `ban_end`: the monitor ban's rule is enforced, the rule ban's removed.
     let mut ended: Vec<(String, bool, String)> = lab
-        .audit_lines()
+        .audit_events("ban_end")
         .into_iter()
-        .filter(|l| l["event"] == "ban_end")
         .map(|l| {
             let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
             (s("rule"), l["monitor"] == true, s("ended"))
