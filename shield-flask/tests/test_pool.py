@@ -14,10 +14,6 @@ import tempfile
 import threading
 import time
 
-from flask import Flask
-
-from fake_daemon import FakeDaemon
-from shield_flask import Shield
 from helpers import Base, make_app
 
 

@@ -226,6 +226,12 @@ fn nft_duration(secs: u64) -> String {
     }
 }
 
+/// How long one `nft` may take before shield kills it: shield's tables load in
+/// milliseconds, yet an `nft` that waits on a netlink lock another program holds would block
+/// a start, a reload or a stop for as long (and, in a process group of its own, a terminal's
+/// Ctrl-C does not reach it).
+pub const NFT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut c = Command::new("nft");
     // In a process group of its own: a terminal's Ctrl-C goes to the foreground group, and
@@ -243,13 +249,39 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut child = c
         .spawn()
         .map_err(|e| format!("cannot run nft (Debian package nftables): {e}"))?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("nft: {e}"))?;
+    let group = child.id() as i32;
+    let input = stdin.map(str::to_owned).zip(child.stdin.take());
+    // Fed, waited for and read on a thread of its own, so that an nft that never ends can be
+    // killed after NFT_PATIENCE.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // An nft that stops reading ends with an error of its own (said below).
+        let wrote = match input {
+            Some((text, mut pipe)) => pipe.write_all(text.as_bytes()),
+            None => Ok(()),
+        };
+        let _ = tx.send((wrote, child.wait_with_output()));
+    });
+    let ((wrote, out), late) = match rx.recv_timeout(NFT_PATIENCE) {
+        Ok(r) => (r, false),
+        Err(_) => {
+            // SAFETY: kill(2) on the process group of our child, which its waiting thread
+            // has not reaped (it sends only after reaping, and nothing came).
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let gone = || std::io::Error::other("nft's waiting thread ended");
+            (rx.recv().unwrap_or_else(|_| (Ok(()), Err(gone()))), true)
+        }
+    };
+    let out = out.map_err(|e| format!("nft: {e}"))?;
+    if late {
+        return Err(format!(
+            "nft {} did not finish within {} s: killed",
+            args.join(" "),
+            NFT_PATIENCE.as_secs()
+        ));
     }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
     if out.status.success() {
+        wrote.map_err(|e| format!("nft {}: writing its input: {e}", args.join(" ")))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         // Killed (a signal), nft says nothing: say how it ended instead.
@@ -266,11 +298,50 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     }
 }
 
-/// The loose value a table of ours remembers, if the table exists.
-fn remembered(iface: &str) -> Option<String> {
-    let out = nft(&["list", "table", "inet", &table_name(iface)], None).ok()?;
-    let at = out.find(COMMENT)? + COMMENT.len();
-    Some(out[at..].chars().take_while(char::is_ascii_digit).collect())
+/// The table under `iface`'s name, as nft lists it with `args` (`None`: there is none, or
+/// nft cannot list it), with the interface its rules match when that is another one: names
+/// that differ only in characters other than letters and digits (`a.b`, `a_b`) share a table
+/// name.
+fn listing(iface: &str, args: &[&str]) -> Option<(String, Option<String>)> {
+    let name = table_name(iface);
+    let mut all = args.to_vec();
+    all.extend(["list", "table", "inet", &name]);
+    let out = nft(&all, None).ok()?;
+    let other = table_iface(&out).filter(|o| o != iface);
+    Some((out, other))
+}
+
+/// The interface a table's rules match (`iifname "…"`, as `ruleset` writes it).
+fn table_iface(listing: &str) -> Option<String> {
+    let at = listing.find("iifname \"")? + "iifname \"".len();
+    let end = listing[at..].find('"')?;
+    Some(listing[at..at + end].to_string())
+}
+
+/// The error for a table that is `other`'s.
+fn not_ours(iface: &str, other: &str) -> String {
+    format!(
+        "nftables table inet {} is interface {other}'s (their names differ only in characters other than letters and digits, which table names spell as _): one of the two cannot use challenge = \"syncookie\"",
+        table_name(iface)
+    )
+}
+
+/// The loose value a table of ours remembers, if `iface`'s table exists (`Err`: the table
+/// under its name is another interface's).
+fn remembered(iface: &str) -> Result<Option<String>, String> {
+    let Some((out, other)) = listing(iface, &[]) else {
+        return Ok(None);
+    };
+    if let Some(other) = other {
+        return Err(not_ours(iface, &other));
+    }
+    let Some(at) = out.find(COMMENT) else {
+        return Ok(None);
+    };
+    let at = at + COMMENT.len();
+    Ok(Some(
+        out[at..].chars().take_while(char::is_ascii_digit).collect(),
+    ))
 }
 
 /// The table text this process last put in place, per interface.
@@ -294,7 +365,7 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
         return Ok(false);
     }
     // The value before any table of ours: kept across replacements.
-    let remembered = remembered(iface);
+    let remembered = remembered(iface)?;
     let has_table = remembered.is_some();
     let loose = match remembered {
         Some(v) if !v.is_empty() => v,
@@ -328,11 +399,7 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
 /// `iface`'s table as it is now (definitions only: no set entries, no counters), for
 /// `restore`; `None` where there is none (or nft cannot list it).
 pub fn snapshot(iface: &str) -> Option<String> {
-    nft(
-        &["-s", "-t", "list", "table", "inet", &table_name(iface)],
-        None,
-    )
-    .ok()
+    listing(iface, &["-s", "-t"]).and_then(|(out, other)| other.is_none().then_some(out))
 }
 
 /// Puts back `iface`'s table as `snapshot` saw it (`None`: no table), undoing what a start
@@ -342,8 +409,11 @@ pub fn restore(iface: &str, saved: Option<&str>) -> Result<(), String> {
     let Some(saved) = saved else {
         return remove(iface).map(drop);
     };
-    if snapshot(iface).as_deref() == Some(saved) {
-        return Ok(());
+    match listing(iface, &["-s", "-t"]) {
+        // Another interface's table under the same name is not ours to put back.
+        Some((_, Some(_))) => return Ok(()),
+        Some((now, None)) if now == saved => return Ok(()),
+        _ => {}
     }
     APPLIED
         .lock()
@@ -369,7 +439,8 @@ pub fn remove(iface: &str) -> Result<bool, String> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(iface);
-    let Some(loose) = remembered(iface) else {
+    // Another interface's table under the same name is left alone.
+    let Ok(Some(loose)) = remembered(iface) else {
         return Ok(false);
     };
     nft(&["delete", "table", "inet", &table_name(iface)], None)?;
@@ -385,6 +456,21 @@ pub fn remove(iface: &str) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_names_the_interface_its_rules_match() {
+        let p = crate::policy::parse_str(
+            "p.toml",
+            "[[rule]]\nname='api'\nprotocol='tcp'\nports=[8000]\nunverified={rate='10/s'}\nchallenge='syncookie'\n",
+        )
+        .expect("policy");
+        let t = ruleset("eth0.100", &p, "1", true).expect("a table");
+        assert_eq!(table_iface(&t).as_deref(), Some("eth0.100"));
+        // eth0_100 shares the table name, not the table.
+        assert_eq!(table_name("eth0_100"), table_name("eth0.100"));
+        assert!(not_ours("eth0_100", "eth0.100").contains("is interface eth0.100's"));
+        assert_eq!(table_iface("table inet x {\n}\n"), None);
+    }
 
     #[test]
     fn the_table_covers_the_syncookie_rules_ports_only() {

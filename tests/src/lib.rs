@@ -51,6 +51,47 @@ pub fn shield_bin() -> PathBuf {
     path
 }
 
+/// A directory of the test's own under the temp dir (`prefix` and a unique tail), removed
+/// with what it holds on every exit path.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let d = std::env::temp_dir().join(netlab::unique(prefix));
+        std::fs::create_dir_all(&d).expect("creating a temp dir");
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An `nft` of the test's own in `dir` (put `dir` first on the daemon's PATH: the value is
+/// returned): a shell script whose body `script(real)` writes, given the real nft's path
+/// (which the body should end by running: `exec REAL "$@"`).
+pub fn nft_wrapper(dir: &Path, script: impl FnOnce(&str) -> String) -> String {
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nft (Debian package nftables) is needed: run `cargo xtask bootstrap`");
+    let wrapper = dir.join("nft");
+    std::fs::write(&wrapper, format!("#!/bin/sh\n{}", script(real)))
+        .expect("writing the nft wrapper");
+    let mut perms = std::fs::metadata(&wrapper)
+        .expect("nft wrapper")
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&wrapper, perms).expect("chmod the nft wrapper");
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// Fails the test with what is missing (never skips silently).
 pub fn require_root() {
     if let Err(e) = netlab::require_privileges() {

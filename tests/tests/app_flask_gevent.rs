@@ -12,7 +12,7 @@
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Barrier,
@@ -22,12 +22,7 @@ use std::{
 };
 
 use serde_json::Value;
-use shield_tests::{
-    app_client::AppClient,
-    appbench::gunicorn_python,
-    applab,
-    netlab::{self, unique},
-};
+use shield_tests::{TempDir, app_client::AppClient, appbench::gunicorn_python, applab, netlab};
 
 const WORKERS: usize = 2;
 /// shield_flask's default SHIELD_POOL_SIZE.
@@ -80,15 +75,6 @@ impl Drop for Proc {
     }
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `GET target` (HTTP/1.0) on gunicorn's Unix socket: the status and the body.
 fn get(socket: &Path, target: &str) -> std::io::Result<(u16, String)> {
     let mut s = UnixStream::connect(socket)?;
@@ -133,8 +119,7 @@ fn gevent_workers_share_their_pools_and_release_every_slot() {
         "{} cannot import gevent: run `cargo xtask bootstrap` (it installs python3-gevent)",
         gunicorn_python().display()
     );
-    let dir = TempDir(std::env::temp_dir().join(unique("shield-gevent-")));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let dir = TempDir::new("shield-gevent-");
     let app_socket = dir.0.join("app.sock");
     let http = dir.0.join("http.sock");
     std::fs::write(

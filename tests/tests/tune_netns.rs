@@ -12,6 +12,7 @@ use std::{
 
 use serde_json::Value;
 use shield_tests::{
+    TempDir,
     netlab::{ATTACKER_V4, SERVER_V4, connect_many, unique},
     nslab::{NsLab, counter},
     shield_bin,
@@ -186,23 +187,6 @@ struct Cleanup(std::path::PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A directory under the temp dir, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> TempDir {
-        let d = std::env::temp_dir().join(unique(prefix));
-        std::fs::create_dir_all(&d).expect("mkdir");
-        TempDir(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use shield_common::CFG_BANS;
+use shield_common::{CFG_BANS, CFG_LOADED};
+use tracing::warn;
 
 use super::IfaceMaps;
 use crate::{
@@ -23,7 +24,9 @@ pub(crate) struct InstallDone {
 
 /// Installs `compiled` as `generation` on every interface: each inactive half is written,
 /// then flipped. Keeps the data path's ban lookups on where bans exist (the bans the new
-/// policy leaves stale go in `drop_stale_bans`).
+/// policy leaves stale go in `drop_stale_bans`). All or nothing: where one interface's
+/// install fails, the interfaces installed before it get their policy back (and their
+/// syncookie table), so a failed reload leaves the policy in force everywhere.
 pub(crate) fn install_all(
     maps: &mut [(String, IfaceMaps)],
     policy: &policy::Policy,
@@ -35,20 +38,86 @@ pub(crate) fn install_all(
         lists_swapped: false,
         bans_dropped: Vec::new(),
     };
+    let mut undo = Vec::with_capacity(maps.len());
     for (iface, m) in maps.iter_mut() {
-        // Before the program may answer with cookies: SYNPROXY must be there for the ACKs.
-        // The statement offers timestamps exactly where the XDP SYN-ACK does.
-        crate::synproxy::apply(iface, policy, m.tables.syncookie_timestamps)
-            .map_err(|e| format!("{iface}: syncookie: {e}"))?;
-        let extra = if m.bans.any() { CFG_BANS } else { 0 };
-        let d = m
+        // What `undo_installs` needs: the table and the half in force (none on maps this
+        // start created), and the old lists kept until every interface is done.
+        let previous_half = m
             .tables
-            .install(compiled, generation, extra)
-            .map_err(|e| format!("{iface}: {e}"))?;
-        done.ports_written += d.ports_written;
-        done.lists_swapped |= d.lists_swapped;
+            .active()
+            .ok()
+            .and_then(|(half, cfg)| (cfg.flags & CFG_LOADED != 0).then_some(half));
+        undo.push(Undo {
+            table: crate::synproxy::snapshot(iface),
+            previous_half,
+            kept_lists: m.tables.keep_old_lists,
+        });
+        m.tables.keep_old_lists = true;
+        match install_one(iface, m, policy, compiled, generation) {
+            Ok((ports, swapped)) => {
+                done.ports_written += ports;
+                done.lists_swapped |= swapped;
+            }
+            Err(e) => {
+                undo_installs(maps, &undo);
+                return Err(e);
+            }
+        }
+    }
+    // Every interface has the new policy: the old lists go where nobody asked to keep them.
+    for ((iface, m), u) in maps.iter_mut().zip(&undo) {
+        if !u.kept_lists
+            && let Err(e) = m.tables.settle()
+        {
+            warn!(%iface, "cannot empty the old policy's lists (the next reload rewrites them): {e}");
+        }
     }
     Ok(done)
+}
+
+fn install_one(
+    iface: &str,
+    m: &mut IfaceMaps,
+    policy: &policy::Policy,
+    compiled: &CompiledPolicy,
+    generation: u32,
+) -> Result<(usize, bool), String> {
+    // Before the program may answer with cookies: SYNPROXY must be there for the ACKs.
+    // The statement offers timestamps exactly where the XDP SYN-ACK does.
+    crate::synproxy::apply(iface, policy, m.tables.syncookie_timestamps)
+        .map_err(|e| format!("{iface}: syncookie: {e}"))?;
+    let extra = if m.bans.any() { CFG_BANS } else { 0 };
+    let d = m
+        .tables
+        .install(compiled, generation, extra)
+        .map_err(|e| format!("{iface}: {e}"))?;
+    Ok((d.ports_written, d.lists_swapped))
+}
+
+/// What an interface had before `install_all` touched it.
+struct Undo {
+    table: Option<String>,
+    previous_half: Option<u32>,
+    kept_lists: bool,
+}
+
+/// Gives the first `undo.len()` interfaces back what they had: the half in force (whole:
+/// its lists were kept), the syncookie table. The per-source state of rules new to an id,
+/// which the install forgot, stays forgotten (a new rule had none; a rule removed under
+/// all 255 ids taken loses its counts).
+fn undo_installs(maps: &mut [(String, IfaceMaps)], undo: &[Undo]) {
+    for ((iface, m), u) in maps.iter_mut().zip(undo).rev() {
+        if let Some(half) = u.previous_half
+            && let Err(e) = m.tables.restore_half(half)
+        {
+            warn!(%iface, "cannot restore the previous policy: {e}");
+        }
+        let _ = m.tables.take_fresh_ids();
+        if let Err(e) = crate::synproxy::restore(iface, u.table.as_deref()) {
+            warn!(%iface, "cannot put the syncookie nftables table back: {e}");
+        }
+        m.tables.keep_old_lists = u.kept_lists;
+    }
 }
 
 /// A ban `drop_stale_bans` removed, for its `ban_end`.

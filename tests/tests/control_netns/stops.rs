@@ -266,28 +266,13 @@ fn a_ctrl_c_to_the_terminals_group_during_the_start_stops_it_cleanly() {
     let dir = RemoveOnDrop(std::env::temp_dir().join(unique("at5-nft-")));
     std::fs::create_dir(&dir.0).expect("wrapper dir");
     let marker = dir.0.join("applying");
-    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nft (Debian package nftables) is needed");
-    let wrapper = dir.0.join("nft");
-    std::fs::write(
-        &wrapper,
+    let path = shield_tests::nft_wrapper(&dir.0, |real| {
         format!(
-            "#!/bin/sh\nif [ \"$1\" = -f ]; then touch '{}'; sleep 2; fi\nexec {real} \"$@\"\n",
+            "if [ \"$1\" = -f ]; then touch '{}'; sleep 2; fi\nexec {real} \"$@\"\n",
             marker.display()
-        ),
-    )
-    .expect("wrapper");
-    let mut perms = std::fs::metadata(&wrapper).expect("wrapper").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&wrapper, perms).expect("chmod");
+        )
+    });
     let policy = policy_file(COOKIE);
-    let path = format!(
-        "{}:{}",
-        dir.0.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let (mut run, sock, _remove) = start_by_hand(&lab, &policy.0, |c| {
         std::os::unix::process::CommandExt::process_group(c.env("PATH", path), 0);
     });
@@ -306,7 +291,7 @@ fn a_ctrl_c_to_the_terminals_group_during_the_start_stops_it_cleanly() {
     let table = lab
         .topo
         .server
-        .command(std::path::Path::new(real))
+        .command(std::path::Path::new("nft"))
         .args(["list", "tables"])
         .output()
         .expect("nft list tables");
@@ -315,4 +300,42 @@ fn a_ctrl_c_to_the_terminals_group_during_the_start_stops_it_cleanly() {
         !tables.contains("shield_syncookie"),
         "no table left: {tables}"
     );
+}
+
+/// An `nft` that never ends (one waiting on a netlink lock another program holds, say) held
+/// the start for ever, out of reach of a terminal's Ctrl-C. shield now kills it after
+/// `NFT_PATIENCE` (30 s): the start fails with a message that says so and undoes itself.
+#[test]
+fn an_nft_that_never_ends_is_killed_and_the_start_undone() {
+    let mut lab = NsLab::new(POLICY, &[API]);
+    lab.daemon().stop().expect("stop");
+    lab_stop_and_clear(&lab);
+    let dir = RemoveOnDrop(std::env::temp_dir().join(unique("nft-hang-")));
+    std::fs::create_dir(&dir.0).expect("wrapper dir");
+    let pid_file = dir.0.join("pid");
+    let path = shield_tests::nft_wrapper(&dir.0, |real| {
+        format!(
+            "if [ \"$1\" = -f ]; then echo $$ > '{}'; exec sleep 3600; fi\nexec {real} \"$@\"\n",
+            pid_file.display()
+        )
+    });
+    let policy = policy_file(COOKIE);
+    let (run, sock, _remove) = start_by_hand(&lab, &policy.0, |c| {
+        c.env("PATH", path);
+    });
+    let out = run.finish(shield_user::synproxy::NFT_PATIENCE + Duration::from_secs(60));
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "the start fails: {text}");
+    assert!(
+        text.contains("did not finish within 30 s: killed"),
+        "{text}"
+    );
+    let pid = std::fs::read_to_string(&pid_file).expect("the wrapper ran");
+    assert!(
+        !std::path::Path::new("/proc").join(pid.trim()).exists(),
+        "the hung nft (pid {}) is still there",
+        pid.trim()
+    );
+    assert!(!sock.exists(), "the control socket is removed");
+    assert!(!xdp_on_server(&lab), "nothing attached");
 }
