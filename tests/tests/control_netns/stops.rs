@@ -260,18 +260,13 @@ escalation = { strikes = 1, window = "1h", ban = "1h" }
 /// marks the moment and waits 2 s before running the real one.
 #[test]
 fn a_ctrl_c_to_the_terminals_group_during_the_start_stops_it_cleanly() {
-    let mut lab = NsLab::new(POLICY, &[API]);
-    lab.daemon().stop().expect("stop");
-    lab_stop_and_clear(&lab);
-    let dir = RemoveOnDrop(std::env::temp_dir().join(unique("at5-nft-")));
-    std::fs::create_dir(&dir.0).expect("wrapper dir");
-    let marker = dir.0.join("applying");
-    let path = shield_tests::nft_wrapper(&dir.0, |real| {
+    let (lab, dir, path) = cleared_lab_with_nft(|real, dir| {
         format!(
             "if [ \"$1\" = -f ]; then touch '{}'; sleep 2; fi\nexec {real} \"$@\"\n",
-            marker.display()
+            dir.join("applying").display()
         )
     });
+    let marker = dir.0.join("applying");
     let policy = policy_file(COOKIE);
     let (mut run, sock, _remove) = start_by_hand(&lab, &policy.0, |c| {
         std::os::unix::process::CommandExt::process_group(c.env("PATH", path), 0);
@@ -288,14 +283,7 @@ fn a_ctrl_c_to_the_terminals_group_during_the_start_stops_it_cleanly() {
     assert!(text.contains("SIGINT during the start"), "{text}");
     assert!(!sock.exists(), "the control socket is removed");
     assert!(!xdp_on_server(&lab), "nothing attached");
-    let table = lab
-        .topo
-        .server
-        .command(std::path::Path::new("nft"))
-        .args(["list", "tables"])
-        .output()
-        .expect("nft list tables");
-    let tables = String::from_utf8_lossy(&table.stdout);
+    let tables = nft_tables(&lab);
     assert!(
         !tables.contains("shield_syncookie"),
         "no table left: {tables}"
@@ -307,18 +295,13 @@ fn a_ctrl_c_to_the_terminals_group_during_the_start_stops_it_cleanly() {
 /// `NFT_PATIENCE` (30 s): the start fails with a message that says so and undoes itself.
 #[test]
 fn an_nft_that_never_ends_is_killed_and_the_start_undone() {
-    let mut lab = NsLab::new(POLICY, &[API]);
-    lab.daemon().stop().expect("stop");
-    lab_stop_and_clear(&lab);
-    let dir = RemoveOnDrop(std::env::temp_dir().join(unique("nft-hang-")));
-    std::fs::create_dir(&dir.0).expect("wrapper dir");
-    let pid_file = dir.0.join("pid");
-    let path = shield_tests::nft_wrapper(&dir.0, |real| {
+    let (lab, dir, path) = cleared_lab_with_nft(|real, dir| {
         format!(
             "if [ \"$1\" = -f ]; then echo $$ > '{}'; exec sleep 3600; fi\nexec {real} \"$@\"\n",
-            pid_file.display()
+            dir.join("pid").display()
         )
     });
+    let pid_file = dir.0.join("pid");
     let policy = policy_file(COOKIE);
     let (run, sock, _remove) = start_by_hand(&lab, &policy.0, |c| {
         c.env("PATH", path);
@@ -338,4 +321,35 @@ fn an_nft_that_never_ends_is_killed_and_the_start_undone() {
     );
     assert!(!sock.exists(), "the control socket is removed");
     assert!(!xdp_on_server(&lab), "nothing attached");
+    let tables = nft_tables(&lab);
+    assert!(
+        !tables.contains("shield_syncookie"),
+        "no table left: {tables}"
+    );
+}
+
+/// The lab with its daemon stopped and its pins cleared, and an `nft` wrapper whose body is
+/// `script(real nft, dir)` in a directory of the test's own: the lab, the directory, and the
+/// PATH that puts the wrapper first.
+fn cleared_lab_with_nft(
+    script: impl FnOnce(&str, &std::path::Path) -> String,
+) -> (NsLab, shield_tests::TempDir, String) {
+    let mut lab = NsLab::new(POLICY, &[API]);
+    lab.daemon().stop().expect("stop");
+    lab_stop_and_clear(&lab);
+    let dir = shield_tests::TempDir::new("nft-wrapper-");
+    let path = shield_tests::nft_wrapper(&dir.0, |real| script(real, &dir.0));
+    (lab, dir, path)
+}
+
+/// `nft list tables` in the lab's server namespace (the real nft).
+fn nft_tables(lab: &NsLab) -> String {
+    let out = lab
+        .topo
+        .server
+        .command(std::path::Path::new("nft"))
+        .args(["list", "tables"])
+        .output()
+        .expect("nft list tables");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -76,20 +76,7 @@ fn a_reload_that_fails_on_one_interface_changes_none() {
     let dir = &scratch.0;
     let server = topo.server.name.clone();
     let in_server = |args: &[&str]| run_in(&server, args);
-    for args in [
-        &[
-            "ip", "link", "add", "dum0", "type", "veth", "peer", "name", "dum1",
-        ][..],
-        &["ip", "link", "set", "dum0", "up"],
-        &["ip", "link", "set", "dum1", "up"],
-    ] {
-        let out = in_server(args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    veth_pair(&server, "dum0", "dum1");
     // An nft that refuses any script naming dum0 while `refuse` exists.
     let refuse = dir.join("refuse");
     let bin = dir.join("bin");
@@ -213,20 +200,7 @@ fn another_interfaces_table_under_the_same_name_is_left_alone() {
     let scratch = shield_tests::TempDir::new("shield-tablename-");
     let server = topo.server.name.clone();
     let in_server = |args: &[&str]| run_in(&server, args);
-    for args in [
-        &[
-            "ip", "link", "add", "sc.x", "type", "veth", "peer", "name", "sc-p",
-        ][..],
-        &["ip", "link", "set", "sc.x", "up"],
-        &["ip", "link", "set", "sc-p", "up"],
-    ] {
-        let out = in_server(args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    veth_pair(&server, "sc.x", "sc-p");
     let theirs = scratch.0.join("theirs.nft");
     std::fs::write(
         &theirs,
@@ -291,4 +265,20 @@ fn another_interfaces_table_under_the_same_name_is_left_alone() {
         "shield detach sc.x removed sc_x's table: {}",
         shield_tests::nslab::output_text(&detach)
     );
+}
+
+/// A veth pair `a`, `b` in the namespace `ns`, both up (removed with the namespace).
+fn veth_pair(ns: &str, a: &str, b: &str) {
+    for args in [
+        &["ip", "link", "add", a, "type", "veth", "peer", "name", b][..],
+        &["ip", "link", "set", a, "up"],
+        &["ip", "link", "set", b, "up"],
+    ] {
+        let out = run_in(ns, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
