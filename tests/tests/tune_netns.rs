@@ -5,6 +5,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::unix::process::ExitStatusExt as _,
     process::Stdio,
     thread,
     time::Duration,
@@ -385,4 +386,257 @@ fn tune_without_iface_observes_the_daemons_interface_not_a_stopped_ones_pins() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).expect("tune --json is JSON");
     assert_eq!(report["iface"], shield_tests::netlab::SERVER_IF, "{report}");
+}
+
+/// `shield tune` started by hand in the lab's server namespace, its stdout and stderr piped;
+/// killed and reaped on drop if it still runs (a failed test leaves no tune behind).
+struct HandTune(Option<std::process::Child>);
+
+impl HandTune {
+    fn start(lab: &NsLab, args: &[&str]) -> HandTune {
+        let child = lab
+            .topo
+            .server
+            .command(&shield_bin())
+            .args(["tune", "--iface", shield_tests::netlab::SERVER_IF])
+            .args(args)
+            .arg("--socket")
+            .arg(lab.socket())
+            .arg("--bpffs")
+            .arg(&lab.bpffs.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting shield tune");
+        HandTune(Some(child))
+    }
+
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("tune not yet finished")
+    }
+
+    /// Sends `sig` to tune (`ip netns exec` execs it: the child's pid is tune's).
+    fn signal(&mut self, sig: i32) {
+        let pid = self.child().id();
+        // SAFETY: kill(2) on our unreaped child.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    fn running(&mut self) -> bool {
+        self.child().try_wait().expect("wait").is_none()
+    }
+
+    /// Waits at most `within` for tune to exit (then kills it): its output and how long it
+    /// took to exit.
+    fn finish(mut self, within: Duration) -> (std::process::Output, Duration) {
+        let mut child = self.0.take().expect("tune not yet finished");
+        let t0 = std::time::Instant::now();
+        while child.try_wait().expect("wait").is_none() && t0.elapsed() < within {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let took = t0.elapsed();
+        let _ = child.kill();
+        (child.wait_with_output().expect("tune's output"), took)
+    }
+}
+
+impl Drop for HandTune {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A stopped (SIGSTOP) daemon continued on drop, whatever happens, so the lab can stop it.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        // SAFETY: kill(2) on the lab's daemon, our child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+fn out_text(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sigint_cuts_the_observation_short_and_the_report_covers_what_was_observed() {
+    // `shield tune --for 10m --write FILE`, Ctrl-C after 3 s of traffic: the report of
+    // those seconds is printed at once and says it was cut short; FILE is not written
+    // (under a minute observed), exit 1 saying why.
+    let lab = NsLab::new(POLICY, &[API]);
+    for c in clients() {
+        lab.topo.add_client_addr(c).expect("client address");
+    }
+    let file = std::env::temp_dir().join(format!("{}.toml", unique("tn2-tuned-")));
+    let _cleanup = Cleanup(file.clone());
+    let out = file.to_str().expect("utf-8");
+    let mut tune = HandTune::start(&lab, &["--for", "10m", "--write", out]);
+    let (legit, flood) = traffic(&lab, 3);
+    assert_eq!(
+        (legit.1, flood.1),
+        (0, 0),
+        "the loose limit refused someone"
+    );
+    assert!(tune.running(), "tune --for 10m ended before the SIGINT");
+    tune.signal(libc::SIGINT);
+    let (done, took) = tune.finish(Duration::from_secs(20));
+    let (stdout, stderr) = out_text(&done);
+    eprintln!("exit {:?} after {took:?}\n{stdout}{stderr}", done.status);
+    assert!(
+        took < Duration::from_secs(2),
+        "tune took {took:?} to report after SIGINT"
+    );
+    assert_eq!(
+        done.status.code(),
+        Some(1),
+        "exit code after a SIGINT with --write under a minute: {stderr}"
+    );
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("observation cut short by SIGINT after ")
+            && first.contains(" of the 10m00s asked (--for)"),
+        "the report's first line does not say it was cut short: {stdout}"
+    );
+    assert!(
+        stdout.contains("\nrule api (tcp): 9 sources,")
+            && stdout.contains("suggested: connections = { rate = "),
+        "the report lacks what was observed (8 clients and the flooder): {stdout}"
+    );
+    assert!(
+        stderr.contains("SIGINT: observation cut short after")
+            && stderr.contains(&format!("--write {out}: not written"))
+            && stderr.contains("at least 1m00s of observation"),
+        "tune did not say why FILE was not written: {stderr}"
+    );
+    assert!(!file.exists(), "FILE was written from 3 s of observation");
+}
+
+#[test]
+fn sigterm_cuts_the_observation_short_and_the_json_says_so() {
+    // SIGTERM (a service manager, `timeout`) ends it as Ctrl-C does; without --write the
+    // exit is 0 and the JSON report carries "stopped_early".
+    let lab = NsLab::new(POLICY, &[API]);
+    for c in clients() {
+        lab.topo.add_client_addr(c).expect("client address");
+    }
+    let mut tune = HandTune::start(&lab, &["--for", "10m", "--json"]);
+    let t0 = std::time::Instant::now();
+    traffic(&lab, 3);
+    assert!(tune.running(), "tune --for 10m ended before the SIGTERM");
+    let sent_after = t0.elapsed().as_secs_f64();
+    tune.signal(libc::SIGTERM);
+    let (done, took) = tune.finish(Duration::from_secs(20));
+    let (stdout, stderr) = out_text(&done);
+    assert!(took < Duration::from_secs(2), "{took:?} to report");
+    assert!(
+        done.status.success(),
+        "exit {:?} after SIGTERM without --write: {stderr}",
+        done.status
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("tune --json is JSON");
+    let s = &report["stopped_early"];
+    assert_eq!(s["signal"], "SIGTERM", "{report}");
+    assert_eq!(s["requested_seconds"], 600.0, "{report}");
+    let observed = s["observed_seconds"].as_f64().expect("observed_seconds");
+    assert!(
+        observed > 2.5 && observed <= sent_after + 0.5,
+        "observed {observed} s, SIGTERM sent {sent_after:.1} s after the start"
+    );
+    assert_eq!(report["rules"][0]["sources"], 9, "{report}");
+}
+
+#[test]
+fn write_after_a_minute_cut_short_says_so_and_a_second_sigint_aborts_at_once() {
+    // Two runs side by side, each cut short by SIGINT after 61 s (3 s of traffic first):
+    // - the first writes FILE (a minute is enough), saying it comes from a cut-short
+    //   observation, exit 0; the file is a valid policy;
+    // - the second meets a daemon that no longer answers (SIGSTOP) when it checks the
+    //   policy before writing: tune waits, and a second SIGINT ends it at once, by the
+    //   signal, FILE not written.
+    let lab = NsLab::new(POLICY, &[API]);
+    for c in clients() {
+        lab.topo.add_client_addr(c).expect("client address");
+    }
+    let files: Vec<_> = (0..2)
+        .map(|_| std::env::temp_dir().join(format!("{}.toml", unique("tn2-tuned-"))))
+        .collect();
+    let _cleanup: Vec<_> = files.iter().map(|f| Cleanup(f.clone())).collect();
+    let out: Vec<&str> = files.iter().map(|f| f.to_str().expect("utf-8")).collect();
+    let mut written = HandTune::start(&lab, &["--for", "10m", "--write", out[0]]);
+    let mut aborted = HandTune::start(&lab, &["--for", "10m", "--write", out[1]]);
+    let t0 = std::time::Instant::now();
+    traffic(&lab, 3);
+    thread::sleep(Duration::from_secs(61).saturating_sub(t0.elapsed()));
+    assert!(
+        written.running() && aborted.running(),
+        "tune ended by itself"
+    );
+
+    written.signal(libc::SIGINT);
+    let (done, took) = written.finish(Duration::from_secs(20));
+    let (stdout, stderr) = out_text(&done);
+    eprintln!("exit {:?} after {took:?}\n{stdout}{stderr}", done.status);
+    assert!(
+        done.status.success() && took < Duration::from_secs(3),
+        "exit {:?} after {took:?}: {stderr}",
+        done.status
+    );
+    assert!(
+        stdout.starts_with("observation cut short by SIGINT after 1m0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "wrote {} (the running policy with the suggestions from an observation cut short after 1m0",
+        out[0]
+        )) && stdout.contains(" of 10m00s: it may have missed the busy period"),
+        "the write does not say it comes from a cut-short observation: {stdout}"
+    );
+    let (ok, diff, err) = lab.shield(&["check", "--diff", out[0]]);
+    assert!(ok, "shield check --diff of the written file: {err}");
+    assert!(diff.contains("+ api"), "{diff}");
+
+    let pid = lab.daemon.as_ref().expect("daemon").pid();
+    let _resume = Stopped::stop(pid);
+    aborted.signal(libc::SIGINT);
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        aborted.running(),
+        "tune did not wait for the stopped daemon: nothing left for a second SIGINT to abort"
+    );
+    aborted.signal(libc::SIGINT);
+    let (done, took) = aborted.finish(Duration::from_secs(10));
+    let (stdout, stderr) = out_text(&done);
+    assert_eq!(
+        done.status.signal(),
+        Some(libc::SIGINT),
+        "the second SIGINT did not end tune by SIGINT (exit {:?}): {stderr}",
+        done.status
+    );
+    assert!(took < Duration::from_secs(1), "{took:?} to abort");
+    assert!(
+        stdout.starts_with("observation cut short by SIGINT"),
+        "the report of the first SIGINT: {stdout}"
+    );
+    assert!(
+        !files[1].exists(),
+        "FILE was written after the second SIGINT"
+    );
 }

@@ -130,6 +130,14 @@ pub enum Command {
     /// kept) for `shield check --diff FILE` and a reload (not written when the running
     /// policy changed while tune observed). Needs root and the running daemon (for its
     /// policy); run it in the interface's network namespace.
+    ///
+    /// Ctrl-C (SIGINT) or SIGTERM during the observation ends it early, as with tcpdump:
+    /// the report covers what was observed, its first line says it was cut short and after
+    /// how long (--json: "stopped_early"), and --write writes FILE only if at least a
+    /// minute was observed (the suggestions then come from a shorter observation than
+    /// asked: review them); exit 0, or 1 when --write was asked and not written. A second
+    /// SIGINT or SIGTERM aborts at once (the process ends by that signal; FILE untouched
+    /// or replaced whole, never half-written).
     Tune(tune::TuneArgs),
     /// Whether the daemon is up and protects every interface it runs on (for scripts).
     ///

@@ -14,7 +14,11 @@ use shield_common::Reason;
 use shield_user::{
     control::{self, Request},
     loader, policy, stats,
-    tune::{self, Observer, capture::Tap},
+    tune::{
+        self, Observer,
+        capture::Tap,
+        stop::{self, EarlyStop},
+    },
 };
 
 use super::{BpffsArgs, SocketArgs};
@@ -24,7 +28,9 @@ pub struct TuneArgs {
     /// The interface to observe (default: the only one shield protects).
     #[arg(long = "iface", short = 'i', value_name = "IFACE", value_parser = loader::iface_arg)]
     pub iface: Option<String>,
-    /// How long to observe: 30s, 10m, 1h (traffic of a normal busy period).
+    /// How long to observe: 30s, 10m, 1h (traffic of a normal busy period). Ctrl-C
+    /// (SIGINT) or SIGTERM ends it early: the report covers what was observed and says it
+    /// was cut short; a second one aborts.
     #[arg(long = "for", value_name = "DURATION", default_value = "10m")]
     pub duration: String,
     /// The percentile of sources the suggested limits leave untouched (0 < P <= 100).
@@ -36,7 +42,8 @@ pub struct TuneArgs {
     /// Also write the running policy with the suggestions applied to FILE (comments kept);
     /// `shield check --diff FILE` then shows the change against the running policy. A
     /// regular file (or a new one), never the running policy file: checked before observing.
-    /// Not written when the running policy changed while tune observed.
+    /// Not written when the running policy changed while tune observed, nor after an
+    /// observation cut short under a minute.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
     #[command(flatten)]
@@ -154,13 +161,20 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
     let cpu0 = tune::capture::cpu_time();
     let mut obs = Observer::new(pol);
     let tty = std::io::stderr().is_terminal();
+    // From here to the end of the observation, a first SIGINT or SIGTERM ends it early
+    // (the packet read returns at once, EINTR; at worst after its 200 ms timeout), a second
+    // one aborts.
+    let stop = EarlyStop::install().context("catching SIGINT and SIGTERM")?;
     let start = Instant::now();
     let mut shown = Instant::now();
     let mut buf = [0u8; tune::SNAPLEN];
-    loop {
+    let stopped = loop {
+        if let Some(sig) = stop.requested() {
+            break Some(sig);
+        }
         let elapsed = start.elapsed();
         if elapsed >= length {
-            break;
+            break None;
         }
         if let Some(n) = tap.next(&mut buf).context("reading the packet socket")? {
             obs.feed(&buf[..n], elapsed.as_nanos() as u64);
@@ -177,11 +191,21 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
             );
             let _ = std::io::stderr().flush();
         }
-    }
+    };
+    let elapsed = start.elapsed();
+    // A signal from now on has its former action again (by default: it ends tune at once).
+    stop.end(stopped.is_some());
     if tty {
         eprintln!();
     }
-    let elapsed = start.elapsed();
+    if let Some(sig) = stopped {
+        eprintln!(
+            "shield tune: {}: observation cut short after {} of {}; reporting what was observed (SIGINT or SIGTERM again aborts)",
+            stop::signal_name(sig),
+            tune::span(elapsed.as_secs_f64()),
+            tune::span(length.as_secs_f64())
+        );
+    }
     let after = drops(&bpffs, &iface)?;
     let dropped = after
         .iter()
@@ -195,12 +219,31 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
     let mut report = obs.report(&iface, elapsed.as_nanos() as u64, a.percentile, &dropped);
     report.lost = tap.lost();
     report.cpu_seconds = (tune::capture::cpu_time() - cpu0).as_secs_f64();
+    report.stopped_early = stopped.map(|sig| tune::StoppedEarly {
+        signal: stop::signal_name(sig),
+        observed_seconds: elapsed.as_secs_f64(),
+        requested_seconds: length.as_secs_f64(),
+    });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", tune::render(&report));
     }
     if let Some(out) = a.write {
+        // Cut short under a minute: the busiest minute is a few seconds scaled up, and the
+        // busy period --for was to cover may not have come; nothing to install from.
+        if let Some(e) = &report.stopped_early
+            && elapsed < tune::WRITE_MIN_AFTER_STOP
+        {
+            bail!(
+                "--write {}: not written: the observation was cut short by {} after {}, and suggestions are written after an early stop only from at least {} of observation (the report above is from those {}): run shield tune again",
+                out.display(),
+                e.signal,
+                tune::span(e.observed_seconds),
+                tune::span(tune::WRITE_MIN_AFTER_STOP.as_secs_f64()),
+                tune::span(e.observed_seconds)
+            );
+        }
         // The suggestions go into the policy read at the start: if it changed since (an
         // edit, a reload), that file would silently undo the change once installed.
         let now: Result<control::RunningPolicy> =
@@ -233,15 +276,30 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
             );
         }
         let written = tune::apply(&running.path, &text, &report).map_err(anyhow::Error::msg)?;
-        tune::replace_file(&out, written.as_bytes())
-            .with_context(|| format!("writing {} (left as it was)", out.display()))?;
-        if !a.json {
-            println!(
-                "\nwrote {} (the running policy with the suggestions); compare: shield check --diff {}",
-                out.display(),
-                out.display()
-            );
-        }
+        // A SIGINT or SIGTERM now waits for the file to be replaced and said so.
+        stop::holding_signals(|| -> Result<()> {
+            tune::replace_file(&out, written.as_bytes())
+                .with_context(|| format!("writing {} (left as it was)", out.display()))?;
+            if a.json {
+                return Ok(());
+            }
+            match &report.stopped_early {
+                None => println!(
+                    "\nwrote {} (the running policy with the suggestions); compare: shield check --diff {}",
+                    out.display(),
+                    out.display()
+                ),
+                Some(e) => println!(
+                    "\nwrote {} (the running policy with the suggestions from an observation cut short after {} of {}: it may have missed the busy period --for was to cover; review them); compare: shield check --diff {}",
+                    out.display(),
+                    tune::span(e.observed_seconds),
+                    tune::span(e.requested_seconds),
+                    out.display()
+                ),
+            }
+            let _ = std::io::stdout().flush();
+            Ok(())
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,7 @@ use shield_common::{
 use crate::policy::{CompiledPolicy, Limit, Policy, Protocol, Rate};
 
 pub mod capture;
+pub mod stop;
 mod write;
 
 pub use write::replace_file;
@@ -42,6 +43,10 @@ pub const SNAPLEN: usize = 256;
 /// Suggestions are this many times the chosen percentile's rates.
 pub const HEADROOM: f64 = 1.5;
 const NS: u64 = 1_000_000_000;
+/// After an observation cut short, `--write` writes its suggestions only when at least this
+/// much was observed: a full minute, so the busiest-minute figure behind `sustained` is
+/// measured, not a shorter count scaled up.
+pub const WRITE_MIN_AFTER_STOP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The percentiles every distribution is shown at (max is the 100th).
 pub const SHOWN: [f64; 4] = [50.0, 90.0, 99.0, 99.9];
@@ -252,6 +257,7 @@ impl Observer {
             matched: self.matched,
             lost: 0,
             cpu_seconds: 0.0,
+            stopped_early: None,
             rules,
         }
     }
@@ -406,7 +412,33 @@ pub struct Report {
     pub lost: u64,
     /// CPU time `tune` used observing.
     pub cpu_seconds: f64,
+    /// Set when a signal ended the observation before `--for` (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<StoppedEarly>,
     pub rules: Vec<RuleReport>,
+}
+
+/// An observation cut short (SIGINT, SIGTERM): the report covers `observed_seconds` only.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoppedEarly {
+    /// "SIGINT" or "SIGTERM".
+    pub signal: String,
+    pub observed_seconds: f64,
+    /// What `--for` asked.
+    pub requested_seconds: f64,
+}
+
+/// A span for people: "42.3 s" under a minute, else "4m05s" or "1h02m05s".
+pub fn span(secs: f64) -> String {
+    if secs < 60.0 {
+        return format!("{secs:.1} s");
+    }
+    let s = secs as u64;
+    if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+    }
 }
 
 fn dist_row(out: &mut String, what: &str, d: &Dist) {
@@ -419,6 +451,16 @@ fn dist_row(out: &mut String, what: &str, d: &Dist) {
 
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
+    if let Some(e) = &r.stopped_early {
+        let _ = writeln!(
+            out,
+            "observation cut short by {} after {} of the {} asked (--for): the figures below cover those {} only",
+            e.signal,
+            span(e.observed_seconds),
+            span(e.requested_seconds),
+            span(e.observed_seconds)
+        );
+    }
     let _ = writeln!(
         out,
         "observed {} for {:.0} s: {} frames, {} matched a rule; capture lost {}, used {:.2} s CPU",
@@ -634,6 +676,38 @@ mod tests {
             .connections
             .unwrap();
         assert_eq!((l.rate.count, l.burst), (2, 4), "{written}");
+    }
+
+    #[test]
+    fn a_cut_short_report_says_so_first_and_a_full_one_is_as_before() {
+        let p = crate::policy::parse_str("t.toml", POLICY).unwrap();
+        let mut o = Observer::new(p);
+        o.feed(&frame([10, 0, 0, 1], 8080, 0x02), 0);
+        let mut r = o.report("eth0", 2 * NS, 99.0, &HashMap::new());
+        let full = render(&r);
+        assert!(full.starts_with("observed eth0 for 2 s"), "{full}");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("stopped_early"), "{json}");
+        r.stopped_early = Some(StoppedEarly {
+            signal: "SIGINT".into(),
+            observed_seconds: 125.4,
+            requested_seconds: 600.0,
+        });
+        let short = render(&r);
+        assert!(
+            short.starts_with(
+                "observation cut short by SIGINT after 2m05s of the 10m00s asked (--for): the figures below cover those 2m05s only\nobserved eth0 for 2 s"
+            ),
+            "{short}"
+        );
+        assert_eq!(&short[short.find("observed eth0").unwrap()..], full);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["stopped_early"]["signal"], "SIGINT");
+        assert_eq!(v["stopped_early"]["observed_seconds"], 125.4);
+        assert_eq!(
+            [span(4.31), span(60.0), span(3725.0)],
+            ["4.3 s", "1m00s", "1h02m05s"]
+        );
     }
 
     #[test]
