@@ -202,6 +202,151 @@ fn a_reload_that_fails_on_one_interface_changes_none() {
     assert!(status.success(), "{log}");
 }
 
+/// Whether a TCP connection attempt from `src` to the server's closed port 9 reaches the
+/// server (refused) rather than being dropped (no answer within 2 s). From the client side.
+fn reaches_server(topo: &netlab::Topology, src: IpAddr) -> bool {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    topo.client
+        .run_in(move || {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+            s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                .expect("bind");
+            let to = SocketAddr::new(IpAddr::V4(netlab::SERVER_V4), 9);
+            match s.connect_timeout(&SockAddr::from(to), Duration::from_secs(2)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => true,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
+                other => panic!("connecting from {src} to {to}: {other:?}"),
+            }
+        })
+        .expect("client namespace")
+}
+
+/// A reload that changed the deny list on the first interface and was undone there (it
+/// failed on the second) leaves the first interface's lists whole, and so does the next
+/// reload that succeeds with the lists in force (the old list half is the one in force
+/// again: nothing may empty it).
+#[test]
+fn an_undone_list_change_keeps_the_lists_in_force() {
+    shield_tests::require_root();
+    let topo = netlab::Topology::new().expect("building namespaces");
+    let bpffs = netlab::TempBpffs::new().expect("private bpffs");
+    let scratch = shield_tests::TempDir::new("at7-undolists-");
+    let dir = &scratch.0;
+    let server = topo.server.name.clone();
+    let in_server = |args: &[&str]| run_in(&server, args);
+    for args in [
+        &[
+            "ip", "link", "add", "dum0", "type", "veth", "peer", "name", "dum1",
+        ][..],
+        &["ip", "link", "set", "dum0", "up"],
+        &["ip", "link", "set", "dum1", "up"],
+    ] {
+        let out = in_server(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let refuse = dir.join("refuse");
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).expect("wrapper dir");
+    let path_env = shield_tests::nft_wrapper(&bin, |real| {
+        format!(
+            "if [ \"$1\" = -f ] && [ -e '{}' ]; then\n  script=$(cat)\n  case \"$script\" in *'\"dum0\"'*) echo 'wrapper: refused' >&2; exit 1;; esac\n  printf '%s\\n' \"$script\" | exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+            refuse.display()
+        )
+    });
+    let lists = |deny: &str| format!("[lists]\ndeny = [{deny}]\n{POLICY}");
+    let policy = dir.join("policy.toml");
+    let audit = dir.join("audit.jsonl");
+    std::fs::write(&policy, lists("\"192.0.2.0/24\"")).expect("policy");
+    let mut daemon = netlab::Daemon::start_env(
+        &shield_tests::shield_bin(),
+        &topo.server,
+        &policy,
+        &bpffs.path,
+        &[
+            "--iface",
+            "dum0",
+            "--metrics",
+            "off",
+            "--audit-log",
+            audit.to_str().expect("utf-8"),
+        ],
+        &[("PATH", &path_env)],
+    )
+    .expect("starting shield run on two interfaces");
+    // The reloads come from the daemon's file watch alone (a `shield reload` beside it would
+    // make two of some): the n-th reload's audit event.
+    let reloaded = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines = std::fs::read_to_string(&audit).unwrap_or_default();
+            let events: Vec<serde_json::Value> = lines
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["event"] == "reload")
+                .collect();
+            if let Some(e) = events.get(n - 1) {
+                assert_eq!(events.len(), n, "one reload per write: {lines}");
+                break e.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload {n} in the audit log after 60 s:\n{lines}\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let denied = IpAddr::V4(netlab::DENIED_V4);
+    assert!(reaches_server(&topo, denied), "not in the deny list");
+
+    // The deny list in force: swapped in by a reload (each half's lists then known).
+    std::fs::write(&policy, lists("\"203.0.113.0/24\"")).expect("policy");
+    let e = reloaded(1);
+    assert_eq!(e["result"], "ok", "{e}");
+    assert!(!reaches_server(&topo, denied), "the deny list in force");
+
+    // A new deny list: swapped on the first interface, refused on dum0, undone.
+    std::fs::write(&refuse, "").expect("refuse");
+    // (Another port too: a table that does not change is not given to nft.)
+    std::fs::write(
+        &policy,
+        lists("\"203.0.113.0/24\", \"192.0.2.0/24\"").replace("[8000]", "[8000, 8002]"),
+    )
+    .expect("policy");
+    let e = reloaded(2);
+    assert!(
+        e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("refused"),
+        "{e}"
+    );
+    assert!(!reaches_server(&topo, denied), "after the undone reload");
+
+    // The lists in force again, another port: the lists do not swap this time.
+    std::fs::remove_file(&refuse).expect("refuse");
+    std::fs::write(
+        &policy,
+        lists("\"203.0.113.0/24\"").replace("[8000]", "[8000, 8001]"),
+    )
+    .expect("policy");
+    let e = reloaded(3);
+    assert_eq!(e["result"], "ok", "{e}");
+    assert!(
+        !reaches_server(&topo, denied),
+        "the next reload emptied the deny list in force:\n{}",
+        daemon.log_text()
+    );
+    // And back out of the deny list.
+    std::fs::write(&policy, lists("\"192.0.2.0/24\"")).expect("policy");
+    let e = reloaded(4);
+    assert_eq!(e["result"], "ok", "{e}");
+    assert!(reaches_server(&topo, denied), "the deny list changed");
+    let (status, log) = daemon.stop().expect("stop");
+    assert!(status.success(), "{log}");
+}
+
 /// Interfaces whose names differ only in characters other than letters and digits share a
 /// table name (`sc.x` and `sc_x`: `shield_syncookie_sc_x`). A start on one refuses to take
 /// the other's table, and `shield detach` leaves it alone.
