@@ -437,3 +437,97 @@ fn another_interfaces_table_under_the_same_name_is_left_alone() {
         shield_tests::nslab::output_text(&detach)
     );
 }
+
+/// An `nft` that hangs listing the table during a reload (killed after NFT_PATIENCE) is
+/// no word that there is no table: the reload fails and the table stays as it was, still
+/// remembering conntrack's own `nf_conntrack_tcp_loose`, which the stop puts back (taken
+/// for no table, the replacement remembered shield's own 0, and the stop left 0).
+#[test]
+fn an_nft_that_hangs_listing_fails_the_reload() {
+    shield_tests::require_root();
+    let topo = netlab::Topology::new().expect("building namespaces");
+    let bpffs = netlab::TempBpffs::new().expect("private bpffs");
+    let scratch = shield_tests::TempDir::new("at7-hanglist-");
+    let dir = &scratch.0;
+    let server = topo.server.name.clone();
+    let in_server = |args: &[&str]| run_in(&server, args);
+    let hang = dir.join("hang");
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).expect("wrapper dir");
+    let path_env = shield_tests::nft_wrapper(&bin, |real| {
+        format!(
+            "if [ -e '{}' ]; then case \"$*\" in *list*) exec sleep 600;; esac; fi\nexec {real} \"$@\"\n",
+            hang.display()
+        )
+    });
+    let loose = || {
+        let out = in_server(&["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = loose();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let audit = dir.join("audit.jsonl");
+    let mut daemon = netlab::Daemon::start_env(
+        &shield_tests::shield_bin(),
+        &topo.server,
+        &policy,
+        &bpffs.path,
+        &[
+            "--metrics",
+            "off",
+            "--audit-log",
+            audit.to_str().expect("utf-8"),
+        ],
+        &[("PATH", &path_env)],
+    )
+    .expect("starting shield run");
+    let table = || {
+        let out = in_server(&[
+            "nft",
+            "list",
+            "table",
+            "inet",
+            &shield_user::synproxy::table_name(netlab::SERVER_IF),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let remembers = format!("nf_conntrack_tcp_loose was {before}\"");
+    let first = table();
+    assert!(first.contains(&remembers), "{first}");
+    assert_eq!(loose(), "0");
+
+    std::fs::write(&hang, "").expect("hang");
+    std::fs::write(&policy, POLICY.replace("[8000]", "[8000, 8001]")).expect("policy");
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    let event = loop {
+        let lines = std::fs::read_to_string(&audit).unwrap_or_default();
+        let found = lines
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["event"] == "reload");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload in the audit log after 150 s:\n{lines}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::fs::remove_file(&hang).expect("hang");
+    assert_eq!(event["result"], "error", "{event}");
+    assert!(
+        event["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("killed"),
+        "{event}"
+    );
+    assert_eq!(table(), first, "the table after the failed reload");
+    let (status, log) = daemon.stop().expect("stop");
+    assert!(status.success(), "{log}");
+    assert_eq!(loose(), before, "nf_conntrack_tcp_loose after the stop");
+    assert!(!table().contains("table"), "the stop left the table");
+}
