@@ -271,18 +271,22 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
             // SAFETY: kill(2) on the process group of our child, which its waiting thread
             // has not reaped (it sends only after reaping, and nothing came).
             unsafe { libc::kill(-group, libc::SIGKILL) };
-            let gone = || std::io::Error::other("nft's waiting thread ended");
-            (rx.recv().unwrap_or_else(|_| (Ok(()), Err(gone()))), true)
+            // A process nft started in a session of its own may keep the pipes open, and the
+            // thread reading them waiting: it is left to that (the error is the same).
+            let gone = || std::io::Error::other("its output stayed open after the kill");
+            let reaped = rx.recv_timeout(std::time::Duration::from_secs(5));
+            (reaped.unwrap_or_else(|_| (Ok(()), Err(gone()))), true)
         }
     };
-    let out = out.map_err(|e| format!("nft: {e}"))?;
     if late {
         return Err(format!(
-            "nft {} {LATE} {} s: killed",
+            "nft {} {LATE} {} s: killed{}",
             args.join(" "),
-            NFT_PATIENCE.as_secs()
+            NFT_PATIENCE.as_secs(),
+            out.err().map(|e| format!(" ({e})")).unwrap_or_default()
         ));
     }
+    let out = out.map_err(|e| format!("nft: {e}"))?;
     if out.status.success() {
         wrote.map_err(|e| format!("nft {}: writing its input: {e}", args.join(" ")))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -531,3 +531,91 @@ fn an_nft_that_hangs_listing_fails_the_reload() {
     assert_eq!(loose(), before, "nf_conntrack_tcp_loose after the stop");
     assert!(!table().contains("table"), "the stop left the table");
 }
+
+/// An `nft` that leaves a process of its own session holding its output open (out of reach
+/// of the kill of nft's process group) does not hold the reload for ever: it fails once
+/// nft was killed, and the daemon goes on (the next reload, with a plain nft, goes through).
+#[test]
+fn an_nft_whose_output_stays_open_does_not_hold_the_reload() {
+    shield_tests::require_root();
+    let topo = netlab::Topology::new().expect("building namespaces");
+    let bpffs = netlab::TempBpffs::new().expect("private bpffs");
+    let scratch = shield_tests::TempDir::new("at7-heldpipe-");
+    let dir = &scratch.0;
+    let hang = dir.join("hang");
+    let pid = dir.join("pid");
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).expect("wrapper dir");
+    let path_env = shield_tests::nft_wrapper(&bin, |real| {
+        format!(
+            "if [ -e '{}' ]; then setsid sh -c 'echo $$ > {}; exec sleep 600' & exec sleep 600; fi\nexec {real} \"$@\"\n",
+            hang.display(),
+            pid.display()
+        )
+    });
+    // The session's sleep ends with the test, whatever happens.
+    struct Reap(std::path::PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Some(p) = std::fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) of the process the wrapper wrote down.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+    let _reap = Reap(pid.clone());
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let audit = dir.join("audit.jsonl");
+    let mut daemon = netlab::Daemon::start_env(
+        &shield_tests::shield_bin(),
+        &topo.server,
+        &policy,
+        &bpffs.path,
+        &[
+            "--metrics",
+            "off",
+            "--audit-log",
+            audit.to_str().expect("utf-8"),
+        ],
+        &[("PATH", &path_env)],
+    )
+    .expect("starting shield run");
+    let reloads = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let lines = std::fs::read_to_string(&audit).unwrap_or_default();
+            let events: Vec<serde_json::Value> = lines
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["event"] == "reload")
+                .collect();
+            if let Some(e) = events.get(n - 1) {
+                break e.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload {n} in the audit log after 90 s:\n{lines}\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    std::fs::write(&hang, "").expect("hang");
+    std::fs::write(&policy, POLICY.replace("[8000]", "[8000, 8001]")).expect("policy");
+    let e = reloads(1);
+    std::fs::remove_file(&hang).expect("hang");
+    assert_eq!(e["result"], "error", "{e}");
+    assert!(
+        e["error"].as_str().unwrap_or_default().contains("killed"),
+        "{e}"
+    );
+    std::fs::write(&policy, POLICY.replace("[8000]", "[8000, 8002]")).expect("policy");
+    let e = reloads(2);
+    assert_eq!(e["result"], "ok", "{e}");
+    let (status, log) = daemon.stop().expect("stop");
+    assert!(status.success(), "{log}");
+}
