@@ -232,6 +232,9 @@ fn nft_duration(secs: u64) -> String {
 /// Ctrl-C does not reach it).
 pub const NFT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What `nft`'s error says of an nft killed after NFT_PATIENCE.
+const LATE: &str = "did not finish within";
+
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut c = Command::new("nft");
     // In a process group of its own: a terminal's Ctrl-C goes to the foreground group, and
@@ -268,18 +271,22 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
             // SAFETY: kill(2) on the process group of our child, which its waiting thread
             // has not reaped (it sends only after reaping, and nothing came).
             unsafe { libc::kill(-group, libc::SIGKILL) };
-            let gone = || std::io::Error::other("nft's waiting thread ended");
-            (rx.recv().unwrap_or_else(|_| (Ok(()), Err(gone()))), true)
+            // A process nft started in a session of its own may keep the pipes open, and the
+            // thread reading them waiting: it is left to that (the error is the same).
+            let gone = || std::io::Error::other("its output stayed open after the kill");
+            let reaped = rx.recv_timeout(std::time::Duration::from_secs(5));
+            (reaped.unwrap_or_else(|_| (Ok(()), Err(gone()))), true)
         }
     };
-    let out = out.map_err(|e| format!("nft: {e}"))?;
     if late {
         return Err(format!(
-            "nft {} did not finish within {} s: killed",
+            "nft {} {LATE} {} s: killed{}",
             args.join(" "),
-            NFT_PATIENCE.as_secs()
+            NFT_PATIENCE.as_secs(),
+            out.err().map(|e| format!(" ({e})")).unwrap_or_default()
         ));
     }
+    let out = out.map_err(|e| format!("nft: {e}"))?;
     if out.status.success() {
         wrote.map_err(|e| format!("nft {}: writing its input: {e}", args.join(" ")))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -301,14 +308,31 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
 /// The table under `iface`'s name, as nft lists it with `args` (`None`: there is none, or
 /// nft cannot list it), with the interface its rules match when that is another one: names
 /// that differ only in characters other than letters and digits (`a.b`, `a_b`) share a table
-/// name.
-fn listing(iface: &str, args: &[&str]) -> Option<(String, Option<String>)> {
+/// name. `Err`: nft was killed after NFT_PATIENCE, which says nothing of the table (taken
+/// for none, a stop would leave it and a replacement would remember conntrack's setting as
+/// the table's own 0).
+fn listing(iface: &str, args: &[&str]) -> Result<Option<(String, Option<String>)>, String> {
     let name = table_name(iface);
     let mut all = args.to_vec();
     all.extend(["list", "table", "inet", &name]);
-    let out = nft(&all, None).ok()?;
+    let out = match nft(&all, None) {
+        Ok(out) => out,
+        Err(e) if e.contains(LATE) => return Err(e),
+        Err(_) => return Ok(None),
+    };
     let other = table_iface(&out).filter(|o| o != iface);
-    Some((out, other))
+    Ok(Some((out, other)))
+}
+
+/// The loose value a table's listing remembers (`None`: no comment of ours).
+fn loose_in(listing: &str) -> Option<String> {
+    let at = listing.find(COMMENT)? + COMMENT.len();
+    Some(
+        listing[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect(),
+    )
 }
 
 /// The interface a table's rules match (`iifname "…"`, as `ruleset` writes it).
@@ -329,19 +353,13 @@ fn not_ours(iface: &str, other: &str) -> String {
 /// The loose value a table of ours remembers, if `iface`'s table exists (`Err`: the table
 /// under its name is another interface's).
 fn remembered(iface: &str) -> Result<Option<String>, String> {
-    let Some((out, other)) = listing(iface, &[]) else {
+    let Some((out, other)) = listing(iface, &[])? else {
         return Ok(None);
     };
     if let Some(other) = other {
         return Err(not_ours(iface, &other));
     }
-    let Some(at) = out.find(COMMENT) else {
-        return Ok(None);
-    };
-    let at = at + COMMENT.len();
-    Ok(Some(
-        out[at..].chars().take_while(char::is_ascii_digit).collect(),
-    ))
+    Ok(loose_in(&out))
 }
 
 /// The table text this process last put in place, per interface.
@@ -397,9 +415,10 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
 }
 
 /// `iface`'s table as it is now (definitions only: no set entries, no counters), for
-/// `restore`; `None` where there is none (or nft cannot list it).
-pub fn snapshot(iface: &str) -> Option<String> {
-    listing(iface, &["-s", "-t"]).and_then(|(out, other)| other.is_none().then_some(out))
+/// `restore`; `None` where there is none (or nft cannot list it). `Err`: nft was killed
+/// after NFT_PATIENCE (`restore` would take the table for none).
+pub fn snapshot(iface: &str) -> Result<Option<String>, String> {
+    Ok(listing(iface, &["-s", "-t"])?.and_then(|(out, other)| other.is_none().then_some(out)))
 }
 
 /// Puts back `iface`'s table as `snapshot` saw it (`None`: no table), undoing what a start
@@ -409,7 +428,7 @@ pub fn restore(iface: &str, saved: Option<&str>) -> Result<(), String> {
     let Some(saved) = saved else {
         return remove(iface).map(drop);
     };
-    match listing(iface, &["-s", "-t"]) {
+    match listing(iface, &["-s", "-t"])? {
         // Another interface's table under the same name is not ours to put back.
         Some((_, Some(_))) => return Ok(()),
         Some((now, None)) if now == saved => return Ok(()),
@@ -440,7 +459,10 @@ pub fn remove(iface: &str) -> Result<bool, String> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(iface);
     // Another interface's table under the same name is left alone.
-    let Ok(Some(loose)) = remembered(iface) else {
+    let Some((out, None)) = listing(iface, &[])? else {
+        return Ok(false);
+    };
+    let Some(loose) = loose_in(&out) else {
         return Ok(false);
     };
     nft(&["delete", "table", "inet", &table_name(iface)], None)?;

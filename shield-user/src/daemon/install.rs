@@ -47,8 +47,16 @@ pub(crate) fn install_all(
             .active()
             .ok()
             .and_then(|(half, cfg)| (cfg.flags & CFG_LOADED != 0).then_some(half));
+        let table = match crate::synproxy::snapshot(iface) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = format!("{iface}: syncookie: {e}");
+                undo_installs(maps, &undo);
+                return Err(e);
+            }
+        };
         undo.push(Undo {
-            table: crate::synproxy::snapshot(iface),
+            table,
             previous_half,
             kept_lists: m.tables.keep_old_lists,
         });

@@ -515,7 +515,9 @@ fn bring_up(
         // start fails after taking the link over.
         let previous_program = loader::pinned_link_facts(&dir.join(shield_common::LINK_PIN))
             .and_then(|f| loader::prog_fd_by_id(f.prog_id));
-        let previous_syncookie = crate::synproxy::snapshot(&iface);
+        let previous_syncookie = crate::synproxy::snapshot(&iface)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{iface}: syncookie"))?;
         let set_aside = opts.fresh
             && loader::set_aside_map_pins(&dir)
                 .with_context(|| format!("--fresh: setting aside the maps in {}", dir.display()))?;

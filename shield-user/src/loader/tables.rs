@@ -206,12 +206,15 @@ impl PolicyMaps {
         }
     }
 
-    /// Makes `half` the half in force again (undoing an `install` whose lists did not swap:
-    /// the old half is then intact).
+    /// Makes `half` the half in force again (undoing an `install` whose lists did not swap,
+    /// or swapped under `keep_old_lists`: the old half is then intact). The old lists are
+    /// then the lists in force: no longer stale, `settle` leaves them alone.
     pub fn restore_half(&mut self, half: u32) -> Result<(), LoaderError> {
         let mut ctl = self.control()?;
         ctl.active = half & 1;
-        self.control.set(0, ctl, 0).map_err(map_err(MAP_CONTROL))
+        self.control.set(0, ctl, 0).map_err(map_err(MAP_CONTROL))?;
+        self.stale_lists = None;
+        Ok(())
     }
 
     /// Sets or clears CFG_BANS in the config in force.
@@ -315,7 +318,7 @@ impl PolicyMaps {
             self.lists_cache[target as usize] = Some(want);
             (target, loaded)
         };
-        if current_half != list_half || !loaded {
+        if current_half != list_half {
             self.lists_cache[current_half as usize] = Some(current);
         }
 

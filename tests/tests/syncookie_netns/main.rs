@@ -57,3 +57,4 @@ mod cookie_path;
 mod failed_start;
 mod flood;
 mod meter;
+mod reloads;

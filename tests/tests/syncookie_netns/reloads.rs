@@ -1,0 +1,342 @@
+//! Reloads that fail part-way (an interface refused, an `nft` that hangs): the policy in
+//! force stays whole on every interface, and the next reload goes through.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::*;
+
+/// A daemon started on `POLICY` in a lab of its own (on the lab's interface, and on `dum0`,
+/// a veth of the server namespace, when asked), with an `nft` wrapper first on its PATH and
+/// an audit log, in a directory of the test's own. Its reloads come from its file watch
+/// alone (a `shield reload` beside it would make two of some).
+struct WrappedLab {
+    // Dropped first: the daemon, then the namespaces, the bpffs and the directory.
+    daemon: netlab::Daemon,
+    topo: netlab::Topology,
+    bpffs: netlab::TempBpffs,
+    dir: shield_tests::TempDir,
+    policy: PathBuf,
+    audit: PathBuf,
+}
+
+impl WrappedLab {
+    /// `wrapper(real nft, the test's directory)`: the wrapper's body.
+    fn start(
+        policy: &str,
+        second: bool,
+        wrapper: impl FnOnce(&str, &Path) -> String,
+    ) -> WrappedLab {
+        shield_tests::require_root();
+        let topo = netlab::Topology::new().expect("building namespaces");
+        let bpffs = netlab::TempBpffs::new().expect("private bpffs");
+        let dir = shield_tests::TempDir::new("shield-reloads-");
+        if second {
+            super::failed_start::veth_pair(&topo.server.name, "dum0", "dum1");
+        }
+        let bin = dir.0.join("bin");
+        std::fs::create_dir(&bin).expect("wrapper dir");
+        let path_env = shield_tests::nft_wrapper(&bin, |real| wrapper(real, &dir.0));
+        let (policy_path, audit) = (dir.0.join("policy.toml"), dir.0.join("audit.jsonl"));
+        std::fs::write(&policy_path, policy).expect("policy");
+        let audit_arg = audit.to_str().expect("utf-8");
+        let mut extra = vec!["--metrics", "off", "--audit-log", audit_arg];
+        if second {
+            extra.extend(["--iface", "dum0"]);
+        }
+        let daemon = netlab::Daemon::start_env(
+            &shield_tests::shield_bin(),
+            &topo.server,
+            &policy_path,
+            &bpffs.path,
+            &extra,
+            &[("PATH", &path_env)],
+        )
+        .expect("starting shield run");
+        WrappedLab {
+            daemon,
+            topo,
+            bpffs,
+            dir,
+            policy: policy_path,
+            audit,
+        }
+    }
+
+    /// A file of the test's directory (a flag the wrapper reads, say).
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
+    }
+
+    fn write_policy(&self, text: &str) {
+        std::fs::write(&self.policy, text).expect("policy");
+    }
+
+    /// The policy generation in force in `iface`'s maps.
+    fn generation(&self, iface: &str) -> u32 {
+        shield_user::stats::read_iface(&self.bpffs.path, iface)
+            .expect("stats")
+            .policy_generation
+    }
+
+    /// `iface`'s syncookie table (empty: none), listed by the real nft.
+    fn table(&self, iface: &str) -> String {
+        let out = run_in(
+            &self.topo.server.name,
+            &[
+                "nft",
+                "-s",
+                "list",
+                "table",
+                "inet",
+                &shield_user::synproxy::table_name(iface),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `nf_conntrack_tcp_loose` in the server namespace.
+    fn loose(&self) -> String {
+        let out = run_in(
+            &self.topo.server.name,
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The `n`-th reload's audit event (written once the reload is over, undone or not),
+    /// waiting for it; there must be no more than `n` (one per write of the file).
+    fn reload(&self, n: usize) -> Value {
+        // Long enough for an nft killed after NFT_PATIENCE, twice, on a slow machine.
+        let deadline = std::time::Instant::now() + Duration::from_secs(150);
+        loop {
+            let lines = std::fs::read_to_string(&self.audit).unwrap_or_default();
+            let events: Vec<Value> = lines
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|e| e["event"] == "reload")
+                .collect();
+            if let Some(e) = events.get(n - 1) {
+                assert_eq!(events.len(), n, "one reload per write: {lines}");
+                return e.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload {n} in the audit log after 150 s:\n{lines}\n{}",
+                self.daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        let (status, log) = self.daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+    }
+}
+
+/// The body of an `nft` wrapper that refuses any script naming dum0 while the test's file
+/// `refuse` exists.
+fn refusing_dum0(real: &str, dir: &Path) -> String {
+    format!(
+        "if [ \"$1\" = -f ] && [ -e '{}' ]; then\n  script=$(cat)\n  case \"$script\" in *'\"dum0\"'*) echo 'wrapper: refused' >&2; exit 1;; esac\n  printf '%s\\n' \"$script\" | exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+        dir.join("refuse").display()
+    )
+}
+
+/// A reload that fails on the second of two interfaces (here `nft` refuses the second one's
+/// syncookie table) changes nothing on the first: its maps keep the policy in force (same
+/// generation) and its table stays as it was. Once `nft` takes it, the same reload goes
+/// through on both.
+#[test]
+fn a_reload_that_fails_on_one_interface_changes_none() {
+    let mut lab = WrappedLab::start(POLICY, true, refusing_dum0);
+    let both = || (lab.generation(netlab::SERVER_IF), lab.generation("dum0"));
+    let before = both();
+    let (first, second) = (lab.table(netlab::SERVER_IF), lab.table("dum0"));
+    assert!(
+        first.contains("8000") && second.contains("8000"),
+        "{first}{second}"
+    );
+
+    // The operator edits the file: the daemon reloads it, and the reload fails on dum0.
+    std::fs::write(lab.file("refuse"), "").expect("refuse");
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
+    let failed = lab.reload(1);
+    let said = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        failed["result"] == "error" && said.contains("dum0") && said.contains("wrapper: refused"),
+        "{failed}"
+    );
+    assert_eq!(
+        both(),
+        before,
+        "a failed reload changed the policy in force: {failed}"
+    );
+    assert_eq!(
+        lab.table(netlab::SERVER_IF),
+        first,
+        "the first interface's table"
+    );
+    assert_eq!(lab.table("dum0"), second, "the second interface's table");
+
+    std::fs::remove_file(lab.file("refuse")).expect("refuse");
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8002]"));
+    let e = lab.reload(2);
+    assert_eq!(e["result"], "ok", "{e}");
+    assert_eq!(both(), (before.0 + 1, before.1 + 1));
+    assert!(lab.table(netlab::SERVER_IF).contains("8002") && lab.table("dum0").contains("8002"));
+    lab.stop();
+}
+
+/// Whether a TCP connection attempt from `src` to the server's closed port 9 reaches the
+/// server (refused) rather than being dropped (no answer within 2 s). From the client side.
+fn reaches_server(topo: &netlab::Topology, src: IpAddr) -> bool {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    topo.client
+        .run_in(move || {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+            s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                .expect("bind");
+            let to = SocketAddr::new(IpAddr::V4(netlab::SERVER_V4), 9);
+            match s.connect_timeout(&SockAddr::from(to), Duration::from_secs(2)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => true,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
+                other => panic!("connecting from {src} to {to}: {other:?}"),
+            }
+        })
+        .expect("client namespace")
+}
+
+/// A reload that changed the deny list on the first interface and was undone there (it
+/// failed on the second) leaves the first interface's lists whole, and so does the next
+/// reload that succeeds with the lists in force (the old list half is the one in force
+/// again: nothing may empty it).
+#[test]
+fn an_undone_list_change_keeps_the_lists_in_force() {
+    let lists = |deny: &str| format!("[lists]\ndeny = [{deny}]\n{POLICY}");
+    let mut lab = WrappedLab::start(&lists("\"192.0.2.0/24\""), true, refusing_dum0);
+    let denied = IpAddr::V4(netlab::DENIED_V4);
+    assert!(reaches_server(&lab.topo, denied), "not in the deny list");
+
+    // The deny list in force: swapped in by a reload (each half's lists then known).
+    lab.write_policy(&lists("\"203.0.113.0/24\""));
+    let e = lab.reload(1);
+    assert_eq!(e["result"], "ok", "{e}");
+    assert!(!reaches_server(&lab.topo, denied), "the deny list in force");
+
+    // A new deny list: swapped on the first interface, refused on dum0, undone.
+    std::fs::write(lab.file("refuse"), "").expect("refuse");
+    // (Another port too: a table that does not change is not given to nft.)
+    lab.write_policy(
+        &lists("\"203.0.113.0/24\", \"192.0.2.0/24\"").replace("[8000]", "[8000, 8002]"),
+    );
+    let e = lab.reload(2);
+    assert!(
+        e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("refused"),
+        "{e}"
+    );
+    assert!(
+        !reaches_server(&lab.topo, denied),
+        "after the undone reload"
+    );
+
+    // The lists in force again, another port: the lists do not swap this time.
+    std::fs::remove_file(lab.file("refuse")).expect("refuse");
+    lab.write_policy(&lists("\"203.0.113.0/24\"").replace("[8000]", "[8000, 8001]"));
+    let e = lab.reload(3);
+    assert_eq!(e["result"], "ok", "{e}");
+    assert!(
+        !reaches_server(&lab.topo, denied),
+        "the next reload emptied the deny list in force:\n{}",
+        lab.daemon.log_text()
+    );
+    // And back out of the deny list.
+    lab.write_policy(&lists("\"192.0.2.0/24\""));
+    let e = lab.reload(4);
+    assert_eq!(e["result"], "ok", "{e}");
+    assert!(reaches_server(&lab.topo, denied), "the deny list changed");
+    lab.stop();
+}
+
+/// An `nft` that hangs listing the table during a reload (killed after NFT_PATIENCE) is
+/// no word that there is no table: the reload fails and the table stays as it was, still
+/// remembering conntrack's own `nf_conntrack_tcp_loose`, which the stop puts back (taken
+/// for no table, the replacement remembered shield's own 0, and the stop left 0).
+#[test]
+fn an_nft_that_hangs_listing_fails_the_reload() {
+    let mut lab = WrappedLab::start(POLICY, false, |real, dir| {
+        format!(
+            "if [ -e '{}' ]; then case \"$*\" in *list*) exec sleep 600;; esac; fi\nexec {real} \"$@\"\n",
+            dir.join("hang").display()
+        )
+    });
+    let before = lab.loose();
+    let first = lab.table(netlab::SERVER_IF);
+    assert!(
+        first.contains(&format!("nf_conntrack_tcp_loose was {before}\"")),
+        "{first}"
+    );
+    assert_eq!(lab.loose(), "0");
+
+    std::fs::write(lab.file("hang"), "").expect("hang");
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
+    let e = lab.reload(1);
+    std::fs::remove_file(lab.file("hang")).expect("hang");
+    assert!(
+        e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("killed"),
+        "{e}"
+    );
+    assert_eq!(
+        lab.table(netlab::SERVER_IF),
+        first,
+        "the table after the failed reload"
+    );
+    lab.stop();
+    assert_eq!(lab.loose(), before, "nf_conntrack_tcp_loose after the stop");
+    assert!(
+        lab.table(netlab::SERVER_IF).is_empty(),
+        "the stop left the table"
+    );
+}
+
+/// An `nft` that leaves a process of its own session holding its output open (out of reach
+/// of the kill of nft's process group) does not hold the reload for ever: it fails once
+/// nft was killed, and the daemon goes on (the next reload, with a plain nft, goes through).
+#[test]
+fn an_nft_whose_output_stays_open_does_not_hold_the_reload() {
+    let mut lab = WrappedLab::start(POLICY, false, |real, dir| {
+        format!(
+            "if [ -e '{}' ]; then setsid sh -c 'echo $$ > {}; exec sleep 600' & exec sleep 600; fi\nexec {real} \"$@\"\n",
+            dir.join("hang").display(),
+            dir.join("pid").display()
+        )
+    });
+    /// Kills the process the wrapper left in a session of its own, on every exit path.
+    struct Reap(PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Some(p) = std::fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on the pid the wrapper's own process wrote.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+    let _reap = Reap(lab.file("pid"));
+    std::fs::write(lab.file("hang"), "").expect("hang");
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
+    let e = lab.reload(1);
+    std::fs::remove_file(lab.file("hang")).expect("hang");
+    assert!(
+        e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("killed"),
+        "{e}"
+    );
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8002]"));
+    let e = lab.reload(2);
+    assert_eq!(e["result"], "ok", "{e}");
+    lab.stop();
+}
