@@ -19,6 +19,8 @@ struct WrappedLab {
     dir: shield_tests::TempDir,
     policy: PathBuf,
     audit: PathBuf,
+    /// `nf_conntrack_tcp_loose` before the daemon started.
+    loose_before: String,
 }
 
 impl WrappedLab {
@@ -40,6 +42,7 @@ impl WrappedLab {
         let path_env = shield_tests::nft_wrapper(&bin, |real| wrapper(real, &dir.0));
         let (policy_path, audit) = (dir.0.join("policy.toml"), dir.0.join("audit.jsonl"));
         std::fs::write(&policy_path, policy).expect("policy");
+        let loose_before = loose(&topo.server.name);
         let audit_arg = audit.to_str().expect("utf-8");
         let mut extra = vec!["--metrics", "off", "--audit-log", audit_arg];
         if second {
@@ -61,6 +64,7 @@ impl WrappedLab {
             dir,
             policy: policy_path,
             audit,
+            loose_before,
         }
     }
 
@@ -98,11 +102,7 @@ impl WrappedLab {
 
     /// `nf_conntrack_tcp_loose` in the server namespace.
     fn loose(&self) -> String {
-        let out = run_in(
-            &self.topo.server.name,
-            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        loose(&self.topo.server.name)
     }
 
     /// The `n`-th reload's audit event (written once the reload is over, undone or not),
@@ -134,6 +134,15 @@ impl WrappedLab {
         let (status, log) = self.daemon.stop().expect("stop");
         assert!(status.success(), "{log}");
     }
+}
+
+/// `nf_conntrack_tcp_loose` in the namespace `ns`.
+fn loose(ns: &str) -> String {
+    let out = run_in(
+        ns,
+        &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The body of an `nft` wrapper that refuses any script naming dum0 while the test's file
@@ -272,7 +281,7 @@ fn an_nft_that_hangs_listing_fails_the_reload() {
             dir.join("hang").display()
         )
     });
-    let before = lab.loose();
+    let before = lab.loose_before.clone();
     let first = lab.table(netlab::SERVER_IF);
     assert!(
         first.contains(&format!("nf_conntrack_tcp_loose was {before}\"")),
