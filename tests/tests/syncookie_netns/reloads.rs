@@ -130,6 +130,19 @@ impl WrappedLab {
         }
     }
 
+    /// The first reload (port 8001 added) while the test's file `hang` exists (a wrapper
+    /// that hangs then): it fails once nft was killed.
+    fn first_reload_with_nft_hung(&self) {
+        std::fs::write(self.file("hang"), "").expect("hang");
+        self.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
+        let e = self.reload(1);
+        std::fs::remove_file(self.file("hang")).expect("hang");
+        assert!(
+            e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("killed"),
+            "{e}"
+        );
+    }
+
     fn stop(&mut self) {
         let (status, log) = self.daemon.stop().expect("stop");
         assert!(status.success(), "{log}");
@@ -289,14 +302,7 @@ fn an_nft_that_hangs_listing_fails_the_reload() {
     );
     assert_eq!(lab.loose(), "0");
 
-    std::fs::write(lab.file("hang"), "").expect("hang");
-    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
-    let e = lab.reload(1);
-    std::fs::remove_file(lab.file("hang")).expect("hang");
-    assert!(
-        e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("killed"),
-        "{e}"
-    );
+    lab.first_reload_with_nft_hung();
     assert_eq!(
         lab.table(netlab::SERVER_IF),
         first,
@@ -336,14 +342,7 @@ fn an_nft_whose_output_stays_open_does_not_hold_the_reload() {
         }
     }
     let _reap = Reap(lab.file("pid"));
-    std::fs::write(lab.file("hang"), "").expect("hang");
-    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
-    let e = lab.reload(1);
-    std::fs::remove_file(lab.file("hang")).expect("hang");
-    assert!(
-        e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("killed"),
-        "{e}"
-    );
+    lab.first_reload_with_nft_hung();
     lab.write_policy(&POLICY.replace("[8000]", "[8000, 8002]"));
     let e = lab.reload(2);
     assert_eq!(e["result"], "ok", "{e}");
