@@ -619,3 +619,85 @@ escalation = {{ strikes = 1, window = "1h", ban = "1h" }}
         app_call(&socket, &decide)["allow"] == true
     });
 }
+
+#[test]
+fn a_redis_restarted_without_its_data_gets_each_hosts_bans_back() {
+    // Redis without persistence crashes and comes back empty. Each host still holds the
+    // bans it issued: it publishes them again, so the others get them back with their
+    // expiry. A ban whose host is not there to publish it again (h9) is lifted, as before.
+    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemons");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} links", h.name),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.71", "--for", "10m"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = h2.shield(&["ban", "203.0.113.72", "--for", "20m"]);
+    assert!(ok, "{err}");
+    lab.redis
+        .pipeline(&lab.publish_cmds(&ban_message("203.0.113.73/32", "h9", 600), None, false))
+        .expect("XADD");
+    for (h, s) in [
+        (h2, "203.0.113.71/32"),
+        (h1, "203.0.113.72/32"),
+        (h1, "203.0.113.73/32"),
+        (h2, "203.0.113.73/32"),
+    ] {
+        wait_until(
+            &format!("{} holds {s}", h.name),
+            Duration::from_secs(5),
+            || h.banned(s),
+        );
+    }
+
+    lab.redis.restart_empty().expect("restarting Redis empty");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    // Both resynced from the empty hash: h9's ban is gone from both.
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} resyncs (h9's ban lifted)", h.name),
+            Duration::from_secs(20),
+            || !h.banned("203.0.113.73/32"),
+        );
+    }
+    for (h, s) in [(h2, "203.0.113.71/32"), (h1, "203.0.113.72/32")] {
+        wait_until(
+            &format!("{} gets {s} back from the host that issued it", h.name),
+            Duration::from_secs(10),
+            || h.banned(s),
+        );
+    }
+    wait_until(
+        "Redis holds both bans again",
+        Duration::from_secs(5),
+        || lab.redis.cmd(&["HLEN", &lab.bans_key()]).ok().as_deref() == Some("2"),
+    );
+    // Same expiry as issued, and still said to be the other host's.
+    let held = |h: &Host, s: &str| {
+        h.bans()
+            .into_iter()
+            .find(|b| b["source"] == s)
+            .unwrap_or_else(|| panic!("{}: no ban of {s}", h.name))
+    };
+    let b = held(h2, "203.0.113.71/32");
+    let remaining = b["remaining_secs"].as_f64().unwrap_or(0.0);
+    assert!(
+        (500.0..=600.0).contains(&remaining),
+        "h1's 10-minute ban keeps its expiry on h2: {b}"
+    );
+    assert_eq!(b["origin_host"], h1.name.as_str(), "{b}");
+    let b = held(h1, "203.0.113.72/32");
+    let remaining = b["remaining_secs"].as_f64().unwrap_or(0.0);
+    assert!(
+        (1100.0..=1200.0).contains(&remaining),
+        "h2's 20-minute ban keeps its expiry on h1: {b}"
+    );
+    assert_eq!(b["origin_host"], h2.name.as_str(), "{b}");
+    // Each host's own ban stayed in force all along.
+    assert!(h1.banned("203.0.113.71/32") && h2.banned("203.0.113.72/32"));
+}

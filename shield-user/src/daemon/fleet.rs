@@ -100,6 +100,104 @@ pub(super) struct Snapshot {
     /// the fleet's, a forged or damaged value). They are still in the hash: a fleet ban
     /// this host holds of one of them has not left the fleet, and is not lifted.
     pub unreadable: HashSet<String>,
+    /// Redis lost the stream this host had read (restarted without its data): the bans
+    /// this host issued that the hash lost are published again (`Position::Lost`).
+    pub lost: bool,
+}
+
+/// Where a reconnecting session picks up the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// The stream still holds every change after the last id read: replay them.
+    Replay,
+    /// Changes after the last id were trimmed away: read the hash again.
+    Resync,
+    /// Redis lost its data (the stream is gone, went back before the last id read, or was
+    /// built again): read the hash again, and this host's own bans that the hash lost
+    /// are published again (an unban trimmed away is told from this by `Resync`).
+    Lost,
+}
+
+/// What `XINFO STREAM` says of the events stream (`None`: no such key).
+#[derive(Debug, Default)]
+struct StreamFacts {
+    first: Option<String>,
+    /// `None`: not known (XINFO refused).
+    last_generated: Option<String>,
+    /// Redis 7.0 on; `None` before (then a rebuilt stream is taken for a trimmed one).
+    max_deleted: Option<String>,
+}
+
+async fn stream_facts(
+    con: &mut MultiplexedConnection,
+    events: &str,
+) -> redis::RedisResult<Option<StreamFacts>> {
+    let exists: bool = con.exists(events).await?;
+    if !exists {
+        return Ok(None);
+    }
+    let info: redis::RedisResult<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(events)
+            .query_async(&mut *con)
+            .await;
+    let info = match info {
+        Ok(i) => i,
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+            return Err(e);
+        }
+        // XINFO refused (an ACL without it): the stream's ends, and a rebuilt stream taken
+        // for a trimmed one, as before Redis 7.0.
+        Err(_) => {
+            let first: StreamRangeReply = con.xrange_count(events, "-", "+", 1).await?;
+            return Ok(Some(StreamFacts {
+                first: first.ids.first().map(|i| i.id.clone()),
+                ..StreamFacts::default()
+            }));
+        }
+    };
+    let text = |k: &str| {
+        info.get(k)
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+    };
+    // `first-entry`: [id, [field, value, …]], or nil for an empty stream.
+    let first = info
+        .get("first-entry")
+        .and_then(|v| redis::from_redis_value::<(String, redis::Value)>(v).ok())
+        .map(|(id, _)| id);
+    Ok(Some(StreamFacts {
+        first,
+        last_generated: text("last-generated-id"),
+        max_deleted: text("max-deleted-entry-id"),
+    }))
+}
+
+/// Where to pick up after `known`, the last stream id this host read (or the stream's
+/// last id when it last read the hash; `0-0`: it was empty then).
+fn position(known: &str, facts: &Option<StreamFacts>) -> Position {
+    let k = id_key(known);
+    let Some(f) = facts else {
+        // No stream: gone with Redis's data, unless it never had an entry.
+        return if k == (0, 0) {
+            Position::Resync
+        } else {
+            Position::Lost
+        };
+    };
+    if k != (0, 0) && f.last_generated.as_deref().is_some_and(|l| id_key(l) < k) {
+        // Redis went back before what this host read (an old snapshot loaded).
+        return Position::Lost;
+    }
+    match &f.first {
+        Some(first) if id_key(first) <= k => Position::Replay,
+        // Our entry is gone without having been deleted: the stream was built again.
+        _ if k != (0, 0) && f.max_deleted.as_deref().is_some_and(|d| id_key(d) < k) => {
+            Position::Lost
+        }
+        // Trimmed past us, or emptied (nothing was trimmed unless the key was deleted).
+        _ => Position::Resync,
+    }
 }
 
 pub(super) struct Task {
@@ -226,6 +324,7 @@ impl Task {
         let mut out = Snapshot {
             bans: Vec::new(),
             unreadable: HashSet::new(),
+            lost: false,
         };
         for (field, value) in all {
             match self.signer.open_stored(&value) {
@@ -306,19 +405,19 @@ impl Task {
         let (_, events) = self.keys();
         let known = last_id.lock().map(|l| l.clone()).unwrap_or(None);
         // Replay from the last id if the stream still holds what followed it; else resync.
-        let replay = match &known {
-            Some(id) => {
-                let first: StreamRangeReply = w.xrange_count(&events, "-", "+", 1).await?;
-                match first.ids.first() {
-                    Some(f) => id_key(&f.id) <= id_key(id),
-                    // Empty stream: nothing was trimmed unless the key was deleted; resync.
-                    None => false,
-                }
-            }
-            None => false,
+        let position = match &known {
+            Some(id) => position(id, &stream_facts(&mut w, &events).await?),
+            None => Position::Resync,
         };
-        if !replay {
+        if position != Position::Replay {
             let (mut snap, tail) = self.snapshot(&mut w).await?;
+            snap.lost = position == Position::Lost;
+            if snap.lost {
+                warn!(
+                    "fleet: Redis no longer holds the stream this host read up to {} (restarted without its data?): resyncing, and publishing again the bans this host issued that the fleet's hash lost",
+                    known.as_deref().unwrap_or("")
+                );
+            }
             // A source this host unbanned while the link was down stays unbanned here.
             snap.bans.retain(|b| {
                 !queue
@@ -499,7 +598,59 @@ mod tests {
         Snapshot {
             bans: vec![ban(source)],
             unreadable: HashSet::new(),
+            lost: false,
         }
+    }
+
+    fn facts(first: Option<&str>, last: &str, max_deleted: Option<&str>) -> Option<StreamFacts> {
+        Some(StreamFacts {
+            first: first.map(str::to_string),
+            last_generated: Some(last.into()),
+            max_deleted: max_deleted.map(str::to_string),
+        })
+    }
+
+    /// A reconnect replays what it can, resyncs past a trim, and takes a stream that lost
+    /// what this host read for lost data (its own bans are then published again); never
+    /// the other way round: an unban trimmed away must not come back as a ban.
+    #[test]
+    fn a_reconnect_tells_a_trimmed_stream_from_a_lost_one() {
+        use Position::*;
+        let held = facts(Some("100-0"), "900-3", Some("99-0"));
+        assert_eq!(
+            position("500-1", &held),
+            Replay,
+            "the stream holds what followed"
+        );
+        assert_eq!(position("100-0", &held), Replay);
+        let trimmed = facts(Some("600-0"), "900-3", Some("599-9"));
+        assert_eq!(position("500-1", &trimmed), Resync, "trimmed past us");
+        let trimmed_at_us = facts(Some("600-0"), "900-3", Some("500-1"));
+        assert_eq!(position("500-1", &trimmed_at_us), Resync);
+        let emptied = facts(None, "900-3", Some("900-3"));
+        assert_eq!(position("500-1", &emptied), Resync, "emptied by trims");
+        assert_eq!(position("500-1", &None), Lost, "the stream is gone");
+        assert_eq!(position("0-0", &None), Resync, "it never had an entry");
+        let rebuilt = facts(Some("700-0"), "800-0", Some("0-0"));
+        assert_eq!(
+            position("500-1", &rebuilt),
+            Lost,
+            "built again after a restart"
+        );
+        let older = facts(Some("100-0"), "400-0", Some("0-0"));
+        assert_eq!(position("500-1", &older), Lost, "an older snapshot loaded");
+        let old_redis = facts(Some("700-0"), "800-0", None);
+        assert_eq!(position("500-1", &old_redis), Resync, "Redis before 7.0");
+        assert_eq!(
+            position("0-0", &rebuilt),
+            Resync,
+            "read empty: nothing to lose"
+        );
+        let refused = Some(StreamFacts {
+            first: Some("700-0".into()),
+            ..StreamFacts::default()
+        });
+        assert_eq!(position("500-1", &refused), Resync, "XINFO refused");
     }
 
     #[test]

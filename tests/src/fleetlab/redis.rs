@@ -192,6 +192,21 @@ impl Redis {
         self.spawn()
     }
 
+    /// Starts it again on the same port without its data, as a Redis without persistence
+    /// comes back from a crash.
+    pub fn restart_empty(&mut self) -> Result<()> {
+        self.kill();
+        for data in ["appendonlydir", "appendonly.aof", "dump.rdb"] {
+            let p = self.dir.join(data);
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+            } else if p.exists() {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        self.spawn()
+    }
+
     /// One command (after AUTH), from inside the hub namespace: the reply as text (simple
     /// strings, integers and bulk strings; arrays as their element count).
     pub fn cmd(&self, args: &[&str]) -> Result<String> {

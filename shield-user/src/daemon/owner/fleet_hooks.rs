@@ -137,6 +137,24 @@ pub(in crate::daemon) fn entry_of_event(inst: &Instance, ev: &Event, mono_now: u
     }
 }
 
+/// The fleet message of `b`, a ban this host issued at `sent_ms` (unix ms).
+fn ban_message(b: &BanEntry, host: &str, sent_ms: u64) -> Message {
+    Message {
+        op: Op::Ban,
+        source: b.source.clone(),
+        scope: b.scope,
+        rule: b.rule.clone(),
+        expires_ms: now_ms() + (b.remaining_secs * 1000.0) as u64,
+        duration_secs: b.duration_secs,
+        level: b.level,
+        origin: b.origin.as_str().to_string(),
+        cuts: b.cuts.as_str().to_string(),
+        origin_host: host.to_string(),
+        reason: b.comment.clone(),
+        sent_ms,
+    }
+}
+
 pub(super) fn flags_of(origin: &str, cuts: &str) -> u8 {
     let mut f = 0;
     if origin == Origin::Manual.as_str() {
@@ -230,20 +248,7 @@ impl Owner {
         }
         link.origins.remove(&field(&b.source, b.scope, &b.rule));
         link.issued.remove(&field(&b.source, b.scope, &b.rule));
-        let m = Message {
-            op: Op::Ban,
-            source: b.source.clone(),
-            scope: b.scope,
-            rule: b.rule.clone(),
-            expires_ms: now_ms() + (b.remaining_secs * 1000.0) as u64,
-            duration_secs: b.duration_secs,
-            level: b.level,
-            origin: b.origin.as_str().to_string(),
-            cuts: b.cuts.as_str().to_string(),
-            origin_host: self.host.clone(),
-            reason: b.comment.clone(),
-            sent_ms: now_ms(),
-        };
+        let m = ban_message(b, &self.host, now_ms());
         if link.tx.try_send(m).is_err() {
             warn!(
                 "fleet: more than 65,536 changes waiting for the fleet task; the ban of {} is not published",
@@ -307,16 +312,67 @@ impl Owner {
     /// that differs, a forged value) is still in the hash: its ban stays. Returns (bans
     /// installed, bans lifted).
     fn fleet_resync(&mut self, snap: Snapshot) -> (u64, usize) {
-        let Snapshot { bans, unreadable } = snap;
+        let Snapshot {
+            bans,
+            unreadable,
+            lost,
+        } = snap;
         let mut present = unreadable;
         present.extend(bans.iter().map(Message::field));
         let lifted = self.lift_gone(&present);
+        if lost {
+            let n = self.publish_again(&present);
+            info!("fleet: published again {n} bans this host issued that Redis had lost");
+        }
         let before = self.counters.fleet.installed.load(Ordering::Relaxed);
         for b in bans {
             self.fleet_apply(b, false);
         }
         let installed = self.counters.fleet.installed.load(Ordering::Relaxed) - before;
         (installed, lifted)
+    }
+
+    /// After Redis lost its data: publishes again the bans this host issued that are in
+    /// force here and not in `present` (fields of the fleet's hash), with their expiry and
+    /// when they were issued, so that the other hosts get them back. Monitor bans never
+    /// were published. Returns how many.
+    fn publish_again(&mut self, present: &HashSet<String>) -> usize {
+        let Some(link) = self.fleet.as_ref() else {
+            return 0;
+        };
+        let mut seen = HashSet::new();
+        let now = now_ms();
+        let mut n = 0;
+        for b in self
+            .instances
+            .iter()
+            .filter_map(|i| i.maps.as_ref())
+            .flat_map(|m| m.bans.active())
+        {
+            let f = field(&b.source, b.scope, &b.rule);
+            if b.monitor
+                || b.remaining_secs <= 0.0
+                || present.contains(&f)
+                || link.origins.contains_key(&f)
+                || !seen.insert(f)
+            {
+                continue;
+            }
+            let issued =
+                now.saturating_sub(((b.duration_secs - b.remaining_secs).max(0.0) * 1000.0) as u64);
+            if link
+                .tx
+                .try_send(ban_message(&b, &self.host, issued))
+                .is_err()
+            {
+                warn!(
+                    "fleet: the fleet task is behind; some bans of this host are not published again"
+                );
+                break;
+            }
+            n += 1;
+        }
+        n
     }
 
     /// Lifts the received bans held here that are not in `present` (fields of the fleet's
