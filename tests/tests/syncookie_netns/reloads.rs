@@ -30,12 +30,27 @@ impl WrappedLab {
         second: bool,
         wrapper: impl FnOnce(&str, &Path) -> String,
     ) -> WrappedLab {
+        WrappedLab::start_on(policy, if second { &["dum0"] } else { &[] }, wrapper)
+    }
+
+    /// As `start`, on the lab's interface and on `more` (veths of the server namespace,
+    /// each with a peer `<name>p`), in that order.
+    fn start_on(
+        policy: &str,
+        more: &[&str],
+        wrapper: impl FnOnce(&str, &Path) -> String,
+    ) -> WrappedLab {
         shield_tests::require_root();
         let topo = netlab::Topology::new().expect("building namespaces");
         let bpffs = netlab::TempBpffs::new().expect("private bpffs");
         let dir = shield_tests::TempDir::new("shield-reloads-");
-        if second {
-            super::failed_start::veth_pair(&topo.server.name, "dum0", "dum1");
+        for iface in more {
+            let peer = if *iface == "dum0" {
+                "dum1".to_string()
+            } else {
+                format!("{iface}p")
+            };
+            super::failed_start::veth_pair(&topo.server.name, iface, &peer);
         }
         let bin = dir.0.join("bin");
         std::fs::create_dir(&bin).expect("wrapper dir");
@@ -45,8 +60,8 @@ impl WrappedLab {
         let loose_before = loose(&topo.server.name);
         let audit_arg = audit.to_str().expect("utf-8");
         let mut extra = vec!["--metrics", "off", "--audit-log", audit_arg];
-        if second {
-            extra.extend(["--iface", "dum0"]);
+        for iface in more {
+            extra.extend(["--iface", iface]);
         }
         let daemon = netlab::Daemon::start_env(
             &shield_tests::shield_bin(),
@@ -82,6 +97,15 @@ impl WrappedLab {
         shield_user::stats::read_iface(&self.bpffs.path, iface)
             .expect("stats")
             .policy_generation
+    }
+
+    /// What `iface`'s maps have in force: (policy half, list half, generation).
+    fn in_force(&self, iface: &str) -> (u32, u32, u32) {
+        let dir = shield_user::loader::pin_dir(&self.bpffs.path, iface);
+        let (half, cfg) = shield_user::loader::PolicyMaps::open(&dir)
+            .and_then(|t| t.active())
+            .expect("the policy tables");
+        (half, cfg.list_half, cfg.generation)
     }
 
     /// `iface`'s syncookie table (empty: none), listed by the real nft.
@@ -161,8 +185,14 @@ fn loose(ns: &str) -> String {
 /// The body of an `nft` wrapper that refuses any script naming dum0 while the test's file
 /// `refuse` exists.
 fn refusing_dum0(real: &str, dir: &Path) -> String {
+    refusing("dum0", real, dir)
+}
+
+/// The body of an `nft` wrapper that refuses any script naming `iface` while the test's
+/// file `refuse` exists.
+fn refusing(iface: &str, real: &str, dir: &Path) -> String {
     format!(
-        "if [ \"$1\" = -f ] && [ -e '{}' ]; then\n  script=$(cat)\n  case \"$script\" in *'\"dum0\"'*) echo 'wrapper: refused' >&2; exit 1;; esac\n  printf '%s\\n' \"$script\" | exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+        "if [ \"$1\" = -f ] && [ -e '{}' ]; then\n  script=$(cat)\n  case \"$script\" in *'\"{iface}\"'*) echo 'wrapper: refused' >&2; exit 1;; esac\n  printf '%s\\n' \"$script\" | exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
         dir.join("refuse").display()
     )
 }
@@ -280,6 +310,141 @@ fn an_undone_list_change_keeps_the_lists_in_force() {
     assert_eq!(e["result"], "ok", "{e}");
     assert!(reaches_server(&lab.topo, denied), "the deny list changed");
     lab.stop();
+}
+
+/// A reload that fails on the third of three interfaces (`nft` refuses its table) after
+/// the first two took it (new deny list, new port) leaves all three on the policy in force:
+/// the same policy half, list half and generation in their maps, the same tables, and the
+/// deny list in force still dropping on the first. The next reload takes all three.
+#[test]
+fn a_reload_that_fails_on_the_third_interface_changes_none() {
+    let lists = |deny: &str| format!("[lists]\ndeny = [{deny}]\n{POLICY}");
+    let ifaces = [netlab::SERVER_IF, "at8b", "at8c"];
+    let mut lab = WrappedLab::start_on(&lists("\"203.0.113.0/24\""), &ifaces[1..], |real, dir| {
+        refusing("at8c", real, dir)
+    });
+    let denied = IpAddr::V4(netlab::DENIED_V4);
+    assert!(!reaches_server(&lab.topo, denied), "in the deny list");
+    let state = || ifaces.map(|i| (lab.in_force(i), lab.table(i)));
+    let before = state();
+    for (i, (_, table)) in ifaces.iter().zip(&before) {
+        assert!(table.contains("8000") && table.contains(i), "{i}: {table}");
+    }
+
+    std::fs::write(lab.file("refuse"), "").expect("refuse");
+    lab.write_policy(&lists("\"192.0.2.0/24\"").replace("[8000]", "[8000, 8001]"));
+    let failed = lab.reload(1);
+    let said = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        failed["result"] == "error" && said.contains("at8c") && said.contains("wrapper: refused"),
+        "{failed}"
+    );
+    let after = state();
+    for ((i, b), a) in ifaces.iter().zip(&before).zip(&after) {
+        assert_eq!(a, b, "{i} after the failed reload: {failed}");
+    }
+    assert!(
+        !reaches_server(&lab.topo, denied),
+        "the undone reload's deny list is in force on {}",
+        netlab::SERVER_IF
+    );
+
+    std::fs::remove_file(lab.file("refuse")).expect("refuse");
+    lab.write_policy(&lists("\"192.0.2.0/24\"").replace("[8000]", "[8000, 8002]"));
+    let e = lab.reload(2);
+    assert_eq!(e["result"], "ok", "{e}");
+    for (i, ((half, list_half, generation), _)) in ifaces.iter().zip(&before) {
+        let (h, l, g) = lab.in_force(i);
+        assert_eq!(
+            (h, l, g),
+            (1 - half, 1 - list_half, generation + 1),
+            "{i} after the next reload"
+        );
+        assert!(lab.table(i).contains("8002"), "{i}: {}", lab.table(i));
+    }
+    assert!(reaches_server(&lab.topo, denied), "the new deny list");
+    lab.stop();
+}
+
+/// IPv6 clients complete their connections through the cookie path (the XDP cookie, then
+/// the table's IPv6 `synproxy` statement, behind its IPv6 connection meter) before a reload
+/// that is undone on the lab's interface (`nft` refuses the second's table), after it (the
+/// table put back from its listing, IPv6 meter and all), and after the next reload.
+#[test]
+fn ipv6_clients_get_through_the_cookie_path_across_an_undone_reload() {
+    let policy = POLICY.replace(
+        "challenge",
+        "connections = { rate = \"100/s\", burst = 100 }\nchallenge",
+    );
+    let mut lab = WrappedLab::start(&policy, true, refusing_dum0);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    for i in 0..12 {
+        lab.topo
+            .add_client_addr(client6(i))
+            .expect("client address");
+    }
+    let _pass = shield_tests::nslab::pass_program_on_client(&lab.topo);
+    let table = lab.table(netlab::SERVER_IF);
+    assert!(table.contains("ip6 saddr &"), "no IPv6 meter: {table}");
+    // Clients `from..from + 4`, each a connection to the API: all answered.
+    let get = |from: u32| {
+        let dst = SocketAddr::new(IpAddr::V6(netlab::SERVER_V6), 8000);
+        let codes: Vec<Option<u16>> = lab
+            .topo
+            .client
+            .run_in(move || {
+                (from..from + 4)
+                    .map(|i| http_get(client6(i), dst, "/api/items", Duration::from_secs(3)))
+                    .collect()
+            })
+            .expect("client namespace");
+        assert!(codes.iter().all(|c| *c == Some(200)), "{codes:?}");
+    };
+    let cookies = || {
+        api_rule_of(&lab.bpffs.path)["counters"]["syncookie"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    get(0);
+    let first = cookies();
+    assert!(first >= 3, "the budget's one token, then cookies: {first}");
+
+    std::fs::write(lab.file("refuse"), "").expect("refuse");
+    lab.write_policy(&policy.replace("[8000]", "[8000, 8001]"));
+    let e = lab.reload(1);
+    assert!(
+        e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("refused"),
+        "{e}"
+    );
+    assert_eq!(lab.table(netlab::SERVER_IF), table, "the table put back");
+    get(4);
+    let second = cookies();
+    assert!(
+        second >= first + 4,
+        "after the undone reload: {first} -> {second}"
+    );
+
+    std::fs::remove_file(lab.file("refuse")).expect("refuse");
+    lab.write_policy(&policy.replace("[8000]", "[8000, 8002]"));
+    let e = lab.reload(2);
+    assert_eq!(e["result"], "ok", "{e}");
+    get(8);
+    let third = cookies();
+    assert!(
+        third >= second + 4,
+        "after the next reload: {second} -> {third}"
+    );
+    lab.stop();
+}
+
+/// Rule `api` as `shield stats --json` would show it, from the pins under `bpffs`.
+fn api_rule_of(bpffs: &Path) -> Value {
+    let s = shield_user::stats::read_iface(bpffs, netlab::SERVER_IF).expect("stats");
+    let s = serde_json::to_value(&s).expect("stats as JSON");
+    s["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "api").cloned())
+        .expect("rule api in the stats")
 }
 
 /// An `nft` that hangs listing the table during a reload (killed after NFT_PATIENCE) is
