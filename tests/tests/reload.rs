@@ -221,6 +221,35 @@ fn a_pinned_list_with_room_for_fewer_prefixes_is_refused_clearly() {
     assert_eq!(info.max_entries(), 16, "the refused load replaced the pin");
 }
 
+/// A map pinned with the right key, value and entries but of another type (here a hash
+/// where this version has an LPM trie) is refused at load like another layout, the pin left
+/// as it was.
+#[test]
+fn a_pinned_map_of_another_type_is_refused_clearly() {
+    shield_tests::require_root();
+    let bpffs = shield_tests::netlab::TempBpffs::new().expect("private bpffs");
+    let dir = shield_user::loader::pin_dir(&bpffs.path, "other-type");
+    let key = 4 + shield_common::LIST_KEY_V4 as u32;
+    let entries = 2 * shield_common::MAX_LIST_PREFIXES;
+    // A hash (BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC).
+    pin_map(&dir, shield_common::MAP_DENY_V4, 1, key, 1, entries, 1);
+
+    let err = match shield_user::loader::load(&dir, 1024) {
+        Ok(_) => panic!("a hash must not be adopted as a trie"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [shield_common::MAP_DENY_V4, "Hash", "LpmTrie", "--fresh"] {
+        assert!(err.contains(needle), "error {err:?} lacks {needle:?}");
+    }
+    let info = aya::maps::MapData::from_pin(dir.join(shield_common::MAP_DENY_V4))
+        .and_then(|m| m.info())
+        .expect("the pin is still there");
+    assert!(
+        matches!(info.map_type(), Ok(aya::maps::MapType::Hash)),
+        "the refused load replaced the pin"
+    );
+}
+
 /// A map write the kernel refuses (a full or oversized table, memory) says why: a failed
 /// reload's error is one line, and `the bpf_map_update_elem syscall failed` alone left the
 /// operator guessing.

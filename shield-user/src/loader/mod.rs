@@ -91,11 +91,16 @@ pub enum LoaderError {
     #[error("map {map}: {}", with_os_error(.source))]
     Map { map: &'static str, source: MapError },
     #[error(
-        "the map {map} pinned in {dir} was created by another shield version (key {found_key} B, value {found_value} B, {found_entries} entries; this version needs {key} B, {value} B and {entries} entries). Start once with `shield run --fresh` (drops its counters, limiter state and bans), or remove the interface's pins with `shield detach IFACE`"
+        "the map {map} pinned in {dir} was created by another shield version ({}, key {found_key} B, value {found_value} B, {found_entries} entries; this version needs {}, key {key} B, value {value} B and {entries} entries). Start once with `shield run --fresh` (drops its counters, limiter state and bans), or remove the interface's pins with `shield detach IFACE`",
+        type_name(.found_type),
+        type_name(.map_type)
     )]
     Incompatible {
         map: &'static str,
         dir: PathBuf,
+        /// The map types (`None`: one aya does not know).
+        found_type: Option<aya::maps::MapType>,
+        map_type: Option<aya::maps::MapType>,
         found_key: u32,
         found_value: u32,
         found_entries: u32,
@@ -127,6 +132,11 @@ fn with_os_error(e: &MapError) -> String {
         MapError::SyscallError(s) => format!("{s}: {}", s.io_error),
         other => other.to_string(),
     }
+}
+
+/// A map type as aya names it (`LpmTrie`, `Hash`, …), for `Incompatible`.
+fn type_name(t: &Option<aya::maps::MapType>) -> String {
+    t.map_or("a map of an unknown type".into(), |t| format!("{t:?}"))
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> LoaderError {
@@ -425,10 +435,11 @@ pub fn load_with_tables(
             }
         }
     }
-    // The entries each map has in the object (the source table's: `max_sources`). A pin
-    // with fewer is no table of this version either: adopted, its writes would fail on a
-    // reload part-way (a list trie too small for the new lists), or the program's lookups
-    // past its end would find nothing.
+    // The type and entries each map has in the object (the source table's entries:
+    // `max_sources`). A pin of another type or size is no table of this version either:
+    // adopted, its writes would fail on a reload part-way (a list trie too small for the
+    // new lists), the program's lookups past its end would find nothing, or a hash would
+    // stand for a trie (the program loads all the same).
     let defs = aya_obj::Object::parse(crate::EBPF_OBJECT)
         .map(|o| o.maps)
         .unwrap_or_default();
@@ -436,18 +447,25 @@ pub fn load_with_tables(
         let Ok(info) = MapData::from_pin(pin_dir.join(map)).and_then(|m| m.info()) else {
             continue;
         };
+        let def = defs.get(map);
         let entries = match map {
             MAP_SOURCES => max_sources,
-            _ => defs
-                .get(map)
-                .map_or(info.max_entries(), |d| d.max_entries()),
+            _ => def.map_or(info.max_entries(), |d| d.max_entries()),
         };
+        let found_type = info.map_type().ok();
+        let map_type = def
+            .and_then(|d| aya_obj::generated::bpf_map_type::try_from(d.map_type()).ok())
+            .and_then(|t| aya::maps::MapType::try_from(t).ok())
+            .or(found_type);
         if (info.key_size() as usize, info.value_size() as usize) != (key, value)
             || info.max_entries() != entries
+            || found_type != map_type
         {
             return Err(LoaderError::Incompatible {
                 map,
                 dir: pin_dir.to_path_buf(),
+                found_type,
+                map_type,
                 found_key: info.key_size(),
                 found_value: info.value_size(),
                 found_entries: info.max_entries(),
