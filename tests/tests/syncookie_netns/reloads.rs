@@ -1,5 +1,6 @@
 //! Reloads that fail part-way (an interface refused, an `nft` that hangs): the policy in
-//! force stays whole on every interface, and the next reload goes through.
+//! force stays whole on every interface (its bans, and its cookie path for IPv6, with it),
+//! and the next reload goes through.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,9 @@ struct WrappedLab {
     audit: PathBuf,
     /// `nf_conntrack_tcp_loose` before the daemon started.
     loose_before: String,
+    /// The daemon's arguments after the lab's (`restart` passes them again) and its PATH.
+    args: Vec<String>,
+    path_env: String,
 }
 
 impl WrappedLab {
@@ -58,20 +62,15 @@ impl WrappedLab {
         let (policy_path, audit) = (dir.0.join("policy.toml"), dir.0.join("audit.jsonl"));
         std::fs::write(&policy_path, policy).expect("policy");
         let loose_before = loose(&topo.server.name);
-        let audit_arg = audit.to_str().expect("utf-8");
-        let mut extra = vec!["--metrics", "off", "--audit-log", audit_arg];
+        let mut args: Vec<String> = ["--metrics", "off", "--audit-log"].map(String::from).into();
+        args.push(audit.to_str().expect("utf-8").into());
+        // A state dir of the test's own, which `restart` keeps.
+        args.push("--state-dir".into());
+        args.push(dir.0.join("state").to_str().expect("utf-8").into());
         for iface in more {
-            extra.extend(["--iface", iface]);
+            args.extend(["--iface".into(), iface.to_string()]);
         }
-        let daemon = netlab::Daemon::start_env(
-            &shield_tests::shield_bin(),
-            &topo.server,
-            &policy_path,
-            &bpffs.path,
-            &extra,
-            &[("PATH", &path_env)],
-        )
-        .expect("starting shield run");
+        let daemon = start_daemon(&topo, &bpffs, &policy_path, &args, &path_env);
         WrappedLab {
             daemon,
             topo,
@@ -80,7 +79,53 @@ impl WrappedLab {
             policy: policy_path,
             audit,
             loose_before,
+            args,
+            path_env,
         }
+    }
+
+    /// Stops the daemon, then starts another with the same arguments (policy file, --bpffs,
+    /// --state-dir, interfaces, nft wrapper).
+    fn restart(&mut self) {
+        self.stop();
+        self.daemon = start_daemon(
+            &self.topo,
+            &self.bpffs,
+            &self.policy,
+            &self.args,
+            &self.path_env,
+        );
+    }
+
+    /// `shield ARGS --socket` the daemon's: (success, stdout, stderr).
+    fn shield(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(shield_tests::shield_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.daemon.socket)
+            .output()
+            .expect("running shield");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The interfaces on which `shield bans --json` lists a ban of `source` with `reason`.
+    fn banned_on(&self, source: &str, reason: &str) -> Vec<String> {
+        let (ok, out, err) = self.shield(&["bans", "--json"]);
+        assert!(ok, "shield bans: {err}");
+        let v: Value = serde_json::from_str(&out).expect("bans --json is JSON");
+        let mut on: Vec<String> = v["bans"]
+            .as_array()
+            .expect("a list of bans")
+            .iter()
+            .filter(|b| b["source"] == source && b["comment"] == reason)
+            .filter_map(|b| b["iface"].as_str().map(String::from))
+            .collect();
+        on.sort();
+        on
     }
 
     /// A file of the test's directory (a flag the wrapper reads, say).
@@ -171,6 +216,26 @@ impl WrappedLab {
         let (status, log) = self.daemon.stop().expect("stop");
         assert!(status.success(), "{log}");
     }
+}
+
+/// `shield run` with `args` after the lab's, `path_env` its PATH, ready.
+fn start_daemon(
+    topo: &netlab::Topology,
+    bpffs: &netlab::TempBpffs,
+    policy: &Path,
+    args: &[String],
+    path_env: &str,
+) -> netlab::Daemon {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    netlab::Daemon::start_env(
+        &shield_tests::shield_bin(),
+        &topo.server,
+        policy,
+        &bpffs.path,
+        &args,
+        &[("PATH", path_env)],
+    )
+    .expect("starting shield run")
 }
 
 /// `nf_conntrack_tcp_loose` in the namespace `ns`.
@@ -363,6 +428,67 @@ fn a_reload_that_fails_on_the_third_interface_changes_none() {
         assert!(lab.table(i).contains("8002"), "{i}: {}", lab.table(i));
     }
     assert!(reaches_server(&lab.topo, denied), "the new deny list");
+    lab.stop();
+}
+
+/// A ban in force before a reload that is undone (refused on the second interface) stays
+/// in force and listed on both; so it does after a restart on the same --bpffs, and after
+/// one whose pins are gone (a reboot, here `shield detach`), from the --state-dir.
+#[test]
+fn bans_stay_through_an_undone_reload_and_restarts() {
+    let mut lab = WrappedLab::start(POLICY, true, refusing_dum0);
+    let (source, reason) = ("203.0.113.7/32", "at8 ticket");
+    let src = IpAddr::V4(netlab::DENIED_V4);
+    assert!(reaches_server(&lab.topo, src), "before the ban");
+    let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
+    assert!(ok, "shield ban: {err}");
+    let both = {
+        let mut b = vec![netlab::SERVER_IF.to_string(), "dum0".to_string()];
+        b.sort();
+        b
+    };
+    assert_eq!(lab.banned_on(source, reason), both);
+    assert!(!reaches_server(&lab.topo, src), "banned");
+
+    std::fs::write(lab.file("refuse"), "").expect("refuse");
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
+    let e = lab.reload(1);
+    assert_eq!(e["result"], "error", "{e}");
+    assert_eq!(
+        lab.banned_on(source, reason),
+        both,
+        "after the undone reload"
+    );
+    assert!(!reaches_server(&lab.topo, src), "after the undone reload");
+
+    // The same pins: the bans in the maps.
+    std::fs::remove_file(lab.file("refuse")).expect("refuse");
+    lab.restart();
+    assert_eq!(lab.banned_on(source, reason), both, "after a restart");
+    assert!(!reaches_server(&lab.topo, src), "after a restart");
+
+    // No pins: the bans the state dir kept.
+    lab.stop();
+    for iface in [netlab::SERVER_IF, "dum0"] {
+        let out = run_in(
+            &lab.topo.server.name,
+            &[
+                shield_tests::shield_bin().to_str().expect("utf-8"),
+                "detach",
+                iface,
+                "--bpffs",
+                lab.bpffs.path.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    lab.daemon = start_daemon(&lab.topo, &lab.bpffs, &lab.policy, &lab.args, &lab.path_env);
+    assert_eq!(lab.banned_on(source, reason), both, "from the state dir");
+    assert!(!reaches_server(&lab.topo, src), "from the state dir");
     lab.stop();
 }
 
