@@ -141,21 +141,7 @@ impl NsLab {
     /// server side XDP_TXes (cookie SYN-ACKs) only with an XDP program (its NAPI ring) on.
     /// Detached when the returned object drops.
     pub fn pass_program_on_client(&self) -> aya::Ebpf {
-        let mut obj = crate::load_bench_object();
-        self.topo
-            .client
-            .run_in(|| {
-                let p: &mut aya::programs::Xdp = obj
-                    .program_mut(shield_common::BASELINE_PROGRAM_NAME)
-                    .expect("the trivial pass program")
-                    .try_into()
-                    .expect("an XDP program");
-                p.load().expect("loading the pass program");
-                p.attach(crate::netlab::CLIENT_IF, aya::programs::XdpMode::Driver)
-                    .expect("attaching the pass program to the client veth");
-            })
-            .expect("client namespace");
-        obj
+        pass_program_on_client(&self.topo)
     }
 
     /// Runs `during` while the client namespace floods the server's TCP port `dport` with
@@ -346,4 +332,22 @@ pub fn counter(stats: &Value, rule: &str, reason: &str) -> u64 {
         .map_or(0, |r| {
             r["counters"][reason]["packets"].as_u64().unwrap_or(0)
         })
+}
+
+/// `NsLab::pass_program_on_client` for any lab's topology.
+pub fn pass_program_on_client(topo: &crate::netlab::Topology) -> aya::Ebpf {
+    let mut obj = crate::load_bench_object();
+    topo.client
+        .run_in(|| {
+            let p: &mut aya::programs::Xdp = obj
+                .program_mut(shield_common::BASELINE_PROGRAM_NAME)
+                .expect("the trivial pass program")
+                .try_into()
+                .expect("an XDP program");
+            p.load().expect("loading the pass program");
+            p.attach(crate::netlab::CLIENT_IF, aya::programs::XdpMode::Driver)
+                .expect("attaching the pass program to the client veth");
+        })
+        .expect("client namespace");
+    obj
 }

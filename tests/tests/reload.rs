@@ -131,21 +131,24 @@ fn rule_ids_follow_names_not_file_order() {
     );
 }
 
-/// A map pinned by a build with another layout (here `SHIELD_RULES` with the 144-byte
-/// rules of an earlier version) is refused with a message that says what to do, instead
-/// of being adopted and failing on the first write.
-#[test]
-fn pins_with_another_layout_are_refused_clearly() {
-    shield_tests::require_root();
-    let bpffs = shield_tests::netlab::TempBpffs::new().expect("private bpffs");
-    let dir = shield_user::loader::pin_dir(&bpffs.path, "old-layout");
-    std::fs::create_dir_all(&dir).expect("pin dir");
-    // BPF_MAP_CREATE (array, key 4, value 144, 512 entries), then BPF_OBJ_PIN.
+/// Pins a map of its own (BPF_MAP_CREATE, then BPF_OBJ_PIN) as `name` in `dir`: what a build
+/// with other maps would have left there.
+fn pin_map(
+    dir: &std::path::Path,
+    name: &str,
+    map_type: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+    flags: u32,
+) {
+    std::fs::create_dir_all(dir).expect("pin dir");
     let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&2u32.to_ne_bytes()); // BPF_MAP_TYPE_ARRAY
-    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
-    attr[8..12].copy_from_slice(&144u32.to_ne_bytes());
-    attr[12..16].copy_from_slice(&512u32.to_ne_bytes());
+    attr[0..4].copy_from_slice(&map_type.to_ne_bytes());
+    attr[4..8].copy_from_slice(&key.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value.to_ne_bytes());
+    attr[12..16].copy_from_slice(&entries.to_ne_bytes());
+    attr[16..20].copy_from_slice(&flags.to_ne_bytes());
     // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), 128u32) };
     assert!(
@@ -153,12 +156,8 @@ fn pins_with_another_layout_are_refused_clearly() {
         "BPF_MAP_CREATE: {}",
         std::io::Error::last_os_error()
     );
-    let path = std::ffi::CString::new(
-        dir.join(shield_common::MAP_RULES)
-            .to_str()
-            .expect("utf-8 path"),
-    )
-    .expect("no NUL");
+    let path =
+        std::ffi::CString::new(dir.join(name).to_str().expect("utf-8 path")).expect("no NUL");
     let mut pin = [0u8; 128];
     pin[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
     pin[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
@@ -167,6 +166,18 @@ fn pins_with_another_layout_are_refused_clearly() {
     assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
     // SAFETY: closing our own fd (the pin keeps the map).
     unsafe { libc::close(fd as i32) };
+}
+
+/// A map pinned by a build with another layout (here `SHIELD_RULES` with the 144-byte
+/// rules of an earlier version) is refused with a message that says what to do, instead
+/// of being adopted and failing on the first write.
+#[test]
+fn pins_with_another_layout_are_refused_clearly() {
+    shield_tests::require_root();
+    let bpffs = shield_tests::netlab::TempBpffs::new().expect("private bpffs");
+    let dir = shield_user::loader::pin_dir(&bpffs.path, "old-layout");
+    // An array (BPF_MAP_TYPE_ARRAY), key 4, value 144, 512 entries.
+    pin_map(&dir, shield_common::MAP_RULES, 2, 4, 144, 512, 0);
 
     let err = match shield_user::loader::load(&dir, 1024) {
         Ok(_) => panic!("a pin with another layout must not be adopted"),
@@ -175,6 +186,89 @@ fn pins_with_another_layout_are_refused_clearly() {
     let ours = format!("{} B", std::mem::size_of::<shield_common::RuleConfig>());
     for needle in ["SHIELD_RULES", "value 144 B", ours.as_str(), "--fresh"] {
         assert!(err.contains(needle), "error {err:?} lacks {needle:?}");
+    }
+}
+
+/// A list trie pinned with the right key and value but room for fewer prefixes (another
+/// build's) is refused at load like another layout: adopted, the start went through and
+/// the first reload whose lists outgrew it failed part-way through the list writes, with
+/// no word of why. The pin stays as it was.
+#[test]
+fn a_pinned_list_with_room_for_fewer_prefixes_is_refused_clearly() {
+    shield_tests::require_root();
+    let bpffs = shield_tests::netlab::TempBpffs::new().expect("private bpffs");
+    let dir = shield_user::loader::pin_dir(&bpffs.path, "small-list");
+    let key = 4 + shield_common::LIST_KEY_V4 as u32;
+    // An LPM trie (BPF_MAP_TYPE_LPM_TRIE, BPF_F_NO_PREALLOC) of 16 prefixes.
+    pin_map(&dir, shield_common::MAP_ALLOW_V4, 11, key, 1, 16, 1);
+
+    let err = match shield_user::loader::load(&dir, 1024) {
+        Ok(_) => panic!("a list of 16 prefixes must not be adopted"),
+        Err(e) => e.to_string(),
+    };
+    let ours = format!("{} entries", 2 * shield_common::MAX_LIST_PREFIXES);
+    for needle in [
+        shield_common::MAP_ALLOW_V4,
+        "16 entries",
+        ours.as_str(),
+        "--fresh",
+    ] {
+        assert!(err.contains(needle), "error {err:?} lacks {needle:?}");
+    }
+    let info = aya::maps::MapData::from_pin(dir.join(shield_common::MAP_ALLOW_V4))
+        .and_then(|m| m.info())
+        .expect("the pin is still there");
+    assert_eq!(info.max_entries(), 16, "the refused load replaced the pin");
+}
+
+/// A map pinned with the right key, value and entries but of another type (here a hash
+/// where this version has an LPM trie) is refused at load like another layout, the pin left
+/// as it was.
+#[test]
+fn a_pinned_map_of_another_type_is_refused_clearly() {
+    shield_tests::require_root();
+    let bpffs = shield_tests::netlab::TempBpffs::new().expect("private bpffs");
+    let dir = shield_user::loader::pin_dir(&bpffs.path, "other-type");
+    let key = 4 + shield_common::LIST_KEY_V4 as u32;
+    let entries = 2 * shield_common::MAX_LIST_PREFIXES;
+    // A hash (BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC).
+    pin_map(&dir, shield_common::MAP_DENY_V4, 1, key, 1, entries, 1);
+
+    let err = match shield_user::loader::load(&dir, 1024) {
+        Ok(_) => panic!("a hash must not be adopted as a trie"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [shield_common::MAP_DENY_V4, "Hash", "LpmTrie", "--fresh"] {
+        assert!(err.contains(needle), "error {err:?} lacks {needle:?}");
+    }
+    let info = aya::maps::MapData::from_pin(dir.join(shield_common::MAP_DENY_V4))
+        .and_then(|m| m.info())
+        .expect("the pin is still there");
+    assert!(
+        matches!(info.map_type(), Ok(aya::maps::MapType::Hash)),
+        "the refused load replaced the pin"
+    );
+}
+
+/// A map write the kernel refuses (a full or oversized table, memory) says why: a failed
+/// reload's error is one line, and `the bpf_map_update_elem syscall failed` alone left the
+/// operator guessing.
+#[test]
+fn a_failed_map_call_says_why() {
+    let e = shield_user::loader::LoaderError::Map {
+        map: shield_common::MAP_ALLOW_V4,
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }),
+    };
+    let said = format!("eth0: {e}");
+    for needle in [
+        shield_common::MAP_ALLOW_V4,
+        "bpf_map_update_elem",
+        "No space left on device",
+    ] {
+        assert!(said.contains(needle), "{said:?} lacks {needle:?}");
     }
 }
 

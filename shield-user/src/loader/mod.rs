@@ -88,18 +88,25 @@ pub enum LoaderError {
     Load(#[from] aya::EbpfError),
     #[error("the XDP object has no `{0}` (built from another version?)")]
     Missing(&'static str),
-    #[error("map {map}: {source}")]
+    #[error("map {map}: {}", with_os_error(.source))]
     Map { map: &'static str, source: MapError },
     #[error(
-        "the map {map} pinned in {dir} was created by another shield version (key {found_key} B, value {found_value} B; this version needs {key} B and {value} B). Start once with `shield run --fresh` (drops its counters, limiter state and bans), or remove the interface's pins with `shield detach IFACE`"
+        "the map {map} pinned in {dir} was created by another shield version ({}, key {found_key} B, value {found_value} B, {found_entries} entries; this version needs {}, key {key} B, value {value} B and {entries} entries). Start once with `shield run --fresh` (drops its counters, limiter state and bans), or remove the interface's pins with `shield detach IFACE`",
+        type_name(.found_type),
+        type_name(.map_type)
     )]
     Incompatible {
         map: &'static str,
         dir: PathBuf,
+        /// The map types (`None`: one aya does not know).
+        found_type: Option<aya::maps::MapType>,
+        map_type: Option<aya::maps::MapType>,
         found_key: u32,
         found_value: u32,
+        found_entries: u32,
         key: usize,
         value: usize,
+        entries: u32,
     },
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
@@ -115,6 +122,21 @@ pub enum LoaderError {
         mode: &'static str,
         source: ProgramError,
     },
+}
+
+/// A map error's message, with the system's reason where a system call failed (aya's says
+/// which call failed, its source why): a failed reload reports it on one line, without the
+/// chain (`map SHIELD_ALLOW4: `bpf_map_update_elem` failed: Cannot allocate memory`).
+fn with_os_error(e: &MapError) -> String {
+    match e {
+        MapError::SyscallError(s) => format!("{s}: {}", s.io_error),
+        other => other.to_string(),
+    }
+}
+
+/// A map type as aya names it (`LpmTrie`, `Hash`, …), for `Incompatible`.
+fn type_name(t: &Option<aya::maps::MapType>) -> String {
+    t.map_or("a map of an unknown type".into(), |t| format!("{t:?}"))
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> LoaderError {
@@ -413,18 +435,43 @@ pub fn load_with_tables(
             }
         }
     }
+    // The type and entries each map has in the object (the source table's entries:
+    // `max_sources`). A pin of another type or size is no table of this version either:
+    // adopted, its writes would fail on a reload part-way (a list trie too small for the
+    // new lists), the program's lookups past its end would find nothing, or a hash would
+    // stand for a trie (the program loads all the same).
+    let defs = aya_obj::Object::parse(crate::EBPF_OBJECT)
+        .map(|o| o.maps)
+        .unwrap_or_default();
     for (map, key, value) in shield_common::MAP_LAYOUTS {
         let Ok(info) = MapData::from_pin(pin_dir.join(map)).and_then(|m| m.info()) else {
             continue;
         };
-        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+        let def = defs.get(map);
+        let entries = match map {
+            MAP_SOURCES => max_sources,
+            _ => def.map_or(info.max_entries(), |d| d.max_entries()),
+        };
+        let found_type = info.map_type().ok();
+        let map_type = def
+            .and_then(|d| aya_obj::generated::bpf_map_type::try_from(d.map_type()).ok())
+            .and_then(|t| aya::maps::MapType::try_from(t).ok())
+            .or(found_type);
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value)
+            || info.max_entries() != entries
+            || found_type != map_type
+        {
             return Err(LoaderError::Incompatible {
                 map,
                 dir: pin_dir.to_path_buf(),
+                found_type,
+                map_type,
                 found_key: info.key_size(),
                 found_value: info.value_size(),
+                found_entries: info.max_entries(),
                 key,
                 value,
+                entries,
             });
         }
     }

@@ -1,4 +1,5 @@
-//! A start that fails after the install leaves no syncookie table and conntrack as it was.
+//! A start that fails after the install leaves no syncookie table and conntrack as it was;
+//! two daemons on interfaces whose table names collide keep out of each other's table.
 
 use super::*;
 
@@ -139,6 +140,129 @@ fn another_interfaces_table_under_the_same_name_is_left_alone() {
         "shield detach sc.x removed sc_x's table: {}",
         shield_tests::nslab::output_text(&detach)
     );
+}
+
+/// Two daemons on interfaces whose table names collide (`at8.x`, `at8_x`: both
+/// `shield_syncookie_at8_x`), in either order: the one that starts second with the
+/// challenge is refused, naming the first's table, and leaves that table and the first's
+/// program in place; one that starts second without the challenge runs, and its stop leaves
+/// them in place too. Once the first stops (its table goes), the second starts with it.
+#[test]
+fn two_daemons_on_interfaces_whose_tables_collide() {
+    shield_tests::require_root();
+    let no_challenge = POLICY.replace("challenge = \"syncookie\"\n", "");
+    assert_ne!(no_challenge, POLICY);
+    for (first, second) in [("at8.x", "at8_x"), ("at8_x", "at8.x")] {
+        let topo = netlab::Topology::new().expect("building namespaces");
+        let bpffs = netlab::TempBpffs::new().expect("private bpffs");
+        let scratch = shield_tests::TempDir::new("shield-at8-collide-");
+        let server = topo.server.name.clone();
+        veth_pair(&server, "at8.x", "at8p1");
+        veth_pair(&server, "at8_x", "at8p2");
+        let (policy, plain) = (scratch.0.join("policy.toml"), scratch.0.join("plain.toml"));
+        std::fs::write(&policy, POLICY).expect("policy");
+        std::fs::write(&plain, &no_challenge).expect("policy");
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+        let run = |iface: &str, policy: &std::path::Path, n: &str| {
+            let socket = path(&scratch.0.join(format!("{n}.sock")));
+            let args = [
+                "--iface".to_string(),
+                iface.to_string(),
+                "--policy".into(),
+                path(policy),
+                "--bpffs".into(),
+                path(&bpffs.path),
+                "--socket".into(),
+                socket.clone(),
+                "--state-dir".into(),
+                path(&scratch.0.join(format!("{n}.state"))),
+                "--metrics".into(),
+                "off".into(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            (HandRun::start(&topo.server, &args), socket)
+        };
+        let ready = |socket: &str| {
+            let out = std::process::Command::new(shield_tests::shield_bin())
+                .args(["ping", "--wait", "30", "--socket", socket])
+                .output()
+                .expect("shield ping");
+            assert!(
+                out.status.success(),
+                "{}",
+                shield_tests::nslab::output_text(&out)
+            );
+        };
+        let table = || {
+            let out = run_in(
+                &server,
+                &[
+                    "nft",
+                    "-s",
+                    "list",
+                    "table",
+                    "inet",
+                    "shield_syncookie_at8_x",
+                ],
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let attached = |iface: &str| shield_user::loader::is_attached(&bpffs.path, iface);
+        let stop = |mut d: HandRun, what: &str| {
+            d.signal(libc::SIGTERM);
+            let out = d.finish(Duration::from_secs(30));
+            assert!(
+                out.status.success(),
+                "{what}: {}",
+                shield_tests::nslab::output_text(&out)
+            );
+        };
+
+        let (a, a_socket) = run(first, &policy, "a");
+        ready(&a_socket);
+        let theirs = table();
+        assert!(theirs.contains(&format!("iifname \"{first}\"")), "{theirs}");
+        assert!(attached(first));
+
+        // Second with the challenge: refused, the first's table and program untouched.
+        let (b, _) = run(second, &policy, "b");
+        let out = b.finish(Duration::from_secs(120));
+        let said = shield_tests::nslab::output_text(&out);
+        assert!(!out.status.success(), "{second} should be refused: {said}");
+        assert!(
+            said.contains(&format!(
+                "nftables table inet shield_syncookie_at8_x is interface {first}'s"
+            )),
+            "{said}"
+        );
+        assert_eq!(
+            table(),
+            theirs,
+            "{second}'s refused start changed the table"
+        );
+        assert!(attached(first), "{second}'s refused start detached {first}");
+
+        // Second without the challenge: runs; its stop leaves the first's table and program.
+        let (c, c_socket) = run(second, &plain, "c");
+        ready(&c_socket);
+        assert!(attached(second));
+        stop(c, second);
+        assert_eq!(table(), theirs, "{second}'s stop changed the table");
+        assert!(attached(first), "{second}'s stop detached {first}");
+
+        // The first stops: its table goes, and the second starts with the challenge.
+        stop(a, first);
+        assert!(table().is_empty(), "{first}'s stop left {}", table());
+        let (d, d_socket) = run(second, &policy, "d");
+        ready(&d_socket);
+        assert!(
+            table().contains(&format!("iifname \"{second}\"")),
+            "{}",
+            table()
+        );
+        stop(d, second);
+        assert!(table().is_empty(), "{second}'s stop left {}", table());
+    }
 }
 
 /// A veth pair `a`, `b` in the namespace `ns`, both up (removed with the namespace).

@@ -1,8 +1,11 @@
 //! The syncookie challenge with the real daemon in a namespace lab: connections completed
 //! through the XDP cookie and SYNPROXY to the demo API (`cookie_path`), the host side the
 //! daemon sets up and removes, and a failed start that leaves nothing behind
-//! (`failed_start`), reloads that fail part-way and change nothing (`reloads`), a spoofed flood without ACK (`flood`), and the nftables meter that
-//! holds the connections completed through cookies to the source's own limit (`meter`).
+//! (`failed_start`), reloads that fail part-way (on the second of two interfaces, on the
+//! third of three, with a hung `nft`) and change nothing, bans and IPv6 clients included
+//! (`reloads`), a spoofed flood
+//! without ACK (`flood`), and the nftables meter that holds the connections completed
+//! through cookies to the source's own limit (`meter`).
 //! (The full-rate SYN flood scenario is `syncookie_flood.rs`, alone in its binary.)
 
 use std::{

@@ -1,5 +1,6 @@
 //! Reloads that fail part-way (an interface refused, an `nft` that hangs): the policy in
-//! force stays whole on every interface, and the next reload goes through.
+//! force stays whole on every interface (its bans, and its cookie path for IPv6, with it),
+//! and the next reload goes through.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,9 @@ struct WrappedLab {
     audit: PathBuf,
     /// `nf_conntrack_tcp_loose` before the daemon started.
     loose_before: String,
+    /// The daemon's arguments after the lab's (`restart` passes them again) and its PATH.
+    args: Vec<String>,
+    path_env: String,
 }
 
 impl WrappedLab {
@@ -30,12 +34,27 @@ impl WrappedLab {
         second: bool,
         wrapper: impl FnOnce(&str, &Path) -> String,
     ) -> WrappedLab {
+        WrappedLab::start_on(policy, if second { &["dum0"] } else { &[] }, wrapper)
+    }
+
+    /// As `start`, on the lab's interface and on `more` (veths of the server namespace,
+    /// each with a peer `<name>p`), in that order.
+    fn start_on(
+        policy: &str,
+        more: &[&str],
+        wrapper: impl FnOnce(&str, &Path) -> String,
+    ) -> WrappedLab {
         shield_tests::require_root();
         let topo = netlab::Topology::new().expect("building namespaces");
         let bpffs = netlab::TempBpffs::new().expect("private bpffs");
         let dir = shield_tests::TempDir::new("shield-reloads-");
-        if second {
-            super::failed_start::veth_pair(&topo.server.name, "dum0", "dum1");
+        for iface in more {
+            let peer = if *iface == "dum0" {
+                "dum1".to_string()
+            } else {
+                format!("{iface}p")
+            };
+            super::failed_start::veth_pair(&topo.server.name, iface, &peer);
         }
         let bin = dir.0.join("bin");
         std::fs::create_dir(&bin).expect("wrapper dir");
@@ -43,20 +62,15 @@ impl WrappedLab {
         let (policy_path, audit) = (dir.0.join("policy.toml"), dir.0.join("audit.jsonl"));
         std::fs::write(&policy_path, policy).expect("policy");
         let loose_before = loose(&topo.server.name);
-        let audit_arg = audit.to_str().expect("utf-8");
-        let mut extra = vec!["--metrics", "off", "--audit-log", audit_arg];
-        if second {
-            extra.extend(["--iface", "dum0"]);
+        let mut args: Vec<String> = ["--metrics", "off", "--audit-log"].map(String::from).into();
+        args.push(audit.to_str().expect("utf-8").into());
+        // A state dir of the test's own, which `restart` keeps.
+        args.push("--state-dir".into());
+        args.push(dir.0.join("state").to_str().expect("utf-8").into());
+        for iface in more {
+            args.extend(["--iface".into(), iface.to_string()]);
         }
-        let daemon = netlab::Daemon::start_env(
-            &shield_tests::shield_bin(),
-            &topo.server,
-            &policy_path,
-            &bpffs.path,
-            &extra,
-            &[("PATH", &path_env)],
-        )
-        .expect("starting shield run");
+        let daemon = start_daemon(&topo, &bpffs, &policy_path, &args, &path_env);
         WrappedLab {
             daemon,
             topo,
@@ -65,7 +79,53 @@ impl WrappedLab {
             policy: policy_path,
             audit,
             loose_before,
+            args,
+            path_env,
         }
+    }
+
+    /// Stops the daemon, then starts another with the same arguments (policy file, --bpffs,
+    /// --state-dir, interfaces, nft wrapper).
+    fn restart(&mut self) {
+        self.stop();
+        self.daemon = start_daemon(
+            &self.topo,
+            &self.bpffs,
+            &self.policy,
+            &self.args,
+            &self.path_env,
+        );
+    }
+
+    /// `shield ARGS --socket` the daemon's: (success, stdout, stderr).
+    fn shield(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(shield_tests::shield_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.daemon.socket)
+            .output()
+            .expect("running shield");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The interfaces on which `shield bans --json` lists a ban of `source` with `reason`.
+    fn banned_on(&self, source: &str, reason: &str) -> Vec<String> {
+        let (ok, out, err) = self.shield(&["bans", "--json"]);
+        assert!(ok, "shield bans: {err}");
+        let v: Value = serde_json::from_str(&out).expect("bans --json is JSON");
+        let mut on: Vec<String> = v["bans"]
+            .as_array()
+            .expect("a list of bans")
+            .iter()
+            .filter(|b| b["source"] == source && b["comment"] == reason)
+            .filter_map(|b| b["iface"].as_str().map(String::from))
+            .collect();
+        on.sort();
+        on
     }
 
     /// A file of the test's directory (a flag the wrapper reads, say).
@@ -82,6 +142,15 @@ impl WrappedLab {
         shield_user::stats::read_iface(&self.bpffs.path, iface)
             .expect("stats")
             .policy_generation
+    }
+
+    /// What `iface`'s maps have in force: (policy half, list half, generation).
+    fn in_force(&self, iface: &str) -> (u32, u32, u32) {
+        let dir = shield_user::loader::pin_dir(&self.bpffs.path, iface);
+        let (half, cfg) = shield_user::loader::PolicyMaps::open(&dir)
+            .and_then(|t| t.active())
+            .expect("the policy tables");
+        (half, cfg.list_half, cfg.generation)
     }
 
     /// `iface`'s syncookie table (empty: none), listed by the real nft.
@@ -149,6 +218,26 @@ impl WrappedLab {
     }
 }
 
+/// `shield run` with `args` after the lab's, `path_env` its PATH, ready.
+fn start_daemon(
+    topo: &netlab::Topology,
+    bpffs: &netlab::TempBpffs,
+    policy: &Path,
+    args: &[String],
+    path_env: &str,
+) -> netlab::Daemon {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    netlab::Daemon::start_env(
+        &shield_tests::shield_bin(),
+        &topo.server,
+        policy,
+        &bpffs.path,
+        &args,
+        &[("PATH", path_env)],
+    )
+    .expect("starting shield run")
+}
+
 /// `nf_conntrack_tcp_loose` in the namespace `ns`.
 fn loose(ns: &str) -> String {
     let out = run_in(
@@ -161,8 +250,14 @@ fn loose(ns: &str) -> String {
 /// The body of an `nft` wrapper that refuses any script naming dum0 while the test's file
 /// `refuse` exists.
 fn refusing_dum0(real: &str, dir: &Path) -> String {
+    refusing("dum0", real, dir)
+}
+
+/// The body of an `nft` wrapper that refuses any script naming `iface` while the test's
+/// file `refuse` exists.
+fn refusing(iface: &str, real: &str, dir: &Path) -> String {
     format!(
-        "if [ \"$1\" = -f ] && [ -e '{}' ]; then\n  script=$(cat)\n  case \"$script\" in *'\"dum0\"'*) echo 'wrapper: refused' >&2; exit 1;; esac\n  printf '%s\\n' \"$script\" | exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+        "if [ \"$1\" = -f ] && [ -e '{}' ]; then\n  script=$(cat)\n  case \"$script\" in *'\"{iface}\"'*) echo 'wrapper: refused' >&2; exit 1;; esac\n  printf '%s\\n' \"$script\" | exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
         dir.join("refuse").display()
     )
 }
@@ -280,6 +375,202 @@ fn an_undone_list_change_keeps_the_lists_in_force() {
     assert_eq!(e["result"], "ok", "{e}");
     assert!(reaches_server(&lab.topo, denied), "the deny list changed");
     lab.stop();
+}
+
+/// A reload that fails on the third of three interfaces (`nft` refuses its table) after
+/// the first two took it (new deny list, new port) leaves all three on the policy in force:
+/// the same policy half, list half and generation in their maps, the same tables, and the
+/// deny list in force still dropping on the first. The next reload takes all three.
+#[test]
+fn a_reload_that_fails_on_the_third_interface_changes_none() {
+    let lists = |deny: &str| format!("[lists]\ndeny = [{deny}]\n{POLICY}");
+    let ifaces = [netlab::SERVER_IF, "at8b", "at8c"];
+    let mut lab = WrappedLab::start_on(&lists("\"203.0.113.0/24\""), &ifaces[1..], |real, dir| {
+        refusing("at8c", real, dir)
+    });
+    let denied = IpAddr::V4(netlab::DENIED_V4);
+    assert!(!reaches_server(&lab.topo, denied), "in the deny list");
+    let state = || ifaces.map(|i| (lab.in_force(i), lab.table(i)));
+    let before = state();
+    for (i, (_, table)) in ifaces.iter().zip(&before) {
+        assert!(table.contains("8000") && table.contains(i), "{i}: {table}");
+    }
+
+    std::fs::write(lab.file("refuse"), "").expect("refuse");
+    lab.write_policy(&lists("\"192.0.2.0/24\"").replace("[8000]", "[8000, 8001]"));
+    let failed = lab.reload(1);
+    let said = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        failed["result"] == "error" && said.contains("at8c") && said.contains("wrapper: refused"),
+        "{failed}"
+    );
+    let after = state();
+    for ((i, b), a) in ifaces.iter().zip(&before).zip(&after) {
+        assert_eq!(a, b, "{i} after the failed reload: {failed}");
+    }
+    assert!(
+        !reaches_server(&lab.topo, denied),
+        "the undone reload's deny list is in force on {}",
+        netlab::SERVER_IF
+    );
+
+    std::fs::remove_file(lab.file("refuse")).expect("refuse");
+    lab.write_policy(&lists("\"192.0.2.0/24\"").replace("[8000]", "[8000, 8002]"));
+    let e = lab.reload(2);
+    assert_eq!(e["result"], "ok", "{e}");
+    for (i, ((half, list_half, generation), _)) in ifaces.iter().zip(&before) {
+        let (h, l, g) = lab.in_force(i);
+        assert_eq!(
+            (h, l, g),
+            (1 - half, 1 - list_half, generation + 1),
+            "{i} after the next reload"
+        );
+        assert!(lab.table(i).contains("8002"), "{i}: {}", lab.table(i));
+    }
+    assert!(reaches_server(&lab.topo, denied), "the new deny list");
+    lab.stop();
+}
+
+/// A ban in force before a reload that is undone (refused on the second interface) stays
+/// in force and listed on both; so it does after a restart on the same --bpffs, and after
+/// one whose pins are gone (a reboot, here `shield detach`), from the --state-dir.
+#[test]
+fn bans_stay_through_an_undone_reload_and_restarts() {
+    let mut lab = WrappedLab::start(POLICY, true, refusing_dum0);
+    let (source, reason) = ("203.0.113.7/32", "at8 ticket");
+    let src = IpAddr::V4(netlab::DENIED_V4);
+    assert!(reaches_server(&lab.topo, src), "before the ban");
+    let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
+    assert!(ok, "shield ban: {err}");
+    let both = {
+        let mut b = vec![netlab::SERVER_IF.to_string(), "dum0".to_string()];
+        b.sort();
+        b
+    };
+    assert_eq!(lab.banned_on(source, reason), both);
+    assert!(!reaches_server(&lab.topo, src), "banned");
+
+    std::fs::write(lab.file("refuse"), "").expect("refuse");
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
+    let e = lab.reload(1);
+    assert_eq!(e["result"], "error", "{e}");
+    assert_eq!(
+        lab.banned_on(source, reason),
+        both,
+        "after the undone reload"
+    );
+    assert!(!reaches_server(&lab.topo, src), "after the undone reload");
+
+    // The same pins: the bans in the maps.
+    std::fs::remove_file(lab.file("refuse")).expect("refuse");
+    lab.restart();
+    assert_eq!(lab.banned_on(source, reason), both, "after a restart");
+    assert!(!reaches_server(&lab.topo, src), "after a restart");
+
+    // No pins: the bans the state dir kept.
+    lab.stop();
+    for iface in [netlab::SERVER_IF, "dum0"] {
+        let out = run_in(
+            &lab.topo.server.name,
+            &[
+                shield_tests::shield_bin().to_str().expect("utf-8"),
+                "detach",
+                iface,
+                "--bpffs",
+                lab.bpffs.path.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    lab.daemon = start_daemon(&lab.topo, &lab.bpffs, &lab.policy, &lab.args, &lab.path_env);
+    assert_eq!(lab.banned_on(source, reason), both, "from the state dir");
+    assert!(!reaches_server(&lab.topo, src), "from the state dir");
+    lab.stop();
+}
+
+/// IPv6 clients complete their connections through the cookie path (the XDP cookie, then
+/// the table's IPv6 `synproxy` statement, behind its IPv6 connection meter) before a reload
+/// that is undone on the lab's interface (`nft` refuses the second's table), after it (the
+/// table put back from its listing, IPv6 meter and all), and after the next reload.
+#[test]
+fn ipv6_clients_get_through_the_cookie_path_across_an_undone_reload() {
+    let policy = POLICY.replace(
+        "challenge",
+        "connections = { rate = \"100/s\", burst = 100 }\nchallenge",
+    );
+    let mut lab = WrappedLab::start(&policy, true, refusing_dum0);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    for i in 0..12 {
+        lab.topo
+            .add_client_addr(client6(i))
+            .expect("client address");
+    }
+    let _pass = shield_tests::nslab::pass_program_on_client(&lab.topo);
+    let table = lab.table(netlab::SERVER_IF);
+    assert!(table.contains("ip6 saddr &"), "no IPv6 meter: {table}");
+    // Clients `from..from + 4`, each a connection to the API: all answered.
+    let get = |from: u32| {
+        let dst = SocketAddr::new(IpAddr::V6(netlab::SERVER_V6), 8000);
+        let codes: Vec<Option<u16>> = lab
+            .topo
+            .client
+            .run_in(move || {
+                (from..from + 4)
+                    .map(|i| http_get(client6(i), dst, "/api/items", Duration::from_secs(3)))
+                    .collect()
+            })
+            .expect("client namespace");
+        assert!(codes.iter().all(|c| *c == Some(200)), "{codes:?}");
+    };
+    let cookies = || {
+        api_rule_of(&lab.bpffs.path)["counters"]["syncookie"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    get(0);
+    let first = cookies();
+    assert!(first >= 3, "the budget's one token, then cookies: {first}");
+
+    std::fs::write(lab.file("refuse"), "").expect("refuse");
+    lab.write_policy(&policy.replace("[8000]", "[8000, 8001]"));
+    let e = lab.reload(1);
+    assert!(
+        e["result"] == "error" && e["error"].as_str().unwrap_or_default().contains("refused"),
+        "{e}"
+    );
+    assert_eq!(lab.table(netlab::SERVER_IF), table, "the table put back");
+    get(4);
+    let second = cookies();
+    assert!(
+        second >= first + 4,
+        "after the undone reload: {first} -> {second}"
+    );
+
+    std::fs::remove_file(lab.file("refuse")).expect("refuse");
+    lab.write_policy(&policy.replace("[8000]", "[8000, 8002]"));
+    let e = lab.reload(2);
+    assert_eq!(e["result"], "ok", "{e}");
+    get(8);
+    let third = cookies();
+    assert!(
+        third >= second + 4,
+        "after the next reload: {second} -> {third}"
+    );
+    lab.stop();
+}
+
+/// Rule `api` as `shield stats --json` would show it, from the pins under `bpffs`.
+fn api_rule_of(bpffs: &Path) -> Value {
+    let s = shield_user::stats::read_iface(bpffs, netlab::SERVER_IF).expect("stats");
+    let s = serde_json::to_value(&s).expect("stats as JSON");
+    s["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "api").cloned())
+        .expect("rule api in the stats")
 }
 
 /// An `nft` that hangs listing the table during a reload (killed after NFT_PATIENCE) is
