@@ -701,3 +701,140 @@ fn a_redis_restarted_without_its_data_gets_each_hosts_bans_back() {
     // Each host's own ban stayed in force all along.
     assert!(h1.banned("203.0.113.71/32") && h2.banned("203.0.113.72/32"));
 }
+
+#[test]
+fn a_trimmed_stream_does_not_bring_back_a_ban_unbanned_meanwhile() {
+    // h1's link is down while h2 unbans h1's ban, and the stream is trimmed past what h1
+    // read (over ~100,000 changes meanwhile). Redis kept its data: h1 resyncs, and must
+    // not publish its ban again (Redis 7.0 leaves max-deleted-entry-id at 0-0 on a trim).
+    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemons");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} links", h.name),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.81", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("h2 holds h1's ban", Duration::from_secs(5), || {
+        h2.banned("203.0.113.81/32")
+    });
+
+    lab.set_link(0, false).expect("cutting h1's link");
+    wait_until("h1 sees its link down", Duration::from_secs(15), || {
+        h1.fleet()["connected"] == false
+    });
+    let (ok, _, err) = h2.shield(&["unban", "203.0.113.81"]);
+    assert!(ok, "{err}");
+    assert!(!h2.banned("203.0.113.81/32"));
+    assert_eq!(
+        lab.redis.cmd(&["HLEN", &lab.bans_key()]).expect("HLEN"),
+        "0"
+    );
+    // Trimmed past h1's last id (the unban with it), as a long outage does; then another
+    // change, so the stream's first entry is after h1's last id.
+    lab.redis
+        .cmd(&["XTRIM", &lab.events_key(), "MAXLEN", "0"])
+        .expect("XTRIM");
+    lab.redis
+        .pipeline(&lab.publish_cmds(&ban_message("203.0.113.82/32", "h9", 600), None, true))
+        .expect("XADD");
+    lab.set_link(0, true).expect("restoring h1's link");
+    wait_until("h1 resyncs (h9's ban)", Duration::from_secs(20), || {
+        h1.banned("203.0.113.82/32")
+    });
+    // A ban h1 issues now reaches h2: anything h1 published on reconnect came before it.
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.83", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("h2 gets h1's new ban", Duration::from_secs(10), || {
+        h2.banned("203.0.113.83/32")
+    });
+    assert!(
+        !h2.banned("203.0.113.81/32"),
+        "the ban h2 unbanned came back on h2: {:?}",
+        h2.bans()
+    );
+    let field = "203.0.113.81/32|host|";
+    assert_eq!(
+        lab.redis
+            .cmd(&["HEXISTS", &lab.bans_key(), field])
+            .expect("HEXISTS"),
+        "0",
+        "the unbanned ban is back in the fleet's hash"
+    );
+}
+
+#[test]
+fn an_unban_queued_while_redis_was_down_stays_after_it_comes_back_empty() {
+    // Redis crashes; meanwhile h1 unbans h2's ban (queued). Redis comes back empty; h1
+    // links first and publishes the unban, h2 after: h2 must not publish its ban again
+    // (nor keep it): the unban reaches every host.
+    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemons");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} links", h.name),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let (ok, _, err) = h2.shield(&["ban", "203.0.113.91", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("h1 holds h2's ban", Duration::from_secs(5), || {
+        h1.banned("203.0.113.91/32")
+    });
+
+    lab.redis.kill();
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} sees its link down", h.name),
+            Duration::from_secs(15),
+            || h.fleet()["connected"] == false,
+        );
+    }
+    let (ok, _, err) = h1.shield(&["unban", "203.0.113.91"]);
+    assert!(ok, "{err}");
+    assert!(!h1.banned("203.0.113.91/32"));
+    lab.set_link(1, false).expect("cutting h2's link");
+    lab.redis.restart_empty().expect("restarting Redis empty");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    wait_until("h1 links again", Duration::from_secs(20), || {
+        h1.fleet()["connected"] == true
+    });
+    assert_eq!(
+        lab.redis.cmd(&["XLEN", &lab.events_key()]).expect("XLEN"),
+        "1",
+        "h1 published its queued unban"
+    );
+    lab.set_link(1, true).expect("restoring h2's link");
+    wait_until("h2 links again", Duration::from_secs(20), || {
+        h2.fleet()["connected"] == true
+    });
+    // A ban h2 issues now reaches h1: anything h2 published on reconnect came before it.
+    let (ok, _, err) = h2.shield(&["ban", "203.0.113.92", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("h1 gets h2's new ban", Duration::from_secs(10), || {
+        h1.banned("203.0.113.92/32")
+    });
+    assert!(
+        !h1.banned("203.0.113.91/32"),
+        "the ban h1 unbanned came back on h1: {:?}",
+        h1.bans()
+    );
+    assert!(
+        !h2.banned("203.0.113.91/32"),
+        "h2 kept the ban h1 unbanned: {:?}",
+        h2.bans()
+    );
+    assert_eq!(
+        lab.redis
+            .cmd(&["HEXISTS", &lab.bans_key(), "203.0.113.91/32|host|"])
+            .expect("HEXISTS"),
+        "0",
+        "the unbanned ban is back in the fleet's hash"
+    );
+}

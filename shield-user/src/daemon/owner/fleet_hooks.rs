@@ -316,11 +316,16 @@ impl Owner {
             bans,
             unreadable,
             lost,
+            unbans,
         } = snap;
         let mut present = unreadable;
         present.extend(bans.iter().map(Message::field));
         let lifted = self.lift_gone(&present);
         if lost {
+            // Unbanned elsewhere since Redis began again: lifted here, not published again.
+            for m in &unbans {
+                self.fleet_unban(m);
+            }
             let n = self.publish_again(&present);
             info!("fleet: published again {n} bans this host issued that Redis had lost");
         }
