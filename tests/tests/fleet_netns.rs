@@ -838,3 +838,72 @@ fn an_unban_queued_while_redis_was_down_stays_after_it_comes_back_empty() {
         "the unbanned ban is back in the fleet's hash"
     );
 }
+
+#[test]
+fn a_redis_restored_from_an_older_backup_does_not_bring_back_an_unban() {
+    // Redis is restored from a backup taken before h1 unbanned h2's ban and h1 issued a
+    // ban of its own. The unbanned ban must stay lifted on the running hosts; h1's newer
+    // ban comes back (published again by h1).
+    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemons");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} links", h.name),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let (ok, _, err) = h2.shield(&["ban", "203.0.113.101", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("h1 holds h2's ban", Duration::from_secs(5), || {
+        h1.banned("203.0.113.101/32")
+    });
+    lab.redis.save_aside().expect("backing Redis up");
+    // The unban is issued a little after the ban (the hosts' clocks may differ by 5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let (ok, _, err) = h1.shield(&["unban", "203.0.113.101"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.102", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until(
+        "h2 gets the unban and h1's ban",
+        Duration::from_secs(5),
+        || !h2.banned("203.0.113.101/32") && h2.banned("203.0.113.102/32"),
+    );
+
+    lab.redis
+        .restart_from_aside()
+        .expect("restoring Redis from the backup");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    wait_until(
+        "h2 gets h1's newer ban back",
+        Duration::from_secs(20),
+        || {
+            lab.redis
+                .cmd(&["HEXISTS", &lab.bans_key(), "203.0.113.102/32|host|"])
+                .ok()
+                .as_deref()
+                == Some("1")
+        },
+    );
+    // Both linked again: a ban each issues now reaches the other, after their resync.
+    for (from, to, s) in [(h1, h2, "203.0.113.103"), (h2, h1, "203.0.113.104")] {
+        let (ok, _, err) = from.shield(&["ban", s, "--for", "10m"]);
+        assert!(ok, "{err}");
+        wait_until(
+            &format!("{} gets {s} from {}", to.name, from.name),
+            Duration::from_secs(20),
+            || to.banned(&format!("{s}/32")),
+        );
+    }
+    assert!(h2.banned("203.0.113.102/32"), "{:?}", h2.bans());
+    for h in [h1, h2] {
+        assert!(
+            !h.banned("203.0.113.101/32"),
+            "the ban h1 unbanned came back on {}: {:?}",
+            h.name,
+            h.bans()
+        );
+    }
+}

@@ -108,6 +108,10 @@ pub(super) struct Snapshot {
     /// host's bans are published again: a ban unbanned elsewhere while this host's link
     /// was down must not come back.
     pub unbans: Vec<Message>,
+    /// When `lost`: when the last stream entry this host read was added (unix ms). A ban
+    /// of the hash issued before it reached this host then: if it does not hold it, the
+    /// ban was unbanned (or refused) here, and an older snapshot of Redis brought it back.
+    pub read_ms: u64,
 }
 
 /// Where a reconnecting session picks up the stream.
@@ -340,6 +344,7 @@ impl Task {
             unreadable: HashSet::new(),
             lost: false,
             unbans: Vec::new(),
+            read_ms: 0,
         };
         for (field, value) in all {
             match self.signer.open_stored(&value) {
@@ -466,6 +471,7 @@ impl Task {
             snap.lost = position == Position::Lost;
             if snap.lost {
                 let after = known.as_deref().unwrap_or("0-0");
+                snap.read_ms = id_key(after).0;
                 snap.unbans = self.unbans_between(&mut w, after, &tail).await?;
                 warn!(
                     "fleet: Redis no longer holds the stream this host read up to {} (restarted without its data?): resyncing, and publishing again the bans this host issued that the fleet's hash lost",
@@ -654,6 +660,7 @@ mod tests {
             unreadable: HashSet::new(),
             lost: false,
             unbans: Vec::new(),
+            read_ms: 0,
         }
     }
 
