@@ -907,3 +907,48 @@ fn a_redis_restored_from_an_older_backup_does_not_bring_back_an_unban() {
         );
     }
 }
+
+#[test]
+fn a_redis_user_refused_xinfo_still_links_and_replays() {
+    // An ACL without XINFO: a reconnecting host cannot tell lost data from a trim, and
+    // keeps the old behaviour (replay from its last id), without looping on the refusal.
+    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
+    lab.redis
+        .cmd(&["ACL", "SETUSER", "default", "-xinfo"])
+        .expect("ACL SETUSER");
+    assert!(lab.redis.cmd(&["XINFO", "STREAM", "x"]).is_err());
+    lab.start_all().expect("starting the daemons");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} links", h.name),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let (ok, _, err) = h2.shield(&["ban", "203.0.113.111", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("h1 holds h2's ban", Duration::from_secs(5), || {
+        h1.banned("203.0.113.111/32")
+    });
+    lab.set_link(0, false).expect("cutting h1's link");
+    wait_until("h1 sees its link down", Duration::from_secs(15), || {
+        h1.fleet()["connected"] == false
+    });
+    let (ok, _, err) = h2.shield(&["ban", "203.0.113.112", "--for", "10m"]);
+    assert!(ok, "{err}");
+    lab.set_link(0, true).expect("restoring h1's link");
+    wait_until("h1 links again", Duration::from_secs(20), || {
+        h1.fleet()["connected"] == true
+    });
+    wait_until("h1 replays h2's ban", Duration::from_secs(5), || {
+        h1.banned("203.0.113.112/32")
+    });
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.113", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("h2 gets h1's ban", Duration::from_secs(5), || {
+        h2.banned("203.0.113.113/32")
+    });
+    assert!(h1.banned("203.0.113.111/32"), "{:?}", h1.bans());
+    assert_eq!(h1.fleet()["connected"], true, "h1's link stays up");
+}
