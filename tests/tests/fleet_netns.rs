@@ -952,3 +952,78 @@ fn a_redis_user_refused_xinfo_still_links_and_replays() {
     assert!(h1.banned("203.0.113.111/32"), "{:?}", h1.bans());
     assert_eq!(h1.fleet()["connected"], true, "h1's link stays up");
 }
+
+#[test]
+fn a_host_stopped_while_redis_restarted_empty_keeps_its_bans_to_itself() {
+    // As docs/operations.md says: after Redis comes back empty, the running hosts get each
+    // other's bans back; the bans of h3, stopped meanwhile, are lifted on the others and
+    // stay on h3, which gets the running hosts' bans when it starts.
+    let mut lab = FleetLab::new(3, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemons");
+    for h in &lab.hosts {
+        wait_until(
+            &format!("{} links", h.name),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let sources = ["203.0.113.121", "203.0.113.122", "203.0.113.123"];
+    for (h, s) in lab.hosts.iter().zip(sources) {
+        let (ok, _, err) = h.shield(&["ban", s, "--for", "10m"]);
+        assert!(ok, "{err}");
+    }
+    for h in &lab.hosts {
+        for s in sources {
+            wait_until(
+                &format!("{} holds {s}", h.name),
+                Duration::from_secs(5),
+                || h.banned(&format!("{s}/32")),
+            );
+        }
+    }
+    let h3 = &mut lab.hosts[2];
+    let (status, _) = h3.daemon.as_mut().expect("daemon").stop().expect("stop");
+    assert!(status.success());
+    h3.daemon = None;
+    lab.redis.restart_empty().expect("restarting Redis empty");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} lifts h3's ban", h.name),
+            Duration::from_secs(20),
+            || !h.banned("203.0.113.123/32"),
+        );
+    }
+    for (h, s) in [(h1, "203.0.113.122/32"), (h2, "203.0.113.121/32")] {
+        wait_until(
+            &format!("{} gets {s} back", h.name),
+            Duration::from_secs(10),
+            || h.banned(s),
+        );
+    }
+    lab.hosts[2].start().expect("starting h3 again");
+    let h3 = &lab.hosts[2];
+    wait_until("h3 links", Duration::from_secs(10), || {
+        h3.fleet()["connected"] == true
+    });
+    for s in sources {
+        assert!(h3.banned(&format!("{s}/32")), "h3: {s}: {:?}", h3.bans());
+    }
+    // h3's own ban stays its own: not published again by its start.
+    let (ok, _, err) = h3.shield(&["ban", "203.0.113.124", "--for", "10m"]);
+    assert!(ok, "{err}");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} gets h3's new ban", h.name),
+            Duration::from_secs(10),
+            || h.banned("203.0.113.124/32"),
+        );
+        assert!(!h.banned("203.0.113.123/32"), "{}: {:?}", h.name, h.bans());
+    }
+    assert_eq!(
+        lab.redis.cmd(&["HLEN", &lab.bans_key()]).expect("HLEN"),
+        "3",
+        "the hash: h1's, h2's and h3's new ban"
+    );
+}
