@@ -1027,3 +1027,63 @@ fn a_host_stopped_while_redis_restarted_empty_keeps_its_bans_to_itself() {
         "the hash: h1's, h2's and h3's new ban"
     );
 }
+
+#[test]
+fn bans_published_again_keep_their_scope_rule_family_and_can_be_unbanned() {
+    // A rule-scope ban and an IPv6 ban, published again after Redis came back empty: the
+    // other host gets them as they were, and an unban from it lifts them on their host.
+    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemons");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    for h in [h1, h2] {
+        wait_until(
+            &format!("{} links", h.name),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.131", "--for", "10m", "--rule", "api"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = h1.shield(&[
+        "ban",
+        "2001:db8:7::1",
+        "--for",
+        "20m",
+        "--reason",
+        "scraper",
+    ]);
+    assert!(ok, "{err}");
+    let (v4, v6) = ("203.0.113.131/32", "2001:db8:7::1/128");
+    wait_until("h2 holds both", Duration::from_secs(5), || {
+        h2.banned(v4) && h2.banned(v6)
+    });
+    lab.redis.restart_empty().expect("restarting Redis empty");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    wait_until("Redis holds both again", Duration::from_secs(20), || {
+        lab.redis.cmd(&["HLEN", &lab.bans_key()]).ok().as_deref() == Some("2")
+    });
+    wait_until("h2 holds both again", Duration::from_secs(10), || {
+        h2.banned(v4) && h2.banned(v6)
+    });
+    let bans = h2.bans();
+    let rule = bans.iter().find(|b| b["source"] == v4).expect("v4");
+    assert_eq!(rule["scope"], "rule", "{rule}");
+    assert_eq!(rule["rule"], "api", "{rule}");
+    assert_eq!(rule["origin_host"], "h1", "{rule}");
+    let six = bans.iter().find(|b| b["source"] == v6).expect("v6");
+    assert_eq!(six["scope"], "host", "{six}");
+    assert_eq!(six["comment"], "scraper", "{six}");
+    let left = six["remaining_secs"].as_f64().unwrap_or(0.0);
+    assert!((1100.0..=1200.0).contains(&left), "{six}");
+    for s in ["203.0.113.131", "2001:db8:7::1"] {
+        let (ok, _, err) = h2.shield(&["unban", s]);
+        assert!(ok, "{err}");
+    }
+    wait_until("h1 lifts both", Duration::from_secs(10), || {
+        !h1.banned(v4) && !h1.banned(v6)
+    });
+    assert_eq!(
+        lab.redis.cmd(&["HLEN", &lab.bans_key()]).expect("HLEN"),
+        "0"
+    );
+}
