@@ -192,6 +192,8 @@ pub struct FleetLab {
     pub hub: Netns,
     pub key_file: PathBuf,
     pub prefix: String,
+    /// Each host's veth end in the hub namespace (its link to Redis).
+    pub links: Vec<String>,
 }
 
 impl Drop for FleetLab {
@@ -242,6 +244,7 @@ impl FleetLab {
             hub,
             key_file,
             prefix,
+            links: Vec::new(),
         };
         for i in 0..n {
             let name = format!("h{}", i + 1);
@@ -296,6 +299,7 @@ impl FleetLab {
                 std::thread::sleep(Duration::from_millis(50));
             }
             lab.hosts.push(host);
+            lab.links.push(b);
         }
         Ok(lab)
     }
@@ -305,6 +309,13 @@ impl FleetLab {
             h.start()?;
         }
         Ok(())
+    }
+
+    /// Cuts (`up` false) or restores host `i`'s link to Redis (its veth in the hub): its
+    /// daemon sees the link down after its client's timeouts (a few seconds).
+    pub fn set_link(&self, i: usize, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.hub.ip(&["link", "set", &self.links[i], state])
     }
 
     pub fn bans_key(&self) -> String {

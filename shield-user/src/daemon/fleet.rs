@@ -103,6 +103,15 @@ pub(super) struct Snapshot {
     /// Redis lost the stream this host had read (restarted without its data): the bans
     /// this host issued that the hash lost are published again (`Position::Lost`).
     pub lost: bool,
+    /// When `lost`: the unbans other hosts published to the stream Redis began again
+    /// (after the last id this host read), oldest first. They are applied here before this
+    /// host's bans are published again: a ban unbanned elsewhere while this host's link
+    /// was down must not come back.
+    pub unbans: Vec<Message>,
+    /// When `lost`: when the last stream entry this host read was added (unix ms). A ban
+    /// of the hash issued before it reached this host then: if it does not hold it, the
+    /// ban was unbanned (or refused) here, and an older snapshot of Redis brought it back.
+    pub read_ms: u64,
 }
 
 /// Where a reconnecting session picks up the stream.
@@ -124,8 +133,11 @@ struct StreamFacts {
     first: Option<String>,
     /// `None`: not known (XINFO refused).
     last_generated: Option<String>,
-    /// Redis 7.0 on; `None` before (then a rebuilt stream is taken for a trimmed one).
-    max_deleted: Option<String>,
+    /// Whether no entry ever left the stream (`entries-added` equals `length`: Redis 7.0
+    /// on; `false` when not known, then a rebuilt stream is taken for a trimmed one). A
+    /// trim does not move `max-deleted-entry-id` (Redis 7.0 leaves it at 0-0), so that
+    /// cannot tell a trimmed stream from a rebuilt one.
+    whole: bool,
 }
 
 async fn stream_facts(
@@ -166,10 +178,18 @@ async fn stream_facts(
         .get("first-entry")
         .and_then(|v| redis::from_redis_value::<(String, redis::Value)>(v).ok())
         .map(|(id, _)| id);
+    let count = |k: &str| {
+        info.get(k)
+            .and_then(|v| redis::from_redis_value::<u64>(v).ok())
+    };
+    let whole = matches!(
+        (count("entries-added"), count("length")),
+        (Some(added), Some(len)) if added == len
+    ) && text("max-deleted-entry-id").is_some_and(|d| id_key(&d) == (0, 0));
     Ok(Some(StreamFacts {
         first,
         last_generated: text("last-generated-id"),
-        max_deleted: text("max-deleted-entry-id"),
+        whole,
     }))
 }
 
@@ -191,10 +211,8 @@ fn position(known: &str, facts: &Option<StreamFacts>) -> Position {
     }
     match &f.first {
         Some(first) if id_key(first) <= k => Position::Replay,
-        // Our entry is gone without having been deleted: the stream was built again.
-        _ if k != (0, 0) && f.max_deleted.as_deref().is_some_and(|d| id_key(d) < k) => {
-            Position::Lost
-        }
+        // Our entry is gone, yet no entry ever left this stream: it was built again.
+        Some(_) if k != (0, 0) && f.whole => Position::Lost,
         // Trimmed past us, or emptied (nothing was trimmed unless the key was deleted).
         _ => Position::Resync,
     }
@@ -325,6 +343,8 @@ impl Task {
             bans: Vec::new(),
             unreadable: HashSet::new(),
             lost: false,
+            unbans: Vec::new(),
+            read_ms: 0,
         };
         for (field, value) in all {
             match self.signer.open_stored(&value) {
@@ -337,6 +357,43 @@ impl Task {
             }
         }
         Ok((out, tail))
+    }
+
+    /// The unbans of other hosts in the stream after `after` up to `to` (signatures
+    /// checked), oldest first.
+    async fn unbans_between(
+        &self,
+        con: &mut MultiplexedConnection,
+        after: &str,
+        to: &str,
+    ) -> redis::RedisResult<Vec<Message>> {
+        let (_, events) = self.keys();
+        let mut out = Vec::new();
+        let mut from = after.to_string();
+        if id_key(to) <= id_key(&from) {
+            return Ok(out);
+        }
+        loop {
+            let page: StreamRangeReply = con
+                .xrange_count(&events, format!("({from}"), to, 1000)
+                .await?;
+            let Some(last) = page.ids.last() else {
+                return Ok(out);
+            };
+            from = last.id.clone();
+            for entry in &page.ids {
+                let text: String = entry.get("m").unwrap_or_default();
+                let sig: String = entry.get("sig").unwrap_or_default();
+                match self.signer.open(&text, &sig) {
+                    Ok(m) if m.op == Op::Unban && m.origin_host != self.cfg.host => out.push(m),
+                    Ok(_) => {}
+                    Err(e) => refused(&self.counters, &format!("stream entry {}", entry.id), &e),
+                }
+            }
+            if id_key(&from) >= id_key(to) {
+                return Ok(out);
+            }
+        }
     }
 
     /// Publishes `batch` in one round trip (a pipeline of script calls, each atomic).
@@ -413,6 +470,9 @@ impl Task {
             let (mut snap, tail) = self.snapshot(&mut w).await?;
             snap.lost = position == Position::Lost;
             if snap.lost {
+                let after = known.as_deref().unwrap_or("0-0");
+                snap.read_ms = id_key(after).0;
+                snap.unbans = self.unbans_between(&mut w, after, &tail).await?;
                 warn!(
                     "fleet: Redis no longer holds the stream this host read up to {} (restarted without its data?): resyncing, and publishing again the bans this host issued that the fleet's hash lost",
                     known.as_deref().unwrap_or("")
@@ -599,14 +659,16 @@ mod tests {
             bans: vec![ban(source)],
             unreadable: HashSet::new(),
             lost: false,
+            unbans: Vec::new(),
+            read_ms: 0,
         }
     }
 
-    fn facts(first: Option<&str>, last: &str, max_deleted: Option<&str>) -> Option<StreamFacts> {
+    fn facts(first: Option<&str>, last: &str, whole: bool) -> Option<StreamFacts> {
         Some(StreamFacts {
             first: first.map(str::to_string),
             last_generated: Some(last.into()),
-            max_deleted: max_deleted.map(str::to_string),
+            whole,
         })
     }
 
@@ -616,31 +678,28 @@ mod tests {
     #[test]
     fn a_reconnect_tells_a_trimmed_stream_from_a_lost_one() {
         use Position::*;
-        let held = facts(Some("100-0"), "900-3", Some("99-0"));
+        let held = facts(Some("100-0"), "900-3", true);
         assert_eq!(
             position("500-1", &held),
             Replay,
             "the stream holds what followed"
         );
         assert_eq!(position("100-0", &held), Replay);
-        let trimmed = facts(Some("600-0"), "900-3", Some("599-9"));
+        // A trim leaves max-deleted-entry-id at 0-0: only entries-added > length tells.
+        let trimmed = facts(Some("600-0"), "900-3", false);
         assert_eq!(position("500-1", &trimmed), Resync, "trimmed past us");
-        let trimmed_at_us = facts(Some("600-0"), "900-3", Some("500-1"));
-        assert_eq!(position("500-1", &trimmed_at_us), Resync);
-        let emptied = facts(None, "900-3", Some("900-3"));
+        let emptied = facts(None, "900-3", false);
         assert_eq!(position("500-1", &emptied), Resync, "emptied by trims");
         assert_eq!(position("500-1", &None), Lost, "the stream is gone");
         assert_eq!(position("0-0", &None), Resync, "it never had an entry");
-        let rebuilt = facts(Some("700-0"), "800-0", Some("0-0"));
+        let rebuilt = facts(Some("700-0"), "800-0", true);
         assert_eq!(
             position("500-1", &rebuilt),
             Lost,
             "built again after a restart"
         );
-        let older = facts(Some("100-0"), "400-0", Some("0-0"));
+        let older = facts(Some("100-0"), "400-0", false);
         assert_eq!(position("500-1", &older), Lost, "an older snapshot loaded");
-        let old_redis = facts(Some("700-0"), "800-0", None);
-        assert_eq!(position("500-1", &old_redis), Resync, "Redis before 7.0");
         assert_eq!(
             position("0-0", &rebuilt),
             Resync,

@@ -192,6 +192,33 @@ impl Redis {
         self.spawn()
     }
 
+    /// Copies its data aside (the append-only files, written at each command): what
+    /// `restart_from_aside` loads.
+    pub fn save_aside(&self) -> Result<()> {
+        let aside = self.dir.join("aside");
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)?;
+        }
+        sh(
+            "cp",
+            &[
+                "-a",
+                &self.dir.join("appendonlydir").to_string_lossy(),
+                &aside.to_string_lossy(),
+            ],
+        )
+    }
+
+    /// Starts it again on the same port from the data `save_aside` copied, as a Redis
+    /// restored from an older backup.
+    pub fn restart_from_aside(&mut self) -> Result<()> {
+        self.kill();
+        let data = self.dir.join("appendonlydir");
+        std::fs::remove_dir_all(&data)?;
+        std::fs::rename(self.dir.join("aside"), &data)?;
+        self.spawn()
+    }
+
     /// Starts it again on the same port without its data, as a Redis without persistence
     /// comes back from a crash.
     pub fn restart_empty(&mut self) -> Result<()> {

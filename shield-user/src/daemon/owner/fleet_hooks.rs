@@ -316,16 +316,39 @@ impl Owner {
             bans,
             unreadable,
             lost,
+            unbans,
+            read_ms,
         } = snap;
         let mut present = unreadable;
         present.extend(bans.iter().map(Message::field));
         let lifted = self.lift_gone(&present);
         if lost {
+            // Unbanned elsewhere since Redis began again: lifted here, not published again.
+            for m in &unbans {
+                self.fleet_unban(m);
+            }
             let n = self.publish_again(&present);
             info!("fleet: published again {n} bans this host issued that Redis had lost");
         }
+        // Redis loaded an older snapshot: its hash holds bans unbanned since. One issued
+        // before the last change this host read reached it then; not held here, it was
+        // unbanned (or refused) here, and is not installed again.
+        let held: HashSet<String> = if lost {
+            self.instances
+                .iter()
+                .filter_map(|i| i.maps.as_ref())
+                .flat_map(|m| m.bans.active())
+                .map(|b| field(&b.source, b.scope, &b.rule))
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let stale = |b: &Message| {
+            lost && issued_ms(b).saturating_add(UNBAN_SKEW_MS) <= read_ms
+                && !held.contains(&b.field())
+        };
         let before = self.counters.fleet.installed.load(Ordering::Relaxed);
-        for b in bans {
+        for b in bans.into_iter().filter(|b| !stale(b)) {
             self.fleet_apply(b, false);
         }
         let installed = self.counters.fleet.installed.load(Ordering::Relaxed) - before;
