@@ -16,8 +16,15 @@ pub struct StatsArgs {
     /// Machine-readable output (schema in the README, stable).
     #[arg(long)]
     pub json: bool,
-    /// Refresh every SECS seconds (default 2) with per-second rates, top sources, bans.
-    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    /// Refresh every SECS seconds (default 2; a whole number >= 1) with per-second rates,
+    /// top sources, bans.
+    #[arg(
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        default_missing_value = "2",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub watch: Option<u64>,
     #[command(flatten)]
     pub bpffs: BpffsArgs,
@@ -31,7 +38,7 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
     let (iface, json, bpffs, socket) = (a.iface, a.json, a.bpffs.bpffs, a.socket.socket);
     if let Some(secs) = a.watch {
         anyhow::ensure!(!json, "--watch prints tables; use --json without --watch");
-        return watch_stats(&bpffs, iface.as_deref(), secs.max(1), &socket);
+        return watch_stats(&bpffs, iface.as_deref(), secs, &socket);
     }
     let ifaces = match interfaces(&bpffs, iface.as_deref()) {
         Ok(v) => v,
@@ -258,4 +265,25 @@ fn read(bpffs: &std::path::Path, iface: &str) -> Result<stats::IfaceStats> {
             format!("reading pinned maps of {iface} (this needs root: try sudo)")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        stats: super::StatsArgs,
+    }
+
+    #[test]
+    fn watch_takes_whole_seconds_from_one_and_defaults_to_two() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.stats.watch);
+        assert_eq!(parse(&["stats"]).ok(), Some(None));
+        assert_eq!(parse(&["stats", "--watch"]).ok(), Some(Some(2)));
+        assert_eq!(parse(&["stats", "--watch", "5"]).ok(), Some(Some(5)));
+        let zero = parse(&["stats", "--watch", "0"]).expect_err("0 is refused");
+        assert!(zero.to_string().contains("--watch"), "{zero}");
+    }
 }

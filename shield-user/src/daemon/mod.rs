@@ -265,8 +265,17 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     if let Some(log) = opts.audit_log.as_deref().filter(|l| *l != "-") {
         let log = std::path::Path::new(log);
         anyhow::ensure!(
-            !crate::audit::same_file(log, &opts.policy) && log != opts.socket.as_path(),
-            "--audit-log {} is the policy file or the control socket; give the audit log a file of its own",
+            !crate::audit::same_file(log, &opts.policy),
+            "--audit-log {} is the policy file (--policy); give the audit log a file of its own",
+            log.display()
+        );
+        // Compared resolved too: `--audit-log s.sock --socket /run/x/s.sock` from /run/x
+        // names one file (the socket is not bound yet, so it may not exist).
+        anyhow::ensure!(
+            log != opts.socket.as_path()
+                && !crate::audit::same_file(log, &opts.socket)
+                && resolved(log).is_none_or(|l| Some(l) != resolved(&opts.socket)),
+            "--audit-log {} is the control socket (--socket); give the audit log a file of its own",
             log.display()
         );
         // The whole key file is the key: a line appended would change it at the next start,
@@ -289,11 +298,24 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     );
     // A running daemon holds it: refused here (the lock itself is taken once started).
     crate::fleet::state::probe_dir(&opts.state_dir).map_err(anyhow::Error::msg)?;
+    // An audit log this start creates is removed again if the start fails (while empty).
+    let mut new_audit = RemoveEmptyOnDrop(
+        opts.audit_log
+            .as_deref()
+            .filter(|l| *l != "-")
+            .map(PathBuf::from)
+            .filter(|p| p.symlink_metadata().is_err()),
+    );
     let audit = AuditLog::open(opts.audit_log.as_deref()).context("opening the audit log")?;
-    let mut mount = MountGuard(None);
-    if !app_only && loader::ensure_bpffs(&opts.bpffs)? {
-        mount.0 = Some(opts.bpffs.clone());
-        warn_if_private_mounts(&opts.bpffs);
+    let mut mount = MountGuard::default();
+    if !app_only {
+        // The directories this start creates for the mount go again if it fails.
+        mount.created = loader::first_missing_dir(&opts.bpffs);
+        mount.path = Some(opts.bpffs.clone());
+        if loader::ensure_bpffs(&opts.bpffs)? {
+            mount.mounted = true;
+            warn_if_private_mounts(&opts.bpffs);
+        }
     }
     let mut locks = Vec::new();
     let mut created = Vec::new();
@@ -443,7 +465,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     }
     // Started: the bpffs this start mounted stays (it holds the pins); the maps `--fresh`
     // set aside go for good.
-    mount.0 = None;
+    mount.path = None;
+    new_audit.0 = None;
     for inst in &mut instances {
         if inst.set_aside {
             loader::drop_aside_map_pins(&inst.dir);
@@ -637,15 +660,57 @@ fn raise_fd_limit() {
     }
 }
 
-/// Unmounts a bpffs this start mounted, unless the start succeeded.
-struct MountGuard(Option<PathBuf>);
+/// Unmounts a bpffs this start mounted, and removes the directories it created for it
+/// (`--bpffs` a new directory), unless the start succeeded (`path` taken).
+#[derive(Default)]
+struct MountGuard {
+    /// `--bpffs`, until the start succeeded.
+    path: Option<PathBuf>,
+    /// Whether this start mounted bpffs there.
+    mounted: bool,
+    /// The topmost directory of `path` that did not exist before this start.
+    created: Option<PathBuf>,
+}
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        let Some(path) = self.0.take() else { return };
-        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+        let Some(path) = self.path.take() else { return };
+        if self.mounted
+            && let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        {
             // SAFETY: a valid NUL-terminated path.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Some(top) = &self.created {
+            loader::remove_created_dirs(&path, top);
+        }
+    }
+}
+
+/// `path` with its directory resolved (`..`, symbolic links, relative to the working
+/// directory) and its file name kept: how two spellings of a path that may not exist yet
+/// are compared. `None` when the directory cannot be resolved.
+fn resolved(path: &std::path::Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(name))
+}
+
+/// Removes a file this start created (the audit log) unless the start succeeded (taken),
+/// and only while it is empty: a failed start leaves no file of its own.
+struct RemoveEmptyOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveEmptyOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && path
+                .symlink_metadata()
+                .is_ok_and(|m| m.is_file() && m.len() == 0)
+        {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }

@@ -442,6 +442,10 @@ pub(super) async fn serve(
         }
     }
     owner.save_state();
+    if owner.instances.is_empty() {
+        // App-only: no "detached" line says the daemon is done.
+        info!("stopped: the application layer no longer answers (app-only mode)");
+    }
     owner.audit.write(json!({"event": "stop"}));
     Ok(())
 }

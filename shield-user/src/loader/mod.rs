@@ -113,7 +113,7 @@ pub enum LoaderError {
     #[error("XDP link: {0}")]
     Link(#[from] LinkError),
     #[error(
-        "another XDP program is already attached to `{iface}`; remove it first (`ip link set dev {iface} xdp off`, or `shield detach {iface}` if it is a shield)"
+        "another XDP program is already attached to `{iface}`; remove it first (`ip link set dev {iface} xdp off`). If it is a shield (`ip link show {iface}` names the program), a daemon may still run on it with another --bpffs or in another mount namespace (each `ip netns exec` has its own): stop that daemon; with none running, `shield detach {iface} --bpffs DIR` removes it"
     )]
     AlreadyAttached { iface: String },
     #[error("cannot attach to `{iface}` in {mode} mode: {source}")]
@@ -223,6 +223,29 @@ pub fn ensure_bpffs(root: &Path) -> Result<bool, LoaderError> {
         return Err(err(io::Error::last_os_error()));
     }
     Ok(true)
+}
+
+/// The topmost directory of `path` (itself or one of its parents) that does not exist
+/// yet: what `create_dir_all(path)` would create first. `None` when `path` exists.
+pub fn first_missing_dir(path: &Path) -> Option<PathBuf> {
+    let mut top = None;
+    for dir in path.ancestors() {
+        if dir.as_os_str().is_empty() || dir.symlink_metadata().is_ok() {
+            break;
+        }
+        top = Some(dir.to_path_buf());
+    }
+    top
+}
+
+/// Removes `path` and its parents up to `top` (as found by `first_missing_dir` before they
+/// were created), each only if empty: a failed start leaves no directory of its own.
+pub fn remove_created_dirs(path: &Path, top: &Path) {
+    for dir in path.ancestors() {
+        if std::fs::remove_dir(dir).is_err() || dir == top {
+            break;
+        }
+    }
 }
 
 /// `<bpffs>/shield/:locks/<iface>`: the directories daemons lock. Apart from the pin
@@ -563,4 +586,36 @@ pub fn rule_name(cfg: &RuleConfig) -> String {
         .position(|b| *b == 0)
         .unwrap_or(cfg.name.len());
     String::from_utf8_lossy(&cfg.name[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::{first_missing_dir, remove_created_dirs};
+
+    #[test]
+    fn a_failed_start_removes_the_bpffs_directories_it_created_and_nothing_else() {
+        let base = std::env::temp_dir().join(format!("shield-mkbpffs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("kept")).expect("mkdir");
+        std::fs::write(base.join("kept/file"), "x").expect("file");
+        assert_eq!(first_missing_dir(&base), None, "an existing directory");
+        let deep = base.join("new/a/b");
+        let top = first_missing_dir(&deep).expect("missing");
+        assert_eq!(top, base.join("new"));
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        remove_created_dirs(&deep, &top);
+        assert!(
+            !base.join("new").exists(),
+            "every directory created is gone"
+        );
+        assert!(base.exists(), "the parent that existed stays");
+        // A directory that is not empty (something else was put there) stays.
+        let other = base.join("kept/sub");
+        let top = first_missing_dir(&other).expect("missing");
+        std::fs::create_dir_all(&other).expect("mkdir");
+        std::fs::write(other.join("theirs"), "x").expect("file");
+        remove_created_dirs(&other, &top);
+        assert!(other.join("theirs").exists());
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
 }

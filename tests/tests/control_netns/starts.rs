@@ -321,6 +321,16 @@ fn a_failed_fresh_start_over_a_crashed_run_gives_everything_back() {
     assert_eq!(legit.failed, 0, "{legit:?}");
 }
 
+/// `path` (absolute) written relative to this process's working directory.
+fn relative_from_cwd(path: &std::path::Path) -> std::path::PathBuf {
+    let cwd = std::env::current_dir().expect("cwd");
+    let mut rel = std::path::PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        rel.push("..");
+    }
+    rel.join(path.strip_prefix("/").expect("absolute"))
+}
+
 #[test]
 fn run_never_replaces_or_hides_what_is_not_its_own() {
     let mut lab = NsLab::new(POLICY, &[API]);
@@ -361,7 +371,22 @@ fn run_never_replaces_or_hides_what_is_not_its_own() {
                 "--audit-log".into(),
                 policy.clone(),
             ],
-            "the policy file",
+            "is the policy file (--policy)",
+        ),
+        (
+            vec!["--socket".into(), s(&sock), "--audit-log".into(), s(&sock)],
+            "is the control socket (--socket)",
+        ),
+        (
+            // The same path written relative to the working directory (the daemon's is
+            // this test's): still the control socket, never created as a log first.
+            vec![
+                "--socket".into(),
+                s(&sock),
+                "--audit-log".into(),
+                s(&relative_from_cwd(&sock)),
+            ],
+            "is the control socket (--socket)",
         ),
         (
             vec!["--socket".into(), s(&sock), "--audit-log".into(), s(&fifo)],
@@ -398,6 +423,7 @@ fn run_never_replaces_or_hides_what_is_not_its_own() {
         Some("data")
     );
     assert!(dgram.exists(), "another program's socket survives");
+    assert!(!sock.exists(), "nothing made at the control socket's path");
     assert!(
         std::fs::read_to_string(&lab.policy)
             .is_ok_and(|p| p.contains("[[rule]]") && !p.contains("\"event\"")),
@@ -422,6 +448,38 @@ fn run_never_replaces_or_hides_what_is_not_its_own() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("will not mount bpffs over it"), "{out}");
     assert!(nonempty.join("important.conf").exists());
+    // A `--bpffs` that does not exist yet is created and mounted for the start; a start that
+    // fails after that (here the control socket) leaves neither the mount nor a directory.
+    let fresh = dir.join("new-bpffs").join("sub");
+    let new_log = dir.join("new-audit.jsonl");
+    let (code, out, _) = second_run(
+        &lab,
+        &[
+            "--iface",
+            SERVER_IF,
+            "--policy",
+            &policy,
+            "--bpffs",
+            &s(&fresh),
+            "--metrics",
+            "off",
+            "--socket",
+            &s(&precious),
+            "--audit-log",
+            &s(&new_log),
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not a socket"), "{out}");
+    assert!(
+        !new_log.exists(),
+        "the audit log it created is removed: {out}"
+    );
+    assert!(
+        !dir.join("new-bpffs").exists(),
+        "the directories made for the mount are removed: {out}"
+    );
+    assert!(!xdp_on_server(&lab), "nothing attached");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
