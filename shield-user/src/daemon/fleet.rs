@@ -556,4 +556,26 @@ mod tests {
             read_ms: 0,
         }
     }
+
+    #[test]
+    fn a_snapshot_the_start_up_stopped_waiting_for_goes_to_the_owner_as_a_resync() {
+        // The start-up waits: it gets the bans.
+        let (tx, mut rx) = oneshot::channel();
+        assert!(hand_over(Some(tx), snap("192.0.2.1/32")).is_none());
+        assert_eq!(rx.try_recv().expect("sent").bans.len(), 1);
+        // It stopped waiting (Redis answered after its timeout): never dropped.
+        let (tx, rx) = oneshot::channel::<Snapshot>();
+        drop(rx);
+        let late = hand_over(Some(tx), snap("192.0.2.2/32"));
+        assert_eq!(
+            late.map(|s| s.bans[0].source.clone()),
+            Some("192.0.2.2/32".to_string()),
+            "a late first snapshot is installed through a resync"
+        );
+        // Later sessions: a resync.
+        assert_eq!(
+            hand_over(None, snap("192.0.2.3/32")).map(|s| s.bans.len()),
+            Some(1)
+        );
+    }
 }
