@@ -5,21 +5,36 @@ use std::time::Duration;
 
 use shield_tests::fleetlab::{API, FleetLab, Host, POLICY, ban_message, wait_until};
 
-#[test]
-fn a_redis_restarted_without_its_data_gets_each_hosts_bans_back() {
-    // Redis without persistence crashes and comes back empty. Each host still holds the
-    // bans it issued: it publishes them again, so the others get them back with their
-    // expiry. A ban whose host is not there to publish it again (h9) is lifted, as before.
-    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
+/// `n` hosts started, each linked to Redis.
+fn linked_lab(n: usize) -> FleetLab {
+    let mut lab = FleetLab::new(n, API, 600, POLICY).expect("fleet lab");
     lab.start_all().expect("starting the daemons");
-    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
-    for h in [h1, h2] {
+    for h in &lab.hosts {
         wait_until(
             &format!("{} links", h.name),
             Duration::from_secs(10),
             || h.fleet()["connected"] == true,
         );
     }
+    lab
+}
+
+/// The fleet's hash has no field `field` (`SOURCE|SCOPE|RULE`).
+fn assert_not_in_hash(lab: &FleetLab, field: &str, why: &str) {
+    let there = lab
+        .redis
+        .cmd(&["HEXISTS", &lab.bans_key(), field])
+        .expect("HEXISTS");
+    assert_eq!(there, "0", "{why}: {field}");
+}
+
+#[test]
+fn a_redis_restarted_without_its_data_gets_each_hosts_bans_back() {
+    // Redis without persistence crashes and comes back empty. Each host still holds the
+    // bans it issued: it publishes them again, so the others get them back with their
+    // expiry. A ban whose host is not there to publish it again (h9) is lifted, as before.
+    let mut lab = linked_lab(2);
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
     let (ok, _, err) = h1.shield(&["ban", "203.0.113.71", "--for", "10m"]);
     assert!(ok, "{err}");
     let (ok, _, err) = h2.shield(&["ban", "203.0.113.72", "--for", "20m"]);
@@ -92,16 +107,8 @@ fn a_trimmed_stream_does_not_bring_back_a_ban_unbanned_meanwhile() {
     // h1's link is down while h2 unbans h1's ban, and the stream is trimmed past what h1
     // read (over ~100,000 changes meanwhile). Redis kept its data: h1 resyncs, and must
     // not publish its ban again (Redis 7.0 leaves max-deleted-entry-id at 0-0 on a trim).
-    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemons");
+    let lab = linked_lab(2);
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
-    for h in [h1, h2] {
-        wait_until(
-            &format!("{} links", h.name),
-            Duration::from_secs(10),
-            || h.fleet()["connected"] == true,
-        );
-    }
     let (ok, _, err) = h1.shield(&["ban", "203.0.113.81", "--for", "10m"]);
     assert!(ok, "{err}");
     wait_until("h2 holds h1's ban", Duration::from_secs(5), || {
@@ -143,13 +150,7 @@ fn a_trimmed_stream_does_not_bring_back_a_ban_unbanned_meanwhile() {
         h2.bans()
     );
     let field = "203.0.113.81/32|host|";
-    assert_eq!(
-        lab.redis
-            .cmd(&["HEXISTS", &lab.bans_key(), field])
-            .expect("HEXISTS"),
-        "0",
-        "the unbanned ban is back in the fleet's hash"
-    );
+    assert_not_in_hash(&lab, field, "the unbanned ban is back in the fleet's hash");
 }
 
 #[test]
@@ -157,16 +158,8 @@ fn an_unban_queued_while_redis_was_down_stays_after_it_comes_back_empty() {
     // Redis crashes; meanwhile h1 unbans h2's ban (queued). Redis comes back empty; h1
     // links first and publishes the unban, h2 after: h2 must not publish its ban again
     // (nor keep it): the unban reaches every host.
-    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemons");
+    let mut lab = linked_lab(2);
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
-    for h in [h1, h2] {
-        wait_until(
-            &format!("{} links", h.name),
-            Duration::from_secs(10),
-            || h.fleet()["connected"] == true,
-        );
-    }
     let (ok, _, err) = h2.shield(&["ban", "203.0.113.91", "--for", "10m"]);
     assert!(ok, "{err}");
     wait_until("h1 holds h2's ban", Duration::from_secs(5), || {
@@ -215,12 +208,10 @@ fn an_unban_queued_while_redis_was_down_stays_after_it_comes_back_empty() {
         "h2 kept the ban h1 unbanned: {:?}",
         h2.bans()
     );
-    assert_eq!(
-        lab.redis
-            .cmd(&["HEXISTS", &lab.bans_key(), "203.0.113.91/32|host|"])
-            .expect("HEXISTS"),
-        "0",
-        "the unbanned ban is back in the fleet's hash"
+    assert_not_in_hash(
+        &lab,
+        "203.0.113.91/32|host|",
+        "the unbanned ban is back in the fleet's hash",
     );
 }
 
@@ -229,16 +220,8 @@ fn a_redis_restored_from_an_older_backup_does_not_bring_back_an_unban() {
     // Redis is restored from a backup taken before h1 unbanned h2's ban and h1 issued a
     // ban of its own. The unbanned ban must stay lifted on the running hosts; h1's newer
     // ban comes back (published again by h1).
-    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemons");
+    let mut lab = linked_lab(2);
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
-    for h in [h1, h2] {
-        wait_until(
-            &format!("{} links", h.name),
-            Duration::from_secs(10),
-            || h.fleet()["connected"] == true,
-        );
-    }
     let (ok, _, err) = h2.shield(&["ban", "203.0.113.101", "--for", "10m"]);
     assert!(ok, "{err}");
     wait_until("h1 holds h2's ban", Duration::from_secs(5), || {
@@ -343,15 +326,7 @@ fn a_host_stopped_while_redis_restarted_empty_keeps_its_bans_to_itself() {
     // As docs/operations.md says: after Redis comes back empty, the running hosts get each
     // other's bans back; the bans of h3, stopped meanwhile, are lifted on the others and
     // stay on h3, which gets the running hosts' bans when it starts.
-    let mut lab = FleetLab::new(3, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemons");
-    for h in &lab.hosts {
-        wait_until(
-            &format!("{} links", h.name),
-            Duration::from_secs(10),
-            || h.fleet()["connected"] == true,
-        );
-    }
+    let mut lab = linked_lab(3);
     let sources = ["203.0.113.121", "203.0.113.122", "203.0.113.123"];
     for (h, s) in lab.hosts.iter().zip(sources) {
         let (ok, _, err) = h.shield(&["ban", s, "--for", "10m"]);
@@ -417,16 +392,8 @@ fn a_host_stopped_while_redis_restarted_empty_keeps_its_bans_to_itself() {
 fn bans_published_again_keep_their_scope_rule_family_and_can_be_unbanned() {
     // A rule-scope ban and an IPv6 ban, published again after Redis came back empty: the
     // other host gets them as they were, and an unban from it lifts them on their host.
-    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemons");
+    let mut lab = linked_lab(2);
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
-    for h in [h1, h2] {
-        wait_until(
-            &format!("{} links", h.name),
-            Duration::from_secs(10),
-            || h.fleet()["connected"] == true,
-        );
-    }
     let (ok, _, err) = h1.shield(&["ban", "203.0.113.131", "--for", "10m", "--rule", "api"]);
     assert!(ok, "{err}");
     let (ok, _, err) = h1.shield(&[
