@@ -9,14 +9,32 @@ use shield_tests::fleetlab::{API, FleetLab, Host, POLICY, ban_message, wait_unti
 fn linked_lab(n: usize) -> FleetLab {
     let mut lab = FleetLab::new(n, API, 600, POLICY).expect("fleet lab");
     lab.start_all().expect("starting the daemons");
-    for h in &lab.hosts {
+    wait_links(&lab.hosts.iter().collect::<Vec<_>>(), true, 10);
+    lab
+}
+
+/// Waits until each host's fleet link is up (or down).
+fn wait_links(hosts: &[&Host], up: bool, secs: u64) {
+    for h in hosts {
+        let what = if up { "links" } else { "sees its link down" };
         wait_until(
-            &format!("{} links", h.name),
-            Duration::from_secs(10),
-            || h.fleet()["connected"] == true,
+            &format!("{} {what}", h.name),
+            Duration::from_secs(secs),
+            || h.fleet()["connected"] == up,
         );
     }
-    lab
+}
+
+/// Waits until each host holds its source's ban (`held`), or no longer does.
+fn wait_bans(pairs: &[(&Host, &str)], held: bool, secs: u64) {
+    for (h, s) in pairs {
+        let what = if held { "holds" } else { "no longer holds" };
+        wait_until(
+            &format!("{} {what} the ban of {s}", h.name),
+            Duration::from_secs(secs),
+            || h.banned(s) == held,
+        );
+    }
 }
 
 /// The fleet's hash has no field `field` (`SOURCE|SCOPE|RULE`).
@@ -42,36 +60,30 @@ fn a_redis_restarted_without_its_data_gets_each_hosts_bans_back() {
     lab.redis
         .pipeline(&lab.publish_cmds(&ban_message("203.0.113.73/32", "h9", 600), None, false))
         .expect("XADD");
-    for (h, s) in [
-        (h2, "203.0.113.71/32"),
-        (h1, "203.0.113.72/32"),
-        (h1, "203.0.113.73/32"),
-        (h2, "203.0.113.73/32"),
-    ] {
-        wait_until(
-            &format!("{} holds {s}", h.name),
-            Duration::from_secs(5),
-            || h.banned(s),
-        );
-    }
+    wait_bans(
+        &[
+            (h2, "203.0.113.71/32"),
+            (h1, "203.0.113.72/32"),
+            (h1, "203.0.113.73/32"),
+            (h2, "203.0.113.73/32"),
+        ],
+        true,
+        5,
+    );
 
     lab.redis.restart_empty().expect("restarting Redis empty");
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
     // Both resynced from the empty hash: h9's ban is gone from both.
-    for h in [h1, h2] {
-        wait_until(
-            &format!("{} resyncs (h9's ban lifted)", h.name),
-            Duration::from_secs(20),
-            || !h.banned("203.0.113.73/32"),
-        );
-    }
-    for (h, s) in [(h2, "203.0.113.71/32"), (h1, "203.0.113.72/32")] {
-        wait_until(
-            &format!("{} gets {s} back from the host that issued it", h.name),
-            Duration::from_secs(10),
-            || h.banned(s),
-        );
-    }
+    wait_bans(
+        &[(h1, "203.0.113.73/32"), (h2, "203.0.113.73/32")],
+        false,
+        20,
+    );
+    wait_bans(
+        &[(h2, "203.0.113.71/32"), (h1, "203.0.113.72/32")],
+        true,
+        10,
+    );
     wait_until(
         "Redis holds both bans again",
         Duration::from_secs(5),
@@ -167,13 +179,7 @@ fn an_unban_queued_while_redis_was_down_stays_after_it_comes_back_empty() {
     });
 
     lab.redis.kill();
-    for h in [h1, h2] {
-        wait_until(
-            &format!("{} sees its link down", h.name),
-            Duration::from_secs(15),
-            || h.fleet()["connected"] == false,
-        );
-    }
+    wait_links(&[h1, h2], false, 15);
     let (ok, _, err) = h1.shield(&["unban", "203.0.113.91"]);
     assert!(ok, "{err}");
     assert!(!h1.banned("203.0.113.91/32"));
@@ -287,13 +293,7 @@ fn a_redis_user_refused_xinfo_still_links_and_replays() {
     assert!(lab.redis.cmd(&["XINFO", "STREAM", "x"]).is_err());
     lab.start_all().expect("starting the daemons");
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
-    for h in [h1, h2] {
-        wait_until(
-            &format!("{} links", h.name),
-            Duration::from_secs(10),
-            || h.fleet()["connected"] == true,
-        );
-    }
+    wait_links(&[h1, h2], true, 10);
     let (ok, _, err) = h2.shield(&["ban", "203.0.113.111", "--for", "10m"]);
     assert!(ok, "{err}");
     wait_until("h1 holds h2's ban", Duration::from_secs(5), || {
@@ -347,20 +347,16 @@ fn a_host_stopped_while_redis_restarted_empty_keeps_its_bans_to_itself() {
     h3.daemon = None;
     lab.redis.restart_empty().expect("restarting Redis empty");
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
-    for h in [h1, h2] {
-        wait_until(
-            &format!("{} lifts h3's ban", h.name),
-            Duration::from_secs(20),
-            || !h.banned("203.0.113.123/32"),
-        );
-    }
-    for (h, s) in [(h1, "203.0.113.122/32"), (h2, "203.0.113.121/32")] {
-        wait_until(
-            &format!("{} gets {s} back", h.name),
-            Duration::from_secs(10),
-            || h.banned(s),
-        );
-    }
+    wait_bans(
+        &[(h1, "203.0.113.123/32"), (h2, "203.0.113.123/32")],
+        false,
+        20,
+    );
+    wait_bans(
+        &[(h1, "203.0.113.122/32"), (h2, "203.0.113.121/32")],
+        true,
+        10,
+    );
     lab.hosts[2].start().expect("starting h3 again");
     let h3 = &lab.hosts[2];
     wait_until("h3 links", Duration::from_secs(10), || {
