@@ -71,6 +71,20 @@ pub struct BanMaps {
     tables: crate::loader::PolicyMaps,
 }
 
+/// Whether any ban is stored in the ban tables pinned in `pin_dir` (a reload's install
+/// reads it through handles of its own while the daemon serves bans on its).
+pub fn bans_exist(pin_dir: &Path) -> Result<bool, BanError> {
+    let host4: LpmTrie<MapData, [u8; 4], BanValue> =
+        LpmTrie::try_from(open_pinned(pin_dir, MAP_HOST_BANS_V4)?)?;
+    let host6: LpmTrie<MapData, [u8; 16], BanValue> =
+        LpmTrie::try_from(open_pinned(pin_dir, MAP_HOST_BANS_V6)?)?;
+    let rules: HashMap<MapData, SourceKey, BanValue> =
+        HashMap::try_from(open_pinned(pin_dir, MAP_RULE_BANS)?)?;
+    Ok(host4.keys().next().is_some()
+        || host6.keys().next().is_some()
+        || rules.keys().next().is_some())
+}
+
 impl BanMaps {
     pub fn open(pin_dir: &Path) -> Result<BanMaps, BanError> {
         let notes_pin = pin_dir.join(MAP_BAN_NOTES);
@@ -572,7 +586,6 @@ impl BanMaps {
         Ok(expired)
     }
 
-    /// Turns the data path's ban lookups on or off.
     /// Whether any ban is stored (stops at the first: no listing).
     pub fn any(&self) -> bool {
         self.host4.keys().next().is_some()
@@ -580,6 +593,7 @@ impl BanMaps {
             || self.rules_bans.keys().next().is_some()
     }
 
+    /// Turns the data path's ban lookups on or off.
     pub fn set_bans_flag(&mut self, on: bool) -> Result<(), BanError> {
         Ok(self.tables.set_flag(CFG_BANS, on)?)
     }

@@ -1,16 +1,26 @@
 //! Installing a compiled policy on every interface (the start and every reload), and the
 //! reply that says what it did.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use shield_common::{CFG_BANS, CFG_LOADED};
 use tracing::warn;
 
-use super::IfaceMaps;
 use crate::{
+    bans::BanMaps,
     control::Reloaded,
+    loader::PolicyMaps,
     policy::{self, CompiledPolicy},
 };
+
+/// One interface's policy tables, borrowed by an install (a reload's job holds them; the
+/// daemon keeps serving bans on the ban tables meanwhile).
+pub(crate) struct Tables {
+    pub iface: String,
+    /// The pin directory: where the install reads whether bans exist.
+    pub dir: PathBuf,
+    pub maps: PolicyMaps,
+}
 
 /// What `install_all` did on every interface.
 pub(crate) struct InstallDone {
@@ -28,7 +38,7 @@ pub(crate) struct InstallDone {
 /// install fails, the interfaces installed before it get their policy back (and their
 /// syncookie table), so a failed reload leaves the policy in force everywhere.
 pub(crate) fn install_all(
-    maps: &mut [(String, IfaceMaps)],
+    maps: &mut [Tables],
     policy: &policy::Policy,
     compiled: &CompiledPolicy,
     generation: u32,
@@ -39,11 +49,15 @@ pub(crate) fn install_all(
         bans_dropped: Vec::new(),
     };
     let mut undo = Vec::with_capacity(maps.len());
-    for (iface, m) in maps.iter_mut() {
+    for Tables {
+        iface,
+        dir,
+        maps: m,
+    } in maps.iter_mut()
+    {
         // What `undo_installs` needs: the table and the half in force (none on maps this
         // start created), and the old lists kept until every interface is done.
         let previous_half = m
-            .tables
             .active()
             .ok()
             .and_then(|(half, cfg)| (cfg.flags & CFG_LOADED != 0).then_some(half));
@@ -58,10 +72,10 @@ pub(crate) fn install_all(
         undo.push(Undo {
             table,
             previous_half,
-            kept_lists: m.tables.keep_old_lists,
+            kept_lists: m.keep_old_lists,
         });
-        m.tables.keep_old_lists = true;
-        match install_one(iface, m, policy, compiled, generation) {
+        m.keep_old_lists = true;
+        match install_one(iface, dir, m, policy, compiled, generation) {
             Ok((ports, swapped)) => {
                 done.ports_written += ports;
                 done.lists_swapped |= swapped;
@@ -73,9 +87,9 @@ pub(crate) fn install_all(
         }
     }
     // Every interface has the new policy: the old lists go where nobody asked to keep them.
-    for ((iface, m), u) in maps.iter_mut().zip(&undo) {
+    for (Tables { iface, maps: m, .. }, u) in maps.iter_mut().zip(&undo) {
         if !u.kept_lists
-            && let Err(e) = m.tables.settle()
+            && let Err(e) = m.settle()
         {
             warn!(%iface, "cannot empty the old policy's lists (the next reload rewrites them): {e}");
         }
@@ -85,20 +99,28 @@ pub(crate) fn install_all(
 
 fn install_one(
     iface: &str,
-    m: &mut IfaceMaps,
+    dir: &std::path::Path,
+    m: &mut PolicyMaps,
     policy: &policy::Policy,
     compiled: &CompiledPolicy,
     generation: u32,
 ) -> Result<(usize, bool), String> {
     // Before the program may answer with cookies: SYNPROXY must be there for the ACKs.
     // The statement offers timestamps exactly where the XDP SYN-ACK does.
-    crate::synproxy::apply(iface, policy, m.tables.syncookie_timestamps)
+    crate::synproxy::apply(iface, policy, m.syncookie_timestamps)
         .map_err(|e| format!("{iface}: syncookie: {e}"))?;
-    let extra = if m.bans.any() { CFG_BANS } else { 0 };
+    let bans_exist = || crate::bans::bans_exist(dir).map_err(|e| format!("{iface}: {e}"));
+    let extra = if bans_exist()? { CFG_BANS } else { 0 };
     let d = m
-        .tables
         .install(compiled, generation, extra)
         .map_err(|e| format!("{iface}: {e}"))?;
+    // A ban stored meanwhile (the daemon serves bans during a reload) turned the lookups on
+    // in the half that was in force: on in the new one too. A ban stored after the flip
+    // turns them on in the new half itself.
+    if extra == 0 && bans_exist()? {
+        m.set_flag(CFG_BANS, true)
+            .map_err(|e| format!("{iface}: {e}"))?;
+    }
     Ok((d.ports_written, d.lists_swapped))
 }
 
@@ -113,18 +135,18 @@ struct Undo {
 /// its lists were kept), the syncookie table. The per-source state of rules new to an id,
 /// which the install forgot, stays forgotten (a new rule had none; a rule removed under
 /// all 255 ids taken loses its counts).
-fn undo_installs(maps: &mut [(String, IfaceMaps)], undo: &[Undo]) {
-    for ((iface, m), u) in maps.iter_mut().zip(undo).rev() {
+fn undo_installs(maps: &mut [Tables], undo: &[Undo]) {
+    for (Tables { iface, maps: m, .. }, u) in maps.iter_mut().zip(undo).rev() {
         if let Some(half) = u.previous_half
-            && let Err(e) = m.tables.restore_half(half)
+            && let Err(e) = m.restore_half(half)
         {
             warn!(%iface, "cannot restore the previous policy: {e}");
         }
-        let _ = m.tables.take_fresh_ids();
+        let _ = m.take_fresh_ids();
         if let Err(e) = crate::synproxy::restore(iface, u.table.as_deref()) {
             warn!(%iface, "cannot put the syncookie nftables table back: {e}");
         }
-        m.tables.keep_old_lists = u.kept_lists;
+        m.keep_old_lists = u.kept_lists;
     }
 }
 
@@ -143,7 +165,7 @@ pub(crate) struct StaleBan {
 /// start's once attached, since an undone start gives adopted maps back their policy, which
 /// still needs those bans.
 pub(crate) fn drop_stale_bans<'a>(
-    maps: impl IntoIterator<Item = (&'a str, &'a mut IfaceMaps)>,
+    maps: impl IntoIterator<Item = (&'a str, &'a mut PolicyMaps, &'a mut BanMaps)>,
     previous: &HashMap<String, u32>,
 ) -> Vec<StaleBan> {
     let mut stale = Vec::new();
@@ -163,14 +185,14 @@ pub(crate) fn drop_stale_bans<'a>(
             ended,
         }
     };
-    for (iface, m) in maps {
-        let fresh = m.tables.take_fresh_ids();
+    for (iface, tables, bans) in maps {
+        let fresh = tables.take_fresh_ids();
         // Monitor bans first: a removed rule's rule-scope ones are monitor bans too.
-        if let Ok(dropped) = m.bans.drop_enforced_monitor_bans() {
+        if let Ok(dropped) = bans.drop_enforced_monitor_bans() {
             stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
         }
         // A removed rule's every one (its id is not live, or a new rule took it).
-        if let Ok(dropped) = m.bans.drop_orphans(&fresh) {
+        if let Ok(dropped) = bans.drop_orphans(&fresh) {
             stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
         }
     }

@@ -17,7 +17,7 @@ mod guards;
 
 pub use events::rare_conditions;
 pub(crate) use install::{
-    InstallDone, drop_stale_bans, ids_of, install_all, reloaded, stale_bans_ended,
+    InstallDone, Tables, drop_stale_bans, ids_of, install_all, reloaded, stale_bans_ended,
 };
 mod http;
 mod install;
@@ -68,19 +68,15 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
 }
 
-/// One interface's maps, opened once from its pins: the policy tables and the ban tables.
-pub(crate) struct IfaceMaps {
-    pub tables: PolicyMaps,
-    pub bans: BanMaps,
-}
-
 /// One protected interface. The link is pinned: it outlives the daemon unless `detach`
 /// removes the pin first (a clean SIGTERM).
 struct Instance {
     iface: String,
     dir: PathBuf,
-    /// `None` while a reload job holds them.
-    maps: Option<IfaceMaps>,
+    /// The policy tables, opened once from the pins; `None` while a reload job holds them.
+    tables: Option<PolicyMaps>,
+    /// The ban tables (their own handles on the pins): served during a reload too.
+    bans: BanMaps,
     /// The ring buffer, until the events task takes it.
     ring: Option<RingBuf<MapData>>,
     /// The program's aya-log records, until the events task takes them.
@@ -152,16 +148,31 @@ impl Instance {
         None
     }
 
+    /// Lends the policy tables to an install (`None` if a reload holds them).
+    fn lend(&mut self) -> Option<Tables> {
+        self.tables.take().map(|maps| Tables {
+            iface: self.iface.clone(),
+            dir: self.dir.clone(),
+            maps,
+        })
+    }
+
+    /// The interface, its policy tables and its ban tables, for `drop_stale_bans`.
+    fn with_bans(&mut self) -> Option<(&str, &mut PolicyMaps, &mut BanMaps)> {
+        let tables = self.tables.as_mut()?;
+        Some((self.iface.as_str(), tables, &mut self.bans))
+    }
+
     /// Re-reads the rule names and the clock offset from the maps (after an install).
     fn refresh_names(&mut self) {
-        let Some(m) = &self.maps else { return };
-        if let Ok(rules) = m.tables.current_rules() {
+        let Some(m) = &self.tables else { return };
+        if let Ok(rules) = m.current_rules() {
             self.names = rules
                 .into_iter()
                 .map(|(id, r)| (id as u16, crate::loader::rule_name(&r)))
                 .collect();
         }
-        self.clock_offset_ns = m.tables.control().map_or(0, |c| c.clock_offset_ns);
+        self.clock_offset_ns = m.control().map_or(0, |c| c.clock_offset_ns);
     }
 
     fn rule_name(&self, id: u16) -> String {
@@ -206,8 +217,8 @@ fn undo_start(instances: Vec<Instance>, created: &[PathBuf]) {
             loader::restore_aside_map_pins(&dir);
         } else if !inst.created_dir
             && let Some(half) = inst.previous_half
-            && let Some(m) = inst.maps.as_mut()
-            && let Err(e) = m.tables.restore_half(half)
+            && let Some(m) = inst.tables.as_mut()
+            && let Err(e) = m.restore_half(half)
         {
             warn!(iface = %inst.iface, "cannot restore the previous policy: {e}");
         }
@@ -391,13 +402,10 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let compiled = policy::compile_with_ids(&policy, &ids);
     generation = generation.wrapping_add(1).max(1);
     let started = std::time::Instant::now();
-    let mut all: Vec<(String, IfaceMaps)> = instances
-        .iter_mut()
-        .filter_map(|i| i.maps.take().map(|m| (i.iface.clone(), m)))
-        .collect();
+    let mut all: Vec<Tables> = instances.iter_mut().filter_map(Instance::lend).collect();
     let installed = install_all(&mut all, &policy, &compiled, generation);
-    for (inst, (_, m)) in instances.iter_mut().zip(all) {
-        inst.maps = Some(m);
+    for (inst, t) in instances.iter_mut().zip(all) {
+        inst.tables = Some(t.maps);
     }
     let done = match installed {
         Ok(d) => d,
@@ -432,15 +440,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     }
     // Attached: the policy is in force for good, and the bans it leaves stale go.
     let dropped = drop_stale_bans(
-        instances
-            .iter_mut()
-            .filter_map(|i| i.maps.as_mut().map(|m| (i.iface.as_str(), m))),
+        instances.iter_mut().filter_map(Instance::with_bans),
         &previous_ids,
     );
     stale_bans_ended(&mut audit, &dropped);
     for inst in &mut instances {
-        if let Some(m) = inst.maps.as_mut()
-            && let Err(e) = m.tables.settle()
+        if let Some(m) = inst.tables.as_mut()
+            && let Err(e) = m.settle()
         {
             warn!(iface = %inst.iface, "emptying the previous allow/deny lists: {e}");
         }
@@ -567,7 +573,8 @@ fn bring_up(
         instances.push(Instance {
             iface,
             dir,
-            maps: Some(IfaceMaps { tables, bans }),
+            tables: Some(tables),
+            bans,
             ring: Some(ring),
             log,
             link: None,

@@ -122,9 +122,9 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// installing that drops the missing rules' state and bans.
 const WRITE_PATIENCE: Duration = Duration::from_secs(10);
 
-/// What a reload job gives back: the maps it borrowed, and the policy it installed.
+/// What a reload job gives back: the policy tables it borrowed, and the policy it installed.
 struct JobOut {
-    maps: Vec<(String, super::IfaceMaps)>,
+    maps: Vec<super::Tables>,
     result: Result<(policy::Policy, InstallDone, Duration, u32), String>,
 }
 
@@ -140,7 +140,7 @@ struct Owner {
     /// Interfaces lost behind the daemon's back (detached, gone), with why.
     lost: HashMap<String, String>,
     attacks: crate::attack::Tracker,
-    /// Requests that need the maps, waiting for the reload job in progress.
+    /// Requests waiting for the reload job in progress (reloads, rule bans).
     waiting: VecDeque<(Request, Answer)>,
     /// The trigger and (control socket) answer of the reload in progress.
     reload_of: Option<(&'static str, Vec<Answer>)>,
@@ -161,8 +161,6 @@ struct Owner {
     /// `shield unban` also lifts the app layer's L7 bans.
     app_unban: Option<mpsc::UnboundedSender<app::AppUnban>>,
     app_counters: Arc<crate::app::AppCounters>,
-    /// App bans that came while a reload held the maps.
-    app_bans: Vec<crate::app::AppBan>,
     /// When the verified set's filters were last rebuilt (`VFILTER_REBUILD`).
     vfilter_at: Instant,
 }
@@ -284,7 +282,6 @@ pub(super) async fn serve(
         app_policy,
         app_unban,
         app_counters,
-        app_bans: Vec::new(),
         vfilter_at: Instant::now(),
     };
     owner.restore_state(&restore);
@@ -332,7 +329,7 @@ pub(super) async fn serve(
             msg = rx.recv() => match msg {
                 Some(Msg::Request(req, answer)) => owner.request(req, answer, &mut job),
                 Some(Msg::Events(idx, evs)) => owner.events(idx, &evs),
-                Some(Msg::App(e)) => owner.app_effect(e, job.is_some()),
+                Some(Msg::App(e)) => owner.app_effect(e),
                 // Debounced: editors write in several steps; a write in place is read
                 // once its writer closed the file.
                 Some(Msg::FileChanged(change)) => {
@@ -410,7 +407,7 @@ pub(super) async fn serve(
                     let _ = answer.send(Err("the daemon is shutting down".into()));
                 }
                 Some(Msg::FileChanged(_) | Msg::Fleet(_)) => {}
-                Some(Msg::App(e)) => owner.app_effect(e, pending.is_some()),
+                Some(Msg::App(e)) => owner.app_effect(e),
                 None => {}
             },
         }
@@ -425,7 +422,7 @@ pub(super) async fn serve(
                 let _ = answer.send(Err("the daemon is shutting down".into()));
             }
             Msg::FileChanged(_) | Msg::Fleet(_) => {}
-            Msg::App(e) => owner.app_effect(e, false),
+            Msg::App(e) => owner.app_effect(e),
         }
     }
     for (_, answer) in owner.waiting.drain(..) {
@@ -513,8 +510,12 @@ impl Owner {
                     rows: self.app_counters.snapshot(),
                 })));
             }
-            // These need the maps: after the reload in progress, in order.
-            other if job.is_some() => self.waiting.push_back((other, answer)),
+            // Bans are served during a reload (the ban tables are not the reload's), but a
+            // rule ban waits for it: the rule may be one it adds, and a ban stored under
+            // an id the reload gives a new rule would go with the rule that had the id.
+            other @ Request::Ban { rule: Some(_), .. } if job.is_some() => {
+                self.waiting.push_back((other, answer))
+            }
             other => {
                 let result = self.maps_request(other);
                 let _ = answer.send(result);
@@ -524,9 +525,6 @@ impl Owner {
 
     /// Serves what waited for a reload, until one of them starts another.
     fn resume(&mut self, job: &mut Option<JoinHandle<JobOut>>) {
-        for b in std::mem::take(&mut self.app_bans) {
-            self.app_ban(b);
-        }
         while job.is_none() {
             let Some((req, answer)) = self.waiting.pop_front() else {
                 break;
@@ -588,13 +586,13 @@ impl Owner {
                 self.lost.insert(inst.iface.clone(), why);
                 continue;
             }
-            if reloading || inst.maps.is_none() {
+            if reloading || inst.tables.is_none() {
                 continue;
             }
             inst.clock_offset_ns = inst
-                .maps
+                .tables
                 .as_ref()
-                .and_then(|m| m.tables.control().ok())
+                .and_then(|m| m.control().ok())
                 .map_or(0, |c| c.clock_offset_ns);
             sweep(inst, &mut self.audit, escalates);
             watch_attacks(inst, &mut self.audit, &mut self.attacks);

@@ -118,8 +118,8 @@ pub(super) fn ban_json(
 /// Removes expired bans (logging `ban_end`) and keeps the data path's ban lookups on only
 /// while they can matter.
 pub(super) fn sweep(inst: &mut Instance, audit: &mut AuditLog, escalates: bool) {
-    let Some(m) = inst.maps.as_mut() else { return };
-    let expired = match m.bans.sweep() {
+    let m = &mut inst.bans;
+    let expired = match m.sweep() {
         Ok(e) => e,
         Err(e) => {
             warn!(iface = %inst.iface, "ban expiry: {e}");
@@ -131,8 +131,8 @@ pub(super) fn sweep(inst: &mut Instance, audit: &mut AuditLog, escalates: bool) 
         line["level"] = b.level.into();
         audit.write(line);
     }
-    let any = m.bans.any();
-    if let Err(e) = m.bans.set_bans_flag(escalates || any) {
+    let any = m.any();
+    if let Err(e) = m.set_bans_flag(escalates || any) {
         warn!(iface = %inst.iface, "{e}");
     }
 }
@@ -196,8 +196,8 @@ pub(super) fn watch_attacks(
     audit: &mut AuditLog,
     tracker: &mut crate::attack::Tracker,
 ) {
-    let Some(m) = &inst.maps else { return };
-    let totals = match crate::stats::unverified_drops(&inst.dir, &m.tables) {
+    let Some(m) = &inst.tables else { return };
+    let totals = match crate::stats::unverified_drops(&inst.dir, m) {
         Ok(t) => t,
         Err(e) => {
             warn!(iface = %inst.iface, "attack tracking: {e}");

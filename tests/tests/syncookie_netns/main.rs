@@ -3,7 +3,7 @@
 //! daemon sets up and removes, and a failed start that leaves nothing behind
 //! (`failed_start`), reloads that fail part-way (on the second of two interfaces, on the
 //! third of three, with a hung `nft`) and change nothing, bans and IPv6 clients included
-//! (`reloads`), a spoofed flood
+//! (`reloads`), bans served while a reload is held up (`reload_bans`), a spoofed flood
 //! without ACK (`flood`), and the nftables meter that holds the connections completed
 //! through cookies to the source's own limit (`meter`).
 //! (The full-rate SYN flood scenario is `syncookie_flood.rs`, alone in its binary.)
@@ -60,4 +60,5 @@ mod cookie_path;
 mod failed_start;
 mod flood;
 mod meter;
+mod reload_bans;
 mod reloads;

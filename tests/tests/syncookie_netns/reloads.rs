@@ -12,10 +12,10 @@ use super::*;
 /// a veth of the server namespace, when asked), with an `nft` wrapper first on its PATH and
 /// an audit log, in a directory of the test's own. Its reloads come from its file watch
 /// alone (a `shield reload` beside it would make two of some).
-struct WrappedLab {
+pub(super) struct WrappedLab {
     // Dropped first: the daemon, then the namespaces, the bpffs and the directory.
-    daemon: netlab::Daemon,
-    topo: netlab::Topology,
+    pub(super) daemon: netlab::Daemon,
+    pub(super) topo: netlab::Topology,
     bpffs: netlab::TempBpffs,
     dir: shield_tests::TempDir,
     policy: PathBuf,
@@ -29,7 +29,7 @@ struct WrappedLab {
 
 impl WrappedLab {
     /// `wrapper(real nft, the test's directory)`: the wrapper's body.
-    fn start(
+    pub(super) fn start(
         policy: &str,
         second: bool,
         wrapper: impl FnOnce(&str, &Path) -> String,
@@ -98,7 +98,7 @@ impl WrappedLab {
     }
 
     /// `shield ARGS --socket` the daemon's: (success, stdout, stderr).
-    fn shield(&self, args: &[&str]) -> (bool, String, String) {
+    pub(super) fn shield(&self, args: &[&str]) -> (bool, String, String) {
         let out = std::process::Command::new(shield_tests::shield_bin())
             .args(args)
             .arg("--socket")
@@ -113,7 +113,7 @@ impl WrappedLab {
     }
 
     /// The interfaces on which `shield bans --json` lists a ban of `source` with `reason`.
-    fn banned_on(&self, source: &str, reason: &str) -> Vec<String> {
+    pub(super) fn banned_on(&self, source: &str, reason: &str) -> Vec<String> {
         let (ok, out, err) = self.shield(&["bans", "--json"]);
         assert!(ok, "shield bans: {err}");
         let v: Value = serde_json::from_str(&out).expect("bans --json is JSON");
@@ -129,16 +129,16 @@ impl WrappedLab {
     }
 
     /// A file of the test's directory (a flag the wrapper reads, say).
-    fn file(&self, name: &str) -> PathBuf {
+    pub(super) fn file(&self, name: &str) -> PathBuf {
         self.dir.0.join(name)
     }
 
-    fn write_policy(&self, text: &str) {
+    pub(super) fn write_policy(&self, text: &str) {
         std::fs::write(&self.policy, text).expect("policy");
     }
 
     /// The policy generation in force in `iface`'s maps.
-    fn generation(&self, iface: &str) -> u32 {
+    pub(super) fn generation(&self, iface: &str) -> u32 {
         shield_user::stats::read_iface(&self.bpffs.path, iface)
             .expect("stats")
             .policy_generation
@@ -176,7 +176,7 @@ impl WrappedLab {
 
     /// The `n`-th reload's audit event (written once the reload is over, undone or not),
     /// waiting for it; there must be no more than `n` (one per write of the file).
-    fn reload(&self, n: usize) -> Value {
+    pub(super) fn reload(&self, n: usize) -> Value {
         // Long enough for an nft killed after NFT_PATIENCE, twice, on a slow machine.
         let deadline = std::time::Instant::now() + Duration::from_secs(150);
         loop {
@@ -212,7 +212,7 @@ impl WrappedLab {
         );
     }
 
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         let (status, log) = self.daemon.stop().expect("stop");
         assert!(status.success(), "{log}");
     }
@@ -309,7 +309,7 @@ fn a_reload_that_fails_on_one_interface_changes_none() {
 
 /// Whether a TCP connection attempt from `src` to the server's closed port 9 reaches the
 /// server (refused) rather than being dropped (no answer within 2 s). From the client side.
-fn reaches_server(topo: &netlab::Topology, src: IpAddr) -> bool {
+pub(super) fn reaches_server(topo: &netlab::Topology, src: IpAddr) -> bool {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     topo.client
         .run_in(move || {

@@ -26,8 +26,7 @@ impl Owner {
             Request::Bans {} => {
                 let mut bans = Vec::new();
                 for inst in &self.instances {
-                    let Some(m) = &inst.maps else { continue };
-                    for mut b in m.bans.active() {
+                    for mut b in inst.bans.active() {
                         b.iface = inst.iface.clone();
                         b.origin_host = Some(self.origin_host_of(&b));
                         bans.push(b);
@@ -52,10 +51,7 @@ impl Owner {
                 let cidr = parse_cidr(&source).map_err(|e| format!("source \"{source}\": {e}"))?;
                 let mut removed = Vec::new();
                 for inst in &mut self.instances {
-                    let Some(m) = inst.maps.as_mut() else {
-                        continue;
-                    };
-                    for mut b in m.bans.unban(cidr).map_err(|e| e.to_string())? {
+                    for mut b in inst.bans.unban(cidr).map_err(|e| e.to_string())? {
                         b.iface = inst.iface.clone();
                         self.audit
                             .write(ban_json("unban", &inst.iface, &b, b.comment.as_ref()));
@@ -117,10 +113,7 @@ impl Owner {
         let mut issued = Vec::new();
         let mut inst_first = true;
         for inst in &mut self.instances {
-            let Some(m) = inst.maps.as_mut() else {
-                continue;
-            };
-            let outcome = m
+            let outcome = inst
                 .bans
                 .ban(cidr, dur, rule, reason)
                 .map_err(|e| e.to_string())?;
@@ -150,9 +143,8 @@ impl Owner {
         Ok(Reply::Banned(Banned { bans, warnings }))
     }
 
-    /// What the app task reports: audit lines, and bans for the data path (queued while a
-    /// reload holds the maps).
-    pub(super) fn app_effect(&mut self, e: crate::app::Effect, reloading: bool) {
+    /// What the app task reports: audit lines, and bans for the data path.
+    pub(super) fn app_effect(&mut self, e: crate::app::Effect) {
         use crate::app::Effect;
         match e {
             Effect::Limited {
@@ -176,7 +168,6 @@ impl Owner {
                     "client": client.to_string(), "why": why,
                 }));
             }
-            Effect::Ban(b) if b.xdp && reloading => self.app_bans.push(b),
             Effect::Ban(b) => self.app_ban(b),
         }
     }
@@ -198,10 +189,7 @@ impl Owner {
         let mut ifaces = Vec::new();
         let mut issued = None;
         for inst in &mut self.instances {
-            let Some(m) = inst.maps.as_mut() else {
-                continue;
-            };
-            match m.bans.ban_as(
+            match inst.bans.ban_as(
                 b.source,
                 b.duration,
                 None,

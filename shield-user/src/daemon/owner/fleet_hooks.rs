@@ -73,16 +73,14 @@ impl Link {
     }
 }
 
-/// Forgets the origins of received bans no longer in force. Maps a reload holds are back
-/// within the reload: prune only with all of them.
+/// Forgets the origins of received bans no longer in force.
 fn prune_origins(link: &mut Link, instances: &[Instance]) {
-    if link.origins.is_empty() || instances.iter().any(|i| i.maps.is_none()) {
+    if link.origins.is_empty() {
         return;
     }
     let live: HashSet<String> = instances
         .iter()
-        .filter_map(|i| i.maps.as_ref())
-        .flat_map(|m| m.bans.active())
+        .flat_map(|i| i.bans.active())
         .map(|b| field(&b.source, b.scope, &b.rule))
         .collect();
     link.origins.retain(|f, _| live.contains(f));
@@ -356,12 +354,7 @@ impl Owner {
             return;
         }
         let rule = (!m.rule.is_empty()).then_some(m.rule.as_str());
-        let known = rule.is_none_or(|r| {
-            self.instances
-                .iter()
-                .filter_map(|i| i.maps.as_ref())
-                .any(|mp| mp.bans.has_rule(r))
-        });
+        let known = rule.is_none_or(|r| self.instances.iter().any(|i| i.bans.has_rule(r)));
         if m.scope == BanScope::Rule && !known {
             fc.skipped_rule.fetch_add(1, Ordering::Relaxed);
             warn!(
@@ -387,11 +380,7 @@ impl Owner {
         if m.origin_host != self.host
             && !link.origins.contains_key(&f)
             && link.origins.len() >= link.max_bans
-            && !self
-                .instances
-                .iter()
-                .filter_map(|i| i.maps.as_ref())
-                .all(|mp| mp.bans.holds(&spec))
+            && !self.instances.iter().all(|i| i.bans.holds(&spec))
         {
             if link
                 .pruned
@@ -412,10 +401,7 @@ impl Owner {
         let mut installed = false;
         let mut full = None;
         for inst in &mut self.instances {
-            let Some(maps) = inst.maps.as_mut() else {
-                continue;
-            };
-            match maps.bans.ban_spec(&spec) {
+            match inst.bans.ban_spec(&spec) {
                 Ok(_) => installed = true,
                 Err(e @ crate::bans::BanError::Full(_)) => full = Some(e),
                 Err(e) => {
@@ -478,9 +464,6 @@ impl Owner {
         let mut lifted = Vec::new();
         let mut kept = 0;
         for inst in &mut self.instances {
-            let Some(maps) = inst.maps.as_mut() else {
-                continue;
-            };
             let lift = |b: &BanEntry| {
                 let Some(cutoff) = cutoff else {
                     return true;
@@ -498,7 +481,7 @@ impl Owner {
                 }
                 lift
             };
-            match maps.bans.unban_where(cidr, lift) {
+            match inst.bans.unban_where(cidr, lift) {
                 Ok(r) => lifted.extend(r.into_iter().map(|b| field(&b.source, b.scope, &b.rule))),
                 Err(e) => warn!(iface = %inst.iface, "fleet: unban of {}: {e}", m.source),
             }

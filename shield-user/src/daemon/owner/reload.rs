@@ -1,6 +1,7 @@
-//! The owner's reloads: one at a time, in a blocking task that borrows the maps (parse,
-//! check, compile, install on every interface), then the new policy taken into the owner,
-//! with its audit line and answers.
+//! The owner's reloads: one at a time, in a blocking task that borrows the policy tables
+//! (parse, check, compile, install on every interface), then the new policy taken into the
+//! owner, with its audit line and answers. Bans are served meanwhile: the ban tables stay
+//! with the owner.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -15,12 +16,15 @@ use tracing::{info, warn};
 use super::{Answer, JobOut, Owner, join_error};
 use crate::{
     control::{Reply, Request},
-    daemon::{InstallDone, app, drop_stale_bans, ids_of, install_all, reloaded, stale_bans_ended},
+    daemon::{
+        InstallDone, Instance, Tables, app, drop_stale_bans, ids_of, install_all, reloaded,
+        stale_bans_ended,
+    },
     policy,
 };
 
 impl Owner {
-    /// Starts a reload of the policy file in a blocking task that borrows the maps. One at
+    /// Starts a reload of the policy file in a blocking task that borrows the policy tables. One at
     /// a time: a reload asked for meanwhile runs after it.
     pub(super) fn reload(
         &mut self,
@@ -45,7 +49,7 @@ impl Owner {
         let maps: Vec<_> = self
             .instances
             .iter_mut()
-            .filter_map(|i| i.maps.take().map(|m| (i.iface.clone(), m)))
+            .filter_map(Instance::lend)
             .collect();
         let path = self.path.clone();
         let ids = self.ids.clone();
@@ -76,8 +80,8 @@ impl Owner {
         let out = out.unwrap_or_else(join_error);
         let mut back = out.maps.into_iter();
         for inst in &mut self.instances {
-            if inst.maps.is_none() {
-                inst.maps = back.next().map(|(_, m)| m);
+            if inst.tables.is_none() {
+                inst.tables = back.next().map(|t| t.maps);
             }
         }
         let (trigger, answers) = self
@@ -85,7 +89,13 @@ impl Owner {
             .take()
             .unwrap_or(("control socket", Vec::new()));
         let reply = match out.result {
-            Ok((policy, done, took, generation)) => {
+            Ok((policy, mut done, took, generation)) => {
+                // The bans the new policy leaves stale: here, where the ban tables are
+                // (bans were served during the reload).
+                done.bans_dropped = drop_stale_bans(
+                    self.instances.iter_mut().filter_map(Instance::with_bans),
+                    &self.ids,
+                );
                 stale_bans_ended(&mut self.audit, &done.bans_dropped);
                 // The install may have dropped bans (`drop_stale_bans`): saved as any change.
                 self.state_dirty = true;
@@ -149,7 +159,7 @@ impl Owner {
 /// The reload itself, off the run loop: parse, check, compile, install on every interface.
 fn reload_job(
     path: &std::path::Path,
-    maps: &mut [(String, crate::daemon::IfaceMaps)],
+    maps: &mut [Tables],
     ids: &HashMap<String, u32>,
     generation: u32,
     max_sources: u32,
@@ -180,7 +190,6 @@ fn reload_job(
     }
     let compiled = policy::compile_with_ids(&policy, ids);
     let generation = generation.wrapping_add(1).max(1);
-    let mut done = install_all(maps, &policy, &compiled, generation)?;
-    done.bans_dropped = drop_stale_bans(maps.iter_mut().map(|(i, m)| (i.as_str(), m)), ids);
+    let done = install_all(maps, &policy, &compiled, generation)?;
     Ok((policy, done, started.elapsed(), generation))
 }

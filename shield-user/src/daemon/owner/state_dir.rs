@@ -48,12 +48,7 @@ impl Owner {
             let Ok(cidr) = parse_cidr(&b.source) else {
                 continue;
             };
-            let Some(maps) = self
-                .instances
-                .iter_mut()
-                .find(|i| i.iface == b.iface)
-                .and_then(|i| i.maps.as_mut())
-            else {
+            let Some(inst) = self.instances.iter_mut().find(|i| i.iface == b.iface) else {
                 continue;
             };
             let spec = BanSpec {
@@ -65,7 +60,7 @@ impl Owner {
                 level: b.level,
                 reason: b.reason.as_deref(),
             };
-            match maps.bans.ban_spec(&spec) {
+            match inst.bans.ban_spec(&spec) {
                 Ok(_) => restored += 1,
                 Err(e) => {
                     warn!(iface = %b.iface, "--state-dir: ban of {} not restored: {e}", b.source)
@@ -92,8 +87,7 @@ impl Owner {
         let live: HashSet<String> = self
             .instances
             .iter()
-            .filter_map(|i| i.maps.as_ref())
-            .flat_map(|m| m.bans.active())
+            .flat_map(|i| i.bans.active())
             .map(|b| field(&b.source, b.scope, &b.rule))
             .collect();
         self.pending_origins = saved
@@ -120,8 +114,7 @@ impl Owner {
         let now = now_ms();
         let mut out = Vec::new();
         for inst in &self.instances {
-            let Some(m) = &inst.maps else { continue };
-            for b in m.bans.active() {
+            for b in inst.bans.active() {
                 if b.monitor {
                     continue;
                 }

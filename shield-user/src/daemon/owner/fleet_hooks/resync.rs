@@ -49,8 +49,7 @@ impl Owner {
         let held: HashSet<String> = if lost {
             self.instances
                 .iter()
-                .filter_map(|i| i.maps.as_ref())
-                .flat_map(|m| m.bans.active())
+                .flat_map(|i| i.bans.active())
                 .map(|b| field(&b.source, b.scope, &b.rule))
                 .collect()
         } else {
@@ -79,12 +78,7 @@ impl Owner {
         let mut seen = HashSet::new();
         let now = now_ms();
         let mut n = 0;
-        for b in self
-            .instances
-            .iter()
-            .filter_map(|i| i.maps.as_ref())
-            .flat_map(|m| m.bans.active())
-        {
+        for b in self.instances.iter().flat_map(|i| i.bans.active()) {
             let f = field(&b.source, b.scope, &b.rule);
             if b.monitor
                 || b.remaining_secs <= 0.0
@@ -130,11 +124,8 @@ impl Owner {
         // One pass over each interface's tables, however many bans are gone.
         let mut removed: HashMap<String, usize> = HashMap::new();
         for inst in &mut self.instances {
-            let Some(maps) = inst.maps.as_mut() else {
-                continue;
-            };
             let gone_here = |b: &BanEntry| gone.contains(&field(&b.source, b.scope, &b.rule));
-            match maps.bans.unban_all_where(gone_here) {
+            match inst.bans.unban_all_where(gone_here) {
                 Ok(r) => {
                     for b in r {
                         *removed.entry(b.source).or_default() += 1;
