@@ -390,6 +390,26 @@ pub fn program_log_level(level: &str) -> u8 {
 
 /// Loads the program with its maps pinned under `pin_dir` and its log at `warn` (see
 /// `load_with_log_level`).
+/// How many times a program load is tried while the verifier is interrupted (as libbpf).
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Loads `program`, again when the kernel's verifier gave up because a signal came in
+/// (`EAGAIN`: a SIGHUP or SIGTERM during the start, a child's SIGCHLD where it is handled),
+/// up to `LOAD_ATTEMPTS` times, as libbpf does; the verifier's verdict does not depend on it.
+fn load_program(program: &mut Xdp) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::WouldBlock && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn load(pin_dir: &Path, max_sources: u32) -> Result<Ebpf, LoaderError> {
     load_with_log_level(pin_dir, max_sources, program_log_level("warn"))
 }
@@ -510,13 +530,13 @@ pub fn load_with_tables(
         .program_mut(PROGRAM_NAME)
         .ok_or(LoaderError::Missing("program"))?
         .try_into()?;
-    program.load()?;
+    load_program(program)?;
     // `over_limit = "reset"`: the RST program, reached by a tail call from the judgement.
     let reset: &mut Xdp = ebpf
         .program_mut(shield_common::RESET_PROGRAM_NAME)
         .ok_or(LoaderError::Missing("reset program"))?
         .try_into()?;
-    reset.load()?;
+    load_program(reset)?;
     let fd = reset.fd()?.try_clone().map_err(ProgramError::from)?;
     let tails = ebpf
         .map_mut(shield_common::MAP_TAILS)
