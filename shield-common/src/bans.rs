@@ -80,6 +80,23 @@ pub struct BanValue {
 }
 const _: () = assert!(core::mem::size_of::<BanValue>() == 24);
 
+/// Whether `stored`, the ban in force on a key, stays when the data path's escalation
+/// issues `new` on the same key at `now` (the ban tables hold one ban per key, so the new
+/// one would replace it): a ban that has not ended stays when `new` would end it sooner, or
+/// would make an enforced ban monitor-only. Attempts-only bans let a banned source's
+/// segments through to the normal judgement, where they can strike again: under another
+/// host-scope rule with a shorter `ban` or in monitor mode, under the same rule once
+/// `forget` has reset its ladder, or against a longer ban from the fleet. Otherwise (the
+/// stored ban has ended, `new` ends later, or `new` is enforced and the stored one only
+/// monitor-mode) `new` replaces it.
+#[inline(always)]
+pub fn ban_stays(stored: &BanValue, new: &BanValue, now: u64) -> bool {
+    let monitor = |b: &BanValue| b.flags & BAN_MONITOR != 0;
+    now < stored.expires_ns
+        && (!monitor(stored) || monitor(new))
+        && (stored.expires_ns >= new.expires_ns || !monitor(stored) && monitor(new))
+}
+
 /// Most host bans one lookup walks through, longest prefix first: each lapsed or
 /// monitor-only match is followed by a lookup for a shorter one, so an active ban is found
 /// under up to 7 lapsed or monitor-only bans on longer prefixes of the same address. The
@@ -147,4 +164,38 @@ mod pod {
     unsafe impl aya::Pod for BanNote {}
     // SAFETY: as above.
     unsafe impl aya::Pod for BanHit {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(expires_ns: u64, flags: u8) -> BanValue {
+        BanValue {
+            expires_ns,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_automatic_ban_never_shortens_or_weakens_one_in_force() {
+        let (att, mon) = (BAN_ATTEMPTS, BAN_ATTEMPTS | BAN_MONITOR);
+        let now = 1_000;
+        // Enforced, in force: a shorter ban or a monitor-mode one leaves it.
+        assert!(ban_stays(&ban(5_000, att), &ban(2_000, att), now));
+        assert!(ban_stays(&ban(5_000, att), &ban(9_000, mon), now));
+        assert!(ban_stays(&ban(5_000, BAN_MANUAL), &ban(2_000, att), now));
+        assert!(ban_stays(&ban(5_000, att), &ban(5_000, att), now));
+        // One ending later replaces it.
+        assert!(!ban_stays(&ban(5_000, att), &ban(9_000, att), now));
+        // Monitor-mode: an enforced ban replaces it, whatever its end; a monitor-mode one
+        // only if it ends no earlier.
+        assert!(!ban_stays(&ban(5_000, mon), &ban(2_000, att), now));
+        assert!(ban_stays(&ban(5_000, mon), &ban(2_000, mon), now));
+        assert!(!ban_stays(&ban(5_000, mon), &ban(9_000, mon), now));
+        // A ban that has ended is replaced by anything.
+        assert!(!ban_stays(&ban(1_000, att), &ban(1_500, mon), now));
+        assert!(!ban_stays(&ban(0, BAN_MANUAL), &ban(1_500, att), now));
+    }
 }

@@ -109,6 +109,29 @@ pub(crate) fn insert_host_ban(key: &SourceKey, ban: &BanValue) -> Result<(), i32
     }
 }
 
+/// The ban stored under exactly `key` (host scope: the trie's entry of that prefix
+/// length, not a shorter one covering it), copied.
+#[inline(always)]
+pub(crate) fn stored_ban(key: &SourceKey, host: bool) -> Option<BanValue> {
+    if !host {
+        // SAFETY: a pointer from a successful lookup, valid during this run (RCU).
+        return SHIELD_RBANS.get_ptr(key).map(|b| unsafe { *b });
+    }
+    let a = key.addr;
+    let found = if key.family == FAMILY_V4 {
+        SHIELD_HBAN4.get(Key {
+            prefix_len: key.prefix_len as u32,
+            data: [a[0], a[1], a[2], a[3]],
+        })
+    } else {
+        SHIELD_HBAN6.get(Key {
+            prefix_len: key.prefix_len as u32,
+            data: a,
+        })
+    };
+    found.filter(|b| b.prefix_len == key.prefix_len).copied()
+}
+
 /// The strongest host ban covering the packet's source (`BAN_HIT_*`). The trie answers
 /// with the longest matching prefix only; when that ban has lapsed or is monitor-only, the
 /// lookup goes on below its prefix length, so an active ban on a shorter prefix (a /24

@@ -382,6 +382,11 @@ fn report_refusal(
             prefix_len: key.prefix_len,
             _pad: [0; 3],
         };
+        // A ban in force that this one would end sooner, or make monitor-only, stays
+        // (`shield_common::ban_stays`): no insert, no ban event.
+        if stored_ban(key, host).is_some_and(|b| shield_common::ban_stays(&b, &ban, now)) {
+            return reason;
+        }
         count_insert(if host {
             shield_common::BAN_COUNT_HOST
         } else {

@@ -494,3 +494,118 @@ fn spoofable_evidence_never_cuts_established_connections() {
         "{b:?}"
     );
 }
+
+/// Two host-scope rules: `login` bans for an hour, `chat` (a `packets` limit, which the
+/// segments an attempts-only ban lets through still meet) for ten seconds, or only in
+/// monitor mode. `{chat_mode}` is `chat`'s mode.
+fn two_ladders(chat_mode: &str) -> String {
+    format!(
+        r#"
+[[rule]]
+name = "login"
+protocol = "tcp"
+ports = [8080]
+connections = {{ rate = "1/s", burst = 1 }}
+escalation = {{ strikes = 1, window = "1m", ban = "1h", scope = "host" }}
+[[rule]]
+name = "chat"
+protocol = "tcp"
+ports = [9000]
+mode = "{chat_mode}"
+packets = {{ rate = "1/s", burst = 1 }}
+escalation = {{ strikes = 1, window = "1m", ban = "10s", scope = "host" }}
+"#
+    )
+}
+
+/// A ban in force is never shortened or weakened by a later automatic ban on the same
+/// key: the segments an attempts-only ban lets through can strike under another rule (or
+/// the same one after `forget`), whose ban would otherwise replace the longer one (the
+/// ban tables hold one ban per key).
+#[test]
+fn a_shorter_or_monitor_ban_never_replaces_a_longer_one_in_force() {
+    for chat_mode in ["enforce", "monitor"] {
+        let mut h = Harness::new(&two_ladders(chat_mode));
+        let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+        let ack = Pkt::new("192.0.2.1", L4::ack(9000)).bytes();
+        // `login` bans the source host-wide for an hour.
+        assert_eq!([h.run(&syn), h.run(&syn)], [XDP_PASS, XDP_DROP]);
+        let bans = h.bans();
+        assert!(
+            bans.len() == 1 && bans[0].duration_secs == 3600.0,
+            "{bans:?}"
+        );
+        assert_eq!(h.run(&syn), XDP_DROP);
+        // Its segments pass the attempts-only ban and go over `chat`'s packet limit: a
+        // strike, and `chat` would ban the same /32 for 10 s (or only watch it).
+        h.advance(SEC);
+        assert_eq!(h.run(&ack), XDP_PASS);
+        assert_eq!(
+            h.run(&ack),
+            if chat_mode == "enforce" {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            }
+        );
+        let bans = h.bans();
+        assert!(
+            bans.len() == 1 && bans[0].duration_secs == 3600.0 && !bans[0].monitor,
+            "{chat_mode}: `login`'s hour-long ban was replaced: {bans:?}"
+        );
+        assert_eq!(
+            h.run(&syn),
+            XDP_DROP,
+            "{chat_mode}: the source's SYNs passed under an hour-long ban"
+        );
+        h.advance(20 * SEC);
+        assert_eq!(
+            h.run(&syn),
+            XDP_DROP,
+            "{chat_mode}: the hour-long ban ended after 10 s"
+        );
+    }
+}
+
+/// The same within one rule: a strike after `forget` starts the ladder again at `ban`,
+/// which must not cut short the longer ban of the previous rung still in force.
+#[test]
+fn a_ladder_started_again_after_forget_never_cuts_a_longer_ban_short() {
+    let mut h = Harness::new(
+        r#"
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8080]
+connections = { rate = "1/s", burst = 1 }
+packets = { rate = "1/s", burst = 2 }
+escalation = { strikes = 1, window = "1m", ban = "1m", backoff = 16, max_ban = "1h", forget = "5s" }
+"#,
+    );
+    let syn = Pkt::new("192.0.2.1", L4::syn(8080)).bytes();
+    let ack = Pkt::new("192.0.2.1", L4::ack(8080)).bytes();
+    // A minute's ban, then (within `forget`) 16 minutes: segments pass the attempts-only
+    // ban and go over the packet limit.
+    assert_eq!([h.run(&syn), h.run(&syn)], [XDP_PASS, XDP_DROP]);
+    h.advance(2 * SEC);
+    while h.run(&ack) == XDP_PASS {}
+    let bans = h.bans();
+    assert!(
+        bans.len() == 1 && bans[0].duration_secs == 960.0,
+        "{bans:?}"
+    );
+    // Past `forget`: the next strike's ban is a minute again, inside the 16.
+    h.advance(10 * SEC);
+    while h.run(&ack) == XDP_PASS {}
+    let bans = h.bans();
+    assert!(
+        bans.len() == 1 && bans[0].duration_secs == 960.0,
+        "the 16-minute ban was replaced by a shorter one: {bans:?}"
+    );
+    h.advance(120 * SEC);
+    assert_eq!(
+        h.run(&syn),
+        XDP_DROP,
+        "the 16-minute ban ended after a minute"
+    );
+}

@@ -419,7 +419,18 @@ impl Model {
                 prefix_len: key.prefix_len,
                 _pad: [0; 3],
             };
-            if rule.flags & RULE_BAN_HOST != 0 {
+            let host = rule.flags & RULE_BAN_HOST != 0;
+            let stored = if host {
+                self.host_bans.get(&(key.family, key.prefix_len, key.addr))
+            } else {
+                self.rule_bans.get(key)
+            };
+            // A ban in force that this one would end sooner, or make monitor-only, stays:
+            // nothing is stored or reported.
+            if stored.is_some_and(|b| crate::ban_stays(b, &ban, now)) {
+                return reason;
+            }
+            if host {
                 self.host_bans
                     .insert((key.family, key.prefix_len, key.addr), ban);
             } else {
