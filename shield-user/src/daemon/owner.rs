@@ -165,6 +165,9 @@ struct Owner {
     app_bans: Vec<crate::app::AppBan>,
     /// When the verified set's filters were last rebuilt (`VFILTER_REBUILD`).
     vfilter_at: Instant,
+    /// `shield reload`s in progress: the reload's own answer, and the caller's, which gets
+    /// it with the application layer's part added (`forward_reloads`).
+    reload_replies: Vec<(oneshot::Receiver<Result<Reply, String>>, Answer)>,
 }
 
 /// How often the filters in front of the verified sets are rebuilt from the sets.
@@ -286,6 +289,7 @@ pub(super) async fn serve(
         app_counters,
         app_bans: Vec::new(),
         vfilter_at: Instant::now(),
+        reload_replies: Vec::new(),
     };
     owner.restore_state(&restore);
     // The fleet's bans are in force before this host says it is ready.
@@ -372,6 +376,7 @@ pub(super) async fn serve(
                 job = None;
                 owner.finish_reload(out);
                 owner.resume(&mut job);
+                owner.forward_reloads();
             }
         }
     }
@@ -402,6 +407,7 @@ pub(super) async fn serve(
             }, if pending.is_some() => {
                 pending = None;
                 owner.finish_reload(out);
+                owner.forward_reloads();
             }
             () = &mut all, if !tasks_done => tasks_done = true,
             msg = rx.recv() => match msg {
@@ -496,7 +502,12 @@ impl Owner {
                     matrix: self.matrix.clone(),
                 })));
             }
-            Request::Reload {} => self.reload("control socket", Some(answer), job),
+            Request::Reload {} => {
+                let (reply, reloaded) = oneshot::channel();
+                self.reload_replies.push((reloaded, answer));
+                self.reload("control socket", Some(reply), job);
+                self.forward_reloads();
+            }
             Request::Fleet {} => {
                 let _ = answer.send(Ok(Reply::Fleet(crate::control::FleetReply {
                     fleet: self.counters.fleet.status(&self.host),
@@ -515,10 +526,54 @@ impl Owner {
             }
             // These need the maps: after the reload in progress, in order.
             other if job.is_some() => self.waiting.push_back((other, answer)),
+            Request::Unban { source } => self.unban(&source, answer),
             other => {
                 let result = self.maps_request(other);
                 let _ = answer.send(result);
             }
+        }
+    }
+
+    /// Answers the `shield reload`s whose reload has ended: its reply, with the
+    /// application layer's part when the policy in force has `[app]` (an app-only daemon
+    /// reloads no rule: its reply would say only "0 rules").
+    fn forward_reloads(&mut self) {
+        loop {
+            let mut forwarded = false;
+            for (mut reloaded, answer) in std::mem::take(&mut self.reload_replies) {
+                match reloaded.try_recv() {
+                    Ok(reply) => {
+                        forwarded = true;
+                        let _ = answer.send(reply.map(|r| self.with_app(r)));
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        self.reload_replies.push((reloaded, answer));
+                    }
+                    // Dropped unanswered: so is the caller's (it sees the connection end).
+                    Err(oneshot::error::TryRecvError::Closed) => forwarded = true,
+                }
+            }
+            // A reload asked for during another one answers through a second wrapper.
+            if !forwarded {
+                break;
+            }
+        }
+    }
+
+    /// A reload's reply with the application layer's part (`[app]` in the policy in force).
+    fn with_app(&self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Reloaded(reloaded) if self.policy.app.is_some() => {
+                Reply::ReloadedApp(crate::control::ReloadReply {
+                    reloaded,
+                    app: Some(crate::control::AppReloaded {
+                        endpoints: self.policy.endpoints.len(),
+                        signals: self.policy.signals.len(),
+                        app_only: self.instances.is_empty(),
+                    }),
+                })
+            }
+            other => other,
         }
     }
 
