@@ -106,6 +106,26 @@ pub struct Reloaded {
     pub took_ms: f64,
 }
 
+/// `reload` as the daemon answers it: what the install did, and with `[app]` in the
+/// policy, what the application layer now serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    #[serde(flatten)]
+    pub reloaded: Reloaded,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppReloaded>,
+}
+
+/// The application layer's part of a `reload` reply (`[app]` in the reloaded policy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppReloaded {
+    /// `[[endpoint]]` and `[[signal]]` tables in force.
+    pub endpoints: usize,
+    pub signals: usize,
+    /// No interface (`shield run` without `--iface`): `rules`, `allow` and `deny` are 0.
+    pub app_only: bool,
+}
+
 /// `policy`: the policy in force.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunningPolicy {
@@ -147,6 +167,10 @@ pub struct Banned {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unbanned {
     pub removed: Vec<BanEntry>,
+    /// With an application layer (`[app]`): how many clients inside the prefix it freed
+    /// from their L7 bans (403s). Absent without one (or if it did not answer in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7_freed: Option<usize>,
 }
 
 /// `app_stats`.
@@ -165,6 +189,7 @@ pub struct AppStats {
 pub enum Reply {
     Pong(Pong),
     Reloaded(Reloaded),
+    ReloadedApp(ReloadReply),
     Policy(RunningPolicy),
     Fleet(FleetReply),
     Bans(BanList),
@@ -289,6 +314,44 @@ pub fn call<R: DeserializeOwned>(socket: &Path, req: &Request) -> Result<R, Clie
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reload reply keeps the XDP daemon's fields flat, as scripts read them, and adds
+    /// `app` only with `[app]`; the CLI reads a reply with or without it.
+    #[test]
+    fn a_reload_reply_keeps_its_fields_and_adds_the_app_part() {
+        let reloaded = Reloaded {
+            generation: 3,
+            rules: 2,
+            allow: 1,
+            deny: 0,
+            port_slots_written: 4,
+            lists_swapped: false,
+            took_ms: 1.5,
+        };
+        let plain = encode(&Ok(Reply::Reloaded(reloaded.clone())));
+        let v: serde_json::Value = serde_json::from_str(&plain).expect("JSON");
+        assert_eq!(
+            (v["ok"].clone(), v["rules"].clone()),
+            (true.into(), 2.into())
+        );
+        assert!(v.get("app").is_none(), "{v}");
+        let r: ReloadReply = serde_json::from_str(&plain).expect("an XDP reply");
+        assert_eq!((r.reloaded.clone(), r.app), (reloaded.clone(), None));
+        let app = AppReloaded {
+            endpoints: 2,
+            signals: 1,
+            app_only: true,
+        };
+        let with = encode(&Ok(Reply::ReloadedApp(ReloadReply {
+            reloaded: reloaded.clone(),
+            app: Some(app.clone()),
+        })));
+        let v: serde_json::Value = serde_json::from_str(&with).expect("JSON");
+        assert_eq!(v["generation"], 3, "{v}");
+        assert_eq!(v["app"]["endpoints"], 2, "{v}");
+        let r: ReloadReply = serde_json::from_str(&with).expect("an app reply");
+        assert_eq!((r.reloaded, r.app), (reloaded, Some(app)));
+    }
 
     #[test]
     fn every_listed_command_is_served_and_no_other() {

@@ -30,6 +30,7 @@ pub fn ban_for(maps: &mut BanMaps, cidr: &str, dur: Duration, flags: u8) {
         flags,
         level: 0,
         reason: None,
+        issued: None,
     })
     .expect("a host ban");
 }

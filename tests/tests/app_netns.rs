@@ -428,3 +428,141 @@ fn an_unknown_group_fails_the_start_before_anything_is_attached() {
         "nothing was pinned"
     );
 }
+
+/// An app-only daemon (`shield run` without `--iface`) started by hand: stopped and its
+/// files removed on drop.
+struct AppOnly {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for AppOnly {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `shield reload` and `shield unban` against an app-only daemon say what they did: the
+/// reload names the endpoints and signals it took (it said "0 rules", the rules of an XDP
+/// policy it has none of), an unban of a source that is not banned exits 2 saying so (it
+/// exited 0), and one that frees an L7-banned client says how many it freed.
+#[test]
+fn an_app_only_daemon_says_what_reload_and_unban_did() {
+    shield_tests::require_root();
+    let dir = std::env::temp_dir().join(unique("pl-apponly-"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let app_sock = dir.join("app.sock");
+    let control = dir.join("control.sock");
+    let policy_file = dir.join("policy.toml");
+    let signal = "\n[[signal]]\nname = \"bad_password\"\nlimit = { rate = \"5/min\", burst = 5 }\n";
+    std::fs::write(&policy_file, policy(&app_sock, signal)).expect("policy");
+    let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
+    let child = std::process::Command::new(shield_tests::shield_bin())
+        .arg("run")
+        .arg("--policy")
+        .arg(&policy_file)
+        .arg("--socket")
+        .arg(&control)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--metrics", "off"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting shield run (app-only)");
+    let mut daemon = AppOnly {
+        child,
+        dir: dir.clone(),
+    };
+    let daemon_log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut c = loop {
+        if let Ok(mut c) = AppClient::connect(&app_sock)
+            && c.hello().is_ok()
+        {
+            break c;
+        }
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("shield run (app-only) exited: {status}\n{}", daemon_log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app socket never answered\n{}",
+            daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let shield = |args: &[&str]| {
+        let out = std::process::Command::new(shield_tests::shield_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&control)
+            .output()
+            .expect("running shield");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // The reload says what the app layer took, in the XDP reply's shape.
+    let (code, out, err) = shield(&["reload"]);
+    assert_eq!(code, Some(0), "reload: {out}{err}");
+    assert!(
+        out.starts_with("reloaded: generation ")
+            && out.contains(", 1 endpoints and 1 signals (app-only: no interface), ")
+            && out.trim_end().ends_with(" ms"),
+        "an app-only reload names the endpoints and signals it reloaded, not 0 rules: {out}"
+    );
+
+    // Nothing banned: exit 2, said on stderr.
+    let (code, out, err) = shield(&["unban", "192.0.2.77"]);
+    assert_eq!(
+        code,
+        Some(2),
+        "unban of a source that is not banned exits 2: {out}{err}"
+    );
+    assert!(
+        err.contains("192.0.2.77/32 is not banned: nothing was lifted"),
+        "unban says nothing was banned: {err}"
+    );
+
+    // An L7 ban (no XDP: every ban is a 403), lifted: exit 0, the freed client counted.
+    let legit = IpAddr::V4(LEGIT_V4);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if login(&mut c, legit, None)["status"] == 403 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never L7-banned\n{}",
+            daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (code, out, err) = shield(&["unban", &legit.to_string()]);
+    assert_eq!(code, Some(0), "unban of an L7-banned client: {out}{err}");
+    assert!(
+        out.contains(&format!(
+            "freed 1 client(s) inside {legit}/32 from the application layer's L7 bans"
+        )),
+        "unban says it freed the client: {out}"
+    );
+    assert_ne!(
+        login(&mut c, legit, None)["status"],
+        403,
+        "the client is no longer banned"
+    );
+}

@@ -28,7 +28,7 @@ pub fn unprintable(c: char) -> bool {
 }
 
 /// Whether prefix `outer` contains prefix `inner` (same family, `outer` no longer).
-pub(crate) fn covers(outer: &Cidr, inner: &Cidr) -> bool {
+pub fn covers(outer: &Cidr, inner: &Cidr) -> bool {
     match (outer.addr, inner.addr) {
         (IpAddr::V4(o), IpAddr::V4(i)) if outer.len <= inner.len => {
             let m = u32::MAX.checked_shl(32 - u32::from(outer.len)).unwrap_or(0);

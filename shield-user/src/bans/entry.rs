@@ -24,7 +24,12 @@ pub struct BanOutcome {
 #[derive(Debug, Clone)]
 pub struct BanSpec<'a> {
     pub cidr: Cidr,
+    /// The time left: the ban ends `dur` from now.
     pub dur: Duration,
+    /// The ban's whole duration when it was issued earlier (a ban restored from
+    /// `--state-dir`): its duration in `shield bans` and in the audit log's `ban_secs`
+    /// (`unban`, `ban_end`). `None`: `dur` (a ban issued now). Never taken below `dur`.
+    pub issued: Option<Duration>,
     pub scope: BanScope,
     pub rule: Option<&'a str>,
     /// `BAN_MANUAL`, `BAN_ATTEMPTS` (cuts new connections only).

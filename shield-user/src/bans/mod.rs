@@ -25,8 +25,7 @@ use crate::{
 mod check;
 mod entry;
 
-pub(crate) use check::covers;
-pub use check::{BanFloor, check_manual_ban, unprintable};
+pub use check::{BanFloor, check_manual_ban, covers, unprintable};
 use entry::ip_of;
 pub use entry::{BanEntry, BanKey, BanOutcome, BanSpec, Cuts, Origin};
 
@@ -365,6 +364,7 @@ impl BanMaps {
             },
             level: 0,
             reason,
+            issued: None,
         })
     }
 
@@ -378,12 +378,14 @@ impl BanMaps {
     pub fn ban_spec(&mut self, spec: &BanSpec) -> Result<BanOutcome, BanError> {
         let (cidr, dur, reason) = (spec.cidr, spec.dur, spec.reason);
         let now = self.now();
-        let dur_ns = dur
-            .as_nanos()
-            .min(u128::from(shield_common::judge::MAX_BAN_NS)) as u64;
+        let max = u128::from(shield_common::judge::MAX_BAN_NS);
+        let dur_ns = dur.as_nanos().min(max) as u64;
+        let issued_ns = spec
+            .issued
+            .map_or(dur_ns, |d| (d.as_nanos().min(max) as u64).max(dur_ns));
         let mut value = BanValue {
             expires_ns: now.saturating_add(dur_ns),
-            duration_ns: dur_ns,
+            duration_ns: issued_ns,
             rule: 0,
             flags: spec.flags,
             level: spec.level,

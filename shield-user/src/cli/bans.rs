@@ -105,22 +105,20 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `shield unban`'s exit status when nothing was banned: neither a ban on exactly that
+/// prefix at the NIC nor an L7 ban of a client inside it (1 stays for errors).
+pub const NOT_BANNED: u8 = 2;
+
 pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
     let (source, socket) = (a.source, a.socket.socket);
-    policy::parse_cidr(&source).map_err(|e| anyhow::anyhow!("source \"{source}\": {e}"))?;
+    let cidr =
+        policy::parse_cidr(&source).map_err(|e| anyhow::anyhow!("source \"{source}\": {e}"))?;
     let reply: control::Unbanned = control::call(
         &socket,
         &Request::Unban {
             source: source.clone(),
         },
     )?;
-    if reply.removed.is_empty() {
-        // The daemon lifts the app layer's L7 bans (403s) inside the prefix too, but does
-        // not report them: say what is known.
-        println!(
-            "no ban on {source} at the NIC (L7 bans of the application layer inside it, if any, are lifted too)"
-        );
-    }
     for b in &reply.removed {
         println!(
             "unbanned {} from {} on {}",
@@ -129,7 +127,39 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
             b.iface
         );
     }
-    Ok(ExitCode::SUCCESS)
+    let freed = reply.l7_freed.unwrap_or(0);
+    if freed > 0 {
+        println!(
+            "freed {freed} client(s) inside {cidr} from the application layer's L7 bans (403s)"
+        );
+    }
+    if !reply.removed.is_empty() || freed > 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let app = if reply.l7_freed.is_some() {
+        ", nor a client inside it by the application layer"
+    } else {
+        ""
+    };
+    eprintln!(
+        "shield: {cidr} is not banned: nothing was lifted (no ban on exactly {cidr} at the NIC{app})"
+    );
+    // Only an exact prefix is lifted: name the bans in force that hold it, if any.
+    if let Ok(list) = control::call::<control::BanList>(&socket, &Request::Bans {}) {
+        for b in list.bans.iter().filter(|b| {
+            policy::parse_cidr(&b.source).is_ok_and(|o| shield_user::bans::covers(&o, &cidr))
+        }) {
+            eprintln!(
+                "shield: {cidr} is inside {}, banned from {} on {} ({:.0}s left): `shield unban {}` lifts that one",
+                b.source,
+                scope_text(b),
+                b.iface,
+                b.remaining_secs,
+                b.source
+            );
+        }
+    }
+    Ok(ExitCode::from(NOT_BANNED))
 }
 
 pub fn list(a: BansArgs) -> Result<ExitCode> {

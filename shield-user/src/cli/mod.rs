@@ -77,6 +77,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Reload the running daemon's policy file now and print the result or the error (the
     /// old policy stays in force on error). SIGHUP and editing the file do the same.
+    ///
+    /// Prints `reloaded: generation N, R rules, A allow and D deny prefixes, T ms`; an
+    /// app-only daemon (no --iface) prints `reloaded: generation N, E endpoints and S
+    /// signals (app-only: no interface), T ms`.
     Reload(reload::ReloadArgs),
     /// Roll back: remove shield from an interface for good (program, link and pinned maps),
     /// whether or not a daemon is running (needs root).
@@ -101,6 +105,10 @@ pub enum Command {
     /// L7 bans (403s) of every client inside the prefix; a ban on a wider or narrower prefix
     /// is not touched (`shield bans` lists them as stored). With `[fleet]`, lifted on every
     /// host.
+    ///
+    /// Exit status: 0 when something was lifted; 2 when nothing was banned (said on stderr,
+    /// with any wider ban in force that holds the prefix; with `[fleet]` the unban is sent
+    /// to the other hosts all the same); 1 on an error.
     Unban(bans::UnbanArgs),
     /// List active bans: source, scope, remaining time, origin, ladder level, reason.
     ///

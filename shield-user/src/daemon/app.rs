@@ -18,7 +18,7 @@ use std::{
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    sync::{Semaphore, mpsc, watch},
+    sync::{Semaphore, mpsc, oneshot, watch},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -42,12 +42,14 @@ const IDLE: Duration = Duration::from_secs(300);
 /// Once a request line has started, the rest of it must come within this.
 const LINE_DEADLINE: Duration = Duration::from_secs(5);
 /// An unban for the app layer's L7 bans.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) struct AppUnban {
     pub cidr: Cidr,
     /// A fleet unban: only the L7 bans issued up to then (unix ms; see
     /// `owner::fleet_hooks::UNBAN_SKEW_MS`). `None` (`shield unban` here): every one.
     pub before_ms: Option<u64>,
+    /// `shield unban`: told how many clients were freed (for its reply).
+    pub freed: Option<oneshot::Sender<usize>>,
 }
 
 /// The limiter, shared by the client tasks and the app task (never by the owner).
@@ -192,7 +194,7 @@ pub(super) async fn serve(
                     save_and_log(&state_dir, saved, &mut save_error).await;
                 }
             }
-            Some(AppUnban { cidr, before_ms }) = unbans.recv() => {
+            Some(AppUnban { cidr, before_ms, freed }) = unbans.recv() => {
                 let n = {
                     let mut l = lock(&limiter);
                     match before_ms {
@@ -207,6 +209,9 @@ pub(super) async fn serve(
                 };
                 if n > 0 {
                     info!("unban {cidr}: {n} client(s) freed from the app layer's L7 bans");
+                }
+                if let Some(tx) = freed {
+                    let _ = tx.send(n);
                 }
             }
         }

@@ -516,10 +516,28 @@ impl Owner {
             other @ Request::Ban { rule: Some(_), .. } if job.is_some() => {
                 self.waiting.push_back((other, answer))
             }
+            Request::Unban { source } => self.unban(&source, answer),
             other => {
                 let result = self.maps_request(other);
                 let _ = answer.send(result);
             }
+        }
+    }
+
+    /// A reload's reply with the application layer's part (`[app]` in the policy in force).
+    fn with_app(&self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Reloaded(reloaded) if self.policy.app.is_some() => {
+                Reply::ReloadedApp(crate::control::ReloadReply {
+                    reloaded,
+                    app: Some(crate::control::AppReloaded {
+                        endpoints: self.policy.endpoints.len(),
+                        signals: self.policy.signals.len(),
+                        app_only: self.instances.is_empty(),
+                    }),
+                })
+            }
+            other => other,
         }
     }
 

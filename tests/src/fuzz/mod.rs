@@ -156,6 +156,7 @@ fn operate(
         flags,
         level: 0,
         reason: None,
+        issued: None,
     })
     .expect("a manual host ban");
     let value = BanValue {

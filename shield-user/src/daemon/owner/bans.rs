@@ -6,14 +6,19 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tracing::warn;
 
-use super::Owner;
+use tokio::sync::oneshot;
+
+use super::{Answer, Owner};
 use crate::{
     audit::rfc3339,
-    bans::{BanFloor, check_manual_ban},
+    bans::{BanEntry, BanFloor, check_manual_ban},
     control::{BanList, BanResult, Banned, Reply, Request, Unbanned},
     daemon::upkeep::ban_json,
-    policy::{format_duration, parse_cidr, parse_duration},
+    policy::{Cidr, format_duration, parse_cidr, parse_duration},
 };
+
+/// How long `shield unban` waits for the app task's count of the L7 bans it lifted.
+const APP_UNBAN_PATIENCE: Duration = Duration::from_secs(5);
 
 /// `shield ban` against an app-only daemon (no `--iface`): refused, never a silent no-op.
 const APP_ONLY_BAN: &str = "this daemon runs in app-only mode (no --iface): there is no interface to ban on; the application layer bans at L7 by itself (escalation); run shield with --iface for manual bans";
@@ -47,28 +52,60 @@ impl Owner {
                 reason.as_deref(),
                 force,
             ),
-            Request::Unban { source } => {
-                let cidr = parse_cidr(&source).map_err(|e| format!("source \"{source}\": {e}"))?;
-                let mut removed = Vec::new();
-                for inst in &mut self.instances {
-                    for mut b in inst.bans.unban(cidr).map_err(|e| e.to_string())? {
-                        b.iface = inst.iface.clone();
-                        self.audit
-                            .write(ban_json("unban", &inst.iface, &b, b.comment.as_ref()));
-                        removed.push(b);
-                    }
-                }
-                self.issued_unban(&cidr.to_string());
-                if let Some(tx) = &self.app_unban {
-                    let _ = tx.send(crate::daemon::app::AppUnban {
-                        cidr,
-                        before_ms: None,
-                    });
-                }
-                Ok(Reply::Unbanned(Unbanned { removed }))
-            }
             other => Err(format!("internal: {other:?} is not a maps request")),
         }
+    }
+
+    /// `shield unban`: lifts the bans of exactly `source` on every interface and the app
+    /// layer's L7 bans inside it. Answered once the app task said how many clients it
+    /// freed (in a task of its own: the owner never waits for the app task).
+    pub(super) fn unban(&mut self, source: &str, answer: Answer) {
+        let lifted = self.intact().and_then(|()| self.unban_maps(source));
+        let (removed, cidr) = match lifted {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = answer.send(Err(e));
+                return;
+            }
+        };
+        self.issued_unban(&cidr.to_string());
+        let Some(tx) = &self.app_unban else {
+            let _ = answer.send(Ok(Reply::Unbanned(Unbanned {
+                removed,
+                l7_freed: None,
+            })));
+            return;
+        };
+        let (freed_tx, freed) = oneshot::channel();
+        let _ = tx.send(crate::daemon::app::AppUnban {
+            cidr,
+            before_ms: None,
+            freed: Some(freed_tx),
+        });
+        tokio::spawn(async move {
+            // The app task answers at once (a lock and a sweep of its table); a reply
+            // without the count rather than none if it has stopped.
+            let l7_freed = tokio::time::timeout(APP_UNBAN_PATIENCE, freed)
+                .await
+                .ok()
+                .and_then(Result::ok);
+            let _ = answer.send(Ok(Reply::Unbanned(Unbanned { removed, l7_freed })));
+        });
+    }
+
+    /// The NIC's part of `unban`: the bans lifted (each with its audit line).
+    fn unban_maps(&mut self, source: &str) -> Result<(Vec<BanEntry>, Cidr), String> {
+        let cidr = parse_cidr(source).map_err(|e| format!("source \"{source}\": {e}"))?;
+        let mut removed = Vec::new();
+        for inst in &mut self.instances {
+            for mut b in inst.bans.unban(cidr).map_err(|e| e.to_string())? {
+                b.iface = inst.iface.clone();
+                self.audit
+                    .write(ban_json("unban", &inst.iface, &b, b.comment.as_ref()));
+                removed.push(b);
+            }
+        }
+        Ok((removed, cidr))
     }
 
     pub(super) fn ban(

@@ -371,6 +371,7 @@ impl Owner {
             flags: flags_of(&m.origin, &m.cuts),
             level: m.level,
             reason: m.reason.as_deref(),
+            issued: None,
         };
         // A quarter of the table (by default) stays for this host's own bans: a fleet
         // holding more bans than that must not stop this host from banning. A ban stored
@@ -493,6 +494,7 @@ impl Owner {
             let _ = tx.send(crate::daemon::app::AppUnban {
                 cidr,
                 before_ms: cutoff,
+                freed: None,
             });
         }
         if let Some(link) = self.fleet.as_mut() {

@@ -129,7 +129,8 @@ impl Owner {
                     summary.generation,
                     summary.took_ms
                 );
-                Ok(Reply::Reloaded(summary))
+                // With the application layer's part (an app-only daemon reloads no rule).
+                Ok(self.with_app(Reply::Reloaded(summary)))
             }
             Err(e) => {
                 self.reload_failed(trigger, &e);

@@ -54,6 +54,8 @@ impl Owner {
             let spec = BanSpec {
                 cidr,
                 dur: Duration::from_millis(b.expires_ms - now),
+                // The duration it was issued with, not the time left.
+                issued: Some(Duration::try_from_secs_f64(b.duration_secs).unwrap_or_default()),
                 scope: b.scope,
                 rule: (!b.rule.is_empty()).then_some(b.rule.as_str()),
                 flags: flags_of(&b.origin, &b.cuts),
