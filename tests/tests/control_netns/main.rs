@@ -81,6 +81,7 @@ fn lab_stop_and_clear(lab: &NsLab) {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
+mod ban_output;
 mod starts;
 mod states;
 mod stops;

@@ -67,6 +67,11 @@ fn bans_are_shared_exactly_across_three_hosts_through_redis() {
             (left - want).abs() < 2.0,
             "same expiry as issued: {left} s left, {want} s expected"
         );
+        assert_eq!(
+            b["duration_secs"].as_f64(),
+            Some(600.0),
+            "shown with the duration h0 issued it with, not the time left: {b}"
+        );
         wait_until("the link is up", Duration::from_secs(10), || {
             h.fleet()["connected"] == true
         });

@@ -371,7 +371,8 @@ impl Owner {
             flags: flags_of(&m.origin, &m.cuts),
             level: m.level,
             reason: m.reason.as_deref(),
-            issued: None,
+            // Shown with the duration it was issued with, not the time it has left.
+            issued: Duration::try_from_secs_f64(m.duration_secs).ok(),
         };
         // A quarter of the table (by default) stays for this host's own bans: a fleet
         // holding more bans than that must not stop this host from banning. A ban stored
