@@ -159,9 +159,11 @@ fn the_cache_of_every_cpu_follows_an_unban() {
 fn the_data_path_replacing_a_cached_ban_is_honoured_by_the_very_next_packet() {
     pin_to(0);
     let (h, mut maps) = harness();
-    // The operator bans 10.9.9.0/24 outright; 10.9.9.7's drop is cached.
+    // The operator bans 10.9.9.0/24 outright for 30 minutes (the rule's ban, 1 h, ends
+    // later: it replaces this one, where a shorter one would leave it in force); 10.9.9.7's
+    // drop is cached.
     let x = "10.9.9.7".to_string();
-    ban_for(&mut maps, "10.9.9.0/24", 7200 * SEC, BAN_MANUAL);
+    ban_for(&mut maps, "10.9.9.0/24", 1800 * SEC, BAN_MANUAL);
     let x_ack = Pkt::new(&x, L4::ack(8080)).bytes();
     for _ in 0..3 {
         assert_eq!(h.run(&x_ack), XDP_DROP, "{x}: banned outright");
