@@ -132,15 +132,31 @@ struct Undo {
 }
 
 /// Gives the first `undo.len()` interfaces back what they had: the half in force (whole:
-/// its lists were kept), the syncookie table. The per-source state of rules new to an id,
-/// which the install forgot, stays forgotten (a new rule had none; a rule removed under
-/// all 255 ids taken loses its counts).
+/// its lists were kept; the ban lookups on if bans are stored), the syncookie table. The
+/// per-source state of rules new to an id, which the install forgot, stays forgotten (a new
+/// rule had none; a rule removed under all 255 ids taken loses its counts).
 fn undo_installs(maps: &mut [Tables], undo: &[Undo]) {
-    for (Tables { iface, maps: m, .. }, u) in maps.iter_mut().zip(undo).rev() {
-        if let Some(half) = u.previous_half
-            && let Err(e) = m.restore_half(half)
-        {
-            warn!(%iface, "cannot restore the previous policy: {e}");
+    for (
+        Tables {
+            iface,
+            dir,
+            maps: m,
+        },
+        u,
+    ) in maps.iter_mut().zip(undo).rev()
+    {
+        if let Some(half) = u.previous_half {
+            if let Err(e) = m.restore_half(half) {
+                warn!(%iface, "cannot restore the previous policy: {e}");
+            }
+            // A ban stored after this interface's flip (bans are served during a reload)
+            // turned the lookups on in the half then in force, the undone one: on in the
+            // half in force again too (a ban stored from now on turns them on itself).
+            if crate::bans::bans_exist(dir).unwrap_or(true)
+                && let Err(e) = m.set_flag(CFG_BANS, true)
+            {
+                warn!(%iface, "cannot turn the ban lookups on: {e}");
+            }
         }
         let _ = m.take_fresh_ids();
         if let Err(e) = crate::synproxy::restore(iface, u.table.as_deref()) {

@@ -1,5 +1,6 @@
 //! Bans while a reload is held up (here by an `nft` that waits): `shield ban` is answered at
-//! once, enforced at once, and stays enforced under the policy the reload installs.
+//! once, enforced at once, and stays enforced under the policy the reload installs, or under
+//! the one in force again when the reload fails and is undone.
 
 use super::reloads::{WrappedLab, reaches_server};
 use super::*;
@@ -63,5 +64,74 @@ fn a_ban_during_a_held_reload_is_served_at_once_and_stays_in_force() {
         "after the reload"
     );
     assert!(!reaches_server(&lab.topo, src), "after the reload");
+    lab.stop();
+}
+
+/// Whether the data path's ban lookups are on in the policy half in force on `iface`.
+fn ban_lookups_on(lab: &WrappedLab, iface: &str) -> bool {
+    let dir = shield_user::loader::pin_dir(&lab.bpffs_path(), iface);
+    let (_, cfg) = shield_user::loader::PolicyMaps::open(&dir)
+        .and_then(|t| t.active())
+        .expect("the policy tables");
+    cfg.flags & shield_common::CFG_BANS != 0
+}
+
+/// A reload held on the second interface (`nft` waits, then refuses its table) after the
+/// first one's new policy is in force; a ban meanwhile (no bans before: the lookups were off
+/// in both halves of the first interface until it came, and it turned them on in the new
+/// one). The reload fails and is undone: the first interface's previous half is in force
+/// again, with the lookups on, so the ban drops the source at once (not only after the
+/// next once-a-second expiry pass; checked right after the reload's audit line).
+#[test]
+fn a_ban_during_a_reload_that_is_undone_stays_in_force() {
+    let mut lab = WrappedLab::start(POLICY, true, |real, dir| {
+        format!(
+            "if [ \"$1\" = -f ] && [ -e '{hold}' ]; then\n  script=$(cat)\n  case \"$script\" in *'\"dum0\"'*)\n    : > '{entered}'; while [ -e '{hold}' ]; do sleep 0.1; done\n    echo 'wrapper: refused' >&2; exit 1;;\n  esac\n  printf '%s\\n' \"$script\" | exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+            hold = dir.join("hold").display(),
+            entered = dir.join("entered").display()
+        )
+    });
+    let (source, reason) = ("203.0.113.7/32", "undone reload");
+    let src = IpAddr::V4(netlab::DENIED_V4);
+    assert!(reaches_server(&lab.topo, src), "before the ban");
+    assert!(!ban_lookups_on(&lab, netlab::SERVER_IF), "no bans yet");
+    let before = lab.generation(netlab::SERVER_IF);
+
+    std::fs::write(lab.file("hold"), "").expect("hold");
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
+    // The first interface has the new policy once the second one's `nft` waits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !lab.file("entered").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never ran nft on dum0:\n{}",
+            lab.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lab.generation(netlab::SERVER_IF), before + 1, "flipped");
+    let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
+    assert!(ok, "shield ban: {err}");
+    assert!(!reaches_server(&lab.topo, src), "during the reload");
+
+    std::fs::remove_file(lab.file("hold")).expect("hold");
+    let e = lab.reload(1);
+    // At once: the expiry pass would turn the lookups back on within a second.
+    let on = ban_lookups_on(&lab, netlab::SERVER_IF);
+    let dropped = !reaches_server(&lab.topo, src);
+    assert_eq!(e["result"], "error", "{e}");
+    assert_eq!(lab.generation(netlab::SERVER_IF), before, "undone");
+    assert!(on, "the ban lookups are off in the policy in force again");
+    assert!(dropped, "after the undone reload");
+    let both = {
+        let mut b = vec![netlab::SERVER_IF.to_string(), "dum0".to_string()];
+        b.sort();
+        b
+    };
+    assert_eq!(
+        lab.banned_on(source, reason),
+        both,
+        "listed after the reload"
+    );
     lab.stop();
 }

@@ -137,6 +137,11 @@ impl WrappedLab {
         std::fs::write(&self.policy, text).expect("policy");
     }
 
+    /// The lab's bpffs.
+    pub(super) fn bpffs_path(&self) -> PathBuf {
+        self.bpffs.path.clone()
+    }
+
     /// The policy generation in force in `iface`'s maps.
     pub(super) fn generation(&self, iface: &str) -> u32 {
         shield_user::stats::read_iface(&self.bpffs.path, iface)
