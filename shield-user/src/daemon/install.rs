@@ -175,7 +175,7 @@ pub(crate) struct StaleBan {
 }
 
 /// Removes the bans the policy just installed leaves stale: rule bans of rules it no longer
-/// has (or whose id it gave to a new rule), and monitor bans of rules it enforces or removed
+/// has (or whose id it gave to a new rule: those issued before its flip), and monitor bans of rules it enforces or removed
 /// (returned, by interface, for their `ban_end`; a removed rule named as in `previous`, the
 /// ids of the policy before). Run once the install is committed: a reload's at once, a
 /// start's once attached, since an undone start gives adopted maps back their policy, which
@@ -203,12 +203,13 @@ pub(crate) fn drop_stale_bans<'a>(
     };
     for (iface, tables, bans) in maps {
         let fresh = tables.take_fresh_ids();
+        let flipped_ns = tables.flipped_ns();
         // Monitor bans first: a removed rule's rule-scope ones are monitor bans too.
         if let Ok(dropped) = bans.drop_enforced_monitor_bans() {
             stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
         }
         // A removed rule's every one (its id is not live, or a new rule took it).
-        if let Ok(dropped) = bans.drop_orphans(&fresh) {
+        if let Ok(dropped) = bans.drop_orphans(&fresh, flipped_ns) {
             stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
         }
     }

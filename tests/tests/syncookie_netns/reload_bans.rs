@@ -135,3 +135,92 @@ fn a_ban_during_a_reload_that_is_undone_stays_in_force() {
     );
     lab.stop();
 }
+
+/// A rule the reload below adds: over its budget twice (port 9, where `reaches_server`
+/// knocks), a source gets a rule-scope ban from the data path.
+const KNOCKS: &str = r#"
+[[rule]]
+name = "knocks"
+protocol = "tcp"
+ports = [9]
+connections = { rate = "1/h", burst = 1 }
+escalation = { strikes = 2, window = "1m", ban = "1h", scope = "rule" }
+"#;
+
+/// The interfaces on which `shield bans --json` lists a ban of `source` under rule `rule`.
+fn rule_banned_on(lab: &WrappedLab, source: &str, rule: &str) -> Vec<String> {
+    let (ok, out, err) = lab.shield(&["bans", "--json"]);
+    assert!(ok, "shield bans: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bans --json is JSON");
+    let mut on: Vec<String> = v["bans"]
+        .as_array()
+        .expect("bans")
+        .iter()
+        .filter(|b| b["source"] == source && b["rule"] == rule && b["scope"] == "rule")
+        .map(|b| b["iface"].as_str().unwrap_or_default().to_string())
+        .collect();
+    on.sort();
+    on
+}
+
+/// A reload that adds a rule, held on the second interface (`nft` waits) once the first
+/// one's new policy is in force: the new rule bans a source on the first interface
+/// meanwhile (the data path, under the new rule's id). Once the reload is over, the ban is
+/// still listed and in the tables: it is the new rule's, not one the id had before the
+/// reload (those go, "rule removed").
+#[test]
+fn a_ban_by_a_rule_a_held_reload_adds_stays_after_it() {
+    let mut lab = WrappedLab::start(POLICY, true, |real, dir| {
+        format!(
+            "if [ \"$1\" = -f ] && [ -e '{hold}' ]; then\n  script=$(cat)\n  case \"$script\" in *'\"dum0\"'*)\n    : > '{entered}'; while [ -e '{hold}' ]; do sleep 0.1; done;;\n  esac\n  printf '%s\\n' \"$script\" | exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+            hold = dir.join("hold").display(),
+            entered = dir.join("entered").display()
+        )
+    });
+    let src = IpAddr::V4(netlab::DENIED_V4);
+    let source = format!("{src}/32");
+    let before = lab.generation(netlab::SERVER_IF);
+
+    std::fs::write(lab.file("hold"), "").expect("hold");
+    // (Port 8001 too: a syncookie table that does not change is not given to nft.)
+    let knocks = format!("{}{KNOCKS}", POLICY.replace("[8000]", "[8000, 8001]"));
+    lab.write_policy(&knocks);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !lab.file("entered").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never ran nft on dum0:\n{}",
+            lab.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lab.generation(netlab::SERVER_IF), before + 1, "flipped");
+    // Knocks until the data path bans (a few SYNs over a budget of one).
+    let mut knocks = 0;
+    while rule_banned_on(&lab, &source, "knocks").is_empty() {
+        knocks += 1;
+        assert!(
+            knocks <= 8,
+            "no ban of {source} by rule knocks:\n{}",
+            lab.daemon.log_text()
+        );
+        reaches_server(&lab.topo, src);
+    }
+    assert!(lab.file("entered").exists(), "the reload was still held");
+
+    std::fs::remove_file(lab.file("hold")).expect("hold");
+    let e = lab.reload(1);
+    assert_eq!(e["result"], "ok", "{e}");
+    assert_eq!(
+        rule_banned_on(&lab, &source, "knocks"),
+        [netlab::SERVER_IF],
+        "after the reload"
+    );
+    let audit = std::fs::read_to_string(lab.file("audit.jsonl")).expect("audit log");
+    assert!(
+        !audit.contains(r#""event":"ban_end""#),
+        "the new rule's ban was ended:\n{audit}"
+    );
+    assert!(!reaches_server(&lab.topo, src), "banned after the reload");
+    lab.stop();
+}
