@@ -1,6 +1,7 @@
 //! Bans while a reload is held up (here by an `nft` that waits): `shield ban` is answered at
-//! once, enforced at once, and stays enforced under the policy the reload installs, or under
-//! the one in force again when the reload fails and is undone.
+//! once, enforced at once, and stays enforced under the policy the reload installs, under
+//! the one in force again when the reload fails and is undone, and across a stop meanwhile;
+//! a ban a rule the reload adds issues before the reload is over stays.
 
 use super::reloads::{WrappedLab, reaches_server};
 use super::*;
@@ -222,5 +223,70 @@ fn a_ban_by_a_rule_a_held_reload_adds_stays_after_it() {
         "the new rule's ban was ended:\n{audit}"
     );
     assert!(!reaches_server(&lab.topo, src), "banned after the reload");
+    lab.stop();
+}
+
+/// SIGTERM while a reload is held (`nft` waits), after a ban served meanwhile: the daemon
+/// lets the reload finish (the wait ends a second later), logs it, and stops cleanly; the
+/// ban is in force all along and again under the next daemon, with the new policy.
+#[test]
+fn a_stop_during_a_held_reload_keeps_the_ban_served_meanwhile() {
+    let mut lab = WrappedLab::start(POLICY, false, |real, dir| {
+        format!(
+            "if [ -e '{hold}' ]; then : > '{entered}'; while [ -e '{hold}' ]; do sleep 0.1; done; fi\nexec {real} \"$@\"\n",
+            hold = dir.join("hold").display(),
+            entered = dir.join("entered").display()
+        )
+    });
+    let (source, reason) = ("203.0.113.7/32", "stopped meanwhile");
+    let src = IpAddr::V4(netlab::DENIED_V4);
+    let before = lab.generation(netlab::SERVER_IF);
+    std::fs::write(lab.file("hold"), "").expect("hold");
+    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !lab.file("entered").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never ran nft:\n{}",
+            lab.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
+    assert!(ok, "shield ban: {err}");
+    assert!(!reaches_server(&lab.topo, src), "during the reload");
+
+    let hold = lab.file("hold");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        std::fs::remove_file(hold).expect("hold");
+    });
+    lab.stop();
+    release.join().expect("the release thread");
+    let audit = std::fs::read_to_string(lab.file("audit.jsonl")).expect("audit log");
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let reload = events.iter().position(|e| e["event"] == "reload");
+    let stop = events.iter().position(|e| e["event"] == "stop");
+    assert!(
+        matches!((reload, stop), (Some(r), Some(s)) if r < s)
+            && events[reload.unwrap_or_default()]["result"] == "ok",
+        "the reload finished before the stop:\n{audit}"
+    );
+
+    lab.start_again();
+    assert_eq!(
+        lab.generation(netlab::SERVER_IF),
+        before + 2,
+        "the new policy"
+    );
+    assert_eq!(
+        lab.banned_on(source, reason),
+        [netlab::SERVER_IF],
+        "after the stop"
+    );
+    assert!(!reaches_server(&lab.topo, src), "after the stop");
     lab.stop();
 }

@@ -88,6 +88,11 @@ impl WrappedLab {
     /// --state-dir, interfaces, nft wrapper).
     fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts a daemon with the same arguments as the first, once it stopped.
+    pub(super) fn start_again(&mut self) {
         self.daemon = start_daemon(
             &self.topo,
             &self.bpffs,
