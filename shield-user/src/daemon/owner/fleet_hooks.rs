@@ -308,6 +308,12 @@ impl Owner {
     /// Installs a ban received from the fleet (`live`: from the stream, through the
     /// circuit breaker; else from a resync).
     pub(super) fn fleet_apply(&mut self, m: Message, live: bool) {
+        self.fleet_apply_as(m, live, live);
+    }
+
+    /// `fleet_apply`; `admit`: through the circuit breaker (a live ban's first time; not
+    /// once more when it waited for a reload).
+    pub(super) fn fleet_apply_as(&mut self, m: Message, live: bool, admit: bool) {
         let now = now_ms();
         let Some(remaining) = m.remaining(now) else {
             return;
@@ -321,7 +327,7 @@ impl Owner {
             return;
         };
         let lag_ms = now.saturating_sub(m.sent_ms);
-        if live {
+        if admit {
             fc.lag_us.store(lag_ms * 1000, Ordering::Relaxed);
             if let Gate::Open(first) = link.breaker.admit(now) {
                 fc.refused_circuit.fetch_add(1, Ordering::Relaxed);
@@ -351,6 +357,13 @@ impl Owner {
                 "fleet: refused the ban of {} from {}: {msg}",
                 m.source, m.origin_host
             );
+            return;
+        }
+        // A rule ban waits for the reload in progress, as `shield ban --rule` does: the rule
+        // may be one it adds (unknown until it is in force), or in force on some interfaces
+        // only, under an id whose bans the reload's end drops. Host bans are served at once.
+        if m.scope == BanScope::Rule && self.reload_of.is_some() {
+            self.fleet_waiting.push((m, live));
             return;
         }
         let rule = (!m.rule.is_empty()).then_some(m.rule.as_str());
