@@ -473,6 +473,14 @@ impl Owner {
         };
         let now = now_ms();
         let cutoff = (m.sent_ms > 0).then(|| m.sent_ms.saturating_add(UNBAN_SKEW_MS));
+        // A rule ban waiting for the reload in progress is lifted as one installed would be
+        // (else it would be installed after the unban).
+        let waiting = self.fleet_waiting.len();
+        self.fleet_waiting.retain(|(b, _)| {
+            !parse_cidr(&b.source).is_ok_and(|c| c == cidr)
+                || cutoff.is_some_and(|cut| issued_ms(b) > cut)
+        });
+        let waiting_lifted = waiting - self.fleet_waiting.len();
         let issued = self.fleet.as_ref().map(|l| &l.issued);
         let mut lifted = Vec::new();
         let mut kept = 0;
@@ -499,7 +507,7 @@ impl Owner {
                 Err(e) => warn!(iface = %inst.iface, "fleet: unban of {}: {e}", m.source),
             }
         }
-        let removed = lifted.len();
+        let removed = lifted.len() + waiting_lifted;
         // The app layer's L7 bans of this host too, as `shield unban` here lifts them (not
         // for a resync's unbans: those are fleet bans gone from the hash).
         if let Some(tx) = self.app_unban.as_ref().filter(|_| cutoff.is_some()) {
