@@ -627,10 +627,24 @@ impl BanMaps {
         Ok(dropped)
     }
 
+    /// Whether the ban stored under `key` may have been issued (stored or last lengthened)
+    /// before `at` (the data path's coarse clock: within the same tick counts as before);
+    /// a ban no longer stored: yes.
+    fn issued_before(&self, key: BanKey, at: u64) -> bool {
+        self.stored(key)
+            .is_none_or(|v| v.expires_ns.saturating_sub(v.duration_ns) <= at)
+    }
+
     /// Removes rule-scope bans of rules no longer in the policy (after a reload), and those
-    /// under `fresh` ids: ids a new rule took from a removed one (all 255 taken), whose
-    /// bans are the removed rule's. Returns them.
-    pub fn drop_orphans(&mut self, fresh: &[u16]) -> Result<Vec<BanEntry>, BanError> {
+    /// under `fresh` ids issued before `flipped_ns` (the data path's clock; when the new
+    /// policy was put in force): ids a new rule took from a removed one (all 255 taken),
+    /// whose bans are then the removed rule's. A ban issued under a fresh id since is the
+    /// new rule's (the data path's, or the fleet's while a reload ran): kept. Returns them.
+    pub fn drop_orphans(
+        &mut self,
+        fresh: &[u16],
+        flipped_ns: u64,
+    ) -> Result<Vec<BanEntry>, BanError> {
         let live: Vec<u32> = self
             .tables
             .current_rules()?
@@ -642,7 +656,8 @@ impl BanMaps {
             .into_iter()
             .filter(|b| {
                 matches!(b.key, BanKey::Rule(k)
-                    if !live.contains(&u32::from(k.rule)) || fresh.contains(&k.rule))
+                    if !live.contains(&u32::from(k.rule))
+                        || (fresh.contains(&k.rule) && self.issued_before(b.key, flipped_ns)))
             })
             .collect();
         for b in &orphans {

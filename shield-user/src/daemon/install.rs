@@ -132,15 +132,31 @@ struct Undo {
 }
 
 /// Gives the first `undo.len()` interfaces back what they had: the half in force (whole:
-/// its lists were kept), the syncookie table. The per-source state of rules new to an id,
-/// which the install forgot, stays forgotten (a new rule had none; a rule removed under
-/// all 255 ids taken loses its counts).
+/// its lists were kept; the ban lookups on if bans are stored), the syncookie table. The
+/// per-source state of rules new to an id, which the install forgot, stays forgotten (a new
+/// rule had none; a rule removed under all 255 ids taken loses its counts).
 fn undo_installs(maps: &mut [Tables], undo: &[Undo]) {
-    for (Tables { iface, maps: m, .. }, u) in maps.iter_mut().zip(undo).rev() {
-        if let Some(half) = u.previous_half
-            && let Err(e) = m.restore_half(half)
-        {
-            warn!(%iface, "cannot restore the previous policy: {e}");
+    for (
+        Tables {
+            iface,
+            dir,
+            maps: m,
+        },
+        u,
+    ) in maps.iter_mut().zip(undo).rev()
+    {
+        if let Some(half) = u.previous_half {
+            if let Err(e) = m.restore_half(half) {
+                warn!(%iface, "cannot restore the previous policy: {e}");
+            }
+            // A ban stored after this interface's flip (bans are served during a reload)
+            // turned the lookups on in the half then in force, the undone one: on in the
+            // half in force again too (a ban stored from now on turns them on itself).
+            if crate::bans::bans_exist(dir).unwrap_or(true)
+                && let Err(e) = m.set_flag(CFG_BANS, true)
+            {
+                warn!(%iface, "cannot turn the ban lookups on: {e}");
+            }
         }
         let _ = m.take_fresh_ids();
         if let Err(e) = crate::synproxy::restore(iface, u.table.as_deref()) {
@@ -159,7 +175,7 @@ pub(crate) struct StaleBan {
 }
 
 /// Removes the bans the policy just installed leaves stale: rule bans of rules it no longer
-/// has (or whose id it gave to a new rule), and monitor bans of rules it enforces or removed
+/// has (or whose id it gave to a new rule: those issued before its flip), and monitor bans of rules it enforces or removed
 /// (returned, by interface, for their `ban_end`; a removed rule named as in `previous`, the
 /// ids of the policy before). Run once the install is committed: a reload's at once, a
 /// start's once attached, since an undone start gives adopted maps back their policy, which
@@ -187,12 +203,13 @@ pub(crate) fn drop_stale_bans<'a>(
     };
     for (iface, tables, bans) in maps {
         let fresh = tables.take_fresh_ids();
+        let flipped_ns = tables.flipped_ns();
         // Monitor bans first: a removed rule's rule-scope ones are monitor bans too.
         if let Ok(dropped) = bans.drop_enforced_monitor_bans() {
             stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
         }
         // A removed rule's every one (its id is not live, or a new rule took it).
-        if let Ok(dropped) = bans.drop_orphans(&fresh) {
+        if let Ok(dropped) = bans.drop_orphans(&fresh, flipped_ns) {
             stale.extend(dropped.into_iter().map(|b| named(b, iface, &fresh)));
         }
     }

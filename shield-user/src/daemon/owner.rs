@@ -161,6 +161,9 @@ struct Owner {
     /// `shield unban` also lifts the app layer's L7 bans.
     app_unban: Option<mpsc::UnboundedSender<app::AppUnban>>,
     app_counters: Arc<crate::app::AppCounters>,
+    /// Rule bans received from the fleet (and whether live) while a reload ran: installed
+    /// once it is over (`fleet_apply`).
+    fleet_waiting: Vec<(crate::fleet::Message, bool)>,
     /// When the verified set's filters were last rebuilt (`VFILTER_REBUILD`).
     vfilter_at: Instant,
 }
@@ -282,6 +285,7 @@ pub(super) async fn serve(
         app_policy,
         app_unban,
         app_counters,
+        fleet_waiting: Vec::new(),
         vfilter_at: Instant::now(),
     };
     owner.restore_state(&restore);
@@ -543,6 +547,9 @@ impl Owner {
 
     /// Serves what waited for a reload, until one of them starts another.
     fn resume(&mut self, job: &mut Option<JoinHandle<JobOut>>) {
+        for (m, live) in std::mem::take(&mut self.fleet_waiting) {
+            self.fleet_apply_as(m, live, false);
+        }
         while job.is_none() {
             let Some((req, answer)) = self.waiting.pop_front() else {
                 break;

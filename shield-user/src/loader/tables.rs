@@ -34,6 +34,10 @@ pub struct PolicyMaps {
     /// The ids the last install gave to new rules (see `install`): rule bans still held
     /// under them are another rule's, for the daemon to drop (`take_fresh_ids`).
     fresh_ids: Vec<u16>,
+    /// When the last install put its policy in force, in the data path's clock: a rule ban
+    /// under one of `fresh_ids` issued since is the new rule's (the data path's, or one
+    /// the daemon served while a reload ran), not the one the id had before.
+    flipped_ns: u64,
     /// Whether `syncookie` rules' cookie SYN-ACKs offer timestamps (`RULE_SYNCOOKIE_TS`):
     /// `synproxy::timestamps_work()` when opened.
     pub syncookie_timestamps: bool,
@@ -109,6 +113,7 @@ impl PolicyMaps {
             keep_old_lists: false,
             stale_lists: None,
             fresh_ids: Vec::new(),
+            flipped_ns: 0,
             syncookie_timestamps: crate::synproxy::timestamps_work(),
             dir: pin_dir.to_path_buf(),
         };
@@ -195,6 +200,12 @@ impl PolicyMaps {
     /// the removed rule's that had the id), taken.
     pub fn take_fresh_ids(&mut self) -> Vec<u16> {
         std::mem::take(&mut self.fresh_ids)
+    }
+
+    /// When the last install put its policy in force, in the data path's clock (0 before
+    /// any): the bans under its fresh ids issued before then are the ids' previous rules'.
+    pub fn flipped_ns(&self) -> u64 {
+        self.flipped_ns
     }
 
     /// After a successful start: stop keeping the old lists, and empty them.
@@ -333,7 +344,9 @@ impl PolicyMaps {
         // The switch: one aligned u32 in the control value.
         let mut ctl = self.control()?;
         ctl.active = half;
+        let flipped_ns = ctl.now(super::mono_coarse_ns());
         self.control.set(0, ctl, 0).map_err(map_err(MAP_CONTROL))?;
+        self.flipped_ns = flipped_ns;
 
         if swapped && self.keep_old_lists {
             self.stale_lists = Some(current_half as u8);

@@ -1,9 +1,11 @@
 //! The fleet with the real thing: a real `redis-server` (password, its own port, in a
 //! namespace of its own) and three real `shield run`, each protecting its own veth in its
 //! own namespaces; and `--state-dir` restoring bans after the pins are gone. Needs root;
-//! everything is a guard removed on every exit path. `lost`: a Redis that lost its data.
+//! everything is a guard removed on every exit path. `lost`: a Redis that lost its data;
+//! `reload`: rule bans received while a reload is held up.
 
 mod lost;
+mod reload;
 
 use std::{net::IpAddr, time::Duration};
 

@@ -88,6 +88,11 @@ impl WrappedLab {
     /// --state-dir, interfaces, nft wrapper).
     fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts a daemon with the same arguments as the first, once it stopped.
+    pub(super) fn start_again(&mut self) {
         self.daemon = start_daemon(
             &self.topo,
             &self.bpffs,
@@ -135,6 +140,11 @@ impl WrappedLab {
 
     pub(super) fn write_policy(&self, text: &str) {
         std::fs::write(&self.policy, text).expect("policy");
+    }
+
+    /// The lab's bpffs.
+    pub(super) fn bpffs_path(&self) -> PathBuf {
+        self.bpffs.path.clone()
     }
 
     /// The policy generation in force in `iface`'s maps.

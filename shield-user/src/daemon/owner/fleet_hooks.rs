@@ -308,6 +308,12 @@ impl Owner {
     /// Installs a ban received from the fleet (`live`: from the stream, through the
     /// circuit breaker; else from a resync).
     pub(super) fn fleet_apply(&mut self, m: Message, live: bool) {
+        self.fleet_apply_as(m, live, live);
+    }
+
+    /// `fleet_apply`; `admit`: through the circuit breaker (a live ban's first time; not
+    /// once more when it waited for a reload).
+    pub(super) fn fleet_apply_as(&mut self, m: Message, live: bool, admit: bool) {
         let now = now_ms();
         let Some(remaining) = m.remaining(now) else {
             return;
@@ -321,7 +327,7 @@ impl Owner {
             return;
         };
         let lag_ms = now.saturating_sub(m.sent_ms);
-        if live {
+        if admit {
             fc.lag_us.store(lag_ms * 1000, Ordering::Relaxed);
             if let Gate::Open(first) = link.breaker.admit(now) {
                 fc.refused_circuit.fetch_add(1, Ordering::Relaxed);
@@ -351,6 +357,13 @@ impl Owner {
                 "fleet: refused the ban of {} from {}: {msg}",
                 m.source, m.origin_host
             );
+            return;
+        }
+        // A rule ban waits for the reload in progress, as `shield ban --rule` does: the rule
+        // may be one it adds (unknown until it is in force), or in force on some interfaces
+        // only, under an id whose bans the reload's end drops. Host bans are served at once.
+        if m.scope == BanScope::Rule && self.reload_of.is_some() {
+            self.fleet_waiting.push((m, live));
             return;
         }
         let rule = (!m.rule.is_empty()).then_some(m.rule.as_str());
@@ -462,6 +475,14 @@ impl Owner {
         };
         let now = now_ms();
         let cutoff = (m.sent_ms > 0).then(|| m.sent_ms.saturating_add(UNBAN_SKEW_MS));
+        // A rule ban waiting for the reload in progress is lifted as one installed would be
+        // (else it would be installed after the unban).
+        let waiting = self.fleet_waiting.len();
+        self.fleet_waiting.retain(|(b, _)| {
+            !parse_cidr(&b.source).is_ok_and(|c| c == cidr)
+                || cutoff.is_some_and(|cut| issued_ms(b) > cut)
+        });
+        let waiting_lifted = waiting - self.fleet_waiting.len();
         let issued = self.fleet.as_ref().map(|l| &l.issued);
         let mut lifted = Vec::new();
         let mut kept = 0;
@@ -488,7 +509,7 @@ impl Owner {
                 Err(e) => warn!(iface = %inst.iface, "fleet: unban of {}: {e}", m.source),
             }
         }
-        let removed = lifted.len();
+        let removed = lifted.len() + waiting_lifted;
         // The app layer's L7 bans of this host too, as `shield unban` here lifts them (not
         // for a resync's unbans: those are fleet bans gone from the hash).
         if let Some(tx) = self.app_unban.as_ref().filter(|_| cutoff.is_some()) {
