@@ -444,8 +444,11 @@ pub(super) async fn serve(
     }
     owner.save_state();
     if owner.instances.is_empty() {
-        // App-only: no "detached" line says the daemon is done.
-        info!("stopped: the application layer no longer answers (app-only mode)");
+        // App-only: no "detached" line says the daemon is done. Said as a stop, not as a
+        // failure ("no longer answers" read like the reason it stopped).
+        info!(
+            "stopped (app-only mode): the app socket is closed; until shield runs again the web app applies [app] on_error"
+        );
     }
     owner.audit.write(json!({"event": "stop"}));
     Ok(())

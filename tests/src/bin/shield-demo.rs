@@ -326,9 +326,15 @@ fn run(shield: &Path, policy_path: &Path, stop: &Arc<AtomicBool>) -> Result<Ende
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            *phase.lock().unwrap_or_else(|e| e.into_inner()) = name;
-            reached.fetch_add(1, Ordering::Relaxed);
-            println!("demo: ── {name}");
+            {
+                // The header and the phase's name change together: a live line is printed
+                // either before both or after both (it was seen labelled with the previous
+                // phase right under the new phase's header).
+                let mut current = phase.lock().unwrap_or_else(|e| e.into_inner());
+                *current = name;
+                reached.fetch_add(1, Ordering::Relaxed);
+                println!("demo: ── {name}");
+            }
             let end = Instant::now() + Duration::from_secs(secs);
             let got = client.run_in(f)?;
             let mut all = tally.lock().unwrap_or_else(|e| e.into_inner());
@@ -460,11 +466,12 @@ fn run(shield: &Path, policy_path: &Path, stop: &Arc<AtomicBool>) -> Result<Ende
                 if ended || Instant::now() >= next {
                     next += Duration::from_secs(1);
                     let t = *tally.lock().unwrap_or_else(|e| e.into_inner());
-                    let name = *phase.lock().unwrap_or_else(|e| e.into_inner());
+                    let current = phase.lock().unwrap_or_else(|e| e.into_inner());
                     println!(
                         "{}",
-                        live_line(&bpffs.path, &daemon.socket, started, name, &t, &mut last)
+                        live_line(&bpffs.path, &daemon.socket, started, *current, &t, &mut last)
                     );
+                    drop(current);
                 }
                 if ended {
                     break;
