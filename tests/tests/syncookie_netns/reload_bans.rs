@@ -6,6 +6,29 @@
 use super::reloads::{WrappedLab, reaches_server};
 use super::*;
 
+/// The body of an `nft` wrapper that, while the test's file `hold` exists, creates the
+/// file `entered` and waits for `hold` to go.
+fn holding(real: &str, dir: &std::path::Path) -> String {
+    format!(
+        "if [ -e '{hold}' ]; then : > '{entered}'; while [ -e '{hold}' ]; do sleep 0.1; done; fi\nexec {real} \"$@\"\n",
+        hold = dir.join("hold").display(),
+        entered = dir.join("entered").display()
+    )
+}
+
+/// Waits until the reload under way runs the `nft` the wrapper holds (`entered`).
+fn wait_entered(lab: &WrappedLab) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !lab.file("entered").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never ran the held nft:\n{}",
+            lab.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The daemon serves a ban while a reload waits for `nft` (the ban tables are not the
 /// reload's): the ban is answered, listed and enforced before the reload ends. The policy
 /// had no bans, so the data path's ban lookups were off when the reload wrote its new
@@ -13,13 +36,7 @@ use super::*;
 /// drops the source after the reload.
 #[test]
 fn a_ban_during_a_held_reload_is_served_at_once_and_stays_in_force() {
-    let mut lab = WrappedLab::start(POLICY, false, |real, dir| {
-        format!(
-            "if [ -e '{hold}' ]; then : > '{entered}'; while [ -e '{hold}' ]; do sleep 0.1; done; fi\nexec {real} \"$@\"\n",
-            hold = dir.join("hold").display(),
-            entered = dir.join("entered").display()
-        )
-    });
+    let mut lab = WrappedLab::start(POLICY, false, holding);
     let (source, reason) = ("203.0.113.7/32", "held reload");
     let src = IpAddr::V4(netlab::DENIED_V4);
     assert!(reaches_server(&lab.topo, src), "before the ban");
@@ -28,15 +45,7 @@ fn a_ban_during_a_held_reload_is_served_at_once_and_stays_in_force() {
     std::fs::write(lab.file("hold"), "").expect("hold");
     lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
     // The reload is under way once its first `nft` waits.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !lab.file("entered").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload never ran nft:\n{}",
-            lab.daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_entered(&lab);
     let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
     assert!(ok, "shield ban: {err}");
     let audit = std::fs::read_to_string(lab.file("audit.jsonl")).expect("audit log");
@@ -101,15 +110,7 @@ fn a_ban_during_a_reload_that_is_undone_stays_in_force() {
     std::fs::write(lab.file("hold"), "").expect("hold");
     lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
     // The first interface has the new policy once the second one's `nft` waits.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !lab.file("entered").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload never ran nft on dum0:\n{}",
-            lab.daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_entered(&lab);
     assert_eq!(lab.generation(netlab::SERVER_IF), before + 1, "flipped");
     let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
     assert!(ok, "shield ban: {err}");
@@ -186,15 +187,7 @@ fn a_ban_by_a_rule_a_held_reload_adds_stays_after_it() {
     // (Port 8001 too: a syncookie table that does not change is not given to nft.)
     let knocks = format!("{}{KNOCKS}", POLICY.replace("[8000]", "[8000, 8001]"));
     lab.write_policy(&knocks);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !lab.file("entered").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload never ran nft on dum0:\n{}",
-            lab.daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_entered(&lab);
     assert_eq!(lab.generation(netlab::SERVER_IF), before + 1, "flipped");
     // Knocks until the data path bans (a few SYNs over a budget of one).
     let mut knocks = 0;
@@ -231,27 +224,13 @@ fn a_ban_by_a_rule_a_held_reload_adds_stays_after_it() {
 /// ban is in force all along and again under the next daemon, with the new policy.
 #[test]
 fn a_stop_during_a_held_reload_keeps_the_ban_served_meanwhile() {
-    let mut lab = WrappedLab::start(POLICY, false, |real, dir| {
-        format!(
-            "if [ -e '{hold}' ]; then : > '{entered}'; while [ -e '{hold}' ]; do sleep 0.1; done; fi\nexec {real} \"$@\"\n",
-            hold = dir.join("hold").display(),
-            entered = dir.join("entered").display()
-        )
-    });
+    let mut lab = WrappedLab::start(POLICY, false, holding);
     let (source, reason) = ("203.0.113.7/32", "stopped meanwhile");
     let src = IpAddr::V4(netlab::DENIED_V4);
     let before = lab.generation(netlab::SERVER_IF);
     std::fs::write(lab.file("hold"), "").expect("hold");
     lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !lab.file("entered").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload never ran nft:\n{}",
-            lab.daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_entered(&lab);
     let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
     assert!(ok, "shield ban: {err}");
     assert!(!reaches_server(&lab.topo, src), "during the reload");
