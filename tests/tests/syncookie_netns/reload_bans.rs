@@ -16,8 +16,11 @@ fn holding(real: &str, dir: &std::path::Path) -> String {
     )
 }
 
-/// Waits until the reload under way runs the `nft` the wrapper holds (`entered`).
-fn wait_entered(lab: &WrappedLab) {
+/// Writes `policy` with the test's file `hold` in place, and waits until the reload it
+/// starts runs the `nft` the wrapper holds (`entered`).
+fn hold_reload(lab: &WrappedLab, policy: &str) {
+    std::fs::write(lab.file("hold"), "").expect("hold");
+    lab.write_policy(policy);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !lab.file("entered").exists() {
         assert!(
@@ -42,10 +45,8 @@ fn a_ban_during_a_held_reload_is_served_at_once_and_stays_in_force() {
     assert!(reaches_server(&lab.topo, src), "before the ban");
     let before = lab.generation(netlab::SERVER_IF);
 
-    std::fs::write(lab.file("hold"), "").expect("hold");
-    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
     // The reload is under way once its first `nft` waits.
-    wait_entered(&lab);
+    hold_reload(&lab, &POLICY.replace("[8000]", "[8000, 8001]"));
     let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
     assert!(ok, "shield ban: {err}");
     let audit = std::fs::read_to_string(lab.file("audit.jsonl")).expect("audit log");
@@ -107,10 +108,8 @@ fn a_ban_during_a_reload_that_is_undone_stays_in_force() {
     assert!(!ban_lookups_on(&lab, netlab::SERVER_IF), "no bans yet");
     let before = lab.generation(netlab::SERVER_IF);
 
-    std::fs::write(lab.file("hold"), "").expect("hold");
-    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
     // The first interface has the new policy once the second one's `nft` waits.
-    wait_entered(&lab);
+    hold_reload(&lab, &POLICY.replace("[8000]", "[8000, 8001]"));
     assert_eq!(lab.generation(netlab::SERVER_IF), before + 1, "flipped");
     let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
     assert!(ok, "shield ban: {err}");
@@ -183,11 +182,9 @@ fn a_ban_by_a_rule_a_held_reload_adds_stays_after_it() {
     let source = format!("{src}/32");
     let before = lab.generation(netlab::SERVER_IF);
 
-    std::fs::write(lab.file("hold"), "").expect("hold");
     // (Port 8001 too: a syncookie table that does not change is not given to nft.)
     let knocks = format!("{}{KNOCKS}", POLICY.replace("[8000]", "[8000, 8001]"));
-    lab.write_policy(&knocks);
-    wait_entered(&lab);
+    hold_reload(&lab, &knocks);
     assert_eq!(lab.generation(netlab::SERVER_IF), before + 1, "flipped");
     // Knocks until the data path bans (a few SYNs over a budget of one).
     let mut knocks = 0;
@@ -228,9 +225,7 @@ fn a_stop_during_a_held_reload_keeps_the_ban_served_meanwhile() {
     let (source, reason) = ("203.0.113.7/32", "stopped meanwhile");
     let src = IpAddr::V4(netlab::DENIED_V4);
     let before = lab.generation(netlab::SERVER_IF);
-    std::fs::write(lab.file("hold"), "").expect("hold");
-    lab.write_policy(&POLICY.replace("[8000]", "[8000, 8001]"));
-    wait_entered(&lab);
+    hold_reload(&lab, &POLICY.replace("[8000]", "[8000, 8001]"));
     let (ok, _, err) = lab.shield(&["ban", source, "--for", "1h", "--reason", reason]);
     assert!(ok, "shield ban: {err}");
     assert!(!reaches_server(&lab.topo, src), "during the reload");
