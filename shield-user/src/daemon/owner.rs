@@ -432,6 +432,11 @@ pub(super) async fn serve(
     for (_, answer) in owner.waiting.drain(..) {
         let _ = answer.send(Err("the daemon is shutting down".into()));
     }
+    // Fleet rule bans that waited for the reload are this host's to keep: installed now
+    // (the reload is over), they are saved below and in force under the next daemon.
+    for (m, live) in std::mem::take(&mut owner.fleet_waiting) {
+        owner.fleet_apply_as(m, live, false);
+    }
     for inst in &mut owner.instances {
         // Attacks still running end with the daemon (the next one starts calm).
         if !owner.lost.contains_key(&inst.iface) {

@@ -147,3 +147,45 @@ fn a_fleet_unban_during_a_held_reload_lifts_a_rule_ban_waiting_for_it() {
         h.bans()
     );
 }
+
+/// SIGTERM while a fleet rule ban waits for a held reload: the daemon lets the reload
+/// finish and installs the ban before it stops, so `--state-dir` keeps it for the next
+/// daemon (it was dropped with the daemon).
+#[test]
+fn a_fleet_rule_ban_waiting_when_the_daemon_stops_is_kept() {
+    require_root();
+    let dir = shield_tests::TempDir::new("a8-fleet-reload-");
+    let (mut lab, hold, entered) = held_reload(&dir.0);
+    let source = "203.0.113.11/32";
+    lab.redis
+        .pipeline(&lab.publish_cmds(&knocks_ban(source), None, true))
+        .expect("publishing");
+    // Received while the reload waits (the fleet's bound: within 1 s).
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        entered.exists() && hold.exists(),
+        "the reload was still held"
+    );
+
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        std::fs::remove_file(hold).expect("hold");
+    });
+    let h = &mut lab.hosts[0];
+    let (status, log) = h
+        .daemon
+        .as_mut()
+        .expect("the daemon")
+        .stop()
+        .expect("stopping the daemon");
+    release.join().expect("the release thread");
+    assert!(status.success(), "the daemon's stop: {status}\n{log}");
+    let saved = std::fs::read_to_string(h.state.join("bans.json")).expect("bans.json");
+    let saved_json: serde_json::Value = serde_json::from_str(&saved).expect("bans.json is JSON");
+    let bans = saved_json["bans"].as_array().cloned().unwrap_or_default();
+    assert!(
+        bans.iter()
+            .any(|b| b["source"] == source && b["rule"] == "knocks"),
+        "the waiting fleet ban was not kept at the stop:\n{saved}\n{log}"
+    );
+}
