@@ -405,29 +405,18 @@ pub(super) async fn serve(
                 owner.finish_reload(out);
             }
             () = &mut all, if !tasks_done => tasks_done = true,
-            msg = rx.recv() => match msg {
-                Some(Msg::Events(idx, evs)) => owner.events(idx, &evs),
-                Some(Msg::Request(_, answer)) => {
-                    let _ = answer.send(Err("the daemon is shutting down".into()));
+            msg = rx.recv() => {
+                if let Some(msg) = msg {
+                    owner.while_stopping(msg);
                 }
-                Some(Msg::FileChanged(_) | Msg::Fleet(_)) => {}
-                Some(Msg::App(e)) => owner.app_effect(e),
-                None => {}
-            },
+            }
         }
         if tasks_done && pending.is_none() {
             break;
         }
     }
     while let Ok(msg) = rx.try_recv() {
-        match msg {
-            Msg::Events(idx, evs) => owner.events(idx, &evs),
-            Msg::Request(_, answer) => {
-                let _ = answer.send(Err("the daemon is shutting down".into()));
-            }
-            Msg::FileChanged(_) | Msg::Fleet(_) => {}
-            Msg::App(e) => owner.app_effect(e),
-        }
+        owner.while_stopping(msg);
     }
     for (_, answer) in owner.waiting.drain(..) {
         let _ = answer.send(Err("the daemon is shutting down".into()));
@@ -550,6 +539,19 @@ impl Owner {
                 })
             }
             other => other,
+        }
+    }
+
+    /// A message that comes while the daemon stops: the last events are logged and the
+    /// app's effects applied; requests are refused; reloads and fleet news are left.
+    fn while_stopping(&mut self, msg: Msg) {
+        match msg {
+            Msg::Events(idx, evs) => self.events(idx, &evs),
+            Msg::Request(_, answer) => {
+                let _ = answer.send(Err("the daemon is shutting down".into()));
+            }
+            Msg::FileChanged(_) | Msg::Fleet(_) => {}
+            Msg::App(e) => self.app_effect(e),
         }
     }
 
