@@ -609,6 +609,15 @@ fn write_after_a_minute_cut_short_says_so_and_a_second_sigint_aborts_at_once() {
         )) && stdout.contains(" of 10m00s: it may have missed the busy period"),
         "the write does not say it comes from a cut-short observation: {stdout}"
     );
+    // The comparison it suggests works as printed: with the daemon's --socket.
+    assert!(
+        stdout.contains(&format!(
+            "compare: shield check --diff {} --socket {}",
+            out[0],
+            lab.socket().display()
+        )),
+        "the suggested `shield check --diff` lacks the daemon's --socket: {stdout}"
+    );
     let (ok, diff, err) = lab.shield(&["check", "--diff", out[0]]);
     assert!(ok, "shield check --diff of the written file: {err}");
     assert!(diff.contains("+ api"), "{diff}");

@@ -110,6 +110,7 @@ pub fn ban(a: BanArgs) -> Result<ExitCode> {
 pub const NOT_BANNED: u8 = 2;
 
 pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
+    let flag = a.socket.flag();
     let (source, socket) = (a.source, a.socket.socket);
     let cidr =
         policy::parse_cidr(&source).map_err(|e| anyhow::anyhow!("source \"{source}\": {e}"))?;
@@ -150,7 +151,7 @@ pub fn unban(a: UnbanArgs) -> Result<ExitCode> {
             policy::parse_cidr(&b.source).is_ok_and(|o| shield_user::bans::covers(&o, &cidr))
         }) {
             eprintln!(
-                "shield: {cidr} is inside {}, banned from {} on {} ({:.0}s left): `shield unban {}` lifts that one",
+                "shield: {cidr} is inside {}, banned from {} on {} ({:.0}s left): `shield unban {}{flag}` lifts that one",
                 b.source,
                 scope_text(b),
                 b.iface,

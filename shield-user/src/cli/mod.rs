@@ -12,7 +12,10 @@ mod run;
 mod stats;
 mod tune;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -169,6 +172,25 @@ pub struct SocketArgs {
     /// The daemon's control socket (as given to `shield run --socket`).
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+}
+
+impl SocketArgs {
+    /// ` --socket PATH` for a command a message suggests, so that it works as printed
+    /// with the socket this command was given; empty for the default socket.
+    pub fn flag(&self) -> String {
+        if self.socket == Path::new(control::DEFAULT_SOCKET) {
+            return String::new();
+        }
+        let text = self.socket.to_string_lossy();
+        let plain = text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c));
+        if plain && !text.is_empty() {
+            format!(" --socket {text}")
+        } else {
+            format!(" --socket '{}'", text.replace('\'', "'\\''"))
+        }
+    }
 }
 
 /// Where the pins are, for commands that read or remove them.

@@ -285,16 +285,18 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
             }
             match &report.stopped_early {
                 None => println!(
-                    "\nwrote {} (the running policy with the suggestions); compare: shield check --diff {}",
+                    "\nwrote {} (the running policy with the suggestions); compare: shield check --diff {}{}",
                     out.display(),
-                    out.display()
+                    out.display(),
+                    a.socket.flag()
                 ),
                 Some(e) => println!(
-                    "\nwrote {} (the running policy with the suggestions from an observation cut short after {} of {}: it may have missed the busy period --for was to cover; review them); compare: shield check --diff {}",
+                    "\nwrote {} (the running policy with the suggestions from an observation cut short after {} of {}: it may have missed the busy period --for was to cover; review them); compare: shield check --diff {}{}",
                     out.display(),
                     tune::span(e.observed_seconds),
                     tune::span(e.requested_seconds),
-                    out.display()
+                    out.display(),
+                    a.socket.flag()
                 ),
             }
             let _ = std::io::stdout().flush();

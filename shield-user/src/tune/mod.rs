@@ -30,7 +30,9 @@ use shield_common::{
 };
 
 use crate::policy::{CompiledPolicy, Limit, Policy, Protocol, Rate};
+use allow::AllowList;
 
+mod allow;
 pub mod capture;
 mod render;
 pub mod stop;
@@ -114,21 +116,27 @@ impl Series {
 pub struct Observer {
     policy: Policy,
     compiled: CompiledPolicy,
+    allow: AllowList,
     sources: HashMap<SourceKey, Series>,
     /// Frames seen, and frames that matched a rule.
     pub frames: u64,
     pub matched: u64,
+    /// Frames that matched a rule from allow-listed sources: never limited, so left out of
+    /// the distributions and the suggestions (a partner's volume would set the limits).
+    pub allowed: u64,
 }
 
 impl Observer {
     pub fn new(policy: Policy) -> Observer {
         let compiled = crate::policy::compile(&policy);
         Observer {
+            allow: AllowList::new(&policy),
             policy,
             compiled,
             sources: HashMap::new(),
             frames: 0,
             matched: 0,
+            allowed: 0,
         }
     }
 
@@ -156,6 +164,10 @@ impl Observer {
             return;
         };
         self.matched += 1;
+        if self.allow.holds(p.family, &p.src) {
+            self.allowed += 1;
+            return;
+        }
         let prefix = if p.family == FAMILY_V4 {
             rule.v4_prefix
         } else {
@@ -257,6 +269,7 @@ impl Observer {
             headroom: HEADROOM,
             frames: self.frames,
             matched: self.matched,
+            allowed: self.allowed,
             lost: 0,
             cpu_seconds: 0.0,
             stopped_early: None,
@@ -410,6 +423,8 @@ pub struct Report {
     pub headroom: f64,
     pub frames: u64,
     pub matched: u64,
+    /// Of the matched frames, those from allow-listed sources (left out of the figures).
+    pub allowed: u64,
     /// Frames the capture socket lost (its buffer was full).
     pub lost: u64,
     /// CPU time `tune` used observing.
@@ -564,6 +579,41 @@ mod tests {
         let r2 = o2.report("eth0", 10 * NS, 90.0, &HashMap::new());
         assert_eq!(r2.rules[0].current.sources_touched, 1, "only the flooder");
         assert!(render(&r).contains("suggested: connections = { rate = \"3/s\", burst = 6 }"));
+    }
+
+    #[test]
+    fn allow_listed_sources_are_left_out_of_the_figures() {
+        // A partner on the allow list (never limited) opening 50 connections a second, and
+        // two clients at 2: the limits are suggested from the clients alone.
+        let text = format!("[lists]\nallow = [\"10.9.0.0/16\", \"2001:db8::/32\"]\n{POLICY}");
+        let p = crate::policy::parse_str("t.toml", &text).unwrap();
+        let mut o = Observer::new(p);
+        for sec in 0..10u64 {
+            for k in 0..50u64 {
+                o.feed(&frame([10, 9, 3, 4], 8080, 0x02), sec * NS + k * NS / 50);
+            }
+            for c in [1, 2] {
+                for k in 0..2u64 {
+                    o.feed(&frame([10, 0, 0, c], 8080, 0x02), sec * NS + k * NS / 2);
+                }
+            }
+        }
+        let r = o.report("eth0", 10 * NS, 99.0, &HashMap::new());
+        assert_eq!((r.matched, r.allowed), (540, 500));
+        let api = &r.rules[0];
+        assert_eq!(api.sources, 2, "the partner is not a source to limit");
+        assert_eq!(api.connections.as_ref().unwrap().peak_per_second.max, 2);
+        let s = api.suggested.connections.as_ref().unwrap();
+        assert_eq!(
+            (s.rate, s.burst),
+            (3, 6),
+            "from the clients' 2/s, not the partner's 50/s"
+        );
+        assert!(
+            render(&r).contains("540 matched a rule (500 from allow-listed sources"),
+            "{}",
+            render(&r)
+        );
     }
 
     #[test]

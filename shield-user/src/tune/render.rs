@@ -37,9 +37,17 @@ pub fn render(r: &Report) -> String {
             span(e.observed_seconds)
         );
     }
+    let allowed = if r.allowed > 0 {
+        format!(
+            " ({} from allow-listed sources: never limited, left out of the figures)",
+            r.allowed
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "observed {} for {:.0} s: {} frames, {} matched a rule; capture lost {}, used {:.2} s CPU",
+        "observed {} for {:.0} s: {} frames, {} matched a rule{allowed}; capture lost {}, used {:.2} s CPU",
         r.iface, r.seconds, r.frames, r.matched, r.lost, r.cpu_seconds
     );
     let _ = writeln!(

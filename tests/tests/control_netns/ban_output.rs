@@ -106,8 +106,8 @@ fn a_ban_restored_from_the_state_dir_keeps_its_duration_and_its_time_left() {
 }
 
 /// `shield unban` of a source that is not banned says so and exits 2 (it printed a line and
-/// exited 0: a script could not tell), naming the wider ban in force that holds it; one
-/// that lifts a ban exits 0.
+/// exited 0: a script could not tell), naming the wider ban in force that holds it and the
+/// command that lifts it, with the `--socket` it was given; one that lifts a ban exits 0.
 #[test]
 fn an_unban_of_what_is_not_banned_exits_2_and_names_the_wider_ban() {
     let lab = NsLab::new(POLICY, &[API]);
@@ -136,8 +136,12 @@ fn an_unban_of_what_is_not_banned_exits_2_and_names_the_wider_ban() {
     assert!(
         err.contains("198.51.100.7/32 is not banned")
             && err.contains("inside 198.51.100.0/24")
-            && err.contains("`shield unban 198.51.100.0/24`"),
-        "it names the /24 that holds the address: {err}"
+            && err.contains(&format!(
+                "`shield unban 198.51.100.0/24 --socket {}`",
+                lab.socket().display()
+            )),
+        "it names the /24 that holds the address, with a command that works as printed (the \
+         daemon's --socket, not the default): {err}"
     );
     assert_eq!(lab.bans().len(), 1, "the /24 stays");
     let (code, out, err) = unban("198.51.100.0/24");

@@ -1,6 +1,8 @@
 //! The TOML parser's and serde's errors in the words of the policy file.
 
-use super::{Ctx, MAX_BURST, MAX_MAX_SOURCES, MAX_STRIKES, MIN_MAX_SOURCES};
+use std::ops::Range;
+
+use super::{Ctx, MAX_BURST, MAX_MAX_SOURCES, MAX_STRIKES, MIN_MAX_SOURCES, line_col};
 use crate::policy::{PolicyError, value::quote};
 
 /// The smallest and largest value of an integer key, for "KEY must be at most …" when the
@@ -88,10 +90,76 @@ fn table_before(text: &str, at: usize) -> Option<&str> {
         .map(|(name, _)| name.trim())
 }
 
+/// The table headers of `key` in the text, in order: the header line's span and whether it
+/// is an array header (`[[key]]`).
+fn headers_of(text: &str, key: &str) -> Vec<(Range<usize>, bool)> {
+    let mut found = Vec::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim();
+        let (inner, array) = match body.strip_prefix("[[") {
+            Some(rest) => (rest.split_once("]]").map(|(name, _)| name), true),
+            None => (
+                body.strip_prefix('[')
+                    .and_then(|rest| rest.split_once(']'))
+                    .map(|(name, _)| name),
+                false,
+            ),
+        };
+        if inner.map(str::trim) == Some(key) {
+            let indent = line.len() - line.trim_start().len();
+            found.push((start + indent..start + line.trim_end().len(), array));
+        }
+        start += line.len();
+    }
+    found
+}
+
+/// The TOML parser's "invalid table header; duplicate key `KEY` in document root": a
+/// `[rule]` beside `[[rule]]` (the parser points at whichever header comes second, which
+/// may be the right one), or a one-of-a-kind table given twice.
+fn duplicate_table(cx: &Ctx, message: &str, span: &Range<usize>) -> Option<PolicyError> {
+    let rest = message.strip_prefix("invalid table header")?;
+    let key = rest
+        .split_once("duplicate key `")?
+        .1
+        .split_once("` in document root")?
+        .0;
+    let headers = headers_of(cx.text, key);
+    if matches!(key, "rule" | "endpoint" | "signal") {
+        let (single, _) = headers.iter().find(|(_, array)| !array)?;
+        return Some(cx.err(
+            single.clone(),
+            format!("`[{key}]` must be `[[{key}]]`: each {key} is a `[[{key}]]` table of its own"),
+        ));
+    }
+    if !matches!(key, "defaults" | "lists" | "app" | "fleet") {
+        return None;
+    }
+    let here = headers.iter().find(|(h, _)| h.contains(&span.start));
+    if let Some((_, true)) = here {
+        return Some(cx.err(
+            span.clone(),
+            format!("`[[{key}]]` must be `[{key}]`: there is one {key} table"),
+        ));
+    }
+    let (first, _) = headers.first()?;
+    let (line, _) = line_col(cx.text, first.start);
+    Some(cx.err(
+        span.clone(),
+        format!(
+            "`[{key}]` is given twice (first on line {line}): there is one {key} table; put all its keys under one `[{key}]`"
+        ),
+    ))
+}
+
 /// A TOML or serde error in the words of the policy file.
 pub(super) fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
     let span = e.span().unwrap_or(0..0);
     let message = e.message().trim();
+    if let Some(e) = duplicate_table(cx, message, &span) {
+        return e;
+    }
     let words = if let Some(rest) = message.strip_prefix("unknown field `") {
         // "unknown field `KEY`, expected one of `a`, `b`": KEY may be anything.
         let (key, expected) = match rest.rfind("`, expected ") {

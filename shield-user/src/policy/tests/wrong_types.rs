@@ -143,6 +143,38 @@ fn wrong_types() -> Vec<(&'static str, String, usize, &'static str)> {
             1,
             "`[rule]` must be `[[rule]]`",
         ),
+        // `[rule]` beside `[[rule]]`: the mistake's line, whichever comes first (the TOML
+        // parser points at the second header, "duplicate key `rule` in document root").
+        (
+            "[rule] before a [[rule]]",
+            "[rule]\nname = 'a'\nprotocol = 'tcp'\n\n[[rule]]  # b\nname = 'b'\nprotocol = 'udp'\n".into(),
+            1,
+            "`[rule]` must be `[[rule]]`: each rule is a `[[rule]]` table of its own",
+        ),
+        (
+            "[rule] after a [[rule]]",
+            format!("{TCP}\n  [rule] # b\nname = 'b'\nprotocol = 'udp'\n"),
+            5,
+            "`[rule]` must be `[[rule]]`",
+        ),
+        (
+            "[endpoint] before an [[endpoint]]",
+            "[app]\nsocket = '/run/a.sock'\n[endpoint]\nname = 'a'\npath = '/a'\nlimit = { rate = '5/s' }\n[[endpoint]]\nname = 'b'\npath = '/b'\nlimit = { rate = '5/s' }\n".into(),
+            3,
+            "`[endpoint]` must be `[[endpoint]]`",
+        ),
+        (
+            "[lists] twice",
+            "[lists]\nallow = []\n\n[lists]\ndeny = []\n".into(),
+            4,
+            "`[lists]` is given twice (first on line 1): there is one lists table",
+        ),
+        (
+            "[[defaults]] after [defaults]",
+            "[defaults]\nmode = 'monitor'\n[[defaults]]\n".into(),
+            3,
+            "`[[defaults]]` must be `[defaults]`: there is one defaults table",
+        ),
         (
             "rule as text",
             "rule = 'api'\n".into(),
