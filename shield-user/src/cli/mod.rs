@@ -182,14 +182,9 @@ impl SocketArgs {
             return String::new();
         }
         let text = self.socket.to_string_lossy();
-        let plain = text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c));
-        if plain && !text.is_empty() {
-            format!(" --socket {text}")
-        } else {
-            format!(" --socket '{}'", text.replace('\'', "'\\''"))
-        }
+        // A path holds no NUL byte, so quoting cannot fail.
+        let quoted = shlex::try_quote(&text).unwrap_or_else(|_| text.clone());
+        format!(" --socket {quoted}")
     }
 }
 
@@ -222,5 +217,26 @@ impl Command {
             Command::Help(a) => help::run(a),
             Command::GenerateAssets(a) => assets::run(a),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--socket` a suggested command carries reads back as the same path in a shell.
+    #[test]
+    fn a_suggested_socket_flag_is_quoted_for_the_shell() {
+        let flag = |p: &str| {
+            SocketArgs {
+                socket: PathBuf::from(p),
+            }
+            .flag()
+        };
+        assert_eq!(flag(control::DEFAULT_SOCKET), "");
+        assert_eq!(flag("/tmp/s.sock"), " --socket /tmp/s.sock");
+        let odd = "/tmp/it's here/s.sock";
+        let words = shlex::split(&format!("shield unban x{}", flag(odd))).expect("splits");
+        assert_eq!(words[3..], ["--socket", odd]);
     }
 }
