@@ -362,6 +362,21 @@ fn remembered(iface: &str) -> Result<Option<String>, String> {
     Ok(loose_in(&out))
 }
 
+/// The loose value another interface's table of ours remembers: conntrack's setting is
+/// that table's 0 by now, and whichever table goes last puts its remembered value back (a
+/// second table remembering 0 left 0 after both went).
+fn loose_elsewhere(iface: &str) -> Option<String> {
+    let own = table_name(iface);
+    let tables = nft(&["list", "tables", "inet"], None).ok()?;
+    tables
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table inet "))
+        .filter(|t| t.starts_with("shield_syncookie_") && *t != own)
+        .filter_map(|t| nft(&["-t", "list", "table", "inet", t], None).ok())
+        .filter_map(|out| loose_in(&out))
+        .find(|v| !v.is_empty())
+}
+
 /// The table text this process last put in place, per interface.
 static APPLIED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
@@ -392,7 +407,7 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(iface)
         .and_then(|t| loose_in(t));
-    let loose = match remembered.or(before) {
+    let loose = match remembered.or(before).or_else(|| loose_elsewhere(iface)) {
         Some(v) if !v.is_empty() => v,
         _ => std::fs::read_to_string(LOOSE)
             .map(|v| v.trim().to_string())

@@ -97,3 +97,23 @@ fn a_flushed_ruleset_gets_the_syncookie_table_back() {
     assert!(!has_table(&lab), "the table outlived the daemon");
     assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
 }
+
+/// One daemon on two interfaces with the challenge (two tables): its stop puts
+/// `nf_conntrack_tcp_loose` back as it was before, whichever table goes last (the second
+/// table used to remember the first's 0, and the stop left 0).
+#[test]
+fn two_tables_put_back_the_conntrack_setting_from_before() {
+    let mut lab =
+        super::reloads::WrappedLab::start(POLICY, true, |real, _| format!("exec {real} \"$@\"\n"));
+    let server = lab.topo.server.name.clone();
+    let loose = || {
+        let out = run_in(
+            &server,
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(loose(), "0");
+    lab.stop();
+    assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
+}
