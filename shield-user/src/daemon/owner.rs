@@ -645,6 +645,13 @@ impl Owner {
                 }
             }
         }
+        // A syncookie table taken away under the daemon (`nft flush ruleset`) is put back.
+        let kept = self.instances.iter().map(|i| &i.iface);
+        crate::synproxy::reinstate_all(
+            kept.filter(|i| !self.lost.contains_key(*i))
+                .cloned()
+                .collect(),
+        );
     }
 }
 

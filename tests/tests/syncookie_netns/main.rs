@@ -5,7 +5,8 @@
 //! third of three, with a hung `nft`) and change nothing, bans and IPv6 clients included
 //! (`reloads`), bans served while a reload is held up (`reload_bans`), a spoofed flood
 //! without ACK (`flood`), and the nftables meter that holds the connections completed
-//! through cookies to the source's own limit (`meter`).
+//! through cookies to the source's own limit (`meter`), and the table put back when an
+//! operator flushes the ruleset under the daemon (`host_table`).
 //! (The full-rate SYN flood scenario is `syncookie_flood.rs`, alone in its binary.)
 
 use std::{
@@ -59,6 +60,7 @@ fn client6(i: u32) -> IpAddr {
 mod cookie_path;
 mod failed_start;
 mod flood;
+mod host_table;
 mod meter;
 mod reload_bans;
 mod reloads;

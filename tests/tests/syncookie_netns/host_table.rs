@@ -1,0 +1,119 @@
+//! The daemon's nftables table taken away under it while it runs (`nft flush ruleset`, as
+//! `systemctl restart nftables` does, or a `delete table`): the daemon puts it back, with
+//! the `nf_conntrack_tcp_loose` value from before it started, and clients over the budget
+//! still complete their connections through the cookie path.
+
+use super::*;
+
+/// Whether the server namespace has `name`'s table.
+fn has_table(lab: &NsLab) -> bool {
+    run_in(
+        &lab.topo.server.name,
+        &["nft", "list", "table", "inet", "shield_syncookie_shield0"],
+    )
+    .status
+    .success()
+}
+
+/// Waits (20 s at most) for the daemon to put its table back.
+fn table_comes_back(lab: &NsLab, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !has_table(lab) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {what}, the daemon's syncookie table never came back: cookie ACKs over the budget reach no SYNPROXY"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn over_budget_clients_connect(lab: &NsLab, first: u32) {
+    for i in first..first + 5 {
+        lab.topo.add_client_addr(client(i)).expect("client address");
+    }
+    let dst = SocketAddr::new(IpAddr::V4(SERVER_V4), 8000);
+    let codes: Vec<Option<u16>> = lab
+        .topo
+        .client
+        .run_in(move || {
+            (first..first + 5)
+                .map(|i| http_get(client(i), dst, "/api/items", Duration::from_secs(3)))
+                .collect()
+        })
+        .expect("client namespace");
+    assert!(codes.iter().all(|c| *c == Some(200)), "{codes:?}");
+}
+
+#[test]
+fn a_flushed_ruleset_gets_the_syncookie_table_back() {
+    let mut lab = NsLab::new(POLICY, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    let _pass = lab.pass_program_on_client();
+    let server = lab.topo.server.name.clone();
+    let loose = || {
+        let out = run_in(
+            &server,
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(has_table(&lab), "no table at start");
+    assert_eq!(loose(), "0");
+    // The budget's one token goes to the first client; the others are answered with cookies.
+    over_budget_clients_connect(&lab, 0);
+    // What `systemctl restart nftables` does first.
+    let out = run_in(&server, &["nft", "flush", "ruleset"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    table_comes_back(&lab, "nft flush ruleset");
+    over_budget_clients_connect(&lab, 10);
+    // An operator deleting the table by hand: the same.
+    let out = run_in(
+        &server,
+        &["nft", "delete", "table", "inet", "shield_syncookie_shield0"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    table_comes_back(&lab, "nft delete table");
+    // A reload after a flush remembers the setting from before the daemon, not its own 0.
+    let out = run_in(&server, &["nft", "flush", "ruleset"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "reload: {err}");
+    table_comes_back(&lab, "a flush and a reload");
+    over_budget_clients_connect(&lab, 20);
+    // A stop removes it and puts conntrack's setting back as it was before the daemon.
+    lab.daemon().stop().expect("stopping the daemon");
+    assert!(!has_table(&lab), "the table outlived the daemon");
+    assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
+}
+
+/// One daemon on two interfaces with the challenge (two tables): its stop puts
+/// `nf_conntrack_tcp_loose` back as it was before, whichever table goes last (the second
+/// table used to remember the first's 0, and the stop left 0).
+#[test]
+fn two_tables_put_back_the_conntrack_setting_from_before() {
+    let mut lab =
+        super::reloads::WrappedLab::start(POLICY, true, |real, _| format!("exec {real} \"$@\"\n"));
+    let server = lab.topo.server.name.clone();
+    let loose = || {
+        let out = run_in(
+            &server,
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(loose(), "0");
+    lab.stop();
+    assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
+}
