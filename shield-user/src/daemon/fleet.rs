@@ -115,6 +115,10 @@ pub(super) struct Snapshot {
     /// of the hash issued before it reached this host then: if it does not hold it, the
     /// ban was unbanned (or refused) here, and an older snapshot of Redis brought it back.
     pub read_ms: u64,
+    /// The fields of the bans this host issued while the link was down, waiting in the
+    /// queue: the session publishes them right after this snapshot, so they are not
+    /// published again as bans the hash lost (they were, twice).
+    pub queued: HashSet<String>,
 }
 
 pub(super) struct Task {
@@ -238,6 +242,7 @@ impl Task {
             lost: false,
             unbans: Vec::new(),
             read_ms: 0,
+            queued: HashSet::new(),
         };
         for (field, value) in all {
             match self.signer.open_stored(&value) {
@@ -377,6 +382,11 @@ impl Task {
                     .iter()
                     .any(|q| q.op == Op::Unban && q.source == b.source)
             });
+            snap.queued = queue
+                .iter()
+                .filter(|q| q.op == Op::Ban)
+                .map(Message::field)
+                .collect();
             if let Ok(mut l) = last_id.lock() {
                 *l = Some(tail);
             }
@@ -554,6 +564,7 @@ mod tests {
             lost: false,
             unbans: Vec::new(),
             read_ms: 0,
+            queued: HashSet::new(),
         }
     }
 
