@@ -46,16 +46,20 @@ pub(super) enum Inbound {
     Link(bool),
 }
 
-/// Sets a ban in the hash unless one on the same field ends later, and appends the change
-/// to the stream. KEYS: bans, events. ARGV: field, expires_ms, sig, message, maxlen.
+/// Appends the change to the stream, and sets the ban in the hash unless one on the same
+/// field ends later. The stream gets it either way (receivers never shorten a ban they
+/// hold): a value on that field that only looks later (written by whoever has Redis's
+/// password but not the fleet key, or signed with a key since rotated) kept every later
+/// ban of the source from reaching the other hosts. KEYS: bans, events. ARGV: field,
+/// expires_ms, sig, message, maxlen.
 const BAN_LUA: &str = r"
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[4], 'sig', ARGV[3])
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   local e = tonumber(string.match(old, '^(%d+)'))
   if e and e > tonumber(ARGV[2]) then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[4], 'sig', ARGV[3])
 return 1
 ";
 
