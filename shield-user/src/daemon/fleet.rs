@@ -530,6 +530,11 @@ async fn read_stream(
     }
 }
 
+/// When a refusal was last logged, and how many were not logged since.
+static REFUSED_LOGGED: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((None, 0));
+
+/// Counts a refused message, logged at most once a minute: whoever has Redis's password
+/// but not the key wrote one warning per forged stream entry into every host's log.
 fn refused(counters: &DaemonCounters, what: &str, e: &Refusal) {
     if *e == Refusal::BadSignature {
         counters
@@ -537,7 +542,23 @@ fn refused(counters: &DaemonCounters, what: &str, e: &Refusal) {
             .refused_signature
             .fetch_add(1, Ordering::Relaxed);
     }
-    warn!("fleet: refused {what}: {e}");
+    let Ok(mut logged) = REFUSED_LOGGED.lock() else {
+        return;
+    };
+    let (last, quiet) = &mut *logged;
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+        *quiet += 1;
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    let more = std::mem::take(quiet);
+    if more > 0 {
+        warn!(
+            "fleet: refused {what}: {e} ({more} more refused in the last minute, not logged; said once a minute, shield_fleet_refused_total counts them)"
+        );
+    } else {
+        warn!("fleet: refused {what}: {e} (said once a minute)");
+    }
 }
 
 #[cfg(test)]

@@ -42,3 +42,38 @@ fn a_forged_hash_value_does_not_keep_a_ban_from_the_other_hosts() {
         "h1's expiry, not the forged one: {b}"
     );
 }
+
+#[test]
+fn a_flood_of_forged_stream_entries_is_counted_not_logged_line_by_line() {
+    // Whoever has Redis's password but not the key appends 2,000 forged entries: each is
+    // refused and counted; the log says so at most once a minute, not 2,000 times.
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemon");
+    let h1 = &lab.hosts[0];
+    wait_until("h1 links", Duration::from_secs(10), || {
+        h1.fleet()["connected"] == true
+    });
+    let n = 2_000;
+    let cmds: Vec<Vec<String>> = (0..n)
+        .map(|i| {
+            let m = format!(
+                r#"{{"op":"ban","source":"198.51.100.{}/32","scope":"host","origin_host":"rogue"}}"#,
+                i % 250
+            );
+            ["XADD", &lab.events_key(), "*", "m", &m, "sig", "00"]
+                .map(str::to_string)
+                .to_vec()
+        })
+        .collect();
+    lab.redis.pipeline(&cmds).expect("XADD");
+    wait_until("h1 refuses every entry", Duration::from_secs(20), || {
+        h1.fleet()["refused_signature"] == n
+    });
+    assert!(h1.bans().is_empty(), "{:?}", h1.bans());
+    let log = h1.daemon.as_ref().expect("running").log_text();
+    let lines = log.matches("fleet: refused stream entry").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for {n} refused entries"
+    );
+}
