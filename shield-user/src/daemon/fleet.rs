@@ -46,16 +46,20 @@ pub(super) enum Inbound {
     Link(bool),
 }
 
-/// Sets a ban in the hash unless one on the same field ends later, and appends the change
-/// to the stream. KEYS: bans, events. ARGV: field, expires_ms, sig, message, maxlen.
+/// Appends the change to the stream, and sets the ban in the hash unless one on the same
+/// field ends later. The stream gets it either way (receivers never shorten a ban they
+/// hold): a value on that field that only looks later (written by whoever has Redis's
+/// password but not the fleet key, or signed with a key since rotated) kept every later
+/// ban of the source from reaching the other hosts. KEYS: bans, events. ARGV: field,
+/// expires_ms, sig, message, maxlen.
 const BAN_LUA: &str = r"
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[4], 'sig', ARGV[3])
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   local e = tonumber(string.match(old, '^(%d+)'))
   if e and e > tonumber(ARGV[2]) then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[4], 'sig', ARGV[3])
 return 1
 ";
 
@@ -115,6 +119,10 @@ pub(super) struct Snapshot {
     /// of the hash issued before it reached this host then: if it does not hold it, the
     /// ban was unbanned (or refused) here, and an older snapshot of Redis brought it back.
     pub read_ms: u64,
+    /// The fields of the bans this host issued while the link was down, waiting in the
+    /// queue: the session publishes them right after this snapshot, so they are not
+    /// published again as bans the hash lost (they were, twice).
+    pub queued: HashSet<String>,
 }
 
 pub(super) struct Task {
@@ -238,6 +246,7 @@ impl Task {
             lost: false,
             unbans: Vec::new(),
             read_ms: 0,
+            queued: HashSet::new(),
         };
         for (field, value) in all {
             match self.signer.open_stored(&value) {
@@ -377,6 +386,11 @@ impl Task {
                     .iter()
                     .any(|q| q.op == Op::Unban && q.source == b.source)
             });
+            snap.queued = queue
+                .iter()
+                .filter(|q| q.op == Op::Ban)
+                .map(Message::field)
+                .collect();
             if let Ok(mut l) = last_id.lock() {
                 *l = Some(tail);
             }
@@ -516,6 +530,11 @@ async fn read_stream(
     }
 }
 
+/// When a refusal was last logged, and how many were not logged since.
+static REFUSED_LOGGED: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((None, 0));
+
+/// Counts a refused message, logged at most once a minute: whoever has Redis's password
+/// but not the key wrote one warning per forged stream entry into every host's log.
 fn refused(counters: &DaemonCounters, what: &str, e: &Refusal) {
     if *e == Refusal::BadSignature {
         counters
@@ -523,7 +542,23 @@ fn refused(counters: &DaemonCounters, what: &str, e: &Refusal) {
             .refused_signature
             .fetch_add(1, Ordering::Relaxed);
     }
-    warn!("fleet: refused {what}: {e}");
+    let Ok(mut logged) = REFUSED_LOGGED.lock() else {
+        return;
+    };
+    let (last, quiet) = &mut *logged;
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+        *quiet += 1;
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    let more = std::mem::take(quiet);
+    if more > 0 {
+        warn!(
+            "fleet: refused {what}: {e} ({more} more refused in the last minute, not logged; said once a minute, shield_fleet_refused_total counts them)"
+        );
+    } else {
+        warn!("fleet: refused {what}: {e} (said once a minute)");
+    }
 }
 
 #[cfg(test)]
@@ -554,6 +589,7 @@ mod tests {
             lost: false,
             unbans: Vec::new(),
             read_ms: 0,
+            queued: HashSet::new(),
         }
     }
 

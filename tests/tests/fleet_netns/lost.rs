@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shield_tests::fleetlab::{API, FleetLab, Host, POLICY, ban_message, wait_until};
+use shield_tests::fleetlab::{API, FleetLab, Host, POLICY, audit_count, ban_message, wait_until};
 
 /// `n` hosts started, each linked to Redis.
 fn linked_lab(n: usize) -> FleetLab {
@@ -433,5 +433,54 @@ fn bans_published_again_keep_their_scope_rule_family_and_can_be_unbanned() {
     assert_eq!(
         lab.redis.cmd(&["HLEN", &lab.bans_key()]).expect("HLEN"),
         "0"
+    );
+}
+
+#[test]
+fn a_ban_issued_while_redis_was_down_is_published_once_when_it_comes_back_empty() {
+    // Redis crashes; h1 bans a source meanwhile (queued). Redis comes back empty: h1
+    // resyncs (lost data) and publishes its queue. The queued ban must go out once, not a
+    // second time as one of "the bans this host issued that Redis had lost" (the ban it
+    // issued before the crash is one of those: published again, once).
+    let mut lab = linked_lab(2);
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.110", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_bans(&[(h2, "203.0.113.110/32")], true, 5);
+    lab.redis.kill();
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    wait_links(&[h1, h2], false, 15);
+    let published = |h: &Host| h.fleet()["published"].as_u64().unwrap_or(u64::MAX);
+    let before = published(h1);
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.111", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until("h1 queues its ban", Duration::from_secs(10), || {
+        h1.fleet()["queued"] == 1
+    });
+    lab.redis.restart_empty().expect("restarting Redis empty");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    wait_links(&[h1, h2], true, 20);
+    // A ban h1 issues now reaches h2: anything h1 published on reconnect came before it.
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.112", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_bans(
+        &[
+            (h2, "203.0.113.110/32"),
+            (h2, "203.0.113.111/32"),
+            (h2, "203.0.113.112/32"),
+        ],
+        true,
+        10,
+    );
+    assert_eq!(
+        published(h1) - before,
+        3,
+        "h1 published its lost ban again, its queued ban and its new one, once each: {}",
+        h1.fleet()
+    );
+    assert_eq!(
+        audit_count(h2, "fleet_ban", "203.0.113.111/32"),
+        1,
+        "h2 received the queued ban once"
     );
 }

@@ -6,6 +6,7 @@
 
 mod lost;
 mod reload;
+mod rogue;
 
 use std::{net::IpAddr, time::Duration};
 

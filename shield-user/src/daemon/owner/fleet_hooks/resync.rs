@@ -31,6 +31,7 @@ impl Owner {
             lost,
             unbans,
             read_ms,
+            queued,
         } = snap;
         let mut present = unreadable;
         present.extend(bans.iter().map(Message::field));
@@ -40,6 +41,8 @@ impl Owner {
             for m in &unbans {
                 self.fleet_unban(m);
             }
+            // The bans queued while the link was down are published by the session.
+            present.extend(queued);
             let n = self.publish_again(&present);
             info!("fleet: published again {n} bans this host issued that Redis had lost");
         }

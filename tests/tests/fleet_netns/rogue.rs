@@ -1,0 +1,79 @@
+//! A rogue writer on the fleet's Redis: it has the password but not the fleet key.
+
+use std::time::Duration;
+
+use shield_tests::fleetlab::{API, FleetLab, POLICY, wait_until};
+
+#[test]
+fn a_forged_hash_value_does_not_keep_a_ban_from_the_other_hosts() {
+    // Whoever has Redis's password but not the key writes, ahead of time, a value that
+    // ends in the far future on the field of a source. Its forged value is refused by
+    // every host, and it must not keep the real ban of that source from reaching them.
+    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemons");
+    for h in &lab.hosts {
+        wait_until(
+            &format!("{} links", h.name),
+            Duration::from_secs(10),
+            || h.fleet()["connected"] == true,
+        );
+    }
+    let forged = r#"99999999999999|00|{"op":"ban","source":"203.0.113.121/32","scope":"host","origin_host":"rogue"}"#;
+    lab.redis
+        .cmd(&["HSET", &lab.bans_key(), "203.0.113.121/32|host|", forged])
+        .expect("HSET");
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.121", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_until(
+        "h2 gets h1's ban of the source the forged value names",
+        Duration::from_secs(10),
+        || h2.banned("203.0.113.121/32"),
+    );
+    let b = h2
+        .bans()
+        .into_iter()
+        .find(|b| b["source"] == "203.0.113.121/32")
+        .expect("held");
+    assert_eq!(b["origin_host"], "h1", "{b}");
+    let remaining = b["remaining_secs"].as_f64().unwrap_or(0.0);
+    assert!(
+        (500.0..=600.0).contains(&remaining),
+        "h1's expiry, not the forged one: {b}"
+    );
+}
+
+#[test]
+fn a_flood_of_forged_stream_entries_is_counted_not_logged_line_by_line() {
+    // Whoever has Redis's password but not the key appends 2,000 forged entries: each is
+    // refused and counted; the log says so at most once a minute, not 2,000 times.
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemon");
+    let h1 = &lab.hosts[0];
+    wait_until("h1 links", Duration::from_secs(10), || {
+        h1.fleet()["connected"] == true
+    });
+    let n = 2_000;
+    let cmds: Vec<Vec<String>> = (0..n)
+        .map(|i| {
+            let m = format!(
+                r#"{{"op":"ban","source":"198.51.100.{}/32","scope":"host","origin_host":"rogue"}}"#,
+                i % 250
+            );
+            ["XADD", &lab.events_key(), "*", "m", &m, "sig", "00"]
+                .map(str::to_string)
+                .to_vec()
+        })
+        .collect();
+    lab.redis.pipeline(&cmds).expect("XADD");
+    wait_until("h1 refuses every entry", Duration::from_secs(20), || {
+        h1.fleet()["refused_signature"] == n
+    });
+    assert!(h1.bans().is_empty(), "{:?}", h1.bans());
+    let log = h1.daemon.as_ref().expect("running").log_text();
+    let lines = log.matches("fleet: refused stream entry").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for {n} refused entries"
+    );
+}
