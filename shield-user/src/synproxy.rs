@@ -443,21 +443,29 @@ pub fn apply(iface: &str, policy: &Policy, timestamps: bool) -> Result<bool, Str
 /// remembers conntrack's setting from before. Returns whether it put the table back; a table
 /// under its name (edited, or another interface's) is left as it is.
 pub fn reinstate(iface: &str) -> Result<bool, String> {
-    // Held throughout: an `apply`, `restore` or `remove` waits, or has already forgotten
-    // the text (a table being removed is not put back).
-    let applied = APPLIED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(table) = applied.get(iface) else {
+    let applied = || {
+        APPLIED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let Some(table) = applied().get(iface).cloned() else {
         return Ok(false);
     };
-    // `list tables` (no rules, no set entries): cheap enough for every second.
+    // `list tables` (no rules, no set entries): cheap enough for every second. Not under
+    // the lock: an `nft` that hangs here holds no reload or stop up.
     let name = table_name(iface);
     let tables = nft(&["list", "tables", "inet"], None)?;
     if tables
         .lines()
         .any(|l| l.trim() == format!("table inet {name}"))
     {
+        return Ok(false);
+    }
+    // Put back under the lock, and only the text still in force for this process: an
+    // `apply`, `restore` or `remove` that came meanwhile decided instead (a table being
+    // removed is not put back), and one that comes now waits for this.
+    let applied = applied();
+    if applied.get(iface) != Some(&table) {
         return Ok(false);
     }
     nft(
@@ -478,7 +486,13 @@ pub fn reinstate_all(ifaces: Vec<String>) {
     static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
     use std::sync::atomic::Ordering;
-    if ifaces.is_empty() || RUNNING.swap(true, Ordering::AcqRel) {
+    // No thread (and no `nft`) while no table of this process's is in place.
+    let any = APPLIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .keys()
+        .any(|i| ifaces.contains(i));
+    if !any || RUNNING.swap(true, Ordering::AcqRel) {
         return;
     }
     let spawned = std::thread::Builder::new()

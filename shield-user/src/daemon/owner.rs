@@ -645,7 +645,11 @@ impl Owner {
                 }
             }
         }
-        // A syncookie table taken away under the daemon (`nft flush ruleset`) is put back.
+        // A syncookie table taken away under the daemon (`nft flush ruleset`) is put back
+        // (not during a reload, which puts its own in place).
+        if reloading {
+            return;
+        }
         let kept = self.instances.iter().map(|i| &i.iface);
         crate::synproxy::reinstate_all(
             kept.filter(|i| !self.lost.contains_key(*i))
