@@ -480,6 +480,28 @@ pub fn reinstate(iface: &str) -> Result<bool, String> {
     Ok(true)
 }
 
+/// `remove` on a thread of its own (an `nft` that hangs holds the run loop up nowhere),
+/// for an interface the daemon lost; a failure is logged.
+pub fn remove_in_background(iface: String) {
+    if !APPLIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains_key(&iface)
+    {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("syncookie-remove".into())
+        .spawn(move || {
+            if let Err(e) = remove(&iface) {
+                tracing::warn!(iface = %iface, "cannot remove the syncookie nftables table: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot remove the syncookie nftables table: {e}");
+    }
+}
+
 /// Runs `reinstate` for `ifaces` on a thread of its own (an `nft` that hangs holds no one
 /// up), unless the previous round is still running.
 pub fn reinstate_all(ifaces: Vec<String>) {

@@ -619,6 +619,9 @@ impl Owner {
                 // No longer watched: its attacks end here, not never.
                 end_attacks(inst, &mut self.audit, &mut self.attacks, "interface lost");
                 self.lost.insert(inst.iface.clone(), why);
+                // Its syncookie table goes with the program (`shield detach` removes it too;
+                // this one also takes one a look for flushed tables put back just then).
+                crate::synproxy::remove_in_background(inst.iface.clone());
                 continue;
             }
             if reloading || inst.tables.is_none() {

@@ -117,3 +117,43 @@ fn two_tables_put_back_the_conntrack_setting_from_before() {
     lab.stop();
     assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
 }
+
+/// One daemon on two interfaces with the challenge; one interface goes (deleted here; `shield
+/// detach` and a rename are the same loss): its table goes with it within a second or so,
+/// not at the daemon's stop, and the other interface's table stays (a look for flushed
+/// tables never puts a lost interface's back).
+#[test]
+fn a_lost_interface_takes_its_syncookie_table_with_it() {
+    let mut lab =
+        super::reloads::WrappedLab::start(POLICY, true, |real, _| format!("exec {real} \"$@\"\n"));
+    let server = lab.topo.server.name.clone();
+    let has = |name: &str| {
+        run_in(&server, &["nft", "list", "table", "inet", name])
+            .status
+            .success()
+    };
+    assert!(has("shield_syncookie_dum0") && has("shield_syncookie_shield0"));
+    let out = run_in(&server, &["ip", "link", "del", "dum0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while has("shield_syncookie_dum0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lost interface's syncookie table is still in place"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A few of the daemon's looks for flushed tables later: still gone, the other kept.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!has("shield_syncookie_dum0"), "put back after the loss");
+    assert!(
+        has("shield_syncookie_shield0"),
+        "the other interface's table"
+    );
+    lab.stop();
+    assert!(!has("shield_syncookie_shield0"), "after the stop");
+}
