@@ -525,23 +525,6 @@ impl Owner {
         }
     }
 
-    /// A reload's reply with the application layer's part (`[app]` in the policy in force).
-    fn with_app(&self, reply: Reply) -> Reply {
-        match reply {
-            Reply::Reloaded(reloaded) if self.policy.app.is_some() => {
-                Reply::ReloadedApp(crate::control::ReloadReply {
-                    reloaded,
-                    app: Some(crate::control::AppReloaded {
-                        endpoints: self.policy.endpoints.len(),
-                        signals: self.policy.signals.len(),
-                        app_only: self.instances.is_empty(),
-                    }),
-                })
-            }
-            other => other,
-        }
-    }
-
     /// A message that comes while the daemon stops: the last events are logged and the
     /// app's effects applied; requests are refused; reloads and fleet news are left.
     fn while_stopping(&mut self, msg: Msg) {

@@ -27,6 +27,15 @@ fn table_comes_back(lab: &NsLab, what: &str) {
     }
 }
 
+/// `nf_conntrack_tcp_loose` in namespace `ns`.
+fn loose_in(ns: &str) -> String {
+    let out = run_in(
+        ns,
+        &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn over_budget_clients_connect(lab: &NsLab, first: u32) {
     for i in first..first + 5 {
         lab.topo.add_client_addr(client(i)).expect("client address");
@@ -50,13 +59,7 @@ fn a_flushed_ruleset_gets_the_syncookie_table_back() {
     let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
     let _pass = lab.pass_program_on_client();
     let server = lab.topo.server.name.clone();
-    let loose = || {
-        let out = run_in(
-            &server,
-            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let loose = || loose_in(&server);
     assert!(has_table(&lab), "no table at start");
     assert_eq!(loose(), "0");
     // The budget's one token goes to the first client; the others are answered with cookies.
@@ -106,13 +109,7 @@ fn two_tables_put_back_the_conntrack_setting_from_before() {
     let mut lab =
         super::reloads::WrappedLab::start(POLICY, true, |real, _| format!("exec {real} \"$@\"\n"));
     let server = lab.topo.server.name.clone();
-    let loose = || {
-        let out = run_in(
-            &server,
-            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let loose = || loose_in(&server);
     assert_eq!(loose(), "0");
     lab.stop();
     assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");

@@ -76,6 +76,23 @@ impl Owner {
         }));
     }
 
+    /// A reload's reply with the application layer's part (`[app]` in the policy in force).
+    pub(super) fn with_app(&self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Reloaded(reloaded) if self.policy.app.is_some() => {
+                Reply::ReloadedApp(crate::control::ReloadReply {
+                    reloaded,
+                    app: Some(crate::control::AppReloaded {
+                        endpoints: self.policy.endpoints.len(),
+                        signals: self.policy.signals.len(),
+                        app_only: self.instances.is_empty(),
+                    }),
+                })
+            }
+            other => other,
+        }
+    }
+
     pub(super) fn finish_reload(&mut self, out: Result<JobOut, tokio::task::JoinError>) {
         let out = out.unwrap_or_else(join_error);
         let mut back = out.maps.into_iter();
