@@ -77,3 +77,25 @@ fn a_flood_of_forged_stream_entries_is_counted_not_logged_line_by_line() {
         "{lines} log lines for {n} refused entries"
     );
 }
+
+/// An operator rotates the fleet key by rewriting `key_file` and reloading: the reload
+/// succeeds (the rest of the policy applies), and the daemon says the new key is not in use
+/// until a restart (it kept signing with the old one without a word).
+#[test]
+fn a_key_file_rewritten_before_a_reload_is_said_to_need_a_restart() {
+    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
+    lab.start_all().expect("starting the daemon");
+    let h = &lab.hosts[0];
+    let (ok, _, err) = h.shield(&["reload"]);
+    assert!(ok, "reload: {err}");
+    let log = || h.daemon.as_ref().map(|d| d.log_text()).unwrap_or_default();
+    assert!(!log().contains("another key"), "{}", log());
+    std::fs::write(&lab.key_file, "a-rotated-fleet-key-of-32-bytes!").expect("new key");
+    let (ok, _, err) = h.shield(&["reload"]);
+    assert!(ok, "reload: {err}");
+    wait_until(
+        "the daemon says the new key needs a restart",
+        Duration::from_secs(10),
+        || log().contains("holds another key than the one read at start"),
+    );
+}

@@ -53,9 +53,28 @@ pub(in crate::daemon) struct Link {
     /// When `origins` was last pruned because it reached `max_bans` (at most once a
     /// second: a prune reads every ban table).
     pruned: Option<Instant>,
+    /// The key read from `[fleet] key_file` at start: the one in use until a restart.
+    key: Option<Vec<u8>>,
 }
 
 impl Link {
+    /// After a reload: says when `[fleet] key_file` no longer holds the key in use (a
+    /// rotation written to it takes a restart: the link signs and checks with the key it
+    /// started with, and the reload did not change that).
+    pub(in crate::daemon) fn check_key(&self, fleet: Option<&crate::policy::Fleet>) {
+        let Some(path) = fleet.and_then(|f| f.key_file.as_ref()) else {
+            return;
+        };
+        match crate::fleet::read_key(path) {
+            Ok(k) if Some(&k) == self.key.as_ref() => {}
+            Ok(_) => warn!(
+                "fleet: {} holds another key than the one read at start: the fleet's messages are still signed and checked with the old one; restart shield to use the new key",
+                path.display()
+            ),
+            Err(e) => warn!("fleet: {e}; the key read at start stays in use"),
+        }
+    }
+
     /// Counts a received ban refused for want of room (`why`), said at most once a minute:
     /// a storm of received bans past the table logged one line per ban, 34,000 in 2 s.
     fn refused_full(&mut self, counter: &AtomicU64, why: &str, m: &Message) {
@@ -190,7 +209,7 @@ impl Owner {
         let (tx, out) = mpsc::channel(65_536);
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = Task {
-            signer: Signer::new(key, &cfg.prefix),
+            signer: Signer::new(key.clone(), &cfg.prefix),
             cfg: cfg.clone(),
             counters,
             owner: owner_tx.clone(),
@@ -200,6 +219,7 @@ impl Owner {
         };
         let handle = tokio::spawn(task.run());
         self.fleet = Some(Link {
+            key: key.clone(),
             tx,
             breaker: Breaker::new(cfg.max_bans_per_minute),
             max_per_minute: cfg.max_bans_per_minute,

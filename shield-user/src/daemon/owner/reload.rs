@@ -146,6 +146,9 @@ impl Owner {
                     summary.generation,
                     summary.took_ms
                 );
+                if let Some(link) = &self.fleet {
+                    link.check_key(self.policy.fleet.as_ref());
+                }
                 // With the application layer's part (an app-only daemon reloads no rule).
                 Ok(self.with_app(Reply::Reloaded(summary)))
             }
