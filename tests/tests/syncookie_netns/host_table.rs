@@ -157,3 +157,36 @@ fn a_lost_interface_takes_its_syncookie_table_with_it() {
     lab.stop();
     assert!(!has("shield_syncookie_shield0"), "after the stop");
 }
+
+/// The daemon stops (or loses the interface, or reloads without the challenge) after its
+/// table was flushed and before its once-a-second look put it back: conntrack's setting
+/// goes back to what it was before the daemon all the same (it stayed at 0). The wrapper
+/// fails the put-back while a flag file exists, to hold that moment open.
+#[test]
+fn a_stop_right_after_a_flush_puts_the_conntrack_setting_back() {
+    let mut lab = super::reloads::WrappedLab::start(POLICY, false, |real, dir| {
+        let flag = dir.join("atk11-no-put-back");
+        format!(
+            "if [ -e {} ] && [ \"$1\" = -f ]; then echo held >&2; exit 1; fi\nexec {real} \"$@\"\n",
+            flag.display()
+        )
+    });
+    let server = lab.topo.server.name.clone();
+    let loose = || {
+        let out = run_in(
+            &server,
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(loose(), "0");
+    std::fs::write(lab.file("atk11-no-put-back"), "").expect("flag");
+    let out = run_in(&server, &["nft", "flush", "ruleset"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    lab.stop();
+    assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
+}
