@@ -592,27 +592,43 @@ pub fn restore(iface: &str, saved: Option<&str>) -> Result<(), String> {
 }
 
 /// Removes `iface`'s table if there is one and puts the remembered
-/// `nf_conntrack_tcp_loose` back; returns whether a table was there.
+/// `nf_conntrack_tcp_loose` back; returns whether a table was there. A table this process
+/// put in place that was taken away under it (`nft flush ruleset`) and not yet put back
+/// still has its setting put back from the text it had (a stop, a reload without the
+/// challenge or a lost interface right after a flush left conntrack's setting at 0).
 pub fn remove(iface: &str) -> Result<bool, String> {
-    APPLIED
+    let applied = APPLIED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(iface);
-    // Another interface's table under the same name is left alone.
-    let Some((out, None)) = listing(iface, &[])? else {
-        return Ok(false);
+    let (loose, was) = match listing(iface, &[])? {
+        // Another interface's table under the same name is left alone.
+        Some((_, Some(_))) => return Ok(false),
+        Some((out, None)) => {
+            let Some(loose) = loose_in(&out) else {
+                return Ok(false);
+            };
+            nft(&["delete", "table", "inet", &table_name(iface)], None)?;
+            (loose, true)
+        }
+        // Only when nft says the table is gone, not when it failed to list it.
+        None => {
+            let line = format!("table inet {}", table_name(iface));
+            let gone = nft(&["list", "tables", "inet"], None)
+                .is_ok_and(|t| !t.lines().any(|l| l.trim() == line));
+            match applied.as_deref().and_then(loose_in) {
+                Some(loose) if gone => (loose, false),
+                _ => return Ok(false),
+            }
+        }
     };
-    let Some(loose) = loose_in(&out) else {
-        return Ok(false);
-    };
-    nft(&["delete", "table", "inet", &table_name(iface)], None)?;
     let others = nft(&["list", "tables"], None)
         .map(|t| t.contains("shield_syncookie_"))
         .unwrap_or(false);
     if !others && !loose.is_empty() && Path::new(LOOSE).exists() {
         std::fs::write(LOOSE, &loose).map_err(|e| format!("restoring {LOOSE}: {e}"))?;
     }
-    Ok(true)
+    Ok(was)
 }
 
 #[cfg(test)]

@@ -154,3 +154,55 @@ fn a_lost_interface_takes_its_syncookie_table_with_it() {
     lab.stop();
     assert!(!has("shield_syncookie_shield0"), "after the stop");
 }
+
+/// A daemon whose nft wrapper fails the put-back of a flushed table once the flag file
+/// `atk11-no-put-back` exists (holding open the moment between a flush and the daemon's
+/// once-a-second look), with its table flushed; and `nf_conntrack_tcp_loose`'s reader.
+fn flushed_and_held() -> (super::reloads::WrappedLab, impl Fn() -> String) {
+    let lab = super::reloads::WrappedLab::start(POLICY, false, |real, dir| {
+        let flag = dir.join("atk11-no-put-back");
+        format!(
+            "if [ -e {} ] && [ \"$1\" = -f ]; then echo held >&2; exit 1; fi\nexec {real} \"$@\"\n",
+            flag.display()
+        )
+    });
+    let server = lab.topo.server.name.clone();
+    let loose = move || {
+        let out = run_in(
+            &server,
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(loose(), "0");
+    std::fs::write(lab.file("atk11-no-put-back"), "").expect("flag");
+    let out = run_in(&lab.topo.server.name, &["nft", "flush", "ruleset"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    (lab, loose)
+}
+
+/// The daemon stops after its table was flushed and before its once-a-second look put it
+/// back: conntrack's setting goes back to what it was before the daemon all the same (it
+/// stayed at 0).
+#[test]
+fn a_stop_right_after_a_flush_puts_the_conntrack_setting_back() {
+    let (mut lab, loose) = flushed_and_held();
+    lab.stop();
+    assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
+}
+
+/// The same for a reload that drops the challenge right after a flush.
+#[test]
+fn a_reload_without_the_challenge_right_after_a_flush_puts_the_conntrack_setting_back() {
+    let (mut lab, loose) = flushed_and_held();
+    lab.write_policy(&POLICY.replace("challenge = \"syncookie\"\n", ""));
+    let (ok, _, err) = lab.shield(&["reload"]);
+    assert!(ok, "reload: {err}");
+    assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the reload");
+    lab.stop();
+    assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
+}
