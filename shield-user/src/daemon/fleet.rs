@@ -554,7 +554,7 @@ fn refused(counters: &DaemonCounters, what: &str, e: &Refusal) {
     let more = std::mem::take(quiet);
     if more > 0 {
         warn!(
-            "fleet: refused {what}: {e} ({more} more refused in the last minute, not logged; said once a minute, shield_fleet_refused_total counts them)"
+            "fleet: refused {what}: {e} ({more} more refused in the last minute, not logged; said once a minute; bad signatures are counted in shield_fleet_refused_total{{reason=\"bad_signature\"}})"
         );
     } else {
         warn!("fleet: refused {what}: {e} (said once a minute)");
