@@ -156,26 +156,20 @@ fn a_lost_interface_takes_its_syncookie_table_with_it() {
 }
 
 /// A daemon whose nft wrapper fails the put-back of a flushed table once the flag file
-/// `atk11-no-put-back` exists (holding open the moment between a flush and the daemon's
+/// `no-put-back` exists (holding open the moment between a flush and the daemon's
 /// once-a-second look), with its table flushed; and `nf_conntrack_tcp_loose`'s reader.
 fn flushed_and_held() -> (super::reloads::WrappedLab, impl Fn() -> String) {
     let lab = super::reloads::WrappedLab::start(POLICY, false, |real, dir| {
-        let flag = dir.join("atk11-no-put-back");
+        let flag = dir.join("no-put-back");
         format!(
             "if [ -e {} ] && [ \"$1\" = -f ]; then echo held >&2; exit 1; fi\nexec {real} \"$@\"\n",
             flag.display()
         )
     });
     let server = lab.topo.server.name.clone();
-    let loose = move || {
-        let out = run_in(
-            &server,
-            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"],
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let loose = move || loose_in(&server);
     assert_eq!(loose(), "0");
-    std::fs::write(lab.file("atk11-no-put-back"), "").expect("flag");
+    std::fs::write(lab.file("no-put-back"), "").expect("flag");
     let out = run_in(&lab.topo.server.name, &["nft", "flush", "ruleset"]);
     assert!(
         out.status.success(),
