@@ -466,7 +466,7 @@ pub fn render_table(stats: &Stats) -> String {
 /// `shield stats`: the fleet link in one line.
 pub fn fleet_line(f: &crate::fleet::Status) -> String {
     format!(
-        "fleet: host {}, link {}; published {}, received {}, installed {}, refused {} (allow list {}, bad signature {}, circuit {}, too wide {}, trusted proxy {}, table full {}), skipped {} (unknown rule), lag {:.3} s{}{}",
+        "fleet: host {}, link {}; published {}, received {}, installed {}, refused {} (allow list {}, bad signature {}, circuit {}, too wide {}, trusted proxy {}, table full {}, malformed {}), skipped {} (unknown rule), lag {:.3} s{}{}",
         f.host,
         if f.connected {
             "up"
@@ -481,13 +481,15 @@ pub fn fleet_line(f: &crate::fleet::Status) -> String {
             + f.refused_circuit_open
             + f.refused_too_wide
             + f.refused_trusted_proxy
-            + f.refused_table_full,
+            + f.refused_table_full
+            + f.refused_malformed,
         f.refused_allow_list,
         f.refused_signature,
         f.refused_circuit_open,
         f.refused_too_wide,
         f.refused_trusted_proxy,
         f.refused_table_full,
+        f.refused_malformed,
         f.skipped_unknown_rule,
         f.lag_seconds,
         if f.circuit_open { ", CIRCUIT OPEN" } else { "" },

@@ -536,12 +536,11 @@ static REFUSED_LOGGED: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((No
 /// Counts a refused message, logged at most once a minute: whoever has Redis's password
 /// but not the key wrote one warning per forged stream entry into every host's log.
 fn refused(counters: &DaemonCounters, what: &str, e: &Refusal) {
-    if *e == Refusal::BadSignature {
-        counters
-            .fleet
-            .refused_signature
-            .fetch_add(1, Ordering::Relaxed);
-    }
+    let counter = match e {
+        Refusal::BadSignature => &counters.fleet.refused_signature,
+        Refusal::Malformed(_) => &counters.fleet.refused_malformed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     let Ok(mut logged) = REFUSED_LOGGED.lock() else {
         return;
     };
@@ -554,7 +553,7 @@ fn refused(counters: &DaemonCounters, what: &str, e: &Refusal) {
     let more = std::mem::take(quiet);
     if more > 0 {
         warn!(
-            "fleet: refused {what}: {e} ({more} more refused in the last minute, not logged; said once a minute; bad signatures are counted in shield_fleet_refused_total{{reason=\"bad_signature\"}})"
+            "fleet: refused {what}: {e} ({more} more refused in the last minute, not logged; said once a minute; all are counted in shield_fleet_refused_total{{reason=\"bad_signature\"}} and {{reason=\"malformed\"}})"
         );
     } else {
         warn!("fleet: refused {what}: {e} (said once a minute)");

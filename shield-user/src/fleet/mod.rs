@@ -36,6 +36,8 @@ pub struct Counters {
     /// Refused by reason: allow list, bad signature, circuit open, unknown rule (skipped).
     pub refused_allow: AtomicU64,
     pub refused_signature: AtomicU64,
+    /// Refused: not a fleet message (an entry or hash value that does not parse).
+    pub refused_malformed: AtomicU64,
     pub refused_circuit: AtomicU64,
     pub skipped_rule: AtomicU64,
     /// Refused: wider than this host's `min_ban_ipv4_prefix` / `min_ban_ipv6_prefix`.
@@ -132,6 +134,8 @@ pub struct Status {
     pub refused_trusted_proxy: u64,
     #[serde(default)]
     pub refused_table_full: u64,
+    #[serde(default)]
+    pub refused_malformed: u64,
     pub circuit_open: bool,
     pub lag_seconds: f64,
     pub queued: u64,
@@ -154,6 +158,7 @@ impl Counters {
             refused_too_wide: r(&self.refused_wide),
             refused_trusted_proxy: r(&self.refused_proxy),
             refused_table_full: r(&self.refused_full),
+            refused_malformed: r(&self.refused_malformed),
             circuit_open: self.circuit_open.load(Ordering::Relaxed),
             lag_seconds: r(&self.lag_us) as f64 / 1e6,
             queued: r(&self.queued),
@@ -206,6 +211,7 @@ impl Counters {
             ("too_wide", s.refused_too_wide),
             ("trusted_proxy", s.refused_trusted_proxy),
             ("table_full", s.refused_table_full),
+            ("malformed", s.refused_malformed),
         ] {
             refused
                 .get_or_create(&vec![("reason".to_string(), why.to_string())])
@@ -213,7 +219,7 @@ impl Counters {
         }
         reg.register(
             "shield_fleet_refused",
-            "Received bans not installed, by reason",
+            "Received bans and unbans not installed, by reason",
             refused,
         );
         reg.register(

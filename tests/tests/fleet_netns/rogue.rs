@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shield_tests::fleetlab::{API, FleetLab, POLICY, wait_until};
+use shield_tests::fleetlab::{API, FleetLab, POLICY, ban_message, wait_until};
 
 #[test]
 fn a_forged_hash_value_does_not_keep_a_ban_from_the_other_hosts() {
@@ -75,6 +75,39 @@ fn a_flood_of_forged_stream_entries_is_counted_not_logged_line_by_line() {
     assert!(
         (1..=2).contains(&lines),
         "{lines} log lines for {n} refused entries"
+    );
+
+    // Signed entries that are no fleet ban (a source that is no address, no origin host:
+    // a host with the key and a bug) are counted apart, in the metric too, and logged no
+    // more than the forged ones.
+    let junk: Vec<Vec<String>> = (0..50)
+        .flat_map(|i| {
+            let mut m = ban_message("203.0.113.300/32", "h9", 600);
+            if i % 2 == 1 {
+                m.source = format!("203.0.113.{i}/32");
+                m.origin_host = String::new();
+            }
+            lab.publish_cmds(&m, None, false)
+        })
+        .collect();
+    lab.redis.pipeline(&junk).expect("XADD junk");
+    wait_until(
+        "h1 counts every malformed entry",
+        Duration::from_secs(20),
+        || h1.fleet()["refused_malformed"] == 50,
+    );
+    assert_eq!(h1.fleet()["refused_signature"], n, "{}", h1.fleet());
+    let m = h1.metrics();
+    assert!(
+        m.contains("shield_fleet_refused_total{reason=\"malformed\"} 50"),
+        "{m}"
+    );
+    let log = h1.daemon.as_ref().expect("running").log_text();
+    let lines = log.matches("fleet: refused stream entry").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for {} refused entries",
+        n + 50
     );
 }
 
