@@ -122,7 +122,7 @@ pub fn ruleset(iface: &str, policy: &Policy, loose: &str, timestamps: bool) -> O
     }
     let name = table_name(iface);
     Some(format!(
-        "table inet {name} {{\n\tcomment \"{COMMENT}{loose}\"\n{sets}\tchain syncookie_pre {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n{pre}\t}}\n\tchain syncookie_in {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n}}\n"
+        "table inet {name} {{\n\tcomment \"{COMMENT}{loose}\"\n{sets}\tchain syncookie_pre {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n{pre}\t}}\n\tchain syncookie_in {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n{input}\t}}\n}}\n"
     ))
 }
 

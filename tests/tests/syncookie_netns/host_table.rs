@@ -246,3 +246,28 @@ fn conntrack_loose_set_back_by_hand_is_undone_with_a_warning() {
         "nf_conntrack_tcp_loose after the stop"
     );
 }
+
+/// An operator's firewall with the common `ct state invalid drop` at `input` (priority
+/// `filter`), loaded after the daemon's table (a `systemctl reload nftables`, a firewall
+/// started later): a cookie ACK is `ct state invalid` until SYNPROXY takes it, and of two
+/// chains at one priority the one registered last runs first, so that firewall dropped every
+/// cookie ACK and no client over the budget connected (5 of 5 failed, nothing logged). The
+/// daemon's chain runs at `filter - 10`, before any chain at `filter`.
+#[test]
+fn an_operators_invalid_drop_at_filter_priority_leaves_cookie_acks_to_synproxy() {
+    let lab = NsLab::new(POLICY, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    let _pass = lab.pass_program_on_client();
+    let server = lab.topo.server.name.clone();
+    let firewall = "table inet operator_fw {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tct state invalid drop\n\t}\n}\n";
+    let out = run_in(
+        &server,
+        &["sh", "-c", &format!("printf '{firewall}' | nft -f -")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    over_budget_clients_connect(&lab, 0);
+}
