@@ -122,7 +122,7 @@ pub fn ruleset(iface: &str, policy: &Policy, loose: &str, timestamps: bool) -> O
     }
     let name = table_name(iface);
     Some(format!(
-        "table inet {name} {{\n\tcomment \"{COMMENT}{loose}\"\n{sets}\tchain syncookie_pre {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n{pre}\t}}\n\tchain syncookie_in {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n}}\n"
+        "table inet {name} {{\n\tcomment \"{COMMENT}{loose}\"\n{sets}\tchain syncookie_pre {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n{pre}\t}}\n\tchain syncookie_in {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n{input}\t}}\n}}\n"
     ))
 }
 
@@ -480,6 +480,31 @@ pub fn reinstate(iface: &str) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Sets `nf_conntrack_tcp_loose` back to 0 if it is not while `iface` has a table this
+/// process put in place (an operator's `sysctl -w net.netfilter.nf_conntrack_tcp_loose=1`,
+/// or a `sysctl --system` that loads it): with it at 1, conntrack picks a cookie ACK up as
+/// a connection already under way, so it never reaches SYNPROXY and no client over the
+/// budget connects. Returns the value it found (`None`: it was 0, or no table of ours).
+/// Checked and written under the lock: a `remove` that comes meanwhile puts the value from
+/// before the daemon back after this.
+pub fn hold_loose(iface: &str) -> Result<Option<String>, String> {
+    let applied = APPLIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !applied.contains_key(iface) {
+        return Ok(None);
+    }
+    let Ok(now) = std::fs::read_to_string(LOOSE) else {
+        return Ok(None);
+    };
+    let now = now.trim();
+    if now == "0" {
+        return Ok(None);
+    }
+    std::fs::write(LOOSE, "0").map_err(|e| format!("setting {LOOSE} back to 0: {e}"))?;
+    Ok(Some(now.to_string()))
+}
+
 /// `remove` on a thread of its own (an `nft` that hangs holds the run loop up nowhere),
 /// for an interface the daemon lost; a failure is logged.
 pub fn remove_in_background(iface: String) {
@@ -527,7 +552,22 @@ pub fn reinstate_all(ifaces: Vec<String>) {
                         "the nftables table {} was gone (nft flush ruleset, delete table?): put back, as cookie handshakes need it",
                         table_name(&iface)
                     ),
-                    Ok(false) => {}
+                    Ok(false) => match hold_loose(&iface) {
+                        Ok(Some(was)) => tracing::warn!(
+                            iface = %iface,
+                            "net.netfilter.nf_conntrack_tcp_loose was {was} while the nftables table {} is in force: set back to 0 (with it, conntrack takes cookie ACKs for connections under way and they never reach SYNPROXY: no client over the budget would connect)",
+                            table_name(&iface)
+                        ),
+                        Ok(None) => {}
+                        // Once per error, not every second.
+                        Err(e) if LAST.lock().is_ok_and(|l| *l == e) => {}
+                        Err(e) => {
+                            tracing::warn!(iface = %iface, "{e}");
+                            if let Ok(mut l) = LAST.lock() {
+                                *l = e;
+                            }
+                        }
+                    },
                     // Once per error, not every second.
                     Err(e) if LAST.lock().is_ok_and(|l| *l == e) => {}
                     Err(e) => {

@@ -200,3 +200,74 @@ fn a_reload_without_the_challenge_right_after_a_flush_puts_the_conntrack_setting
     lab.stop();
     assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
 }
+
+/// An operator sets `nf_conntrack_tcp_loose` back to 1 by hand while the daemon runs (a
+/// `sysctl -w`, or a `sysctl --system` that loads it): conntrack then takes every cookie
+/// ACK for a connection under way, the ACK never reaches SYNPROXY and no client over the
+/// budget connects (5 of 5 failed, with nothing logged). The daemon's once-a-second look
+/// sets it back to 0 and says so; clients over the budget connect again, and the stop still
+/// puts back the value from before the daemon.
+#[test]
+fn conntrack_loose_set_back_by_hand_is_undone_with_a_warning() {
+    let mut lab = NsLab::new(POLICY, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    let _pass = lab.pass_program_on_client();
+    let server = lab.topo.server.name.clone();
+    assert_eq!(loose_in(&server), "0");
+    over_budget_clients_connect(&lab, 0);
+    let out = run_in(
+        &server,
+        &["sysctl", "-w", "net.netfilter.nf_conntrack_tcp_loose=1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while loose_in(&server) != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nf_conntrack_tcp_loose set to 1 by hand stayed 1 under the daemon: cookie ACKs over the budget reach no SYNPROXY\n{}",
+            lab.daemon().log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    over_budget_clients_connect(&lab, 10);
+    let log = lab.daemon().log_text();
+    assert!(
+        log.contains("nf_conntrack_tcp_loose was 1") && log.contains("set back to 0"),
+        "no warning in the daemon's log:\n{log}"
+    );
+    lab.daemon().stop().expect("stopping the daemon");
+    assert_eq!(
+        loose_in(&server),
+        "1",
+        "nf_conntrack_tcp_loose after the stop"
+    );
+}
+
+/// An operator's firewall with the common `ct state invalid drop` at `input` (priority
+/// `filter`), loaded after the daemon's table (a `systemctl reload nftables`, a firewall
+/// started later): a cookie ACK is `ct state invalid` until SYNPROXY takes it, and of two
+/// chains at one priority the one registered last runs first, so that firewall dropped every
+/// cookie ACK and no client over the budget connected (5 of 5 failed, nothing logged). The
+/// daemon's chain runs at `filter - 10`, before any chain at `filter`.
+#[test]
+fn an_operators_invalid_drop_at_filter_priority_leaves_cookie_acks_to_synproxy() {
+    let lab = NsLab::new(POLICY, &[]);
+    let _api = Gunicorn::start(&lab.topo.server, 8000).expect("starting the demo API");
+    let _pass = lab.pass_program_on_client();
+    let server = lab.topo.server.name.clone();
+    let firewall = "table inet operator_fw {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tct state invalid drop\n\t}\n}\n";
+    let out = run_in(
+        &server,
+        &["sh", "-c", &format!("printf '{firewall}' | nft -f -")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        shield_tests::nslab::output_text(&out)
+    );
+    over_budget_clients_connect(&lab, 0);
+}
