@@ -47,7 +47,10 @@ def login_decider(limit=5):
     return decide
 
 
-def make_app(socket_path, on_error="open", timeout=0.5, before=None, backoff=0, pool_size=None):
+def make_app(socket_path, on_error="open", timeout=30, before=None, backoff=0, pool_size=None):
+    """The demo app. `timeout` is long by default: a reply of the fake daemon that a loaded
+    machine delays must not turn into on_error; a test of timeouts shortens it
+    (`app.config["SHIELD_TIMEOUT"]`) only around the request it means to time out."""
     app = Flask(__name__)
     app.config.update(
         SHIELD_SOCKET=socket_path, SHIELD_ON_ERROR=on_error, SHIELD_TIMEOUT=timeout, SHIELD_BACKOFF=backoff

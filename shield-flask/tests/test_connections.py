@@ -164,8 +164,10 @@ class OnError(unittest.TestCase):
         app, shield = make_app(daemon.path)
         client = app.test_client()
         daemon.release.clear()  # the daemon stops answering
+        app.config["SHIELD_TIMEOUT"] = 0.5
         with self.assertLogs("shield_flask", logging.WARNING) as logs:
             self.assertEqual(client.get("/users/1").status_code, 200)
+        app.config["SHIELD_TIMEOUT"] = 30
         daemon.release.set()
         with self.assertLogs("shield_flask", logging.WARNING) as logs:
             self.assertEqual(client.get("/users/1").status_code, 200)
@@ -176,15 +178,17 @@ class OnError(unittest.TestCase):
         daemon = FakeDaemon()
         daemon.on_error = "closed"
         self.addCleanup(daemon.stop)
-        app, shield = make_app(daemon.path, on_error="open", timeout=0.2)
+        app, shield = make_app(daemon.path, on_error="open")
         client = app.test_client()
         self.assertEqual(client.get("/users/1").status_code, 200)
         daemon.release.clear()  # replies held until released: the client times out
+        app.config["SHIELD_TIMEOUT"] = 0.2
         with self.assertLogs("shield_flask", logging.WARNING) as logs:
             r = client.get("/users/2")
         self.assertEqual(r.status_code, 503)
         self.assertIn("timed out", logs.output[0])
         self.assertEqual(shield.errors, 1)
+        app.config["SHIELD_TIMEOUT"] = 30
         daemon.release.set()
         self.assertEqual(client.get("/users/3").status_code, 200)
         self.assertEqual(daemon.ops(2), ["hello", "decide"])
@@ -194,10 +198,11 @@ class OnError(unittest.TestCase):
         daemon.on_error = "closed"
         self.addCleanup(daemon.stop)
         # A back-off far longer than the test: the second request must not wait on the daemon.
-        app, shield = make_app(daemon.path, timeout=0.2, backoff=3600)
+        app, shield = make_app(daemon.path, backoff=3600)
         client = app.test_client()
         self.assertEqual(client.get("/users/1").status_code, 200)
         daemon.release.clear()
+        app.config["SHIELD_TIMEOUT"] = 0.2
         with self.assertLogs("shield_flask", logging.WARNING):
             self.assertEqual(client.get("/users/2").status_code, 503)
         asked = len(daemon.of("decide"))

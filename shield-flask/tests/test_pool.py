@@ -197,7 +197,7 @@ class Pooling(Base):
         self.assertEqual(shield.errors, 0)
 
     def test_an_error_on_a_connection_closes_that_connection_not_the_pool(self):
-        app, shield = make_app(self.daemon.path, timeout=0.3, pool_size=2)
+        app, shield = make_app(self.daemon.path, pool_size=2)
         both = threading.Barrier(2)
         stuck = threading.Event()
 
@@ -216,8 +216,10 @@ class Pooling(Base):
             t.join()
         self.assertEqual(self.daemon.connections(), [1, 2])
         client = app.test_client()
+        app.config["SHIELD_TIMEOUT"] = 0.3
         with self.assertLogs("shield_flask", logging.WARNING):
             self.assertEqual(client.get("/users/3").status_code, 200)  # timed out: on_error open
+        app.config["SHIELD_TIMEOUT"] = 30
         self.assertEqual(shield.errors, 1)
         stuck.set()
         (timed_out,) = [c for c, r in self.daemon.requests if r.get("path") == "/users/3"]
