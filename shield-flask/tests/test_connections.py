@@ -75,7 +75,9 @@ class Connections(Base):
         self.assertEqual(headers, [{}, {}, {"X-Tenant": "t1"}])
 
     def test_threads_share_the_pool_one_hello_per_connection(self):
-        app, _ = make_app(self.daemon.path)
+        # A generous timeout: a round trip a loaded machine answers late must not time out,
+        # close its connection and open another (this counts connections).
+        app, _ = make_app(self.daemon.path, timeout=30)
         barrier = threading.Barrier(4)
         statuses = []
 
@@ -178,18 +180,21 @@ class OnError(unittest.TestCase):
         daemon = FakeDaemon()
         daemon.on_error = "closed"
         self.addCleanup(daemon.stop)
-        app, shield = make_app(daemon.path, on_error="open")
+        # The first round trip (hello: the daemon's on_error) must not time out on a loaded
+        # machine; only the held one gets the short timeout.
+        app, shield = make_app(daemon.path, on_error="open", timeout=30)
         client = app.test_client()
         self.assertEqual(client.get("/users/1").status_code, 200)
-        daemon.release.clear()  # replies held until released: the client times out
+        self.assertEqual(shield.errors, 0)
         app.config["SHIELD_TIMEOUT"] = 0.2
+        daemon.release.clear()  # replies held until released: the client times out
         with self.assertLogs("shield_flask", logging.WARNING) as logs:
             r = client.get("/users/2")
         self.assertEqual(r.status_code, 503)
         self.assertIn("timed out", logs.output[0])
         self.assertEqual(shield.errors, 1)
-        app.config["SHIELD_TIMEOUT"] = 30
         daemon.release.set()
+        app.config["SHIELD_TIMEOUT"] = 30
         self.assertEqual(client.get("/users/3").status_code, 200)
         self.assertEqual(daemon.ops(2), ["hello", "decide"])
 
@@ -198,11 +203,14 @@ class OnError(unittest.TestCase):
         daemon.on_error = "closed"
         self.addCleanup(daemon.stop)
         # A back-off far longer than the test: the second request must not wait on the daemon.
-        app, shield = make_app(daemon.path, backoff=3600)
+        # The first round trip (hello: the daemon's on_error "closed") must not time out on a
+        # loaded machine, or the app's own "open" applies; only the held one gets 0.2 s.
+        app, shield = make_app(daemon.path, timeout=30, backoff=3600)
         client = app.test_client()
         self.assertEqual(client.get("/users/1").status_code, 200)
-        daemon.release.clear()
+        self.assertEqual(shield.errors, 0)
         app.config["SHIELD_TIMEOUT"] = 0.2
+        daemon.release.clear()
         with self.assertLogs("shield_flask", logging.WARNING):
             self.assertEqual(client.get("/users/2").status_code, 503)
         asked = len(daemon.of("decide"))

@@ -20,7 +20,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-pub use crate::traffic::{Connects, TcpServer, connect_many, http_get, http_get_timed, http_many};
+pub use crate::traffic::{
+    Connects, TcpServer, connect_legit, connect_many, http_get, http_get_timed, http_many,
+};
 
 /// The lab's addresses: documentation ranges, outside the example policy's lists.
 pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);

@@ -12,8 +12,8 @@ use std::{
 };
 
 use crate::netlab::{
-    Connects, Daemon, Netns, SERVER_V4, SERVER_V6, TcpServer, TempBpffs, Topology, connect_many,
-    unique,
+    Connects, Daemon, Netns, SERVER_V4, SERVER_V6, TcpServer, TempBpffs, Topology, connect_legit,
+    connect_many, unique,
 };
 use serde_json::Value;
 
@@ -118,6 +118,21 @@ impl NsLab {
         self.topo
             .client
             .run_in(move || connect_many(&[src], dst, count, every, Duration::from_millis(300)))
+            .expect("client namespace")
+    }
+
+    /// `count` TCP connections from a client that must lose none (see `connect_legit`: each
+    /// waits for its answer, and one whose SYN had to be sent again counts as failed).
+    pub fn connect_legit(&self, src: IpAddr, port: u16, count: u32, every: Duration) -> Connects {
+        let dst = if src.is_ipv4() {
+            IpAddr::V4(SERVER_V4)
+        } else {
+            IpAddr::V6(SERVER_V6)
+        };
+        let dst = SocketAddr::new(dst, port);
+        self.topo
+            .client
+            .run_in(move || connect_legit(&[src], dst, count, every))
             .expect("client namespace")
     }
 

@@ -138,6 +138,35 @@ pub fn connect_many(
     interval: Duration,
     timeout: Duration,
 ) -> Connects {
+    connect_series(sources, dst, count, interval, timeout, false)
+}
+
+/// How long `connect_legit` waits for an answer: far past the kernel's 1 s SYN retransmission,
+/// it only bounds a test whose server never answers.
+pub const LEGIT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// As `connect_many`, for a client that must lose nothing: each attempt waits for the
+/// server's answer (up to `LEGIT_PATIENCE`) instead of a short timeout, and counts as failed
+/// if it got none, was refused, or needed the kernel to send its SYN again (`TCP_INFO`'s
+/// total retransmissions): a SYN dropped on the way shows up as that retransmission, a
+/// machine too busy to answer within a few hundred ms does not.
+pub fn connect_legit(
+    sources: &[IpAddr],
+    dst: SocketAddr,
+    count: u32,
+    interval: Duration,
+) -> Connects {
+    connect_series(sources, dst, count, interval, LEGIT_PATIENCE, true)
+}
+
+fn connect_series(
+    sources: &[IpAddr],
+    dst: SocketAddr,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+    first_syn_answered: bool,
+) -> Connects {
     let mut result = Connects::default();
     if sources.is_empty() {
         return result;
@@ -157,7 +186,11 @@ pub fn connect_many(
         }
         pending.retain(|(s, deadline)| match poll_connected(s) {
             Some(true) => {
-                result.ok += 1;
+                if first_syn_answered && retransmitted(s) {
+                    result.failed += 1;
+                } else {
+                    result.ok += 1;
+                }
                 let _ = s.set_linger(Some(Duration::ZERO));
                 false
             }
@@ -190,6 +223,25 @@ fn open_nonblocking(src: IpAddr, dst: SocketAddr) -> io::Result<Socket> {
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
         Err(e) => Err(e),
     }
+}
+
+/// Whether the kernel had to send anything on `s` again (for a fresh connection: its SYN).
+/// An unreadable `TCP_INFO` counts as a retransmission.
+fn retransmitted(s: &Socket) -> bool {
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, a buffer of `len` bytes and its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    rc != 0 || info.tcpi_total_retrans > 0
 }
 
 /// `Some(true)` connected, `Some(false)` refused/failed, `None` still in progress.

@@ -157,7 +157,8 @@ fn decide_limits_exactly_bans_at_the_nic_and_refuses_control_verbs() {
 
     // Before any ban, the attacker connects to the web port.
     assert_eq!(
-        lab.connect(attacker, WEB, 3, Duration::from_millis(20)).ok,
+        lab.connect_legit(attacker, WEB, 3, Duration::from_millis(20))
+            .ok,
         3
     );
     // Strikes: refused in 2 different seconds → banned. Keep asking until the 403.
@@ -213,7 +214,7 @@ fn decide_limits_exactly_bans_at_the_nic_and_refuses_control_verbs() {
     // Dropped at the NIC: real connections from the attacker time out, others connect.
     let a = lab.connect(attacker, WEB, 3, Duration::from_millis(20));
     assert_eq!(a.ok, 0, "the banned direct client still connects: {a:?}");
-    let l = lab.connect(legit, WEB, 3, Duration::from_millis(20));
+    let l = lab.connect_legit(legit, WEB, 3, Duration::from_millis(20));
     assert_eq!(l.ok, 3, "another client is cut off too: {l:?}");
 
     let audit = lab.audit_lines();
@@ -274,7 +275,8 @@ fn decide_limits_exactly_bans_at_the_nic_and_refuses_control_verbs() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        lab.connect(attacker, WEB, 2, Duration::from_millis(20)).ok,
+        lab.connect_legit(attacker, WEB, 2, Duration::from_millis(20))
+            .ok,
         2
     );
 }
@@ -385,7 +387,7 @@ escalation = { strikes = 1, window = "1h", ban = "1h" }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        lab.connect(IpAddr::V4(LEGIT_V4), WEB, 2, Duration::from_millis(10))
+        lab.connect_legit(IpAddr::V4(LEGIT_V4), WEB, 2, Duration::from_millis(10))
             .ok,
         2
     );

@@ -65,8 +65,8 @@ const INVALID: [(&str, &str); 3] = [
 fn fifty_reloads_under_traffic_lose_no_legit_connection() {
     let lab = lab(A);
     let legit = std::thread::scope(|s| {
-        let legit =
-            s.spawn(|| lab.connect(IpAddr::V4(LEGIT_V4), API, 160, Duration::from_millis(40)));
+        let legit = s
+            .spawn(|| lab.connect_legit(IpAddr::V4(LEGIT_V4), API, 160, Duration::from_millis(40)));
         for i in 0..50 {
             if i % 3 == 2 {
                 let (text, location) = INVALID[(i / 3) % INVALID.len()];
@@ -199,7 +199,7 @@ escalation = { strikes = 3, window = "1m", ban = "30s", scope = "host" }
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("detached shield from shield0"), "{out}");
-    let free = lab.connect(attacker, OTHER, 3, Duration::from_millis(50));
+    let free = lab.connect_legit(attacker, OTHER, 3, Duration::from_millis(50));
     assert_eq!(
         free.failed, 0,
         "after detach traffic is plain again: {free:?}"
@@ -357,7 +357,7 @@ fn a_million_prefixes_load_and_swap_without_dropping_legit_traffic() {
     let mut lab = NsLab::new(&big_policy(11, N, &[]), &[API, OTHER]);
     let load = started.elapsed();
     assert_eq!(
-        lab.connect(IpAddr::V4(ATTACKER_V4), API, 1, Duration::ZERO)
+        lab.connect_legit(IpAddr::V4(ATTACKER_V4), API, 1, Duration::ZERO)
             .ok,
         1
     );
@@ -371,8 +371,8 @@ fn a_million_prefixes_load_and_swap_without_dropping_legit_traffic() {
     // Meanwhile the daemon keeps answering: pings and /metrics while the reload job runs.
     let reloading = std::sync::atomic::AtomicBool::new(true);
     let (legit, reload, answered) = std::thread::scope(|s| {
-        let legit =
-            s.spawn(|| lab.connect(IpAddr::V4(LEGIT_V4), API, 200, Duration::from_millis(50)));
+        let legit = s
+            .spawn(|| lab.connect_legit(IpAddr::V4(LEGIT_V4), API, 200, Duration::from_millis(50)));
         let pinger = s.spawn(|| {
             let mut answered = Vec::new();
             std::thread::sleep(Duration::from_millis(300));
@@ -450,7 +450,8 @@ fn a_million_prefixes_load_and_swap_without_dropping_legit_traffic() {
         "the deny list after a restart over its pins"
     );
     assert_eq!(
-        lab.connect(IpAddr::V4(LEGIT_V4), API, 1, Duration::ZERO).ok,
+        lab.connect_legit(IpAddr::V4(LEGIT_V4), API, 1, Duration::ZERO)
+            .ok,
         1,
         "a legit client after a restart over the pins"
     );

@@ -92,7 +92,7 @@ fn known_clients_keep_working_through_a_random_source_syn_flood() {
 
     // Before the flood: the legit client uses the API (and so proves itself real); a
     // burst of its connections makes it heavy enough for exact per-source state.
-    let burst = lab.connect(IpAddr::V4(LEGIT_V4), 8000, 20, Duration::ZERO);
+    let burst = lab.connect_legit(IpAddr::V4(LEGIT_V4), 8000, 20, Duration::ZERO);
     assert_eq!(burst.ok, 20, "{burst:?}");
     let warm = timed_gets(&lab, 40, Duration::from_millis(25));
     assert_eq!(summary(&warm).0, 40, "the API must answer before the flood");

@@ -237,7 +237,7 @@ fn a_failed_start_over_a_crashed_run_leaves_that_run_in_force() {
         "the crashed run's policy is back in force"
     );
     // It still enforces: the legit client passes.
-    let legit = lab.connect(IpAddr::V4(LEGIT_V4), API, 3, Duration::from_millis(50));
+    let legit = lab.connect_legit(IpAddr::V4(LEGIT_V4), API, 3, Duration::from_millis(50));
     assert_eq!(legit.failed, 0, "{legit:?}");
 }
 
@@ -317,7 +317,7 @@ fn a_failed_fresh_start_over_a_crashed_run_gives_everything_back() {
         !names.iter().any(|n| n.ends_with(":previous")),
         "nothing left set aside: {names:?}"
     );
-    let legit = lab.connect(IpAddr::V4(LEGIT_V4), API, 3, Duration::from_millis(50));
+    let legit = lab.connect_legit(IpAddr::V4(LEGIT_V4), API, 3, Duration::from_millis(50));
     assert_eq!(legit.failed, 0, "{legit:?}");
 }
 

@@ -78,7 +78,7 @@ fn bans_refuse_what_would_mislead_and_never_shorten() {
     // A connection from the banned source is refused; from the legit client it is not.
     let banned = lab.connect(IpAddr::V4(ATTACKER_V4), API, 2, Duration::from_millis(50));
     assert_eq!(banned.ok, 0, "{banned:?}");
-    let legit = lab.connect(IpAddr::V4(LEGIT_V4), API, 2, Duration::from_millis(50));
+    let legit = lab.connect_legit(IpAddr::V4(LEGIT_V4), API, 2, Duration::from_millis(50));
     assert_eq!(legit.failed, 0, "{legit:?}");
 
     // The reason survives a restart, and shows without the daemon too.

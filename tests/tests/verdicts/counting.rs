@@ -72,15 +72,48 @@ fn stats_watch_prints_per_second_rates() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("shield stats --watch");
-    // Traffic between the first and the second refresh shows up as a rate.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Traffic between two refreshes shows up as a rate. Waits on the output itself, not on
+    // the clock: a refresh is printed whole (one write), so once a refresh's header is read
+    // its reading was taken; the traffic goes after the first one, and the output is read
+    // until a refresh whose reading surely came after the traffic (two headers later).
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    let mut headers = 0;
+    let read_until = |text: &mut String, want: usize, headers: &mut usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while *headers < want {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("--watch printed {headers} refreshes: {text}"));
+            *headers += usize::from(line.starts_with("--- "));
+            text.push_str(&line);
+            text.push('\n');
+        }
+    };
+    read_until(&mut text, 1, &mut headers);
     for _ in 0..20 {
         h.run(&frame);
     }
-    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let after = headers + 2;
+    read_until(&mut text, after, &mut headers);
     let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = child.wait();
+    let _ = reader.join();
+    while let Ok(line) = rx.try_recv() {
+        text.push_str(&line);
+        text.push('\n');
+    }
     let blocks = text.matches("--- ").count();
     assert!(blocks >= 2, "--watch must refresh every second: {text}");
     assert!(text.contains("PACKETS/S"), "{text}");
