@@ -163,7 +163,8 @@ class Pooling(Base):
         threads[2].start()  # waits for any connection
         time.sleep(0.2)
         view_may_end.set()  # its release waits for connection 1, behind /users/2
-        time.sleep(0.2)
+        (conn,) = shield._pool._open
+        wait_for(lambda: conn.waiters == 1, "the release waiting for connection 1")
         reply_may_go.set()
         for t in threads:
             t.join()
