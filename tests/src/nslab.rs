@@ -107,14 +107,19 @@ impl NsLab {
         self.daemon.as_ref().expect("daemon running").socket.clone()
     }
 
-    /// `count` real TCP connections from `src` to the server's `port`, one every `every`.
-    pub fn connect(&self, src: IpAddr, port: u16, count: u32, every: Duration) -> Connects {
+    /// The server's `port`, in the address family of `src`.
+    fn server(src: IpAddr, port: u16) -> SocketAddr {
         let dst = if src.is_ipv4() {
             IpAddr::V4(SERVER_V4)
         } else {
             IpAddr::V6(SERVER_V6)
         };
-        let dst = SocketAddr::new(dst, port);
+        SocketAddr::new(dst, port)
+    }
+
+    /// `count` real TCP connections from `src` to the server's `port`, one every `every`.
+    pub fn connect(&self, src: IpAddr, port: u16, count: u32, every: Duration) -> Connects {
+        let dst = Self::server(src, port);
         self.topo
             .client
             .run_in(move || connect_many(&[src], dst, count, every, Duration::from_millis(300)))
@@ -124,12 +129,7 @@ impl NsLab {
     /// `count` TCP connections from a client that must lose none (see `connect_legit`: each
     /// waits for its answer, and one whose SYN had to be sent again counts as failed).
     pub fn connect_legit(&self, src: IpAddr, port: u16, count: u32, every: Duration) -> Connects {
-        let dst = if src.is_ipv4() {
-            IpAddr::V4(SERVER_V4)
-        } else {
-            IpAddr::V6(SERVER_V6)
-        };
-        let dst = SocketAddr::new(dst, port);
+        let dst = Self::server(src, port);
         self.topo
             .client
             .run_in(move || connect_legit(&[src], dst, count, every))

@@ -228,6 +228,11 @@ fn open_nonblocking(src: IpAddr, dst: SocketAddr) -> io::Result<Socket> {
 /// Whether the kernel had to send anything on `s` again (for a fresh connection: its SYN).
 /// An unreadable `TCP_INFO` counts as a retransmission.
 fn retransmitted(s: &Socket) -> bool {
+    tcp_info(s).is_none_or(|info| info.tcpi_total_retrans > 0)
+}
+
+/// The kernel's `TCP_INFO` of a TCP socket; `None` when it cannot be read.
+pub fn tcp_info(s: &Socket) -> Option<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -241,7 +246,7 @@ fn retransmitted(s: &Socket) -> bool {
             &mut len,
         )
     };
-    rc != 0 || info.tcpi_total_retrans > 0
+    (rc == 0).then_some(info)
 }
 
 /// `Some(true)` connected, `Some(false)` refused/failed, `None` still in progress.

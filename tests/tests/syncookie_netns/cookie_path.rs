@@ -118,25 +118,13 @@ fn ipv6_clients_complete_their_connections_through_the_cookie_path() {
 /// client's window scale (`tcpi_snd_wscale`). Runs in the calling thread's namespace.
 fn negotiated(src: IpAddr, dst: SocketAddr) -> (u8, u8) {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    use std::os::fd::AsRawFd as _;
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
     s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
         .expect("bind");
     s.connect_timeout(&SockAddr::from(dst), Duration::from_secs(3))
         .expect("the connection completes");
-    // SAFETY: a zeroed tcp_info and its size, filled by the kernel.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    let info = shield_tests::traffic::tcp_info(&s)
+        .unwrap_or_else(|| panic!("TCP_INFO: {}", std::io::Error::last_os_error()));
     (info.tcpi_options, info.tcpi_snd_rcv_wscale & 0xf)
 }
 

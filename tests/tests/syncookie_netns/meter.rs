@@ -197,8 +197,21 @@ fn raw_handshakes(lab: &NsLab, src: IpAddr, n: u32, flags: &str) -> (String, Str
     )
 }
 
-/// A source's sockets the server holds established on port 8000.
-fn established_from(lab: &NsLab, src: IpAddr) -> usize {
+/// A source's sockets the server holds established on port 8000, once there are `want` (or
+/// after 10 s: a loaded machine may hand them over late; the half second `raw_handshakes`
+/// waits lets any over `want` show up too).
+fn established_from(lab: &NsLab, src: IpAddr, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = established_now(lab, src);
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn established_now(lab: &NsLab, src: IpAddr) -> usize {
     let out = run_in(
         &lab.topo.server.name,
         &[
@@ -229,7 +242,7 @@ fn handshakes_ended_with_ack_or_rst_ack_are_held_to_the_sources_own_limit() {
             answered, "10",
             "{ending}: every SYN answered with a cookie: {err}"
         );
-        let held = established_from(&lab, src);
+        let held = established_from(&lab, src, 2);
         assert_eq!(held, 2, "{ending}: connections of a source limited to 2");
         let (after, text) = meter_drops(&lab, "ip saddr");
         assert_eq!(
@@ -369,7 +382,7 @@ fn a_clients_data_right_behind_its_ack_is_not_a_second_connection() {
     let (answered, err) = raw_handshakes(&lab, client(204), 2, "ack-data");
     assert_eq!(answered, "2", "both SYNs answered with a cookie: {err}");
     assert_eq!(
-        established_from(&lab, client(204)),
+        established_from(&lab, client(204), 2),
         2,
         "connections of a source limited to 2 that opened 2"
     );
