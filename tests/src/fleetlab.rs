@@ -211,6 +211,15 @@ impl FleetLab {
     /// `policy(i)` is host i's policy without `[fleet]`, which is added (host `h{i+1}`,
     /// Redis through the hub link, the lab's key and prefix, `max_per_minute`). Daemons are
     /// not started (see `start_all`), so Redis can be seeded first.
+    /// `n` hosts on `API` with `policy` (and 600 bans a minute), started, each linked to
+    /// Redis.
+    pub fn linked(n: usize, policy: &str) -> FleetLab {
+        let mut lab = FleetLab::new(n, API, 600, policy).expect("fleet lab");
+        lab.start_all().expect("starting the daemons");
+        wait_links(&lab.hosts.iter().collect::<Vec<_>>(), true, 10);
+        lab
+    }
+
     pub fn new(n: usize, port: u16, max_per_minute: u32, policy: &str) -> Result<FleetLab> {
         FleetLab::with_tls(n, port, max_per_minute, policy, false)
     }
@@ -381,6 +390,18 @@ escalation = { strikes = 3, window = "1m", ban = "5m", scope = "host" }
 "#;
 
 /// Waits until `f` holds, up to `limit` (a generous bound: readiness, not speed).
+/// Waits until each host's fleet link is up (or down).
+pub fn wait_links(hosts: &[&Host], up: bool, secs: u64) {
+    for h in hosts {
+        let what = if up { "links" } else { "sees its link down" };
+        wait_until(
+            &format!("{} {what}", h.name),
+            Duration::from_secs(secs),
+            || h.fleet()["connected"] == up,
+        );
+    }
+}
+
 pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {

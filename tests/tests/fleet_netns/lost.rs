@@ -3,26 +3,13 @@
 
 use std::time::Duration;
 
-use shield_tests::fleetlab::{API, FleetLab, Host, POLICY, audit_count, ban_message, wait_until};
+use shield_tests::fleetlab::{
+    API, FleetLab, Host, POLICY, audit_count, ban_message, wait_links, wait_until,
+};
 
 /// `n` hosts started, each linked to Redis.
 fn linked_lab(n: usize) -> FleetLab {
-    let mut lab = FleetLab::new(n, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemons");
-    wait_links(&lab.hosts.iter().collect::<Vec<_>>(), true, 10);
-    lab
-}
-
-/// Waits until each host's fleet link is up (or down).
-fn wait_links(hosts: &[&Host], up: bool, secs: u64) {
-    for h in hosts {
-        let what = if up { "links" } else { "sees its link down" };
-        wait_until(
-            &format!("{} {what}", h.name),
-            Duration::from_secs(secs),
-            || h.fleet()["connected"] == up,
-        );
-    }
+    FleetLab::linked(n, POLICY)
 }
 
 /// Waits until each host holds its source's ban (`held`), or no longer does.

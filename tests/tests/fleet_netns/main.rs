@@ -497,12 +497,8 @@ fn an_unban_lifts_only_the_bans_issued_before_it() {
     // A validly signed unban from ten minutes ago arrives now: replayed by whoever can write
     // to Redis (the signature holds, the key is not needed), or read late by a host catching
     // up after a partition. It must not lift a ban issued after it, here or received.
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemon");
+    let lab = FleetLab::linked(1, POLICY);
     let h = &lab.hosts[0];
-    wait_until("the link is up", Duration::from_secs(10), || {
-        h.fleet()["connected"] == true
-    });
     let now = shield_user::fleet::now_ms();
     let old = now - 600_000;
     let publish = |m: &shield_user::fleet::Message| {
@@ -598,12 +594,8 @@ escalation = {{ strikes = 1, window = "1h", ban = "1h" }}
 "#,
         socket.display()
     );
-    let mut lab = FleetLab::new(1, API, 600, &policy).expect("fleet lab");
-    lab.start_all().expect("starting the daemon");
+    let lab = FleetLab::linked(1, &policy);
     let h = &lab.hosts[0];
-    wait_until("the link is up", Duration::from_secs(10), || {
-        h.fleet()["connected"] == true
-    });
     let via_cdn = r#""peer":"127.0.0.1","xff":"203.0.113.70""#;
     for _ in 0..3 {
         app_call(

@@ -9,15 +9,7 @@ fn a_forged_hash_value_does_not_keep_a_ban_from_the_other_hosts() {
     // Whoever has Redis's password but not the key writes, ahead of time, a value that
     // ends in the far future on the field of a source. Its forged value is refused by
     // every host, and it must not keep the real ban of that source from reaching them.
-    let mut lab = FleetLab::new(2, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemons");
-    for h in &lab.hosts {
-        wait_until(
-            &format!("{} links", h.name),
-            Duration::from_secs(10),
-            || h.fleet()["connected"] == true,
-        );
-    }
+    let lab = FleetLab::linked(2, POLICY);
     let forged = r#"99999999999999|00|{"op":"ban","source":"203.0.113.121/32","scope":"host","origin_host":"rogue"}"#;
     lab.redis
         .cmd(&["HSET", &lab.bans_key(), "203.0.113.121/32|host|", forged])
@@ -47,12 +39,8 @@ fn a_forged_hash_value_does_not_keep_a_ban_from_the_other_hosts() {
 fn a_flood_of_forged_stream_entries_is_counted_not_logged_line_by_line() {
     // Whoever has Redis's password but not the key appends 2,000 forged entries: each is
     // refused and counted; the log says so at most once a minute, not 2,000 times.
-    let mut lab = FleetLab::new(1, API, 600, POLICY).expect("fleet lab");
-    lab.start_all().expect("starting the daemon");
+    let lab = FleetLab::linked(1, POLICY);
     let h1 = &lab.hosts[0];
-    wait_until("h1 links", Duration::from_secs(10), || {
-        h1.fleet()["connected"] == true
-    });
     let n = 2_000;
     let cmds: Vec<Vec<String>> = (0..n)
         .map(|i| {

@@ -101,13 +101,18 @@ fn a_flushed_ruleset_gets_the_syncookie_table_back() {
     assert_eq!(loose(), "1", "nf_conntrack_tcp_loose after the stop");
 }
 
+/// One daemon on two interfaces (the lab's and `dum0`) with the challenge, its `nft` the
+/// real one.
+fn two_interfaces() -> super::reloads::WrappedLab {
+    super::reloads::WrappedLab::start(POLICY, true, |real, _| format!("exec {real} \"$@\"\n"))
+}
+
 /// One daemon on two interfaces with the challenge (two tables): its stop puts
 /// `nf_conntrack_tcp_loose` back as it was before, whichever table goes last (the second
 /// table used to remember the first's 0, and the stop left 0).
 #[test]
 fn two_tables_put_back_the_conntrack_setting_from_before() {
-    let mut lab =
-        super::reloads::WrappedLab::start(POLICY, true, |real, _| format!("exec {real} \"$@\"\n"));
+    let mut lab = two_interfaces();
     let server = lab.topo.server.name.clone();
     let loose = || loose_in(&server);
     assert_eq!(loose(), "0");
@@ -121,8 +126,7 @@ fn two_tables_put_back_the_conntrack_setting_from_before() {
 /// tables never puts a lost interface's back).
 #[test]
 fn a_lost_interface_takes_its_syncookie_table_with_it() {
-    let mut lab =
-        super::reloads::WrappedLab::start(POLICY, true, |real, _| format!("exec {real} \"$@\"\n"));
+    let mut lab = two_interfaces();
     let server = lab.topo.server.name.clone();
     let has = |name: &str| {
         run_in(&server, &["nft", "list", "table", "inet", name])
