@@ -2,6 +2,7 @@
 //! them is empty. Shared so that the XDP program and the host tests run the same code.
 
 use crate::addr::{FAMILY_V4, mask_prefix};
+use crate::bans::{BAN_ATTEMPTS, BAN_MONITOR, BanValue};
 use crate::bucket::NS_PER_SEC;
 use crate::maps::{
     B_CONN, B_CONN_SUSTAINED, B_PKT, B_PKT_SUSTAINED, Escalation, RuleConfig, SourceKey,
@@ -194,6 +195,23 @@ pub fn escalate_claimed(esc: &Escalation, state: &mut SourceState, now: u64) -> 
         state.strikes = 0;
     }
     out
+}
+
+/// The ban an escalation's `out` issues on `key` at `now` (`out.ban_ns` not 0). Evidence
+/// decides the strength: a rate of packets proves nothing about their source address, so an
+/// automatic ban only stops new attempts (`BAN_ATTEMPTS`); under a monitor-mode rule it is
+/// monitor-only (`BAN_MONITOR`).
+#[inline(always)]
+pub fn automatic_ban(key: &SourceKey, out: &Outcome, monitor: bool, now: u64) -> BanValue {
+    BanValue {
+        expires_ns: now.saturating_add(out.ban_ns),
+        duration_ns: out.ban_ns,
+        rule: key.rule,
+        flags: BAN_ATTEMPTS | if monitor { BAN_MONITOR } else { 0 },
+        level: out.level.min(255) as u8,
+        prefix_len: key.prefix_len,
+        _pad: [0; 3],
+    }
 }
 
 #[cfg(test)]

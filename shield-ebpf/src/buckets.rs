@@ -371,17 +371,7 @@ fn report_refusal(
     }
     if out.ban_ns != 0 {
         let host = rule.flags & RULE_BAN_HOST != 0;
-        // Evidence decides the strength: a rate of packets proves nothing about their
-        // source address, so an automatic ban only stops new attempts (`BAN_ATTEMPTS`).
-        let ban = BanValue {
-            expires_ns: now.saturating_add(out.ban_ns),
-            duration_ns: out.ban_ns,
-            rule: key.rule,
-            flags: BAN_ATTEMPTS | if monitor { BAN_MONITOR } else { 0 },
-            level: out.level.min(255) as u8,
-            prefix_len: key.prefix_len,
-            _pad: [0; 3],
-        };
+        let ban = shield_common::judge::automatic_ban(key, &out, monitor, now);
         // A ban in force that this one would end sooner, or make monitor-only, stays
         // (`shield_common::ban_stays`): no insert, no ban event.
         if stored_ban(key, host).is_some_and(|b| shield_common::ban_stays(&b, &ban, now)) {

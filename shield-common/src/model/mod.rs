@@ -21,7 +21,7 @@ use crate::{
     RULE_BAN_HOST, RULE_MONITOR, RULE_PRESENT, RULE_RESET, RULE_SLOTS, RULE_SYNCOOKIE, Reason,
     RuleConfig, SourceKey, SourceState,
     addr::{FAMILY_V4, mask_prefix},
-    judge::{escalate, judge, needs_state, still_verified, verified_key},
+    judge::{automatic_ban, escalate, judge, needs_state, still_verified, verified_key},
     port_index,
     reset::{reset_due, reset_stamp},
     sketch::{self, Admission, CLASS_CONN, CLASS_PKT, SKETCH_CELLS},
@@ -410,15 +410,7 @@ impl Model {
         }
         if out.ban_ns != 0 {
             let monitor = rule.flags & RULE_MONITOR != 0;
-            let ban = BanValue {
-                expires_ns: now.saturating_add(out.ban_ns),
-                duration_ns: out.ban_ns,
-                rule: key.rule,
-                flags: BAN_ATTEMPTS | if monitor { BAN_MONITOR } else { 0 },
-                level: out.level.min(255) as u8,
-                prefix_len: key.prefix_len,
-                _pad: [0; 3],
-            };
+            let ban = automatic_ban(key, &out, monitor, now);
             let host = rule.flags & RULE_BAN_HOST != 0;
             let stored = if host {
                 self.host_bans.get(&(key.family, key.prefix_len, key.addr))
