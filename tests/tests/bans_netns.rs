@@ -390,6 +390,38 @@ fn control_socket_survives_garbage_and_changes_nothing() {
     assert!(pong.contains("\"pong\":true"), "{pong}");
 }
 
+/// The control socket serves at most 64 clients at once (`MAX_CLIENTS`): one more is told
+/// so and closed, and a client's place is free again once it leaves.
+#[test]
+fn a_client_past_the_control_sockets_limit_is_told_so_and_places_come_back() {
+    let lab = lab(POLICY);
+    let sock = lab.socket();
+    let held: Vec<_> = (0..64)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    // The daemon takes the 64 in order; the next one is turned away (their places may take
+    // a moment to be counted: ask until a refusal comes).
+    let ping = || socket_roundtrip(&sock, b"{\"cmd\":\"ping\"}\n").unwrap_or_default();
+    let mut refusal = String::new();
+    wait_until(
+        "the 65th client is refused",
+        Duration::from_secs(10),
+        || {
+            refusal = ping();
+            refusal.contains("too many clients")
+        },
+    );
+    let v: Value = serde_json::from_str(refusal.trim()).expect("the refusal is JSON");
+    assert_eq!(v["ok"], false, "{refusal}");
+    assert_eq!(v["error"], "too many clients", "{refusal}");
+    drop(held);
+    wait_until(
+        "a place comes back once clients leave",
+        Duration::from_secs(10),
+        || ping().contains("\"pong\":true"),
+    );
+}
+
 /// The patient client the "loses nothing" checks use (`connect_legit`) still sees a drop: a
 /// SYN dropped by a ban, then answered on the kernel's retry once the ban is lifted, counts
 /// as failed, not as a slow success.

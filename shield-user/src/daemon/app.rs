@@ -18,7 +18,7 @@ use std::{
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    sync::{Semaphore, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -406,41 +406,17 @@ async fn accept(
     limiter: Shared,
     owner: mpsc::Sender<Msg>,
     counters: Arc<AppCounters>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_APP_CLIENTS));
-    loop {
-        let conn = tokio::select! {
-            _ = stop.changed() => break,
-            conn = listener.accept() => conn,
-        };
-        let mut conn = match conn {
-            Ok((c, _)) => c,
-            Err(e) => {
-                warn!("app socket: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let (limiter, owner) = (limiter.clone(), owner.clone());
-                let counters = counters.clone();
-                tokio::spawn(async move {
-                    client(conn, &limiter, &owner, &counters).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let line = error_line(&format!(
-                        "too many connections to the app socket (at most {MAX_APP_CLIENTS})"
-                    ));
-                    let _ = timeout(LINE_DEADLINE, conn.write_all(line.as_bytes())).await;
-                });
-            }
-        }
-    }
+    let busy = error_line(&format!(
+        "too many connections to the app socket (at most {MAX_APP_CLIENTS})"
+    ));
+    let serve = |conn| {
+        let (limiter, owner, counters) = (limiter.clone(), owner.clone(), counters.clone());
+        async move { client(conn, &limiter, &owner, &counters).await }
+    };
+    let (max, deadline) = (MAX_APP_CLIENTS, LINE_DEADLINE);
+    super::control::serve_clients(&listener, "app socket", max, busy, deadline, stop, serve).await;
 }
 
 /// One connection; the in-flight slots it took and did not release are released when it

@@ -305,15 +305,41 @@ pub(super) fn tokio_listener(bound: &mut Bound, what: &str) -> Option<tokio::net
 
 /// Accepts clients until `stop`; at most `MAX_CLIENTS` at once (one more is told so and
 /// closed).
-pub(super) async fn serve(
-    mut bound: Bound,
-    tx: mpsc::Sender<Msg>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn serve(mut bound: Bound, tx: mpsc::Sender<Msg>, stop: watch::Receiver<bool>) {
     let Some(listener) = tokio_listener(&mut bound, "control socket") else {
         return;
     };
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let busy = encode(&Err("too many clients".into()));
+    serve_clients(
+        &listener,
+        "control socket",
+        MAX_CLIENTS,
+        busy,
+        CLIENT_TIMEOUT,
+        stop,
+        |conn| client(conn, tx.clone()),
+    )
+    .await;
+    drop(bound);
+}
+
+/// Serves the clients of `listener` (`what`) until `stop`, each in a task of its own: at
+/// most `max` at once; one more is sent `busy` (given `deadline` to take it) and closed. An
+/// accept error (out of fds and the like) is logged and backs off 200 ms instead of
+/// spinning.
+pub(super) async fn serve_clients<F, Fut>(
+    listener: &tokio::net::UnixListener,
+    what: &str,
+    max: usize,
+    busy: String,
+    deadline: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(tokio::net::UnixStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max));
     loop {
         let conn = tokio::select! {
             _ = stop.changed() => break,
@@ -322,29 +348,27 @@ pub(super) async fn serve(
         let mut conn = match conn {
             Ok((c, _)) => c,
             Err(e) => {
-                // Out of fds (EMFILE) and the like: back off instead of spinning on accept.
-                warn!("control socket: accept: {e}");
+                warn!("{what}: accept: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 continue;
             }
         };
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
-                let tx = tx.clone();
+                let served = serve(conn);
                 tokio::spawn(async move {
-                    client(conn, tx).await;
+                    served.await;
                     drop(permit);
                 });
             }
             Err(_) => {
+                let busy = busy.clone();
                 tokio::spawn(async move {
-                    let line = encode(&Err("too many clients".into()));
-                    let _ = timeout(CLIENT_TIMEOUT, conn.write_all(line.as_bytes())).await;
+                    let _ = timeout(deadline, conn.write_all(busy.as_bytes())).await;
                 });
             }
         }
     }
-    drop(bound);
 }
 
 async fn client(conn: tokio::net::UnixStream, tx: mpsc::Sender<Msg>) {
