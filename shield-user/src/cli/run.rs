@@ -72,20 +72,30 @@ fn metrics_arg(s: &str) -> Result<MetricsArg, String> {
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     logging::init(&a.log_level, a.log_format).map_err(anyhow::Error::msg)?;
+    // Paths resolved once, at the start: logs, the audit log and the control socket's
+    // replies name the same file whatever directory their reader is in. The policy's is what
+    // the daemon reports (the control socket's `policy`): `shield tune` reads the running
+    // policy there and refuses to `--write` over it, from its own directory.
+    let abs = |p: &std::path::Path, flag: &str| {
+        std::path::absolute(p).with_context(|| format!("{flag} {}", p.display()))
+    };
+    let audit_log = match a.audit_log {
+        Some(log) if log != "-" => Some(abs(log.as_ref(), "--audit-log")?.display().to_string()),
+        other => other,
+    };
     daemon::run(&daemon::RunOptions {
         ifaces: a.ifaces,
-        // The path the daemon reports (the control socket's `policy`): `shield tune` reads
-        // the running policy there and refuses to `--write` over it, from its own directory.
-        policy: std::path::absolute(&a.policy)
-            .with_context(|| format!("--policy {}", a.policy.display()))?,
+        policy: abs(&a.policy, "--policy")?,
         xdp_mode: a.xdp_mode,
-        bpffs: a.bpffs,
-        audit_log: a.audit_log,
+        bpffs: abs(&a.bpffs, "--bpffs")?,
+        audit_log,
+        // As given: a socket's path is limited to 107 bytes, which a relative path inside a
+        // deep directory may fit and its absolute form not.
         socket: a.socket,
         metrics: a.metrics.0,
         fresh: a.fresh,
         log_level: a.log_level,
-        state_dir: a.state_dir,
+        state_dir: abs(&a.state_dir, "--state-dir")?,
     })?;
     Ok(ExitCode::SUCCESS)
 }

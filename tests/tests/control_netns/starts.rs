@@ -536,3 +536,64 @@ fn an_audit_log_given_the_fleet_key_file_is_refused_and_the_key_kept() {
     assert!(out.contains("fleet key file"), "{out}");
     assert!(!xdp_on_server(&lab), "a refused start attaches nothing");
 }
+
+#[test]
+fn relative_paths_are_logged_as_the_files_they_name() {
+    // `--bpffs`, `--state-dir` and `--audit-log` given relative to the daemon's working
+    // directory: its log names them absolute, so a reader in another directory (or a
+    // later `shield stats --bpffs`) finds them.
+    let mut lab = NsLab::new(POLICY, &[API]);
+    lab.daemon().stop().expect("stop");
+    lab_stop_and_clear(&lab);
+    let dir = RemoveOnDrop(std::env::temp_dir().join(unique("shield-rel-")));
+    std::fs::create_dir_all(&dir.0).expect("mkdir");
+    let policy = lab.policy.to_str().expect("utf-8").to_string();
+    let sock = dir.0.join("control.sock");
+    let mut run = HandRun::start_with(
+        &lab.topo.server,
+        &[
+            "--iface",
+            SERVER_IF,
+            "--policy",
+            &policy,
+            "--bpffs",
+            "bpf",
+            "--state-dir",
+            "state",
+            "--audit-log",
+            "audit.jsonl",
+            "--socket",
+            sock.to_str().expect("utf-8"),
+            "--metrics",
+            "off",
+        ],
+        |c| {
+            c.current_dir(&dir.0);
+        },
+    );
+    let started = Instant::now();
+    let up = || {
+        Command::new(shield_bin())
+            .args(["ping", "--socket"])
+            .arg(&sock)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    while !up() && run.running() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up(), "the daemon never answered on its socket");
+    run.signal(libc::SIGTERM);
+    let out = output_text(&run.finish(Duration::from_secs(60)));
+    // The bpffs it mounted goes with it; unmount it here too in case the stop failed.
+    let bpf = dir.0.join("bpf");
+    let _ = Command::new("umount").arg(&bpf).status();
+    let pinned = format!("maps pinned in {}/shield/{SERVER_IF}", bpf.display());
+    assert!(out.contains(&pinned), "expected {pinned:?} in {out}");
+    assert!(!out.contains("pinned in bpf/"), "{out}");
+    let audit = std::fs::read_to_string(dir.0.join("audit.jsonl")).expect("the audit log");
+    assert!(
+        !audit.is_empty(),
+        "the audit log is written where it was named"
+    );
+}
