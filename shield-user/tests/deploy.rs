@@ -52,3 +52,53 @@ fn systemd_unit_verifies_and_matches_the_cli() {
         );
     }
 }
+
+/// docs/operations.md's account of the unit's hardening ("is hardened: only …") names every
+/// capability the unit grants and every path it can write: an operator reviewing what the
+/// daemon may do reads that paragraph, not the unit.
+#[test]
+fn operations_guide_lists_the_units_capabilities_and_writable_paths() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let unit = std::fs::read_to_string(format!("{root}/deploy/shield.service"))
+        .expect("deploy/shield.service");
+    let guide =
+        std::fs::read_to_string(format!("{root}/docs/operations.md")).expect("docs/operations.md");
+    let start = guide
+        .find("is hardened: only")
+        .expect("docs/operations.md describes the unit's hardening (\"is hardened: only …\")");
+    let end = start
+        + guide[start..]
+            .find("system-call filter")
+            .expect("the hardening paragraph ends with the system-call filter");
+    let paragraph = guide[start..end]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let setting = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .flat_map(|v| v.split_whitespace().map(str::to_string))
+            .collect()
+    };
+    let mut missing = Vec::new();
+    for cap in setting("CapabilityBoundingSet") {
+        if !paragraph.contains(&format!("`{cap}`")) {
+            missing.push(cap);
+        }
+    }
+    let mut writable = setting("ReadWritePaths");
+    writable.extend(
+        setting("StateDirectory")
+            .into_iter()
+            .map(|d| format!("/var/lib/{d}")),
+    );
+    for path in writable {
+        if !paragraph.contains(&format!("`{path}`")) {
+            missing.push(path);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the unit grants or can write {missing:?}, which docs/operations.md's hardening paragraph does not name: {paragraph}"
+    );
+}
