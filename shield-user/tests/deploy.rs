@@ -180,3 +180,31 @@ fn unit_system_call_filter_allows_every_call_shield_makes_itself() {
         "deploy/shield.service's SystemCallFilter= does not allow {missing:?}: under systemd the daemon is killed (SIGSYS) when it makes that call"
     );
 }
+
+/// `shield --help` (and `man shield`, made from it) points at the example policy and the
+/// operations guide: on a host installed from the Debian package, where no checkout is,
+/// it also names where the package puts them.
+#[test]
+fn help_names_where_the_package_installs_the_docs_it_points_to() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = Command::new(env!("CARGO_BIN_EXE_shield"))
+        .arg("--help")
+        .output()
+        .expect("shield --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let manifest = std::fs::read_to_string(format!("{root}/shield-user/Cargo.toml"))
+        .expect("shield-user/Cargo.toml");
+    for (in_checkout, installed) in [
+        ("policy/example.toml", "/usr/share/doc/shield/example.toml"),
+        ("docs/operations.md", "/usr/share/doc/shield/operations.md"),
+    ] {
+        assert!(
+            help.contains(in_checkout) && help.contains(installed),
+            "shield --help names {in_checkout} without where the package installs it ({installed}):\n{help}"
+        );
+        assert!(
+            manifest.contains(&format!("\"{}\"", &installed[1..])),
+            "the package does not install {installed}, which shield --help names"
+        );
+    }
+}
