@@ -388,6 +388,37 @@ fn tune_without_iface_observes_the_daemons_interface_not_a_stopped_ones_pins() {
     assert_eq!(report["iface"], shield_tests::netlab::SERVER_IF, "{report}");
 }
 
+#[test]
+fn tune_given_another_bpffs_than_the_daemons_says_to_give_it_the_daemons() {
+    // The daemon answers on its socket but pins under another --bpffs (a bpffs of its own,
+    // as under `ip netns exec`): tune must say so, not report a failed BPF_OBJ_GET as if
+    // shield were not running.
+    let lab = NsLab::new(POLICY, &[API]);
+    let elsewhere = shield_tests::netlab::TempBpffs::new().expect("a second bpffs");
+    let out = lab
+        .topo
+        .server
+        .command(&shield_bin())
+        .args(["tune", "--for", "1s", "--socket"])
+        .arg(lab.socket())
+        .arg("--bpffs")
+        .arg(&elsewhere.path)
+        .output()
+        .expect("shield tune");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "tune found no pins and succeeded: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "no shield maps pinned for {}",
+            shield_tests::netlab::SERVER_IF
+        )) && err.contains("give tune the --bpffs the daemon"),
+        "tune does not tell the operator to pass the daemon's --bpffs: {err}"
+    );
+}
+
 /// `shield tune` started by hand in the lab's server namespace, its stdout and stderr piped;
 /// killed and reaped on drop if it still runs (a failed test leaves no tune behind).
 struct HandTune(Option<std::process::Child>);

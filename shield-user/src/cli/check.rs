@@ -79,10 +79,21 @@ fn is_table_header(line: &str) -> bool {
     )
 }
 
+/// A matrix line's cells: the text between runs of two or more spaces (a cell holds single
+/// spaces at most: `SCOPE v4/v6`, `5/s burst 10`).
+fn cells(line: &str) -> Vec<&str> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
 /// Lines only in `old` (-) and only in `new` (+), in order (LCS on lines; tables are small),
 /// each table's column header (unchanged, two spaces in; the new one) above its first changed
 /// row. Lines compare with their runs of spaces collapsed: a column widened by one row's new
-/// value leaves the other rows unchanged.
+/// value leaves the other rows unchanged. A table's changed rows and its header are laid out
+/// again with common column widths, so a running row printed with the running policy's
+/// widths still lines up under the header.
 fn line_diff(old: &str, new: &str) -> String {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
@@ -102,29 +113,72 @@ fn line_diff(old: &str, new: &str) -> String {
             };
         }
     }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    // The header of the table being walked, until a changed row of it has printed it.
-    let mut header: Option<&str> = None;
+    // (mark, line, the table it is under: an index into `headers`)
+    let mut lines: Vec<(&str, &str, Option<usize>)> = Vec::new();
+    let mut headers: Vec<&str> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    // The header of the table being walked, and whether a changed row printed it.
+    let mut table: Option<(usize, bool)> = None;
     while i < a.len() || j < b.len() {
         if i < a.len() && j < b.len() && wa[i] == wb[j] {
             if is_table_header(b[j]) {
-                header = Some(b[j]);
+                headers.push(b[j]);
+                table = Some((headers.len() - 1, false));
             }
             i += 1;
             j += 1;
             continue;
         }
-        if let Some(h) = header.take() {
-            out.push_str(&format!("  {h}\n"));
+        if let Some((t, printed @ false)) = &mut table {
+            lines.push((" ", headers[*t], Some(*t)));
+            *printed = true;
         }
-        if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            // The running line first, then what replaces it, as `diff -u` writes them.
-            out.push_str(&format!("- {}\n", a[i]));
+        // The running line first, then what replaces it, as `diff -u` writes them.
+        let (mark, line) = if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
             i += 1;
+            ("-", a[i - 1])
         } else {
-            out.push_str(&format!("+ {}\n", b[j]));
             j += 1;
+            ("+", b[j - 1])
+        };
+        if is_table_header(line) {
+            headers.push(line);
+            table = Some((headers.len() - 1, true));
         }
+        lines.push((mark, line, table.map(|(t, _)| t)));
+    }
+    // Per table, the widest cell of each column among the lines shown (rows with as many
+    // cells as the header: the lines after a table, `allow …`, stay as they are).
+    let columns = |t: usize| cells(headers[t]).len();
+    let mut widths: Vec<Vec<usize>> = headers.iter().map(|h| vec![0; cells(h).len()]).collect();
+    for (_, line, t) in &lines {
+        if let Some(t) = *t
+            && cells(line).len() == columns(t)
+        {
+            for (w, c) in widths[t].iter_mut().zip(cells(line)) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (mark, line, t) in lines {
+        out.push_str(mark);
+        out.push(' ');
+        match t {
+            Some(t) if cells(line).len() == columns(t) => {
+                let row = cells(line);
+                let last = row.len() - 1;
+                for (k, (c, w)) in row.iter().zip(&widths[t]).enumerate() {
+                    if k == last {
+                        out.push_str(c);
+                    } else {
+                        out.push_str(&format!("{c:<w$}  "));
+                    }
+                }
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
     }
     out
 }
@@ -166,6 +220,49 @@ mod tests {
             "{d}"
         );
         assert!(d.starts_with("  RULE"), "the header above the row:\n{d}");
+    }
+
+    #[test]
+    fn running_and_new_rows_line_up_under_the_header() {
+        // `shield tune --write` then `shield check --diff`: the running row was laid out
+        // with its own (wider) column, the header and the new row with the file's.
+        let matrix = |api: &str| {
+            let text = format!(
+                "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [8000]\nconnections = {api}\n\n\
+                 [[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\npackets = {{ rate = \"50/s\", burst = 100 }}\n"
+            );
+            shield_user::policy::matrix_table(
+                &shield_user::policy::parse_str("p.toml", &text).unwrap(),
+            )
+        };
+        let old = matrix("{ rate = \"5/s\", burst = 10, sustained = \"100/min\" }");
+        let new = matrix("{ rate = \"3/s\", burst = 6, sustained = \"15/min\" }");
+        let d = line_diff(&old, &new);
+        // Where each cell starts: the header's columns.
+        let starts = |line: &str| -> Vec<usize> {
+            let mut at = Vec::new();
+            let bytes = line.as_bytes();
+            for k in 2..line.len() {
+                let after_gap = k >= 4 && bytes[k - 1] == b' ' && bytes[k - 2] == b' ';
+                if bytes[k] != b' ' && (k == 2 || after_gap) {
+                    at.push(k);
+                }
+            }
+            at
+        };
+        let lines: Vec<&str> = d.lines().collect();
+        assert_eq!(lines.len(), 3, "the header, - api, + api:\n{d}");
+        assert!(
+            lines[0].starts_with("  RULE") && lines[1].starts_with("- api"),
+            "{d}"
+        );
+        for row in &lines[1..] {
+            assert_eq!(
+                starts(row),
+                starts(lines[0]),
+                "a row's columns do not line up under the header:\n{d}"
+            );
+        }
     }
 
     #[test]

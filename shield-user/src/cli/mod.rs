@@ -31,7 +31,8 @@ use shield_user::{control, loader};
 /// Escalation: a rule's `escalation = { strikes, window, ban, backoff, max_ban, scope,
 /// forget }` bans a source that was limited in `strikes` different seconds within `window`,
 /// for `ban`, then `backoff` times longer on each new offence within `forget`, up to
-/// `max_ban`; `scope` "rule" (its ports) or "host" (everything). See policy/example.toml.
+/// `max_ban`; `scope` "rule" (its ports) or "host" (everything). See policy/example.toml
+/// (/usr/share/doc/shield/example.toml when installed from the Debian package).
 ///
 /// Audit log (`run --audit-log`): JSON lines with ts, event, iface, source, rule and the
 /// event's own fields. Events: limited (first refused packet of a source in a second), ban,
@@ -49,7 +50,8 @@ use shield_user::{control, loader};
 /// Application layer (`[app]`, `[[endpoint]]`, `[[signal]]` in the policy): `shield run`
 /// serves the app socket (0660 root:`[app] group`) that the web app's middleware asks for a
 /// decision per request (hello, decide, report, release only); repeat offenders are banned at the
-/// NIC (origin app) or, behind a trusted proxy, with 403s. docs/operations.md has it all.
+/// NIC (origin app) or, behind a trusted proxy, with 403s. docs/operations.md
+/// (/usr/share/doc/shield/operations.md when installed) has it all.
 ///
 /// Control socket (`--socket`, default /run/shield/shield.sock, root only): line-delimited
 /// JSON, one request per line. Commands: ban {"cmd":"ban","source":"192.0.2.7",

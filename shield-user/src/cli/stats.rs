@@ -23,7 +23,7 @@ pub struct StatsArgs {
         value_name = "SECS",
         num_args = 0..=1,
         default_missing_value = "2",
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = watch_secs
     )]
     pub watch: Option<u64>,
     #[command(flatten)]
@@ -159,6 +159,17 @@ fn app_table(app: &Result<control::AppStats, String>) -> String {
     out
 }
 
+/// `--watch SECS`: a whole number of seconds, at least 1.
+fn watch_secs(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("refreshes come at most once a second: give SECS of 1 or more".into()),
+        Ok(secs) => Ok(secs),
+        Err(_) => Err(format!(
+            "SECS is a whole number of seconds, 1 or more (like 2), got {text:?}"
+        )),
+    }
+}
+
 /// `shield stats --watch`: per-second rates between refreshes.
 fn watch_stats(
     bpffs: &std::path::Path,
@@ -285,5 +296,16 @@ mod tests {
         assert_eq!(parse(&["stats", "--watch", "5"]).ok(), Some(Some(5)));
         let zero = parse(&["stats", "--watch", "0"]).expect_err("0 is refused");
         assert!(zero.to_string().contains("--watch"), "{zero}");
+        // In the operator's terms, not the parser's range (`0 is not in 1..18446744073709551615`).
+        assert!(
+            zero.to_string().contains("give SECS of 1 or more")
+                && !zero.to_string().contains("18446744073709551615"),
+            "{zero}"
+        );
+        let word = parse(&["stats", "--watch", "1s"]).expect_err("1s is refused");
+        assert!(
+            word.to_string().contains("whole number of seconds"),
+            "{word}"
+        );
     }
 }

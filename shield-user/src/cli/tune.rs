@@ -157,6 +157,16 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
             "opening a packet socket on {iface} (needs root, in the interface's network namespace)"
         )
     })?;
+    // The daemon answered: IFACE's pins missing here mean another --bpffs (or a bpffs this
+    // shell's mount namespace does not see), not a daemon that is not running.
+    anyhow::ensure!(
+        loader::pin_dir(&bpffs, &iface)
+            .join(shield_common::MAP_COUNTERS)
+            .exists(),
+        "no shield maps pinned for {iface} under {}: give tune the --bpffs the daemon protecting {iface} was started with{}",
+        bpffs.join("shield").display(),
+        super::stats::not_bpffs_hint(&bpffs)
+    );
     let before = drops(&bpffs, &iface)?;
     let cpu0 = tune::capture::cpu_time();
     let mut obs = Observer::new(pol);

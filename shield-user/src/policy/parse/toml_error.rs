@@ -59,7 +59,15 @@ fn shorten_backticked(message: &str) -> String {
             }
             None => piece,
         };
-        out.extend(shown.chars().flat_map(char::escape_debug));
+        // Only control characters are escaped: the parser's own `"` and `'` stay as they are
+        // (`\"` in a message reads as a backslash the file should hold).
+        for c in shown.chars() {
+            if c.is_control() {
+                out.extend(c.escape_debug());
+            } else {
+                out.push(c);
+            }
+        }
         if !after_quote.is_empty() {
             out.push('…');
         }
@@ -153,6 +161,107 @@ fn duplicate_table(cx: &Ctx, message: &str, span: &Range<usize>) -> Option<Polic
     ))
 }
 
+/// Characters of a bare (unquoted) value as people write them: `monitor`, `5/s`, `15m`,
+/// `10.0.0.0/8`, `2001:db8::/32`.
+fn bare_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | ':' | '-' | '_' | '+')
+}
+
+/// The brackets still open at the end of `text` (`[` of a list, `{` of an inline table),
+/// innermost last; table headers, comments and quoted text are skipped. `None` when `text`
+/// ends inside quoted text.
+fn open_brackets(text: &str) -> Option<Vec<char>> {
+    let (mut stack, mut quote, mut escaped) = (Vec::new(), None, false);
+    let (mut comment, mut header, mut line_start) = (false, false, true);
+    for c in text.chars() {
+        if c == '\n' {
+            (comment, header, line_start) = (false, false, true);
+            continue;
+        }
+        let first = line_start && !c.is_whitespace();
+        if !c.is_whitespace() {
+            line_start = false;
+        }
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if comment || header => {}
+            None => match c {
+                '#' => comment = true,
+                '"' | '\'' => quote = Some(c),
+                '[' if first && stack.is_empty() => header = true,
+                '[' | '{' => stack.push(c),
+                ']' | '}' => {
+                    stack.pop();
+                }
+                _ => {}
+            },
+        }
+    }
+    quote.is_none().then_some(stack)
+}
+
+/// A value the TOML parser could not read because it is text without quotes (`mode =
+/// monitor`, `rate = 5/s`, `allow = [10.0.0.0/8]`), or a key with nothing after its `=`:
+/// what to write instead. `None` when the error is elsewhere (a header, a key, a quote).
+fn unquoted_value(text: &str, at: usize) -> Option<(Range<usize>, String)> {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let start = text[..at]
+        .char_indices()
+        .rev()
+        .take_while(|&(_, c)| bare_char(c))
+        .last()
+        .map_or(at, |(i, _)| i);
+    let end = text[at..]
+        .find(|c: char| !bare_char(c))
+        .map_or(text.len(), |i| at + i);
+    let before = &text[line_start..start];
+    let token = &text[start..end];
+    let Some(stack) = open_brackets(&text[..start]) else {
+        return None; // inside quoted text
+    };
+    let previous = before.trim_end_matches([' ', '\t']).chars().last();
+    // After `=`, or an element of a list (`[` or `,` before it, or a line of its own).
+    let value_place = previous == Some('=')
+        || matches!(previous, None | Some('[' | ',')) && stack.last() == Some(&'[');
+    if !value_place {
+        return None;
+    }
+    if token.is_empty() {
+        let rest = text[end..].trim_start_matches([' ', '\t']);
+        let nothing = rest.is_empty() || rest.starts_with(['\n', '\r', '#']);
+        if previous != Some('=') || !nothing {
+            return None;
+        }
+        let key = key_before(text, at)?;
+        return Some((
+            at..at,
+            format!(
+                "{} has no value after `=`; give it one: quoted text like \"5/s\", a number, `true`, a list or a table",
+                key_text(key)
+            ),
+        ));
+    }
+    // A number, a date or `true` is a value: the error is about something else.
+    if toml::from_str::<toml::Table>(&format!("v = {token}")).is_ok() {
+        return None;
+    }
+    Some((
+        start..end,
+        format!(
+            "{} needs quotes: rates, durations, prefixes, modes and names are quoted text, like {}",
+            key_text(token),
+            quote(token)
+        ),
+    ))
+}
+
 /// A TOML or serde error in the words of the policy file.
 pub(super) fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
     let span = e.span().unwrap_or(0..0);
@@ -215,6 +324,8 @@ pub(super) fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
         }
     } else if message == "recursion limit exceeded" {
         "lists or tables are nested too deep".to_string()
+    } else if let Some((at, words)) = unquoted_value(cx.text, span.start) {
+        return cx.err(at, words);
     } else {
         shorten_backticked(&message.replace('\n', "; "))
     };

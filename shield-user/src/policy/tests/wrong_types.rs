@@ -423,6 +423,25 @@ fn wrong_types() -> Vec<(&'static str, String, usize, &'static str)> {
             esc_line,
             "this `escalation` has no `window`",
         ),
+        // text without quotes, and a key without a value (TOML said "invalid string")
+        (
+            "mode without quotes",
+            "[defaults]\nmode = monitor\n".into(),
+            2,
+            "`monitor` needs quotes",
+        ),
+        (
+            "a burst written as a word",
+            limit("burst = ten"),
+            4,
+            "`ten` needs quotes",
+        ),
+        (
+            "mode with nothing after =",
+            "[defaults]\nmode = \n".into(),
+            2,
+            "`mode` has no value after `=`",
+        ),
         // numbers out of TOML's range where no key is known
         (
             "huge number under an unknown key",
