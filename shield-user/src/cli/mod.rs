@@ -53,8 +53,8 @@ use shield_user::{control, loader};
 /// NIC (origin app) or, behind a trusted proxy, with 403s. docs/operations.md
 /// (/usr/share/doc/shield/operations.md when installed) has it all.
 ///
-/// Control socket (`--socket`, default /run/shield/shield.sock, root only): line-delimited
-/// JSON, one request per line. Commands: ban {"cmd":"ban","source":"192.0.2.7",
+/// Control socket (`--socket`, default /run/shield/shield.sock, 0600: the daemon's user,
+/// root unless app-only): line-delimited JSON, one request per line. Commands: ban {"cmd":"ban","source":"192.0.2.7",
 /// "duration":"10m","rule":"api","reason":"…","force":false}, unban {"cmd":"unban",
 /// "source":"…"}, bans, ping, reload, policy (the running policy's matrix), fleet (the
 /// fleet link's state), app_stats (the app layer's counters). Replies

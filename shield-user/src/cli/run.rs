@@ -36,7 +36,8 @@ pub struct RunArgs {
     /// Reopened on SIGUSR1.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<String>,
-    /// Control socket for `shield ban`, `unban`, `bans`, `reload` (created 0600, root only).
+    /// Control socket for `shield ban`, `unban`, `bans`, `reload`, `ping`, `stats`, `tune` and
+    /// `check --diff` (created 0600: only the user the daemon runs as, root unless app-only).
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Prometheus metrics at http://ADDR/metrics: an IP:PORT (loopback unless told
