@@ -526,7 +526,11 @@ pub struct Event {
     pub limited: u64,
     /// 1 when the ban covers the whole host.
     pub host_scope: u32,
-    pub _pad: [u8; 4],
+    /// `Reason` code of the limit that refused (`ConnLimit`, `PktLimit`, …): `reason`
+    /// itself in enforce mode; in monitor mode, where `reason` is `WouldDrop`, the limit it
+    /// would have been. 0 (`Pass`) from a program older than this field.
+    pub limit: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 

@@ -367,7 +367,7 @@ fn report_refusal(
     let out = escalate_claimed(&rule.escalation, state, now);
     let shown = if monitor { Reason::WouldDrop } else { reason };
     if out.first_in_second {
-        emit(EV_LIMITED, shown, key, &out, now, state.limited, 0);
+        emit(EV_LIMITED, shown, reason, key, &out, now, state.limited, 0);
     }
     if out.ban_ns != 0 {
         let host = rule.flags & RULE_BAN_HOST != 0;
@@ -398,7 +398,16 @@ fn report_refusal(
         } else {
             EV_BAN
         };
-        emit(kind, shown, key, &out, now, state.limited, host as u32);
+        emit(
+            kind,
+            shown,
+            reason,
+            key,
+            &out,
+            now,
+            state.limited,
+            host as u32,
+        );
     }
     reason
 }

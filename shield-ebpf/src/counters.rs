@@ -14,10 +14,14 @@ pub(crate) fn rule_stat(rule_id: u32, slot: u32) {
     }
 }
 
+/// One event: `reason` as counted (`WouldDrop` in monitor mode), `limit` the limit that
+/// refused.
 #[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the fields of one event")]
 pub(crate) fn emit(
     kind: u32,
     reason: Reason,
+    limit: Reason,
     key: &SourceKey,
     out: &Outcome,
     now: u64,
@@ -39,7 +43,8 @@ pub(crate) fn emit(
         duration_ns: out.ban_ns,
         limited,
         host_scope: host,
-        _pad: [0; 4],
+        limit: limit as u8,
+        _pad: [0; 3],
     });
     entry.submit(0);
 }

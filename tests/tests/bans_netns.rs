@@ -72,6 +72,7 @@ fn repeat_offender_is_banned_host_wide_expires_on_time_and_climbs_the_ladder() {
     assert_eq!(ban["scope"], "host");
     assert_eq!(ban["rule"], "api");
     assert_eq!(ban["reason"], "conn_limit");
+    assert_eq!(ban["limit"], "conn_limit");
     assert_eq!(ban["strikes"], 3);
     assert_eq!(ban["level"], 0);
     assert_eq!(ban["ban_secs"], 4.0);

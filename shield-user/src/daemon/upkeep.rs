@@ -40,6 +40,10 @@ pub(super) fn event_json(
     let Some(o) = v.as_object_mut() else {
         return v;
     };
+    // The limit that refused: in monitor mode the one `would_drop` stands for.
+    if let Some(limit) = Reason::from_code(u32::from(ev.limit)).filter(|r| *r != Reason::Pass) {
+        o.insert("limit".into(), limit.name().into());
+    }
     match ev.kind {
         EV_LIMITED => {
             o.insert("event".into(), "limited".into());

@@ -11,6 +11,7 @@ use std::{
 use serde_json::Value;
 use shield_tests::netlab::{ATTACKER_V4, LEGIT_V4, SERVER_IF, unique};
 use shield_tests::{
+    fleetlab::wait_until,
     nslab::{HandRun, NsLab, output_text},
     shield_bin,
 };

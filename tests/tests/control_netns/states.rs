@@ -625,6 +625,19 @@ fn a_removed_monitor_rules_rule_bans_end_in_the_audit_log() {
         assert!(Instant::now() < deadline, "no monitor ban on watched");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The audit lines say which limit monitor mode stands in for.
+    wait_until("the would_ban line", Duration::from_secs(10), || {
+        !lab.audit_events("would_ban").is_empty()
+    });
+    for event in ["limited", "would_ban"] {
+        let lines = lab.audit_events(event);
+        assert!(
+            lines
+                .first()
+                .is_some_and(|l| l["reason"] == "would_drop" && l["limit"] == "conn_limit"),
+            "{event}: reason would_drop, limit conn_limit: {lines:?}"
+        );
+    }
     std::fs::write(&lab.policy, POLICY).expect("policy");
     let (ok, _, err) = lab.shield(&["reload"]);
     assert!(ok, "{err}");
