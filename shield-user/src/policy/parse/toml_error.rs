@@ -263,6 +263,48 @@ fn unquoted_value(text: &str, at: usize) -> Option<(Range<usize>, String)> {
 }
 
 /// A TOML or serde error in the words of the policy file.
+/// Two slips the TOML parser words as "expected `.`, `=`" and "expected `.`, `]]`": a key
+/// joined to its value by something other than `=` (`rate: "5/s"`, a YAML or JSON habit),
+/// and a table header left open (`[[rule]`, `[defaults`). What to write instead.
+fn syntax_hint(text: &str, message: &str, at: usize) -> Option<String> {
+    let at = (0..=at.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))?;
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    if message.ends_with("expected `.`, `=`") {
+        let before = text[..at].trim_end_matches([' ', '\t']);
+        let start = before
+            .char_indices()
+            .rfind(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |(i, c)| i + c.len_utf8())
+            .max(line_start);
+        let key = &before[start..];
+        if key.is_empty() {
+            return None;
+        }
+        let found = text[at..].chars().next().filter(|c| !c.is_whitespace());
+        return Some(match found {
+            Some(c @ (':' | '-' | '>')) => format!(
+                "`{key}{c}` is not TOML: a key and its value are joined by `=` (`{key} = …`)"
+            ),
+            _ => format!("expected `=` after the key `{key}`"),
+        });
+    }
+    let close = ["`]]`", "`]`"]
+        .into_iter()
+        .find(|c| message.starts_with("invalid table header") && message.ends_with(c))?;
+    let line = text[line_start..].lines().next()?.trim();
+    let opener = if close == "`]]`" { "[[" } else { "[" };
+    let name = line.trim_start_matches('[').trim_end_matches(']').trim();
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
+        return None;
+    }
+    let closer = close.trim_matches('`');
+    Some(format!(
+        "the table header `{line}` is not closed: write `{opener}{name}{closer}`"
+    ))
+}
+
 pub(super) fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
     let span = e.span().unwrap_or(0..0);
     let message = e.message().trim();
@@ -326,6 +368,8 @@ pub(super) fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
         "lists or tables are nested too deep".to_string()
     } else if let Some((at, words)) = unquoted_value(cx.text, span.start) {
         return cx.err(at, words);
+    } else if let Some(words) = syntax_hint(cx.text, message, span.start) {
+        words
     } else {
         shorten_backticked(&message.replace('\n', "; "))
     };

@@ -68,11 +68,11 @@ const BAD: &[(&str, &str, usize, usize, &str)] = &[
         "verified_ttl must be between",
     ),
     (
-        "toml syntax",
+        "toml syntax: a table header left open",
         "[defaults\nmode='enforce'",
         1,
         10,
-        "expected",
+        "the table header `[defaults` is not closed: write `[defaults]`",
     ),
     // Text without quotes (TOML's own words were "invalid string; expected `\"`, `\'`"),
     // pointed at where the value starts.
@@ -110,6 +110,27 @@ const BAD: &[(&str, &str, usize, usize, &str)] = &[
         4,
         3,
         "`2001:db8::/32` needs quotes",
+    ),
+    (
+        "a key joined to its value by a colon",
+        "[[rule]]\nname='a'\nprotocol='tcp'\nconnections = { rate: \"5/s\", burst = 10 }\n",
+        4,
+        21,
+        "`rate:` is not TOML: a key and its value are joined by `=` (`rate = …`)",
+    ),
+    (
+        "a top-level key joined by a colon",
+        "[defaults]\nmode: \"monitor\"\n",
+        2,
+        5,
+        "`mode:` is not TOML",
+    ),
+    (
+        "an array table header left open",
+        "[[rule]\nname = 'a'\n",
+        1,
+        7,
+        "the table header `[[rule]` is not closed: write `[[rule]]`",
     ),
     (
         "a key with nothing after =",
