@@ -200,6 +200,9 @@ pub const DIAG_SOURCE_INSERTS: u32 = 3;
 pub const DIAG_VERIFICATIONS: u32 = 4;
 /// Verifications the verified set could not store.
 pub const DIAG_VERIFIED_INSERT_FAILED: u32 = 5;
+/// Per-source entries the daemon removed (a reload that gives a removed rule's id to a new
+/// rule forgets its sources): not evictions. Written by the daemon only, in CPU 0's value.
+pub const DIAG_SOURCES_FORGOTTEN: u32 = 6;
 pub const DIAG_SLOTS: u32 = 8;
 
 // ---- Per-rule figures that are not verdicts (SHIELD_RSTATS, per CPU, rule × slot) ----

@@ -12,7 +12,7 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use serde::Serialize;
 use shield_common::{
     CFG_LOADED, CFG_MONITOR, Counter, DIAG_BAN_INSERT_FAILED, DIAG_EVENTS_LOST,
-    DIAG_SOURCE_INSERT_FAILED, DIAG_SOURCE_INSERTS, DIAG_VERIFICATIONS,
+    DIAG_SOURCE_INSERT_FAILED, DIAG_SOURCE_INSERTS, DIAG_SOURCES_FORGOTTEN, DIAG_VERIFICATIONS,
     DIAG_VERIFIED_INSERT_FAILED, MAP_ATTACK, MAP_BUDGET, MAP_COUNTERS, MAP_DIAG, MAP_REFUSED,
     MAP_RULE_STATS, MAP_SOURCES, MAP_VERIFIED, REFUSED_SLOTS, RS_PROMOTED, RS_UNTRACKED,
     RS_UNVERIFIED_ADMITTED, RS_VERIFIED_CONNS, RULE_MONITOR, Reason, RuleConfig, SourceKey,
@@ -283,6 +283,8 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
     let source_insert_failures = sum(DIAG_SOURCE_INSERT_FAILED)?;
     let ban_insert_failures = sum(DIAG_BAN_INSERT_FAILED)?;
     let source_inserts = sum(DIAG_SOURCE_INSERTS)?;
+    // Entries a reload forgot left the table without the LRU.
+    let forgotten = sum(DIAG_SOURCES_FORGOTTEN)?;
     let verifications = sum(DIAG_VERIFICATIONS)?;
     let verified_insert_failures = sum(DIAG_VERIFIED_INSERT_FAILED)?;
     let verified: HashMap<MapData, SourceKey, u64> =
@@ -301,7 +303,9 @@ pub fn read_iface(bpffs: &Path, iface: &str) -> Result<IfaceStats, LoaderError> 
         source_insert_failures,
         ban_insert_failures,
         source_inserts,
-        source_evictions: source_inserts.saturating_sub(tracked),
+        source_evictions: source_inserts
+            .saturating_sub(forgotten)
+            .saturating_sub(tracked),
         verified_sources,
         verifications,
         verified_insert_failures,

@@ -423,3 +423,36 @@ unverified = { rate = "1/h", burst = 1 }
     assert_eq!(api.counters[Reason::Pass.name()].packets, 10);
     assert!(!u.under_attack, "guard's attack is not api's");
 }
+
+/// A reload that gives a removed rule's id to a new rule forgets that rule's sources: the
+/// table shrinks without the LRU, and `shield stats` must not count those entries as
+/// evictions (`source_evictions`, the churn figure an operator watches during a flood).
+#[test]
+fn sources_a_reload_forgets_are_not_counted_as_evictions() {
+    let rule = |name: &str| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\nprotocol = \"tcp\"\nports = [8080]\nconnections = {{ rate = \"1/s\", burst = 1 }}\n"
+        )
+    };
+    let mut h = Harness::new(&rule("x"));
+    for i in 1..=3 {
+        let syn = Pkt::new(&format!("192.0.2.{i}"), L4::syn(8080)).bytes();
+        assert_eq!(h.run(&syn), XDP_PASS);
+        assert_eq!(h.run(&syn), XDP_DROP, "burst 1: the second SYN is refused");
+    }
+    let s = h.stats();
+    assert_eq!((s.tracked_sources, s.source_inserts), (3, 3), "{s:?}");
+    // `y` takes id 2 (`x`'s 1 is left alone for a reload); `z` then takes 1 back, and `x`'s
+    // three sources are forgotten.
+    h.reload(&rule("y"), 2);
+    h.reload(&rule("z"), 3);
+    let s = h.stats();
+    assert_eq!(
+        s.tracked_sources, 0,
+        "the reused id's sources are forgotten"
+    );
+    assert_eq!(
+        s.source_evictions, 0,
+        "a 262,144-entry table holding 3 sources evicted none; the reload forgot them: {s:?}"
+    );
+}

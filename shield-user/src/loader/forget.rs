@@ -8,9 +8,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use shield_common::{
-    Counter, MAP_ATTACK, MAP_BUDGET, MAP_COUNTERS, MAP_REFUSED, MAP_RESETS, MAP_RULE_STATS,
-    MAP_SOURCES, REFUSED_SLOTS, RS_SLOTS, Refused, SourceKey, SourceState, reason::REASON_SLOTS,
-    rule_stat_index,
+    Counter, DIAG_SOURCES_FORGOTTEN, MAP_ATTACK, MAP_BUDGET, MAP_COUNTERS, MAP_DIAG, MAP_REFUSED,
+    MAP_RESETS, MAP_RULE_STATS, MAP_SOURCES, REFUSED_SLOTS, RS_SLOTS, Refused, SourceKey,
+    SourceState, reason::REASON_SLOTS, rule_stat_index,
 };
 
 use super::{LoaderError, map_err, mapped::sys_err, sfilter::table_keys};
@@ -43,7 +43,30 @@ pub fn forget_rules(dir: &Path, ids: &[u16]) -> Result<u64, LoaderError> {
             Err(e) => return Err(map_err(MAP_SOURCES)(e)),
         }
     }
+    count_forgotten(dir, removed)?;
     Ok(removed)
+}
+
+/// Adds `removed` to `DIAG_SOURCES_FORGOTTEN`, so that `shield stats` does not count the
+/// entries forgotten here as the LRU's evictions (inserts beyond the entries present).
+fn count_forgotten(dir: &Path, removed: u64) -> Result<(), LoaderError> {
+    if removed == 0 {
+        return Ok(());
+    }
+    let Some(mut diag) = per_cpu::<u64>(dir, MAP_DIAG)? else {
+        return Ok(());
+    };
+    let mut values: Vec<u64> = diag
+        .get(&DIAG_SOURCES_FORGOTTEN, 0)
+        .map_err(map_err(MAP_DIAG))?
+        .to_vec();
+    if let Some(first) = values.first_mut() {
+        *first = first.saturating_add(removed);
+    }
+    let values =
+        PerCpuValues::try_from(values).map_err(|e| sys_err(MAP_DIAG, "per-CPU values", e))?;
+    diag.set(DIAG_SOURCES_FORGOTTEN, values, 0)
+        .map_err(map_err(MAP_DIAG))
 }
 
 /// Empties the refusal cache's entries (on every CPU) of the rules `ids`. Only slots that

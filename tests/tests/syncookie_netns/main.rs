@@ -6,7 +6,8 @@
 //! (`reloads`), bans served while a reload is held up (`reload_bans`), a spoofed flood
 //! without ACK (`flood`), and the nftables meter that holds the connections completed
 //! through cookies to the source's own limit (`meter`), and the table put back when an
-//! operator flushes the ruleset under the daemon (`host_table`).
+//! operator flushes the ruleset under the daemon (`host_table`), and a captured cookie ACK
+//! replayed from another address, source port or to another rule's port (`replay`).
 //! (The full-rate SYN flood scenario is `syncookie_flood.rs`, alone in its binary.)
 
 use std::{
@@ -64,3 +65,4 @@ mod host_table;
 mod meter;
 mod reload_bans;
 mod reloads;
+mod replay;
