@@ -262,7 +262,6 @@ fn unquoted_value(text: &str, at: usize) -> Option<(Range<usize>, String)> {
     ))
 }
 
-/// A TOML or serde error in the words of the policy file.
 /// Two slips the TOML parser words as "expected `.`, `=`" and "expected `.`, `]]`": a key
 /// joined to its value by something other than `=` (`rate: "5/s"`, a YAML or JSON habit),
 /// and a table header left open (`[[rule]`, `[defaults`). What to write instead.
@@ -305,6 +304,60 @@ fn syntax_hint(text: &str, message: &str, at: usize) -> Option<String> {
     ))
 }
 
+/// Slips inside a list, an inline table or quoted text, which the TOML parser words as
+/// "invalid inline table; expected `}`", "invalid array; expected `]`" and "invalid basic
+/// string": a missing comma, a comma before `}`, an inline table spread over lines (TOML
+/// has none), a list or quoted text left open. What to write instead.
+fn bracket_hint(text: &str, message: &str, at: usize) -> Option<String> {
+    let at = (0..=at.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))?;
+    let rest = &text[at..];
+    let next = rest.trim_start_matches([' ', '\t']).chars().next();
+    let line_ends = matches!(next, None | Some('\n' | '\r' | '#'));
+    // The item the parser stopped at, for "a comma is missing before …".
+    let item = || {
+        let word: String = rest
+            .trim_start_matches([' ', '\t'])
+            .chars()
+            .take_while(|c| !matches!(c, ' ' | '\t' | '\n' | '\r' | ',' | ']' | '}' | '='))
+            .take(32)
+            .collect();
+        (!word.is_empty()).then(|| key_text(&word))
+    };
+    match message {
+        "invalid inline table\nexpected `}`" | "invalid inline table; expected `}`" => {
+            let after_comma = rest
+                .strip_prefix(',')
+                .map(|r| r.trim_start_matches([' ', '\t']));
+            if after_comma.is_some_and(|r| r.starts_with('}')) {
+                return Some("a comma after the last key of an inline table is not TOML: remove the `,` before `}`".into());
+            }
+            if line_ends
+                || after_comma.is_some_and(|r| r.is_empty() || r.starts_with(['\n', '\r', '#']))
+            {
+                return Some("an inline table `{ … }` must close with `}` on the line it opens on (TOML has no inline tables over several lines)".into());
+            }
+            item().map(|i| {
+                format!("a comma is missing before {i}: the keys of an inline table are separated by `,`")
+            })
+        }
+        "invalid array\nexpected `]`" | "invalid array; expected `]`" => {
+            if rest.trim().is_empty() {
+                return Some("a list `[ … ]` is not closed: add `]` after its last item".into());
+            }
+            item().map(|i| {
+                format!("a comma is missing before {i}: the items of a list are separated by `,`")
+            })
+        }
+        "invalid basic string" | "invalid literal string" if line_ends => {
+            Some("quoted text must close on the line it opens on: add the closing quote".into())
+        }
+        _ => None,
+    }
+}
+
+/// A TOML or serde error in the words of the policy file.
 pub(super) fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
     let span = e.span().unwrap_or(0..0);
     let message = e.message().trim();
@@ -369,6 +422,8 @@ pub(super) fn toml_error(cx: &Ctx, e: &toml::de::Error) -> PolicyError {
     } else if let Some((at, words)) = unquoted_value(cx.text, span.start) {
         return cx.err(at, words);
     } else if let Some(words) = syntax_hint(cx.text, message, span.start) {
+        words
+    } else if let Some(words) = bracket_hint(cx.text, message, span.start) {
         words
     } else {
         shorten_backticked(&message.replace('\n', "; "))
