@@ -187,6 +187,16 @@ fn line_diff(old: &str, new: &str) -> String {
 mod tests {
     use super::line_diff;
 
+    /// The matrix of a policy: a tcp rule `name` with the `connections` limit `limit`, and a
+    /// udp rule `dns`.
+    fn matrix(name: &str, limit: &str) -> String {
+        let text = format!(
+            "[[rule]]\nname = \"{name}\"\nprotocol = \"tcp\"\nports = [8000]\nconnections = {limit}\n\n\
+             [[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\npackets = {{ rate = \"50/s\", burst = 100 }}\n"
+        );
+        shield_user::policy::matrix_table(&shield_user::policy::parse_str("p.toml", &text).unwrap())
+    }
+
     #[test]
     fn a_changed_line_shows_the_running_one_first() {
         let old = "HEAD\napi 5/s\ndns 200/s\n";
@@ -200,15 +210,7 @@ mod tests {
     fn a_wider_column_does_not_mark_unchanged_rows() {
         // `shield tune` writes a longer limit for one rule: the matrix's columns widen, but
         // only that rule changed, so only its row is in the diff.
-        let matrix = |web: &str| {
-            let text = format!(
-                "[[rule]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [8080]\nconnections = {web}\n\n\
-                 [[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\npackets = {{ rate = \"50/s\", burst = 100 }}\n"
-            );
-            shield_user::policy::matrix_table(
-                &shield_user::policy::parse_str("p.toml", &text).unwrap(),
-            )
-        };
+        let matrix = |web: &str| matrix("web", web);
         let old = matrix("{ rate = \"100/s\", burst = 200 }");
         let new = matrix("{ rate = \"14/s\", burst = 28, sustained = \"707/min\" }");
         assert_ne!(old.lines().nth(1), new.lines().nth(1), "the columns widen");
@@ -226,15 +228,7 @@ mod tests {
     fn running_and_new_rows_line_up_under_the_header() {
         // `shield tune --write` then `shield check --diff`: the running row was laid out
         // with its own (wider) column, the header and the new row with the file's.
-        let matrix = |api: &str| {
-            let text = format!(
-                "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [8000]\nconnections = {api}\n\n\
-                 [[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\npackets = {{ rate = \"50/s\", burst = 100 }}\n"
-            );
-            shield_user::policy::matrix_table(
-                &shield_user::policy::parse_str("p.toml", &text).unwrap(),
-            )
-        };
+        let matrix = |api: &str| matrix("api", api);
         let old = matrix("{ rate = \"5/s\", burst = 10, sustained = \"100/min\" }");
         let new = matrix("{ rate = \"3/s\", burst = 6, sustained = \"15/min\" }");
         let d = line_diff(&old, &new);

@@ -210,11 +210,7 @@ impl Ctx<'_> {
         let (line, column) = line_col(self.text, span.start);
         let mut message: String = message.into();
         if message.len() > MESSAGE_MAX {
-            let mut cut = MESSAGE_MAX;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+            message.truncate(message.floor_char_boundary(MESSAGE_MAX));
             message.push('…');
         }
         PolicyError {
@@ -259,10 +255,7 @@ impl Ctx<'_> {
 
 /// 1-based line and column (in characters) of byte offset `at`.
 fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let mut at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
+    let at = text.floor_char_boundary(at);
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);

@@ -22,10 +22,7 @@ fn integer_range(key: &str) -> Option<(i64, i64)> {
 
 /// The bare key assigned just before byte `at` (`burst = 9999…` → `burst`), if any.
 fn key_before(text: &str, at: usize) -> Option<&str> {
-    let mut at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
+    let at = text.floor_char_boundary(at);
     let before = text[..at].trim_end_matches([' ', '\t', '-', '+']);
     // Inside a list (`ports = [80, 99999…]`): the key the list belongs to.
     let before = before.trim_end_matches(|c: char| c != '=' && c != '\n' && c != '{');
@@ -86,10 +83,7 @@ fn key_text(key: &str) -> String {
 
 /// The `[[TABLE]]` whose header comes last before byte `at` (`rule`, `endpoint`, …).
 fn table_before(text: &str, at: usize) -> Option<&str> {
-    let mut at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
+    let at = text.floor_char_boundary(at);
     text[..at]
         .lines()
         .rev()
@@ -207,10 +201,7 @@ fn open_brackets(text: &str) -> Option<Vec<char>> {
 /// monitor`, `rate = 5/s`, `allow = [10.0.0.0/8]`), or a key with nothing after its `=`:
 /// what to write instead. `None` when the error is elsewhere (a header, a key, a quote).
 fn unquoted_value(text: &str, at: usize) -> Option<(Range<usize>, String)> {
-    let mut at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
+    let at = text.floor_char_boundary(at);
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let start = text[..at]
         .char_indices()
@@ -266,9 +257,7 @@ fn unquoted_value(text: &str, at: usize) -> Option<(Range<usize>, String)> {
 /// joined to its value by something other than `=` (`rate: "5/s"`, a YAML or JSON habit),
 /// and a table header left open (`[[rule]`, `[defaults`). What to write instead.
 fn syntax_hint(text: &str, message: &str, at: usize) -> Option<String> {
-    let at = (0..=at.min(text.len()))
-        .rev()
-        .find(|&i| text.is_char_boundary(i))?;
+    let at = text.floor_char_boundary(at);
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     if message.ends_with("expected `.`, `=`") {
         let before = text[..at].trim_end_matches([' ', '\t']);
@@ -309,9 +298,7 @@ fn syntax_hint(text: &str, message: &str, at: usize) -> Option<String> {
 /// string": a missing comma, a comma before `}`, an inline table spread over lines (TOML
 /// has none), a list or quoted text left open. What to write instead.
 fn bracket_hint(text: &str, message: &str, at: usize) -> Option<String> {
-    let at = (0..=at.min(text.len()))
-        .rev()
-        .find(|&i| text.is_char_boundary(i))?;
+    let at = text.floor_char_boundary(at);
     let rest = &text[at..];
     let next = rest.trim_start_matches([' ', '\t']).chars().next();
     let line_ends = matches!(next, None | Some('\n' | '\r' | '#'));
