@@ -471,3 +471,41 @@ fn a_ban_issued_while_redis_was_down_is_published_once_when_it_comes_back_empty(
         "h2 received the queued ban once"
     );
 }
+
+#[test]
+fn a_ban_received_again_in_a_resync_is_not_logged_or_counted_twice() {
+    // h2 holds h1's ban when the stream is trimmed past what h2 read: h2 resyncs from the
+    // hash, which holds that ban too. In force already as received, it is no new install:
+    // one `fleet_ban` line on h2, `installed` unchanged (a resync that overlaps the stream,
+    // as after a Redis restart, delivered the same ban twice the same way).
+    let lab = linked_lab(2);
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    let (ok, _, err) = h1.shield(&["ban", "203.0.113.121", "--for", "10m"]);
+    assert!(ok, "{err}");
+    wait_bans(&[(h2, "203.0.113.121/32")], true, 5);
+    let installed = h2.fleet()["installed"].as_u64().expect("installed");
+    lab.set_link(1, false).expect("cutting h2's link");
+    wait_until("h2 sees its link down", Duration::from_secs(15), || {
+        h2.fleet()["connected"] == false
+    });
+    lab.redis
+        .cmd(&["XTRIM", &lab.events_key(), "MAXLEN", "0"])
+        .expect("XTRIM");
+    lab.redis
+        .pipeline(&lab.publish_cmds(&ban_message("203.0.113.122/32", "h9", 600), None, true))
+        .expect("XADD");
+    lab.set_link(1, true).expect("restoring h2's link");
+    wait_bans(&[(h2, "203.0.113.122/32")], true, 20);
+    assert!(h2.banned("203.0.113.121/32"), "{:?}", h2.bans());
+    assert_eq!(
+        audit_count(h2, "fleet_ban", "203.0.113.121/32"),
+        1,
+        "h2 logged h1's ban once"
+    );
+    assert_eq!(
+        h2.fleet()["installed"].as_u64(),
+        Some(installed + 1),
+        "only h9's ban is a new install: {}",
+        h2.fleet()
+    );
+}

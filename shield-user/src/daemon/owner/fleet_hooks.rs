@@ -346,6 +346,28 @@ impl Owner {
         let Some(link) = self.fleet.as_mut() else {
             return;
         };
+        let f = m.field();
+        let rule = (!m.rule.is_empty()).then_some(m.rule.as_str());
+        let spec = BanSpec {
+            cidr,
+            dur: remaining,
+            scope: m.scope,
+            rule,
+            flags: flags_of(&m.origin, &m.cuts),
+            level: m.level,
+            reason: m.reason.as_deref(),
+            // Shown with the duration it was issued with, not the time it has left.
+            issued: Duration::try_from_secs_f64(m.duration_secs).ok(),
+        };
+        // The same ban a second time: a resync read the hash after its host published it,
+        // then the stream delivered its entry (or a resync finds the bans held already).
+        // In force here as received: nothing to admit, count or log again.
+        if link.origins.get(&f) == Some(&m.origin_host)
+            && link.issued.get(&f) == Some(&issued_ms(&m))
+            && self.instances.iter().all(|i| i.bans.holds(&spec))
+        {
+            return;
+        }
         let lag_ms = now.saturating_sub(m.sent_ms);
         if admit {
             fc.lag_us.store(lag_ms * 1000, Ordering::Relaxed);
@@ -386,7 +408,6 @@ impl Owner {
             self.fleet_waiting.push((m, live));
             return;
         }
-        let rule = (!m.rule.is_empty()).then_some(m.rule.as_str());
         let known = rule.is_none_or(|r| self.instances.iter().any(|i| i.bans.has_rule(r)));
         if m.scope == BanScope::Rule && !known {
             fc.skipped_rule.fetch_add(1, Ordering::Relaxed);
@@ -396,22 +417,10 @@ impl Owner {
             );
             return;
         }
-        let spec = BanSpec {
-            cidr,
-            dur: remaining,
-            scope: m.scope,
-            rule,
-            flags: flags_of(&m.origin, &m.cuts),
-            level: m.level,
-            reason: m.reason.as_deref(),
-            // Shown with the duration it was issued with, not the time it has left.
-            issued: Duration::try_from_secs_f64(m.duration_secs).ok(),
-        };
         // A quarter of the table (by default) stays for this host's own bans: a fleet
         // holding more bans than that must not stop this host from banning. A ban stored
         // already on every interface (this host's own of the same source) takes no new
         // entry; one stored on some only (an automatic ban of one interface) would.
-        let f = m.field();
         if m.origin_host != self.host
             && !link.origins.contains_key(&f)
             && link.origins.len() >= link.max_bans
