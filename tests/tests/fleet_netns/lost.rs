@@ -33,6 +33,17 @@ fn assert_not_in_hash(lab: &FleetLab, field: &str, why: &str) {
     assert_eq!(there, "0", "{why}: {field}");
 }
 
+/// Empties the stream, as a long outage's trims do, then adds h9's ban of `source`: the
+/// stream's first entry is after every id a host read before.
+fn trim_then_ban(lab: &FleetLab, source: &str) {
+    lab.redis
+        .cmd(&["XTRIM", &lab.events_key(), "MAXLEN", "0"])
+        .expect("XTRIM");
+    lab.redis
+        .pipeline(&lab.publish_cmds(&ban_message(source, "h9", 600), None, true))
+        .expect("XADD");
+}
+
 #[test]
 fn a_redis_restarted_without_its_data_gets_each_hosts_bans_back() {
     // Redis without persistence crashes and comes back empty. Each host still holds the
@@ -125,14 +136,8 @@ fn a_trimmed_stream_does_not_bring_back_a_ban_unbanned_meanwhile() {
         lab.redis.cmd(&["HLEN", &lab.bans_key()]).expect("HLEN"),
         "0"
     );
-    // Trimmed past h1's last id (the unban with it), as a long outage does; then another
-    // change, so the stream's first entry is after h1's last id.
-    lab.redis
-        .cmd(&["XTRIM", &lab.events_key(), "MAXLEN", "0"])
-        .expect("XTRIM");
-    lab.redis
-        .pipeline(&lab.publish_cmds(&ban_message("203.0.113.82/32", "h9", 600), None, true))
-        .expect("XADD");
+    // Trimmed past h1's last id (the unban with it), as a long outage does.
+    trim_then_ban(&lab, "203.0.113.82/32");
     lab.set_link(0, true).expect("restoring h1's link");
     wait_until("h1 resyncs (h9's ban)", Duration::from_secs(20), || {
         h1.banned("203.0.113.82/32")
@@ -488,12 +493,7 @@ fn a_ban_received_again_in_a_resync_is_not_logged_or_counted_twice() {
     wait_until("h2 sees its link down", Duration::from_secs(15), || {
         h2.fleet()["connected"] == false
     });
-    lab.redis
-        .cmd(&["XTRIM", &lab.events_key(), "MAXLEN", "0"])
-        .expect("XTRIM");
-    lab.redis
-        .pipeline(&lab.publish_cmds(&ban_message("203.0.113.122/32", "h9", 600), None, true))
-        .expect("XADD");
+    trim_then_ban(&lab, "203.0.113.122/32");
     lab.set_link(1, true).expect("restoring h2's link");
     wait_bans(&[(h2, "203.0.113.122/32")], true, 20);
     assert!(h2.banned("203.0.113.121/32"), "{:?}", h2.bans());
