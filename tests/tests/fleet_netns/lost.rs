@@ -126,9 +126,7 @@ fn a_trimmed_stream_does_not_bring_back_a_ban_unbanned_meanwhile() {
     });
 
     lab.set_link(0, false).expect("cutting h1's link");
-    wait_until("h1 sees its link down", Duration::from_secs(15), || {
-        h1.fleet()["connected"] == false
-    });
+    wait_links(&[h1], false, 15);
     let (ok, _, err) = h2.shield(&["unban", "203.0.113.81"]);
     assert!(ok, "{err}");
     assert!(!h2.banned("203.0.113.81/32"));
@@ -292,9 +290,7 @@ fn a_redis_user_refused_xinfo_still_links_and_replays() {
         h1.banned("203.0.113.111/32")
     });
     lab.set_link(0, false).expect("cutting h1's link");
-    wait_until("h1 sees its link down", Duration::from_secs(15), || {
-        h1.fleet()["connected"] == false
-    });
+    wait_links(&[h1], false, 15);
     let (ok, _, err) = h2.shield(&["ban", "203.0.113.112", "--for", "10m"]);
     assert!(ok, "{err}");
     lab.set_link(0, true).expect("restoring h1's link");
@@ -490,9 +486,7 @@ fn a_ban_received_again_in_a_resync_is_not_logged_or_counted_twice() {
     wait_bans(&[(h2, "203.0.113.121/32")], true, 5);
     let installed = h2.fleet()["installed"].as_u64().expect("installed");
     lab.set_link(1, false).expect("cutting h2's link");
-    wait_until("h2 sees its link down", Duration::from_secs(15), || {
-        h2.fleet()["connected"] == false
-    });
+    wait_links(&[h2], false, 15);
     trim_then_ban(&lab, "203.0.113.122/32");
     lab.set_link(1, true).expect("restoring h2's link");
     wait_bans(&[(h2, "203.0.113.122/32")], true, 20);
